@@ -1,0 +1,304 @@
+//! Node configuration and topic configuration, with Kafka's defaults.
+
+use std::collections::BTreeMap;
+
+use crate::limits;
+use crate::types::BrokerId;
+
+/// Everything a node needs to know at start-up. The runtime builds it from Kafka-style
+/// properties; core never reads a file.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: BrokerId,
+    pub cluster_id: String,
+    /// Host and port clients are told to connect to (`advertised.listeners`).
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub num_partitions: i32,
+    pub auto_create_topics_enable: bool,
+    pub message_max_bytes: usize,
+    pub socket_request_max_bytes: usize,
+    /// Defaults for topic-level configs (`log.segment.bytes` and friends).
+    pub log: LogDefaults,
+    /// The broker's own properties, reported by DescribeConfigs on the broker resource.
+    pub broker_properties: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogDefaults {
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub index_interval_bytes: u32,
+    pub retention_check_interval_ms: u64,
+}
+
+impl Default for LogDefaults {
+    fn default() -> Self {
+        LogDefaults {
+            segment_bytes: 1024 * 1024 * 1024,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            index_interval_bytes: 4096,
+            retention_check_interval_ms: 300_000,
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: BrokerId(1),
+            cluster_id: "sluice-cluster-0000000".to_string(),
+            advertised_host: "127.0.0.1".to_string(),
+            advertised_port: 9092,
+            num_partitions: 1,
+            auto_create_topics_enable: true,
+            message_max_bytes: limits::MESSAGE_BYTES_MAX_DEFAULT,
+            socket_request_max_bytes: limits::FRAME_BYTES_MAX_DEFAULT,
+            log: LogDefaults::default(),
+            broker_properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// One topic config key: its Kafka name, how to find its default, and its type for
+/// DescribeConfigs (`config_type`: 1 boolean, 2 string, 3 int, 5 long, 6 double, 7 list).
+pub struct TopicConfigKey {
+    pub name: &'static str,
+    pub config_type: i8,
+    pub doc: &'static str,
+}
+
+/// Topic configs a client can set and describe. Values that Sluice does not act on yet are
+/// still reported with Kafka's defaults, so tools that read them see real values.
+pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
+    TopicConfigKey {
+        name: "cleanup.policy",
+        config_type: 7,
+        doc: "delete or compact (compaction is not implemented; delete is)",
+    },
+    TopicConfigKey {
+        name: "compression.type",
+        config_type: 2,
+        doc: "Compression the broker applies; producer keeps the producer's batches as sent",
+    },
+    TopicConfigKey {
+        name: "delete.retention.ms",
+        config_type: 5,
+        doc: "Tombstone retention for compacted topics",
+    },
+    TopicConfigKey {
+        name: "file.delete.delay.ms",
+        config_type: 5,
+        doc: "Delay before deleting a file from the filesystem",
+    },
+    TopicConfigKey {
+        name: "flush.messages",
+        config_type: 5,
+        doc: "Sluice syncs before every acknowledgement; kept for compatibility",
+    },
+    TopicConfigKey {
+        name: "flush.ms",
+        config_type: 5,
+        doc: "Sluice syncs before every acknowledgement; kept for compatibility",
+    },
+    TopicConfigKey {
+        name: "index.interval.bytes",
+        config_type: 3,
+        doc: "Bytes between entries of the on-disk offset index",
+    },
+    TopicConfigKey {
+        name: "max.compaction.lag.ms",
+        config_type: 5,
+        doc: "Compaction lag bound",
+    },
+    TopicConfigKey {
+        name: "max.message.bytes",
+        config_type: 3,
+        doc: "Largest record batch accepted",
+    },
+    TopicConfigKey {
+        name: "message.timestamp.type",
+        config_type: 2,
+        doc: "CreateTime or LogAppendTime",
+    },
+    TopicConfigKey {
+        name: "min.cleanable.dirty.ratio",
+        config_type: 6,
+        doc: "Compaction trigger ratio",
+    },
+    TopicConfigKey {
+        name: "min.compaction.lag.ms",
+        config_type: 5,
+        doc: "Compaction lag floor",
+    },
+    TopicConfigKey {
+        name: "min.insync.replicas",
+        config_type: 3,
+        doc: "Replicas that must acknowledge an acks=all produce",
+    },
+    TopicConfigKey {
+        name: "preallocate",
+        config_type: 1,
+        doc: "Preallocate segment files",
+    },
+    TopicConfigKey {
+        name: "retention.bytes",
+        config_type: 5,
+        doc: "Partition size past which old segments are deleted (-1: no limit)",
+    },
+    TopicConfigKey {
+        name: "retention.ms",
+        config_type: 5,
+        doc: "Age past which old segments are deleted (-1: no limit)",
+    },
+    TopicConfigKey {
+        name: "segment.bytes",
+        config_type: 3,
+        doc: "Segment file size at which the log rolls",
+    },
+    TopicConfigKey {
+        name: "segment.index.bytes",
+        config_type: 3,
+        doc: "Index file size bound",
+    },
+    TopicConfigKey {
+        name: "segment.jitter.ms",
+        config_type: 5,
+        doc: "Jitter on segment.ms",
+    },
+    TopicConfigKey {
+        name: "segment.ms",
+        config_type: 5,
+        doc: "Age at which the active segment rolls",
+    },
+    TopicConfigKey {
+        name: "unclean.leader.election.enable",
+        config_type: 1,
+        doc: "Allow leaders outside the ISR (never done by Sluice)",
+    },
+];
+
+impl NodeConfig {
+    /// The default value of a topic config on this node, or None for an unknown key.
+    pub fn topic_config_default(&self, name: &str) -> Option<String> {
+        let v = match name {
+            "cleanup.policy" => "delete".to_string(),
+            "compression.type" => "producer".to_string(),
+            "delete.retention.ms" => "86400000".to_string(),
+            "file.delete.delay.ms" => "60000".to_string(),
+            "flush.messages" => "1".to_string(),
+            "flush.ms" => "0".to_string(),
+            "index.interval.bytes" => self.log.index_interval_bytes.to_string(),
+            "max.compaction.lag.ms" => i64::MAX.to_string(),
+            "max.message.bytes" => self.message_max_bytes.to_string(),
+            "message.timestamp.type" => "CreateTime".to_string(),
+            "min.cleanable.dirty.ratio" => "0.5".to_string(),
+            "min.compaction.lag.ms" => "0".to_string(),
+            "min.insync.replicas" => "1".to_string(),
+            "preallocate" => "false".to_string(),
+            "retention.bytes" => self.log.retention_bytes.to_string(),
+            "retention.ms" => self.log.retention_ms.to_string(),
+            "segment.bytes" => self.log.segment_bytes.to_string(),
+            "segment.index.bytes" => "10485760".to_string(),
+            "segment.jitter.ms" => "0".to_string(),
+            "segment.ms" => self.log.segment_ms.to_string(),
+            "unclean.leader.election.enable" => "false".to_string(),
+            _ => return None,
+        };
+        Some(v)
+    }
+}
+
+/// Why a topic config value was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    UnknownKey(String),
+    BadValue { key: String, value: String },
+}
+
+/// The effective settings of one topic: explicit overrides over the node's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSettings {
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: usize,
+    pub index_interval_bytes: u32,
+    pub log_append_time: bool,
+}
+
+impl TopicSettings {
+    /// Checks every override and resolves the settings, or says which key is wrong.
+    pub fn resolve(
+        node: &NodeConfig,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<TopicSettings, ConfigError> {
+        for (k, v) in overrides {
+            if node.topic_config_default(k).is_none() {
+                return Err(ConfigError::UnknownKey(k.clone()));
+            }
+            validate_value(k, v)?;
+        }
+        let get = |k: &str| {
+            overrides
+                .get(k)
+                .cloned()
+                .or_else(|| node.topic_config_default(k))
+                .unwrap_or_default()
+        };
+        let int = |k: &str| get(k).parse::<i64>().unwrap_or(0);
+        Ok(TopicSettings {
+            segment_bytes: u64::try_from(int("segment.bytes"))
+                .unwrap_or(node.log.segment_bytes)
+                .max(14),
+            segment_ms: int("segment.ms"),
+            retention_ms: int("retention.ms"),
+            retention_bytes: int("retention.bytes"),
+            max_message_bytes: usize::try_from(int("max.message.bytes"))
+                .unwrap_or(node.message_max_bytes),
+            index_interval_bytes: u32::try_from(int("index.interval.bytes"))
+                .unwrap_or(4096)
+                .max(1),
+            log_append_time: get("message.timestamp.type") == "LogAppendTime",
+        })
+    }
+}
+
+fn validate_value(key: &str, value: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+    };
+    let ty = TOPIC_CONFIG_KEYS
+        .iter()
+        .find(|k| k.name == key)
+        .map(|k| k.config_type)
+        .unwrap_or(2);
+    match ty {
+        1 => value.parse::<bool>().map(|_| ()).map_err(|_| bad()),
+        3 => value.parse::<i32>().map(|_| ()).map_err(|_| bad()),
+        5 => value.parse::<i64>().map(|_| ()).map_err(|_| bad()),
+        6 => value.parse::<f64>().map(|_| ()).map_err(|_| bad()),
+        _ => match key {
+            "message.timestamp.type" if value != "CreateTime" && value != "LogAppendTime" => {
+                Err(bad())
+            }
+            "cleanup.policy" if value.split(',').any(|p| p != "delete" && p != "compact") => {
+                Err(bad())
+            }
+            "compression.type"
+                if !["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]
+                    .contains(&value) =>
+            {
+                Err(bad())
+            }
+            "segment.bytes" if value.parse::<i32>().map_or(true, |v| v < 14) => Err(bad()),
+            _ => Ok(()),
+        },
+    }
+}

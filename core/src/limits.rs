@@ -1,0 +1,40 @@
+//! Every bound core enforces, with its unit and the reason for it. Reaching a limit yields an
+//! error code or a closed connection, never a crash.
+
+/// Largest request frame accepted, in bytes (Kafka's `socket.request.max.bytes` default).
+/// Bigger frames are rejected by the runtime before it allocates.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 100 * 1024 * 1024;
+
+/// Largest record batch accepted, in bytes (Kafka's `message.max.bytes` default).
+pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 1_048_588;
+
+/// Requests a connection may have in flight (parsed but not yet answered). Past this the
+/// connection is closed: a well-behaved client never pipelines this deep.
+pub const IN_FLIGHT_REQUESTS_PER_CONN_MAX: usize = 1024;
+
+/// Requests buffered while the node recovers its logs at start-up, over all connections.
+pub const REQUESTS_BUFFERED_DURING_RECOVERY_MAX: usize = 10_000;
+
+/// Topics and partitions one node will hold; a CreateTopics past this gets a policy error.
+pub const PARTITIONS_PER_NODE_MAX: usize = 100_000;
+
+/// Partitions in one topic.
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
+
+/// Longest topic name (Kafka's limit).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Longest a fetch may park waiting for data, in milliseconds, whatever the client asks.
+pub const FETCH_MAX_WAIT_MS_MAX: u64 = 30_000;
+
+/// Response bytes one Fetch may return, whatever the client asks (fetch.max.bytes default).
+pub const FETCH_RESPONSE_BYTES_MAX: usize = 55 * 1024 * 1024;
+
+/// Bytes read from a segment per read during recovery.
+pub const RECOVERY_READ_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bytes a metadata log may hold; it is read whole at start-up.
+pub const METADATA_LOG_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// Connections the node tracks at once; the runtime refuses more.
+pub const CONNECTIONS_MAX: usize = 10_000;

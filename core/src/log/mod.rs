@@ -1,0 +1,720 @@
+//! One partition replica's log: segments of v2 record batches, stored as received.
+//!
+//! Core keeps a dense in-memory index of every batch in every segment (offset, byte position,
+//! max timestamp), so a fetch or a timestamp lookup never has to read the file: it becomes a
+//! file range the runtime sends with `sendfile`. The `.index` and `.timeindex` files are kept
+//! in Kafka's format for tools and operators, and are rebuilt from the log on recovery.
+
+pub mod batch;
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+
+use crate::config::TopicSettings;
+use crate::io::DiskOp;
+use crate::types::{FileId, Offset};
+use batch::{BatchError, BatchHeader};
+
+/// One batch in a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// base offset minus the segment's base offset
+    pub base_delta: u32,
+    /// last offset minus the segment's base offset
+    pub last_delta: u32,
+    pub position: u32,
+    pub size: u32,
+    pub max_timestamp: i64,
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    pub base_offset: Offset,
+    pub log_file: FileId,
+    pub index_file: FileId,
+    pub time_index_file: FileId,
+    /// Bytes appended (synced or not).
+    pub size: u64,
+    pub entries: Vec<Entry>,
+    /// Wall-clock time the segment was created, for `segment.ms`.
+    pub created_wall_ms: i64,
+    index_bytes: u64,
+    time_index_bytes: u64,
+    bytes_since_index_entry: u64,
+    max_timestamp: i64,
+}
+
+pub fn segment_file_name(base_offset: Offset, ext: &str) -> String {
+    format!("{base_offset:020}.{ext}")
+}
+
+impl Segment {
+    pub fn new(base_offset: Offset, files: [FileId; 3], created_wall_ms: i64) -> Segment {
+        Segment {
+            base_offset,
+            log_file: files[0],
+            index_file: files[1],
+            time_index_file: files[2],
+            size: 0,
+            entries: Vec::new(),
+            created_wall_ms,
+            index_bytes: 0,
+            time_index_bytes: 0,
+            bytes_since_index_entry: 0,
+            max_timestamp: -1,
+        }
+    }
+
+    /// One past the last offset in this segment.
+    pub fn next_offset(&self) -> Offset {
+        self.entries.last().map_or(self.base_offset, |e| {
+            self.base_offset + i64::from(e.last_delta) + 1
+        })
+    }
+
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+
+    /// Records a batch at the end of the segment; returns sparse-index writes that are due.
+    fn push(&mut self, h: &BatchHeader, base_offset: Offset, interval: u32, ops: &mut Vec<DiskOp>) {
+        let entry = Entry {
+            base_delta: u32::try_from(base_offset - self.base_offset)
+                .expect("segment rolled before offset overflow"),
+            last_delta: u32::try_from(
+                base_offset + i64::from(h.last_offset_delta) - self.base_offset,
+            )
+            .expect("segment rolled before offset overflow"),
+            position: u32::try_from(self.size).expect("segment rolled before position overflow"),
+            size: u32::try_from(h.size).expect("batch size bounded by the frame limit"),
+            max_timestamp: h.max_timestamp,
+        };
+        self.entries.push(entry);
+        self.size += h.size as u64;
+        self.max_timestamp = self.max_timestamp.max(h.max_timestamp);
+        self.bytes_since_index_entry += h.size as u64;
+        if self.bytes_since_index_entry >= u64::from(interval) {
+            self.bytes_since_index_entry = 0;
+            let (idx, tidx) = index_entry_bytes(&entry, self.max_timestamp);
+            ops.push(DiskOp::Write {
+                file: self.index_file,
+                position: self.index_bytes,
+                data: vec![Bytes::copy_from_slice(&idx)],
+            });
+            ops.push(DiskOp::Write {
+                file: self.time_index_file,
+                position: self.time_index_bytes,
+                data: vec![Bytes::copy_from_slice(&tidx)],
+            });
+            self.index_bytes += idx.len() as u64;
+            self.time_index_bytes += tidx.len() as u64;
+        }
+    }
+
+    /// Rewrites both index files from the in-memory entries (after recovery or truncation).
+    fn rewrite_indexes(&mut self, interval: u32, ops: &mut Vec<DiskOp>) {
+        let mut idx = Vec::new();
+        let mut tidx = Vec::new();
+        let mut since = 0u64;
+        let mut max_ts = -1i64;
+        for e in &self.entries {
+            since += u64::from(e.size);
+            max_ts = max_ts.max(e.max_timestamp);
+            if since >= u64::from(interval) {
+                since = 0;
+                let (a, b) = index_entry_bytes(e, max_ts);
+                idx.extend_from_slice(&a);
+                tidx.extend_from_slice(&b);
+            }
+        }
+        self.bytes_since_index_entry = since;
+        self.index_bytes = idx.len() as u64;
+        self.time_index_bytes = tidx.len() as u64;
+        for (file, data) in [(self.index_file, idx), (self.time_index_file, tidx)] {
+            ops.push(DiskOp::Truncate { file, len: 0 });
+            if !data.is_empty() {
+                ops.push(DiskOp::Write {
+                    file,
+                    position: 0,
+                    data: vec![Bytes::from(data)],
+                });
+            }
+        }
+    }
+
+    /// Index of the batch holding `offset`, if the segment has it.
+    fn find(&self, offset: Offset) -> Option<usize> {
+        let delta = u32::try_from(offset - self.base_offset).ok()?;
+        let i = self.entries.partition_point(|e| e.last_delta < delta);
+        (i < self.entries.len()).then_some(i)
+    }
+
+    /// Drops every batch at or after `offset`; returns the new size in bytes.
+    fn truncate_to(&mut self, offset: Offset) -> u64 {
+        let delta = u32::try_from((offset - self.base_offset).max(0)).unwrap_or(u32::MAX);
+        let keep = self.entries.partition_point(|e| e.base_delta < delta);
+        self.entries.truncate(keep);
+        self.size = self
+            .entries
+            .last()
+            .map_or(0, |e| u64::from(e.position) + u64::from(e.size));
+        self.max_timestamp = self
+            .entries
+            .iter()
+            .map(|e| e.max_timestamp)
+            .max()
+            .unwrap_or(-1);
+        self.size
+    }
+}
+
+/// Kafka's on-disk index entries: `.index` is (relative offset i32, position i32) for the
+/// batch's last offset; `.timeindex` is (max timestamp so far i64, relative offset i32).
+fn index_entry_bytes(e: &Entry, max_ts: i64) -> ([u8; 8], [u8; 12]) {
+    let mut idx = [0u8; 8];
+    idx[0..4].copy_from_slice(&e.last_delta.to_be_bytes());
+    idx[4..8].copy_from_slice(&e.position.to_be_bytes());
+    let mut tidx = [0u8; 12];
+    tidx[0..8].copy_from_slice(&max_ts.to_be_bytes());
+    tidx[8..12].copy_from_slice(&e.last_delta.to_be_bytes());
+    (idx, tidx)
+}
+
+/// What a read of the log found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadResult {
+    /// The offset is below the log start or above the high watermark.
+    OutOfRange,
+    /// Nothing to return yet (the offset is the high watermark).
+    Empty,
+    /// Whole batches in one segment file.
+    Range {
+        file: FileId,
+        position: u64,
+        len: u32,
+    },
+}
+
+/// A partition's log, with its durability state.
+#[derive(Debug)]
+pub struct PartitionLog {
+    pub dir: String,
+    pub segments: Vec<Segment>,
+    pub log_start_offset: Offset,
+    pub log_end_offset: Offset,
+    /// End of the durable prefix. On a single node this is the high watermark: nothing past
+    /// it has been acknowledged or shown to a consumer.
+    pub high_watermark: Offset,
+    /// Bumped whenever the log is cut back, so a sync issued before the cut cannot advance
+    /// the high watermark over offsets that were since rewritten.
+    pub generation: u64,
+    /// Files written since their last sync was issued.
+    pub dirty: BTreeSet<FileId>,
+}
+
+/// Hands out file ids; the node owns the counter.
+pub trait FileIds {
+    fn next_file_id(&mut self) -> FileId;
+}
+
+impl PartitionLog {
+    /// A log with no segments yet (recovery or creation adds the first).
+    pub fn empty(dir: String) -> PartitionLog {
+        PartitionLog {
+            dir,
+            segments: Vec::new(),
+            log_start_offset: 0,
+            log_end_offset: 0,
+            high_watermark: 0,
+            generation: 0,
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// Opens (creating) the three files of a new segment starting at `base_offset`.
+    pub fn add_segment(
+        &mut self,
+        base_offset: Offset,
+        wall_ms: i64,
+        ids: &mut dyn FileIds,
+        ops: &mut Vec<DiskOp>,
+    ) {
+        let files = [ids.next_file_id(), ids.next_file_id(), ids.next_file_id()];
+        for (file, ext) in files.iter().zip(["log", "index", "timeindex"]) {
+            ops.push(DiskOp::Open {
+                file: *file,
+                path: format!("{}/{}", self.dir, segment_file_name(base_offset, ext)),
+                create: true,
+            });
+        }
+        self.segments
+            .push(Segment::new(base_offset, files, wall_ms));
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a serving log has at least one segment")
+    }
+
+    /// Appends one checked batch. Assigns its offsets, issues its write (the producer's bytes
+    /// behind a patched 16-byte prefix, without copying them), rolls the segment when due.
+    /// Returns the batch's base offset.
+    pub fn append(
+        &mut self,
+        batch: &Bytes,
+        header: &BatchHeader,
+        settings: &TopicSettings,
+        wall_ms: i64,
+        ids: &mut dyn FileIds,
+        ops: &mut Vec<DiskOp>,
+    ) -> Offset {
+        let base = self.log_end_offset;
+        let active = self.active();
+        let offset_span = base + i64::from(header.last_offset_delta) - active.base_offset;
+        let roll = !active.entries.is_empty()
+            && (active.size + header.size as u64 > settings.segment_bytes
+                || offset_span > i64::from(i32::MAX)
+                || (settings.segment_ms > 0
+                    && wall_ms - active.created_wall_ms >= settings.segment_ms));
+        if roll {
+            self.add_segment(base, wall_ms, ids, ops);
+        }
+        let mut h = *header;
+        let data = if settings.log_append_time {
+            let rewritten = batch::with_log_append_time(batch, wall_ms);
+            h.max_timestamp = wall_ms;
+            let mut all = Vec::with_capacity(rewritten.len());
+            all.extend_from_slice(&batch::patched_prefix(&rewritten, base, 0));
+            all.extend_from_slice(&rewritten[16..]);
+            vec![Bytes::from(all)]
+        } else {
+            let prefix = batch::patched_prefix(batch, base, 0);
+            vec![
+                Bytes::copy_from_slice(&prefix),
+                batch.slice(16..header.size),
+            ]
+        };
+        let seg = self.segments.last_mut().expect("at least one segment");
+        ops.push(DiskOp::Write {
+            file: seg.log_file,
+            position: seg.size,
+            data,
+        });
+        self.dirty.insert(seg.log_file);
+        seg.push(&h, base, settings.index_interval_bytes, ops);
+        self.log_end_offset = base + i64::from(header.last_offset_delta) + 1;
+        base
+    }
+
+    /// Whole batches from `offset` up to (not past) `upper`, at most `max_bytes` unless the
+    /// first batch alone is bigger and `min_one` (Kafka returns at least one batch, KIP-74).
+    pub fn read(
+        &self,
+        offset: Offset,
+        upper: Offset,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> ReadResult {
+        if offset < self.log_start_offset || offset > upper {
+            return ReadResult::OutOfRange;
+        }
+        if offset == upper {
+            return ReadResult::Empty;
+        }
+        let si = self
+            .segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        let Some(seg) = self.segments.get(si) else {
+            return ReadResult::Empty;
+        };
+        let Some(first) = seg.find(offset) else {
+            // The offset falls in a gap at the end of a segment: go to the next one.
+            return match self.segments.get(si + 1) {
+                Some(next) if next.base_offset < upper => {
+                    self.read(next.base_offset, upper, max_bytes, min_one)
+                }
+                _ => ReadResult::Empty,
+            };
+        };
+        let start = u64::from(seg.entries[first].position);
+        let mut end = start;
+        for e in &seg.entries[first..] {
+            if seg.base_offset + i64::from(e.last_delta) >= upper {
+                break;
+            }
+            let e_end = u64::from(e.position) + u64::from(e.size);
+            if e_end - start > max_bytes as u64 && !(min_one && end == start) {
+                break;
+            }
+            end = e_end;
+        }
+        if end == start {
+            return ReadResult::Empty;
+        }
+        ReadResult::Range {
+            file: seg.log_file,
+            position: start,
+            len: u32::try_from(end - start).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The first offset whose batch's max timestamp is at or after `ts`, below `upper`.
+    /// Precision is one batch: the offset returned is the batch's base offset.
+    pub fn offset_for_timestamp(&self, ts: i64, upper: Offset) -> Option<(Offset, i64)> {
+        for seg in &self.segments {
+            if seg.max_timestamp < ts {
+                continue;
+            }
+            for e in &seg.entries {
+                let base = seg.base_offset + i64::from(e.base_delta);
+                if base >= upper {
+                    return None;
+                }
+                if e.max_timestamp >= ts {
+                    return Some((base.max(self.log_start_offset), e.max_timestamp));
+                }
+            }
+        }
+        None
+    }
+
+    /// The batch with the largest timestamp below `upper` (ListOffsets MAX_TIMESTAMP).
+    pub fn max_timestamp_offset(&self, upper: Offset) -> Option<(Offset, i64)> {
+        let mut best: Option<(Offset, i64)> = None;
+        for seg in &self.segments {
+            for e in &seg.entries {
+                let last = seg.base_offset + i64::from(e.last_delta);
+                if last >= upper {
+                    break;
+                }
+                if best.is_none_or(|(_, t)| e.max_timestamp > t) {
+                    best = Some((last, e.max_timestamp));
+                }
+            }
+        }
+        best
+    }
+
+    /// Cuts the log back so that `offset` is the next to be written. Issues the truncation of
+    /// the affected segment files and deletes segments wholly past it (never the first).
+    pub fn truncate_to(&mut self, offset: Offset, interval: u32, ops: &mut Vec<DiskOp>) {
+        if offset >= self.log_end_offset {
+            return;
+        }
+        self.generation += 1;
+        while self.segments.len() > 1
+            && self
+                .segments
+                .last()
+                .is_some_and(|s| s.base_offset >= offset)
+        {
+            let seg = self.segments.pop().expect("checked");
+            self.delete_segment_files(&seg, ops);
+        }
+        let seg = self.segments.last_mut().expect("at least one segment");
+        let len = seg.truncate_to(offset);
+        ops.push(DiskOp::Truncate {
+            file: seg.log_file,
+            len,
+        });
+        seg.rewrite_indexes(interval, ops);
+        self.dirty.insert(seg.log_file);
+        self.log_end_offset = seg.next_offset().max(seg.base_offset);
+        self.high_watermark = self.high_watermark.min(self.log_end_offset);
+    }
+
+    fn delete_segment_files(&self, seg: &Segment, ops: &mut Vec<DiskOp>) {
+        for (file, ext) in [
+            (seg.log_file, "log"),
+            (seg.index_file, "index"),
+            (seg.time_index_file, "timeindex"),
+        ] {
+            ops.push(DiskOp::Close { file });
+            ops.push(DiskOp::DeleteFile {
+                path: format!("{}/{}", self.dir, segment_file_name(seg.base_offset, ext)),
+            });
+        }
+    }
+
+    /// Deletes whole segments past retention (time or size), never the active one and never
+    /// data above the high watermark. Returns how many segments went.
+    pub fn apply_retention(
+        &mut self,
+        settings: &TopicSettings,
+        wall_ms: i64,
+        ops: &mut Vec<DiskOp>,
+    ) -> usize {
+        let mut removed = 0;
+        let mut total: i64 = self.segments.iter().map(|s| s.size as i64).sum();
+        while self.segments.len() > 1 {
+            let seg = &self.segments[0];
+            let next_base = self.segments[1].base_offset;
+            let too_old = settings.retention_ms >= 0
+                && seg.max_timestamp >= 0
+                && wall_ms - seg.max_timestamp > settings.retention_ms;
+            let too_big = settings.retention_bytes >= 0
+                && total - seg.size as i64 >= settings.retention_bytes;
+            if !(too_old || too_big) || next_base > self.high_watermark {
+                break;
+            }
+            total -= seg.size as i64;
+            let seg = self.segments.remove(0);
+            self.delete_segment_files(&seg, ops);
+            self.log_start_offset = self.log_start_offset.max(next_base);
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Bytes held by the log.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+}
+
+/// Rebuilds one segment's in-memory index from its file, a chunk at a time.
+#[derive(Debug)]
+pub enum Scan {
+    /// Read again from `position`, at least `len` bytes.
+    NeedMore { position: u64, len: usize },
+    /// The segment is valid up to its current size and the file ends there.
+    Clean,
+    /// Bytes from `position` on are torn or corrupt and must be cut off.
+    Torn { position: u64, reason: BatchError },
+}
+
+impl Segment {
+    /// Feeds `data`, read from `position` == `self.size`. `eof` says the read came back
+    /// shorter than asked, so nothing follows it.
+    pub fn recover_chunk(
+        &mut self,
+        data: &[u8],
+        eof: bool,
+        chunk_bytes: usize,
+        interval: u32,
+        ops: &mut Vec<DiskOp>,
+    ) -> Scan {
+        let mut at = 0usize;
+        loop {
+            let rest = &data[at..];
+            if rest.is_empty() {
+                return if eof {
+                    Scan::Clean
+                } else {
+                    Scan::NeedMore {
+                        position: self.size,
+                        len: chunk_bytes,
+                    }
+                };
+            }
+            match batch::check_batch(rest) {
+                Ok(h) => {
+                    let expected = self.next_offset();
+                    if h.base_offset != expected || self.size + h.size as u64 > u64::from(u32::MAX)
+                    {
+                        return Scan::Torn {
+                            position: self.size,
+                            reason: BatchError::Invalid("offsets not contiguous"),
+                        };
+                    }
+                    let mut sink = Vec::new();
+                    self.push(&h, h.base_offset, interval, &mut sink);
+                    at += h.size;
+                }
+                Err(BatchError::Truncated) if !eof => {
+                    let need = batch::parse_header(rest)
+                        .map(|h| h.size)
+                        .unwrap_or(batch::HEADER_BYTES);
+                    let _ = ops;
+                    return Scan::NeedMore {
+                        position: self.size,
+                        len: need.max(chunk_bytes),
+                    };
+                }
+                Err(reason) => {
+                    return Scan::Torn {
+                        position: self.size,
+                        reason,
+                    }
+                }
+            }
+        }
+    }
+
+    /// After recovery: rewrite the index files to match what was found.
+    pub fn finish_recovery(&mut self, interval: u32, ops: &mut Vec<DiskOp>) {
+        self.rewrite_indexes(interval, ops);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch::tests::make_batch;
+    use super::*;
+    use crate::config::{NodeConfig, TopicSettings};
+    use std::collections::BTreeMap;
+
+    struct Ids(u64);
+    impl FileIds for Ids {
+        fn next_file_id(&mut self) -> FileId {
+            self.0 += 1;
+            FileId(self.0)
+        }
+    }
+
+    fn settings(segment_bytes: u64) -> TopicSettings {
+        let mut node = NodeConfig::default();
+        node.log.segment_bytes = segment_bytes;
+        TopicSettings::resolve(&node, &BTreeMap::new()).unwrap()
+    }
+
+    fn log_with(batches: &[Vec<u8>], segment_bytes: u64) -> (PartitionLog, Vec<DiskOp>) {
+        let mut ids = Ids(0);
+        let mut ops = Vec::new();
+        let mut log = PartitionLog::empty("t-0".into());
+        log.add_segment(0, 0, &mut ids, &mut ops);
+        let s = settings(segment_bytes);
+        for b in batches {
+            let bytes = Bytes::from(b.clone());
+            let h = batch::check_batch(&bytes).unwrap();
+            log.append(&bytes, &h, &s, 0, &mut ids, &mut ops);
+        }
+        (log, ops)
+    }
+
+    #[test]
+    fn append_assigns_offsets_and_rolls() {
+        let b1 = make_batch(&[b"a", b"b", b"c"], 10);
+        let b2 = make_batch(&[b"d"], 20);
+        let (log, ops) = log_with(
+            &[b1.clone(), b2.clone(), b1.clone()],
+            (b1.len() + b2.len()) as u64,
+        );
+        assert_eq!(log.log_end_offset, 7);
+        assert_eq!(log.segments.len(), 2);
+        assert_eq!(log.segments[1].base_offset, 4);
+        let writes = ops
+            .iter()
+            .filter(|o| matches!(o, DiskOp::Write { .. }))
+            .count();
+        assert!(writes >= 3);
+        // The second segment's file name is its base offset, 20 digits.
+        assert!(ops.iter().any(
+            |o| matches!(o, DiskOp::Open { path, .. } if path == "t-0/00000000000000000004.log")
+        ));
+    }
+
+    #[test]
+    fn read_respects_upper_bound_and_max_bytes() {
+        let b = make_batch(&[b"aaaa"], 1);
+        let (mut log, _) = log_with(&[b.clone(), b.clone(), b.clone()], 1 << 30);
+        log.high_watermark = 2;
+        let size = b.len() as u32;
+        assert_eq!(
+            log.read(0, 2, 1 << 20, true),
+            ReadResult::Range {
+                file: FileId(1),
+                position: 0,
+                len: 2 * size
+            }
+        );
+        assert_eq!(
+            log.read(1, 2, 1 << 20, true),
+            ReadResult::Range {
+                file: FileId(1),
+                position: size as u64,
+                len: size
+            }
+        );
+        assert_eq!(log.read(2, 2, 1 << 20, true), ReadResult::Empty);
+        assert_eq!(log.read(3, 2, 1 << 20, true), ReadResult::OutOfRange);
+        // max_bytes smaller than one batch: still one batch when min_one, else nothing.
+        assert_eq!(
+            log.read(0, 3, 1, true),
+            ReadResult::Range {
+                file: FileId(1),
+                position: 0,
+                len: size
+            }
+        );
+        assert_eq!(log.read(0, 3, 1, false), ReadResult::Empty);
+    }
+
+    #[test]
+    fn timestamp_lookup() {
+        let (log, _) = log_with(
+            &[
+                make_batch(&[b"a"], 100),
+                make_batch(&[b"b"], 200),
+                make_batch(&[b"c"], 300),
+            ],
+            1 << 30,
+        );
+        assert_eq!(log.offset_for_timestamp(150, 3), Some((1, 200)));
+        assert_eq!(log.offset_for_timestamp(400, 3), None);
+        assert_eq!(log.offset_for_timestamp(250, 2), None);
+        assert_eq!(log.max_timestamp_offset(3), Some((2, 300)));
+    }
+
+    #[test]
+    fn truncate_and_recover() {
+        let b = make_batch(&[b"x", b"y"], 5);
+        let (mut log, _) = log_with(&[b.clone(), b.clone(), b.clone()], 1 << 30);
+        let mut ops = Vec::new();
+        log.truncate_to(2, 4096, &mut ops);
+        assert_eq!(log.log_end_offset, 2);
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, DiskOp::Truncate { len, .. } if *len == b.len() as u64)));
+
+        // Recovery of a file holding two good batches and a torn third one.
+        let mut file = Vec::new();
+        for i in 0..3i64 {
+            let mut c = b.clone();
+            c[..16].copy_from_slice(&batch::patched_prefix(&b, i * 2, 0));
+            file.extend_from_slice(&c);
+        }
+        file.truncate(file.len() - 5);
+        let mut seg = Segment::new(0, [FileId(1), FileId(2), FileId(3)], 0);
+        let mut ops = Vec::new();
+        match seg.recover_chunk(&file, true, 1 << 20, 4096, &mut ops) {
+            Scan::Torn { position, .. } => assert_eq!(position, 2 * b.len() as u64),
+            other => panic!("expected torn tail, got {other:?}"),
+        }
+        assert_eq!(seg.next_offset(), 4);
+        // In small chunks the scan asks for more and reaches the same answer.
+        let mut seg = Segment::new(0, [FileId(1), FileId(2), FileId(3)], 0);
+        let (mut pos, mut len) = (0usize, 7usize);
+        let verdict = loop {
+            let end = (pos + len).min(file.len());
+            match seg.recover_chunk(&file[pos..end], end == file.len(), 7, 4096, &mut ops) {
+                Scan::NeedMore { position, len: l } => {
+                    pos = position as usize;
+                    len = l;
+                }
+                other => break other,
+            }
+        };
+        assert!(matches!(verdict, Scan::Torn { position, .. } if position == 2 * b.len() as u64));
+    }
+
+    #[test]
+    fn retention_deletes_old_segments_only_below_high_watermark() {
+        let b = make_batch(&[b"x"], 1000);
+        let (mut log, _) = log_with(&[b.clone(), b.clone(), b.clone()], b.len() as u64);
+        assert_eq!(log.segments.len(), 3);
+        let mut s = settings(b.len() as u64);
+        s.retention_ms = 10;
+        let mut ops = Vec::new();
+        log.high_watermark = 1;
+        assert_eq!(log.apply_retention(&s, 5000, &mut ops), 1);
+        assert_eq!(log.log_start_offset, 1);
+        log.high_watermark = 3;
+        assert_eq!(log.apply_retention(&s, 5000, &mut ops), 1);
+        assert_eq!(log.segments.len(), 1, "the active segment stays");
+        assert_eq!(log.read(0, 3, 1 << 20, true), ReadResult::OutOfRange);
+    }
+}

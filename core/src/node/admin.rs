@@ -1,0 +1,849 @@
+//! ApiVersions, Metadata, DescribeCluster, DescribeConfigs, and the topic admin requests
+//! (CreateTopics, DeleteTopics, CreatePartitions), which change the metadata log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+
+use super::{
+    DiskOp, Job, JobDone, JobId, Node, PartState, Partition, Purpose, Then, Topic, TopicId, Waiter,
+};
+use crate::config::{TopicSettings, TOPIC_CONFIG_KEYS};
+use crate::limits;
+use crate::log::PartitionLog;
+use crate::metadata::{self, MetaRecord};
+use crate::protocol::errors::KafkaError;
+use crate::protocol::{self, FrameError, RequestContext};
+use crate::types::ConnId;
+
+/// Kafka's value for "authorized operations not requested".
+const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+fn sb(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+impl Node {
+    pub(super) fn handle_api_versions(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        _body: Bytes,
+    ) -> Result<(), FrameError> {
+        // The body (client name and version) is informational; a v3+ body that does not decode
+        // still gets the version list, as Kafka does.
+        let resp = protocol::api_versions_response(0);
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+
+    fn broker_entry(&self) -> MetadataResponseBroker {
+        let mut b = MetadataResponseBroker::default();
+        b.node_id = BrokerId(self.config.node_id.0);
+        b.host = sb(self.config.advertised_host.clone());
+        b.port = self.config.advertised_port;
+        b
+    }
+
+    pub(super) fn handle_metadata(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: MetadataRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        let auto_create = self.config.auto_create_topics_enable
+            && (ctx.version < 4 || req.allow_auto_topic_creation);
+        // Which topics: all (None, or an empty list before v1), or the ones named.
+        let wanted: Option<Vec<(Option<String>, Uuid)>> = match &req.topics {
+            None => None,
+            Some(t) if t.is_empty() && ctx.version == 0 => None,
+            Some(t) => Some(
+                t.iter()
+                    .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
+                    .collect(),
+            ),
+        };
+        let mut resp = MetadataResponse::default();
+        resp.brokers = vec![self.broker_entry()];
+        resp.cluster_id = Some(sb(self.config.cluster_id.clone()));
+        resp.controller_id = BrokerId(self.config.node_id.0);
+        resp.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+        match wanted {
+            None => {
+                let names: Vec<String> = self
+                    .topics
+                    .iter()
+                    .filter(|(_, t)| t.creating.is_none())
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in names {
+                    resp.topics.push(self.topic_metadata(&n));
+                }
+            }
+            Some(list) => {
+                let mut jobs = BTreeSet::new();
+                for (name, id) in list {
+                    let name = match name {
+                        Some(n) => n,
+                        None => match self.names.get(id.as_bytes()) {
+                            Some(n) => n.clone(),
+                            None => {
+                                let mut t = MetadataResponseTopic::default();
+                                t.error_code = KafkaError::UnknownTopicId.code();
+                                t.topic_id = id;
+                                t.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+                                resp.topics.push(t);
+                                continue;
+                            }
+                        },
+                    };
+                    if let Some(job) = self.topics.get(&name).and_then(|t| t.creating) {
+                        jobs.insert(job);
+                        continue;
+                    }
+                    if !self.topics.contains_key(&name)
+                        && auto_create
+                        && metadata::valid_topic_name(&name)
+                        && !self.deleting.contains_key(&name)
+                    {
+                        let n = self.config.num_partitions;
+                        match self.create_topic(&name, n, BTreeMap::new()) {
+                            Ok(job) => {
+                                tracing::info!(topic = %name, partitions = n, "auto-creating topic");
+                                jobs.insert(job);
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::warn!(topic = %name, error = ?e, "auto-create failed")
+                            }
+                        }
+                    }
+                    resp.topics.push(self.topic_metadata(&name));
+                }
+                if !jobs.is_empty() {
+                    // Answer once the topics exist, so the client sees them with leaders.
+                    self.waiters.push(Waiter {
+                        conn,
+                        seq,
+                        jobs,
+                        failed: BTreeSet::new(),
+                        then: Then::Redispatch { ctx, body },
+                    });
+                    return Ok(());
+                }
+            }
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+        Ok(())
+    }
+
+    fn topic_metadata(&self, name: &str) -> MetadataResponseTopic {
+        let mut t = MetadataResponseTopic::default();
+        t.name = Some(TopicName(sb(name)));
+        t.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+        let Some(topic) = self.topics.get(name) else {
+            t.error_code = if metadata::valid_topic_name(name) {
+                KafkaError::UnknownTopicOrPartition
+            } else {
+                KafkaError::InvalidTopic
+            }
+            .code();
+            return t;
+        };
+        t.topic_id = Uuid::from_bytes(topic.id);
+        let me = BrokerId(self.config.node_id.0);
+        for (i, p) in topic.partitions.iter().enumerate() {
+            if p.state == PartState::Creating {
+                continue;
+            }
+            let mut mp = MetadataResponsePartition::default();
+            mp.partition_index = i32::try_from(i).expect("bounded partition count");
+            mp.leader_id = me;
+            mp.leader_epoch = 0;
+            mp.replica_nodes = vec![me];
+            mp.isr_nodes = vec![me];
+            match p.state {
+                PartState::Online => {}
+                PartState::Offline => {
+                    mp.error_code = KafkaError::KafkaStorageError.code();
+                    mp.offline_replicas = vec![me];
+                }
+                _ => mp.error_code = KafkaError::LeaderNotAvailable.code(),
+            }
+            t.partitions.push(mp);
+        }
+        t
+    }
+
+    pub(super) fn handle_describe_cluster(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: DescribeClusterRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = DescribeClusterResponse::default();
+        resp.cluster_id = sb(self.config.cluster_id.clone());
+        resp.controller_id = BrokerId(self.config.node_id.0);
+        resp.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+        resp.endpoint_type = req.endpoint_type.max(1);
+        let mut b = DescribeClusterBroker::default();
+        b.broker_id = BrokerId(self.config.node_id.0);
+        b.host = sb(self.config.advertised_host.clone());
+        b.port = self.config.advertised_port;
+        resp.brokers = vec![b];
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+
+    pub(super) fn handle_describe_configs(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: DescribeConfigsRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = DescribeConfigsResponse::default();
+        for r in &req.resources {
+            let mut res = DescribeConfigsResult::default();
+            res.resource_type = r.resource_type;
+            res.resource_name = r.resource_name.clone();
+            let keys: Option<BTreeSet<&str>> = r
+                .configuration_keys
+                .as_ref()
+                .map(|k| k.iter().map(|s| s.as_str()).collect());
+            let wanted = |k: &str| keys.as_ref().is_none_or(|set| set.contains(k));
+            match r.resource_type {
+                // TOPIC
+                2 => match self.topics.get(r.resource_name.as_str()) {
+                    None => {
+                        res.error_code = KafkaError::UnknownTopicOrPartition.code();
+                        res.error_message = Some(sb("no such topic"));
+                    }
+                    Some(t) => {
+                        for key in TOPIC_CONFIG_KEYS.iter().filter(|k| wanted(k.name)) {
+                            let default = self
+                                .config
+                                .topic_config_default(key.name)
+                                .unwrap_or_default();
+                            let (value, source) = match t.configs.get(key.name) {
+                                Some(v) => (v.clone(), 1),    // TOPIC_CONFIG
+                                None => (default.clone(), 5), // DEFAULT_CONFIG
+                            };
+                            let mut c = config_entry(
+                                ctx.version,
+                                key.name,
+                                &value,
+                                source,
+                                key.config_type,
+                                key.doc,
+                                req.include_documentation,
+                            );
+                            if req.include_synonyms {
+                                if source == 1 {
+                                    c.synonyms.push(synonym(key.name, &value, 1));
+                                }
+                                c.synonyms.push(synonym(key.name, &default, 5));
+                            }
+                            res.configs.push(c);
+                        }
+                    }
+                },
+                // BROKER
+                4 => {
+                    let me = self.config.node_id.0.to_string();
+                    if !r.resource_name.is_empty() && r.resource_name.as_str() != me {
+                        res.error_code = KafkaError::InvalidRequest.code();
+                        res.error_message = Some(sb("not this broker"));
+                    } else {
+                        for (k, v) in self
+                            .config
+                            .broker_properties
+                            .iter()
+                            .filter(|(k, _)| wanted(k))
+                        {
+                            let mut c = config_entry(ctx.version, k, v, 4, 2, "", false);
+                            c.read_only = true;
+                            res.configs.push(c);
+                        }
+                    }
+                }
+                _ => {
+                    res.error_code = KafkaError::InvalidRequest.code();
+                    res.error_message = Some(sb("unsupported resource type"));
+                }
+            }
+            resp.results.push(res);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+
+    /// Starts creating a topic: the metadata record, the partition directories and their first
+    /// segments. Returns the job that finishes when all of it is durable.
+    fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<JobId, KafkaError> {
+        let settings = TopicSettings::resolve(&self.config, &configs)?;
+        let total: usize = self.topics.values().map(|t| t.partitions.len()).sum();
+        if total + usize::try_from(partitions).unwrap_or(usize::MAX)
+            > limits::PARTITIONS_PER_NODE_MAX
+        {
+            return Err(KafkaError::PolicyViolation);
+        }
+        let id = self.new_topic_id();
+        let ops_per_partition = 4; // CreateDir + three Opens
+        let remaining = 1 + ops_per_partition * usize::try_from(partitions).expect("validated");
+        let job = self.new_job(
+            remaining,
+            JobDone::TopicReady {
+                name: name.to_string(),
+                id,
+            },
+        );
+        let rec = MetaRecord::TopicCreated {
+            name: name.to_string(),
+            id,
+            partitions,
+            configs: configs.clone().into_iter().collect(),
+        };
+        self.meta_append(&rec, job);
+        let mut topic = Topic {
+            id,
+            configs,
+            settings,
+            partitions: Vec::new(),
+            creating: Some(job),
+        };
+        for p in 0..partitions {
+            topic
+                .partitions
+                .push(self.new_partition(name, p, job, PartState::Creating));
+        }
+        self.names.insert(id, name.to_string());
+        self.topics.insert(name.to_string(), topic);
+        Ok(job)
+    }
+
+    /// A fresh, empty partition: its directory and first segment, each op counted in `job`.
+    fn new_partition(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        job: JobId,
+        state: PartState,
+    ) -> Partition {
+        let dir = metadata::partition_dir(topic, partition);
+        self.issue(DiskOp::CreateDir { path: dir.clone() }, Purpose::Job(job));
+        let mut log = PartitionLog::empty(dir);
+        let mut ops = Vec::new();
+        let mut next = self.next_file;
+        log.add_segment(0, self.now.wall_ms, &mut next, &mut ops);
+        self.next_file = next;
+        self.issue_all(ops, || Purpose::Job(job));
+        Partition {
+            log,
+            state,
+            sync: None,
+        }
+    }
+
+    pub(super) fn handle_create_topics(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: CreateTopicsRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        // A name whose old incarnation is still being removed: wait for that first.
+        if let Some(job) = req
+            .topics
+            .iter()
+            .find_map(|t| self.deleting.get(t.name.0.as_str()).copied())
+        {
+            self.park(conn, seq, job, Then::Redispatch { ctx, body });
+            return Ok(());
+        }
+        let mut resp = CreateTopicsResponse::default();
+        let mut jobs = Vec::new();
+        let mut seen = BTreeSet::new();
+        for t in &req.topics {
+            let name = t.name.0.to_string();
+            let mut r = CreatableTopicResult::default();
+            r.name = t.name.clone();
+            r.num_partitions = -1;
+            r.replication_factor = -1;
+            let partitions = if t.num_partitions == -1 {
+                self.config.num_partitions
+            } else {
+                t.num_partitions
+            };
+            let configs: BTreeMap<String, String> = t
+                .configs
+                .iter()
+                .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
+                .collect();
+            let check = if !seen.insert(name.clone()) {
+                Err((
+                    KafkaError::InvalidRequest,
+                    "topic named twice in one request".to_string(),
+                ))
+            } else if !metadata::valid_topic_name(&name) {
+                Err((
+                    KafkaError::InvalidTopic,
+                    format!("illegal topic name {name:?}"),
+                ))
+            } else if self.topics.contains_key(&name) {
+                Err((
+                    KafkaError::TopicAlreadyExists,
+                    format!("topic {name:?} already exists"),
+                ))
+            } else if partitions <= 0 || partitions > limits::PARTITIONS_PER_TOPIC_MAX {
+                Err((
+                    KafkaError::InvalidPartitions,
+                    format!(
+                        "partitions must be 1..={}",
+                        limits::PARTITIONS_PER_TOPIC_MAX
+                    ),
+                ))
+            } else if !matches!(t.replication_factor, -1 | 1) || !t.assignments.is_empty() {
+                Err((
+                    KafkaError::InvalidReplicationFactor,
+                    "this cluster has one broker: replication factor must be 1".to_string(),
+                ))
+            } else {
+                TopicSettings::resolve(&self.config, &configs)
+                    .map(|_| ())
+                    .map_err(|e| (KafkaError::InvalidConfig, format!("{e:?}")))
+            };
+            match check {
+                Err((e, msg)) => {
+                    r.error_code = e.code();
+                    r.error_message = Some(sb(msg));
+                }
+                Ok(()) if req.validate_only => {
+                    r.num_partitions = partitions;
+                    r.replication_factor = 1;
+                }
+                Ok(()) => match self.create_topic(&name, partitions, configs.clone()) {
+                    Err(e) => r.error_code = e.code(),
+                    Ok(job) => {
+                        r.topic_id = Uuid::from_bytes(self.topics[&name].id);
+                        r.num_partitions = partitions;
+                        r.replication_factor = 1;
+                        if ctx.version >= 5 {
+                            r.configs = Some(self.created_configs(&configs));
+                        }
+                        jobs.push((resp.topics.len(), job));
+                    }
+                },
+            }
+            resp.topics.push(r);
+        }
+        let job_set: BTreeSet<JobId> = jobs.iter().map(|(_, j)| *j).collect();
+        let build = {
+            let ctx = ctx.clone();
+            move |failed: &BTreeSet<JobId>| {
+                for (i, j) in &jobs {
+                    if failed.contains(j) {
+                        resp.topics[*i].error_code = KafkaError::KafkaStorageError.code();
+                    }
+                }
+                protocol::encode_response(&ctx, &resp)
+            }
+        };
+        self.respond_after(conn, seq, job_set, Box::new(build));
+        Ok(())
+    }
+
+    fn created_configs(&self, overrides: &BTreeMap<String, String>) -> Vec<CreatableTopicConfigs> {
+        TOPIC_CONFIG_KEYS
+            .iter()
+            .map(|k| {
+                let mut c = CreatableTopicConfigs::default();
+                c.name = sb(k.name);
+                let (v, source) = match overrides.get(k.name) {
+                    Some(v) => (v.clone(), 1),
+                    None => (
+                        self.config.topic_config_default(k.name).unwrap_or_default(),
+                        5,
+                    ),
+                };
+                c.value = Some(sb(v));
+                c.config_source = source;
+                c
+            })
+            .collect()
+    }
+
+    /// Answers now if nothing is pending, else when every job has finished.
+    fn respond_after(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        jobs: BTreeSet<JobId>,
+        build: super::BuildResponse,
+    ) {
+        if jobs.is_empty() {
+            let frame = build(&BTreeSet::new());
+            self.respond_bytes(conn, seq, frame);
+        } else {
+            self.waiters.push(Waiter {
+                conn,
+                seq,
+                jobs,
+                failed: BTreeSet::new(),
+                then: Then::Respond(build),
+            });
+        }
+    }
+
+    pub(super) fn handle_delete_topics(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: DeleteTopicsRequest = protocol::decode_body(body, ctx.version)?;
+        // Before v6 topics come as a list of names; from v6 as (name or id) entries.
+        let targets: Vec<(Option<String>, Uuid)> = if ctx.version >= 6 {
+            req.topics
+                .iter()
+                .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
+                .collect()
+        } else {
+            req.topic_names
+                .iter()
+                .map(|n| (Some(n.0.to_string()), Uuid::nil()))
+                .collect()
+        };
+        let mut resp = DeleteTopicsResponse::default();
+        let mut jobs = Vec::new();
+        for (name, id) in targets {
+            let mut r = DeletableTopicResult::default();
+            r.topic_id = id;
+            let name = name.or_else(|| self.names.get(id.as_bytes()).cloned());
+            r.name = name.clone().map(|n| TopicName(sb(n)));
+            match name
+                .as_ref()
+                .and_then(|n| self.topics.get(n).map(|t| (n.clone(), t.id, t.creating)))
+            {
+                None => {
+                    r.error_code = if name.is_none() {
+                        KafkaError::UnknownTopicId
+                    } else {
+                        KafkaError::UnknownTopicOrPartition
+                    }
+                    .code();
+                }
+                Some((_, _, Some(_))) => r.error_code = KafkaError::LeaderNotAvailable.code(),
+                Some((n, tid, None)) => {
+                    r.topic_id = Uuid::from_bytes(tid);
+                    let job = self.new_job(
+                        1,
+                        JobDone::TopicDeleteDurable {
+                            name: n.clone(),
+                            id: tid,
+                        },
+                    );
+                    self.meta_append(&MetaRecord::TopicDeleted { name: n, id: tid }, job);
+                    jobs.push((resp.responses.len(), job));
+                }
+            }
+            resp.responses.push(r);
+        }
+        let job_set: BTreeSet<JobId> = jobs.iter().map(|(_, j)| *j).collect();
+        let build = {
+            let ctx = ctx.clone();
+            move |failed: &BTreeSet<JobId>| {
+                for (i, j) in &jobs {
+                    if failed.contains(j) {
+                        resp.responses[*i].error_code = KafkaError::KafkaStorageError.code();
+                    }
+                }
+                protocol::encode_response(&ctx, &resp)
+            }
+        };
+        self.respond_after(conn, seq, job_set, Box::new(build));
+        Ok(())
+    }
+
+    pub(super) fn handle_create_partitions(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: CreatePartitionsRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = CreatePartitionsResponse::default();
+        let mut jobs = Vec::new();
+        for t in &req.topics {
+            let name = t.name.0.to_string();
+            let mut r = CreatePartitionsTopicResult::default();
+            r.name = t.name.clone();
+            let current = self
+                .topics
+                .get(&name)
+                .map(|tp| (tp.partitions.len(), tp.creating.is_some(), tp.id));
+            let check = match current {
+                None => Err((
+                    KafkaError::UnknownTopicOrPartition,
+                    "no such topic".to_string(),
+                )),
+                Some((_, true, _)) => Err((
+                    KafkaError::LeaderNotAvailable,
+                    "topic is being created".to_string(),
+                )),
+                Some((n, _, _)) if usize::try_from(t.count).map_or(true, |c| c <= n) => Err((
+                    KafkaError::InvalidPartitions,
+                    format!("topic has {n} partitions; the count can only grow"),
+                )),
+                Some(_) if t.count > limits::PARTITIONS_PER_TOPIC_MAX => Err((
+                    KafkaError::InvalidPartitions,
+                    format!("at most {} partitions", limits::PARTITIONS_PER_TOPIC_MAX),
+                )),
+                Some(_)
+                    if t.assignments.as_ref().is_some_and(|a| {
+                        a.iter()
+                            .any(|a| a.broker_ids.iter().any(|b| b.0 != self.config.node_id.0))
+                    }) =>
+                {
+                    Err((
+                        KafkaError::InvalidRequest,
+                        "assignment names an unknown broker".to_string(),
+                    ))
+                }
+                Some((n, _, id)) => Ok((n, id)),
+            };
+            match check {
+                Err((e, msg)) => {
+                    r.error_code = e.code();
+                    r.error_message = Some(sb(msg));
+                }
+                Ok(_) if req.validate_only => {}
+                Ok((n, id)) => {
+                    let from = i32::try_from(n).expect("bounded");
+                    let added = usize::try_from(t.count).expect("checked") - n;
+                    let job = self.new_job(
+                        1 + 4 * added,
+                        JobDone::PartitionsReady {
+                            name: name.clone(),
+                            id,
+                            from,
+                        },
+                    );
+                    self.meta_append(
+                        &MetaRecord::PartitionsCreated {
+                            name: name.clone(),
+                            id,
+                            total: t.count,
+                        },
+                        job,
+                    );
+                    for p in from..t.count {
+                        let part = self.new_partition(&name, p, job, PartState::Creating);
+                        self.topics
+                            .get_mut(&name)
+                            .expect("checked")
+                            .partitions
+                            .push(part);
+                    }
+                    jobs.push((resp.results.len(), job));
+                }
+            }
+            resp.results.push(r);
+        }
+        let job_set: BTreeSet<JobId> = jobs.iter().map(|(_, j)| *j).collect();
+        let build = {
+            let ctx = ctx.clone();
+            move |failed: &BTreeSet<JobId>| {
+                for (i, j) in &jobs {
+                    if failed.contains(j) {
+                        resp.results[*i].error_code = KafkaError::KafkaStorageError.code();
+                    }
+                }
+                protocol::encode_response(&ctx, &resp)
+            }
+        };
+        self.respond_after(conn, seq, job_set, Box::new(build));
+        Ok(())
+    }
+
+    /// A job has finished: apply its effect, then wake the requests waiting for it.
+    pub(super) fn finish_job(&mut self, id: JobId, job: Job) {
+        match job.on_done {
+            JobDone::TopicReady { name, id: tid } => self.topic_ready(&name, tid, !job.failed),
+            JobDone::PartitionsReady {
+                name,
+                id: tid,
+                from,
+            } => self.partitions_ready(&name, tid, from, !job.failed),
+            JobDone::TopicDeleteDurable { name, id: tid } if !job.failed => {
+                self.remove_topic(&name, tid)
+            }
+            JobDone::TopicDeleteDurable { .. } => {}
+            JobDone::DirsRemoved { name } => {
+                self.deleting.remove(&name);
+            }
+        }
+        let waiters = std::mem::take(&mut self.waiters);
+        for mut w in waiters {
+            if w.jobs.remove(&id) && job.failed {
+                w.failed.insert(id);
+            }
+            if !w.jobs.is_empty() {
+                self.waiters.push(w);
+                continue;
+            }
+            match w.then {
+                Then::Redispatch { ctx, body } => self.dispatch(w.conn, w.seq, ctx, body),
+                Then::Respond(build) => {
+                    let frame = build(&w.failed);
+                    self.respond_bytes(w.conn, w.seq, frame);
+                }
+            }
+        }
+    }
+
+    fn topic_ready(&mut self, name: &str, id: TopicId, ok: bool) {
+        let Some(t) = self.topics.get_mut(name).filter(|t| t.id == id) else {
+            return;
+        };
+        if ok {
+            t.creating = None;
+            for p in &mut t.partitions {
+                p.state = PartState::Online;
+            }
+            tracing::info!(topic = %name, partitions = t.partitions.len(), "topic created");
+        } else {
+            tracing::error!(topic = %name, "topic creation failed on disk; rolling back");
+            let n = t.partitions.len();
+            self.drop_topic_memory(name, id);
+            self.remove_dirs(name, 0..i32::try_from(n).expect("bounded"), None);
+        }
+    }
+
+    fn partitions_ready(&mut self, name: &str, id: TopicId, from: i32, ok: bool) {
+        let Some(t) = self.topics.get_mut(name).filter(|t| t.id == id) else {
+            return;
+        };
+        let start = usize::try_from(from).expect("non-negative");
+        if ok {
+            for p in t.partitions.iter_mut().skip(start) {
+                p.state = PartState::Online;
+            }
+        } else {
+            let n = t.partitions.len();
+            t.partitions.truncate(start);
+            self.remove_dirs(name, from..i32::try_from(n).expect("bounded"), None);
+        }
+    }
+
+    /// The deletion is durable: forget the topic, fail what waits on it, remove its files.
+    fn remove_topic(&mut self, name: &str, id: TopicId) {
+        let Some(t) = self.topics.get(name).filter(|t| t.id == id) else {
+            return;
+        };
+        let n = i32::try_from(t.partitions.len()).expect("bounded");
+        let files: Vec<_> = t
+            .partitions
+            .iter()
+            .flat_map(|p| {
+                p.log
+                    .segments
+                    .iter()
+                    .flat_map(|s| [s.log_file, s.index_file, s.time_index_file])
+            })
+            .collect();
+        self.drop_topic_memory(name, id);
+        for file in files {
+            self.issue(DiskOp::Close { file }, Purpose::Ignore);
+        }
+        let job = self.new_job(
+            usize::try_from(n).expect("bounded"),
+            JobDone::DirsRemoved {
+                name: name.to_string(),
+            },
+        );
+        self.deleting.insert(name.to_string(), job);
+        self.remove_dirs(name, 0..n, Some(job));
+        self.hw_moved = true; // pending produces on it now fail
+        tracing::info!(topic = %name, "topic deleted");
+    }
+
+    fn drop_topic_memory(&mut self, name: &str, id: TopicId) {
+        self.topics.remove(name);
+        self.names.remove(&id);
+        self.dirty.retain(|tp| tp.0 != id);
+    }
+
+    fn remove_dirs(&mut self, name: &str, partitions: std::ops::Range<i32>, job: Option<JobId>) {
+        for p in partitions {
+            let purpose = job.map_or(Purpose::Ignore, Purpose::Job);
+            self.issue(
+                DiskOp::RemoveDirAll {
+                    path: metadata::partition_dir(name, p),
+                },
+                purpose,
+            );
+        }
+    }
+}
+
+fn config_entry(
+    version: i16,
+    name: &str,
+    value: &str,
+    source: i8,
+    config_type: i8,
+    doc: &str,
+    with_doc: bool,
+) -> DescribeConfigsResourceResult {
+    let mut c = DescribeConfigsResourceResult::default();
+    c.name = sb(name);
+    c.value = Some(sb(value));
+    c.config_source = source;
+    c.read_only = false;
+    c.is_sensitive = false;
+    if version >= 3 {
+        c.config_type = config_type;
+        if with_doc && !doc.is_empty() {
+            c.documentation = Some(sb(doc));
+        }
+    }
+    c
+}
+
+fn synonym(name: &str, value: &str, source: i8) -> DescribeConfigsSynonym {
+    let mut s = DescribeConfigsSynonym::default();
+    s.name = sb(name);
+    s.value = Some(sb(value));
+    s.source = source;
+    s
+}

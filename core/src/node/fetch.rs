@@ -1,0 +1,231 @@
+//! Fetch (with max.wait.ms long polls and min.bytes) and ListOffsets.
+
+use bytes::Bytes;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, ListOffsetsResponse};
+
+use super::{Node, PartState};
+use crate::io::Part;
+use crate::limits;
+use crate::log::ReadResult;
+use crate::protocol::errors::KafkaError;
+use crate::protocol::fetch_response::{self, PartitionData, TopicData};
+use crate::protocol::{self, FrameError, RequestContext};
+use crate::types::{ConnId, Instant};
+
+/// A fetch parked until enough data is durable or its wait runs out.
+pub(super) struct PendingFetch {
+    pub conn: ConnId,
+    seq: u64,
+    ctx: RequestContext,
+    req: FetchRequest,
+    pub deadline: Instant,
+}
+
+/// Error for the whole Fetch: a fetch session id Sluice never handed out.
+const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+
+impl Node {
+    pub(super) fn handle_fetch(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: FetchRequest = protocol::decode_body(body, ctx.version)?;
+        if ctx.version >= 7 && req.session_id != 0 {
+            let parts = fetch_response::encode(
+                ctx.version,
+                ctx.correlation_id,
+                FETCH_SESSION_ID_NOT_FOUND,
+                &[],
+            );
+            self.respond(conn, seq, Some(parts));
+            return Ok(());
+        }
+        let (parts, bytes, error) = self.build_fetch(&ctx, &req);
+        let wait_ms = u64::try_from(req.max_wait_ms)
+            .unwrap_or(0)
+            .min(limits::FETCH_MAX_WAIT_MS_MAX);
+        if error || wait_ms == 0 || bytes >= usize::try_from(req.min_bytes.max(1)).unwrap_or(1) {
+            self.respond(conn, seq, Some(parts));
+        } else {
+            let deadline = self.now.mono.plus_millis(wait_ms);
+            self.fetches.push(PendingFetch {
+                conn,
+                seq,
+                ctx,
+                req,
+                deadline,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads every requested partition up to its high watermark. Returns the response parts,
+    /// the record bytes found, and whether any partition had an error.
+    fn build_fetch(&self, ctx: &RequestContext, req: &FetchRequest) -> (Vec<Part>, usize, bool) {
+        let mut budget = usize::try_from(req.max_bytes)
+            .unwrap_or(0)
+            .min(limits::FETCH_RESPONSE_BYTES_MAX);
+        if ctx.version < 3 || req.max_bytes <= 0 {
+            budget = limits::FETCH_RESPONSE_BYTES_MAX;
+        }
+        let mut total = 0usize;
+        let mut error = false;
+        let mut topics = Vec::with_capacity(req.topics.len());
+        for ft in &req.topics {
+            let name = ft.topic.0.as_str();
+            let topic = self.topics.get(name);
+            let mut td = TopicData {
+                name: name.to_string(),
+                partitions: Vec::with_capacity(ft.partitions.len()),
+            };
+            for fp in &ft.partitions {
+                let mut pd = PartitionData {
+                    partition_index: fp.partition,
+                    error_code: 0,
+                    high_watermark: -1,
+                    last_stable_offset: -1,
+                    log_start_offset: -1,
+                    records: None,
+                };
+                let part = topic.and_then(|t| {
+                    usize::try_from(fp.partition)
+                        .ok()
+                        .and_then(|i| t.partitions.get(i))
+                });
+                match part {
+                    None => pd.error_code = KafkaError::UnknownTopicOrPartition.code(),
+                    Some(p) if p.state == PartState::Offline => {
+                        pd.error_code = KafkaError::KafkaStorageError.code()
+                    }
+                    Some(p) if p.state != PartState::Online => {
+                        pd.error_code = KafkaError::LeaderNotAvailable.code()
+                    }
+                    Some(p) => {
+                        let l = &p.log;
+                        pd.high_watermark = l.high_watermark;
+                        pd.last_stable_offset = l.high_watermark;
+                        pd.log_start_offset = l.log_start_offset;
+                        let max = usize::try_from(fp.partition_max_bytes)
+                            .unwrap_or(0)
+                            .min(budget);
+                        match l.read(fp.fetch_offset, l.high_watermark, max, total == 0) {
+                            ReadResult::OutOfRange => {
+                                pd.error_code = KafkaError::OffsetOutOfRange.code()
+                            }
+                            ReadResult::Empty => {}
+                            ReadResult::Range {
+                                file,
+                                position,
+                                len,
+                            } => {
+                                total += len as usize;
+                                budget = budget.saturating_sub(len as usize);
+                                pd.records = Some(Part::File {
+                                    file,
+                                    position,
+                                    len,
+                                });
+                            }
+                        }
+                    }
+                }
+                error |= pd.error_code != 0;
+                td.partitions.push(pd);
+            }
+            topics.push(td);
+        }
+        (
+            fetch_response::encode(ctx.version, ctx.correlation_id, 0, &topics),
+            total,
+            error,
+        )
+    }
+
+    /// Re-reads parked fetches after high watermarks moved; answers those with enough data.
+    pub(super) fn wake_fetches(&mut self) {
+        self.settle_fetches(false);
+    }
+
+    /// Answers parked fetches whose wait has run out.
+    pub(super) fn expire_fetches(&mut self) {
+        self.settle_fetches(true);
+    }
+
+    fn settle_fetches(&mut self, expire: bool) {
+        let parked = std::mem::take(&mut self.fetches);
+        for f in parked {
+            let timed_out = expire && self.now.mono >= f.deadline;
+            let (parts, bytes, error) = self.build_fetch(&f.ctx, &f.req);
+            let min = usize::try_from(f.req.min_bytes.max(1)).unwrap_or(1);
+            if timed_out || error || bytes >= min {
+                self.respond(f.conn, f.seq, Some(parts));
+            } else {
+                self.fetches.push(f);
+            }
+        }
+    }
+
+    pub(super) fn handle_list_offsets(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: ListOffsetsRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = ListOffsetsResponse::default();
+        for t in &req.topics {
+            let mut tr = ListOffsetsTopicResponse::default();
+            tr.name = t.name.clone();
+            let topic = self.topics.get(t.name.0.as_str());
+            for p in &t.partitions {
+                let mut pr = ListOffsetsPartitionResponse::default();
+                pr.partition_index = p.partition_index;
+                pr.timestamp = -1;
+                pr.offset = -1;
+                pr.leader_epoch = -1;
+                let part = topic.and_then(|tt| {
+                    usize::try_from(p.partition_index)
+                        .ok()
+                        .and_then(|i| tt.partitions.get(i))
+                });
+                match part {
+                    None => pr.error_code = KafkaError::UnknownTopicOrPartition.code(),
+                    Some(pt) if pt.state != PartState::Online => {
+                        pr.error_code = KafkaError::LeaderNotAvailable.code()
+                    }
+                    Some(pt) => {
+                        let l = &pt.log;
+                        let found = match p.timestamp {
+                            -1 => Some((l.high_watermark, -1)),
+                            -2 | -4 => Some((l.log_start_offset, -1)),
+                            -3 => l
+                                .max_timestamp_offset(l.high_watermark)
+                                .or(Some((l.high_watermark, -1))),
+                            ts if ts >= 0 => l.offset_for_timestamp(ts, l.high_watermark),
+                            _ => {
+                                pr.error_code = KafkaError::InvalidRequest.code();
+                                None
+                            }
+                        };
+                        if let Some((offset, ts)) = found {
+                            pr.offset = offset;
+                            pr.timestamp = ts;
+                            pr.leader_epoch = 0;
+                        }
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+}

@@ -1,0 +1,746 @@
+//! The broker node: the one state machine the runtimes drive.
+//!
+//! `handle` is the only mutation; `poll_output` drains what it produced; `poll_timeout` says
+//! when to call again with `Input::Timeout`. Durability is an input: a produce is answered,
+//! and the high watermark moves, only after the `Sync` covering its write has completed.
+//! Syncs are issued at the end of every `handle` for every partition written since its last
+//! sync was issued, so one sync covers every connection's writes (group commit).
+
+mod admin;
+mod fetch;
+mod produce;
+mod recovery;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{NodeConfig, TopicSettings};
+use crate::io::{DiskError, DiskOp, DiskReply, Input, Output, Part};
+use crate::limits;
+use crate::log::{FileIds, PartitionLog};
+use crate::metadata;
+use crate::protocol::{self, FrameError, RequestContext};
+use crate::types::{ConnId, FileId, Instant, Offset, OpId, Time};
+
+pub use recovery::RecoveryStats;
+
+/// A topic's id (Kafka's UUID).
+pub type TopicId = [u8; 16];
+/// A partition, named by its topic's id so a stale reference can never hit a new topic of the
+/// same name.
+pub type Tp = (TopicId, i32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct JobId(u64);
+
+/// What a disk operation was for.
+#[derive(Debug)]
+enum Purpose {
+    /// A write or truncate of a partition's files; failure fails the partition's tail.
+    Log {
+        tp: Tp,
+        generation: u64,
+    },
+    /// One file of a partition's sync batch.
+    LogSync {
+        tp: Tp,
+        generation: u64,
+    },
+    MetaWrite,
+    MetaSync {
+        size: u64,
+        generation: u64,
+    },
+    Job(JobId),
+    Recovery(recovery::Step),
+    /// Nothing waits on it (closing handles, deleting files); failures are logged.
+    Ignore,
+}
+
+/// Something a set of disk operations achieves together (creating a topic, ...).
+struct Job {
+    remaining: usize,
+    failed: bool,
+    on_done: JobDone,
+}
+
+enum JobDone {
+    TopicReady {
+        name: String,
+        id: TopicId,
+    },
+    PartitionsReady {
+        name: String,
+        id: TopicId,
+        from: i32,
+    },
+    TopicDeleteDurable {
+        name: String,
+        id: TopicId,
+    },
+    DirsRemoved {
+        name: String,
+    },
+}
+
+/// A request that waits for jobs before it can be answered.
+struct Waiter {
+    conn: ConnId,
+    seq: u64,
+    jobs: BTreeSet<JobId>,
+    failed: BTreeSet<JobId>,
+    then: Then,
+}
+
+type BuildResponse = Box<dyn FnOnce(&BTreeSet<JobId>) -> Bytes + Send>;
+
+enum Then {
+    /// Handle the request again from the start (it found a topic still being created).
+    Redispatch { ctx: RequestContext, body: Bytes },
+    /// Send the response the closure builds, given which jobs failed.
+    Respond(BuildResponse),
+}
+
+/// One partition of a topic.
+struct Partition {
+    log: PartitionLog,
+    state: PartState,
+    /// The sync batch in flight: files still to complete, the offset it makes durable.
+    sync: Option<SyncBatch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartState {
+    Recovering,
+    /// Being created (its job has not finished).
+    Creating,
+    Online,
+    /// A disk error made it unusable until restart.
+    Offline,
+}
+
+struct SyncBatch {
+    remaining: usize,
+    end: Offset,
+    generation: u64,
+    failed: bool,
+}
+
+struct Topic {
+    id: TopicId,
+    configs: BTreeMap<String, String>,
+    settings: TopicSettings,
+    partitions: Vec<Partition>,
+    /// Set while the topic is being created.
+    creating: Option<JobId>,
+}
+
+/// The metadata log file and its durability.
+struct MetaLog {
+    file: FileId,
+    size: u64,
+    synced: u64,
+    sync_in_flight: bool,
+    /// Bumped when the log is cut back after a failure; voids syncs issued before.
+    generation: u64,
+    /// Jobs waiting for the log to be durable up to a size.
+    waiting: Vec<(u64, JobId)>,
+}
+
+/// Responses of one connection are sent in request order; finished ones wait here.
+#[derive(Default)]
+struct Conn {
+    next_seq: u64,
+    next_send: u64,
+    done: BTreeMap<u64, Option<Vec<Part>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    Recovering,
+    Serving,
+    Failed(String),
+}
+
+pub struct Node {
+    config: NodeConfig,
+    rng: ChaCha8Rng,
+    now: Time,
+    phase: Phase,
+    topics: BTreeMap<String, Topic>,
+    names: BTreeMap<TopicId, String>,
+    conns: BTreeMap<ConnId, Conn>,
+    ops: BTreeMap<OpId, Purpose>,
+    next_op: u64,
+    next_file: u64,
+    next_job: u64,
+    outputs: VecDeque<Output>,
+    meta: MetaLog,
+    jobs: BTreeMap<JobId, Job>,
+    waiters: Vec<Waiter>,
+    produces: Vec<produce::PendingProduce>,
+    fetches: Vec<fetch::PendingFetch>,
+    buffered: VecDeque<(ConnId, Bytes)>,
+    /// Names whose directories are still being removed; re-creating waits for them.
+    deleting: BTreeMap<String, JobId>,
+    dirty: BTreeSet<Tp>,
+    hw_moved: bool,
+    recovery: recovery::Recovery,
+    next_retention_check: Instant,
+}
+
+impl FileIds for u64 {
+    fn next_file_id(&mut self) -> FileId {
+        *self += 1;
+        FileId(*self)
+    }
+}
+
+impl Node {
+    pub fn new(config: NodeConfig, seed: u64, now: Time) -> Node {
+        let mut node = Node {
+            next_retention_check: now.mono.plus_millis(config.log.retention_check_interval_ms),
+            config,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now,
+            phase: Phase::Recovering,
+            topics: BTreeMap::new(),
+            names: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            next_op: 0,
+            next_file: 0,
+            next_job: 0,
+            outputs: VecDeque::new(),
+            meta: MetaLog {
+                file: FileId(0),
+                size: 0,
+                synced: 0,
+                sync_in_flight: false,
+                generation: 0,
+                waiting: Vec::new(),
+            },
+            jobs: BTreeMap::new(),
+            waiters: Vec::new(),
+            produces: Vec::new(),
+            fetches: Vec::new(),
+            buffered: VecDeque::new(),
+            deleting: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            hw_moved: false,
+            recovery: recovery::Recovery::default(),
+        };
+        node.start_recovery();
+        node
+    }
+
+    /// The only mutation.
+    pub fn handle(&mut self, now: Time, input: Input) {
+        self.now = now;
+        match input {
+            Input::Request { conn, frame } => self.on_frame(conn, frame),
+            Input::ConnClosed { conn } => self.on_conn_closed(conn),
+            Input::DiskDone { op, result } => self.on_disk_done(op, result),
+            Input::Peer { from, .. } => {
+                tracing::warn!(?from, "peer message on a single-node cluster; ignored")
+            }
+            Input::Timeout => self.on_timeout(),
+        }
+        self.after_input();
+        self.invariants();
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let fetch = self.fetches.iter().map(|f| f.deadline).min();
+        let retention = (self.phase == Phase::Serving).then_some(self.next_retention_check);
+        [fetch, retention].into_iter().flatten().min()
+    }
+
+    /// True once start-up recovery has finished and requests are served.
+    pub fn is_serving(&self) -> bool {
+        self.phase == Phase::Serving
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// What recovery found at start-up.
+    pub fn recovery_stats(&self) -> &RecoveryStats {
+        &self.recovery.stats
+    }
+
+    /// High watermark and log end offset of a partition (for tests, the simulator and tools).
+    pub fn partition_offsets(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Option<(Offset, Offset, Offset)> {
+        let p = self
+            .topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)?;
+        Some((
+            p.log.log_start_offset,
+            p.log.high_watermark,
+            p.log.log_end_offset,
+        ))
+    }
+
+    // ---- plumbing -------------------------------------------------------------------
+
+    fn issue(&mut self, action: DiskOp, purpose: Purpose) -> OpId {
+        self.next_op += 1;
+        let op = OpId(self.next_op);
+        self.ops.insert(op, purpose);
+        self.outputs.push_back(Output::Disk { op, action });
+        op
+    }
+
+    fn issue_all(&mut self, actions: Vec<DiskOp>, purpose: impl Fn() -> Purpose) {
+        for a in actions {
+            let p = match a {
+                DiskOp::Close { .. } | DiskOp::DeleteFile { .. } => Purpose::Ignore,
+                _ => purpose(),
+            };
+            self.issue(a, p);
+        }
+    }
+
+    fn new_job(&mut self, remaining: usize, on_done: JobDone) -> JobId {
+        self.next_job += 1;
+        let id = JobId(self.next_job);
+        self.jobs.insert(
+            id,
+            Job {
+                remaining,
+                failed: false,
+                on_done,
+            },
+        );
+        id
+    }
+
+    fn job_step(&mut self, id: JobId, ok: bool) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.failed |= !ok;
+        job.remaining = job.remaining.saturating_sub(1);
+        if job.remaining > 0 {
+            return;
+        }
+        let job = self.jobs.remove(&id).expect("present");
+        self.finish_job(id, job);
+    }
+
+    fn new_topic_id(&mut self) -> TopicId {
+        use rand::RngCore;
+        loop {
+            let mut id = [0u8; 16];
+            self.rng.fill_bytes(&mut id);
+            id[6] = (id[6] & 0x0f) | 0x40; // UUID version 4
+            id[8] = (id[8] & 0x3f) | 0x80;
+            if !self.names.contains_key(&id) && id != [0; 16] {
+                return id;
+            }
+        }
+    }
+
+    /// Queues a response for a request; sends whatever is now in order.
+    fn respond(&mut self, conn: ConnId, seq: u64, parts: Option<Vec<Part>>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.done.insert(seq, parts);
+        while let Some(parts) = c.done.remove(&c.next_send) {
+            c.next_send += 1;
+            if let Some(parts) = parts {
+                self.outputs.push_back(Output::Response { conn, parts });
+            }
+        }
+    }
+
+    fn respond_bytes(&mut self, conn: ConnId, seq: u64, frame: Bytes) {
+        self.respond(conn, seq, Some(vec![Part::Bytes(frame)]));
+    }
+
+    fn close(&mut self, conn: ConnId, why: &str) {
+        tracing::info!(conn = conn.0, why, "closing connection");
+        self.on_conn_closed(conn);
+        self.outputs.push_back(Output::Close { conn });
+    }
+
+    // ---- inputs ---------------------------------------------------------------------
+
+    fn on_frame(&mut self, conn: ConnId, frame: Bytes) {
+        match self.phase {
+            Phase::Serving => {}
+            Phase::Recovering => {
+                if self.buffered.len() >= limits::REQUESTS_BUFFERED_DURING_RECOVERY_MAX {
+                    self.close(conn, "too many requests while recovering");
+                } else {
+                    self.buffered.push_back((conn, frame));
+                }
+                return;
+            }
+            Phase::Failed(_) => {
+                self.close(conn, "node failed at start-up");
+                return;
+            }
+        }
+        let c = self.conns.entry(conn).or_default();
+        if c.next_seq - c.next_send >= limits::IN_FLIGHT_REQUESTS_PER_CONN_MAX as u64 {
+            self.close(conn, "too many requests in flight");
+            return;
+        }
+        let seq = c.next_seq;
+        c.next_seq += 1;
+        match protocol::parse_header(&frame) {
+            Ok((ctx, body)) => self.dispatch(conn, seq, ctx, body),
+            Err(FrameError::UnsupportedVersion {
+                api_key: ApiKey::ApiVersions,
+                correlation_id,
+                ..
+            }) => {
+                // Kafka answers a too-new ApiVersions with version 0 and UNSUPPORTED_VERSION, so
+                // the client can retry with a version from the list.
+                let ctx = RequestContext {
+                    api_key: ApiKey::ApiVersions,
+                    version: 0,
+                    correlation_id,
+                    client_id: None,
+                };
+                let resp = protocol::api_versions_response(
+                    crate::protocol::errors::KafkaError::UnsupportedVersion.code(),
+                );
+                self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+            }
+            Err(e) => {
+                tracing::warn!(conn = conn.0, error = ?e, "bad request frame");
+                self.close(conn, "bad request frame");
+            }
+        }
+    }
+
+    fn dispatch(&mut self, conn: ConnId, seq: u64, ctx: RequestContext, body: Bytes) {
+        let result = match ctx.api_key {
+            ApiKey::ApiVersions => self.handle_api_versions(conn, seq, &ctx, body),
+            ApiKey::Metadata => self.handle_metadata(conn, seq, ctx, body),
+            ApiKey::Produce => self.handle_produce(conn, seq, ctx, body),
+            ApiKey::Fetch => self.handle_fetch(conn, seq, ctx, body),
+            ApiKey::ListOffsets => self.handle_list_offsets(conn, seq, &ctx, body),
+            ApiKey::CreateTopics => self.handle_create_topics(conn, seq, ctx, body),
+            ApiKey::DeleteTopics => self.handle_delete_topics(conn, seq, ctx, body),
+            ApiKey::CreatePartitions => self.handle_create_partitions(conn, seq, ctx, body),
+            ApiKey::DescribeConfigs => self.handle_describe_configs(conn, seq, &ctx, body),
+            ApiKey::DescribeCluster => self.handle_describe_cluster(conn, seq, &ctx, body),
+            _ => Err(FrameError::UnknownApi(ctx.api_key as i16)),
+        };
+        if let Err(e) = result {
+            tracing::warn!(conn = conn.0, error = ?e, "request could not be decoded");
+            self.close(conn, "malformed request");
+        }
+    }
+
+    fn on_conn_closed(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        self.produces.retain(|p| p.conn != conn);
+        self.fetches.retain(|f| f.conn != conn);
+        self.waiters.retain(|w| w.conn != conn);
+        self.buffered.retain(|(c, _)| *c != conn);
+    }
+
+    fn on_timeout(&mut self) {
+        if self.phase != Phase::Serving {
+            return;
+        }
+        self.expire_fetches();
+        if self.now.mono >= self.next_retention_check {
+            self.next_retention_check = self
+                .now
+                .mono
+                .plus_millis(self.config.log.retention_check_interval_ms);
+            self.apply_retention();
+        }
+    }
+
+    fn apply_retention(&mut self) {
+        let wall = self.now.wall_ms;
+        let mut ops = Vec::new();
+        for t in self.topics.values_mut() {
+            for p in t
+                .partitions
+                .iter_mut()
+                .filter(|p| p.state == PartState::Online)
+            {
+                let n = p.log.apply_retention(&t.settings, wall, &mut ops);
+                if n > 0 {
+                    tracing::info!(dir = %p.log.dir, segments = n, log_start_offset = p.log.log_start_offset, "retention deleted segments");
+                }
+            }
+        }
+        self.issue_all(ops, || Purpose::Ignore);
+    }
+
+    fn on_disk_done(&mut self, op: OpId, result: Result<DiskReply, DiskError>) {
+        let Some(purpose) = self.ops.remove(&op) else {
+            tracing::warn!(op = op.0, "completion for an unknown disk operation");
+            return;
+        };
+        match purpose {
+            Purpose::Log { tp, generation } => {
+                if let Err(e) = result {
+                    self.storage_failure(tp, generation, &e);
+                }
+            }
+            Purpose::LogSync { tp, generation } => self.on_log_sync(tp, generation, result.err()),
+            Purpose::MetaWrite => {
+                if let Err(e) = result {
+                    self.meta_failure(&e);
+                }
+            }
+            Purpose::MetaSync { size, generation } => {
+                self.on_meta_sync(size, generation, result.err())
+            }
+            Purpose::Job(id) => {
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "disk operation for an admin change failed");
+                }
+                self.job_step(id, result.is_ok());
+            }
+            Purpose::Recovery(step) => self.on_recovery_step(step, result),
+            Purpose::Ignore => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "background disk operation failed");
+                }
+            }
+        }
+    }
+
+    // ---- durability -------------------------------------------------------------------
+
+    /// Issues a sync for every partition written since its last sync was issued (unless one
+    /// is already in flight: it will be followed by another when it completes), and for the
+    /// metadata log. Then answers what became durable.
+    fn after_input(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for tp in dirty {
+            let Some(p) = self.partition_mut(tp) else {
+                continue;
+            };
+            if p.sync.is_some() || p.log.dirty.is_empty() {
+                if !p.log.dirty.is_empty() {
+                    self.dirty.insert(tp);
+                }
+                continue;
+            }
+            let files = std::mem::take(&mut p.log.dirty);
+            p.sync = Some(SyncBatch {
+                remaining: files.len(),
+                end: p.log.log_end_offset,
+                generation: p.log.generation,
+                failed: false,
+            });
+            let generation = p.log.generation;
+            for file in files {
+                self.issue(DiskOp::Sync { file }, Purpose::LogSync { tp, generation });
+            }
+        }
+        if !self.meta.sync_in_flight && self.meta.synced < self.meta.size {
+            self.meta.sync_in_flight = true;
+            let (size, generation) = (self.meta.size, self.meta.generation);
+            self.issue(
+                DiskOp::Sync {
+                    file: self.meta.file,
+                },
+                Purpose::MetaSync { size, generation },
+            );
+        }
+        if std::mem::take(&mut self.hw_moved) {
+            self.complete_produces();
+            self.wake_fetches();
+        }
+    }
+
+    fn on_log_sync(&mut self, tp: Tp, generation: u64, error: Option<DiskError>) {
+        let Some(p) = self.partition_mut(tp) else {
+            return;
+        };
+        let Some(batch) = p.sync.as_mut() else { return };
+        batch.failed |= error.is_some();
+        batch.remaining -= 1;
+        if batch.remaining > 0 {
+            return;
+        }
+        let batch = p.sync.take().expect("present");
+        if !p.log.dirty.is_empty() {
+            self.dirty.insert(tp);
+        }
+        if batch.failed {
+            let e = error
+                .unwrap_or_else(|| DiskError::Io("an earlier sync of this batch failed".into()));
+            self.storage_failure(tp, generation, &e);
+            return;
+        }
+        let p = self.partition_mut(tp).expect("checked above");
+        if batch.generation == p.log.generation && batch.end > p.log.high_watermark {
+            p.log.high_watermark = batch.end.min(p.log.log_end_offset);
+            self.hw_moved = true;
+        }
+    }
+
+    /// A write or sync of a partition failed (a full disk, an I/O error): nothing past the
+    /// high watermark can be trusted. Cut the log back to it and fail the waiting produces;
+    /// the partition keeps serving, and later produces may succeed once space is freed.
+    fn storage_failure(&mut self, tp: Tp, generation: u64, e: &DiskError) {
+        let interval = self
+            .topic_settings(tp)
+            .map_or(4096, |s| s.index_interval_bytes);
+        let Some(p) = self.partition_mut(tp) else {
+            return;
+        };
+        if generation != p.log.generation {
+            return; // already cut back after an earlier failure
+        }
+        tracing::error!(dir = %p.log.dir, error = %e, high_watermark = p.log.high_watermark, "log write failed; truncating to the high watermark");
+        let mut ops = Vec::new();
+        let hw = p.log.high_watermark;
+        p.log.truncate_to(hw, interval, &mut ops);
+        if p.log.generation == generation {
+            p.log.generation += 1; // nothing to cut, but in-flight work must still be voided
+        }
+        let generation = p.log.generation;
+        self.issue_all(ops, || Purpose::Log { tp, generation });
+        self.dirty.insert(tp);
+        self.hw_moved = true; // lets waiting produces see the new generation and fail
+    }
+
+    fn meta_append(&mut self, rec: &metadata::MetaRecord, job: JobId) {
+        let bytes = metadata::encode_record(rec);
+        let position = self.meta.size;
+        self.meta.size += bytes.len() as u64;
+        let size = self.meta.size;
+        self.issue(
+            DiskOp::Write {
+                file: self.meta.file,
+                position,
+                data: vec![Bytes::from(bytes)],
+            },
+            Purpose::MetaWrite,
+        );
+        self.meta.waiting.push((size, job));
+    }
+
+    fn on_meta_sync(&mut self, size: u64, generation: u64, error: Option<DiskError>) {
+        self.meta.sync_in_flight = false;
+        if generation != self.meta.generation {
+            return; // issued before a failure cut the log back
+        }
+        if let Some(e) = error {
+            self.meta_failure(&e);
+            return;
+        }
+        self.meta.synced = self.meta.synced.max(size);
+        let synced = self.meta.synced;
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.meta.waiting.drain(..).partition(|(s, _)| *s <= synced);
+        self.meta.waiting = waiting;
+        for (_, job) in ready {
+            self.job_step(job, true);
+        }
+    }
+
+    /// The metadata log could not be written or synced: cut it back to its durable size and
+    /// fail every change that was waiting for it.
+    fn meta_failure(&mut self, e: &DiskError) {
+        tracing::error!(error = %e, synced = self.meta.synced, "metadata log write failed");
+        self.meta.generation += 1;
+        if self.meta.size > self.meta.synced {
+            self.meta.size = self.meta.synced;
+            self.issue(
+                DiskOp::Truncate {
+                    file: self.meta.file,
+                    len: self.meta.synced,
+                },
+                Purpose::Ignore,
+            );
+        }
+        let waiting = std::mem::take(&mut self.meta.waiting);
+        for (_, job) in waiting {
+            self.job_step(job, false);
+        }
+    }
+
+    // ---- lookups ------------------------------------------------------------------------
+
+    fn partition_mut(&mut self, tp: Tp) -> Option<&mut Partition> {
+        let name = self.names.get(&tp.0)?;
+        self.topics
+            .get_mut(name)?
+            .partitions
+            .get_mut(usize::try_from(tp.1).ok()?)
+    }
+
+    fn partition(&self, tp: Tp) -> Option<&Partition> {
+        let name = self.names.get(&tp.0)?;
+        self.topics
+            .get(name)?
+            .partitions
+            .get(usize::try_from(tp.1).ok()?)
+    }
+
+    fn topic_settings(&self, tp: Tp) -> Option<&TopicSettings> {
+        let name = self.names.get(&tp.0)?;
+        Some(&self.topics.get(name)?.settings)
+    }
+
+    /// State invariants, checked after every input. A failure is a bug in core.
+    fn invariants(&self) {
+        for (name, t) in &self.topics {
+            assert_eq!(
+                self.names.get(&t.id),
+                Some(name),
+                "topic id index out of sync"
+            );
+            for p in &t.partitions {
+                let l = &p.log;
+                if p.state == PartState::Online {
+                    assert!(
+                        l.log_start_offset <= l.high_watermark,
+                        "{}: log start past high watermark",
+                        l.dir
+                    );
+                    assert!(
+                        l.high_watermark <= l.log_end_offset,
+                        "{}: high watermark past log end",
+                        l.dir
+                    );
+                    let last = l.segments.last().expect("online logs have a segment");
+                    assert_eq!(
+                        last.next_offset().max(last.base_offset),
+                        l.log_end_offset,
+                        "{}: log end offset",
+                        l.dir
+                    );
+                }
+            }
+        }
+        assert!(
+            self.meta.synced <= self.meta.size,
+            "metadata log synced past its end"
+        );
+        for c in self.conns.values() {
+            assert!(c.next_send <= c.next_seq);
+        }
+    }
+}

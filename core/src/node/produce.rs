@@ -1,0 +1,225 @@
+//! Produce: check every batch, append, and answer once the sync covering it has completed.
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use super::{Node, PartState, Then, Tp, Waiter};
+use crate::log::batch::{self, BatchError, BatchHeader};
+use crate::protocol::errors::KafkaError;
+use crate::protocol::{self, FrameError, RequestContext};
+use crate::types::{ConnId, Offset};
+
+/// A produce waiting for its partitions' high watermarks.
+pub(super) struct PendingProduce {
+    pub conn: ConnId,
+    seq: u64,
+    ctx: RequestContext,
+    resp: ProduceResponse,
+    /// (topic index, partition index in the response, partition, offset that must be
+    /// durable, log generation at append)
+    waits: Vec<(usize, usize, Tp, Offset, u64)>,
+}
+
+impl Node {
+    pub(super) fn handle_produce(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: ProduceRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        // A topic still being created: answer once it exists.
+        if let Some(job) = req
+            .topic_data
+            .iter()
+            .find_map(|t| self.topics.get(t.name.0.as_str()).and_then(|t| t.creating))
+        {
+            self.park(conn, seq, job, Then::Redispatch { ctx, body });
+            return Ok(());
+        }
+        let acks = req.acks;
+        let mut resp = ProduceResponse::default();
+        let mut waits = Vec::new();
+        for (ti, td) in req.topic_data.iter().enumerate() {
+            let mut tr = TopicProduceResponse::default();
+            tr.name = td.name.clone();
+            for (pi, pd) in td.partition_data.iter().enumerate() {
+                let mut pr = PartitionProduceResponse::default();
+                pr.index = pd.index;
+                pr.base_offset = -1;
+                pr.log_append_time_ms = -1;
+                pr.log_start_offset = -1;
+                let result = if !matches!(acks, -1 | 0 | 1) {
+                    Err(KafkaError::InvalidRequiredAcks)
+                } else if req.transactional_id.is_some() {
+                    Err(KafkaError::TransactionalIdAuthorizationFailed)
+                } else {
+                    self.append_partition(td.name.0.as_str(), pd.index, pd.records.as_ref())
+                };
+                match result {
+                    Ok((tp, base, end, generation, log_start, append_time)) => {
+                        pr.base_offset = base;
+                        pr.log_start_offset = log_start;
+                        pr.log_append_time_ms = append_time;
+                        waits.push((ti, pi, tp, end, generation));
+                    }
+                    Err(e) => {
+                        tracing::debug!(topic = %td.name.0.as_str(), partition = pd.index, error = ?e, "produce refused");
+                        pr.error_code = e.code();
+                    }
+                }
+                tr.partition_responses.push(pr);
+            }
+            resp.responses.push(tr);
+        }
+        if acks == 0 {
+            // acks=0 gets no response at all; the writes still become durable as usual.
+            self.respond(conn, seq, None);
+        } else if waits.is_empty() {
+            self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+        } else {
+            self.produces.push(PendingProduce {
+                conn,
+                seq,
+                ctx,
+                resp,
+                waits,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks and appends one partition's record batches, all or none. Returns the partition,
+    /// the first batch's base offset, the offset that must become durable, the log generation,
+    /// the log start offset and the LogAppendTime (or -1).
+    #[allow(clippy::type_complexity)]
+    fn append_partition(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: Option<&Bytes>,
+    ) -> Result<(Tp, Offset, Offset, u64, Offset, i64), KafkaError> {
+        let t = self
+            .topics
+            .get(topic)
+            .ok_or(KafkaError::UnknownTopicOrPartition)?;
+        let settings = t.settings.clone();
+        let tp = (t.id, partition);
+        let p = usize::try_from(partition)
+            .ok()
+            .and_then(|i| t.partitions.get(i))
+            .ok_or(KafkaError::UnknownTopicOrPartition)?;
+        match p.state {
+            PartState::Online => {}
+            PartState::Offline => return Err(KafkaError::KafkaStorageError),
+            PartState::Recovering | PartState::Creating => {
+                return Err(KafkaError::LeaderNotAvailable)
+            }
+        }
+        let records = records
+            .filter(|r| !r.is_empty())
+            .ok_or(KafkaError::InvalidRecord)?;
+        let batches = split_batches(records, settings.max_message_bytes)?;
+        let wall = self.now.wall_ms;
+        let mut ops = Vec::new();
+        let mut next_file = self.next_file;
+        let p = self.partition_mut(tp).expect("looked up above");
+        let mut base = None;
+        for (range, h) in &batches {
+            let b = records.slice(range.clone());
+            let o = p
+                .log
+                .append(&b, h, &settings, wall, &mut next_file, &mut ops);
+            base.get_or_insert(o);
+        }
+        let (end, generation, log_start) = (
+            p.log.log_end_offset,
+            p.log.generation,
+            p.log.log_start_offset,
+        );
+        self.next_file = next_file;
+        self.issue_all(ops, || super::Purpose::Log { tp, generation });
+        self.dirty.insert(tp);
+        let append_time = if settings.log_append_time { wall } else { -1 };
+        Ok((
+            tp,
+            base.expect("at least one batch"),
+            end,
+            generation,
+            log_start,
+            append_time,
+        ))
+    }
+
+    /// Answers every pending produce whose partitions are all durable (or failed).
+    pub(super) fn complete_produces(&mut self) {
+        let pending = std::mem::take(&mut self.produces);
+        for mut pp in pending {
+            let mut waiting = Vec::new();
+            for w in pp.waits.drain(..) {
+                let (ti, pi, tp, end, generation) = w;
+                let verdict = match self.partition(tp) {
+                    None => Some(Err(KafkaError::UnknownTopicOrPartition)),
+                    Some(p) if p.log.generation != generation => {
+                        Some(Err(KafkaError::KafkaStorageError))
+                    }
+                    Some(p) if p.log.high_watermark >= end => Some(Ok(())),
+                    Some(_) => None,
+                };
+                match verdict {
+                    None => waiting.push(w),
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        let pr = &mut pp.resp.responses[ti].partition_responses[pi];
+                        pr.error_code = e.code();
+                        pr.base_offset = -1;
+                    }
+                }
+            }
+            pp.waits = waiting;
+            if pp.waits.is_empty() {
+                let frame = protocol::encode_response(&pp.ctx, &pp.resp);
+                self.respond_bytes(pp.conn, pp.seq, frame);
+            } else {
+                self.produces.push(pp);
+            }
+        }
+    }
+
+    pub(super) fn park(&mut self, conn: ConnId, seq: u64, job: super::JobId, then: Then) {
+        self.waiters.push(Waiter {
+            conn,
+            seq,
+            jobs: [job].into(),
+            failed: Default::default(),
+            then,
+        });
+    }
+}
+
+/// Splits a partition's records into checked batches.
+fn split_batches(
+    records: &Bytes,
+    max_message_bytes: usize,
+) -> Result<Vec<(std::ops::Range<usize>, BatchHeader)>, KafkaError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < records.len() {
+        let rest = &records[at..];
+        // Size first: a batch over the limit is refused as too large even before its CRC.
+        if let Ok(h) = batch::parse_header(rest) {
+            if h.size > max_message_bytes {
+                return Err(BatchError::TooLarge(h.size).into());
+            }
+        }
+        let h = batch::check_batch(rest)?;
+        if h.is_control() || h.is_transactional() {
+            return Err(KafkaError::InvalidRecord);
+        }
+        out.push((at..at + h.size, h));
+        at += h.size;
+    }
+    Ok(out)
+}

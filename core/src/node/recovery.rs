@@ -1,0 +1,502 @@
+//! Start-up recovery: replay the metadata log, then rebuild every partition's log from its
+//! segment files, checking every batch's CRC and cutting off a torn or corrupt tail. Nothing
+//! is served until every partition is back; recovered data counts as durable only after a
+//! fresh sync, so the high watermark starts at the log start and moves when that completes.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{Node, PartState, Partition, Phase, Purpose, Topic, Tp};
+use crate::config::TopicSettings;
+use crate::io::{DiskError, DiskOp, DiskReply};
+use crate::limits;
+use crate::log::{PartitionLog, Scan, Segment};
+use crate::metadata::{self, MetadataImage};
+use crate::types::FileId;
+
+#[derive(Debug)]
+pub(super) enum Step {
+    MetaDir,
+    MetaOpened,
+    MetaRead,
+    RootListed,
+    PartDir(Tp),
+    PartListed(Tp),
+    SegOpened(Tp),
+    SegRead {
+        tp: Tp,
+        asked: usize,
+    },
+    /// Truncations, syncs and index rewrites of a partition being recovered.
+    Misc(Tp),
+}
+
+/// What recovery found; reported at start-up and used by tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryStats {
+    pub topics: usize,
+    pub partitions: usize,
+    pub segments: usize,
+    pub batches: usize,
+    /// Partitions whose last segment had a torn or corrupt tail that was cut off.
+    pub torn_tails: usize,
+    pub bytes_truncated: u64,
+    pub orphan_dirs_removed: usize,
+}
+
+#[derive(Default)]
+pub(super) struct Recovery {
+    /// Partitions still recovering, and the segment base offsets each has left to read.
+    todo: BTreeMap<Tp, VecDeque<i64>>,
+    current: BTreeMap<Tp, Segment>,
+    /// The data directory has been listed (every partition is then in `todo`).
+    listed: bool,
+    pub stats: RecoveryStats,
+}
+
+impl Node {
+    pub(super) fn start_recovery(&mut self) {
+        self.issue(
+            DiskOp::CreateDir {
+                path: metadata::META_DIR.to_string(),
+            },
+            Purpose::Recovery(Step::MetaDir),
+        );
+        let file = self.alloc_file();
+        self.meta.file = file;
+        self.issue(
+            DiskOp::Open {
+                file,
+                path: metadata::META_LOG.to_string(),
+                create: true,
+            },
+            Purpose::Recovery(Step::MetaOpened),
+        );
+    }
+
+    fn alloc_file(&mut self) -> FileId {
+        self.next_file += 1;
+        FileId(self.next_file)
+    }
+
+    fn recovery_failed(&mut self, why: String) {
+        tracing::error!(%why, "start-up recovery failed; the node will not serve");
+        self.phase = Phase::Failed(why);
+        let buffered: Vec<_> = self.buffered.drain(..).map(|(c, _)| c).collect();
+        for conn in buffered {
+            self.close(conn, "node failed at start-up");
+        }
+    }
+
+    pub(super) fn on_recovery_step(&mut self, step: Step, result: Result<DiskReply, DiskError>) {
+        if let Phase::Failed(_) = self.phase {
+            return;
+        }
+        match (step, result) {
+            (Step::MetaDir, Ok(_)) => {}
+            (Step::MetaOpened, Ok(DiskReply::Opened { len })) => {
+                if len > limits::METADATA_LOG_BYTES_MAX {
+                    return self
+                        .recovery_failed(format!("metadata log is {len} bytes, over the limit"));
+                }
+                if len == 0 {
+                    self.meta_replayed(Vec::new());
+                } else {
+                    let len = usize::try_from(len).expect("bounded above");
+                    self.issue(
+                        DiskOp::Read {
+                            file: self.meta.file,
+                            position: 0,
+                            len,
+                        },
+                        Purpose::Recovery(Step::MetaRead),
+                    );
+                }
+            }
+            (Step::MetaRead, Ok(DiskReply::Data(data))) => {
+                let (records, valid) = metadata::decode_log(&data);
+                if valid < data.len() {
+                    tracing::warn!(
+                        valid,
+                        len = data.len(),
+                        "metadata log has a torn tail; cutting it off"
+                    );
+                    self.issue(
+                        DiskOp::Truncate {
+                            file: self.meta.file,
+                            len: valid as u64,
+                        },
+                        Purpose::Ignore,
+                    );
+                    self.issue(
+                        DiskOp::Sync {
+                            file: self.meta.file,
+                        },
+                        Purpose::Ignore,
+                    );
+                }
+                self.meta.size = valid as u64;
+                self.meta.synced = valid as u64;
+                self.meta_replayed(records);
+            }
+            (Step::RootListed, Ok(DiskReply::Listing(entries))) => self.root_listed(entries),
+            (Step::PartDir(tp), Ok(_)) => self.fresh_partition(tp),
+            (Step::PartListed(tp), Ok(DiskReply::Listing(entries))) => {
+                let mut bases: Vec<i64> = entries
+                    .iter()
+                    .filter(|e| !e.is_dir)
+                    .filter_map(|e| e.name.strip_suffix(".log"))
+                    .filter(|s| s.len() == 20)
+                    .filter_map(|s| s.parse::<i64>().ok())
+                    .collect();
+                bases.sort_unstable();
+                if bases.is_empty() {
+                    self.fresh_partition(tp);
+                } else {
+                    self.recovery.todo.insert(tp, bases.into());
+                    self.next_segment(tp);
+                }
+            }
+            (Step::SegOpened(tp), Ok(DiskReply::Opened { len })) => {
+                if len == 0 {
+                    self.segment_done(tp, None);
+                } else {
+                    self.read_chunk(tp, 0, limits::RECOVERY_READ_BYTES);
+                }
+            }
+            (Step::SegRead { tp, asked }, Ok(DiskReply::Data(data))) => {
+                let interval = self
+                    .topic_settings(tp)
+                    .map_or(4096, |s| s.index_interval_bytes);
+                let eof = data.len() < asked;
+                let Some(seg) = self.recovery.current.get_mut(&tp) else {
+                    return;
+                };
+                let mut ops = Vec::new();
+                match seg.recover_chunk(&data, eof, limits::RECOVERY_READ_BYTES, interval, &mut ops)
+                {
+                    Scan::NeedMore { position, len } => self.read_chunk_at(tp, position, len),
+                    Scan::Clean => self.segment_done(tp, None),
+                    Scan::Torn { position, reason } => {
+                        let dir = self
+                            .partition(tp)
+                            .map(|p| p.log.dir.clone())
+                            .unwrap_or_default();
+                        tracing::warn!(%dir, position, ?reason, "torn or corrupt segment tail; truncating");
+                        self.segment_done(tp, Some(position));
+                    }
+                }
+            }
+            (Step::Misc(_), Ok(_)) => {}
+            (step, Ok(reply)) => {
+                self.recovery_failed(format!("unexpected disk reply {reply:?} for {step:?}"));
+            }
+            (
+                Step::Misc(tp)
+                | Step::PartDir(tp)
+                | Step::PartListed(tp)
+                | Step::SegOpened(tp)
+                | Step::SegRead { tp, .. },
+                Err(e),
+            ) => {
+                self.partition_offline(tp, &e);
+            }
+            (step, Err(e)) => self.recovery_failed(format!("{step:?}: {e}")),
+        }
+    }
+
+    fn meta_replayed(&mut self, records: Vec<metadata::MetaRecord>) {
+        let mut image = MetadataImage::default();
+        for r in &records {
+            image.apply(r);
+        }
+        for (name, t) in image.topics {
+            let settings = TopicSettings::resolve(&self.config, &t.configs).unwrap_or_else(|e| {
+                tracing::warn!(topic = %name, error = ?e, "stored topic config no longer valid; using defaults");
+                TopicSettings::resolve(&self.config, &BTreeMap::new()).expect("defaults are valid")
+            });
+            let partitions = (0..t.partitions)
+                .map(|p| Partition {
+                    log: PartitionLog::empty(metadata::partition_dir(&name, p)),
+                    state: PartState::Recovering,
+                    sync: None,
+                })
+                .collect();
+            self.names.insert(t.id, name.clone());
+            self.topics.insert(
+                name,
+                Topic {
+                    id: t.id,
+                    configs: t.configs,
+                    settings,
+                    partitions,
+                    creating: None,
+                },
+            );
+        }
+        self.recovery.stats.topics = self.topics.len();
+        self.issue(
+            DiskOp::ListDir {
+                path: String::new(),
+            },
+            Purpose::Recovery(Step::RootListed),
+        );
+    }
+
+    fn root_listed(&mut self, entries: Vec<crate::io::DirEntry>) {
+        let mut present = std::collections::BTreeSet::new();
+        for e in entries.iter().filter(|e| e.is_dir) {
+            let known = metadata::parse_partition_dir(&e.name).and_then(|(topic, p)| {
+                let t = self.topics.get(topic)?;
+                (usize::try_from(p).ok()? < t.partitions.len()).then_some((t.id, p))
+            });
+            match known {
+                Some(tp) => {
+                    present.insert(tp);
+                }
+                None if metadata::parse_partition_dir(&e.name).is_some() => {
+                    tracing::warn!(dir = %e.name, "removing a partition directory no topic owns");
+                    self.recovery.stats.orphan_dirs_removed += 1;
+                    self.issue(
+                        DiskOp::RemoveDirAll {
+                            path: e.name.clone(),
+                        },
+                        Purpose::Ignore,
+                    );
+                }
+                None => {}
+            }
+        }
+        let all: Vec<Tp> = self
+            .topics
+            .values()
+            .flat_map(|t| (0..t.partitions.len()).map(move |p| (t.id, p as i32)))
+            .collect();
+        self.recovery.stats.partitions = all.len();
+        for tp in &all {
+            self.recovery.todo.insert(*tp, VecDeque::new());
+        }
+        self.recovery.listed = true;
+        for tp in all {
+            let dir = self.partition(tp).expect("just listed").log.dir.clone();
+            if present.contains(&tp) {
+                self.issue(
+                    DiskOp::ListDir { path: dir },
+                    Purpose::Recovery(Step::PartListed(tp)),
+                );
+            } else {
+                self.issue(
+                    DiskOp::CreateDir { path: dir },
+                    Purpose::Recovery(Step::PartDir(tp)),
+                );
+            }
+        }
+        self.maybe_serving();
+    }
+
+    /// A partition with no segment files: start it empty.
+    fn fresh_partition(&mut self, tp: Tp) {
+        let mut ops = Vec::new();
+        let mut next = self.next_file;
+        let wall = self.now.wall_ms;
+        let Some(p) = self.partition_mut(tp) else {
+            return;
+        };
+        p.log.add_segment(0, wall, &mut next, &mut ops);
+        self.next_file = next;
+        self.issue_all(ops, || Purpose::Recovery(Step::Misc(tp)));
+        self.partition_recovered(tp);
+    }
+
+    fn next_segment(&mut self, tp: Tp) {
+        let Some(base) = self.recovery.todo.get_mut(&tp).and_then(|q| q.pop_front()) else {
+            self.partition_recovered(tp);
+            return;
+        };
+        let files = [self.alloc_file(), self.alloc_file(), self.alloc_file()];
+        let wall = self.now.wall_ms;
+        let dir = self.partition(tp).expect("recovering").log.dir.clone();
+        let seg = Segment::new(base, files, wall);
+        let name = |ext| format!("{dir}/{}", crate::log::segment_file_name(base, ext));
+        self.issue(
+            DiskOp::Open {
+                file: files[0],
+                path: name("log"),
+                create: false,
+            },
+            Purpose::Recovery(Step::SegOpened(tp)),
+        );
+        self.issue(
+            DiskOp::Open {
+                file: files[1],
+                path: name("index"),
+                create: true,
+            },
+            Purpose::Recovery(Step::Misc(tp)),
+        );
+        self.issue(
+            DiskOp::Open {
+                file: files[2],
+                path: name("timeindex"),
+                create: true,
+            },
+            Purpose::Recovery(Step::Misc(tp)),
+        );
+        self.recovery.current.insert(tp, seg);
+    }
+
+    fn read_chunk(&mut self, tp: Tp, position: u64, len: usize) {
+        self.read_chunk_at(tp, position, len);
+    }
+
+    fn read_chunk_at(&mut self, tp: Tp, position: u64, len: usize) {
+        let Some(seg) = self.recovery.current.get(&tp) else {
+            return;
+        };
+        let file = seg.log_file;
+        self.issue(
+            DiskOp::Read {
+                file,
+                position,
+                len,
+            },
+            Purpose::Recovery(Step::SegRead { tp, asked: len }),
+        );
+    }
+
+    /// A segment has been scanned. `torn` is where its valid data ends if a bad tail was
+    /// found: the file is cut there and every later segment is deleted.
+    fn segment_done(&mut self, tp: Tp, torn: Option<u64>) {
+        let interval = self
+            .topic_settings(tp)
+            .map_or(4096, |s| s.index_interval_bytes);
+        let Some(mut seg) = self.recovery.current.remove(&tp) else {
+            return;
+        };
+        let mut ops = Vec::new();
+        let contiguous = self
+            .partition(tp)
+            .and_then(|p| p.log.segments.last())
+            .is_none_or(|prev| prev.next_offset() == seg.base_offset);
+        if !contiguous {
+            tracing::warn!(
+                base = seg.base_offset,
+                "segment does not follow its predecessor; dropping it and the rest"
+            );
+            let later = self
+                .recovery
+                .todo
+                .get_mut(&tp)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            self.drop_segment_files(tp, &seg, &later);
+            return self.partition_recovered(tp);
+        }
+        if let Some(position) = torn {
+            self.recovery.stats.torn_tails += 1;
+            ops.push(DiskOp::Truncate {
+                file: seg.log_file,
+                len: position,
+            });
+            ops.push(DiskOp::Sync { file: seg.log_file });
+        }
+        self.recovery.stats.segments += 1;
+        self.recovery.stats.batches += seg.entries.len();
+        seg.finish_recovery(interval, &mut ops);
+        self.issue_all(ops, || Purpose::Recovery(Step::Misc(tp)));
+        let p = self.partition_mut(tp).expect("recovering");
+        if p.log.segments.is_empty() {
+            p.log.log_start_offset = seg.base_offset;
+        }
+        p.log.segments.push(seg);
+        let dir = p.log.dir.clone();
+        if torn.is_some() {
+            let later = self
+                .recovery
+                .todo
+                .get_mut(&tp)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            for base in later {
+                for ext in ["log", "index", "timeindex"] {
+                    let path = format!("{dir}/{}", crate::log::segment_file_name(base, ext));
+                    self.issue(DiskOp::DeleteFile { path }, Purpose::Ignore);
+                }
+            }
+        }
+        self.next_segment(tp);
+    }
+
+    fn drop_segment_files(&mut self, tp: Tp, seg: &Segment, later: &VecDeque<i64>) {
+        let dir = self
+            .partition(tp)
+            .map(|p| p.log.dir.clone())
+            .unwrap_or_default();
+        for file in [seg.log_file, seg.index_file, seg.time_index_file] {
+            self.issue(DiskOp::Close { file }, Purpose::Ignore);
+        }
+        for base in std::iter::once(seg.base_offset).chain(later.iter().copied()) {
+            for ext in ["log", "index", "timeindex"] {
+                let path = format!("{dir}/{}", crate::log::segment_file_name(base, ext));
+                self.issue(DiskOp::DeleteFile { path }, Purpose::Ignore);
+            }
+        }
+    }
+
+    /// The partition's log is rebuilt. Everything in it must be synced again before it counts
+    /// as durable (a process crash leaves unsynced bytes readable in the page cache).
+    fn partition_recovered(&mut self, tp: Tp) {
+        if self.recovery.todo.remove(&tp).is_none() {
+            return;
+        }
+        let wall = self.now.wall_ms;
+        let mut next = self.next_file;
+        let mut ops = Vec::new();
+        let Some(p) = self.partition_mut(tp) else {
+            return;
+        };
+        if p.log.segments.is_empty() {
+            p.log.add_segment(0, wall, &mut next, &mut ops);
+        }
+        let last = p.log.segments.last().expect("at least one");
+        p.log.log_end_offset = last.next_offset().max(last.base_offset);
+        p.log.high_watermark = p.log.log_start_offset;
+        p.log.dirty = p
+            .log
+            .segments
+            .iter()
+            .filter(|s| s.size > 0)
+            .map(|s| s.log_file)
+            .collect();
+        p.state = PartState::Online;
+        self.next_file = next;
+        self.issue_all(ops, || Purpose::Recovery(Step::Misc(tp)));
+        self.dirty.insert(tp);
+        self.maybe_serving();
+    }
+
+    fn partition_offline(&mut self, tp: Tp, e: &DiskError) {
+        let Some(p) = self.partition_mut(tp) else {
+            return;
+        };
+        tracing::error!(dir = %p.log.dir, error = %e, "partition cannot be recovered; it stays offline");
+        p.state = PartState::Offline;
+        self.recovery.current.remove(&tp);
+        self.recovery.todo.remove(&tp);
+        self.maybe_serving();
+    }
+
+    fn maybe_serving(&mut self) {
+        if self.phase != Phase::Recovering
+            || !self.recovery.listed
+            || !self.recovery.todo.is_empty()
+        {
+            return;
+        }
+        tracing::info!(stats = ?self.recovery.stats, "recovery finished; serving");
+        self.phase = Phase::Serving;
+        let buffered: Vec<_> = self.buffered.drain(..).collect();
+        for (conn, frame) in buffered {
+            self.on_frame(conn, frame);
+        }
+    }
+}

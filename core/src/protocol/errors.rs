@@ -1,0 +1,80 @@
+//! Kafka error codes. Core's modules have their own error types; they become Kafka codes
+//! only here, at the protocol edge, through one exhaustive match.
+
+use crate::config::ConfigError;
+use crate::log::batch::BatchError;
+
+/// The Kafka errors Sluice answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaError {
+    OffsetOutOfRange,
+    CorruptMessage,
+    UnknownTopicOrPartition,
+    LeaderNotAvailable,
+    MessageTooLarge,
+    InvalidTopic,
+    InvalidRequiredAcks,
+    InvalidTimestamp,
+    UnsupportedVersion,
+    TopicAlreadyExists,
+    InvalidPartitions,
+    InvalidReplicationFactor,
+    InvalidConfig,
+    InvalidRequest,
+    UnsupportedForMessageFormat,
+    PolicyViolation,
+    KafkaStorageError,
+    InvalidRecord,
+    UnknownTopicId,
+    TransactionalIdAuthorizationFailed,
+    UnknownServerError,
+}
+
+impl KafkaError {
+    pub fn code(self) -> i16 {
+        match self {
+            KafkaError::OffsetOutOfRange => 1,
+            KafkaError::CorruptMessage => 2,
+            KafkaError::UnknownTopicOrPartition => 3,
+            KafkaError::LeaderNotAvailable => 5,
+            KafkaError::MessageTooLarge => 10,
+            KafkaError::InvalidTopic => 17,
+            KafkaError::InvalidRequiredAcks => 21,
+            KafkaError::InvalidTimestamp => 32,
+            KafkaError::UnsupportedVersion => 35,
+            KafkaError::TopicAlreadyExists => 36,
+            KafkaError::InvalidPartitions => 37,
+            KafkaError::InvalidReplicationFactor => 38,
+            KafkaError::InvalidConfig => 40,
+            KafkaError::InvalidRequest => 42,
+            KafkaError::UnsupportedForMessageFormat => 43,
+            KafkaError::PolicyViolation => 44,
+            KafkaError::TransactionalIdAuthorizationFailed => 53,
+            KafkaError::KafkaStorageError => 56,
+            KafkaError::InvalidRecord => 87,
+            KafkaError::UnknownTopicId => 100,
+            KafkaError::UnknownServerError => -1,
+        }
+    }
+}
+
+impl From<BatchError> for KafkaError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Truncated | BatchError::BadLength | BatchError::CrcMismatch { .. } => {
+                KafkaError::CorruptMessage
+            }
+            BatchError::UnsupportedMagic(_) => KafkaError::UnsupportedForMessageFormat,
+            BatchError::Invalid(_) => KafkaError::InvalidRecord,
+            BatchError::TooLarge(_) => KafkaError::MessageTooLarge,
+        }
+    }
+}
+
+impl From<ConfigError> for KafkaError {
+    fn from(_: ConfigError) -> Self {
+        KafkaError::InvalidConfig
+    }
+}
+
+pub const NONE: i16 = 0;

@@ -1,0 +1,119 @@
+"""Persistence across clean restarts (SIGTERM) and segment rolling."""
+
+import os
+import time
+
+from confluent_kafka.admin import ConfigResource, NewPartitions, ResourceType
+
+from clients import (
+    assert_ck_messages_match, ck_admin, ck_consume, ck_create_topic, ck_produce, ck_producer,
+    expected_by_partition, make_items, wait_topic_visible,
+)
+from conftest import unique_topic
+from test_crash import assert_kafka_layout, read_segments_strict
+
+
+def _stop_cleanly(broker):
+    t0 = time.monotonic()
+    rc, clean = broker.stop(timeout=10)
+    assert clean, "broker did not exit within 10s of SIGTERM"
+    assert rc in (0, 143), "broker exit code after SIGTERM: %s (want 0)" % rc
+    return time.monotonic() - t0
+
+
+def test_restart_keeps_topics_data_and_partition_counts(broker):
+    admin = ck_admin(broker.bootstrap)
+    topics = {unique_topic("rs-a"): 1, unique_topic("rs-b"): 3, unique_topic("rs-c"): 2}
+    for t, n in topics.items():
+        ck_create_topic(admin, t, n, config={"retention.ms": "86400000"} if n == 3 else None)
+    t_a, t_b, t_c = list(topics)
+    admin.create_partitions([NewPartitions(t_c, 4)], request_timeout=15)[t_c].result(timeout=15)
+    topics[t_c] = 4
+    wait_topic_visible(admin, t_c, 4)
+    doomed = unique_topic("rs-deleted")
+    ck_create_topic(admin, doomed, 2)
+    admin.delete_topics([doomed], request_timeout=15)[doomed].result(timeout=15)
+
+    base_ts = int(time.time() * 1000) - 100_000
+    written = {}
+    for t, n in topics.items():
+        items = make_items(500 * n, list(range(n)), prefix=t, base_ts=base_ts)
+        reports = ck_produce(ck_producer(broker.bootstrap, **{"compression.type": "lz4" if n == 3 else "none"}),
+                             t, items)
+        assert all(r.err is None for r in reports)
+        written[t] = items
+
+    for cycle in range(2):
+        secs = _stop_cleanly(broker)
+        assert secs < 10
+        broker.start()
+        admin = ck_admin(broker.bootstrap)
+        md = admin.list_topics(timeout=10)
+        assert doomed not in md.topics, "deleted topic %s came back after restart" % doomed
+        for t, n in topics.items():
+            assert t in md.topics, "topic %s lost after restart (cycle %d)" % (t, cycle)
+            assert len(md.topics[t].partitions) == n, (t, len(md.topics[t].partitions), n)
+            want = expected_by_partition(written[t])
+            got = ck_consume(broker.bootstrap, t, {p: 0 for p in range(n)},
+                             expected_counts={p: len(v) for p, v in want.items()})
+            for p in range(n):
+                assert_ck_messages_match(got[p], want[p])
+            assert_kafka_layout(broker.partition_dir(t, 0))
+        cfg = list(admin.describe_configs([ConfigResource(ResourceType.TOPIC, t_b)],
+                                          request_timeout=15).values())[0].result(timeout=15)
+        assert cfg["retention.ms"].value == "86400000", "topic config lost after restart: %s" % cfg["retention.ms"]
+
+        # Appends continue at the right offsets after each restart.
+        extra = make_items(topics[t_a] * 3, list(range(topics[t_a])), prefix="cycle%d" % cycle, base_ts=base_ts)
+        reports = ck_produce(ck_producer(broker.bootstrap), t_a, extra)
+        assert [r.offset for r in reports] == list(range(len(written[t_a]), len(written[t_a]) + 3))
+        written[t_a] = written[t_a] + extra
+
+    # Deleted topic's directory is gone from disk too (eventually).
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = [d for d in os.listdir(broker.data_dir) if d.startswith(doomed + "-") and not d.endswith("-delete")]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, "deleted topic directories still present: %s" % left
+
+
+def test_segment_rolling_and_restart(broker_factory):
+    broker = broker_factory(**{"log.segment.bytes": 16384})
+    t = unique_topic("roll")
+    ck_create_topic(broker.bootstrap, t, 1)
+    items = make_items(2000, [0], prefix="roll", base_ts=int(time.time() * 1000) - 1000, value_size=100)
+    ck_produce(ck_producer(broker.bootstrap, **{"linger.ms": 1, "batch.num.messages": 20}), t, items)
+
+    got = ck_consume(broker.bootstrap, t, {0: 0}, expected_counts={0: len(items)})
+    assert_ck_messages_match(got[0], items)
+    got = ck_consume(broker.bootstrap, t, {0: 1234}, expected_counts={0: len(items) - 1234})
+    assert_ck_messages_match(got[0], items[1234:], start_offset=1234)
+
+    _stop_cleanly(broker)
+    pdir = broker.partition_dir(t, 0)
+    segs = assert_kafka_layout(pdir)
+    assert len(segs) >= 5, "expected several segments with log.segment.bytes=16384, got %d" % len(segs)
+    for base, path in segs[:-1]:
+        size = os.path.getsize(path)
+        assert size <= 16384 + 2048, "%s is %d bytes, over log.segment.bytes" % (path, size)
+    recs = read_segments_strict(pdir)  # also checks that each file starts at its base offset
+    assert [r.value for r in recs] == [it["value"] for it in items]
+
+    broker.start()
+    got = ck_consume(broker.bootstrap, t, {0: segs[2][0]}, expected_counts={0: len(items) - segs[2][0]})
+    assert_ck_messages_match(got[0], items[segs[2][0]:], start_offset=segs[2][0])
+    reports = ck_produce(ck_producer(broker.bootstrap), t, [{"value": b"tail", "partition": 0}])
+    assert reports[0].offset == len(items)
+
+
+def test_sigterm_is_prompt_and_clean(broker):
+    t = unique_topic("term")
+    ck_create_topic(broker.bootstrap, t, 1)
+    ck_produce(ck_producer(broker.bootstrap), t, make_items(10, [0]))
+    secs = _stop_cleanly(broker)
+    assert secs < 5, "SIGTERM shutdown took %.1fs" % secs
+    broker.start()
+    got = ck_consume(broker.bootstrap, t, {0: 0}, expected_counts={0: 10})
+    assert len(got[0]) == 10

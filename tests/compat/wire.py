@@ -1,0 +1,542 @@
+"""Minimal hand-written Kafka wire protocol helpers for raw-socket tests.
+
+Only non-flexible request versions are used (request header v1, response
+header v0), which every Kafka broker since 0.11 / up to 4.x accepts:
+
+    ApiVersions v0, Metadata v1, Produce v3, Fetch v4, ListOffsets v1
+
+Also: RecordBatch (magic 2) encoding/decoding with CRC-32C, so tests can build
+valid, corrupt and oversized batches, and parse Kafka `.log` segment files.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+# ----------------------------------------------------------------- api keys
+PRODUCE = 0
+FETCH = 1
+LIST_OFFSETS = 2
+METADATA = 3
+API_VERSIONS = 18
+CREATE_TOPICS = 19
+
+# ----------------------------------------------------------------- errors
+NONE = 0
+OFFSET_OUT_OF_RANGE = 1
+CORRUPT_MESSAGE = 2
+UNKNOWN_TOPIC_OR_PARTITION = 3
+MESSAGE_TOO_LARGE = 10
+UNSUPPORTED_VERSION = 35
+INVALID_REQUEST = 42
+UNSUPPORTED_FOR_MESSAGE_FORMAT = 43
+INVALID_RECORD = 87
+
+# ----------------------------------------------------------------- CRC-32C
+
+
+def _make_crc32c_table():
+    poly = 0x82F63B78
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ poly if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C_TABLE = _make_crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    t = _CRC32C_TABLE
+    for b in data:
+        crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+assert crc32c(b"123456789") == 0xE3069283  # standard check value
+
+# ----------------------------------------------------------------- primitives
+
+
+def i8(v):
+    return struct.pack(">b", v)
+
+
+def i16(v):
+    return struct.pack(">h", v)
+
+
+def i32(v):
+    return struct.pack(">i", v)
+
+
+def i64(v):
+    return struct.pack(">q", v)
+
+
+def string(s):
+    if s is None:
+        return i16(-1)
+    b = s.encode() if isinstance(s, str) else s
+    return i16(len(b)) + b
+
+
+def kbytes(b):
+    if b is None:
+        return i32(-1)
+    return i32(len(b)) + b
+
+
+def array(items, enc=lambda x: x):
+    if items is None:
+        return i32(-1)
+    return i32(len(items)) + b"".join(enc(x) for x in items)
+
+
+def uvarint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def varint(n):
+    return uvarint((n << 1) ^ (n >> 63))  # zigzag (64-bit)
+
+
+class Reader:
+    def __init__(self, data: bytes, pos: int = 0):
+        self.data = data
+        self.pos = pos
+
+    def remaining(self):
+        return len(self.data) - self.pos
+
+    def _take(self, n):
+        if n < 0 or self.pos + n > len(self.data):
+            raise ValueError("short read: want %d at %d of %d" % (n, self.pos, len(self.data)))
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def i8(self):
+        return struct.unpack(">b", self._take(1))[0]
+
+    def i16(self):
+        return struct.unpack(">h", self._take(2))[0]
+
+    def i32(self):
+        return struct.unpack(">i", self._take(4))[0]
+
+    def u32(self):
+        return struct.unpack(">I", self._take(4))[0]
+
+    def i64(self):
+        return struct.unpack(">q", self._take(8))[0]
+
+    def string(self):
+        n = self.i16()
+        return None if n < 0 else self._take(n).decode()
+
+    def kbytes(self):
+        n = self.i32()
+        return None if n < 0 else self._take(n)
+
+    def array(self, fn):
+        n = self.i32()
+        if n < 0:
+            return None
+        return [fn(self) for _ in range(n)]
+
+    def uvarint(self):
+        shift = 0
+        result = 0
+        while True:
+            b = self._take(1)[0]
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result
+            shift += 7
+            if shift > 63:
+                raise ValueError("varint too long")
+
+    def varint(self):
+        n = self.uvarint()
+        return (n >> 1) ^ -(n & 1)
+
+    def raw(self, n):
+        return self._take(n)
+
+
+# ----------------------------------------------------------------- record batches
+
+
+@dataclass
+class Record:
+    value: bytes | None
+    key: bytes | None = None
+    headers: list = field(default_factory=list)  # [(str, bytes|None)]
+    timestamp: int | None = None  # absolute ms; None -> batch base timestamp
+    offset: int | None = None  # filled in by the decoder
+
+
+def encode_record(rec: Record, offset_delta: int, base_ts: int) -> bytes:
+    ts = base_ts if rec.timestamp is None else rec.timestamp
+    body = bytearray()
+    body += i8(0)  # attributes
+    body += varint(ts - base_ts)
+    body += varint(offset_delta)
+    if rec.key is None:
+        body += varint(-1)
+    else:
+        body += varint(len(rec.key)) + rec.key
+    if rec.value is None:
+        body += varint(-1)
+    else:
+        body += varint(len(rec.value)) + rec.value
+    body += varint(len(rec.headers))
+    for hk, hv in rec.headers:
+        hkb = hk.encode()
+        body += varint(len(hkb)) + hkb
+        if hv is None:
+            body += varint(-1)
+        else:
+            body += varint(len(hv)) + hv
+    return varint(len(body)) + bytes(body)
+
+
+def encode_batch(records, base_offset=0, base_timestamp=None, magic=2,
+                 corrupt_crc=False, length_delta=0, attributes=0,
+                 producer_id=-1, producer_epoch=-1, base_sequence=-1,
+                 partition_leader_epoch=-1) -> bytes:
+    """Encode a RecordBatch (magic 2, uncompressed).
+
+    corrupt_crc: flip the stored CRC so it no longer matches.
+    length_delta: add this to the batchLength field (a lying length).
+    """
+    if base_timestamp is None:
+        base_timestamp = int(time.time() * 1000)
+    recs = b"".join(encode_record(r, i, base_timestamp) for i, r in enumerate(records))
+    max_ts = max([base_timestamp] + [r.timestamp for r in records if r.timestamp is not None])
+    after_crc = (
+        i16(attributes)
+        + i32(len(records) - 1)  # lastOffsetDelta
+        + i64(base_timestamp)
+        + i64(max_ts)
+        + i64(producer_id)
+        + i16(producer_epoch)
+        + i32(base_sequence)
+        + i32(len(records))
+        + recs
+    )
+    crc = crc32c(after_crc)
+    if corrupt_crc:
+        crc ^= 0xDEADBEEF
+    after_len = i32(partition_leader_epoch) + i8(magic) + struct.pack(">I", crc) + after_crc
+    return i64(base_offset) + i32(len(after_len) + length_delta) + after_len
+
+
+@dataclass
+class Batch:
+    base_offset: int
+    batch_length: int
+    magic: int
+    crc: int
+    crc_ok: bool
+    attributes: int
+    last_offset_delta: int
+    base_timestamp: int
+    max_timestamp: int
+    records: list
+    size: int  # total bytes on the wire
+
+    @property
+    def last_offset(self):
+        return self.base_offset + self.last_offset_delta
+
+
+def decode_batches(data: bytes, strict: bool = False):
+    """Decode consecutive RecordBatches. A trailing partial batch (allowed in
+    Fetch responses) is ignored unless strict=True, in which case any bytes
+    that do not form a complete, CRC-valid batch raise ValueError."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < 12 + 49:
+            if strict:
+                raise ValueError("trailing %d bytes at %d do not form a batch" % (len(data) - pos, pos))
+            break
+        base_offset, batch_length = struct.unpack(">qi", data[pos:pos + 12])
+        if batch_length < 49 or pos + 12 + batch_length > len(data):
+            if strict:
+                raise ValueError("bad/partial batch at byte %d: base_offset=%d length=%d, %d bytes left"
+                                 % (pos, base_offset, batch_length, len(data) - pos - 12))
+            break
+        r = Reader(data[pos + 12:pos + 12 + batch_length])
+        _leader_epoch = r.i32()
+        magic = r.i8()
+        if magic != 2:
+            if strict:
+                raise ValueError("magic %d at byte %d" % (magic, pos))
+            break
+        crc = r.u32()
+        crc_ok = crc32c(r.data[r.pos:]) == crc
+        if strict and not crc_ok:
+            raise ValueError("CRC mismatch in batch at byte %d (base_offset %d)" % (pos, base_offset))
+        attributes = r.i16()
+        last_offset_delta = r.i32()
+        base_ts = r.i64()
+        max_ts = r.i64()
+        r.i64()  # producer id
+        r.i16()  # producer epoch
+        r.i32()  # base sequence
+        count = r.i32()
+        records = []
+        if attributes & 0x07 == 0:
+            for _ in range(count):
+                length = r.varint()
+                rr = Reader(r.raw(length))
+                rr.i8()
+                ts_delta = rr.varint()
+                off_delta = rr.varint()
+                kl = rr.varint()
+                key = None if kl < 0 else rr.raw(kl)
+                vl = rr.varint()
+                value = None if vl < 0 else rr.raw(vl)
+                nh = rr.varint()
+                headers = []
+                for _ in range(nh):
+                    hkl = rr.varint()
+                    hk = rr.raw(hkl).decode()
+                    hvl = rr.varint()
+                    hv = None if hvl < 0 else rr.raw(hvl)
+                    headers.append((hk, hv))
+                records.append(Record(value=value, key=key, headers=headers,
+                                      timestamp=base_ts + ts_delta, offset=base_offset + off_delta))
+        out.append(Batch(base_offset, batch_length, magic, crc, crc_ok, attributes,
+                         last_offset_delta, base_ts, max_ts, records, 12 + batch_length))
+        pos += 12 + batch_length
+    return out
+
+
+# ----------------------------------------------------------------- requests
+
+
+def request_frame(api_key, api_version, correlation_id, body=b"", client_id="sluice-compat"):
+    payload = i16(api_key) + i16(api_version) + i32(correlation_id) + string(client_id) + body
+    return i32(len(payload)) + payload
+
+
+def api_versions_v0():
+    return b""
+
+
+def metadata_v1(topics=None):
+    return array(topics, string)
+
+
+def produce_v3(topic, partition, records_bytes, acks=-1, timeout_ms=10000):
+    return (string(None) + i16(acks) + i32(timeout_ms)
+            + array([(topic, [(partition, records_bytes)])],
+                    lambda t: string(t[0]) + array(t[1], lambda p: i32(p[0]) + kbytes(p[1]))))
+
+
+def fetch_v4(topic, partition, offset, max_bytes=1 << 20, max_wait_ms=100, min_bytes=1):
+    return (i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0)
+            + array([(topic, [(partition, offset, max_bytes)])],
+                    lambda t: string(t[0]) + array(t[1], lambda p: i32(p[0]) + i64(p[1]) + i32(p[2]))))
+
+
+def list_offsets_v1(topic, partition, timestamp):
+    return (i32(-1)
+            + array([(topic, [(partition, timestamp)])],
+                    lambda t: string(t[0]) + array(t[1], lambda p: i32(p[0]) + i64(p[1]))))
+
+
+# ----------------------------------------------------------------- responses
+
+
+def parse_api_versions_v0(body):
+    r = Reader(body)
+    err = r.i16()
+    keys = r.array(lambda r: (r.i16(), r.i16(), r.i16()))
+    return err, {k: (lo, hi) for k, lo, hi in (keys or [])}
+
+
+def parse_metadata_v1(body):
+    r = Reader(body)
+    brokers = r.array(lambda r: (r.i32(), r.string(), r.i32(), r.string()))
+    controller = r.i32()
+
+    def part(r):
+        return dict(error=r.i16(), partition=r.i32(), leader=r.i32(),
+                    replicas=r.array(lambda r: r.i32()), isr=r.array(lambda r: r.i32()))
+
+    topics = r.array(lambda r: dict(error=r.i16(), name=r.string(), internal=r.i8(),
+                                    partitions=r.array(part)))
+    return dict(brokers=brokers, controller=controller, topics=topics)
+
+
+def parse_produce_v3(body):
+    r = Reader(body)
+    topics = r.array(lambda r: (r.string(), r.array(
+        lambda r: dict(partition=r.i32(), error=r.i16(), base_offset=r.i64(), log_append_time=r.i64()))))
+    r.i32()  # throttle
+    return {(t, p["partition"]): p for t, parts in topics for p in parts}
+
+
+def parse_fetch_v4(body):
+    r = Reader(body)
+    r.i32()  # throttle
+
+    def part(r):
+        d = dict(partition=r.i32(), error=r.i16(), high_watermark=r.i64(), last_stable_offset=r.i64())
+        r.array(lambda r: (r.i64(), r.i64()))
+        d["records"] = r.kbytes()
+        return d
+
+    topics = r.array(lambda r: (r.string(), r.array(part)))
+    return {(t, p["partition"]): p for t, parts in topics for p in parts}
+
+
+def parse_list_offsets_v1(body):
+    r = Reader(body)
+    topics = r.array(lambda r: (r.string(), r.array(
+        lambda r: dict(partition=r.i32(), error=r.i16(), timestamp=r.i64(), offset=r.i64()))))
+    return {(t, p["partition"]): p for t, parts in topics for p in parts}
+
+
+# ----------------------------------------------------------------- connection
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+class Conn:
+    """A blocking Kafka connection with a per-operation timeout."""
+
+    def __init__(self, host, port, timeout=10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self.corr = 0
+
+    @classmethod
+    def to(cls, bootstrap, timeout=10.0):
+        host, port = bootstrap.rsplit(":", 1)
+        return cls(host, int(port), timeout)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def send_raw(self, data: bytes):
+        self.sock.sendall(data)
+
+    def recv_exact(self, n):
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except ConnectionResetError as e:
+                raise ConnectionClosed("reset by peer") from e
+            if not chunk:
+                raise ConnectionClosed("EOF after %d of %d bytes" % (len(buf), n))
+            buf += chunk
+        return bytes(buf)
+
+    def recv_response(self):
+        """Returns (correlation_id, body) of one response (header v0)."""
+        size = struct.unpack(">i", self.recv_exact(4))[0]
+        if size < 4 or size > 200 * 1024 * 1024:
+            raise ValueError("bad response size %d" % size)
+        data = self.recv_exact(size)
+        return struct.unpack(">i", data[:4])[0], data[4:]
+
+    def request(self, api_key, api_version, body, expect_response=True):
+        self.corr += 1
+        corr = self.corr
+        self.send_raw(request_frame(api_key, api_version, corr, body))
+        if not expect_response:
+            return None
+        got, resp = self.recv_response()
+        if got != corr:
+            raise AssertionError("correlation id mismatch: sent %d got %d" % (corr, got))
+        return resp
+
+    def wait_closed(self, timeout=5.0):
+        """True if the peer closes the connection within `timeout` seconds
+        (any bytes it sends first are discarded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return False
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+            if not chunk:
+                return True
+
+    # convenience wrappers
+    def api_versions(self):
+        return parse_api_versions_v0(self.request(API_VERSIONS, 0, api_versions_v0()))
+
+    def metadata(self, topics=None):
+        return parse_metadata_v1(self.request(METADATA, 1, metadata_v1(topics)))
+
+    def produce(self, topic, partition, records_bytes, acks=-1):
+        resp = self.request(PRODUCE, 3, produce_v3(topic, partition, records_bytes, acks=acks),
+                            expect_response=(acks != 0))
+        return None if resp is None else parse_produce_v3(resp)[(topic, partition)]
+
+    def fetch(self, topic, partition, offset, max_bytes=1 << 20):
+        return parse_fetch_v4(self.request(FETCH, 4, fetch_v4(topic, partition, offset, max_bytes)))[(topic, partition)]
+
+    def list_offsets(self, topic, partition, timestamp):
+        return parse_list_offsets_v1(self.request(LIST_OFFSETS, 1, list_offsets_v1(topic, partition, timestamp)))[(topic, partition)]
+
+    def fetch_all(self, topic, partition, start=0, limit_s=10.0):
+        """Fetch every record from `start` to the high watermark."""
+        out = []
+        offset = start
+        deadline = time.monotonic() + limit_s
+        while True:
+            p = self.fetch(topic, partition, offset)
+            if p["error"] != 0:
+                raise AssertionError("fetch error %d at offset %d" % (p["error"], offset))
+            hw = p["high_watermark"]
+            for b in decode_batches(p["records"] or b""):
+                assert b.crc_ok, "fetched batch with bad CRC at base offset %d" % b.base_offset
+                for rec in b.records:
+                    if rec.offset >= offset:
+                        out.append(rec)
+                offset = max(offset, b.last_offset + 1)
+            if offset >= hw:
+                return out, hw
+            if time.monotonic() > deadline:
+                raise AssertionError("fetch_all timed out at offset %d hw %d" % (offset, hw))
