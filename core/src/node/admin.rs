@@ -83,8 +83,12 @@ impl Node {
         };
         let mut resp = MetadataResponse::default();
         resp.brokers = vec![self.broker_entry()];
-        resp.cluster_id = Some(sb(self.config.cluster_id.clone()));
-        resp.controller_id = BrokerId(self.config.node_id.0);
+        if ctx.version >= 2 {
+            resp.cluster_id = Some(sb(self.config.cluster_id.clone()));
+        }
+        if ctx.version >= 1 {
+            resp.controller_id = BrokerId(self.config.node_id.0);
+        }
         resp.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
         match wanted {
             None => {
@@ -95,7 +99,7 @@ impl Node {
                     .map(|(n, _)| n.clone())
                     .collect();
                 for n in names {
-                    resp.topics.push(self.topic_metadata(&n));
+                    resp.topics.push(self.topic_metadata(&n, ctx.version));
                 }
             }
             Some(list) => {
@@ -108,7 +112,7 @@ impl Node {
                             None => {
                                 let mut t = MetadataResponseTopic::default();
                                 t.error_code = KafkaError::UnknownTopicId.code();
-                                t.topic_id = id;
+                                t.topic_id = id; // only v10+ can name topics by id
                                 t.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
                                 resp.topics.push(t);
                                 continue;
@@ -136,7 +140,7 @@ impl Node {
                             }
                         }
                     }
-                    resp.topics.push(self.topic_metadata(&name));
+                    resp.topics.push(self.topic_metadata(&name, ctx.version));
                 }
                 if !jobs.is_empty() {
                     // Answer once the topics exist, so the client sees them with leaders.
@@ -155,7 +159,7 @@ impl Node {
         Ok(())
     }
 
-    fn topic_metadata(&self, name: &str) -> MetadataResponseTopic {
+    fn topic_metadata(&self, name: &str, version: i16) -> MetadataResponseTopic {
         let mut t = MetadataResponseTopic::default();
         t.name = Some(TopicName(sb(name)));
         t.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
@@ -168,7 +172,9 @@ impl Node {
             .code();
             return t;
         };
-        t.topic_id = Uuid::from_bytes(topic.id);
+        if version >= 10 {
+            t.topic_id = Uuid::from_bytes(topic.id);
+        }
         let me = BrokerId(self.config.node_id.0);
         for (i, p) in topic.partitions.iter().enumerate() {
             if p.state == PartState::Creating {
@@ -177,14 +183,18 @@ impl Node {
             let mut mp = MetadataResponsePartition::default();
             mp.partition_index = i32::try_from(i).expect("bounded partition count");
             mp.leader_id = me;
-            mp.leader_epoch = 0;
+            if version >= 7 {
+                mp.leader_epoch = 0;
+            }
             mp.replica_nodes = vec![me];
             mp.isr_nodes = vec![me];
             match p.state {
                 PartState::Online => {}
                 PartState::Offline => {
                     mp.error_code = KafkaError::KafkaStorageError.code();
-                    mp.offline_replicas = vec![me];
+                    if version >= 5 {
+                        mp.offline_replicas = vec![me];
+                    }
                 }
                 _ => mp.error_code = KafkaError::LeaderNotAvailable.code(),
             }
@@ -205,7 +215,9 @@ impl Node {
         resp.cluster_id = sb(self.config.cluster_id.clone());
         resp.controller_id = BrokerId(self.config.node_id.0);
         resp.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
-        resp.endpoint_type = req.endpoint_type.max(1);
+        if ctx.version >= 1 {
+            resp.endpoint_type = req.endpoint_type.max(1);
+        }
         let mut b = DescribeClusterBroker::default();
         b.broker_id = BrokerId(self.config.node_id.0);
         b.host = sb(self.config.advertised_host.clone());
@@ -446,15 +458,21 @@ impl Node {
                     r.error_message = Some(sb(msg));
                 }
                 Ok(()) if req.validate_only => {
-                    r.num_partitions = partitions;
-                    r.replication_factor = 1;
+                    if ctx.version >= 5 {
+                        r.num_partitions = partitions;
+                        r.replication_factor = 1;
+                    }
                 }
                 Ok(()) => match self.create_topic(&name, partitions, configs.clone()) {
                     Err(e) => r.error_code = e.code(),
                     Ok(job) => {
-                        r.topic_id = Uuid::from_bytes(self.topics[&name].id);
-                        r.num_partitions = partitions;
-                        r.replication_factor = 1;
+                        if ctx.version >= 7 {
+                            r.topic_id = Uuid::from_bytes(self.topics[&name].id);
+                        }
+                        if ctx.version >= 5 {
+                            r.num_partitions = partitions;
+                            r.replication_factor = 1;
+                        }
                         if ctx.version >= 5 {
                             r.configs = Some(self.created_configs(&configs));
                         }
@@ -546,7 +564,6 @@ impl Node {
         let mut jobs = Vec::new();
         for (name, id) in targets {
             let mut r = DeletableTopicResult::default();
-            r.topic_id = id;
             let name = name.or_else(|| self.names.get(id.as_bytes()).cloned());
             r.name = name.clone().map(|n| TopicName(sb(n)));
             match name
@@ -563,7 +580,9 @@ impl Node {
                 }
                 Some((_, _, Some(_))) => r.error_code = KafkaError::LeaderNotAvailable.code(),
                 Some((n, tid, None)) => {
-                    r.topic_id = Uuid::from_bytes(tid);
+                    if ctx.version >= 6 {
+                        r.topic_id = Uuid::from_bytes(tid);
+                    }
                     let job = self.new_job(
                         1,
                         JobDone::TopicDeleteDurable {

@@ -217,7 +217,9 @@ impl Node {
                         if let Some((offset, ts)) = found {
                             pr.offset = offset;
                             pr.timestamp = ts;
-                            pr.leader_epoch = 0;
+                            if ctx.version >= 4 {
+                                pr.leader_epoch = 0;
+                            }
                         }
                     }
                 }

@@ -96,7 +96,7 @@ struct Waiter {
     then: Then,
 }
 
-type BuildResponse = Box<dyn FnOnce(&BTreeSet<JobId>) -> Bytes + Send>;
+type BuildResponse = Box<dyn FnOnce(&BTreeSet<JobId>) -> Result<Bytes, String> + Send>;
 
 enum Then {
     /// Handle the request again from the start (it found a topic still being created).
@@ -370,8 +370,16 @@ impl Node {
         }
     }
 
-    fn respond_bytes(&mut self, conn: ConnId, seq: u64, frame: Bytes) {
-        self.respond(conn, seq, Some(vec![Part::Bytes(frame)]));
+    /// Queues an encoded response; a response that failed to encode is a bug in core, logged
+    /// and answered by closing the connection (the client retries elsewhere), never a panic.
+    fn respond_bytes(&mut self, conn: ConnId, seq: u64, frame: Result<Bytes, String>) {
+        match frame {
+            Ok(frame) => self.respond(conn, seq, Some(vec![Part::Bytes(frame)])),
+            Err(e) => {
+                tracing::error!(conn = conn.0, error = %e, "response could not be encoded");
+                self.close(conn, "response could not be encoded");
+            }
+        }
     }
 
     fn close(&mut self, conn: ConnId, why: &str) {

@@ -61,7 +61,9 @@ impl Node {
                 match result {
                     Ok((tp, base, end, generation, log_start, append_time)) => {
                         pr.base_offset = base;
-                        pr.log_start_offset = log_start;
+                        if ctx.version >= 5 {
+                            pr.log_start_offset = log_start;
+                        }
                         pr.log_append_time_ms = append_time;
                         waits.push((ti, pi, tp, end, generation));
                     }

@@ -93,22 +93,29 @@ pub fn decode_body<T: Decodable>(mut body: Bytes, version: i16) -> Result<T, Fra
     Ok(req)
 }
 
-/// Encodes a response frame: size prefix, response header, body.
-pub fn encode_response<T: Encodable>(ctx: &RequestContext, body: &T) -> Bytes {
+/// Encodes a response frame: size prefix, response header, body. Fails (and the caller closes
+/// the connection) only if a response sets a field its version lacks: a bug, never a panic.
+pub fn encode_response<T: Encodable>(ctx: &RequestContext, body: &T) -> Result<Bytes, String> {
     let header_version = ctx.api_key.response_header_version(ctx.version);
     let body_len = body
         .compute_size(ctx.version)
-        .expect("responses Sluice builds are encodable");
+        .map_err(|e| encode_error(ctx, e))?;
     let header_len = if header_version >= 1 { 5 } else { 4 };
     let mut buf = BytesMut::with_capacity(4 + header_len + body_len);
-    buf.put_i32(i32::try_from(header_len + body_len).expect("response size bounded"));
+    buf.put_i32(
+        i32::try_from(header_len + body_len).map_err(|_| "response too large".to_string())?,
+    );
     buf.put_i32(ctx.correlation_id);
     if header_version >= 1 {
         buf.put_u8(0); // no tagged fields
     }
     body.encode(&mut buf, ctx.version)
-        .expect("responses Sluice builds are encodable");
-    buf.freeze()
+        .map_err(|e| encode_error(ctx, e))?;
+    Ok(buf.freeze())
+}
+
+fn encode_error(ctx: &RequestContext, e: impl std::fmt::Display) -> String {
+    format!("{:?} v{}: {e}", ctx.api_key, ctx.version)
 }
 
 /// The ApiVersions answer: every supported API with its range.

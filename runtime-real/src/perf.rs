@@ -1,0 +1,379 @@
+//! `sluice perf`: a load generator in the spirit of Kafka's producer-perf-test and
+//! consumer-perf-test, on the same codec as the broker, cheap enough that the broker, not the
+//! client, is what gets measured. Prints records/s, MB/s and latency percentiles.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Opts {
+    bootstrap: String,
+    topic: String,
+    records: u64,
+    record_size: usize,
+    batch_records: usize,
+    partitions: i32,
+    acks: i16,
+    in_flight: usize,
+    rate: Option<f64>,
+    fetch_max_bytes: i32,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        bootstrap: "127.0.0.1:9092".into(),
+        topic: "sluice-perf".into(),
+        records: 1_000_000,
+        record_size: 100,
+        batch_records: 1000,
+        partitions: 1,
+        acks: -1,
+        in_flight: 16,
+        rate: None,
+        fetch_max_bytes: 50 * 1024 * 1024,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut v = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        let bad = |x: &str| format!("{a}: bad value {x:?}");
+        match a.as_str() {
+            "--bootstrap" => o.bootstrap = v()?,
+            "--topic" => o.topic = v()?,
+            "--records" => o.records = v()?.parse().map_err(|_| bad(a))?,
+            "--record-size" => o.record_size = v()?.parse().map_err(|_| bad(a))?,
+            "--batch-records" => {
+                o.batch_records = v()?.parse::<usize>().map_err(|_| bad(a))?.max(1)
+            }
+            "--partitions" => o.partitions = v()?.parse::<i32>().map_err(|_| bad(a))?.max(1),
+            "--acks" => o.acks = v()?.parse().map_err(|_| bad(a))?,
+            "--in-flight" => o.in_flight = v()?.parse::<usize>().map_err(|_| bad(a))?.max(1),
+            "--rate" => o.rate = Some(v()?.parse().map_err(|_| bad(a))?),
+            "--fetch-max-bytes" => o.fetch_max_bytes = v()?.parse().map_err(|_| bad(a))?,
+            other => return Err(format!("unknown perf option {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+pub fn main(args: &[String]) -> Result<(), String> {
+    let (mode, rest) = args.split_first().ok_or("perf needs produce or consume")?;
+    let o = parse(rest)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    match mode.as_str() {
+        "produce" => rt.block_on(produce(o)),
+        "consume" => rt.block_on(consume(o)),
+        other => Err(format!("unknown perf mode {other:?}")),
+    }
+}
+
+fn put_varint(out: &mut BytesMut, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.put_u8((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.put_u8(z as u8);
+}
+
+/// An uncompressed v2 batch of `n` records of `size` value bytes each.
+fn build_batch(n: usize, size: usize, timestamp: i64) -> Bytes {
+    let mut records = BytesMut::with_capacity(n * (size + 16));
+    let value: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+    for i in 0..n {
+        let mut r = BytesMut::with_capacity(size + 16);
+        r.put_u8(0);
+        put_varint(&mut r, 0);
+        put_varint(&mut r, i as i64);
+        put_varint(&mut r, -1);
+        put_varint(&mut r, size as i64);
+        r.put_slice(&value);
+        put_varint(&mut r, 0);
+        put_varint(&mut records, r.len() as i64);
+        records.put_slice(&r);
+    }
+    let mut b = BytesMut::with_capacity(61 + records.len());
+    b.put_i64(0);
+    b.put_i32((49 + records.len()) as i32);
+    b.put_i32(-1);
+    b.put_i8(2);
+    b.put_u32(0);
+    b.put_i16(0);
+    b.put_i32(n as i32 - 1);
+    b.put_i64(timestamp);
+    b.put_i64(timestamp);
+    b.put_i64(-1);
+    b.put_i16(-1);
+    b.put_i32(-1);
+    b.put_i32(n as i32);
+    b.put_slice(&records);
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
+fn frame<T: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Result<Bytes, String> {
+    let mut header = RequestHeader::default();
+    header.request_api_key = key as i16;
+    header.request_api_version = version;
+    header.correlation_id = correlation_id;
+    header.client_id = Some(StrBytes::from_static_str("sluice-perf"));
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .map_err(|e| e.to_string())?;
+    body.encode(&mut buf, version).map_err(|e| e.to_string())?;
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin)) -> Result<Bytes, String> {
+    let mut len = [0u8; 4];
+    rd.read_exact(&mut len)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let len = usize::try_from(i32::from_be_bytes(len)).map_err(|_| "negative response size")?;
+    let mut buf = BytesMut::zeroed(len);
+    rd.read_exact(&mut buf)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(buf.freeze())
+}
+
+/// Sends one request and reads its response body (after the response header).
+async fn call<T: Encodable, R: Decodable>(
+    s: &mut TcpStream,
+    key: ApiKey,
+    version: i16,
+    body: &T,
+) -> Result<R, String> {
+    s.write_all(&frame(key, version, 1, body)?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut resp = read_frame(s).await?;
+    resp.advance(4);
+    if key.response_header_version(version) >= 1 {
+        resp.advance(1);
+    }
+    R::decode(&mut resp, version).map_err(|e| e.to_string())
+}
+
+async fn ensure_topic(s: &mut TcpStream, topic: &str, partitions: i32) -> Result<(), String> {
+    let mut t = CreatableTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    t.num_partitions = partitions;
+    t.replication_factor = 1;
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 30_000;
+    let resp: CreateTopicsResponse = call(s, ApiKey::CreateTopics, 5, &req).await?;
+    match resp.topics.first().map(|t| t.error_code) {
+        Some(0) | Some(36) => Ok(()),
+        other => Err(format!("creating topic {topic}: error {other:?}")),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn produce(o: Opts) -> Result<(), String> {
+    let mut s = TcpStream::connect(&o.bootstrap)
+        .await
+        .map_err(|e| format!("{}: {e}", o.bootstrap))?;
+    s.set_nodelay(true).ok();
+    ensure_topic(&mut s, &o.topic, o.partitions).await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let batch = build_batch(o.batch_records, o.record_size, now_ms);
+    let requests = o.records.div_ceil(o.batch_records as u64);
+    let (mut rd, mut wr) = s.into_split();
+    let start = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(i32, Instant)>(o.in_flight);
+    let acks = o.acks;
+    let writer = {
+        let topic = o.topic.clone();
+        let rate = o.rate;
+        let per_req = o.batch_records as f64;
+        let partitions = o.partitions;
+        tokio::spawn(async move {
+            for i in 0..requests {
+                if let Some(r) = rate {
+                    let due = start + Duration::from_secs_f64(i as f64 * per_req / r);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let mut pd = PartitionProduceData::default();
+                pd.index = (i % partitions as u64) as i32;
+                pd.records = Some(batch.clone());
+                let mut td = TopicProduceData::default();
+                td.name = TopicName(StrBytes::from_string(topic.clone()));
+                td.partition_data = vec![pd];
+                let mut req = ProduceRequest::default();
+                req.acks = acks;
+                req.timeout_ms = 30_000;
+                req.topic_data = vec![td];
+                let id = i as i32;
+                let f = frame(ApiKey::Produce, 9, id, &req)?;
+                if acks != 0 && tx.send((id, Instant::now())).await.is_err() {
+                    return Err("reader stopped".to_string());
+                }
+                wr.write_all(&f).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(wr)
+        })
+    };
+    let mut latencies = Vec::with_capacity(requests as usize);
+    let mut errors = 0u64;
+    if acks != 0 {
+        let mut sent: HashMap<i32, Instant> = HashMap::new();
+        for _ in 0..requests {
+            let mut resp = read_frame(&mut rd).await?;
+            let cid = resp.get_i32();
+            resp.advance(1);
+            while let Ok((id, t)) = rx.try_recv() {
+                sent.insert(id, t);
+            }
+            if !sent.contains_key(&cid) {
+                if let Some((id, t)) = rx.recv().await {
+                    sent.insert(id, t);
+                }
+            }
+            let t = sent.remove(&cid).ok_or("response for an unknown request")?;
+            latencies.push(t.elapsed());
+            let r = ProduceResponse::decode(&mut resp, 9).map_err(|e| e.to_string())?;
+            errors += r
+                .responses
+                .iter()
+                .flat_map(|t| &t.partition_responses)
+                .filter(|p| p.error_code != 0)
+                .count() as u64;
+        }
+    }
+    let _wr = writer.await.map_err(|e| e.to_string())??;
+    let secs = start.elapsed().as_secs_f64();
+    let records = requests * o.batch_records as u64;
+    let mb = records as f64 * o.record_size as f64 / 1e6;
+    latencies.sort();
+    println!(
+        "produce: {records} records of {} bytes in {secs:.2} s: {:.0} records/s, {:.1} MB/s (values), acks={} batch={} in-flight={} errors={errors}",
+        o.record_size,
+        records as f64 / secs,
+        mb / secs,
+        o.acks,
+        o.batch_records,
+        o.in_flight
+    );
+    if !latencies.is_empty() {
+        println!(
+            "produce latency per request (ms): p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            percentile(&latencies, 0.999),
+            percentile(&latencies, 1.0)
+        );
+    }
+    if errors > 0 {
+        return Err(format!("{errors} partition errors"));
+    }
+    Ok(())
+}
+
+async fn consume(o: Opts) -> Result<(), String> {
+    let mut s = TcpStream::connect(&o.bootstrap)
+        .await
+        .map_err(|e| format!("{}: {e}", o.bootstrap))?;
+    s.set_nodelay(true).ok();
+    let mut offsets: Vec<i64> = vec![0; o.partitions as usize];
+    let start = Instant::now();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut idle = 0;
+    while records < o.records {
+        let mut ft = FetchTopic::default();
+        ft.topic = TopicName(StrBytes::from_string(o.topic.clone()));
+        ft.partitions = (0..o.partitions)
+            .map(|p| {
+                let mut fp = FetchPartition::default();
+                fp.partition = p;
+                fp.fetch_offset = offsets[p as usize];
+                fp.partition_max_bytes = o.fetch_max_bytes;
+                fp
+            })
+            .collect();
+        let mut req = FetchRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.max_wait_ms = 500;
+        req.min_bytes = 1;
+        req.max_bytes = o.fetch_max_bytes;
+        req.session_epoch = -1;
+        req.topics = vec![ft];
+        let resp: FetchResponse = call(&mut s, ApiKey::Fetch, 11, &req).await?;
+        let mut got = 0u64;
+        for t in &resp.responses {
+            for p in &t.partitions {
+                if p.error_code != 0 {
+                    return Err(format!(
+                        "fetch partition {}: error {}",
+                        p.partition_index, p.error_code
+                    ));
+                }
+                let Some(mut recs) = p.records.clone() else {
+                    continue;
+                };
+                bytes += recs.len() as u64;
+                while recs.len() >= 61 {
+                    let base = i64::from_be_bytes(recs[0..8].try_into().expect("8"));
+                    let len = i32::from_be_bytes(recs[8..12].try_into().expect("4")) as usize + 12;
+                    if len > recs.len() {
+                        break;
+                    }
+                    let count = i32::from_be_bytes(recs[57..61].try_into().expect("4")) as u64;
+                    let last_delta = i32::from_be_bytes(recs[23..27].try_into().expect("4")) as i64;
+                    offsets[p.partition_index as usize] = base + last_delta + 1;
+                    got += count;
+                    recs.advance(len);
+                }
+            }
+        }
+        records += got;
+        idle = if got == 0 { idle + 1 } else { 0 };
+        if idle > 10 {
+            return Err(format!(
+                "no new records after {records}; is the topic filled?"
+            ));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "consume: {records} records, {:.1} MB in {secs:.2} s: {:.0} records/s, {:.1} MB/s (batches on the wire)",
+        bytes as f64 / 1e6,
+        records as f64 / secs,
+        bytes as f64 / 1e6 / secs
+    );
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! The tokio shell around one core node: accept connections, split length-prefixed frames,
+//! feed the core on its own thread through a bounded channel, and write responses back,
+//! record sets straight from segment files with `sendfile`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use sluice_core::{ConnId, DiskError, DiskReply, Input, Instant, Node, OpId, Output, Part, Time};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::config::ServerConfig;
+use crate::disk::{Disk, Outcome};
+
+/// Messages into the core thread.
+enum Msg {
+    Opened {
+        conn: ConnId,
+        tx: mpsc::UnboundedSender<Vec<WirePart>>,
+        reader: tokio::task::AbortHandle,
+    },
+    Frame {
+        conn: ConnId,
+        frame: Bytes,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    Synced {
+        op: OpId,
+        result: Result<DiskReply, DiskError>,
+    },
+    Shutdown,
+}
+
+/// A response part ready for the socket.
+enum WirePart {
+    Bytes(Bytes),
+    File {
+        file: Arc<File>,
+        position: u64,
+        len: u32,
+    },
+}
+
+/// Requests queued from all connections to the core before readers wait.
+const CORE_QUEUE_LEN: usize = 4096;
+
+pub fn run(cfg: ServerConfig) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("sluice-net")
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: ServerConfig) -> Result<(), String> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let (tx, rx) = mpsc::channel::<Msg>(CORE_QUEUE_LEN);
+    let sync_tx = tx.clone();
+    let disk = Disk::new(cfg.data_dir.clone(), move |op, result| {
+        let _ = sync_tx.blocking_send(Msg::Synced { op, result });
+    })
+    .map_err(|e| format!("data directory {}: {e}", cfg.data_dir.display()))?;
+    let node_cfg = cfg.node.clone();
+    let core = std::thread::Builder::new()
+        .name("sluice-core".into())
+        .spawn(move || core_thread(node_cfg, disk, rx))
+        .map_err(|e| e.to_string())?;
+    tracing::info!(listen = %cfg.listen, data = %cfg.data_dir.display(), "sluice broker listening");
+    let frame_max = cfg.node.socket_request_max_bytes;
+    let mut next_conn = 0u64;
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    next_conn += 1;
+                    let conn = ConnId(next_conn);
+                    tracing::debug!(conn = conn.0, %peer, "connection opened");
+                    start_connection(conn, stream, tx.clone(), frame_max).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    let _ = tx.send(Msg::Shutdown).await;
+    let _ = tokio::task::spawn_blocking(move || core.join()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn start_connection(
+    conn: ConnId,
+    stream: TcpStream,
+    core: mpsc::Sender<Msg>,
+    frame_max: usize,
+) {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (resp_tx, resp_rx) = mpsc::unbounded_channel();
+    tokio::spawn(write_loop(conn, wr, resp_rx));
+    let reader_core = core.clone();
+    let reader = tokio::spawn(async move {
+        let why = read_loop(conn, rd, &reader_core, frame_max).await;
+        tracing::debug!(conn = conn.0, %why, "connection reader done");
+        let _ = reader_core.send(Msg::Closed { conn }).await;
+    });
+    let _ = core
+        .send(Msg::Opened {
+            conn,
+            tx: resp_tx,
+            reader: reader.abort_handle(),
+        })
+        .await;
+}
+
+/// Reads frames until the peer closes or sends something unacceptable. A length that is
+/// negative or over `socket.request.max.bytes` closes the connection before any allocation.
+async fn read_loop(
+    conn: ConnId,
+    mut rd: OwnedReadHalf,
+    core: &mpsc::Sender<Msg>,
+    frame_max: usize,
+) -> String {
+    loop {
+        let mut len = [0u8; 4];
+        if let Err(e) = rd.read_exact(&mut len).await {
+            return format!("closed: {e}");
+        }
+        let len = i32::from_be_bytes(len);
+        let Ok(len) = usize::try_from(len) else {
+            tracing::warn!(conn = conn.0, len, "negative frame length; closing");
+            return "negative frame length".into();
+        };
+        if len > frame_max {
+            tracing::warn!(
+                conn = conn.0,
+                len,
+                frame_max,
+                "frame over socket.request.max.bytes; closing"
+            );
+            return "oversized frame".into();
+        }
+        let mut buf = BytesMut::zeroed(len);
+        if let Err(e) = rd.read_exact(&mut buf).await {
+            return format!("truncated frame: {e}");
+        }
+        if core
+            .send(Msg::Frame {
+                conn,
+                frame: buf.freeze(),
+            })
+            .await
+            .is_err()
+        {
+            return "core stopped".into();
+        }
+    }
+}
+
+async fn write_loop(
+    conn: ConnId,
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<WirePart>>,
+) {
+    while let Some(parts) = rx.recv().await {
+        for part in parts {
+            let r = match part {
+                WirePart::Bytes(b) => wr.write_all(&b).await,
+                WirePart::File {
+                    file,
+                    position,
+                    len,
+                } => crate::sendfile::send(wr.as_ref(), &file, position, len as usize).await,
+            };
+            if let Err(e) = r {
+                tracing::debug!(conn = conn.0, error = %e, "write failed");
+                return;
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+struct Clock {
+    start: std::time::Instant,
+}
+
+impl Clock {
+    fn now(&self) -> Time {
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Time {
+            mono: Instant(self.start.elapsed().as_nanos() as u64),
+            wall_ms,
+        }
+    }
+    fn to_std(&self, at: Instant) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.start + Duration::from_nanos(at.0))
+    }
+}
+
+struct Conn {
+    tx: mpsc::UnboundedSender<Vec<WirePart>>,
+    reader: tokio::task::AbortHandle,
+}
+
+/// The core thread: one node, fed inputs one at a time; its outputs executed in order.
+fn core_thread(node_cfg: sluice_core::NodeConfig, disk: Disk, rx: mpsc::Receiver<Msg>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("core runtime");
+    rt.block_on(core_loop(node_cfg, disk, rx));
+}
+
+async fn core_loop(node_cfg: sluice_core::NodeConfig, mut disk: Disk, mut rx: mpsc::Receiver<Msg>) {
+    let clock = Clock {
+        start: std::time::Instant::now(),
+    };
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut node = Node::new(node_cfg, seed, clock.now());
+    let mut conns: HashMap<ConnId, Conn> = HashMap::new();
+    let mut local: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
+    let mut was_serving = false;
+    loop {
+        drain(&mut node, &mut disk, &mut conns, &mut local);
+        while let Some(input) = local.pop_front() {
+            node.handle(clock.now(), input);
+            drain(&mut node, &mut disk, &mut conns, &mut local);
+        }
+        if !was_serving && node.is_serving() {
+            was_serving = true;
+            tracing::info!(recovery = ?node.recovery_stats(), "ready");
+        }
+        let deadline = node.poll_timeout();
+        let msg = match deadline {
+            Some(at) => tokio::select! {
+                m = rx.recv() => m,
+                _ = tokio::time::sleep_until(clock.to_std(at)) => {
+                    node.handle(clock.now(), Input::Timeout);
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(msg) = msg else { return };
+        let input = match msg {
+            Msg::Opened { conn, tx, reader } => {
+                conns.insert(conn, Conn { tx, reader });
+                continue;
+            }
+            Msg::Frame { conn, frame } => {
+                if !conns.contains_key(&conn) {
+                    continue; // closed by core; frames still in the queue are dropped
+                }
+                Input::Request { conn, frame }
+            }
+            Msg::Closed { conn } => {
+                if conns.remove(&conn).is_none() {
+                    continue;
+                }
+                Input::ConnClosed { conn }
+            }
+            Msg::Synced { op, result } => Input::DiskDone { op, result },
+            Msg::Shutdown => return,
+        };
+        node.handle(clock.now(), input);
+    }
+}
+
+fn drain(
+    node: &mut Node,
+    disk: &mut Disk,
+    conns: &mut HashMap<ConnId, Conn>,
+    local: &mut std::collections::VecDeque<Input>,
+) {
+    while let Some(out) = node.poll_output() {
+        match out {
+            Output::Disk { op, action } => {
+                if let Outcome::Done(result) = disk.execute(op, action) {
+                    local.push_back(Input::DiskDone { op, result });
+                }
+            }
+            Output::Response { conn, parts } => {
+                let Some(c) = conns.get(&conn) else { continue };
+                let mut wire = Vec::with_capacity(parts.len());
+                for p in parts {
+                    wire.push(match p {
+                        Part::Bytes(b) => WirePart::Bytes(b),
+                        Part::File {
+                            file,
+                            position,
+                            len,
+                        } => match disk.file(file) {
+                            Some(file) => WirePart::File {
+                                file,
+                                position,
+                                len,
+                            },
+                            None => {
+                                // A frame must never be short: drop the connection instead.
+                                tracing::error!(
+                                    ?file,
+                                    conn = conn.0,
+                                    "response names a closed file; closing"
+                                );
+                                wire.clear();
+                                break;
+                            }
+                        },
+                    });
+                }
+                if wire.is_empty() {
+                    if let Some(c) = conns.remove(&conn) {
+                        c.reader.abort();
+                    }
+                    local.push_back(Input::ConnClosed { conn });
+                } else {
+                    let _ = c.tx.send(wire);
+                }
+            }
+            Output::Close { conn } => {
+                if let Some(c) = conns.remove(&conn) {
+                    c.reader.abort();
+                    drop(c.tx); // the writer flushes what is queued, then shuts the socket
+                }
+            }
+            Output::Peer { to, .. } => tracing::warn!(?to, "peer output on a single-node runtime"),
+        }
+    }
+}
