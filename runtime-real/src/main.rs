@@ -1,11 +1,10 @@
 //! `sluice`: the Kafka-compatible broker (`sluice serve`) and its load generator
 //! (`sluice perf produce|consume`).
 
-mod config;
-mod disk;
-mod perf;
-mod sendfile;
-mod server;
+use sluice_runtime_real::{config, perf, server};
+
+#[global_allocator]
+static ALLOC: sluice_runtime_real::alloc::BrokerAlloc = sluice_runtime_real::alloc::BrokerAlloc;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,13 @@
+//! sluice-runtime-real: drives one sluice-core node with tokio sockets and real files.
+//!
+//! Contract: this crate does I/O and nothing else. Every decision (what to answer, what to
+//! write, when something is durable) is made by the core node; this crate splits frames,
+//! executes disk operations in order, runs syncs off the core thread and reports them back as
+//! inputs, and sends file ranges with sendfile.
+
+pub mod alloc;
+pub mod config;
+pub mod disk;
+pub mod perf;
+pub mod sendfile;
+pub mod server;
