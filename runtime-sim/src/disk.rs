@@ -1,0 +1,251 @@
+//! A simulated disk that keeps written-but-unsynced bytes apart from synced ones.
+//!
+//! Each file has its durable content and the operations issued since its last sync. A sync
+//! folds them in. A crash keeps the durable content plus a random prefix of the pending
+//! operations, the last of which may be torn at a sector boundary: exactly what a real disk
+//! may leave behind. Directory entries created or removed are durable when the operation
+//! completes (the real runtime fsyncs the directory before reporting it).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use rand::Rng;
+use sluice_core::{DirEntry, DiskError, DiskOp, DiskReply, FileId};
+
+/// Bytes a torn write is cut at a multiple of.
+pub const SECTOR_BYTES: usize = 512;
+
+#[derive(Clone, Debug)]
+enum Pending {
+    Write { position: u64, data: Vec<u8> },
+    Truncate { len: u64 },
+}
+
+#[derive(Clone, Debug, Default)]
+struct SimFile {
+    durable: Vec<u8>,
+    current: Vec<u8>,
+    pending: Vec<Pending>,
+}
+
+fn apply(buf: &mut Vec<u8>, p: &Pending) {
+    match p {
+        Pending::Write { position, data } => {
+            let at = *position as usize;
+            if buf.len() < at + data.len() {
+                buf.resize(at + data.len(), 0);
+            }
+            buf[at..at + data.len()].copy_from_slice(data);
+        }
+        Pending::Truncate { len } => buf.truncate(*len as usize),
+    }
+}
+
+/// What a crash did to the files.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CrashReport {
+    pub files_with_lost_writes: usize,
+    pub torn_writes: usize,
+}
+
+#[derive(Default)]
+pub struct SimDisk {
+    files: BTreeMap<String, SimFile>,
+    dirs: BTreeSet<String>,
+    handles: BTreeMap<FileId, String>,
+    /// When set, writes fail with NoSpace once the disk holds this many bytes.
+    pub capacity_bytes: Option<u64>,
+}
+
+fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+impl SimDisk {
+    pub fn new() -> SimDisk {
+        SimDisk::default()
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.files.values().map(|f| f.current.len() as u64).sum()
+    }
+
+    fn file(&mut self, id: FileId) -> Result<&mut SimFile, DiskError> {
+        let path = self
+            .handles
+            .get(&id)
+            .ok_or_else(|| DiskError::Io(format!("{id:?} not open")))?;
+        self.files.get_mut(path).ok_or(DiskError::NotFound)
+    }
+
+    /// Executes one operation at once.
+    pub fn execute(&mut self, action: DiskOp) -> Result<DiskReply, DiskError> {
+        match action {
+            DiskOp::CreateDir { path } => {
+                let mut p = path.as_str();
+                while !p.is_empty() {
+                    self.dirs.insert(p.to_string());
+                    p = parent(p);
+                }
+                Ok(DiskReply::Done)
+            }
+            DiskOp::ListDir { path } => {
+                if !path.is_empty() && !self.dirs.contains(&path) {
+                    return Err(DiskError::NotFound);
+                }
+                let mut out: BTreeMap<String, bool> = BTreeMap::new();
+                for d in self.dirs.iter().filter(|d| parent(d) == path) {
+                    out.insert(d.rsplit('/').next().unwrap_or(d).to_string(), true);
+                }
+                for f in self.files.keys().filter(|f| parent(f) == path) {
+                    out.insert(f.rsplit('/').next().unwrap_or(f).to_string(), false);
+                }
+                Ok(DiskReply::Listing(
+                    out.into_iter()
+                        .map(|(name, is_dir)| DirEntry { name, is_dir })
+                        .collect(),
+                ))
+            }
+            DiskOp::Open { file, path, create } => {
+                if !parent(&path).is_empty() && !self.dirs.contains(parent(&path)) {
+                    return Err(DiskError::NotFound);
+                }
+                if !self.files.contains_key(&path) {
+                    if !create {
+                        return Err(DiskError::NotFound);
+                    }
+                    self.files.insert(path.clone(), SimFile::default());
+                }
+                let len = self.files[&path].current.len() as u64;
+                self.handles.insert(file, path);
+                Ok(DiskReply::Opened { len })
+            }
+            DiskOp::Write {
+                file,
+                position,
+                data,
+            } => {
+                let len: usize = data.iter().map(|b| b.len()).sum();
+                if let Some(cap) = self.capacity_bytes {
+                    if self.used_bytes() + len as u64 > cap {
+                        return Err(DiskError::NoSpace);
+                    }
+                }
+                let mut all = Vec::with_capacity(len);
+                for b in &data {
+                    all.extend_from_slice(b);
+                }
+                let f = self.file(file)?;
+                let p = Pending::Write {
+                    position,
+                    data: all,
+                };
+                apply(&mut f.current, &p);
+                f.pending.push(p);
+                Ok(DiskReply::Done)
+            }
+            DiskOp::Truncate { file, len } => {
+                let f = self.file(file)?;
+                let p = Pending::Truncate { len };
+                apply(&mut f.current, &p);
+                f.pending.push(p);
+                Ok(DiskReply::Done)
+            }
+            DiskOp::Sync { file } => {
+                let f = self.file(file)?;
+                for p in std::mem::take(&mut f.pending) {
+                    apply(&mut f.durable, &p);
+                }
+                debug_assert_eq!(f.durable, f.current);
+                Ok(DiskReply::Done)
+            }
+            DiskOp::Read {
+                file,
+                position,
+                len,
+            } => {
+                let f = self.file(file)?;
+                let start = (position as usize).min(f.current.len());
+                let end = (start + len).min(f.current.len());
+                Ok(DiskReply::Data(Bytes::copy_from_slice(
+                    &f.current[start..end],
+                )))
+            }
+            DiskOp::Close { file } => {
+                self.handles.remove(&file);
+                Ok(DiskReply::Done)
+            }
+            DiskOp::RemoveDirAll { path } => {
+                let prefix = format!("{path}/");
+                self.files.retain(|k, _| !k.starts_with(&prefix));
+                self.dirs.retain(|d| d != &path && !d.starts_with(&prefix));
+                Ok(DiskReply::Done)
+            }
+            DiskOp::DeleteFile { path } => {
+                self.files.remove(&path);
+                Ok(DiskReply::Done)
+            }
+        }
+    }
+
+    /// Bytes of a file as a reader would see them now.
+    pub fn read_file(&self, path: &str) -> Option<&[u8]> {
+        self.files.get(path).map(|f| f.current.as_slice())
+    }
+
+    /// A file's handle, for resolving zero-copy file ranges.
+    pub fn read_range(&self, file: FileId, position: u64, len: usize) -> Option<Bytes> {
+        let f = self.files.get(self.handles.get(&file)?)?;
+        let start = usize::try_from(position).ok()?;
+        f.current
+            .get(start..start + len)
+            .map(Bytes::copy_from_slice)
+    }
+
+    /// Appends raw bytes to a file as if a write reached the disk and was synced (for tests
+    /// that plant corruption).
+    pub fn append_durable(&mut self, path: &str, bytes: &[u8]) {
+        let f = self.files.entry(path.to_string()).or_default();
+        f.durable.extend_from_slice(bytes);
+        f.current = f.durable.clone();
+        f.pending.clear();
+    }
+
+    /// Power loss: handles are gone; each file keeps its durable bytes plus a random prefix of
+    /// its pending operations, the last of them possibly torn at a sector boundary.
+    pub fn crash(&mut self, rng: &mut impl Rng) -> CrashReport {
+        self.handles.clear();
+        let mut report = CrashReport::default();
+        for f in self.files.values_mut() {
+            if f.pending.is_empty() {
+                continue;
+            }
+            let keep = rng.gen_range(0..=f.pending.len());
+            if keep < f.pending.len() {
+                report.files_with_lost_writes += 1;
+            }
+            let mut disk = std::mem::take(&mut f.durable);
+            for p in &f.pending[..keep] {
+                apply(&mut disk, p);
+            }
+            if let Some(Pending::Write { position, data }) = f.pending.get(keep) {
+                if rng.gen_bool(0.5) && data.len() > SECTOR_BYTES {
+                    let sectors = data.len() / SECTOR_BYTES;
+                    let cut = rng.gen_range(1..=sectors) * SECTOR_BYTES;
+                    apply(
+                        &mut disk,
+                        &Pending::Write {
+                            position: *position,
+                            data: data[..cut].to_vec(),
+                        },
+                    );
+                    report.torn_writes += 1;
+                }
+            }
+            f.durable = disk.clone();
+            f.current = disk;
+            f.pending.clear();
+        }
+        report
+    }
+}
