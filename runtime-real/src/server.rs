@@ -22,7 +22,7 @@ enum Msg {
     Opened {
         conn: ConnId,
         tx: mpsc::UnboundedSender<Vec<WirePart>>,
-        reader: tokio::task::AbortHandle,
+        stop: Arc<tokio::sync::Notify>,
     },
     Frame {
         conn: ConnId,
@@ -123,20 +123,28 @@ async fn start_connection(
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (resp_tx, resp_rx) = mpsc::unbounded_channel();
-    tokio::spawn(write_loop(conn, wr, resp_rx));
-    let reader_core = core.clone();
-    let reader = tokio::spawn(async move {
-        let why = read_loop(conn, rd, &reader_core, frame_max).await;
-        tracing::debug!(conn = conn.0, %why, "connection reader done");
-        let _ = reader_core.send(Msg::Closed { conn }).await;
-    });
-    let _ = core
+    let stop = Arc::new(tokio::sync::Notify::new());
+    // Registered before the reader starts, so the core sees Opened before any frame.
+    if core
         .send(Msg::Opened {
             conn,
             tx: resp_tx,
-            reader: reader.abort_handle(),
+            stop: stop.clone(),
         })
-        .await;
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tokio::spawn(write_loop(conn, wr, resp_rx));
+    tokio::spawn(async move {
+        let why = tokio::select! {
+            why = read_loop(conn, rd, &core, frame_max) => why,
+            _ = stop.notified() => "closed by the broker".to_string(),
+        };
+        tracing::debug!(conn = conn.0, %why, "connection reader done");
+        let _ = core.send(Msg::Closed { conn }).await;
+    });
 }
 
 /// Reads frames until the peer closes or sends something unacceptable. A length that is
@@ -228,7 +236,7 @@ impl Clock {
 
 struct Conn {
     tx: mpsc::UnboundedSender<Vec<WirePart>>,
-    reader: tokio::task::AbortHandle,
+    stop: Arc<tokio::sync::Notify>,
 }
 
 /// The core thread: one node, fed inputs one at a time; its outputs executed in order.
@@ -274,8 +282,8 @@ async fn core_loop(node_cfg: sluice_core::NodeConfig, mut disk: Disk, mut rx: mp
         };
         let Some(msg) = msg else { return };
         let input = match msg {
-            Msg::Opened { conn, tx, reader } => {
-                conns.insert(conn, Conn { tx, reader });
+            Msg::Opened { conn, tx, stop } => {
+                conns.insert(conn, Conn { tx, stop });
                 continue;
             }
             Msg::Frame { conn, frame } => {
@@ -341,7 +349,7 @@ fn drain(
                 }
                 if wire.is_empty() {
                     if let Some(c) = conns.remove(&conn) {
-                        c.reader.abort();
+                        c.stop.notify_one();
                     }
                     local.push_back(Input::ConnClosed { conn });
                 } else {
@@ -350,7 +358,7 @@ fn drain(
             }
             Output::Close { conn } => {
                 if let Some(c) = conns.remove(&conn) {
-                    c.reader.abort();
+                    c.stop.notify_one();
                     drop(c.tx); // the writer flushes what is queued, then shuts the socket
                 }
             }

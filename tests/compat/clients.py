@@ -10,7 +10,15 @@ import confluent_kafka
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-CK_VERSION = tuple(int(x) for x in confluent_kafka.version()[0].split(".")[:3])
+def _ck_version():
+    v = getattr(confluent_kafka, "__version__", None)
+    if not isinstance(v, str):
+        v = confluent_kafka.version()
+        v = v[0] if isinstance(v, tuple) else v
+    return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
+
+
+CK_VERSION = _ck_version()
 
 
 # ------------------------------------------------------------------ confluent-kafka
