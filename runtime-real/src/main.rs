@@ -39,7 +39,16 @@ fn main() {
 }
 
 fn serve(args: &[String]) -> Result<(), String> {
+    use std::io::IsTerminal;
+    // A panic anywhere (the core thread included) ends the process, so a supervisor restarts
+    // it, rather than leaving a broker that accepts connections and answers nothing.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
                 .unwrap_or_else(|_| "info".into()),

@@ -438,3 +438,97 @@ fn topics_survive_restart_and_deletion_is_durable() {
         "deleted topic's files remain"
     );
 }
+
+/// ListOffsets by timestamp finds the first record at or after the time, inside a batch, and
+/// MAX_TIMESTAMP the record with the largest time, reading the batch from disk.
+#[test]
+fn list_offsets_by_timestamp_looks_inside_batches() {
+    let mut sim = SimNode::new(NodeConfig::default(), 7);
+    create_topic(&mut sim, "t", 1);
+    let ts = 1_700_000_000_000i64;
+    let recs: Vec<Record> = [0i64, 7, 3]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: ts + d,
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &recs,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    sim.request(
+        C,
+        frame(
+            ApiKey::Produce,
+            9,
+            1,
+            &produce_req("t", 0, buf.freeze(), -1),
+        ),
+    );
+    let mut single = recs[0].clone();
+    single.timestamp = ts + 100;
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        [&single],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    sim.request(
+        C,
+        frame(
+            ApiKey::Produce,
+            9,
+            2,
+            &produce_req("t", 0, buf.freeze(), -1),
+        ),
+    );
+    sim.complete_syncs();
+    take_produce(&mut sim);
+    take_produce(&mut sim);
+    let cases = [
+        (ts, (0, ts)),
+        (ts + 1, (1, ts + 7)),
+        (ts + 7, (1, ts + 7)),
+        (ts + 8, (3, ts + 100)),
+        (ts + 101, (-1, -1)),
+        (-3, (3, ts + 100)),
+    ];
+    for (query, want) in cases {
+        let mut p = list_offsets_request::ListOffsetsPartition::default();
+        p.timestamp = query;
+        let mut t = list_offsets_request::ListOffsetsTopic::default();
+        t.name = name("t");
+        t.partitions = vec![p];
+        let mut req = ListOffsetsRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.topics = vec![t];
+        sim.request(C, frame(ApiKey::ListOffsets, 7, 3, &req));
+        let resp: ListOffsetsResponse =
+            decode(ApiKey::ListOffsets, 7, sim.take_response(C).unwrap());
+        let p = &resp.topics[0].partitions[0];
+        assert_eq!((p.offset, p.timestamp), want, "query {query}");
+    }
+}

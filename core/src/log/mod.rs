@@ -6,6 +6,7 @@
 //! in Kafka's format for tools and operators, and are rebuilt from the log on recovery.
 
 pub mod batch;
+pub mod records;
 
 use std::collections::BTreeSet;
 
@@ -143,6 +144,17 @@ impl Segment {
         }
     }
 
+    fn loc(&self, e: &Entry) -> BatchLoc {
+        BatchLoc {
+            file: self.log_file,
+            position: u64::from(e.position),
+            size: e.size,
+            base_offset: self.base_offset + i64::from(e.base_delta),
+            last_offset: self.base_offset + i64::from(e.last_delta),
+            max_timestamp: e.max_timestamp,
+        }
+    }
+
     /// Index of the batch holding `offset`, if the segment has it.
     fn find(&self, offset: Offset) -> Option<usize> {
         let delta = u32::try_from(offset - self.base_offset).ok()?;
@@ -179,6 +191,17 @@ fn index_entry_bytes(e: &Entry, max_ts: i64) -> ([u8; 8], [u8; 12]) {
     tidx[0..8].copy_from_slice(&max_ts.to_be_bytes());
     tidx[8..12].copy_from_slice(&e.last_delta.to_be_bytes());
     (idx, tidx)
+}
+
+/// Where one batch is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLoc {
+    pub file: FileId,
+    pub position: u64,
+    pub size: u32,
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub max_timestamp: i64,
 }
 
 /// What a read of the log found.
@@ -361,37 +384,37 @@ impl PartitionLog {
         }
     }
 
-    /// The first offset whose batch's max timestamp is at or after `ts`, below `upper`.
-    /// Precision is one batch: the offset returned is the batch's base offset.
-    pub fn offset_for_timestamp(&self, ts: i64, upper: Offset) -> Option<(Offset, i64)> {
-        for seg in &self.segments {
-            if seg.max_timestamp < ts {
-                continue;
-            }
+    /// The first batch below `upper` whose max timestamp is at or after `ts`: the record
+    /// ListOffsets looks for is in it (the caller reads it to find which one).
+    pub fn batch_for_timestamp(&self, ts: i64, upper: Offset) -> Option<BatchLoc> {
+        for seg in self.segments.iter().filter(|s| s.max_timestamp >= ts) {
             for e in &seg.entries {
-                let base = seg.base_offset + i64::from(e.base_delta);
-                if base >= upper {
+                let loc = seg.loc(e);
+                if loc.last_offset >= upper {
                     return None;
                 }
-                if e.max_timestamp >= ts {
-                    return Some((base.max(self.log_start_offset), e.max_timestamp));
+                if e.max_timestamp >= ts && loc.base_offset >= self.log_start_offset {
+                    return Some(loc);
                 }
             }
         }
         None
     }
 
-    /// The batch with the largest timestamp below `upper` (ListOffsets MAX_TIMESTAMP).
-    pub fn max_timestamp_offset(&self, upper: Offset) -> Option<(Offset, i64)> {
-        let mut best: Option<(Offset, i64)> = None;
+    /// The batch below `upper` holding the largest timestamp (ListOffsets MAX_TIMESTAMP).
+    pub fn batch_with_max_timestamp(&self, upper: Offset) -> Option<BatchLoc> {
+        let mut best: Option<BatchLoc> = None;
         for seg in &self.segments {
             for e in &seg.entries {
-                let last = seg.base_offset + i64::from(e.last_delta);
-                if last >= upper {
-                    break;
+                let loc = seg.loc(e);
+                if loc.last_offset >= upper {
+                    return best;
                 }
-                if best.is_none_or(|(_, t)| e.max_timestamp > t) {
-                    best = Some((last, e.max_timestamp));
+                if best
+                    .as_ref()
+                    .is_none_or(|b| e.max_timestamp > b.max_timestamp)
+                {
+                    best = Some(loc);
                 }
             }
         }
@@ -653,10 +676,17 @@ mod tests {
             ],
             1 << 30,
         );
-        assert_eq!(log.offset_for_timestamp(150, 3), Some((1, 200)));
-        assert_eq!(log.offset_for_timestamp(400, 3), None);
-        assert_eq!(log.offset_for_timestamp(250, 2), None);
-        assert_eq!(log.max_timestamp_offset(3), Some((2, 300)));
+        assert_eq!(
+            log.batch_for_timestamp(150, 3)
+                .map(|b| (b.base_offset, b.max_timestamp)),
+            Some((1, 200))
+        );
+        assert_eq!(log.batch_for_timestamp(400, 3), None);
+        assert_eq!(log.batch_for_timestamp(250, 2), None);
+        assert_eq!(
+            log.batch_with_max_timestamp(3).map(|b| b.last_offset),
+            Some(2)
+        );
     }
 
     #[test]

@@ -6,9 +6,11 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, ListOffsetsResponse};
 
-use super::{Node, PartState};
+use super::{Node, PartState, Purpose};
+use crate::io::DiskOp;
 use crate::io::Part;
 use crate::limits;
+use crate::log::records;
 use crate::log::ReadResult;
 use crate::protocol::errors::KafkaError;
 use crate::protocol::fetch_response::{self, PartitionData, TopicData};
@@ -22,6 +24,24 @@ pub(super) struct PendingFetch {
     ctx: RequestContext,
     req: FetchRequest,
     pub deadline: Instant,
+}
+
+/// What ListOffsets looks for inside a batch.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum TsTarget {
+    /// The first record with a timestamp at or after this.
+    AtLeast(i64),
+    /// The first record with the largest timestamp.
+    Max,
+}
+
+/// A ListOffsets waiting for batch reads.
+pub(super) struct PendingLookup {
+    pub conn: ConnId,
+    seq: u64,
+    ctx: RequestContext,
+    resp: ListOffsetsResponse,
+    outstanding: usize,
 }
 
 /// Error for the whole Fetch: a fetch session id Sluice never handed out.
@@ -180,54 +200,150 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: ListOffsetsRequest = protocol::decode_body(body, ctx.version)?;
         let mut resp = ListOffsetsResponse::default();
-        for t in &req.topics {
+        let mut reads = Vec::new();
+        for (ti, t) in req.topics.iter().enumerate() {
             let mut tr = ListOffsetsTopicResponse::default();
             tr.name = t.name.clone();
             let topic = self.topics.get(t.name.0.as_str());
-            for p in &t.partitions {
+            for (pi, p) in t.partitions.iter().enumerate() {
                 let mut pr = ListOffsetsPartitionResponse::default();
                 pr.partition_index = p.partition_index;
                 pr.timestamp = -1;
                 pr.offset = -1;
-                pr.leader_epoch = -1;
                 let part = topic.and_then(|tt| {
                     usize::try_from(p.partition_index)
                         .ok()
                         .and_then(|i| tt.partitions.get(i))
                 });
-                match part {
-                    None => pr.error_code = KafkaError::UnknownTopicOrPartition.code(),
+                let append_time = topic.is_some_and(|tt| tt.settings.log_append_time);
+                let found = match part {
+                    None => Err(KafkaError::UnknownTopicOrPartition),
+                    Some(pt) if pt.state == PartState::Offline => {
+                        Err(KafkaError::KafkaStorageError)
+                    }
                     Some(pt) if pt.state != PartState::Online => {
-                        pr.error_code = KafkaError::LeaderNotAvailable.code()
+                        Err(KafkaError::LeaderNotAvailable)
                     }
                     Some(pt) => {
                         let l = &pt.log;
-                        let found = match p.timestamp {
-                            -1 => Some((l.high_watermark, -1)),
-                            -2 | -4 => Some((l.log_start_offset, -1)),
-                            -3 => l
-                                .max_timestamp_offset(l.high_watermark)
-                                .or(Some((l.high_watermark, -1))),
-                            ts if ts >= 0 => l.offset_for_timestamp(ts, l.high_watermark),
-                            _ => {
-                                pr.error_code = KafkaError::InvalidRequest.code();
-                                None
-                            }
+                        let (target, loc) = match p.timestamp {
+                            -1 => (None, Ok(Some((l.high_watermark, -1)))),
+                            -2 | -4 => (None, Ok(Some((l.log_start_offset, -1)))),
+                            -3 => (
+                                Some(TsTarget::Max),
+                                Err(l.batch_with_max_timestamp(l.high_watermark)),
+                            ),
+                            ts if ts >= 0 => (
+                                Some(TsTarget::AtLeast(ts)),
+                                Err(l.batch_for_timestamp(ts, l.high_watermark)),
+                            ),
+                            _ => (None, Ok(None)),
                         };
-                        if let Some((offset, ts)) = found {
-                            pr.offset = offset;
-                            pr.timestamp = ts;
-                            if ctx.version >= 4 {
-                                pr.leader_epoch = 0;
+                        match (target, loc) {
+                            (None, Ok(Some(x))) => Ok(Some(x)),
+                            (None, _) => Err(KafkaError::InvalidRequest),
+                            (Some(_), Ok(_)) | (Some(_), Err(None)) => Ok(None),
+                            // One record, or broker-stamped times: the batch says it all.
+                            (Some(_), Err(Some(b)))
+                                if b.base_offset == b.last_offset || append_time =>
+                            {
+                                Ok(Some((b.base_offset, b.max_timestamp)))
+                            }
+                            (Some(target), Err(Some(b))) => {
+                                reads.push((ti, pi, target, b));
+                                Ok(None)
                             }
                         }
                     }
+                };
+                match found {
+                    Ok(Some((offset, ts))) => {
+                        pr.offset = offset;
+                        pr.timestamp = ts;
+                        if ctx.version >= 4 {
+                            pr.leader_epoch = 0;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => pr.error_code = e.code(),
                 }
                 tr.partitions.push(pr);
             }
             resp.topics.push(tr);
         }
-        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        if reads.is_empty() {
+            self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+            return Ok(());
+        }
+        // Which record in a batch: read the batch and look at its records' timestamps.
+        self.next_lookup += 1;
+        let id = self.next_lookup;
+        let outstanding = reads.len();
+        for (ti, pi, target, b) in reads {
+            let action = DiskOp::Read {
+                file: b.file,
+                position: b.position,
+                len: b.size as usize,
+            };
+            self.issue(action, Purpose::TimestampRead { id, ti, pi, target });
+        }
+        self.lookups.insert(
+            id,
+            PendingLookup {
+                conn,
+                seq,
+                ctx: ctx.clone(),
+                resp,
+                outstanding,
+            },
+        );
         Ok(())
+    }
+
+    /// A batch read for ListOffsets came back: find the record, answer when all are in.
+    pub(super) fn on_timestamp_read(
+        &mut self,
+        id: u64,
+        ti: usize,
+        pi: usize,
+        target: TsTarget,
+        data: Result<Bytes, String>,
+    ) {
+        let Some(l) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        let with_epoch = l.ctx.version >= 4;
+        let pr = &mut l.resp.topics[ti].partitions[pi];
+        let found = data
+            .and_then(|d| records::record_timestamps(&d).map_err(|e| format!("{e:?}")))
+            .map(|recs| match target {
+                TsTarget::AtLeast(ts) => recs.into_iter().find(|(_, t)| *t >= ts),
+                TsTarget::Max => {
+                    recs.into_iter()
+                        .fold(None, |best: Option<(i64, i64)>, r| match best {
+                            Some(b) if b.1 >= r.1 => Some(b),
+                            _ => Some(r),
+                        })
+                }
+            });
+        match found {
+            Ok(Some((offset, ts))) => {
+                pr.offset = offset;
+                pr.timestamp = ts;
+                if with_epoch {
+                    pr.leader_epoch = 0;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "batch read for ListOffsets failed");
+                pr.error_code = KafkaError::KafkaStorageError.code();
+            }
+        }
+        l.outstanding -= 1;
+        if l.outstanding == 0 {
+            let l = self.lookups.remove(&id).expect("present");
+            self.respond_bytes(l.conn, l.seq, protocol::encode_response(&l.ctx, &l.resp));
+        }
     }
 }

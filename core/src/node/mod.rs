@@ -57,6 +57,13 @@ enum Purpose {
     },
     Job(JobId),
     Recovery(recovery::Step),
+    /// A batch read to answer ListOffsets by timestamp.
+    TimestampRead {
+        id: u64,
+        ti: usize,
+        pi: usize,
+        target: fetch::TsTarget,
+    },
     /// Nothing waits on it (closing handles, deleting files); failures are logged.
     Ignore,
 }
@@ -184,6 +191,8 @@ pub struct Node {
     waiters: Vec<Waiter>,
     produces: Vec<produce::PendingProduce>,
     fetches: Vec<fetch::PendingFetch>,
+    lookups: BTreeMap<u64, fetch::PendingLookup>,
+    next_lookup: u64,
     buffered: VecDeque<(ConnId, Bytes)>,
     /// Names whose directories are still being removed; re-creating waits for them.
     deleting: BTreeMap<String, JobId>,
@@ -228,6 +237,8 @@ impl Node {
             waiters: Vec::new(),
             produces: Vec::new(),
             fetches: Vec::new(),
+            lookups: BTreeMap::new(),
+            next_lookup: 0,
             buffered: VecDeque::new(),
             deleting: BTreeMap::new(),
             dirty: BTreeSet::new(),
@@ -464,6 +475,7 @@ impl Node {
         self.conns.remove(&conn);
         self.produces.retain(|p| p.conn != conn);
         self.fetches.retain(|f| f.conn != conn);
+        self.lookups.retain(|_, l| l.conn != conn);
         self.waiters.retain(|w| w.conn != conn);
         self.buffered.retain(|(c, _)| *c != conn);
     }
@@ -527,6 +539,14 @@ impl Node {
                 self.job_step(id, result.is_ok());
             }
             Purpose::Recovery(step) => self.on_recovery_step(step, result),
+            Purpose::TimestampRead { id, ti, pi, target } => {
+                let data = match result {
+                    Ok(DiskReply::Data(d)) => Ok(d),
+                    Ok(other) => Err(format!("unexpected reply {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                self.on_timestamp_read(id, ti, pi, target, data);
+            }
             Purpose::Ignore => {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "background disk operation failed");

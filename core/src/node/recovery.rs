@@ -48,6 +48,8 @@ pub(super) struct Recovery {
     /// Partitions still recovering, and the segment base offsets each has left to read.
     todo: BTreeMap<Tp, VecDeque<i64>>,
     current: BTreeMap<Tp, Segment>,
+    /// Length of the segment file being scanned, per partition.
+    file_len: BTreeMap<Tp, u64>,
     /// The data directory has been listed (every partition is then in `todo`).
     listed: bool,
     pub stats: RecoveryStats,
@@ -157,6 +159,7 @@ impl Node {
                 }
             }
             (Step::SegOpened(tp), Ok(DiskReply::Opened { len })) => {
+                self.recovery.file_len.insert(tp, len);
                 if len == 0 {
                     self.segment_done(tp, None);
                 } else {
@@ -393,6 +396,13 @@ impl Node {
         }
         if let Some(position) = torn {
             self.recovery.stats.torn_tails += 1;
+            self.recovery.stats.bytes_truncated += self
+                .recovery
+                .file_len
+                .get(&tp)
+                .copied()
+                .unwrap_or(position)
+                .saturating_sub(position);
             ops.push(DiskOp::Truncate {
                 file: seg.log_file,
                 len: position,
