@@ -394,12 +394,20 @@ def test_random_garbage(broker):
     topic, vals = seeded_topic(broker, n=3)
     valid_produce = wire.request_frame(wire.PRODUCE, 3, 1, wire.produce_v3(
         topic, 0, encode_batch([Record(value=b"fuzz-%d" % i, key=b"k", headers=[("h", b"v")]) for i in range(3)])))
+    valid_frames = [
+        valid_produce,
+        wire.request_frame(wire.METADATA, 1, 2, wire.metadata_v1([topic])),
+        wire.request_frame(wire.METADATA, 4, 3, wire.metadata_v4([topic], False)),
+        wire.request_frame(wire.FETCH, 4, 4, wire.fetch_v4(topic, 0, 0)),
+        wire.request_frame(wire.LIST_OFFSETS, 1, 5, wire.list_offsets_v1(topic, 0, -1)),
+        wire.request_frame(wire.API_VERSIONS, 0, 6, b""),
+    ]
     t_end = time.monotonic() + 40
     n_cases = 0
-    for i in range(400):
+    for i in range(2000):
         if time.monotonic() > t_end:
             break
-        mode = rng.randrange(6)
+        mode = rng.randrange(7)
         if mode == 0:  # unframed noise
             data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 200)))
         elif mode == 1:  # well-sized frame, random body
@@ -423,8 +431,20 @@ def test_random_garbage(broker):
                 pos = rng.randrange(4, len(b))
                 b[pos] ^= 1 << rng.randrange(8)
             data = bytes(b)
-        else:  # valid produce, truncated
+        elif mode == 5:  # valid produce, truncated
             data = valid_produce[:rng.randrange(1, len(valid_produce))]
+        else:  # other valid requests with mutations: flipped bits, overwritten ints, and a tail
+            b = bytearray(rng.choice(valid_frames))
+            for _ in range(rng.randrange(1, 4)):
+                pos = rng.randrange(8, len(b))
+                if rng.random() < 0.5:
+                    b[pos] ^= 1 << rng.randrange(8)
+                else:
+                    b[pos:pos + 4] = rng.choice([b"\x7f\xff\xff\xff", b"\xff\xff\xff\xff", b"\x00\x00\x00\x00"])
+            body = bytes(b[4:])
+            if rng.random() < 0.3:
+                body += bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 20)))
+            data = struct.pack(">i", len(body)) + body
         n_cases += 1
         try:
             s = socket.create_connection(("127.0.0.1", broker.port), timeout=5)
@@ -435,19 +455,21 @@ def test_random_garbage(broker):
             s.sendall(data)
             s.shutdown(socket.SHUT_WR)
             s.settimeout(1)
-            try:
-                while s.recv(65536):
-                    pass
-            except (socket.timeout, ConnectionResetError):
+            t_read = time.monotonic()
+            while s.recv(65536):
                 pass
-        except (BrokenPipeError, ConnectionResetError):
+        except socket.timeout:
+            # The broker must close (or answer and close) once the client half-closes.
+            raise AssertionError("case %d (mode %d): broker kept the connection open %.1fs after client EOF; "
+                                 "data=%r" % (i, mode, time.monotonic() - t_read, data[:64]))
+        except OSError:  # reset / not connected / broken pipe: the broker closed first
             pass
         finally:
             s.close()
-        if i % 25 == 0:
+        if i % 100 == 0:
             assert broker.alive(), "broker died after fuzz case %d (mode %d, %r)" % (i, mode, data[:64])
             assert_healthy(broker, check_client=False)
-    assert n_cases >= 100
+    assert n_cases >= 300, "only %d fuzz cases ran in the time budget" % n_cases
     assert broker.alive()
     # The target partition only ever contains whole, CRC-valid batches with dense offsets.
     with Conn.to(broker.bootstrap) as c:

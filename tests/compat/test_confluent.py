@@ -216,6 +216,13 @@ def test_message_too_large_rejected(broker_factory):
     reports = ck_produce(p, topic, [{"value": os.urandom(20000), "partition": 0}])
     assert reports[0].err is not None, "20000-byte message accepted with message.max.bytes=10000"
     assert reports[0].err.code() == 10, reports[0].err  # MSG_SIZE_TOO_LARGE
+    # The topic default follows the broker's message.max.bytes.
+    from confluent_kafka.admin import ConfigResource, ResourceType
+    from clients import ck_admin
+    admin = ck_admin(broker.bootstrap)  # keep a reference until the future resolves
+    cfg = list(admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)],
+                                      request_timeout=15).values())[0].result(timeout=15)
+    assert cfg["max.message.bytes"].value == "10000", cfg["max.message.bytes"]
     # The broker still works afterwards.
     reports = ck_produce(p, topic, [{"value": b"ok", "partition": 0}])
     assert reports[0].err is None and reports[0].offset == 0

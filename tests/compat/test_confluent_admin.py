@@ -217,3 +217,44 @@ def test_describe_topics(broker):
     for p in d.partitions:
         assert p.leader.id == 1 and [r.id for r in p.replicas] == [1] and [r.id for r in p.isr] == [1]
     assert not d.is_internal
+
+
+def test_create_topics_validation(broker):
+    admin = ck_admin(broker.bootstrap)
+    # validate_only: success reported, nothing created.
+    t = unique_topic("cka-validate")
+    f = admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1)], validate_only=True,
+                            request_timeout=15)[t]
+    assert f.result(timeout=15) is None
+    time.sleep(0.3)
+    assert t not in _all_topics(admin), "validate_only=True created the topic"
+
+    # Replication factor 2 on a single node.
+    t = unique_topic("cka-rf2")
+    f = admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=2)], request_timeout=15)[t]
+    with pytest.raises(KafkaException) as ei:
+        f.result(timeout=15)
+    assert _err_code(ei) == KafkaError.INVALID_REPLICATION_FACTOR
+    assert t not in _all_topics(admin)
+
+    # Longest legal name and the legal punctuation.
+    for name in ["x" * 249, "a.b_c-D.9"]:
+        ck_create_topic(admin, name, 1)
+        reports = ck_produce(ck_producer(broker.bootstrap), name, [{"value": b"ok", "partition": 0}])
+        assert reports[0].err is None and reports[0].offset == 0
+        got = ck_consume(broker.bootstrap, name, {0: 0}, expected_counts={0: 1})
+        assert [m.value() for m in got[0]] == [b"ok"]
+
+
+def test_topic_level_max_message_bytes(broker):
+    import os
+    admin = ck_admin(broker.bootstrap)
+    t = unique_topic("cka-mmb")
+    ck_create_topic(admin, t, 1, config={"max.message.bytes": "5000"})
+    cfg = _describe(admin, ResourceType.TOPIC, t)
+    assert cfg["max.message.bytes"].value == "5000"
+    p = ck_producer(broker.bootstrap, **{"linger.ms": 0})
+    reports = ck_produce(p, t, [{"value": os.urandom(8000), "partition": 0}])
+    assert reports[0].err is not None and reports[0].err.code() == KafkaError.MSG_SIZE_TOO_LARGE, reports[0].err
+    reports = ck_produce(p, t, [{"value": os.urandom(3000), "partition": 0}])
+    assert reports[0].err is None and reports[0].offset == 0

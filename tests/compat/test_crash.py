@@ -137,6 +137,15 @@ def test_kill9_mid_stream_keeps_acked_records(broker, run):
     for q in parts:
         offs = [o for o, _ in logs[q]]
         assert offs == list(range(len(offs))), "partition %d: offsets not dense after recovery: %s" % (q, offs[:50])
+    for q in parts:
+        # Only records this producer sent, in the order it sent them (retries=0: no duplicates).
+        idx = []
+        for o, v in logs[q]:
+            m = re.match(rb"^crash-%d-(\d{7})$" % run, v or b"")
+            assert m, "partition %d offset %d holds a foreign/garbled value %r" % (q, o, v)
+            idx.append(int(m.group(1)))
+        assert idx == sorted(set(idx)), "partition %d: records reordered or duplicated" % q
+        assert all(i % len(parts) == q for i in idx), "partition %d holds records of another partition" % q
     by_pos = {(q, o): v for q in parts for o, v in logs[q]}
     missing = [(v, q, o) for v, q, o in acked_final if by_pos.get((q, o)) != v]
     assert not missing, "%d of %d acknowledged records lost or moved after kill -9, e.g. %s (found there: %s)" % (
@@ -225,3 +234,89 @@ def test_torn_tail_is_truncated(broker, damage):
     recs = read_segments_strict(pdir)  # no garbage left anywhere in the segment files
     assert [r.value for r in recs] == surviving + [b"after-recovery"]
     assert [r.offset for r in recs] == list(range(len(surviving) + 1))
+
+
+@pytest.mark.parametrize("op", ["create", "create_partitions", "delete"])
+def test_kill9_right_after_admin_ack(broker, op):
+    """Topic metadata changes are durable once acknowledged."""
+    from confluent_kafka.admin import NewPartitions, NewTopic
+    from clients import ck_admin
+    admin = ck_admin(broker.bootstrap)
+    keep = unique_topic("adm-keep")
+    ck_create_topic(admin, keep, 2)
+    t = unique_topic("adm-" + op)
+    if op == "create":
+        admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=1)],
+                            request_timeout=15)[t].result(timeout=15)
+        want = 3
+    elif op == "create_partitions":
+        ck_create_topic(admin, t, 1)
+        admin.create_partitions([NewPartitions(t, 4)], request_timeout=15)[t].result(timeout=15)
+        want = 4
+    else:
+        ck_create_topic(admin, t, 2)
+        ck_produce(ck_producer(broker.bootstrap), t, [{"value": b"x", "partition": 1}])
+        admin.delete_topics([t], request_timeout=15)[t].result(timeout=15)
+        want = None
+    broker.kill9()  # immediately after the acknowledgement
+    broker.start()
+    admin = ck_admin(broker.bootstrap)
+    topics = admin.list_topics(timeout=10).topics
+    assert keep in topics and len(topics[keep].partitions) == 2
+    if want is None:
+        assert t not in topics, "topic deleted (acknowledged) before kill -9 is back after restart"
+    else:
+        assert t in topics, "topic %s (acknowledged) lost after kill -9" % t
+        assert len(topics[t].partitions) == want, (len(topics[t].partitions), want)
+        for q in range(want):
+            assert os.path.isdir(broker.partition_dir(t, q))
+        reports = ck_produce(ck_producer(broker.bootstrap), t, [{"value": b"v", "partition": want - 1}])
+        assert reports[0].err is None and reports[0].offset == 0
+
+
+@pytest.mark.parametrize("damage", ["delete", "garbage", "truncate_zero"])
+def test_damaged_index_files_are_rebuilt(broker_factory, damage):
+    broker = broker_factory(**{"log.segment.bytes": 8192})
+    topic = unique_topic("idx")
+    ck_create_topic(broker.bootstrap, topic, 1)
+    base_ts = int(time.time() * 1000) - 100_000
+    values = []
+    with wire.Conn.to(broker.bootstrap) as c:
+        for i in range(300):  # one record per batch; timestamps base_ts + 10*i
+            v = b"idx-%04d-" % i + b"z" * 60
+            resp = c.produce(topic, 0, encode_batch([Record(value=v, timestamp=base_ts + 10 * i)],
+                                                    base_timestamp=base_ts + 10 * i))
+            assert resp["error"] == 0 and resp["base_offset"] == i
+            values.append(v)
+    broker.kill9()
+    pdir = broker.partition_dir(topic, 0)
+    segs = assert_kafka_layout(pdir)
+    assert len(segs) >= 3, "expected several segments with log.segment.bytes=8192"
+    rng = random.Random(99)
+    for name in os.listdir(pdir):
+        if not (name.endswith(".index") or name.endswith(".timeindex")):
+            continue
+        path = os.path.join(pdir, name)
+        if damage == "delete":
+            os.remove(path)
+        elif damage == "garbage":
+            with open(path, "r+b") as f:
+                f.seek(0)
+                f.write(rng.randbytes(max(64, min(4096, os.path.getsize(path) or 64))))
+        else:
+            open(path, "wb").close()
+    broker.start()
+    with wire.Conn.to(broker.bootstrap) as c:
+        for start in (0, 1, 57, 150, 299):
+            recs, hw = c.fetch_all(topic, 0, start=start)
+            assert hw == 300
+            assert [r.offset for r in recs] == list(range(start, 300)), "fetch from %d after index damage" % start
+            assert [r.value for r in recs] == values[start:]
+        for i in (0, 33, 150, 299):
+            lo = c.list_offsets(topic, 0, base_ts + 10 * i)
+            assert lo["error"] == 0 and lo["offset"] == i, (i, lo)
+            lo = c.list_offsets(topic, 0, base_ts + 10 * i - 5)
+            assert lo["error"] == 0 and lo["offset"] == i, (i, lo)
+        assert c.list_offsets(topic, 0, base_ts + 10 * 300)["offset"] == -1
+        resp = c.produce(topic, 0, encode_batch([Record(value=b"after")]))
+        assert resp["error"] == 0 and resp["base_offset"] == 300

@@ -189,9 +189,9 @@ def _norm_topic(d):
     return name, d.get("error_code", 0), sorted(parts, key=lambda x: x["partition"])
 
 
-def _describe_topic_configs(admin, topic):
-    """{name: value} for all configs of a topic, across kafka-python versions."""
-    res = ConfigResource(ConfigResourceType.TOPIC, topic)
+def _describe_topic_configs(admin, topic, keys=None):
+    """{name: value} for all (or the named) configs of a topic, across kafka-python versions."""
+    res = ConfigResource(ConfigResourceType.TOPIC, topic, configs={k: None for k in keys} if keys else None)
     if KP_VERSION >= (3, 0, 0):
         out = admin.describe_configs([res], config_filter="all")
         cfg = out["topic"][topic]
@@ -229,6 +229,8 @@ def test_admin(broker):
 
         cfg = _describe_topic_configs(admin, t)
         assert len(cfg) >= 10, cfg
+        only = _describe_topic_configs(admin, t, keys=["retention.ms", "cleanup.policy"])
+        assert only == {"retention.ms": "604800000", "cleanup.policy": "delete"}, only
         assert cfg.get("retention.ms") == "604800000", cfg.get("retention.ms")
         assert cfg.get("cleanup.policy") == "delete", cfg.get("cleanup.policy")
 

@@ -347,16 +347,46 @@ def metadata_v1(topics=None):
     return array(topics, string)
 
 
+def metadata_v4(topics=None, allow_auto_topic_creation=True):
+    return array(topics, string) + i8(1 if allow_auto_topic_creation else 0)
+
+
+def parse_metadata_v4(body):
+    r = Reader(body)
+    r.i32()  # throttle
+    brokers = r.array(lambda r: (r.i32(), r.string(), r.i32(), r.string()))
+    cluster_id = r.string()
+    controller = r.i32()
+
+    def part(r):
+        return dict(error=r.i16(), partition=r.i32(), leader=r.i32(),
+                    replicas=r.array(lambda r: r.i32()), isr=r.array(lambda r: r.i32()))
+
+    topics = r.array(lambda r: dict(error=r.i16(), name=r.string(), internal=r.i8(),
+                                    partitions=r.array(part)))
+    return dict(brokers=brokers, cluster_id=cluster_id, controller=controller, topics=topics)
+
+
 def produce_v3(topic, partition, records_bytes, acks=-1, timeout_ms=10000):
+    return produce_v3_multi([(topic, [(partition, records_bytes)])], acks, timeout_ms)
+
+
+def produce_v3_multi(topics, acks=-1, timeout_ms=10000):
+    """topics: [(topic, [(partition, records_bytes)])]"""
     return (string(None) + i16(acks) + i32(timeout_ms)
-            + array([(topic, [(partition, records_bytes)])],
-                    lambda t: string(t[0]) + array(t[1], lambda p: i32(p[0]) + kbytes(p[1]))))
+            + array(topics, lambda t: string(t[0]) + array(t[1], lambda p: i32(p[0]) + kbytes(p[1]))))
 
 
-def fetch_v4(topic, partition, offset, max_bytes=1 << 20, max_wait_ms=100, min_bytes=1):
+def fetch_v4(topic, partition, offset, max_bytes=1 << 20, max_wait_ms=100, min_bytes=1,
+             partition_max_bytes=None):
+    pmb = max_bytes if partition_max_bytes is None else partition_max_bytes
+    return fetch_v4_multi([(topic, [(partition, offset, pmb)])], max_bytes, max_wait_ms, min_bytes)
+
+
+def fetch_v4_multi(topics, max_bytes=1 << 20, max_wait_ms=100, min_bytes=1):
+    """topics: [(topic, [(partition, offset, partition_max_bytes)])]"""
     return (i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0)
-            + array([(topic, [(partition, offset, max_bytes)])],
-                    lambda t: string(t[0]) + array(t[1], lambda p: i32(p[0]) + i64(p[1]) + i32(p[2]))))
+            + array(topics, lambda t: string(t[0]) + array(t[1], lambda p: i32(p[0]) + i64(p[1]) + i32(p[2]))))
 
 
 def list_offsets_v1(topic, partition, timestamp):
@@ -514,8 +544,10 @@ class Conn:
                             expect_response=(acks != 0))
         return None if resp is None else parse_produce_v3(resp)[(topic, partition)]
 
-    def fetch(self, topic, partition, offset, max_bytes=1 << 20):
-        return parse_fetch_v4(self.request(FETCH, 4, fetch_v4(topic, partition, offset, max_bytes)))[(topic, partition)]
+    def fetch(self, topic, partition, offset, max_bytes=1 << 20, max_wait_ms=100, min_bytes=1,
+              partition_max_bytes=None):
+        return parse_fetch_v4(self.request(FETCH, 4, fetch_v4(topic, partition, offset, max_bytes, max_wait_ms,
+                                                              min_bytes, partition_max_bytes)))[(topic, partition)]
 
     def list_offsets(self, topic, partition, timestamp):
         return parse_list_offsets_v1(self.request(LIST_OFFSETS, 1, list_offsets_v1(topic, partition, timestamp)))[(topic, partition)]
