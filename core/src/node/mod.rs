@@ -625,6 +625,9 @@ impl Node {
             p.log.high_watermark = batch.end.min(p.log.log_end_offset);
             self.hw_moved = true;
         }
+        if self.phase == Phase::Recovering {
+            self.maybe_serving();
+        }
     }
 
     /// A write or sync of a partition failed (a full disk, an I/O error): nothing past the
@@ -634,11 +637,21 @@ impl Node {
         let interval = self
             .topic_settings(tp)
             .map_or(4096, |s| s.index_interval_bytes);
+        let recovering = self.phase == Phase::Recovering;
         let Some(p) = self.partition_mut(tp) else {
             return;
         };
         if generation != p.log.generation {
             return; // already cut back after an earlier failure
+        }
+        if recovering {
+            // The recovered log is not yet known durable: cutting it back to the high
+            // watermark would throw away acknowledged records. Keep it, serve nothing from it.
+            tracing::error!(dir = %p.log.dir, error = %e, "sync of a recovered log failed; partition offline");
+            p.state = PartState::Offline;
+            p.sync = None;
+            self.maybe_serving();
+            return;
         }
         tracing::error!(dir = %p.log.dir, error = %e, high_watermark = p.log.high_watermark, "log write failed; truncating to the high watermark");
         let mut ops = Vec::new();

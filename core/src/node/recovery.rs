@@ -495,11 +495,20 @@ impl Node {
         self.maybe_serving();
     }
 
-    fn maybe_serving(&mut self) {
+    pub(super) fn maybe_serving(&mut self) {
         if self.phase != Phase::Recovering
             || !self.recovery.listed
             || !self.recovery.todo.is_empty()
         {
+            return;
+        }
+        // Serve only once every recovered log is synced again and its high watermark is at
+        // its end: a consumer must never see the high watermark go back across a restart.
+        let unsynced =
+            self.topics.values().flat_map(|t| &t.partitions).any(|p| {
+                p.state == PartState::Online && p.log.high_watermark < p.log.log_end_offset
+            });
+        if unsynced {
             return;
         }
         tracing::info!(stats = ?self.recovery.stats, "recovery finished; serving");
