@@ -16,6 +16,7 @@ pub mod io;
 pub mod limits;
 pub mod log;
 pub mod metadata;
+pub mod mutants;
 pub mod node;
 pub mod protocol;
 pub mod types;

@@ -5,6 +5,9 @@
 //! Contract: no wall clock, no OS randomness, no threads; the same calls give the same run.
 
 pub mod disk;
+pub mod rng;
+pub mod trace;
+pub mod world;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -14,6 +17,7 @@ use sluice_core::{
 };
 
 pub use disk::{CrashReport, SimDisk};
+pub use world::{Env, Harness, Nanos, Stats, World, MS, US};
 
 /// One node over a simulated disk.
 pub struct SimNode {

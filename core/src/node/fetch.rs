@@ -134,7 +134,12 @@ impl Node {
                         let max = usize::try_from(fp.partition_max_bytes)
                             .unwrap_or(0)
                             .min(budget);
-                        match l.read(fp.fetch_offset, l.high_watermark, max, total == 0) {
+                        let upper = if crate::mutants::active(crate::mutants::Mutant::FetchPastHighWatermark) {
+                            l.log_end_offset
+                        } else {
+                            l.high_watermark
+                        };
+                        match l.read(fp.fetch_offset, upper, max, total == 0) {
                             ReadResult::OutOfRange => {
                                 pd.error_code = KafkaError::OffsetOutOfRange.code()
                             }

@@ -580,6 +580,10 @@ impl Node {
                 failed: false,
             });
             let generation = p.log.generation;
+            if crate::mutants::active(crate::mutants::Mutant::AckBeforeSync) {
+                p.log.high_watermark = p.log.log_end_offset;
+                self.hw_moved = true;
+            }
             for file in files {
                 self.issue(DiskOp::Sync { file }, Purpose::LogSync { tp, generation });
             }

@@ -48,6 +48,8 @@ pub(super) struct Recovery {
     /// Partitions still recovering, and the segment base offsets each has left to read.
     todo: BTreeMap<Tp, VecDeque<i64>>,
     current: BTreeMap<Tp, Segment>,
+    /// Where a bad batch was found and re-read, per partition.
+    reread: BTreeMap<Tp, u64>,
     /// Length of the segment file being scanned, per partition.
     file_len: BTreeMap<Tp, u64>,
     /// The data directory has been listed (every partition is then in `todo`).
@@ -184,8 +186,18 @@ impl Node {
                             .partition(tp)
                             .map(|p| p.log.dir.clone())
                             .unwrap_or_default();
-                        tracing::warn!(%dir, position, ?reason, "torn or corrupt segment tail; truncating");
-                        self.segment_done(tp, Some(position));
+                        // A read can come back corrupted once. Cutting the log on a bad read
+                        // would throw away acknowledged records, so read that spot again;
+                        // only bytes that are bad twice are cut off.
+                        let first_time = self.recovery.reread.get(&tp) != Some(&position);
+                        if first_time && !crate::mutants::active(crate::mutants::Mutant::TruncateOnFirstBadRead) {
+                            tracing::warn!(%dir, position, ?reason, "bad batch in a segment; reading it again");
+                            self.recovery.reread.insert(tp, position);
+                            self.read_chunk_at(tp, position, limits::RECOVERY_READ_BYTES);
+                        } else {
+                            tracing::warn!(%dir, position, ?reason, "torn or corrupt segment tail; truncating");
+                            self.segment_done(tp, Some(position));
+                        }
                     }
                 }
             }

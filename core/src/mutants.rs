@@ -1,0 +1,47 @@
+//! Deliberate bugs, compiled in only with the `mutants` feature, for proving that the
+//! simulator's checkers catch what they guard against. Without the feature every check is a
+//! constant `false` and compiles away.
+
+/// A planted bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mutant {
+    /// Advance the high watermark (and so acknowledge) when a sync is issued, not completed.
+    AckBeforeSync = 1,
+    /// Serve fetches up to the log end offset instead of the high watermark.
+    FetchPastHighWatermark = 2,
+    /// At recovery, trust the first read: a corrupted read truncates the log without a re-read.
+    TruncateOnFirstBadRead = 3,
+}
+
+pub const ALL: &[(Mutant, &str)] = &[
+    (Mutant::AckBeforeSync, "ack-before-sync"),
+    (Mutant::FetchPastHighWatermark, "fetch-past-high-watermark"),
+    (Mutant::TruncateOnFirstBadRead, "truncate-on-first-bad-read"),
+];
+
+pub fn by_name(name: &str) -> Option<Mutant> {
+    ALL.iter().find(|(_, n)| *n == name).map(|(m, _)| *m)
+}
+
+#[cfg(feature = "mutants")]
+static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Turns a mutant on for the whole process (`None` turns them off).
+#[cfg(feature = "mutants")]
+pub fn set(m: Option<Mutant>) {
+    ACTIVE.store(m.map_or(0, |m| m as u8), std::sync::atomic::Ordering::SeqCst);
+}
+
+#[inline]
+pub fn active(m: Mutant) -> bool {
+    #[cfg(feature = "mutants")]
+    {
+        ACTIVE.load(std::sync::atomic::Ordering::Relaxed) == m as u8
+    }
+    #[cfg(not(feature = "mutants"))]
+    {
+        let _ = m;
+        false
+    }
+}

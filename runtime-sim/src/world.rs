@@ -1,0 +1,521 @@
+//! The deterministic event loop: N core nodes, each over a simulated disk and clock, and
+//! connections from simulated clients, all on one simulated timeline. Events are kept in a
+//! binary heap keyed by (time, sequence number): ties break in scheduling order, so one seed
+//! gives one run.
+//!
+//! The network is TCP-like between clients and nodes: each direction of a connection is
+//! FIFO, with a random latency; faults clog a node (messages wait until it heals) or reset
+//! connections. Disk operations complete after a latency, in issue order except syncs, which
+//! make durable what was written before them. A crash throws away the node's memory and the
+//! disk's unsynced writes (or tears them), resets its connections, and restarts the node
+//! from its disk after a downtime.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use sluice_core::{ConnId, DiskError, DiskOp, DiskReply, Input, Instant, Node, NodeConfig, OpId, Output, Part, Time};
+
+use crate::disk::SimDisk;
+use crate::rng::Streams;
+use crate::trace::Trace;
+
+/// Simulated nanoseconds.
+pub type Nanos = u64;
+pub const MS: Nanos = 1_000_000;
+pub const US: Nanos = 1_000;
+
+/// The knobs of one run's environment, drawn per seed by the simulator (swarm testing).
+#[derive(Clone, Debug)]
+pub struct Env {
+    pub net_latency: (Nanos, Nanos),
+    pub disk_latency: (Nanos, Nanos),
+    pub sync_latency: (Nanos, Nanos),
+    /// Probability that a sync fails.
+    pub sync_fail: f64,
+    /// Probability that a read returns a flipped bit.
+    pub read_corrupt: f64,
+    /// Largest clock offset between nodes, and drift, in parts per million.
+    pub clock_offset_max: Nanos,
+    pub clock_drift_ppm_max: u64,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env {
+            net_latency: (50 * US, 500 * US),
+            disk_latency: (5 * US, 50 * US),
+            sync_latency: (100 * US, 2 * MS),
+            sync_fail: 0.0,
+            read_corrupt: 0.0,
+            clock_offset_max: 0,
+            clock_drift_ppm_max: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    NodeInput { node: usize, inc: u64, input: Input },
+    SyncDone { node: usize, inc: u64, op: OpId, path: Option<(String, usize)>, ok: bool },
+    NodeTimer { node: usize, inc: u64 },
+    ClientResponse { conn: ConnId, frame: Bytes },
+    ClientClosed { conn: ConnId },
+    ClientTimer { client: usize, token: u64 },
+    Restart { node: usize },
+}
+
+struct Scheduled {
+    at: Nanos,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// A node's clock: its monotonic time runs at (1 + drift) of simulated time, from an offset.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    offset: Nanos,
+    drift_ppm: u64,
+    wall_base_ms: i64,
+}
+
+impl Clock {
+    fn at(&self, t: Nanos) -> Time {
+        let mono = self.offset + t + (t / 1_000_000) * self.drift_ppm;
+        Time { mono: Instant(mono), wall_ms: self.wall_base_ms + i64::try_from(mono / MS).unwrap_or(i64::MAX) }
+    }
+    /// The simulated time at which the node's clock reads `mono` (rounded up).
+    fn sim_time_of(&self, mono: Instant) -> Nanos {
+        let local = mono.0.saturating_sub(self.offset);
+        // local = t * (1 + drift/1e6)  =>  t = local * 1e6 / (1e6 + drift)
+        let t = (u128::from(local) * 1_000_000).div_ceil(1_000_000 + u128::from(self.drift_ppm));
+        u64::try_from(t).unwrap_or(u64::MAX)
+    }
+}
+
+struct Slot {
+    node: Option<Node>,
+    config: NodeConfig,
+    disk: SimDisk,
+    clock: Clock,
+    inc: u64,
+    timer_at: Option<Nanos>,
+    /// Non-sync disk operations complete in order: none before this time.
+    disk_busy_until: Nanos,
+    /// Messages to or from the node wait until then (a clogged or partitioned node).
+    clogged_until: Nanos,
+    crashes: u64,
+}
+
+struct Conn {
+    client: usize,
+    node: usize,
+    inc: u64,
+    open: bool,
+    to_node_at: Nanos,
+    to_client_at: Nanos,
+}
+
+/// What a harness (the workload and its checkers) sees.
+pub trait Harness {
+    fn on_response(&mut self, w: &mut World, conn: ConnId, frame: Bytes);
+    fn on_closed(&mut self, w: &mut World, conn: ConnId);
+    fn on_timer(&mut self, w: &mut World, client: usize, token: u64);
+}
+
+/// Counters reported at the end of a run.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub events: u64,
+    pub crashes: u64,
+    pub sync_failures: u64,
+    pub read_corruptions: u64,
+    pub torn_writes: u64,
+    pub lost_writes: u64,
+    pub resets: u64,
+    pub clogs: u64,
+}
+
+pub struct World {
+    now: Nanos,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    slots: Vec<Slot>,
+    conns: BTreeMap<ConnId, Conn>,
+    next_conn: u64,
+    pub env: Env,
+    rng: Streams,
+    pub trace: Trace,
+    pub stats: Stats,
+}
+
+impl World {
+    /// `nodes` nodes, each with its own config (node ids differ), booting at time zero.
+    pub fn new(seed: u64, configs: Vec<NodeConfig>, env: Env) -> World {
+        let mut rng = Streams::new(seed);
+        let slots = configs
+            .into_iter()
+            .map(|config| {
+                let clock = Clock {
+                    offset: if env.clock_offset_max > 0 { rng.clock.gen_range(0..env.clock_offset_max) } else { 0 },
+                    drift_ppm: if env.clock_drift_ppm_max > 0 { rng.clock.gen_range(0..env.clock_drift_ppm_max) } else { 0 },
+                    wall_base_ms: 1_700_000_000_000 + rng.clock.gen_range(0..1000),
+                };
+                Slot {
+                    node: None,
+                    config,
+                    disk: SimDisk::new(),
+                    clock,
+                    inc: 0,
+                    timer_at: None,
+                    disk_busy_until: 0,
+                    clogged_until: 0,
+                    crashes: 0,
+                }
+            })
+            .collect();
+        let mut w = World {
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            slots,
+            conns: BTreeMap::new(),
+            next_conn: 0,
+            env,
+            rng,
+            trace: Trace::new(),
+            stats: Stats::default(),
+        };
+        for i in 0..w.slots.len() {
+            w.boot(i);
+        }
+        w
+    }
+
+    pub fn now(&self) -> Nanos {
+        self.now
+    }
+
+    pub fn node(&self, i: usize) -> Option<&Node> {
+        self.slots.get(i)?.node.as_ref()
+    }
+
+    pub fn disk(&self, i: usize) -> &SimDisk {
+        &self.slots[i].disk
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The workload's random stream.
+    pub fn workload_rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng.workload
+    }
+
+    /// The fault schedule's random stream.
+    pub fn fault_rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng.faults
+    }
+
+    fn schedule(&mut self, at: Nanos, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at: at.max(self.now), seq: self.seq, event }));
+    }
+
+    fn boot(&mut self, i: usize) {
+        let seed = self.rng.node_seed(i, self.slots[i].inc);
+        let slot = &mut self.slots[i];
+        slot.inc += 1;
+        slot.timer_at = None;
+        slot.disk_busy_until = self.now;
+        let t = slot.clock.at(self.now);
+        slot.node = Some(Node::new(slot.config.clone(), seed, t));
+        self.trace.record(self.now, "boot", i as u64, slot.inc);
+        self.drain(i);
+    }
+
+    fn latency(&mut self, range: (Nanos, Nanos)) -> Nanos {
+        if range.1 <= range.0 {
+            return range.0;
+        }
+        self.rng.network.gen_range(range.0..range.1)
+    }
+
+    // ---- the harness's side -------------------------------------------------------------
+
+    /// Opens a connection from `client` to `node`. A node that is down refuses it (the client
+    /// sees it closed).
+    pub fn connect(&mut self, client: usize, node: usize) -> ConnId {
+        self.next_conn += 1;
+        let conn = ConnId(self.next_conn);
+        let up = self.slots[node].node.is_some();
+        let inc = self.slots[node].inc;
+        self.conns.insert(conn, Conn { client, node, inc, open: up, to_node_at: self.now, to_client_at: self.now });
+        if !up {
+            let at = self.now + self.latency(self.env.net_latency);
+            self.schedule(at, Event::ClientClosed { conn });
+        }
+        conn
+    }
+
+    /// Sends a request frame (without its size prefix) on a connection.
+    pub fn send(&mut self, conn: ConnId, frame: Bytes) {
+        let lat = self.latency(self.env.net_latency);
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if !c.open {
+            return;
+        }
+        let clog = self.slots[c.node].clogged_until;
+        let at = (self.now + lat).max(c.to_node_at).max(clog);
+        c.to_node_at = at;
+        let (node, inc) = (c.node, c.inc);
+        self.schedule(at, Event::NodeInput { node, inc, input: Input::Request { conn, frame } });
+    }
+
+    /// The client closes its connection.
+    pub fn close(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if !std::mem::replace(&mut c.open, false) {
+            return;
+        }
+        let (node, inc, at) = (c.node, c.inc, c.to_node_at);
+        self.schedule(at, Event::NodeInput { node, inc, input: Input::ConnClosed { conn } });
+    }
+
+    pub fn set_timer(&mut self, client: usize, token: u64, after: Nanos) {
+        self.schedule(self.now + after, Event::ClientTimer { client, token });
+    }
+
+    // ---- faults ---------------------------------------------------------------------------
+
+    /// Power loss on a node: memory gone, unsynced writes dropped or torn, connections reset.
+    /// It restarts from its disk after `downtime`.
+    pub fn crash(&mut self, i: usize, downtime: Nanos) {
+        if self.slots[i].node.is_none() {
+            return;
+        }
+        let report = self.slots[i].disk.crash(&mut self.rng.disk);
+        self.stats.crashes += 1;
+        self.stats.torn_writes += report.torn_writes as u64;
+        self.stats.lost_writes += report.files_with_lost_writes as u64;
+        self.slots[i].node = None;
+        self.slots[i].crashes += 1;
+        self.trace.record(self.now, "crash", i as u64, report.torn_writes as u64);
+        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.node == i && c.open).map(|(k, _)| *k).collect();
+        for conn in conns {
+            self.reset(conn);
+        }
+        self.schedule(self.now + downtime, Event::Restart { node: i });
+    }
+
+    /// Resets a connection: both ends see it closed.
+    pub fn reset(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if !std::mem::replace(&mut c.open, false) {
+            return;
+        }
+        self.stats.resets += 1;
+        let (node, inc) = (c.node, c.inc);
+        let at = self.now + 1;
+        self.schedule(at, Event::NodeInput { node, inc, input: Input::ConnClosed { conn } });
+        self.schedule(at, Event::ClientClosed { conn });
+    }
+
+    /// Holds every message to and from a node until `until` (a partition that heals).
+    pub fn clog(&mut self, i: usize, until: Nanos) {
+        self.stats.clogs += 1;
+        self.slots[i].clogged_until = self.slots[i].clogged_until.max(until);
+        self.trace.record(self.now, "clog", i as u64, until);
+    }
+
+    /// Ends every fault: unclogs nodes and stops injecting disk faults.
+    pub fn heal(&mut self) {
+        for s in &mut self.slots {
+            s.clogged_until = self.now;
+        }
+        self.env.sync_fail = 0.0;
+        self.env.read_corrupt = 0.0;
+    }
+
+    /// The client that opened a connection.
+    pub fn conn_client(&self, conn: ConnId) -> Option<usize> {
+        self.conns.get(&conn).map(|c| c.client)
+    }
+
+    pub fn open_conns(&self) -> Vec<ConnId> {
+        self.conns.iter().filter(|(_, c)| c.open).map(|(k, _)| *k).collect()
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.slots[i].node.is_some()
+    }
+
+    // ---- the loop ---------------------------------------------------------------------------
+
+    /// The time of the next event, if any.
+    pub fn next_event_at(&self) -> Option<Nanos> {
+        self.queue.peek().map(|Reverse(s)| s.at)
+    }
+
+    /// Processes one event. Returns false when nothing is left.
+    pub fn step(&mut self, h: &mut impl Harness) -> bool {
+        let Some(Reverse(s)) = self.queue.pop() else { return false };
+        debug_assert!(s.at >= self.now, "time never goes back");
+        self.now = s.at;
+        self.stats.events += 1;
+        match s.event {
+            Event::NodeInput { node, inc, input } => {
+                if self.slots[node].inc == inc && self.slots[node].node.is_some() {
+                    self.trace.record_input(self.now, node, &input);
+                    self.handle(node, input);
+                }
+            }
+            Event::SyncDone { node, inc, op, path, ok } => {
+                if self.slots[node].inc == inc && self.slots[node].node.is_some() {
+                    let result = match (path, ok) {
+                        (Some((p, n)), true) => {
+                            self.slots[node].disk.sync_finish(&p, n);
+                            Ok(DiskReply::Done)
+                        }
+                        (Some(_), false) => {
+                            self.stats.sync_failures += 1;
+                            Err(DiskError::Io("simulated sync failure".into()))
+                        }
+                        (None, _) => Err(DiskError::Io("file not open".into())),
+                    };
+                    self.trace.record(self.now, "sync", node as u64, u64::from(result.is_ok()));
+                    self.handle(node, Input::DiskDone { op, result });
+                }
+            }
+            Event::NodeTimer { node, inc } => {
+                if self.slots[node].inc == inc && self.slots[node].node.is_some() {
+                    self.slots[node].timer_at = None;
+                    self.trace.record(self.now, "timer", node as u64, 0);
+                    self.handle(node, Input::Timeout);
+                }
+            }
+            Event::ClientResponse { conn, frame } => {
+                if self.conns.get(&conn).is_some_and(|c| c.open) {
+                    self.trace.record_bytes(self.now, "response", conn.0, &frame);
+                    h.on_response(self, conn, frame);
+                }
+            }
+            Event::ClientClosed { conn } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.open = false;
+                }
+                self.trace.record(self.now, "closed", conn.0, 0);
+                h.on_closed(self, conn);
+            }
+            Event::ClientTimer { client, token } => {
+                self.trace.record(self.now, "client-timer", client as u64, token);
+                h.on_timer(self, client, token);
+            }
+            Event::Restart { node } => {
+                if self.slots[node].node.is_none() {
+                    self.boot(node);
+                }
+            }
+        }
+        true
+    }
+
+    fn handle(&mut self, i: usize, input: Input) {
+        let t = self.slots[i].clock.at(self.now);
+        self.slots[i].node.as_mut().expect("checked by the caller").handle(t, input);
+        self.drain(i);
+    }
+
+    /// Carries out a node's outputs.
+    fn drain(&mut self, i: usize) {
+        loop {
+            let Some(out) = self.slots[i].node.as_mut().and_then(Node::poll_output) else { break };
+            match out {
+                Output::Disk { op, action } => self.disk_op(i, op, action),
+                Output::Response { conn, parts } => self.respond(i, conn, parts),
+                Output::Close { conn } => {
+                    if let Some(c) = self.conns.get_mut(&conn).filter(|c| c.open) {
+                        c.open = false;
+                        let at = c.to_client_at;
+                        self.schedule(at, Event::ClientClosed { conn });
+                    }
+                }
+                Output::Peer { .. } => {}
+            }
+        }
+        let slot = &mut self.slots[i];
+        let Some(next) = slot.node.as_ref().and_then(Node::poll_timeout) else { return };
+        let at = slot.clock.sim_time_of(next).max(self.now);
+        if slot.timer_at.is_none_or(|t| at < t) {
+            slot.timer_at = Some(at);
+            let inc = slot.inc;
+            self.schedule(at, Event::NodeTimer { node: i, inc });
+        }
+    }
+
+    fn respond(&mut self, i: usize, conn: ConnId, parts: Vec<Part>) {
+        let mut buf = BytesMut::new();
+        for p in parts {
+            match p {
+                Part::Bytes(b) => buf.put_slice(&b),
+                Part::File { file, position, len } => match self.slots[i].disk.read_range(file, position, len as usize) {
+                    Some(b) => buf.put_slice(&b),
+                    None => panic!("node {i} sent a file range beyond its file: a bug in core"),
+                },
+            }
+        }
+        let lat = self.latency(self.env.net_latency);
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.open) else { return };
+        let clog = self.slots[c.node].clogged_until;
+        let at = (self.now + lat).max(c.to_client_at).max(clog);
+        c.to_client_at = at;
+        // The frame without its size prefix, as a client's reader hands it on.
+        let frame = buf.freeze().slice(4..);
+        self.schedule(at, Event::ClientResponse { conn, frame });
+    }
+
+    fn disk_op(&mut self, i: usize, op: OpId, action: DiskOp) {
+        let inc = self.slots[i].inc;
+        if let DiskOp::Sync { file } = action {
+            let lat = self.latency(self.env.sync_latency);
+            let path = self.slots[i].disk.sync_begin(file).ok();
+            let ok = !self.rng.disk.gen_bool(self.env.sync_fail.clamp(0.0, 1.0));
+            self.schedule(self.now + lat, Event::SyncDone { node: i, inc, op, path, ok });
+            return;
+        }
+        let mut result = self.slots[i].disk.execute(action);
+        if let Ok(DiskReply::Data(d)) = &mut result {
+            if !d.is_empty() && self.rng.disk.gen_bool(self.env.read_corrupt.clamp(0.0, 1.0)) {
+                let mut v = d.to_vec();
+                let at = self.rng.disk.gen_range(0..v.len());
+                v[at] ^= 1 << self.rng.disk.gen_range(0..8);
+                *d = Bytes::from(v);
+                self.stats.read_corruptions += 1;
+            }
+        }
+        let lat = self.latency(self.env.disk_latency);
+        let at = (self.now + lat).max(self.slots[i].disk_busy_until);
+        self.slots[i].disk_busy_until = at;
+        self.schedule(at, Event::NodeInput { node: i, inc, input: Input::DiskDone { op, result } });
+    }
+}

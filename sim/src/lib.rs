@@ -1,0 +1,168 @@
+//! sluice-sim: seeded runs of the real sluice-core node under faults, with checkers.
+//!
+//! Contract: a run is a pure function of its seed (and the mutant, if any): the same seed
+//! gives the same trace hash on any machine. Each seed draws its own plan (partitions,
+//! clients, fault rates: swarm testing) from its own stream, so the workload does not change
+//! when a fault knob does.
+
+pub mod checker;
+pub mod codec;
+pub mod workload;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sluice_core::NodeConfig;
+use sluice_runtime_sim::{Env, Nanos, Stats, World, MS, US};
+
+use workload::{Plan, Workload};
+
+/// What one run did and found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub mutant: Option<String>,
+    pub plan: String,
+    pub sim_ns: Nanos,
+    pub stats: Stats,
+    pub acks: u64,
+    pub consumed: u64,
+    pub violations: Vec<String>,
+    pub trace: u64,
+    pub trace_lines: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    pub fn replay_command(&self) -> String {
+        let m = self.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default();
+        format!("cargo run --release -p sluice-sim -- run --seed {}{m}", self.seed)
+    }
+
+    pub fn summary(&self) -> String {
+        let s = &self.stats;
+        let mut out = String::new();
+        out += &format!("seed {}{}\n", self.seed, self.mutant.as_ref().map(|m| format!(" (mutant {m})")).unwrap_or_default());
+        out += &format!("plan: {}\n", self.plan);
+        out += &format!("simulated {:.3} s, {} events\n", self.sim_ns as f64 / 1e9, s.events);
+        out += &format!("records acknowledged {}, consumed {}\n", self.acks, self.consumed);
+        out += &format!(
+            "faults: {} crashes ({} torn writes, {} files lost writes), {} sync failures, {} corrupted reads, {} connection resets, {} clogs\n",
+            s.crashes, s.torn_writes, s.lost_writes, s.sync_failures, s.read_corruptions, s.resets, s.clogs
+        );
+        if self.ok() {
+            out += "checkers: acknowledged-not-lost ok, one-value-per-offset ok, no-phantom-values ok, producer-order ok, high-watermark-monotonic ok, reads-below-high-watermark ok, contiguous-reads ok, liveness ok\n";
+        } else {
+            out += "checkers: FAILED\n";
+            for v in &self.violations {
+                out += &format!("  {v}\n");
+            }
+            out += &format!("replay: {}\n", self.replay_command());
+        }
+        out += &format!("trace={:016x}", self.trace);
+        out
+    }
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOpts {
+    pub mutant: Option<String>,
+    pub keep_trace: bool,
+    /// Overrides the safety phase's length.
+    pub safety_ms: Option<u64>,
+}
+
+fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
+    xs[rng.gen_range(0..xs.len())]
+}
+
+/// The plan and the environment a seed draws.
+pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
+    let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f5c_e7a1_0000);
+    let safety = opts.safety_ms.map_or(pick(&mut r, &[2_000u64, 5_000, 10_000]) * MS, |ms| ms * MS);
+    let plan = Plan {
+        partitions: r.gen_range(1..=3),
+        producers: r.gen_range(1..=3),
+        consumers: r.gen_range(1..=2),
+        values_per_producer: r.gen_range(50..400),
+        batch_max: r.gen_range(1..=8),
+        in_flight_max: r.gen_range(1..=5),
+        produce_interval: pick(&mut r, &[2u64, 5, 10, 20]) * MS,
+        safety,
+        liveness: 60_000 * MS,
+        crash_every: pick(&mut r, &[None, Some(300 * MS), Some(1_000 * MS), Some(3_000 * MS)]),
+        clog_every: pick(&mut r, &[None, Some(500 * MS), Some(2_000 * MS)]),
+        reset_every: pick(&mut r, &[None, Some(200 * MS), Some(1_000 * MS)]),
+    };
+    let env = Env {
+        net_latency: (pick(&mut r, &[20u64, 100, 500]) * US, pick(&mut r, &[1u64, 3, 10]) * MS),
+        disk_latency: (2 * US, pick(&mut r, &[20u64, 200]) * US),
+        sync_latency: (50 * US, pick(&mut r, &[500u64, 3_000]) * US),
+        sync_fail: pick(&mut r, &[0.0, 0.0, 0.01, 0.05]),
+        read_corrupt: pick(&mut r, &[0.0, 0.0, 0.01, 0.05]),
+        clock_offset_max: pick(&mut r, &[0u64, 1_000]) * MS,
+        clock_drift_ppm_max: pick(&mut r, &[0u64, 200]),
+    };
+    let mut node = NodeConfig::default();
+    node.log.segment_bytes = pick(&mut r, &[2_000u64, 20_000, 1 << 20]);
+    (plan, env, node)
+}
+
+/// Runs one seed to the end.
+pub fn run(seed: u64, opts: &RunOpts) -> Report {
+    let mutant = opts.mutant.as_deref().map(|m| sluice_core::mutants::by_name(m).unwrap_or_else(|| panic!("unknown mutant {m}")));
+    sluice_core::mutants::set(mutant);
+    let (plan, env, node) = draw(seed, opts);
+    let plan_text = format!(
+        "{} partitions, {} producers x {} values (batches <= {}, {} in flight), {} consumers, safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
+        plan.partitions,
+        plan.producers,
+        plan.values_per_producer,
+        plan.batch_max,
+        plan.in_flight_max,
+        plan.consumers,
+        plan.safety / MS,
+        plan.crash_every.map(|n| n / MS),
+        plan.clog_every.map(|n| n / MS),
+        plan.reset_every.map(|n| n / MS),
+        env.sync_fail,
+        env.read_corrupt,
+        node.log.segment_bytes,
+    );
+    let mut w = World::new(seed, vec![node], env);
+    if opts.keep_trace {
+        w.trace.keep_lines();
+    }
+    let mut wl = Workload::new(plan.clone(), &mut w);
+    let deadline = plan.safety + plan.liveness;
+    let mut liveness_failed = false;
+    while wl.finished_at.is_none() {
+        if w.next_event_at().is_none_or(|t| t > deadline) {
+            liveness_failed = true;
+            break;
+        }
+        w.step(&mut wl);
+    }
+    let end = w.now();
+    if !liveness_failed {
+        wl.checker.finish(end);
+    } else {
+        wl.checker.on_error(end, format!("liveness: the workload did not finish within {} s of healing", plan.liveness / 1_000_000_000));
+    }
+    sluice_core::mutants::set(None);
+    Report {
+        seed,
+        mutant: opts.mutant.clone(),
+        plan: plan_text,
+        sim_ns: end,
+        stats: w.stats.clone(),
+        acks: wl.checker.acks,
+        consumed: wl.checker.consumed,
+        violations: wl.checker.violations.clone(),
+        trace: w.trace.hash(),
+        trace_lines: w.trace.take_lines(),
+    }
+}

@@ -1,0 +1,456 @@
+//! The simulated Kafka clients and the fault schedule of one run.
+//!
+//! An admin client creates the topic; producers send batches of unique values (acks=all or 1,
+//! several requests in flight, retries after errors, timeouts and disconnects: at-least-once);
+//! consumers fetch every partition from offset 0 with long polls. The safety phase injects
+//! faults; then everything heals and the run must finish (every value produced and
+//! acknowledged, every acknowledged record read back) within the liveness bound.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use rand::Rng;
+use sluice_core::ConnId;
+use sluice_runtime_sim::{Harness, Nanos, World, MS};
+
+use crate::checker::Checker;
+use crate::codec;
+
+pub const TOPIC: &str = "sim";
+
+/// The shape of one run, drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub partitions: i32,
+    pub producers: usize,
+    pub consumers: usize,
+    pub values_per_producer: u64,
+    pub batch_max: usize,
+    pub in_flight_max: usize,
+    pub produce_interval: Nanos,
+    pub safety: Nanos,
+    pub liveness: Nanos,
+    pub crash_every: Option<Nanos>,
+    pub clog_every: Option<Nanos>,
+    pub reset_every: Option<Nanos>,
+}
+
+const REQUEST_TIMEOUT: Nanos = 3_000 * MS;
+const BACKOFF: Nanos = 20 * MS;
+
+// Timer tokens: client index in the high bits, kind in the low.
+const T_TICK: u64 = 0;
+const T_RECONNECT: u64 = 1;
+const T_FAULT: u64 = 2;
+
+struct Batch {
+    partition: i32,
+    values: Vec<String>,
+    /// Highest offset this producer had acknowledged on the partition when first sent.
+    floor: i64,
+}
+
+struct Producer {
+    acks: i16,
+    conn: Option<ConnId>,
+    queue: VecDeque<Batch>,
+    in_flight: BTreeMap<i32, (Batch, Nanos)>,
+    next_cid: i32,
+    made: u64,
+    acked_max: BTreeMap<i32, i64>,
+}
+
+struct Consumer {
+    conn: Option<ConnId>,
+    next: BTreeMap<i32, i64>,
+    in_flight: Option<i32>,
+    next_cid: i32,
+}
+
+enum Role {
+    Admin { conn: Option<ConnId>, done: bool },
+    Producer(Producer),
+    Consumer(Consumer),
+}
+
+pub struct Workload {
+    pub plan: Plan,
+    clients: Vec<Role>,
+    conn_owner: BTreeMap<ConnId, usize>,
+    pub checker: Checker,
+    healed: bool,
+    pub finished_at: Option<Nanos>,
+}
+
+fn topic_name() -> TopicName {
+    TopicName(StrBytes::from_static_str(TOPIC))
+}
+
+impl Workload {
+    pub fn new(plan: Plan, w: &mut World) -> Workload {
+        let mut clients = vec![Role::Admin { conn: None, done: false }];
+        for i in 0..plan.producers {
+            let acks = if i % 2 == 0 { -1 } else { 1 };
+            clients.push(Role::Producer(Producer {
+                acks,
+                conn: None,
+                queue: VecDeque::new(),
+                in_flight: BTreeMap::new(),
+                next_cid: 0,
+                made: 0,
+                acked_max: BTreeMap::new(),
+            }));
+        }
+        for _ in 0..plan.consumers {
+            clients.push(Role::Consumer(Consumer { conn: None, next: BTreeMap::new(), in_flight: None, next_cid: 0 }));
+        }
+        let wl = Workload { plan, clients, conn_owner: BTreeMap::new(), checker: Checker::default(), healed: false, finished_at: None };
+        for c in 0..wl.clients.len() {
+            w.set_timer(c, (c as u64) << 8 | T_TICK, MS);
+        }
+        w.set_timer(usize::MAX, T_FAULT, 10 * MS);
+        wl
+    }
+
+    fn connect(&mut self, w: &mut World, c: usize) -> ConnId {
+        let conn = w.connect(c, 0);
+        self.conn_owner.insert(conn, c);
+        conn
+    }
+
+    fn admin_tick(&mut self, w: &mut World, c: usize) {
+        let Role::Admin { conn, done } = &mut self.clients[c] else { return };
+        if *done || conn.is_some() {
+            return;
+        }
+        let mut t = create_topics_request::CreatableTopic::default();
+        t.name = topic_name();
+        t.num_partitions = self.plan.partitions;
+        t.replication_factor = 1;
+        let mut req = CreateTopicsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = 5000;
+        let frame = codec::frame(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, 1, &req);
+        let new = self.connect(w, c);
+        if let Role::Admin { conn, .. } = &mut self.clients[c] {
+            *conn = Some(new);
+        }
+        w.send(new, frame);
+    }
+
+    fn topic_ready(&self) -> bool {
+        matches!(self.clients[0], Role::Admin { done: true, .. })
+    }
+
+    fn producer_tick(&mut self, w: &mut World, c: usize) {
+        if !self.topic_ready() {
+            return;
+        }
+        let plan = self.plan.clone();
+        let now = w.now();
+        let (partition, n) = (w.workload_rng().gen_range(0..plan.partitions), w.workload_rng().gen_range(1..=plan.batch_max));
+        let Role::Producer(p) = &mut self.clients[c] else { return };
+        if p.made < plan.values_per_producer && p.queue.len() < 2 * plan.in_flight_max {
+            let take = (n as u64).min(plan.values_per_producer - p.made);
+            let values: Vec<String> = (p.made + 1..=p.made + take).map(|k| format!("p{c}-{k}")).collect();
+            p.made += take;
+            let floor = p.acked_max.get(&partition).copied().unwrap_or(-1);
+            self.checker.on_send(&values);
+            let Role::Producer(p) = &mut self.clients[c] else { unreachable!() };
+            p.queue.push_back(Batch { partition, values, floor });
+        }
+        let Role::Producer(p) = &mut self.clients[c] else { unreachable!() };
+        // A request that has waited too long: give up on the connection, resend elsewhere.
+        if p.in_flight.values().any(|(_, sent)| now - sent > REQUEST_TIMEOUT) {
+            if let Some(conn) = p.conn {
+                w.close(conn);
+                self.producer_disconnected(w, c);
+                return;
+            }
+        }
+        self.producer_pump(w, c);
+    }
+
+    fn producer_pump(&mut self, w: &mut World, c: usize) {
+        let in_flight_max = self.plan.in_flight_max;
+        let now = w.now();
+        let need_conn = matches!(&self.clients[c], Role::Producer(p) if p.conn.is_none() && !p.queue.is_empty());
+        if need_conn {
+            let conn = self.connect(w, c);
+            if let Role::Producer(p) = &mut self.clients[c] {
+                p.conn = Some(conn);
+            }
+        }
+        let Role::Producer(p) = &mut self.clients[c] else { return };
+        let Some(conn) = p.conn else { return };
+        while p.in_flight.len() < in_flight_max {
+            let Some(b) = p.queue.pop_front() else { break };
+            p.next_cid += 1;
+            let mut pd = produce_request::PartitionProduceData::default();
+            pd.index = b.partition;
+            pd.records = Some(codec::batch_of(&b.values, 1_700_000_000_000));
+            let mut td = produce_request::TopicProduceData::default();
+            td.name = topic_name();
+            td.partition_data = vec![pd];
+            let mut req = ProduceRequest::default();
+            req.acks = p.acks;
+            req.timeout_ms = 30_000;
+            req.topic_data = vec![td];
+            w.send(conn, codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, p.next_cid, &req));
+            p.in_flight.insert(p.next_cid, (b, now));
+        }
+    }
+
+    fn producer_disconnected(&mut self, w: &mut World, c: usize) {
+        let Role::Producer(p) = &mut self.clients[c] else { return };
+        p.conn = None;
+        // Unanswered requests may or may not have been written: send them again
+        // (at-least-once), oldest first.
+        let lost: Vec<Batch> = std::mem::take(&mut p.in_flight).into_values().map(|(b, _)| b).collect();
+        for b in lost.into_iter().rev() {
+            p.queue.push_front(b);
+        }
+        w.set_timer(c, (c as u64) << 8 | T_RECONNECT, BACKOFF);
+    }
+
+    fn producer_response(&mut self, w: &mut World, c: usize, frame: Bytes) {
+        let at = w.now();
+        let resp: Result<(i32, ProduceResponse), String> = codec::decode(ApiKey::Produce, codec::PRODUCE_VERSION, frame);
+        let (cid, resp) = match resp {
+            Ok(r) => r,
+            Err(e) => return self.checker.on_error(at, format!("producer {c}: undecodable produce response: {e}")),
+        };
+        let Role::Producer(p) = &mut self.clients[c] else { return };
+        let Some((b, _)) = p.in_flight.remove(&cid) else {
+            return self.checker.on_error(at, format!("producer {c}: response to unknown request {cid}"));
+        };
+        let pr = resp.responses.first().and_then(|t| t.partition_responses.first());
+        match pr {
+            Some(pr) if pr.error_code == 0 => {
+                let last = pr.base_offset + b.values.len() as i64 - 1;
+                let e = p.acked_max.entry(b.partition).or_insert(-1);
+                *e = (*e).max(last);
+                self.checker.on_ack(at, c, b.partition, pr.base_offset, &b.values, b.floor);
+            }
+            _ => p.queue.push_front(b),
+        }
+        self.producer_pump(w, c);
+    }
+
+    fn consumer_pump(&mut self, w: &mut World, c: usize) {
+        if !self.topic_ready() {
+            return;
+        }
+        let partitions = self.plan.partitions;
+        let need_conn = matches!(&self.clients[c], Role::Consumer(k) if k.conn.is_none());
+        if need_conn {
+            let conn = self.connect(w, c);
+            if let Role::Consumer(k) = &mut self.clients[c] {
+                k.conn = Some(conn);
+            }
+        }
+        let Role::Consumer(k) = &mut self.clients[c] else { return };
+        let Some(conn) = k.conn else { return };
+        if k.in_flight.is_some() {
+            return;
+        }
+        let mut ft = fetch_request::FetchTopic::default();
+        ft.topic = topic_name();
+        for p in 0..partitions {
+            let mut fp = fetch_request::FetchPartition::default();
+            fp.partition = p;
+            fp.fetch_offset = *k.next.entry(p).or_insert(0);
+            fp.partition_max_bytes = 64 * 1024;
+            ft.partitions.push(fp);
+        }
+        let mut req = FetchRequest::default();
+        req.replica_id = kafka_protocol::messages::BrokerId(-1);
+        req.max_wait_ms = 50;
+        req.min_bytes = 1;
+        req.max_bytes = 1 << 20;
+        req.session_epoch = -1;
+        req.topics = vec![ft];
+        k.next_cid += 1;
+        k.in_flight = Some(k.next_cid);
+        w.send(conn, codec::frame(ApiKey::Fetch, codec::FETCH_VERSION, k.next_cid, &req));
+    }
+
+    fn consumer_response(&mut self, w: &mut World, c: usize, frame: Bytes) {
+        let at = w.now();
+        let (_, resp): (i32, FetchResponse) = match codec::decode(ApiKey::Fetch, codec::FETCH_VERSION, frame) {
+            Ok(r) => r,
+            Err(e) => return self.checker.on_error(at, format!("consumer {c}: undecodable fetch response: {e}")),
+        };
+        let Role::Consumer(k) = &mut self.clients[c] else { return };
+        k.in_flight = None;
+        let mut seen = Vec::new();
+        for t in &resp.responses {
+            for p in &t.partitions {
+                match p.error_code {
+                    0 => {}
+                    1 => {
+                        let next = k.next.get(&p.partition_index).copied().unwrap_or(0);
+                        seen.push(Err(format!("consumer {c}: offset {next} of partition {} out of range (high watermark {})", p.partition_index, p.high_watermark)));
+                        continue;
+                    }
+                    _ => continue, // not ready, storage error: fetch again
+                }
+                seen.push(Ok((p.partition_index, -1, String::new(), p.high_watermark)));
+                let recs = match codec::records(p.records.as_deref().unwrap_or(&[])) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        seen.push(Err(format!("consumer {c}: {e}")));
+                        continue;
+                    }
+                };
+                for (o, v) in recs {
+                    seen.push(Ok((p.partition_index, o, v, p.high_watermark)));
+                }
+            }
+        }
+        for s in seen {
+            match s {
+                Err(e) => self.checker.on_error(at, e),
+                Ok((p, -1, _, hw)) => self.checker.on_high_watermark(at, p, hw),
+                Ok((p, o, v, hw)) => {
+                    let Role::Consumer(k) = &mut self.clients[c] else { unreachable!() };
+                    let next = k.next.entry(p).or_insert(0);
+                    if o < *next {
+                        continue; // a batch starting before the fetch offset
+                    }
+                    if o != *next {
+                        let expected = *next;
+                        self.checker.on_gap(at, c, p, expected, o);
+                    }
+                    let Role::Consumer(k) = &mut self.clients[c] else { unreachable!() };
+                    k.next.insert(p, o + 1);
+                    self.checker.on_consume(at, c, p, o, &v, hw);
+                }
+            }
+        }
+        self.consumer_pump(w, c);
+    }
+
+    fn inject_fault(&mut self, w: &mut World) {
+        if w.now() >= self.plan.safety {
+            if !self.healed {
+                self.healed = true;
+                w.heal();
+            }
+            return;
+        }
+        let plan = self.plan.clone();
+        let roll = |w: &mut World, every: Option<Nanos>| every.is_some_and(|e| w.fault_rng().gen_range(0..e.max(1)) < 10 * MS);
+        if roll(w, plan.crash_every) {
+            let down = w.fault_rng().gen_range(MS..500 * MS);
+            w.crash(0, down);
+        }
+        if roll(w, plan.clog_every) {
+            let until = w.now() + w.fault_rng().gen_range(MS..1500 * MS);
+            w.clog(0, until);
+        }
+        if roll(w, plan.reset_every) {
+            let conns = w.open_conns();
+            if !conns.is_empty() {
+                let i = w.fault_rng().gen_range(0..conns.len());
+                w.reset(conns[i]);
+            }
+        }
+        w.set_timer(usize::MAX, T_FAULT, 10 * MS);
+    }
+
+    /// True once everything was produced, acknowledged and read back.
+    fn done(&self) -> bool {
+        if !self.topic_ready() {
+            return false;
+        }
+        let produced = self.clients.iter().all(|r| match r {
+            Role::Producer(p) => p.made == self.plan.values_per_producer && p.queue.is_empty() && p.in_flight.is_empty(),
+            _ => true,
+        });
+        let ends = self.checker.acked_end();
+        let read = self.clients.iter().all(|r| match r {
+            Role::Consumer(k) => ends.iter().all(|(p, e)| k.next.get(p).copied().unwrap_or(0) >= *e),
+            _ => true,
+        });
+        produced && read
+    }
+}
+
+impl Harness for Workload {
+    fn on_response(&mut self, w: &mut World, conn: ConnId, frame: Bytes) {
+        let Some(&c) = self.conn_owner.get(&conn) else { return };
+        match &mut self.clients[c] {
+            Role::Admin { conn: ac, done } => {
+                let at = w.now();
+                match codec::decode::<CreateTopicsResponse>(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, frame) {
+                    Ok((_, r)) if r.topics.first().is_some_and(|t| t.error_code == 0 || t.error_code == 36) => *done = true,
+                    Ok(_) => {}
+                    Err(e) => self.checker.on_error(at, format!("admin: undecodable response: {e}")),
+                }
+                if let Some(old) = ac.take() {
+                    w.close(old);
+                }
+            }
+            Role::Producer(_) => self.producer_response(w, c, frame),
+            Role::Consumer(_) => self.consumer_response(w, c, frame),
+        }
+        if self.finished_at.is_none() && self.done() {
+            self.finished_at = Some(w.now());
+        }
+    }
+
+    fn on_closed(&mut self, w: &mut World, conn: ConnId) {
+        let Some(c) = self.conn_owner.remove(&conn) else { return };
+        match &mut self.clients[c] {
+            Role::Admin { conn: ac, .. } => {
+                if *ac == Some(conn) {
+                    *ac = None;
+                }
+            }
+            Role::Producer(p) => {
+                if p.conn == Some(conn) {
+                    self.producer_disconnected(w, c);
+                }
+            }
+            Role::Consumer(k) => {
+                if k.conn == Some(conn) {
+                    k.conn = None;
+                    k.in_flight = None;
+                    w.set_timer(c, (c as u64) << 8 | T_RECONNECT, BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self, w: &mut World, client: usize, token: u64) {
+        if client == usize::MAX {
+            return self.inject_fault(w);
+        }
+        let kind = token & 0xff;
+        match &self.clients[client] {
+            Role::Admin { done, .. } => {
+                if !*done {
+                    self.admin_tick(w, client);
+                    w.set_timer(client, token, 200 * MS);
+                }
+            }
+            Role::Producer(_) => {
+                if kind == T_TICK {
+                    self.producer_tick(w, client);
+                    w.set_timer(client, token, self.plan.produce_interval);
+                } else {
+                    self.producer_pump(w, client);
+                }
+            }
+            Role::Consumer(_) => {
+                self.consumer_pump(w, client);
+                if kind == T_TICK {
+                    w.set_timer(client, token, 20 * MS);
+                }
+            }
+        }
+    }
+}
