@@ -30,7 +30,10 @@ static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0)
 /// Turns a mutant on for the whole process (`None` turns them off).
 #[cfg(feature = "mutants")]
 pub fn set(m: Option<Mutant>) {
-    ACTIVE.store(m.map_or(0, |m| m as u8), std::sync::atomic::Ordering::SeqCst);
+    ACTIVE.store(
+        m.map_or(0, |m| m as u8),
+        std::sync::atomic::Ordering::SeqCst,
+    );
 }
 
 #[inline]

@@ -188,15 +188,26 @@ impl SimDisk {
     /// Starts a sync: it will make durable the operations pending on the file now (and
     /// not necessarily those issued after). Returns what `sync_finish` needs.
     pub fn sync_begin(&mut self, file: FileId) -> Result<(String, usize), DiskError> {
-        let path = self.handles.get(&file).cloned().ok_or_else(|| DiskError::Io(format!("{file:?} not open")))?;
-        let n = self.files.get(&path).ok_or(DiskError::NotFound)?.pending.len();
+        let path = self
+            .handles
+            .get(&file)
+            .cloned()
+            .ok_or_else(|| DiskError::Io(format!("{file:?} not open")))?;
+        let n = self
+            .files
+            .get(&path)
+            .ok_or(DiskError::NotFound)?
+            .pending
+            .len();
         Ok((path, n))
     }
 
     /// Completes a sync begun with `sync_begin`: the first `n` pending operations of the
     /// file become durable. A no-op if the file is gone.
     pub fn sync_finish(&mut self, path: &str, n: usize) {
-        let Some(f) = self.files.get_mut(path) else { return };
+        let Some(f) = self.files.get_mut(path) else {
+            return;
+        };
         let n = n.min(f.pending.len());
         for p in f.pending.drain(..n) {
             apply(&mut f.durable, &p);

@@ -16,7 +16,10 @@ use std::collections::{BTreeMap, BinaryHeap};
 use bytes::{BufMut, Bytes, BytesMut};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use sluice_core::{ConnId, DiskError, DiskOp, DiskReply, Input, Instant, Node, NodeConfig, OpId, Output, Part, Time};
+use sluice_core::{
+    ConnId, DiskError, DiskOp, DiskReply, Input, Instant, Node, NodeConfig, OpId, Output, Part,
+    Time,
+};
 
 use crate::disk::SimDisk;
 use crate::rng::Streams;
@@ -58,13 +61,36 @@ impl Default for Env {
 
 #[derive(Debug)]
 enum Event {
-    NodeInput { node: usize, inc: u64, input: Input },
-    SyncDone { node: usize, inc: u64, op: OpId, path: Option<(String, usize)>, ok: bool },
-    NodeTimer { node: usize, inc: u64 },
-    ClientResponse { conn: ConnId, frame: Bytes },
-    ClientClosed { conn: ConnId },
-    ClientTimer { client: usize, token: u64 },
-    Restart { node: usize },
+    NodeInput {
+        node: usize,
+        inc: u64,
+        input: Input,
+    },
+    SyncDone {
+        node: usize,
+        inc: u64,
+        op: OpId,
+        path: Option<(String, usize)>,
+        ok: bool,
+    },
+    NodeTimer {
+        node: usize,
+        inc: u64,
+    },
+    ClientResponse {
+        conn: ConnId,
+        frame: Bytes,
+    },
+    ClientClosed {
+        conn: ConnId,
+    },
+    ClientTimer {
+        client: usize,
+        token: u64,
+    },
+    Restart {
+        node: usize,
+    },
 }
 
 struct Scheduled {
@@ -100,15 +126,26 @@ struct Clock {
 
 impl Clock {
     fn at(&self, t: Nanos) -> Time {
-        let mono = self.offset + t + (t / 1_000_000) * self.drift_ppm;
-        Time { mono: Instant(mono), wall_ms: self.wall_base_ms + i64::try_from(mono / MS).unwrap_or(i64::MAX) }
+        let drift = u64::try_from(u128::from(t) * u128::from(self.drift_ppm) / 1_000_000)
+            .unwrap_or(u64::MAX);
+        let mono = self.offset + t + drift;
+        Time {
+            mono: Instant(mono),
+            wall_ms: self.wall_base_ms + i64::try_from(mono / MS).unwrap_or(i64::MAX),
+        }
     }
     /// The simulated time at which the node's clock reads `mono` (rounded up).
     fn sim_time_of(&self, mono: Instant) -> Nanos {
         let local = mono.0.saturating_sub(self.offset);
         // local = t * (1 + drift/1e6)  =>  t = local * 1e6 / (1e6 + drift)
         let t = (u128::from(local) * 1_000_000).div_ceil(1_000_000 + u128::from(self.drift_ppm));
-        u64::try_from(t).unwrap_or(u64::MAX)
+        let mut t = u64::try_from(t).unwrap_or(u64::MAX);
+        // Integer rounding must never leave the node's clock short of its deadline: a timer
+        // that fires early would fire again at the same instant, forever.
+        while self.at(t).mono < mono && t < u64::MAX {
+            t += 1;
+        }
+        t
     }
 }
 
@@ -166,6 +203,7 @@ pub struct World {
     rng: Streams,
     pub trace: Trace,
     pub stats: Stats,
+    same_instant: u64,
 }
 
 impl World {
@@ -176,8 +214,16 @@ impl World {
             .into_iter()
             .map(|config| {
                 let clock = Clock {
-                    offset: if env.clock_offset_max > 0 { rng.clock.gen_range(0..env.clock_offset_max) } else { 0 },
-                    drift_ppm: if env.clock_drift_ppm_max > 0 { rng.clock.gen_range(0..env.clock_drift_ppm_max) } else { 0 },
+                    offset: if env.clock_offset_max > 0 {
+                        rng.clock.gen_range(0..env.clock_offset_max)
+                    } else {
+                        0
+                    },
+                    drift_ppm: if env.clock_drift_ppm_max > 0 {
+                        rng.clock.gen_range(0..env.clock_drift_ppm_max)
+                    } else {
+                        0
+                    },
                     wall_base_ms: 1_700_000_000_000 + rng.clock.gen_range(0..1000),
                 };
                 Slot {
@@ -204,6 +250,7 @@ impl World {
             rng,
             trace: Trace::new(),
             stats: Stats::default(),
+            same_instant: 0,
         };
         for i in 0..w.slots.len() {
             w.boot(i);
@@ -239,7 +286,11 @@ impl World {
 
     fn schedule(&mut self, at: Nanos, event: Event) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled { at: at.max(self.now), seq: self.seq, event }));
+        self.queue.push(Reverse(Scheduled {
+            at: at.max(self.now),
+            seq: self.seq,
+            event,
+        }));
     }
 
     fn boot(&mut self, i: usize) {
@@ -270,7 +321,17 @@ impl World {
         let conn = ConnId(self.next_conn);
         let up = self.slots[node].node.is_some();
         let inc = self.slots[node].inc;
-        self.conns.insert(conn, Conn { client, node, inc, open: up, to_node_at: self.now, to_client_at: self.now });
+        self.conns.insert(
+            conn,
+            Conn {
+                client,
+                node,
+                inc,
+                open: up,
+                to_node_at: self.now,
+                to_client_at: self.now,
+            },
+        );
         if !up {
             let at = self.now + self.latency(self.env.net_latency);
             self.schedule(at, Event::ClientClosed { conn });
@@ -281,7 +342,9 @@ impl World {
     /// Sends a request frame (without its size prefix) on a connection.
     pub fn send(&mut self, conn: ConnId, frame: Bytes) {
         let lat = self.latency(self.env.net_latency);
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if !c.open {
             return;
         }
@@ -289,17 +352,33 @@ impl World {
         let at = (self.now + lat).max(c.to_node_at).max(clog);
         c.to_node_at = at;
         let (node, inc) = (c.node, c.inc);
-        self.schedule(at, Event::NodeInput { node, inc, input: Input::Request { conn, frame } });
+        self.schedule(
+            at,
+            Event::NodeInput {
+                node,
+                inc,
+                input: Input::Request { conn, frame },
+            },
+        );
     }
 
     /// The client closes its connection.
     pub fn close(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if !std::mem::replace(&mut c.open, false) {
             return;
         }
         let (node, inc, at) = (c.node, c.inc, c.to_node_at);
-        self.schedule(at, Event::NodeInput { node, inc, input: Input::ConnClosed { conn } });
+        self.schedule(
+            at,
+            Event::NodeInput {
+                node,
+                inc,
+                input: Input::ConnClosed { conn },
+            },
+        );
     }
 
     pub fn set_timer(&mut self, client: usize, token: u64, after: Nanos) {
@@ -320,8 +399,14 @@ impl World {
         self.stats.lost_writes += report.files_with_lost_writes as u64;
         self.slots[i].node = None;
         self.slots[i].crashes += 1;
-        self.trace.record(self.now, "crash", i as u64, report.torn_writes as u64);
-        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.node == i && c.open).map(|(k, _)| *k).collect();
+        self.trace
+            .record(self.now, "crash", i as u64, report.torn_writes as u64);
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.node == i && c.open)
+            .map(|(k, _)| *k)
+            .collect();
         for conn in conns {
             self.reset(conn);
         }
@@ -330,14 +415,23 @@ impl World {
 
     /// Resets a connection: both ends see it closed.
     pub fn reset(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if !std::mem::replace(&mut c.open, false) {
             return;
         }
         self.stats.resets += 1;
         let (node, inc) = (c.node, c.inc);
         let at = self.now + 1;
-        self.schedule(at, Event::NodeInput { node, inc, input: Input::ConnClosed { conn } });
+        self.schedule(
+            at,
+            Event::NodeInput {
+                node,
+                inc,
+                input: Input::ConnClosed { conn },
+            },
+        );
         self.schedule(at, Event::ClientClosed { conn });
     }
 
@@ -363,7 +457,11 @@ impl World {
     }
 
     pub fn open_conns(&self) -> Vec<ConnId> {
-        self.conns.iter().filter(|(_, c)| c.open).map(|(k, _)| *k).collect()
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.open)
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     pub fn is_up(&self, i: usize) -> bool {
@@ -379,8 +477,20 @@ impl World {
 
     /// Processes one event. Returns false when nothing is left.
     pub fn step(&mut self, h: &mut impl Harness) -> bool {
-        let Some(Reverse(s)) = self.queue.pop() else { return false };
+        let Some(Reverse(s)) = self.queue.pop() else {
+            return false;
+        };
         debug_assert!(s.at >= self.now, "time never goes back");
+        if s.at == self.now {
+            self.same_instant += 1;
+            assert!(
+                self.same_instant < 1_000_000,
+                "livelock: a million events at t={} ns without time moving",
+                self.now
+            );
+        } else {
+            self.same_instant = 0;
+        }
         self.now = s.at;
         self.stats.events += 1;
         match s.event {
@@ -390,7 +500,13 @@ impl World {
                     self.handle(node, input);
                 }
             }
-            Event::SyncDone { node, inc, op, path, ok } => {
+            Event::SyncDone {
+                node,
+                inc,
+                op,
+                path,
+                ok,
+            } => {
                 if self.slots[node].inc == inc && self.slots[node].node.is_some() {
                     let result = match (path, ok) {
                         (Some((p, n)), true) => {
@@ -403,7 +519,8 @@ impl World {
                         }
                         (None, _) => Err(DiskError::Io("file not open".into())),
                     };
-                    self.trace.record(self.now, "sync", node as u64, u64::from(result.is_ok()));
+                    self.trace
+                        .record(self.now, "sync", node as u64, u64::from(result.is_ok()));
                     self.handle(node, Input::DiskDone { op, result });
                 }
             }
@@ -416,7 +533,8 @@ impl World {
             }
             Event::ClientResponse { conn, frame } => {
                 if self.conns.get(&conn).is_some_and(|c| c.open) {
-                    self.trace.record_bytes(self.now, "response", conn.0, &frame);
+                    self.trace
+                        .record_bytes(self.now, "response", conn.0, &frame);
                     h.on_response(self, conn, frame);
                 }
             }
@@ -428,7 +546,8 @@ impl World {
                 h.on_closed(self, conn);
             }
             Event::ClientTimer { client, token } => {
-                self.trace.record(self.now, "client-timer", client as u64, token);
+                self.trace
+                    .record(self.now, "client-timer", client as u64, token);
                 h.on_timer(self, client, token);
             }
             Event::Restart { node } => {
@@ -442,14 +561,20 @@ impl World {
 
     fn handle(&mut self, i: usize, input: Input) {
         let t = self.slots[i].clock.at(self.now);
-        self.slots[i].node.as_mut().expect("checked by the caller").handle(t, input);
+        self.slots[i]
+            .node
+            .as_mut()
+            .expect("checked by the caller")
+            .handle(t, input);
         self.drain(i);
     }
 
     /// Carries out a node's outputs.
     fn drain(&mut self, i: usize) {
         loop {
-            let Some(out) = self.slots[i].node.as_mut().and_then(Node::poll_output) else { break };
+            let Some(out) = self.slots[i].node.as_mut().and_then(Node::poll_output) else {
+                break;
+            };
             match out {
                 Output::Disk { op, action } => self.disk_op(i, op, action),
                 Output::Response { conn, parts } => self.respond(i, conn, parts),
@@ -464,7 +589,9 @@ impl World {
             }
         }
         let slot = &mut self.slots[i];
-        let Some(next) = slot.node.as_ref().and_then(Node::poll_timeout) else { return };
+        let Some(next) = slot.node.as_ref().and_then(Node::poll_timeout) else {
+            return;
+        };
         let at = slot.clock.sim_time_of(next).max(self.now);
         if slot.timer_at.is_none_or(|t| at < t) {
             slot.timer_at = Some(at);
@@ -478,14 +605,20 @@ impl World {
         for p in parts {
             match p {
                 Part::Bytes(b) => buf.put_slice(&b),
-                Part::File { file, position, len } => match self.slots[i].disk.read_range(file, position, len as usize) {
+                Part::File {
+                    file,
+                    position,
+                    len,
+                } => match self.slots[i].disk.read_range(file, position, len as usize) {
                     Some(b) => buf.put_slice(&b),
                     None => panic!("node {i} sent a file range beyond its file: a bug in core"),
                 },
             }
         }
         let lat = self.latency(self.env.net_latency);
-        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.open) else { return };
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.open) else {
+            return;
+        };
         let clog = self.slots[c.node].clogged_until;
         let at = (self.now + lat).max(c.to_client_at).max(clog);
         c.to_client_at = at;
@@ -500,12 +633,26 @@ impl World {
             let lat = self.latency(self.env.sync_latency);
             let path = self.slots[i].disk.sync_begin(file).ok();
             let ok = !self.rng.disk.gen_bool(self.env.sync_fail.clamp(0.0, 1.0));
-            self.schedule(self.now + lat, Event::SyncDone { node: i, inc, op, path, ok });
+            self.schedule(
+                self.now + lat,
+                Event::SyncDone {
+                    node: i,
+                    inc,
+                    op,
+                    path,
+                    ok,
+                },
+            );
             return;
         }
         let mut result = self.slots[i].disk.execute(action);
         if let Ok(DiskReply::Data(d)) = &mut result {
-            if !d.is_empty() && self.rng.disk.gen_bool(self.env.read_corrupt.clamp(0.0, 1.0)) {
+            if !d.is_empty()
+                && self
+                    .rng
+                    .disk
+                    .gen_bool(self.env.read_corrupt.clamp(0.0, 1.0))
+            {
                 let mut v = d.to_vec();
                 let at = self.rng.disk.gen_range(0..v.len());
                 v[at] ^= 1 << self.rng.disk.gen_range(0..8);
@@ -516,6 +663,13 @@ impl World {
         let lat = self.latency(self.env.disk_latency);
         let at = (self.now + lat).max(self.slots[i].disk_busy_until);
         self.slots[i].disk_busy_until = at;
-        self.schedule(at, Event::NodeInput { node: i, inc, input: Input::DiskDone { op, result } });
+        self.schedule(
+            at,
+            Event::NodeInput {
+                node: i,
+                inc,
+                input: Input::DiskDone { op, result },
+            },
+        );
     }
 }

@@ -37,17 +37,38 @@ impl Report {
     }
 
     pub fn replay_command(&self) -> String {
-        let m = self.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default();
-        format!("cargo run --release -p sluice-sim -- run --seed {}{m}", self.seed)
+        let m = self
+            .mutant
+            .as_ref()
+            .map(|m| format!(" --mutant {m}"))
+            .unwrap_or_default();
+        format!(
+            "cargo run --release -p sluice-sim -- run --seed {}{m}",
+            self.seed
+        )
     }
 
     pub fn summary(&self) -> String {
         let s = &self.stats;
         let mut out = String::new();
-        out += &format!("seed {}{}\n", self.seed, self.mutant.as_ref().map(|m| format!(" (mutant {m})")).unwrap_or_default());
+        out += &format!(
+            "seed {}{}\n",
+            self.seed,
+            self.mutant
+                .as_ref()
+                .map(|m| format!(" (mutant {m})"))
+                .unwrap_or_default()
+        );
         out += &format!("plan: {}\n", self.plan);
-        out += &format!("simulated {:.3} s, {} events\n", self.sim_ns as f64 / 1e9, s.events);
-        out += &format!("records acknowledged {}, consumed {}\n", self.acks, self.consumed);
+        out += &format!(
+            "simulated {:.3} s, {} events\n",
+            self.sim_ns as f64 / 1e9,
+            s.events
+        );
+        out += &format!(
+            "records acknowledged {}, consumed {}\n",
+            self.acks, self.consumed
+        );
         out += &format!(
             "faults: {} crashes ({} torn writes, {} files lost writes), {} sync failures, {} corrupted reads, {} connection resets, {} clogs\n",
             s.crashes, s.torn_writes, s.lost_writes, s.sync_failures, s.read_corruptions, s.resets, s.clogs
@@ -82,23 +103,31 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
 /// The plan and the environment a seed draws.
 pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
     let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f5c_e7a1_0000);
-    let safety = opts.safety_ms.map_or(pick(&mut r, &[2_000u64, 5_000, 10_000]) * MS, |ms| ms * MS);
+    let safety = opts
+        .safety_ms
+        .map_or(pick(&mut r, &[2_000u64, 5_000, 10_000]) * MS, |ms| ms * MS);
     let plan = Plan {
         partitions: r.gen_range(1..=3),
         producers: r.gen_range(1..=3),
         consumers: r.gen_range(1..=2),
-        values_per_producer: r.gen_range(50..400),
+        values_per_producer: r.gen_range(1_000..5_000),
         batch_max: r.gen_range(1..=8),
         in_flight_max: r.gen_range(1..=5),
         produce_interval: pick(&mut r, &[2u64, 5, 10, 20]) * MS,
         safety,
         liveness: 60_000 * MS,
-        crash_every: pick(&mut r, &[None, Some(300 * MS), Some(1_000 * MS), Some(3_000 * MS)]),
+        crash_every: pick(
+            &mut r,
+            &[None, Some(300 * MS), Some(1_000 * MS), Some(3_000 * MS)],
+        ),
         clog_every: pick(&mut r, &[None, Some(500 * MS), Some(2_000 * MS)]),
         reset_every: pick(&mut r, &[None, Some(200 * MS), Some(1_000 * MS)]),
     };
     let env = Env {
-        net_latency: (pick(&mut r, &[20u64, 100, 500]) * US, pick(&mut r, &[1u64, 3, 10]) * MS),
+        net_latency: (
+            pick(&mut r, &[20u64, 100, 500]) * US,
+            pick(&mut r, &[1u64, 3, 10]) * MS,
+        ),
         disk_latency: (2 * US, pick(&mut r, &[20u64, 200]) * US),
         sync_latency: (50 * US, pick(&mut r, &[500u64, 3_000]) * US),
         sync_fail: pick(&mut r, &[0.0, 0.0, 0.01, 0.05]),
@@ -111,13 +140,43 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
     (plan, env, node)
 }
 
-/// Runs one seed to the end.
+/// Runs one seed to the end. A panic (a broken invariant in core, a livelock) is a finding,
+/// reported like any other violation.
 pub fn run(seed: u64, opts: &RunOpts) -> Report {
-    let mutant = opts.mutant.as_deref().map(|m| sluice_core::mutants::by_name(m).unwrap_or_else(|| panic!("unknown mutant {m}")));
+    match std::panic::catch_unwind(|| run_inner(seed, opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            sluice_core::mutants::set(None);
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Report {
+                seed,
+                mutant: opts.mutant.clone(),
+                plan: String::new(),
+                sim_ns: 0,
+                stats: Stats::default(),
+                acks: 0,
+                consumed: 0,
+                violations: vec![format!("panic: {msg}")],
+                trace: 0,
+                trace_lines: Vec::new(),
+            }
+        }
+    }
+}
+
+fn run_inner(seed: u64, opts: &RunOpts) -> Report {
+    let mutant = opts
+        .mutant
+        .as_deref()
+        .map(|m| sluice_core::mutants::by_name(m).unwrap_or_else(|| panic!("unknown mutant {m}")));
     sluice_core::mutants::set(mutant);
     let (plan, env, node) = draw(seed, opts);
     let plan_text = format!(
-        "{} partitions, {} producers x {} values (batches <= {}, {} in flight), {} consumers, safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
+        "{} partitions, {} producers x up to {} values (batches <= {}, {} in flight), {} consumers, safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
         plan.partitions,
         plan.producers,
         plan.values_per_producer,
@@ -150,7 +209,15 @@ pub fn run(seed: u64, opts: &RunOpts) -> Report {
     if !liveness_failed {
         wl.checker.finish(end);
     } else {
-        wl.checker.on_error(end, format!("liveness: the workload did not finish within {} s of healing", plan.liveness / 1_000_000_000));
+        let state = w.node(0).map_or("down".to_string(), |n| n.describe());
+        wl.checker.on_error(
+            end,
+            format!(
+                "liveness: the workload did not finish within {} s of healing; node: {state}; {}",
+                plan.liveness / 1_000_000_000,
+                wl.describe()
+            ),
+        );
     }
     sluice_core::mutants::set(None);
     Report {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use sluice_sim::{run, RunOpts};
 
 const USAGE: &str = "usage:
-  sluice-sim run --seed N [--trace FILE.jsonl] [--mutant NAME] [--safety-ms MS]
+  sluice-sim run --seed N [--trace FILE.jsonl] [--mutant NAME] [--safety-ms MS] [--verbose]
   sluice-sim sweep --seeds A..B [--jobs N] [--mutant NAME] [--safety-ms MS]
   sluice-sim mutants
 ";
@@ -35,7 +35,10 @@ fn main() {
 }
 
 fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 fn opts(args: &[String]) -> Result<RunOpts, String> {
@@ -45,27 +48,59 @@ fn opts(args: &[String]) -> Result<RunOpts, String> {
             return Err(format!("unknown mutant {m:?}; see `sluice-sim mutants`"));
         }
     }
-    let safety_ms = opt(args, "--safety-ms").map(|s| s.parse().map_err(|_| format!("bad --safety-ms {s}"))).transpose()?;
-    Ok(RunOpts { mutant, keep_trace: opt(args, "--trace").is_some(), safety_ms })
+    let safety_ms = opt(args, "--safety-ms")
+        .map(|s| s.parse().map_err(|_| format!("bad --safety-ms {s}")))
+        .transpose()?;
+    Ok(RunOpts {
+        mutant,
+        keep_trace: opt(args, "--trace").is_some(),
+        safety_ms,
+    })
 }
 
 fn cmd_run(args: &[String]) -> Result<i32, String> {
-    let seed: u64 = opt(args, "--seed").ok_or("run needs --seed N")?.parse().map_err(|_| "bad --seed")?;
+    if args.iter().any(|a| a == "--verbose") {
+        // The node's own logs, on stderr (wall-clock stamps are the host's, not simulated).
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .init();
+    }
+    let seed: u64 = opt(args, "--seed")
+        .ok_or("run needs --seed N")?
+        .parse()
+        .map_err(|_| "bad --seed")?;
     let o = opts(args)?;
     let started = Instant::now();
     let r = run(seed, &o);
     let wall = started.elapsed();
     if let Some(path) = opt(args, "--trace") {
-        std::fs::write(path, r.trace_lines.join("\n") + "\n").map_err(|e| format!("{path}: {e}"))?;
+        std::fs::write(path, r.trace_lines.join("\n") + "\n")
+            .map_err(|e| format!("{path}: {e}"))?;
     }
-    println!("{}", r.summary().replace("\ntrace=", &format!("\nwall {:.1} ms ({:.0}x real time, {:.0} events/s)\ntrace=", wall.as_secs_f64() * 1e3, r.sim_ns as f64 / 1e9 / wall.as_secs_f64(), r.stats.events as f64 / wall.as_secs_f64())));
+    println!(
+        "{}",
+        r.summary().replace(
+            "\ntrace=",
+            &format!(
+                "\nwall {:.1} ms ({:.0}x real time, {:.0} events/s)\ntrace=",
+                wall.as_secs_f64() * 1e3,
+                r.sim_ns as f64 / 1e9 / wall.as_secs_f64(),
+                r.stats.events as f64 / wall.as_secs_f64()
+            )
+        )
+    );
     Ok(if r.ok() { 0 } else { 1 })
 }
 
 fn cmd_sweep(args: &[String]) -> Result<i32, String> {
     let range = opt(args, "--seeds").ok_or("sweep needs --seeds A..B")?;
     let (a, b) = range.split_once("..").ok_or("--seeds takes A..B")?;
-    let (a, b): (u64, u64) = (a.parse().map_err(|_| "bad seed range")?, b.parse().map_err(|_| "bad seed range")?);
+    let (a, b): (u64, u64) = (
+        a.parse().map_err(|_| "bad seed range")?,
+        b.parse().map_err(|_| "bad seed range")?,
+    );
     let jobs: usize = opt(args, "--jobs").map_or(Ok(2), |j| j.parse().map_err(|_| "bad --jobs"))?;
     let o = opts(args)?;
     let next = Arc::new(AtomicU64::new(a));
@@ -77,7 +112,14 @@ fn cmd_sweep(args: &[String]) -> Result<i32, String> {
     let total = b.saturating_sub(a) + 1;
     let mut handles = Vec::new();
     for _ in 0..jobs.max(1) {
-        let (next, done, failures, events, sim_ns, o) = (next.clone(), done.clone(), failures.clone(), events.clone(), sim_ns.clone(), o.clone());
+        let (next, done, failures, events, sim_ns, o) = (
+            next.clone(),
+            done.clone(),
+            failures.clone(),
+            events.clone(),
+            sim_ns.clone(),
+            o.clone(),
+        );
         handles.push(std::thread::spawn(move || loop {
             let seed = next.fetch_add(1, Ordering::SeqCst);
             if seed > b {
@@ -87,7 +129,11 @@ fn cmd_sweep(args: &[String]) -> Result<i32, String> {
             events.fetch_add(r.stats.events, Ordering::Relaxed);
             sim_ns.fetch_add(r.sim_ns, Ordering::Relaxed);
             if !r.ok() {
-                failures.lock().expect("not poisoned").push((seed, r.violations.first().cloned().unwrap_or_default(), r.replay_command()));
+                failures.lock().expect("not poisoned").push((
+                    seed,
+                    r.violations.first().cloned().unwrap_or_default(),
+                    r.replay_command(),
+                ));
             }
             done.fetch_add(1, Ordering::SeqCst);
         }));

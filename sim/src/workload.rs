@@ -90,7 +90,10 @@ fn topic_name() -> TopicName {
 
 impl Workload {
     pub fn new(plan: Plan, w: &mut World) -> Workload {
-        let mut clients = vec![Role::Admin { conn: None, done: false }];
+        let mut clients = vec![Role::Admin {
+            conn: None,
+            done: false,
+        }];
         for i in 0..plan.producers {
             let acks = if i % 2 == 0 { -1 } else { 1 };
             clients.push(Role::Producer(Producer {
@@ -104,9 +107,21 @@ impl Workload {
             }));
         }
         for _ in 0..plan.consumers {
-            clients.push(Role::Consumer(Consumer { conn: None, next: BTreeMap::new(), in_flight: None, next_cid: 0 }));
+            clients.push(Role::Consumer(Consumer {
+                conn: None,
+                next: BTreeMap::new(),
+                in_flight: None,
+                next_cid: 0,
+            }));
         }
-        let wl = Workload { plan, clients, conn_owner: BTreeMap::new(), checker: Checker::default(), healed: false, finished_at: None };
+        let wl = Workload {
+            plan,
+            clients,
+            conn_owner: BTreeMap::new(),
+            checker: Checker::default(),
+            healed: false,
+            finished_at: None,
+        };
         for c in 0..wl.clients.len() {
             w.set_timer(c, (c as u64) << 8 | T_TICK, MS);
         }
@@ -121,7 +136,9 @@ impl Workload {
     }
 
     fn admin_tick(&mut self, w: &mut World, c: usize) {
-        let Role::Admin { conn, done } = &mut self.clients[c] else { return };
+        let Role::Admin { conn, done } = &mut self.clients[c] else {
+            return;
+        };
         if *done || conn.is_some() {
             return;
         }
@@ -150,20 +167,42 @@ impl Workload {
         }
         let plan = self.plan.clone();
         let now = w.now();
-        let (partition, n) = (w.workload_rng().gen_range(0..plan.partitions), w.workload_rng().gen_range(1..=plan.batch_max));
-        let Role::Producer(p) = &mut self.clients[c] else { return };
-        if p.made < plan.values_per_producer && p.queue.len() < 2 * plan.in_flight_max {
+        let (partition, n) = (
+            w.workload_rng().gen_range(0..plan.partitions),
+            w.workload_rng().gen_range(1..=plan.batch_max),
+        );
+        let Role::Producer(p) = &mut self.clients[c] else {
+            return;
+        };
+        // New values only during the safety phase; after it, only what is left is delivered.
+        if now < plan.safety
+            && p.made < plan.values_per_producer
+            && p.queue.len() < 2 * plan.in_flight_max
+        {
             let take = (n as u64).min(plan.values_per_producer - p.made);
-            let values: Vec<String> = (p.made + 1..=p.made + take).map(|k| format!("p{c}-{k}")).collect();
+            let values: Vec<String> = (p.made + 1..=p.made + take)
+                .map(|k| format!("p{c}-{k}"))
+                .collect();
             p.made += take;
             let floor = p.acked_max.get(&partition).copied().unwrap_or(-1);
             self.checker.on_send(&values);
-            let Role::Producer(p) = &mut self.clients[c] else { unreachable!() };
-            p.queue.push_back(Batch { partition, values, floor });
+            let Role::Producer(p) = &mut self.clients[c] else {
+                unreachable!()
+            };
+            p.queue.push_back(Batch {
+                partition,
+                values,
+                floor,
+            });
         }
-        let Role::Producer(p) = &mut self.clients[c] else { unreachable!() };
+        let Role::Producer(p) = &mut self.clients[c] else {
+            unreachable!()
+        };
         // A request that has waited too long: give up on the connection, resend elsewhere.
-        if p.in_flight.values().any(|(_, sent)| now - sent > REQUEST_TIMEOUT) {
+        if p.in_flight
+            .values()
+            .any(|(_, sent)| now - sent > REQUEST_TIMEOUT)
+        {
             if let Some(conn) = p.conn {
                 w.close(conn);
                 self.producer_disconnected(w, c);
@@ -183,7 +222,9 @@ impl Workload {
                 p.conn = Some(conn);
             }
         }
-        let Role::Producer(p) = &mut self.clients[c] else { return };
+        let Role::Producer(p) = &mut self.clients[c] else {
+            return;
+        };
         let Some(conn) = p.conn else { return };
         while p.in_flight.len() < in_flight_max {
             let Some(b) = p.queue.pop_front() else { break };
@@ -198,17 +239,25 @@ impl Workload {
             req.acks = p.acks;
             req.timeout_ms = 30_000;
             req.topic_data = vec![td];
-            w.send(conn, codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, p.next_cid, &req));
+            w.send(
+                conn,
+                codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, p.next_cid, &req),
+            );
             p.in_flight.insert(p.next_cid, (b, now));
         }
     }
 
     fn producer_disconnected(&mut self, w: &mut World, c: usize) {
-        let Role::Producer(p) = &mut self.clients[c] else { return };
+        let Role::Producer(p) = &mut self.clients[c] else {
+            return;
+        };
         p.conn = None;
         // Unanswered requests may or may not have been written: send them again
         // (at-least-once), oldest first.
-        let lost: Vec<Batch> = std::mem::take(&mut p.in_flight).into_values().map(|(b, _)| b).collect();
+        let lost: Vec<Batch> = std::mem::take(&mut p.in_flight)
+            .into_values()
+            .map(|(b, _)| b)
+            .collect();
         for b in lost.into_iter().rev() {
             p.queue.push_front(b);
         }
@@ -217,22 +266,37 @@ impl Workload {
 
     fn producer_response(&mut self, w: &mut World, c: usize, frame: Bytes) {
         let at = w.now();
-        let resp: Result<(i32, ProduceResponse), String> = codec::decode(ApiKey::Produce, codec::PRODUCE_VERSION, frame);
+        let resp: Result<(i32, ProduceResponse), String> =
+            codec::decode(ApiKey::Produce, codec::PRODUCE_VERSION, frame);
         let (cid, resp) = match resp {
             Ok(r) => r,
-            Err(e) => return self.checker.on_error(at, format!("producer {c}: undecodable produce response: {e}")),
+            Err(e) => {
+                return self.checker.on_error(
+                    at,
+                    format!("producer {c}: undecodable produce response: {e}"),
+                )
+            }
         };
-        let Role::Producer(p) = &mut self.clients[c] else { return };
+        let Role::Producer(p) = &mut self.clients[c] else {
+            return;
+        };
         let Some((b, _)) = p.in_flight.remove(&cid) else {
-            return self.checker.on_error(at, format!("producer {c}: response to unknown request {cid}"));
+            return self.checker.on_error(
+                at,
+                format!("producer {c}: response to unknown request {cid}"),
+            );
         };
-        let pr = resp.responses.first().and_then(|t| t.partition_responses.first());
+        let pr = resp
+            .responses
+            .first()
+            .and_then(|t| t.partition_responses.first());
         match pr {
             Some(pr) if pr.error_code == 0 => {
                 let last = pr.base_offset + b.values.len() as i64 - 1;
                 let e = p.acked_max.entry(b.partition).or_insert(-1);
                 *e = (*e).max(last);
-                self.checker.on_ack(at, c, b.partition, pr.base_offset, &b.values, b.floor);
+                self.checker
+                    .on_ack(at, c, b.partition, pr.base_offset, &b.values, b.floor);
             }
             _ => p.queue.push_front(b),
         }
@@ -251,7 +315,9 @@ impl Workload {
                 k.conn = Some(conn);
             }
         }
-        let Role::Consumer(k) = &mut self.clients[c] else { return };
+        let Role::Consumer(k) = &mut self.clients[c] else {
+            return;
+        };
         let Some(conn) = k.conn else { return };
         if k.in_flight.is_some() {
             return;
@@ -274,16 +340,26 @@ impl Workload {
         req.topics = vec![ft];
         k.next_cid += 1;
         k.in_flight = Some(k.next_cid);
-        w.send(conn, codec::frame(ApiKey::Fetch, codec::FETCH_VERSION, k.next_cid, &req));
+        w.send(
+            conn,
+            codec::frame(ApiKey::Fetch, codec::FETCH_VERSION, k.next_cid, &req),
+        );
     }
 
     fn consumer_response(&mut self, w: &mut World, c: usize, frame: Bytes) {
         let at = w.now();
-        let (_, resp): (i32, FetchResponse) = match codec::decode(ApiKey::Fetch, codec::FETCH_VERSION, frame) {
-            Ok(r) => r,
-            Err(e) => return self.checker.on_error(at, format!("consumer {c}: undecodable fetch response: {e}")),
+        let (_, resp): (i32, FetchResponse) =
+            match codec::decode(ApiKey::Fetch, codec::FETCH_VERSION, frame) {
+                Ok(r) => r,
+                Err(e) => {
+                    return self
+                        .checker
+                        .on_error(at, format!("consumer {c}: undecodable fetch response: {e}"))
+                }
+            };
+        let Role::Consumer(k) = &mut self.clients[c] else {
+            return;
         };
-        let Role::Consumer(k) = &mut self.clients[c] else { return };
         k.in_flight = None;
         let mut seen = Vec::new();
         for t in &resp.responses {
@@ -313,9 +389,11 @@ impl Workload {
         for s in seen {
             match s {
                 Err(e) => self.checker.on_error(at, e),
-                Ok((p, -1, _, hw)) => self.checker.on_high_watermark(at, p, hw),
+                Ok((p, -1, _, hw)) => self.checker.on_high_watermark(at, c, p, hw),
                 Ok((p, o, v, hw)) => {
-                    let Role::Consumer(k) = &mut self.clients[c] else { unreachable!() };
+                    let Role::Consumer(k) = &mut self.clients[c] else {
+                        unreachable!()
+                    };
                     let next = k.next.entry(p).or_insert(0);
                     if o < *next {
                         continue; // a batch starting before the fetch offset
@@ -324,7 +402,9 @@ impl Workload {
                         let expected = *next;
                         self.checker.on_gap(at, c, p, expected, o);
                     }
-                    let Role::Consumer(k) = &mut self.clients[c] else { unreachable!() };
+                    let Role::Consumer(k) = &mut self.clients[c] else {
+                        unreachable!()
+                    };
                     k.next.insert(p, o + 1);
                     self.checker.on_consume(at, c, p, o, &v, hw);
                 }
@@ -342,7 +422,9 @@ impl Workload {
             return;
         }
         let plan = self.plan.clone();
-        let roll = |w: &mut World, every: Option<Nanos>| every.is_some_and(|e| w.fault_rng().gen_range(0..e.max(1)) < 10 * MS);
+        let roll = |w: &mut World, every: Option<Nanos>| {
+            every.is_some_and(|e| w.fault_rng().gen_range(0..e.max(1)) < 10 * MS)
+        };
         if roll(w, plan.crash_every) {
             let down = w.fault_rng().gen_range(MS..500 * MS);
             w.crash(0, down);
@@ -361,18 +443,42 @@ impl Workload {
         w.set_timer(usize::MAX, T_FAULT, 10 * MS);
     }
 
+    /// Where the clients are, for liveness reports.
+    pub fn describe(&self) -> String {
+        let mut out = Vec::new();
+        for (i, r) in self.clients.iter().enumerate() {
+            out.push(match r {
+                Role::Admin { done, .. } => format!("admin done={done}"),
+                Role::Producer(p) => format!(
+                    "producer {i}: {} queued, {} in flight, conn {:?}",
+                    p.queue.len(),
+                    p.in_flight.len(),
+                    p.conn
+                ),
+                Role::Consumer(k) => format!("consumer {i}: next {:?}, conn {:?}", k.next, k.conn),
+            });
+        }
+        format!(
+            "{}; acked ends {:?}",
+            out.join("; "),
+            self.checker.acked_end()
+        )
+    }
+
     /// True once everything was produced, acknowledged and read back.
-    fn done(&self) -> bool {
-        if !self.topic_ready() {
+    fn done(&self, now: Nanos) -> bool {
+        if !self.topic_ready() || now < self.plan.safety {
             return false;
         }
         let produced = self.clients.iter().all(|r| match r {
-            Role::Producer(p) => p.made == self.plan.values_per_producer && p.queue.is_empty() && p.in_flight.is_empty(),
+            Role::Producer(p) => p.queue.is_empty() && p.in_flight.is_empty(),
             _ => true,
         });
         let ends = self.checker.acked_end();
         let read = self.clients.iter().all(|r| match r {
-            Role::Consumer(k) => ends.iter().all(|(p, e)| k.next.get(p).copied().unwrap_or(0) >= *e),
+            Role::Consumer(k) => ends
+                .iter()
+                .all(|(p, e)| k.next.get(p).copied().unwrap_or(0) >= *e),
             _ => true,
         });
         produced && read
@@ -381,14 +487,28 @@ impl Workload {
 
 impl Harness for Workload {
     fn on_response(&mut self, w: &mut World, conn: ConnId, frame: Bytes) {
-        let Some(&c) = self.conn_owner.get(&conn) else { return };
+        let Some(&c) = self.conn_owner.get(&conn) else {
+            return;
+        };
         match &mut self.clients[c] {
             Role::Admin { conn: ac, done } => {
                 let at = w.now();
-                match codec::decode::<CreateTopicsResponse>(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, frame) {
-                    Ok((_, r)) if r.topics.first().is_some_and(|t| t.error_code == 0 || t.error_code == 36) => *done = true,
+                match codec::decode::<CreateTopicsResponse>(
+                    ApiKey::CreateTopics,
+                    codec::CREATE_TOPICS_VERSION,
+                    frame,
+                ) {
+                    Ok((_, r))
+                        if r.topics
+                            .first()
+                            .is_some_and(|t| t.error_code == 0 || t.error_code == 36) =>
+                    {
+                        *done = true
+                    }
                     Ok(_) => {}
-                    Err(e) => self.checker.on_error(at, format!("admin: undecodable response: {e}")),
+                    Err(e) => self
+                        .checker
+                        .on_error(at, format!("admin: undecodable response: {e}")),
                 }
                 if let Some(old) = ac.take() {
                     w.close(old);
@@ -397,13 +517,15 @@ impl Harness for Workload {
             Role::Producer(_) => self.producer_response(w, c, frame),
             Role::Consumer(_) => self.consumer_response(w, c, frame),
         }
-        if self.finished_at.is_none() && self.done() {
+        if self.finished_at.is_none() && self.done(w.now()) {
             self.finished_at = Some(w.now());
         }
     }
 
     fn on_closed(&mut self, w: &mut World, conn: ConnId) {
-        let Some(c) = self.conn_owner.remove(&conn) else { return };
+        let Some(c) = self.conn_owner.remove(&conn) else {
+            return;
+        };
         match &mut self.clients[c] {
             Role::Admin { conn: ac, .. } => {
                 if *ac == Some(conn) {

@@ -380,6 +380,7 @@ impl Node {
             log,
             state,
             sync: None,
+            recovery_sync_failures: 0,
         }
     }
 

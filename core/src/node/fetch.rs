@@ -134,7 +134,9 @@ impl Node {
                         let max = usize::try_from(fp.partition_max_bytes)
                             .unwrap_or(0)
                             .min(budget);
-                        let upper = if crate::mutants::active(crate::mutants::Mutant::FetchPastHighWatermark) {
+                        let upper = if crate::mutants::active(
+                            crate::mutants::Mutant::FetchPastHighWatermark,
+                        ) {
                             l.log_end_offset
                         } else {
                             l.high_watermark

@@ -118,7 +118,12 @@ struct Partition {
     state: PartState,
     /// The sync batch in flight: files still to complete, the offset it makes durable.
     sync: Option<SyncBatch>,
+    /// Failed syncs of the recovered log (before the node serves).
+    recovery_sync_failures: u32,
 }
+
+/// Syncs of a recovered log tried before its partition is taken offline.
+const RECOVERY_SYNC_ATTEMPTS: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PartState {
@@ -282,6 +287,29 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// A one-line description of the node's state, for reports when a run goes wrong.
+    pub fn describe(&self) -> String {
+        let mut out = format!("phase {:?}", self.phase);
+        for (name, t) in &self.topics {
+            for (i, p) in t.partitions.iter().enumerate() {
+                let l = &p.log;
+                out += &format!(
+                    "; {name}-{i} {:?} start {} hw {} end {} sync {}",
+                    p.state,
+                    l.log_start_offset,
+                    l.high_watermark,
+                    l.log_end_offset,
+                    if p.sync.is_some() {
+                        "in flight"
+                    } else {
+                        "idle"
+                    }
+                );
+            }
+        }
+        out
     }
 
     /// What recovery found at start-up.
@@ -649,12 +677,26 @@ impl Node {
             return; // already cut back after an earlier failure
         }
         if recovering {
-            // The recovered log is not yet known durable: cutting it back to the high
-            // watermark would throw away acknowledged records. Keep it, serve nothing from it.
-            tracing::error!(dir = %p.log.dir, error = %e, "sync of a recovered log failed; partition offline");
-            p.state = PartState::Offline;
+            // The recovered log is not yet known durable, but cutting it back to the high
+            // watermark would throw away acknowledged records. Sync it again, a bounded number
+            // of times, then give up on the partition (it stays offline until a restart).
             p.sync = None;
-            self.maybe_serving();
+            p.recovery_sync_failures += 1;
+            if p.recovery_sync_failures >= RECOVERY_SYNC_ATTEMPTS {
+                tracing::error!(dir = %p.log.dir, error = %e, "sync of a recovered log keeps failing; partition offline");
+                p.state = PartState::Offline;
+                self.maybe_serving();
+            } else {
+                tracing::error!(dir = %p.log.dir, error = %e, attempt = p.recovery_sync_failures, "sync of a recovered log failed; syncing again");
+                p.log.dirty = p
+                    .log
+                    .segments
+                    .iter()
+                    .filter(|s| s.size > 0)
+                    .map(|s| s.log_file)
+                    .collect();
+                self.dirty.insert(tp);
+            }
             return;
         }
         tracing::error!(dir = %p.log.dir, error = %e, high_watermark = p.log.high_watermark, "log write failed; truncating to the high watermark");

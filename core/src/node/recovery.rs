@@ -13,6 +13,9 @@ use crate::log::{PartitionLog, Scan, Segment};
 use crate::metadata::{self, MetadataImage};
 use crate::types::FileId;
 
+/// Reads of a bad spot before it is cut off even if no two reads agree.
+const REREADS_MAX: u32 = 5;
+
 #[derive(Debug)]
 pub(super) enum Step {
     MetaDir,
@@ -24,6 +27,7 @@ pub(super) enum Step {
     SegOpened(Tp),
     SegRead {
         tp: Tp,
+        position: u64,
         asked: usize,
     },
     /// Truncations, syncs and index rewrites of a partition being recovered.
@@ -48,8 +52,10 @@ pub(super) struct Recovery {
     /// Partitions still recovering, and the segment base offsets each has left to read.
     todo: BTreeMap<Tp, VecDeque<i64>>,
     current: BTreeMap<Tp, Segment>,
-    /// Where a bad batch was found and re-read, per partition.
-    reread: BTreeMap<Tp, u64>,
+    /// The metadata log read badly: a fingerprint of its bad tail and how many reads.
+    meta_reread: Option<(u32, u32)>,
+    /// Where a bad batch was found, a fingerprint of the bad bytes, and how many reads.
+    reread: BTreeMap<Tp, (u64, u32, u32)>,
     /// Length of the segment file being scanned, per partition.
     file_len: BTreeMap<Tp, u64>,
     /// The data directory has been listed (every partition is then in `todo`).
@@ -119,6 +125,36 @@ impl Node {
             (Step::MetaRead, Ok(DiskReply::Data(data))) => {
                 let (records, valid) = metadata::decode_log(&data);
                 if valid < data.len() {
+                    let fingerprint = crc32c::crc32c(&data[valid..]);
+                    let consistent = match self.recovery.meta_reread {
+                        Some((f, n)) => f == fingerprint || n >= REREADS_MAX,
+                        None => {
+                            crate::mutants::active(crate::mutants::Mutant::TruncateOnFirstBadRead)
+                        }
+                    };
+                    if !consistent {
+                        // As with segments: a bad read is not a bad log. Read it again before
+                        // cutting anything, or a flipped bit would drop acknowledged topics.
+                        tracing::warn!(
+                            valid,
+                            len = data.len(),
+                            "metadata log reads badly; reading it again"
+                        );
+                        let n = self.recovery.meta_reread.map_or(1, |r| r.1 + 1);
+                        self.recovery.meta_reread = Some((fingerprint, n));
+                        let len = data.len();
+                        self.issue(
+                            DiskOp::Read {
+                                file: self.meta.file,
+                                position: 0,
+                                len,
+                            },
+                            Purpose::Recovery(Step::MetaRead),
+                        );
+                        return;
+                    }
+                }
+                if valid < data.len() {
                     tracing::warn!(
                         valid,
                         len = data.len(),
@@ -168,7 +204,14 @@ impl Node {
                     self.read_chunk(tp, 0, limits::RECOVERY_READ_BYTES);
                 }
             }
-            (Step::SegRead { tp, asked }, Ok(DiskReply::Data(data))) => {
+            (
+                Step::SegRead {
+                    tp,
+                    position: read_at,
+                    asked,
+                },
+                Ok(DiskReply::Data(data)),
+            ) => {
                 let interval = self
                     .topic_settings(tp)
                     .map_or(4096, |s| s.index_interval_bytes);
@@ -186,17 +229,36 @@ impl Node {
                             .partition(tp)
                             .map(|p| p.log.dir.clone())
                             .unwrap_or_default();
-                        // A read can come back corrupted once. Cutting the log on a bad read
-                        // would throw away acknowledged records, so read that spot again;
-                        // only bytes that are bad twice are cut off.
-                        let first_time = self.recovery.reread.get(&tp) != Some(&position);
-                        if first_time && !crate::mutants::active(crate::mutants::Mutant::TruncateOnFirstBadRead) {
-                            tracing::warn!(%dir, position, ?reason, "bad batch in a segment; reading it again");
-                            self.recovery.reread.insert(tp, position);
-                            self.read_chunk_at(tp, position, limits::RECOVERY_READ_BYTES);
-                        } else {
+                        // A read can come back corrupted. Cutting the log on a bad read would
+                        // throw away acknowledged records, so read that spot again: only bytes
+                        // that read the same bad way twice are cut off (a torn write does).
+                        let bad = &data[usize::try_from(position.saturating_sub(read_at))
+                            .unwrap_or(0)
+                            .min(data.len())..];
+                        let fingerprint = crc32c::crc32c(bad);
+                        let consistent = match self.recovery.reread.get(&tp) {
+                            Some(&(p, f, n)) if p == position => {
+                                f == fingerprint || n >= REREADS_MAX
+                            }
+                            _ => crate::mutants::active(
+                                crate::mutants::Mutant::TruncateOnFirstBadRead,
+                            ),
+                        };
+                        if consistent {
                             tracing::warn!(%dir, position, ?reason, "torn or corrupt segment tail; truncating");
                             self.segment_done(tp, Some(position));
+                        } else {
+                            let attempts = self
+                                .recovery
+                                .reread
+                                .get(&tp)
+                                .filter(|r| r.0 == position)
+                                .map_or(1, |r| r.2 + 1);
+                            tracing::warn!(%dir, position, ?reason, attempts, "bad batch in a segment; reading it again");
+                            self.recovery
+                                .reread
+                                .insert(tp, (position, fingerprint, attempts));
+                            self.read_chunk_at(tp, position, limits::RECOVERY_READ_BYTES);
                         }
                     }
                 }
@@ -234,6 +296,7 @@ impl Node {
                     log: PartitionLog::empty(metadata::partition_dir(&name, p)),
                     state: PartState::Recovering,
                     sync: None,
+                    recovery_sync_failures: 0,
                 })
                 .collect();
             self.names.insert(t.id, name.clone());
@@ -374,7 +437,11 @@ impl Node {
                 position,
                 len,
             },
-            Purpose::Recovery(Step::SegRead { tp, asked: len }),
+            Purpose::Recovery(Step::SegRead {
+                tp,
+                position,
+                asked: len,
+            }),
         );
     }
 
