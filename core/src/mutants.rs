@@ -25,22 +25,23 @@ pub fn by_name(name: &str) -> Option<Mutant> {
 }
 
 #[cfg(feature = "mutants")]
-static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+thread_local! {
+    // Per thread: a simulated run drives its nodes on one thread, and parallel runs (a sweep,
+    // the test harness) must not see each other's mutant.
+    static ACTIVE: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
 
-/// Turns a mutant on for the whole process (`None` turns them off).
+/// Turns a mutant on for the calling thread (`None` turns them off).
 #[cfg(feature = "mutants")]
 pub fn set(m: Option<Mutant>) {
-    ACTIVE.store(
-        m.map_or(0, |m| m as u8),
-        std::sync::atomic::Ordering::SeqCst,
-    );
+    ACTIVE.with(|a| a.set(m.map_or(0, |m| m as u8)));
 }
 
 #[inline]
 pub fn active(m: Mutant) -> bool {
     #[cfg(feature = "mutants")]
     {
-        ACTIVE.load(std::sync::atomic::Ordering::Relaxed) == m as u8
+        ACTIVE.with(|a| a.get()) == m as u8
     }
     #[cfg(not(feature = "mutants"))]
     {

@@ -23,6 +23,8 @@ enum Pending {
 
 #[derive(Clone, Debug, Default)]
 struct SimFile {
+    /// Which file this is (an inode number): a path deleted and created again is a new file.
+    ino: u64,
     durable: Vec<u8>,
     current: Vec<u8>,
     pending: Vec<Pending>,
@@ -41,6 +43,15 @@ fn apply(buf: &mut Vec<u8>, p: &Pending) {
     }
 }
 
+/// A sync in flight: which file (by inode, so a file deleted and created again at the same
+/// path is not confused with it) and how many of its pending operations it covers.
+#[derive(Clone, Debug)]
+pub struct SyncTicket {
+    ino: u64,
+    pending: usize,
+    path: String,
+}
+
 /// What a crash did to the files.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CrashReport {
@@ -53,6 +64,7 @@ pub struct SimDisk {
     files: BTreeMap<String, SimFile>,
     dirs: BTreeSet<String>,
     handles: BTreeMap<FileId, String>,
+    next_ino: u64,
     /// When set, writes fail with NoSpace once the disk holds this many bytes.
     pub capacity_bytes: Option<u64>,
 }
@@ -114,7 +126,14 @@ impl SimDisk {
                     if !create {
                         return Err(DiskError::NotFound);
                     }
-                    self.files.insert(path.clone(), SimFile::default());
+                    self.next_ino += 1;
+                    self.files.insert(
+                        path.clone(),
+                        SimFile {
+                            ino: self.next_ino,
+                            ..SimFile::default()
+                        },
+                    );
                 }
                 let len = self.files[&path].current.len() as u64;
                 self.handles.insert(file, path);
@@ -152,8 +171,8 @@ impl SimDisk {
                 Ok(DiskReply::Done)
             }
             DiskOp::Sync { file } => {
-                let (path, n) = self.sync_begin(file)?;
-                self.sync_finish(&path, n);
+                let t = self.sync_begin(file)?;
+                self.sync_finish(&t);
                 Ok(DiskReply::Done)
             }
             DiskOp::Read {
@@ -187,28 +206,27 @@ impl SimDisk {
 
     /// Starts a sync: it will make durable the operations pending on the file now (and
     /// not necessarily those issued after). Returns what `sync_finish` needs.
-    pub fn sync_begin(&mut self, file: FileId) -> Result<(String, usize), DiskError> {
+    pub fn sync_begin(&mut self, file: FileId) -> Result<SyncTicket, DiskError> {
         let path = self
             .handles
             .get(&file)
             .cloned()
             .ok_or_else(|| DiskError::Io(format!("{file:?} not open")))?;
-        let n = self
-            .files
-            .get(&path)
-            .ok_or(DiskError::NotFound)?
-            .pending
-            .len();
-        Ok((path, n))
+        let f = self.files.get(&path).ok_or(DiskError::NotFound)?;
+        Ok(SyncTicket {
+            ino: f.ino,
+            pending: f.pending.len(),
+            path,
+        })
     }
 
-    /// Completes a sync begun with `sync_begin`: the first `n` pending operations of the
-    /// file become durable. A no-op if the file is gone.
-    pub fn sync_finish(&mut self, path: &str, n: usize) {
-        let Some(f) = self.files.get_mut(path) else {
+    /// Completes a sync begun with `sync_begin`: the first operations that were pending then
+    /// become durable. A no-op if the file is gone, even if another file now has its path.
+    pub fn sync_finish(&mut self, t: &SyncTicket) {
+        let Some(f) = self.files.get_mut(&t.path).filter(|f| f.ino == t.ino) else {
             return;
         };
-        let n = n.min(f.pending.len());
+        let n = t.pending.min(f.pending.len());
         for p in f.pending.drain(..n) {
             apply(&mut f.durable, &p);
         }
@@ -239,7 +257,15 @@ impl SimDisk {
     /// Appends raw bytes to a file as if a write reached the disk and was synced (for tests
     /// that plant corruption).
     pub fn append_durable(&mut self, path: &str, bytes: &[u8]) {
-        let f = self.files.entry(path.to_string()).or_default();
+        let next = self.next_ino + 1;
+        let f = self
+            .files
+            .entry(path.to_string())
+            .or_insert_with(|| SimFile {
+                ino: next,
+                ..SimFile::default()
+            });
+        self.next_ino = self.next_ino.max(f.ino);
         f.durable.extend_from_slice(bytes);
         f.current = f.durable.clone();
         f.pending.clear();

@@ -70,7 +70,7 @@ enum Event {
         node: usize,
         inc: u64,
         op: OpId,
-        path: Option<(String, usize)>,
+        ticket: Option<crate::disk::SyncTicket>,
         ok: bool,
     },
     NodeTimer {
@@ -504,13 +504,13 @@ impl World {
                 node,
                 inc,
                 op,
-                path,
+                ticket,
                 ok,
             } => {
                 if self.slots[node].inc == inc && self.slots[node].node.is_some() {
-                    let result = match (path, ok) {
-                        (Some((p, n)), true) => {
-                            self.slots[node].disk.sync_finish(&p, n);
+                    let result = match (ticket, ok) {
+                        (Some(t), true) => {
+                            self.slots[node].disk.sync_finish(&t);
                             Ok(DiskReply::Done)
                         }
                         (Some(_), false) => {
@@ -631,7 +631,7 @@ impl World {
         let inc = self.slots[i].inc;
         if let DiskOp::Sync { file } = action {
             let lat = self.latency(self.env.sync_latency);
-            let path = self.slots[i].disk.sync_begin(file).ok();
+            let ticket = self.slots[i].disk.sync_begin(file).ok();
             let ok = !self.rng.disk.gen_bool(self.env.sync_fail.clamp(0.0, 1.0));
             self.schedule(
                 self.now + lat,
@@ -639,7 +639,7 @@ impl World {
                     node: i,
                     inc,
                     op,
-                    path,
+                    ticket,
                     ok,
                 },
             );

@@ -435,6 +435,7 @@ impl PartitionLog {
                 .is_some_and(|s| s.base_offset >= offset)
         {
             let seg = self.segments.pop().expect("checked");
+            self.dirty.remove(&seg.log_file);
             self.delete_segment_files(&seg, ops);
         }
         let seg = self.segments.last_mut().expect("at least one segment");
@@ -490,6 +491,11 @@ impl PartitionLog {
             removed += 1;
         }
         removed
+    }
+
+    /// True if `file` is one of this log's live segment files.
+    pub fn has_log_file(&self, file: FileId) -> bool {
+        self.segments.iter().any(|s| s.log_file == file)
     }
 
     /// Bytes held by the log.

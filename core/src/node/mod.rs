@@ -49,6 +49,7 @@ enum Purpose {
     LogSync {
         tp: Tp,
         generation: u64,
+        file: FileId,
     },
     MetaWrite,
     MetaSync {
@@ -139,7 +140,7 @@ struct SyncBatch {
     remaining: usize,
     end: Offset,
     generation: u64,
-    failed: bool,
+    failed_files: Vec<FileId>,
 }
 
 struct Topic {
@@ -551,7 +552,11 @@ impl Node {
                     self.storage_failure(tp, generation, &e);
                 }
             }
-            Purpose::LogSync { tp, generation } => self.on_log_sync(tp, generation, result.err()),
+            Purpose::LogSync {
+                tp,
+                generation,
+                file,
+            } => self.on_log_sync(tp, generation, file, result.err()),
             Purpose::MetaWrite => {
                 if let Err(e) = result {
                     self.meta_failure(&e);
@@ -605,7 +610,7 @@ impl Node {
                 remaining: files.len(),
                 end: p.log.log_end_offset,
                 generation: p.log.generation,
-                failed: false,
+                failed_files: Vec::new(),
             });
             let generation = p.log.generation;
             if crate::mutants::active(crate::mutants::Mutant::AckBeforeSync) {
@@ -613,7 +618,14 @@ impl Node {
                 self.hw_moved = true;
             }
             for file in files {
-                self.issue(DiskOp::Sync { file }, Purpose::LogSync { tp, generation });
+                self.issue(
+                    DiskOp::Sync { file },
+                    Purpose::LogSync {
+                        tp,
+                        generation,
+                        file,
+                    },
+                );
             }
         }
         if !self.meta.sync_in_flight && self.meta.synced < self.meta.size {
@@ -632,32 +644,64 @@ impl Node {
         }
     }
 
-    fn on_log_sync(&mut self, tp: Tp, generation: u64, error: Option<DiskError>) {
+    fn on_log_sync(&mut self, tp: Tp, generation: u64, file: FileId, error: Option<DiskError>) {
+        let recovering = self.phase == Phase::Recovering;
         let Some(p) = self.partition_mut(tp) else {
             return;
         };
         let Some(batch) = p.sync.as_mut() else { return };
-        batch.failed |= error.is_some();
+        if error.is_some() {
+            batch.failed_files.push(file);
+        }
         batch.remaining -= 1;
         if batch.remaining > 0 {
             return;
         }
         let batch = p.sync.take().expect("present");
-        if !p.log.dirty.is_empty() {
-            self.dirty.insert(tp);
-        }
-        if batch.failed {
+        let still_dirty = !p.log.dirty.is_empty();
+        if !batch.failed_files.is_empty() {
             let e = error
                 .unwrap_or_else(|| DiskError::Io("an earlier sync of this batch failed".into()));
+            if recovering && batch.generation == p.log.generation {
+                // The recovered log is not yet known durable, and cutting it back would throw
+                // away acknowledged records: sync the files that failed again, a bounded number
+                // of times, then give up on the partition (offline until a restart).
+                p.recovery_sync_failures += 1;
+                if p.recovery_sync_failures >= RECOVERY_SYNC_ATTEMPTS {
+                    tracing::error!(dir = %p.log.dir, error = %e, "sync of a recovered log keeps failing; partition offline");
+                    p.state = PartState::Offline;
+                    self.maybe_serving();
+                } else {
+                    tracing::warn!(dir = %p.log.dir, error = %e, attempt = p.recovery_sync_failures, "sync of a recovered log failed; syncing again");
+                    p.log.dirty.extend(batch.failed_files);
+                    self.dirty.insert(tp);
+                }
+                if still_dirty {
+                    self.dirty.insert(tp);
+                }
+                return;
+            }
+            // A file whose sync failed still has writes (or a truncation) that are not
+            // durable: it must be synced again before anything after it counts as durable.
+            let failed: Vec<FileId> = batch
+                .failed_files
+                .into_iter()
+                .filter(|f| p.log.has_log_file(*f))
+                .collect();
+            p.log.dirty.extend(failed);
+            self.dirty.insert(tp);
             self.storage_failure(tp, generation, &e);
             return;
+        }
+        if still_dirty {
+            self.dirty.insert(tp);
         }
         let p = self.partition_mut(tp).expect("checked above");
         if batch.generation == p.log.generation && batch.end > p.log.high_watermark {
             p.log.high_watermark = batch.end.min(p.log.log_end_offset);
             self.hw_moved = true;
         }
-        if self.phase == Phase::Recovering {
+        if recovering {
             self.maybe_serving();
         }
     }
@@ -677,26 +721,12 @@ impl Node {
             return; // already cut back after an earlier failure
         }
         if recovering {
-            // The recovered log is not yet known durable, but cutting it back to the high
-            // watermark would throw away acknowledged records. Sync it again, a bounded number
-            // of times, then give up on the partition (it stays offline until a restart).
+            // Before serving, the high watermark is not yet the durable end: cutting the log
+            // back to it would throw away acknowledged records. Keep the log; serve nothing.
+            tracing::error!(dir = %p.log.dir, error = %e, "write to a recovering log failed; partition offline");
+            p.state = PartState::Offline;
             p.sync = None;
-            p.recovery_sync_failures += 1;
-            if p.recovery_sync_failures >= RECOVERY_SYNC_ATTEMPTS {
-                tracing::error!(dir = %p.log.dir, error = %e, "sync of a recovered log keeps failing; partition offline");
-                p.state = PartState::Offline;
-                self.maybe_serving();
-            } else {
-                tracing::error!(dir = %p.log.dir, error = %e, attempt = p.recovery_sync_failures, "sync of a recovered log failed; syncing again");
-                p.log.dirty = p
-                    .log
-                    .segments
-                    .iter()
-                    .filter(|s| s.size > 0)
-                    .map(|s| s.log_file)
-                    .collect();
-                self.dirty.insert(tp);
-            }
+            self.maybe_serving();
             return;
         }
         tracing::error!(dir = %p.log.dir, error = %e, high_watermark = p.log.high_watermark, "log write failed; truncating to the high watermark");
