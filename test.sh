@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, installing what it needs first (kcat, Python client venvs):
-# the sans-IO dependency check, every Rust test (unit, property, integration with the real
-# binary), and the real-client compatibility suite (kcat, confluent-kafka, kafka-python; an
+# the sans-IO dependency check, every Rust test (unit, property, simulator determinism, seed
+# corpus, planted bugs caught), a bounded simulator sweep under faults, and the real-client
+# compatibility suite (kcat, confluent-kafka, kafka-python; an
 # old and a current build of each library).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,4 +10,6 @@ bash scripts/install-test-deps.sh
 bash scripts/check-core-deps.sh
 cargo build --workspace --bins
 cargo test --workspace
+# A bounded fault-injection sweep of the deterministic simulator (release build: ~200 runs/s).
+cargo run --release -q -p sluice-sim -- sweep --seeds 1..2000 --jobs 2
 bash tests/compat/run.sh

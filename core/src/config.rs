@@ -85,11 +85,7 @@ pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
         config_type: 2,
         doc: "Compression the broker applies; producer keeps the producer's batches as sent",
     },
-    TopicConfigKey {
-        name: "delete.retention.ms",
-        config_type: 5,
-        doc: "Tombstone retention for compacted topics",
-    },
+    TopicConfigKey { name: "delete.retention.ms", config_type: 5, doc: "Tombstone retention for compacted topics" },
     TopicConfigKey {
         name: "file.delete.delay.ms",
         config_type: 5,
@@ -110,41 +106,17 @@ pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
         config_type: 3,
         doc: "Bytes between entries of the on-disk offset index",
     },
-    TopicConfigKey {
-        name: "max.compaction.lag.ms",
-        config_type: 5,
-        doc: "Compaction lag bound",
-    },
-    TopicConfigKey {
-        name: "max.message.bytes",
-        config_type: 3,
-        doc: "Largest record batch accepted",
-    },
-    TopicConfigKey {
-        name: "message.timestamp.type",
-        config_type: 2,
-        doc: "CreateTime or LogAppendTime",
-    },
-    TopicConfigKey {
-        name: "min.cleanable.dirty.ratio",
-        config_type: 6,
-        doc: "Compaction trigger ratio",
-    },
-    TopicConfigKey {
-        name: "min.compaction.lag.ms",
-        config_type: 5,
-        doc: "Compaction lag floor",
-    },
+    TopicConfigKey { name: "max.compaction.lag.ms", config_type: 5, doc: "Compaction lag bound" },
+    TopicConfigKey { name: "max.message.bytes", config_type: 3, doc: "Largest record batch accepted" },
+    TopicConfigKey { name: "message.timestamp.type", config_type: 2, doc: "CreateTime or LogAppendTime" },
+    TopicConfigKey { name: "min.cleanable.dirty.ratio", config_type: 6, doc: "Compaction trigger ratio" },
+    TopicConfigKey { name: "min.compaction.lag.ms", config_type: 5, doc: "Compaction lag floor" },
     TopicConfigKey {
         name: "min.insync.replicas",
         config_type: 3,
         doc: "Replicas that must acknowledge an acks=all produce",
     },
-    TopicConfigKey {
-        name: "preallocate",
-        config_type: 1,
-        doc: "Preallocate segment files",
-    },
+    TopicConfigKey { name: "preallocate", config_type: 1, doc: "Preallocate segment files" },
     TopicConfigKey {
         name: "retention.bytes",
         config_type: 5,
@@ -155,26 +127,10 @@ pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
         config_type: 5,
         doc: "Age past which old segments are deleted (-1: no limit)",
     },
-    TopicConfigKey {
-        name: "segment.bytes",
-        config_type: 3,
-        doc: "Segment file size at which the log rolls",
-    },
-    TopicConfigKey {
-        name: "segment.index.bytes",
-        config_type: 3,
-        doc: "Index file size bound",
-    },
-    TopicConfigKey {
-        name: "segment.jitter.ms",
-        config_type: 5,
-        doc: "Jitter on segment.ms",
-    },
-    TopicConfigKey {
-        name: "segment.ms",
-        config_type: 5,
-        doc: "Age at which the active segment rolls",
-    },
+    TopicConfigKey { name: "segment.bytes", config_type: 3, doc: "Segment file size at which the log rolls" },
+    TopicConfigKey { name: "segment.index.bytes", config_type: 3, doc: "Index file size bound" },
+    TopicConfigKey { name: "segment.jitter.ms", config_type: 5, doc: "Jitter on segment.ms" },
+    TopicConfigKey { name: "segment.ms", config_type: 5, doc: "Age at which the active segment rolls" },
     TopicConfigKey {
         name: "unclean.leader.election.enable",
         config_type: 1,
@@ -234,67 +190,39 @@ pub struct TopicSettings {
 
 impl TopicSettings {
     /// Checks every override and resolves the settings, or says which key is wrong.
-    pub fn resolve(
-        node: &NodeConfig,
-        overrides: &BTreeMap<String, String>,
-    ) -> Result<TopicSettings, ConfigError> {
+    pub fn resolve(node: &NodeConfig, overrides: &BTreeMap<String, String>) -> Result<TopicSettings, ConfigError> {
         for (k, v) in overrides {
             if node.topic_config_default(k).is_none() {
                 return Err(ConfigError::UnknownKey(k.clone()));
             }
             validate_value(k, v)?;
         }
-        let get = |k: &str| {
-            overrides
-                .get(k)
-                .cloned()
-                .or_else(|| node.topic_config_default(k))
-                .unwrap_or_default()
-        };
+        let get = |k: &str| overrides.get(k).cloned().or_else(|| node.topic_config_default(k)).unwrap_or_default();
         let int = |k: &str| get(k).parse::<i64>().unwrap_or(0);
         Ok(TopicSettings {
-            segment_bytes: u64::try_from(int("segment.bytes"))
-                .unwrap_or(node.log.segment_bytes)
-                .max(14),
+            segment_bytes: u64::try_from(int("segment.bytes")).unwrap_or(node.log.segment_bytes).max(14),
             segment_ms: int("segment.ms"),
             retention_ms: int("retention.ms"),
             retention_bytes: int("retention.bytes"),
-            max_message_bytes: usize::try_from(int("max.message.bytes"))
-                .unwrap_or(node.message_max_bytes),
-            index_interval_bytes: u32::try_from(int("index.interval.bytes"))
-                .unwrap_or(4096)
-                .max(1),
+            max_message_bytes: usize::try_from(int("max.message.bytes")).unwrap_or(node.message_max_bytes),
+            index_interval_bytes: u32::try_from(int("index.interval.bytes")).unwrap_or(4096).max(1),
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
         })
     }
 }
 
 fn validate_value(key: &str, value: &str) -> Result<(), ConfigError> {
-    let bad = || ConfigError::BadValue {
-        key: key.to_string(),
-        value: value.to_string(),
-    };
-    let ty = TOPIC_CONFIG_KEYS
-        .iter()
-        .find(|k| k.name == key)
-        .map(|k| k.config_type)
-        .unwrap_or(2);
+    let bad = || ConfigError::BadValue { key: key.to_string(), value: value.to_string() };
+    let ty = TOPIC_CONFIG_KEYS.iter().find(|k| k.name == key).map(|k| k.config_type).unwrap_or(2);
     match ty {
         1 => value.parse::<bool>().map(|_| ()).map_err(|_| bad()),
         3 => value.parse::<i32>().map(|_| ()).map_err(|_| bad()),
         5 => value.parse::<i64>().map(|_| ()).map_err(|_| bad()),
         6 => value.parse::<f64>().map(|_| ()).map_err(|_| bad()),
         _ => match key {
-            "message.timestamp.type" if value != "CreateTime" && value != "LogAppendTime" => {
-                Err(bad())
-            }
-            "cleanup.policy" if value.split(',').any(|p| p != "delete" && p != "compact") => {
-                Err(bad())
-            }
-            "compression.type"
-                if !["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]
-                    .contains(&value) =>
-            {
+            "message.timestamp.type" if value != "CreateTime" && value != "LogAppendTime" => Err(bad()),
+            "cleanup.policy" if value.split(',').any(|p| p != "delete" && p != "compact") => Err(bad()),
+            "compression.type" if !["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"].contains(&value) => {
                 Err(bad())
             }
             "segment.bytes" if value.parse::<i32>().map_or(true, |v| v < 14) => Err(bad()),

@@ -12,10 +12,7 @@ pub enum Input {
     /// The client connection is gone; forget its pending requests.
     ConnClosed { conn: ConnId },
     /// A disk operation core asked for has finished.
-    DiskDone {
-        op: OpId,
-        result: Result<DiskReply, DiskError>,
-    },
+    DiskDone { op: OpId, result: Result<DiskReply, DiskError> },
     /// A message from another broker (replication and the metadata quorum; unused while a
     /// cluster has one node).
     Peer { from: BrokerId, bytes: Bytes },
@@ -42,11 +39,7 @@ pub enum Output {
 #[derive(Debug, Clone)]
 pub enum Part {
     Bytes(Bytes),
-    File {
-        file: FileId,
-        position: u64,
-        len: u32,
-    },
+    File { file: FileId, position: u64, len: u32 },
 }
 
 impl Part {
@@ -73,27 +66,15 @@ pub enum DiskOp {
     ListDir { path: String },
     /// Open a file for reading and writing, creating it if `create`; a created file's
     /// directory entry is durable when done. Replies `Opened` with the file's length.
-    Open {
-        file: FileId,
-        path: String,
-        create: bool,
-    },
+    Open { file: FileId, path: String, create: bool },
     /// Write these bytes, back to back, at `position`.
-    Write {
-        file: FileId,
-        position: u64,
-        data: Vec<Bytes>,
-    },
+    Write { file: FileId, position: u64, data: Vec<Bytes> },
     /// Make every completed write to the file durable (fdatasync).
     Sync { file: FileId },
     /// Cut the file to `len` bytes (durable after a later Sync).
     Truncate { file: FileId, len: u64 },
     /// Read up to `len` bytes at `position`; fewer at the end of the file.
-    Read {
-        file: FileId,
-        position: u64,
-        len: usize,
-    },
+    Read { file: FileId, position: u64, len: usize },
     /// Forget the handle. Responses already emitted that name the file stay valid.
     Close { file: FileId },
     /// Remove a directory and everything in it; durable when done.

@@ -4,9 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Monotonic time in nanoseconds since an arbitrary origin. Core never reads a clock: the
 /// runtime passes this value in with every input.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Instant(pub u64);
 
 impl Instant {

@@ -33,11 +33,7 @@ unsafe impl GlobalAlloc for BrokerAlloc {
                     0,
                 )
             };
-            return if p == libc::MAP_FAILED {
-                std::ptr::null_mut()
-            } else {
-                p.cast()
-            };
+            return if p == libc::MAP_FAILED { std::ptr::null_mut() } else { p.cast() };
         }
         // SAFETY: same contract as ours.
         unsafe { System.alloc(layout) }

@@ -37,72 +37,32 @@ pub fn parse_properties(text: &str) -> Result<BTreeMap<String, String>, String> 
 fn parse_listener(value: &str) -> Result<(String, u16), String> {
     let first = value.split(',').next().unwrap_or("").trim();
     let rest = first.split_once("://").map_or(first, |(_, r)| r);
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("listener {value:?} has no port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("listener {value:?}: bad port"))?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("listener {value:?} has no port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("listener {value:?}: bad port"))?;
     let host = if host.is_empty() { "0.0.0.0" } else { host };
-    Ok((
-        host.trim_matches(|c| c == '[' || c == ']').to_string(),
-        port,
-    ))
+    Ok((host.trim_matches(|c| c == '[' || c == ']').to_string(), port))
 }
 
-fn num<T: std::str::FromStr>(
-    props: &BTreeMap<String, String>,
-    key: &str,
-) -> Result<Option<T>, String> {
-    props
-        .get(key)
-        .map(|v| {
-            v.parse::<T>()
-                .map_err(|_| format!("{key}: {v:?} is not a valid number"))
-        })
-        .transpose()
+fn num<T: std::str::FromStr>(props: &BTreeMap<String, String>, key: &str) -> Result<Option<T>, String> {
+    props.get(key).map(|v| v.parse::<T>().map_err(|_| format!("{key}: {v:?} is not a valid number"))).transpose()
 }
 
 /// Builds the configuration from properties (file values with overrides applied).
 pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     let mut node = NodeConfig::default();
-    let listeners = props
-        .get("listeners")
-        .cloned()
-        .unwrap_or_else(|| "PLAINTEXT://127.0.0.1:9092".to_string());
+    let listeners = props.get("listeners").cloned().unwrap_or_else(|| "PLAINTEXT://127.0.0.1:9092".to_string());
     let (host, port) = parse_listener(&listeners)?;
     let listen: SocketAddr = format!("{host}:{port}")
         .parse()
-        .or_else(|_| {
-            format!(
-                "{}:{port}",
-                if host == "localhost" {
-                    "127.0.0.1"
-                } else {
-                    &host
-                }
-            )
-            .parse()
-        })
+        .or_else(|_| format!("{}:{port}", if host == "localhost" { "127.0.0.1" } else { &host }).parse())
         .map_err(|_| format!("listeners: cannot listen on {host}:{port}"))?;
     let (adv_host, adv_port) = match props.get("advertised.listeners") {
         Some(v) => parse_listener(v)?,
-        None => (
-            if host == "0.0.0.0" {
-                "127.0.0.1".to_string()
-            } else {
-                host.clone()
-            },
-            port,
-        ),
+        None => (if host == "0.0.0.0" { "127.0.0.1".to_string() } else { host.clone() }, port),
     };
     node.advertised_host = adv_host;
     node.advertised_port = i32::from(adv_port);
-    let dirs = props
-        .get("log.dirs")
-        .or_else(|| props.get("log.dir"))
-        .cloned()
-        .unwrap_or_else(|| "./data".to_string());
+    let dirs = props.get("log.dirs").or_else(|| props.get("log.dir")).cloned().unwrap_or_else(|| "./data".to_string());
     let mut dirs = dirs.split(',').map(str::trim).filter(|d| !d.is_empty());
     let data_dir = PathBuf::from(dirs.next().ok_or("log.dirs is empty")?);
     if dirs.next().is_some() {
@@ -118,9 +78,7 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
         node.num_partitions = n;
     }
     if let Some(v) = props.get("auto.create.topics.enable") {
-        node.auto_create_topics_enable = v
-            .parse()
-            .map_err(|_| format!("auto.create.topics.enable: {v:?}"))?;
+        node.auto_create_topics_enable = v.parse().map_err(|_| format!("auto.create.topics.enable: {v:?}"))?;
     }
     if let Some(v) = num::<usize>(props, "message.max.bytes")? {
         node.message_max_bytes = v;
@@ -134,9 +92,7 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
         }
         node.log.segment_bytes = v;
     }
-    if let Some(v) = num::<i64>(props, "log.roll.ms")?
-        .or(num::<i64>(props, "log.roll.hours")?.map(|h| h * 3_600_000))
-    {
+    if let Some(v) = num::<i64>(props, "log.roll.ms")?.or(num::<i64>(props, "log.roll.hours")?.map(|h| h * 3_600_000)) {
         node.log.segment_ms = v;
     }
     let retention = num::<i64>(props, "log.retention.ms")?
@@ -161,61 +117,27 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     effective.insert("listeners".to_string(), listeners);
     effective.insert(
         "advertised.listeners".to_string(),
-        format!(
-            "PLAINTEXT://{}:{}",
-            node.advertised_host, node.advertised_port
-        ),
+        format!("PLAINTEXT://{}:{}", node.advertised_host, node.advertised_port),
     );
     effective.insert("log.dirs".to_string(), data_dir.display().to_string());
-    effective.insert(
-        "num.partitions".to_string(),
-        node.num_partitions.to_string(),
-    );
+    effective.insert("num.partitions".to_string(), node.num_partitions.to_string());
     effective.insert("default.replication.factor".to_string(), "1".to_string());
     effective.insert("min.insync.replicas".to_string(), "1".to_string());
-    effective.insert(
-        "auto.create.topics.enable".to_string(),
-        node.auto_create_topics_enable.to_string(),
-    );
-    effective.insert(
-        "message.max.bytes".to_string(),
-        node.message_max_bytes.to_string(),
-    );
-    effective.insert(
-        "socket.request.max.bytes".to_string(),
-        node.socket_request_max_bytes.to_string(),
-    );
-    effective.insert(
-        "log.segment.bytes".to_string(),
-        node.log.segment_bytes.to_string(),
-    );
+    effective.insert("auto.create.topics.enable".to_string(), node.auto_create_topics_enable.to_string());
+    effective.insert("message.max.bytes".to_string(), node.message_max_bytes.to_string());
+    effective.insert("socket.request.max.bytes".to_string(), node.socket_request_max_bytes.to_string());
+    effective.insert("log.segment.bytes".to_string(), node.log.segment_bytes.to_string());
     effective.insert("log.roll.ms".to_string(), node.log.segment_ms.to_string());
-    effective.insert(
-        "log.retention.ms".to_string(),
-        node.log.retention_ms.to_string(),
-    );
-    effective.insert(
-        "log.retention.bytes".to_string(),
-        node.log.retention_bytes.to_string(),
-    );
-    effective.insert(
-        "log.index.interval.bytes".to_string(),
-        node.log.index_interval_bytes.to_string(),
-    );
-    effective.insert(
-        "log.retention.check.interval.ms".to_string(),
-        node.log.retention_check_interval_ms.to_string(),
-    );
+    effective.insert("log.retention.ms".to_string(), node.log.retention_ms.to_string());
+    effective.insert("log.retention.bytes".to_string(), node.log.retention_bytes.to_string());
+    effective.insert("log.index.interval.bytes".to_string(), node.log.index_interval_bytes.to_string());
+    effective.insert("log.retention.check.interval.ms".to_string(), node.log.retention_check_interval_ms.to_string());
     effective.insert("delete.topic.enable".to_string(), "true".to_string());
     for (k, v) in props {
         effective.entry(k.clone()).or_insert_with(|| v.clone());
     }
     node.broker_properties = effective;
-    Ok(ServerConfig {
-        listen,
-        data_dir,
-        node,
-    })
+    Ok(ServerConfig { listen, data_dir, node })
 }
 
 #[cfg(test)]

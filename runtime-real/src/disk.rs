@@ -46,19 +46,13 @@ impl Disk {
     ) -> io::Result<Disk> {
         fs::create_dir_all(&root)?;
         let (sync_tx, sync_rx) = std::sync::mpsc::channel::<(OpId, Arc<File>)>();
-        std::thread::Builder::new()
-            .name("sluice-sync".into())
-            .spawn(move || {
-                while let Ok((op, file)) = sync_rx.recv() {
-                    let r = file.sync_data().map(|_| DiskReply::Done).map_err(map_err);
-                    on_synced(op, r);
-                }
-            })?;
-        Ok(Disk {
-            root,
-            files: HashMap::new(),
-            sync_tx,
-        })
+        std::thread::Builder::new().name("sluice-sync".into()).spawn(move || {
+            while let Ok((op, file)) = sync_rx.recv() {
+                let r = file.sync_data().map(|_| DiskReply::Done).map_err(map_err);
+                on_synced(op, r);
+            }
+        })?;
+        Ok(Disk { root, files: HashMap::new(), sync_tx })
     }
 
     /// The open handle of a file, for sendfile.
@@ -69,21 +63,13 @@ impl Disk {
     fn path(&self, rel: &str) -> Result<PathBuf, DiskError> {
         // Core builds these paths itself, but a path must never leave the data directory.
         if rel.split('/').any(|c| c == "..") || rel.starts_with('/') {
-            return Err(DiskError::Io(format!(
-                "path {rel:?} escapes the data directory"
-            )));
+            return Err(DiskError::Io(format!("path {rel:?} escapes the data directory")));
         }
-        Ok(if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
-        })
+        Ok(if rel.is_empty() { self.root.clone() } else { self.root.join(rel) })
     }
 
     fn handle(&self, id: FileId) -> Result<&Arc<File>, DiskError> {
-        self.files
-            .get(&id)
-            .ok_or_else(|| DiskError::Io(format!("file {id:?} is not open")))
+        self.files.get(&id).ok_or_else(|| DiskError::Io(format!("file {id:?} is not open")))
     }
 
     pub fn execute(&mut self, op: OpId, action: DiskOp) -> Outcome {
@@ -145,11 +131,7 @@ impl Disk {
                 self.files.insert(file, Arc::new(f));
                 Ok(DiskReply::Opened { len })
             }
-            DiskOp::Write {
-                file,
-                position,
-                data,
-            } => {
+            DiskOp::Write { file, position, data } => {
                 let f = self.handle(file)?;
                 let mut at = position;
                 for chunk in &data {
@@ -166,11 +148,7 @@ impl Disk {
                 self.handle(file)?.set_len(len).map_err(map_err)?;
                 Ok(DiskReply::Done)
             }
-            DiskOp::Read {
-                file,
-                position,
-                len,
-            } => {
+            DiskOp::Read { file, position, len } => {
                 let f = self.handle(file)?;
                 let mut buf = BytesMut::zeroed(len);
                 let mut got = 0;

@@ -49,10 +49,7 @@ fn serve(args: &[String]) -> Result<(), String> {
     }));
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let mut props = BTreeMap::new();
@@ -70,9 +67,7 @@ fn serve(args: &[String]) -> Result<(), String> {
         }
     }
     for o in overrides {
-        let (k, v) = o
-            .split_once('=')
-            .ok_or_else(|| format!("--override {o:?}: expected key=value"))?;
+        let (k, v) = o.split_once('=').ok_or_else(|| format!("--override {o:?}: expected key=value"))?;
         props.insert(k.trim().to_string(), v.trim().to_string());
     }
     let cfg = config::build(&props)?;

@@ -42,20 +42,14 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut v = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{a} needs a value"))
-        };
+        let mut v = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
         let bad = |x: &str| format!("{a}: bad value {x:?}");
         match a.as_str() {
             "--bootstrap" => o.bootstrap = v()?,
             "--topic" => o.topic = v()?,
             "--records" => o.records = v()?.parse().map_err(|_| bad(a))?,
             "--record-size" => o.record_size = v()?.parse().map_err(|_| bad(a))?,
-            "--batch-records" => {
-                o.batch_records = v()?.parse::<usize>().map_err(|_| bad(a))?.max(1)
-            }
+            "--batch-records" => o.batch_records = v()?.parse::<usize>().map_err(|_| bad(a))?.max(1),
             "--partitions" => o.partitions = v()?.parse::<i32>().map_err(|_| bad(a))?.max(1),
             "--acks" => o.acks = v()?.parse().map_err(|_| bad(a))?,
             "--in-flight" => o.in_flight = v()?.parse::<usize>().map_err(|_| bad(a))?.max(1),
@@ -70,10 +64,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 pub fn main(args: &[String]) -> Result<(), String> {
     let (mode, rest) = args.split_first().ok_or("perf needs produce or consume")?;
     let o = parse(rest)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     match mode.as_str() {
         "produce" => rt.block_on(produce(o)),
         "consume" => rt.block_on(consume(o)),
@@ -126,12 +117,7 @@ fn build_batch(n: usize, size: usize, timestamp: i64) -> Bytes {
     b.freeze()
 }
 
-fn frame<T: Encodable>(
-    key: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: &T,
-) -> Result<Bytes, String> {
+fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Result<Bytes, String> {
     let mut header = RequestHeader::default();
     header.request_api_key = key as i16;
     header.request_api_version = version;
@@ -139,9 +125,7 @@ fn frame<T: Encodable>(
     header.client_id = Some(StrBytes::from_static_str("sluice-perf"));
     let mut buf = BytesMut::new();
     buf.put_i32(0);
-    header
-        .encode(&mut buf, key.request_header_version(version))
-        .map_err(|e| e.to_string())?;
+    header.encode(&mut buf, key.request_header_version(version)).map_err(|e| e.to_string())?;
     body.encode(&mut buf, version).map_err(|e| e.to_string())?;
     let len = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
@@ -150,27 +134,16 @@ fn frame<T: Encodable>(
 
 async fn read_frame(rd: &mut (impl AsyncReadExt + Unpin)) -> Result<Bytes, String> {
     let mut len = [0u8; 4];
-    rd.read_exact(&mut len)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
+    rd.read_exact(&mut len).await.map_err(|e| format!("read: {e}"))?;
     let len = usize::try_from(i32::from_be_bytes(len)).map_err(|_| "negative response size")?;
     let mut buf = BytesMut::zeroed(len);
-    rd.read_exact(&mut buf)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
+    rd.read_exact(&mut buf).await.map_err(|e| format!("read: {e}"))?;
     Ok(buf.freeze())
 }
 
 /// Sends one request and reads its response body (after the response header).
-async fn call<T: Encodable, R: Decodable>(
-    s: &mut TcpStream,
-    key: ApiKey,
-    version: i16,
-    body: &T,
-) -> Result<R, String> {
-    s.write_all(&frame(key, version, 1, body)?)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn call<T: Encodable, R: Decodable>(s: &mut TcpStream, key: ApiKey, version: i16, body: &T) -> Result<R, String> {
+    s.write_all(&frame(key, version, 1, body)?).await.map_err(|e| e.to_string())?;
     let mut resp = read_frame(s).await?;
     resp.advance(4);
     if key.response_header_version(version) >= 1 {
@@ -203,14 +176,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 async fn produce(o: Opts) -> Result<(), String> {
-    let mut s = TcpStream::connect(&o.bootstrap)
-        .await
-        .map_err(|e| format!("{}: {e}", o.bootstrap))?;
+    let mut s = TcpStream::connect(&o.bootstrap).await.map_err(|e| format!("{}: {e}", o.bootstrap))?;
     s.set_nodelay(true).ok();
     ensure_topic(&mut s, &o.topic, o.partitions).await?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let batch = build_batch(o.batch_records, o.record_size, now_ms);
     let requests = o.records.div_ceil(o.batch_records as u64);
     let (mut rd, mut wr) = s.into_split();
@@ -267,12 +236,8 @@ async fn produce(o: Opts) -> Result<(), String> {
             let t = sent.remove(&cid).ok_or("response for an unknown request")?;
             latencies.push(t.elapsed());
             let r = ProduceResponse::decode(&mut resp, 9).map_err(|e| e.to_string())?;
-            errors += r
-                .responses
-                .iter()
-                .flat_map(|t| &t.partition_responses)
-                .filter(|p| p.error_code != 0)
-                .count() as u64;
+            errors +=
+                r.responses.iter().flat_map(|t| &t.partition_responses).filter(|p| p.error_code != 0).count() as u64;
         }
     }
     let _wr = writer.await.map_err(|e| e.to_string())??;
@@ -305,9 +270,7 @@ async fn produce(o: Opts) -> Result<(), String> {
 }
 
 async fn consume(o: Opts) -> Result<(), String> {
-    let mut s = TcpStream::connect(&o.bootstrap)
-        .await
-        .map_err(|e| format!("{}: {e}", o.bootstrap))?;
+    let mut s = TcpStream::connect(&o.bootstrap).await.map_err(|e| format!("{}: {e}", o.bootstrap))?;
     s.set_nodelay(true).ok();
     let mut offsets: Vec<i64> = vec![0; o.partitions as usize];
     let start = Instant::now();
@@ -337,10 +300,7 @@ async fn consume(o: Opts) -> Result<(), String> {
         for t in &resp.responses {
             for p in &t.partitions {
                 if p.error_code != 0 {
-                    return Err(format!(
-                        "fetch partition {}: error {}",
-                        p.partition_index, p.error_code
-                    ));
+                    return Err(format!("fetch partition {}: error {}", p.partition_index, p.error_code));
                 }
                 let Some(mut recs) = p.records.clone() else {
                     continue;
@@ -363,9 +323,7 @@ async fn consume(o: Opts) -> Result<(), String> {
         records += got;
         idle = if got == 0 { idle + 1 } else { 0 };
         if idle > 10 {
-            return Err(format!(
-                "no new records after {records}; is the topic filled?"
-            ));
+            return Err(format!("no new records after {records}; is the topic filled?"));
         }
     }
     let secs = start.elapsed().as_secs_f64();

@@ -19,33 +19,17 @@ use crate::disk::{Disk, Outcome};
 
 /// Messages into the core thread.
 enum Msg {
-    Opened {
-        conn: ConnId,
-        tx: mpsc::UnboundedSender<Vec<WirePart>>,
-        stop: Arc<tokio::sync::Notify>,
-    },
-    Frame {
-        conn: ConnId,
-        frame: Bytes,
-    },
-    Closed {
-        conn: ConnId,
-    },
-    Synced {
-        op: OpId,
-        result: Result<DiskReply, DiskError>,
-    },
+    Opened { conn: ConnId, tx: mpsc::UnboundedSender<Vec<WirePart>>, stop: Arc<tokio::sync::Notify> },
+    Frame { conn: ConnId, frame: Bytes },
+    Closed { conn: ConnId },
+    Synced { op: OpId, result: Result<DiskReply, DiskError> },
     Shutdown,
 }
 
 /// A response part ready for the socket.
 enum WirePart {
     Bytes(Bytes),
-    File {
-        file: Arc<File>,
-        position: u64,
-        len: u32,
-    },
+    File { file: Arc<File>, position: u64, len: u32 },
 }
 
 /// Requests queued from all connections to the core before readers wait.
@@ -62,9 +46,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), String> {
 }
 
 async fn serve(cfg: ServerConfig) -> Result<(), String> {
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let listener = TcpListener::bind(cfg.listen).await.map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let (tx, rx) = mpsc::channel::<Msg>(CORE_QUEUE_LEN);
     let sync_tx = tx.clone();
     let disk = Disk::new(cfg.data_dir.clone(), move |op, result| {
@@ -106,34 +88,20 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
 }
 
-async fn start_connection(
-    conn: ConnId,
-    stream: TcpStream,
-    core: mpsc::Sender<Msg>,
-    frame_max: usize,
-) {
+async fn start_connection(conn: ConnId, stream: TcpStream, core: mpsc::Sender<Msg>, frame_max: usize) {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (resp_tx, resp_rx) = mpsc::unbounded_channel();
     let stop = Arc::new(tokio::sync::Notify::new());
     // Registered before the reader starts, so the core sees Opened before any frame.
-    if core
-        .send(Msg::Opened {
-            conn,
-            tx: resp_tx,
-            stop: stop.clone(),
-        })
-        .await
-        .is_err()
-    {
+    if core.send(Msg::Opened { conn, tx: resp_tx, stop: stop.clone() }).await.is_err() {
         return;
     }
     tokio::spawn(write_loop(conn, wr, resp_rx));
@@ -149,12 +117,7 @@ async fn start_connection(
 
 /// Reads frames until the peer closes or sends something unacceptable. A length that is
 /// negative or over `socket.request.max.bytes` closes the connection before any allocation.
-async fn read_loop(
-    conn: ConnId,
-    mut rd: OwnedReadHalf,
-    core: &mpsc::Sender<Msg>,
-    frame_max: usize,
-) -> String {
+async fn read_loop(conn: ConnId, mut rd: OwnedReadHalf, core: &mpsc::Sender<Msg>, frame_max: usize) -> String {
     loop {
         let mut len = [0u8; 4];
         if let Err(e) = rd.read_exact(&mut len).await {
@@ -166,45 +129,27 @@ async fn read_loop(
             return "negative frame length".into();
         };
         if len > frame_max {
-            tracing::warn!(
-                conn = conn.0,
-                len,
-                frame_max,
-                "frame over socket.request.max.bytes; closing"
-            );
+            tracing::warn!(conn = conn.0, len, frame_max, "frame over socket.request.max.bytes; closing");
             return "oversized frame".into();
         }
         let mut buf = BytesMut::zeroed(len);
         if let Err(e) = rd.read_exact(&mut buf).await {
             return format!("truncated frame: {e}");
         }
-        if core
-            .send(Msg::Frame {
-                conn,
-                frame: buf.freeze(),
-            })
-            .await
-            .is_err()
-        {
+        if core.send(Msg::Frame { conn, frame: buf.freeze() }).await.is_err() {
             return "core stopped".into();
         }
     }
 }
 
-async fn write_loop(
-    conn: ConnId,
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Vec<WirePart>>,
-) {
+async fn write_loop(conn: ConnId, mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<WirePart>>) {
     while let Some(parts) = rx.recv().await {
         for part in parts {
             let r = match part {
                 WirePart::Bytes(b) => wr.write_all(&b).await,
-                WirePart::File {
-                    file,
-                    position,
-                    len,
-                } => crate::sendfile::send(wr.as_ref(), &file, position, len as usize).await,
+                WirePart::File { file, position, len } => {
+                    crate::sendfile::send(wr.as_ref(), &file, position, len as usize).await
+                }
             };
             if let Err(e) = r {
                 tracing::debug!(conn = conn.0, error = %e, "write failed");
@@ -221,13 +166,8 @@ struct Clock {
 
 impl Clock {
     fn now(&self) -> Time {
-        let wall_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        Time {
-            mono: Instant(self.start.elapsed().as_nanos() as u64),
-            wall_ms,
-        }
+        let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        Time { mono: Instant(self.start.elapsed().as_nanos() as u64), wall_ms }
     }
     fn to_std(&self, at: Instant) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.start + Duration::from_nanos(at.0))
@@ -241,20 +181,13 @@ struct Conn {
 
 /// The core thread: one node, fed inputs one at a time; its outputs executed in order.
 fn core_thread(node_cfg: sluice_core::NodeConfig, disk: Disk, rx: mpsc::Receiver<Msg>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("core runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("core runtime");
     rt.block_on(core_loop(node_cfg, disk, rx));
 }
 
 async fn core_loop(node_cfg: sluice_core::NodeConfig, mut disk: Disk, mut rx: mpsc::Receiver<Msg>) {
-    let clock = Clock {
-        start: std::time::Instant::now(),
-    };
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let clock = Clock { start: std::time::Instant::now() };
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut node = Node::new(node_cfg, seed, clock.now());
     let mut conns: HashMap<ConnId, Conn> = HashMap::new();
     let mut local: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
@@ -324,23 +257,11 @@ fn drain(
                 for p in parts {
                     wire.push(match p {
                         Part::Bytes(b) => WirePart::Bytes(b),
-                        Part::File {
-                            file,
-                            position,
-                            len,
-                        } => match disk.file(file) {
-                            Some(file) => WirePart::File {
-                                file,
-                                position,
-                                len,
-                            },
+                        Part::File { file, position, len } => match disk.file(file) {
+                            Some(file) => WirePart::File { file, position, len },
                             None => {
                                 // A frame must never be short: drop the connection instead.
-                                tracing::error!(
-                                    ?file,
-                                    conn = conn.0,
-                                    "response names a closed file; closing"
-                                );
+                                tracing::error!(?file, conn = conn.0, "response names a closed file; closing");
                                 wire.clear();
                                 break;
                             }

@@ -24,14 +24,9 @@ fn pump(node: &mut Node, t: &mut Time, responses: &mut Vec<(ConnId, usize)>) {
                         DiskOp::Read { .. } => DiskReply::Data(Bytes::new()),
                         _ => DiskReply::Done,
                     };
-                    done.push(Input::DiskDone {
-                        op,
-                        result: Ok(reply),
-                    });
+                    done.push(Input::DiskDone { op, result: Ok(reply) });
                 }
-                Output::Response { conn, parts } => {
-                    responses.push((conn, parts.iter().map(|p| p.len()).sum()))
-                }
+                Output::Response { conn, parts } => responses.push((conn, parts.iter().map(|p| p.len()).sum())),
                 _ => {}
             }
         }
@@ -53,8 +48,7 @@ fn frame<T: Encodable>(key: ApiKey, version: i16, body: &T) -> Bytes {
     h.correlation_id = 7;
     h.client_id = Some(StrBytes::from_static_str("fuzz"));
     let mut buf = BytesMut::new();
-    h.encode(&mut buf, key.request_header_version(version))
-        .unwrap();
+    h.encode(&mut buf, key.request_header_version(version)).unwrap();
     if body.encode(&mut buf, version).is_err() {
         return Bytes::new();
     }
@@ -65,11 +59,7 @@ fn seeds() -> Vec<Bytes> {
     let topic = TopicName(StrBytes::from_static_str("fuzz"));
     let mut out = Vec::new();
     for v in [0i16, 3] {
-        out.push(frame(
-            ApiKey::ApiVersions,
-            v,
-            &ApiVersionsRequest::default(),
-        ));
+        out.push(frame(ApiKey::ApiVersions, v, &ApiVersionsRequest::default()));
     }
     for v in [0i16, 4, 9, 12] {
         let mut r = MetadataRequest::default();
@@ -154,11 +144,7 @@ fn seeds() -> Vec<Bytes> {
         r.resources = vec![res];
         out.push(frame(ApiKey::DescribeConfigs, v, &r));
     }
-    out.push(frame(
-        ApiKey::DescribeCluster,
-        1,
-        &DescribeClusterRequest::default(),
-    ));
+    out.push(frame(ApiKey::DescribeCluster, 1, &DescribeClusterRequest::default()));
     out.retain(|f| !f.is_empty());
     assert!(out.len() >= 20, "most seed frames must encode");
     out
@@ -194,11 +180,8 @@ fn mutate(rng: &mut Rng, seed: &Bytes) -> Bytes {
             // Overwrite four bytes with a huge or negative length.
             if b.len() > 8 {
                 let i = 8 + rng.below(b.len() - 8);
-                let v: [u8; 4] = [
-                    [0x7f, 0xff, 0xff, 0xff],
-                    [0xff, 0xff, 0xff, 0xfe],
-                    [0x03, 0x3c, 0x0c, 0x00],
-                ][rng.below(3)];
+                let v: [u8; 4] =
+                    [[0x7f, 0xff, 0xff, 0xff], [0xff, 0xff, 0xff, 0xfe], [0x03, 0x3c, 0x0c, 0x00]][rng.below(3)];
                 for (k, x) in v.iter().enumerate() {
                     if i + k < b.len() {
                         b[i + k] = *x;
@@ -223,10 +206,7 @@ fn mutate(rng: &mut Rng, seed: &Bytes) -> Bytes {
 
 #[test]
 fn random_frames_never_panic_and_the_node_keeps_serving() {
-    let mut t = Time {
-        mono: sluice_core::Instant(1),
-        wall_ms: 1_700_000_000_000,
-    };
+    let mut t = Time { mono: sluice_core::Instant(1), wall_ms: 1_700_000_000_000 };
     let mut node = Node::new(NodeConfig::default(), 42, t);
     let mut responses = Vec::new();
     pump(&mut node, &mut t, &mut responses);
@@ -249,49 +229,25 @@ fn random_frames_never_panic_and_the_node_keeps_serving() {
     }
     // The node still answers a well-formed request on a fresh connection.
     responses.clear();
-    node.handle(
-        t,
-        Input::Request {
-            conn: ConnId(9999),
-            frame: seeds[0].clone(),
-        },
-    );
+    node.handle(t, Input::Request { conn: ConnId(9999), frame: seeds[0].clone() });
     pump(&mut node, &mut t, &mut responses);
-    assert!(
-        responses
-            .iter()
-            .any(|(c, len)| *c == ConnId(9999) && *len > 8),
-        "no ApiVersions answer after fuzzing"
-    );
+    assert!(responses.iter().any(|(c, len)| *c == ConnId(9999) && *len > 8), "no ApiVersions answer after fuzzing");
 }
 
 /// The 8-byte frame that makes the codec ask for ~3.6 GiB (a Metadata v0 topic count of
 /// 54 million): the connection is closed and nothing else happens.
 #[test]
 fn huge_array_count_is_a_clean_error() {
-    let mut t = Time {
-        mono: sluice_core::Instant(1),
-        wall_ms: 0,
-    };
+    let mut t = Time { mono: sluice_core::Instant(1), wall_ms: 0 };
     let mut node = Node::new(NodeConfig::default(), 1, t);
     let mut responses = Vec::new();
     pump(&mut node, &mut t, &mut responses);
     let frames: [&[u8]; 2] = [
-        &[
-            0x00, 0x03, 0x00, 0x00, 0, 0, 0, 1, 0xff, 0xff, 0x03, 0x3c, 0x0c, 0x00, 0xb6,
-        ],
-        &[
-            0x00, 0x03, 0x00, 0x00, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff,
-        ],
+        &[0x00, 0x03, 0x00, 0x00, 0, 0, 0, 1, 0xff, 0xff, 0x03, 0x3c, 0x0c, 0x00, 0xb6],
+        &[0x00, 0x03, 0x00, 0x00, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff],
     ];
     for f in frames {
-        node.handle(
-            t,
-            Input::Request {
-                conn: ConnId(1),
-                frame: Bytes::from_static(f),
-            },
-        );
+        node.handle(t, Input::Request { conn: ConnId(1), frame: Bytes::from_static(f) });
         let mut closed = false;
         while let Some(o) = node.poll_output() {
             closed |= matches!(o, Output::Close { conn } if conn == ConnId(1));

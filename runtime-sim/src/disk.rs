@@ -83,10 +83,7 @@ impl SimDisk {
     }
 
     fn file(&mut self, id: FileId) -> Result<&mut SimFile, DiskError> {
-        let path = self
-            .handles
-            .get(&id)
-            .ok_or_else(|| DiskError::Io(format!("{id:?} not open")))?;
+        let path = self.handles.get(&id).ok_or_else(|| DiskError::Io(format!("{id:?} not open")))?;
         self.files.get_mut(path).ok_or(DiskError::NotFound)
     }
 
@@ -112,11 +109,7 @@ impl SimDisk {
                 for f in self.files.keys().filter(|f| parent(f) == path) {
                     out.insert(f.rsplit('/').next().unwrap_or(f).to_string(), false);
                 }
-                Ok(DiskReply::Listing(
-                    out.into_iter()
-                        .map(|(name, is_dir)| DirEntry { name, is_dir })
-                        .collect(),
-                ))
+                Ok(DiskReply::Listing(out.into_iter().map(|(name, is_dir)| DirEntry { name, is_dir }).collect()))
             }
             DiskOp::Open { file, path, create } => {
                 if !parent(&path).is_empty() && !self.dirs.contains(parent(&path)) {
@@ -127,23 +120,13 @@ impl SimDisk {
                         return Err(DiskError::NotFound);
                     }
                     self.next_ino += 1;
-                    self.files.insert(
-                        path.clone(),
-                        SimFile {
-                            ino: self.next_ino,
-                            ..SimFile::default()
-                        },
-                    );
+                    self.files.insert(path.clone(), SimFile { ino: self.next_ino, ..SimFile::default() });
                 }
                 let len = self.files[&path].current.len() as u64;
                 self.handles.insert(file, path);
                 Ok(DiskReply::Opened { len })
             }
-            DiskOp::Write {
-                file,
-                position,
-                data,
-            } => {
+            DiskOp::Write { file, position, data } => {
                 let len: usize = data.iter().map(|b| b.len()).sum();
                 if let Some(cap) = self.capacity_bytes {
                     if self.used_bytes() + len as u64 > cap {
@@ -155,10 +138,7 @@ impl SimDisk {
                     all.extend_from_slice(b);
                 }
                 let f = self.file(file)?;
-                let p = Pending::Write {
-                    position,
-                    data: all,
-                };
+                let p = Pending::Write { position, data: all };
                 apply(&mut f.current, &p);
                 f.pending.push(p);
                 Ok(DiskReply::Done)
@@ -175,17 +155,11 @@ impl SimDisk {
                 self.sync_finish(&t);
                 Ok(DiskReply::Done)
             }
-            DiskOp::Read {
-                file,
-                position,
-                len,
-            } => {
+            DiskOp::Read { file, position, len } => {
                 let f = self.file(file)?;
                 let start = (position as usize).min(f.current.len());
                 let end = (start + len).min(f.current.len());
-                Ok(DiskReply::Data(Bytes::copy_from_slice(
-                    &f.current[start..end],
-                )))
+                Ok(DiskReply::Data(Bytes::copy_from_slice(&f.current[start..end])))
             }
             DiskOp::Close { file } => {
                 self.handles.remove(&file);
@@ -207,17 +181,9 @@ impl SimDisk {
     /// Starts a sync: it will make durable the operations pending on the file now (and
     /// not necessarily those issued after). Returns what `sync_finish` needs.
     pub fn sync_begin(&mut self, file: FileId) -> Result<SyncTicket, DiskError> {
-        let path = self
-            .handles
-            .get(&file)
-            .cloned()
-            .ok_or_else(|| DiskError::Io(format!("{file:?} not open")))?;
+        let path = self.handles.get(&file).cloned().ok_or_else(|| DiskError::Io(format!("{file:?} not open")))?;
         let f = self.files.get(&path).ok_or(DiskError::NotFound)?;
-        Ok(SyncTicket {
-            ino: f.ino,
-            pending: f.pending.len(),
-            path,
-        })
+        Ok(SyncTicket { ino: f.ino, pending: f.pending.len(), path })
     }
 
     /// Completes a sync begun with `sync_begin`: the first operations that were pending then
@@ -249,22 +215,14 @@ impl SimDisk {
     pub fn read_range(&self, file: FileId, position: u64, len: usize) -> Option<Bytes> {
         let f = self.files.get(self.handles.get(&file)?)?;
         let start = usize::try_from(position).ok()?;
-        f.current
-            .get(start..start + len)
-            .map(Bytes::copy_from_slice)
+        f.current.get(start..start + len).map(Bytes::copy_from_slice)
     }
 
     /// Appends raw bytes to a file as if a write reached the disk and was synced (for tests
     /// that plant corruption).
     pub fn append_durable(&mut self, path: &str, bytes: &[u8]) {
         let next = self.next_ino + 1;
-        let f = self
-            .files
-            .entry(path.to_string())
-            .or_insert_with(|| SimFile {
-                ino: next,
-                ..SimFile::default()
-            });
+        let f = self.files.entry(path.to_string()).or_insert_with(|| SimFile { ino: next, ..SimFile::default() });
         self.next_ino = self.next_ino.max(f.ino);
         f.durable.extend_from_slice(bytes);
         f.current = f.durable.clone();
@@ -292,13 +250,7 @@ impl SimDisk {
                 if rng.gen_bool(0.5) && data.len() > SECTOR_BYTES {
                     let sectors = data.len() / SECTOR_BYTES;
                     let cut = rng.gen_range(1..=sectors) * SECTOR_BYTES;
-                    apply(
-                        &mut disk,
-                        &Pending::Write {
-                            position: *position,
-                            data: data[..cut].to_vec(),
-                        },
-                    );
+                    apply(&mut disk, &Pending::Write { position: *position, data: data[..cut].to_vec() });
                     report.torn_writes += 1;
                 }
             }

@@ -12,9 +12,7 @@ pub mod world;
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use sluice_core::{
-    ConnId, DiskError, DiskOp, Input, Instant, Node, NodeConfig, OpId, Output, Part, Time,
-};
+use sluice_core::{ConnId, DiskError, DiskOp, Input, Instant, Node, NodeConfig, OpId, Output, Part, Time};
 
 pub use disk::{CrashReport, SimDisk};
 pub use world::{Env, Harness, Nanos, Stats, World, MS, US};
@@ -40,10 +38,7 @@ pub struct SimNode {
 
 impl SimNode {
     pub fn new(config: NodeConfig, seed: u64) -> SimNode {
-        let now = Time {
-            mono: Instant::from_millis(1),
-            wall_ms: 1_700_000_000_000,
-        };
+        let now = Time { mono: Instant::from_millis(1), wall_ms: 1_700_000_000_000 };
         let node = Node::new(config.clone(), seed, now);
         let mut s = SimNode {
             node,
@@ -82,26 +77,16 @@ impl SimNode {
             let mut done = Vec::new();
             while let Some(out) = self.node.poll_output() {
                 match out {
-                    Output::Disk {
-                        op,
-                        action: action @ DiskOp::Sync { .. },
-                    } if !self.auto_sync => {
+                    Output::Disk { op, action: action @ DiskOp::Sync { .. } } if !self.auto_sync => {
                         self.pending_syncs.push_back((op, action));
                     }
-                    Output::Disk { op, action } => done.push(Input::DiskDone {
-                        op,
-                        result: self.disk.execute(action),
-                    }),
+                    Output::Disk { op, action } => done.push(Input::DiskDone { op, result: self.disk.execute(action) }),
                     Output::Response { conn, parts } => {
                         let mut buf = BytesMut::new();
                         for p in parts {
                             match p {
                                 Part::Bytes(b) => buf.put_slice(&b),
-                                Part::File {
-                                    file,
-                                    position,
-                                    len,
-                                } => {
+                                Part::File { file, position, len } => {
                                     let b = self
                                         .disk
                                         .read_range(file, position, len as usize)
@@ -110,10 +95,7 @@ impl SimNode {
                                 }
                             }
                         }
-                        self.responses
-                            .entry(conn)
-                            .or_default()
-                            .push_back(buf.freeze());
+                        self.responses.entry(conn).or_default().push_back(buf.freeze());
                     }
                     Output::Close { conn } => self.closed.push(conn),
                     Output::Peer { .. } => {}

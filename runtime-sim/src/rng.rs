@@ -23,14 +23,7 @@ pub struct Streams {
 impl Streams {
     pub fn new(seed: u64) -> Streams {
         let s = |k: u64| ChaCha8Rng::seed_from_u64(splitmix(seed ^ splitmix(k)));
-        Streams {
-            seed,
-            network: s(1),
-            disk: s(2),
-            clock: s(3),
-            workload: s(4),
-            faults: s(5),
-        }
+        Streams { seed, network: s(1), disk: s(2), clock: s(3), workload: s(4), faults: s(5) }
     }
 
     /// The seed a node's core gets for its `inc`-th incarnation.

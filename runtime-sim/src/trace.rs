@@ -20,10 +20,7 @@ impl Default for Trace {
 
 impl Trace {
     pub fn new() -> Trace {
-        Trace {
-            hash: 0xcbf2_9ce4_8422_2325,
-            lines: None,
-        }
+        Trace { hash: 0xcbf2_9ce4_8422_2325, lines: None }
     }
 
     /// Keep every event as a JSON line as well.
@@ -52,9 +49,7 @@ impl Trace {
         self.mix(&a.to_le_bytes());
         self.mix(&b.to_le_bytes());
         if let Some(l) = &mut self.lines {
-            l.push(format!(
-                "{{\"t_ns\":{at},\"event\":\"{kind}\",\"a\":{a},\"b\":{b}}}"
-            ));
+            l.push(format!("{{\"t_ns\":{at},\"event\":\"{kind}\",\"a\":{a},\"b\":{b}}}"));
         }
     }
 
@@ -72,12 +67,9 @@ impl Trace {
                 self.record(at, "request", (node as u64) << 32 | conn.0, h.hash);
             }
             Input::ConnClosed { conn } => self.record(at, "conn-closed", node as u64, conn.0),
-            Input::DiskDone { op, result } => self.record(
-                at,
-                "disk",
-                node as u64,
-                op.0 << 1 | u64::from(result.is_ok()),
-            ),
+            Input::DiskDone { op, result } => {
+                self.record(at, "disk", node as u64, op.0 << 1 | u64::from(result.is_ok()))
+            }
             Input::Peer { from, .. } => self.record(at, "peer", node as u64, from.0 as u64),
             Input::Timeout => self.record(at, "timeout", node as u64, 0),
         }

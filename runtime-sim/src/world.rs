@@ -16,10 +16,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use bytes::{BufMut, Bytes, BytesMut};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use sluice_core::{
-    ConnId, DiskError, DiskOp, DiskReply, Input, Instant, Node, NodeConfig, OpId, Output, Part,
-    Time,
-};
+use sluice_core::{ConnId, DiskError, DiskOp, DiskReply, Input, Instant, Node, NodeConfig, OpId, Output, Part, Time};
 
 use crate::disk::SimDisk;
 use crate::rng::Streams;
@@ -61,36 +58,13 @@ impl Default for Env {
 
 #[derive(Debug)]
 enum Event {
-    NodeInput {
-        node: usize,
-        inc: u64,
-        input: Input,
-    },
-    SyncDone {
-        node: usize,
-        inc: u64,
-        op: OpId,
-        ticket: Option<crate::disk::SyncTicket>,
-        ok: bool,
-    },
-    NodeTimer {
-        node: usize,
-        inc: u64,
-    },
-    ClientResponse {
-        conn: ConnId,
-        frame: Bytes,
-    },
-    ClientClosed {
-        conn: ConnId,
-    },
-    ClientTimer {
-        client: usize,
-        token: u64,
-    },
-    Restart {
-        node: usize,
-    },
+    NodeInput { node: usize, inc: u64, input: Input },
+    SyncDone { node: usize, inc: u64, op: OpId, ticket: Option<crate::disk::SyncTicket>, ok: bool },
+    NodeTimer { node: usize, inc: u64 },
+    ClientResponse { conn: ConnId, frame: Bytes },
+    ClientClosed { conn: ConnId },
+    ClientTimer { client: usize, token: u64 },
+    Restart { node: usize },
 }
 
 struct Scheduled {
@@ -126,13 +100,9 @@ struct Clock {
 
 impl Clock {
     fn at(&self, t: Nanos) -> Time {
-        let drift = u64::try_from(u128::from(t) * u128::from(self.drift_ppm) / 1_000_000)
-            .unwrap_or(u64::MAX);
+        let drift = u64::try_from(u128::from(t) * u128::from(self.drift_ppm) / 1_000_000).unwrap_or(u64::MAX);
         let mono = self.offset + t + drift;
-        Time {
-            mono: Instant(mono),
-            wall_ms: self.wall_base_ms + i64::try_from(mono / MS).unwrap_or(i64::MAX),
-        }
+        Time { mono: Instant(mono), wall_ms: self.wall_base_ms + i64::try_from(mono / MS).unwrap_or(i64::MAX) }
     }
     /// The simulated time at which the node's clock reads `mono` (rounded up).
     fn sim_time_of(&self, mono: Instant) -> Nanos {
@@ -190,6 +160,7 @@ pub struct Stats {
     pub lost_writes: u64,
     pub resets: u64,
     pub clogs: u64,
+    pub disk_fulls: u64,
 }
 
 pub struct World {
@@ -214,11 +185,7 @@ impl World {
             .into_iter()
             .map(|config| {
                 let clock = Clock {
-                    offset: if env.clock_offset_max > 0 {
-                        rng.clock.gen_range(0..env.clock_offset_max)
-                    } else {
-                        0
-                    },
+                    offset: if env.clock_offset_max > 0 { rng.clock.gen_range(0..env.clock_offset_max) } else { 0 },
                     drift_ppm: if env.clock_drift_ppm_max > 0 {
                         rng.clock.gen_range(0..env.clock_drift_ppm_max)
                     } else {
@@ -286,11 +253,7 @@ impl World {
 
     fn schedule(&mut self, at: Nanos, event: Event) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at: at.max(self.now),
-            seq: self.seq,
-            event,
-        }));
+        self.queue.push(Reverse(Scheduled { at: at.max(self.now), seq: self.seq, event }));
     }
 
     fn boot(&mut self, i: usize) {
@@ -321,17 +284,7 @@ impl World {
         let conn = ConnId(self.next_conn);
         let up = self.slots[node].node.is_some();
         let inc = self.slots[node].inc;
-        self.conns.insert(
-            conn,
-            Conn {
-                client,
-                node,
-                inc,
-                open: up,
-                to_node_at: self.now,
-                to_client_at: self.now,
-            },
-        );
+        self.conns.insert(conn, Conn { client, node, inc, open: up, to_node_at: self.now, to_client_at: self.now });
         if !up {
             let at = self.now + self.latency(self.env.net_latency);
             self.schedule(at, Event::ClientClosed { conn });
@@ -352,14 +305,7 @@ impl World {
         let at = (self.now + lat).max(c.to_node_at).max(clog);
         c.to_node_at = at;
         let (node, inc) = (c.node, c.inc);
-        self.schedule(
-            at,
-            Event::NodeInput {
-                node,
-                inc,
-                input: Input::Request { conn, frame },
-            },
-        );
+        self.schedule(at, Event::NodeInput { node, inc, input: Input::Request { conn, frame } });
     }
 
     /// The client closes its connection.
@@ -371,14 +317,7 @@ impl World {
             return;
         }
         let (node, inc, at) = (c.node, c.inc, c.to_node_at);
-        self.schedule(
-            at,
-            Event::NodeInput {
-                node,
-                inc,
-                input: Input::ConnClosed { conn },
-            },
-        );
+        self.schedule(at, Event::NodeInput { node, inc, input: Input::ConnClosed { conn } });
     }
 
     pub fn set_timer(&mut self, client: usize, token: u64, after: Nanos) {
@@ -399,14 +338,8 @@ impl World {
         self.stats.lost_writes += report.files_with_lost_writes as u64;
         self.slots[i].node = None;
         self.slots[i].crashes += 1;
-        self.trace
-            .record(self.now, "crash", i as u64, report.torn_writes as u64);
-        let conns: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.node == i && c.open)
-            .map(|(k, _)| *k)
-            .collect();
+        self.trace.record(self.now, "crash", i as u64, report.torn_writes as u64);
+        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.node == i && c.open).map(|(k, _)| *k).collect();
         for conn in conns {
             self.reset(conn);
         }
@@ -424,14 +357,7 @@ impl World {
         self.stats.resets += 1;
         let (node, inc) = (c.node, c.inc);
         let at = self.now + 1;
-        self.schedule(
-            at,
-            Event::NodeInput {
-                node,
-                inc,
-                input: Input::ConnClosed { conn },
-            },
-        );
+        self.schedule(at, Event::NodeInput { node, inc, input: Input::ConnClosed { conn } });
         self.schedule(at, Event::ClientClosed { conn });
     }
 
@@ -442,10 +368,21 @@ impl World {
         self.trace.record(self.now, "clog", i as u64, until);
     }
 
-    /// Ends every fault: unclogs nodes and stops injecting disk faults.
+    /// Fills a node's disk (writes fail with NoSpace) or frees it again.
+    pub fn set_disk_full(&mut self, i: usize, full: bool) {
+        let used = self.slots[i].disk.bytes_used();
+        self.slots[i].disk.capacity_bytes = full.then_some(used);
+        if full {
+            self.stats.disk_fulls += 1;
+        }
+        self.trace.record(self.now, "disk-full", i as u64, u64::from(full));
+    }
+
+    /// Ends every fault: unclogs nodes, frees disks and stops injecting disk faults.
     pub fn heal(&mut self) {
         for s in &mut self.slots {
             s.clogged_until = self.now;
+            s.disk.capacity_bytes = None;
         }
         self.env.sync_fail = 0.0;
         self.env.read_corrupt = 0.0;
@@ -457,11 +394,7 @@ impl World {
     }
 
     pub fn open_conns(&self) -> Vec<ConnId> {
-        self.conns
-            .iter()
-            .filter(|(_, c)| c.open)
-            .map(|(k, _)| *k)
-            .collect()
+        self.conns.iter().filter(|(_, c)| c.open).map(|(k, _)| *k).collect()
     }
 
     pub fn is_up(&self, i: usize) -> bool {
@@ -500,13 +433,7 @@ impl World {
                     self.handle(node, input);
                 }
             }
-            Event::SyncDone {
-                node,
-                inc,
-                op,
-                ticket,
-                ok,
-            } => {
+            Event::SyncDone { node, inc, op, ticket, ok } => {
                 if self.slots[node].inc == inc && self.slots[node].node.is_some() {
                     let result = match (ticket, ok) {
                         (Some(t), true) => {
@@ -519,8 +446,7 @@ impl World {
                         }
                         (None, _) => Err(DiskError::Io("file not open".into())),
                     };
-                    self.trace
-                        .record(self.now, "sync", node as u64, u64::from(result.is_ok()));
+                    self.trace.record(self.now, "sync", node as u64, u64::from(result.is_ok()));
                     self.handle(node, Input::DiskDone { op, result });
                 }
             }
@@ -533,8 +459,7 @@ impl World {
             }
             Event::ClientResponse { conn, frame } => {
                 if self.conns.get(&conn).is_some_and(|c| c.open) {
-                    self.trace
-                        .record_bytes(self.now, "response", conn.0, &frame);
+                    self.trace.record_bytes(self.now, "response", conn.0, &frame);
                     h.on_response(self, conn, frame);
                 }
             }
@@ -546,8 +471,7 @@ impl World {
                 h.on_closed(self, conn);
             }
             Event::ClientTimer { client, token } => {
-                self.trace
-                    .record(self.now, "client-timer", client as u64, token);
+                self.trace.record(self.now, "client-timer", client as u64, token);
                 h.on_timer(self, client, token);
             }
             Event::Restart { node } => {
@@ -561,11 +485,7 @@ impl World {
 
     fn handle(&mut self, i: usize, input: Input) {
         let t = self.slots[i].clock.at(self.now);
-        self.slots[i]
-            .node
-            .as_mut()
-            .expect("checked by the caller")
-            .handle(t, input);
+        self.slots[i].node.as_mut().expect("checked by the caller").handle(t, input);
         self.drain(i);
     }
 
@@ -605,11 +525,8 @@ impl World {
         for p in parts {
             match p {
                 Part::Bytes(b) => buf.put_slice(&b),
-                Part::File {
-                    file,
-                    position,
-                    len,
-                } => match self.slots[i].disk.read_range(file, position, len as usize) {
+                Part::File { file, position, len } => match self.slots[i].disk.read_range(file, position, len as usize)
+                {
                     Some(b) => buf.put_slice(&b),
                     None => panic!("node {i} sent a file range beyond its file: a bug in core"),
                 },
@@ -633,26 +550,12 @@ impl World {
             let lat = self.latency(self.env.sync_latency);
             let ticket = self.slots[i].disk.sync_begin(file).ok();
             let ok = !self.rng.disk.gen_bool(self.env.sync_fail.clamp(0.0, 1.0));
-            self.schedule(
-                self.now + lat,
-                Event::SyncDone {
-                    node: i,
-                    inc,
-                    op,
-                    ticket,
-                    ok,
-                },
-            );
+            self.schedule(self.now + lat, Event::SyncDone { node: i, inc, op, ticket, ok });
             return;
         }
         let mut result = self.slots[i].disk.execute(action);
         if let Ok(DiskReply::Data(d)) = &mut result {
-            if !d.is_empty()
-                && self
-                    .rng
-                    .disk
-                    .gen_bool(self.env.read_corrupt.clamp(0.0, 1.0))
-            {
+            if !d.is_empty() && self.rng.disk.gen_bool(self.env.read_corrupt.clamp(0.0, 1.0)) {
                 let mut v = d.to_vec();
                 let at = self.rng.disk.gen_range(0..v.len());
                 v[at] ^= 1 << self.rng.disk.gen_range(0..8);
@@ -663,13 +566,6 @@ impl World {
         let lat = self.latency(self.env.disk_latency);
         let at = (self.now + lat).max(self.slots[i].disk_busy_until);
         self.slots[i].disk_busy_until = at;
-        self.schedule(
-            at,
-            Event::NodeInput {
-                node: i,
-                inc,
-                input: Input::DiskDone { op, result },
-            },
-        );
+        self.schedule(at, Event::NodeInput { node: i, inc, input: Input::DiskDone { op, result } });
     }
 }

@@ -23,8 +23,7 @@ fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T)
     h.correlation_id = correlation_id;
     h.client_id = Some(StrBytes::from_static_str("sim-test"));
     let mut buf = BytesMut::new();
-    h.encode(&mut buf, key.request_header_version(version))
-        .unwrap();
+    h.encode(&mut buf, key.request_header_version(version)).unwrap();
     body.encode(&mut buf, version).unwrap();
     buf.freeze()
 }
@@ -51,16 +50,10 @@ fn create_topic(sim: &mut SimNode, topic: &str, partitions: i32) {
     let mut req = CreateTopicsRequest::default();
     req.topics = vec![t];
     sim.request(C, frame(ApiKey::CreateTopics, 5, 1, &req));
-    assert!(
-        sim.take_response(C).is_none(),
-        "CreateTopics answered before its metadata record was synced"
-    );
+    assert!(sim.take_response(C).is_none(), "CreateTopics answered before its metadata record was synced");
     sim.complete_syncs();
-    let resp: CreateTopicsResponse = decode(
-        ApiKey::CreateTopics,
-        5,
-        sim.take_response(C).expect("answered after sync"),
-    );
+    let resp: CreateTopicsResponse =
+        decode(ApiKey::CreateTopics, 5, sim.take_response(C).expect("answered after sync"));
     assert_eq!(resp.topics[0].error_code, 0);
 }
 
@@ -85,15 +78,8 @@ fn batch(values: &[Vec<u8>]) -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
+        .unwrap();
     buf.freeze()
 }
 
@@ -137,20 +123,8 @@ fn read_all(sim: &mut SimNode, topic: &str, partition: i32) -> (Vec<(i64, Vec<u8
     // would wait behind C's unanswered produces.
     let reader = ConnId(77);
     loop {
-        sim.request(
-            reader,
-            frame(
-                ApiKey::Fetch,
-                11,
-                9,
-                &fetch_req(topic, partition, offset, 0),
-            ),
-        );
-        let resp: FetchResponse = decode(
-            ApiKey::Fetch,
-            11,
-            sim.take_response(reader).expect("fetch answered"),
-        );
+        sim.request(reader, frame(ApiKey::Fetch, 11, 9, &fetch_req(topic, partition, offset, 0)));
+        let resp: FetchResponse = decode(ApiKey::Fetch, 11, sim.take_response(reader).expect("fetch answered"));
         let p = &resp.responses[0].partitions[0];
         assert_eq!(p.error_code, 0);
         let mut recs = p.records.clone().unwrap_or_default();
@@ -169,15 +143,7 @@ fn read_all(sim: &mut SimNode, topic: &str, partition: i32) -> (Vec<(i64, Vec<u8
 }
 
 fn produce(sim: &mut SimNode, topic: &str, values: &[Vec<u8>], cid: i32) {
-    sim.request(
-        C,
-        frame(
-            ApiKey::Produce,
-            9,
-            cid,
-            &produce_req(topic, 0, batch(values), -1),
-        ),
-    );
+    sim.request(C, frame(ApiKey::Produce, 9, cid, &produce_req(topic, 0, batch(values), -1)));
 }
 
 fn take_produce(sim: &mut SimNode) -> Option<(i16, i64)> {
@@ -192,10 +158,7 @@ fn acknowledged_only_after_sync_and_offsets_are_assigned_in_order() {
     create_topic(&mut sim, "t", 1);
     produce(&mut sim, "t", &[b"a".to_vec(), b"b".to_vec()], 10);
     produce(&mut sim, "t", &[b"c".to_vec()], 11);
-    assert!(
-        sim.take_response(C).is_none(),
-        "produce answered before its sync"
-    );
+    assert!(sim.take_response(C).is_none(), "produce answered before its sync");
     assert!(sim.pending_syncs() > 0);
     // Nothing un-synced is visible to a consumer either.
     assert_eq!(read_all(&mut sim, "t", 0), (vec![], 0));
@@ -204,10 +167,7 @@ fn acknowledged_only_after_sync_and_offsets_are_assigned_in_order() {
     assert_eq!(take_produce(&mut sim), Some((0, 2)));
     let (records, hw) = read_all(&mut sim, "t", 0);
     assert_eq!(hw, 3);
-    assert_eq!(
-        records,
-        vec![(0, b"a".to_vec()), (1, b"b".to_vec()), (2, b"c".to_vec())]
-    );
+    assert_eq!(records, vec![(0, b"a".to_vec()), (1, b"b".to_vec()), (2, b"c".to_vec())]);
 }
 
 #[test]
@@ -216,43 +176,18 @@ fn long_poll_fetch_wakes_on_durable_data_and_times_out() {
     create_topic(&mut sim, "t", 1);
     sim.request(C, frame(ApiKey::Fetch, 11, 5, &fetch_req("t", 0, 0, 500)));
     let c2 = ConnId(2);
-    sim.request(
-        c2,
-        frame(
-            ApiKey::Produce,
-            9,
-            6,
-            &produce_req("t", 0, batch(&[b"x".to_vec()]), -1),
-        ),
-    );
-    assert!(
-        sim.take_response(C).is_none(),
-        "fetch answered before data was durable"
-    );
+    sim.request(c2, frame(ApiKey::Produce, 9, 6, &produce_req("t", 0, batch(&[b"x".to_vec()]), -1)));
+    assert!(sim.take_response(C).is_none(), "fetch answered before data was durable");
     sim.complete_syncs();
-    let resp: FetchResponse = decode(
-        ApiKey::Fetch,
-        11,
-        sim.take_response(C).expect("fetch woken"),
-    );
-    assert!(resp.responses[0].partitions[0]
-        .records
-        .as_ref()
-        .is_some_and(|r| !r.is_empty()));
+    let resp: FetchResponse = decode(ApiKey::Fetch, 11, sim.take_response(C).expect("fetch woken"));
+    assert!(resp.responses[0].partitions[0].records.as_ref().is_some_and(|r| !r.is_empty()));
     // At the end of the log the fetch parks until max.wait.ms, then answers empty.
     sim.request(C, frame(ApiKey::Fetch, 11, 7, &fetch_req("t", 0, 1, 500)));
     sim.advance_ms(400);
     assert!(sim.take_response(C).is_none());
     sim.advance_ms(200);
-    let resp: FetchResponse = decode(
-        ApiKey::Fetch,
-        11,
-        sim.take_response(C).expect("fetch timed out"),
-    );
-    assert!(resp.responses[0].partitions[0]
-        .records
-        .as_ref()
-        .is_none_or(|r| r.is_empty()));
+    let resp: FetchResponse = decode(ApiKey::Fetch, 11, sim.take_response(C).expect("fetch timed out"));
+    assert!(resp.responses[0].partitions[0].records.as_ref().is_none_or(|r| r.is_empty()));
 }
 
 #[test]
@@ -265,18 +200,10 @@ fn failed_sync_fails_the_produce_and_loses_nothing_acknowledged() {
     produce(&mut sim, "t", &[b"lost".to_vec()], 2);
     sim.fail_next_sync = Some(sluice_runtime_sim::no_space());
     sim.complete_syncs();
-    assert_eq!(
-        take_produce(&mut sim),
-        Some((56, -1)),
-        "KAFKA_STORAGE_ERROR"
-    );
+    assert_eq!(take_produce(&mut sim), Some((56, -1)), "KAFKA_STORAGE_ERROR");
     produce(&mut sim, "t", &[b"next".to_vec()], 3);
     sim.complete_syncs();
-    assert_eq!(
-        take_produce(&mut sim),
-        Some((0, 1)),
-        "the failed record's offset is reused"
-    );
+    assert_eq!(take_produce(&mut sim), Some((0, 1)), "the failed record's offset is reused");
     let (records, _) = read_all(&mut sim, "t", 0);
     assert_eq!(records, vec![(0, b"kept".to_vec()), (1, b"next".to_vec())]);
 }
@@ -297,10 +224,7 @@ fn full_disk_refuses_and_recovers() {
     sim.complete_syncs();
     assert_eq!(take_produce(&mut sim), Some((0, 1)));
     let (records, _) = read_all(&mut sim, "t", 0);
-    assert_eq!(
-        records.iter().map(|r| r.1[0]).collect::<Vec<_>>(),
-        vec![1, 3]
-    );
+    assert_eq!(records.iter().map(|r| r.1[0]).collect::<Vec<_>>(), vec![1, 3]);
 }
 
 /// Many seeds: random produces, random sync points, a crash at a random moment (unsynced
@@ -347,38 +271,20 @@ fn crash_at_any_moment_keeps_every_acknowledged_record() {
         let by_offset: std::collections::BTreeMap<i64, Vec<u8>> = records.iter().cloned().collect();
         for (base, values) in &acked {
             for (i, v) in values.iter().enumerate() {
-                assert_eq!(
-                    by_offset.get(&(base + i as i64)),
-                    Some(v),
-                    "seed {seed}: acknowledged record lost"
-                );
+                assert_eq!(by_offset.get(&(base + i as i64)), Some(v), "seed {seed}: acknowledged record lost");
             }
         }
         let all_sent: std::collections::BTreeSet<&Vec<u8>> = sent.iter().flatten().collect();
         for (o, v) in &records {
-            assert!(
-                all_sent.contains(v),
-                "seed {seed}: offset {o} holds a value never sent"
-            );
+            assert!(all_sent.contains(v), "seed {seed}: offset {o} holds a value never sent");
         }
         let offsets: Vec<i64> = records.iter().map(|r| r.0).collect();
-        assert_eq!(
-            offsets,
-            (0..hw).collect::<Vec<_>>(),
-            "seed {seed}: offsets not contiguous from 0"
-        );
+        assert_eq!(offsets, (0..hw).collect::<Vec<_>>(), "seed {seed}: offsets not contiguous from 0");
         produce(&mut sim, "t", &[b"after".to_vec()], 999);
         sim.complete_syncs();
-        assert_eq!(
-            take_produce(&mut sim),
-            Some((0, hw)),
-            "seed {seed}: log does not continue at its end"
-        );
+        assert_eq!(take_produce(&mut sim), Some((0, hw)), "seed {seed}: log does not continue at its end");
     }
-    assert!(
-        torn > 10,
-        "the crash model must actually tear writes ({torn})"
-    );
+    assert!(torn > 10, "the crash model must actually tear writes ({torn})");
 }
 
 #[test]
@@ -393,8 +299,7 @@ fn corrupt_tail_is_cut_off_at_restart() {
     junk.put_i64(2);
     junk.put_i32(60);
     junk.put_slice(&[0xAB; 60]);
-    sim.disk
-        .append_durable("t-0/00000000000000000000.log", &junk);
+    sim.disk.append_durable("t-0/00000000000000000000.log", &junk);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     sim.crash_and_restart(&mut rng);
     assert_eq!(sim.node.recovery_stats().torn_tails, 1);
@@ -414,10 +319,7 @@ fn topics_survive_restart_and_deletion_is_durable() {
     let mut req = DeleteTopicsRequest::default();
     req.topic_names = vec![name("b")];
     sim.request(C, frame(ApiKey::DeleteTopics, 4, 3, &req));
-    assert!(
-        sim.take_response(C).is_none(),
-        "delete answered before its record was synced"
-    );
+    assert!(sim.take_response(C).is_none(), "delete answered before its record was synced");
     sim.complete_syncs();
     let resp: DeleteTopicsResponse = decode(ApiKey::DeleteTopics, 4, sim.take_response(C).unwrap());
     assert_eq!(resp.responses[0].error_code, 0);
@@ -427,16 +329,10 @@ fn topics_survive_restart_and_deletion_is_durable() {
     md.topics = None;
     sim.request(C, frame(ApiKey::Metadata, 9, 4, &md));
     let resp: MetadataResponse = decode(ApiKey::Metadata, 9, sim.take_response(C).unwrap());
-    let topics: Vec<(String, usize)> = resp
-        .topics
-        .iter()
-        .map(|t| (t.name.as_ref().unwrap().0.to_string(), t.partitions.len()))
-        .collect();
+    let topics: Vec<(String, usize)> =
+        resp.topics.iter().map(|t| (t.name.as_ref().unwrap().0.to_string(), t.partitions.len())).collect();
     assert_eq!(topics, vec![("a".to_string(), 3)]);
-    assert!(
-        sim.disk.read_file("b-0/00000000000000000000.log").is_none(),
-        "deleted topic's files remain"
-    );
+    assert!(sim.disk.read_file("b-0/00000000000000000000.log").is_none(), "deleted topic's files remain");
 }
 
 /// ListOffsets by timestamp finds the first record at or after the time, inside a batch, and
@@ -466,45 +362,19 @@ fn list_offsets_by_timestamp_looks_inside_batches() {
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &recs,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    sim.request(
-        C,
-        frame(
-            ApiKey::Produce,
-            9,
-            1,
-            &produce_req("t", 0, buf.freeze(), -1),
-        ),
-    );
+    RecordBatchEncoder::encode(&mut buf, &recs, &RecordEncodeOptions { version: 2, compression: Compression::None })
+        .unwrap();
+    sim.request(C, frame(ApiKey::Produce, 9, 1, &produce_req("t", 0, buf.freeze(), -1)));
     let mut single = recs[0].clone();
     single.timestamp = ts + 100;
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
         [&single],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
+        &RecordEncodeOptions { version: 2, compression: Compression::None },
     )
     .unwrap();
-    sim.request(
-        C,
-        frame(
-            ApiKey::Produce,
-            9,
-            2,
-            &produce_req("t", 0, buf.freeze(), -1),
-        ),
-    );
+    sim.request(C, frame(ApiKey::Produce, 9, 2, &produce_req("t", 0, buf.freeze(), -1)));
     sim.complete_syncs();
     take_produce(&mut sim);
     take_produce(&mut sim);
@@ -526,8 +396,7 @@ fn list_offsets_by_timestamp_looks_inside_batches() {
         req.replica_id = BrokerId(-1);
         req.topics = vec![t];
         sim.request(C, frame(ApiKey::ListOffsets, 7, 3, &req));
-        let resp: ListOffsetsResponse =
-            decode(ApiKey::ListOffsets, 7, sim.take_response(C).unwrap());
+        let resp: ListOffsetsResponse = decode(ApiKey::ListOffsets, 7, sim.take_response(C).unwrap());
         let p = &resp.topics[0].partitions[0];
         assert_eq!((p.offset, p.timestamp), want, "query {query}");
     }

@@ -30,8 +30,7 @@ pub struct Checker {
 impl Checker {
     fn violation(&mut self, at_ns: u64, what: String) {
         if self.violations.len() < 20 {
-            self.violations
-                .push(format!("t={}ms: {what}", at_ns / 1_000_000));
+            self.violations.push(format!("t={}ms: {what}", at_ns / 1_000_000));
         }
     }
 
@@ -41,15 +40,7 @@ impl Checker {
 
     /// A produce acknowledged `values` at `base`; `floor` is the highest offset this producer
     /// had seen acknowledged on the partition when the batch was first sent.
-    pub fn on_ack(
-        &mut self,
-        at: u64,
-        producer: usize,
-        partition: i32,
-        base: i64,
-        values: &[String],
-        floor: i64,
-    ) {
+    pub fn on_ack(&mut self, at: u64, producer: usize, partition: i32, base: i64, values: &[String], floor: i64) {
         if base <= floor {
             self.violation(at, format!("producer {producer}: batch sent after offset {floor} was acknowledged landed at {base} on partition {partition}"));
         }
@@ -57,16 +48,10 @@ impl Checker {
             let key = (partition, base + i as i64);
             self.acks += 1;
             if let Some(old) = self.acked.get(&key).filter(|old| *old != v).cloned() {
-                self.violation(
-                    at,
-                    format!("offset {key:?} acknowledged twice: {old:?} and {v:?}"),
-                );
+                self.violation(at, format!("offset {key:?} acknowledged twice: {old:?} and {v:?}"));
             }
             if let Some(s) = self.seen.get(&key).filter(|s| *s != v).cloned() {
-                self.violation(
-                    at,
-                    format!("offset {key:?} acknowledged as {v:?} but a consumer read {s:?}"),
-                );
+                self.violation(at, format!("offset {key:?} acknowledged as {v:?} but a consumer read {s:?}"));
             }
             self.acked.insert(key, v.clone());
         }
@@ -76,54 +61,40 @@ impl Checker {
         let max = self.hw_max.entry((consumer, partition)).or_insert(hw);
         if hw < *max {
             let was = *max;
-            self.violation(at, format!("consumer {consumer} saw the high watermark of partition {partition} go back from {was} to {hw}"));
+            self.violation(
+                at,
+                format!(
+                    "consumer {consumer} saw the high watermark of partition {partition} go back from {was} to {hw}"
+                ),
+            );
         } else {
             *max = hw;
         }
     }
 
-    pub fn on_consume(
-        &mut self,
-        at: u64,
-        consumer: usize,
-        partition: i32,
-        offset: i64,
-        value: &str,
-        hw: i64,
-    ) {
+    pub fn on_consume(&mut self, at: u64, consumer: usize, partition: i32, offset: i64, value: &str, hw: i64) {
         self.consumed += 1;
         let key = (partition, offset);
         if offset >= hw {
             self.violation(at, format!("consumer {consumer} read offset {offset} of partition {partition} at or past the high watermark {hw}"));
         }
         if !self.produced.contains(value) {
-            self.violation(
-                at,
-                format!("consumer {consumer} read {value:?} at {key:?}, a value never produced"),
-            );
+            self.violation(at, format!("consumer {consumer} read {value:?} at {key:?}, a value never produced"));
         }
         if let Some(s) = self.seen.get(&key).filter(|s| s.as_str() != value).cloned() {
-            self.violation(
-                at,
-                format!("offset {key:?} read as {s:?} and later as {value:?}"),
-            );
+            self.violation(at, format!("offset {key:?} read as {s:?} and later as {value:?}"));
         }
-        if let Some(a) = self
-            .acked
-            .get(&key)
-            .filter(|a| a.as_str() != value)
-            .cloned()
-        {
-            self.violation(
-                at,
-                format!("offset {key:?} was acknowledged as {a:?} but reads {value:?}"),
-            );
+        if let Some(a) = self.acked.get(&key).filter(|a| a.as_str() != value).cloned() {
+            self.violation(at, format!("offset {key:?} was acknowledged as {a:?} but reads {value:?}"));
         }
         self.seen.entry(key).or_insert_with(|| value.to_string());
     }
 
     pub fn on_gap(&mut self, at: u64, consumer: usize, partition: i32, expected: i64, got: i64) {
-        self.violation(at, format!("consumer {consumer} expected offset {expected} of partition {partition} next but got {got}"));
+        self.violation(
+            at,
+            format!("consumer {consumer} expected offset {expected} of partition {partition} next but got {got}"),
+        );
     }
 
     pub fn on_error(&mut self, at: u64, what: String) {
@@ -149,16 +120,9 @@ impl Checker {
             .map(|(k, v)| (*k, v.clone()))
             .take(5)
             .collect();
-        let n = self
-            .acked
-            .iter()
-            .filter(|(k, v)| self.seen.get(k) != Some(v))
-            .count();
+        let n = self.acked.iter().filter(|(k, v)| self.seen.get(k) != Some(v)).count();
         for (k, v) in lost {
-            self.violation(
-                at,
-                format!("acknowledged record {v:?} at {k:?} was never read back ({n} such)"),
-            );
+            self.violation(at, format!("acknowledged record {v:?} at {k:?} was never read back ({n} such)"));
         }
     }
 }

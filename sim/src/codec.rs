@@ -17,19 +17,13 @@ pub fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body:
     h.correlation_id = correlation_id;
     h.client_id = Some(StrBytes::from_static_str("sluice-sim"));
     let mut buf = BytesMut::new();
-    h.encode(&mut buf, key.request_header_version(version))
-        .expect("client requests encode");
-    body.encode(&mut buf, version)
-        .expect("client requests encode");
+    h.encode(&mut buf, key.request_header_version(version)).expect("client requests encode");
+    body.encode(&mut buf, version).expect("client requests encode");
     buf.freeze()
 }
 
 /// Splits a response frame (no size prefix) into its correlation id and decoded body.
-pub fn decode<R: Decodable>(
-    key: ApiKey,
-    version: i16,
-    mut frame: Bytes,
-) -> Result<(i32, R), String> {
+pub fn decode<R: Decodable>(key: ApiKey, version: i16, mut frame: Bytes) -> Result<(i32, R), String> {
     if frame.len() < 4 {
         return Err("response shorter than its header".into());
     }
@@ -49,9 +43,7 @@ pub fn decode<R: Decodable>(
 
 /// The correlation id of a response frame.
 pub fn correlation_id(frame: &Bytes) -> Option<i32> {
-    frame
-        .get(0..4)
-        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    frame.get(0..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 fn put_varint(out: &mut BytesMut, v: i64) {
@@ -105,11 +97,7 @@ fn crc32c(data: &[u8]) -> u32 {
     for &byte in data {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
         }
     }
     !crc
@@ -134,9 +122,7 @@ pub fn records(mut set: &[u8]) -> Result<Vec<(i64, String)>, String> {
         let mut body = &set[batch::HEADER_BYTES..h.size];
         while !body.is_empty() {
             let (len, n) = varint(body).ok_or("bad record length")?;
-            let rec = body
-                .get(n..n + len as usize)
-                .ok_or("record past its batch")?;
+            let rec = body.get(n..n + len as usize).ok_or("record past its batch")?;
             let mut at = 1; // attributes
             let (_, k) = varint(&rec[at..]).ok_or("bad timestamp delta")?;
             at += k;
@@ -146,13 +132,8 @@ pub fn records(mut set: &[u8]) -> Result<Vec<(i64, String)>, String> {
             at += k + usize::try_from(key_len.max(0)).unwrap_or(0);
             let (val_len, k) = varint(&rec[at..]).ok_or("bad value length")?;
             at += k;
-            let v = rec
-                .get(at..at + val_len.max(0) as usize)
-                .ok_or("value past its record")?;
-            out.push((
-                h.base_offset + off_delta,
-                String::from_utf8_lossy(v).into_owned(),
-            ));
+            let v = rec.get(at..at + val_len.max(0) as usize).ok_or("value past its record")?;
+            out.push((h.base_offset + off_delta, String::from_utf8_lossy(v).into_owned()));
             body = &body[n + len as usize..];
         }
         set = &set[h.size..];
@@ -166,10 +147,7 @@ mod tests {
     fn batch_round_trip() {
         let values = vec!["a".to_string(), "bcd".to_string()];
         let b = super::batch_of(&values, 5);
-        assert_eq!(
-            super::records(&b).unwrap(),
-            vec![(0, "a".to_string()), (1, "bcd".to_string())]
-        );
+        assert_eq!(super::records(&b).unwrap(), vec![(0, "a".to_string()), (1, "bcd".to_string())]);
         assert_eq!(super::crc32c(b"123456789"), 0xE306_9283);
     }
 }

@@ -37,15 +37,8 @@ impl Report {
     }
 
     pub fn replay_command(&self) -> String {
-        let m = self
-            .mutant
-            .as_ref()
-            .map(|m| format!(" --mutant {m}"))
-            .unwrap_or_default();
-        format!(
-            "cargo run --release -p sluice-sim -- run --seed {}{m}",
-            self.seed
-        )
+        let m = self.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default();
+        format!("cargo run --release -p sluice-sim -- run --seed {}{m}", self.seed)
     }
 
     pub fn summary(&self) -> String {
@@ -54,24 +47,14 @@ impl Report {
         out += &format!(
             "seed {}{}\n",
             self.seed,
-            self.mutant
-                .as_ref()
-                .map(|m| format!(" (mutant {m})"))
-                .unwrap_or_default()
+            self.mutant.as_ref().map(|m| format!(" (mutant {m})")).unwrap_or_default()
         );
         out += &format!("plan: {}\n", self.plan);
+        out += &format!("simulated {:.3} s, {} events\n", self.sim_ns as f64 / 1e9, s.events);
+        out += &format!("records acknowledged {}, consumed {}\n", self.acks, self.consumed);
         out += &format!(
-            "simulated {:.3} s, {} events\n",
-            self.sim_ns as f64 / 1e9,
-            s.events
-        );
-        out += &format!(
-            "records acknowledged {}, consumed {}\n",
-            self.acks, self.consumed
-        );
-        out += &format!(
-            "faults: {} crashes ({} torn writes, {} files lost writes), {} sync failures, {} corrupted reads, {} connection resets, {} clogs\n",
-            s.crashes, s.torn_writes, s.lost_writes, s.sync_failures, s.read_corruptions, s.resets, s.clogs
+            "faults: {} crashes ({} torn writes, {} files lost writes), {} sync failures, {} corrupted reads, {} disk-full spells, {} connection resets, {} clogs\n",
+            s.crashes, s.torn_writes, s.lost_writes, s.sync_failures, s.read_corruptions, s.disk_fulls, s.resets, s.clogs
         );
         if self.ok() {
             out += "checkers: acknowledged-not-lost ok, one-value-per-offset ok, no-phantom-values ok, producer-order ok, high-watermark-monotonic ok, reads-below-high-watermark ok, contiguous-reads ok, liveness ok\n";
@@ -103,9 +86,7 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
 /// The plan and the environment a seed draws.
 pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
     let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f5c_e7a1_0000);
-    let safety = opts
-        .safety_ms
-        .map_or(pick(&mut r, &[2_000u64, 5_000, 10_000]) * MS, |ms| ms * MS);
+    let safety = opts.safety_ms.map_or(pick(&mut r, &[2_000u64, 5_000, 10_000]) * MS, |ms| ms * MS);
     let plan = Plan {
         partitions: r.gen_range(1..=3),
         producers: r.gen_range(1..=3),
@@ -116,18 +97,13 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
         produce_interval: pick(&mut r, &[2u64, 5, 10, 20]) * MS,
         safety,
         liveness: 60_000 * MS,
-        crash_every: pick(
-            &mut r,
-            &[None, Some(300 * MS), Some(1_000 * MS), Some(3_000 * MS)],
-        ),
+        crash_every: pick(&mut r, &[None, Some(300 * MS), Some(1_000 * MS), Some(3_000 * MS)]),
         clog_every: pick(&mut r, &[None, Some(500 * MS), Some(2_000 * MS)]),
         reset_every: pick(&mut r, &[None, Some(200 * MS), Some(1_000 * MS)]),
+        disk_full_every: pick(&mut r, &[None, None, Some(500 * MS), Some(2_000 * MS)]),
     };
     let env = Env {
-        net_latency: (
-            pick(&mut r, &[20u64, 100, 500]) * US,
-            pick(&mut r, &[1u64, 3, 10]) * MS,
-        ),
+        net_latency: (pick(&mut r, &[20u64, 100, 500]) * US, pick(&mut r, &[1u64, 3, 10]) * MS),
         disk_latency: (2 * US, pick(&mut r, &[20u64, 200]) * US),
         sync_latency: (50 * US, pick(&mut r, &[500u64, 3_000]) * US),
         sync_fail: pick(&mut r, &[0.0, 0.0, 0.01, 0.05]),
@@ -176,7 +152,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
     sluice_core::mutants::set(mutant);
     let (plan, env, node) = draw(seed, opts);
     let plan_text = format!(
-        "{} partitions, {} producers x up to {} values (batches <= {}, {} in flight), {} consumers, safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
+        "{} partitions, {} producers x up to {} values (batches <= {}, {} in flight), {} consumers, safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
         plan.partitions,
         plan.producers,
         plan.values_per_producer,
@@ -187,6 +163,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
         plan.crash_every.map(|n| n / MS),
         plan.clog_every.map(|n| n / MS),
         plan.reset_every.map(|n| n / MS),
+        plan.disk_full_every.map(|n| n / MS),
         env.sync_fail,
         env.read_corrupt,
         node.log.segment_bytes,

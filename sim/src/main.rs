@@ -35,10 +35,7 @@ fn main() {
 }
 
 fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
 }
 
 fn opts(args: &[String]) -> Result<RunOpts, String> {
@@ -48,14 +45,9 @@ fn opts(args: &[String]) -> Result<RunOpts, String> {
             return Err(format!("unknown mutant {m:?}; see `sluice-sim mutants`"));
         }
     }
-    let safety_ms = opt(args, "--safety-ms")
-        .map(|s| s.parse().map_err(|_| format!("bad --safety-ms {s}")))
-        .transpose()?;
-    Ok(RunOpts {
-        mutant,
-        keep_trace: opt(args, "--trace").is_some(),
-        safety_ms,
-    })
+    let safety_ms =
+        opt(args, "--safety-ms").map(|s| s.parse().map_err(|_| format!("bad --safety-ms {s}"))).transpose()?;
+    Ok(RunOpts { mutant, keep_trace: opt(args, "--trace").is_some(), safety_ms })
 }
 
 fn cmd_run(args: &[String]) -> Result<i32, String> {
@@ -67,17 +59,13 @@ fn cmd_run(args: &[String]) -> Result<i32, String> {
             .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
             .init();
     }
-    let seed: u64 = opt(args, "--seed")
-        .ok_or("run needs --seed N")?
-        .parse()
-        .map_err(|_| "bad --seed")?;
+    let seed: u64 = opt(args, "--seed").ok_or("run needs --seed N")?.parse().map_err(|_| "bad --seed")?;
     let o = opts(args)?;
     let started = Instant::now();
     let r = run(seed, &o);
     let wall = started.elapsed();
     if let Some(path) = opt(args, "--trace") {
-        std::fs::write(path, r.trace_lines.join("\n") + "\n")
-            .map_err(|e| format!("{path}: {e}"))?;
+        std::fs::write(path, r.trace_lines.join("\n") + "\n").map_err(|e| format!("{path}: {e}"))?;
     }
     println!(
         "{}",
@@ -97,10 +85,7 @@ fn cmd_run(args: &[String]) -> Result<i32, String> {
 fn cmd_sweep(args: &[String]) -> Result<i32, String> {
     let range = opt(args, "--seeds").ok_or("sweep needs --seeds A..B")?;
     let (a, b) = range.split_once("..").ok_or("--seeds takes A..B")?;
-    let (a, b): (u64, u64) = (
-        a.parse().map_err(|_| "bad seed range")?,
-        b.parse().map_err(|_| "bad seed range")?,
-    );
+    let (a, b): (u64, u64) = (a.parse().map_err(|_| "bad seed range")?, b.parse().map_err(|_| "bad seed range")?);
     let jobs: usize = opt(args, "--jobs").map_or(Ok(2), |j| j.parse().map_err(|_| "bad --jobs"))?;
     let o = opts(args)?;
     let next = Arc::new(AtomicU64::new(a));
@@ -112,14 +97,8 @@ fn cmd_sweep(args: &[String]) -> Result<i32, String> {
     let total = b.saturating_sub(a) + 1;
     let mut handles = Vec::new();
     for _ in 0..jobs.max(1) {
-        let (next, done, failures, events, sim_ns, o) = (
-            next.clone(),
-            done.clone(),
-            failures.clone(),
-            events.clone(),
-            sim_ns.clone(),
-            o.clone(),
-        );
+        let (next, done, failures, events, sim_ns, o) =
+            (next.clone(), done.clone(), failures.clone(), events.clone(), sim_ns.clone(), o.clone());
         handles.push(std::thread::spawn(move || loop {
             let seed = next.fetch_add(1, Ordering::SeqCst);
             if seed > b {
@@ -138,18 +117,27 @@ fn cmd_sweep(args: &[String]) -> Result<i32, String> {
             done.fetch_add(1, Ordering::SeqCst);
         }));
     }
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = 0;
     while done.load(Ordering::SeqCst) < total {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let d = done.load(Ordering::SeqCst);
         let secs = started.elapsed().as_secs_f64();
-        let bar = (d * 30 / total.max(1)) as usize;
-        eprint!(
-            "\r[{}{}] {d}/{total} seeds, {:.0} runs/s, {} failing ",
-            "#".repeat(bar),
-            " ".repeat(30 - bar),
-            d as f64 / secs,
-            failures.lock().expect("not poisoned").len()
-        );
+        let failing = failures.lock().expect("not poisoned").len();
+        if tty {
+            let bar = (d * 30 / total.max(1)) as usize;
+            eprint!(
+                "\r[{}{}] {d}/{total} seeds, {:.0} runs/s, {failing} failing ",
+                "#".repeat(bar),
+                " ".repeat(30 - bar),
+                d as f64 / secs
+            );
+        } else if d * 10 / total.max(1) > last_line {
+            // Not a terminal (CI logs): a line per tenth instead of a redrawn bar.
+            last_line = d * 10 / total.max(1);
+            eprintln!("{d}/{total} seeds, {:.0} runs/s, {failing} failing", d as f64 / secs);
+        }
     }
     for h in handles {
         h.join().map_err(|_| "a sweep thread panicked")?;

@@ -35,6 +35,7 @@ pub struct Plan {
     pub crash_every: Option<Nanos>,
     pub clog_every: Option<Nanos>,
     pub reset_every: Option<Nanos>,
+    pub disk_full_every: Option<Nanos>,
 }
 
 const REQUEST_TIMEOUT: Nanos = 3_000 * MS;
@@ -44,6 +45,7 @@ const BACKOFF: Nanos = 20 * MS;
 const T_TICK: u64 = 0;
 const T_RECONNECT: u64 = 1;
 const T_FAULT: u64 = 2;
+const T_FAULT_LIFT: u64 = 3;
 
 struct Batch {
     partition: i32,
@@ -90,12 +92,11 @@ fn topic_name() -> TopicName {
 
 impl Workload {
     pub fn new(plan: Plan, w: &mut World) -> Workload {
-        let mut clients = vec![Role::Admin {
-            conn: None,
-            done: false,
-        }];
+        let mut clients = vec![Role::Admin { conn: None, done: false }];
         for i in 0..plan.producers {
-            let acks = if i % 2 == 0 { -1 } else { 1 };
+            // acks=all, acks=1 and acks=0 (fire and forget: never acknowledged, so never
+            // counted as durable, but every value it sends is a value consumers may read).
+            let acks = [-1, 1, 0][i % 3];
             clients.push(Role::Producer(Producer {
                 acks,
                 conn: None,
@@ -107,12 +108,7 @@ impl Workload {
             }));
         }
         for _ in 0..plan.consumers {
-            clients.push(Role::Consumer(Consumer {
-                conn: None,
-                next: BTreeMap::new(),
-                in_flight: None,
-                next_cid: 0,
-            }));
+            clients.push(Role::Consumer(Consumer { conn: None, next: BTreeMap::new(), in_flight: None, next_cid: 0 }));
         }
         let wl = Workload {
             plan,
@@ -167,42 +163,24 @@ impl Workload {
         }
         let plan = self.plan.clone();
         let now = w.now();
-        let (partition, n) = (
-            w.workload_rng().gen_range(0..plan.partitions),
-            w.workload_rng().gen_range(1..=plan.batch_max),
-        );
+        let (partition, n) =
+            (w.workload_rng().gen_range(0..plan.partitions), w.workload_rng().gen_range(1..=plan.batch_max));
         let Role::Producer(p) = &mut self.clients[c] else {
             return;
         };
         // New values only during the safety phase; after it, only what is left is delivered.
-        if now < plan.safety
-            && p.made < plan.values_per_producer
-            && p.queue.len() < 2 * plan.in_flight_max
-        {
+        if now < plan.safety && p.made < plan.values_per_producer && p.queue.len() < 2 * plan.in_flight_max {
             let take = (n as u64).min(plan.values_per_producer - p.made);
-            let values: Vec<String> = (p.made + 1..=p.made + take)
-                .map(|k| format!("p{c}-{k}"))
-                .collect();
+            let values: Vec<String> = (p.made + 1..=p.made + take).map(|k| format!("p{c}-{k}")).collect();
             p.made += take;
             let floor = p.acked_max.get(&partition).copied().unwrap_or(-1);
             self.checker.on_send(&values);
-            let Role::Producer(p) = &mut self.clients[c] else {
-                unreachable!()
-            };
-            p.queue.push_back(Batch {
-                partition,
-                values,
-                floor,
-            });
+            let Role::Producer(p) = &mut self.clients[c] else { unreachable!() };
+            p.queue.push_back(Batch { partition, values, floor });
         }
-        let Role::Producer(p) = &mut self.clients[c] else {
-            unreachable!()
-        };
+        let Role::Producer(p) = &mut self.clients[c] else { unreachable!() };
         // A request that has waited too long: give up on the connection, resend elsewhere.
-        if p.in_flight
-            .values()
-            .any(|(_, sent)| now - sent > REQUEST_TIMEOUT)
-        {
+        if p.in_flight.values().any(|(_, sent)| now - sent > REQUEST_TIMEOUT) {
             if let Some(conn) = p.conn {
                 w.close(conn);
                 self.producer_disconnected(w, c);
@@ -239,11 +217,10 @@ impl Workload {
             req.acks = p.acks;
             req.timeout_ms = 30_000;
             req.topic_data = vec![td];
-            w.send(
-                conn,
-                codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, p.next_cid, &req),
-            );
-            p.in_flight.insert(p.next_cid, (b, now));
+            w.send(conn, codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, p.next_cid, &req));
+            if p.acks != 0 {
+                p.in_flight.insert(p.next_cid, (b, now));
+            }
         }
     }
 
@@ -254,10 +231,7 @@ impl Workload {
         p.conn = None;
         // Unanswered requests may or may not have been written: send them again
         // (at-least-once), oldest first.
-        let lost: Vec<Batch> = std::mem::take(&mut p.in_flight)
-            .into_values()
-            .map(|(b, _)| b)
-            .collect();
+        let lost: Vec<Batch> = std::mem::take(&mut p.in_flight).into_values().map(|(b, _)| b).collect();
         for b in lost.into_iter().rev() {
             p.queue.push_front(b);
         }
@@ -270,33 +244,21 @@ impl Workload {
             codec::decode(ApiKey::Produce, codec::PRODUCE_VERSION, frame);
         let (cid, resp) = match resp {
             Ok(r) => r,
-            Err(e) => {
-                return self.checker.on_error(
-                    at,
-                    format!("producer {c}: undecodable produce response: {e}"),
-                )
-            }
+            Err(e) => return self.checker.on_error(at, format!("producer {c}: undecodable produce response: {e}")),
         };
         let Role::Producer(p) = &mut self.clients[c] else {
             return;
         };
         let Some((b, _)) = p.in_flight.remove(&cid) else {
-            return self.checker.on_error(
-                at,
-                format!("producer {c}: response to unknown request {cid}"),
-            );
+            return self.checker.on_error(at, format!("producer {c}: response to unknown request {cid}"));
         };
-        let pr = resp
-            .responses
-            .first()
-            .and_then(|t| t.partition_responses.first());
+        let pr = resp.responses.first().and_then(|t| t.partition_responses.first());
         match pr {
             Some(pr) if pr.error_code == 0 => {
                 let last = pr.base_offset + b.values.len() as i64 - 1;
                 let e = p.acked_max.entry(b.partition).or_insert(-1);
                 *e = (*e).max(last);
-                self.checker
-                    .on_ack(at, c, b.partition, pr.base_offset, &b.values, b.floor);
+                self.checker.on_ack(at, c, b.partition, pr.base_offset, &b.values, b.floor);
             }
             _ => p.queue.push_front(b),
         }
@@ -340,23 +302,15 @@ impl Workload {
         req.topics = vec![ft];
         k.next_cid += 1;
         k.in_flight = Some(k.next_cid);
-        w.send(
-            conn,
-            codec::frame(ApiKey::Fetch, codec::FETCH_VERSION, k.next_cid, &req),
-        );
+        w.send(conn, codec::frame(ApiKey::Fetch, codec::FETCH_VERSION, k.next_cid, &req));
     }
 
     fn consumer_response(&mut self, w: &mut World, c: usize, frame: Bytes) {
         let at = w.now();
-        let (_, resp): (i32, FetchResponse) =
-            match codec::decode(ApiKey::Fetch, codec::FETCH_VERSION, frame) {
-                Ok(r) => r,
-                Err(e) => {
-                    return self
-                        .checker
-                        .on_error(at, format!("consumer {c}: undecodable fetch response: {e}"))
-                }
-            };
+        let (_, resp): (i32, FetchResponse) = match codec::decode(ApiKey::Fetch, codec::FETCH_VERSION, frame) {
+            Ok(r) => r,
+            Err(e) => return self.checker.on_error(at, format!("consumer {c}: undecodable fetch response: {e}")),
+        };
         let Role::Consumer(k) = &mut self.clients[c] else {
             return;
         };
@@ -368,7 +322,10 @@ impl Workload {
                     0 => {}
                     1 => {
                         let next = k.next.get(&p.partition_index).copied().unwrap_or(0);
-                        seen.push(Err(format!("consumer {c}: offset {next} of partition {} out of range (high watermark {})", p.partition_index, p.high_watermark)));
+                        seen.push(Err(format!(
+                            "consumer {c}: offset {next} of partition {} out of range (high watermark {})",
+                            p.partition_index, p.high_watermark
+                        )));
                         continue;
                     }
                     _ => continue, // not ready, storage error: fetch again
@@ -391,9 +348,7 @@ impl Workload {
                 Err(e) => self.checker.on_error(at, e),
                 Ok((p, -1, _, hw)) => self.checker.on_high_watermark(at, c, p, hw),
                 Ok((p, o, v, hw)) => {
-                    let Role::Consumer(k) = &mut self.clients[c] else {
-                        unreachable!()
-                    };
+                    let Role::Consumer(k) = &mut self.clients[c] else { unreachable!() };
                     let next = k.next.entry(p).or_insert(0);
                     if o < *next {
                         continue; // a batch starting before the fetch offset
@@ -402,9 +357,7 @@ impl Workload {
                         let expected = *next;
                         self.checker.on_gap(at, c, p, expected, o);
                     }
-                    let Role::Consumer(k) = &mut self.clients[c] else {
-                        unreachable!()
-                    };
+                    let Role::Consumer(k) = &mut self.clients[c] else { unreachable!() };
                     k.next.insert(p, o + 1);
                     self.checker.on_consume(at, c, p, o, &v, hw);
                 }
@@ -422,9 +375,8 @@ impl Workload {
             return;
         }
         let plan = self.plan.clone();
-        let roll = |w: &mut World, every: Option<Nanos>| {
-            every.is_some_and(|e| w.fault_rng().gen_range(0..e.max(1)) < 10 * MS)
-        };
+        let roll =
+            |w: &mut World, every: Option<Nanos>| every.is_some_and(|e| w.fault_rng().gen_range(0..e.max(1)) < 10 * MS);
         if roll(w, plan.crash_every) {
             let down = w.fault_rng().gen_range(MS..500 * MS);
             w.crash(0, down);
@@ -432,6 +384,11 @@ impl Workload {
         if roll(w, plan.clog_every) {
             let until = w.now() + w.fault_rng().gen_range(MS..1500 * MS);
             w.clog(0, until);
+        }
+        if roll(w, plan.disk_full_every) && w.is_up(0) {
+            w.set_disk_full(0, true);
+            let lift = w.fault_rng().gen_range(MS..300 * MS);
+            w.set_timer(usize::MAX, T_FAULT_LIFT, lift);
         }
         if roll(w, plan.reset_every) {
             let conns = w.open_conns();
@@ -458,11 +415,7 @@ impl Workload {
                 Role::Consumer(k) => format!("consumer {i}: next {:?}, conn {:?}", k.next, k.conn),
             });
         }
-        format!(
-            "{}; acked ends {:?}",
-            out.join("; "),
-            self.checker.acked_end()
-        )
+        format!("{}; acked ends {:?}", out.join("; "), self.checker.acked_end())
     }
 
     /// True once everything was produced, acknowledged and read back.
@@ -476,9 +429,7 @@ impl Workload {
         });
         let ends = self.checker.acked_end();
         let read = self.clients.iter().all(|r| match r {
-            Role::Consumer(k) => ends
-                .iter()
-                .all(|(p, e)| k.next.get(p).copied().unwrap_or(0) >= *e),
+            Role::Consumer(k) => ends.iter().all(|(p, e)| k.next.get(p).copied().unwrap_or(0) >= *e),
             _ => true,
         });
         produced && read
@@ -493,22 +444,12 @@ impl Harness for Workload {
         match &mut self.clients[c] {
             Role::Admin { conn: ac, done } => {
                 let at = w.now();
-                match codec::decode::<CreateTopicsResponse>(
-                    ApiKey::CreateTopics,
-                    codec::CREATE_TOPICS_VERSION,
-                    frame,
-                ) {
-                    Ok((_, r))
-                        if r.topics
-                            .first()
-                            .is_some_and(|t| t.error_code == 0 || t.error_code == 36) =>
-                    {
+                match codec::decode::<CreateTopicsResponse>(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, frame) {
+                    Ok((_, r)) if r.topics.first().is_some_and(|t| t.error_code == 0 || t.error_code == 36) => {
                         *done = true
                     }
                     Ok(_) => {}
-                    Err(e) => self
-                        .checker
-                        .on_error(at, format!("admin: undecodable response: {e}")),
+                    Err(e) => self.checker.on_error(at, format!("admin: undecodable response: {e}")),
                 }
                 if let Some(old) = ac.take() {
                     w.close(old);
@@ -549,6 +490,9 @@ impl Harness for Workload {
 
     fn on_timer(&mut self, w: &mut World, client: usize, token: u64) {
         if client == usize::MAX {
+            if token == T_FAULT_LIFT {
+                return w.set_disk_full(0, false);
+            }
             return self.inject_fault(w);
         }
         let kind = token & 0xff;

@@ -9,41 +9,26 @@ fn same_seed_same_trace_even_on_another_thread() {
     // runs differ: each thread seeds its HashMaps differently, and time moves on between them.
     for seed in [3u64, 17, 42, 99] {
         let a = run(seed, &RunOpts::default());
-        let b = std::thread::spawn(move || run(seed, &RunOpts::default()))
-            .join()
-            .unwrap();
+        let b = std::thread::spawn(move || run(seed, &RunOpts::default())).join().unwrap();
         assert_eq!(a.trace, b.trace, "seed {seed}: trace differs between runs");
         assert_eq!(a.stats.events, b.stats.events);
         assert_eq!(a.acks, b.acks);
         assert!(a.stats.events > 100, "seed {seed} did almost nothing");
     }
-    assert_ne!(
-        run(3, &RunOpts::default()).trace,
-        run(4, &RunOpts::default()).trace
-    );
+    assert_ne!(run(3, &RunOpts::default()).trace, run(4, &RunOpts::default()).trace);
 }
 
 #[test]
 fn regression_seeds_pass() {
     let corpus = include_str!("../../seeds/regressions.txt");
     let mut n = 0;
-    for line in corpus
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-    {
+    for line in corpus.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
         let mut parts = line.split_whitespace();
         let seed: u64 = parts.next().unwrap().parse().unwrap();
         let scenario = parts.next().unwrap();
-        assert_eq!(
-            scenario, "default",
-            "unknown scenario in seeds/regressions.txt"
-        );
+        assert_eq!(scenario, "default", "unknown scenario in seeds/regressions.txt");
         let r = run(seed, &RunOpts::default());
-        assert!(
-            r.ok(),
-            "regression seed {seed} fails again:\n{}",
-            r.summary()
-        );
+        assert!(r.ok(), "regression seed {seed} fails again:\n{}", r.summary());
         n += 1;
     }
     assert!(n >= 5);
@@ -60,14 +45,8 @@ fn bounded_sweep_passes() {
 #[test]
 fn every_mutant_is_caught_by_a_bounded_sweep() {
     for (_, name) in sluice_core::mutants::ALL {
-        let opts = RunOpts {
-            mutant: Some(name.to_string()),
-            ..RunOpts::default()
-        };
+        let opts = RunOpts { mutant: Some(name.to_string()), ..RunOpts::default() };
         let caught = (1..=300u64).find(|&seed| !run(seed, &opts).ok());
-        assert!(
-            caught.is_some(),
-            "mutant {name} survived 300 seeds: a checker is blind to it"
-        );
+        assert!(caught.is_some(), "mutant {name} survived 300 seeds: a checker is blind to it");
     }
 }

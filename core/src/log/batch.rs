@@ -119,10 +119,7 @@ pub fn check_batch(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     let computed = crc32c::crc32c(&buf[CRC_START..h.size]);
     if computed != h.crc {
-        return Err(BatchError::CrcMismatch {
-            stored: h.crc,
-            computed,
-        });
+        return Err(BatchError::CrcMismatch { stored: h.crc, computed });
     }
     if h.records_count < 0 || h.last_offset_delta < 0 {
         return Err(BatchError::Invalid("negative record count or offset delta"));
@@ -142,11 +139,8 @@ fn check_uncompressed_records(mut body: &[u8], count: i32) -> Result<(), BatchEr
     let mut seen: i32 = 0;
     while !body.is_empty() {
         let (len, used) = read_varint(body).ok_or(BatchError::Invalid("bad record length"))?;
-        let len =
-            usize::try_from(len).map_err(|_| BatchError::Invalid("negative record length"))?;
-        let end = used
-            .checked_add(len)
-            .ok_or(BatchError::Invalid("record length overflow"))?;
+        let len = usize::try_from(len).map_err(|_| BatchError::Invalid("negative record length"))?;
+        let end = used.checked_add(len).ok_or(BatchError::Invalid("record length overflow"))?;
         if end > body.len() {
             return Err(BatchError::Invalid("record longer than its batch"));
         }
@@ -154,9 +148,7 @@ fn check_uncompressed_records(mut body: &[u8], count: i32) -> Result<(), BatchEr
         seen = seen.saturating_add(1);
     }
     if seen != count {
-        return Err(BatchError::Invalid(
-            "record count does not match the records",
-        ));
+        return Err(BatchError::Invalid("record count does not match the records"));
     }
     Ok(())
 }
@@ -263,10 +255,7 @@ pub mod tests {
         let mut b = make_batch(&[b"hello"], 1000);
         let last = b.len() - 2;
         b[last] ^= 1;
-        assert!(matches!(
-            check_batch(&b),
-            Err(BatchError::CrcMismatch { .. })
-        ));
+        assert!(matches!(check_batch(&b), Err(BatchError::CrcMismatch { .. })));
     }
 
     #[test]

@@ -69,9 +69,7 @@ impl Segment {
 
     /// One past the last offset in this segment.
     pub fn next_offset(&self) -> Offset {
-        self.entries.last().map_or(self.base_offset, |e| {
-            self.base_offset + i64::from(e.last_delta) + 1
-        })
+        self.entries.last().map_or(self.base_offset, |e| self.base_offset + i64::from(e.last_delta) + 1)
     }
 
     pub fn max_timestamp(&self) -> i64 {
@@ -81,12 +79,9 @@ impl Segment {
     /// Records a batch at the end of the segment; returns sparse-index writes that are due.
     fn push(&mut self, h: &BatchHeader, base_offset: Offset, interval: u32, ops: &mut Vec<DiskOp>) {
         let entry = Entry {
-            base_delta: u32::try_from(base_offset - self.base_offset)
+            base_delta: u32::try_from(base_offset - self.base_offset).expect("segment rolled before offset overflow"),
+            last_delta: u32::try_from(base_offset + i64::from(h.last_offset_delta) - self.base_offset)
                 .expect("segment rolled before offset overflow"),
-            last_delta: u32::try_from(
-                base_offset + i64::from(h.last_offset_delta) - self.base_offset,
-            )
-            .expect("segment rolled before offset overflow"),
             position: u32::try_from(self.size).expect("segment rolled before position overflow"),
             size: u32::try_from(h.size).expect("batch size bounded by the frame limit"),
             max_timestamp: h.max_timestamp,
@@ -135,11 +130,7 @@ impl Segment {
         for (file, data) in [(self.index_file, idx), (self.time_index_file, tidx)] {
             ops.push(DiskOp::Truncate { file, len: 0 });
             if !data.is_empty() {
-                ops.push(DiskOp::Write {
-                    file,
-                    position: 0,
-                    data: vec![Bytes::from(data)],
-                });
+                ops.push(DiskOp::Write { file, position: 0, data: vec![Bytes::from(data)] });
             }
         }
     }
@@ -167,16 +158,8 @@ impl Segment {
         let delta = u32::try_from((offset - self.base_offset).max(0)).unwrap_or(u32::MAX);
         let keep = self.entries.partition_point(|e| e.base_delta < delta);
         self.entries.truncate(keep);
-        self.size = self
-            .entries
-            .last()
-            .map_or(0, |e| u64::from(e.position) + u64::from(e.size));
-        self.max_timestamp = self
-            .entries
-            .iter()
-            .map(|e| e.max_timestamp)
-            .max()
-            .unwrap_or(-1);
+        self.size = self.entries.last().map_or(0, |e| u64::from(e.position) + u64::from(e.size));
+        self.max_timestamp = self.entries.iter().map(|e| e.max_timestamp).max().unwrap_or(-1);
         self.size
     }
 }
@@ -212,11 +195,7 @@ pub enum ReadResult {
     /// Nothing to return yet (the offset is the high watermark).
     Empty,
     /// Whole batches in one segment file.
-    Range {
-        file: FileId,
-        position: u64,
-        len: u32,
-    },
+    Range { file: FileId, position: u64, len: u32 },
 }
 
 /// A partition's log, with its durability state.
@@ -256,13 +235,7 @@ impl PartitionLog {
     }
 
     /// Opens (creating) the three files of a new segment starting at `base_offset`.
-    pub fn add_segment(
-        &mut self,
-        base_offset: Offset,
-        wall_ms: i64,
-        ids: &mut dyn FileIds,
-        ops: &mut Vec<DiskOp>,
-    ) {
+    pub fn add_segment(&mut self, base_offset: Offset, wall_ms: i64, ids: &mut dyn FileIds, ops: &mut Vec<DiskOp>) {
         let files = [ids.next_file_id(), ids.next_file_id(), ids.next_file_id()];
         for (file, ext) in files.iter().zip(["log", "index", "timeindex"]) {
             ops.push(DiskOp::Open {
@@ -271,14 +244,11 @@ impl PartitionLog {
                 create: true,
             });
         }
-        self.segments
-            .push(Segment::new(base_offset, files, wall_ms));
+        self.segments.push(Segment::new(base_offset, files, wall_ms));
     }
 
     fn active(&self) -> &Segment {
-        self.segments
-            .last()
-            .expect("a serving log has at least one segment")
+        self.segments.last().expect("a serving log has at least one segment")
     }
 
     /// Appends one checked batch. Assigns its offsets, issues its write (the producer's bytes
@@ -299,8 +269,7 @@ impl PartitionLog {
         let roll = !active.entries.is_empty()
             && (active.size + header.size as u64 > settings.segment_bytes
                 || offset_span > i64::from(i32::MAX)
-                || (settings.segment_ms > 0
-                    && wall_ms - active.created_wall_ms >= settings.segment_ms));
+                || (settings.segment_ms > 0 && wall_ms - active.created_wall_ms >= settings.segment_ms));
         if roll {
             self.add_segment(base, wall_ms, ids, ops);
         }
@@ -314,17 +283,10 @@ impl PartitionLog {
             vec![Bytes::from(all)]
         } else {
             let prefix = batch::patched_prefix(batch, base, 0);
-            vec![
-                Bytes::copy_from_slice(&prefix),
-                batch.slice(16..header.size),
-            ]
+            vec![Bytes::copy_from_slice(&prefix), batch.slice(16..header.size)]
         };
         let seg = self.segments.last_mut().expect("at least one segment");
-        ops.push(DiskOp::Write {
-            file: seg.log_file,
-            position: seg.size,
-            data,
-        });
+        ops.push(DiskOp::Write { file: seg.log_file, position: seg.size, data });
         self.dirty.insert(seg.log_file);
         seg.push(&h, base, settings.index_interval_bytes, ops);
         self.log_end_offset = base + i64::from(header.last_offset_delta) + 1;
@@ -333,32 +295,21 @@ impl PartitionLog {
 
     /// Whole batches from `offset` up to (not past) `upper`, at most `max_bytes` unless the
     /// first batch alone is bigger and `min_one` (Kafka returns at least one batch, KIP-74).
-    pub fn read(
-        &self,
-        offset: Offset,
-        upper: Offset,
-        max_bytes: usize,
-        min_one: bool,
-    ) -> ReadResult {
+    pub fn read(&self, offset: Offset, upper: Offset, max_bytes: usize, min_one: bool) -> ReadResult {
         if offset < self.log_start_offset || offset > upper {
             return ReadResult::OutOfRange;
         }
         if offset == upper {
             return ReadResult::Empty;
         }
-        let si = self
-            .segments
-            .partition_point(|s| s.base_offset <= offset)
-            .saturating_sub(1);
+        let si = self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
         let Some(seg) = self.segments.get(si) else {
             return ReadResult::Empty;
         };
         let Some(first) = seg.find(offset) else {
             // The offset falls in a gap at the end of a segment: go to the next one.
             return match self.segments.get(si + 1) {
-                Some(next) if next.base_offset < upper => {
-                    self.read(next.base_offset, upper, max_bytes, min_one)
-                }
+                Some(next) if next.base_offset < upper => self.read(next.base_offset, upper, max_bytes, min_one),
                 _ => ReadResult::Empty,
             };
         };
@@ -377,11 +328,7 @@ impl PartitionLog {
         if end == start {
             return ReadResult::Empty;
         }
-        ReadResult::Range {
-            file: seg.log_file,
-            position: start,
-            len: u32::try_from(end - start).unwrap_or(u32::MAX),
-        }
+        ReadResult::Range { file: seg.log_file, position: start, len: u32::try_from(end - start).unwrap_or(u32::MAX) }
     }
 
     /// The first batch below `upper` whose max timestamp is at or after `ts`: the record
@@ -410,10 +357,7 @@ impl PartitionLog {
                 if loc.last_offset >= upper {
                     return best;
                 }
-                if best
-                    .as_ref()
-                    .is_none_or(|b| e.max_timestamp > b.max_timestamp)
-                {
+                if best.as_ref().is_none_or(|b| e.max_timestamp > b.max_timestamp) {
                     best = Some(loc);
                 }
             }
@@ -428,22 +372,14 @@ impl PartitionLog {
             return;
         }
         self.generation += 1;
-        while self.segments.len() > 1
-            && self
-                .segments
-                .last()
-                .is_some_and(|s| s.base_offset >= offset)
-        {
+        while self.segments.len() > 1 && self.segments.last().is_some_and(|s| s.base_offset >= offset) {
             let seg = self.segments.pop().expect("checked");
             self.dirty.remove(&seg.log_file);
             self.delete_segment_files(&seg, ops);
         }
         let seg = self.segments.last_mut().expect("at least one segment");
         let len = seg.truncate_to(offset);
-        ops.push(DiskOp::Truncate {
-            file: seg.log_file,
-            len,
-        });
+        ops.push(DiskOp::Truncate { file: seg.log_file, len });
         seg.rewrite_indexes(interval, ops);
         self.dirty.insert(seg.log_file);
         self.log_end_offset = seg.next_offset().max(seg.base_offset);
@@ -451,26 +387,15 @@ impl PartitionLog {
     }
 
     fn delete_segment_files(&self, seg: &Segment, ops: &mut Vec<DiskOp>) {
-        for (file, ext) in [
-            (seg.log_file, "log"),
-            (seg.index_file, "index"),
-            (seg.time_index_file, "timeindex"),
-        ] {
+        for (file, ext) in [(seg.log_file, "log"), (seg.index_file, "index"), (seg.time_index_file, "timeindex")] {
             ops.push(DiskOp::Close { file });
-            ops.push(DiskOp::DeleteFile {
-                path: format!("{}/{}", self.dir, segment_file_name(seg.base_offset, ext)),
-            });
+            ops.push(DiskOp::DeleteFile { path: format!("{}/{}", self.dir, segment_file_name(seg.base_offset, ext)) });
         }
     }
 
     /// Deletes whole segments past retention (time or size), never the active one and never
     /// data above the high watermark. Returns how many segments went.
-    pub fn apply_retention(
-        &mut self,
-        settings: &TopicSettings,
-        wall_ms: i64,
-        ops: &mut Vec<DiskOp>,
-    ) -> usize {
+    pub fn apply_retention(&mut self, settings: &TopicSettings, wall_ms: i64, ops: &mut Vec<DiskOp>) -> usize {
         let mut removed = 0;
         let mut total: i64 = self.segments.iter().map(|s| s.size as i64).sum();
         while self.segments.len() > 1 {
@@ -479,8 +404,7 @@ impl PartitionLog {
             let too_old = settings.retention_ms >= 0
                 && seg.max_timestamp >= 0
                 && wall_ms - seg.max_timestamp > settings.retention_ms;
-            let too_big = settings.retention_bytes >= 0
-                && total - seg.size as i64 >= settings.retention_bytes;
+            let too_big = settings.retention_bytes >= 0 && total - seg.size as i64 >= settings.retention_bytes;
             if !(too_old || too_big) || next_base > self.high_watermark {
                 break;
             }
@@ -530,20 +454,12 @@ impl Segment {
         loop {
             let rest = &data[at..];
             if rest.is_empty() {
-                return if eof {
-                    Scan::Clean
-                } else {
-                    Scan::NeedMore {
-                        position: self.size,
-                        len: chunk_bytes,
-                    }
-                };
+                return if eof { Scan::Clean } else { Scan::NeedMore { position: self.size, len: chunk_bytes } };
             }
             match batch::check_batch(rest) {
                 Ok(h) => {
                     let expected = self.next_offset();
-                    if h.base_offset != expected || self.size + h.size as u64 > u64::from(u32::MAX)
-                    {
+                    if h.base_offset != expected || self.size + h.size as u64 > u64::from(u32::MAX) {
                         return Scan::Torn {
                             position: self.size,
                             reason: BatchError::Invalid("offsets not contiguous"),
@@ -554,21 +470,11 @@ impl Segment {
                     at += h.size;
                 }
                 Err(BatchError::Truncated) if !eof => {
-                    let need = batch::parse_header(rest)
-                        .map(|h| h.size)
-                        .unwrap_or(batch::HEADER_BYTES);
+                    let need = batch::parse_header(rest).map(|h| h.size).unwrap_or(batch::HEADER_BYTES);
                     let _ = ops;
-                    return Scan::NeedMore {
-                        position: self.size,
-                        len: need.max(chunk_bytes),
-                    };
+                    return Scan::NeedMore { position: self.size, len: need.max(chunk_bytes) };
                 }
-                Err(reason) => {
-                    return Scan::Torn {
-                        position: self.size,
-                        reason,
-                    }
-                }
+                Err(reason) => return Scan::Torn { position: self.size, reason },
             }
         }
     }
@@ -618,22 +524,14 @@ mod tests {
     fn append_assigns_offsets_and_rolls() {
         let b1 = make_batch(&[b"a", b"b", b"c"], 10);
         let b2 = make_batch(&[b"d"], 20);
-        let (log, ops) = log_with(
-            &[b1.clone(), b2.clone(), b1.clone()],
-            (b1.len() + b2.len()) as u64,
-        );
+        let (log, ops) = log_with(&[b1.clone(), b2.clone(), b1.clone()], (b1.len() + b2.len()) as u64);
         assert_eq!(log.log_end_offset, 7);
         assert_eq!(log.segments.len(), 2);
         assert_eq!(log.segments[1].base_offset, 4);
-        let writes = ops
-            .iter()
-            .filter(|o| matches!(o, DiskOp::Write { .. }))
-            .count();
+        let writes = ops.iter().filter(|o| matches!(o, DiskOp::Write { .. })).count();
         assert!(writes >= 3);
         // The second segment's file name is its base offset, 20 digits.
-        assert!(ops.iter().any(
-            |o| matches!(o, DiskOp::Open { path, .. } if path == "t-0/00000000000000000004.log")
-        ));
+        assert!(ops.iter().any(|o| matches!(o, DiskOp::Open { path, .. } if path == "t-0/00000000000000000004.log")));
     }
 
     #[test]
@@ -642,57 +540,26 @@ mod tests {
         let (mut log, _) = log_with(&[b.clone(), b.clone(), b.clone()], 1 << 30);
         log.high_watermark = 2;
         let size = b.len() as u32;
-        assert_eq!(
-            log.read(0, 2, 1 << 20, true),
-            ReadResult::Range {
-                file: FileId(1),
-                position: 0,
-                len: 2 * size
-            }
-        );
+        assert_eq!(log.read(0, 2, 1 << 20, true), ReadResult::Range { file: FileId(1), position: 0, len: 2 * size });
         assert_eq!(
             log.read(1, 2, 1 << 20, true),
-            ReadResult::Range {
-                file: FileId(1),
-                position: size as u64,
-                len: size
-            }
+            ReadResult::Range { file: FileId(1), position: size as u64, len: size }
         );
         assert_eq!(log.read(2, 2, 1 << 20, true), ReadResult::Empty);
         assert_eq!(log.read(3, 2, 1 << 20, true), ReadResult::OutOfRange);
         // max_bytes smaller than one batch: still one batch when min_one, else nothing.
-        assert_eq!(
-            log.read(0, 3, 1, true),
-            ReadResult::Range {
-                file: FileId(1),
-                position: 0,
-                len: size
-            }
-        );
+        assert_eq!(log.read(0, 3, 1, true), ReadResult::Range { file: FileId(1), position: 0, len: size });
         assert_eq!(log.read(0, 3, 1, false), ReadResult::Empty);
     }
 
     #[test]
     fn timestamp_lookup() {
-        let (log, _) = log_with(
-            &[
-                make_batch(&[b"a"], 100),
-                make_batch(&[b"b"], 200),
-                make_batch(&[b"c"], 300),
-            ],
-            1 << 30,
-        );
-        assert_eq!(
-            log.batch_for_timestamp(150, 3)
-                .map(|b| (b.base_offset, b.max_timestamp)),
-            Some((1, 200))
-        );
+        let (log, _) =
+            log_with(&[make_batch(&[b"a"], 100), make_batch(&[b"b"], 200), make_batch(&[b"c"], 300)], 1 << 30);
+        assert_eq!(log.batch_for_timestamp(150, 3).map(|b| (b.base_offset, b.max_timestamp)), Some((1, 200)));
         assert_eq!(log.batch_for_timestamp(400, 3), None);
         assert_eq!(log.batch_for_timestamp(250, 2), None);
-        assert_eq!(
-            log.batch_with_max_timestamp(3).map(|b| b.last_offset),
-            Some(2)
-        );
+        assert_eq!(log.batch_with_max_timestamp(3).map(|b| b.last_offset), Some(2));
     }
 
     #[test]
@@ -702,9 +569,7 @@ mod tests {
         let mut ops = Vec::new();
         log.truncate_to(2, 4096, &mut ops);
         assert_eq!(log.log_end_offset, 2);
-        assert!(ops
-            .iter()
-            .any(|o| matches!(o, DiskOp::Truncate { len, .. } if *len == b.len() as u64)));
+        assert!(ops.iter().any(|o| matches!(o, DiskOp::Truncate { len, .. } if *len == b.len() as u64)));
 
         // Recovery of a file holding two good batches and a torn third one.
         let mut file = Vec::new();

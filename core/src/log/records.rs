@@ -40,13 +40,9 @@ fn snappy(data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
     let mut at = 16; // magic, version, compatible version
     let mut out = Vec::new();
     while at < data.len() {
-        let len = data
-            .get(at..at + 4)
-            .ok_or(BatchError::Invalid("bad snappy framing"))?;
+        let len = data.get(at..at + 4).ok_or(BatchError::Invalid("bad snappy framing"))?;
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let block = data
-            .get(at + 4..at + 4 + len)
-            .ok_or(BatchError::Invalid("bad snappy framing"))?;
+        let block = data.get(at + 4..at + 4 + len).ok_or(BatchError::Invalid("bad snappy framing"))?;
         out.extend_from_slice(&raw(block)?);
         if out.len() > limit {
             return Err(BatchError::Invalid("records decompress past the limit"));
@@ -65,8 +61,8 @@ pub fn decompress(codec: i16, data: &[u8], limit: usize) -> Result<Vec<u8>, Batc
         3 => read_limited(lz4_flex::frame::FrameDecoder::new(data), limit),
         4 => {
             let mut src = data;
-            let d = ruzstd::decoding::StreamingDecoder::new(&mut src)
-                .map_err(|_| BatchError::Invalid("bad zstd frame"))?;
+            let d =
+                ruzstd::decoding::StreamingDecoder::new(&mut src).map_err(|_| BatchError::Invalid("bad zstd frame"))?;
             read_limited(d, limit)
         }
         _ => Err(BatchError::Invalid("unknown compression codec")),
@@ -88,16 +84,8 @@ fn read_varlong(buf: &[u8]) -> Option<(i64, usize)> {
 /// (offset, timestamp) of every record in a whole, checked batch.
 pub fn record_timestamps(b: &[u8]) -> Result<Vec<(i64, i64)>, BatchError> {
     let h = batch::check_batch(b)?;
-    let body = decompress(
-        h.compression(),
-        &b[HEADER_BYTES..h.size],
-        DECOMPRESSED_BYTES_MAX,
-    )?;
-    let mut out = Vec::with_capacity(
-        usize::try_from(h.records_count)
-            .unwrap_or(0)
-            .min(body.len()),
-    );
+    let body = decompress(h.compression(), &b[HEADER_BYTES..h.size], DECOMPRESSED_BYTES_MAX)?;
+    let mut out = Vec::with_capacity(usize::try_from(h.records_count).unwrap_or(0).min(body.len()));
     let mut at = 0;
     let bad = BatchError::Invalid("bad record framing");
     while at < body.len() {
@@ -105,15 +93,8 @@ pub fn record_timestamps(b: &[u8]) -> Result<Vec<(i64, i64)>, BatchError> {
         let len = usize::try_from(len).map_err(|_| bad.clone())?;
         let rec = body.get(at + n..at + n + len).ok_or(bad.clone())?;
         let (ts_delta, n1) = rec.get(1..).and_then(read_varlong).ok_or(bad.clone())?;
-        let (off_delta, _) = rec
-            .get(1 + n1..)
-            .and_then(read_varlong)
-            .ok_or(bad.clone())?;
-        let ts = if h.is_log_append_time() {
-            h.max_timestamp
-        } else {
-            h.base_timestamp.saturating_add(ts_delta)
-        };
+        let (off_delta, _) = rec.get(1 + n1..).and_then(read_varlong).ok_or(bad.clone())?;
+        let ts = if h.is_log_append_time() { h.max_timestamp } else { h.base_timestamp.saturating_add(ts_delta) };
         out.push((h.base_offset.saturating_add(off_delta), ts));
         at += n + len;
     }
@@ -128,10 +109,7 @@ mod tests {
     #[test]
     fn timestamps_of_an_uncompressed_batch() {
         let b = make_batch(&[b"a", b"b", b"c"], 5000);
-        assert_eq!(
-            record_timestamps(&b).unwrap(),
-            vec![(0, 5000), (1, 5000), (2, 5000)]
-        );
+        assert_eq!(record_timestamps(&b).unwrap(), vec![(0, 5000), (1, 5000), (2, 5000)]);
     }
 
     #[test]
@@ -140,10 +118,7 @@ mod tests {
         let plain: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_be_bytes()).collect();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&plain).unwrap();
-        assert_eq!(
-            decompress(1, &gz.finish().unwrap(), 1 << 20).unwrap(),
-            plain
-        );
+        assert_eq!(decompress(1, &gz.finish().unwrap(), 1 << 20).unwrap(), plain);
         let raw = snap::raw::Encoder::new().compress_vec(&plain).unwrap();
         assert_eq!(decompress(2, &raw, 1 << 20).unwrap(), plain);
         let mut framed = XERIAL_MAGIC.to_vec();
@@ -153,10 +128,7 @@ mod tests {
         assert_eq!(decompress(2, &framed, 1 << 20).unwrap(), plain);
         let mut lz = lz4_flex::frame::FrameEncoder::new(Vec::new());
         lz.write_all(&plain).unwrap();
-        assert_eq!(
-            decompress(3, &lz.finish().unwrap(), 1 << 20).unwrap(),
-            plain
-        );
+        assert_eq!(decompress(3, &lz.finish().unwrap(), 1 << 20).unwrap(), plain);
         assert!(decompress(1, &[1, 2, 3], 1 << 20).is_err());
         assert!(decompress(4, &[1, 2, 3], 1 << 20).is_err());
         // A bomb: more output than allowed is an error, not an allocation.

@@ -14,21 +14,9 @@ pub const META_LOG: &str = ".sluice-meta/metadata.log";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaRecord {
-    TopicCreated {
-        name: String,
-        id: [u8; 16],
-        partitions: i32,
-        configs: Vec<(String, String)>,
-    },
-    PartitionsCreated {
-        name: String,
-        id: [u8; 16],
-        total: i32,
-    },
-    TopicDeleted {
-        name: String,
-        id: [u8; 16],
-    },
+    TopicCreated { name: String, id: [u8; 16], partitions: i32, configs: Vec<(String, String)> },
+    PartitionsCreated { name: String, id: [u8; 16], total: i32 },
+    TopicDeleted { name: String, id: [u8; 16] },
 }
 
 /// One topic as the metadata log says.
@@ -48,19 +36,10 @@ pub struct MetadataImage {
 impl MetadataImage {
     pub fn apply(&mut self, rec: &MetaRecord) {
         match rec {
-            MetaRecord::TopicCreated {
-                name,
-                id,
-                partitions,
-                configs,
-            } => {
+            MetaRecord::TopicCreated { name, id, partitions, configs } => {
                 self.topics.insert(
                     name.clone(),
-                    TopicImage {
-                        id: *id,
-                        partitions: *partitions,
-                        configs: configs.iter().cloned().collect(),
-                    },
+                    TopicImage { id: *id, partitions: *partitions, configs: configs.iter().cloned().collect() },
                 );
             }
             MetaRecord::PartitionsCreated { name, id, total } => {
@@ -115,17 +94,14 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name.len() <= crate::limits::TOPIC_NAME_BYTES_MAX
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// Splits a partition directory name `<topic>-<n>`.
 pub fn parse_partition_dir(name: &str) -> Option<(&str, i32)> {
     let (topic, n) = name.rsplit_once('-')?;
     let n: i32 = n.parse().ok()?;
-    (valid_topic_name(topic) && n >= 0 && n.to_string() == name[topic.len() + 1..])
-        .then_some((topic, n))
+    (valid_topic_name(topic) && n >= 0 && n.to_string() == name[topic.len() + 1..]).then_some((topic, n))
 }
 
 pub fn partition_dir(topic: &str, partition: i32) -> String {
@@ -145,15 +121,8 @@ mod tests {
                 partitions: 3,
                 configs: vec![("retention.ms".into(), "5".into())],
             },
-            MetaRecord::PartitionsCreated {
-                name: "a".into(),
-                id: [1; 16],
-                total: 5,
-            },
-            MetaRecord::TopicDeleted {
-                name: "a".into(),
-                id: [1; 16],
-            },
+            MetaRecord::PartitionsCreated { name: "a".into(), id: [1; 16], total: 5 },
+            MetaRecord::TopicDeleted { name: "a".into(), id: [1; 16] },
         ];
         let mut buf = Vec::new();
         for r in &recs {

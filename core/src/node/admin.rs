@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::{
-    CreatableTopicConfigs, CreatableTopicResult,
-};
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
@@ -20,9 +18,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::{
-    DiskOp, Job, JobDone, JobId, Node, PartState, Partition, Purpose, Then, Topic, TopicId, Waiter,
-};
+use super::{DiskOp, Job, JobDone, JobId, Node, PartState, Partition, Purpose, Then, Topic, TopicId, Waiter};
 use crate::config::{TopicSettings, TOPIC_CONFIG_KEYS};
 use crate::limits;
 use crate::log::PartitionLog;
@@ -69,17 +65,12 @@ impl Node {
         body: Bytes,
     ) -> Result<(), FrameError> {
         let req: MetadataRequest = protocol::decode_body(body.clone(), ctx.version)?;
-        let auto_create = self.config.auto_create_topics_enable
-            && (ctx.version < 4 || req.allow_auto_topic_creation);
+        let auto_create = self.config.auto_create_topics_enable && (ctx.version < 4 || req.allow_auto_topic_creation);
         // Which topics: all (None, or an empty list before v1), or the ones named.
         let wanted: Option<Vec<(Option<String>, Uuid)>> = match &req.topics {
             None => None,
             Some(t) if t.is_empty() && ctx.version == 0 => None,
-            Some(t) => Some(
-                t.iter()
-                    .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
-                    .collect(),
-            ),
+            Some(t) => Some(t.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)).collect()),
         };
         let mut resp = MetadataResponse::default();
         resp.brokers = vec![self.broker_entry()];
@@ -92,12 +83,8 @@ impl Node {
         resp.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
         match wanted {
             None => {
-                let names: Vec<String> = self
-                    .topics
-                    .iter()
-                    .filter(|(_, t)| t.creating.is_none())
-                    .map(|(n, _)| n.clone())
-                    .collect();
+                let names: Vec<String> =
+                    self.topics.iter().filter(|(_, t)| t.creating.is_none()).map(|(n, _)| n.clone()).collect();
                 for n in names {
                     resp.topics.push(self.topic_metadata(&n, ctx.version));
                 }
@@ -240,10 +227,8 @@ impl Node {
             let mut res = DescribeConfigsResult::default();
             res.resource_type = r.resource_type;
             res.resource_name = r.resource_name.clone();
-            let keys: Option<BTreeSet<&str>> = r
-                .configuration_keys
-                .as_ref()
-                .map(|k| k.iter().map(|s| s.as_str()).collect());
+            let keys: Option<BTreeSet<&str>> =
+                r.configuration_keys.as_ref().map(|k| k.iter().map(|s| s.as_str()).collect());
             let wanted = |k: &str| keys.as_ref().is_none_or(|set| set.contains(k));
             match r.resource_type {
                 // TOPIC
@@ -254,10 +239,7 @@ impl Node {
                     }
                     Some(t) => {
                         for key in TOPIC_CONFIG_KEYS.iter().filter(|k| wanted(k.name)) {
-                            let default = self
-                                .config
-                                .topic_config_default(key.name)
-                                .unwrap_or_default();
+                            let default = self.config.topic_config_default(key.name).unwrap_or_default();
                             let (value, source) = match t.configs.get(key.name) {
                                 Some(v) => (v.clone(), 1),    // TOPIC_CONFIG
                                 None => (default.clone(), 5), // DEFAULT_CONFIG
@@ -288,12 +270,7 @@ impl Node {
                         res.error_code = KafkaError::InvalidRequest.code();
                         res.error_message = Some(sb("not this broker"));
                     } else {
-                        for (k, v) in self
-                            .config
-                            .broker_properties
-                            .iter()
-                            .filter(|(k, _)| wanted(k))
-                        {
+                        for (k, v) in self.config.broker_properties.iter().filter(|(k, _)| wanted(k)) {
                             let mut c = config_entry(ctx.version, k, v, 4, 2, "", false);
                             c.read_only = true;
                             res.configs.push(c);
@@ -321,21 +298,13 @@ impl Node {
     ) -> Result<JobId, KafkaError> {
         let settings = TopicSettings::resolve(&self.config, &configs)?;
         let total: usize = self.topics.values().map(|t| t.partitions.len()).sum();
-        if total + usize::try_from(partitions).unwrap_or(usize::MAX)
-            > limits::PARTITIONS_PER_NODE_MAX
-        {
+        if total + usize::try_from(partitions).unwrap_or(usize::MAX) > limits::PARTITIONS_PER_NODE_MAX {
             return Err(KafkaError::PolicyViolation);
         }
         let id = self.new_topic_id();
         let ops_per_partition = 4; // CreateDir + three Opens
         let remaining = 1 + ops_per_partition * usize::try_from(partitions).expect("validated");
-        let job = self.new_job(
-            remaining,
-            JobDone::TopicReady {
-                name: name.to_string(),
-                id,
-            },
-        );
+        let job = self.new_job(remaining, JobDone::TopicReady { name: name.to_string(), id });
         let rec = MetaRecord::TopicCreated {
             name: name.to_string(),
             id,
@@ -343,17 +312,9 @@ impl Node {
             configs: configs.clone().into_iter().collect(),
         };
         self.meta_append(&rec, job);
-        let mut topic = Topic {
-            id,
-            configs,
-            settings,
-            partitions: Vec::new(),
-            creating: Some(job),
-        };
+        let mut topic = Topic { id, configs, settings, partitions: Vec::new(), creating: Some(job) };
         for p in 0..partitions {
-            topic
-                .partitions
-                .push(self.new_partition(name, p, job, PartState::Creating));
+            topic.partitions.push(self.new_partition(name, p, job, PartState::Creating));
         }
         self.names.insert(id, name.to_string());
         self.topics.insert(name.to_string(), topic);
@@ -361,13 +322,7 @@ impl Node {
     }
 
     /// A fresh, empty partition: its directory and first segment, each op counted in `job`.
-    fn new_partition(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        job: JobId,
-        state: PartState,
-    ) -> Partition {
+    fn new_partition(&mut self, topic: &str, partition: i32, job: JobId, state: PartState) -> Partition {
         let dir = metadata::partition_dir(topic, partition);
         self.issue(DiskOp::CreateDir { path: dir.clone() }, Purpose::Job(job));
         let mut log = PartitionLog::empty(dir);
@@ -376,12 +331,7 @@ impl Node {
         log.add_segment(0, self.now.wall_ms, &mut next, &mut ops);
         self.next_file = next;
         self.issue_all(ops, || Purpose::Job(job));
-        Partition {
-            log,
-            state,
-            sync: None,
-            recovery_sync_failures: 0,
-        }
+        Partition { log, state, sync: None, recovery_sync_failures: 0 }
     }
 
     pub(super) fn handle_create_topics(
@@ -393,11 +343,7 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: CreateTopicsRequest = protocol::decode_body(body.clone(), ctx.version)?;
         // A name whose old incarnation is still being removed: wait for that first.
-        if let Some(job) = req
-            .topics
-            .iter()
-            .find_map(|t| self.deleting.get(t.name.0.as_str()).copied())
-        {
+        if let Some(job) = req.topics.iter().find_map(|t| self.deleting.get(t.name.0.as_str()).copied()) {
             self.park(conn, seq, job, Then::Redispatch { ctx, body });
             return Ok(());
         }
@@ -410,38 +356,19 @@ impl Node {
             r.name = t.name.clone();
             r.num_partitions = -1;
             r.replication_factor = -1;
-            let partitions = if t.num_partitions == -1 {
-                self.config.num_partitions
-            } else {
-                t.num_partitions
-            };
-            let configs: BTreeMap<String, String> = t
-                .configs
-                .iter()
-                .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
-                .collect();
+            let partitions = if t.num_partitions == -1 { self.config.num_partitions } else { t.num_partitions };
+            let configs: BTreeMap<String, String> =
+                t.configs.iter().filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string()))).collect();
             let check = if !seen.insert(name.clone()) {
-                Err((
-                    KafkaError::InvalidRequest,
-                    "topic named twice in one request".to_string(),
-                ))
+                Err((KafkaError::InvalidRequest, "topic named twice in one request".to_string()))
             } else if !metadata::valid_topic_name(&name) {
-                Err((
-                    KafkaError::InvalidTopic,
-                    format!("illegal topic name {name:?}"),
-                ))
+                Err((KafkaError::InvalidTopic, format!("illegal topic name {name:?}")))
             } else if self.topics.contains_key(&name) {
-                Err((
-                    KafkaError::TopicAlreadyExists,
-                    format!("topic {name:?} already exists"),
-                ))
+                Err((KafkaError::TopicAlreadyExists, format!("topic {name:?} already exists")))
             } else if partitions <= 0 || partitions > limits::PARTITIONS_PER_TOPIC_MAX {
                 Err((
                     KafkaError::InvalidPartitions,
-                    format!(
-                        "partitions must be 1..={}",
-                        limits::PARTITIONS_PER_TOPIC_MAX
-                    ),
+                    format!("partitions must be 1..={}", limits::PARTITIONS_PER_TOPIC_MAX),
                 ))
             } else if !matches!(t.replication_factor, -1 | 1) || !t.assignments.is_empty() {
                 Err((
@@ -507,10 +434,7 @@ impl Node {
                 c.name = sb(k.name);
                 let (v, source) = match overrides.get(k.name) {
                     Some(v) => (v.clone(), 1),
-                    None => (
-                        self.config.topic_config_default(k.name).unwrap_or_default(),
-                        5,
-                    ),
+                    None => (self.config.topic_config_default(k.name).unwrap_or_default(), 5),
                 };
                 c.value = Some(sb(v));
                 c.config_source = source;
@@ -520,24 +444,12 @@ impl Node {
     }
 
     /// Answers now if nothing is pending, else when every job has finished.
-    fn respond_after(
-        &mut self,
-        conn: ConnId,
-        seq: u64,
-        jobs: BTreeSet<JobId>,
-        build: super::BuildResponse,
-    ) {
+    fn respond_after(&mut self, conn: ConnId, seq: u64, jobs: BTreeSet<JobId>, build: super::BuildResponse) {
         if jobs.is_empty() {
             let frame = build(&BTreeSet::new());
             self.respond_bytes(conn, seq, frame);
         } else {
-            self.waiters.push(Waiter {
-                conn,
-                seq,
-                jobs,
-                failed: BTreeSet::new(),
-                then: Then::Respond(build),
-            });
+            self.waiters.push(Waiter { conn, seq, jobs, failed: BTreeSet::new(), then: Then::Respond(build) });
         }
     }
 
@@ -551,15 +463,9 @@ impl Node {
         let req: DeleteTopicsRequest = protocol::decode_body(body, ctx.version)?;
         // Before v6 topics come as a list of names; from v6 as (name or id) entries.
         let targets: Vec<(Option<String>, Uuid)> = if ctx.version >= 6 {
-            req.topics
-                .iter()
-                .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
-                .collect()
+            req.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)).collect()
         } else {
-            req.topic_names
-                .iter()
-                .map(|n| (Some(n.0.to_string()), Uuid::nil()))
-                .collect()
+            req.topic_names.iter().map(|n| (Some(n.0.to_string()), Uuid::nil())).collect()
         };
         let mut resp = DeleteTopicsResponse::default();
         let mut jobs = Vec::new();
@@ -567,30 +473,18 @@ impl Node {
             let mut r = DeletableTopicResult::default();
             let name = name.or_else(|| self.names.get(id.as_bytes()).cloned());
             r.name = name.clone().map(|n| TopicName(sb(n)));
-            match name
-                .as_ref()
-                .and_then(|n| self.topics.get(n).map(|t| (n.clone(), t.id, t.creating)))
-            {
+            match name.as_ref().and_then(|n| self.topics.get(n).map(|t| (n.clone(), t.id, t.creating))) {
                 None => {
-                    r.error_code = if name.is_none() {
-                        KafkaError::UnknownTopicId
-                    } else {
-                        KafkaError::UnknownTopicOrPartition
-                    }
-                    .code();
+                    r.error_code =
+                        if name.is_none() { KafkaError::UnknownTopicId } else { KafkaError::UnknownTopicOrPartition }
+                            .code();
                 }
                 Some((_, _, Some(_))) => r.error_code = KafkaError::LeaderNotAvailable.code(),
                 Some((n, tid, None)) => {
                     if ctx.version >= 6 {
                         r.topic_id = Uuid::from_bytes(tid);
                     }
-                    let job = self.new_job(
-                        1,
-                        JobDone::TopicDeleteDurable {
-                            name: n.clone(),
-                            id: tid,
-                        },
-                    );
+                    let job = self.new_job(1, JobDone::TopicDeleteDurable { name: n.clone(), id: tid });
                     self.meta_append(&MetaRecord::TopicDeleted { name: n, id: tid }, job);
                     jobs.push((resp.responses.len(), job));
                 }
@@ -627,37 +521,23 @@ impl Node {
             let name = t.name.0.to_string();
             let mut r = CreatePartitionsTopicResult::default();
             r.name = t.name.clone();
-            let current = self
-                .topics
-                .get(&name)
-                .map(|tp| (tp.partitions.len(), tp.creating.is_some(), tp.id));
+            let current = self.topics.get(&name).map(|tp| (tp.partitions.len(), tp.creating.is_some(), tp.id));
             let check = match current {
-                None => Err((
-                    KafkaError::UnknownTopicOrPartition,
-                    "no such topic".to_string(),
-                )),
-                Some((_, true, _)) => Err((
-                    KafkaError::LeaderNotAvailable,
-                    "topic is being created".to_string(),
-                )),
-                Some((n, _, _)) if usize::try_from(t.count).map_or(true, |c| c <= n) => Err((
-                    KafkaError::InvalidPartitions,
-                    format!("topic has {n} partitions; the count can only grow"),
-                )),
+                None => Err((KafkaError::UnknownTopicOrPartition, "no such topic".to_string())),
+                Some((_, true, _)) => Err((KafkaError::LeaderNotAvailable, "topic is being created".to_string())),
+                Some((n, _, _)) if usize::try_from(t.count).map_or(true, |c| c <= n) => {
+                    Err((KafkaError::InvalidPartitions, format!("topic has {n} partitions; the count can only grow")))
+                }
                 Some(_) if t.count > limits::PARTITIONS_PER_TOPIC_MAX => Err((
                     KafkaError::InvalidPartitions,
                     format!("at most {} partitions", limits::PARTITIONS_PER_TOPIC_MAX),
                 )),
                 Some(_)
                     if t.assignments.as_ref().is_some_and(|a| {
-                        a.iter()
-                            .any(|a| a.broker_ids.iter().any(|b| b.0 != self.config.node_id.0))
+                        a.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != self.config.node_id.0))
                     }) =>
                 {
-                    Err((
-                        KafkaError::InvalidRequest,
-                        "assignment names an unknown broker".to_string(),
-                    ))
+                    Err((KafkaError::InvalidRequest, "assignment names an unknown broker".to_string()))
                 }
                 Some((n, _, id)) => Ok((n, id)),
             };
@@ -670,29 +550,11 @@ impl Node {
                 Ok((n, id)) => {
                     let from = i32::try_from(n).expect("bounded");
                     let added = usize::try_from(t.count).expect("checked") - n;
-                    let job = self.new_job(
-                        1 + 4 * added,
-                        JobDone::PartitionsReady {
-                            name: name.clone(),
-                            id,
-                            from,
-                        },
-                    );
-                    self.meta_append(
-                        &MetaRecord::PartitionsCreated {
-                            name: name.clone(),
-                            id,
-                            total: t.count,
-                        },
-                        job,
-                    );
+                    let job = self.new_job(1 + 4 * added, JobDone::PartitionsReady { name: name.clone(), id, from });
+                    self.meta_append(&MetaRecord::PartitionsCreated { name: name.clone(), id, total: t.count }, job);
                     for p in from..t.count {
                         let part = self.new_partition(&name, p, job, PartState::Creating);
-                        self.topics
-                            .get_mut(&name)
-                            .expect("checked")
-                            .partitions
-                            .push(part);
+                        self.topics.get_mut(&name).expect("checked").partitions.push(part);
                     }
                     jobs.push((resp.results.len(), job));
                 }
@@ -719,14 +581,8 @@ impl Node {
     pub(super) fn finish_job(&mut self, id: JobId, job: Job) {
         match job.on_done {
             JobDone::TopicReady { name, id: tid } => self.topic_ready(&name, tid, !job.failed),
-            JobDone::PartitionsReady {
-                name,
-                id: tid,
-                from,
-            } => self.partitions_ready(&name, tid, from, !job.failed),
-            JobDone::TopicDeleteDurable { name, id: tid } if !job.failed => {
-                self.remove_topic(&name, tid)
-            }
+            JobDone::PartitionsReady { name, id: tid, from } => self.partitions_ready(&name, tid, from, !job.failed),
+            JobDone::TopicDeleteDurable { name, id: tid } if !job.failed => self.remove_topic(&name, tid),
             JobDone::TopicDeleteDurable { .. } => {}
             JobDone::DirsRemoved { name } => {
                 self.deleting.remove(&name);
@@ -794,23 +650,13 @@ impl Node {
         let files: Vec<_> = t
             .partitions
             .iter()
-            .flat_map(|p| {
-                p.log
-                    .segments
-                    .iter()
-                    .flat_map(|s| [s.log_file, s.index_file, s.time_index_file])
-            })
+            .flat_map(|p| p.log.segments.iter().flat_map(|s| [s.log_file, s.index_file, s.time_index_file]))
             .collect();
         self.drop_topic_memory(name, id);
         for file in files {
             self.issue(DiskOp::Close { file }, Purpose::Ignore);
         }
-        let job = self.new_job(
-            usize::try_from(n).expect("bounded"),
-            JobDone::DirsRemoved {
-                name: name.to_string(),
-            },
-        );
+        let job = self.new_job(usize::try_from(n).expect("bounded"), JobDone::DirsRemoved { name: name.to_string() });
         self.deleting.insert(name.to_string(), job);
         self.remove_dirs(name, 0..n, Some(job));
         self.hw_moved = true; // pending produces on it now fail
@@ -826,12 +672,7 @@ impl Node {
     fn remove_dirs(&mut self, name: &str, partitions: std::ops::Range<i32>, job: Option<JobId>) {
         for p in partitions {
             let purpose = job.map_or(Purpose::Ignore, Purpose::Job);
-            self.issue(
-                DiskOp::RemoveDirAll {
-                    path: metadata::partition_dir(name, p),
-                },
-                purpose,
-            );
+            self.issue(DiskOp::RemoveDirAll { path: metadata::partition_dir(name, p) }, purpose);
         }
     }
 }

@@ -1,9 +1,7 @@
 //! Fetch (with max.wait.ms long polls and min.bytes) and ListOffsets.
 
 use bytes::Bytes;
-use kafka_protocol::messages::list_offsets_response::{
-    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
-};
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, ListOffsetsResponse};
 
 use super::{Node, PartState, Purpose};
@@ -57,30 +55,17 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: FetchRequest = protocol::decode_body(body, ctx.version)?;
         if ctx.version >= 7 && req.session_id != 0 {
-            let parts = fetch_response::encode(
-                ctx.version,
-                ctx.correlation_id,
-                FETCH_SESSION_ID_NOT_FOUND,
-                &[],
-            );
+            let parts = fetch_response::encode(ctx.version, ctx.correlation_id, FETCH_SESSION_ID_NOT_FOUND, &[]);
             self.respond(conn, seq, Some(parts));
             return Ok(());
         }
         let (parts, bytes, error) = self.build_fetch(&ctx, &req);
-        let wait_ms = u64::try_from(req.max_wait_ms)
-            .unwrap_or(0)
-            .min(limits::FETCH_MAX_WAIT_MS_MAX);
+        let wait_ms = u64::try_from(req.max_wait_ms).unwrap_or(0).min(limits::FETCH_MAX_WAIT_MS_MAX);
         if error || wait_ms == 0 || bytes >= usize::try_from(req.min_bytes.max(1)).unwrap_or(1) {
             self.respond(conn, seq, Some(parts));
         } else {
             let deadline = self.now.mono.plus_millis(wait_ms);
-            self.fetches.push(PendingFetch {
-                conn,
-                seq,
-                ctx,
-                req,
-                deadline,
-            });
+            self.fetches.push(PendingFetch { conn, seq, ctx, req, deadline });
         }
         Ok(())
     }
@@ -88,9 +73,7 @@ impl Node {
     /// Reads every requested partition up to its high watermark. Returns the response parts,
     /// the record bytes found, and whether any partition had an error.
     fn build_fetch(&self, ctx: &RequestContext, req: &FetchRequest) -> (Vec<Part>, usize, bool) {
-        let mut budget = usize::try_from(req.max_bytes)
-            .unwrap_or(0)
-            .min(limits::FETCH_RESPONSE_BYTES_MAX);
+        let mut budget = usize::try_from(req.max_bytes).unwrap_or(0).min(limits::FETCH_RESPONSE_BYTES_MAX);
         if ctx.version < 3 || req.max_bytes <= 0 {
             budget = limits::FETCH_RESPONSE_BYTES_MAX;
         }
@@ -100,10 +83,7 @@ impl Node {
         for ft in &req.topics {
             let name = ft.topic.0.as_str();
             let topic = self.topics.get(name);
-            let mut td = TopicData {
-                name: name.to_string(),
-                partitions: Vec::with_capacity(ft.partitions.len()),
-            };
+            let mut td = TopicData { name: name.to_string(), partitions: Vec::with_capacity(ft.partitions.len()) };
             for fp in &ft.partitions {
                 let mut pd = PartitionData {
                     partition_index: fp.partition,
@@ -113,51 +93,29 @@ impl Node {
                     log_start_offset: -1,
                     records: None,
                 };
-                let part = topic.and_then(|t| {
-                    usize::try_from(fp.partition)
-                        .ok()
-                        .and_then(|i| t.partitions.get(i))
-                });
+                let part = topic.and_then(|t| usize::try_from(fp.partition).ok().and_then(|i| t.partitions.get(i)));
                 match part {
                     None => pd.error_code = KafkaError::UnknownTopicOrPartition.code(),
-                    Some(p) if p.state == PartState::Offline => {
-                        pd.error_code = KafkaError::KafkaStorageError.code()
-                    }
-                    Some(p) if p.state != PartState::Online => {
-                        pd.error_code = KafkaError::LeaderNotAvailable.code()
-                    }
+                    Some(p) if p.state == PartState::Offline => pd.error_code = KafkaError::KafkaStorageError.code(),
+                    Some(p) if p.state != PartState::Online => pd.error_code = KafkaError::LeaderNotAvailable.code(),
                     Some(p) => {
                         let l = &p.log;
                         pd.high_watermark = l.high_watermark;
                         pd.last_stable_offset = l.high_watermark;
                         pd.log_start_offset = l.log_start_offset;
-                        let max = usize::try_from(fp.partition_max_bytes)
-                            .unwrap_or(0)
-                            .min(budget);
-                        let upper = if crate::mutants::active(
-                            crate::mutants::Mutant::FetchPastHighWatermark,
-                        ) {
+                        let max = usize::try_from(fp.partition_max_bytes).unwrap_or(0).min(budget);
+                        let upper = if crate::mutants::active(crate::mutants::Mutant::FetchPastHighWatermark) {
                             l.log_end_offset
                         } else {
                             l.high_watermark
                         };
                         match l.read(fp.fetch_offset, upper, max, total == 0) {
-                            ReadResult::OutOfRange => {
-                                pd.error_code = KafkaError::OffsetOutOfRange.code()
-                            }
+                            ReadResult::OutOfRange => pd.error_code = KafkaError::OffsetOutOfRange.code(),
                             ReadResult::Empty => {}
-                            ReadResult::Range {
-                                file,
-                                position,
-                                len,
-                            } => {
+                            ReadResult::Range { file, position, len } => {
                                 total += len as usize;
                                 budget = budget.saturating_sub(len as usize);
-                                pd.records = Some(Part::File {
-                                    file,
-                                    position,
-                                    len,
-                                });
+                                pd.records = Some(Part::File { file, position, len });
                             }
                         }
                     }
@@ -167,11 +125,7 @@ impl Node {
             }
             topics.push(td);
         }
-        (
-            fetch_response::encode(ctx.version, ctx.correlation_id, 0, &topics),
-            total,
-            error,
-        )
+        (fetch_response::encode(ctx.version, ctx.correlation_id, 0, &topics), total, error)
     }
 
     /// Re-reads parked fetches after high watermarks moved; answers those with enough data.
@@ -217,33 +171,22 @@ impl Node {
                 pr.partition_index = p.partition_index;
                 pr.timestamp = -1;
                 pr.offset = -1;
-                let part = topic.and_then(|tt| {
-                    usize::try_from(p.partition_index)
-                        .ok()
-                        .and_then(|i| tt.partitions.get(i))
-                });
+                let part =
+                    topic.and_then(|tt| usize::try_from(p.partition_index).ok().and_then(|i| tt.partitions.get(i)));
                 let append_time = topic.is_some_and(|tt| tt.settings.log_append_time);
                 let found = match part {
                     None => Err(KafkaError::UnknownTopicOrPartition),
-                    Some(pt) if pt.state == PartState::Offline => {
-                        Err(KafkaError::KafkaStorageError)
-                    }
-                    Some(pt) if pt.state != PartState::Online => {
-                        Err(KafkaError::LeaderNotAvailable)
-                    }
+                    Some(pt) if pt.state == PartState::Offline => Err(KafkaError::KafkaStorageError),
+                    Some(pt) if pt.state != PartState::Online => Err(KafkaError::LeaderNotAvailable),
                     Some(pt) => {
                         let l = &pt.log;
                         let (target, loc) = match p.timestamp {
                             -1 => (None, Ok(Some((l.high_watermark, -1)))),
                             -2 | -4 => (None, Ok(Some((l.log_start_offset, -1)))),
-                            -3 => (
-                                Some(TsTarget::Max),
-                                Err(l.batch_with_max_timestamp(l.high_watermark)),
-                            ),
-                            ts if ts >= 0 => (
-                                Some(TsTarget::AtLeast(ts)),
-                                Err(l.batch_for_timestamp(ts, l.high_watermark)),
-                            ),
+                            -3 => (Some(TsTarget::Max), Err(l.batch_with_max_timestamp(l.high_watermark))),
+                            ts if ts >= 0 => {
+                                (Some(TsTarget::AtLeast(ts)), Err(l.batch_for_timestamp(ts, l.high_watermark)))
+                            }
                             _ => (None, Ok(None)),
                         };
                         match (target, loc) {
@@ -251,9 +194,7 @@ impl Node {
                             (None, _) => Err(KafkaError::InvalidRequest),
                             (Some(_), Ok(_)) | (Some(_), Err(None)) => Ok(None),
                             // One record, or broker-stamped times: the batch says it all.
-                            (Some(_), Err(Some(b)))
-                                if b.base_offset == b.last_offset || append_time =>
-                            {
+                            (Some(_), Err(Some(b))) if b.base_offset == b.last_offset || append_time => {
                                 Ok(Some((b.base_offset, b.max_timestamp)))
                             }
                             (Some(target), Err(Some(b))) => {
@@ -287,23 +228,10 @@ impl Node {
         let id = self.next_lookup;
         let outstanding = reads.len();
         for (ti, pi, target, b) in reads {
-            let action = DiskOp::Read {
-                file: b.file,
-                position: b.position,
-                len: b.size as usize,
-            };
+            let action = DiskOp::Read { file: b.file, position: b.position, len: b.size as usize };
             self.issue(action, Purpose::TimestampRead { id, ti, pi, target });
         }
-        self.lookups.insert(
-            id,
-            PendingLookup {
-                conn,
-                seq,
-                ctx: ctx.clone(),
-                resp,
-                outstanding,
-            },
-        );
+        self.lookups.insert(id, PendingLookup { conn, seq, ctx: ctx.clone(), resp, outstanding });
         Ok(())
     }
 
@@ -321,17 +249,13 @@ impl Node {
         };
         let with_epoch = l.ctx.version >= 4;
         let pr = &mut l.resp.topics[ti].partitions[pi];
-        let found = data
-            .and_then(|d| records::record_timestamps(&d).map_err(|e| format!("{e:?}")))
-            .map(|recs| match target {
+        let found =
+            data.and_then(|d| records::record_timestamps(&d).map_err(|e| format!("{e:?}"))).map(|recs| match target {
                 TsTarget::AtLeast(ts) => recs.into_iter().find(|(_, t)| *t >= ts),
-                TsTarget::Max => {
-                    recs.into_iter()
-                        .fold(None, |best: Option<(i64, i64)>, r| match best {
-                            Some(b) if b.1 >= r.1 => Some(b),
-                            _ => Some(r),
-                        })
-                }
+                TsTarget::Max => recs.into_iter().fold(None, |best: Option<(i64, i64)>, r| match best {
+                    Some(b) if b.1 >= r.1 => Some(b),
+                    _ => Some(r),
+                }),
             });
         match found {
             Ok(Some((offset, ts))) => {

@@ -77,22 +77,10 @@ struct Job {
 }
 
 enum JobDone {
-    TopicReady {
-        name: String,
-        id: TopicId,
-    },
-    PartitionsReady {
-        name: String,
-        id: TopicId,
-        from: i32,
-    },
-    TopicDeleteDurable {
-        name: String,
-        id: TopicId,
-    },
-    DirsRemoved {
-        name: String,
-    },
+    TopicReady { name: String, id: TopicId },
+    PartitionsReady { name: String, id: TopicId, from: i32 },
+    TopicDeleteDurable { name: String, id: TopicId },
+    DirsRemoved { name: String },
 }
 
 /// A request that waits for jobs before it can be answered.
@@ -302,11 +290,7 @@ impl Node {
                     l.log_start_offset,
                     l.high_watermark,
                     l.log_end_offset,
-                    if p.sync.is_some() {
-                        "in flight"
-                    } else {
-                        "idle"
-                    }
+                    if p.sync.is_some() { "in flight" } else { "idle" }
                 );
             }
         }
@@ -319,21 +303,9 @@ impl Node {
     }
 
     /// High watermark and log end offset of a partition (for tests, the simulator and tools).
-    pub fn partition_offsets(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Option<(Offset, Offset, Offset)> {
-        let p = self
-            .topics
-            .get(topic)?
-            .partitions
-            .get(usize::try_from(partition).ok()?)?;
-        Some((
-            p.log.log_start_offset,
-            p.log.high_watermark,
-            p.log.log_end_offset,
-        ))
+    pub fn partition_offsets(&self, topic: &str, partition: i32) -> Option<(Offset, Offset, Offset)> {
+        let p = self.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)?;
+        Some((p.log.log_start_offset, p.log.high_watermark, p.log.log_end_offset))
     }
 
     // ---- plumbing -------------------------------------------------------------------
@@ -359,14 +331,7 @@ impl Node {
     fn new_job(&mut self, remaining: usize, on_done: JobDone) -> JobId {
         self.next_job += 1;
         let id = JobId(self.next_job);
-        self.jobs.insert(
-            id,
-            Job {
-                remaining,
-                failed: false,
-                on_done,
-            },
-        );
+        self.jobs.insert(id, Job { remaining, failed: false, on_done });
         id
     }
 
@@ -455,22 +420,12 @@ impl Node {
         c.next_seq += 1;
         match protocol::parse_header(&frame) {
             Ok((ctx, body)) => self.dispatch(conn, seq, ctx, body),
-            Err(FrameError::UnsupportedVersion {
-                api_key: ApiKey::ApiVersions,
-                correlation_id,
-                ..
-            }) => {
+            Err(FrameError::UnsupportedVersion { api_key: ApiKey::ApiVersions, correlation_id, .. }) => {
                 // Kafka answers a too-new ApiVersions with version 0 and UNSUPPORTED_VERSION, so
                 // the client can retry with a version from the list.
-                let ctx = RequestContext {
-                    api_key: ApiKey::ApiVersions,
-                    version: 0,
-                    correlation_id,
-                    client_id: None,
-                };
-                let resp = protocol::api_versions_response(
-                    crate::protocol::errors::KafkaError::UnsupportedVersion.code(),
-                );
+                let ctx = RequestContext { api_key: ApiKey::ApiVersions, version: 0, correlation_id, client_id: None };
+                let resp =
+                    protocol::api_versions_response(crate::protocol::errors::KafkaError::UnsupportedVersion.code());
                 self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
             }
             Err(e) => {
@@ -515,10 +470,7 @@ impl Node {
         }
         self.expire_fetches();
         if self.now.mono >= self.next_retention_check {
-            self.next_retention_check = self
-                .now
-                .mono
-                .plus_millis(self.config.log.retention_check_interval_ms);
+            self.next_retention_check = self.now.mono.plus_millis(self.config.log.retention_check_interval_ms);
             self.apply_retention();
         }
     }
@@ -527,11 +479,7 @@ impl Node {
         let wall = self.now.wall_ms;
         let mut ops = Vec::new();
         for t in self.topics.values_mut() {
-            for p in t
-                .partitions
-                .iter_mut()
-                .filter(|p| p.state == PartState::Online)
-            {
+            for p in t.partitions.iter_mut().filter(|p| p.state == PartState::Online) {
                 let n = p.log.apply_retention(&t.settings, wall, &mut ops);
                 if n > 0 {
                     tracing::info!(dir = %p.log.dir, segments = n, log_start_offset = p.log.log_start_offset, "retention deleted segments");
@@ -552,19 +500,13 @@ impl Node {
                     self.storage_failure(tp, generation, &e);
                 }
             }
-            Purpose::LogSync {
-                tp,
-                generation,
-                file,
-            } => self.on_log_sync(tp, generation, file, result.err()),
+            Purpose::LogSync { tp, generation, file } => self.on_log_sync(tp, generation, file, result.err()),
             Purpose::MetaWrite => {
                 if let Err(e) = result {
                     self.meta_failure(&e);
                 }
             }
-            Purpose::MetaSync { size, generation } => {
-                self.on_meta_sync(size, generation, result.err())
-            }
+            Purpose::MetaSync { size, generation } => self.on_meta_sync(size, generation, result.err()),
             Purpose::Job(id) => {
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "disk operation for an admin change failed");
@@ -618,25 +560,13 @@ impl Node {
                 self.hw_moved = true;
             }
             for file in files {
-                self.issue(
-                    DiskOp::Sync { file },
-                    Purpose::LogSync {
-                        tp,
-                        generation,
-                        file,
-                    },
-                );
+                self.issue(DiskOp::Sync { file }, Purpose::LogSync { tp, generation, file });
             }
         }
         if !self.meta.sync_in_flight && self.meta.synced < self.meta.size {
             self.meta.sync_in_flight = true;
             let (size, generation) = (self.meta.size, self.meta.generation);
-            self.issue(
-                DiskOp::Sync {
-                    file: self.meta.file,
-                },
-                Purpose::MetaSync { size, generation },
-            );
+            self.issue(DiskOp::Sync { file: self.meta.file }, Purpose::MetaSync { size, generation });
         }
         if std::mem::take(&mut self.hw_moved) {
             self.complete_produces();
@@ -660,8 +590,7 @@ impl Node {
         let batch = p.sync.take().expect("present");
         let still_dirty = !p.log.dirty.is_empty();
         if !batch.failed_files.is_empty() {
-            let e = error
-                .unwrap_or_else(|| DiskError::Io("an earlier sync of this batch failed".into()));
+            let e = error.unwrap_or_else(|| DiskError::Io("an earlier sync of this batch failed".into()));
             if recovering && batch.generation == p.log.generation {
                 // The recovered log is not yet known durable, and cutting it back would throw
                 // away acknowledged records: sync the files that failed again, a bounded number
@@ -683,11 +612,7 @@ impl Node {
             }
             // A file whose sync failed still has writes (or a truncation) that are not
             // durable: it must be synced again before anything after it counts as durable.
-            let failed: Vec<FileId> = batch
-                .failed_files
-                .into_iter()
-                .filter(|f| p.log.has_log_file(*f))
-                .collect();
+            let failed: Vec<FileId> = batch.failed_files.into_iter().filter(|f| p.log.has_log_file(*f)).collect();
             p.log.dirty.extend(failed);
             self.dirty.insert(tp);
             self.storage_failure(tp, generation, &e);
@@ -710,9 +635,7 @@ impl Node {
     /// high watermark can be trusted. Cut the log back to it and fail the waiting produces;
     /// the partition keeps serving, and later produces may succeed once space is freed.
     fn storage_failure(&mut self, tp: Tp, generation: u64, e: &DiskError) {
-        let interval = self
-            .topic_settings(tp)
-            .map_or(4096, |s| s.index_interval_bytes);
+        let interval = self.topic_settings(tp).map_or(4096, |s| s.index_interval_bytes);
         let recovering = self.phase == Phase::Recovering;
         let Some(p) = self.partition_mut(tp) else {
             return;
@@ -748,11 +671,7 @@ impl Node {
         self.meta.size += bytes.len() as u64;
         let size = self.meta.size;
         self.issue(
-            DiskOp::Write {
-                file: self.meta.file,
-                position,
-                data: vec![Bytes::from(bytes)],
-            },
+            DiskOp::Write { file: self.meta.file, position, data: vec![Bytes::from(bytes)] },
             Purpose::MetaWrite,
         );
         self.meta.waiting.push((size, job));
@@ -769,8 +688,7 @@ impl Node {
         }
         self.meta.synced = self.meta.synced.max(size);
         let synced = self.meta.synced;
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            self.meta.waiting.drain(..).partition(|(s, _)| *s <= synced);
+        let (ready, waiting): (Vec<_>, Vec<_>) = self.meta.waiting.drain(..).partition(|(s, _)| *s <= synced);
         self.meta.waiting = waiting;
         for (_, job) in ready {
             self.job_step(job, true);
@@ -784,13 +702,7 @@ impl Node {
         self.meta.generation += 1;
         if self.meta.size > self.meta.synced {
             self.meta.size = self.meta.synced;
-            self.issue(
-                DiskOp::Truncate {
-                    file: self.meta.file,
-                    len: self.meta.synced,
-                },
-                Purpose::Ignore,
-            );
+            self.issue(DiskOp::Truncate { file: self.meta.file, len: self.meta.synced }, Purpose::Ignore);
         }
         let waiting = std::mem::take(&mut self.meta.waiting);
         for (_, job) in waiting {
@@ -802,18 +714,12 @@ impl Node {
 
     fn partition_mut(&mut self, tp: Tp) -> Option<&mut Partition> {
         let name = self.names.get(&tp.0)?;
-        self.topics
-            .get_mut(name)?
-            .partitions
-            .get_mut(usize::try_from(tp.1).ok()?)
+        self.topics.get_mut(name)?.partitions.get_mut(usize::try_from(tp.1).ok()?)
     }
 
     fn partition(&self, tp: Tp) -> Option<&Partition> {
         let name = self.names.get(&tp.0)?;
-        self.topics
-            .get(name)?
-            .partitions
-            .get(usize::try_from(tp.1).ok()?)
+        self.topics.get(name)?.partitions.get(usize::try_from(tp.1).ok()?)
     }
 
     fn topic_settings(&self, tp: Tp) -> Option<&TopicSettings> {
@@ -824,38 +730,18 @@ impl Node {
     /// State invariants, checked after every input. A failure is a bug in core.
     fn invariants(&self) {
         for (name, t) in &self.topics {
-            assert_eq!(
-                self.names.get(&t.id),
-                Some(name),
-                "topic id index out of sync"
-            );
+            assert_eq!(self.names.get(&t.id), Some(name), "topic id index out of sync");
             for p in &t.partitions {
                 let l = &p.log;
                 if p.state == PartState::Online {
-                    assert!(
-                        l.log_start_offset <= l.high_watermark,
-                        "{}: log start past high watermark",
-                        l.dir
-                    );
-                    assert!(
-                        l.high_watermark <= l.log_end_offset,
-                        "{}: high watermark past log end",
-                        l.dir
-                    );
+                    assert!(l.log_start_offset <= l.high_watermark, "{}: log start past high watermark", l.dir);
+                    assert!(l.high_watermark <= l.log_end_offset, "{}: high watermark past log end", l.dir);
                     let last = l.segments.last().expect("online logs have a segment");
-                    assert_eq!(
-                        last.next_offset().max(last.base_offset),
-                        l.log_end_offset,
-                        "{}: log end offset",
-                        l.dir
-                    );
+                    assert_eq!(last.next_offset().max(last.base_offset), l.log_end_offset, "{}: log end offset", l.dir);
                 }
             }
         }
-        assert!(
-            self.meta.synced <= self.meta.size,
-            "metadata log synced past its end"
-        );
+        assert!(self.meta.synced <= self.meta.size, "metadata log synced past its end");
         for c in self.conns.values() {
             assert!(c.next_send <= c.next_seq);
         }

@@ -31,10 +31,8 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: ProduceRequest = protocol::decode_body(body.clone(), ctx.version)?;
         // A topic still being created: answer once it exists.
-        if let Some(job) = req
-            .topic_data
-            .iter()
-            .find_map(|t| self.topics.get(t.name.0.as_str()).and_then(|t| t.creating))
+        if let Some(job) =
+            req.topic_data.iter().find_map(|t| self.topics.get(t.name.0.as_str()).and_then(|t| t.creating))
         {
             self.park(conn, seq, job, Then::Redispatch { ctx, body });
             return Ok(());
@@ -82,13 +80,7 @@ impl Node {
         } else if waits.is_empty() {
             self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
         } else {
-            self.produces.push(PendingProduce {
-                conn,
-                seq,
-                ctx,
-                resp,
-                waits,
-            });
+            self.produces.push(PendingProduce { conn, seq, ctx, resp, waits });
         }
         Ok(())
     }
@@ -103,10 +95,7 @@ impl Node {
         partition: i32,
         records: Option<&Bytes>,
     ) -> Result<(Tp, Offset, Offset, u64, Offset, i64), KafkaError> {
-        let t = self
-            .topics
-            .get(topic)
-            .ok_or(KafkaError::UnknownTopicOrPartition)?;
+        let t = self.topics.get(topic).ok_or(KafkaError::UnknownTopicOrPartition)?;
         let settings = t.settings.clone();
         let tp = (t.id, partition);
         let p = usize::try_from(partition)
@@ -116,13 +105,9 @@ impl Node {
         match p.state {
             PartState::Online => {}
             PartState::Offline => return Err(KafkaError::KafkaStorageError),
-            PartState::Recovering | PartState::Creating => {
-                return Err(KafkaError::LeaderNotAvailable)
-            }
+            PartState::Recovering | PartState::Creating => return Err(KafkaError::LeaderNotAvailable),
         }
-        let records = records
-            .filter(|r| !r.is_empty())
-            .ok_or(KafkaError::InvalidRecord)?;
+        let records = records.filter(|r| !r.is_empty()).ok_or(KafkaError::InvalidRecord)?;
         let batches = split_batches(records, settings.max_message_bytes)?;
         let wall = self.now.wall_ms;
         let mut ops = Vec::new();
@@ -131,28 +116,15 @@ impl Node {
         let mut base = None;
         for (range, h) in &batches {
             let b = records.slice(range.clone());
-            let o = p
-                .log
-                .append(&b, h, &settings, wall, &mut next_file, &mut ops);
+            let o = p.log.append(&b, h, &settings, wall, &mut next_file, &mut ops);
             base.get_or_insert(o);
         }
-        let (end, generation, log_start) = (
-            p.log.log_end_offset,
-            p.log.generation,
-            p.log.log_start_offset,
-        );
+        let (end, generation, log_start) = (p.log.log_end_offset, p.log.generation, p.log.log_start_offset);
         self.next_file = next_file;
         self.issue_all(ops, || super::Purpose::Log { tp, generation });
         self.dirty.insert(tp);
         let append_time = if settings.log_append_time { wall } else { -1 };
-        Ok((
-            tp,
-            base.expect("at least one batch"),
-            end,
-            generation,
-            log_start,
-            append_time,
-        ))
+        Ok((tp, base.expect("at least one batch"), end, generation, log_start, append_time))
     }
 
     /// Answers every pending produce whose partitions are all durable (or failed).
@@ -164,9 +136,7 @@ impl Node {
                 let (ti, pi, tp, end, generation) = w;
                 let verdict = match self.partition(tp) {
                     None => Some(Err(KafkaError::UnknownTopicOrPartition)),
-                    Some(p) if p.log.generation != generation => {
-                        Some(Err(KafkaError::KafkaStorageError))
-                    }
+                    Some(p) if p.log.generation != generation => Some(Err(KafkaError::KafkaStorageError)),
                     Some(p) if p.log.high_watermark >= end => Some(Ok(())),
                     Some(_) => None,
                 };
@@ -191,13 +161,7 @@ impl Node {
     }
 
     pub(super) fn park(&mut self, conn: ConnId, seq: u64, job: super::JobId, then: Then) {
-        self.waiters.push(Waiter {
-            conn,
-            seq,
-            jobs: [job].into(),
-            failed: Default::default(),
-            then,
-        });
+        self.waiters.push(Waiter { conn, seq, jobs: [job].into(), failed: Default::default(), then });
     }
 }
 

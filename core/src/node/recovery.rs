@@ -65,20 +65,11 @@ pub(super) struct Recovery {
 
 impl Node {
     pub(super) fn start_recovery(&mut self) {
-        self.issue(
-            DiskOp::CreateDir {
-                path: metadata::META_DIR.to_string(),
-            },
-            Purpose::Recovery(Step::MetaDir),
-        );
+        self.issue(DiskOp::CreateDir { path: metadata::META_DIR.to_string() }, Purpose::Recovery(Step::MetaDir));
         let file = self.alloc_file();
         self.meta.file = file;
         self.issue(
-            DiskOp::Open {
-                file,
-                path: metadata::META_LOG.to_string(),
-                create: true,
-            },
+            DiskOp::Open { file, path: metadata::META_LOG.to_string(), create: true },
             Purpose::Recovery(Step::MetaOpened),
         );
     }
@@ -105,19 +96,14 @@ impl Node {
             (Step::MetaDir, Ok(_)) => {}
             (Step::MetaOpened, Ok(DiskReply::Opened { len })) => {
                 if len > limits::METADATA_LOG_BYTES_MAX {
-                    return self
-                        .recovery_failed(format!("metadata log is {len} bytes, over the limit"));
+                    return self.recovery_failed(format!("metadata log is {len} bytes, over the limit"));
                 }
                 if len == 0 {
                     self.meta_replayed(Vec::new());
                 } else {
                     let len = usize::try_from(len).expect("bounded above");
                     self.issue(
-                        DiskOp::Read {
-                            file: self.meta.file,
-                            position: 0,
-                            len,
-                        },
+                        DiskOp::Read { file: self.meta.file, position: 0, len },
                         Purpose::Recovery(Step::MetaRead),
                     );
                 }
@@ -128,51 +114,26 @@ impl Node {
                     let fingerprint = crc32c::crc32c(&data[valid..]);
                     let consistent = match self.recovery.meta_reread {
                         Some((f, n)) => f == fingerprint || n >= REREADS_MAX,
-                        None => {
-                            crate::mutants::active(crate::mutants::Mutant::TruncateOnFirstBadRead)
-                        }
+                        None => crate::mutants::active(crate::mutants::Mutant::TruncateOnFirstBadRead),
                     };
                     if !consistent {
                         // As with segments: a bad read is not a bad log. Read it again before
                         // cutting anything, or a flipped bit would drop acknowledged topics.
-                        tracing::warn!(
-                            valid,
-                            len = data.len(),
-                            "metadata log reads badly; reading it again"
-                        );
+                        tracing::warn!(valid, len = data.len(), "metadata log reads badly; reading it again");
                         let n = self.recovery.meta_reread.map_or(1, |r| r.1 + 1);
                         self.recovery.meta_reread = Some((fingerprint, n));
                         let len = data.len();
                         self.issue(
-                            DiskOp::Read {
-                                file: self.meta.file,
-                                position: 0,
-                                len,
-                            },
+                            DiskOp::Read { file: self.meta.file, position: 0, len },
                             Purpose::Recovery(Step::MetaRead),
                         );
                         return;
                     }
                 }
                 if valid < data.len() {
-                    tracing::warn!(
-                        valid,
-                        len = data.len(),
-                        "metadata log has a torn tail; cutting it off"
-                    );
-                    self.issue(
-                        DiskOp::Truncate {
-                            file: self.meta.file,
-                            len: valid as u64,
-                        },
-                        Purpose::Ignore,
-                    );
-                    self.issue(
-                        DiskOp::Sync {
-                            file: self.meta.file,
-                        },
-                        Purpose::Ignore,
-                    );
+                    tracing::warn!(valid, len = data.len(), "metadata log has a torn tail; cutting it off");
+                    self.issue(DiskOp::Truncate { file: self.meta.file, len: valid as u64 }, Purpose::Ignore);
+                    self.issue(DiskOp::Sync { file: self.meta.file }, Purpose::Ignore);
                 }
                 self.meta.size = valid as u64;
                 self.meta.synced = valid as u64;
@@ -204,60 +165,36 @@ impl Node {
                     self.read_chunk(tp, 0, limits::RECOVERY_READ_BYTES);
                 }
             }
-            (
-                Step::SegRead {
-                    tp,
-                    position: read_at,
-                    asked,
-                },
-                Ok(DiskReply::Data(data)),
-            ) => {
-                let interval = self
-                    .topic_settings(tp)
-                    .map_or(4096, |s| s.index_interval_bytes);
+            (Step::SegRead { tp, position: read_at, asked }, Ok(DiskReply::Data(data))) => {
+                let interval = self.topic_settings(tp).map_or(4096, |s| s.index_interval_bytes);
                 let eof = data.len() < asked;
                 let Some(seg) = self.recovery.current.get_mut(&tp) else {
                     return;
                 };
                 let mut ops = Vec::new();
-                match seg.recover_chunk(&data, eof, limits::RECOVERY_READ_BYTES, interval, &mut ops)
-                {
+                match seg.recover_chunk(&data, eof, limits::RECOVERY_READ_BYTES, interval, &mut ops) {
                     Scan::NeedMore { position, len } => self.read_chunk_at(tp, position, len),
                     Scan::Clean => self.segment_done(tp, None),
                     Scan::Torn { position, reason } => {
-                        let dir = self
-                            .partition(tp)
-                            .map(|p| p.log.dir.clone())
-                            .unwrap_or_default();
+                        let dir = self.partition(tp).map(|p| p.log.dir.clone()).unwrap_or_default();
                         // A read can come back corrupted. Cutting the log on a bad read would
                         // throw away acknowledged records, so read that spot again: only bytes
                         // that read the same bad way twice are cut off (a torn write does).
-                        let bad = &data[usize::try_from(position.saturating_sub(read_at))
-                            .unwrap_or(0)
-                            .min(data.len())..];
+                        let bad =
+                            &data[usize::try_from(position.saturating_sub(read_at)).unwrap_or(0).min(data.len())..];
                         let fingerprint = crc32c::crc32c(bad);
                         let consistent = match self.recovery.reread.get(&tp) {
-                            Some(&(p, f, n)) if p == position => {
-                                f == fingerprint || n >= REREADS_MAX
-                            }
-                            _ => crate::mutants::active(
-                                crate::mutants::Mutant::TruncateOnFirstBadRead,
-                            ),
+                            Some(&(p, f, n)) if p == position => f == fingerprint || n >= REREADS_MAX,
+                            _ => crate::mutants::active(crate::mutants::Mutant::TruncateOnFirstBadRead),
                         };
                         if consistent {
                             tracing::warn!(%dir, position, ?reason, "torn or corrupt segment tail; truncating");
                             self.segment_done(tp, Some(position));
                         } else {
-                            let attempts = self
-                                .recovery
-                                .reread
-                                .get(&tp)
-                                .filter(|r| r.0 == position)
-                                .map_or(1, |r| r.2 + 1);
+                            let attempts =
+                                self.recovery.reread.get(&tp).filter(|r| r.0 == position).map_or(1, |r| r.2 + 1);
                             tracing::warn!(%dir, position, ?reason, attempts, "bad batch in a segment; reading it again");
-                            self.recovery
-                                .reread
-                                .insert(tp, (position, fingerprint, attempts));
+                            self.recovery.reread.insert(tp, (position, fingerprint, attempts));
                             self.read_chunk_at(tp, position, limits::RECOVERY_READ_BYTES);
                         }
                     }
@@ -300,24 +237,10 @@ impl Node {
                 })
                 .collect();
             self.names.insert(t.id, name.clone());
-            self.topics.insert(
-                name,
-                Topic {
-                    id: t.id,
-                    configs: t.configs,
-                    settings,
-                    partitions,
-                    creating: None,
-                },
-            );
+            self.topics.insert(name, Topic { id: t.id, configs: t.configs, settings, partitions, creating: None });
         }
         self.recovery.stats.topics = self.topics.len();
-        self.issue(
-            DiskOp::ListDir {
-                path: String::new(),
-            },
-            Purpose::Recovery(Step::RootListed),
-        );
+        self.issue(DiskOp::ListDir { path: String::new() }, Purpose::Recovery(Step::RootListed));
     }
 
     fn root_listed(&mut self, entries: Vec<crate::io::DirEntry>) {
@@ -334,21 +257,13 @@ impl Node {
                 None if metadata::parse_partition_dir(&e.name).is_some() => {
                     tracing::warn!(dir = %e.name, "removing a partition directory no topic owns");
                     self.recovery.stats.orphan_dirs_removed += 1;
-                    self.issue(
-                        DiskOp::RemoveDirAll {
-                            path: e.name.clone(),
-                        },
-                        Purpose::Ignore,
-                    );
+                    self.issue(DiskOp::RemoveDirAll { path: e.name.clone() }, Purpose::Ignore);
                 }
                 None => {}
             }
         }
-        let all: Vec<Tp> = self
-            .topics
-            .values()
-            .flat_map(|t| (0..t.partitions.len()).map(move |p| (t.id, p as i32)))
-            .collect();
+        let all: Vec<Tp> =
+            self.topics.values().flat_map(|t| (0..t.partitions.len()).map(move |p| (t.id, p as i32))).collect();
         self.recovery.stats.partitions = all.len();
         for tp in &all {
             self.recovery.todo.insert(*tp, VecDeque::new());
@@ -357,15 +272,9 @@ impl Node {
         for tp in all {
             let dir = self.partition(tp).expect("just listed").log.dir.clone();
             if present.contains(&tp) {
-                self.issue(
-                    DiskOp::ListDir { path: dir },
-                    Purpose::Recovery(Step::PartListed(tp)),
-                );
+                self.issue(DiskOp::ListDir { path: dir }, Purpose::Recovery(Step::PartListed(tp)));
             } else {
-                self.issue(
-                    DiskOp::CreateDir { path: dir },
-                    Purpose::Recovery(Step::PartDir(tp)),
-                );
+                self.issue(DiskOp::CreateDir { path: dir }, Purpose::Recovery(Step::PartDir(tp)));
             }
         }
         self.maybe_serving();
@@ -396,27 +305,15 @@ impl Node {
         let seg = Segment::new(base, files, wall);
         let name = |ext| format!("{dir}/{}", crate::log::segment_file_name(base, ext));
         self.issue(
-            DiskOp::Open {
-                file: files[0],
-                path: name("log"),
-                create: false,
-            },
+            DiskOp::Open { file: files[0], path: name("log"), create: false },
             Purpose::Recovery(Step::SegOpened(tp)),
         );
         self.issue(
-            DiskOp::Open {
-                file: files[1],
-                path: name("index"),
-                create: true,
-            },
+            DiskOp::Open { file: files[1], path: name("index"), create: true },
             Purpose::Recovery(Step::Misc(tp)),
         );
         self.issue(
-            DiskOp::Open {
-                file: files[2],
-                path: name("timeindex"),
-                create: true,
-            },
+            DiskOp::Open { file: files[2], path: name("timeindex"), create: true },
             Purpose::Recovery(Step::Misc(tp)),
         );
         self.recovery.current.insert(tp, seg);
@@ -431,26 +328,13 @@ impl Node {
             return;
         };
         let file = seg.log_file;
-        self.issue(
-            DiskOp::Read {
-                file,
-                position,
-                len,
-            },
-            Purpose::Recovery(Step::SegRead {
-                tp,
-                position,
-                asked: len,
-            }),
-        );
+        self.issue(DiskOp::Read { file, position, len }, Purpose::Recovery(Step::SegRead { tp, position, asked: len }));
     }
 
     /// A segment has been scanned. `torn` is where its valid data ends if a bad tail was
     /// found: the file is cut there and every later segment is deleted.
     fn segment_done(&mut self, tp: Tp, torn: Option<u64>) {
-        let interval = self
-            .topic_settings(tp)
-            .map_or(4096, |s| s.index_interval_bytes);
+        let interval = self.topic_settings(tp).map_or(4096, |s| s.index_interval_bytes);
         let Some(mut seg) = self.recovery.current.remove(&tp) else {
             return;
         };
@@ -460,32 +344,16 @@ impl Node {
             .and_then(|p| p.log.segments.last())
             .is_none_or(|prev| prev.next_offset() == seg.base_offset);
         if !contiguous {
-            tracing::warn!(
-                base = seg.base_offset,
-                "segment does not follow its predecessor; dropping it and the rest"
-            );
-            let later = self
-                .recovery
-                .todo
-                .get_mut(&tp)
-                .map(std::mem::take)
-                .unwrap_or_default();
+            tracing::warn!(base = seg.base_offset, "segment does not follow its predecessor; dropping it and the rest");
+            let later = self.recovery.todo.get_mut(&tp).map(std::mem::take).unwrap_or_default();
             self.drop_segment_files(tp, &seg, &later);
             return self.partition_recovered(tp);
         }
         if let Some(position) = torn {
             self.recovery.stats.torn_tails += 1;
-            self.recovery.stats.bytes_truncated += self
-                .recovery
-                .file_len
-                .get(&tp)
-                .copied()
-                .unwrap_or(position)
-                .saturating_sub(position);
-            ops.push(DiskOp::Truncate {
-                file: seg.log_file,
-                len: position,
-            });
+            self.recovery.stats.bytes_truncated +=
+                self.recovery.file_len.get(&tp).copied().unwrap_or(position).saturating_sub(position);
+            ops.push(DiskOp::Truncate { file: seg.log_file, len: position });
             ops.push(DiskOp::Sync { file: seg.log_file });
         }
         self.recovery.stats.segments += 1;
@@ -499,12 +367,7 @@ impl Node {
         p.log.segments.push(seg);
         let dir = p.log.dir.clone();
         if torn.is_some() {
-            let later = self
-                .recovery
-                .todo
-                .get_mut(&tp)
-                .map(std::mem::take)
-                .unwrap_or_default();
+            let later = self.recovery.todo.get_mut(&tp).map(std::mem::take).unwrap_or_default();
             for base in later {
                 for ext in ["log", "index", "timeindex"] {
                     let path = format!("{dir}/{}", crate::log::segment_file_name(base, ext));
@@ -516,10 +379,7 @@ impl Node {
     }
 
     fn drop_segment_files(&mut self, tp: Tp, seg: &Segment, later: &VecDeque<i64>) {
-        let dir = self
-            .partition(tp)
-            .map(|p| p.log.dir.clone())
-            .unwrap_or_default();
+        let dir = self.partition(tp).map(|p| p.log.dir.clone()).unwrap_or_default();
         for file in [seg.log_file, seg.index_file, seg.time_index_file] {
             self.issue(DiskOp::Close { file }, Purpose::Ignore);
         }
@@ -549,13 +409,7 @@ impl Node {
         let last = p.log.segments.last().expect("at least one");
         p.log.log_end_offset = last.next_offset().max(last.base_offset);
         p.log.high_watermark = p.log.log_start_offset;
-        p.log.dirty = p
-            .log
-            .segments
-            .iter()
-            .filter(|s| s.size > 0)
-            .map(|s| s.log_file)
-            .collect();
+        p.log.dirty = p.log.segments.iter().filter(|s| s.size > 0).map(|s| s.log_file).collect();
         p.state = PartState::Online;
         self.next_file = next;
         self.issue_all(ops, || Purpose::Recovery(Step::Misc(tp)));
@@ -575,18 +429,16 @@ impl Node {
     }
 
     pub(super) fn maybe_serving(&mut self) {
-        if self.phase != Phase::Recovering
-            || !self.recovery.listed
-            || !self.recovery.todo.is_empty()
-        {
+        if self.phase != Phase::Recovering || !self.recovery.listed || !self.recovery.todo.is_empty() {
             return;
         }
         // Serve only once every recovered log is synced again and its high watermark is at
         // its end: a consumer must never see the high watermark go back across a restart.
-        let unsynced =
-            self.topics.values().flat_map(|t| &t.partitions).any(|p| {
-                p.state == PartState::Online && p.log.high_watermark < p.log.log_end_offset
-            });
+        let unsynced = self
+            .topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .any(|p| p.state == PartState::Online && p.log.high_watermark < p.log.log_end_offset);
         if unsynced {
             return;
         }

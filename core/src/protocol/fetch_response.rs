@@ -21,12 +21,7 @@ pub struct TopicData {
 }
 
 /// Builds the parts of one Fetch response frame, 4-byte size prefix included.
-pub fn encode(
-    version: i16,
-    correlation_id: i32,
-    error_code: i16,
-    topics: &[TopicData],
-) -> Vec<Part> {
+pub fn encode(version: i16, correlation_id: i32, error_code: i16, topics: &[TopicData]) -> Vec<Part> {
     let flexible = version >= 12;
     let mut parts = Vec::new();
     let mut buf = BytesMut::with_capacity(256);
@@ -75,8 +70,7 @@ pub fn encode(
     }
     parts.push(Part::Bytes(buf.freeze()));
     let total: usize = parts.iter().map(|p| p.len()).sum();
-    let size =
-        i32::try_from(total - 4).expect("fetch responses are bounded by FETCH_RESPONSE_BYTES_MAX");
+    let size = i32::try_from(total - 4).expect("fetch responses are bounded by FETCH_RESPONSE_BYTES_MAX");
     if let Some(Part::Bytes(first)) = parts.first_mut() {
         let mut b = BytesMut::from(&first[..]);
         b[0..4].copy_from_slice(&size.to_be_bytes());

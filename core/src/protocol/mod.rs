@@ -25,10 +25,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED_APIS
-        .iter()
-        .find(|(k, _, _)| *k == key)
-        .map(|(_, lo, hi)| (*lo, *hi))
+    SUPPORTED_APIS.iter().find(|(k, _, _)| *k == key).map(|(_, lo, hi)| (*lo, *hi))
 }
 
 /// Why a frame could not be turned into a request.
@@ -39,11 +36,7 @@ pub enum FrameError {
     /// An API key Sluice does not know or does not serve.
     UnknownApi(i16),
     /// A known API at a version outside the supported range.
-    UnsupportedVersion {
-        api_key: ApiKey,
-        version: i16,
-        correlation_id: i32,
-    },
+    UnsupportedVersion { api_key: ApiKey, version: i16, correlation_id: i32 },
     /// The header or body did not decode.
     Malformed(String),
 }
@@ -68,16 +61,11 @@ pub fn parse_header(frame: &Bytes) -> Result<(RequestContext, Bytes), FrameError
     let api_key = ApiKey::try_from(raw_key).map_err(|_| FrameError::UnknownApi(raw_key))?;
     let (lo, hi) = supported_range(api_key).ok_or(FrameError::UnknownApi(raw_key))?;
     if version < lo || version > hi {
-        return Err(FrameError::UnsupportedVersion {
-            api_key,
-            version,
-            correlation_id,
-        });
+        return Err(FrameError::UnsupportedVersion { api_key, version, correlation_id });
     }
     let mut buf = frame.clone();
     let header_version = api_key.request_header_version(version);
-    let header = RequestHeader::decode(&mut buf, header_version)
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let header = RequestHeader::decode(&mut buf, header_version).map_err(|e| FrameError::Malformed(e.to_string()))?;
     let ctx = RequestContext {
         api_key,
         version,
@@ -97,20 +85,15 @@ pub fn decode_body<T: Decodable>(mut body: Bytes, version: i16) -> Result<T, Fra
 /// the connection) only if a response sets a field its version lacks: a bug, never a panic.
 pub fn encode_response<T: Encodable>(ctx: &RequestContext, body: &T) -> Result<Bytes, String> {
     let header_version = ctx.api_key.response_header_version(ctx.version);
-    let body_len = body
-        .compute_size(ctx.version)
-        .map_err(|e| encode_error(ctx, e))?;
+    let body_len = body.compute_size(ctx.version).map_err(|e| encode_error(ctx, e))?;
     let header_len = if header_version >= 1 { 5 } else { 4 };
     let mut buf = BytesMut::with_capacity(4 + header_len + body_len);
-    buf.put_i32(
-        i32::try_from(header_len + body_len).map_err(|_| "response too large".to_string())?,
-    );
+    buf.put_i32(i32::try_from(header_len + body_len).map_err(|_| "response too large".to_string())?);
     buf.put_i32(ctx.correlation_id);
     if header_version >= 1 {
         buf.put_u8(0); // no tagged fields
     }
-    body.encode(&mut buf, ctx.version)
-        .map_err(|e| encode_error(ctx, e))?;
+    body.encode(&mut buf, ctx.version).map_err(|e| encode_error(ctx, e))?;
     Ok(buf.freeze())
 }
 
@@ -144,32 +127,19 @@ mod tests {
     fn every_supported_version_is_within_the_codec() {
         for (k, lo, hi) in SUPPORTED_APIS {
             let v = k.valid_versions();
-            assert!(
-                v.min <= *lo && *hi <= v.max,
-                "{k:?} {lo}..{hi} outside {v:?}"
-            );
+            assert!(v.min <= *lo && *hi <= v.max, "{k:?} {lo}..{hi} outside {v:?}");
         }
     }
 
     #[test]
     fn short_unknown_and_unsupported_frames() {
-        assert_eq!(
-            parse_header(&Bytes::from_static(b"abc")).unwrap_err(),
-            FrameError::Short
-        );
+        assert_eq!(parse_header(&Bytes::from_static(b"abc")).unwrap_err(), FrameError::Short);
         let unknown = Bytes::from_static(&[0x7f, 0x00, 0, 0, 0, 0, 0, 1]);
-        assert!(matches!(
-            parse_header(&unknown),
-            Err(FrameError::UnknownApi(_))
-        ));
+        assert!(matches!(parse_header(&unknown), Err(FrameError::UnknownApi(_))));
         let too_new = Bytes::from_static(&[0, 3, 0x00, 99, 0, 0, 0, 7, 0, 0]);
         assert!(matches!(
             parse_header(&too_new),
-            Err(FrameError::UnsupportedVersion {
-                version: 99,
-                correlation_id: 7,
-                ..
-            })
+            Err(FrameError::UnsupportedVersion { version: 99, correlation_id: 7, .. })
         ));
     }
 }
