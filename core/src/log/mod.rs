@@ -211,7 +211,8 @@ pub struct PartitionLog {
     /// Bumped whenever the log is cut back, so a sync issued before the cut cannot advance
     /// the high watermark over offsets that were since rewritten.
     pub generation: u64,
-    /// Files written since their last sync was issued.
+    /// Segment files with completed writes or truncations since their last sync was issued
+    /// (the node adds them as those operations complete).
     pub dirty: BTreeSet<FileId>,
 }
 
@@ -253,7 +254,7 @@ impl PartitionLog {
 
     /// Appends one checked batch. Assigns its offsets, issues its write (the producer's bytes
     /// behind a patched 16-byte prefix, without copying them), rolls the segment when due.
-    /// Returns the batch's base offset.
+    /// Returns the batch's base offset and the index in `ops` of the data write.
     pub fn append(
         &mut self,
         batch: &Bytes,
@@ -262,7 +263,7 @@ impl PartitionLog {
         wall_ms: i64,
         ids: &mut dyn FileIds,
         ops: &mut Vec<DiskOp>,
-    ) -> Offset {
+    ) -> (Offset, usize) {
         let base = self.log_end_offset;
         let active = self.active();
         let offset_span = base + i64::from(header.last_offset_delta) - active.base_offset;
@@ -286,11 +287,11 @@ impl PartitionLog {
             vec![Bytes::copy_from_slice(&prefix), batch.slice(16..header.size)]
         };
         let seg = self.segments.last_mut().expect("at least one segment");
+        let data_op = ops.len();
         ops.push(DiskOp::Write { file: seg.log_file, position: seg.size, data });
-        self.dirty.insert(seg.log_file);
         seg.push(&h, base, settings.index_interval_bytes, ops);
         self.log_end_offset = base + i64::from(header.last_offset_delta) + 1;
-        base
+        (base, data_op)
     }
 
     /// Whole batches from `offset` up to (not past) `upper`, at most `max_bytes` unless the
@@ -381,7 +382,6 @@ impl PartitionLog {
         let len = seg.truncate_to(offset);
         ops.push(DiskOp::Truncate { file: seg.log_file, len });
         seg.rewrite_indexes(interval, ops);
-        self.dirty.insert(seg.log_file);
         self.log_end_offset = seg.next_offset().max(seg.base_offset);
         self.high_watermark = self.high_watermark.min(self.log_end_offset);
     }
@@ -515,7 +515,7 @@ mod tests {
         for b in batches {
             let bytes = Bytes::from(b.clone());
             let h = batch::check_batch(&bytes).unwrap();
-            log.append(&bytes, &h, &s, 0, &mut ids, &mut ops);
+            let _ = log.append(&bytes, &h, &s, 0, &mut ids, &mut ops);
         }
         (log, ops)
     }

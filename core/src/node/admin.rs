@@ -331,7 +331,7 @@ impl Node {
         log.add_segment(0, self.now.wall_ms, &mut next, &mut ops);
         self.next_file = next;
         self.issue_all(ops, || Purpose::Job(job));
-        Partition { log, state, sync: None, recovery_sync_failures: 0 }
+        Partition { log, state, sync: None, recovery_sync_failures: 0, written_end: 0 }
     }
 
     pub(super) fn handle_create_topics(

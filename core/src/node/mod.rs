@@ -44,6 +44,10 @@ enum Purpose {
     Log {
         tp: Tp,
         generation: u64,
+        /// For a batch's data write: the log end offset once it is on disk.
+        written: Option<Offset>,
+        /// A segment file this write or truncation changes: it needs a sync once done.
+        sync_file: Option<FileId>,
     },
     /// One file of a partition's sync batch.
     LogSync {
@@ -109,6 +113,8 @@ struct Partition {
     sync: Option<SyncBatch>,
     /// Failed syncs of the recovered log (before the node serves).
     recovery_sync_failures: u32,
+    /// Offsets below this have been written (their write operations completed).
+    written_end: Offset,
 }
 
 /// Syncs of a recovered log tried before its partition is taken offline.
@@ -328,6 +334,20 @@ impl Node {
         }
     }
 
+    /// Issues an operation on a partition's files; writes and truncations of segment files
+    /// mark the file for the next sync when they complete.
+    fn issue_log_op(&mut self, tp: Tp, generation: u64, action: DiskOp, written: Option<Offset>) {
+        let purpose = match &action {
+            DiskOp::Close { .. } | DiskOp::DeleteFile { .. } => Purpose::Ignore,
+            DiskOp::Write { file, .. } | DiskOp::Truncate { file, .. } => {
+                let is_log = self.partition(tp).is_some_and(|p| p.log.has_log_file(*file));
+                Purpose::Log { tp, generation, written, sync_file: is_log.then_some(*file) }
+            }
+            _ => Purpose::Log { tp, generation, written, sync_file: None },
+        };
+        self.issue(action, purpose);
+    }
+
     fn new_job(&mut self, remaining: usize, on_done: JobDone) -> JobId {
         self.next_job += 1;
         let id = JobId(self.next_job);
@@ -495,11 +515,24 @@ impl Node {
             return;
         };
         match purpose {
-            Purpose::Log { tp, generation } => {
-                if let Err(e) = result {
-                    self.storage_failure(tp, generation, &e);
+            Purpose::Log { tp, generation, written, sync_file } => match result {
+                Err(e) => self.storage_failure(tp, generation, &e),
+                Ok(_) => {
+                    // Writes complete in order: everything below `written` is now written, and
+                    // its file needs a sync. A sync covers only writes completed before it is
+                    // issued, so a write that is still in flight (and may yet fail) never
+                    // counts as durable.
+                    if let Some(p) = self.partition_mut(tp).filter(|p| p.log.generation == generation) {
+                        if let Some(end) = written {
+                            p.written_end = p.written_end.max(end);
+                        }
+                        if let Some(f) = sync_file.filter(|f| p.log.has_log_file(*f)) {
+                            p.log.dirty.insert(f);
+                            self.dirty.insert(tp);
+                        }
+                    }
                 }
-            }
+            },
             Purpose::LogSync { tp, generation, file } => self.on_log_sync(tp, generation, file, result.err()),
             Purpose::MetaWrite => {
                 if let Err(e) = result {
@@ -548,9 +581,11 @@ impl Node {
                 continue;
             }
             let files = std::mem::take(&mut p.log.dirty);
+            // A sync makes durable only what was already written when it was issued: a write
+            // that has not completed (and might yet fail) is not covered.
             p.sync = Some(SyncBatch {
                 remaining: files.len(),
-                end: p.log.log_end_offset,
+                end: p.written_end.min(p.log.log_end_offset),
                 generation: p.log.generation,
                 failed_files: Vec::new(),
             });
@@ -656,11 +691,14 @@ impl Node {
         let mut ops = Vec::new();
         let hw = p.log.high_watermark;
         p.log.truncate_to(hw, interval, &mut ops);
+        p.written_end = p.written_end.min(p.log.log_end_offset);
         if p.log.generation == generation {
             p.log.generation += 1; // nothing to cut, but in-flight work must still be voided
         }
         let generation = p.log.generation;
-        self.issue_all(ops, || Purpose::Log { tp, generation });
+        for action in ops {
+            self.issue_log_op(tp, generation, action, None);
+        }
         self.dirty.insert(tp);
         self.hw_moved = true; // lets waiting produces see the new generation and fail
     }

@@ -114,15 +114,20 @@ impl Node {
         let mut next_file = self.next_file;
         let p = self.partition_mut(tp).expect("looked up above");
         let mut base = None;
+        // The data write of each batch, and the log end offset once it is written.
+        let mut data_writes = Vec::with_capacity(batches.len());
         for (range, h) in &batches {
             let b = records.slice(range.clone());
-            let o = p.log.append(&b, h, &settings, wall, &mut next_file, &mut ops);
+            let (o, data_op) = p.log.append(&b, h, &settings, wall, &mut next_file, &mut ops);
             base.get_or_insert(o);
+            data_writes.push((data_op, p.log.log_end_offset));
         }
         let (end, generation, log_start) = (p.log.log_end_offset, p.log.generation, p.log.log_start_offset);
         self.next_file = next_file;
-        self.issue_all(ops, || super::Purpose::Log { tp, generation });
-        self.dirty.insert(tp);
+        for (i, action) in ops.into_iter().enumerate() {
+            let written = data_writes.iter().find(|(op, _)| *op == i).map(|(_, end)| *end);
+            self.issue_log_op(tp, generation, action, written);
+        }
         let append_time = if settings.log_append_time { wall } else { -1 };
         Ok((tp, base.expect("at least one batch"), end, generation, log_start, append_time))
     }

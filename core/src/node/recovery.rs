@@ -234,6 +234,7 @@ impl Node {
                     state: PartState::Recovering,
                     sync: None,
                     recovery_sync_failures: 0,
+                    written_end: 0,
                 })
                 .collect();
             self.names.insert(t.id, name.clone());
@@ -409,6 +410,7 @@ impl Node {
         let last = p.log.segments.last().expect("at least one");
         p.log.log_end_offset = last.next_offset().max(last.base_offset);
         p.log.high_watermark = p.log.log_start_offset;
+        p.written_end = p.log.log_end_offset;
         p.log.dirty = p.log.segments.iter().filter(|s| s.size > 0).map(|s| s.log_file).collect();
         p.state = PartState::Online;
         self.next_file = next;
