@@ -72,49 +72,11 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
 }
 
-fn put_varint(out: &mut BytesMut, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.put_u8((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.put_u8(z as u8);
-}
-
 /// An uncompressed v2 batch of `n` records of `size` value bytes each.
 fn build_batch(n: usize, size: usize, timestamp: i64) -> Bytes {
-    let mut records = BytesMut::with_capacity(n * (size + 16));
     let value: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
-    for i in 0..n {
-        let mut r = BytesMut::with_capacity(size + 16);
-        r.put_u8(0);
-        put_varint(&mut r, 0);
-        put_varint(&mut r, i as i64);
-        put_varint(&mut r, -1);
-        put_varint(&mut r, size as i64);
-        r.put_slice(&value);
-        put_varint(&mut r, 0);
-        put_varint(&mut records, r.len() as i64);
-        records.put_slice(&r);
-    }
-    let mut b = BytesMut::with_capacity(61 + records.len());
-    b.put_i64(0);
-    b.put_i32((49 + records.len()) as i32);
-    b.put_i32(-1);
-    b.put_i8(2);
-    b.put_u32(0);
-    b.put_i16(0);
-    b.put_i32(n as i32 - 1);
-    b.put_i64(timestamp);
-    b.put_i64(timestamp);
-    b.put_i64(-1);
-    b.put_i16(-1);
-    b.put_i32(-1);
-    b.put_i32(n as i32);
-    b.put_slice(&records);
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b.freeze()
+    let values = vec![value; n];
+    Bytes::from(sluice_core::log::batch::encode_values(&values, timestamp))
 }
 
 fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Result<Bytes, String> {

@@ -3,7 +3,7 @@
 //! and must keep answering a well-formed request afterwards. Runs with the broker's allocator,
 //! as the binary does (see alloc.rs for why).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use sluice_core::{ConnId, DiskOp, DiskReply, Input, Node, NodeConfig, Output, Time};
@@ -69,31 +69,7 @@ fn seeds() -> Vec<Bytes> {
         r.allow_auto_topic_creation = v >= 4;
         out.push(frame(ApiKey::Metadata, v, &r));
     }
-    let batch = {
-        // One valid uncompressed record batch with one record.
-        let mut rec = BytesMut::new();
-        rec.put_slice(&[0x14, 0, 0, 0, 1, 0x08]);
-        rec.put_slice(b"abcd");
-        rec.put_u8(0);
-        let mut b = BytesMut::new();
-        b.put_i64(0);
-        b.put_i32((49 + rec.len()) as i32);
-        b.put_i32(-1);
-        b.put_i8(2);
-        b.put_u32(0);
-        b.put_i16(0);
-        b.put_i32(0);
-        b.put_i64(1000);
-        b.put_i64(1000);
-        b.put_i64(-1);
-        b.put_i16(-1);
-        b.put_i32(-1);
-        b.put_i32(1);
-        b.put_slice(&rec);
-        let crc = crc32c::crc32c(&b[21..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        b.freeze()
-    };
+    let batch = Bytes::from(sluice_core::log::batch::encode_values(&[b"abcd"], 1000));
     for v in [3i16, 7, 9, 11] {
         let mut pd = produce_request::PartitionProduceData::default();
         pd.records = Some(batch.clone());

@@ -57,25 +57,30 @@ fn create_topic(sim: &mut SimNode, topic: &str, partitions: i32) {
     assert_eq!(resp.topics[0].error_code, 0);
 }
 
+/// A plain record, as a client library would build it.
+fn record(offset: i64, timestamp: i64, value: Bytes) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        sequence: -1,
+        timestamp,
+        key: None,
+        value: Some(value),
+        headers: IndexMap::new(),
+    }
+}
+
 fn batch(values: &[Vec<u8>]) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: 1_700_000_000_000 + i as i64,
-            key: None,
-            value: Some(Bytes::from(v.clone())),
-            headers: IndexMap::new(),
-        })
+        .map(|(i, v)| record(i as i64, 1_700_000_000_000 + i as i64, Bytes::from(v.clone())))
         .collect();
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
@@ -342,25 +347,8 @@ fn list_offsets_by_timestamp_looks_inside_batches() {
     let mut sim = SimNode::new(NodeConfig::default(), 7);
     create_topic(&mut sim, "t", 1);
     let ts = 1_700_000_000_000i64;
-    let recs: Vec<Record> = [0i64, 7, 3]
-        .iter()
-        .enumerate()
-        .map(|(i, d)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: ts + d,
-            key: None,
-            value: Some(Bytes::from_static(b"v")),
-            headers: IndexMap::new(),
-        })
-        .collect();
+    let recs: Vec<Record> =
+        [0i64, 7, 3].iter().enumerate().map(|(i, d)| record(i as i64, ts + d, Bytes::from_static(b"v"))).collect();
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(&mut buf, &recs, &RecordEncodeOptions { version: 2, compression: Compression::None })
         .unwrap();

@@ -188,57 +188,75 @@ pub fn with_log_append_time(batch: &[u8], now_ms: i64) -> Vec<u8> {
     b
 }
 
+/// Encodes an uncompressed v2 batch of `values` (no keys, no headers, one timestamp), base
+/// offset 0. The broker never builds batches; its load generator, its simulator and its tests
+/// do, through this one encoder.
+pub fn encode_values<V: AsRef<[u8]>>(values: &[V], base_timestamp: i64) -> Vec<u8> {
+    let mut records = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let v = v.as_ref();
+        let mut r = Vec::with_capacity(v.len() + 8);
+        r.push(0u8); // attributes
+        put_varint(&mut r, 0); // timestamp delta
+        put_varint(&mut r, i as i64); // offset delta
+        put_varint(&mut r, -1); // key: null
+        put_varint(&mut r, v.len() as i64);
+        r.extend_from_slice(v);
+        put_varint(&mut r, 0); // headers
+        put_varint(&mut records, r.len() as i64);
+        records.extend_from_slice(&r);
+    }
+    let count = i32::try_from(values.len()).expect("a batch holds at most i32::MAX records");
+    let mut b = Vec::with_capacity(HEADER_BYTES + records.len());
+    b.extend_from_slice(&0i64.to_be_bytes());
+    let length = i32::try_from(HEADER_BYTES - LOG_OVERHEAD + records.len()).expect("batch under 2 GiB");
+    b.extend_from_slice(&length.to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.push(2);
+    b.extend_from_slice(&[0, 0, 0, 0]);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(count - 1).to_be_bytes());
+    b.extend_from_slice(&base_timestamp.to_be_bytes());
+    b.extend_from_slice(&base_timestamp.to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&count.to_be_bytes());
+    b.extend_from_slice(&records);
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// Appends a zigzag varint.
+pub fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// Reads a zigzag varlong (at most 10 bytes). Returns the value and bytes used.
+pub fn read_varlong(buf: &[u8]) -> Option<(i64, usize)> {
+    let mut raw: u64 = 0;
+    for (i, b) in buf.iter().take(10).enumerate() {
+        raw |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), i + 1));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;
 
-    /// Builds a valid uncompressed v2 batch of `n` records with the given values (test helper,
-    /// also used by other modules' tests).
+    /// A valid uncompressed batch (helper for other modules' tests).
     pub fn make_batch(values: &[&[u8]], base_timestamp: i64) -> Vec<u8> {
-        let mut records = Vec::new();
-        for (i, v) in values.iter().enumerate() {
-            let mut r = Vec::new();
-            r.push(0u8); // attributes
-            put_varint(&mut r, 0); // timestamp delta
-            put_varint(&mut r, i as i64); // offset delta
-            put_varint(&mut r, -1); // key: null
-            put_varint(&mut r, v.len() as i64);
-            r.extend_from_slice(v);
-            put_varint(&mut r, 0); // headers
-            put_varint(&mut records, r.len() as i64);
-            records.extend_from_slice(&r);
-        }
-        let mut b = Vec::new();
-        b.extend_from_slice(&0i64.to_be_bytes());
-        let length = (HEADER_BYTES - LOG_OVERHEAD + records.len()) as i32;
-        b.extend_from_slice(&length.to_be_bytes());
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        b.push(2);
-        b.extend_from_slice(&[0, 0, 0, 0]);
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&((values.len() as i32) - 1).to_be_bytes());
-        b.extend_from_slice(&base_timestamp.to_be_bytes());
-        b.extend_from_slice(&base_timestamp.to_be_bytes());
-        b.extend_from_slice(&(-1i64).to_be_bytes());
-        b.extend_from_slice(&(-1i16).to_be_bytes());
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        b.extend_from_slice(&(values.len() as i32).to_be_bytes());
-        b.extend_from_slice(&records);
-        let crc = crc32c::crc32c(&b[CRC_START..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        b
-    }
-
-    fn put_varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            if z < 0x80 {
-                out.push(z as u8);
-                return;
-            }
-            out.push((z as u8) | 0x80);
-            z >>= 7;
-        }
+        super::encode_values(values, base_timestamp)
     }
 
     #[test]

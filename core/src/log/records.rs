@@ -4,7 +4,7 @@
 
 use std::io::Read;
 
-use super::batch::{self, BatchError, HEADER_BYTES};
+use super::batch::{self, read_varlong, BatchError, HEADER_BYTES};
 
 /// Decompressed bytes of one batch may not exceed this (a decompression bomb is an error).
 pub const DECOMPRESSED_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -67,18 +67,6 @@ pub fn decompress(codec: i16, data: &[u8], limit: usize) -> Result<Vec<u8>, Batc
         }
         _ => Err(BatchError::Invalid("unknown compression codec")),
     }
-}
-
-/// Reads a zigzag varlong (at most 10 bytes). Returns the value and bytes used.
-fn read_varlong(buf: &[u8]) -> Option<(i64, usize)> {
-    let mut raw: u64 = 0;
-    for (i, b) in buf.iter().take(10).enumerate() {
-        raw |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), i + 1));
-        }
-    }
-    None
 }
 
 /// (offset, timestamp) of every record in a whole, checked batch.
