@@ -55,7 +55,11 @@ enum Purpose {
         generation: u64,
         file: FileId,
     },
-    MetaWrite,
+    /// A metadata record's write; `end` is the log's size once it is written.
+    MetaWrite {
+        end: u64,
+        generation: u64,
+    },
     MetaSync {
         size: u64,
         generation: u64,
@@ -150,6 +154,8 @@ struct Topic {
 struct MetaLog {
     file: FileId,
     size: u64,
+    /// Bytes whose writes have completed.
+    written: u64,
     synced: u64,
     sync_in_flight: bool,
     /// Bumped when the log is cut back after a failure; voids syncs issued before.
@@ -228,6 +234,7 @@ impl Node {
             meta: MetaLog {
                 file: FileId(0),
                 size: 0,
+                written: 0,
                 synced: 0,
                 sync_in_flight: false,
                 generation: 0,
@@ -534,11 +541,12 @@ impl Node {
                 }
             },
             Purpose::LogSync { tp, generation, file } => self.on_log_sync(tp, generation, file, result.err()),
-            Purpose::MetaWrite => {
-                if let Err(e) = result {
-                    self.meta_failure(&e);
-                }
-            }
+            Purpose::MetaWrite { end, generation } => match result {
+                Err(e) => self.meta_failure(&e),
+                // As for partitions: a sync covers only writes that have completed.
+                Ok(_) if generation == self.meta.generation => self.meta.written = self.meta.written.max(end),
+                Ok(_) => {}
+            },
             Purpose::MetaSync { size, generation } => self.on_meta_sync(size, generation, result.err()),
             Purpose::Job(id) => {
                 if let Err(e) = &result {
@@ -598,9 +606,9 @@ impl Node {
                 self.issue(DiskOp::Sync { file }, Purpose::LogSync { tp, generation, file });
             }
         }
-        if !self.meta.sync_in_flight && self.meta.synced < self.meta.size {
+        if !self.meta.sync_in_flight && self.meta.synced < self.meta.written {
             self.meta.sync_in_flight = true;
-            let (size, generation) = (self.meta.size, self.meta.generation);
+            let (size, generation) = (self.meta.written, self.meta.generation);
             self.issue(DiskOp::Sync { file: self.meta.file }, Purpose::MetaSync { size, generation });
         }
         if std::mem::take(&mut self.hw_moved) {
@@ -708,9 +716,10 @@ impl Node {
         let position = self.meta.size;
         self.meta.size += bytes.len() as u64;
         let size = self.meta.size;
+        let generation = self.meta.generation;
         self.issue(
             DiskOp::Write { file: self.meta.file, position, data: vec![Bytes::from(bytes)] },
-            Purpose::MetaWrite,
+            Purpose::MetaWrite { end: size, generation },
         );
         self.meta.waiting.push((size, job));
     }
@@ -738,6 +747,7 @@ impl Node {
     fn meta_failure(&mut self, e: &DiskError) {
         tracing::error!(error = %e, synced = self.meta.synced, "metadata log write failed");
         self.meta.generation += 1;
+        self.meta.written = self.meta.written.min(self.meta.synced);
         if self.meta.size > self.meta.synced {
             self.meta.size = self.meta.synced;
             self.issue(DiskOp::Truncate { file: self.meta.file, len: self.meta.synced }, Purpose::Ignore);
@@ -779,7 +789,8 @@ impl Node {
                 }
             }
         }
-        assert!(self.meta.synced <= self.meta.size, "metadata log synced past its end");
+        assert!(self.meta.synced <= self.meta.written, "metadata log synced past what was written");
+        assert!(self.meta.written <= self.meta.size, "metadata log written past its end");
         for c in self.conns.values() {
             assert!(c.next_send <= c.next_seq);
         }

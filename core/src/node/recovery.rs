@@ -136,6 +136,7 @@ impl Node {
                     self.issue(DiskOp::Sync { file: self.meta.file }, Purpose::Ignore);
                 }
                 self.meta.size = valid as u64;
+                self.meta.written = valid as u64;
                 self.meta.synced = valid as u64;
                 self.meta_replayed(records);
             }
