@@ -12,6 +12,7 @@
 //! has been reported complete.
 
 pub mod config;
+pub mod group;
 pub mod io;
 pub mod limits;
 pub mod log;
