@@ -56,22 +56,8 @@ pub fn records(mut set: &[u8]) -> Result<Vec<(i64, String)>, String> {
     let mut out = Vec::new();
     while !set.is_empty() {
         let h = batch::check_batch(set).map_err(|e| format!("fetched a bad batch: {e:?}"))?;
-        let mut body = &set[batch::HEADER_BYTES..h.size];
-        while !body.is_empty() {
-            let (len, n) = batch::read_varlong(body).ok_or("bad record length")?;
-            let rec = body.get(n..n + len as usize).ok_or("record past its batch")?;
-            let mut at = 1; // attributes
-            let (_, k) = batch::read_varlong(&rec[at..]).ok_or("bad timestamp delta")?;
-            at += k;
-            let (off_delta, k) = batch::read_varlong(&rec[at..]).ok_or("bad offset delta")?;
-            at += k;
-            let (key_len, k) = batch::read_varlong(&rec[at..]).ok_or("bad key length")?;
-            at += k + usize::try_from(key_len.max(0)).unwrap_or(0);
-            let (val_len, k) = batch::read_varlong(&rec[at..]).ok_or("bad value length")?;
-            at += k;
-            let v = rec.get(at..at + val_len.max(0) as usize).ok_or("value past its record")?;
-            out.push((h.base_offset + off_delta, String::from_utf8_lossy(v).into_owned()));
-            body = &body[n + len as usize..];
+        for (o, _, v) in batch::uncompressed_records(set).map_err(|e| format!("fetched a bad batch: {e:?}"))? {
+            out.push((o, String::from_utf8_lossy(v.unwrap_or_default()).into_owned()));
         }
         set = &set[h.size..];
     }

@@ -28,6 +28,8 @@ pub enum GroupError {
     GroupMaxSizeReached,
     FencedInstanceId,
     CoordinatorNotAvailable,
+    CoordinatorLoadInProgress,
+    InvalidGroupId,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -650,12 +652,24 @@ impl<W: Clone> Coordinator<W> {
         self.groups.iter().map(|(n, g)| (n.clone(), g.state, g.protocol_type.clone())).collect()
     }
 
-    /// Client ids of a group's members (DescribeGroups).
-    pub fn client_ids(&self, group: &str) -> Vec<(String, String)> {
-        self.groups
-            .get(group)
-            .map(|g| g.members.iter().map(|(id, m)| (id.clone(), m.client_id.clone())).collect())
-            .unwrap_or_default()
+    /// A group as DescribeGroups shows it: state, protocol type and name, and per member its
+    /// id, instance id, client id, metadata for the chosen protocol and assignment.
+    #[allow(clippy::type_complexity)]
+    pub fn describe(
+        &self,
+        group: &str,
+    ) -> Option<(GroupState, Option<String>, Option<String>, Vec<(String, Option<String>, String, Bytes, Bytes)>)> {
+        let g = self.groups.get(group)?;
+        let proto = g.protocol_name.clone().unwrap_or_default();
+        let members = g
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let meta = m.protocols.iter().find(|(p, _)| *p == proto).map(|(_, b)| b.clone()).unwrap_or_default();
+                (id.clone(), m.instance_id.clone(), m.client_id.clone(), meta, m.assignment.clone())
+            })
+            .collect();
+        Some((g.state, g.protocol_type.clone(), g.protocol_name.clone(), members))
     }
 
     /// Forgets an empty group (DeleteGroups). A group with members cannot be deleted.

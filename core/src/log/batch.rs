@@ -189,27 +189,38 @@ pub fn with_log_append_time(batch: &[u8], now_ms: i64) -> Vec<u8> {
 }
 
 /// Encodes an uncompressed v2 batch of `values` (no keys, no headers, one timestamp), base
-/// offset 0. The broker never builds batches; its load generator, its simulator and its tests
-/// do, through this one encoder.
+/// offset 0. The broker builds batches only for its internal topic; its load generator, its
+/// simulator and its tests build theirs through this encoder too.
 pub fn encode_values<V: AsRef<[u8]>>(values: &[V], base_timestamp: i64) -> Vec<u8> {
-    let mut records = Vec::new();
-    for (i, v) in values.iter().enumerate() {
-        let v = v.as_ref();
-        let mut r = Vec::with_capacity(v.len() + 8);
+    let records: Vec<(Option<&[u8]>, Option<&[u8]>)> = values.iter().map(|v| (None, Some(v.as_ref()))).collect();
+    encode_records(&records, base_timestamp)
+}
+
+/// Encodes an uncompressed v2 batch of (key, value) records; a `None` value is a tombstone.
+pub fn encode_records(records: &[(Option<&[u8]>, Option<&[u8]>)], base_timestamp: i64) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (i, (k, v)) in records.iter().enumerate() {
+        let mut r = Vec::with_capacity(v.map_or(0, <[u8]>::len) + k.map_or(0, <[u8]>::len) + 8);
         r.push(0u8); // attributes
         put_varint(&mut r, 0); // timestamp delta
         put_varint(&mut r, i as i64); // offset delta
-        put_varint(&mut r, -1); // key: null
-        put_varint(&mut r, v.len() as i64);
-        r.extend_from_slice(v);
+        for field in [k, v] {
+            match field {
+                Some(b) => {
+                    put_varint(&mut r, b.len() as i64);
+                    r.extend_from_slice(b);
+                }
+                None => put_varint(&mut r, -1),
+            }
+        }
         put_varint(&mut r, 0); // headers
-        put_varint(&mut records, r.len() as i64);
-        records.extend_from_slice(&r);
+        put_varint(&mut body, r.len() as i64);
+        body.extend_from_slice(&r);
     }
-    let count = i32::try_from(values.len()).expect("a batch holds at most i32::MAX records");
-    let mut b = Vec::with_capacity(HEADER_BYTES + records.len());
+    let count = i32::try_from(records.len()).expect("a batch holds at most i32::MAX records");
+    let mut b = Vec::with_capacity(HEADER_BYTES + body.len());
     b.extend_from_slice(&0i64.to_be_bytes());
-    let length = i32::try_from(HEADER_BYTES - LOG_OVERHEAD + records.len()).expect("batch under 2 GiB");
+    let length = i32::try_from(HEADER_BYTES - LOG_OVERHEAD + body.len()).expect("batch under 2 GiB");
     b.extend_from_slice(&length.to_be_bytes());
     b.extend_from_slice(&(-1i32).to_be_bytes());
     b.push(2);
@@ -222,10 +233,48 @@ pub fn encode_values<V: AsRef<[u8]>>(values: &[V], base_timestamp: i64) -> Vec<u
     b.extend_from_slice(&(-1i16).to_be_bytes());
     b.extend_from_slice(&(-1i32).to_be_bytes());
     b.extend_from_slice(&count.to_be_bytes());
-    b.extend_from_slice(&records);
+    b.extend_from_slice(&body);
     let crc = crc32c::crc32c(&b[CRC_START..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     b
+}
+
+/// One record of an uncompressed batch: its offset, key and value (`None` when null).
+pub type RecordView<'a> = (i64, Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// The records of one checked, uncompressed batch at the start of `buf`.
+pub fn uncompressed_records(buf: &[u8]) -> Result<Vec<RecordView<'_>>, BatchError> {
+    let h = check_batch(buf)?;
+    if h.compression() != 0 {
+        return Err(BatchError::Invalid("compressed batch"));
+    }
+    let bad = BatchError::Invalid("bad record framing");
+    let mut body = &buf[HEADER_BYTES..h.size];
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let (len, n) = read_varlong(body).ok_or(bad.clone())?;
+        let rec = body.get(n..n + usize::try_from(len).map_err(|_| bad.clone())?).ok_or(bad.clone())?;
+        let mut at = 1; // attributes
+        let (_, k) = read_varlong(&rec[at..]).ok_or(bad.clone())?; // timestamp delta
+        at += k;
+        let (off_delta, k) = read_varlong(&rec[at..]).ok_or(bad.clone())?;
+        at += k;
+        let mut field = || -> Result<Option<&[u8]>, BatchError> {
+            let (len, k) = read_varlong(rec.get(at..).ok_or(bad.clone())?).ok_or(bad.clone())?;
+            at += k;
+            if len < 0 {
+                return Ok(None);
+            }
+            let v = rec.get(at..at + usize::try_from(len).map_err(|_| bad.clone())?).ok_or(bad.clone())?;
+            at += v.len();
+            Ok(Some(v))
+        };
+        let key = field()?;
+        let value = field()?;
+        out.push((h.base_offset + off_delta, key, value));
+        body = &body[n + rec.len()..];
+    }
+    Ok(out)
 }
 
 /// Appends a zigzag varint.

@@ -162,6 +162,9 @@ impl Node {
         if version >= 10 {
             t.topic_id = Uuid::from_bytes(topic.id);
         }
+        if version >= 1 {
+            t.is_internal = name == super::groups::OFFSETS_TOPIC;
+        }
         let me = BrokerId(self.config.node_id.0);
         for (i, p) in topic.partitions.iter().enumerate() {
             if p.state == PartState::Creating {
@@ -290,7 +293,7 @@ impl Node {
 
     /// Starts creating a topic: the metadata record, the partition directories and their first
     /// segments. Returns the job that finishes when all of it is durable.
-    fn create_topic(
+    pub(super) fn create_topic(
         &mut self,
         name: &str,
         partitions: i32,

@@ -8,6 +8,7 @@
 
 mod admin;
 mod fetch;
+mod groups;
 mod produce;
 mod recovery;
 
@@ -66,6 +67,10 @@ enum Purpose {
     },
     Job(JobId),
     Recovery(recovery::Step),
+    /// A segment of the offsets topic read back at start-up.
+    OffsetsLoad {
+        upper: Offset,
+    },
     /// A batch read to answer ListOffsets by timestamp.
     TimestampRead {
         id: u64,
@@ -199,6 +204,12 @@ pub struct Node {
     fetches: Vec<fetch::PendingFetch>,
     lookups: BTreeMap<u64, fetch::PendingLookup>,
     next_lookup: u64,
+    coordinator: crate::group::Coordinator<groups::GroupWaiter>,
+    /// Durable committed offsets: group -> (topic, partition) -> offset.
+    offsets: BTreeMap<String, BTreeMap<(String, i32), groups::Committed>>,
+    /// Segments of the offsets topic still being read back at start-up.
+    offsets_loading: usize,
+    commits: Vec<groups::PendingCommit>,
     buffered: VecDeque<(ConnId, Bytes)>,
     /// Names whose directories are still being removed; re-creating waits for them.
     deleting: BTreeMap<String, JobId>,
@@ -246,6 +257,10 @@ impl Node {
             fetches: Vec::new(),
             lookups: BTreeMap::new(),
             next_lookup: 0,
+            coordinator: crate::group::Coordinator::new(crate::group::GroupConfig::default()),
+            offsets: BTreeMap::new(),
+            offsets_loading: 0,
+            commits: Vec::new(),
             buffered: VecDeque::new(),
             deleting: BTreeMap::new(),
             dirty: BTreeSet::new(),
@@ -279,7 +294,8 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let fetch = self.fetches.iter().map(|f| f.deadline).min();
         let retention = (self.phase == Phase::Serving).then_some(self.next_retention_check);
-        [fetch, retention].into_iter().flatten().min()
+        let groups = self.coordinator.poll_timeout();
+        [fetch, retention, groups].into_iter().flatten().min()
     }
 
     /// True once start-up recovery has finished and requests are served.
@@ -474,6 +490,16 @@ impl Node {
             ApiKey::CreatePartitions => self.handle_create_partitions(conn, seq, ctx, body),
             ApiKey::DescribeConfigs => self.handle_describe_configs(conn, seq, &ctx, body),
             ApiKey::DescribeCluster => self.handle_describe_cluster(conn, seq, &ctx, body),
+            ApiKey::FindCoordinator => self.handle_find_coordinator(conn, seq, ctx, body),
+            ApiKey::JoinGroup => self.handle_join_group(conn, seq, ctx, body),
+            ApiKey::SyncGroup => self.handle_sync_group(conn, seq, ctx, body),
+            ApiKey::Heartbeat => self.handle_heartbeat(conn, seq, ctx, body),
+            ApiKey::LeaveGroup => self.handle_leave_group(conn, seq, ctx, body),
+            ApiKey::OffsetCommit => self.handle_offset_commit(conn, seq, ctx, body),
+            ApiKey::OffsetFetch => self.handle_offset_fetch(conn, seq, ctx, body),
+            ApiKey::ListGroups => self.handle_list_groups(conn, seq, &ctx, body),
+            ApiKey::DescribeGroups => self.handle_describe_groups(conn, seq, &ctx, body),
+            ApiKey::DeleteGroups => self.handle_delete_groups(conn, seq, ctx, body),
             _ => Err(FrameError::UnknownApi(ctx.api_key as i16)),
         };
         if let Err(e) = result {
@@ -487,6 +513,7 @@ impl Node {
         self.produces.retain(|p| p.conn != conn);
         self.fetches.retain(|f| f.conn != conn);
         self.lookups.retain(|_, l| l.conn != conn);
+        self.commits.retain(|c| c.conn != conn);
         self.waiters.retain(|w| w.conn != conn);
         self.buffered.retain(|(c, _)| *c != conn);
     }
@@ -496,6 +523,7 @@ impl Node {
             return;
         }
         self.expire_fetches();
+        self.settle_groups();
         if self.now.mono >= self.next_retention_check {
             self.next_retention_check = self.now.mono.plus_millis(self.config.log.retention_check_interval_ms);
             self.apply_retention();
@@ -555,6 +583,14 @@ impl Node {
                 self.job_step(id, result.is_ok());
             }
             Purpose::Recovery(step) => self.on_recovery_step(step, result),
+            Purpose::OffsetsLoad { upper, .. } => {
+                let data = match result {
+                    Ok(DiskReply::Data(d)) => Ok(d),
+                    Ok(other) => Err(format!("unexpected reply {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                self.on_offsets_read(upper, data);
+            }
             Purpose::TimestampRead { id, ti, pi, target } => {
                 let data = match result {
                     Ok(DiskReply::Data(d)) => Ok(d),
@@ -613,6 +649,7 @@ impl Node {
         }
         if std::mem::take(&mut self.hw_moved) {
             self.complete_produces();
+            self.complete_commits();
             self.wake_fetches();
         }
     }

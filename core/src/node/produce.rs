@@ -53,6 +53,9 @@ impl Node {
                     Err(KafkaError::InvalidRequiredAcks)
                 } else if req.transactional_id.is_some() {
                     Err(KafkaError::TransactionalIdAuthorizationFailed)
+                } else if td.name.0.as_str() == super::groups::OFFSETS_TOPIC {
+                    // Only the group coordinator writes the internal offsets topic.
+                    Err(KafkaError::InvalidTopic)
                 } else {
                     self.append_partition(td.name.0.as_str(), pd.index, pd.records.as_ref())
                 };
@@ -89,7 +92,7 @@ impl Node {
     /// the first batch's base offset, the offset that must become durable, the log generation,
     /// the log start offset and the LogAppendTime (or -1).
     #[allow(clippy::type_complexity)]
-    fn append_partition(
+    pub(super) fn append_partition(
         &mut self,
         topic: &str,
         partition: i32,

@@ -447,6 +447,7 @@ impl Node {
         }
         tracing::info!(stats = ?self.recovery.stats, "recovery finished; serving");
         self.phase = Phase::Serving;
+        self.load_offsets();
         let buffered: Vec<_> = self.buffered.drain(..).collect();
         for (conn, frame) in buffered {
             self.on_frame(conn, frame);

@@ -1,0 +1,801 @@
+//! The group coordinator's protocol side: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups.
+//!
+//! Membership lives in `group::Coordinator` (memory only: after a restart members rejoin).
+//! Committed offsets are records in the internal `__consumer_offsets` topic, appended like any
+//! produce and answered only once durable; the cache OffsetFetch reads is updated at the same
+//! moment, and rebuilt from the topic at start-up.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use serde::{Deserialize, Serialize};
+
+use super::{Node, Purpose, Then, Tp};
+
+#[cfg(test)]
+mod hash_tests {
+    #[test]
+    fn java_string_hash() {
+        // Values from java.lang.String.hashCode.
+        assert_eq!(super::java_hash(""), 0);
+        assert_eq!(super::java_hash("abc"), 96354);
+        assert_eq!(super::java_hash("Hello"), 69_609_650);
+        assert_eq!(super::java_hash("polygenelubricants"), i32::MIN);
+    }
+}
+use crate::group::{Deferred, GroupError, Join, JoinResult, SyncResult};
+use crate::io::DiskOp;
+use crate::log::batch;
+use crate::protocol::errors::KafkaError;
+use crate::protocol::{self, FrameError, RequestContext};
+use crate::types::{ConnId, Offset};
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Kafka's `offsets.topic.num.partitions` default.
+pub const OFFSETS_PARTITIONS: i32 = 50;
+
+/// Who waits for a deferred group answer.
+#[derive(Clone, Debug)]
+pub struct GroupWaiter {
+    conn: ConnId,
+    seq: u64,
+    ctx: RequestContext,
+}
+
+/// A committed offset, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    pub commit_timestamp: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OffsetKey {
+    group: String,
+    topic: String,
+    partition: i32,
+}
+
+/// An OffsetCommit waiting for its record to be durable.
+pub(super) struct PendingCommit {
+    pub conn: ConnId,
+    seq: u64,
+    ctx: RequestContext,
+    resp: OffsetCommitResponse,
+    tp: Tp,
+    end: Offset,
+    generation: u64,
+    updates: Vec<(String, String, i32, Committed)>,
+}
+
+/// Java's `String.hashCode`, so groups land on the partitions Kafka would put them on.
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+/// Kafka's `partitionFor`: `Utils.abs(groupId.hashCode) % partitions` (abs of MIN_VALUE is 0).
+pub fn offsets_partition(group: &str) -> i32 {
+    let h = java_hash(group);
+    (if h == i32::MIN { 0 } else { h.abs() }) % OFFSETS_PARTITIONS
+}
+
+fn code(e: GroupError) -> i16 {
+    match e {
+        GroupError::UnknownMemberId => 25,
+        GroupError::IllegalGeneration => 22,
+        GroupError::RebalanceInProgress => 27,
+        GroupError::InconsistentGroupProtocol => 23,
+        GroupError::InvalidSessionTimeout => 26,
+        GroupError::MemberIdRequired => 79,
+        GroupError::GroupMaxSizeReached => 81,
+        GroupError::FencedInstanceId => 82,
+        GroupError::CoordinatorNotAvailable => 15,
+        GroupError::CoordinatorLoadInProgress => 14,
+        GroupError::InvalidGroupId => 24,
+    }
+}
+
+const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+const INVALID_GROUP_ID: i16 = 24;
+const NON_EMPTY_GROUP: i16 = 68;
+const GROUP_ID_NOT_FOUND: i16 = 69;
+
+fn sb(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+impl Node {
+    /// The offsets topic exists and its offsets are loaded; otherwise the request waits for
+    /// (or gets told to retry during) its creation or loading. Returns false if not ready.
+    fn groups_ready(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, body: &Bytes) -> Result<bool, ()> {
+        if let Some(job) = self.topics.get(OFFSETS_TOPIC).and_then(|t| t.creating) {
+            self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() });
+            return Ok(false);
+        }
+        if !self.topics.contains_key(OFFSETS_TOPIC) {
+            let mut configs = BTreeMap::new();
+            configs.insert("cleanup.policy".to_string(), "compact".to_string());
+            configs.insert("segment.bytes".to_string(), "104857600".to_string());
+            match self.create_topic(OFFSETS_TOPIC, OFFSETS_PARTITIONS, configs) {
+                Ok(job) => {
+                    self.offsets_loading = 0;
+                    self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() });
+                }
+                Err(_) => return Err(()),
+            }
+            return Ok(false);
+        }
+        if self.offsets_loading > 0 {
+            return Err(());
+        }
+        Ok(true)
+    }
+
+    pub(super) fn handle_find_coordinator(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: FindCoordinatorRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        let keys: Vec<String> = if ctx.version >= 4 {
+            req.coordinator_keys.iter().map(|k| k.to_string()).collect()
+        } else {
+            vec![req.key.to_string()]
+        };
+        // Groups are coordinated here; transactions are not supported.
+        let group_keys = req.key_type == 0;
+        if group_keys && self.groups_ready(conn, seq, &ctx, &body) == Ok(false) {
+            return Ok(());
+        }
+        let me =
+            (BrokerId(self.config.node_id.0), sb(self.config.advertised_host.clone()), self.config.advertised_port);
+        let mut resp = FindCoordinatorResponse::default();
+        let error = if group_keys { 0 } else { KafkaError::InvalidRequest.code() };
+        if ctx.version >= 4 {
+            for k in keys {
+                let mut c = find_coordinator_response::Coordinator::default();
+                c.key = sb(k);
+                c.error_code = error;
+                if error == 0 {
+                    (c.node_id, c.host, c.port) = me.clone();
+                } else {
+                    c.node_id = BrokerId(-1);
+                    c.error_message = Some(sb("transactions are not supported"));
+                }
+                resp.coordinators.push(c);
+            }
+        } else {
+            resp.error_code = error;
+            if error == 0 {
+                (resp.node_id, resp.host, resp.port) = me;
+            } else {
+                resp.node_id = BrokerId(-1);
+                if ctx.version >= 1 {
+                    resp.error_message = Some(sb("transactions are not supported"));
+                }
+            }
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+        Ok(())
+    }
+
+    pub(super) fn handle_join_group(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: JoinGroupRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        let group = req.group_id.0.to_string();
+        let waiter = GroupWaiter { conn, seq, ctx: ctx.clone() };
+        if group.is_empty() {
+            self.answer_join(waiter, join_error(GroupError::InvalidGroupId, req.member_id.as_str()));
+            return Ok(());
+        }
+        match self.groups_ready(conn, seq, &ctx, &body) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(()) => {
+                self.answer_join(waiter, join_error(GroupError::CoordinatorLoadInProgress, req.member_id.as_str()));
+                return Ok(());
+            }
+        }
+        let j = Join {
+            group,
+            member_id: req.member_id.to_string(),
+            instance_id: req.group_instance_id.as_ref().map(|s| s.to_string()),
+            client_id: ctx.client_id.clone().unwrap_or_default(),
+            session_timeout_ms: u64::try_from(req.session_timeout_ms).unwrap_or(0),
+            // Before v1 the rebalance timeout is the session timeout.
+            rebalance_timeout_ms: u64::try_from(if ctx.version >= 1 {
+                req.rebalance_timeout_ms
+            } else {
+                req.session_timeout_ms
+            })
+            .unwrap_or(0),
+            protocol_type: req.protocol_type.to_string(),
+            protocols: req.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect(),
+            requires_known_member_id: ctx.version >= 4,
+        };
+        if let Some(r) = self.coordinator.join(self.now.mono, j, waiter.clone()) {
+            self.answer_join(waiter, r);
+        }
+        self.settle_groups();
+        Ok(())
+    }
+
+    fn answer_join(&mut self, w: GroupWaiter, r: JoinResult) {
+        let v = w.ctx.version;
+        let mut resp = JoinGroupResponse::default();
+        resp.error_code = r.error.map_or(0, code);
+        resp.generation_id = r.generation_id;
+        if v >= 7 {
+            resp.protocol_type = r.protocol_type.map(sb);
+            resp.protocol_name = r.protocol_name.map(sb);
+        } else {
+            resp.protocol_name = Some(sb(r.protocol_name.unwrap_or_default()));
+        }
+        resp.leader = sb(r.leader);
+        resp.member_id = sb(r.member_id);
+        resp.members = r
+            .members
+            .into_iter()
+            .map(|(id, inst, meta)| {
+                let mut m = join_group_response::JoinGroupResponseMember::default();
+                m.member_id = sb(id);
+                if v >= 5 {
+                    m.group_instance_id = inst.map(sb);
+                }
+                m.metadata = meta;
+                m
+            })
+            .collect();
+        self.respond_bytes(w.conn, w.seq, protocol::encode_response(&w.ctx, &resp));
+    }
+
+    fn answer_sync(&mut self, w: GroupWaiter, r: SyncResult) {
+        let mut resp = SyncGroupResponse::default();
+        resp.error_code = r.error.map_or(0, code);
+        if w.ctx.version >= 5 {
+            resp.protocol_type = r.protocol_type.map(sb);
+            resp.protocol_name = r.protocol_name.map(sb);
+        }
+        resp.assignment = r.assignment;
+        self.respond_bytes(w.conn, w.seq, protocol::encode_response(&w.ctx, &resp));
+    }
+
+    /// Sends every group answer that became ready.
+    pub(super) fn settle_groups(&mut self) {
+        for d in self.coordinator.poll(self.now.mono) {
+            match d {
+                Deferred::Join(w, r) => self.answer_join(w, r),
+                Deferred::Sync(w, r) => self.answer_sync(w, r),
+            }
+        }
+    }
+
+    pub(super) fn handle_sync_group(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: SyncGroupRequest = protocol::decode_body(body, ctx.version)?;
+        let waiter = GroupWaiter { conn, seq, ctx };
+        let assignments = req.assignments.iter().map(|a| (a.member_id.to_string(), a.assignment.clone())).collect();
+        let inst = req.group_instance_id.as_ref().map(|s| s.to_string());
+        let r = self.coordinator.sync(
+            self.now.mono,
+            req.group_id.0.as_str(),
+            req.member_id.as_str(),
+            req.generation_id,
+            inst.as_deref(),
+            assignments,
+            waiter.clone(),
+        );
+        if let Some(r) = r {
+            self.answer_sync(waiter, r);
+        }
+        self.settle_groups();
+        Ok(())
+    }
+
+    pub(super) fn handle_heartbeat(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: HeartbeatRequest = protocol::decode_body(body, ctx.version)?;
+        let inst = req.group_instance_id.as_ref().map(|s| s.to_string());
+        let r = self.coordinator.heartbeat(
+            self.now.mono,
+            req.group_id.0.as_str(),
+            req.member_id.as_str(),
+            req.generation_id,
+            inst.as_deref(),
+        );
+        let mut resp = HeartbeatResponse::default();
+        resp.error_code = r.err().map_or(0, code);
+        self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+        Ok(())
+    }
+
+    pub(super) fn handle_leave_group(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: LeaveGroupRequest = protocol::decode_body(body, ctx.version)?;
+        let group = req.group_id.0.to_string();
+        let mut resp = LeaveGroupResponse::default();
+        if ctx.version >= 3 {
+            for m in &req.members {
+                let inst = m.group_instance_id.as_ref().map(|s| s.to_string());
+                let r = self.coordinator.leave(self.now.mono, &group, m.member_id.as_str(), inst.as_deref());
+                let mut mr = leave_group_response::MemberResponse::default();
+                mr.member_id = m.member_id.clone();
+                mr.group_instance_id = m.group_instance_id.clone();
+                mr.error_code = r.err().map_or(0, code);
+                resp.members.push(mr);
+            }
+        } else {
+            resp.error_code =
+                self.coordinator.leave(self.now.mono, &group, req.member_id.as_str(), None).err().map_or(0, code);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+        self.settle_groups();
+        Ok(())
+    }
+
+    pub(super) fn handle_offset_commit(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: OffsetCommitRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        let group = req.group_id.0.to_string();
+        let mut resp = OffsetCommitResponse::default();
+        let ready = match self.groups_ready(conn, seq, &ctx, &body) {
+            Ok(true) => Ok(()),
+            Ok(false) => return Ok(()),
+            Err(()) => Err(COORDINATOR_LOAD_IN_PROGRESS),
+        };
+        // A member of a generation must be current; a "simple" commit (no member, generation
+        // -1) is allowed for groups that are not managed here at the moment.
+        let inst = req.group_instance_id.as_ref().map(|s| s.to_string());
+        let member_check = if req.generation_id_or_member_epoch < 0 && req.member_id.is_empty() {
+            match self.coordinator.state(&group) {
+                Some(s) if s != crate::group::GroupState::Empty => Err(code(GroupError::UnknownMemberId)),
+                _ => Ok(()),
+            }
+        } else {
+            self.coordinator
+                .heartbeat(
+                    self.now.mono,
+                    &group,
+                    req.member_id.as_str(),
+                    req.generation_id_or_member_epoch,
+                    inst.as_deref(),
+                )
+                .or_else(|e| if e == GroupError::RebalanceInProgress { Ok(()) } else { Err(e) })
+                .map_err(code)
+        };
+        let check = ready.and(member_check).and(if group.is_empty() { Err(INVALID_GROUP_ID) } else { Ok(()) });
+        let mut updates = Vec::new();
+        let mut records = Vec::new();
+        for t in &req.topics {
+            let mut tr = offset_commit_response::OffsetCommitResponseTopic::default();
+            tr.name = t.name.clone();
+            for p in &t.partitions {
+                let mut pr = offset_commit_response::OffsetCommitResponsePartition::default();
+                pr.partition_index = p.partition_index;
+                pr.error_code = match check {
+                    Err(e) => e,
+                    Ok(()) if !self.topics.contains_key(t.name.0.as_str()) => {
+                        KafkaError::UnknownTopicOrPartition.code()
+                    }
+                    Ok(()) => {
+                        let c = Committed {
+                            offset: p.committed_offset,
+                            leader_epoch: if ctx.version >= 6 { p.committed_leader_epoch } else { -1 },
+                            metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                            commit_timestamp: self.now.wall_ms,
+                        };
+                        let key = OffsetKey {
+                            group: group.clone(),
+                            topic: t.name.0.to_string(),
+                            partition: p.partition_index,
+                        };
+                        records.push((
+                            postcard::to_allocvec(&key).expect("serializes"),
+                            postcard::to_allocvec(&c).expect("serializes"),
+                        ));
+                        updates.push((group.clone(), t.name.0.to_string(), p.partition_index, c));
+                        0
+                    }
+                };
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        if updates.is_empty() {
+            self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+            return Ok(());
+        }
+        let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+            records.iter().map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice()))).collect();
+        let batch = Bytes::from(batch::encode_records(&refs, self.now.wall_ms));
+        match self.append_partition(OFFSETS_TOPIC, offsets_partition(&group), Some(&batch)) {
+            Ok((tp, _, end, generation, _, _)) => {
+                self.commits.push(PendingCommit { conn, seq, ctx, resp, tp, end, generation, updates });
+            }
+            Err(e) => {
+                for pr in resp.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                    pr.error_code = if e == KafkaError::KafkaStorageError { 15 } else { e.code() };
+                }
+                self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers commits whose records became durable (and makes them visible to OffsetFetch).
+    pub(super) fn complete_commits(&mut self) {
+        let pending = std::mem::take(&mut self.commits);
+        for mut c in pending {
+            let verdict = match self.partition(c.tp) {
+                None => Some(false),
+                Some(p) if p.log.generation != c.generation => Some(false),
+                Some(p) if p.log.high_watermark >= c.end => Some(true),
+                Some(_) => None,
+            };
+            match verdict {
+                None => self.commits.push(c),
+                Some(ok) => {
+                    if ok {
+                        for (g, t, p, v) in c.updates.drain(..) {
+                            self.offsets.entry(g).or_default().insert((t, p), v);
+                        }
+                    } else {
+                        for pr in c.resp.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                            pr.error_code = 15; // COORDINATOR_NOT_AVAILABLE: retriable
+                        }
+                    }
+                    self.respond_bytes(c.conn, c.seq, protocol::encode_response(&c.ctx, &c.resp));
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_offset_fetch(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: OffsetFetchRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        let ready = match self.groups_ready(conn, seq, &ctx, &body) {
+            Ok(true) => 0,
+            Ok(false) => return Ok(()),
+            Err(()) => COORDINATOR_LOAD_IN_PROGRESS,
+        };
+        let v = ctx.version;
+        let lookup = |node: &Node,
+                      group: &str,
+                      wanted: Option<Vec<(String, Vec<i32>)>>|
+         -> Vec<(String, Vec<(i32, Option<Committed>)>)> {
+            let have = node.offsets.get(group);
+            match wanted {
+                Some(ts) => ts
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        let parts =
+                            ps.into_iter().map(|p| (p, have.and_then(|h| h.get(&(t.clone(), p)).cloned()))).collect();
+                        (t, parts)
+                    })
+                    .collect(),
+                None => {
+                    let mut by_topic: BTreeMap<String, Vec<(i32, Option<Committed>)>> = BTreeMap::new();
+                    for ((t, p), c) in have.into_iter().flatten() {
+                        by_topic.entry(t.clone()).or_default().push((*p, Some(c.clone())));
+                    }
+                    by_topic.into_iter().collect()
+                }
+            }
+        };
+        let mut resp = OffsetFetchResponse::default();
+        if v >= 8 {
+            for g in &req.groups {
+                let wanted = g
+                    .topics
+                    .as_ref()
+                    .map(|ts| ts.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect());
+                let mut gr = offset_fetch_response::OffsetFetchResponseGroup::default();
+                gr.group_id = g.group_id.clone();
+                gr.error_code = ready;
+                if ready == 0 {
+                    for (t, parts) in lookup(self, g.group_id.0.as_str(), wanted) {
+                        let mut tr = offset_fetch_response::OffsetFetchResponseTopics::default();
+                        tr.name = TopicName(sb(t));
+                        for (p, c) in parts {
+                            let mut pr = offset_fetch_response::OffsetFetchResponsePartitions::default();
+                            pr.partition_index = p;
+                            pr.committed_offset = c.as_ref().map_or(-1, |c| c.offset);
+                            pr.committed_leader_epoch = c.as_ref().map_or(-1, |c| c.leader_epoch);
+                            pr.metadata = Some(sb(c.and_then(|c| c.metadata).unwrap_or_default()));
+                            tr.partitions.push(pr);
+                        }
+                        gr.topics.push(tr);
+                    }
+                }
+                resp.groups.push(gr);
+            }
+        } else {
+            let wanted = req
+                .topics
+                .as_ref()
+                .map(|ts| ts.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect());
+            if v >= 2 {
+                resp.error_code = ready;
+            }
+            if ready == 0 {
+                for (t, parts) in lookup(self, req.group_id.0.as_str(), wanted) {
+                    let mut tr = offset_fetch_response::OffsetFetchResponseTopic::default();
+                    tr.name = TopicName(sb(t));
+                    for (p, c) in parts {
+                        let mut pr = offset_fetch_response::OffsetFetchResponsePartition::default();
+                        pr.partition_index = p;
+                        pr.committed_offset = c.as_ref().map_or(-1, |c| c.offset);
+                        if v >= 5 {
+                            pr.committed_leader_epoch = c.as_ref().map_or(-1, |c| c.leader_epoch);
+                        }
+                        pr.metadata = Some(sb(c.and_then(|c| c.metadata).unwrap_or_default()));
+                        tr.partitions.push(pr);
+                    }
+                    resp.topics.push(tr);
+                }
+            } else if let Some(ts) = &req.topics {
+                // Before v2 errors travel per partition.
+                for t in ts {
+                    let mut tr = offset_fetch_response::OffsetFetchResponseTopic::default();
+                    tr.name = t.name.clone();
+                    for p in &t.partition_indexes {
+                        let mut pr = offset_fetch_response::OffsetFetchResponsePartition::default();
+                        pr.partition_index = *p;
+                        pr.committed_offset = -1;
+                        pr.error_code = ready;
+                        tr.partitions.push(pr);
+                    }
+                    resp.topics.push(tr);
+                }
+            }
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+        Ok(())
+    }
+
+    pub(super) fn handle_list_groups(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: ListGroupsRequest = protocol::decode_body(body, ctx.version)?;
+        let mut groups: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for g in self.offsets.keys() {
+            groups.insert(g.clone(), ("consumer".to_string(), "Empty".to_string()));
+        }
+        for (g, state, ptype) in self.coordinator.list() {
+            groups.insert(g, (ptype.unwrap_or_default(), state_name(state).to_string()));
+        }
+        let filter: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
+        let mut resp = ListGroupsResponse::default();
+        for (g, (ptype, state)) in groups {
+            if !filter.is_empty() && !filter.iter().any(|f| f.eq_ignore_ascii_case(&state)) {
+                continue;
+            }
+            let mut lg = list_groups_response::ListedGroup::default();
+            lg.group_id = GroupId(sb(g));
+            lg.protocol_type = sb(ptype);
+            if ctx.version >= 4 {
+                lg.group_state = sb(state);
+            }
+            resp.groups.push(lg);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+
+    pub(super) fn handle_describe_groups(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: DescribeGroupsRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = DescribeGroupsResponse::default();
+        for g in &req.groups {
+            let name = g.0.to_string();
+            let mut d = describe_groups_response::DescribedGroup::default();
+            d.group_id = g.clone();
+            let desc = self.coordinator.describe(&name);
+            match desc {
+                Some((state, ptype, proto, members)) => {
+                    d.group_state = sb(state_name(state));
+                    d.protocol_type = sb(ptype.unwrap_or_default());
+                    d.protocol_data = sb(proto.unwrap_or_default());
+                    for (id, inst, client, meta, assignment) in members {
+                        let mut m = describe_groups_response::DescribedGroupMember::default();
+                        m.member_id = sb(id);
+                        if ctx.version >= 4 {
+                            m.group_instance_id = inst.map(sb);
+                        }
+                        m.client_id = sb(client);
+                        m.client_host = sb("/127.0.0.1");
+                        m.member_metadata = meta;
+                        m.member_assignment = assignment;
+                        d.members.push(m);
+                    }
+                }
+                None if self.offsets.contains_key(&name) => {
+                    d.group_state = sb("Empty");
+                    d.protocol_type = sb("consumer");
+                }
+                None => d.group_state = sb("Dead"),
+            }
+            if ctx.version >= 3 {
+                d.authorized_operations = i32::MIN;
+            }
+            resp.groups.push(d);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+
+    pub(super) fn handle_delete_groups(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: DeleteGroupsRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = DeleteGroupsResponse::default();
+        for g in &req.groups_names {
+            let name = g.0.to_string();
+            let mut r = delete_groups_response::DeletableGroupResult::default();
+            r.group_id = g.clone();
+            let known = self.offsets.contains_key(&name) || self.coordinator.state(&name).is_some();
+            r.error_code = if !known {
+                GROUP_ID_NOT_FOUND
+            } else if self.coordinator.delete(&name).is_err() {
+                NON_EMPTY_GROUP
+            } else if let Some(offs) = self.offsets.get(&name) {
+                // Tombstones for every committed offset, then forget them once durable: the
+                // commit path carries the deletion (an offset of -1 is never served).
+                let keys: Vec<Vec<u8>> = offs
+                    .keys()
+                    .map(|(t, p)| {
+                        postcard::to_allocvec(&OffsetKey { group: name.clone(), topic: t.clone(), partition: *p })
+                            .expect("serializes")
+                    })
+                    .collect();
+                let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+                    keys.iter().map(|k| (Some(k.as_slice()), None)).collect();
+                let batch = Bytes::from(batch::encode_records(&refs, self.now.wall_ms));
+                match self.append_partition(OFFSETS_TOPIC, offsets_partition(&name), Some(&batch)) {
+                    Ok(_) => {
+                        self.offsets.remove(&name);
+                        0
+                    }
+                    Err(e) => e.code(),
+                }
+            } else {
+                0
+            };
+            resp.results.push(r);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+        Ok(())
+    }
+
+    /// After start-up recovery: read the offsets topic back into the cache.
+    pub(super) fn load_offsets(&mut self) {
+        let Some(t) = self.topics.get(OFFSETS_TOPIC) else { return };
+        let mut reads = Vec::new();
+        for p in &t.partitions {
+            for s in &p.log.segments {
+                if s.size > 0 {
+                    reads.push((s.log_file, s.size, p.log.high_watermark));
+                }
+            }
+        }
+        self.offsets_loading = reads.len();
+        for (file, size, hw) in reads {
+            let len = usize::try_from(size).unwrap_or(usize::MAX);
+            self.issue(DiskOp::Read { file, position: 0, len }, Purpose::OffsetsLoad { upper: hw });
+        }
+    }
+
+    /// One segment of the offsets topic read back: apply its records in order (reads of one
+    /// partition complete in the order issued, oldest segment first).
+    pub(super) fn on_offsets_read(&mut self, upper: Offset, data: Result<Bytes, String>) {
+        self.offsets_loading = self.offsets_loading.saturating_sub(1);
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                return tracing::error!(error = %e, "reading the offsets topic failed; those offsets are lost until restart")
+            }
+        };
+        let mut at = 0;
+        while at < data.len() {
+            let Ok(h) = batch::parse_header(&data[at..]) else { break };
+            if h.base_offset >= upper {
+                break;
+            }
+            if let Ok(recs) = batch::uncompressed_records(&data[at..]) {
+                for (_, k, v) in recs {
+                    let Some(key) = k.and_then(|k| postcard::from_bytes::<OffsetKey>(k).ok()) else { continue };
+                    match v.and_then(|v| postcard::from_bytes::<Committed>(v).ok()) {
+                        Some(c) => {
+                            self.offsets.entry(key.group).or_default().insert((key.topic, key.partition), c);
+                        }
+                        None => {
+                            if let Some(g) = self.offsets.get_mut(&key.group) {
+                                g.remove(&(key.topic, key.partition));
+                                if g.is_empty() {
+                                    self.offsets.remove(&key.group);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            at += h.size;
+        }
+        if self.offsets_loading == 0 {
+            tracing::info!(groups = self.offsets.len(), "committed offsets loaded");
+        }
+    }
+}
+
+fn join_error(e: GroupError, member_id: &str) -> JoinResult {
+    JoinResult {
+        error: Some(e),
+        generation_id: -1,
+        protocol_type: None,
+        protocol_name: None,
+        leader: String::new(),
+        member_id: member_id.to_string(),
+        members: Vec::new(),
+    }
+}
+
+fn state_name(s: crate::group::GroupState) -> &'static str {
+    use crate::group::GroupState::*;
+    match s {
+        Empty => "Empty",
+        PreparingRebalance => "PreparingRebalance",
+        CompletingRebalance => "CompletingRebalance",
+        Stable => "Stable",
+        Dead => "Dead",
+    }
+}
