@@ -22,6 +22,8 @@ pub struct NodeConfig {
     pub log: LogDefaults,
     /// The broker's own properties, reported by DescribeConfigs on the broker resource.
     pub broker_properties: BTreeMap<String, String>,
+    /// Consumer group settings (`group.initial.rebalance.delay.ms`, session timeout bounds).
+    pub group: crate::group::GroupConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +62,7 @@ impl Default for NodeConfig {
             socket_request_max_bytes: limits::FRAME_BYTES_MAX_DEFAULT,
             log: LogDefaults::default(),
             broker_properties: BTreeMap::new(),
+            group: crate::group::GroupConfig::default(),
         }
     }
 }

@@ -7,7 +7,8 @@ use crate::types::{BrokerId, ConnId, FileId, OpId};
 /// Something that happened outside core.
 #[derive(Debug)]
 pub enum Input {
-    /// One request frame from a client, without its 4-byte length prefix.
+    /// One request frame from a client, without its 4-byte length prefix. A runtime never
+    /// reuses a `ConnId`: after `ConnClosed` (or `Output::Close`) the id is dead.
     Request { conn: ConnId, frame: Bytes },
     /// The client connection is gone; forget its pending requests.
     ConnClosed { conn: ConnId },

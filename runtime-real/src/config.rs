@@ -110,6 +110,18 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if let Some(v) = num::<u64>(props, "log.retention.check.interval.ms")? {
         node.log.retention_check_interval_ms = v.max(1);
     }
+    if let Some(v) = num::<u64>(props, "group.initial.rebalance.delay.ms")? {
+        node.group.initial_rebalance_delay_ms = v;
+    }
+    if let Some(v) = num::<u64>(props, "group.min.session.timeout.ms")? {
+        node.group.min_session_timeout_ms = v;
+    }
+    if let Some(v) = num::<u64>(props, "group.max.session.timeout.ms")? {
+        node.group.max_session_timeout_ms = v;
+    }
+    if let Some(v) = num::<usize>(props, "group.max.size")? {
+        node.group.max_members = v.max(1);
+    }
     // Every property in force, as DescribeConfigs on the broker reports it.
     let mut effective = BTreeMap::new();
     effective.insert("node.id".to_string(), node.node_id.0.to_string());
@@ -133,6 +145,11 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     effective.insert("log.index.interval.bytes".to_string(), node.log.index_interval_bytes.to_string());
     effective.insert("log.retention.check.interval.ms".to_string(), node.log.retention_check_interval_ms.to_string());
     effective.insert("delete.topic.enable".to_string(), "true".to_string());
+    effective.insert("group.initial.rebalance.delay.ms".to_string(), node.group.initial_rebalance_delay_ms.to_string());
+    effective.insert("group.min.session.timeout.ms".to_string(), node.group.min_session_timeout_ms.to_string());
+    effective.insert("group.max.session.timeout.ms".to_string(), node.group.max_session_timeout_ms.to_string());
+    effective.insert("group.max.size".to_string(), node.group.max_members.to_string());
+    effective.insert("offsets.topic.num.partitions".to_string(), "50".to_string());
     for (k, v) in props {
         effective.entry(k.clone()).or_insert_with(|| v.clone());
     }

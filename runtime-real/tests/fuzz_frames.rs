@@ -12,7 +12,9 @@ use sluice_core::{ConnId, DiskOp, DiskReply, Input, Node, NodeConfig, Output, Ti
 static ALLOC: sluice_runtime_real::alloc::BrokerAlloc = sluice_runtime_real::alloc::BrokerAlloc;
 
 /// Runs every disk operation against nothing: success, empty files, empty directories.
-fn pump(node: &mut Node, t: &mut Time, responses: &mut Vec<(ConnId, usize)>) {
+/// Returns the connections the node closed.
+fn pump(node: &mut Node, t: &mut Time, responses: &mut Vec<(ConnId, usize)>) -> Vec<ConnId> {
+    let mut closed = Vec::new();
     loop {
         let mut done = Vec::new();
         while let Some(o) = node.poll_output() {
@@ -27,11 +29,12 @@ fn pump(node: &mut Node, t: &mut Time, responses: &mut Vec<(ConnId, usize)>) {
                     done.push(Input::DiskDone { op, result: Ok(reply) });
                 }
                 Output::Response { conn, parts } => responses.push((conn, parts.iter().map(|p| p.len()).sum())),
+                Output::Close { conn } => closed.push(conn),
                 _ => {}
             }
         }
         if done.is_empty() {
-            return;
+            return closed;
         }
         for i in done {
             t.mono.0 += 1000;
@@ -121,6 +124,58 @@ fn seeds() -> Vec<Bytes> {
         out.push(frame(ApiKey::DescribeConfigs, v, &r));
     }
     out.push(frame(ApiKey::DescribeCluster, 1, &DescribeClusterRequest::default()));
+    // Consumer groups.
+    let group = GroupId(StrBytes::from_static_str("fuzz-group"));
+    for v in [0i16, 4] {
+        let mut r = FindCoordinatorRequest::default();
+        r.key = StrBytes::from_static_str("fuzz-group");
+        r.coordinator_keys = if v >= 4 { vec![StrBytes::from_static_str("fuzz-group")] } else { vec![] };
+        out.push(frame(ApiKey::FindCoordinator, v, &r));
+    }
+    for v in [0i16, 5, 9] {
+        let mut p = join_group_request::JoinGroupRequestProtocol::default();
+        p.name = StrBytes::from_static_str("range");
+        p.metadata = Bytes::from_static(b"meta");
+        let mut r = JoinGroupRequest::default();
+        r.group_id = group.clone();
+        r.session_timeout_ms = 10_000;
+        r.rebalance_timeout_ms = 10_000;
+        r.protocol_type = StrBytes::from_static_str("consumer");
+        r.protocols = vec![p];
+        out.push(frame(ApiKey::JoinGroup, v, &r));
+    }
+    let mut r = SyncGroupRequest::default();
+    r.group_id = group.clone();
+    r.member_id = StrBytes::from_static_str("m");
+    out.push(frame(ApiKey::SyncGroup, 3, &r));
+    let mut r = HeartbeatRequest::default();
+    r.group_id = group.clone();
+    out.push(frame(ApiKey::Heartbeat, 4, &r));
+    for v in [2i16, 8] {
+        let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+        p.committed_offset = 5;
+        let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+        t.name = topic.clone();
+        t.partitions = vec![p];
+        let mut r = OffsetCommitRequest::default();
+        r.group_id = group.clone();
+        r.generation_id_or_member_epoch = -1;
+        r.topics = vec![t];
+        out.push(frame(ApiKey::OffsetCommit, v, &r));
+    }
+    let mut r = OffsetFetchRequest::default();
+    r.group_id = group.clone();
+    out.push(frame(ApiKey::OffsetFetch, 3, &r));
+    let mut r = LeaveGroupRequest::default();
+    r.group_id = group.clone();
+    out.push(frame(ApiKey::LeaveGroup, 1, &r));
+    out.push(frame(ApiKey::ListGroups, 4, &ListGroupsRequest::default()));
+    let mut r = DescribeGroupsRequest::default();
+    r.groups = vec![group.clone()];
+    out.push(frame(ApiKey::DescribeGroups, 5, &r));
+    let mut r = DeleteGroupsRequest::default();
+    r.groups_names = vec![group];
+    out.push(frame(ApiKey::DeleteGroups, 2, &r));
     out.retain(|f| !f.is_empty());
     assert!(out.len() >= 20, "most seed frames must encode");
     out
@@ -190,13 +245,21 @@ fn random_frames_never_panic_and_the_node_keeps_serving() {
     let seeds = seeds();
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let iterations = 20_000u64;
+    // Fifty connections at a time; one the node closes is replaced by a fresh id, as a
+    // runtime does (ids are never reused).
+    let mut live: Vec<u64> = (1..=50).collect();
+    let mut next_id = 51;
     for i in 0..iterations {
-        let conn = ConnId(1 + i % 50);
+        let slot = (i % 50) as usize;
+        let conn = ConnId(live[slot]);
         let pick = rng.below(seeds.len());
         let f = mutate(&mut rng, &seeds[pick]);
         t.mono.0 += 10_000;
         node.handle(t, Input::Request { conn, frame: f });
-        pump(&mut node, &mut t, &mut responses);
+        if pump(&mut node, &mut t, &mut responses).contains(&conn) {
+            live[slot] = next_id;
+            next_id += 1;
+        }
         if i % 97 == 0 {
             t.mono.0 += 1_000_000_000;
             node.handle(t, Input::Timeout);

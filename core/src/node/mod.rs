@@ -267,6 +267,7 @@ impl Node {
             hw_moved: false,
             recovery: recovery::Recovery::default(),
         };
+        node.coordinator = crate::group::Coordinator::new(node.config.group.clone());
         node.start_recovery();
         node
     }
@@ -407,8 +408,12 @@ impl Node {
     /// Queues a response for a request; sends whatever is now in order.
     fn respond(&mut self, conn: ConnId, seq: u64, parts: Option<Vec<Part>>) {
         let Some(c) = self.conns.get_mut(&conn) else {
-            return;
+            return; // the connection is gone; so is its answer
         };
+        if seq < c.next_send || seq >= c.next_seq || c.done.contains_key(&seq) {
+            tracing::error!(conn = conn.0, seq, "an answer for a request this connection does not have; dropped");
+            return;
+        }
         c.done.insert(seq, parts);
         while let Some(parts) = c.done.remove(&c.next_send) {
             c.next_send += 1;
