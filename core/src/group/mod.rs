@@ -583,6 +583,26 @@ impl<W: Clone> Coordinator<W> {
         out
     }
 
+    /// May this member commit offsets for this generation? Kafka's rules: the generation must
+    /// be current (commits during PreparingRebalance are allowed, so eager members can commit
+    /// before they rejoin), never while the group waits for the leader's assignment.
+    pub fn validate_commit(
+        &mut self,
+        now: Instant,
+        group: &str,
+        member: &str,
+        generation: i32,
+        instance: Option<&str>,
+    ) -> Result<(), GroupError> {
+        self.check_member(group, member, generation, instance)?;
+        let g = self.groups.get_mut(group).expect("checked");
+        if g.state == GroupState::CompletingRebalance {
+            return Err(GroupError::RebalanceInProgress);
+        }
+        g.members.get_mut(member).expect("checked").last_heard = now;
+        Ok(())
+    }
+
     pub fn heartbeat(
         &mut self,
         now: Instant,
@@ -868,5 +888,66 @@ mod tests {
         let r = c.join(t(0), join("g", "", None), 2).unwrap();
         let r = c.join(t(0), join("g", &r.member_id, None), 2).unwrap();
         assert_eq!(r.error, Some(GroupError::GroupMaxSizeReached));
+    }
+}
+
+#[cfg(test)]
+mod commit_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    #[test]
+    fn commits_need_the_current_generation_and_no_pending_assignment() {
+        let mut c: Coordinator<u32> = Coordinator::new(GroupConfig::default());
+        let a = join_one(&mut c);
+        // CompletingRebalance: the leader has not synced yet.
+        assert_eq!(
+            c.validate_commit(Instant::from_millis(3_001), "g", &a, 1, None),
+            Err(GroupError::RebalanceInProgress)
+        );
+        c.sync(Instant::from_millis(3_002), "g", &a, 1, None, vec![(a.clone(), Bytes::new())], 9);
+        c.poll(Instant::from_millis(3_002));
+        assert_eq!(c.validate_commit(Instant::from_millis(3_003), "g", &a, 1, None), Ok(()));
+        assert_eq!(
+            c.validate_commit(Instant::from_millis(3_003), "g", &a, 0, None),
+            Err(GroupError::IllegalGeneration)
+        );
+        assert_eq!(c.validate_commit(Instant::from_millis(3_003), "g", "x", 1, None), Err(GroupError::UnknownMemberId));
+        // A rebalance starts (the member asks for one): its current generation may still commit.
+        assert!(c.join(Instant::from_millis(3_004), join_req(&a), 10).is_none());
+        assert_eq!(c.state("g"), Some(GroupState::PreparingRebalance));
+        assert_eq!(c.validate_commit(Instant::from_millis(3_005), "g", &a, 1, None), Ok(()));
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+
+    pub fn join_req(member: &str) -> Join {
+        Join {
+            group: "g".into(),
+            member_id: member.into(),
+            instance_id: None,
+            client_id: "c".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 30_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"m"))],
+            requires_known_member_id: false,
+        }
+    }
+
+    /// One member joins a new group (no handshake) and gets generation 1.
+    pub fn join_one(c: &mut Coordinator<u32>) -> String {
+        assert!(c.join(Instant::from_millis(0), join_req(""), 1).is_none());
+        let out = c.poll(Instant::from_millis(3_000));
+        match &out[..] {
+            [Deferred::Join(1, r)] => {
+                assert_eq!(r.generation_id, 1);
+                r.member_id.clone()
+            }
+            other => panic!("expected one join answer, got {other:?}"),
+        }
     }
 }

@@ -385,14 +385,13 @@ impl Node {
             }
         } else {
             self.coordinator
-                .heartbeat(
+                .validate_commit(
                     self.now.mono,
                     &group,
                     req.member_id.as_str(),
                     req.generation_id_or_member_epoch,
                     inst.as_deref(),
                 )
-                .or_else(|e| if e == GroupError::RebalanceInProgress { Ok(()) } else { Err(e) })
                 .map_err(code)
         };
         let check = ready.and(member_check).and(if group.is_empty() { Err(INVALID_GROUP_ID) } else { Ok(()) });
