@@ -611,18 +611,9 @@ impl<W: Clone> Coordinator<W> {
         generation: i32,
         instance: Option<&str>,
     ) -> Result<(), GroupError> {
-        self.check_member(group, member, generation, instance).or_else(|e| {
-            // During a rebalance an older generation's heartbeat is told to rejoin.
-            let rebalancing = self
-                .groups
-                .get(group)
-                .is_some_and(|g| g.state == GroupState::PreparingRebalance && g.members.contains_key(member));
-            if e == GroupError::IllegalGeneration && rebalancing {
-                Err(GroupError::RebalanceInProgress)
-            } else {
-                Err(e)
-            }
-        })?;
+        // Kafka checks the generation before the state: a wrong generation is ILLEGAL_GENERATION
+        // even during a rebalance.
+        self.check_member(group, member, generation, instance)?;
         let g = self.groups.get_mut(group).expect("checked");
         g.members.get_mut(member).expect("checked").last_heard = now;
         match g.state {
@@ -690,6 +681,31 @@ impl<W: Clone> Coordinator<W> {
             })
             .collect();
         Some((g.state, g.protocol_type.clone(), g.protocol_name.clone(), members))
+    }
+
+    /// Topics a group's members subscribe to, from their consumer-protocol metadata (for
+    /// OffsetDelete). Metadata that does not parse names nothing.
+    pub fn subscribed_topics(&self, group: &str) -> std::collections::BTreeSet<String> {
+        use kafka_protocol::protocol::Decodable;
+        let mut out = std::collections::BTreeSet::new();
+        let Some(g) = self.groups.get(group) else { return out };
+        if g.protocol_type.as_deref() != Some("consumer") {
+            return out;
+        }
+        for m in g.members.values() {
+            for (_, meta) in &m.protocols {
+                let mut buf = meta.clone();
+                if buf.len() < 2 {
+                    continue;
+                }
+                let version = i16::from_be_bytes([buf[0], buf[1]]).clamp(0, 3);
+                let _ = bytes::Buf::get_i16(&mut buf);
+                if let Ok(sub) = kafka_protocol::messages::ConsumerProtocolSubscription::decode(&mut buf, version) {
+                    out.extend(sub.topics.iter().map(|t| t.to_string()));
+                }
+            }
+        }
+        out
     }
 
     /// Forgets an empty group (DeleteGroups). A group with members cannot be deleted.

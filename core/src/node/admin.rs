@@ -663,6 +663,7 @@ impl Node {
         self.deleting.insert(name.to_string(), job);
         self.remove_dirs(name, 0..n, Some(job));
         self.hw_moved = true; // pending produces on it now fail
+        self.forget_topic_offsets(name);
         tracing::info!(topic = %name, "topic deleted");
     }
 

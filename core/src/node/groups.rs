@@ -61,16 +61,18 @@ struct OffsetKey {
     partition: i32,
 }
 
-/// An OffsetCommit waiting for its record to be durable.
+/// Builds an answer once its offsets records are durable (`true`) or failed (`false`).
+type BuildAnswer = Box<dyn FnOnce(bool) -> Result<Bytes, String> + Send>;
+
+/// A change to committed offsets (a commit, or deletions) waiting for its records to be
+/// durable. `None` deletes an offset.
 pub(super) struct PendingCommit {
     pub conn: ConnId,
     seq: u64,
-    ctx: RequestContext,
-    resp: OffsetCommitResponse,
-    tp: Tp,
-    end: Offset,
-    generation: u64,
-    updates: Vec<(String, String, i32, Committed)>,
+    /// (offsets partition, offset that must be durable, its log generation when written)
+    waits: Vec<(Tp, Offset, u64)>,
+    updates: Vec<(String, String, i32, Option<Committed>)>,
+    answer: BuildAnswer,
 }
 
 /// Java's `String.hashCode`, so groups land on the partitions Kafka would put them on.
@@ -104,6 +106,7 @@ const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const INVALID_GROUP_ID: i16 = 24;
 const NON_EMPTY_GROUP: i16 = 68;
 const GROUP_ID_NOT_FOUND: i16 = 69;
+const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 
 fn sb(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
@@ -441,7 +444,16 @@ impl Node {
         let batch = Bytes::from(batch::encode_records(&refs, self.now.wall_ms));
         match self.append_partition(OFFSETS_TOPIC, offsets_partition(&group), Some(&batch)) {
             Ok((tp, _, end, generation, _, _)) => {
-                self.commits.push(PendingCommit { conn, seq, ctx, resp, tp, end, generation, updates });
+                let updates = updates.into_iter().map(|(g, t, p, c)| (g, t, p, Some(c))).collect();
+                let answer: BuildAnswer = Box::new(move |ok| {
+                    if !ok {
+                        for pr in resp.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                            pr.error_code = 15; // COORDINATOR_NOT_AVAILABLE: retriable
+                        }
+                    }
+                    protocol::encode_response(&ctx, &resp)
+                });
+                self.commits.push(PendingCommit { conn, seq, waits: vec![(tp, end, generation)], updates, answer });
             }
             Err(e) => {
                 for pr in resp.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
@@ -456,29 +468,69 @@ impl Node {
     /// Answers commits whose records became durable (and makes them visible to OffsetFetch).
     pub(super) fn complete_commits(&mut self) {
         let pending = std::mem::take(&mut self.commits);
-        for mut c in pending {
-            let verdict = match self.partition(c.tp) {
-                None => Some(false),
-                Some(p) if p.log.generation != c.generation => Some(false),
-                Some(p) if p.log.high_watermark >= c.end => Some(true),
-                Some(_) => None,
+        for c in pending {
+            let states: Vec<Option<bool>> = c
+                .waits
+                .iter()
+                .map(|(tp, end, generation)| match self.partition(*tp) {
+                    None => Some(false),
+                    Some(p) if p.log.generation != *generation => Some(false),
+                    Some(p) if p.log.high_watermark >= *end => Some(true),
+                    Some(_) => None,
+                })
+                .collect();
+            let verdict = if states.contains(&Some(false)) {
+                Some(false)
+            } else if states.iter().all(|s| *s == Some(true)) {
+                Some(true)
+            } else {
+                None
             };
-            match verdict {
-                None => self.commits.push(c),
-                Some(ok) => {
-                    if ok {
-                        for (g, t, p, v) in c.updates.drain(..) {
+            let Some(ok) = verdict else {
+                self.commits.push(c);
+                continue;
+            };
+            if ok {
+                for (g, t, p, v) in c.updates {
+                    match v {
+                        Some(v) => {
                             self.offsets.entry(g).or_default().insert((t, p), v);
                         }
-                    } else {
-                        for pr in c.resp.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
-                            pr.error_code = 15; // COORDINATOR_NOT_AVAILABLE: retriable
+                        None => {
+                            if let Some(offs) = self.offsets.get_mut(&g) {
+                                offs.remove(&(t, p));
+                                if offs.is_empty() {
+                                    self.offsets.remove(&g);
+                                }
+                            }
                         }
                     }
-                    self.respond_bytes(c.conn, c.seq, protocol::encode_response(&c.ctx, &c.resp));
                 }
             }
+            self.respond_bytes(c.conn, c.seq, (c.answer)(ok));
         }
+    }
+
+    /// Appends tombstones for some of a group's offsets. Returns what to wait for and the
+    /// cache updates to make once it is durable.
+    #[allow(clippy::type_complexity)]
+    fn tombstones(
+        &mut self,
+        group: &str,
+        which: Vec<(String, i32)>,
+    ) -> Result<((Tp, Offset, u64), Vec<(String, String, i32, Option<Committed>)>), KafkaError> {
+        let keys: Vec<Vec<u8>> = which
+            .iter()
+            .map(|(t, p)| {
+                postcard::to_allocvec(&OffsetKey { group: group.to_string(), topic: t.clone(), partition: *p })
+                    .expect("serializes")
+            })
+            .collect();
+        let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> = keys.iter().map(|k| (Some(k.as_slice()), None)).collect();
+        let batch = Bytes::from(batch::encode_records(&refs, self.now.wall_ms));
+        let (tp, _, end, generation, _, _) =
+            self.append_partition(OFFSETS_TOPIC, offsets_partition(group), Some(&batch))?;
+        Ok(((tp, end, generation), which.into_iter().map(|(t, p)| (group.to_string(), t, p, None)).collect()))
     }
 
     pub(super) fn handle_offset_fetch(
@@ -598,8 +650,10 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: ListGroupsRequest = protocol::decode_body(body, ctx.version)?;
         let mut groups: BTreeMap<String, (String, String)> = BTreeMap::new();
+        // Groups known only by their committed offsets ("simple" groups, from consumers that
+        // commit without joining) have no protocol type, as in Kafka.
         for g in self.offsets.keys() {
-            groups.insert(g.clone(), ("consumer".to_string(), "Empty".to_string()));
+            groups.insert(g.clone(), (String::new(), "Empty".to_string()));
         }
         for (g, state, ptype) in self.coordinator.list() {
             groups.insert(g, (ptype.unwrap_or_default(), state_name(state).to_string()));
@@ -656,7 +710,7 @@ impl Node {
                 }
                 None if self.offsets.contains_key(&name) => {
                     d.group_state = sb("Empty");
-                    d.protocol_type = sb("consumer");
+                    d.protocol_type = sb("");
                 }
                 None => d.group_state = sb("Dead"),
             }
@@ -678,6 +732,7 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: DeleteGroupsRequest = protocol::decode_body(body, ctx.version)?;
         let mut resp = DeleteGroupsResponse::default();
+        let (mut waits, mut updates) = (Vec::new(), Vec::new());
         for g in &req.groups_names {
             let name = g.0.to_string();
             let mut r = delete_groups_response::DeletableGroupResult::default();
@@ -687,33 +742,145 @@ impl Node {
                 GROUP_ID_NOT_FOUND
             } else if self.coordinator.delete(&name).is_err() {
                 NON_EMPTY_GROUP
-            } else if let Some(offs) = self.offsets.get(&name) {
-                // Tombstones for every committed offset, then forget them once durable: the
-                // commit path carries the deletion (an offset of -1 is never served).
-                let keys: Vec<Vec<u8>> = offs
-                    .keys()
-                    .map(|(t, p)| {
-                        postcard::to_allocvec(&OffsetKey { group: name.clone(), topic: t.clone(), partition: *p })
-                            .expect("serializes")
-                    })
-                    .collect();
-                let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
-                    keys.iter().map(|k| (Some(k.as_slice()), None)).collect();
-                let batch = Bytes::from(batch::encode_records(&refs, self.now.wall_ms));
-                match self.append_partition(OFFSETS_TOPIC, offsets_partition(&name), Some(&batch)) {
-                    Ok(_) => {
-                        self.offsets.remove(&name);
-                        0
-                    }
-                    Err(e) => e.code(),
-                }
             } else {
-                0
+                let which: Vec<(String, i32)> =
+                    self.offsets.get(&name).map(|o| o.keys().cloned().collect()).unwrap_or_default();
+                if which.is_empty() {
+                    0
+                } else {
+                    match self.tombstones(&name, which) {
+                        Ok((w, u)) => {
+                            waits.push(w);
+                            updates.extend(u);
+                            0
+                        }
+                        Err(e) => e.code(),
+                    }
+                }
             };
             resp.results.push(r);
         }
-        self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+        self.answer_when_durable(
+            conn,
+            seq,
+            waits,
+            updates,
+            Box::new(move |ok| {
+                if !ok {
+                    for r in resp.results.iter_mut().filter(|r| r.error_code == 0) {
+                        r.error_code = 15;
+                    }
+                }
+                protocol::encode_response(&ctx, &resp)
+            }),
+        );
         Ok(())
+    }
+
+    /// Answers at once if nothing was written, else once every write is durable.
+    fn answer_when_durable(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        waits: Vec<(Tp, Offset, u64)>,
+        updates: Vec<(String, String, i32, Option<Committed>)>,
+        answer: BuildAnswer,
+    ) {
+        if waits.is_empty() {
+            self.respond_bytes(conn, seq, answer(true));
+        } else {
+            self.commits.push(PendingCommit { conn, seq, waits, updates, answer });
+        }
+    }
+
+    pub(super) fn handle_offset_delete(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: OffsetDeleteRequest = protocol::decode_body(body, ctx.version)?;
+        let group = req.group_id.0.to_string();
+        let mut resp = OffsetDeleteResponse::default();
+        let known = self.offsets.contains_key(&group) || self.coordinator.state(&group).is_some();
+        if !known {
+            resp.error_code = GROUP_ID_NOT_FOUND;
+            self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+            return Ok(());
+        }
+        // A live group may not lose offsets of a topic it is subscribed to.
+        let subscribed = self.coordinator.subscribed_topics(&group);
+        let mut which = Vec::new();
+        for t in &req.topics {
+            let mut tr = offset_delete_response::OffsetDeleteResponseTopic::default();
+            tr.name = t.name.clone();
+            for p in &t.partitions {
+                let mut pr = offset_delete_response::OffsetDeleteResponsePartition::default();
+                pr.partition_index = p.partition_index;
+                if subscribed.contains(t.name.0.as_str()) {
+                    pr.error_code = GROUP_SUBSCRIBED_TO_TOPIC;
+                } else if self
+                    .offsets
+                    .get(&group)
+                    .is_some_and(|o| o.contains_key(&(t.name.0.to_string(), p.partition_index)))
+                {
+                    which.push((t.name.0.to_string(), p.partition_index));
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        let (waits, updates) = if which.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            match self.tombstones(&group, which) {
+                Ok((w, u)) => (vec![w], u),
+                Err(e) => {
+                    resp.error_code = e.code();
+                    (Vec::new(), Vec::new())
+                }
+            }
+        };
+        self.answer_when_durable(
+            conn,
+            seq,
+            waits,
+            updates,
+            Box::new(move |ok| {
+                if !ok {
+                    resp.error_code = 15;
+                }
+                protocol::encode_response(&ctx, &resp)
+            }),
+        );
+        Ok(())
+    }
+
+    /// A topic was deleted: its committed offsets go too (a topic re-created under the same
+    /// name must not inherit them). Tombstones make it durable; offsets of topics that no
+    /// longer exist are also dropped when the offsets topic is read back at start-up.
+    pub(super) fn forget_topic_offsets(&mut self, topic: &str) {
+        let mut by_group: Vec<(String, Vec<(String, i32)>)> = Vec::new();
+        for (g, offs) in &self.offsets {
+            let which: Vec<(String, i32)> = offs.keys().filter(|(t, _)| t == topic).cloned().collect();
+            if !which.is_empty() {
+                by_group.push((g.clone(), which));
+            }
+        }
+        for (g, which) in by_group {
+            if let Err(e) = self.tombstones(&g, which.clone()) {
+                tracing::warn!(group = %g, error = ?e, "could not write tombstones for a deleted topic's offsets");
+            }
+            if let Some(offs) = self.offsets.get_mut(&g) {
+                for k in &which {
+                    offs.remove(k);
+                }
+                if offs.is_empty() {
+                    self.offsets.remove(&g);
+                }
+            }
+        }
     }
 
     /// After start-up recovery: read the offsets topic back into the cache.
@@ -771,6 +938,12 @@ impl Node {
             at += h.size;
         }
         if self.offsets_loading == 0 {
+            // Offsets of topics deleted while their tombstones were not yet durable.
+            let topics = &self.topics;
+            for offs in self.offsets.values_mut() {
+                offs.retain(|(t, _), _| topics.contains_key(t));
+            }
+            self.offsets.retain(|_, o| !o.is_empty());
             tracing::info!(groups = self.offsets.len(), "committed offsets loaded");
         }
     }

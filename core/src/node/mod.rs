@@ -505,6 +505,7 @@ impl Node {
             ApiKey::ListGroups => self.handle_list_groups(conn, seq, &ctx, body),
             ApiKey::DescribeGroups => self.handle_describe_groups(conn, seq, &ctx, body),
             ApiKey::DeleteGroups => self.handle_delete_groups(conn, seq, ctx, body),
+            ApiKey::OffsetDelete => self.handle_offset_delete(conn, seq, ctx, body),
             _ => Err(FrameError::UnknownApi(ctx.api_key as i16)),
         };
         if let Err(e) = result {
