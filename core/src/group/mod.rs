@@ -8,7 +8,7 @@
 //! first JoinGroup (KIP-394); static members (KIP-345) keep theirs across restarts by
 //! `group.instance.id`.
 //!
-//! Status: built and unit-tested here; not yet wired to the wire protocol (issue 4).
+//! Driven by `node/groups.rs`, which serves the group APIs over the wire.
 
 use std::collections::BTreeMap;
 
