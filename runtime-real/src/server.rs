@@ -7,7 +7,7 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use sluice_core::{ConnId, DiskError, DiskReply, Input, Instant, Node, OpId, Output, Part, Time};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -132,9 +132,15 @@ async fn read_loop(conn: ConnId, mut rd: OwnedReadHalf, core: &mpsc::Sender<Msg>
             tracing::warn!(conn = conn.0, len, frame_max, "frame over socket.request.max.bytes; closing");
             return "oversized frame".into();
         }
-        let mut buf = BytesMut::zeroed(len);
-        if let Err(e) = rd.read_exact(&mut buf).await {
-            return format!("truncated frame: {e}");
+        // Read straight into uninitialised capacity (no zeroing pass), never past the frame.
+        let mut buf = BytesMut::with_capacity(len);
+        while buf.len() < len {
+            let want = len - buf.len();
+            match rd.read_buf(&mut (&mut buf).limit(want)).await {
+                Ok(0) => return "truncated frame: connection closed".into(),
+                Ok(_) => {}
+                Err(e) => return format!("truncated frame: {e}"),
+            }
         }
         if core.send(Msg::Frame { conn, frame: buf.freeze() }).await.is_err() {
             return "core stopped".into();
