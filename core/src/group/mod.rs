@@ -87,12 +87,34 @@ pub struct JoinResult {
     pub members: Vec<(String, Option<String>, Bytes)>,
 }
 
+impl JoinResult {
+    /// A JoinGroup refused with `e`.
+    pub fn failed(e: GroupError, member_id: &str) -> JoinResult {
+        JoinResult {
+            error: Some(e),
+            generation_id: -1,
+            protocol_type: None,
+            protocol_name: None,
+            leader: String::new(),
+            member_id: member_id.to_string(),
+            members: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncResult {
     pub error: Option<GroupError>,
     pub protocol_type: Option<String>,
     pub protocol_name: Option<String>,
     pub assignment: Bytes,
+}
+
+impl SyncResult {
+    /// A SyncGroup refused with `e`.
+    pub fn failed(e: GroupError) -> SyncResult {
+        SyncResult { error: Some(e), protocol_type: None, protocol_name: None, assignment: Bytes::new() }
+    }
 }
 
 /// An answer that was waiting for the group.
@@ -183,17 +205,7 @@ impl<W: Clone> Coordinator<W> {
 
     /// A JoinGroup. Returns an answer now, or None: the answer comes from `poll` later.
     pub fn join(&mut self, now: Instant, j: Join, waiter: W) -> Option<JoinResult> {
-        let fail = |e, member_id: &str| {
-            Some(JoinResult {
-                error: Some(e),
-                generation_id: -1,
-                protocol_type: None,
-                protocol_name: None,
-                leader: String::new(),
-                member_id: member_id.to_string(),
-                members: Vec::new(),
-            })
-        };
+        let fail = |e, member_id: &str| Some(JoinResult::failed(e, member_id));
         if j.session_timeout_ms < self.config.min_session_timeout_ms
             || j.session_timeout_ms > self.config.max_session_timeout_ms
         {
@@ -334,13 +346,7 @@ impl<W: Clone> Coordinator<W> {
         // Members waiting on SyncGroup learn that a rebalance started, and rejoin.
         for m in g.members.values_mut() {
             if let Some(w) = m.sync_waiter.take() {
-                let r = SyncResult {
-                    error: Some(GroupError::RebalanceInProgress),
-                    protocol_type: None,
-                    protocol_name: None,
-                    assignment: Bytes::new(),
-                };
-                self.ready.push(Deferred::Sync(w, r));
+                self.ready.push(Deferred::Sync(w, SyncResult::failed(GroupError::RebalanceInProgress)));
             }
         }
     }
@@ -387,28 +393,11 @@ impl<W: Clone> Coordinator<W> {
         if let Some(inst) = &m.instance_id {
             g.static_members.remove(inst);
         }
-        let fail = |e| JoinResult {
-            error: Some(e),
-            generation_id: -1,
-            protocol_type: None,
-            protocol_name: None,
-            leader: String::new(),
-            member_id: id.to_string(),
-            members: Vec::new(),
-        };
         if let Some(w) = m.join_waiter {
-            out.push(Deferred::Join(w, fail(GroupError::UnknownMemberId)));
+            out.push(Deferred::Join(w, JoinResult::failed(GroupError::UnknownMemberId, id)));
         }
         if let Some(w) = m.sync_waiter {
-            out.push(Deferred::Sync(
-                w,
-                SyncResult {
-                    error: Some(GroupError::UnknownMemberId),
-                    protocol_type: None,
-                    protocol_name: None,
-                    assignment: Bytes::new(),
-                },
-            ));
+            out.push(Deferred::Sync(w, SyncResult::failed(GroupError::UnknownMemberId)));
         }
         if g.leader.as_deref() == Some(id) {
             g.leader = None;
@@ -529,8 +518,7 @@ impl<W: Clone> Coordinator<W> {
         assignments: Vec<(String, Bytes)>,
         waiter: W,
     ) -> Option<SyncResult> {
-        let fail =
-            |e| Some(SyncResult { error: Some(e), protocol_type: None, protocol_name: None, assignment: Bytes::new() });
+        let fail = |e| Some(SyncResult::failed(e));
         if let Err(e) = self.check_member(group, member, generation, instance) {
             return fail(e);
         }
@@ -594,13 +582,10 @@ impl<W: Clone> Coordinator<W> {
         generation: i32,
         instance: Option<&str>,
     ) -> Result<(), GroupError> {
-        self.check_member(group, member, generation, instance)?;
-        let g = self.groups.get_mut(group).expect("checked");
-        if g.state == GroupState::CompletingRebalance {
-            return Err(GroupError::RebalanceInProgress);
+        match self.member_state(group, member, generation, instance)? {
+            GroupState::CompletingRebalance => Err(GroupError::RebalanceInProgress),
+            _ => self.touch(now, group, member),
         }
-        g.members.get_mut(member).expect("checked").last_heard = now;
-        Ok(())
     }
 
     pub fn heartbeat(
@@ -613,13 +598,32 @@ impl<W: Clone> Coordinator<W> {
     ) -> Result<(), GroupError> {
         // Kafka checks the generation before the state: a wrong generation is ILLEGAL_GENERATION
         // even during a rebalance.
-        self.check_member(group, member, generation, instance)?;
-        let g = self.groups.get_mut(group).expect("checked");
-        g.members.get_mut(member).expect("checked").last_heard = now;
-        match g.state {
+        let state = self.member_state(group, member, generation, instance)?;
+        self.touch(now, group, member)?;
+        match state {
             GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
             _ => Ok(()),
         }
+    }
+
+    /// The group's state, if `member` belongs to it at `generation`.
+    fn member_state(
+        &self,
+        group: &str,
+        member: &str,
+        generation: i32,
+        instance: Option<&str>,
+    ) -> Result<GroupState, GroupError> {
+        self.check_member(group, member, generation, instance)?;
+        Ok(self.groups[group].state)
+    }
+
+    /// Records that a checked member was heard from.
+    fn touch(&mut self, now: Instant, group: &str, member: &str) -> Result<(), GroupError> {
+        let m =
+            self.groups.get_mut(group).and_then(|g| g.members.get_mut(member)).ok_or(GroupError::UnknownMemberId)?;
+        m.last_heard = now;
+        Ok(())
     }
 
     /// A LeaveGroup for one member: it goes, the rest rebalance.

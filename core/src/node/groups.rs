@@ -200,14 +200,17 @@ impl Node {
         let group = req.group_id.0.to_string();
         let waiter = GroupWaiter { conn, seq, ctx: ctx.clone() };
         if group.is_empty() {
-            self.answer_join(waiter, join_error(GroupError::InvalidGroupId, req.member_id.as_str()));
+            self.answer_join(waiter, JoinResult::failed(GroupError::InvalidGroupId, req.member_id.as_str()));
             return Ok(());
         }
         match self.groups_ready(conn, seq, &ctx, &body) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
             Err(()) => {
-                self.answer_join(waiter, join_error(GroupError::CoordinatorLoadInProgress, req.member_id.as_str()));
+                self.answer_join(
+                    waiter,
+                    JoinResult::failed(GroupError::CoordinatorLoadInProgress, req.member_id.as_str()),
+                );
                 return Ok(());
             }
         }
@@ -587,9 +590,7 @@ impl Node {
                         for (p, c) in parts {
                             let mut pr = offset_fetch_response::OffsetFetchResponsePartitions::default();
                             pr.partition_index = p;
-                            pr.committed_offset = c.as_ref().map_or(-1, |c| c.offset);
-                            pr.committed_leader_epoch = c.as_ref().map_or(-1, |c| c.leader_epoch);
-                            pr.metadata = Some(sb(c.and_then(|c| c.metadata).unwrap_or_default()));
+                            (pr.committed_offset, pr.committed_leader_epoch, pr.metadata) = fetched(c);
                             tr.partitions.push(pr);
                         }
                         gr.topics.push(tr);
@@ -612,11 +613,11 @@ impl Node {
                     for (p, c) in parts {
                         let mut pr = offset_fetch_response::OffsetFetchResponsePartition::default();
                         pr.partition_index = p;
-                        pr.committed_offset = c.as_ref().map_or(-1, |c| c.offset);
+                        let epoch;
+                        (pr.committed_offset, epoch, pr.metadata) = fetched(c);
                         if v >= 5 {
-                            pr.committed_leader_epoch = c.as_ref().map_or(-1, |c| c.leader_epoch);
+                            pr.committed_leader_epoch = epoch;
                         }
-                        pr.metadata = Some(sb(c.and_then(|c| c.metadata).unwrap_or_default()));
                         tr.partitions.push(pr);
                     }
                     resp.topics.push(tr);
@@ -949,15 +950,12 @@ impl Node {
     }
 }
 
-fn join_error(e: GroupError, member_id: &str) -> JoinResult {
-    JoinResult {
-        error: Some(e),
-        generation_id: -1,
-        protocol_type: None,
-        protocol_name: None,
-        leader: String::new(),
-        member_id: member_id.to_string(),
-        members: Vec::new(),
+/// What OffsetFetch says of a partition: offset, leader epoch and metadata (-1, -1 and ""
+/// when nothing is committed).
+fn fetched(c: Option<Committed>) -> (i64, i32, Option<StrBytes>) {
+    match c {
+        Some(c) => (c.offset, c.leader_epoch, Some(sb(c.metadata.unwrap_or_default()))),
+        None => (-1, -1, Some(sb(""))),
     }
 }
 
