@@ -122,6 +122,12 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if let Some(v) = num::<usize>(props, "group.max.size")? {
         node.group.max_members = v.max(1);
     }
+    if let Some(v) = num::<u64>(props, "offsets.retention.minutes")? {
+        node.group.offsets_retention_ms = v.max(1).saturating_mul(60_000);
+    }
+    if let Some(v) = num::<u64>(props, "offsets.retention.check.interval.ms")? {
+        node.group.offsets_retention_check_interval_ms = v.max(1);
+    }
     // Every property in force, as DescribeConfigs on the broker reports it.
     let mut effective = BTreeMap::new();
     effective.insert("node.id".to_string(), node.node_id.0.to_string());
@@ -150,6 +156,11 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     effective.insert("group.max.session.timeout.ms".to_string(), node.group.max_session_timeout_ms.to_string());
     effective.insert("group.max.size".to_string(), node.group.max_members.to_string());
     effective.insert("offsets.topic.num.partitions".to_string(), "50".to_string());
+    effective.insert("offsets.retention.minutes".to_string(), (node.group.offsets_retention_ms / 60_000).to_string());
+    effective.insert(
+        "offsets.retention.check.interval.ms".to_string(),
+        node.group.offsets_retention_check_interval_ms.to_string(),
+    );
     for (k, v) in props {
         effective.entry(k.clone()).or_insert_with(|| v.clone());
     }

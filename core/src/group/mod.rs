@@ -13,6 +13,9 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::types::Instant;
 
@@ -47,6 +50,11 @@ pub struct GroupConfig {
     pub min_session_timeout_ms: u64,
     pub max_session_timeout_ms: u64,
     pub max_members: usize,
+    /// `offsets.retention.minutes`, in ms: how long an empty group's offsets (or a standalone
+    /// commit) are kept.
+    pub offsets_retention_ms: u64,
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 impl Default for GroupConfig {
@@ -56,6 +64,8 @@ impl Default for GroupConfig {
             min_session_timeout_ms: 6_000,
             max_session_timeout_ms: 1_800_000,
             max_members: crate::limits::GROUP_MEMBERS_MAX,
+            offsets_retention_ms: 7 * 24 * 3600 * 1000,
+            offsets_retention_check_interval_ms: 600_000,
         }
     }
 }
@@ -117,6 +127,40 @@ impl SyncResult {
     }
 }
 
+/// What `__consumer_offsets` keeps of a group: written when a generation's assignment is
+/// made (before any member learns it) and when the group becomes empty, so that a restarted
+/// coordinator carries on from the last generation any member was told about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub protocol_type: Option<String>,
+    pub generation_id: i32,
+    pub protocol_name: Option<String>,
+    pub leader: Option<String>,
+    /// Wall-clock ms when the group reached this state; filled in by whoever writes it.
+    pub state_since_ms: i64,
+    pub members: Vec<MemberRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub session_timeout_ms: u64,
+    pub rebalance_timeout_ms: u64,
+    pub protocols: Vec<(String, Vec<u8>)>,
+    pub assignment: Vec<u8>,
+}
+
+/// A group record the node must make durable. Once it is (or failed), the node calls
+/// `Coordinator::stored` with the generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Store {
+    pub group: String,
+    pub generation_id: i32,
+    pub record: GroupRecord,
+}
+
 /// An answer that was waiting for the group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Deferred<W> {
@@ -150,6 +194,8 @@ struct Group<W> {
     static_members: BTreeMap<String, String>,
     /// When the join phase ends even if some members have not rejoined.
     join_deadline: Option<Instant>,
+    /// The leader's assignment while its record is being made durable.
+    storing: Option<BTreeMap<String, Bytes>>,
 }
 
 impl<W> Group<W> {
@@ -164,6 +210,30 @@ impl<W> Group<W> {
             pending: BTreeMap::new(),
             static_members: BTreeMap::new(),
             join_deadline: None,
+            storing: None,
+        }
+    }
+
+    fn record(&self, assignments: Option<&BTreeMap<String, Bytes>>) -> GroupRecord {
+        GroupRecord {
+            protocol_type: self.protocol_type.clone(),
+            generation_id: self.generation_id,
+            protocol_name: self.protocol_name.clone(),
+            leader: self.leader.clone(),
+            state_since_ms: 0,
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| MemberRecord {
+                    id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    session_timeout_ms: m.session_timeout_ms,
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    protocols: m.protocols.iter().map(|(p, b)| (p.clone(), b.to_vec())).collect(),
+                    assignment: assignments.map_or(&m.assignment, |a| a.get(id).unwrap_or(&m.assignment)).to_vec(),
+                })
+                .collect(),
         }
     }
 }
@@ -172,9 +242,13 @@ impl<W> Group<W> {
 pub struct Coordinator<W> {
     config: GroupConfig,
     groups: BTreeMap<String, Group<W>>,
-    next_member: u64,
+    /// Member ids are random (like Kafka's UUIDs), so that no id handed out before a restart
+    /// is handed out again after it.
+    rng: ChaCha8Rng,
     /// Answers that became ready, drained by `poll`.
     ready: Vec<Deferred<W>>,
+    /// Group records to make durable, drained by `take_stores`.
+    stores: Vec<Store>,
 }
 
 fn ms(t: Instant, ms: u64) -> Instant {
@@ -182,8 +256,92 @@ fn ms(t: Instant, ms: u64) -> Instant {
 }
 
 impl<W: Clone> Coordinator<W> {
-    pub fn new(config: GroupConfig) -> Coordinator<W> {
-        Coordinator { config, groups: BTreeMap::new(), next_member: 0, ready: Vec::new() }
+    /// `seed` must differ between restarts of a node (member ids are drawn from it).
+    pub fn new(config: GroupConfig, seed: u64) -> Coordinator<W> {
+        Coordinator {
+            config,
+            groups: BTreeMap::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            ready: Vec::new(),
+            stores: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    /// Group records to write, in the order they were made.
+    pub fn take_stores(&mut self) -> Vec<Store> {
+        std::mem::take(&mut self.stores)
+    }
+
+    /// A group record written by `take_stores` is durable (`ok`) or failed. A generation's
+    /// assignment is handed out only once its record is durable; if it cannot be written the
+    /// group rebalances.
+    pub fn stored(&mut self, now: Instant, group: &str, generation_id: i32, ok: bool) {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        if g.state != GroupState::CompletingRebalance || g.generation_id != generation_id {
+            return;
+        }
+        let Some(given) = g.storing.take() else { return };
+        if ok {
+            for (id, m) in g.members.iter_mut() {
+                m.assignment = given.get(id).cloned().unwrap_or_default();
+            }
+            g.state = GroupState::Stable;
+        } else {
+            self.prepare_rebalance(group, now);
+        }
+    }
+
+    /// Rebuilds a group from its last durable record (at start-up). Members keep their ids,
+    /// generation and assignment; their sessions start now.
+    pub fn restore(&mut self, now: Instant, name: &str, rec: GroupRecord) {
+        let mut g = Group::new();
+        g.state = if rec.members.is_empty() { GroupState::Empty } else { GroupState::Stable };
+        g.generation_id = rec.generation_id;
+        g.protocol_type = rec.protocol_type;
+        g.protocol_name = rec.protocol_name;
+        g.leader = rec.leader;
+        for m in rec.members {
+            if let Some(inst) = &m.instance_id {
+                g.static_members.insert(inst.clone(), m.id.clone());
+            }
+            g.members.insert(
+                m.id,
+                Member {
+                    instance_id: m.instance_id,
+                    client_id: m.client_id,
+                    session_timeout_ms: m.session_timeout_ms,
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    protocols: m.protocols.into_iter().map(|(p, b)| (p, Bytes::from(b))).collect(),
+                    assignment: Bytes::from(m.assignment),
+                    last_heard: now,
+                    join_waiter: None,
+                    sync_waiter: None,
+                },
+            );
+        }
+        self.groups.insert(name.to_string(), g);
+    }
+
+    /// The group's protocol type, if it has one (a group of the "consumer" protocol type
+    /// was managed by its members; a group without one only ever committed offsets).
+    pub fn protocol_type(&self, group: &str) -> Option<String> {
+        self.groups.get(group).and_then(|g| g.protocol_type.clone())
+    }
+
+    /// Marks that a group became empty: its record is written so the new generation outlives
+    /// a restart.
+    fn store_empty(&mut self, group: &str) {
+        if let Some(g) = self.groups.get(group) {
+            self.stores.push(Store {
+                group: group.to_string(),
+                generation_id: g.generation_id,
+                record: g.record(None),
+            });
+        }
     }
 
     pub fn state(&self, group: &str) -> Option<GroupState> {
@@ -198,9 +356,14 @@ impl<W: Clone> Coordinator<W> {
         self.groups.get(group).map(|g| g.members.keys().cloned().collect()).unwrap_or_default()
     }
 
+    /// `client_id` and a random UUID, as Kafka makes them.
     fn new_member_id(&mut self, client_id: &str) -> String {
-        self.next_member += 1;
-        format!("{client_id}-{:016x}", self.next_member)
+        let mut b = [0u8; 16];
+        self.rng.fill_bytes(&mut b);
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        format!("{client_id}-{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
     }
 
     /// A JoinGroup. Returns an answer now, or None: the answer comes from `poll` later.
@@ -230,10 +393,7 @@ impl<W: Clone> Coordinator<W> {
             match g.static_members.get(inst).cloned() {
                 Some(old) if member_id.is_empty() || member_id != old => {
                     // A restarted static member: it takes over its old slot under a new id.
-                    let new = {
-                        self.next_member += 1;
-                        format!("{}-{:016x}", j.client_id, self.next_member)
-                    };
+                    let new = self.new_member_id(&j.client_id);
                     let g = self.groups.get_mut(&j.group).expect("present");
                     if let Some(mut m) = g.members.remove(&old) {
                         m.join_waiter = None;
@@ -343,6 +503,7 @@ impl<W: Clone> Coordinator<W> {
         let timeout = g.members.values().map(|m| m.rebalance_timeout_ms).max().unwrap_or(0);
         g.state = GroupState::PreparingRebalance;
         g.join_deadline = Some(ms(now, timeout));
+        g.storing = None;
         // Members waiting on SyncGroup learn that a rebalance started, and rejoin.
         for m in g.members.values_mut() {
             if let Some(w) = m.sync_waiter.take() {
@@ -412,6 +573,8 @@ impl<W: Clone> Coordinator<W> {
             g.generation_id += 1;
             g.protocol_name = None;
             g.join_deadline = None;
+            g.storing = None;
+            self.store_empty(name);
         } else if g.state != GroupState::PreparingRebalance {
             self.prepare_rebalance(name, now);
         }
@@ -441,6 +604,9 @@ impl<W: Clone> Coordinator<W> {
         if g.members.is_empty() {
             g.state = GroupState::Empty;
             g.join_deadline = None;
+            if g.generation_id > 0 {
+                self.store_empty(name);
+            }
             return;
         }
         g.generation_id += 1;
@@ -537,12 +703,13 @@ impl<W: Clone> Coordinator<W> {
             }
             GroupState::CompletingRebalance => {
                 g.members.get_mut(member).expect("checked").sync_waiter = Some(waiter);
-                if g.leader.as_deref() == Some(member) {
+                // The leader's assignment is handed out once the group's record holding it is
+                // durable (`stored`).
+                if g.leader.as_deref() == Some(member) && g.storing.is_none() {
                     let given: BTreeMap<String, Bytes> = assignments.into_iter().collect();
-                    for (id, m) in g.members.iter_mut() {
-                        m.assignment = given.get(id).cloned().unwrap_or_default();
-                    }
-                    g.state = GroupState::Stable;
+                    let record = g.record(Some(&given));
+                    g.storing = Some(given);
+                    self.stores.push(Store { group: group.to_string(), generation_id: g.generation_id, record });
                 }
                 None
             }
@@ -688,9 +855,8 @@ impl<W: Clone> Coordinator<W> {
     }
 
     /// Topics a group's members subscribe to, from their consumer-protocol metadata (for
-    /// OffsetDelete). Metadata that does not parse names nothing.
+    /// OffsetDelete and offsets retention). Metadata that does not parse names nothing.
     pub fn subscribed_topics(&self, group: &str) -> std::collections::BTreeSet<String> {
-        use kafka_protocol::protocol::Decodable;
         let mut out = std::collections::BTreeSet::new();
         let Some(g) = self.groups.get(group) else { return out };
         if g.protocol_type.as_deref() != Some("consumer") {
@@ -698,15 +864,7 @@ impl<W: Clone> Coordinator<W> {
         }
         for m in g.members.values() {
             for (_, meta) in &m.protocols {
-                let mut buf = meta.clone();
-                if buf.len() < 2 {
-                    continue;
-                }
-                let version = i16::from_be_bytes([buf[0], buf[1]]).clamp(0, 3);
-                let _ = bytes::Buf::get_i16(&mut buf);
-                if let Ok(sub) = kafka_protocol::messages::ConsumerProtocolSubscription::decode(&mut buf, version) {
-                    out.extend(sub.topics.iter().map(|t| t.to_string()));
-                }
+                out.extend(subscription_topics(meta).unwrap_or_default());
             }
         }
         out
@@ -722,6 +880,33 @@ impl<W: Clone> Coordinator<W> {
             }
         }
     }
+}
+
+/// The topic names of a ConsumerProtocolSubscription (every version starts with its version
+/// and then the topics as a non-flexible array of strings). Read by hand, bounded by the
+/// bytes present: these are a client's bytes, and the codec crate sizes arrays from the
+/// count a client claims before it reads them.
+pub fn subscription_topics(meta: &[u8]) -> Option<Vec<String>> {
+    let take = |b: &mut &[u8], n: usize| -> Option<Vec<u8>> {
+        let (head, rest) = (b.get(..n)?.to_vec(), b.get(n..)?);
+        *b = rest;
+        Some(head)
+    };
+    let mut b = meta;
+    let version = i16::from_be_bytes(take(&mut b, 2)?.try_into().ok()?);
+    if version < 0 {
+        return None;
+    }
+    let n = i32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
+    // Each name takes at least its 2-byte length.
+    let n = usize::try_from(n).ok().filter(|n| *n <= b.len() / 2)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = i16::from_be_bytes(take(&mut b, 2)?.try_into().ok()?);
+        let name = take(&mut b, usize::try_from(len).ok()?)?;
+        out.push(String::from_utf8(name).ok()?);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -786,7 +971,13 @@ mod tests {
         assert!(c.sync(t(3_010), "g", &follow, 1, None, vec![], 11).is_none());
         let assignments = vec![(lead.clone(), Bytes::from_static(b"p0")), (follow.clone(), Bytes::from_static(b"p1"))];
         assert!(c.sync(t(3_020), "g", &lead, 1, None, assignments, 12).is_none());
-        let s = syncs(&c.poll(t(3_020)));
+        assert!(syncs(&c.poll(t(3_020))).is_empty(), "nobody learns the assignment before it is durable");
+        let stores = c.take_stores();
+        assert_eq!(stores.len(), 1);
+        assert_eq!(stores[0].generation_id, 1);
+        assert_eq!(stores[0].record.members.len(), 2);
+        c.stored(t(3_021), "g", 1, true);
+        let s = syncs(&c.poll(t(3_021)));
         assert_eq!(s.len(), 2);
         assert_eq!(s.iter().find(|(w, _)| *w == 11).unwrap().1.assignment, Bytes::from_static(b"p1"));
         assert_eq!(s.iter().find(|(w, _)| *w == 12).unwrap().1.assignment, Bytes::from_static(b"p0"));
@@ -796,7 +987,7 @@ mod tests {
 
     #[test]
     fn join_sync_and_heartbeat() {
-        let mut c = C::new(GroupConfig::default());
+        let mut c = C::new(GroupConfig::default(), 1);
         let (lead, follow) = two_member_group(&mut c);
         assert_eq!(c.heartbeat(t(4_000), "g", &lead, 1, None), Ok(()));
         assert_eq!(c.heartbeat(t(4_000), "g", &follow, 0, None), Err(GroupError::IllegalGeneration));
@@ -809,7 +1000,7 @@ mod tests {
 
     #[test]
     fn a_new_member_triggers_a_rebalance_that_ends_when_all_rejoin() {
-        let mut c = C::new(GroupConfig::default());
+        let mut c = C::new(GroupConfig::default(), 1);
         let (lead, follow) = two_member_group(&mut c);
         let third = handshake(&mut c, t(5_000), "g", 3);
         assert_eq!(c.state("g"), Some(GroupState::PreparingRebalance));
@@ -825,7 +1016,7 @@ mod tests {
 
     #[test]
     fn a_silent_member_is_removed_after_its_session_timeout() {
-        let mut c = C::new(GroupConfig::default());
+        let mut c = C::new(GroupConfig::default(), 1);
         let (lead, follow) = two_member_group(&mut c);
         for s in 1..=4 {
             assert_eq!(c.heartbeat(t(3_020 + s * 3_000), "g", &lead, 1, None), Ok(()));
@@ -842,7 +1033,7 @@ mod tests {
 
     #[test]
     fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_deadline() {
-        let mut c = C::new(GroupConfig::default());
+        let mut c = C::new(GroupConfig::default(), 1);
         let (lead, follow) = two_member_group(&mut c);
         assert!(c.join(t(4_000), join("g", &lead, None), 1).is_none(), "the leader asks for a rebalance");
         // The follower keeps heartbeating (told to rejoin) but never does.
@@ -857,7 +1048,7 @@ mod tests {
 
     #[test]
     fn leaving_rebalances_and_the_last_leaves_an_empty_group() {
-        let mut c = C::new(GroupConfig::default());
+        let mut c = C::new(GroupConfig::default(), 1);
         let (lead, follow) = two_member_group(&mut c);
         assert_eq!(c.leave(t(4_000), "g", &follow, None), Ok(()));
         assert_eq!(c.state("g"), Some(GroupState::PreparingRebalance));
@@ -869,7 +1060,7 @@ mod tests {
 
     #[test]
     fn a_restarted_static_member_takes_its_place_without_a_rebalance() {
-        let mut c = C::new(GroupConfig::default());
+        let mut c = C::new(GroupConfig::default(), 1);
         assert!(c.join(t(0), join("s", "", Some("i1")), 1).is_none());
         assert!(c.join(t(0), join("s", "", Some("i2")), 2).is_none());
         let out = joins(&c.poll(t(3_000)));
@@ -877,20 +1068,16 @@ mod tests {
         let leader = out[0].1.leader.clone();
         let ids: Vec<String> = out.iter().map(|(_, r)| r.member_id.clone()).collect();
         let follower = ids.iter().find(|id| **id != leader).unwrap().clone();
+        // Waiter 1 joined as instance i1, waiter 2 as i2.
+        let inst_of = |id: &str| if out.iter().any(|(w, r)| *w == 1 && r.member_id == id) { "i1" } else { "i2" };
         let assignments: Vec<(String, Bytes)> = ids.iter().map(|id| (id.clone(), Bytes::from(id.clone()))).collect();
-        c.sync(
-            t(3_010),
-            "s",
-            &leader,
-            gen,
-            Some(if out[0].1.member_id == leader { "i1" } else { "i2" }),
-            assignments,
-            5,
-        );
+        c.sync(t(3_010), "s", &leader, gen, Some(inst_of(&leader)), assignments, 5);
+        assert_eq!(c.take_stores().len(), 1);
+        c.stored(t(3_010), "s", gen, true);
         c.poll(t(3_010));
         assert_eq!(c.state("s"), Some(GroupState::Stable));
         // The follower restarts: no member id, same instance id.
-        let inst = if out[0].1.member_id == follower { "i1" } else { "i2" };
+        let inst = inst_of(&follower);
         let r = c.join(t(4_000), join("s", "", Some(inst)), 7).expect("answered at once");
         assert_eq!(r.error, None);
         assert_eq!(r.generation_id, gen, "no new generation");
@@ -902,8 +1089,64 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_group_carries_on_at_its_generation() {
+        let mut c = C::new(GroupConfig::default(), 1);
+        let (lead, follow) = two_member_group(&mut c);
+        // What the node would have made durable, handed to a fresh coordinator (a restart).
+        let mut c2 = C::new(GroupConfig::default(), 2);
+        let mut rec = c.groups["g"].record(None);
+        rec.state_since_ms = 5;
+        c2.restore(t(50_000), "g", rec);
+        assert_eq!(c2.state("g"), Some(GroupState::Stable));
+        assert_eq!(c2.heartbeat(t(50_001), "g", &lead, 1, None), Ok(()), "no rejoin after a restart");
+        let s = c2.sync(t(50_002), "g", &follow, 1, None, vec![], 3).expect("stable");
+        assert_eq!(s.assignment, Bytes::from_static(b"p1"));
+        // Sessions restart at the restore: a member never heard from again is removed.
+        c2.poll(t(50_000 + 10_001));
+        assert_eq!(c2.state("g"), Some(GroupState::PreparingRebalance));
+        // New ids never repeat old ones.
+        let fresh = handshake(&mut c2, t(60_000), "g", 4);
+        assert!(fresh != lead && fresh != follow);
+    }
+
+    #[test]
+    fn an_assignment_that_cannot_be_stored_is_never_handed_out() {
+        let mut c = C::new(GroupConfig::default(), 1);
+        let a = handshake(&mut c, t(0), "g", 1);
+        let out = joins(&c.poll(t(3_000)));
+        assert_eq!(out.len(), 1);
+        assert!(c.sync(t(3_001), "g", &a, 1, None, vec![(a.clone(), Bytes::from_static(b"x"))], 2).is_none());
+        assert_eq!(c.take_stores().len(), 1);
+        c.stored(t(3_002), "g", 1, false);
+        let s = syncs(&c.poll(t(3_002)));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].1.error, Some(GroupError::RebalanceInProgress), "the member rejoins");
+        assert_eq!(c.state("g"), Some(GroupState::PreparingRebalance));
+        // A stale confirmation changes nothing.
+        c.stored(t(3_003), "g", 1, true);
+        assert_eq!(c.state("g"), Some(GroupState::PreparingRebalance));
+        // When the last member leaves, the empty group's record is written.
+        assert_eq!(c.leave(t(3_004), "g", &a, None), Ok(()));
+        let stores = c.take_stores();
+        assert_eq!(stores.len(), 1);
+        assert!(stores[0].record.members.is_empty());
+        assert_eq!(stores[0].generation_id, 2);
+    }
+
+    #[test]
+    fn subscriptions_parse_safely() {
+        // version 1, topics ["ab", "c"], then fields this reader does not need.
+        let good = [0, 1, 0, 0, 0, 2, 0, 2, b'a', b'b', 0, 1, b'c', 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(subscription_topics(&good), Some(vec!["ab".to_string(), "c".to_string()]));
+        assert_eq!(subscription_topics(b"subscription"), None, "a count far past the bytes present");
+        assert_eq!(subscription_topics(&[0, 0, 0x7f, 0xff, 0xff, 0xff]), None);
+        assert_eq!(subscription_topics(&[0, 0, 0, 0, 0, 1, 0, 5, b'a']), None, "a name cut short");
+        assert_eq!(subscription_topics(&[]), None);
+    }
+
+    #[test]
     fn group_size_is_bounded() {
-        let mut c = C::new(GroupConfig { max_members: 1, ..GroupConfig::default() });
+        let mut c = C::new(GroupConfig { max_members: 1, ..GroupConfig::default() }, 1);
         handshake(&mut c, t(0), "g", 1);
         let r = c.join(t(0), join("g", "", None), 2).unwrap();
         let r = c.join(t(0), join("g", &r.member_id, None), 2).unwrap();
@@ -918,7 +1161,7 @@ mod commit_tests {
 
     #[test]
     fn commits_need_the_current_generation_and_no_pending_assignment() {
-        let mut c: Coordinator<u32> = Coordinator::new(GroupConfig::default());
+        let mut c: Coordinator<u32> = Coordinator::new(GroupConfig::default(), 1);
         let a = join_one(&mut c);
         // CompletingRebalance: the leader has not synced yet.
         assert_eq!(
@@ -926,6 +1169,7 @@ mod commit_tests {
             Err(GroupError::RebalanceInProgress)
         );
         c.sync(Instant::from_millis(3_002), "g", &a, 1, None, vec![(a.clone(), Bytes::new())], 9);
+        c.stored(Instant::from_millis(3_002), "g", 1, true);
         c.poll(Instant::from_millis(3_002));
         assert_eq!(c.validate_commit(Instant::from_millis(3_003), "g", &a, 1, None), Ok(()));
         assert_eq!(

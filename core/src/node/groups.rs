@@ -1,10 +1,13 @@
 //! The group coordinator's protocol side: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
 //! LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups, DeleteGroups.
 //!
-//! Membership lives in `group::Coordinator` (memory only: after a restart members rejoin).
-//! Committed offsets are records in the internal `__consumer_offsets` topic, appended like any
-//! produce and answered only once durable; the cache OffsetFetch reads is updated at the same
-//! moment, and rebuilt from the topic at start-up.
+//! Membership lives in `group::Coordinator`. Committed offsets and group records (each
+//! generation's members and assignment, written before any member learns it) are records in
+//! the internal `__consumer_offsets` topic, appended like any produce and acted on only once
+//! durable; the cache OffsetFetch reads is updated at the same moment. At start-up both are
+//! rebuilt from the topic, so members carry on at their generation after a restart. Offsets
+//! retention (`offsets.retention.minutes`) expires the offsets of groups empty for that long,
+//! and standalone commits that old, by writing tombstones.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +29,7 @@ mod hash_tests {
         assert_eq!(super::java_hash("polygenelubricants"), i32::MIN);
     }
 }
-use crate::group::{Deferred, GroupError, Join, JoinResult, SyncResult};
+use crate::group::{Deferred, GroupError, GroupRecord, Join, JoinResult, Store, SyncResult};
 use crate::io::DiskOp;
 use crate::log::batch;
 use crate::protocol::errors::KafkaError;
@@ -61,19 +64,76 @@ struct OffsetKey {
     partition: i32,
 }
 
+/// The key of a record in `__consumer_offsets`. Like Kafka's, keys start with a 2-byte
+/// version saying what they name: 1 a committed offset, 2 a group. Keys written before the
+/// version existed are bare offset keys; they never start with a zero byte (a group id is
+/// never empty), so they still read.
+enum StoredKey {
+    Offset(OffsetKey),
+    Group(String),
+}
+
+const KEY_OFFSET: u8 = 1;
+const KEY_GROUP: u8 = 2;
+
+impl StoredKey {
+    fn encode(&self) -> Vec<u8> {
+        let (version, body) = match self {
+            StoredKey::Offset(k) => (KEY_OFFSET, postcard::to_allocvec(k)),
+            StoredKey::Group(g) => (KEY_GROUP, postcard::to_allocvec(g)),
+        };
+        let mut out = vec![0, version];
+        out.extend(body.expect("keys serialize"));
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<StoredKey> {
+        match b {
+            [0, KEY_OFFSET, rest @ ..] => postcard::from_bytes(rest).ok().map(StoredKey::Offset),
+            [0, KEY_GROUP, rest @ ..] => postcard::from_bytes(rest).ok().map(StoredKey::Group),
+            [0, ..] | [] => None,
+            legacy => postcard::from_bytes(legacy).ok().map(StoredKey::Offset),
+        }
+    }
+}
+
+fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    StoredKey::Offset(OffsetKey { group: group.to_string(), topic: topic.to_string(), partition }).encode()
+}
+
 /// Builds an answer once its offsets records are durable (`true`) or failed (`false`).
 type BuildAnswer = Box<dyn FnOnce(bool) -> Result<Bytes, String> + Send>;
 
-/// A change to committed offsets (a commit, or deletions) waiting for its records to be
-/// durable. `None` deletes an offset.
+/// What happens once a pending change is durable (or failed).
+enum AfterDurable {
+    /// Answer a request.
+    Respond { conn: ConnId, seq: u64, answer: BuildAnswer },
+    /// Tell the coordinator its group record is durable.
+    GroupStored { group: String, generation_id: i32 },
+    /// Nothing more (retention's tombstones).
+    Nothing,
+}
+
+/// A change to committed offsets (a commit, deletions, a group record) waiting for its
+/// records to be durable. `None` deletes an offset.
 pub(super) struct PendingCommit {
-    pub conn: ConnId,
-    seq: u64,
     /// (offsets partition, offset that must be durable, its log generation when written)
     waits: Vec<(Tp, Offset, u64)>,
     updates: Vec<(String, String, i32, Option<Committed>)>,
-    answer: BuildAnswer,
+    then: AfterDurable,
 }
+
+/// The offsets topic being read back at start-up: one slot per segment, in log order.
+#[derive(Default)]
+pub(super) struct OffsetsLoad {
+    /// (file, length, high watermark of its partition, bytes once read and checked, reads)
+    slots: Vec<(crate::types::FileId, usize, Offset, Option<Bytes>, u32)>,
+    missing: usize,
+}
+
+/// Reads of one segment that fail their CRC check before the load gives up on it. Recovery
+/// has checked these bytes already, so a bad read is a transient corruption.
+const OFFSETS_READ_ATTEMPTS: u32 = 100;
 
 /// Java's `String.hashCode`, so groups land on the partitions Kafka would put them on.
 fn java_hash(s: &str) -> i32 {
@@ -126,14 +186,14 @@ impl Node {
             configs.insert("segment.bytes".to_string(), "104857600".to_string());
             match self.create_topic(OFFSETS_TOPIC, OFFSETS_PARTITIONS, configs) {
                 Ok(job) => {
-                    self.offsets_loading = 0;
+                    self.offsets_load = None;
                     self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() });
                 }
                 Err(_) => return Err(()),
             }
             return Ok(false);
         }
-        if self.offsets_loading > 0 {
+        if self.offsets_load.is_some() {
             return Err(());
         }
         Ok(true)
@@ -278,12 +338,48 @@ impl Node {
         self.respond_bytes(w.conn, w.seq, protocol::encode_response(&w.ctx, &resp));
     }
 
-    /// Sends every group answer that became ready.
+    /// Sends every group answer that became ready and writes the group records the
+    /// coordinator asks for.
     pub(super) fn settle_groups(&mut self) {
-        for d in self.coordinator.poll(self.now.mono) {
-            match d {
-                Deferred::Join(w, r) => self.answer_join(w, r),
-                Deferred::Sync(w, r) => self.answer_sync(w, r),
+        loop {
+            let ready = self.coordinator.poll(self.now.mono);
+            let stores = self.coordinator.take_stores();
+            if ready.is_empty() && stores.is_empty() {
+                return;
+            }
+            for d in ready {
+                match d {
+                    Deferred::Join(w, r) => self.answer_join(w, r),
+                    Deferred::Sync(w, r) => self.answer_sync(w, r),
+                }
+            }
+            for s in stores {
+                self.store_group(s);
+            }
+        }
+    }
+
+    /// Appends a group record; the coordinator hears when it is durable.
+    fn store_group(&mut self, s: Store) {
+        let mut rec = s.record;
+        if rec.members.is_empty() {
+            self.empty_since.entry(s.group.clone()).or_insert(self.now.wall_ms);
+        } else {
+            self.empty_since.remove(&s.group);
+        }
+        rec.state_since_ms = self.empty_since.get(&s.group).copied().unwrap_or(self.now.wall_ms);
+        let key = StoredKey::Group(s.group.clone()).encode();
+        let value = postcard::to_allocvec(&rec).expect("group records serialize");
+        let batch = Bytes::from(batch::encode_records(&[(Some(&key), Some(&value))], self.now.wall_ms));
+        match self.append_partition(OFFSETS_TOPIC, offsets_partition(&s.group), Some(&batch)) {
+            Ok((tp, _, end, generation, _, _)) => self.commits.push(PendingCommit {
+                waits: vec![(tp, end, generation)],
+                updates: Vec::new(),
+                then: AfterDurable::GroupStored { group: s.group, generation_id: s.generation_id },
+            }),
+            Err(e) => {
+                tracing::warn!(group = %s.group, error = ?e, "a group record could not be written");
+                self.coordinator.stored(self.now.mono, &s.group, s.generation_id, false);
             }
         }
     }
@@ -421,13 +517,8 @@ impl Node {
                             metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
                             commit_timestamp: self.now.wall_ms,
                         };
-                        let key = OffsetKey {
-                            group: group.clone(),
-                            topic: t.name.0.to_string(),
-                            partition: p.partition_index,
-                        };
                         records.push((
-                            postcard::to_allocvec(&key).expect("serializes"),
+                            offset_key(&group, t.name.0.as_str(), p.partition_index),
                             postcard::to_allocvec(&c).expect("serializes"),
                         ));
                         updates.push((group.clone(), t.name.0.to_string(), p.partition_index, c));
@@ -456,7 +547,11 @@ impl Node {
                     }
                     protocol::encode_response(&ctx, &resp)
                 });
-                self.commits.push(PendingCommit { conn, seq, waits: vec![(tp, end, generation)], updates, answer });
+                self.commits.push(PendingCommit {
+                    waits: vec![(tp, end, generation)],
+                    updates,
+                    then: AfterDurable::Respond { conn, seq, answer },
+                });
             }
             Err(e) => {
                 for pr in resp.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
@@ -471,6 +566,7 @@ impl Node {
     /// Answers commits whose records became durable (and makes them visible to OffsetFetch).
     pub(super) fn complete_commits(&mut self) {
         let pending = std::mem::take(&mut self.commits);
+        let mut stored_groups = false;
         for c in pending {
             let states: Vec<Option<bool>> = c
                 .waits
@@ -499,36 +595,38 @@ impl Node {
                         Some(v) => {
                             self.offsets.entry(g).or_default().insert((t, p), v);
                         }
-                        None => {
-                            if let Some(offs) = self.offsets.get_mut(&g) {
-                                offs.remove(&(t, p));
-                                if offs.is_empty() {
-                                    self.offsets.remove(&g);
-                                }
-                            }
-                        }
+                        None => self.drop_offset(&g, &t, p),
                     }
                 }
             }
-            self.respond_bytes(c.conn, c.seq, (c.answer)(ok));
+            match c.then {
+                AfterDurable::Respond { conn, seq, answer } => self.respond_bytes(conn, seq, answer(ok)),
+                AfterDurable::GroupStored { group, generation_id } => {
+                    self.coordinator.stored(self.now.mono, &group, generation_id, ok);
+                    stored_groups = true;
+                }
+                AfterDurable::Nothing => {}
+            }
+        }
+        if stored_groups {
+            self.settle_groups();
         }
     }
 
-    /// Appends tombstones for some of a group's offsets. Returns what to wait for and the
+    /// Appends tombstones for some of a group's offsets (and for the group's record if
+    /// `and_group`). Returns what to wait for and the
     /// cache updates to make once it is durable.
     #[allow(clippy::type_complexity)]
     fn tombstones(
         &mut self,
         group: &str,
         which: Vec<(String, i32)>,
+        and_group: bool,
     ) -> Result<((Tp, Offset, u64), Vec<(String, String, i32, Option<Committed>)>), KafkaError> {
-        let keys: Vec<Vec<u8>> = which
-            .iter()
-            .map(|(t, p)| {
-                postcard::to_allocvec(&OffsetKey { group: group.to_string(), topic: t.clone(), partition: *p })
-                    .expect("serializes")
-            })
-            .collect();
+        let mut keys: Vec<Vec<u8>> = which.iter().map(|(t, p)| offset_key(group, t, *p)).collect();
+        if and_group {
+            keys.push(StoredKey::Group(group.to_string()).encode());
+        }
         let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> = keys.iter().map(|k| (Some(k.as_slice()), None)).collect();
         let batch = Bytes::from(batch::encode_records(&refs, self.now.wall_ms));
         let (tp, _, end, generation, _, _) =
@@ -744,19 +842,16 @@ impl Node {
             } else if self.coordinator.delete(&name).is_err() {
                 NON_EMPTY_GROUP
             } else {
+                self.empty_since.remove(&name);
                 let which: Vec<(String, i32)> =
                     self.offsets.get(&name).map(|o| o.keys().cloned().collect()).unwrap_or_default();
-                if which.is_empty() {
-                    0
-                } else {
-                    match self.tombstones(&name, which) {
-                        Ok((w, u)) => {
-                            waits.push(w);
-                            updates.extend(u);
-                            0
-                        }
-                        Err(e) => e.code(),
+                match self.tombstones(&name, which, true) {
+                    Ok((w, u)) => {
+                        waits.push(w);
+                        updates.extend(u);
+                        0
                     }
+                    Err(e) => e.code(),
                 }
             };
             resp.results.push(r);
@@ -790,7 +885,7 @@ impl Node {
         if waits.is_empty() {
             self.respond_bytes(conn, seq, answer(true));
         } else {
-            self.commits.push(PendingCommit { conn, seq, waits, updates, answer });
+            self.commits.push(PendingCommit { waits, updates, then: AfterDurable::Respond { conn, seq, answer } });
         }
     }
 
@@ -835,7 +930,7 @@ impl Node {
         let (waits, updates) = if which.is_empty() {
             (Vec::new(), Vec::new())
         } else {
-            match self.tombstones(&group, which) {
+            match self.tombstones(&group, which, false) {
                 Ok((w, u)) => (vec![w], u),
                 Err(e) => {
                     resp.error_code = e.code();
@@ -870,7 +965,7 @@ impl Node {
             }
         }
         for (g, which) in by_group {
-            if let Err(e) = self.tombstones(&g, which.clone()) {
+            if let Err(e) = self.tombstones(&g, which.clone(), false) {
                 tracing::warn!(group = %g, error = ?e, "could not write tombstones for a deleted topic's offsets");
             }
             if let Some(offs) = self.offsets.get_mut(&g) {
@@ -884,68 +979,186 @@ impl Node {
         }
     }
 
-    /// After start-up recovery: read the offsets topic back into the cache.
+    /// After start-up recovery: read the offsets topic back into the cache and the groups'
+    /// records into the coordinator.
     pub(super) fn load_offsets(&mut self) {
         let Some(t) = self.topics.get(OFFSETS_TOPIC) else { return };
-        let mut reads = Vec::new();
+        let mut load = OffsetsLoad::default();
         for p in &t.partitions {
             for s in &p.log.segments {
                 if s.size > 0 {
-                    reads.push((s.log_file, s.size, p.log.high_watermark));
+                    let len = usize::try_from(s.size).unwrap_or(usize::MAX);
+                    load.slots.push((s.log_file, len, p.log.high_watermark, None, 0));
                 }
             }
         }
-        self.offsets_loading = reads.len();
-        for (file, size, hw) in reads {
-            let len = usize::try_from(size).unwrap_or(usize::MAX);
-            self.issue(DiskOp::Read { file, position: 0, len }, Purpose::OffsetsLoad { upper: hw });
+        load.missing = load.slots.len();
+        let reads: Vec<(usize, crate::types::FileId, usize)> =
+            load.slots.iter().enumerate().map(|(i, s)| (i, s.0, s.1)).collect();
+        self.offsets_load = Some(load);
+        for (slot, file, len) in reads {
+            self.issue(DiskOp::Read { file, position: 0, len }, Purpose::OffsetsLoad { slot });
+        }
+        self.finish_offsets_load();
+    }
+
+    /// One segment of the offsets topic read back. Its batches below the high watermark must
+    /// pass their CRC check; a read that does not is read again.
+    pub(super) fn on_offsets_read(&mut self, slot: usize, data: Result<Bytes, String>) {
+        let Some(load) = self.offsets_load.as_mut() else { return };
+        let Some(s) = load.slots.get_mut(slot) else { return };
+        s.4 += 1;
+        let upper = s.2;
+        let checked = data.and_then(|d| {
+            let mut at = 0;
+            while at < d.len() {
+                let h = batch::check_batch(&d[at..]).map_err(|e| format!("{e:?}"))?;
+                if h.base_offset >= upper {
+                    break;
+                }
+                at += h.size;
+            }
+            Ok(d.slice(..at))
+        });
+        match checked {
+            Ok(d) => {
+                s.3 = Some(d);
+                load.missing -= 1;
+            }
+            Err(e) if s.4 < OFFSETS_READ_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt = s.4, "a segment of the offsets topic read badly; reading it again");
+                let (file, len) = (s.0, s.1);
+                self.issue(DiskOp::Read { file, position: 0, len }, Purpose::OffsetsLoad { slot });
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a segment of the offsets topic cannot be read; its offsets are lost");
+                s.3 = Some(Bytes::new());
+                load.missing -= 1;
+            }
+        }
+        self.finish_offsets_load();
+    }
+
+    /// Once every segment is in: apply their records in log order, then hand the groups'
+    /// last records to the coordinator.
+    fn finish_offsets_load(&mut self) {
+        if self.offsets_load.as_ref().is_none_or(|l| l.missing > 0) {
+            return;
+        }
+        let load = self.offsets_load.take().expect("checked");
+        let mut groups: BTreeMap<String, Option<GroupRecord>> = BTreeMap::new();
+        for (_, _, _, data, _) in load.slots {
+            let data = data.unwrap_or_default();
+            let mut at = 0;
+            while at < data.len() {
+                let Ok(h) = batch::parse_header(&data[at..]) else { break };
+                for (_, k, v) in batch::uncompressed_records(&data[at..]).unwrap_or_default() {
+                    match k.and_then(StoredKey::decode) {
+                        Some(StoredKey::Offset(key)) => {
+                            match v.and_then(|v| postcard::from_bytes::<Committed>(v).ok()) {
+                                Some(c) => {
+                                    self.offsets.entry(key.group).or_default().insert((key.topic, key.partition), c);
+                                }
+                                None => self.drop_offset(&key.group, &key.topic, key.partition),
+                            }
+                        }
+                        Some(StoredKey::Group(g)) => {
+                            groups.insert(g, v.and_then(|v| postcard::from_bytes::<GroupRecord>(v).ok()));
+                        }
+                        None => {}
+                    }
+                }
+                at += h.size;
+            }
+        }
+        // Offsets of topics deleted while their tombstones were not yet durable.
+        let topics = &self.topics;
+        for offs in self.offsets.values_mut() {
+            offs.retain(|(t, _), _| topics.contains_key(t));
+        }
+        self.offsets.retain(|_, o| !o.is_empty());
+        let n = groups.values().filter(|g| g.is_some()).count();
+        for (name, rec) in groups {
+            let Some(rec) = rec else { continue };
+            if rec.members.is_empty() {
+                self.empty_since.insert(name.clone(), rec.state_since_ms);
+            }
+            self.coordinator.restore(self.now.mono, &name, rec);
+        }
+        tracing::info!(offsets_of = self.offsets.len(), groups = n, "committed offsets and groups loaded");
+    }
+
+    /// Offsets retention, as Kafka does it (KIP-211, KIP-496): a group that has been empty
+    /// for the retention period loses all its offsets (and then the group goes); a group that
+    /// was never managed here (standalone commits) loses each offset that long after its
+    /// commit; a live consumer group loses offsets of topics it no longer subscribes to that
+    /// long after their commit.
+    pub(super) fn expire_offsets(&mut self) {
+        if self.offsets_load.is_some() || !self.topics.contains_key(OFFSETS_TOPIC) {
+            return;
+        }
+        let now = self.now.wall_ms;
+        let retention = i64::try_from(self.config.group.offsets_retention_ms).unwrap_or(i64::MAX);
+        let old = |ts: i64| ts.saturating_add(retention) <= now;
+        let mut plan: Vec<(String, Vec<(String, i32)>, bool)> = Vec::new();
+        let names: std::collections::BTreeSet<String> =
+            self.offsets.keys().chain(self.empty_since.keys()).cloned().collect();
+        for name in names {
+            let offs = self.offsets.get(&name);
+            let state = self.coordinator.state(&name);
+            let managed = self.coordinator.protocol_type(&name).is_some();
+            let empty = state.is_none_or(|s| s == crate::group::GroupState::Empty);
+            let which: Vec<(String, i32)> = match (empty, managed) {
+                (true, true) => match self.empty_since.get(&name) {
+                    Some(since) if old(*since) => offs.map(|o| o.keys().cloned().collect()).unwrap_or_default(),
+                    _ => continue,
+                },
+                (true, false) => offs
+                    .map(|o| o.iter().filter(|(_, c)| old(c.commit_timestamp)).map(|(k, _)| k.clone()).collect())
+                    .unwrap_or_default(),
+                (false, _) => {
+                    let subscribed = self.coordinator.subscribed_topics(&name);
+                    if self.coordinator.protocol_type(&name).as_deref() != Some("consumer") || subscribed.is_empty() {
+                        continue;
+                    }
+                    offs.map(|o| {
+                        o.iter()
+                            .filter(|((t, _), c)| !subscribed.contains(t) && old(c.commit_timestamp))
+                            .map(|(k, _)| k.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+                }
+            };
+            // An empty group left with no offsets is gone too.
+            let remaining = offs.map_or(0, |o| o.len()) - which.len();
+            let drop_group = empty && remaining == 0 && (managed || state.is_some());
+            if !which.is_empty() || drop_group {
+                plan.push((name, which, drop_group));
+            }
+        }
+        for (name, which, drop_group) in plan {
+            tracing::info!(group = %name, offsets = which.len(), group_too = drop_group, "offsets expired");
+            if drop_group {
+                let _ = self.coordinator.delete(&name);
+                self.empty_since.remove(&name);
+            }
+            match self.tombstones(&name, which, drop_group) {
+                Ok((w, u)) => {
+                    self.commits.push(PendingCommit { waits: vec![w], updates: u, then: AfterDurable::Nothing })
+                }
+                Err(e) => tracing::warn!(group = %name, error = ?e, "could not write tombstones for expired offsets"),
+            }
         }
     }
 
-    /// One segment of the offsets topic read back: apply its records in order (reads of one
-    /// partition complete in the order issued, oldest segment first).
-    pub(super) fn on_offsets_read(&mut self, upper: Offset, data: Result<Bytes, String>) {
-        self.offsets_loading = self.offsets_loading.saturating_sub(1);
-        let data = match data {
-            Ok(d) => d,
-            Err(e) => {
-                return tracing::error!(error = %e, "reading the offsets topic failed; those offsets are lost until restart")
+    fn drop_offset(&mut self, group: &str, topic: &str, partition: i32) {
+        if let Some(g) = self.offsets.get_mut(group) {
+            g.remove(&(topic.to_string(), partition));
+            if g.is_empty() {
+                self.offsets.remove(group);
             }
-        };
-        let mut at = 0;
-        while at < data.len() {
-            let Ok(h) = batch::parse_header(&data[at..]) else { break };
-            if h.base_offset >= upper {
-                break;
-            }
-            if let Ok(recs) = batch::uncompressed_records(&data[at..]) {
-                for (_, k, v) in recs {
-                    let Some(key) = k.and_then(|k| postcard::from_bytes::<OffsetKey>(k).ok()) else { continue };
-                    match v.and_then(|v| postcard::from_bytes::<Committed>(v).ok()) {
-                        Some(c) => {
-                            self.offsets.entry(key.group).or_default().insert((key.topic, key.partition), c);
-                        }
-                        None => {
-                            if let Some(g) = self.offsets.get_mut(&key.group) {
-                                g.remove(&(key.topic, key.partition));
-                                if g.is_empty() {
-                                    self.offsets.remove(&key.group);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            at += h.size;
-        }
-        if self.offsets_loading == 0 {
-            // Offsets of topics deleted while their tombstones were not yet durable.
-            let topics = &self.topics;
-            for offs in self.offsets.values_mut() {
-                offs.retain(|(t, _), _| topics.contains_key(t));
-            }
-            self.offsets.retain(|_, o| !o.is_empty());
-            tracing::info!(groups = self.offsets.len(), "committed offsets loaded");
         }
     }
 }

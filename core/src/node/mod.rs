@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
-use rand::SeedableRng;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{NodeConfig, TopicSettings};
@@ -69,7 +69,7 @@ enum Purpose {
     Recovery(recovery::Step),
     /// A segment of the offsets topic read back at start-up.
     OffsetsLoad {
-        upper: Offset,
+        slot: usize,
     },
     /// A batch read to answer ListOffsets by timestamp.
     TimestampRead {
@@ -207,8 +207,11 @@ pub struct Node {
     coordinator: crate::group::Coordinator<groups::GroupWaiter>,
     /// Durable committed offsets: group -> (topic, partition) -> offset.
     offsets: BTreeMap<String, BTreeMap<(String, i32), groups::Committed>>,
-    /// Segments of the offsets topic still being read back at start-up.
-    offsets_loading: usize,
+    /// The offsets topic being read back at start-up.
+    offsets_load: Option<groups::OffsetsLoad>,
+    /// Wall-clock ms since when each empty group has been empty (offsets retention).
+    empty_since: BTreeMap<String, i64>,
+    next_offsets_retention_check: Instant,
     commits: Vec<groups::PendingCommit>,
     buffered: VecDeque<(ConnId, Bytes)>,
     /// Names whose directories are still being removed; re-creating waits for them.
@@ -257,9 +260,11 @@ impl Node {
             fetches: Vec::new(),
             lookups: BTreeMap::new(),
             next_lookup: 0,
-            coordinator: crate::group::Coordinator::new(crate::group::GroupConfig::default()),
+            coordinator: crate::group::Coordinator::new(crate::group::GroupConfig::default(), 0),
             offsets: BTreeMap::new(),
-            offsets_loading: 0,
+            offsets_load: None,
+            empty_since: BTreeMap::new(),
+            next_offsets_retention_check: now.mono,
             commits: Vec::new(),
             buffered: VecDeque::new(),
             deleting: BTreeMap::new(),
@@ -267,7 +272,8 @@ impl Node {
             hw_moved: false,
             recovery: recovery::Recovery::default(),
         };
-        node.coordinator = crate::group::Coordinator::new(node.config.group.clone());
+        node.coordinator = crate::group::Coordinator::new(node.config.group.clone(), node.rng.next_u64());
+        node.next_offsets_retention_check = now.mono.plus_millis(node.config.group.offsets_retention_check_interval_ms);
         node.start_recovery();
         node
     }
@@ -296,7 +302,8 @@ impl Node {
         let fetch = self.fetches.iter().map(|f| f.deadline).min();
         let retention = (self.phase == Phase::Serving).then_some(self.next_retention_check);
         let groups = self.coordinator.poll_timeout();
-        [fetch, retention, groups].into_iter().flatten().min()
+        let offsets = (self.phase == Phase::Serving).then_some(self.next_offsets_retention_check);
+        [fetch, retention, groups, offsets].into_iter().flatten().min()
     }
 
     /// True once start-up recovery has finished and requests are served.
@@ -393,7 +400,6 @@ impl Node {
     }
 
     fn new_topic_id(&mut self) -> TopicId {
-        use rand::RngCore;
         loop {
             let mut id = [0u8; 16];
             self.rng.fill_bytes(&mut id);
@@ -519,7 +525,6 @@ impl Node {
         self.produces.retain(|p| p.conn != conn);
         self.fetches.retain(|f| f.conn != conn);
         self.lookups.retain(|_, l| l.conn != conn);
-        self.commits.retain(|c| c.conn != conn);
         self.waiters.retain(|w| w.conn != conn);
         self.buffered.retain(|(c, _)| *c != conn);
     }
@@ -530,6 +535,11 @@ impl Node {
         }
         self.expire_fetches();
         self.settle_groups();
+        if self.now.mono >= self.next_offsets_retention_check {
+            self.next_offsets_retention_check =
+                self.now.mono.plus_millis(self.config.group.offsets_retention_check_interval_ms);
+            self.expire_offsets();
+        }
         if self.now.mono >= self.next_retention_check {
             self.next_retention_check = self.now.mono.plus_millis(self.config.log.retention_check_interval_ms);
             self.apply_retention();
@@ -589,13 +599,13 @@ impl Node {
                 self.job_step(id, result.is_ok());
             }
             Purpose::Recovery(step) => self.on_recovery_step(step, result),
-            Purpose::OffsetsLoad { upper, .. } => {
+            Purpose::OffsetsLoad { slot } => {
                 let data = match result {
                     Ok(DiskReply::Data(d)) => Ok(d),
                     Ok(other) => Err(format!("unexpected reply {other:?}")),
                     Err(e) => Err(e.to_string()),
                 };
-                self.on_offsets_read(upper, data);
+                self.on_offsets_read(slot, data);
             }
             Purpose::TimestampRead { id, ti, pi, target } => {
                 let data = match result {
