@@ -10,6 +10,15 @@
 //! - the high watermark a client sees never goes back;
 //! - a consumer never sees a record at or past the high watermark of the same response (so
 //!   never one that may later disappear), and its reads are contiguous.
+//!
+//! And for the consumer group:
+//! - one owner per partition per generation: no two members (static members count as their
+//!   instance) are handed the same partition in the same generation;
+//! - committed offsets never go back: an OffsetFetch answers at least the highest commit of
+//!   that partition acknowledged before the fetch was sent, and only a value some member
+//!   committed;
+//! - nothing skipped: a member starts a partition at an offset the group has read everything
+//!   below (at-least-once across rebalances, crashes and zombies).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,6 +34,17 @@ pub struct Checker {
     pub violations: Vec<String>,
     pub acks: u64,
     pub consumed: u64,
+    /// (generation, partition) -> the member it was assigned to.
+    owners: BTreeMap<(i32, i32), String>,
+    /// Per partition, acknowledged commits in arrival order: (when, highest so far).
+    commit_acks: BTreeMap<i32, Vec<(u64, i64)>>,
+    commits_sent: BTreeMap<i32, BTreeSet<i64>>,
+    /// Per partition, the highest committed offset an OffsetFetch answered.
+    commits_fetched: BTreeMap<i32, i64>,
+    /// Per partition, the offset below which the group has read everything, and reads above.
+    group_read: BTreeMap<i32, (i64, BTreeSet<i64>)>,
+    pub assignments: u64,
+    pub commits: u64,
 }
 
 impl Checker {
@@ -101,6 +121,103 @@ impl Checker {
         self.violation(at, what);
     }
 
+    /// A member was handed `parts` for `generation` by SyncGroup.
+    pub fn on_assignment(&mut self, at: u64, owner: &str, generation: i32, parts: &[i32]) {
+        self.assignments += 1;
+        for p in parts {
+            match self.owners.get(&(generation, *p)) {
+                Some(o) if o != owner => {
+                    let o = o.clone();
+                    self.violation(
+                        at,
+                        format!("partition {p} handed to both {o} and {owner} in generation {generation}"),
+                    );
+                }
+                _ => {
+                    self.owners.insert((generation, *p), owner.to_string());
+                }
+            }
+        }
+    }
+
+    pub fn on_commit_sent(&mut self, offsets: &BTreeMap<i32, i64>) {
+        for (p, o) in offsets {
+            self.commits_sent.entry(*p).or_default().insert(*o);
+        }
+    }
+
+    pub fn on_commit_ack(&mut self, at: u64, _member: usize, partition: i32, offset: i64) {
+        self.commits += 1;
+        let acks = self.commit_acks.entry(partition).or_default();
+        let max = acks.last().map_or(offset, |(_, m)| (*m).max(offset));
+        acks.push((at, max));
+    }
+
+    /// The highest commit of `partition` acknowledged at or before `t`, if any.
+    fn committed_by(&self, partition: i32, t: u64) -> Option<i64> {
+        let acks = self.commit_acks.get(&partition)?;
+        let n = acks.partition_point(|(a, _)| *a <= t);
+        n.checked_sub(1).map(|i| acks[i].1)
+    }
+
+    /// The highest commit per partition known to be in place: acknowledged, or answered by
+    /// an OffsetFetch (a commit whose acknowledgement was lost may still have happened).
+    pub fn committed_max(&self) -> BTreeMap<i32, i64> {
+        let mut out: BTreeMap<i32, i64> =
+            self.commit_acks.iter().filter_map(|(p, a)| a.last().map(|(_, m)| (*p, *m))).collect();
+        for (p, o) in &self.commits_fetched {
+            let e = out.entry(*p).or_insert(*o);
+            *e = (*e).max(*o);
+        }
+        out
+    }
+
+    /// A member sent OffsetFetch at `sent` and was told `committed` for `partition`. Returns
+    /// where it starts reading.
+    pub fn on_offset_fetch(&mut self, at: u64, member: usize, partition: i32, committed: i64, sent: u64) -> i64 {
+        if let Some(floor) = self.committed_by(partition, sent).filter(|f| committed < *f) {
+            self.violation(
+                at,
+                format!("member {member}: committed offset of partition {partition} went back: read {committed}, but {floor} was acknowledged before the fetch"),
+            );
+        }
+        if committed >= 0 && !self.commits_sent.get(&partition).is_some_and(|s| s.contains(&committed)) {
+            self.violation(
+                at,
+                format!("member {member}: committed offset {committed} of partition {partition} was never committed"),
+            );
+        }
+        let e = self.commits_fetched.entry(partition).or_insert(committed);
+        *e = (*e).max(committed);
+        let start = committed.max(0);
+        let read = self.group_read.get(&partition).map_or(0, |r| r.0);
+        if start > read {
+            self.violation(
+                at,
+                format!("member {member}: starts partition {partition} at {start}, skipping offsets {read}..{start} the group never read"),
+            );
+        }
+        start
+    }
+
+    /// A member of the group read `offset` of `partition`.
+    pub fn on_group_consume(&mut self, partition: i32, offset: i64) {
+        let (below, above) = self.group_read.entry(partition).or_default();
+        if offset == *below {
+            *below += 1;
+            while above.remove(below) {
+                *below += 1;
+            }
+        } else if offset > *below {
+            above.insert(offset);
+        }
+    }
+
+    /// Where the group has read every partition up to.
+    pub fn group_read_to(&self, partition: i32) -> i64 {
+        self.group_read.get(&partition).map_or(0, |r| r.0)
+    }
+
     /// The highest acknowledged offset per partition (what consumers must reach).
     pub fn acked_end(&self) -> BTreeMap<i32, i64> {
         let mut out = BTreeMap::new();
@@ -173,5 +290,44 @@ mod tests {
         c.on_consume(0, 0, 0, 0, "a", 5);
         c.on_consume(0, 1, 0, 0, "b", 5);
         assert!(!c.violations.is_empty(), "two values at one offset");
+    }
+
+    /// Each group check fires on the history it guards against, and not on a good one.
+    #[test]
+    fn each_group_check_catches_its_bug() {
+        let commit = |c: &mut Checker, p: i32, o: i64| c.on_commit_sent(&[(p, o)].into_iter().collect());
+
+        let mut c = Checker::default();
+        c.on_assignment(0, "a", 3, &[0, 1]);
+        c.on_assignment(0, "b", 3, &[2]);
+        c.on_assignment(0, "b", 4, &[0]);
+        assert!(c.violations.is_empty(), "disjoint in a generation; moved in the next");
+        c.on_assignment(0, "c", 4, &[2, 0]);
+        assert_eq!(c.violations.len(), 1, "two owners in one generation");
+
+        let mut c = Checker::default();
+        for o in 0..10 {
+            c.on_group_consume(0, o);
+        }
+        commit(&mut c, 0, 10);
+        c.on_commit_ack(100, 0, 0, 10);
+        assert_eq!(c.on_offset_fetch(200, 1, 0, 10, 150), 10);
+        assert_eq!(c.on_offset_fetch(200, 1, 0, -1, 50), 0, "sent before the ack: may miss it");
+        assert!(c.violations.is_empty());
+        commit(&mut c, 0, 4);
+        c.on_offset_fetch(300, 1, 0, 4, 250);
+        assert_eq!(c.violations.len(), 1, "went back");
+
+        let mut c = Checker::default();
+        c.on_offset_fetch(0, 1, 0, 7, 0);
+        assert!(c.violations.iter().any(|v| v.contains("never committed")), "phantom offset");
+        assert!(c.violations.iter().any(|v| v.contains("skipping")), "skips records nobody read");
+
+        let mut c = Checker::default();
+        c.on_group_consume(0, 0);
+        c.on_group_consume(0, 2);
+        assert_eq!(c.group_read_to(0), 1, "a hole stops the frontier");
+        c.on_group_consume(0, 1);
+        assert_eq!(c.group_read_to(0), 3);
     }
 }

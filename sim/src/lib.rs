@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod codec;
+pub mod group;
 pub mod workload;
 
 use rand::{Rng, SeedableRng};
@@ -26,6 +27,8 @@ pub struct Report {
     pub stats: Stats,
     pub acks: u64,
     pub consumed: u64,
+    pub group_assignments: u64,
+    pub group_commits: u64,
     pub violations: Vec<String>,
     pub trace: u64,
     pub trace_lines: Vec<String>,
@@ -51,13 +54,16 @@ impl Report {
         );
         out += &format!("plan: {}\n", self.plan);
         out += &format!("simulated {:.3} s, {} events\n", self.sim_ns as f64 / 1e9, s.events);
-        out += &format!("records acknowledged {}, consumed {}\n", self.acks, self.consumed);
+        out += &format!(
+            "records acknowledged {}, consumed {}; group assignments {}, commits acknowledged {}\n",
+            self.acks, self.consumed, self.group_assignments, self.group_commits
+        );
         out += &format!(
             "faults: {} crashes ({} torn writes, {} files lost writes), {} sync failures, {} corrupted reads, {} disk-full spells, {} connection resets, {} clogs\n",
             s.crashes, s.torn_writes, s.lost_writes, s.sync_failures, s.read_corruptions, s.disk_fulls, s.resets, s.clogs
         );
         if self.ok() {
-            out += "checkers: acknowledged-not-lost ok, one-value-per-offset ok, no-phantom-values ok, producer-order ok, high-watermark-monotonic ok, reads-below-high-watermark ok, contiguous-reads ok, liveness ok\n";
+            out += "checkers: acknowledged-not-lost ok, one-value-per-offset ok, no-phantom-values ok, producer-order ok, high-watermark-monotonic ok, reads-below-high-watermark ok, contiguous-reads ok, one-owner-per-generation ok, commits-never-go-back ok, nothing-skipped ok, liveness ok\n";
         } else {
             out += "checkers: FAILED\n";
             for v in &self.violations {
@@ -101,7 +107,22 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
         clog_every: pick(&mut r, &[None, Some(500 * MS), Some(2_000 * MS)]),
         reset_every: pick(&mut r, &[None, Some(200 * MS), Some(1_000 * MS)]),
         disk_full_every: pick(&mut r, &[None, None, Some(500 * MS), Some(2_000 * MS)]),
+        group_members: 0,
+        static_members: false,
+        member_crash_every: None,
+        member_stall_every: None,
+        member_leave_every: None,
     };
+    // The group's shape comes from a stream of its own, so runs without a group draw what
+    // they drew before groups existed.
+    let mut g = ChaCha8Rng::seed_from_u64(seed ^ 0x6a0f_5e1e_c7ed_0000);
+    let mut plan = plan;
+    plan.group_members = pick(&mut g, &[0usize, 1, 2, 3, 3]);
+    plan.static_members = g.gen_bool(0.3);
+    plan.member_crash_every = pick(&mut g, &[None, Some(1_000 * MS), Some(3_000 * MS)]);
+    plan.member_stall_every = pick(&mut g, &[None, Some(1_000 * MS), Some(3_000 * MS)]);
+    plan.member_leave_every = pick(&mut g, &[None, Some(2_000 * MS)]);
+    let initial_delay = pick(&mut g, &[0u64, 100, 1_000]);
     let env = Env {
         net_latency: (pick(&mut r, &[20u64, 100, 500]) * US, pick(&mut r, &[1u64, 3, 10]) * MS),
         disk_latency: (2 * US, pick(&mut r, &[20u64, 200]) * US),
@@ -113,6 +134,8 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
     };
     let mut node = NodeConfig::default();
     node.log.segment_bytes = pick(&mut r, &[2_000u64, 20_000, 1 << 20]);
+    node.group.min_session_timeout_ms = 100;
+    node.group.initial_rebalance_delay_ms = initial_delay;
     (plan, env, node)
 }
 
@@ -136,6 +159,8 @@ pub fn run(seed: u64, opts: &RunOpts) -> Report {
                 stats: Stats::default(),
                 acks: 0,
                 consumed: 0,
+                group_assignments: 0,
+                group_commits: 0,
                 violations: vec![format!("panic: {msg}")],
                 trace: 0,
                 trace_lines: Vec::new(),
@@ -152,13 +177,19 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
     sluice_core::mutants::set(mutant);
     let (plan, env, node) = draw(seed, opts);
     let plan_text = format!(
-        "{} partitions, {} producers x up to {} values (batches <= {}, {} in flight), {} consumers, safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
+        "{} partitions, {} producers x up to {} values (batches <= {}, {} in flight), {} consumers, {} group members{} (crash every {:?} ms, stall every {:?} ms, leave every {:?} ms, initial delay {} ms), safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
         plan.partitions,
         plan.producers,
         plan.values_per_producer,
         plan.batch_max,
         plan.in_flight_max,
         plan.consumers,
+        plan.group_members,
+        if plan.static_members { " (static)" } else { "" },
+        plan.member_crash_every.map(|n| n / MS),
+        plan.member_stall_every.map(|n| n / MS),
+        plan.member_leave_every.map(|n| n / MS),
+        node.group.initial_rebalance_delay_ms,
         plan.safety / MS,
         plan.crash_every.map(|n| n / MS),
         plan.clog_every.map(|n| n / MS),
@@ -205,6 +236,8 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
         stats: w.stats.clone(),
         acks: wl.checker.acks,
         consumed: wl.checker.consumed,
+        group_assignments: wl.checker.assignments,
+        group_commits: wl.checker.commits,
         violations: wl.checker.violations.clone(),
         trace: w.trace.hash(),
         trace_lines: w.trace.take_lines(),

@@ -2,9 +2,11 @@
 //!
 //! An admin client creates the topic; producers send batches of unique values (acks=all or 1,
 //! several requests in flight, retries after errors, timeouts and disconnects: at-least-once);
-//! consumers fetch every partition from offset 0 with long polls. The safety phase injects
-//! faults; then everything heals and the run must finish (every value produced and
-//! acknowledged, every acknowledged record read back) within the liveness bound.
+//! consumers fetch every partition from offset 0 with long polls; members of a consumer group
+//! (`group.rs`) share the partitions, commit and rebalance. The safety phase injects faults
+//! (in the node, the network and the group's members); then everything heals and the run
+//! must finish (every value produced and acknowledged, every acknowledged record read back,
+//! the group settled with its commits at the end) within the liveness bound.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -17,6 +19,7 @@ use sluice_runtime_sim::{Harness, Nanos, World, MS};
 
 use crate::checker::Checker;
 use crate::codec;
+use crate::group::Member;
 
 pub const TOPIC: &str = "sim";
 
@@ -36,6 +39,13 @@ pub struct Plan {
     pub clog_every: Option<Nanos>,
     pub reset_every: Option<Nanos>,
     pub disk_full_every: Option<Nanos>,
+    /// Members of the consumer group (0: no group in this run).
+    pub group_members: usize,
+    /// Whether members are static (`group.instance.id`).
+    pub static_members: bool,
+    pub member_crash_every: Option<Nanos>,
+    pub member_stall_every: Option<Nanos>,
+    pub member_leave_every: Option<Nanos>,
 }
 
 const REQUEST_TIMEOUT: Nanos = 3_000 * MS;
@@ -75,6 +85,41 @@ enum Role {
     Admin { conn: Option<ConnId>, done: bool },
     Producer(Producer),
     Consumer(Consumer),
+    Member(Member),
+}
+
+/// One partition's part of a fetch response: (partition, a record (offset, value) or None
+/// for the partition's high watermark, high watermark), or what was wrong with it.
+pub type Fetched = Result<(i32, Option<(i64, String)>, i64), String>;
+
+/// Reads a fetch response: per partition its high watermark, then its records.
+pub fn fetched(frame: Bytes) -> Result<Vec<Fetched>, String> {
+    let (_, resp): (i32, FetchResponse) = codec::decode(ApiKey::Fetch, codec::FETCH_VERSION, frame)
+        .map_err(|e| format!("undecodable fetch response: {e}"))?;
+    let mut seen = Vec::new();
+    for t in &resp.responses {
+        for p in &t.partitions {
+            match p.error_code {
+                0 => {}
+                1 => {
+                    seen.push(Err(format!(
+                        "offset of partition {} out of range (high watermark {})",
+                        p.partition_index, p.high_watermark
+                    )));
+                    continue;
+                }
+                _ => continue, // not ready, storage error: fetch again
+            }
+            seen.push(Ok((p.partition_index, None, p.high_watermark)));
+            match codec::records(p.records.as_deref().unwrap_or(&[])) {
+                Ok(recs) => {
+                    seen.extend(recs.into_iter().map(|(o, v)| Ok((p.partition_index, Some((o, v)), p.high_watermark))))
+                }
+                Err(e) => seen.push(Err(e)),
+            }
+        }
+    }
+    Ok(seen)
 }
 
 pub struct Workload {
@@ -109,6 +154,10 @@ impl Workload {
         }
         for _ in 0..plan.consumers {
             clients.push(Role::Consumer(Consumer { conn: None, next: BTreeMap::new(), in_flight: None, next_cid: 0 }));
+        }
+        for i in 0..plan.group_members {
+            let instance = plan.static_members.then(|| format!("instance-{i}"));
+            clients.push(Role::Member(Member::new(clients.len(), instance)));
         }
         let wl = Workload {
             plan,
@@ -307,58 +356,27 @@ impl Workload {
 
     fn consumer_response(&mut self, w: &mut World, c: usize, frame: Bytes) {
         let at = w.now();
-        let (_, resp): (i32, FetchResponse) = match codec::decode(ApiKey::Fetch, codec::FETCH_VERSION, frame) {
-            Ok(r) => r,
-            Err(e) => return self.checker.on_error(at, format!("consumer {c}: undecodable fetch response: {e}")),
+        let seen = match fetched(frame) {
+            Ok(s) => s,
+            Err(e) => return self.checker.on_error(at, format!("consumer {c}: {e}")),
         };
         let Role::Consumer(k) = &mut self.clients[c] else {
             return;
         };
         k.in_flight = None;
-        let mut seen = Vec::new();
-        for t in &resp.responses {
-            for p in &t.partitions {
-                match p.error_code {
-                    0 => {}
-                    1 => {
-                        let next = k.next.get(&p.partition_index).copied().unwrap_or(0);
-                        seen.push(Err(format!(
-                            "consumer {c}: offset {next} of partition {} out of range (high watermark {})",
-                            p.partition_index, p.high_watermark
-                        )));
-                        continue;
-                    }
-                    _ => continue, // not ready, storage error: fetch again
-                }
-                seen.push(Ok((p.partition_index, -1, String::new(), p.high_watermark)));
-                let recs = match codec::records(p.records.as_deref().unwrap_or(&[])) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        seen.push(Err(format!("consumer {c}: {e}")));
-                        continue;
-                    }
-                };
-                for (o, v) in recs {
-                    seen.push(Ok((p.partition_index, o, v, p.high_watermark)));
-                }
-            }
-        }
         for s in seen {
             match s {
-                Err(e) => self.checker.on_error(at, e),
-                Ok((p, -1, _, hw)) => self.checker.on_high_watermark(at, c, p, hw),
-                Ok((p, o, v, hw)) => {
-                    let Role::Consumer(k) = &mut self.clients[c] else { unreachable!() };
+                Err(e) => self.checker.on_error(at, format!("consumer {c}: {e}")),
+                Ok((p, None, hw)) => self.checker.on_high_watermark(at, c, p, hw),
+                Ok((p, Some((o, v)), hw)) => {
                     let next = k.next.entry(p).or_insert(0);
                     if o < *next {
                         continue; // a batch starting before the fetch offset
                     }
                     if o != *next {
-                        let expected = *next;
-                        self.checker.on_gap(at, c, p, expected, o);
+                        self.checker.on_gap(at, c, p, *next, o);
                     }
-                    let Role::Consumer(k) = &mut self.clients[c] else { unreachable!() };
-                    k.next.insert(p, o + 1);
+                    *next = o + 1;
                     self.checker.on_consume(at, c, p, o, &v, hw);
                 }
             }
@@ -366,14 +384,64 @@ impl Workload {
         self.consumer_pump(w, c);
     }
 
+    fn member_pump(&mut self, w: &mut World, c: usize) {
+        if !self.topic_ready() {
+            return;
+        }
+        let Role::Member(m) = &mut self.clients[c] else { return };
+        let mut opened = Vec::new();
+        m.pump(w, &mut self.checker, &mut opened);
+        for conn in opened {
+            self.conn_owner.insert(conn, c);
+        }
+    }
+
+    /// Member faults: a crash, a stall past the session timeout (or not quite), a clean leave.
+    fn inject_member_faults(&mut self, w: &mut World) {
+        let plan = self.plan.clone();
+        if plan.group_members == 0 {
+            return;
+        }
+        let first = self.clients.len() - plan.group_members;
+        let roll =
+            |w: &mut World, every: Option<Nanos>| every.is_some_and(|e| w.fault_rng().gen_range(0..e.max(1)) < 10 * MS);
+        let pick = |w: &mut World| first + w.fault_rng().gen_range(0..plan.group_members);
+        if roll(w, plan.member_crash_every) {
+            let (c, down) = (pick(w), w.fault_rng().gen_range(MS..2_000 * MS));
+            if let Role::Member(m) = &mut self.clients[c] {
+                m.crash(w, down);
+            }
+        }
+        if roll(w, plan.member_stall_every) {
+            let (c, len) = (pick(w), w.fault_rng().gen_range(100 * MS..3_000 * MS));
+            let until = w.now() + len;
+            if let Role::Member(m) = &mut self.clients[c] {
+                m.stall(until);
+            }
+        }
+        if roll(w, plan.member_leave_every) {
+            let (c, down) = (pick(w), w.fault_rng().gen_range(MS..1_000 * MS));
+            if let Role::Member(m) = &mut self.clients[c] {
+                m.leave(w, down);
+            }
+        }
+    }
+
     fn inject_fault(&mut self, w: &mut World) {
         if w.now() >= self.plan.safety {
             if !self.healed {
                 self.healed = true;
                 w.heal();
+                let now = w.now();
+                for r in &mut self.clients {
+                    if let Role::Member(m) = r {
+                        m.heal(now);
+                    }
+                }
             }
             return;
         }
+        self.inject_member_faults(w);
         let plan = self.plan.clone();
         let roll =
             |w: &mut World, every: Option<Nanos>| every.is_some_and(|e| w.fault_rng().gen_range(0..e.max(1)) < 10 * MS);
@@ -413,9 +481,16 @@ impl Workload {
                     p.conn
                 ),
                 Role::Consumer(k) => format!("consumer {i}: next {:?}, conn {:?}", k.next, k.conn),
+                Role::Member(m) => m.describe(),
             });
         }
-        format!("{}; acked ends {:?}", out.join("; "), self.checker.acked_end())
+        let read: BTreeMap<i32, i64> = (0..self.plan.partitions).map(|p| (p, self.checker.group_read_to(p))).collect();
+        format!(
+            "{}; acked ends {:?}; group read to {read:?}, committed {:?}",
+            out.join("; "),
+            self.checker.acked_end(),
+            self.checker.committed_max()
+        )
     }
 
     /// True once everything was produced, acknowledged and read back.
@@ -432,7 +507,26 @@ impl Workload {
             Role::Consumer(k) => ends.iter().all(|(p, e)| k.next.get(p).copied().unwrap_or(0) >= *e),
             _ => true,
         });
-        produced && read
+        produced && read && self.group_done(&ends)
+    }
+
+    /// The group has settled (every member consuming in one generation, every partition
+    /// owned), read every acknowledged record and committed past it.
+    fn group_done(&self, ends: &BTreeMap<i32, i64>) -> bool {
+        let members: Vec<&Member> =
+            self.clients.iter().filter_map(|r| if let Role::Member(m) = r { Some(m) } else { None }).collect();
+        if members.is_empty() {
+            return true;
+        }
+        let generation = members[0].generation;
+        let mut owned: Vec<i32> = members.iter().flat_map(|m| m.assignment.iter().copied()).collect();
+        owned.sort();
+        let committed = self.checker.committed_max();
+        members.iter().all(|m| m.is_settled() && m.generation == generation)
+            && owned == (0..self.plan.partitions).collect::<Vec<_>>()
+            && ends
+                .iter()
+                .all(|(p, e)| self.checker.group_read_to(*p) >= *e && committed.get(p).is_some_and(|c| *c >= *e))
     }
 }
 
@@ -457,6 +551,10 @@ impl Harness for Workload {
             }
             Role::Producer(_) => self.producer_response(w, c, frame),
             Role::Consumer(_) => self.consumer_response(w, c, frame),
+            Role::Member(m) => {
+                m.on_response(w, &mut self.checker, self.plan.partitions, conn, frame);
+                self.member_pump(w, c);
+            }
         }
         if self.finished_at.is_none() && self.done(w.now()) {
             self.finished_at = Some(w.now());
@@ -485,6 +583,7 @@ impl Harness for Workload {
                     w.set_timer(c, (c as u64) << 8 | T_RECONNECT, BACKOFF);
                 }
             }
+            Role::Member(m) => m.on_closed(w, conn),
         }
     }
 
@@ -516,6 +615,10 @@ impl Harness for Workload {
                 if kind == T_TICK {
                     w.set_timer(client, token, 20 * MS);
                 }
+            }
+            Role::Member(_) => {
+                self.member_pump(w, client);
+                w.set_timer(client, token, 10 * MS);
             }
         }
     }

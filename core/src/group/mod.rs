@@ -389,6 +389,7 @@ impl<W: Clone> Coordinator<W> {
         }
         // Static members: the instance id names the member, whatever id it comes with.
         let mut member_id = j.member_id.clone();
+        let mut replaced = false;
         if let Some(inst) = &j.instance_id {
             match g.static_members.get(inst).cloned() {
                 Some(old) if member_id.is_empty() || member_id != old => {
@@ -405,6 +406,7 @@ impl<W: Clone> Coordinator<W> {
                     }
                     g.static_members.insert(inst.clone(), new.clone());
                     member_id = new;
+                    replaced = true;
                 }
                 Some(_) => {}
                 None if !member_id.is_empty() => return fail(GroupError::UnknownMemberId, &member_id),
@@ -457,10 +459,17 @@ impl<W: Clone> Coordinator<W> {
             // A known member with unchanged protocols rejoining a stable group (a static member
             // restarting, or a client that lost its response): answer with the current
             // generation, no rebalance.
+            // (Not while an assignment naming the replaced id is pending: that rebalances.)
             GroupState::Stable | GroupState::CompletingRebalance
                 if known == Some(true)
-                    && (j.instance_id.is_some() || g.leader.as_deref() != Some(member_id.as_str())) =>
+                    && (j.instance_id.is_some() || g.leader.as_deref() != Some(member_id.as_str()))
+                    && !(replaced && g.state == GroupState::CompletingRebalance) =>
             {
+                if replaced {
+                    // The new id must outlive a restart, or the old incarnation's would.
+                    let record = g.record(None);
+                    self.stores.push(Store { group: j.group.clone(), generation_id: g.generation_id, record });
+                }
                 let m = g.members.get_mut(&member_id).expect("present");
                 m.join_waiter = None;
                 let leader = g.leader.clone().unwrap_or_default();
@@ -822,7 +831,9 @@ impl<W: Clone> Coordinator<W> {
             for d in g.pending.values() {
                 take(*d);
             }
-            for m in g.members.values() {
+            // Members waiting in a join are not expired (see `expire_sessions`).
+            let preparing = g.state == GroupState::PreparingRebalance;
+            for m in g.members.values().filter(|m| !(preparing && m.join_waiter.is_some())) {
                 take(m.last_heard.plus_millis(m.session_timeout_ms));
             }
         }

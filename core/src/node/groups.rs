@@ -126,9 +126,19 @@ pub(super) struct PendingCommit {
 /// The offsets topic being read back at start-up: one slot per segment, in log order.
 #[derive(Default)]
 pub(super) struct OffsetsLoad {
-    /// (file, length, high watermark of its partition, bytes once read and checked, reads)
-    slots: Vec<(crate::types::FileId, usize, Offset, Option<Bytes>, u32)>,
+    slots: Vec<LoadSlot>,
     missing: usize,
+}
+
+struct LoadSlot {
+    file: crate::types::FileId,
+    len: usize,
+    /// The segment's base offset, and its partition's high watermark.
+    base: Offset,
+    upper: Offset,
+    /// Its batches below the high watermark, once read and checked.
+    data: Option<Bytes>,
+    reads: u32,
 }
 
 /// Reads of one segment that fail their CRC check before the load gives up on it. Recovery
@@ -988,13 +998,20 @@ impl Node {
             for s in &p.log.segments {
                 if s.size > 0 {
                     let len = usize::try_from(s.size).unwrap_or(usize::MAX);
-                    load.slots.push((s.log_file, len, p.log.high_watermark, None, 0));
+                    load.slots.push(LoadSlot {
+                        file: s.log_file,
+                        len,
+                        base: s.base_offset,
+                        upper: p.log.high_watermark,
+                        data: None,
+                        reads: 0,
+                    });
                 }
             }
         }
         load.missing = load.slots.len();
         let reads: Vec<(usize, crate::types::FileId, usize)> =
-            load.slots.iter().enumerate().map(|(i, s)| (i, s.0, s.1)).collect();
+            load.slots.iter().enumerate().map(|(i, s)| (i, s.file, s.len)).collect();
         self.offsets_load = Some(load);
         for (slot, file, len) in reads {
             self.issue(DiskOp::Read { file, position: 0, len }, Purpose::OffsetsLoad { slot });
@@ -1003,37 +1020,42 @@ impl Node {
     }
 
     /// One segment of the offsets topic read back. Its batches below the high watermark must
-    /// pass their CRC check; a read that does not is read again.
+    /// pass their CRC check and follow each other's offsets (the base offset is outside the
+    /// CRC); a read that does not is read again.
     pub(super) fn on_offsets_read(&mut self, slot: usize, data: Result<Bytes, String>) {
         let Some(load) = self.offsets_load.as_mut() else { return };
         let Some(s) = load.slots.get_mut(slot) else { return };
-        s.4 += 1;
-        let upper = s.2;
+        s.reads += 1;
+        let (base, upper) = (s.base, s.upper);
         let checked = data.and_then(|d| {
-            let mut at = 0;
+            let (mut at, mut expected) = (0, base);
             while at < d.len() {
                 let h = batch::check_batch(&d[at..]).map_err(|e| format!("{e:?}"))?;
+                if h.base_offset != expected {
+                    return Err(format!("batch at byte {at} says offset {}, expected {expected}", h.base_offset));
+                }
                 if h.base_offset >= upper {
                     break;
                 }
+                expected = h.last_offset() + 1;
                 at += h.size;
             }
             Ok(d.slice(..at))
         });
         match checked {
             Ok(d) => {
-                s.3 = Some(d);
+                s.data = Some(d);
                 load.missing -= 1;
             }
-            Err(e) if s.4 < OFFSETS_READ_ATTEMPTS => {
-                tracing::warn!(error = %e, attempt = s.4, "a segment of the offsets topic read badly; reading it again");
-                let (file, len) = (s.0, s.1);
+            Err(e) if s.reads < OFFSETS_READ_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt = s.reads, "a segment of the offsets topic read badly; reading it again");
+                let (file, len) = (s.file, s.len);
                 self.issue(DiskOp::Read { file, position: 0, len }, Purpose::OffsetsLoad { slot });
                 return;
             }
             Err(e) => {
                 tracing::error!(error = %e, "a segment of the offsets topic cannot be read; its offsets are lost");
-                s.3 = Some(Bytes::new());
+                s.data = Some(Bytes::new());
                 load.missing -= 1;
             }
         }
@@ -1048,8 +1070,8 @@ impl Node {
         }
         let load = self.offsets_load.take().expect("checked");
         let mut groups: BTreeMap<String, Option<GroupRecord>> = BTreeMap::new();
-        for (_, _, _, data, _) in load.slots {
-            let data = data.unwrap_or_default();
+        for slot in load.slots {
+            let data = slot.data.unwrap_or_default();
             let mut at = 0;
             while at < data.len() {
                 let Ok(h) = batch::parse_header(&data[at..]) else { break };

@@ -30,8 +30,12 @@ pub(super) enum Step {
         position: u64,
         asked: usize,
     },
-    /// Truncations, syncs and index rewrites of a partition being recovered.
+    /// Truncations and syncs of a partition being recovered.
     Misc(Tp),
+    /// Rewrites of a recovered segment's .index and .timeindex files. These are derived
+    /// (the node indexes from the log itself at every start), so failing to write them, on a
+    /// full disk say, must not take the partition offline.
+    Index(Tp),
 }
 
 /// What recovery found; reported at start-up and used by tests.
@@ -201,7 +205,11 @@ impl Node {
                     }
                 }
             }
-            (Step::Misc(_), Ok(_)) => {}
+            (Step::Misc(_) | Step::Index(_), Ok(_)) => {}
+            (Step::Index(tp), Err(e)) => {
+                let dir = self.partition(tp).map(|p| p.log.dir.clone()).unwrap_or_default();
+                tracing::warn!(%dir, error = %e, "could not rewrite a segment's index files; they are rebuilt at the next start");
+            }
             (step, Ok(reply)) => {
                 self.recovery_failed(format!("unexpected disk reply {reply:?} for {step:?}"));
             }
@@ -360,8 +368,9 @@ impl Node {
         }
         self.recovery.stats.segments += 1;
         self.recovery.stats.batches += seg.entries.len();
+        self.issue_all(std::mem::take(&mut ops), || Purpose::Recovery(Step::Misc(tp)));
         seg.finish_recovery(interval, &mut ops);
-        self.issue_all(ops, || Purpose::Recovery(Step::Misc(tp)));
+        self.issue_all(ops, || Purpose::Recovery(Step::Index(tp)));
         let p = self.partition_mut(tp).expect("recovering");
         if p.log.segments.is_empty() {
             p.log.log_start_offset = seg.base_offset;
