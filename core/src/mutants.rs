@@ -12,12 +12,25 @@ pub enum Mutant {
     FetchPastHighWatermark = 2,
     /// At recovery, trust the first read: a corrupted read truncates the log without a re-read.
     TruncateOnFirstBadRead = 3,
+    /// The coordinator accepts offset commits from any member id and generation (no fencing
+    /// of zombies).
+    CommitStaleGeneration = 4,
+    /// A generation's assignment is handed out before its group record is durable.
+    AssignBeforeDurable = 5,
+    /// OffsetCommit is acknowledged (and served by OffsetFetch) before its record is durable.
+    CommitAckBeforeDurable = 6,
+    /// The offsets topic is loaded from the first read of each segment, unchecked.
+    OffsetsLoadUnchecked = 7,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::AckBeforeSync, "ack-before-sync"),
     (Mutant::FetchPastHighWatermark, "fetch-past-high-watermark"),
     (Mutant::TruncateOnFirstBadRead, "truncate-on-first-bad-read"),
+    (Mutant::CommitStaleGeneration, "commit-stale-generation"),
+    (Mutant::AssignBeforeDurable, "assign-before-durable"),
+    (Mutant::CommitAckBeforeDurable, "commit-ack-before-durable"),
+    (Mutant::OffsetsLoadUnchecked, "offsets-load-unchecked"),
 ];
 
 pub fn by_name(name: &str) -> Option<Mutant> {

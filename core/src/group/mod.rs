@@ -718,7 +718,11 @@ impl<W: Clone> Coordinator<W> {
                     let given: BTreeMap<String, Bytes> = assignments.into_iter().collect();
                     let record = g.record(Some(&given));
                     g.storing = Some(given);
-                    self.stores.push(Store { group: group.to_string(), generation_id: g.generation_id, record });
+                    let generation_id = g.generation_id;
+                    self.stores.push(Store { group: group.to_string(), generation_id, record });
+                    if crate::mutants::active(crate::mutants::Mutant::AssignBeforeDurable) {
+                        self.stored(now, group, generation_id, true);
+                    }
                 }
                 None
             }
@@ -758,6 +762,9 @@ impl<W: Clone> Coordinator<W> {
         generation: i32,
         instance: Option<&str>,
     ) -> Result<(), GroupError> {
+        if crate::mutants::active(crate::mutants::Mutant::CommitStaleGeneration) {
+            return Ok(());
+        }
         match self.member_state(group, member, generation, instance)? {
             GroupState::CompletingRebalance => Err(GroupError::RebalanceInProgress),
             _ => self.touch(now, group, member),
