@@ -387,6 +387,28 @@ impl<W: Clone> Coordinator<W> {
         if j.protocols.is_empty() || !compatible {
             return fail(GroupError::InconsistentGroupProtocol, &j.member_id);
         }
+        // The size limit, as Kafka applies it before anything else about the member: during a
+        // rebalance it counts the members that have rejoined (so the last ones to rejoin a
+        // group over its limit are the ones turned away), otherwise every member.
+        let awaiting = g.members.values().filter(|m| m.join_waiter.is_some()).count();
+        let known_member = g.members.get(&j.member_id);
+        let accept = match g.state {
+            GroupState::Empty | GroupState::Dead => true,
+            GroupState::PreparingRebalance => {
+                known_member.is_some_and(|m| m.join_waiter.is_some()) || awaiting < max_members
+            }
+            GroupState::CompletingRebalance | GroupState::Stable => {
+                known_member.is_some() || g.members.len() < max_members
+            }
+        };
+        if !accept {
+            if known_member.is_some() {
+                let mut out = Vec::new();
+                self.remove_member(&j.group, &j.member_id, &mut out);
+                self.ready.extend(out);
+            }
+            return fail(GroupError::GroupMaxSizeReached, "");
+        }
         // Static members: the instance id names the member, whatever id it comes with.
         let mut member_id = j.member_id.clone();
         let mut replaced = false;
@@ -434,9 +456,6 @@ impl<W: Clone> Coordinator<W> {
         }
         let g = self.groups.get_mut(&j.group).expect("present");
         g.pending.remove(&member_id);
-        if !g.members.contains_key(&member_id) && g.members.len() >= max_members {
-            return fail(GroupError::GroupMaxSizeReached, &member_id);
-        }
         let known = g.members.get(&member_id).map(|m| m.protocols == j.protocols);
         let m = g.members.entry(member_id.clone()).or_insert_with(|| Member {
             instance_id: j.instance_id.clone(),
@@ -1165,10 +1184,13 @@ mod tests {
     #[test]
     fn group_size_is_bounded() {
         let mut c = C::new(GroupConfig { max_members: 1, ..GroupConfig::default() }, 1);
-        handshake(&mut c, t(0), "g", 1);
+        let a = handshake(&mut c, t(0), "g", 1);
         let r = c.join(t(0), join("g", "", None), 2).unwrap();
-        let r = c.join(t(0), join("g", &r.member_id, None), 2).unwrap();
-        assert_eq!(r.error, Some(GroupError::GroupMaxSizeReached));
+        assert_eq!(r.error, Some(GroupError::GroupMaxSizeReached), "refused before a member id is handed out");
+        assert_eq!(r.member_id, "");
+        let out = joins(&c.poll(t(3_000)));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.member_id, a);
     }
 }
 
