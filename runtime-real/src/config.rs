@@ -125,6 +125,12 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if let Some(v) = num::<u64>(props, "offsets.retention.minutes")? {
         node.group.offsets_retention_ms = v.max(1).saturating_mul(60_000);
     }
+    if let Some(v) = num::<u64>(props, "group.consumer.session.timeout.ms")? {
+        node.group.consumer_session_timeout_ms = v.max(1);
+    }
+    if let Some(v) = num::<u64>(props, "group.consumer.heartbeat.interval.ms")? {
+        node.group.consumer_heartbeat_interval_ms = v.max(1);
+    }
     if let Some(v) = num::<u64>(props, "offsets.retention.check.interval.ms")? {
         node.group.offsets_retention_check_interval_ms = v.max(1);
     }
@@ -156,6 +162,12 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     effective.insert("group.max.session.timeout.ms".to_string(), node.group.max_session_timeout_ms.to_string());
     effective.insert("group.max.size".to_string(), node.group.max_members.to_string());
     effective.insert("offsets.topic.num.partitions".to_string(), "50".to_string());
+    effective
+        .insert("group.consumer.session.timeout.ms".to_string(), node.group.consumer_session_timeout_ms.to_string());
+    effective.insert(
+        "group.consumer.heartbeat.interval.ms".to_string(),
+        node.group.consumer_heartbeat_interval_ms.to_string(),
+    );
     effective.insert("offsets.retention.minutes".to_string(), (node.group.offsets_retention_ms / 60_000).to_string());
     effective.insert(
         "offsets.retention.check.interval.ms".to_string(),

@@ -233,3 +233,77 @@ fn offsets_expire_after_the_retention_period() {
     assert_eq!(committed(&mut sim, "solo"), -1);
     assert!(list_groups(&mut sim).is_empty());
 }
+
+fn cgh(member: &str, epoch: i32, owned: Option<Vec<(uuid::Uuid, Vec<i32>)>>) -> ConsumerGroupHeartbeatRequest {
+    let mut req = ConsumerGroupHeartbeatRequest::default();
+    req.group_id = GroupId(sb("kip848"));
+    req.member_id = sb(member);
+    req.member_epoch = epoch;
+    req.rebalance_timeout_ms = if epoch == 0 { 10_000 } else { -1 };
+    if epoch == 0 {
+        req.subscribed_topic_names = Some(vec![TopicName(sb("t"))]);
+    }
+    req.topic_partitions = owned.map(|o| {
+        o.into_iter()
+            .map(|(id, ps)| {
+                let mut tp = consumer_group_heartbeat_request::TopicPartitions::default();
+                tp.topic_id = id;
+                tp.partitions = ps;
+                tp
+            })
+            .collect()
+    });
+    req
+}
+
+fn commit_v(sim: &mut SimNode, version: i16, member: &str, epoch: i32, offset: i64) -> i16 {
+    let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+    p.partition_index = 0;
+    p.committed_offset = offset;
+    let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+    t.name = TopicName(sb("t"));
+    t.partitions = vec![p];
+    let mut req = OffsetCommitRequest::default();
+    req.group_id = GroupId(sb("kip848"));
+    req.member_id = sb(member);
+    req.generation_id_or_member_epoch = epoch;
+    req.topics = vec![t];
+    let r: OffsetCommitResponse = call(sim, C, ApiKey::OffsetCommit, version, &req);
+    r.topics[0].partitions[0].error_code
+}
+
+#[test]
+fn a_kip848_group_keeps_its_epochs_and_assignment_across_a_restart() {
+    let mut sim = node();
+    let r: ConsumerGroupHeartbeatResponse =
+        call(&mut sim, C, ApiKey::ConsumerGroupHeartbeat, 1, &cgh("m-1", 0, Some(Vec::new())));
+    assert_eq!(r.error_code, 0, "{:?}", r.error_message);
+    assert_eq!(r.member_epoch, 1);
+    let a = r.assignment.expect("a joining member is told its assignment");
+    assert_eq!(a.topic_partitions.len(), 1);
+    assert_eq!(a.topic_partitions[0].partitions, vec![0]);
+    let owned = vec![(a.topic_partitions[0].topic_id, vec![0])];
+    assert_eq!(commit_v(&mut sim, 9, "m-1", 1, 11), 0);
+    assert_eq!(commit_v(&mut sim, 9, "m-1", 0, 12), 113, "STALE_MEMBER_EPOCH");
+    assert_eq!(commit_v(&mut sim, 8, "m-1", 1, 12), 35, "members of KIP-848 groups commit with v9");
+    let r: ConsumerGroupHeartbeatResponse =
+        call(&mut sim, C, ApiKey::ConsumerGroupHeartbeat, 1, &cgh("m-1", 2, Some(owned.clone())));
+    assert_eq!(r.error_code, 110, "FENCED_MEMBER_EPOCH");
+
+    sim.crash_and_restart(&mut ChaCha8Rng::seed_from_u64(6));
+    sim.auto_sync = true;
+    let r: ConsumerGroupHeartbeatResponse =
+        call(&mut sim, C, ApiKey::ConsumerGroupHeartbeat, 1, &cgh("m-1", 1, Some(owned.clone())));
+    assert_eq!((r.error_code, r.member_epoch), (0, 1), "the member carries on at its epoch");
+    assert_eq!(committed(&mut sim, "kip848"), 11);
+    assert_eq!(list_groups(&mut sim), vec![("kip848".to_string(), "Stable".to_string())]);
+    // Leaving empties the group; that too outlives a restart.
+    let r: ConsumerGroupHeartbeatResponse = call(&mut sim, C, ApiKey::ConsumerGroupHeartbeat, 1, &cgh("m-1", -1, None));
+    assert_eq!((r.error_code, r.member_epoch), (0, -1));
+    sim.crash_and_restart(&mut ChaCha8Rng::seed_from_u64(7));
+    sim.auto_sync = true;
+    assert_eq!(list_groups(&mut sim), vec![("kip848".to_string(), "Empty".to_string())]);
+    let r: ConsumerGroupHeartbeatResponse =
+        call(&mut sim, C, ApiKey::ConsumerGroupHeartbeat, 1, &cgh("m-1", 1, Some(owned)));
+    assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID");
+}

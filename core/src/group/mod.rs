@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::Instant;
 
+pub mod consumer;
+
 /// Errors the coordinator answers with (mapped to Kafka codes at the protocol edge).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupError {
@@ -55,6 +57,10 @@ pub struct GroupConfig {
     pub offsets_retention_ms: u64,
     /// `offsets.retention.check.interval.ms`.
     pub offsets_retention_check_interval_ms: u64,
+    /// `group.consumer.session.timeout.ms` and `group.consumer.heartbeat.interval.ms`, for
+    /// groups of the KIP-848 protocol.
+    pub consumer_session_timeout_ms: u64,
+    pub consumer_heartbeat_interval_ms: u64,
 }
 
 impl Default for GroupConfig {
@@ -66,6 +72,8 @@ impl Default for GroupConfig {
             max_members: crate::limits::GROUP_MEMBERS_MAX,
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
             offsets_retention_check_interval_ms: 600_000,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
         }
     }
 }

@@ -58,7 +58,7 @@ pub struct Committed {
 }
 
 #[derive(Serialize, Deserialize)]
-struct OffsetKey {
+pub(super) struct OffsetKey {
     group: String,
     topic: String,
     partition: i32,
@@ -68,19 +68,23 @@ struct OffsetKey {
 /// version saying what they name: 1 a committed offset, 2 a group. Keys written before the
 /// version existed are bare offset keys; they never start with a zero byte (a group id is
 /// never empty), so they still read.
-enum StoredKey {
+pub(super) enum StoredKey {
     Offset(OffsetKey),
     Group(String),
+    /// A KIP-848 consumer group's whole state.
+    ConsumerGroup(String),
 }
 
 const KEY_OFFSET: u8 = 1;
 const KEY_GROUP: u8 = 2;
+const KEY_CONSUMER_GROUP: u8 = 3;
 
 impl StoredKey {
-    fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let (version, body) = match self {
             StoredKey::Offset(k) => (KEY_OFFSET, postcard::to_allocvec(k)),
             StoredKey::Group(g) => (KEY_GROUP, postcard::to_allocvec(g)),
+            StoredKey::ConsumerGroup(g) => (KEY_CONSUMER_GROUP, postcard::to_allocvec(g)),
         };
         let mut out = vec![0, version];
         out.extend(body.expect("keys serialize"));
@@ -91,6 +95,7 @@ impl StoredKey {
         match b {
             [0, KEY_OFFSET, rest @ ..] => postcard::from_bytes(rest).ok().map(StoredKey::Offset),
             [0, KEY_GROUP, rest @ ..] => postcard::from_bytes(rest).ok().map(StoredKey::Group),
+            [0, KEY_CONSUMER_GROUP, rest @ ..] => postcard::from_bytes(rest).ok().map(StoredKey::ConsumerGroup),
             [0, ..] | [] => None,
             legacy => postcard::from_bytes(legacy).ok().map(StoredKey::Offset),
         }
@@ -105,7 +110,7 @@ fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
 type BuildAnswer = Box<dyn FnOnce(bool) -> Result<Bytes, String> + Send>;
 
 /// What happens once a pending change is durable (or failed).
-enum AfterDurable {
+pub(super) enum AfterDurable {
     /// Answer a request.
     Respond { conn: ConnId, seq: u64, answer: BuildAnswer },
     /// Tell the coordinator its group record is durable.
@@ -121,6 +126,16 @@ pub(super) struct PendingCommit {
     waits: Vec<(Tp, Offset, u64)>,
     updates: Vec<(String, String, i32, Option<Committed>)>,
     then: AfterDurable,
+}
+
+impl PendingCommit {
+    pub(super) fn new(
+        waits: Vec<(Tp, Offset, u64)>,
+        updates: Vec<(String, String, i32, Option<Committed>)>,
+        then: AfterDurable,
+    ) -> PendingCommit {
+        PendingCommit { waits, updates, then }
+    }
 }
 
 /// The offsets topic being read back at start-up: one slot per segment, in log order.
@@ -185,7 +200,13 @@ fn sb(s: impl Into<String>) -> StrBytes {
 impl Node {
     /// The offsets topic exists and its offsets are loaded; otherwise the request waits for
     /// (or gets told to retry during) its creation or loading. Returns false if not ready.
-    fn groups_ready(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, body: &Bytes) -> Result<bool, ()> {
+    pub(super) fn groups_ready(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: &Bytes,
+    ) -> Result<bool, ()> {
         if let Some(job) = self.topics.get(OFFSETS_TOPIC).and_then(|t| t.creating) {
             self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() });
             return Ok(false);
@@ -493,7 +514,15 @@ impl Node {
         let member_check = if req.generation_id_or_member_epoch < 0 && req.member_id.is_empty() {
             match self.coordinator.state(&group) {
                 Some(s) if s != crate::group::GroupState::Empty => Err(code(GroupError::UnknownMemberId)),
+                _ if self.consumer.has_members(&group) => Err(code(GroupError::UnknownMemberId)),
                 _ => Ok(()),
+            }
+        } else if self.consumer.group(&group).is_some() {
+            // Members of KIP-848 groups commit with their member epoch, from version 9 on.
+            if ctx.version < 9 {
+                Err(KafkaError::UnsupportedVersion.code())
+            } else {
+                self.check_consumer_member(&group, req.member_id.as_str(), req.generation_id_or_member_epoch)
             }
         } else {
             self.coordinator
@@ -695,7 +724,14 @@ impl Node {
                 let mut gr = offset_fetch_response::OffsetFetchResponseGroup::default();
                 gr.group_id = g.group_id.clone();
                 gr.error_code = ready;
-                if ready == 0 {
+                // v9: a member of a consumer group names itself and must be current.
+                if let (0, Some(member)) = (ready, g.member_id.as_ref()) {
+                    if self.consumer.group(g.group_id.0.as_str()).is_some() {
+                        let check = self.check_consumer_member(g.group_id.0.as_str(), member.as_str(), g.member_epoch);
+                        gr.error_code = check.err().unwrap_or(0);
+                    }
+                }
+                if gr.error_code == 0 {
                     for (t, parts) in lookup(self, g.group_id.0.as_str(), wanted) {
                         let mut tr = offset_fetch_response::OffsetFetchResponseTopics::default();
                         tr.name = TopicName(sb(t));
@@ -770,6 +806,9 @@ impl Node {
         }
         for (g, state, ptype) in self.coordinator.list() {
             groups.insert(g, (ptype.unwrap_or_default(), state_name(state).to_string()));
+        }
+        for (g, cg) in self.consumer.list() {
+            groups.insert(g.clone(), ("consumer".to_string(), cg.state_name().to_string()));
         }
         let filter: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
         let mut resp = ListGroupsResponse::default();
@@ -850,12 +889,16 @@ impl Node {
             let name = g.0.to_string();
             let mut r = delete_groups_response::DeletableGroupResult::default();
             r.group_id = g.clone();
-            let known = self.offsets.contains_key(&name) || self.coordinator.state(&name).is_some();
+            let known = self.offsets.contains_key(&name)
+                || self.coordinator.state(&name).is_some()
+                || self.consumer.group(&name).is_some();
             r.error_code = if !known {
                 GROUP_ID_NOT_FOUND
-            } else if self.coordinator.delete(&name).is_err() {
+            } else if self.consumer.has_members(&name) || self.coordinator.delete(&name).is_err() {
                 NON_EMPTY_GROUP
             } else {
+                self.consumer.delete(&name);
+                waits.extend(self.store_consumer_groups());
                 self.empty_since.remove(&name);
                 let which: Vec<(String, i32)> =
                     self.offsets.get(&name).map(|o| o.keys().cloned().collect()).unwrap_or_default();
@@ -913,14 +956,19 @@ impl Node {
         let req: OffsetDeleteRequest = protocol::decode_body(body, ctx.version)?;
         let group = req.group_id.0.to_string();
         let mut resp = OffsetDeleteResponse::default();
-        let known = self.offsets.contains_key(&group) || self.coordinator.state(&group).is_some();
+        let known = self.offsets.contains_key(&group)
+            || self.coordinator.state(&group).is_some()
+            || self.consumer.group(&group).is_some();
         if !known {
             resp.error_code = GROUP_ID_NOT_FOUND;
             self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
             return Ok(());
         }
         // A live group may not lose offsets of a topic it is subscribed to.
-        let subscribed = self.coordinator.subscribed_topics(&group);
+        let mut subscribed = self.coordinator.subscribed_topics(&group);
+        if let Some(g) = self.consumer.group(&group) {
+            subscribed.extend(g.members.values().flat_map(|m| m.subscribed.iter().cloned()));
+        }
         let mut which = Vec::new();
         for t in &req.topics {
             let mut tr = offset_delete_response::OffsetDeleteResponseTopic::default();
@@ -1078,6 +1126,7 @@ impl Node {
         }
         let load = self.offsets_load.take().expect("checked");
         let mut groups: BTreeMap<String, Option<GroupRecord>> = BTreeMap::new();
+        let mut consumer_groups: BTreeMap<String, Option<crate::group::consumer::Group>> = BTreeMap::new();
         for slot in load.slots {
             let data = slot.data.unwrap_or_default();
             let mut at = 0;
@@ -1095,6 +1144,9 @@ impl Node {
                         }
                         Some(StoredKey::Group(g)) => {
                             groups.insert(g, v.and_then(|v| postcard::from_bytes::<GroupRecord>(v).ok()));
+                        }
+                        Some(StoredKey::ConsumerGroup(g)) => {
+                            consumer_groups.insert(g, v.and_then(|v| postcard::from_bytes(v).ok()));
                         }
                         None => {}
                     }
@@ -1115,6 +1167,11 @@ impl Node {
                 self.empty_since.insert(name.clone(), rec.state_since_ms);
             }
             self.coordinator.restore(self.now.mono, &name, rec);
+        }
+        for (name, g) in consumer_groups {
+            if let Some(g) = g {
+                self.restore_consumer_group(&name, g);
+            }
         }
         tracing::info!(offsets_of = self.offsets.len(), groups = n, "committed offsets and groups loaded");
     }
@@ -1138,7 +1195,8 @@ impl Node {
             let offs = self.offsets.get(&name);
             let state = self.coordinator.state(&name);
             let managed = self.coordinator.protocol_type(&name).is_some();
-            let empty = state.is_none_or(|s| s == crate::group::GroupState::Empty);
+            let consumer_group = self.consumer.group(&name).is_some();
+            let empty = state.is_none_or(|s| s == crate::group::GroupState::Empty) && !self.consumer.has_members(&name);
             let which: Vec<(String, i32)> = match (empty, managed) {
                 (true, true) => match self.empty_since.get(&name) {
                     Some(since) if old(*since) => offs.map(|o| o.keys().cloned().collect()).unwrap_or_default(),
@@ -1163,7 +1221,7 @@ impl Node {
             };
             // An empty group left with no offsets is gone too.
             let remaining = offs.map_or(0, |o| o.len()) - which.len();
-            let drop_group = empty && remaining == 0 && (managed || state.is_some());
+            let drop_group = empty && remaining == 0 && (managed || state.is_some() || consumer_group);
             if !which.is_empty() || drop_group {
                 plan.push((name, which, drop_group));
             }
@@ -1172,7 +1230,12 @@ impl Node {
             tracing::info!(group = %name, offsets = which.len(), group_too = drop_group, "offsets expired");
             if drop_group {
                 let _ = self.coordinator.delete(&name);
+                self.consumer.delete(&name);
                 self.empty_since.remove(&name);
+                let waits = self.store_consumer_groups();
+                if !waits.is_empty() {
+                    self.commits.push(PendingCommit { waits, updates: Vec::new(), then: AfterDurable::Nothing });
+                }
             }
             match self.tombstones(&name, which, drop_group) {
                 Ok((w, u)) => {

@@ -7,6 +7,7 @@
 //! sync was issued, so one sync covers every connection's writes (group commit).
 
 mod admin;
+mod consumer_groups;
 mod fetch;
 mod groups;
 mod produce;
@@ -205,6 +206,8 @@ pub struct Node {
     lookups: BTreeMap<u64, fetch::PendingLookup>,
     next_lookup: u64,
     coordinator: crate::group::Coordinator<groups::GroupWaiter>,
+    /// KIP-848 consumer groups.
+    consumer: crate::group::consumer::Coordinator,
     /// Durable committed offsets: group -> (topic, partition) -> offset.
     offsets: BTreeMap<String, BTreeMap<(String, i32), groups::Committed>>,
     /// The offsets topic being read back at start-up.
@@ -263,6 +266,7 @@ impl Node {
             lookups: BTreeMap::new(),
             next_lookup: 0,
             coordinator: crate::group::Coordinator::new(crate::group::GroupConfig::default(), 0),
+            consumer: crate::group::consumer::Coordinator::default(),
             offsets: BTreeMap::new(),
             offsets_load: None,
             empty_since: BTreeMap::new(),
@@ -276,6 +280,11 @@ impl Node {
             inputs: 0,
         };
         node.coordinator = crate::group::Coordinator::new(node.config.group.clone(), node.rng.next_u64());
+        node.consumer = crate::group::consumer::Coordinator::new(crate::group::consumer::Config {
+            session_timeout_ms: node.config.group.consumer_session_timeout_ms,
+            heartbeat_interval_ms: node.config.group.consumer_heartbeat_interval_ms,
+            max_members: node.config.group.max_members,
+        });
         node.next_offsets_retention_check = now.mono.plus_millis(node.config.group.offsets_retention_check_interval_ms);
         node.start_recovery();
         node
@@ -309,7 +318,7 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let fetch = self.fetches.iter().map(|f| f.deadline).min();
         let retention = (self.phase == Phase::Serving).then_some(self.next_retention_check);
-        let groups = self.coordinator.poll_timeout();
+        let groups = [self.coordinator.poll_timeout(), self.consumer.poll_timeout()].into_iter().flatten().min();
         let offsets = (self.phase == Phase::Serving).then_some(self.next_offsets_retention_check);
         [fetch, retention, groups, offsets].into_iter().flatten().min()
     }
@@ -520,6 +529,7 @@ impl Node {
             ApiKey::DescribeGroups => self.handle_describe_groups(conn, seq, &ctx, body),
             ApiKey::DeleteGroups => self.handle_delete_groups(conn, seq, ctx, body),
             ApiKey::OffsetDelete => self.handle_offset_delete(conn, seq, ctx, body),
+            ApiKey::ConsumerGroupHeartbeat => self.handle_consumer_group_heartbeat(conn, seq, ctx, body),
             _ => Err(FrameError::UnknownApi(ctx.api_key as i16)),
         };
         if let Err(e) = result {
@@ -543,6 +553,7 @@ impl Node {
         }
         self.expire_fetches();
         self.settle_groups();
+        self.expire_consumer_members();
         if self.now.mono >= self.next_offsets_retention_check {
             self.next_offsets_retention_check =
                 self.now.mono.plus_millis(self.config.group.offsets_retention_check_interval_ms);
