@@ -12,8 +12,8 @@ pub enum Mutant {
     FetchPastHighWatermark = 2,
     /// At recovery, trust the first read: a corrupted read truncates the log without a re-read.
     TruncateOnFirstBadRead = 3,
-    /// The coordinator accepts offset commits from any member id and generation (no fencing
-    /// of zombies).
+    /// The coordinator accepts offset commits from any member id and generation or member
+    /// epoch (no fencing of zombies).
     CommitStaleGeneration = 4,
     /// A generation's assignment is handed out before its group record is durable.
     AssignBeforeDurable = 5,
@@ -21,6 +21,8 @@ pub enum Mutant {
     CommitAckBeforeDurable = 6,
     /// The offsets topic is loaded from the first read of each segment, unchecked.
     OffsetsLoadUnchecked = 7,
+    /// KIP-848: a partition is handed to its new owner before the old one has released it.
+    AssignUnreleased = 8,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -31,6 +33,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::AssignBeforeDurable, "assign-before-durable"),
     (Mutant::CommitAckBeforeDurable, "commit-ack-before-durable"),
     (Mutant::OffsetsLoadUnchecked, "offsets-load-unchecked"),
+    (Mutant::AssignUnreleased, "assign-unreleased"),
 ];
 
 pub fn by_name(name: &str) -> Option<Mutant> {

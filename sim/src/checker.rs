@@ -22,6 +22,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+struct Overlap {
+    partition: i32,
+    members: [String; 2],
+    since: u64,
+    confirmed: [bool; 2],
+}
+
 #[derive(Default)]
 pub struct Checker {
     acked: BTreeMap<(i32, i64), String>,
@@ -45,6 +52,12 @@ pub struct Checker {
     group_read: BTreeMap<i32, (i64, BTreeSet<i64>)>,
     pub assignments: u64,
     pub commits: u64,
+    /// KIP-848: who holds each partition (client side).
+    holders: BTreeMap<i32, BTreeSet<String>>,
+    /// Two members holding one partition at once, since when, and whether each has since been
+    /// confirmed by the coordinator (a request sent after the overlap began succeeded). One of
+    /// them may be a zombie the coordinator has fenced; both confirmed means two owners.
+    overlaps: Vec<Overlap>,
 }
 
 impl Checker {
@@ -218,6 +231,63 @@ impl Checker {
         self.group_read.get(&partition).map_or(0, |r| r.0)
     }
 
+    /// KIP-848: a member starts consuming `partition`.
+    pub fn on_own(&mut self, at: u64, member: &str, partition: i32) {
+        self.assignments += 1;
+        let holders = self.holders.entry(partition).or_default();
+        for other in holders.iter().filter(|o| *o != member) {
+            self.overlaps.push(Overlap {
+                partition,
+                members: [other.clone(), member.to_string()],
+                since: at,
+                confirmed: [false, false],
+            });
+        }
+        holders.insert(member.to_string());
+    }
+
+    /// KIP-848: a member stopped consuming `partition` (revoked, fenced, crashed or left).
+    pub fn on_release(&mut self, member: &str, partition: i32) {
+        if let Some(h) = self.holders.get_mut(&partition) {
+            h.remove(member);
+        }
+        self.overlaps.retain(|o| !(o.partition == partition && o.members.iter().any(|m| m == member)));
+    }
+
+    /// KIP-848: the coordinator fenced a member (it rejoins with nothing).
+    pub fn on_fenced(&mut self, member: &str) {
+        for h in self.holders.values_mut() {
+            h.remove(member);
+        }
+        self.overlaps.retain(|o| o.members.iter().all(|m| m != member));
+    }
+
+    /// KIP-848: a request sent at `sent` while `member` held `parts` succeeded: the
+    /// coordinator still counted it a member at its epoch. If the other side of an overlap was
+    /// confirmed too, two members owned a partition at once.
+    pub fn on_confirm(&mut self, at: u64, member: &str, parts: &BTreeSet<i32>, sent: u64) {
+        let mut found = Vec::new();
+        for o in self.overlaps.iter_mut().filter(|o| parts.contains(&o.partition) && o.since <= sent) {
+            for i in 0..2 {
+                if o.members[i] == member {
+                    o.confirmed[i] = true;
+                }
+            }
+            if o.confirmed == [true, true] {
+                found.push(format!(
+                    "partition {} owned by {} and {} at once: both confirmed by the coordinator after {} ms",
+                    o.partition,
+                    o.members[0],
+                    o.members[1],
+                    o.since / 1_000_000
+                ));
+            }
+        }
+        for f in found {
+            self.violation(at, f);
+        }
+    }
+
     /// The highest acknowledged offset per partition (what consumers must reach).
     pub fn acked_end(&self) -> BTreeMap<i32, i64> {
         let mut out = BTreeMap::new();
@@ -329,5 +399,30 @@ mod tests {
         assert_eq!(c.group_read_to(0), 1, "a hole stops the frontier");
         c.on_group_consume(0, 1);
         assert_eq!(c.group_read_to(0), 3);
+
+        // KIP-848: a hand-over after release is fine; an overlap is fine while one side is
+        // a zombie the coordinator no longer confirms; both confirmed is two owners.
+        let parts: BTreeSet<i32> = [0].into_iter().collect();
+        let mut c = Checker::default();
+        c.on_own(10, "a", 0);
+        c.on_release("a", 0);
+        c.on_own(20, "b", 0);
+        c.on_confirm(30, "b", &parts, 25);
+        assert!(c.violations.is_empty());
+        c.on_own(40, "c", 0); // b or c is a zombie now
+        c.on_confirm(45, "b", &parts, 35);
+        c.on_confirm(46, "c", &parts, 38);
+        assert!(c.violations.is_empty(), "confirmations sent before the overlap began prove nothing");
+        c.on_confirm(50, "b", &parts, 41);
+        assert!(c.violations.is_empty(), "one side confirmed: the other may be fenced");
+        c.on_confirm(55, "c", &parts, 42);
+        assert_eq!(c.violations.len(), 1, "both confirmed: two owners");
+        let mut c = Checker::default();
+        c.on_own(10, "a", 0);
+        c.on_own(20, "b", 0);
+        c.on_fenced("a");
+        c.on_confirm(30, "a", &parts, 25);
+        c.on_confirm(30, "b", &parts, 25);
+        assert!(c.violations.is_empty(), "a fenced member's stale view is not an overlap");
     }
 }

@@ -21,6 +21,28 @@ use crate::codec;
 use crate::workload::TOPIC;
 
 pub const GROUP: &str = "sim-group";
+
+/// What the workload needs of a group member, whichever protocol it speaks.
+pub trait GroupMember {
+    /// Does whatever is due; connections it opens are added to `opened`.
+    fn pump(&mut self, w: &mut World, checker: &mut Checker, opened: &mut Vec<ConnId>);
+    fn on_response(&mut self, w: &mut World, checker: &mut Checker, partitions: i32, conn: ConnId, frame: Bytes);
+    fn on_closed(&mut self, w: &mut World, checker: &mut Checker, conn: ConnId);
+    /// The process dies: connections reset, everything in memory gone, back after `down`.
+    fn crash(&mut self, w: &mut World, checker: &mut Checker, down: Nanos);
+    /// The process freezes (a long pause) without noticing.
+    fn stall(&mut self, until: Nanos);
+    /// A clean shutdown; the process comes back later.
+    fn leave(&mut self, w: &mut World, checker: &mut Checker, down: Nanos);
+    /// Ends any stall and crash (the liveness phase).
+    fn heal(&mut self, now: Nanos);
+    /// Consuming, with nothing pending.
+    fn is_settled(&self) -> bool;
+    /// Generation (classic) or member epoch (KIP-848): equal across a settled group.
+    fn generation(&self) -> i32;
+    fn assignment(&self) -> Vec<i32>;
+    fn describe(&self) -> String;
+}
 pub const SESSION_TIMEOUT_MS: i32 = 1_000;
 pub const REBALANCE_TIMEOUT_MS: i32 = 2_000;
 const HEARTBEAT_EVERY: Nanos = 150 * MS;
@@ -152,19 +174,7 @@ impl Member {
         }
     }
 
-    pub fn owns_conn(&self, conn: ConnId) -> bool {
-        self.ctrl == Some(conn) || self.data == Some(conn)
-    }
-
-    pub fn is_settled(&self) -> bool {
-        self.phase == Phase::Consuming && self.stalled_until.is_none()
-    }
-
-    pub fn committed(&self) -> &BTreeMap<i32, i64> {
-        &self.committed
-    }
-
-    pub fn describe(&self) -> String {
+    fn describe_inner(&self) -> String {
         format!(
             "member {}: {:?} gen {} parts {:?} positions {:?} committed {:?} stalled {:?}",
             self.idx, self.phase, self.generation, self.assignment, self.positions, self.committed, self.stalled_until
@@ -192,8 +202,7 @@ impl Member {
 
     // ---- faults ---------------------------------------------------------------------
 
-    /// The process dies: connections reset, everything in memory gone, back after `down`.
-    pub fn crash(&mut self, w: &mut World, down: Nanos) {
+    fn crash_inner(&mut self, w: &mut World, down: Nanos) {
         let (ctrl, data) = (self.ctrl.take(), self.data.take());
         for c in [ctrl, data].into_iter().flatten() {
             w.close(c);
@@ -203,15 +212,14 @@ impl Member {
         self.phase = Phase::Down(w.now() + down);
     }
 
-    /// The process freezes (a long pause) without noticing.
-    pub fn stall(&mut self, until: Nanos) {
+    fn stall_inner(&mut self, until: Nanos) {
         if self.stalled_until.is_none() && !matches!(self.phase, Phase::Down(_)) {
             self.stalled_until = Some(until);
         }
     }
 
-    /// A clean shutdown: commit is skipped, LeaveGroup is sent, the process comes back later.
-    pub fn leave(&mut self, w: &mut World, down: Nanos) {
+    /// LeaveGroup is sent (no last commit).
+    fn leave_inner(&mut self, w: &mut World, down: Nanos) {
         if self.member_id.is_empty() || matches!(self.phase, Phase::Down(_)) || self.ctrl_req.is_some() {
             return;
         }
@@ -231,8 +239,7 @@ impl Member {
         self.phase = Phase::Down(w.now() + down);
     }
 
-    /// Ends any stall and crash (the liveness phase).
-    pub fn heal(&mut self, now: Nanos) {
+    fn heal_inner(&mut self, now: Nanos) {
         if let Phase::Down(at) = self.phase {
             self.phase = Phase::Down(at.min(now));
         }
@@ -258,8 +265,7 @@ impl Member {
     }
 
     /// Does whatever is due. Called on every tick and after every response.
-    /// Connections it opens are added to `opened`.
-    pub fn pump(&mut self, w: &mut World, checker: &mut Checker, opened: &mut Vec<ConnId>) {
+    fn pump_inner(&mut self, w: &mut World, checker: &mut Checker, opened: &mut Vec<ConnId>) {
         let now = w.now();
         if let Some(until) = self.stalled_until {
             if now < until {
@@ -425,7 +431,7 @@ impl Member {
 
     // ---- responses ---------------------------------------------------------------------
 
-    pub fn on_closed(&mut self, w: &mut World, conn: ConnId) {
+    fn on_closed_inner(&mut self, w: &mut World, conn: ConnId) {
         if self.ctrl == Some(conn) {
             self.ctrl = None;
             self.ctrl_closed(w.now());
@@ -449,7 +455,7 @@ impl Member {
         }
     }
 
-    pub fn on_response(&mut self, w: &mut World, checker: &mut Checker, partitions: i32, conn: ConnId, frame: Bytes) {
+    fn on_response_inner(&mut self, w: &mut World, checker: &mut Checker, partitions: i32, conn: ConnId, frame: Bytes) {
         if self.ctrl == Some(conn) {
             self.on_ctrl_response(w, checker, partitions, frame);
         } else if self.data == Some(conn) {
@@ -622,6 +628,42 @@ impl Member {
                 }
             }
         }
+    }
+}
+
+impl GroupMember for Member {
+    fn pump(&mut self, w: &mut World, checker: &mut Checker, opened: &mut Vec<ConnId>) {
+        self.pump_inner(w, checker, opened)
+    }
+    fn on_response(&mut self, w: &mut World, checker: &mut Checker, partitions: i32, conn: ConnId, frame: Bytes) {
+        self.on_response_inner(w, checker, partitions, conn, frame)
+    }
+    fn on_closed(&mut self, w: &mut World, _: &mut Checker, conn: ConnId) {
+        self.on_closed_inner(w, conn)
+    }
+    fn crash(&mut self, w: &mut World, _: &mut Checker, down: Nanos) {
+        self.crash_inner(w, down)
+    }
+    fn stall(&mut self, until: Nanos) {
+        self.stall_inner(until)
+    }
+    fn leave(&mut self, w: &mut World, _: &mut Checker, down: Nanos) {
+        self.leave_inner(w, down)
+    }
+    fn heal(&mut self, now: Nanos) {
+        self.heal_inner(now)
+    }
+    fn is_settled(&self) -> bool {
+        self.phase == Phase::Consuming && self.stalled_until.is_none()
+    }
+    fn generation(&self) -> i32 {
+        self.generation
+    }
+    fn assignment(&self) -> Vec<i32> {
+        self.assignment.clone()
+    }
+    fn describe(&self) -> String {
+        self.describe_inner()
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod checker;
 pub mod codec;
 pub mod group;
+pub mod group848;
 pub mod workload;
 
 use rand::{Rng, SeedableRng};
@@ -112,6 +113,7 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
         member_crash_every: None,
         member_stall_every: None,
         member_leave_every: None,
+        kip848: false,
     };
     // The group's shape comes from a stream of its own, so runs without a group draw what
     // they drew before groups existed.
@@ -123,6 +125,7 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
     plan.member_stall_every = pick(&mut g, &[None, Some(1_000 * MS), Some(3_000 * MS)]);
     plan.member_leave_every = pick(&mut g, &[None, Some(2_000 * MS)]);
     let initial_delay = pick(&mut g, &[0u64, 100, 1_000]);
+    plan.kip848 = g.gen_bool(0.5);
     let env = Env {
         net_latency: (pick(&mut r, &[20u64, 100, 500]) * US, pick(&mut r, &[1u64, 3, 10]) * MS),
         disk_latency: (2 * US, pick(&mut r, &[20u64, 200]) * US),
@@ -136,6 +139,8 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
     node.log.segment_bytes = pick(&mut r, &[2_000u64, 20_000, 1 << 20]);
     node.group.min_session_timeout_ms = 100;
     node.group.initial_rebalance_delay_ms = initial_delay;
+    node.group.consumer_session_timeout_ms = crate::group848::SESSION_TIMEOUT_MS;
+    node.group.consumer_heartbeat_interval_ms = crate::group848::HEARTBEAT_INTERVAL_MS;
     (plan, env, node)
 }
 
@@ -177,7 +182,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
     sluice_core::mutants::set(mutant);
     let (plan, env, node) = draw(seed, opts);
     let plan_text = format!(
-        "{} partitions, {} producers x up to {} values (batches <= {}, {} in flight), {} consumers, {} group members{} (crash every {:?} ms, stall every {:?} ms, leave every {:?} ms, initial delay {} ms), safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
+        "{} partitions, {} producers x up to {} values (batches <= {}, {} in flight), {} consumers, {} group members{}{} (crash every {:?} ms, stall every {:?} ms, leave every {:?} ms, initial delay {} ms), safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
         plan.partitions,
         plan.producers,
         plan.values_per_producer,
@@ -186,6 +191,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
         plan.consumers,
         plan.group_members,
         if plan.static_members { " (static)" } else { "" },
+        if plan.kip848 && plan.group_members > 0 { " (KIP-848)" } else { "" },
         plan.member_crash_every.map(|n| n / MS),
         plan.member_stall_every.map(|n| n / MS),
         plan.member_leave_every.map(|n| n / MS),

@@ -19,7 +19,8 @@ use sluice_runtime_sim::{Harness, Nanos, World, MS};
 
 use crate::checker::Checker;
 use crate::codec;
-use crate::group::Member;
+use crate::group::{GroupMember, Member};
+use crate::group848::Member848;
 
 pub const TOPIC: &str = "sim";
 
@@ -46,6 +47,8 @@ pub struct Plan {
     pub member_crash_every: Option<Nanos>,
     pub member_stall_every: Option<Nanos>,
     pub member_leave_every: Option<Nanos>,
+    /// Members speak KIP-848's ConsumerGroupHeartbeat rather than the classic protocol.
+    pub kip848: bool,
 }
 
 const REQUEST_TIMEOUT: Nanos = 3_000 * MS;
@@ -85,7 +88,7 @@ enum Role {
     Admin { conn: Option<ConnId>, done: bool },
     Producer(Producer),
     Consumer(Consumer),
-    Member(Member),
+    Member(Box<dyn GroupMember>),
 }
 
 /// One partition's part of a fetch response: (partition, a record (offset, value) or None
@@ -157,7 +160,12 @@ impl Workload {
         }
         for i in 0..plan.group_members {
             let instance = plan.static_members.then(|| format!("instance-{i}"));
-            clients.push(Role::Member(Member::new(clients.len(), instance)));
+            let m: Box<dyn GroupMember> = if plan.kip848 {
+                Box::new(Member848::new(clients.len(), instance))
+            } else {
+                Box::new(Member::new(clients.len(), instance))
+            };
+            clients.push(Role::Member(m));
         }
         let wl = Workload {
             plan,
@@ -409,7 +417,7 @@ impl Workload {
         if roll(w, plan.member_crash_every) {
             let (c, down) = (pick(w), w.fault_rng().gen_range(MS..2_000 * MS));
             if let Role::Member(m) = &mut self.clients[c] {
-                m.crash(w, down);
+                m.crash(w, &mut self.checker, down);
             }
         }
         if roll(w, plan.member_stall_every) {
@@ -422,7 +430,7 @@ impl Workload {
         if roll(w, plan.member_leave_every) {
             let (c, down) = (pick(w), w.fault_rng().gen_range(MS..1_000 * MS));
             if let Role::Member(m) = &mut self.clients[c] {
-                m.leave(w, down);
+                m.leave(w, &mut self.checker, down);
             }
         }
     }
@@ -513,16 +521,16 @@ impl Workload {
     /// The group has settled (every member consuming in one generation, every partition
     /// owned), read every acknowledged record and committed past it.
     fn group_done(&self, ends: &BTreeMap<i32, i64>) -> bool {
-        let members: Vec<&Member> =
-            self.clients.iter().filter_map(|r| if let Role::Member(m) = r { Some(m) } else { None }).collect();
+        let members: Vec<&dyn GroupMember> =
+            self.clients.iter().filter_map(|r| if let Role::Member(m) = r { Some(m.as_ref()) } else { None }).collect();
         if members.is_empty() {
             return true;
         }
-        let generation = members[0].generation;
-        let mut owned: Vec<i32> = members.iter().flat_map(|m| m.assignment.iter().copied()).collect();
+        let generation = members[0].generation();
+        let mut owned: Vec<i32> = members.iter().flat_map(|m| m.assignment()).collect();
         owned.sort();
         let committed = self.checker.committed_max();
-        members.iter().all(|m| m.is_settled() && m.generation == generation)
+        members.iter().all(|m| m.is_settled() && m.generation() == generation)
             && owned == (0..self.plan.partitions).collect::<Vec<_>>()
             && ends
                 .iter()
@@ -583,7 +591,7 @@ impl Harness for Workload {
                     w.set_timer(c, (c as u64) << 8 | T_RECONNECT, BACKOFF);
                 }
             }
-            Role::Member(m) => m.on_closed(w, conn),
+            Role::Member(m) => m.on_closed(w, &mut self.checker, conn),
         }
     }
 

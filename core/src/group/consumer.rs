@@ -203,6 +203,9 @@ impl Coordinator {
 
     /// May `member` commit (or fetch) offsets at `epoch`? (OffsetCommit v9+ rules.)
     pub fn validate_commit(&self, group: &str, member: &str, epoch: i32) -> Result<(), ConsumerError> {
+        if crate::mutants::active(crate::mutants::Mutant::CommitStaleGeneration) {
+            return Ok(());
+        }
         let m = self.groups.get(group).and_then(|g| g.members.get(member)).ok_or(ConsumerError::UnknownMemberId)?;
         if epoch != m.epoch {
             return Err(ConsumerError::StaleMemberEpoch);
@@ -426,7 +429,8 @@ impl Coordinator {
                 if m.assigned.get(t).is_some_and(|s| s.contains(p)) {
                     continue;
                 }
-                if held.contains(&(t.clone(), *p)) {
+                if held.contains(&(t.clone(), *p)) && !crate::mutants::active(crate::mutants::Mutant::AssignUnreleased)
+                {
                     waiting = true;
                 } else {
                     take.entry(t.clone()).or_default().insert(*p);
