@@ -125,6 +125,9 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if let Some(v) = num::<u64>(props, "offsets.retention.minutes")? {
         node.group.offsets_retention_ms = v.max(1).saturating_mul(60_000);
     }
+    if let Some(v) = num::<usize>(props, "offset.metadata.max.bytes")? {
+        node.group.offset_metadata_max_bytes = v;
+    }
     if let Some(v) = num::<u64>(props, "group.consumer.session.timeout.ms")? {
         node.group.consumer_session_timeout_ms = v.max(1);
     }

@@ -62,6 +62,12 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 }
 
 pub fn main(args: &[String]) -> Result<(), String> {
+    // A report piped into `head` ends like any Unix tool's when the pipe closes, rather
+    // than in a panic on the failed print (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring the default disposition of a signal; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let (mode, rest) = args.split_first().ok_or("perf needs produce or consume")?;
     let o = parse(rest)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;

@@ -307,3 +307,26 @@ fn a_kip848_group_keeps_its_epochs_and_assignment_across_a_restart() {
         call(&mut sim, C, ApiKey::ConsumerGroupHeartbeat, 1, &cgh("m-1", 1, Some(owned)));
     assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID");
 }
+
+#[test]
+fn commit_metadata_is_bounded() {
+    let mut sim = node();
+    let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+    p.partition_index = 0;
+    p.committed_offset = 3;
+    p.committed_metadata = Some(sb(&"x".repeat(4097)));
+    let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+    t.name = TopicName(sb("t"));
+    t.partitions = vec![p.clone()];
+    let mut req = OffsetCommitRequest::default();
+    req.group_id = GroupId(sb("meta"));
+    req.generation_id_or_member_epoch = -1;
+    req.topics = vec![t.clone()];
+    let r: OffsetCommitResponse = call(&mut sim, C, ApiKey::OffsetCommit, 8, &req);
+    assert_eq!(r.topics[0].partitions[0].error_code, 12, "OFFSET_METADATA_TOO_LARGE");
+    assert_eq!(committed(&mut sim, "meta"), -1, "nothing committed");
+    req.topics[0].partitions[0].committed_metadata = Some(sb(&"x".repeat(4096)));
+    let r: OffsetCommitResponse = call(&mut sim, C, ApiKey::OffsetCommit, 8, &req);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    assert_eq!(committed(&mut sim, "meta"), 3);
+}

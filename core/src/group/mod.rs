@@ -61,6 +61,8 @@ pub struct GroupConfig {
     /// groups of the KIP-848 protocol.
     pub consumer_session_timeout_ms: u64,
     pub consumer_heartbeat_interval_ms: u64,
+    /// `offset.metadata.max.bytes`: the longest metadata string a commit may carry.
+    pub offset_metadata_max_bytes: usize,
 }
 
 impl Default for GroupConfig {
@@ -74,6 +76,7 @@ impl Default for GroupConfig {
             offsets_retention_check_interval_ms: 600_000,
             consumer_session_timeout_ms: 45_000,
             consumer_heartbeat_interval_ms: 5_000,
+            offset_metadata_max_bytes: 4096,
         }
     }
 }

@@ -187,6 +187,7 @@ fn code(e: GroupError) -> i16 {
     }
 }
 
+const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const INVALID_GROUP_ID: i16 = 24;
 const NON_EMPTY_GROUP: i16 = 68;
@@ -548,6 +549,13 @@ impl Node {
                     Err(e) => e,
                     Ok(()) if !self.topics.contains_key(t.name.0.as_str()) => {
                         KafkaError::UnknownTopicOrPartition.code()
+                    }
+                    Ok(())
+                        if p.committed_metadata
+                            .as_ref()
+                            .is_some_and(|m| m.len() > self.config.group.offset_metadata_max_bytes) =>
+                    {
+                        OFFSET_METADATA_TOO_LARGE
                     }
                     Ok(()) => {
                         let c = Committed {
