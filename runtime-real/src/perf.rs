@@ -65,6 +65,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     // A report piped into `head` ends like any Unix tool's when the pipe closes, rather
     // than in a panic on the failed print (Rust ignores SIGPIPE by default).
     // SAFETY: restoring the default disposition of a signal; no handler runs Rust code.
+    #[allow(unsafe_code)]
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

@@ -163,7 +163,12 @@ impl Member848 {
         let mut req = ConsumerGroupHeartbeatRequest::default();
         req.group_id = GroupId(sb(GROUP));
         req.member_id = sb(&self.member_id);
-        req.member_epoch = if leaving { -1 } else { self.epoch };
+        // A static member leaving says -2: it is coming back under its instance id.
+        req.member_epoch = match (leaving, &self.instance) {
+            (true, Some(_)) => -2,
+            (true, None) => -1,
+            (false, _) => self.epoch,
+        };
         req.instance_id = self.instance.as_deref().map(sb);
         req.rebalance_timeout_ms = if self.epoch == 0 { REBALANCE_TIMEOUT_MS } else { -1 };
         if self.epoch == 0 && !leaving {

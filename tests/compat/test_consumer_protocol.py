@@ -534,8 +534,6 @@ def test_committed_offsets_survive_broker_restart(broker_factory):
         c2.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Sluice serves ListGroups only up to v4, which has no GroupType "
-                   "(KIP-848 added it in v5), so librdkafka lists a consumer-protocol group as type UNKNOWN")
 def test_listed_group_type_is_consumer(broker_factory):
     _require_consumer_protocol()
     from confluent_kafka import ConsumerGroupType
@@ -1007,9 +1005,6 @@ def test_raw_static_member_instance_id(broker_factory):
             c.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Sluice removes a static member that leaves with epoch -2 and rebalances "
-                   "at once; KIP-848 keeps its assignment (epoch -2) until its session times out so that the "
-                   "instance can rejoin and get the same partitions without moving anyone else's")
 def test_raw_static_member_temporary_leave_keeps_its_assignment(broker_factory):
     broker = broker_factory(**OVERRIDES)
     topic = unique_topic("kip-static2")

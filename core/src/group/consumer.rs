@@ -92,7 +92,11 @@ impl Group {
             "Empty"
         } else if self.assignment_epoch < self.epoch {
             "Assigning"
-        } else if self.members.values().any(|m| m.epoch != self.assignment_epoch || m.state != MemberState::Stable) {
+        } else if self
+            .members
+            .values()
+            .any(|m| m.epoch != -2 && (m.epoch != self.assignment_epoch || m.state != MemberState::Stable))
+        {
             "Reconciling"
         } else {
             "Stable"
@@ -232,7 +236,28 @@ impl Coordinator {
         let name = hb.group.clone();
         let mut bump = false;
         match hb.member_epoch {
-            // Leaving (static members too: their slot is not kept).
+            // A static member leaving for a moment (a restart): it keeps its partitions, and
+            // nobody moves, until it comes back under its instance id or its session ends.
+            -2 if hb.instance_id.is_some()
+                && self.groups.get(&name).is_some_and(|g| g.members.contains_key(&hb.member_id)) =>
+            {
+                let g = self.groups.get_mut(&name).expect("checked");
+                let m = g.members.get_mut(&hb.member_id).expect("checked");
+                if m.epoch >= 0 {
+                    m.previous_epoch = m.epoch;
+                }
+                m.epoch = -2;
+                m.last_heard = Some(now);
+                self.changed.insert(name.clone());
+                return HeartbeatResult {
+                    error: None,
+                    member_id: hb.member_id.clone(),
+                    member_epoch: -2,
+                    heartbeat_interval_ms: 0,
+                    assignment: None,
+                };
+            }
+            // Leaving.
             -1 | -2 => {
                 let left = self.groups.get_mut(&name).is_some_and(|g| g.members.remove(&hb.member_id).is_some());
                 if left {
@@ -259,47 +284,62 @@ impl Coordinator {
                 }
                 let max = self.config.max_members;
                 let g = self.groups.entry(name.clone()).or_default();
-                if let Some(inst) = &hb.instance_id {
-                    let other =
-                        g.members.iter().find(|(id, m)| m.instance_id.as_ref() == Some(inst) && **id != hb.member_id);
-                    if other.is_some() {
-                        return fail(
-                            ConsumerError::UnreleasedInstanceId,
-                            "the instance id is in use by another member",
+                let static_peer = hb.instance_id.as_ref().and_then(|inst| {
+                    g.members
+                        .iter()
+                        .find(|(id, m)| m.instance_id.as_ref() == Some(inst) && **id != hb.member_id)
+                        .map(|(id, m)| (id.clone(), m.epoch))
+                });
+                match static_peer {
+                    // The static member is back under a new id: it takes its old place, with
+                    // its partitions and epoch.
+                    Some((old, -2)) => {
+                        let mut m = g.members.remove(&old).expect("present");
+                        m.epoch = m.previous_epoch;
+                        m.last_heard = Some(now);
+                        m.client_id = hb.client_id.clone();
+                        g.members.insert(hb.member_id.clone(), m);
+                        if let Some(t) = g.target.remove(&old) {
+                            g.target.insert(hb.member_id.clone(), t);
+                        }
+                        self.changed.insert(name.clone());
+                    }
+                    Some(_) => {
+                        return fail(ConsumerError::UnreleasedInstanceId, "the instance id is in use by another member")
+                    }
+                    None if !g.members.contains_key(&hb.member_id) => {
+                        if g.members.len() >= max {
+                            return fail(ConsumerError::GroupMaxSizeReached, "the group is full");
+                        }
+                        g.members.insert(
+                            hb.member_id.clone(),
+                            Member {
+                                epoch: 0,
+                                previous_epoch: -1,
+                                instance_id: hb.instance_id.clone(),
+                                client_id: hb.client_id.clone(),
+                                rack_id: None,
+                                rebalance_timeout_ms: 0,
+                                subscribed: BTreeSet::new(),
+                                assignor: None,
+                                state: MemberState::Stable,
+                                assigned: Assignment::new(),
+                                revoking: Assignment::new(),
+                                last_heard: Some(now),
+                                revoke_deadline: None,
+                            },
                         );
+                        bump = true;
                     }
-                }
-                if !g.members.contains_key(&hb.member_id) {
-                    if g.members.len() >= max {
-                        return fail(ConsumerError::GroupMaxSizeReached, "the group is full");
+                    None => {
+                        // A member rejoining with its id (it lost its epoch): it starts over.
+                        let m = g.members.get_mut(&hb.member_id).expect("present");
+                        m.epoch = 0;
+                        m.assigned.clear();
+                        m.revoking.clear();
+                        m.state = MemberState::Stable;
+                        self.changed.insert(name.clone());
                     }
-                    g.members.insert(
-                        hb.member_id.clone(),
-                        Member {
-                            epoch: 0,
-                            previous_epoch: -1,
-                            instance_id: hb.instance_id.clone(),
-                            client_id: hb.client_id.clone(),
-                            rack_id: None,
-                            rebalance_timeout_ms: 0,
-                            subscribed: BTreeSet::new(),
-                            assignor: None,
-                            state: MemberState::Stable,
-                            assigned: Assignment::new(),
-                            revoking: Assignment::new(),
-                            last_heard: Some(now),
-                            revoke_deadline: None,
-                        },
-                    );
-                    bump = true;
-                } else {
-                    // A member rejoining with its id (it lost its epoch): it starts over.
-                    let m = g.members.get_mut(&hb.member_id).expect("present");
-                    m.epoch = 0;
-                    m.assigned.clear();
-                    m.revoking.clear();
-                    m.state = MemberState::Stable;
-                    self.changed.insert(name.clone());
                 }
             }
             received => {
@@ -688,6 +728,38 @@ mod tests {
         assert!(!c.group("g").unwrap().members.contains_key("m1"), "fenced after its rebalance timeout");
         let r2 = c.heartbeat(t(10_030), beat("m2", 2, &Assignment::new()), &topics());
         assert_eq!(parts(r2.assignment.as_ref().unwrap()), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_static_member_restarting_keeps_its_partitions_and_moves_nobody() {
+        let mut c = Coordinator::default();
+        let mut ja = join("a1");
+        ja.instance_id = Some("ia".into());
+        let aa = c.heartbeat(t(0), ja, &topics()).assignment.unwrap();
+        let mut jb = join("b1");
+        jb.instance_id = Some("ib".into());
+        c.heartbeat(t(1), jb, &topics());
+        let kept = c.heartbeat(t(2), beat("a1", 1, &aa), &topics()).assignment.unwrap();
+        let a = c.heartbeat(t(3), beat("a1", 1, &kept), &topics());
+        let b = c.heartbeat(t(4), beat("b1", 2, &Assignment::new()), &topics());
+        let (a_parts, b_parts) = (c.group("g").unwrap().members["a1"].assigned.clone(), b.assignment.unwrap());
+        assert_eq!((a.member_epoch, parts(&a_parts).len(), parts(&b_parts).len()), (2, 2, 2));
+        // a leaves for a restart: nothing moves.
+        let mut leave = beat("a1", -2, &a_parts);
+        leave.instance_id = Some("ia".into());
+        assert_eq!(c.heartbeat(t(5), leave, &topics()).member_epoch, -2);
+        let b = c.heartbeat(t(6), beat("b1", 2, &b_parts), &topics());
+        assert_eq!((b.member_epoch, b.assignment), (2, None), "the other member is not disturbed");
+        // Back under a new member id: its old place, at once.
+        let mut back = join("a2");
+        back.instance_id = Some("ia".into());
+        let r = c.heartbeat(t(7), back, &topics());
+        assert_eq!((r.error, r.member_epoch, r.assignment), (None, 2, Some(a_parts)));
+        assert_eq!(c.group("g").unwrap().state_name(), "Stable");
+        // A second process under the same instance id is refused.
+        let mut dup = join("a3");
+        dup.instance_id = Some("ia".into());
+        assert_eq!(c.heartbeat(t(8), dup, &topics()).error.unwrap().0, ConsumerError::UnreleasedInstanceId);
     }
 
     #[test]

@@ -806,22 +806,27 @@ impl Node {
         body: Bytes,
     ) -> Result<(), FrameError> {
         let req: ListGroupsRequest = protocol::decode_body(body, ctx.version)?;
-        let mut groups: BTreeMap<String, (String, String)> = BTreeMap::new();
+        // name -> (protocol type, state, group type)
+        let mut groups: BTreeMap<String, (String, String, &str)> = BTreeMap::new();
         // Groups known only by their committed offsets ("simple" groups, from consumers that
         // commit without joining) have no protocol type, as in Kafka.
         for g in self.offsets.keys() {
-            groups.insert(g.clone(), (String::new(), "Empty".to_string()));
+            groups.insert(g.clone(), (String::new(), "Empty".to_string(), "classic"));
         }
         for (g, state, ptype) in self.coordinator.list() {
-            groups.insert(g, (ptype.unwrap_or_default(), state_name(state).to_string()));
+            groups.insert(g, (ptype.unwrap_or_default(), state_name(state).to_string(), "classic"));
         }
         for (g, cg) in self.consumer.list() {
-            groups.insert(g.clone(), ("consumer".to_string(), cg.state_name().to_string()));
+            groups.insert(g.clone(), ("consumer".to_string(), cg.state_name().to_string(), "consumer"));
         }
         let filter: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
+        let types: Vec<String> = req.types_filter.iter().map(|s| s.to_string()).collect();
         let mut resp = ListGroupsResponse::default();
-        for (g, (ptype, state)) in groups {
+        for (g, (ptype, state, gtype)) in groups {
             if !filter.is_empty() && !filter.iter().any(|f| f.eq_ignore_ascii_case(&state)) {
+                continue;
+            }
+            if !types.is_empty() && !types.iter().any(|f| f.eq_ignore_ascii_case(gtype)) {
                 continue;
             }
             let mut lg = list_groups_response::ListedGroup::default();
@@ -829,6 +834,9 @@ impl Node {
             lg.protocol_type = sb(ptype);
             if ctx.version >= 4 {
                 lg.group_state = sb(state);
+            }
+            if ctx.version >= 5 {
+                lg.group_type = sb(gtype);
             }
             resp.groups.push(lg);
         }
