@@ -306,7 +306,7 @@ impl Node {
         // The invariants walk every partition: after every input in debug builds, after every
         // 64th in release ones (where a node may have thousands of partitions).
         self.inputs += 1;
-        if cfg!(debug_assertions) || self.inputs % 64 == 0 {
+        if cfg!(debug_assertions) || self.inputs.is_multiple_of(64) {
             self.invariants();
         }
     }
