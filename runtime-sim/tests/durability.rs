@@ -2,10 +2,10 @@
 //! acknowledged before its sync, a crash loses only unacknowledged records, a torn tail is cut
 //! cleanly, a failed sync fails the produce and loses nothing acknowledged.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -14,29 +14,10 @@ use rand_chacha::ChaCha8Rng;
 use sluice_core::{ConnId, NodeConfig};
 use sluice_runtime_sim::SimNode;
 
+mod common;
+use common::{decode, frame};
+
 const C: ConnId = ConnId(1);
-
-fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Bytes {
-    let mut h = RequestHeader::default();
-    h.request_api_key = key as i16;
-    h.request_api_version = version;
-    h.correlation_id = correlation_id;
-    h.client_id = Some(StrBytes::from_static_str("sim-test"));
-    let mut buf = BytesMut::new();
-    h.encode(&mut buf, key.request_header_version(version)).unwrap();
-    body.encode(&mut buf, version).unwrap();
-    buf.freeze()
-}
-
-fn decode<R: Decodable>(key: ApiKey, version: i16, mut resp: Bytes) -> R {
-    let size = resp.get_i32() as usize;
-    assert_eq!(size, resp.len(), "frame size prefix");
-    resp.advance(4);
-    if key.response_header_version(version) >= 1 {
-        resp.advance(1);
-    }
-    R::decode(&mut resp, version).unwrap()
-}
 
 fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))

@@ -3,7 +3,7 @@
 //! the group on at its generation (members need not rejoin), and offsets retention expires
 //! what Kafka would expire, durably.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rand::SeedableRng;
@@ -11,36 +11,17 @@ use rand_chacha::ChaCha8Rng;
 use sluice_core::{ConnId, NodeConfig};
 use sluice_runtime_sim::SimNode;
 
+mod common;
+use common::{decode, frame};
+
 const C: ConnId = ConnId(1);
 const GROUP: &str = "g1";
-
-fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Bytes {
-    let mut h = RequestHeader::default();
-    h.request_api_key = key as i16;
-    h.request_api_version = version;
-    h.correlation_id = correlation_id;
-    h.client_id = Some(StrBytes::from_static_str("groups-test"));
-    let mut buf = BytesMut::new();
-    h.encode(&mut buf, key.request_header_version(version)).unwrap();
-    body.encode(&mut buf, version).unwrap();
-    buf.freeze()
-}
 
 /// Sends a request and decodes its answer (which must be there by now).
 fn call<Q: Encodable, R: Decodable>(sim: &mut SimNode, conn: ConnId, key: ApiKey, version: i16, req: &Q) -> R {
     sim.request(conn, frame(key, version, 7, req));
     let resp = sim.take_response(conn).unwrap_or_else(|| panic!("{key:?} not answered"));
     decode(key, version, resp)
-}
-
-fn decode<R: Decodable>(key: ApiKey, version: i16, mut resp: Bytes) -> R {
-    let size = resp.get_i32() as usize;
-    assert_eq!(size, resp.len(), "frame size prefix");
-    resp.advance(4);
-    if key.response_header_version(version) >= 1 {
-        resp.advance(1);
-    }
-    R::decode(&mut resp, version).unwrap()
 }
 
 fn sb(s: &str) -> StrBytes {

@@ -147,6 +147,56 @@ fn sb(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
+/// A member's fetch of its partitions from its positions (long poll, 64 KiB a partition).
+pub(crate) fn fetch_frame(cid: i32, parts: impl Iterator<Item = i32>, positions: &BTreeMap<i32, i64>) -> Bytes {
+    let mut ft = fetch_request::FetchTopic::default();
+    ft.topic = TopicName(sb(TOPIC));
+    for p in parts {
+        let mut fp = fetch_request::FetchPartition::default();
+        fp.partition = p;
+        fp.fetch_offset = positions.get(&p).copied().unwrap_or(0);
+        fp.partition_max_bytes = 64 * 1024;
+        ft.partitions.push(fp);
+    }
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = 50;
+    req.min_bytes = 1;
+    req.max_bytes = 1 << 20;
+    req.session_epoch = -1;
+    req.topics = vec![ft];
+    codec::frame(ApiKey::Fetch, codec::FETCH_VERSION, cid, &req)
+}
+
+/// Records a member fetched: checked, and its positions moved past them (records of
+/// partitions it no longer has are skipped).
+pub(crate) fn consume_fetched(
+    now: Nanos,
+    idx: usize,
+    positions: &mut BTreeMap<i32, i64>,
+    checker: &mut Checker,
+    seen: Vec<crate::workload::Fetched>,
+) {
+    for s in seen {
+        match s {
+            Err(e) => checker.on_error(now, format!("member {idx}: {e}")),
+            Ok((p, None, hw)) => checker.on_high_watermark(now, idx, p, hw),
+            Ok((p, Some((o, v)), hw)) => {
+                let Some(next) = positions.get_mut(&p) else { continue };
+                if o < *next {
+                    continue;
+                }
+                if o != *next {
+                    checker.on_gap(now, idx, p, *next, o);
+                }
+                *next = o + 1;
+                checker.on_consume(now, idx, p, o, &v, hw);
+                checker.on_group_consume(p, o);
+            }
+        }
+    }
+}
+
 impl Member {
     pub fn new(idx: usize, instance: Option<String>) -> Member {
         Member {
@@ -408,25 +458,9 @@ impl Member {
 
     fn send_fetch(&mut self, w: &mut World) {
         let Some(conn) = self.data else { return };
-        let mut ft = fetch_request::FetchTopic::default();
-        ft.topic = TopicName(sb(TOPIC));
-        for p in &self.assignment {
-            let mut fp = fetch_request::FetchPartition::default();
-            fp.partition = *p;
-            fp.fetch_offset = self.positions.get(p).copied().unwrap_or(0);
-            fp.partition_max_bytes = 64 * 1024;
-            ft.partitions.push(fp);
-        }
-        let mut req = FetchRequest::default();
-        req.replica_id = BrokerId(-1);
-        req.max_wait_ms = 50;
-        req.min_bytes = 1;
-        req.max_bytes = 1 << 20;
-        req.session_epoch = -1;
-        req.topics = vec![ft];
         self.next_cid += 1;
         self.fetch_req = Some((self.next_cid, self.epoch, w.now()));
-        w.send(conn, codec::frame(ApiKey::Fetch, codec::FETCH_VERSION, self.next_cid, &req));
+        w.send(conn, fetch_frame(self.next_cid, self.assignment.iter().copied(), &self.positions));
     }
 
     // ---- responses ---------------------------------------------------------------------
@@ -609,25 +643,7 @@ impl Member {
         if epoch != self.epoch || self.phase != Phase::Consuming {
             return; // for an assignment given up since: discarded, as a consumer does
         }
-        for s in seen {
-            match s {
-                Err(e) => checker.on_error(now, format!("member {}: {e}", self.idx)),
-                Ok((p, None, hw)) => checker.on_high_watermark(now, self.idx, p, hw),
-                Ok((p, Some((o, v)), hw)) => {
-                    let Some(next) = self.positions.get_mut(&p) else { continue };
-                    if o < *next {
-                        continue;
-                    }
-                    if o != *next {
-                        let expected = *next;
-                        checker.on_gap(now, self.idx, p, expected, o);
-                    }
-                    *self.positions.get_mut(&p).expect("present") = o + 1;
-                    checker.on_consume(now, self.idx, p, o, &v, hw);
-                    checker.on_group_consume(p, o);
-                }
-            }
-        }
+        consume_fetched(now, self.idx, &mut self.positions, checker, seen);
     }
 }
 

@@ -269,25 +269,9 @@ impl Member848 {
 
     fn send_fetch(&mut self, w: &mut World) {
         let Some(conn) = self.data else { return };
-        let mut ft = fetch_request::FetchTopic::default();
-        ft.topic = TopicName(sb(TOPIC));
-        for p in &self.owned {
-            let mut fp = fetch_request::FetchPartition::default();
-            fp.partition = *p;
-            fp.fetch_offset = self.positions.get(p).copied().unwrap_or(0);
-            fp.partition_max_bytes = 64 * 1024;
-            ft.partitions.push(fp);
-        }
-        let mut req = FetchRequest::default();
-        req.replica_id = BrokerId(-1);
-        req.max_wait_ms = 50;
-        req.min_bytes = 1;
-        req.max_bytes = 1 << 20;
-        req.session_epoch = -1;
-        req.topics = vec![ft];
         self.next_cid += 1;
         self.fetch_req = Some((self.next_cid, self.fetch_epoch, w.now()));
-        w.send(conn, codec::frame(ApiKey::Fetch, codec::FETCH_VERSION, self.next_cid, &req));
+        w.send(conn, crate::group::fetch_frame(self.next_cid, self.owned.iter().copied(), &self.positions));
     }
 
     fn on_ctrl_response(&mut self, w: &mut World, checker: &mut Checker, frame: Bytes) {
@@ -405,25 +389,7 @@ impl Member848 {
         if epoch != self.fetch_epoch {
             return; // sent before the owned partitions changed: discarded
         }
-        for s in seen {
-            match s {
-                Err(e) => checker.on_error(now, format!("member {}: {e}", self.idx)),
-                Ok((p, None, hw)) => checker.on_high_watermark(now, self.idx, p, hw),
-                Ok((p, Some((o, v)), hw)) => {
-                    let Some(next) = self.positions.get_mut(&p) else { continue };
-                    if o < *next {
-                        continue;
-                    }
-                    if o != *next {
-                        let expected = *next;
-                        checker.on_gap(now, self.idx, p, expected, o);
-                    }
-                    *self.positions.get_mut(&p).expect("present") = o + 1;
-                    checker.on_consume(now, self.idx, p, o, &v, hw);
-                    checker.on_group_consume(p, o);
-                }
-            }
-        }
+        crate::group::consume_fetched(now, self.idx, &mut self.positions, checker, seen);
     }
 }
 

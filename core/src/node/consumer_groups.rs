@@ -7,23 +7,18 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::groups::{AfterDurable, PendingCommit, StoredKey, OFFSETS_TOPIC};
+use super::groups::{
+    sb, AfterDurable, PendingCommit, StoredKey, COORDINATOR_LOAD_IN_PROGRESS, GROUP_ID_NOT_FOUND, OFFSETS_TOPIC,
+};
 use super::Node;
 use crate::group::consumer::{Assignment, ConsumerError, Group, Heartbeat, HeartbeatResult};
 use crate::log::batch;
 use crate::protocol::{self, FrameError, RequestContext};
 use crate::types::ConnId;
 
-const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const INVALID_REQUEST: i16 = 42;
-const GROUP_ID_NOT_FOUND: i16 = 69;
-
-fn sb(s: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(s.into())
-}
 
 impl Node {
     /// Partition counts of every topic (what the assignors share out).

@@ -188,13 +188,13 @@ fn code(e: GroupError) -> i16 {
 }
 
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+pub(super) const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const INVALID_GROUP_ID: i16 = 24;
 const NON_EMPTY_GROUP: i16 = 68;
-const GROUP_ID_NOT_FOUND: i16 = 69;
+pub(super) const GROUP_ID_NOT_FOUND: i16 = 69;
 const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 
-fn sb(s: impl Into<String>) -> StrBytes {
+pub(super) fn sb(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
