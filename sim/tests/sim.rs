@@ -42,11 +42,15 @@ fn bounded_sweep_passes() {
     }
 }
 
+/// Most mutants fall within a few dozen seeds; offsets-load-unchecked needs a crash, a
+/// corrupted read of the offsets topic at the restart and a rebalance after it (about one
+/// seed in 250), hence the bound.
 #[test]
 fn every_mutant_is_caught_by_a_bounded_sweep() {
+    const SEEDS: u64 = 1_000;
     for (_, name) in sluice_core::mutants::ALL {
         let opts = RunOpts { mutant: Some(name.to_string()), ..RunOpts::default() };
-        let caught = (1..=300u64).find(|&seed| !run(seed, &opts).ok());
-        assert!(caught.is_some(), "mutant {name} survived 300 seeds: a checker is blind to it");
+        let caught = (1..=SEEDS).find(|&seed| !run(seed, &opts).ok());
+        assert!(caught.is_some(), "mutant {name} survived {SEEDS} seeds: a checker is blind to it");
     }
 }
