@@ -147,6 +147,31 @@ fn sb(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
+/// A member's OffsetCommit of `offsets` to `group` at its generation or member epoch.
+pub(crate) fn commit_request(
+    group: &str,
+    member_id: &str,
+    generation_or_epoch: i32,
+    instance: Option<&str>,
+    offsets: &BTreeMap<i32, i64>,
+) -> OffsetCommitRequest {
+    let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+    t.name = TopicName(sb(TOPIC));
+    for (p, o) in offsets {
+        let mut pp = offset_commit_request::OffsetCommitRequestPartition::default();
+        pp.partition_index = *p;
+        pp.committed_offset = *o;
+        t.partitions.push(pp);
+    }
+    let mut req = OffsetCommitRequest::default();
+    req.group_id = GroupId(sb(group));
+    req.member_id = sb(member_id);
+    req.generation_id_or_member_epoch = generation_or_epoch;
+    req.group_instance_id = instance.map(sb);
+    req.topics = vec![t];
+    req
+}
+
 /// A member's fetch of its partitions from its positions (long poll, 64 KiB a partition).
 pub(crate) fn fetch_frame(cid: i32, parts: impl Iterator<Item = i32>, positions: &BTreeMap<i32, i64>) -> Bytes {
     let mut ft = fetch_request::FetchTopic::default();
@@ -439,20 +464,7 @@ impl Member {
         self.last_commit = w.now();
         let offsets = self.positions.clone();
         checker.on_commit_sent(&offsets);
-        let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
-        t.name = TopicName(sb(TOPIC));
-        for (p, o) in &offsets {
-            let mut pp = offset_commit_request::OffsetCommitRequestPartition::default();
-            pp.partition_index = *p;
-            pp.committed_offset = *o;
-            t.partitions.push(pp);
-        }
-        let mut req = OffsetCommitRequest::default();
-        req.group_id = GroupId(sb(GROUP));
-        req.member_id = sb(&self.member_id);
-        req.generation_id_or_member_epoch = self.generation;
-        req.group_instance_id = self.instance.as_deref().map(sb);
-        req.topics = vec![t];
+        let req = commit_request(GROUP, &self.member_id, self.generation, self.instance.as_deref(), &offsets);
         self.send_ctrl(w, conn, ApiKey::OffsetCommit, 8, &req, Req::Commit(offsets));
     }
 

@@ -196,22 +196,8 @@ impl Member848 {
         release: BTreeSet<i32>,
     ) {
         self.last_commit = w.now();
-        let as_map: BTreeMap<i32, i64> = offsets.clone();
-        checker.on_commit_sent(&as_map);
-        let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
-        t.name = TopicName(sb(TOPIC));
-        for (p, o) in &offsets {
-            let mut pp = offset_commit_request::OffsetCommitRequestPartition::default();
-            pp.partition_index = *p;
-            pp.committed_offset = *o;
-            t.partitions.push(pp);
-        }
-        let mut req = OffsetCommitRequest::default();
-        req.group_id = GroupId(sb(GROUP));
-        req.member_id = sb(&self.member_id);
-        req.generation_id_or_member_epoch = self.epoch;
-        req.group_instance_id = self.instance.as_deref().map(sb);
-        req.topics = vec![t];
+        checker.on_commit_sent(&offsets);
+        let req = crate::group::commit_request(GROUP, &self.member_id, self.epoch, self.instance.as_deref(), &offsets);
         self.send_ctrl(w, ApiKey::OffsetCommit, 9, &req, Req::Commit { offsets, release });
     }
 
