@@ -311,3 +311,32 @@ fn commit_metadata_is_bounded() {
     assert_eq!(r.topics[0].partitions[0].error_code, 0);
     assert_eq!(committed(&mut sim, "meta"), 3);
 }
+
+#[test]
+fn a_group_name_is_one_kind_of_group_at_a_time() {
+    let mut sim = node();
+    let mut join_kip848 = join_req("");
+    join_kip848.group_id = GroupId(sb("kip848"));
+    // A KIP-848 group with a member keeps its name from classic members...
+    let r: ConsumerGroupHeartbeatResponse =
+        call(&mut sim, C, ApiKey::ConsumerGroupHeartbeat, 1, &cgh("m-1", 0, Some(Vec::new())));
+    assert_eq!(r.error_code, 0);
+    let r: JoinGroupResponse = call(&mut sim, C, ApiKey::JoinGroup, 7, &join_kip848);
+    assert_eq!(r.error_code, 23, "INCONSISTENT_GROUP_PROTOCOL");
+    // ...until it empties; then a classic group takes the name, and keeps it across a restart.
+    let r: ConsumerGroupHeartbeatResponse = call(&mut sim, C, ApiKey::ConsumerGroupHeartbeat, 1, &cgh("m-1", -1, None));
+    assert_eq!(r.error_code, 0);
+    let r: JoinGroupResponse = call(&mut sim, C, ApiKey::JoinGroup, 7, &join_kip848);
+    assert_eq!(r.error_code, 79, "MEMBER_ID_REQUIRED: a classic join goes ahead");
+    sim.crash_and_restart(&mut ChaCha8Rng::seed_from_u64(8));
+    sim.auto_sync = true;
+    assert!(list_groups(&mut sim).is_empty(), "the empty KIP-848 group's record is gone: {:?}", list_groups(&mut sim));
+    // And the other way round: a classic group with members keeps the name from KIP-848.
+    let (member, generation) = join(&mut sim);
+    let r: SyncGroupResponse = call(&mut sim, C, ApiKey::SyncGroup, 5, &sync_req(&member, generation, b"p0"));
+    assert_eq!(r.error_code, 0);
+    let mut hb = cgh("m-2", 0, Some(Vec::new()));
+    hb.group_id = GroupId(sb(GROUP));
+    let r: ConsumerGroupHeartbeatResponse = call(&mut sim, C, ApiKey::ConsumerGroupHeartbeat, 1, &hb);
+    assert_eq!(r.error_code, 69, "GROUP_ID_NOT_FOUND: not a consumer group");
+}

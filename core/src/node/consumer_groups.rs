@@ -63,9 +63,16 @@ impl Node {
         }
         // A group name is one kind of group at a time: a classic group with members keeps it.
         match self.coordinator.state(&group) {
-            Some(crate::group::GroupState::Empty) | None => {
+            Some(crate::group::GroupState::Empty) => {
+                // The empty classic group gives way, durably (its record would come back).
                 let _ = self.coordinator.delete(&group);
+                self.empty_since.remove(&group);
+                match self.tombstones(&group, Vec::new(), true) {
+                    Ok((w, u)) => self.commits.push(PendingCommit::new(vec![w], u, AfterDurable::Nothing)),
+                    Err(e) => tracing::warn!(group = %group, error = ?e, "could not write a classic group's tombstone"),
+                }
             }
+            None => {}
             Some(_) => {
                 refuse(self, GROUP_ID_NOT_FOUND, &format!("group {group} is a classic group"));
                 return Ok(());
@@ -163,6 +170,9 @@ impl Node {
 
     /// Session and revocation timeouts of consumer group members; the records they change.
     pub(super) fn expire_consumer_members(&mut self) {
+        if self.consumer.poll_timeout().is_none_or(|t| t > self.now.mono) {
+            return;
+        }
         let sizes = self.topic_sizes();
         self.consumer.poll(self.now.mono, &sizes);
         let waits = self.store_consumer_groups();

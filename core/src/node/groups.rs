@@ -306,6 +306,18 @@ impl Node {
                 return Ok(());
             }
         }
+        // A name is one kind of group at a time: a KIP-848 group with members keeps it; an
+        // empty one gives way (its record goes).
+        if self.consumer.has_members(&group) {
+            self.answer_join(waiter, JoinResult::failed(GroupError::InconsistentGroupProtocol, req.member_id.as_str()));
+            return Ok(());
+        }
+        if self.consumer.delete(&group) {
+            let waits = self.store_consumer_groups();
+            if !waits.is_empty() {
+                self.commits.push(PendingCommit { waits, updates: Vec::new(), then: AfterDurable::Nothing });
+            }
+        }
         let j = Join {
             group,
             member_id: req.member_id.to_string(),
@@ -668,7 +680,7 @@ impl Node {
     /// `and_group`). Returns what to wait for and the
     /// cache updates to make once it is durable.
     #[allow(clippy::type_complexity)]
-    fn tombstones(
+    pub(super) fn tombstones(
         &mut self,
         group: &str,
         which: Vec<(String, i32)>,
