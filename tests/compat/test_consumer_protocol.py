@@ -552,6 +552,45 @@ def test_listed_group_type_is_consumer(broker_factory):
         c.close()
 
 
+def test_admin_describes_a_consumer_protocol_group(broker_factory):
+    """describe_consumer_groups of a KIP-848 group comes from ConsumerGroupDescribe:
+    type CONSUMER, Stable, each member with its assignment and target; a classic
+    group in the same cluster still describes through DescribeGroups."""
+    _require_consumer_protocol()
+    from confluent_kafka import ConsumerGroupState, ConsumerGroupType
+    broker = broker_factory(**OVERRIDES)
+    topic = unique_topic("kip-desc")
+    group = unique_group("g-kip-desc")
+    classic = unique_group("g-classic-desc")
+    ck_create_topic(broker.bootstrap, topic, 4)
+    warm_coordinator(broker, group)
+    members = [Member(broker.bootstrap, group, topic, "kip-desc-%d" % i) for i in range(2)]
+    old = CkMember(broker.bootstrap, classic, topic, "classic-desc")
+    admin = ck_admin(broker.bootstrap)
+    try:
+        poll_until(members + [old], lambda: sorted(members[0].assignment() + members[1].assignment()) == [0, 1, 2, 3]
+                   and len(members[0].assignment()) == 2 and old.assignment() == [0, 1, 2, 3],
+                   40, "both groups settling")
+        d = admin.describe_consumer_groups([group])[group].result(timeout=15)
+        assert d.type == ConsumerGroupType.CONSUMER, d.type
+        assert d.state == ConsumerGroupState.STABLE, d.state
+        got = {}
+        for m in d.members:
+            assigned = sorted(tp.partition for tp in m.assignment.topic_partitions)
+            target = sorted(tp.partition for tp in m.target_assignment.topic_partitions)
+            assert assigned == target, (assigned, target)
+            assert all(tp.topic == topic for tp in m.assignment.topic_partitions)
+            got[m.member_id] = assigned
+        assert sorted(p for ps in got.values() for p in ps) == [0, 1, 2, 3], got
+        assert sorted(got.values()) == sorted([sorted(m.assignment()) for m in members]), got
+        d = admin.describe_consumer_groups([classic])[classic].result(timeout=15)
+        assert d.type == ConsumerGroupType.CLASSIC, d.type
+        assert d.state == ConsumerGroupState.STABLE and len(d.members) == 1, (d.state, d.members)
+    finally:
+        for m in members + [old]:
+            m.close()
+
+
 def test_live_member_carries_on_across_broker_restart(broker_factory):
     """The group's members and epochs are in __consumer_offsets: after a clean
     restart the member's next heartbeat (same id, same epoch) is accepted, so it

@@ -128,6 +128,77 @@ impl Node {
         Ok(())
     }
 
+    /// ConsumerGroupDescribe: a KIP-848 group's epochs, members, their assignments and
+    /// targets. A group of the classic kind is GROUP_ID_NOT_FOUND, as in Kafka (admin clients
+    /// then ask DescribeGroups).
+    pub(super) fn handle_consumer_group_describe(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: ConsumerGroupDescribeRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        let ready = match self.groups_ready(conn, seq, &ctx, &body) {
+            Ok(true) => 0,
+            Ok(false) => return Ok(()),
+            Err(()) => COORDINATOR_LOAD_IN_PROGRESS,
+        };
+        let mut resp = ConsumerGroupDescribeResponse::default();
+        for id in &req.group_ids {
+            let mut d = consumer_group_describe_response::DescribedGroup::default();
+            d.group_id = id.clone();
+            d.error_code = ready;
+            match (ready, self.consumer.group(id.0.as_str())) {
+                (0, Some(g)) => {
+                    d.group_state = sb(g.state_name());
+                    d.group_epoch = g.epoch;
+                    d.assignment_epoch = g.assignment_epoch;
+                    let assignor = g.members.values().find_map(|m| m.assignor.clone());
+                    d.assignor_name = sb(assignor.unwrap_or_else(|| "uniform".to_string()));
+                    for (mid, m) in &g.members {
+                        let mut dm = consumer_group_describe_response::Member::default();
+                        dm.member_id = sb(mid.clone());
+                        dm.instance_id = m.instance_id.clone().map(sb);
+                        dm.rack_id = m.rack_id.clone().map(sb);
+                        dm.member_epoch = m.epoch;
+                        dm.client_id = sb(m.client_id.clone());
+                        dm.subscribed_topic_names = m.subscribed.iter().map(|t| TopicName(sb(t.clone()))).collect();
+                        dm.assignment = self.described_assignment(&m.assigned);
+                        dm.target_assignment =
+                            self.described_assignment(&g.target.get(mid).cloned().unwrap_or_default());
+                        if ctx.version >= 1 {
+                            dm.member_type = 0; // a consumer-protocol member
+                        }
+                        d.members.push(dm);
+                    }
+                }
+                (0, None) => {
+                    d.error_code = GROUP_ID_NOT_FOUND;
+                    d.error_message = Some(sb(format!("Group {} is not a consumer group.", id.0.as_str())));
+                }
+                _ => {}
+            }
+            resp.groups.push(d);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+        Ok(())
+    }
+
+    fn described_assignment(&self, a: &Assignment) -> consumer_group_describe_response::Assignment {
+        let mut out = consumer_group_describe_response::Assignment::default();
+        for (topic, parts) in a {
+            if let Some(t) = self.topics.get(topic) {
+                let mut tp = consumer_group_describe_response::TopicPartitions::default();
+                tp.topic_id = Uuid::from_bytes(t.id);
+                tp.topic_name = TopicName(sb(topic.clone()));
+                tp.partitions = parts.iter().copied().collect();
+                out.topic_partitions.push(tp);
+            }
+        }
+        out
+    }
+
     fn heartbeat_response(&self, r: HeartbeatResult) -> ConsumerGroupHeartbeatResponse {
         let mut resp = ConsumerGroupHeartbeatResponse::default();
         if let Some((e, why)) = r.error {

@@ -530,6 +530,7 @@ impl Node {
             ApiKey::DeleteGroups => self.handle_delete_groups(conn, seq, ctx, body),
             ApiKey::OffsetDelete => self.handle_offset_delete(conn, seq, ctx, body),
             ApiKey::ConsumerGroupHeartbeat => self.handle_consumer_group_heartbeat(conn, seq, ctx, body),
+            ApiKey::ConsumerGroupDescribe => self.handle_consumer_group_describe(conn, seq, ctx, body),
             _ => Err(FrameError::UnknownApi(ctx.api_key as i16)),
         };
         if let Err(e) = result {
