@@ -1,8 +1,7 @@
 //! ConsumerGroupHeartbeat and ConsumerGroupDescribe (KIP-848) over the wire: topic ids at the
-//! edge, the state machine in
-//! `group::consumer`, and a group's record in `__consumer_offsets` written whenever it
-//! changes; a heartbeat that changed its group is answered only once that record is durable,
-//! so no epoch or assignment a member was told is forgotten by a restart.
+//! edge, the state machine in `group::consumer`, and a group's record in `__consumer_offsets`
+//! written whenever it changes; a heartbeat that changed its group is answered only once that
+//! record is durable, so no epoch or assignment a member was told is forgotten by a restart.
 
 use std::collections::BTreeMap;
 
