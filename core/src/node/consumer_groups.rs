@@ -9,9 +9,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::*;
 use uuid::Uuid;
 
-use super::groups::{
-    sb, AfterDurable, PendingCommit, StoredKey, COORDINATOR_LOAD_IN_PROGRESS, GROUP_ID_NOT_FOUND, OFFSETS_TOPIC,
-};
+use super::groups::{sb, AfterDurable, PendingCommit, StoredKey, GROUP_ID_NOT_FOUND, OFFSETS_TOPIC};
 use super::Node;
 use crate::group::consumer::{Assignment, ConsumerError, Group, Heartbeat, HeartbeatResult};
 use crate::log::batch;
@@ -46,10 +44,10 @@ impl Node {
             node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
         };
         match self.groups_ready(conn, seq, &ctx, &body) {
-            Ok(true) => {}
-            Ok(false) => return Ok(()),
-            Err(()) => {
-                refuse(self, COORDINATOR_LOAD_IN_PROGRESS, "the coordinator is loading");
+            Some(0) => {}
+            None => return Ok(()),
+            Some(code) => {
+                refuse(self, code, "the coordinator is loading");
                 return Ok(());
             }
         }
@@ -139,11 +137,7 @@ impl Node {
         body: Bytes,
     ) -> Result<(), FrameError> {
         let req: ConsumerGroupDescribeRequest = protocol::decode_body(body.clone(), ctx.version)?;
-        let ready = match self.groups_ready(conn, seq, &ctx, &body) {
-            Ok(true) => 0,
-            Ok(false) => return Ok(()),
-            Err(()) => COORDINATOR_LOAD_IN_PROGRESS,
-        };
+        let Some(ready) = self.groups_ready(conn, seq, &ctx, &body) else { return Ok(()) };
         let mut resp = ConsumerGroupDescribeResponse::default();
         for id in &req.group_ids {
             let mut d = consumer_group_describe_response::DescribedGroup::default();
@@ -246,6 +240,11 @@ impl Node {
         }
         let sizes = self.topic_sizes();
         self.consumer.poll(self.now.mono, &sizes);
+        self.persist_consumer_groups();
+    }
+
+    /// Writes the records of changed consumer groups when no answer waits on them.
+    pub(super) fn persist_consumer_groups(&mut self) {
         let waits = self.store_consumer_groups();
         if !waits.is_empty() {
             self.commits.push(PendingCommit::new(waits, Vec::new(), AfterDurable::Nothing));

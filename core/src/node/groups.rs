@@ -188,7 +188,7 @@ fn code(e: GroupError) -> i16 {
 }
 
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-pub(super) const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const INVALID_GROUP_ID: i16 = 24;
 const NON_EMPTY_GROUP: i16 = 68;
 pub(super) const GROUP_ID_NOT_FOUND: i16 = 69;
@@ -199,18 +199,14 @@ pub(super) fn sb(s: impl Into<String>) -> StrBytes {
 }
 
 impl Node {
-    /// The offsets topic exists and its offsets are loaded; otherwise the request waits for
-    /// (or gets told to retry during) its creation or loading. Returns false if not ready.
-    pub(super) fn groups_ready(
-        &mut self,
-        conn: ConnId,
-        seq: u64,
-        ctx: &RequestContext,
-        body: &Bytes,
-    ) -> Result<bool, ()> {
+    /// Whether group requests can be served: `Some(0)` once the offsets topic exists and its
+    /// offsets are loaded, `Some(COORDINATOR_LOAD_IN_PROGRESS)` while they load (or it cannot
+    /// be created), `None` when the request was parked until the topic's creation finishes
+    /// (it is dispatched again then).
+    pub(super) fn groups_ready(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, body: &Bytes) -> Option<i16> {
         if let Some(job) = self.topics.get(OFFSETS_TOPIC).and_then(|t| t.creating) {
             self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() });
-            return Ok(false);
+            return None;
         }
         if !self.topics.contains_key(OFFSETS_TOPIC) {
             let mut configs = BTreeMap::new();
@@ -221,14 +217,14 @@ impl Node {
                     self.offsets_load = None;
                     self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() });
                 }
-                Err(_) => return Err(()),
+                Err(_) => return Some(COORDINATOR_LOAD_IN_PROGRESS),
             }
-            return Ok(false);
+            return None;
         }
         if self.offsets_load.is_some() {
-            return Err(());
+            return Some(COORDINATOR_LOAD_IN_PROGRESS);
         }
-        Ok(true)
+        Some(0)
     }
 
     pub(super) fn handle_find_coordinator(
@@ -246,7 +242,7 @@ impl Node {
         };
         // Groups are coordinated here; transactions are not supported.
         let group_keys = req.key_type == 0;
-        if group_keys && self.groups_ready(conn, seq, &ctx, &body) == Ok(false) {
+        if group_keys && self.groups_ready(conn, seq, &ctx, &body).is_none() {
             return Ok(());
         }
         let me =
@@ -296,9 +292,9 @@ impl Node {
             return Ok(());
         }
         match self.groups_ready(conn, seq, &ctx, &body) {
-            Ok(true) => {}
-            Ok(false) => return Ok(()),
-            Err(()) => {
+            Some(0) => {}
+            None => return Ok(()),
+            Some(_) => {
                 self.answer_join(
                     waiter,
                     JoinResult::failed(GroupError::CoordinatorLoadInProgress, req.member_id.as_str()),
@@ -313,10 +309,7 @@ impl Node {
             return Ok(());
         }
         if self.consumer.delete(&group) {
-            let waits = self.store_consumer_groups();
-            if !waits.is_empty() {
-                self.commits.push(PendingCommit { waits, updates: Vec::new(), then: AfterDurable::Nothing });
-            }
+            self.persist_consumer_groups();
         }
         let j = Join {
             group,
@@ -516,11 +509,8 @@ impl Node {
         let req: OffsetCommitRequest = protocol::decode_body(body.clone(), ctx.version)?;
         let group = req.group_id.0.to_string();
         let mut resp = OffsetCommitResponse::default();
-        let ready = match self.groups_ready(conn, seq, &ctx, &body) {
-            Ok(true) => Ok(()),
-            Ok(false) => return Ok(()),
-            Err(()) => Err(COORDINATOR_LOAD_IN_PROGRESS),
-        };
+        let Some(ready) = self.groups_ready(conn, seq, &ctx, &body) else { return Ok(()) };
+        let ready = if ready == 0 { Ok(()) } else { Err(ready) };
         // A member of a generation must be current; a "simple" commit (no member, generation
         // -1) is allowed for groups that are not managed here at the moment.
         let inst = req.group_instance_id.as_ref().map(|s| s.to_string());
@@ -705,11 +695,7 @@ impl Node {
         body: Bytes,
     ) -> Result<(), FrameError> {
         let req: OffsetFetchRequest = protocol::decode_body(body.clone(), ctx.version)?;
-        let ready = match self.groups_ready(conn, seq, &ctx, &body) {
-            Ok(true) => 0,
-            Ok(false) => return Ok(()),
-            Err(()) => COORDINATOR_LOAD_IN_PROGRESS,
-        };
+        let Some(ready) = self.groups_ready(conn, seq, &ctx, &body) else { return Ok(()) };
         let v = ctx.version;
         let lookup = |node: &Node,
                       group: &str,
@@ -1260,10 +1246,7 @@ impl Node {
                 let _ = self.coordinator.delete(&name);
                 self.consumer.delete(&name);
                 self.empty_since.remove(&name);
-                let waits = self.store_consumer_groups();
-                if !waits.is_empty() {
-                    self.commits.push(PendingCommit { waits, updates: Vec::new(), then: AfterDurable::Nothing });
-                }
+                self.persist_consumer_groups();
             }
             match self.tombstones(&name, which, drop_group) {
                 Ok((w, u)) => {
