@@ -820,6 +820,10 @@ impl Node {
         let filter: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
         let types: Vec<String> = req.types_filter.iter().map(|s| s.to_string()).collect();
         let mut resp = ListGroupsResponse::default();
+        if self.offsets_load.is_some() {
+            resp.error_code = COORDINATOR_LOAD_IN_PROGRESS;
+            groups.clear();
+        }
         for (g, (ptype, state, gtype)) in groups {
             if !filter.is_empty() && !filter.iter().any(|f| f.eq_ignore_ascii_case(&state)) {
                 continue;
@@ -851,12 +855,16 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: DescribeGroupsRequest = protocol::decode_body(body, ctx.version)?;
         let mut resp = DescribeGroupsResponse::default();
+        // While the offsets topic is read back, groups are not known yet: say so, as Kafka
+        // does, rather than calling them Dead.
+        let loading = self.offsets_load.is_some();
         for g in &req.groups {
             let name = g.0.to_string();
             let mut d = describe_groups_response::DescribedGroup::default();
             d.group_id = g.clone();
-            let desc = self.coordinator.describe(&name);
+            let desc = if loading { None } else { self.coordinator.describe(&name) };
             match desc {
+                None if loading => d.error_code = COORDINATOR_LOAD_IN_PROGRESS,
                 Some((state, ptype, proto, members)) => {
                     d.group_state = sb(state_name(state));
                     d.protocol_type = sb(ptype.unwrap_or_default());
