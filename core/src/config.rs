@@ -24,6 +24,11 @@ pub struct NodeConfig {
     pub broker_properties: BTreeMap<String, String>,
     /// Consumer group settings (`group.initial.rebalance.delay.ms`, session timeout bounds).
     pub group: crate::group::GroupConfig,
+    /// An idempotent producer's state on a partition is forgotten after this long without a
+    /// batch (`producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: i64,
+    /// How often idle producers are looked for (`producer.id.expiration.check.interval.ms`).
+    pub producer_id_expiration_check_interval_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +68,8 @@ impl Default for NodeConfig {
             log: LogDefaults::default(),
             broker_properties: BTreeMap::new(),
             group: crate::group::GroupConfig::default(),
+            producer_id_expiration_ms: 86_400_000,
+            producer_id_expiration_check_interval_ms: 600_000,
         }
     }
 }

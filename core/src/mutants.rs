@@ -23,6 +23,12 @@ pub enum Mutant {
     OffsetsLoadUnchecked = 7,
     /// KIP-848: a partition is handed to its new owner before the old one has released it.
     AssignUnreleased = 8,
+    /// Idempotent producers: a retried batch is appended again instead of being answered with
+    /// the offsets it was first written at (Kafka's five-batch dedup window dropped).
+    DedupWindowDropped = 9,
+    /// Start-up does not rebuild producer state from the log: a retry of a batch written
+    /// before a crash is taken for a new one.
+    ProducerStateNotRebuilt = 10,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -34,6 +40,8 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::CommitAckBeforeDurable, "commit-ack-before-durable"),
     (Mutant::OffsetsLoadUnchecked, "offsets-load-unchecked"),
     (Mutant::AssignUnreleased, "assign-unreleased"),
+    (Mutant::DedupWindowDropped, "dedup-window-dropped"),
+    (Mutant::ProducerStateNotRebuilt, "producer-state-not-rebuilt"),
 ];
 
 pub fn by_name(name: &str) -> Option<Mutant> {

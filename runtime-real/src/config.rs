@@ -137,6 +137,12 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if let Some(v) = num::<u64>(props, "offsets.retention.check.interval.ms")? {
         node.group.offsets_retention_check_interval_ms = v.max(1);
     }
+    if let Some(v) = num::<i64>(props, "producer.id.expiration.ms")? {
+        node.producer_id_expiration_ms = v.max(1);
+    }
+    if let Some(v) = num::<u64>(props, "producer.id.expiration.check.interval.ms")? {
+        node.producer_id_expiration_check_interval_ms = v.max(1);
+    }
     // Every property in force, as DescribeConfigs on the broker reports it.
     let mut effective = BTreeMap::new();
     effective.insert("node.id".to_string(), node.node_id.0.to_string());
@@ -175,6 +181,11 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     effective.insert(
         "offsets.retention.check.interval.ms".to_string(),
         node.group.offsets_retention_check_interval_ms.to_string(),
+    );
+    effective.insert("producer.id.expiration.ms".to_string(), node.producer_id_expiration_ms.to_string());
+    effective.insert(
+        "producer.id.expiration.check.interval.ms".to_string(),
+        node.producer_id_expiration_check_interval_ms.to_string(),
     );
     for (k, v) in props {
         effective.entry(k.clone()).or_insert_with(|| v.clone());

@@ -27,6 +27,8 @@ pub struct BatchHeader {
     pub base_timestamp: i64,
     pub max_timestamp: i64,
     pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
     pub records_count: i32,
 }
 
@@ -45,6 +47,22 @@ impl BatchHeader {
     }
     pub fn is_control(&self) -> bool {
         self.attributes & 0x20 != 0
+    }
+    /// The batch carries a producer id (an idempotent or transactional producer wrote it).
+    pub fn has_producer_id(&self) -> bool {
+        self.producer_id >= 0
+    }
+    /// The producer fields of this batch, if it has a producer id.
+    pub fn producer(&self) -> Option<super::producers::ProducerBatch> {
+        self.has_producer_id().then(|| {
+            super::producers::ProducerBatch::new(
+                self.producer_id,
+                self.producer_epoch,
+                self.base_sequence,
+                self.last_offset_delta,
+                self.max_timestamp,
+            )
+        })
     }
 }
 
@@ -105,6 +123,8 @@ pub fn parse_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         base_timestamp: be_i64(buf, 27),
         max_timestamp: be_i64(buf, 35),
         producer_id: be_i64(buf, 43),
+        producer_epoch: be_i16(buf, 51),
+        base_sequence: be_i32(buf, 53),
         records_count: be_i32(buf, 57),
     })
 }
@@ -186,6 +206,16 @@ pub fn with_log_append_time(batch: &[u8], now_ms: i64) -> Vec<u8> {
     let crc = crc32c::crc32c(&b[CRC_START..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     b
+}
+
+/// Stamps an encoded batch with an idempotent producer's id, epoch and first sequence, and
+/// recomputes its CRC.
+pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Encodes an uncompressed v2 batch of `values` (no keys, no headers, one timestamp), base

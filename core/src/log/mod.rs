@@ -6,6 +6,7 @@
 //! in Kafka's format for tools and operators, and are rebuilt from the log on recovery.
 
 pub mod batch;
+pub mod producers;
 pub mod records;
 
 use std::collections::BTreeSet;
@@ -214,6 +215,8 @@ pub struct PartitionLog {
     /// Segment files with completed writes or truncations since their last sync was issued
     /// (the node adds them as those operations complete).
     pub dirty: BTreeSet<FileId>,
+    /// Idempotent producers' sequences and last batches, as of the log end offset.
+    pub producers: producers::Producers,
 }
 
 /// Hands out file ids; the node owns the counter.
@@ -232,6 +235,7 @@ impl PartitionLog {
             high_watermark: 0,
             generation: 0,
             dirty: BTreeSet::new(),
+            producers: producers::Producers::default(),
         }
     }
 
@@ -384,6 +388,7 @@ impl PartitionLog {
         seg.rewrite_indexes(interval, ops);
         self.log_end_offset = seg.next_offset().max(seg.base_offset);
         self.high_watermark = self.high_watermark.min(self.log_end_offset);
+        self.producers.truncate(self.log_end_offset);
     }
 
     fn delete_segment_files(&self, seg: &Segment, ops: &mut Vec<DiskOp>) {
@@ -442,13 +447,16 @@ pub enum Scan {
 impl Segment {
     /// Feeds `data`, read from `position` == `self.size`. `eof` says the read came back
     /// shorter than asked, so nothing follows it.
+    /// The producer fields of every good batch that carries a producer id are added to
+    /// `producers` (with its first and last offsets), for the node to replay once the segment
+    /// is accepted.
     pub fn recover_chunk(
         &mut self,
         data: &[u8],
         eof: bool,
         chunk_bytes: usize,
         interval: u32,
-        ops: &mut Vec<DiskOp>,
+        producers: &mut Vec<(producers::ProducerBatch, Offset, Offset)>,
     ) -> Scan {
         let mut at = 0usize;
         loop {
@@ -467,11 +475,13 @@ impl Segment {
                     }
                     let mut sink = Vec::new();
                     self.push(&h, h.base_offset, interval, &mut sink);
+                    if let Some(pb) = h.producer() {
+                        producers.push((pb, h.base_offset, h.last_offset()));
+                    }
                     at += h.size;
                 }
                 Err(BatchError::Truncated) if !eof => {
                     let need = batch::parse_header(rest).map(|h| h.size).unwrap_or(batch::HEADER_BYTES);
-                    let _ = ops;
                     return Scan::NeedMore { position: self.size, len: need.max(chunk_bytes) };
                 }
                 Err(reason) => return Scan::Torn { position: self.size, reason },

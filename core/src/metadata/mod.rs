@@ -14,9 +14,25 @@ pub const META_LOG: &str = ".sluice-meta/metadata.log";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaRecord {
-    TopicCreated { name: String, id: [u8; 16], partitions: i32, configs: Vec<(String, String)> },
-    PartitionsCreated { name: String, id: [u8; 16], total: i32 },
-    TopicDeleted { name: String, id: [u8; 16] },
+    TopicCreated {
+        name: String,
+        id: [u8; 16],
+        partitions: i32,
+        configs: Vec<(String, String)>,
+    },
+    PartitionsCreated {
+        name: String,
+        id: [u8; 16],
+        total: i32,
+    },
+    TopicDeleted {
+        name: String,
+        id: [u8; 16],
+    },
+    /// Producer ids below `end` may be handed out (a block was taken).
+    ProducerIdsBlock {
+        end: i64,
+    },
 }
 
 /// One topic as the metadata log says.
@@ -31,6 +47,8 @@ pub struct TopicImage {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicImage>,
+    /// End of the last block of producer ids taken: new ids start here.
+    pub producer_ids_end: i64,
 }
 
 impl MetadataImage {
@@ -52,6 +70,7 @@ impl MetadataImage {
                     self.topics.remove(name);
                 }
             }
+            MetaRecord::ProducerIdsBlock { end } => self.producer_ids_end = self.producer_ids_end.max(*end),
         }
     }
 }
@@ -124,6 +143,7 @@ mod tests {
             MetaRecord::PartitionsCreated { name: "a".into(), id: [1; 16], total: 5 },
             MetaRecord::TopicDeleted { name: "a".into(), id: [1; 16] },
         ];
+        let recs: Vec<MetaRecord> = std::iter::once(MetaRecord::ProducerIdsBlock { end: 2000 }).chain(recs).collect();
         let mut buf = Vec::new();
         for r in &recs {
             buf.extend_from_slice(&encode_record(r));
@@ -134,13 +154,14 @@ mod tests {
         assert_eq!(valid, full);
         buf.truncate(full - 3);
         let (got, valid) = decode_log(&buf);
-        assert_eq!(got.len(), 2);
+        assert_eq!(got.len(), 3);
         assert!(valid < full);
         let mut img = MetadataImage::default();
         for r in &got {
             img.apply(r);
         }
         assert_eq!(img.topics["a"].partitions, 5);
+        assert_eq!(img.producer_ids_end, 2000);
     }
 
     #[test]

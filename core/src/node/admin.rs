@@ -590,6 +590,7 @@ impl Node {
             JobDone::DirsRemoved { name } => {
                 self.deleting.remove(&name);
             }
+            JobDone::ProducerIds { end } => self.producer_ids_recorded(end, !job.failed),
         }
         let waiters = std::mem::take(&mut self.waiters);
         for mut w in waiters {

@@ -11,6 +11,7 @@ mod consumer_groups;
 mod fetch;
 mod groups;
 mod produce;
+mod producer_ids;
 mod recovery;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -91,10 +92,26 @@ struct Job {
 }
 
 enum JobDone {
-    TopicReady { name: String, id: TopicId },
-    PartitionsReady { name: String, id: TopicId, from: i32 },
-    TopicDeleteDurable { name: String, id: TopicId },
-    DirsRemoved { name: String },
+    TopicReady {
+        name: String,
+        id: TopicId,
+    },
+    PartitionsReady {
+        name: String,
+        id: TopicId,
+        from: i32,
+    },
+    TopicDeleteDurable {
+        name: String,
+        id: TopicId,
+    },
+    DirsRemoved {
+        name: String,
+    },
+    /// A block of producer ids is recorded: ids below `end` may be handed out.
+    ProducerIds {
+        end: i64,
+    },
 }
 
 /// A request that waits for jobs before it can be answered.
@@ -225,6 +242,8 @@ pub struct Node {
     next_retention_check: Instant,
     /// Inputs handled, for spacing out the invariant checks.
     inputs: u64,
+    producer_ids: producer_ids::ProducerIds,
+    next_producer_expiry_check: Instant,
 }
 
 impl FileIds for u64 {
@@ -278,7 +297,10 @@ impl Node {
             hw_moved: false,
             recovery: recovery::Recovery::default(),
             inputs: 0,
+            producer_ids: producer_ids::ProducerIds::default(),
+            next_producer_expiry_check: now.mono,
         };
+        node.next_producer_expiry_check = now.mono.plus_millis(node.config.producer_id_expiration_check_interval_ms);
         node.coordinator = crate::group::Coordinator::new(node.config.group.clone(), node.rng.next_u64());
         node.consumer = crate::group::consumer::Coordinator::new(crate::group::consumer::Config {
             session_timeout_ms: node.config.group.consumer_session_timeout_ms,
@@ -320,7 +342,8 @@ impl Node {
         let retention = (self.phase == Phase::Serving).then_some(self.next_retention_check);
         let groups = [self.coordinator.poll_timeout(), self.consumer.poll_timeout()].into_iter().flatten().min();
         let offsets = (self.phase == Phase::Serving).then_some(self.next_offsets_retention_check);
-        [fetch, retention, groups, offsets].into_iter().flatten().min()
+        let producers = (self.phase == Phase::Serving).then_some(self.next_producer_expiry_check);
+        [fetch, retention, groups, offsets, producers].into_iter().flatten().min()
     }
 
     /// True once start-up recovery has finished and requests are served.
@@ -531,6 +554,7 @@ impl Node {
             ApiKey::OffsetDelete => self.handle_offset_delete(conn, seq, ctx, body),
             ApiKey::ConsumerGroupHeartbeat => self.handle_consumer_group_heartbeat(conn, seq, ctx, body),
             ApiKey::ConsumerGroupDescribe => self.handle_consumer_group_describe(conn, seq, ctx, body),
+            ApiKey::InitProducerId => self.handle_init_producer_id(conn, seq, ctx, body),
             _ => Err(FrameError::UnknownApi(ctx.api_key as i16)),
         };
         if let Err(e) = result {
@@ -560,6 +584,11 @@ impl Node {
                 self.now.mono.plus_millis(self.config.group.offsets_retention_check_interval_ms);
             self.expire_offsets();
         }
+        if self.now.mono >= self.next_producer_expiry_check {
+            self.next_producer_expiry_check =
+                self.now.mono.plus_millis(self.config.producer_id_expiration_check_interval_ms);
+            self.expire_producers();
+        }
         if self.now.mono >= self.next_retention_check {
             self.next_retention_check = self.now.mono.plus_millis(self.config.log.retention_check_interval_ms);
             self.apply_retention();
@@ -578,6 +607,20 @@ impl Node {
             }
         }
         self.issue_all(ops, || Purpose::Ignore);
+    }
+
+    /// Forgets idempotent producers idle for `producer.id.expiration.ms` (by their batches'
+    /// timestamps, as Kafka does).
+    fn expire_producers(&mut self) {
+        let (wall, ttl) = (self.now.wall_ms, self.config.producer_id_expiration_ms);
+        for t in self.topics.values_mut() {
+            for p in t.partitions.iter_mut().filter(|p| p.state == PartState::Online) {
+                let n = p.log.producers.expire(wall, ttl);
+                if n > 0 {
+                    tracing::debug!(dir = %p.log.dir, producers = n, "idle producer ids expired");
+                }
+            }
+        }
     }
 
     fn on_disk_done(&mut self, op: OpId, result: Result<DiskReply, DiskError>) {

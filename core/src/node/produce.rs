@@ -6,6 +6,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{Node, PartState, Then, Tp, Waiter};
 use crate::log::batch::{self, BatchError, BatchHeader};
+use crate::log::producers::{ProducerBatch, Verdict};
 use crate::protocol::errors::KafkaError;
 use crate::protocol::{self, FrameError, RequestContext};
 use crate::types::{ConnId, Offset};
@@ -83,6 +84,10 @@ impl Node {
         } else if waits.is_empty() {
             self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
         } else {
+            // A duplicate may wait for offsets that are already durable: look at once.
+            self.hw_moved |= waits
+                .iter()
+                .any(|(_, _, tp, end, _)| self.partition(*tp).is_some_and(|p| p.log.high_watermark >= *end));
             self.produces.push(PendingProduce { conn, seq, ctx, resp, waits });
         }
         Ok(())
@@ -112,10 +117,23 @@ impl Node {
         }
         let records = records.filter(|r| !r.is_empty()).ok_or(KafkaError::InvalidRecord)?;
         let batches = split_batches(records, settings.max_message_bytes)?;
+        let producer = idempotent_batch(&batches)?;
         let wall = self.now.wall_ms;
         let mut ops = Vec::new();
         let mut next_file = self.next_file;
         let p = self.partition_mut(tp).expect("looked up above");
+        if let Some(pb) = &producer {
+            if let Verdict::Duplicate(m) = p.log.producers.check(pb)? {
+                // A retry of a batch already written: its original offsets, once durable.
+                tracing::debug!(
+                    producer_id = pb.producer_id,
+                    seq = pb.first_seq,
+                    offset = m.first_offset,
+                    "duplicate batch"
+                );
+                return Ok((tp, m.first_offset, m.last_offset + 1, p.log.generation, p.log.log_start_offset, -1));
+            }
+        }
         let mut base = None;
         // The data write of each batch, and the log end offset once it is written.
         let mut data_writes = Vec::with_capacity(batches.len());
@@ -126,6 +144,9 @@ impl Node {
             data_writes.push((data_op, p.log.log_end_offset));
         }
         let (end, generation, log_start) = (p.log.log_end_offset, p.log.generation, p.log.log_start_offset);
+        if let (Some(pb), Some(first)) = (&producer, base) {
+            p.log.producers.record(pb, first, end - 1);
+        }
         self.next_file = next_file;
         for (i, action) in ops.into_iter().enumerate() {
             let written = data_writes.iter().find(|(op, _)| *op == i).map(|(_, end)| *end);
@@ -170,6 +191,18 @@ impl Node {
 
     pub(super) fn park(&mut self, conn: ConnId, seq: u64, job: super::JobId, then: Then) {
         self.waiters.push(Waiter { conn, seq, jobs: [job].into(), failed: Default::default(), then });
+    }
+}
+
+/// The producer fields of an idempotent producer's batch. Such a batch must come alone (as
+/// Kafka requires of every Produce from v3 on) and carry a valid epoch and first sequence.
+fn idempotent_batch(batches: &[(std::ops::Range<usize>, BatchHeader)]) -> Result<Option<ProducerBatch>, KafkaError> {
+    if !batches.iter().any(|(_, h)| h.has_producer_id()) {
+        return Ok(None);
+    }
+    match batches {
+        [(_, h)] if h.producer_epoch >= 0 && h.base_sequence >= 0 => Ok(h.producer()),
+        _ => Err(KafkaError::InvalidRecord),
     }
 }
 

@@ -9,6 +9,7 @@ use super::{Node, PartState, Partition, Phase, Purpose, Topic, Tp};
 use crate::config::TopicSettings;
 use crate::io::{DiskError, DiskOp, DiskReply};
 use crate::limits;
+use crate::log::producers::ProducerBatch;
 use crate::log::{PartitionLog, Scan, Segment};
 use crate::metadata::{self, MetadataImage};
 use crate::types::FileId;
@@ -62,6 +63,9 @@ pub(super) struct Recovery {
     reread: BTreeMap<Tp, (u64, u32, u32)>,
     /// Length of the segment file being scanned, per partition.
     file_len: BTreeMap<Tp, u64>,
+    /// Producer fields of the batches scanned in the current segment, replayed into the
+    /// partition's producer state once the segment is accepted.
+    replay: BTreeMap<Tp, Vec<(ProducerBatch, i64, i64)>>,
     /// The data directory has been listed (every partition is then in `todo`).
     listed: bool,
     pub stats: RecoveryStats,
@@ -173,11 +177,12 @@ impl Node {
             (Step::SegRead { tp, position: read_at, asked }, Ok(DiskReply::Data(data))) => {
                 let interval = self.topic_settings(tp).map_or(4096, |s| s.index_interval_bytes);
                 let eof = data.len() < asked;
-                let Some(seg) = self.recovery.current.get_mut(&tp) else {
+                let rec = &mut self.recovery;
+                let Some(seg) = rec.current.get_mut(&tp) else {
                     return;
                 };
-                let mut ops = Vec::new();
-                match seg.recover_chunk(&data, eof, limits::RECOVERY_READ_BYTES, interval, &mut ops) {
+                let replay = rec.replay.entry(tp).or_default();
+                match seg.recover_chunk(&data, eof, limits::RECOVERY_READ_BYTES, interval, replay) {
                     Scan::NeedMore { position, len } => self.read_chunk_at(tp, position, len),
                     Scan::Clean => self.segment_done(tp, None),
                     Scan::Torn { position, reason } => {
@@ -232,6 +237,7 @@ impl Node {
         for r in &records {
             image.apply(r);
         }
+        self.producer_ids.restore(image.producer_ids_end);
         for (name, t) in image.topics {
             let settings = TopicSettings::resolve(&self.config, &t.configs).unwrap_or_else(|e| {
                 tracing::warn!(topic = %name, error = ?e, "stored topic config no longer valid; using defaults");
@@ -348,6 +354,7 @@ impl Node {
         let Some(mut seg) = self.recovery.current.remove(&tp) else {
             return;
         };
+        let replay = self.recovery.replay.remove(&tp).unwrap_or_default();
         let mut ops = Vec::new();
         let contiguous = self
             .partition(tp)
@@ -374,6 +381,13 @@ impl Node {
         let p = self.partition_mut(tp).expect("recovering");
         if p.log.segments.is_empty() {
             p.log.log_start_offset = seg.base_offset;
+        }
+        // Idempotent producers' state is rebuilt from the log, in log order, so a retry of a
+        // batch written before the restart is still recognised.
+        if !crate::mutants::active(crate::mutants::Mutant::ProducerStateNotRebuilt) {
+            for (b, first, last) in &replay {
+                p.log.producers.record(b, *first, *last);
+            }
         }
         p.log.segments.push(seg);
         let dir = p.log.dir.clone();
@@ -437,6 +451,7 @@ impl Node {
         p.state = PartState::Offline;
         self.recovery.current.remove(&tp);
         self.recovery.todo.remove(&tp);
+        self.recovery.replay.remove(&tp);
         self.maybe_serving();
     }
 

@@ -27,6 +27,10 @@ pub enum KafkaError {
     InvalidRecord,
     UnknownTopicId,
     TransactionalIdAuthorizationFailed,
+    CoordinatorLoadInProgress,
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidTxnState,
     UnknownServerError,
 }
 
@@ -49,6 +53,10 @@ impl KafkaError {
             KafkaError::InvalidRequest => 42,
             KafkaError::UnsupportedForMessageFormat => 43,
             KafkaError::PolicyViolation => 44,
+            KafkaError::CoordinatorLoadInProgress => 14,
+            KafkaError::OutOfOrderSequenceNumber => 45,
+            KafkaError::InvalidProducerEpoch => 47,
+            KafkaError::InvalidTxnState => 48,
             KafkaError::TransactionalIdAuthorizationFailed => 53,
             KafkaError::KafkaStorageError => 56,
             KafkaError::InvalidRecord => 87,
@@ -67,6 +75,15 @@ impl From<BatchError> for KafkaError {
             BatchError::UnsupportedMagic(_) => KafkaError::UnsupportedForMessageFormat,
             BatchError::Invalid(_) => KafkaError::InvalidRecord,
             BatchError::TooLarge(_) => KafkaError::MessageTooLarge,
+        }
+    }
+}
+
+impl From<crate::log::producers::SeqError> for KafkaError {
+    fn from(e: crate::log::producers::SeqError) -> Self {
+        match e {
+            crate::log::producers::SeqError::OutOfOrder => KafkaError::OutOfOrderSequenceNumber,
+            crate::log::producers::SeqError::InvalidEpoch => KafkaError::InvalidProducerEpoch,
         }
     }
 }

@@ -1,0 +1,300 @@
+//! Idempotent producers, one partition's view: for each producer id, its epoch and the last
+//! five batches it wrote (their sequence ranges and offsets), as Kafka keeps them.
+//!
+//! A batch from a known producer is checked before it is appended:
+//! - an epoch below the producer's is refused (`InvalidEpoch`);
+//! - a batch whose epoch and sequence range match one of the last five is a retry of a batch
+//!   already written: it is answered with that batch's offsets and not written again;
+//! - with the same epoch, the first sequence must follow the last one written (wrapping at
+//!   `i32::MAX`), or the batch is `OutOfOrder` (a gap, or an old batch out of the window);
+//! - a newer epoch must start at sequence 0 (the client bumped its epoch and reset).
+//!
+//! A producer the partition does not know (new, or expired) may start at any sequence, as in
+//! Kafka since KIP-360. The state changes when a batch is appended (not when it is durable);
+//! when the log is cut back, what was cut is forgotten again (`truncate`). One batch older
+//! than the window is kept per producer as its floor: a cut that removes all five can fall
+//! back to it, so the producer keeps its place in the sequence instead of being forgotten.
+//! A client keeps at most five requests in flight, so the batch before the last five it
+//! appended is durable and never cut.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::types::Offset;
+
+/// Batches remembered per producer for duplicate detection (Kafka's
+/// `max.in.flight.requests.per.connection` bound for idempotence).
+pub const WINDOW: usize = 5;
+
+/// One batch a producer wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchMeta {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub first_offset: Offset,
+    pub last_offset: Offset,
+}
+
+/// A producer's state on one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerEntry {
+    pub epoch: i16,
+    /// The last batches, oldest first, at most `WINDOW`.
+    pub batches: VecDeque<BatchMeta>,
+    /// The batch before the window, if any.
+    pub floor: Option<BatchMeta>,
+    /// Largest batch timestamp seen (for `producer.id.expiration.ms`).
+    pub last_timestamp: i64,
+}
+
+/// The producer fields of a batch header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerBatch {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub max_timestamp: i64,
+}
+
+impl ProducerBatch {
+    /// The producer fields of a batch with `records` offsets (last offset delta + 1).
+    pub fn new(producer_id: i64, epoch: i16, first_seq: i32, last_offset_delta: i32, max_timestamp: i64) -> Self {
+        ProducerBatch { producer_id, epoch, first_seq, last_seq: last_seq(first_seq, last_offset_delta), max_timestamp }
+    }
+}
+
+/// What to do with a batch that passed the checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Append,
+    /// A retry of a batch already in the log: answer with its offsets, write nothing.
+    Duplicate(BatchMeta),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqError {
+    /// The first sequence does not follow the last one written.
+    OutOfOrder,
+    /// The epoch is older than the producer's.
+    InvalidEpoch,
+}
+
+/// The last sequence of a batch, wrapping as Kafka's does.
+pub fn last_seq(first_seq: i32, last_offset_delta: i32) -> i32 {
+    if first_seq > i32::MAX - last_offset_delta {
+        last_offset_delta - (i32::MAX - first_seq) - 1
+    } else {
+        first_seq + last_offset_delta
+    }
+}
+
+fn in_sequence(last: i32, next: i32) -> bool {
+    i64::from(next) == i64::from(last) + 1 || (next == 0 && last == i32::MAX)
+}
+
+/// Every producer's state on one partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Producers {
+    map: BTreeMap<i64, ProducerEntry>,
+}
+
+impl Producers {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn get(&self, producer_id: i64) -> Option<&ProducerEntry> {
+        self.map.get(&producer_id)
+    }
+
+    /// Checks a batch against what the producer has written.
+    pub fn check(&self, b: &ProducerBatch) -> Result<Verdict, SeqError> {
+        let Some(e) = self.map.get(&b.producer_id) else {
+            return Ok(Verdict::Append);
+        };
+        if b.epoch < e.epoch {
+            return Err(SeqError::InvalidEpoch);
+        }
+        if b.epoch > e.epoch {
+            return if b.first_seq == 0 { Ok(Verdict::Append) } else { Err(SeqError::OutOfOrder) };
+        }
+        if let Some(d) = e.batches.iter().find(|m| m.first_seq == b.first_seq && m.last_seq == b.last_seq) {
+            if !crate::mutants::active(crate::mutants::Mutant::DedupWindowDropped) {
+                return Ok(Verdict::Duplicate(*d));
+            }
+            return Ok(Verdict::Append);
+        }
+        match e.batches.back().or(e.floor.as_ref()) {
+            Some(last) if !in_sequence(last.last_seq, b.first_seq) => Err(SeqError::OutOfOrder),
+            _ => Ok(Verdict::Append),
+        }
+    }
+
+    /// Records a batch appended at `first_offset..=last_offset` (after `check`, or when the log
+    /// is read back at start-up, where the log's order is the truth and nothing is refused).
+    pub fn record(&mut self, b: &ProducerBatch, first_offset: Offset, last_offset: Offset) {
+        let e = self.map.entry(b.producer_id).or_insert_with(|| ProducerEntry {
+            epoch: b.epoch,
+            batches: VecDeque::new(),
+            floor: None,
+            last_timestamp: b.max_timestamp,
+        });
+        if b.epoch != e.epoch {
+            // A new epoch starts its sequences afresh: nothing of the old one can match.
+            e.epoch = b.epoch;
+            e.batches.clear();
+            e.floor = None;
+        }
+        e.batches.push_back(BatchMeta { first_seq: b.first_seq, last_seq: b.last_seq, first_offset, last_offset });
+        if e.batches.len() > WINDOW {
+            e.floor = e.batches.pop_front();
+        }
+        e.last_timestamp = e.last_timestamp.max(b.max_timestamp);
+    }
+
+    /// The log was cut back so that `offset` is the next to be written: forget every batch
+    /// at or past it. A producer left with nothing is forgotten.
+    pub fn truncate(&mut self, offset: Offset) {
+        self.map.retain(|_, e| {
+            e.batches.retain(|m| m.last_offset < offset);
+            if e.floor.is_some_and(|f| f.last_offset >= offset) {
+                e.floor = None;
+            }
+            if e.batches.is_empty() {
+                if let Some(f) = e.floor.take() {
+                    e.batches.push_back(f);
+                }
+            }
+            !e.batches.is_empty()
+        });
+    }
+
+    /// Forgets producers whose last batch is `expiration_ms` or more older than `now_ms`.
+    /// Returns how many went.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, e| now_ms.saturating_sub(e.last_timestamp) < expiration_ms);
+        before - self.map.len()
+    }
+
+    /// Every producer, by id (for invariants and tools).
+    pub fn iter(&self) -> impl Iterator<Item = (&i64, &ProducerEntry)> {
+        self.map.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(pid: i64, epoch: i16, first: i32, n: i32) -> ProducerBatch {
+        ProducerBatch::new(pid, epoch, first, n - 1, 1000)
+    }
+
+    /// Checks and records like the node does; returns the verdict.
+    fn send(p: &mut Producers, batch: ProducerBatch, next_offset: &mut i64) -> Result<Verdict, SeqError> {
+        let v = p.check(&batch)?;
+        if v == Verdict::Append {
+            let n = i64::from(batch.last_seq.wrapping_sub(batch.first_seq)) + 1;
+            p.record(&batch, *next_offset, *next_offset + n - 1);
+            *next_offset += n;
+        }
+        Ok(v)
+    }
+
+    #[test]
+    fn in_order_batches_append_and_retries_are_duplicates() {
+        let mut p = Producers::default();
+        let mut at = 0;
+        assert_eq!(send(&mut p, b(7, 0, 0, 3), &mut at), Ok(Verdict::Append));
+        assert_eq!(send(&mut p, b(7, 0, 3, 2), &mut at), Ok(Verdict::Append));
+        // The retry of either batch is answered with its original offsets.
+        assert_eq!(
+            send(&mut p, b(7, 0, 0, 3), &mut at),
+            Ok(Verdict::Duplicate(BatchMeta { first_seq: 0, last_seq: 2, first_offset: 0, last_offset: 2 }))
+        );
+        assert!(matches!(send(&mut p, b(7, 0, 3, 2), &mut at), Ok(Verdict::Duplicate(m)) if m.first_offset == 3));
+        assert_eq!(at, 5, "duplicates wrote nothing");
+        // A gap, and an overlap that is not a batch written, are out of order.
+        assert_eq!(send(&mut p, b(7, 0, 6, 1), &mut at), Err(SeqError::OutOfOrder));
+        assert_eq!(send(&mut p, b(7, 0, 4, 1), &mut at), Err(SeqError::OutOfOrder));
+        assert_eq!(send(&mut p, b(7, 0, 5, 1), &mut at), Ok(Verdict::Append));
+    }
+
+    #[test]
+    fn window_is_five_batches() {
+        let mut p = Producers::default();
+        let mut at = 0;
+        for i in 0..7 {
+            assert_eq!(send(&mut p, b(1, 0, i, 1), &mut at), Ok(Verdict::Append));
+        }
+        assert!(matches!(send(&mut p, b(1, 0, 2, 1), &mut at), Ok(Verdict::Duplicate(_))));
+        // Six batches back is out of the window: not a duplicate, and out of order.
+        assert_eq!(send(&mut p, b(1, 0, 1, 1), &mut at), Err(SeqError::OutOfOrder));
+    }
+
+    #[test]
+    fn epochs() {
+        let mut p = Producers::default();
+        let mut at = 0;
+        send(&mut p, b(1, 3, 0, 2), &mut at).unwrap();
+        assert_eq!(send(&mut p, b(1, 2, 2, 1), &mut at), Err(SeqError::InvalidEpoch));
+        assert_eq!(send(&mut p, b(1, 4, 5, 1), &mut at), Err(SeqError::OutOfOrder), "a new epoch starts at 0");
+        assert_eq!(send(&mut p, b(1, 4, 0, 1), &mut at), Ok(Verdict::Append));
+        // The old epoch's batches are gone: its retry is now a stale epoch.
+        assert_eq!(send(&mut p, b(1, 3, 0, 2), &mut at), Err(SeqError::InvalidEpoch));
+        // A producer never seen may start anywhere (KIP-360).
+        assert_eq!(send(&mut p, b(2, 0, 42, 1), &mut at), Ok(Verdict::Append));
+    }
+
+    #[test]
+    fn sequences_wrap() {
+        assert_eq!(last_seq(i32::MAX - 1, 3), 1);
+        assert_eq!(last_seq(5, 0), 5);
+        let mut p = Producers::default();
+        let mut at = 0;
+        send(&mut p, b(1, 0, i32::MAX - 2, 3), &mut at).unwrap();
+        assert_eq!(send(&mut p, b(1, 0, 0, 1), &mut at), Ok(Verdict::Append));
+    }
+
+    #[test]
+    fn truncation_forgets_what_was_cut_and_falls_back_to_the_floor() {
+        let mut p = Producers::default();
+        let mut at = 0;
+        for i in 0..6 {
+            send(&mut p, b(1, 0, i, 1), &mut at).unwrap(); // offsets 0..=5
+        }
+        send(&mut p, b(2, 0, 0, 1), &mut at).unwrap(); // offset 6
+        p.truncate(3);
+        let e = p.get(1).unwrap();
+        assert_eq!(e.batches.iter().map(|m| m.first_seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(p.get(2).is_none(), "producer 2 had only what was cut");
+        // The cut batches may be sent again, in order.
+        assert_eq!(p.check(&b(1, 0, 3, 1)), Ok(Verdict::Append));
+        assert_eq!(p.check(&b(1, 0, 4, 1)), Err(SeqError::OutOfOrder));
+
+        // All five in the window cut: the floor keeps the producer's place.
+        let mut p = Producers::default();
+        let mut at = 0;
+        for i in 0..6 {
+            send(&mut p, b(1, 0, i, 1), &mut at).unwrap();
+        }
+        p.truncate(1);
+        assert_eq!(p.check(&b(1, 0, 1, 1)), Ok(Verdict::Append));
+        assert_eq!(p.check(&b(1, 0, 3, 1)), Err(SeqError::OutOfOrder));
+    }
+
+    #[test]
+    fn expiry() {
+        let mut p = Producers::default();
+        let mut at = 0;
+        send(&mut p, ProducerBatch::new(1, 0, 0, 0, 100), &mut at).unwrap();
+        send(&mut p, ProducerBatch::new(2, 0, 0, 0, 500), &mut at).unwrap();
+        assert_eq!(p.expire(600, 200), 1);
+        assert!(p.get(1).is_none() && p.get(2).is_some());
+    }
+}

@@ -1,0 +1,131 @@
+//! InitProducerId for idempotent producers: a producer id never handed out before, epoch 0.
+//!
+//! Ids come from blocks recorded in the metadata log (as Kafka's controller records
+//! `ProducerIdsRecord`): a block's record is durable before any id in it is answered, and a
+//! restart starts after the last block recorded, so an id is never handed out twice, even if
+//! the node crashed right after answering. Requests that arrive while a block is being
+//! recorded wait for it.
+
+use bytes::Bytes;
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+
+use super::{JobDone, JobId, Node, Then};
+use crate::metadata::MetaRecord;
+use crate::protocol::errors::KafkaError;
+use crate::protocol::{self, FrameError, RequestContext};
+use crate::types::ConnId;
+
+/// Ids per block recorded in the metadata log.
+pub(super) const BLOCK: i64 = 1000;
+
+/// The producer id allocator.
+#[derive(Debug, Default)]
+pub(super) struct ProducerIds {
+    /// The next id to hand out.
+    next: i64,
+    /// Ids below this are in durable blocks.
+    durable_end: i64,
+    /// The block being recorded: its job and its end.
+    pending: Option<(JobId, i64)>,
+}
+
+impl ProducerIds {
+    /// After the metadata log is replayed: ids start after the last recorded block.
+    pub(super) fn restore(&mut self, end: i64) {
+        self.next = end;
+        self.durable_end = end;
+    }
+}
+
+impl Node {
+    pub(super) fn handle_init_producer_id(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: InitProducerIdRequest = protocol::decode_body(body, ctx.version)?;
+        if req.transactional_id.is_some() {
+            // Transactions are not built yet: say so plainly rather than half-work.
+            tracing::warn!(conn = conn.0, "InitProducerId with a transactional.id: transactions are not supported yet");
+            return self.answer_init_producer_id(conn, seq, &ctx, Err(KafkaError::TransactionalIdAuthorizationFailed));
+        }
+        // A non-transactional producer always gets a new id at epoch 0, whatever id and epoch
+        // it names (v3+), as Kafka does: its epoch bumps are its own (KIP-360).
+        let ids = &mut self.producer_ids;
+        if ids.next < ids.durable_end {
+            let id = ids.next;
+            ids.next += 1;
+            return self.answer_init_producer_id(conn, seq, &ctx, Ok(id));
+        }
+        let job = match ids.pending {
+            Some((job, end)) if ids.next < end => job,
+            Some(_) => {
+                // More producers than a block holds arrived while it is being recorded.
+                return self.answer_init_producer_id(conn, seq, &ctx, Err(KafkaError::CoordinatorLoadInProgress));
+            }
+            None => {
+                let end = ids.durable_end + BLOCK;
+                let job = self.new_job(1, JobDone::ProducerIds { end });
+                self.producer_ids.pending = Some((job, end));
+                self.meta_append(&MetaRecord::ProducerIdsBlock { end }, job);
+                job
+            }
+        };
+        let id = self.producer_ids.next;
+        self.producer_ids.next += 1;
+        let build = move |failed: &std::collections::BTreeSet<JobId>| {
+            let result = if failed.is_empty() { Ok(id) } else { Err(KafkaError::CoordinatorLoadInProgress) };
+            protocol::encode_response(&ctx, &init_producer_id_response(result))
+        };
+        self.waiters.push(super::Waiter {
+            conn,
+            seq,
+            jobs: [job].into(),
+            failed: Default::default(),
+            then: Then::Respond(Box::new(build)),
+        });
+        Ok(())
+    }
+
+    fn answer_init_producer_id(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        result: Result<i64, KafkaError>,
+    ) -> Result<(), FrameError> {
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &init_producer_id_response(result)));
+        Ok(())
+    }
+
+    /// A block's record is durable (or could not be written: its ids were never answered, so
+    /// the next attempt records the same block again).
+    pub(super) fn producer_ids_recorded(&mut self, end: i64, ok: bool) {
+        let ids = &mut self.producer_ids;
+        ids.pending = None;
+        if ok {
+            ids.durable_end = ids.durable_end.max(end);
+        } else {
+            tracing::error!("could not record a block of producer ids in the metadata log");
+            ids.next = ids.durable_end;
+        }
+    }
+}
+
+fn init_producer_id_response(result: Result<i64, KafkaError>) -> InitProducerIdResponse {
+    let mut resp = InitProducerIdResponse::default();
+    match result {
+        Ok(id) => {
+            resp.producer_id = ProducerId(id);
+            resp.producer_epoch = 0;
+        }
+        Err(e) => {
+            resp.error_code = e.code();
+            resp.producer_id = ProducerId(-1);
+            resp.producer_epoch = -1;
+        }
+    }
+    resp
+}
