@@ -3,6 +3,8 @@
 # virtualenvs with Kafka client libraries:
 #   .venv-compat-new : latest confluent-kafka + latest kafka-python
 #   .venv-compat-old : confluent-kafka 2.0.2 + kafka-python 2.0.2
+# and the Java client (kafka-clients 4.4.0 and 3.1.2, scripts/install-java-clients.sh) and
+# kafkajs (2.2.4 and 1.16.0, scripts/install-js-clients.sh).
 # Idempotent: a venv is rebuilt only when its stamp file is missing or stale,
 # or when its packages no longer import.  Set COMPAT_REINSTALL=1 to force.
 set -euo pipefail
@@ -64,3 +66,7 @@ make_venv() {
 
 make_venv .venv-compat-new $NEW_PKGS
 make_venv .venv-compat-old $OLD_PKGS
+
+# ---------------------------------------------------------------- Java and JavaScript clients
+bash "$REPO/scripts/install-java-clients.sh"
+bash "$REPO/scripts/install-js-clients.sh"

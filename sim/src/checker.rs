@@ -11,6 +11,12 @@
 //! - a consumer never sees a record at or past the high watermark of the same response (so
 //!   never one that may later disappear), and its reads are contiguous.
 //!
+//! For idempotent producers:
+//! - exactly once and in order: reading a partition from its start, a consumer finds each
+//!   idempotent producer's values for that partition in the order they were made, each once,
+//!   none missing before one that is there (no duplicate from a retry, no gap, no reordering);
+//! - a producer id is never handed out twice, across restarts.
+//!
 //! And for the consumer group:
 //! - one owner per partition per generation: no two members (static members count as their
 //!   instance) are handed the same partition in the same generation;
@@ -58,6 +64,15 @@ pub struct Checker {
     /// confirmed by the coordinator (a request sent after the overlap began succeeded). One of
     /// them may be a zombie the coordinator has fenced; both confirmed means two owners.
     overlaps: Vec<Overlap>,
+    /// Idempotent producers' values: value -> (producer, partition, its place among that
+    /// producer's values for that partition).
+    idempotent: BTreeMap<String, (usize, i32, usize)>,
+    /// Values made per (producer, partition) by idempotent producers.
+    idempotent_made: BTreeMap<(usize, i32), usize>,
+    /// Per (consumer, producer, partition): the place of the next value the consumer must read.
+    idempotent_next: BTreeMap<(usize, usize, i32), usize>,
+    /// Producer ids handed out, and to whom.
+    producer_ids: BTreeMap<i64, usize>,
 }
 
 impl Checker {
@@ -69,6 +84,48 @@ impl Checker {
 
     pub fn on_send(&mut self, values: &[String]) {
         self.produced.extend(values.iter().cloned());
+    }
+
+    /// An idempotent producer made `values` for `partition`, in this order, after its earlier
+    /// ones.
+    pub fn on_send_idempotent(&mut self, producer: usize, partition: i32, values: &[String]) {
+        self.on_send(values);
+        let made = self.idempotent_made.entry((producer, partition)).or_insert(0);
+        for v in values {
+            self.idempotent.insert(v.clone(), (producer, partition, *made));
+            *made += 1;
+        }
+    }
+
+    /// A consumer reading `partition` from its start, offset after offset, read `value`.
+    pub fn on_read_in_order(&mut self, at: u64, consumer: usize, partition: i32, offset: i64, value: &str) {
+        let Some(&(producer, part, place)) = self.idempotent.get(value) else {
+            return;
+        };
+        if part != partition {
+            return self.violation(
+                at,
+                format!("{value:?} of idempotent producer {producer} was made for partition {part} but read from {partition}"),
+            );
+        }
+        let next = self.idempotent_next.entry((consumer, producer, partition)).or_insert(0);
+        let expected = *next;
+        *next = (*next).max(place + 1);
+        if place < expected {
+            self.violation(at, format!("idempotent producer {producer}: {value:?} is in partition {partition} twice (again at offset {offset}): a retry was written again"));
+        } else if place > expected {
+            self.violation(at, format!("idempotent producer {producer}: partition {partition} has {value:?} (its value #{place} there) at offset {offset}, but not #{expected} before it: a gap or a reordering"));
+        }
+    }
+
+    /// InitProducerId answered `producer_id` to `producer`.
+    pub fn on_producer_id(&mut self, at: u64, producer: usize, producer_id: i64) {
+        if let Some(other) = self.producer_ids.insert(producer_id, producer) {
+            self.violation(
+                at,
+                format!("producer id {producer_id} handed out twice (to producers {other} and {producer})"),
+            );
+        }
     }
 
     /// A produce acknowledged `values` at `base`; `floor` is the highest offset this producer
@@ -317,6 +374,50 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The idempotence checks fire on a duplicate, a gap, a reordering and a reused id, and
+    /// stay quiet on a clean history.
+    #[test]
+    fn idempotence_checks_catch_their_bugs() {
+        let vals = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let fresh = || {
+            let mut c = Checker::default();
+            c.on_send_idempotent(1, 0, &vals(&["a", "b"]));
+            c.on_send_idempotent(1, 0, &vals(&["c"]));
+            c.on_send_idempotent(1, 1, &vals(&["x"]));
+            c
+        };
+        let mut c = fresh();
+        for (o, v) in ["a", "b", "c"].iter().enumerate() {
+            c.on_read_in_order(0, 7, 0, o as i64, v);
+        }
+        c.on_read_in_order(0, 7, 1, 0, "x");
+        c.on_read_in_order(0, 8, 0, 0, "a"); // another consumer reads on its own
+        c.on_producer_id(0, 1, 1000);
+        c.on_producer_id(0, 2, 1001);
+        assert!(c.violations.is_empty(), "{:?}", c.violations);
+
+        let mut c = fresh();
+        for (o, v) in ["a", "b", "a", "b", "c"].iter().enumerate() {
+            c.on_read_in_order(0, 7, 0, o as i64, v);
+        }
+        assert_eq!(c.violations.len(), 2, "duplicate: {:?}", c.violations);
+        let mut c = fresh();
+        c.on_read_in_order(0, 7, 0, 0, "a");
+        c.on_read_in_order(0, 7, 0, 1, "c");
+        assert_eq!(c.violations.len(), 1, "gap");
+        let mut c = fresh();
+        c.on_read_in_order(0, 7, 0, 0, "b");
+        c.on_read_in_order(0, 7, 0, 1, "a");
+        assert_eq!(c.violations.len(), 2, "reordering: {:?}", c.violations);
+        let mut c = fresh();
+        c.on_read_in_order(0, 7, 1, 0, "a");
+        assert_eq!(c.violations.len(), 1, "wrong partition");
+        let mut c = fresh();
+        c.on_producer_id(0, 1, 1000);
+        c.on_producer_id(0, 2, 1000);
+        assert_eq!(c.violations.len(), 1, "reused producer id");
+    }
 
     /// Each check fires on the history it guards against.
     #[test]

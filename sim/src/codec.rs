@@ -9,6 +9,7 @@ use sluice_core::log::batch;
 pub const PRODUCE_VERSION: i16 = 9;
 pub const FETCH_VERSION: i16 = 11;
 pub const CREATE_TOPICS_VERSION: i16 = 5;
+pub const INIT_PRODUCER_ID_VERSION: i16 = 4;
 
 pub fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Bytes {
     let mut h = RequestHeader::default();
@@ -49,6 +50,13 @@ pub fn correlation_id(frame: &Bytes) -> Option<i32> {
 /// An uncompressed v2 batch holding `values` (no keys, no headers).
 pub fn batch_of(values: &[String], timestamp: i64) -> Bytes {
     Bytes::from(batch::encode_values(values, timestamp))
+}
+
+/// The same batch from an idempotent producer: its id, epoch and first sequence number.
+pub fn idempotent_batch_of(values: &[String], timestamp: i64, producer_id: i64, epoch: i16, seq: i32) -> Bytes {
+    let mut b = batch::encode_values(values, timestamp);
+    batch::set_producer(&mut b, producer_id, epoch, seq);
+    Bytes::from(b)
 }
 
 /// (offset, value) of every record in a fetched record set of uncompressed batches.

@@ -114,6 +114,7 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
         member_stall_every: None,
         member_leave_every: None,
         kip848: false,
+        idempotent: false,
     };
     // The group's shape comes from a stream of its own, so runs without a group draw what
     // they drew before groups existed.
@@ -126,6 +127,9 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
     plan.member_leave_every = pick(&mut g, &[None, Some(2_000 * MS)]);
     let initial_delay = pick(&mut g, &[0u64, 100, 1_000]);
     plan.kip848 = g.gen_bool(0.5);
+    // Idempotence from a stream of its own too: two seeds in three, as clients default to it.
+    let mut i = ChaCha8Rng::seed_from_u64(seed ^ 0x1de8_9073_e0ce_0000);
+    plan.idempotent = i.gen_bool(2.0 / 3.0);
     let env = Env {
         net_latency: (pick(&mut r, &[20u64, 100, 500]) * US, pick(&mut r, &[1u64, 3, 10]) * MS),
         disk_latency: (2 * US, pick(&mut r, &[20u64, 200]) * US),
@@ -182,9 +186,10 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
     sluice_core::mutants::set(mutant);
     let (plan, env, node) = draw(seed, opts);
     let plan_text = format!(
-        "{} partitions, {} producers x up to {} values (batches <= {}, {} in flight), {} consumers, {} group members{}{} (crash every {:?} ms, stall every {:?} ms, leave every {:?} ms, initial delay {} ms), safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
+        "{} partitions, {} producers{} x up to {} values (batches <= {}, {} in flight), {} consumers, {} group members{}{} (crash every {:?} ms, stall every {:?} ms, leave every {:?} ms, initial delay {} ms), safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
         plan.partitions,
         plan.producers,
+        if plan.idempotent { " (acks=all idempotent)" } else { "" },
         plan.values_per_producer,
         plan.batch_max,
         plan.in_flight_max,

@@ -1,7 +1,9 @@
 //! The simulated Kafka clients and the fault schedule of one run.
 //!
 //! An admin client creates the topic; producers send batches of unique values (acks=all or 1,
-//! several requests in flight, retries after errors, timeouts and disconnects: at-least-once);
+//! several requests in flight, retries after errors, timeouts and disconnects: at-least-once;
+//! in some seeds the acks=all producers are idempotent, as clients are by default, and their
+//! retries must land exactly once, in order);
 //! consumers fetch every partition from offset 0 with long polls; members of a consumer group
 //! (`group.rs`) share the partitions, commit and rebalance. The safety phase injects faults
 //! (in the node, the network and the group's members); then everything heals and the run
@@ -49,6 +51,8 @@ pub struct Plan {
     pub member_leave_every: Option<Nanos>,
     /// Members speak KIP-848's ConsumerGroupHeartbeat rather than the classic protocol.
     pub kip848: bool,
+    /// The acks=all producers are idempotent (InitProducerId, sequence numbers).
+    pub idempotent: bool,
 }
 
 const REQUEST_TIMEOUT: Nanos = 3_000 * MS;
@@ -65,16 +69,45 @@ struct Batch {
     values: Vec<String>,
     /// Highest offset this producer had acknowledged on the partition when first sent.
     floor: i64,
+    /// An idempotent producer's first sequence number for this batch (fixed when it is made:
+    /// every retry carries the same one).
+    seq: Option<i32>,
+}
+
+/// An idempotent producer's id, as InitProducerId answered it.
+#[derive(Default)]
+struct Idempotence {
+    producer_id: Option<(i64, i16)>,
+    /// The correlation id of the InitProducerId in flight.
+    asking: Option<i32>,
+    next_seq: BTreeMap<i32, i32>,
 }
 
 struct Producer {
     acks: i16,
+    idempotence: Option<Idempotence>,
     conn: Option<ConnId>,
     queue: VecDeque<Batch>,
     in_flight: BTreeMap<i32, (Batch, Nanos)>,
     next_cid: i32,
     made: u64,
     acked_max: BTreeMap<i32, i64>,
+}
+
+impl Producer {
+    /// Puts a batch back to be sent again. An idempotent producer's batches of one partition
+    /// must go out in sequence order, or the broker refuses the later ones as out of order.
+    fn requeue(&mut self, b: Batch) {
+        let Some(seq) = b.seq else {
+            return self.queue.push_front(b);
+        };
+        let same = |q: &Batch| q.partition == b.partition;
+        let at = match self.queue.iter().position(|q| same(q) && q.seq.is_some_and(|s| s > seq)) {
+            Some(i) => i,
+            None => self.queue.iter().rposition(same).map_or(0, |i| i + 1),
+        };
+        self.queue.insert(at, b);
+    }
 }
 
 struct Consumer {
@@ -147,6 +180,7 @@ impl Workload {
             let acks = [-1, 1, 0][i % 3];
             clients.push(Role::Producer(Producer {
                 acks,
+                idempotence: (acks == -1 && plan.idempotent).then(Idempotence::default),
                 conn: None,
                 queue: VecDeque::new(),
                 in_flight: BTreeMap::new(),
@@ -231,9 +265,19 @@ impl Workload {
             let values: Vec<String> = (p.made + 1..=p.made + take).map(|k| format!("p{c}-{k}")).collect();
             p.made += take;
             let floor = p.acked_max.get(&partition).copied().unwrap_or(-1);
-            self.checker.on_send(&values);
+            let seq = p.idempotence.as_mut().map(|i| {
+                let next = i.next_seq.entry(partition).or_insert(0);
+                let seq = *next;
+                *next += values.len() as i32;
+                seq
+            });
+            if seq.is_some() {
+                self.checker.on_send_idempotent(c, partition, &values);
+            } else {
+                self.checker.on_send(&values);
+            }
             let Role::Producer(p) = &mut self.clients[c] else { unreachable!() };
-            p.queue.push_back(Batch { partition, values, floor });
+            p.queue.push_back(Batch { partition, values, floor, seq });
         }
         let Role::Producer(p) = &mut self.clients[c] else { unreachable!() };
         // A request that has waited too long: give up on the connection, resend elsewhere.
@@ -261,12 +305,38 @@ impl Workload {
             return;
         };
         let Some(conn) = p.conn else { return };
+        // An idempotent producer asks for its id first, once, and keeps it.
+        let mut producer_id = None;
+        if let Some(idem) = &mut p.idempotence {
+            match idem.producer_id {
+                Some(id) => producer_id = Some(id),
+                None => {
+                    if idem.asking.is_none() {
+                        p.next_cid += 1;
+                        idem.asking = Some(p.next_cid);
+                        let req = InitProducerIdRequest::default()
+                            .with_transactional_id(None)
+                            .with_transaction_timeout_ms(60_000);
+                        w.send(
+                            conn,
+                            codec::frame(ApiKey::InitProducerId, codec::INIT_PRODUCER_ID_VERSION, p.next_cid, &req),
+                        );
+                    }
+                    return;
+                }
+            }
+        }
         while p.in_flight.len() < in_flight_max {
             let Some(b) = p.queue.pop_front() else { break };
             p.next_cid += 1;
             let mut pd = produce_request::PartitionProduceData::default();
             pd.index = b.partition;
-            pd.records = Some(codec::batch_of(&b.values, 1_700_000_000_000));
+            pd.records = Some(match (producer_id, b.seq) {
+                (Some((id, epoch)), Some(seq)) => {
+                    codec::idempotent_batch_of(&b.values, 1_700_000_000_000, id, epoch, seq)
+                }
+                _ => codec::batch_of(&b.values, 1_700_000_000_000),
+            });
             let mut td = produce_request::TopicProduceData::default();
             td.name = topic_name();
             td.partition_data = vec![pd];
@@ -286,17 +356,27 @@ impl Workload {
             return;
         };
         p.conn = None;
+        if let Some(idem) = &mut p.idempotence {
+            idem.asking = None;
+        }
         // Unanswered requests may or may not have been written: send them again
         // (at-least-once), oldest first.
         let lost: Vec<Batch> = std::mem::take(&mut p.in_flight).into_values().map(|(b, _)| b).collect();
         for b in lost.into_iter().rev() {
-            p.queue.push_front(b);
+            p.requeue(b);
         }
         w.set_timer(c, (c as u64) << 8 | T_RECONNECT, BACKOFF);
     }
 
     fn producer_response(&mut self, w: &mut World, c: usize, frame: Bytes) {
         let at = w.now();
+        let asking = match &self.clients[c] {
+            Role::Producer(p) => p.idempotence.as_ref().and_then(|i| i.asking),
+            _ => None,
+        };
+        if asking.is_some() && asking == codec::correlation_id(&frame) {
+            return self.producer_id_response(w, c, frame);
+        }
         let resp: Result<(i32, ProduceResponse), String> =
             codec::decode(ApiKey::Produce, codec::PRODUCE_VERSION, frame);
         let (cid, resp) = match resp {
@@ -317,9 +397,37 @@ impl Workload {
                 *e = (*e).max(last);
                 self.checker.on_ack(at, c, b.partition, pr.base_offset, &b.values, b.floor);
             }
-            _ => p.queue.push_front(b),
+            // An idempotent producer keeps its id and sequences for its whole life, so the
+            // broker has no reason to fence it or forget it.
+            Some(pr) if b.seq.is_some() && matches!(pr.error_code, 47 | 59 | 90) => {
+                let code = pr.error_code;
+                p.requeue(b);
+                self.checker.on_error(at, format!("idempotent producer {c}: produce refused with error {code}"));
+            }
+            // Retriable (for an idempotent producer, OUT_OF_ORDER_SEQUENCE_NUMBER too: an
+            // earlier batch of the partition failed, and this one follows it again).
+            _ => p.requeue(b),
         }
         self.producer_pump(w, c);
+    }
+
+    fn producer_id_response(&mut self, w: &mut World, c: usize, frame: Bytes) {
+        let at = w.now();
+        let resp =
+            codec::decode::<InitProducerIdResponse>(ApiKey::InitProducerId, codec::INIT_PRODUCER_ID_VERSION, frame);
+        let Role::Producer(p) = &mut self.clients[c] else { return };
+        let Some(idem) = &mut p.idempotence else { return };
+        idem.asking = None;
+        match resp {
+            Ok((_, r)) if r.error_code == 0 => {
+                idem.producer_id = Some((r.producer_id.0, r.producer_epoch));
+                self.checker.on_producer_id(at, c, r.producer_id.0);
+                self.producer_pump(w, c);
+            }
+            // Not ready (the block of ids could not be recorded): ask again a little later.
+            Ok(_) => w.set_timer(c, (c as u64) << 8 | T_RECONNECT, BACKOFF),
+            Err(e) => self.checker.on_error(at, format!("producer {c}: undecodable InitProducerId response: {e}")),
+        }
     }
 
     fn consumer_pump(&mut self, w: &mut World, c: usize) {
@@ -386,6 +494,7 @@ impl Workload {
                     }
                     *next = o + 1;
                     self.checker.on_consume(at, c, p, o, &v, hw);
+                    self.checker.on_read_in_order(at, c, p, o, &v);
                 }
             }
         }

@@ -1,12 +1,18 @@
 """Minimal hand-written Kafka wire protocol helpers for raw-socket tests.
 
-Only non-flexible request versions are used (request header v1, response
+Most helpers use non-flexible request versions (request header v1, response
 header v0), which every Kafka broker since 0.11 / up to 4.x accepts:
 
     ApiVersions v0, Metadata v1, Produce v3, Fetch v4, ListOffsets v1
 
 Also: RecordBatch (magic 2) encoding/decoding with CRC-32C, so tests can build
 valid, corrupt and oversized batches, and parse Kafka `.log` segment files.
+
+For the idempotent producer (test_idempotence_wire.py) there are also
+InitProducerId v0-v5, Produce v8 and v9, and CreateTopics v2. InitProducerId
+v2+ and Produce v9 are flexible versions (request header v2, response header
+v1, compact strings and tagged fields). These helpers are at the end of the
+module, with their Conn methods just above them.
 """
 
 from __future__ import annotations
@@ -572,3 +578,289 @@ class Conn:
                 return out, hw
             if time.monotonic() > deadline:
                 raise AssertionError("fetch_all timed out at offset %d hw %d" % (offset, hw))
+
+    # ---- idempotent-producer helpers (encoders/parsers at the end of this module)
+    def request_flexible(self, api_key, api_version, body):
+        """Send with request header v2; return the body after response header v1."""
+        self.corr += 1
+        corr = self.corr
+        self.send_raw(request_frame_flexible(api_key, api_version, corr, body))
+        got, resp = self.recv_response()
+        if got != corr:
+            raise AssertionError("correlation id mismatch: sent %d got %d" % (corr, got))
+        return strip_response_header_v1(resp)
+
+    def init_producer_id(self, version=1, transactional_id=None, transaction_timeout_ms=60000,
+                         producer_id=-1, producer_epoch=-1):
+        """InitProducerId v0-v5 (v2+ flexible); returns dict(throttle_time_ms, error,
+        producer_id, producer_epoch)."""
+        body = init_producer_id_request(version, transactional_id, transaction_timeout_ms,
+                                        producer_id, producer_epoch)
+        if version >= 2:
+            resp = self.request_flexible(INIT_PRODUCER_ID, version, body)
+        else:
+            resp = self.request(INIT_PRODUCER_ID, version, body)
+        return parse_init_producer_id(version, resp)
+
+    def produce_multi(self, topics, version=3, acks=-1, timeout_ms=10000, transactional_id=None):
+        """Produce to several partitions in one request; returns {(topic, partition): dict}.
+        version 3 (plain), 8 (adds log_start_offset/record_errors/error_message) or 9 (flexible).
+        topics: [(topic, [(partition, records_bytes)])] (a partition may be listed twice)."""
+        if version == 3:
+            assert transactional_id is None
+            return parse_produce_v3(self.request(PRODUCE, 3, produce_v3_multi(topics, acks, timeout_ms)))
+        if version == 8:
+            return parse_produce_v8(self.request(PRODUCE, 8, produce_v8_multi(topics, acks, timeout_ms,
+                                                                              transactional_id)))
+        if version == 9:
+            return parse_produce_v9(self.request_flexible(PRODUCE, 9, produce_v9_multi(topics, acks, timeout_ms,
+                                                                                       transactional_id)))
+        raise ValueError("produce version %d not implemented here" % version)
+
+    def produce_v(self, topic, partition, records_bytes, version=3, acks=-1, transactional_id=None):
+        return self.produce_multi([(topic, [(partition, records_bytes)])], version=version, acks=acks,
+                                  transactional_id=transactional_id)[(topic, partition)]
+
+    def create_topic(self, topic, partitions=1, replication_factor=1, timeout_ms=10000):
+        """CreateTopics v2; returns (error_code, error_message) for the topic."""
+        return parse_create_topics_v2(self.request(CREATE_TOPICS, 2, create_topics_v2(
+            [(topic, partitions, replication_factor)], timeout_ms)))[topic]
+
+
+# ================================================================= idempotent producer
+# Added for test_idempotence_wire.py: InitProducerId (v0-v5), flexible
+# (KIP-482) request/response headers, Produce v8 (non-flexible, with
+# record_errors / error_message) and v9 (flexible), CreateTopics v2, and a
+# decoder for the producer fields of fetched batches.  Nothing above changes.
+
+INIT_PRODUCER_ID = 22
+
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+DUPLICATE_SEQUENCE_NUMBER = 46
+INVALID_PRODUCER_EPOCH = 47
+INVALID_TXN_STATE = 48
+INVALID_PRODUCER_ID_MAPPING = 49
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
+UNKNOWN_PRODUCER_ID = 59
+PRODUCER_FENCED = 90
+
+ERROR_NAMES = {
+    -1: "UNKNOWN_SERVER_ERROR", 0: "NONE", 1: "OFFSET_OUT_OF_RANGE", 2: "CORRUPT_MESSAGE",
+    3: "UNKNOWN_TOPIC_OR_PARTITION", 4: "INVALID_FETCH_SIZE", 5: "LEADER_NOT_AVAILABLE",
+    6: "NOT_LEADER_OR_FOLLOWER", 7: "REQUEST_TIMED_OUT", 10: "MESSAGE_TOO_LARGE",
+    14: "COORDINATOR_LOAD_IN_PROGRESS", 15: "COORDINATOR_NOT_AVAILABLE", 16: "NOT_COORDINATOR", 35: "UNSUPPORTED_VERSION",
+    36: "TOPIC_ALREADY_EXISTS", 42: "INVALID_REQUEST", 43: "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+    45: "OUT_OF_ORDER_SEQUENCE_NUMBER", 46: "DUPLICATE_SEQUENCE_NUMBER",
+    47: "INVALID_PRODUCER_EPOCH", 48: "INVALID_TXN_STATE", 49: "INVALID_PRODUCER_ID_MAPPING",
+    50: "INVALID_TRANSACTION_TIMEOUT", 51: "CONCURRENT_TRANSACTIONS",
+    53: "TRANSACTIONAL_ID_AUTHORIZATION_FAILED", 59: "UNKNOWN_PRODUCER_ID", 87: "INVALID_RECORD",
+    90: "PRODUCER_FENCED", 102: "TRANSACTION_ABORTABLE",
+}
+
+
+def error_name(code):
+    return "%s(%d)" % (ERROR_NAMES.get(code, "?"), code)
+
+
+# ----------------------------------------------------------------- flexible (compact) primitives
+
+def tagged_fields_empty():
+    return uvarint(0)
+
+
+def compact_string(s):
+    if s is None:
+        return uvarint(0)
+    b = s.encode() if isinstance(s, str) else s
+    return uvarint(len(b) + 1) + b
+
+
+def compact_bytes(b):
+    if b is None:
+        return uvarint(0)
+    return uvarint(len(b) + 1) + b
+
+
+def compact_array(items, enc=lambda x: x):
+    if items is None:
+        return uvarint(0)
+    return uvarint(len(items) + 1) + b"".join(enc(x) for x in items)
+
+
+def read_compact_string(r):
+    n = r.uvarint() - 1
+    return None if n < 0 else r.raw(n).decode()
+
+
+def read_compact_bytes(r):
+    n = r.uvarint() - 1
+    return None if n < 0 else r.raw(n)
+
+
+def read_compact_array(r, fn):
+    n = r.uvarint() - 1
+    if n < 0:
+        return None
+    return [fn(r) for _ in range(n)]
+
+
+def skip_tagged_fields(r):
+    for _ in range(r.uvarint()):
+        r.uvarint()  # tag
+        r.raw(r.uvarint())
+
+
+def request_frame_flexible(api_key, api_version, correlation_id, body=b"", client_id="sluice-compat"):
+    """Request header v2: header v1 followed by (empty) tagged fields."""
+    payload = (i16(api_key) + i16(api_version) + i32(correlation_id) + string(client_id)
+               + tagged_fields_empty() + body)
+    return i32(len(payload)) + payload
+
+
+def strip_response_header_v1(body):
+    """`body` as returned by Conn.request (correlation id already removed):
+    drop the response header v1 tagged fields."""
+    r = Reader(body)
+    skip_tagged_fields(r)
+    return body[r.pos:]
+
+
+# ----------------------------------------------------------------- InitProducerId
+
+def init_producer_id_request(version, transactional_id=None, transaction_timeout_ms=60000,
+                             producer_id=-1, producer_epoch=-1):
+    """InitProducerId v0-v5.  v2+ flexible; v3+ carry producer_id/epoch."""
+    if version >= 2:
+        body = compact_string(transactional_id) + i32(transaction_timeout_ms)
+        if version >= 3:
+            body += i64(producer_id) + i16(producer_epoch)
+        return body + tagged_fields_empty()
+    return string(transactional_id) + i32(transaction_timeout_ms)
+
+
+def parse_init_producer_id(version, body):
+    """`body` without the response header (see Conn.init_producer_id)."""
+    r = Reader(body)
+    d = dict(throttle_time_ms=r.i32(), error=r.i16(), producer_id=r.i64(), producer_epoch=r.i16())
+    if version >= 2:
+        skip_tagged_fields(r)
+    return d
+
+
+# ----------------------------------------------------------------- Produce v8 / v9
+
+def produce_v8_multi(topics, acks=-1, timeout_ms=10000, transactional_id=None):
+    """Produce v8 (non-flexible; response has record_errors/error_message).
+    topics: [(topic, [(partition, records_bytes)])]"""
+    return (string(transactional_id) + i16(acks) + i32(timeout_ms)
+            + array(topics, lambda t: string(t[0]) + array(t[1], lambda p: i32(p[0]) + kbytes(p[1]))))
+
+
+def produce_v9_multi(topics, acks=-1, timeout_ms=10000, transactional_id=None):
+    """Produce v9 (first flexible version). topics: [(topic, [(partition, records_bytes)])]"""
+    return (compact_string(transactional_id) + i16(acks) + i32(timeout_ms)
+            + compact_array(topics, lambda t: compact_string(t[0]) + compact_array(
+                t[1], lambda p: i32(p[0]) + compact_bytes(p[1]) + tagged_fields_empty())
+                + tagged_fields_empty())
+            + tagged_fields_empty())
+
+
+def _produce_partition_v8(r, flexible):
+    d = dict(partition=r.i32(), error=r.i16(), base_offset=r.i64(), log_append_time=r.i64(),
+             log_start_offset=r.i64())
+    if flexible:
+        d["record_errors"] = read_compact_array(
+            r, lambda r: (r.i32(), read_compact_string(r), skip_tagged_fields(r))[:2])
+        d["error_message"] = read_compact_string(r)
+        skip_tagged_fields(r)
+    else:
+        d["record_errors"] = r.array(lambda r: (r.i32(), r.string()))
+        d["error_message"] = r.string()
+    return d
+
+
+def parse_produce_v8(body):
+    r = Reader(body)
+    topics = r.array(lambda r: (r.string(), r.array(lambda r: _produce_partition_v8(r, False))))
+    r.i32()  # throttle
+    return {(t, p["partition"]): p for t, parts in topics for p in parts}
+
+
+def parse_produce_v9(body):
+    """`body` without the response header v1 tagged fields."""
+    r = Reader(body)
+
+    def topic(r):
+        name = read_compact_string(r)
+        parts = read_compact_array(r, lambda r: _produce_partition_v8(r, True))
+        skip_tagged_fields(r)
+        return name, parts
+
+    topics = read_compact_array(r, topic)
+    r.i32()  # throttle
+    skip_tagged_fields(r)
+    return {(t, p["partition"]): p for t, parts in topics for p in parts}
+
+
+# ----------------------------------------------------------------- CreateTopics v2
+
+def create_topics_v2(topics, timeout_ms=10000, validate_only=False):
+    """topics: [(name, num_partitions, replication_factor)]"""
+    return (array(topics, lambda t: string(t[0]) + i32(t[1]) + i16(t[2]) + array([]) + array([]))
+            + i32(timeout_ms) + i8(1 if validate_only else 0))
+
+
+def parse_create_topics_v2(body):
+    r = Reader(body)
+    r.i32()  # throttle
+    return {name: (err, msg) for name, err, msg in r.array(lambda r: (r.string(), r.i16(), r.string()))}
+
+
+# ----------------------------------------------------------------- batch producer fields
+
+@dataclass
+class BatchHeader:
+    base_offset: int
+    last_offset_delta: int
+    attributes: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    record_count: int
+
+    @property
+    def last_offset(self):
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def is_transactional(self):
+        return bool(self.attributes & 0x10)
+
+    @property
+    def is_control(self):
+        return bool(self.attributes & 0x20)
+
+
+def decode_batch_headers(data: bytes):
+    """The header fields (incl. producer id / epoch / base sequence) of each
+    complete magic-2 batch in `data`; a trailing partial batch is ignored."""
+    out = []
+    pos = 0
+    while len(data) - pos >= 61:
+        base_offset, batch_length = struct.unpack(">qi", data[pos:pos + 12])
+        if batch_length < 49 or pos + 12 + batch_length > len(data):
+            break
+        (_ple, magic, _crc, attributes, lod, _bts, _mts, pid, epoch, seq, count) = struct.unpack(
+            ">ibIhiqqqhii", data[pos + 12:pos + 12 + 49])
+        if magic != 2:
+            break
+        out.append(BatchHeader(base_offset, lod, attributes, pid, epoch, seq, count))
+        pos += 12 + batch_length
+    return out
+
+
+def idempotent_batch(values, producer_id, producer_epoch, base_sequence, attributes=0, **kw):
+    """A batch of records with the given values, stamped with producer fields."""
+    return encode_batch([Record(value=v) for v in values], producer_id=producer_id,
+                        producer_epoch=producer_epoch, base_sequence=base_sequence,
+                        attributes=attributes, **kw)

@@ -15,7 +15,9 @@
 //! than the window is kept per producer as its floor: a cut that removes all five can fall
 //! back to it, so the producer keeps its place in the sequence instead of being forgotten.
 //! A client keeps at most five requests in flight, so the batch before the last five it
-//! appended is durable and never cut.
+//! appended is durable and never cut. A producer whose every batch here was cut is not
+//! forgotten either: it must start again at the first sequence that was cut, so a batch it
+//! had in flight behind the cut ones cannot land first and leave a gap.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -25,6 +27,9 @@ use crate::types::Offset;
 /// `max.in.flight.requests.per.connection` bound for idempotence).
 pub const WINDOW: usize = 5;
 
+/// The epoch of a batch that has none (`RecordBatch.NO_PRODUCER_EPOCH`).
+pub const NO_EPOCH: i16 = -1;
+
 /// One batch a producer wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchMeta {
@@ -32,6 +37,7 @@ pub struct BatchMeta {
     pub last_seq: i32,
     pub first_offset: Offset,
     pub last_offset: Offset,
+    pub max_timestamp: i64,
 }
 
 /// A producer's state on one partition.
@@ -44,6 +50,8 @@ pub struct ProducerEntry {
     pub floor: Option<BatchMeta>,
     /// Largest batch timestamp seen (for `producer.id.expiration.ms`).
     pub last_timestamp: i64,
+    /// With no batch left after a cut: the sequence the producer must start again at.
+    pub expect: Option<i32>,
 }
 
 /// The producer fields of a batch header.
@@ -128,9 +136,18 @@ impl Producers {
             }
             return Ok(Verdict::Append);
         }
-        match e.batches.back().or(e.floor.as_ref()) {
-            Some(last) if !in_sequence(last.last_seq, b.first_seq) => Err(SeqError::OutOfOrder),
-            _ => Ok(Verdict::Append),
+        if e.epoch == NO_EPOCH {
+            // A producer id with no epoch: Kafka checks no sequence for it.
+            return Ok(Verdict::Append);
+        }
+        let in_order = match e.batches.back().or(e.floor.as_ref()) {
+            Some(last) => in_sequence(last.last_seq, b.first_seq),
+            None => e.expect.is_none_or(|s| s == b.first_seq),
+        };
+        if in_order {
+            Ok(Verdict::Append)
+        } else {
+            Err(SeqError::OutOfOrder)
         }
     }
 
@@ -142,14 +159,22 @@ impl Producers {
             batches: VecDeque::new(),
             floor: None,
             last_timestamp: b.max_timestamp,
+            expect: None,
         });
+        e.expect = None;
         if b.epoch != e.epoch {
             // A new epoch starts its sequences afresh: nothing of the old one can match.
             e.epoch = b.epoch;
             e.batches.clear();
             e.floor = None;
         }
-        e.batches.push_back(BatchMeta { first_seq: b.first_seq, last_seq: b.last_seq, first_offset, last_offset });
+        e.batches.push_back(BatchMeta {
+            first_seq: b.first_seq,
+            last_seq: b.last_seq,
+            first_offset,
+            last_offset,
+            max_timestamp: b.max_timestamp,
+        });
         if e.batches.len() > WINDOW {
             e.floor = e.batches.pop_front();
         }
@@ -157,9 +182,11 @@ impl Producers {
     }
 
     /// The log was cut back so that `offset` is the next to be written: forget every batch
-    /// at or past it. A producer left with nothing is forgotten.
+    /// at or past it. A producer left with nothing must start again where the cut began.
     pub fn truncate(&mut self, offset: Offset) {
-        self.map.retain(|_, e| {
+        for e in self.map.values_mut() {
+            let first_cut =
+                e.floor.iter().chain(e.batches.iter()).find(|m| m.last_offset >= offset).map(|m| m.first_seq);
             e.batches.retain(|m| m.last_offset < offset);
             if e.floor.is_some_and(|f| f.last_offset >= offset) {
                 e.floor = None;
@@ -167,10 +194,11 @@ impl Producers {
             if e.batches.is_empty() {
                 if let Some(f) = e.floor.take() {
                     e.batches.push_back(f);
+                } else if first_cut.is_some() {
+                    e.expect = first_cut;
                 }
             }
-            !e.batches.is_empty()
-        });
+        }
     }
 
     /// Forgets producers whose last batch is `expiration_ms` or more older than `now_ms`.
@@ -215,7 +243,13 @@ mod tests {
         // The retry of either batch is answered with its original offsets.
         assert_eq!(
             send(&mut p, b(7, 0, 0, 3), &mut at),
-            Ok(Verdict::Duplicate(BatchMeta { first_seq: 0, last_seq: 2, first_offset: 0, last_offset: 2 }))
+            Ok(Verdict::Duplicate(BatchMeta {
+                first_seq: 0,
+                last_seq: 2,
+                first_offset: 0,
+                last_offset: 2,
+                max_timestamp: 1000
+            }))
         );
         assert!(matches!(send(&mut p, b(7, 0, 3, 2), &mut at), Ok(Verdict::Duplicate(m)) if m.first_offset == 3));
         assert_eq!(at, 5, "duplicates wrote nothing");
@@ -249,6 +283,12 @@ mod tests {
         assert_eq!(send(&mut p, b(1, 3, 0, 2), &mut at), Err(SeqError::InvalidEpoch));
         // A producer never seen may start anywhere (KIP-360).
         assert_eq!(send(&mut p, b(2, 0, 42, 1), &mut at), Ok(Verdict::Append));
+        // Epochs compare as signed: -2 is older than anything.
+        assert_eq!(send(&mut p, b(1, -2, 1, 1), &mut at), Err(SeqError::InvalidEpoch));
+        // A producer id with no epoch is deduplicated but not sequence-checked.
+        assert_eq!(send(&mut p, b(3, NO_EPOCH, 0, 1), &mut at), Ok(Verdict::Append));
+        assert!(matches!(send(&mut p, b(3, NO_EPOCH, 0, 1), &mut at), Ok(Verdict::Duplicate(_))));
+        assert_eq!(send(&mut p, b(3, NO_EPOCH, 9, 1), &mut at), Ok(Verdict::Append));
     }
 
     #[test]
@@ -272,7 +312,10 @@ mod tests {
         p.truncate(3);
         let e = p.get(1).unwrap();
         assert_eq!(e.batches.iter().map(|m| m.first_seq).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(p.get(2).is_none(), "producer 2 had only what was cut");
+        // Producer 2 had only what was cut: it must start again at that batch's sequence,
+        // not at whatever it had in flight behind it.
+        assert_eq!(p.check(&b(2, 0, 1, 1)), Err(SeqError::OutOfOrder));
+        assert_eq!(p.check(&b(2, 0, 0, 1)), Ok(Verdict::Append));
         // The cut batches may be sent again, in order.
         assert_eq!(p.check(&b(1, 0, 3, 1)), Ok(Verdict::Append));
         assert_eq!(p.check(&b(1, 0, 4, 1)), Err(SeqError::OutOfOrder));

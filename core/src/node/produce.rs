@@ -1,5 +1,7 @@
 //! Produce: check every batch, append, and answer once the sync covering it has completed.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -39,26 +41,52 @@ impl Node {
             return Ok(());
         }
         let acks = req.acks;
+        // Kafka's request-level refusal: transactional batches with no transactional id fail
+        // every partition of the request, and nothing is written.
+        let refuse_all = (req.transactional_id.is_none()
+            && req.topic_data.iter().flat_map(|t| &t.partition_data).any(|pd| {
+                pd.records.as_ref().and_then(|r| batch::parse_header(r).ok()).is_some_and(|h| h.is_transactional())
+            }))
+        .then_some(KafkaError::TransactionalIdAuthorizationFailed);
+        // A partition named twice counts once, as its last entry (as in Kafka, which keys the
+        // request by partition); a topic named twice is answered as one.
+        let mut last: BTreeMap<(&str, i32), (usize, usize)> = BTreeMap::new();
+        for (ti, td) in req.topic_data.iter().enumerate() {
+            for (pi, pd) in td.partition_data.iter().enumerate() {
+                last.insert((td.name.0.as_str(), pd.index), (ti, pi));
+            }
+        }
         let mut resp = ProduceResponse::default();
         let mut waits = Vec::new();
         for (ti, td) in req.topic_data.iter().enumerate() {
-            let mut tr = TopicProduceResponse::default();
-            tr.name = td.name.clone();
+            let name = td.name.0.as_str();
             for (pi, pd) in td.partition_data.iter().enumerate() {
+                if last.get(&(name, pd.index)) != Some(&(ti, pi)) {
+                    continue;
+                }
+                let rti = match resp.responses.iter().position(|t| t.name.0.as_str() == name) {
+                    Some(i) => i,
+                    None => {
+                        let mut tr = TopicProduceResponse::default();
+                        tr.name = td.name.clone();
+                        resp.responses.push(tr);
+                        resp.responses.len() - 1
+                    }
+                };
                 let mut pr = PartitionProduceResponse::default();
                 pr.index = pd.index;
                 pr.base_offset = -1;
                 pr.log_append_time_ms = -1;
                 pr.log_start_offset = -1;
-                let result = if !matches!(acks, -1 | 0 | 1) {
+                let result = if let Some(e) = refuse_all {
+                    Err(e)
+                } else if !matches!(acks, -1 | 0 | 1) {
                     Err(KafkaError::InvalidRequiredAcks)
-                } else if req.transactional_id.is_some() {
-                    Err(KafkaError::TransactionalIdAuthorizationFailed)
-                } else if td.name.0.as_str() == super::groups::OFFSETS_TOPIC {
+                } else if name == super::groups::OFFSETS_TOPIC {
                     // Only the group coordinator writes the internal offsets topic.
                     Err(KafkaError::InvalidTopic)
                 } else {
-                    self.append_partition(td.name.0.as_str(), pd.index, pd.records.as_ref())
+                    self.append_partition(name, pd.index, pd.records.as_ref())
                 };
                 match result {
                     Ok((tp, base, end, generation, log_start, append_time)) => {
@@ -67,16 +95,15 @@ impl Node {
                             pr.log_start_offset = log_start;
                         }
                         pr.log_append_time_ms = append_time;
-                        waits.push((ti, pi, tp, end, generation));
+                        waits.push((rti, resp.responses[rti].partition_responses.len(), tp, end, generation));
                     }
                     Err(e) => {
-                        tracing::debug!(topic = %td.name.0.as_str(), partition = pd.index, error = ?e, "produce refused");
+                        tracing::debug!(topic = %name, partition = pd.index, error = ?e, "produce refused");
                         pr.error_code = e.code();
                     }
                 }
-                tr.partition_responses.push(pr);
+                resp.responses[rti].partition_responses.push(pr);
             }
-            resp.responses.push(tr);
         }
         if acks == 0 {
             // acks=0 gets no response at all; the writes still become durable as usual.
@@ -131,7 +158,15 @@ impl Node {
                     offset = m.first_offset,
                     "duplicate batch"
                 );
-                return Ok((tp, m.first_offset, m.last_offset + 1, p.log.generation, p.log.log_start_offset, -1));
+                // Kafka answers a duplicate with the batch's max timestamp as its append time.
+                return Ok((
+                    tp,
+                    m.first_offset,
+                    m.last_offset + 1,
+                    p.log.generation,
+                    p.log.log_start_offset,
+                    m.max_timestamp,
+                ));
             }
         }
         let mut base = None;
@@ -194,15 +229,13 @@ impl Node {
     }
 }
 
-/// The producer fields of an idempotent producer's batch. Such a batch must come alone (as
-/// Kafka requires of every Produce from v3 on) and carry a valid epoch and first sequence.
+/// The producer fields of an idempotent producer's batch, which must carry a first
+/// sequence (Kafka refuses -1 with INVALID_RECORD; any epoch is taken as it comes).
 fn idempotent_batch(batches: &[(std::ops::Range<usize>, BatchHeader)]) -> Result<Option<ProducerBatch>, KafkaError> {
-    if !batches.iter().any(|(_, h)| h.has_producer_id()) {
-        return Ok(None);
-    }
     match batches {
-        [(_, h)] if h.producer_epoch >= 0 && h.base_sequence >= 0 => Ok(h.producer()),
-        _ => Err(KafkaError::InvalidRecord),
+        [(_, h)] if h.has_producer_id() && h.base_sequence < 0 => Err(KafkaError::InvalidRecord),
+        [(_, h)] => Ok(h.producer()),
+        _ => Ok(None),
     }
 }
 
@@ -227,6 +260,10 @@ fn split_batches(
         }
         out.push((at..at + h.size, h));
         at += h.size;
+    }
+    // Kafka takes exactly one batch per partition from Produce v3 on.
+    if out.len() != 1 {
+        return Err(KafkaError::InvalidRecord);
     }
     Ok(out)
 }

@@ -46,6 +46,12 @@ impl Node {
         body: Bytes,
     ) -> Result<(), FrameError> {
         let req: InitProducerIdRequest = protocol::decode_body(body, ctx.version)?;
+        // As Kafka: an id without an epoch (or an epoch without an id), or an empty
+        // transactional id, is an invalid request.
+        let half_named = ctx.version >= 3 && ((req.producer_id.0 == -1) != (req.producer_epoch == -1));
+        if half_named || req.transactional_id.as_ref().is_some_and(|t| t.0.is_empty()) {
+            return self.answer_init_producer_id(conn, seq, &ctx, Err(KafkaError::InvalidRequest));
+        }
         if req.transactional_id.is_some() {
             // Transactions are not built yet: say so plainly rather than half-work.
             tracing::warn!(conn = conn.0, "InitProducerId with a transactional.id: transactions are not supported yet");
