@@ -25,6 +25,8 @@ struct Opts {
     in_flight: usize,
     rate: Option<f64>,
     fetch_max_bytes: i32,
+    /// Produce as an idempotent producer (InitProducerId, a sequence number per batch).
+    idempotent: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -39,6 +41,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         in_flight: 16,
         rate: None,
         fetch_max_bytes: 50 * 1024 * 1024,
+        idempotent: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -55,6 +58,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--in-flight" => o.in_flight = v()?.parse::<usize>().map_err(|_| bad(a))?.max(1),
             "--rate" => o.rate = Some(v()?.parse().map_err(|_| bad(a))?),
             "--fetch-max-bytes" => o.fetch_max_bytes = v()?.parse().map_err(|_| bad(a))?,
+            "--idempotent" => o.idempotent = true,
             other => return Err(format!("unknown perf option {other:?}")),
         }
     }
@@ -121,6 +125,19 @@ async fn call<T: Encodable, R: Decodable>(s: &mut TcpStream, key: ApiKey, versio
     R::decode(&mut resp, version).map_err(|e| e.to_string())
 }
 
+/// Asks for a producer id, as an idempotent client does first.
+async fn init_producer_id(s: &mut TcpStream) -> Result<i64, String> {
+    let req = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
+    s.write_all(&frame(ApiKey::InitProducerId, 4, 1, &req)?).await.map_err(|e| e.to_string())?;
+    let mut resp = read_frame(s).await?;
+    resp.advance(5); // correlation id, tagged fields
+    let r = InitProducerIdResponse::decode(&mut resp, 4).map_err(|e| e.to_string())?;
+    if r.error_code != 0 {
+        return Err(format!("InitProducerId failed with error {}", r.error_code));
+    }
+    Ok(r.producer_id.0)
+}
+
 async fn ensure_topic(s: &mut TcpStream, topic: &str, partitions: i32) -> Result<(), String> {
     let mut t = CreatableTopic::default();
     t.name = TopicName(StrBytes::from_string(topic.to_string()));
@@ -151,6 +168,30 @@ async fn produce(o: Opts) -> Result<(), String> {
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let batch = build_batch(o.batch_records, o.record_size, now_ms);
     let requests = o.records.div_ceil(o.batch_records as u64);
+    // An idempotent producer's batches each carry their own sequence number, so they are
+    // stamped (and their CRCs computed) before the clock starts: the client's copies must not
+    // be what is measured.
+    let stamped = if o.idempotent {
+        let producer_id = init_producer_id(&mut s).await?;
+        let bytes = requests.saturating_mul(batch.len() as u64);
+        if bytes > 2 << 30 {
+            return Err(format!(
+                "--idempotent stamps every batch up front: {bytes} bytes is too many; use fewer records"
+            ));
+        }
+        let mut next_seq = vec![0i32; o.partitions as usize];
+        let mut out = Vec::with_capacity(requests as usize);
+        for i in 0..requests {
+            let p = (i % o.partitions as u64) as usize;
+            let mut b = batch.to_vec();
+            sluice_core::log::batch::set_producer(&mut b, producer_id, 0, next_seq[p]);
+            next_seq[p] = next_seq[p].wrapping_add(o.batch_records as i32);
+            out.push(Bytes::from(b));
+        }
+        Some(out)
+    } else {
+        None
+    };
     let (mut rd, mut wr) = s.into_split();
     let start = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(i32, Instant)>(o.in_flight);
@@ -168,7 +209,10 @@ async fn produce(o: Opts) -> Result<(), String> {
                 }
                 let mut pd = PartitionProduceData::default();
                 pd.index = (i % partitions as u64) as i32;
-                pd.records = Some(batch.clone());
+                pd.records = Some(match &stamped {
+                    Some(all) => all[i as usize].clone(),
+                    None => batch.clone(),
+                });
                 let mut td = TopicProduceData::default();
                 td.name = TopicName(StrBytes::from_string(topic.clone()));
                 td.partition_data = vec![pd];
@@ -215,13 +259,14 @@ async fn produce(o: Opts) -> Result<(), String> {
     let mb = records as f64 * o.record_size as f64 / 1e6;
     latencies.sort();
     println!(
-        "produce: {records} records of {} bytes in {secs:.2} s: {:.0} records/s, {:.1} MB/s (values), acks={} batch={} in-flight={} errors={errors}",
+        "produce: {records} records of {} bytes in {secs:.2} s: {:.0} records/s, {:.1} MB/s (values), acks={} batch={} in-flight={}{} errors={errors}",
         o.record_size,
         records as f64 / secs,
         mb / secs,
         o.acks,
         o.batch_records,
-        o.in_flight
+        o.in_flight,
+        if o.idempotent { " idempotent" } else { "" }
     );
     if !latencies.is_empty() {
         println!(
