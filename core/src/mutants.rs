@@ -29,6 +29,9 @@ pub enum Mutant {
     /// Start-up does not rebuild producer state from the log: a retry of a batch written
     /// before a crash is taken for a new one.
     ProducerStateNotRebuilt = 10,
+    /// When a failed write cuts the log back, producer state keeps the batches that were cut:
+    /// their retries are answered as duplicates at offsets that no longer hold them.
+    ProducerStateNotCut = 11,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -42,6 +45,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::AssignUnreleased, "assign-unreleased"),
     (Mutant::DedupWindowDropped, "dedup-window-dropped"),
     (Mutant::ProducerStateNotRebuilt, "producer-state-not-rebuilt"),
+    (Mutant::ProducerStateNotCut, "producer-state-not-cut"),
 ];
 
 pub fn by_name(name: &str) -> Option<Mutant> {

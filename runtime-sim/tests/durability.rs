@@ -49,7 +49,9 @@ fn record(offset: i64, timestamp: i64, value: Bytes) -> Record {
         producer_epoch: -1,
         timestamp_type: TimestampType::Creation,
         offset,
-        sequence: -1,
+        // The codec starts a new batch wherever offset - sequence changes: -1 for the first
+        // record keeps the batch whole (one batch per partition, as clients send).
+        sequence: offset as i32 - 1,
         timestamp,
         key: None,
         value: Some(value),

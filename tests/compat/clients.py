@@ -25,9 +25,11 @@ CK_VERSION = _ck_version()
 
 
 def ck_producer(bootstrap, **conf) -> Producer:
+    """A librdkafka producer with the library's own defaults for everything
+    idempotence-related (enable.idempotence is false in librdkafka); pass
+    **{"enable.idempotence": True} to turn it on."""
     c = {
         "bootstrap.servers": bootstrap,
-        "enable.idempotence": False,
         "acks": "all",
         "linger.ms": 5,
         "message.timeout.ms": 30000,
@@ -213,12 +215,11 @@ def assert_ck_messages_match(got_msgs, want_items, start_offset=0, check_ts=True
 
 
 def kp_producer_kwargs(bootstrap, **kw):
-    import kafka
-    from kafka import KafkaProducer
+    """kafka-python producer settings.  enable_idempotence is left at the
+    library's default (True in kafka-python 3, which then also defaults
+    acks to 'all'; kafka-python 2.0.2 has no idempotent producer)."""
     d = dict(bootstrap_servers=bootstrap, linger_ms=5, request_timeout_ms=15000, max_block_ms=15000,
              retries=3, client_id="compat-kp")
-    if "enable_idempotence" in KafkaProducer.DEFAULT_CONFIG:
-        d["enable_idempotence"] = False
     d.update(kw)
     return d
 

@@ -388,7 +388,9 @@ impl PartitionLog {
         seg.rewrite_indexes(interval, ops);
         self.log_end_offset = seg.next_offset().max(seg.base_offset);
         self.high_watermark = self.high_watermark.min(self.log_end_offset);
-        self.producers.truncate(self.log_end_offset);
+        if !crate::mutants::active(crate::mutants::Mutant::ProducerStateNotCut) {
+            self.producers.truncate(self.log_end_offset);
+        }
     }
 
     fn delete_segment_files(&self, seg: &Segment, ops: &mut Vec<DiskOp>) {
