@@ -32,6 +32,9 @@ pub enum Mutant {
     /// When a failed write cuts the log back, producer state keeps the batches that were cut:
     /// their retries are answered as duplicates at offsets that no longer hold them.
     ProducerStateNotCut = 11,
+    /// The last stable offset ignores open transactions: read_committed consumers read
+    /// records of transactions that may yet abort.
+    StablePastOpenTxn = 12,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -46,6 +49,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::DedupWindowDropped, "dedup-window-dropped"),
     (Mutant::ProducerStateNotRebuilt, "producer-state-not-rebuilt"),
     (Mutant::ProducerStateNotCut, "producer-state-not-cut"),
+    (Mutant::StablePastOpenTxn, "stable-past-open-txn"),
 ];
 
 pub fn by_name(name: &str) -> Option<Mutant> {

@@ -55,13 +55,15 @@ impl BatchHeader {
     /// The producer fields of this batch, if it has a producer id.
     pub fn producer(&self) -> Option<super::producers::ProducerBatch> {
         self.has_producer_id().then(|| {
-            super::producers::ProducerBatch::new(
+            let mut b = super::producers::ProducerBatch::new(
                 self.producer_id,
                 self.producer_epoch,
                 self.base_sequence,
                 self.last_offset_delta,
                 self.max_timestamp,
-            )
+            );
+            b.transactional = self.is_transactional();
+            b
         })
     }
 }
@@ -206,6 +208,35 @@ pub fn with_log_append_time(batch: &[u8], now_ms: i64) -> Vec<u8> {
     let crc = crc32c::crc32c(&b[CRC_START..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     b
+}
+
+/// A transaction marker: a control batch (transactional and control attributes) of one
+/// record whose key is (version 0, type: 0 abort, 1 commit) and whose value is (version 0,
+/// the coordinator's epoch), as Kafka writes them.
+pub fn control_marker(producer_id: i64, epoch: i16, commit: bool, coordinator_epoch: i32, timestamp: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&i16::from(commit).to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let mut b = encode_records(&[(Some(&key), Some(&value))], timestamp);
+    b[21..23].copy_from_slice(&0x30i16.to_be_bytes());
+    set_producer(&mut b, producer_id, epoch, -1);
+    b
+}
+
+/// The marker type of a control batch (the whole batch at the start of `buf`): `Some(true)`
+/// for a commit, `Some(false)` for an abort, `None` if it is not a readable marker.
+pub fn control_type(buf: &[u8]) -> Option<bool> {
+    let recs = uncompressed_records(buf).ok()?;
+    let (_, key, _) = recs.first()?;
+    let key = key.filter(|k| k.len() >= 4)?;
+    match i16::from_be_bytes([key[2], key[3]]) {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
 }
 
 /// Stamps an encoded batch with an idempotent producer's id, epoch and first sequence, and
@@ -374,6 +405,18 @@ pub mod tests {
         let crc = crc32c::crc32c(&b[CRC_START..]);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         assert!(matches!(check_batch(&b), Err(BatchError::Invalid(_))));
+    }
+
+    #[test]
+    fn control_markers_round_trip() {
+        for commit in [true, false] {
+            let m = control_marker(42, 3, commit, 0, 1000);
+            let h = check_batch(&m).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (42, 3, -1));
+            assert_eq!(control_type(&m), Some(commit));
+        }
+        assert_eq!(control_type(&make_batch(&[b"x"], 0)), None);
     }
 
     #[test]

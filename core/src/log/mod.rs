@@ -429,6 +429,15 @@ impl PartitionLog {
         self.segments.iter().any(|s| s.log_file == file)
     }
 
+    /// The last stable offset: below it every transaction is decided (read_committed reads
+    /// up to it); the high watermark, or the first offset of the oldest open transaction.
+    pub fn last_stable_offset(&self) -> Offset {
+        if crate::mutants::active(crate::mutants::Mutant::StablePastOpenTxn) {
+            return self.high_watermark;
+        }
+        self.producers.first_open_offset().map_or(self.high_watermark, |o| o.min(self.high_watermark))
+    }
+
     /// Bytes held by the log.
     pub fn size_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.size).sum()
@@ -458,7 +467,7 @@ impl Segment {
         eof: bool,
         chunk_bytes: usize,
         interval: u32,
-        producers: &mut Vec<(producers::ProducerBatch, Offset, Offset)>,
+        producers: &mut Vec<producers::Replay>,
     ) -> Scan {
         let mut at = 0usize;
         loop {
@@ -478,7 +487,18 @@ impl Segment {
                     let mut sink = Vec::new();
                     self.push(&h, h.base_offset, interval, &mut sink);
                     if let Some(pb) = h.producer() {
-                        producers.push((pb, h.base_offset, h.last_offset()));
+                        if h.is_control() {
+                            if let Some(commit) = batch::control_type(&rest[..h.size]) {
+                                producers.push(producers::Replay::Marker {
+                                    producer_id: h.producer_id,
+                                    epoch: h.producer_epoch,
+                                    commit,
+                                    offset: h.base_offset,
+                                });
+                            }
+                        } else {
+                            producers.push(producers::Replay::Data(pb, h.base_offset, h.last_offset()));
+                        }
                     }
                     at += h.size;
                 }

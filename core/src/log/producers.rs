@@ -52,6 +52,29 @@ pub struct ProducerEntry {
     pub last_timestamp: i64,
     /// With no batch left after a cut: the sequence the producer must start again at.
     pub expect: Option<i32>,
+    /// The first offset of the producer's open transaction on this partition.
+    pub txn_first: Option<Offset>,
+    /// Its last finished transaction: (first offset, marker offset), so that a cut that
+    /// removes the marker opens it again.
+    pub last_txn: Option<(Offset, Offset)>,
+}
+
+/// A transaction that was aborted on this partition: its records from `first_offset` up to
+/// its marker at `last_offset` must not be shown to read_committed consumers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: Offset,
+    pub last_offset: Offset,
+}
+
+/// What a batch read back at start-up contributes to producer state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Data from a producer (transactional or not), at these offsets.
+    Data(ProducerBatch, Offset, Offset),
+    /// A transaction marker at this offset (commit or abort).
+    Marker { producer_id: i64, epoch: i16, commit: bool, offset: Offset },
 }
 
 /// The producer fields of a batch header.
@@ -62,12 +85,21 @@ pub struct ProducerBatch {
     pub first_seq: i32,
     pub last_seq: i32,
     pub max_timestamp: i64,
+    /// Part of a transaction.
+    pub transactional: bool,
 }
 
 impl ProducerBatch {
     /// The producer fields of a batch with `records` offsets (last offset delta + 1).
     pub fn new(producer_id: i64, epoch: i16, first_seq: i32, last_offset_delta: i32, max_timestamp: i64) -> Self {
-        ProducerBatch { producer_id, epoch, first_seq, last_seq: last_seq(first_seq, last_offset_delta), max_timestamp }
+        ProducerBatch {
+            producer_id,
+            epoch,
+            first_seq,
+            last_seq: last_seq(first_seq, last_offset_delta),
+            max_timestamp,
+            transactional: false,
+        }
     }
 }
 
@@ -104,6 +136,10 @@ fn in_sequence(last: i32, next: i32) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Producers {
     map: BTreeMap<i64, ProducerEntry>,
+    /// Open transactions by first offset: the last stable offset cannot pass the first.
+    ongoing: BTreeMap<Offset, i64>,
+    /// Aborted transactions in marker order.
+    aborted: Vec<AbortedTxn>,
 }
 
 impl Producers {
@@ -160,8 +196,14 @@ impl Producers {
             floor: None,
             last_timestamp: b.max_timestamp,
             expect: None,
+            txn_first: None,
+            last_txn: None,
         });
         e.expect = None;
+        if b.transactional && e.txn_first.is_none() {
+            e.txn_first = Some(first_offset);
+            self.ongoing.insert(first_offset, b.producer_id);
+        }
         if b.epoch != e.epoch {
             // A new epoch starts its sequences afresh: nothing of the old one can match.
             e.epoch = b.epoch;
@@ -181,10 +223,100 @@ impl Producers {
         e.last_timestamp = e.last_timestamp.max(b.max_timestamp);
     }
 
+    /// Checks a transaction marker the coordinator is about to write: a marker of an epoch
+    /// older than the producer's must not end its transaction (a zombie coordinator's).
+    pub fn check_marker(&self, producer_id: i64, epoch: i16) -> Result<(), SeqError> {
+        match self.map.get(&producer_id) {
+            Some(e) if epoch < e.epoch => Err(SeqError::InvalidEpoch),
+            _ => Ok(()),
+        }
+    }
+
+    /// A transaction marker was appended at `offset`: the producer's open transaction here
+    /// ends (and is remembered if aborted). The marker's epoch becomes the producer's: a
+    /// coordinator that bumped the epoch to abort fences the old one's retries.
+    pub fn end_txn(&mut self, producer_id: i64, epoch: i16, commit: bool, offset: Offset) {
+        let e = self.map.entry(producer_id).or_insert_with(|| ProducerEntry {
+            epoch,
+            batches: VecDeque::new(),
+            floor: None,
+            last_timestamp: i64::MIN,
+            expect: None,
+            txn_first: None,
+            last_txn: None,
+        });
+        if epoch != e.epoch {
+            e.epoch = epoch;
+            e.batches.clear();
+            e.floor = None;
+            e.expect = None;
+        }
+        if let Some(first) = e.txn_first.take() {
+            self.ongoing.remove(&first);
+            e.last_txn = Some((first, offset));
+            if !commit {
+                self.aborted.push(AbortedTxn { producer_id, first_offset: first, last_offset: offset });
+            }
+        }
+    }
+
+    /// The first offset of the oldest open transaction: read_committed stops there.
+    pub fn first_open_offset(&self) -> Option<Offset> {
+        self.ongoing.keys().next().copied()
+    }
+
+    /// Whether the producer has a transaction open on this partition.
+    pub fn in_txn(&self, producer_id: i64) -> bool {
+        self.map.get(&producer_id).is_some_and(|e| e.txn_first.is_some())
+    }
+
+    /// Aborted transactions a read of `from..upper` overlaps: (producer id, first offset).
+    pub fn aborted_between(&self, from: Offset, upper: Offset) -> Vec<(i64, Offset)> {
+        let start = self.aborted.partition_point(|a| a.last_offset < from);
+        self.aborted[start..]
+            .iter()
+            .filter(|a| a.first_offset < upper)
+            .map(|a| (a.producer_id, a.first_offset))
+            .collect()
+    }
+
+    /// Aborted transactions wholly below the log start are of no more use.
+    pub fn forget_aborted_below(&mut self, log_start: Offset) {
+        self.aborted.retain(|a| a.last_offset >= log_start);
+    }
+
+    /// Every open transaction: (producer id, first offset).
+    pub fn open_txns(&self) -> impl Iterator<Item = (i64, Offset)> + '_ {
+        self.ongoing.iter().map(|(o, p)| (*p, *o))
+    }
+
+    /// Replays what start-up read back from the log.
+    pub fn replay(&mut self, r: &Replay) {
+        match *r {
+            Replay::Data(b, first, last) => self.record(&b, first, last),
+            Replay::Marker { producer_id, epoch, commit, offset } => self.end_txn(producer_id, epoch, commit, offset),
+        }
+    }
+
     /// The log was cut back so that `offset` is the next to be written: forget every batch
     /// at or past it. A producer left with nothing must start again where the cut began.
     pub fn truncate(&mut self, offset: Offset) {
-        for e in self.map.values_mut() {
+        self.aborted.retain(|a| a.last_offset < offset);
+        self.ongoing.retain(|first, _| *first < offset);
+        for (pid, e) in self.map.iter_mut() {
+            if e.txn_first.is_some_and(|f| f >= offset) {
+                e.txn_first = None;
+            }
+            // A marker that was cut leaves its transaction open again.
+            if let Some((first, marker)) = e.last_txn {
+                if marker >= offset {
+                    e.last_txn = None;
+                    if first < offset && e.txn_first.is_none() {
+                        e.txn_first = Some(first);
+                        self.ongoing.insert(first, *pid);
+                    }
+                }
+            }
             let first_cut =
                 e.floor.iter().chain(e.batches.iter()).find(|m| m.last_offset >= offset).map(|m| m.first_seq);
             e.batches.retain(|m| m.last_offset < offset);

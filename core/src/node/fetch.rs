@@ -91,6 +91,7 @@ impl Node {
                     high_watermark: -1,
                     last_stable_offset: -1,
                     log_start_offset: -1,
+                    aborted: None,
                     records: None,
                 };
                 let part = topic.and_then(|t| usize::try_from(fp.partition).ok().and_then(|i| t.partitions.get(i)));
@@ -100,12 +101,19 @@ impl Node {
                     Some(p) if p.state != PartState::Online => pd.error_code = KafkaError::LeaderNotAvailable.code(),
                     Some(p) => {
                         let l = &p.log;
+                        let stable = l.last_stable_offset();
                         pd.high_watermark = l.high_watermark;
-                        pd.last_stable_offset = l.high_watermark;
+                        pd.last_stable_offset = stable;
                         pd.log_start_offset = l.log_start_offset;
                         let max = usize::try_from(fp.partition_max_bytes).unwrap_or(0).min(budget);
+                        let read_committed = req.isolation_level == 1;
                         let upper = if crate::mutants::active(crate::mutants::Mutant::FetchPastHighWatermark) {
                             l.log_end_offset
+                        } else if read_committed {
+                            // read_committed reads up to the last stable offset, and is told
+                            // which transactions in that range were aborted.
+                            pd.aborted = Some(l.producers.aborted_between(fp.fetch_offset, stable));
+                            stable
                         } else {
                             l.high_watermark
                         };
@@ -180,8 +188,10 @@ impl Node {
                     Some(pt) if pt.state != PartState::Online => Err(KafkaError::LeaderNotAvailable),
                     Some(pt) => {
                         let l = &pt.log;
+                        // read_committed's latest offset is the last stable offset.
+                        let latest = if req.isolation_level == 1 { l.last_stable_offset() } else { l.high_watermark };
                         let (target, loc) = match p.timestamp {
-                            -1 => (None, Ok(Some((l.high_watermark, -1)))),
+                            -1 => (None, Ok(Some((latest, -1)))),
                             -2 | -4 => (None, Ok(Some((l.log_start_offset, -1)))),
                             -3 => (Some(TsTarget::Max), Err(l.batch_with_max_timestamp(l.high_watermark))),
                             ts if ts >= 0 => {

@@ -64,6 +64,12 @@ pub(super) struct OffsetKey {
     partition: i32,
 }
 
+impl OffsetKey {
+    pub(super) fn new(group: &str, topic: &str, partition: i32) -> OffsetKey {
+        OffsetKey { group: group.to_string(), topic: topic.to_string(), partition }
+    }
+}
+
 /// The key of a record in `__consumer_offsets`. Like Kafka's, keys start with a 2-byte
 /// version saying what they name: 1 a committed offset, 2 a group. Keys written before the
 /// version existed are bare offset keys; they never start with a zero byte (a group id is
@@ -117,6 +123,17 @@ pub(super) enum AfterDurable {
     GroupStored { group: String, generation_id: i32 },
     /// Nothing more (retention's tombstones).
     Nothing,
+    /// A transaction record is durable: the coordinator's next step.
+    Txn { id: String, meta: Box<crate::txn::TxnMeta>, next: super::transactions::TxnNext },
+    /// Offsets committed in a transaction are durable (not yet visible): answer with the
+    /// first frame, or the second if they could not be written.
+    TxnOffsets {
+        producer_id: i64,
+        offsets: Vec<(String, String, i32, Committed)>,
+        conn: ConnId,
+        seq: u64,
+        answers: Box<(Result<Bytes, String>, Result<Bytes, String>)>,
+    },
 }
 
 /// A change to committed offsets (a commit, deletions, a group record) waiting for its
@@ -146,6 +163,8 @@ pub(super) struct OffsetsLoad {
 }
 
 struct LoadSlot {
+    /// A segment of `__transaction_state` (else of `__consumer_offsets`).
+    txn: bool,
     file: crate::types::FileId,
     len: usize,
     /// The segment's base offset, and its partition's high watermark.
@@ -240,11 +259,18 @@ impl Node {
         } else {
             vec![req.key.to_string()]
         };
-        // Groups are coordinated here; transactions are not supported.
-        let group_keys = req.key_type == 0;
-        if group_keys && self.groups_ready(conn, seq, &ctx, &body).is_none() {
+        // Groups (key type 0) and transactions (1) are coordinated here.
+        let ready = match req.key_type {
+            0 => self.groups_ready(conn, seq, &ctx, &body),
+            1 => self.txns_ready(conn, seq, &ctx, &body),
+            _ => Some(KafkaError::InvalidRequest.code()),
+        };
+        let Some(ready) = ready else {
             return Ok(());
-        }
+        };
+        // While the coordinators load, the client is sent here anyway and its requests are
+        // answered COORDINATOR_LOAD_IN_PROGRESS until the load is done.
+        let group_keys = ready == 0 || ready == COORDINATOR_LOAD_IN_PROGRESS;
         let me =
             (BrokerId(self.config.node_id.0), sb(self.config.advertised_host.clone()), self.config.advertised_port);
         let mut resp = FindCoordinatorResponse::default();
@@ -258,7 +284,7 @@ impl Node {
                     (c.node_id, c.host, c.port) = me.clone();
                 } else {
                     c.node_id = BrokerId(-1);
-                    c.error_message = Some(sb("transactions are not supported"));
+                    c.error_message = Some(sb("unknown coordinator key type"));
                 }
                 resp.coordinators.push(c);
             }
@@ -269,7 +295,7 @@ impl Node {
             } else {
                 resp.node_id = BrokerId(-1);
                 if ctx.version >= 1 {
-                    resp.error_message = Some(sb("transactions are not supported"));
+                    resp.error_message = Some(sb("unknown coordinator key type"));
                 }
             }
         }
@@ -659,6 +685,14 @@ impl Node {
                     stored_groups = true;
                 }
                 AfterDurable::Nothing => {}
+                AfterDurable::Txn { id, meta, next } => self.txn_stored(id, *meta, next, ok),
+                AfterDurable::TxnOffsets { producer_id, offsets, conn, seq, answers } => {
+                    let (yes, no) = *answers;
+                    if ok {
+                        self.txn_offsets.entry(producer_id).or_default().extend(offsets);
+                    }
+                    self.respond_bytes(conn, seq, if ok { yes } else { no });
+                }
             }
         }
         if stored_groups {
@@ -1066,22 +1100,31 @@ impl Node {
     /// After start-up recovery: read the offsets topic back into the cache and the groups'
     /// records into the coordinator.
     pub(super) fn load_offsets(&mut self) {
-        let Some(t) = self.topics.get(OFFSETS_TOPIC) else { return };
         let mut load = OffsetsLoad::default();
-        for p in &t.partitions {
-            for s in &p.log.segments {
-                if s.size > 0 {
-                    let len = usize::try_from(s.size).unwrap_or(usize::MAX);
-                    load.slots.push(LoadSlot {
-                        file: s.log_file,
-                        len,
-                        base: s.base_offset,
-                        upper: p.log.high_watermark,
-                        data: None,
-                        reads: 0,
-                    });
+        for (txn, name) in [(false, OFFSETS_TOPIC), (true, super::transactions::TXN_TOPIC)] {
+            let Some(t) = self.topics.get(name) else { continue };
+            for p in &t.partitions {
+                for s in &p.log.segments {
+                    if s.size > 0 {
+                        let len = usize::try_from(s.size).unwrap_or(usize::MAX);
+                        load.slots.push(LoadSlot {
+                            txn,
+                            file: s.log_file,
+                            len,
+                            base: s.base_offset,
+                            upper: p.log.high_watermark,
+                            data: None,
+                            reads: 0,
+                        });
+                    }
                 }
             }
+        }
+        if load.slots.is_empty()
+            && !self.topics.contains_key(OFFSETS_TOPIC)
+            && !self.topics.contains_key(super::transactions::TXN_TOPIC)
+        {
+            return;
         }
         load.missing = load.slots.len();
         let reads: Vec<(usize, crate::types::FileId, usize)> =
@@ -1149,13 +1192,46 @@ impl Node {
         let load = self.offsets_load.take().expect("checked");
         let mut groups: BTreeMap<String, Option<GroupRecord>> = BTreeMap::new();
         let mut consumer_groups: BTreeMap<String, Option<crate::group::consumer::Group>> = BTreeMap::new();
+        let mut txns: BTreeMap<String, Option<crate::txn::TxnMeta>> = BTreeMap::new();
+        // Offsets committed in transactions, by producer id, until their marker says.
+        let mut pending: BTreeMap<i64, Vec<(String, String, i32, Committed)>> = BTreeMap::new();
         for slot in load.slots {
             let data = slot.data.unwrap_or_default();
             let mut at = 0;
             while at < data.len() {
                 let Ok(h) = batch::parse_header(&data[at..]) else { break };
+                if slot.txn {
+                    for (_, k, v) in batch::uncompressed_records(&data[at..]).unwrap_or_default() {
+                        if let Some(id) = k.and_then(super::transactions::txn_id_of_key) {
+                            txns.insert(id, v.and_then(|v| postcard::from_bytes(v).ok()));
+                        }
+                    }
+                    at += h.size;
+                    continue;
+                }
+                if h.is_control() {
+                    let commit = batch::control_type(&data[at..at + h.size.min(data.len() - at)]);
+                    let offs = pending.remove(&h.producer_id).unwrap_or_default();
+                    if commit == Some(true) {
+                        for (g, t, p, c) in offs {
+                            self.offsets.entry(g).or_default().insert((t, p), c);
+                        }
+                    }
+                    at += h.size;
+                    continue;
+                }
                 for (_, k, v) in batch::uncompressed_records(&data[at..]).unwrap_or_default() {
                     match k.and_then(StoredKey::decode) {
+                        Some(StoredKey::Offset(key)) if h.is_transactional() => {
+                            if let Some(c) = v.and_then(|v| postcard::from_bytes::<Committed>(v).ok()) {
+                                pending.entry(h.producer_id).or_default().push((
+                                    key.group,
+                                    key.topic,
+                                    key.partition,
+                                    c,
+                                ));
+                            }
+                        }
                         Some(StoredKey::Offset(key)) => {
                             match v.and_then(|v| postcard::from_bytes::<Committed>(v).ok()) {
                                 Some(c) => {
@@ -1195,7 +1271,19 @@ impl Node {
                 self.restore_consumer_group(&name, g);
             }
         }
-        tracing::info!(offsets_of = self.offsets.len(), groups = n, "committed offsets and groups loaded");
+        self.txn_offsets = pending;
+        for (id, meta) in txns {
+            if let Some(meta) = meta {
+                self.txns.insert(id, super::transactions::TxnEntry { meta: Some(meta), busy: false });
+            }
+        }
+        tracing::info!(
+            offsets_of = self.offsets.len(),
+            groups = n,
+            transactional_ids = self.txns.len(),
+            "committed offsets, groups and transactions loaded"
+        );
+        self.resume_txns();
     }
 
     /// Offsets retention, as Kafka does it (KIP-211, KIP-496): a group that has been empty

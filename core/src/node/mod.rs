@@ -13,6 +13,7 @@ mod groups;
 mod produce;
 mod producer_ids;
 mod recovery;
+mod transactions;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -144,6 +145,10 @@ struct Partition {
     written_end: Offset,
 }
 
+/// How often open transactions are checked against their timeouts (Kafka's
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms` default).
+const TXN_ABORT_CHECK_MS: u64 = 10_000;
+
 /// Syncs of a recovered log tried before its partition is taken offline.
 const RECOVERY_SYNC_ATTEMPTS: u32 = 10;
 
@@ -244,6 +249,13 @@ pub struct Node {
     inputs: u64,
     producer_ids: producer_ids::ProducerIds,
     next_producer_expiry_check: Instant,
+    /// The transaction coordinator's transactional ids.
+    txns: BTreeMap<String, transactions::TxnEntry>,
+    /// Markers of ending transactions, being written.
+    markers: Vec<transactions::MarkerWrite>,
+    /// Offsets committed in open transactions, durable but not yet visible, by producer id.
+    txn_offsets: BTreeMap<i64, Vec<(String, String, i32, groups::Committed)>>,
+    next_txn_abort_check: Instant,
 }
 
 impl FileIds for u64 {
@@ -299,6 +311,10 @@ impl Node {
             inputs: 0,
             producer_ids: producer_ids::ProducerIds::default(),
             next_producer_expiry_check: now.mono,
+            txns: BTreeMap::new(),
+            markers: Vec::new(),
+            txn_offsets: BTreeMap::new(),
+            next_txn_abort_check: now.mono.plus_millis(TXN_ABORT_CHECK_MS),
         };
         node.next_producer_expiry_check = now.mono.plus_millis(node.config.producer_id_expiration_check_interval_ms);
         node.coordinator = crate::group::Coordinator::new(node.config.group.clone(), node.rng.next_u64());
@@ -343,7 +359,8 @@ impl Node {
         let groups = [self.coordinator.poll_timeout(), self.consumer.poll_timeout()].into_iter().flatten().min();
         let offsets = (self.phase == Phase::Serving).then_some(self.next_offsets_retention_check);
         let producers = (self.phase == Phase::Serving).then_some(self.next_producer_expiry_check);
-        [fetch, retention, groups, offsets, producers].into_iter().flatten().min()
+        let txns = (self.phase == Phase::Serving && !self.txns.is_empty()).then_some(self.next_txn_abort_check);
+        [fetch, retention, groups, offsets, producers, txns].into_iter().flatten().min()
     }
 
     /// True once start-up recovery has finished and requests are served.
@@ -555,6 +572,10 @@ impl Node {
             ApiKey::ConsumerGroupHeartbeat => self.handle_consumer_group_heartbeat(conn, seq, ctx, body),
             ApiKey::ConsumerGroupDescribe => self.handle_consumer_group_describe(conn, seq, ctx, body),
             ApiKey::InitProducerId => self.handle_init_producer_id(conn, seq, ctx, body),
+            ApiKey::AddPartitionsToTxn => self.handle_add_partitions_to_txn(conn, seq, ctx, body),
+            ApiKey::AddOffsetsToTxn => self.handle_add_offsets_to_txn(conn, seq, ctx, body),
+            ApiKey::TxnOffsetCommit => self.handle_txn_offset_commit(conn, seq, ctx, body),
+            ApiKey::EndTxn => self.handle_end_txn(conn, seq, ctx, body),
             _ => Err(FrameError::UnknownApi(ctx.api_key as i16)),
         };
         if let Err(e) = result {
@@ -583,6 +604,10 @@ impl Node {
             self.next_offsets_retention_check =
                 self.now.mono.plus_millis(self.config.group.offsets_retention_check_interval_ms);
             self.expire_offsets();
+        }
+        if self.now.mono >= self.next_txn_abort_check {
+            self.next_txn_abort_check = self.now.mono.plus_millis(TXN_ABORT_CHECK_MS);
+            self.abort_expired_txns();
         }
         if self.now.mono >= self.next_producer_expiry_check {
             self.next_producer_expiry_check =
@@ -729,6 +754,7 @@ impl Node {
         if std::mem::take(&mut self.hw_moved) {
             self.complete_produces();
             self.complete_commits();
+            self.complete_markers();
             self.wake_fetches();
         }
     }

@@ -82,9 +82,13 @@ impl Node {
                     Err(e)
                 } else if !matches!(acks, -1 | 0 | 1) {
                     Err(KafkaError::InvalidRequiredAcks)
-                } else if name == super::groups::OFFSETS_TOPIC {
-                    // Only the group coordinator writes the internal offsets topic.
+                } else if name == super::groups::OFFSETS_TOPIC || name == super::transactions::TXN_TOPIC {
+                    // Only the coordinators write their internal topics.
                     Err(KafkaError::InvalidTopic)
+                } else if let Some(txn) = &req.transactional_id {
+                    // A transactional producer's batch: its transaction must hold the partition.
+                    self.check_txn_produce(txn.0.as_str(), name, pd.index, pd.records.as_ref())
+                        .and_then(|()| self.append_as(name, pd.index, pd.records.as_ref(), Origin::Transactional))
                 } else {
                     self.append_partition(name, pd.index, pd.records.as_ref())
                 };
@@ -130,6 +134,19 @@ impl Node {
         partition: i32,
         records: Option<&Bytes>,
     ) -> Result<(Tp, Offset, Offset, u64, Offset, i64), KafkaError> {
+        self.append_as(topic, partition, records, Origin::Client)
+    }
+
+    /// `append_partition` for a writer other than a plain client: a transactional producer
+    /// (whose transaction the caller has checked) or the transaction coordinator (a marker).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn append_as(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: Option<&Bytes>,
+        origin: Origin,
+    ) -> Result<(Tp, Offset, Offset, u64, Offset, i64), KafkaError> {
         let t = self.topics.get(topic).ok_or(KafkaError::UnknownTopicOrPartition)?;
         let settings = t.settings.clone();
         let tp = (t.id, partition);
@@ -143,13 +160,26 @@ impl Node {
             PartState::Recovering | PartState::Creating => return Err(KafkaError::LeaderNotAvailable),
         }
         let records = records.filter(|r| !r.is_empty()).ok_or(KafkaError::InvalidRecord)?;
-        let batches = split_batches(records, settings.max_message_bytes)?;
-        let producer = idempotent_batch(&batches)?;
+        let batches = split_batches(records, settings.max_message_bytes, origin)?;
+        // The coordinator's own transactional data (offsets committed in a transaction) has
+        // no sequence numbers to check, as in Kafka.
+        let producer = match origin {
+            Origin::CoordinatorData => batches.first().and_then(|(_, h)| h.producer()),
+            _ => idempotent_batch(&batches)?,
+        };
         let wall = self.now.wall_ms;
         let mut ops = Vec::new();
         let mut next_file = self.next_file;
         let p = self.partition_mut(tp).expect("looked up above");
-        if let Some(pb) = &producer {
+        let marker = match (origin, &producer) {
+            (Origin::Coordinator { commit }, Some(pb)) => {
+                p.log.producers.check_marker(pb.producer_id, pb.epoch)?;
+                Some((pb.producer_id, pb.epoch, commit))
+            }
+            (Origin::Coordinator { .. }, None) => return Err(KafkaError::InvalidRecord),
+            _ => None,
+        };
+        if let (Some(pb), None, false) = (&producer, marker, origin == Origin::CoordinatorData) {
             if let Verdict::Duplicate(m) = p.log.producers.check(pb)? {
                 // A retry of a batch already written: its original offsets, once durable.
                 tracing::debug!(
@@ -179,8 +209,10 @@ impl Node {
             data_writes.push((data_op, p.log.log_end_offset));
         }
         let (end, generation, log_start) = (p.log.log_end_offset, p.log.generation, p.log.log_start_offset);
-        if let (Some(pb), Some(first)) = (&producer, base) {
-            p.log.producers.record(pb, first, end - 1);
+        match (marker, &producer, base) {
+            (Some((pid, epoch, commit)), _, Some(at)) => p.log.producers.end_txn(pid, epoch, commit, at),
+            (None, Some(pb), Some(first)) => p.log.producers.record(pb, first, end - 1),
+            _ => {}
         }
         self.next_file = next_file;
         for (i, action) in ops.into_iter().enumerate() {
@@ -233,16 +265,30 @@ impl Node {
 /// sequence (Kafka refuses -1 with INVALID_RECORD; any epoch is taken as it comes).
 fn idempotent_batch(batches: &[(std::ops::Range<usize>, BatchHeader)]) -> Result<Option<ProducerBatch>, KafkaError> {
     match batches {
-        [(_, h)] if h.has_producer_id() && h.base_sequence < 0 => Err(KafkaError::InvalidRecord),
+        [(_, h)] if h.has_producer_id() && h.base_sequence < 0 && !h.is_control() => Err(KafkaError::InvalidRecord),
         [(_, h)] => Ok(h.producer()),
         _ => Ok(None),
     }
+}
+
+/// Who is appending: what batches it may write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A client outside any transaction: no transactional or control batches.
+    Client,
+    /// A transactional producer whose transaction holds the partition.
+    Transactional,
+    /// The transaction coordinator writing a marker.
+    Coordinator { commit: bool },
+    /// The coordinator writing a transaction's data (TxnOffsetCommit's offsets).
+    CoordinatorData,
 }
 
 /// Splits a partition's records into checked batches.
 fn split_batches(
     records: &Bytes,
     max_message_bytes: usize,
+    origin: Origin,
 ) -> Result<Vec<(std::ops::Range<usize>, BatchHeader)>, KafkaError> {
     let mut out = Vec::new();
     let mut at = 0;
@@ -255,7 +301,13 @@ fn split_batches(
             }
         }
         let h = batch::check_batch(rest)?;
-        if h.is_control() || h.is_transactional() {
+        let allowed = match origin {
+            Origin::Client => !h.is_control() && !h.is_transactional(),
+            Origin::Transactional => !h.is_control(),
+            Origin::CoordinatorData => !h.is_control() && h.is_transactional(),
+            Origin::Coordinator { .. } => h.is_control() && h.is_transactional(),
+        };
+        if !allowed {
             return Err(KafkaError::InvalidRecord);
         }
         out.push((at..at + h.size, h));

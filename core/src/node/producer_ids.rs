@@ -45,7 +45,7 @@ impl Node {
         ctx: RequestContext,
         body: Bytes,
     ) -> Result<(), FrameError> {
-        let req: InitProducerIdRequest = protocol::decode_body(body, ctx.version)?;
+        let req: InitProducerIdRequest = protocol::decode_body(body.clone(), ctx.version)?;
         // As Kafka: an id without an epoch (or an epoch without an id), or an empty
         // transactional id, is an invalid request.
         let half_named = ctx.version >= 3 && ((req.producer_id.0 == -1) != (req.producer_epoch == -1));
@@ -53,9 +53,7 @@ impl Node {
             return self.answer_init_producer_id(conn, seq, &ctx, Err(KafkaError::InvalidRequest));
         }
         if req.transactional_id.is_some() {
-            // Transactions are not built yet: say so plainly rather than half-work.
-            tracing::warn!(conn = conn.0, "InitProducerId with a transactional.id: transactions are not supported yet");
-            return self.answer_init_producer_id(conn, seq, &ctx, Err(KafkaError::TransactionalIdAuthorizationFailed));
+            return self.init_transactional_producer(conn, seq, ctx, body, req);
         }
         // A non-transactional producer always gets a new id at epoch 0, whatever id and epoch
         // it names (v3+), as Kafka does: its epoch bumps are its own (KIP-360).
@@ -104,6 +102,24 @@ impl Node {
     ) -> Result<(), FrameError> {
         self.respond_bytes(conn, seq, protocol::encode_response(ctx, &init_producer_id_response(result)));
         Ok(())
+    }
+
+    /// A producer id for the transaction coordinator, if one is in a durable block; if not,
+    /// a block is being recorded (the caller answers COORDINATOR_LOAD_IN_PROGRESS and the
+    /// client retries).
+    pub(super) fn take_producer_id(&mut self) -> Option<i64> {
+        let ids = &mut self.producer_ids;
+        if ids.next < ids.durable_end {
+            ids.next += 1;
+            return Some(ids.next - 1);
+        }
+        if ids.pending.is_none() {
+            let end = ids.durable_end + BLOCK;
+            let job = self.new_job(1, JobDone::ProducerIds { end });
+            self.producer_ids.pending = Some((job, end));
+            self.meta_append(&MetaRecord::ProducerIdsBlock { end }, job);
+        }
+        None
     }
 
     /// A block's record is durable (or could not be written: its ids were never answered, so

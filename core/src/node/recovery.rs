@@ -9,7 +9,7 @@ use super::{Node, PartState, Partition, Phase, Purpose, Topic, Tp};
 use crate::config::TopicSettings;
 use crate::io::{DiskError, DiskOp, DiskReply};
 use crate::limits;
-use crate::log::producers::ProducerBatch;
+use crate::log::producers::Replay;
 use crate::log::{PartitionLog, Scan, Segment};
 use crate::metadata::{self, MetadataImage};
 use crate::types::FileId;
@@ -65,7 +65,7 @@ pub(super) struct Recovery {
     file_len: BTreeMap<Tp, u64>,
     /// Producer fields of the batches scanned in the current segment, replayed into the
     /// partition's producer state once the segment is accepted.
-    replay: BTreeMap<Tp, Vec<(ProducerBatch, i64, i64)>>,
+    replay: BTreeMap<Tp, Vec<Replay>>,
     /// The data directory has been listed (every partition is then in `todo`).
     listed: bool,
     pub stats: RecoveryStats,
@@ -385,8 +385,8 @@ impl Node {
         // Idempotent producers' state is rebuilt from the log, in log order, so a retry of a
         // batch written before the restart is still recognised.
         if !crate::mutants::active(crate::mutants::Mutant::ProducerStateNotRebuilt) {
-            for (b, first, last) in &replay {
-                p.log.producers.record(b, *first, *last);
+            for r in &replay {
+                p.log.producers.replay(r);
             }
         }
         p.log.segments.push(seg);

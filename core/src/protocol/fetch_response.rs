@@ -12,6 +12,9 @@ pub struct PartitionData {
     pub high_watermark: i64,
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// For read_committed: the aborted transactions (producer id, first offset) the records
+    /// overlap (`None`, read_uncommitted, is sent as an empty list, as Sluice always has).
+    pub aborted: Option<Vec<(i64, i64)>>,
     pub records: Option<Part>,
 }
 
@@ -47,7 +50,19 @@ pub fn encode(version: i16, correlation_id: i32, error_code: i16, topics: &[Topi
             if version >= 5 {
                 buf.put_i64(p.log_start_offset);
             }
-            put_len(&mut buf, flexible, 0); // aborted_transactions: none
+            match &p.aborted {
+                None => put_len(&mut buf, flexible, 0),
+                Some(list) => {
+                    put_len(&mut buf, flexible, list.len());
+                    for (producer_id, first_offset) in list {
+                        buf.put_i64(*producer_id);
+                        buf.put_i64(*first_offset);
+                        if flexible {
+                            buf.put_u8(0); // aborted transaction's tagged fields
+                        }
+                    }
+                }
+            }
             if version >= 11 {
                 buf.put_i32(-1); // preferred_read_replica
             }
@@ -136,6 +151,7 @@ mod tests {
                         high_watermark: 42,
                         last_stable_offset: 42,
                         log_start_offset: 3,
+                        aborted: Some(vec![(9, 40)]),
                         records: Some(Part::Bytes(records.clone())),
                     },
                     PartitionData {
@@ -144,6 +160,7 @@ mod tests {
                         high_watermark: 7,
                         last_stable_offset: 7,
                         log_start_offset: 0,
+                        aborted: None,
                         records: None,
                     },
                 ],
@@ -159,6 +176,8 @@ mod tests {
             assert_eq!(resp.responses[0].topic.0.as_str(), "orders");
             assert_eq!(p0.high_watermark, 42);
             assert_eq!(p0.records.as_ref().unwrap(), &records);
+            let aborted = p0.aborted_transactions.as_ref().expect("a list");
+            assert_eq!(aborted.iter().map(|a| (a.producer_id.0, a.first_offset)).collect::<Vec<_>>(), vec![(9, 40)]);
             if version >= 5 {
                 assert_eq!(p0.log_start_offset, 3);
             }

@@ -1,0 +1,716 @@
+//! The transaction coordinator: InitProducerId with a transactional id, AddPartitionsToTxn,
+//! AddOffsetsToTxn, TxnOffsetCommit, EndTxn, and the markers that end a transaction.
+//!
+//! Each transactional id's state (`crate::txn::TxnMeta`) is a record in `__transaction_state`
+//! (50 partitions, placed by the id's Java hash as Kafka places them), durable before the
+//! request that changed it is answered; one change per id is in flight at a time (others get
+//! CONCURRENT_TRANSACTIONS and retry). Ending a transaction stores PrepareCommit or
+//! PrepareAbort, then appends a marker (a control batch with the producer's id and epoch) to
+//! every partition of the transaction, waits until every marker is durable, then stores
+//! CompleteCommit or CompleteAbort, and only then answers EndTxn: a committed transaction is
+//! readable everywhere once its producer hears so. Start-up reads the records back and
+//! finishes any transaction left preparing.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+};
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::*;
+
+use super::groups::{offsets_partition, AfterDurable, Committed, PendingCommit, StoredKey, OFFSETS_TOPIC};
+use super::produce::Origin;
+use super::{Node, Then, Tp};
+use crate::log::batch;
+use crate::protocol::errors::KafkaError;
+use crate::protocol::{self, FrameError, RequestContext};
+use crate::txn::{TxnError, TxnMeta, TxnState};
+use crate::types::{ConnId, Offset};
+
+pub const TXN_TOPIC: &str = "__transaction_state";
+/// Kafka's `transaction.state.log.num.partitions` default.
+pub const TXN_PARTITIONS: i32 = 50;
+/// Kafka's `transaction.max.timeout.ms` default.
+pub const TXN_TIMEOUT_MAX_MS: i32 = 900_000;
+
+const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+const NOT_COORDINATOR: i16 = 16;
+const INVALID_TRANSACTION_TIMEOUT: i16 = 50;
+const OPERATION_NOT_ATTEMPTED: i16 = 55;
+
+/// One transactional id at the coordinator.
+#[derive(Debug)]
+pub(super) struct TxnEntry {
+    /// The state last made durable (`None` while the id's first record is being stored).
+    pub meta: Option<TxnMeta>,
+    /// A record is being stored, or markers written: other requests wait their turn.
+    pub busy: bool,
+}
+
+/// What to do once a transaction record is durable.
+pub(super) enum TxnNext {
+    /// Answer a request (`true`: stored).
+    Respond { conn: ConnId, seq: u64, answer: Box<dyn FnOnce(bool, &TxnMeta) -> Result<Bytes, String> + Send> },
+    /// A preparing state is stored: write the markers (then answer EndTxn, if any).
+    WriteMarkers { end_txn: Option<(ConnId, u64, RequestContext)> },
+    /// The complete state is stored: answer EndTxn.
+    Completed { end_txn: Option<(ConnId, u64, RequestContext)> },
+}
+
+/// Markers of one ending transaction, being written.
+pub(super) struct MarkerWrite {
+    id: String,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    /// Per partition: (topic, partition) and, once appended, (tp, end, generation).
+    waits: Vec<((String, i32), Option<(Tp, Offset, u64)>)>,
+    end_txn: Option<(ConnId, u64, RequestContext)>,
+}
+
+/// Java's `String.hashCode`, as Kafka places transactional ids.
+pub fn txn_partition(id: &str) -> i32 {
+    let h = id.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    (h.unsigned_abs() % TXN_PARTITIONS as u32) as i32
+}
+
+fn txn_key(id: &str) -> Vec<u8> {
+    let mut k = vec![0, 0];
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The transactional id a `__transaction_state` record's key names.
+pub(super) fn txn_id_of_key(k: &[u8]) -> Option<String> {
+    match k {
+        [0, 0, rest @ ..] => String::from_utf8(rest.to_vec()).ok(),
+        _ => None,
+    }
+}
+
+impl Node {
+    /// Whether transaction requests can be served: `Some(0)` once `__transaction_state`
+    /// exists and is loaded, `Some(14)` while it loads, `None` when the request was parked
+    /// until the topic's creation finishes.
+    pub(super) fn txns_ready(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, body: &Bytes) -> Option<i16> {
+        if let Some(job) = self.topics.get(TXN_TOPIC).and_then(|t| t.creating) {
+            self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() });
+            return None;
+        }
+        if !self.topics.contains_key(TXN_TOPIC) {
+            let mut configs = BTreeMap::new();
+            configs.insert("cleanup.policy".to_string(), "compact".to_string());
+            configs.insert("segment.bytes".to_string(), "104857600".to_string());
+            match self.create_topic(TXN_TOPIC, TXN_PARTITIONS, configs) {
+                Ok(job) => self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() }),
+                Err(_) => return Some(COORDINATOR_LOAD_IN_PROGRESS),
+            }
+            return None;
+        }
+        if self.offsets_load.is_some() {
+            return Some(COORDINATOR_LOAD_IN_PROGRESS);
+        }
+        Some(0)
+    }
+
+    /// Stores a transactional id's next state; `next` runs once it is durable (or failed).
+    fn store_txn(&mut self, id: &str, meta: TxnMeta, next: TxnNext) -> Result<(), KafkaError> {
+        let value = postcard::to_allocvec(&meta).expect("transaction state serializes");
+        let key = txn_key(id);
+        let batch = Bytes::from(batch::encode_records(&[(Some(&key), Some(&value))], self.now.wall_ms));
+        let (tp, _, end, generation, _, _) = self.append_partition(TXN_TOPIC, txn_partition(id), Some(&batch))?;
+        self.txns.entry(id.to_string()).or_insert(TxnEntry { meta: None, busy: false }).busy = true;
+        self.commits.push(PendingCommit::new(
+            vec![(tp, end, generation)],
+            Vec::new(),
+            AfterDurable::Txn { id: id.to_string(), meta: Box::new(meta), next },
+        ));
+        Ok(())
+    }
+
+    /// A transaction record became durable (`ok`) or could not be written.
+    pub(super) fn txn_stored(&mut self, id: String, meta: TxnMeta, next: TxnNext, ok: bool) {
+        let entry = self.txns.entry(id.clone()).or_insert(TxnEntry { meta: None, busy: false });
+        entry.busy = false;
+        if ok {
+            entry.meta = Some(meta.clone());
+        } else if entry.meta.is_none() {
+            self.txns.remove(&id);
+        }
+        match next {
+            TxnNext::Respond { conn, seq, answer } => {
+                let frame = answer(ok, &meta);
+                self.respond_bytes(conn, seq, frame);
+            }
+            TxnNext::WriteMarkers { end_txn } if ok => self.write_markers(&id, &meta, end_txn),
+            TxnNext::WriteMarkers { end_txn } => {
+                if let Some((conn, seq, ctx)) = end_txn {
+                    self.answer_end_txn(conn, seq, &ctx, NOT_COORDINATOR);
+                }
+            }
+            TxnNext::Completed { end_txn } if ok => {
+                tracing::debug!(%id, state = meta.state.name(), "transaction complete");
+                if let Some((conn, seq, ctx)) = end_txn {
+                    self.answer_end_txn(conn, seq, &ctx, 0);
+                }
+            }
+            TxnNext::Completed { end_txn } => {
+                // The markers are durable; storing completion failed: store it again.
+                let done = meta.clone();
+                if let Err(e) = self.store_txn(&id, done, TxnNext::Completed { end_txn }) {
+                    tracing::error!(%id, error = ?e, "could not store a transaction's completion");
+                }
+            }
+        }
+    }
+
+    /// Appends the markers of a transaction that is ending (its preparing state is durable).
+    fn write_markers(&mut self, id: &str, meta: &TxnMeta, end_txn: Option<(ConnId, u64, RequestContext)>) {
+        if let Some(e) = self.txns.get_mut(id) {
+            e.busy = true;
+        }
+        let mut w = MarkerWrite {
+            id: id.to_string(),
+            producer_id: meta.producer_id,
+            epoch: meta.epoch,
+            commit: meta.state == TxnState::PrepareCommit,
+            waits: meta.partitions.iter().map(|p| (p.clone(), None)).collect(),
+            end_txn,
+        };
+        self.append_markers(&mut w);
+        self.markers.push(w);
+        self.hw_moved = true;
+    }
+
+    /// Appends the markers not yet appended (or whose write failed and was cut back).
+    fn append_markers(&mut self, w: &mut MarkerWrite) {
+        let wall = self.now.wall_ms;
+        for ((topic, partition), at) in w.waits.iter_mut() {
+            if at.is_some() {
+                continue;
+            }
+            let marker = Bytes::from(batch::control_marker(w.producer_id, w.epoch, w.commit, 0, wall));
+            match self.append_as(topic, *partition, Some(&marker), Origin::Coordinator { commit: w.commit }) {
+                Ok((tp, _, end, generation, _, _)) => *at = Some((tp, end, generation)),
+                Err(KafkaError::UnknownTopicOrPartition) => {
+                    // The topic was deleted: nothing is left to mark.
+                    *at = Some(((self.deleted_marker_tp(), 0), 0, 0));
+                }
+                Err(KafkaError::InvalidProducerEpoch) => {
+                    tracing::warn!(id = %w.id, topic, partition, "a marker of an older producer epoch was refused");
+                    *at = Some(((self.deleted_marker_tp(), 0), 0, 0));
+                }
+                Err(e) => {
+                    tracing::warn!(id = %w.id, topic, partition, error = ?e, "could not write a transaction marker; will retry")
+                }
+            }
+        }
+    }
+
+    /// A stand-in partition for a marker that needs no write (its topic is gone).
+    fn deleted_marker_tp(&self) -> [u8; 16] {
+        [0; 16]
+    }
+
+    /// Checks the markers being written: when all of a transaction's are durable, its
+    /// committed offsets become visible and its completion is stored. Markers whose writes
+    /// failed are written again.
+    pub(super) fn complete_markers(&mut self) {
+        let writes = std::mem::take(&mut self.markers);
+        for mut w in writes {
+            let mut all_durable = true;
+            let mut rewrite = false;
+            for (_, at) in w.waits.iter_mut() {
+                let Some((tp, end, generation)) = *at else {
+                    all_durable = false;
+                    rewrite = true;
+                    continue;
+                };
+                if tp.0 == [0; 16] {
+                    continue;
+                }
+                match self.partition(tp) {
+                    None => {}
+                    Some(p) if p.log.generation != generation => {
+                        *at = None;
+                        all_durable = false;
+                        rewrite = true;
+                    }
+                    Some(p) if p.log.high_watermark >= end => {}
+                    Some(_) => all_durable = false,
+                }
+            }
+            if rewrite && self.phase == super::Phase::Serving {
+                self.append_markers(&mut w);
+            }
+            if !all_durable {
+                self.markers.push(w);
+                continue;
+            }
+            // Offsets committed in the transaction are visible from now on, or never.
+            if let Some(offs) = self.txn_offsets.remove(&w.producer_id) {
+                if w.commit {
+                    for (g, t, p, c) in offs {
+                        self.offsets.entry(g).or_default().insert((t, p), c);
+                    }
+                }
+            }
+            let Some(meta) = self.txns.get(&w.id).and_then(|e| e.meta.clone()) else { continue };
+            let done = meta.complete(self.now.wall_ms);
+            if let Err(e) = self.store_txn(&w.id, done, TxnNext::Completed { end_txn: w.end_txn.take() }) {
+                tracing::error!(id = %w.id, error = ?e, "could not store a transaction's completion; retrying");
+                self.markers.push(w);
+            }
+        }
+    }
+
+    /// Aborts transactions open past their timeout (fencing their producers), as Kafka's
+    /// coordinator does every `transaction.abort.timed.out.transaction.cleanup.interval.ms`.
+    pub(super) fn abort_expired_txns(&mut self) {
+        if self.offsets_load.is_some() {
+            return;
+        }
+        let now = self.now.wall_ms;
+        let expired: Vec<(String, TxnMeta)> = self
+            .txns
+            .iter()
+            .filter(|(_, e)| !e.busy)
+            .filter_map(|(id, e)| e.meta.as_ref().filter(|m| m.expired(now)).map(|m| (id.clone(), m.clone())))
+            .collect();
+        for (id, meta) in expired {
+            tracing::info!(%id, producer_id = meta.producer_id, "transaction timed out; aborting it");
+            if let Err(e) = self.store_txn(&id, meta.abort_and_fence(now), TxnNext::WriteMarkers { end_txn: None }) {
+                tracing::warn!(%id, error = ?e, "could not abort a timed-out transaction; will retry");
+            }
+        }
+    }
+
+    /// After the load: transactions left preparing by a crash are finished.
+    pub(super) fn resume_txns(&mut self) {
+        let preparing: Vec<(String, TxnMeta)> = self
+            .txns
+            .iter()
+            .filter_map(|(id, e)| e.meta.as_ref().filter(|m| m.state.preparing()).map(|m| (id.clone(), m.clone())))
+            .collect();
+        for (id, meta) in preparing {
+            self.write_markers(&id, &meta, None);
+        }
+    }
+
+    /// A transactional produce: the batch's producer must own `txn_id`'s open transaction,
+    /// and the transaction must hold the partition (KIP-890's check, answered locally).
+    pub(super) fn check_txn_produce(
+        &self,
+        txn_id: &str,
+        topic: &str,
+        partition: i32,
+        records: Option<&Bytes>,
+    ) -> Result<(), KafkaError> {
+        let Some(h) = records.and_then(|r| batch::parse_header(r).ok()) else {
+            return Ok(());
+        };
+        if !h.is_transactional() {
+            return Ok(());
+        }
+        let meta = self.txns.get(txn_id).and_then(|e| e.meta.as_ref()).ok_or(KafkaError::InvalidTxnState)?;
+        if meta.producer_id != h.producer_id {
+            return Err(KafkaError::InvalidTxnState);
+        }
+        if h.producer_epoch != meta.epoch {
+            return Err(KafkaError::InvalidProducerEpoch);
+        }
+        if meta.state != TxnState::Ongoing || !meta.partitions.contains(&(topic.to_string(), partition)) {
+            return Err(KafkaError::InvalidTxnState);
+        }
+        Ok(())
+    }
+
+    // ---- requests -----------------------------------------------------------------
+
+    /// InitProducerId with a transactional id.
+    pub(super) fn init_transactional_producer(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+        req: InitProducerIdRequest,
+    ) -> Result<(), FrameError> {
+        let id = req.transactional_id.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+        let answer = |node: &mut Node, code: i16, pid: i64, epoch: i16| {
+            let mut r = InitProducerIdResponse::default();
+            r.error_code = code;
+            r.producer_id = ProducerId(pid);
+            r.producer_epoch = epoch;
+            node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &r));
+        };
+        match self.txns_ready(conn, seq, &ctx, &body) {
+            None => return Ok(()),
+            Some(0) => {}
+            Some(code) => {
+                answer(self, code, -1, -1);
+                return Ok(());
+            }
+        }
+        if req.transaction_timeout_ms <= 0 || req.transaction_timeout_ms > TXN_TIMEOUT_MAX_MS {
+            answer(self, INVALID_TRANSACTION_TIMEOUT, -1, -1);
+            return Ok(());
+        }
+        let now = self.now.wall_ms;
+        let entry = self.txns.get(&id);
+        if entry.is_some_and(|e| e.busy) {
+            answer(self, TxnError::ConcurrentTransactions.code(), -1, -1);
+            return Ok(());
+        }
+        let current = entry.and_then(|e| e.meta.clone());
+        let next = match current {
+            None => match self.take_producer_id() {
+                Some(pid) => TxnMeta::new(pid, req.transaction_timeout_ms, now),
+                None => {
+                    answer(self, COORDINATOR_LOAD_IN_PROGRESS, -1, -1);
+                    return Ok(());
+                }
+            },
+            Some(m) if m.state == TxnState::Ongoing => {
+                // A new producer with this id: abort the old one's transaction, fencing it;
+                // this one retries once the abort is complete.
+                let _ = self.store_txn(&id, m.abort_and_fence(now), TxnNext::WriteMarkers { end_txn: None });
+                answer(self, TxnError::ConcurrentTransactions.code(), -1, -1);
+                return Ok(());
+            }
+            Some(m) if m.state.preparing() => {
+                answer(self, TxnError::ConcurrentTransactions.code(), -1, -1);
+                return Ok(());
+            }
+            Some(m) => {
+                let expected =
+                    (ctx.version >= 3 && req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
+                let mut fresh = None;
+                let needs_id = m.epoch >= crate::txn::EPOCH_MAX;
+                if needs_id {
+                    fresh = self.take_producer_id();
+                }
+                match m.reinit(expected, req.transaction_timeout_ms, now, || fresh) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => {
+                        answer(self, COORDINATOR_LOAD_IN_PROGRESS, -1, -1);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        answer(self, e.code(), -1, -1);
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let ctx2 = ctx.clone();
+        let respond = TxnNext::Respond {
+            conn,
+            seq,
+            answer: Box::new(move |ok, meta| {
+                let mut r = InitProducerIdResponse::default();
+                if ok {
+                    r.producer_id = ProducerId(meta.producer_id);
+                    r.producer_epoch = meta.epoch;
+                } else {
+                    r.error_code = NOT_COORDINATOR;
+                    r.producer_id = ProducerId(-1);
+                    r.producer_epoch = -1;
+                }
+                protocol::encode_response(&ctx2, &r)
+            }),
+        };
+        if let Err(e) = self.store_txn(&id, next, respond) {
+            tracing::warn!(%id, error = ?e, "could not store a transaction record");
+            answer(self, NOT_COORDINATOR, -1, -1);
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_add_partitions_to_txn(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: AddPartitionsToTxnRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        let id = req.v3_and_below_transactional_id.0.to_string();
+        let asked: Vec<(String, i32)> = req
+            .v3_and_below_topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), *p)))
+            .collect();
+        let ready = self.txns_ready(conn, seq, &ctx, &body);
+        let unknown: Vec<bool> = asked
+            .iter()
+            .map(|(t, p)| {
+                self.topics.get(t).is_none_or(|t| usize::try_from(*p).map_or(true, |i| i >= t.partitions.len()))
+            })
+            .collect();
+        let result = match ready {
+            None => return Ok(()),
+            Some(0) if unknown.contains(&true) => Err(None),
+            Some(0) => self.txn_change(&id, |m, now| {
+                m.add_partitions(req.v3_and_below_producer_id.0, req.v3_and_below_producer_epoch, &asked, now)
+            }),
+            Some(code) => Err(Some(code)),
+        };
+        let build = move |code_of: &dyn Fn(usize) -> i16| {
+            let mut resp = AddPartitionsToTxnResponse::default();
+            for t in &req.v3_and_below_topics {
+                let mut tr = AddPartitionsToTxnTopicResult::default();
+                tr.name = t.name.clone();
+                for p in &t.partitions {
+                    let i = asked.iter().position(|a| a.0 == t.name.0.as_str() && a.1 == *p).unwrap_or(0);
+                    let mut pr = AddPartitionsToTxnPartitionResult::default();
+                    pr.partition_index = *p;
+                    pr.partition_error_code = code_of(i);
+                    tr.results_by_partition.push(pr);
+                }
+                resp.results_by_topic_v3_and_below.push(tr);
+            }
+            resp
+        };
+        match result {
+            Err(None) => {
+                let resp = build(&|i| {
+                    if unknown[i] {
+                        KafkaError::UnknownTopicOrPartition.code()
+                    } else {
+                        OPERATION_NOT_ATTEMPTED
+                    }
+                });
+                self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+            }
+            Err(Some(code)) => {
+                let resp = build(&|_| code);
+                self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+            }
+            Ok(None) => {
+                let resp = build(&|_| 0);
+                self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
+            }
+            Ok(Some(next)) => {
+                let resp_ok = build(&|_| 0);
+                let resp_err = build(&|_| NOT_COORDINATOR);
+                let answer = Box::new(move |ok: bool, _: &TxnMeta| {
+                    protocol::encode_response(&ctx, if ok { &resp_ok } else { &resp_err })
+                });
+                if self.store_txn(&id, next, TxnNext::Respond { conn, seq, answer }).is_err() {
+                    self.close(conn, "could not store a transaction record");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a change on an idle transactional id: `Ok(Some(next))` to store, `Ok(None)` for
+    /// nothing to do, `Err(Some(code))` to refuse.
+    fn txn_change(
+        &self,
+        id: &str,
+        change: impl FnOnce(&TxnMeta, i64) -> Result<Option<TxnMeta>, TxnError>,
+    ) -> Result<Option<TxnMeta>, Option<i16>> {
+        let Some(entry) = self.txns.get(id) else {
+            return Err(Some(TxnError::InvalidProducerIdMapping.code()));
+        };
+        if entry.busy {
+            return Err(Some(TxnError::ConcurrentTransactions.code()));
+        }
+        let Some(meta) = entry.meta.as_ref() else {
+            return Err(Some(TxnError::ConcurrentTransactions.code()));
+        };
+        change(meta, self.now.wall_ms).map_err(|e| Some(e.code()))
+    }
+
+    pub(super) fn handle_add_offsets_to_txn(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: AddOffsetsToTxnRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        let answer = |node: &mut Node, code: i16| {
+            let mut r = AddOffsetsToTxnResponse::default();
+            r.error_code = code;
+            node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &r));
+        };
+        // The group's offsets partition joins the transaction: the offsets topic must exist.
+        match self.groups_ready(conn, seq, &ctx, &body) {
+            None => return Ok(()),
+            Some(0) => {}
+            Some(code) => {
+                answer(self, code);
+                return Ok(());
+            }
+        }
+        match self.txns_ready(conn, seq, &ctx, &body) {
+            None => return Ok(()),
+            Some(0) => {}
+            Some(code) => {
+                answer(self, code);
+                return Ok(());
+            }
+        }
+        let id = req.transactional_id.0.to_string();
+        let part = vec![(OFFSETS_TOPIC.to_string(), offsets_partition(req.group_id.0.as_str()))];
+        match self.txn_change(&id, |m, now| m.add_partitions(req.producer_id.0, req.producer_epoch, &part, now)) {
+            Err(code) => answer(self, code.unwrap_or(NOT_COORDINATOR)),
+            Ok(None) => answer(self, 0),
+            Ok(Some(next)) => {
+                let ctx2 = ctx.clone();
+                let reply = Box::new(move |ok: bool, _: &TxnMeta| {
+                    let mut r = AddOffsetsToTxnResponse::default();
+                    r.error_code = if ok { 0 } else { NOT_COORDINATOR };
+                    protocol::encode_response(&ctx2, &r)
+                });
+                if self.store_txn(&id, next, TxnNext::Respond { conn, seq, answer: reply }).is_err() {
+                    answer(self, NOT_COORDINATOR);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_txn_offset_commit(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: TxnOffsetCommitRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        let group = req.group_id.0.to_string();
+        let build = |req: &TxnOffsetCommitRequest, code: i16| {
+            let mut resp = TxnOffsetCommitResponse::default();
+            for t in &req.topics {
+                let mut tr = TxnOffsetCommitResponseTopic::default();
+                tr.name = t.name.clone();
+                for p in &t.partitions {
+                    let mut pr = TxnOffsetCommitResponsePartition::default();
+                    pr.partition_index = p.partition_index;
+                    pr.error_code = code;
+                    tr.partitions.push(pr);
+                }
+                resp.topics.push(tr);
+            }
+            resp
+        };
+        let refuse = |node: &mut Node, code: i16| {
+            node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &build(&req, code)));
+        };
+        let ready = match self.groups_ready(conn, seq, &ctx, &body) {
+            Some(0) => self.txns_ready(conn, seq, &ctx, &body),
+            other => other,
+        };
+        match ready {
+            None => return Ok(()),
+            Some(0) => {}
+            Some(code) => {
+                refuse(self, code);
+                return Ok(());
+            }
+        }
+        let id = req.transactional_id.0.to_string();
+        let part = (OFFSETS_TOPIC.to_string(), offsets_partition(&group));
+        let check = match self.txns.get(&id).and_then(|e| e.meta.as_ref()) {
+            None => Err(TxnError::InvalidProducerIdMapping.code()),
+            Some(m) => match m.check_producer(req.producer_id.0, req.producer_epoch) {
+                Err(e) => Err(e.code()),
+                Ok(()) if m.state != TxnState::Ongoing || !m.partitions.contains(&part) => {
+                    Err(TxnError::InvalidTxnState.code())
+                }
+                Ok(()) => Ok(()),
+            },
+        };
+        if let Err(code) = check {
+            refuse(self, code);
+            return Ok(());
+        }
+        let now = self.now.wall_ms;
+        let mut updates = Vec::new();
+        let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for t in &req.topics {
+            for p in &t.partitions {
+                let c = Committed {
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                    commit_timestamp: now,
+                };
+                let key =
+                    StoredKey::Offset(super::groups::OffsetKey::new(&group, t.name.0.as_str(), p.partition_index))
+                        .encode();
+                records.push((key, postcard::to_allocvec(&c).expect("offsets serialize")));
+                updates.push((group.clone(), t.name.0.to_string(), p.partition_index, c));
+            }
+        }
+        let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+            records.iter().map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice()))).collect();
+        let mut b = batch::encode_records(&refs, now);
+        b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+        batch::set_producer(&mut b, req.producer_id.0, req.producer_epoch, -1);
+        let b = Bytes::from(b);
+        match self.append_as(OFFSETS_TOPIC, part.1, Some(&b), Origin::CoordinatorData) {
+            Err(e) => refuse(self, if e == KafkaError::KafkaStorageError { NOT_COORDINATOR } else { e.code() }),
+            Ok((tp, _, end, generation, _, _)) => {
+                let ok = protocol::encode_response(&ctx, &build(&req, 0));
+                let failed = protocol::encode_response(&ctx, &build(&req, NOT_COORDINATOR));
+                self.commits.push(PendingCommit::new(
+                    vec![(tp, end, generation)],
+                    Vec::new(),
+                    AfterDurable::TxnOffsets {
+                        producer_id: req.producer_id.0,
+                        offsets: updates,
+                        conn,
+                        seq,
+                        answers: Box::new((ok, failed)),
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_end_txn(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: EndTxnRequest = protocol::decode_body(body.clone(), ctx.version)?;
+        match self.txns_ready(conn, seq, &ctx, &body) {
+            None => return Ok(()),
+            Some(0) => {}
+            Some(code) => {
+                self.answer_end_txn(conn, seq, &ctx, code);
+                return Ok(());
+            }
+        }
+        let id = req.transactional_id.0.to_string();
+        match self.txn_change(&id, |m, now| m.end(req.producer_id.0, req.producer_epoch, req.committed, now)) {
+            Err(code) => self.answer_end_txn(conn, seq, &ctx, code.unwrap_or(NOT_COORDINATOR)),
+            Ok(None) => self.answer_end_txn(conn, seq, &ctx, 0),
+            Ok(Some(next)) => {
+                let end_txn = Some((conn, seq, ctx.clone()));
+                if self.store_txn(&id, next, TxnNext::WriteMarkers { end_txn }).is_err() {
+                    self.answer_end_txn(conn, seq, &ctx, NOT_COORDINATOR);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn answer_end_txn(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, code: i16) {
+        let mut r = EndTxnResponse::default();
+        r.error_code = code;
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &r));
+    }
+}
