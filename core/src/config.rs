@@ -29,6 +29,11 @@ pub struct NodeConfig {
     pub producer_id_expiration_ms: i64,
     /// How often idle producers are looked for (`producer.id.expiration.check.interval.ms`).
     pub producer_id_expiration_check_interval_ms: u64,
+    /// How often open transactions are checked against their timeouts
+    /// (`transaction.abort.timed.out.transaction.cleanup.interval.ms`).
+    pub txn_abort_check_interval_ms: u64,
+    /// The longest transaction timeout a producer may ask for (`transaction.max.timeout.ms`).
+    pub txn_max_timeout_ms: i32,
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +75,8 @@ impl Default for NodeConfig {
             group: crate::group::GroupConfig::default(),
             producer_id_expiration_ms: 86_400_000,
             producer_id_expiration_check_interval_ms: 600_000,
+            txn_abort_check_interval_ms: 10_000,
+            txn_max_timeout_ms: 900_000,
         }
     }
 }

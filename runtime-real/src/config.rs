@@ -143,6 +143,12 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if let Some(v) = num::<u64>(props, "producer.id.expiration.check.interval.ms")? {
         node.producer_id_expiration_check_interval_ms = v.max(1);
     }
+    if let Some(v) = num::<u64>(props, "transaction.abort.timed.out.transaction.cleanup.interval.ms")? {
+        node.txn_abort_check_interval_ms = v.max(1);
+    }
+    if let Some(v) = num::<i32>(props, "transaction.max.timeout.ms")? {
+        node.txn_max_timeout_ms = v.max(1);
+    }
     // Every property in force, as DescribeConfigs on the broker reports it.
     let mut effective = BTreeMap::new();
     effective.insert("node.id".to_string(), node.node_id.0.to_string());
@@ -187,6 +193,12 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
         "producer.id.expiration.check.interval.ms".to_string(),
         node.producer_id_expiration_check_interval_ms.to_string(),
     );
+    effective.insert(
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms".to_string(),
+        node.txn_abort_check_interval_ms.to_string(),
+    );
+    effective.insert("transaction.max.timeout.ms".to_string(), node.txn_max_timeout_ms.to_string());
+    effective.insert("transaction.state.log.num.partitions".to_string(), "50".to_string());
     for (k, v) in props {
         effective.entry(k.clone()).or_insert_with(|| v.clone());
     }

@@ -17,6 +17,13 @@
 //!   none missing before one that is there (no duplicate from a retry, no gap, no reordering);
 //! - a producer id is never handed out twice, across restarts.
 //!
+//! For transactions:
+//! - no aborted read: a read_committed consumer never returns a record of a transaction that
+//!   aborted (whether the producer aborted it or the coordinator did, on a timeout);
+//! - all or nothing: at the end, a read_committed consumer has read every record of every
+//!   committed transaction, on every partition it touched;
+//! - read_committed stays below the last stable offset of the response it reads.
+//!
 //! And for the consumer group:
 //! - one owner per partition per generation: no two members (static members count as their
 //!   instance) are handed the same partition in the same generation;
@@ -73,6 +80,17 @@ pub struct Checker {
     idempotent_next: BTreeMap<(usize, usize, i32), usize>,
     /// Producer ids handed out, and to whom.
     producer_ids: BTreeMap<i64, usize>,
+    /// Transactional values: value -> (producer, transaction number).
+    txn_of: BTreeMap<String, (usize, u64)>,
+    txn_values: BTreeMap<(usize, u64), Vec<String>>,
+    /// How each transaction ended, once its producer knows: true if committed.
+    txn_outcome: BTreeMap<(usize, u64), bool>,
+    /// Per read_committed consumer, the transactional values it read.
+    committed_reads: BTreeMap<usize, BTreeSet<String>>,
+    pub txns_committed: u64,
+    pub txns_aborted: u64,
+    /// Highest last stable offset each read_committed consumer has seen per partition.
+    lso_max: BTreeMap<(usize, i32), i64>,
 }
 
 impl Checker {
@@ -118,9 +136,72 @@ impl Checker {
         }
     }
 
+    /// A transaction (`producer`'s number `no`) will write `values`.
+    pub fn on_txn_send(&mut self, producer: usize, no: u64, values: &[String]) {
+        self.on_send(values);
+        for v in values {
+            self.txn_of.insert(v.clone(), (producer, no));
+        }
+        self.txn_values.insert((producer, no), values.to_vec());
+    }
+
+    /// Its producer learnt how a transaction ended.
+    pub fn on_txn_outcome(&mut self, at: u64, producer: usize, no: u64, committed: bool) {
+        self.txn_outcome.insert((producer, no), committed);
+        if committed {
+            self.txns_committed += 1;
+            return;
+        }
+        self.txns_aborted += 1;
+        let values = self.txn_values.get(&(producer, no)).cloned().unwrap_or_default();
+        let read: Vec<(usize, String)> = self
+            .committed_reads
+            .iter()
+            .flat_map(|(c, seen)| values.iter().filter(|v| seen.contains(*v)).map(move |v| (*c, v.clone())))
+            .take(1)
+            .collect();
+        for (c, v) in read {
+            self.violation(
+                at,
+                format!(
+                    "read_committed consumer {c} read {v:?} of transaction {no} of producer {producer}, which aborted"
+                ),
+            );
+        }
+    }
+
+    /// The last stable offset a read_committed consumer sees never goes back: what it read
+    /// below it was decided.
+    pub fn on_last_stable(&mut self, at: u64, consumer: usize, partition: i32, lso: i64) {
+        let max = self.lso_max.entry((consumer, partition)).or_insert(lso);
+        if lso < *max {
+            let was = *max;
+            self.violation(at, format!("consumer {consumer} saw the last stable offset of partition {partition} go back from {was} to {lso}"));
+        } else {
+            *max = lso;
+        }
+    }
+
+    /// A read_committed consumer read `value`.
+    pub fn on_committed_read(&mut self, at: u64, consumer: usize, value: &str) {
+        let reads = self.committed_reads.entry(consumer).or_default();
+        let Some(&(producer, no)) = self.txn_of.get(value) else { return };
+        reads.insert(value.to_string());
+        if self.txn_outcome.get(&(producer, no)) == Some(&false) {
+            self.violation(at, format!("read_committed consumer {consumer} read {value:?} of transaction {no} of producer {producer}, which aborted"));
+        }
+    }
+
+    /// A read_committed consumer exists (it must end up with every committed transaction).
+    pub fn add_committed_reader(&mut self, consumer: usize) {
+        self.committed_reads.entry(consumer).or_default();
+    }
+
     /// InitProducerId answered `producer_id` to `producer`.
     pub fn on_producer_id(&mut self, at: u64, producer: usize, producer_id: i64) {
-        if let Some(other) = self.producer_ids.insert(producer_id, producer) {
+        // A transactional producer keeps its id across InitProducerIds (its epoch moves);
+        // no other producer may ever get it.
+        if let Some(other) = self.producer_ids.insert(producer_id, producer).filter(|o| *o != producer) {
             self.violation(
                 at,
                 format!("producer id {producer_id} handed out twice (to producers {other} and {producer})"),
@@ -368,12 +449,69 @@ impl Checker {
         for (k, v) in lost {
             self.violation(at, format!("acknowledged record {v:?} at {k:?} was never read back ({n} such)"));
         }
+        // All or nothing: every committed transaction was read whole.
+        let mut missing = Vec::new();
+        for ((producer, no), committed) in &self.txn_outcome {
+            if !committed {
+                continue;
+            }
+            for (c, seen) in &self.committed_reads {
+                let values = self.txn_values.get(&(*producer, *no)).map(Vec::as_slice).unwrap_or_default();
+                let absent = values.iter().filter(|v| !seen.contains(*v)).count();
+                if absent > 0 && missing.len() < 3 {
+                    missing.push(format!("read_committed consumer {c} read {} of the {} records of committed transaction {no} of producer {producer}", values.len() - absent, values.len()));
+                }
+            }
+        }
+        for m in missing {
+            self.violation(at, m);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The transaction checks fire on an aborted read (before or after the outcome is known)
+    /// and on a committed transaction read in part; a clean history passes.
+    #[test]
+    fn transaction_checks_catch_their_bugs() {
+        let vals = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let fresh = || {
+            let mut c = Checker::default();
+            c.add_committed_reader(9);
+            c.on_txn_send(1, 1, &vals(&["a", "b"]));
+            c.on_txn_send(1, 2, &vals(&["c"]));
+            c
+        };
+        let mut c = fresh();
+        c.on_committed_read(0, 9, "a");
+        c.on_committed_read(0, 9, "b");
+        c.on_txn_outcome(0, 1, 1, true);
+        c.on_txn_outcome(0, 1, 2, false);
+        c.finish(0);
+        assert!(c.violations.is_empty(), "{:?}", c.violations);
+
+        let mut c = fresh();
+        c.on_committed_read(0, 9, "c");
+        c.on_txn_outcome(0, 1, 2, false);
+        assert_eq!(c.violations.len(), 1, "aborted read, outcome learnt after");
+        let mut c = fresh();
+        c.on_txn_outcome(0, 1, 2, false);
+        c.on_committed_read(0, 9, "c");
+        assert_eq!(c.violations.len(), 1, "aborted read, outcome known before");
+        let mut c = fresh();
+        c.on_committed_read(0, 9, "a");
+        c.on_txn_outcome(0, 1, 1, true);
+        c.finish(0);
+        assert_eq!(c.violations.len(), 1, "committed transaction read in part");
+        let mut c = fresh();
+        c.on_last_stable(0, 9, 0, 5);
+        c.on_last_stable(0, 9, 0, 7);
+        c.on_last_stable(0, 9, 0, 6);
+        assert_eq!(c.violations.len(), 1, "last stable offset went back");
+    }
 
     /// The idempotence checks fire on a duplicate, a gap, a reordering and a reused id, and
     /// stay quiet on a clean history.
@@ -395,6 +533,7 @@ mod tests {
         c.on_read_in_order(0, 8, 0, 0, "a"); // another consumer reads on its own
         c.on_producer_id(0, 1, 1000);
         c.on_producer_id(0, 2, 1001);
+        c.on_producer_id(0, 1, 1000); // the same transactional producer again
         assert!(c.violations.is_empty(), "{:?}", c.violations);
 
         let mut c = fresh();

@@ -10,6 +10,8 @@ pub const PRODUCE_VERSION: i16 = 9;
 pub const FETCH_VERSION: i16 = 11;
 pub const CREATE_TOPICS_VERSION: i16 = 5;
 pub const INIT_PRODUCER_ID_VERSION: i16 = 4;
+pub const ADD_PARTITIONS_TO_TXN_VERSION: i16 = 3;
+pub const END_TXN_VERSION: i16 = 3;
 
 pub fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Bytes {
     let mut h = RequestHeader::default();
@@ -52,11 +54,49 @@ pub fn batch_of(values: &[String], timestamp: i64) -> Bytes {
     Bytes::from(batch::encode_values(values, timestamp))
 }
 
+/// The same batch from a transactional producer.
+pub fn transactional_batch_of(values: &[String], timestamp: i64, producer_id: i64, epoch: i16, seq: i32) -> Bytes {
+    let mut b = batch::encode_values(values, timestamp);
+    b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+    batch::set_producer(&mut b, producer_id, epoch, seq);
+    Bytes::from(b)
+}
+
 /// The same batch from an idempotent producer: its id, epoch and first sequence number.
 pub fn idempotent_batch_of(values: &[String], timestamp: i64, producer_id: i64, epoch: i16, seq: i32) -> Bytes {
     let mut b = batch::encode_values(values, timestamp);
     batch::set_producer(&mut b, producer_id, epoch, seq);
     Bytes::from(b)
+}
+
+/// One fetched batch: its header, its records (offset, value), and for a transaction marker
+/// whether it commits.
+pub struct FetchedBatch {
+    pub header: batch::BatchHeader,
+    pub records: Vec<(i64, String)>,
+    pub marker: Option<bool>,
+}
+
+/// Every batch of a fetched record set of uncompressed batches.
+pub fn batches(mut set: &[u8]) -> Result<Vec<FetchedBatch>, String> {
+    let mut out = Vec::new();
+    while !set.is_empty() {
+        let header = batch::check_batch(set).map_err(|e| format!("fetched a bad batch: {e:?}"))?;
+        let this = &set[..header.size];
+        let marker = if header.is_control() { batch::control_type(this) } else { None };
+        let records = if header.is_control() {
+            Vec::new()
+        } else {
+            batch::uncompressed_records(this)
+                .map_err(|e| format!("fetched a bad batch: {e:?}"))?
+                .into_iter()
+                .map(|(o, _, v)| (o, String::from_utf8_lossy(v.unwrap_or_default()).into_owned()))
+                .collect()
+        };
+        out.push(FetchedBatch { header, records, marker });
+        set = &set[header.size..];
+    }
+    Ok(out)
 }
 
 /// (offset, value) of every record in a fetched record set of uncompressed batches.

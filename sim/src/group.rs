@@ -18,6 +18,7 @@ use sluice_runtime_sim::{Nanos, World, MS};
 
 use crate::checker::Checker;
 use crate::codec;
+use crate::workload::Seen;
 use crate::workload::TOPIC;
 
 pub const GROUP: &str = "sim-group";
@@ -205,8 +206,21 @@ pub(crate) fn consume_fetched(
     for s in seen {
         match s {
             Err(e) => checker.on_error(now, format!("member {idx}: {e}")),
-            Ok((p, None, hw)) => checker.on_high_watermark(now, idx, p, hw),
-            Ok((p, Some((o, v)), hw)) => {
+            Ok((p, Seen::Bounds { .. }, hw)) => checker.on_high_watermark(now, idx, p, hw),
+            Ok((p, Seen::Skip { base, next: n }, _)) => {
+                let Some(next) = positions.get_mut(&p) else { continue };
+                if n <= *next {
+                    continue;
+                }
+                if base > *next {
+                    checker.on_gap(now, idx, p, *next, base);
+                }
+                for o in (*next).max(base)..n {
+                    checker.on_group_consume(p, o);
+                }
+                *next = n;
+            }
+            Ok((p, Seen::Record(o, v), hw)) => {
                 let Some(next) = positions.get_mut(&p) else { continue };
                 if o < *next {
                     continue;

@@ -9,6 +9,7 @@ pub mod checker;
 pub mod codec;
 pub mod group;
 pub mod group848;
+pub mod txn;
 pub mod workload;
 
 use rand::{Rng, SeedableRng};
@@ -115,6 +116,8 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
         member_leave_every: None,
         kip848: false,
         idempotent: false,
+        txn_producers: 0,
+        txn_stall_every: None,
     };
     // The group's shape comes from a stream of its own, so runs without a group draw what
     // they drew before groups existed.
@@ -130,6 +133,10 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
     // Idempotence from a stream of its own too: two seeds in three, as clients default to it.
     let mut i = ChaCha8Rng::seed_from_u64(seed ^ 0x1de8_9073_e0ce_0000);
     plan.idempotent = i.gen_bool(2.0 / 3.0);
+    // Transactions from a stream of their own: transactional producers in half the seeds.
+    let mut t = ChaCha8Rng::seed_from_u64(seed ^ 0x7a4e_0c0f_fee0_0000);
+    plan.txn_producers = pick(&mut t, &[0usize, 0, 1, 2]);
+    plan.txn_stall_every = pick(&mut t, &[None, Some(2_000 * MS), Some(5_000 * MS)]);
     let env = Env {
         net_latency: (pick(&mut r, &[20u64, 100, 500]) * US, pick(&mut r, &[1u64, 3, 10]) * MS),
         disk_latency: (2 * US, pick(&mut r, &[20u64, 200]) * US),
@@ -145,6 +152,7 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
     node.group.initial_rebalance_delay_ms = initial_delay;
     node.group.consumer_session_timeout_ms = crate::group848::SESSION_TIMEOUT_MS;
     node.group.consumer_heartbeat_interval_ms = crate::group848::HEARTBEAT_INTERVAL_MS;
+    node.txn_abort_check_interval_ms = 200;
     (plan, env, node)
 }
 
@@ -186,10 +194,15 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
     sluice_core::mutants::set(mutant);
     let (plan, env, node) = draw(seed, opts);
     let plan_text = format!(
-        "{} partitions, {} producers{} x up to {} values (batches <= {}, {} in flight), {} consumers, {} group members{}{} (crash every {:?} ms, stall every {:?} ms, leave every {:?} ms, initial delay {} ms), safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
+        "{} partitions, {} producers{}{} x up to {} values (batches <= {}, {} in flight), {} consumers, {} group members{}{} (crash every {:?} ms, stall every {:?} ms, leave every {:?} ms, initial delay {} ms), safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
         plan.partitions,
         plan.producers,
         if plan.idempotent { " (acks=all idempotent)" } else { "" },
+        if plan.txn_producers > 0 {
+            format!(" + {} transactional (stall every {:?} ms)", plan.txn_producers, plan.txn_stall_every.map(|n| n / MS))
+        } else {
+            String::new()
+        },
         plan.values_per_producer,
         plan.batch_max,
         plan.in_flight_max,

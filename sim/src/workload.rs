@@ -23,6 +23,7 @@ use crate::checker::Checker;
 use crate::codec;
 use crate::group::{GroupMember, Member};
 use crate::group848::Member848;
+use crate::txn::TxnProducer;
 
 pub const TOPIC: &str = "sim";
 
@@ -53,6 +54,10 @@ pub struct Plan {
     pub kip848: bool,
     /// The acks=all producers are idempotent (InitProducerId, sequence numbers).
     pub idempotent: bool,
+    /// Transactional producers (and then one read_committed consumer).
+    pub txn_producers: usize,
+    /// How often a transactional producer stalls mid-transaction past its timeout.
+    pub txn_stall_every: Option<Nanos>,
 }
 
 const REQUEST_TIMEOUT: Nanos = 3_000 * MS;
@@ -111,6 +116,8 @@ impl Producer {
 }
 
 struct Consumer {
+    /// Reads as a read_committed client does.
+    read_committed: bool,
     conn: Option<ConnId>,
     next: BTreeMap<i32, i64>,
     in_flight: Option<i32>,
@@ -122,14 +129,39 @@ enum Role {
     Producer(Producer),
     Consumer(Consumer),
     Member(Box<dyn GroupMember>),
+    TxnProducer(TxnProducer),
 }
 
-/// One partition's part of a fetch response: (partition, a record (offset, value) or None
-/// for the partition's high watermark, high watermark), or what was wrong with it.
-pub type Fetched = Result<(i32, Option<(i64, String)>, i64), String>;
+/// What a fetch showed of one partition.
+#[derive(Clone, Debug)]
+pub enum Seen {
+    /// The partition's last stable offset (reported first, with the high watermark).
+    Bounds {
+        last_stable: i64,
+    },
+    Record(i64, String),
+    /// Offsets `base..next` hold no record for the application: a transaction marker, or a
+    /// batch of an aborted transaction (read_committed).
+    Skip {
+        base: i64,
+        next: i64,
+    },
+}
 
-/// Reads a fetch response: per partition its high watermark, then its records.
+/// One partition's part of a fetch response: (partition, what was seen, high watermark), or
+/// what was wrong with it.
+pub type Fetched = Result<(i32, Seen, i64), String>;
+
+/// Reads a fetch response: per partition its bounds, then its records, as a read_uncommitted
+/// client sees them (markers skipped).
 pub fn fetched(frame: Bytes) -> Result<Vec<Fetched>, String> {
+    fetched_as(frame, false)
+}
+
+/// Reads a fetch response as a client of this isolation level does: read_committed drops the
+/// batches of aborted transactions, using the response's aborted-transactions list and the
+/// markers, exactly as Kafka's clients do.
+pub fn fetched_as(frame: Bytes, read_committed: bool) -> Result<Vec<Fetched>, String> {
     let (_, resp): (i32, FetchResponse) = codec::decode(ApiKey::Fetch, codec::FETCH_VERSION, frame)
         .map_err(|e| format!("undecodable fetch response: {e}"))?;
     let mut seen = Vec::new();
@@ -146,12 +178,39 @@ pub fn fetched(frame: Bytes) -> Result<Vec<Fetched>, String> {
                 }
                 _ => continue, // not ready, storage error: fetch again
             }
-            seen.push(Ok((p.partition_index, None, p.high_watermark)));
-            match codec::records(p.records.as_deref().unwrap_or(&[])) {
-                Ok(recs) => {
-                    seen.extend(recs.into_iter().map(|(o, v)| Ok((p.partition_index, Some((o, v)), p.high_watermark))))
+            let (pi, hw) = (p.partition_index, p.high_watermark);
+            seen.push(Ok((pi, Seen::Bounds { last_stable: p.last_stable_offset }, hw)));
+            let batches = match codec::batches(p.records.as_deref().unwrap_or(&[])) {
+                Ok(b) => b,
+                Err(e) => {
+                    seen.push(Err(e));
+                    continue;
                 }
-                Err(e) => seen.push(Err(e)),
+            };
+            let mut aborted: Vec<(i64, i64)> =
+                p.aborted_transactions.iter().flatten().map(|a| (a.first_offset, a.producer_id.0)).collect();
+            aborted.sort();
+            let mut next_aborted = 0;
+            let mut aborting = std::collections::BTreeSet::new();
+            for b in batches {
+                let h = &b.header;
+                let skip = Ok((pi, Seen::Skip { base: h.base_offset, next: h.last_offset() + 1 }, hw));
+                if read_committed {
+                    while next_aborted < aborted.len() && aborted[next_aborted].0 <= h.base_offset {
+                        aborting.insert(aborted[next_aborted].1);
+                        next_aborted += 1;
+                    }
+                }
+                if h.is_control() {
+                    if b.marker == Some(false) {
+                        aborting.remove(&h.producer_id);
+                    }
+                    seen.push(skip);
+                } else if read_committed && h.is_transactional() && aborting.contains(&h.producer_id) {
+                    seen.push(skip);
+                } else {
+                    seen.extend(b.records.into_iter().map(|(o, v)| Ok((pi, Seen::Record(o, v), hw))));
+                }
             }
         }
     }
@@ -190,7 +249,13 @@ impl Workload {
             }));
         }
         for _ in 0..plan.consumers {
-            clients.push(Role::Consumer(Consumer { conn: None, next: BTreeMap::new(), in_flight: None, next_cid: 0 }));
+            clients.push(Role::Consumer(Consumer {
+                read_committed: false,
+                conn: None,
+                next: BTreeMap::new(),
+                in_flight: None,
+                next_cid: 0,
+            }));
         }
         for i in 0..plan.group_members {
             let instance = plan.static_members.then(|| format!("instance-{i}"));
@@ -201,14 +266,21 @@ impl Workload {
             };
             clients.push(Role::Member(m));
         }
-        let wl = Workload {
-            plan,
-            clients,
-            conn_owner: BTreeMap::new(),
-            checker: Checker::default(),
-            healed: false,
-            finished_at: None,
-        };
+        let mut checker = Checker::default();
+        if plan.txn_producers > 0 {
+            checker.add_committed_reader(clients.len());
+            clients.push(Role::Consumer(Consumer {
+                read_committed: true,
+                conn: None,
+                next: BTreeMap::new(),
+                in_flight: None,
+                next_cid: 0,
+            }));
+            for _ in 0..plan.txn_producers {
+                clients.push(Role::TxnProducer(TxnProducer::new(clients.len())));
+            }
+        }
+        let wl = Workload { plan, clients, conn_owner: BTreeMap::new(), checker, healed: false, finished_at: None };
         for c in 0..wl.clients.len() {
             w.set_timer(c, (c as u64) << 8 | T_TICK, MS);
         }
@@ -464,6 +536,7 @@ impl Workload {
         req.min_bytes = 1;
         req.max_bytes = 1 << 20;
         req.session_epoch = -1;
+        req.isolation_level = i8::from(k.read_committed);
         req.topics = vec![ft];
         k.next_cid += 1;
         k.in_flight = Some(k.next_cid);
@@ -472,7 +545,8 @@ impl Workload {
 
     fn consumer_response(&mut self, w: &mut World, c: usize, frame: Bytes) {
         let at = w.now();
-        let seen = match fetched(frame) {
+        let read_committed = matches!(&self.clients[c], Role::Consumer(k) if k.read_committed);
+        let seen = match fetched_as(frame, read_committed) {
             Ok(s) => s,
             Err(e) => return self.checker.on_error(at, format!("consumer {c}: {e}")),
         };
@@ -480,11 +554,28 @@ impl Workload {
             return;
         };
         k.in_flight = None;
+        let mut stable: BTreeMap<i32, i64> = BTreeMap::new();
         for s in seen {
             match s {
                 Err(e) => self.checker.on_error(at, format!("consumer {c}: {e}")),
-                Ok((p, None, hw)) => self.checker.on_high_watermark(at, c, p, hw),
-                Ok((p, Some((o, v)), hw)) => {
+                Ok((p, Seen::Bounds { last_stable }, hw)) => {
+                    stable.insert(p, last_stable);
+                    self.checker.on_high_watermark(at, c, p, hw);
+                    if k.read_committed {
+                        self.checker.on_last_stable(at, c, p, last_stable);
+                    }
+                }
+                Ok((p, Seen::Skip { base, next: n }, _)) => {
+                    let next = k.next.entry(p).or_insert(0);
+                    if n <= *next {
+                        continue;
+                    }
+                    if base > *next {
+                        self.checker.on_gap(at, c, p, *next, base);
+                    }
+                    *next = n;
+                }
+                Ok((p, Seen::Record(o, v), hw)) => {
                     let next = k.next.entry(p).or_insert(0);
                     if o < *next {
                         continue; // a batch starting before the fetch offset
@@ -493,12 +584,32 @@ impl Workload {
                         self.checker.on_gap(at, c, p, *next, o);
                     }
                     *next = o + 1;
-                    self.checker.on_consume(at, c, p, o, &v, hw);
+                    // read_committed must stay below the last stable offset: what is past it
+                    // may belong to a transaction that aborts.
+                    let bound = if k.read_committed { stable.get(&p).copied().unwrap_or(hw).min(hw) } else { hw };
+                    self.checker.on_consume(at, c, p, o, &v, bound);
                     self.checker.on_read_in_order(at, c, p, o, &v);
+                    if k.read_committed {
+                        self.checker.on_committed_read(at, c, &v);
+                    }
                 }
             }
         }
         self.consumer_pump(w, c);
+    }
+
+    fn txn_pump(&mut self, w: &mut World, c: usize) {
+        if !self.topic_ready() {
+            return;
+        }
+        let (partitions, batch_max) = (self.plan.partitions, self.plan.batch_max);
+        let new_txns = w.now() < self.plan.safety;
+        let Role::TxnProducer(t) = &mut self.clients[c] else { return };
+        let mut opened = Vec::new();
+        t.pump(w, &mut self.checker, partitions, batch_max, new_txns, &mut opened);
+        for conn in opened {
+            self.conn_owner.insert(conn, c);
+        }
     }
 
     fn member_pump(&mut self, w: &mut World, c: usize) {
@@ -551,8 +662,10 @@ impl Workload {
                 w.heal();
                 let now = w.now();
                 for r in &mut self.clients {
-                    if let Role::Member(m) = r {
-                        m.heal(now);
+                    match r {
+                        Role::Member(m) => m.heal(now),
+                        Role::TxnProducer(t) => t.heal(),
+                        _ => {}
                     }
                 }
             }
@@ -562,6 +675,14 @@ impl Workload {
         let plan = self.plan.clone();
         let roll =
             |w: &mut World, every: Option<Nanos>| every.is_some_and(|e| w.fault_rng().gen_range(0..e.max(1)) < 10 * MS);
+        if plan.txn_producers > 0 && roll(w, plan.txn_stall_every) {
+            let first = self.clients.len() - plan.txn_producers;
+            let c = first + w.fault_rng().gen_range(0..plan.txn_producers);
+            let until = w.now() + w.fault_rng().gen_range(1_500 * MS..3_000 * MS);
+            if let Role::TxnProducer(t) = &mut self.clients[c] {
+                t.stall(until);
+            }
+        }
         if roll(w, plan.crash_every) {
             let down = w.fault_rng().gen_range(MS..500 * MS);
             w.crash(0, down);
@@ -599,6 +720,7 @@ impl Workload {
                 ),
                 Role::Consumer(k) => format!("consumer {i}: next {:?}, conn {:?}", k.next, k.conn),
                 Role::Member(m) => m.describe(),
+                Role::TxnProducer(t) => t.describe(),
             });
         }
         let read: BTreeMap<i32, i64> = (0..self.plan.partitions).map(|p| (p, self.checker.group_read_to(p))).collect();
@@ -617,6 +739,7 @@ impl Workload {
         }
         let produced = self.clients.iter().all(|r| match r {
             Role::Producer(p) => p.queue.is_empty() && p.in_flight.is_empty(),
+            Role::TxnProducer(t) => t.is_idle(),
             _ => true,
         });
         let ends = self.checker.acked_end();
@@ -672,6 +795,10 @@ impl Harness for Workload {
                 m.on_response(w, &mut self.checker, self.plan.partitions, conn, frame);
                 self.member_pump(w, c);
             }
+            Role::TxnProducer(t) => {
+                t.on_response(w, &mut self.checker, frame);
+                self.txn_pump(w, c);
+            }
         }
         if self.finished_at.is_none() && self.done(w.now()) {
             self.finished_at = Some(w.now());
@@ -701,6 +828,7 @@ impl Harness for Workload {
                 }
             }
             Role::Member(m) => m.on_closed(w, &mut self.checker, conn),
+            Role::TxnProducer(t) => t.on_closed(conn),
         }
     }
 
@@ -736,6 +864,10 @@ impl Harness for Workload {
             Role::Member(_) => {
                 self.member_pump(w, client);
                 w.set_timer(client, token, 10 * MS);
+            }
+            Role::TxnProducer(_) => {
+                self.txn_pump(w, client);
+                w.set_timer(client, token, self.plan.produce_interval);
             }
         }
     }

@@ -435,7 +435,9 @@ impl PartitionLog {
         if crate::mutants::active(crate::mutants::Mutant::StablePastOpenTxn) {
             return self.high_watermark;
         }
-        self.producers.first_open_offset().map_or(self.high_watermark, |o| o.min(self.high_watermark))
+        self.producers
+            .first_open_offset(self.high_watermark)
+            .map_or(self.high_watermark, |o| o.min(self.high_watermark))
     }
 
     /// Bytes held by the log.

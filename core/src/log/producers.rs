@@ -136,8 +136,10 @@ fn in_sequence(last: i32, next: i32) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Producers {
     map: BTreeMap<i64, ProducerEntry>,
-    /// Open transactions by first offset: the last stable offset cannot pass the first.
-    ongoing: BTreeMap<Offset, i64>,
+    /// Undecided transactions by first offset, with the offset of their marker once it is
+    /// appended: a transaction is decided only when its marker is durable (below the high
+    /// watermark), so the last stable offset cannot pass the first of these.
+    ongoing: BTreeMap<Offset, (i64, Option<Offset>)>,
     /// Aborted transactions in marker order.
     aborted: Vec<AbortedTxn>,
 }
@@ -202,7 +204,7 @@ impl Producers {
         e.expect = None;
         if b.transactional && e.txn_first.is_none() {
             e.txn_first = Some(first_offset);
-            self.ongoing.insert(first_offset, b.producer_id);
+            self.ongoing.insert(first_offset, (b.producer_id, None));
         }
         if b.epoch != e.epoch {
             // A new epoch starts its sequences afresh: nothing of the old one can match.
@@ -252,7 +254,8 @@ impl Producers {
             e.expect = None;
         }
         if let Some(first) = e.txn_first.take() {
-            self.ongoing.remove(&first);
+            // Undecided until the marker is durable: `decided_below` lets it go.
+            self.ongoing.insert(first, (producer_id, Some(offset)));
             e.last_txn = Some((first, offset));
             if !commit {
                 self.aborted.push(AbortedTxn { producer_id, first_offset: first, last_offset: offset });
@@ -260,9 +263,15 @@ impl Producers {
         }
     }
 
-    /// The first offset of the oldest open transaction: read_committed stops there.
-    pub fn first_open_offset(&self) -> Option<Offset> {
-        self.ongoing.keys().next().copied()
+    /// The first offset of the oldest transaction not yet decided below `high_watermark`
+    /// (open, or its marker not yet durable): read_committed stops there.
+    pub fn first_open_offset(&self, high_watermark: Offset) -> Option<Offset> {
+        self.ongoing.iter().find(|(_, (_, marker))| marker.is_none_or(|m| m >= high_watermark)).map(|(o, _)| *o)
+    }
+
+    /// The high watermark moved: transactions whose markers are now durable are decided.
+    pub fn decided_below(&mut self, high_watermark: Offset) {
+        self.ongoing.retain(|_, (_, marker)| marker.is_none_or(|m| m >= high_watermark));
     }
 
     /// Whether the producer has a transaction open on this partition.
@@ -287,7 +296,7 @@ impl Producers {
 
     /// Every open transaction: (producer id, first offset).
     pub fn open_txns(&self) -> impl Iterator<Item = (i64, Offset)> + '_ {
-        self.ongoing.iter().map(|(o, p)| (*p, *o))
+        self.ongoing.iter().filter(|(_, (_, m))| m.is_none()).map(|(o, (p, _))| (*p, *o))
     }
 
     /// Replays what start-up read back from the log.
@@ -303,6 +312,11 @@ impl Producers {
     pub fn truncate(&mut self, offset: Offset) {
         self.aborted.retain(|a| a.last_offset < offset);
         self.ongoing.retain(|first, _| *first < offset);
+        for (_, marker) in self.ongoing.values_mut() {
+            if marker.is_some_and(|m| m >= offset) {
+                *marker = None; // its marker was cut: open again
+            }
+        }
         for (pid, e) in self.map.iter_mut() {
             if e.txn_first.is_some_and(|f| f >= offset) {
                 e.txn_first = None;
@@ -313,7 +327,7 @@ impl Producers {
                     e.last_txn = None;
                     if first < offset && e.txn_first.is_none() {
                         e.txn_first = Some(first);
-                        self.ongoing.insert(first, *pid);
+                        self.ongoing.insert(first, (*pid, None));
                     }
                 }
             }

@@ -117,7 +117,11 @@ impl Node {
                         } else {
                             l.high_watermark
                         };
-                        match l.read(fp.fetch_offset, upper, max, total == 0) {
+                        // Between the last stable offset and the high watermark a read_committed
+                        // fetch is in range, with nothing to return yet (as in Kafka).
+                        let waiting = read_committed && fp.fetch_offset > upper && fp.fetch_offset <= l.high_watermark;
+                        match if waiting { ReadResult::Empty } else { l.read(fp.fetch_offset, upper, max, total == 0) }
+                        {
                             ReadResult::OutOfRange => pd.error_code = KafkaError::OffsetOutOfRange.code(),
                             ReadResult::Empty => {}
                             ReadResult::Range { file, position, len } => {

@@ -145,10 +145,6 @@ struct Partition {
     written_end: Offset,
 }
 
-/// How often open transactions are checked against their timeouts (Kafka's
-/// `transaction.abort.timed.out.transaction.cleanup.interval.ms` default).
-const TXN_ABORT_CHECK_MS: u64 = 10_000;
-
 /// Syncs of a recovered log tried before its partition is taken offline.
 const RECOVERY_SYNC_ATTEMPTS: u32 = 10;
 
@@ -314,8 +310,9 @@ impl Node {
             txns: BTreeMap::new(),
             markers: Vec::new(),
             txn_offsets: BTreeMap::new(),
-            next_txn_abort_check: now.mono.plus_millis(TXN_ABORT_CHECK_MS),
+            next_txn_abort_check: now.mono,
         };
+        node.next_txn_abort_check = now.mono.plus_millis(node.config.txn_abort_check_interval_ms);
         node.next_producer_expiry_check = now.mono.plus_millis(node.config.producer_id_expiration_check_interval_ms);
         node.coordinator = crate::group::Coordinator::new(node.config.group.clone(), node.rng.next_u64());
         node.consumer = crate::group::consumer::Coordinator::new(crate::group::consumer::Config {
@@ -606,7 +603,7 @@ impl Node {
             self.expire_offsets();
         }
         if self.now.mono >= self.next_txn_abort_check {
-            self.next_txn_abort_check = self.now.mono.plus_millis(TXN_ABORT_CHECK_MS);
+            self.next_txn_abort_check = self.now.mono.plus_millis(self.config.txn_abort_check_interval_ms);
             self.abort_expired_txns();
         }
         if self.now.mono >= self.next_producer_expiry_check {
@@ -809,6 +806,8 @@ impl Node {
         let p = self.partition_mut(tp).expect("checked above");
         if batch.generation == p.log.generation && batch.end > p.log.high_watermark {
             p.log.high_watermark = batch.end.min(p.log.log_end_offset);
+            let hw = p.log.high_watermark;
+            p.log.producers.decided_below(hw);
             self.hw_moved = true;
         }
         if recovering {

@@ -34,8 +34,6 @@ use crate::types::{ConnId, Offset};
 pub const TXN_TOPIC: &str = "__transaction_state";
 /// Kafka's `transaction.state.log.num.partitions` default.
 pub const TXN_PARTITIONS: i32 = 50;
-/// Kafka's `transaction.max.timeout.ms` default.
-pub const TXN_TIMEOUT_MAX_MS: i32 = 900_000;
 
 const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const NOT_COORDINATOR: i16 = 16;
@@ -316,6 +314,11 @@ impl Node {
         if !h.is_transactional() {
             return Ok(());
         }
+        if self.offsets_load.is_some() {
+            // The coordinator's state is still being read back: the partition cannot check
+            // the transaction yet. Retriable, as Kafka answers a verification it cannot do.
+            return Err(KafkaError::NotEnoughReplicas);
+        }
         let meta = self.txns.get(txn_id).and_then(|e| e.meta.as_ref()).ok_or(KafkaError::InvalidTxnState)?;
         if meta.producer_id != h.producer_id {
             return Err(KafkaError::InvalidTxnState);
@@ -324,6 +327,13 @@ impl Node {
             return Err(KafkaError::InvalidProducerEpoch);
         }
         if meta.state != TxnState::Ongoing || !meta.partitions.contains(&(topic.to_string(), partition)) {
+            tracing::debug!(
+                txn_id,
+                topic,
+                partition,
+                state = meta.state.name(),
+                "transactional produce outside its transaction"
+            );
             return Err(KafkaError::InvalidTxnState);
         }
         Ok(())
@@ -356,7 +366,7 @@ impl Node {
                 return Ok(());
             }
         }
-        if req.transaction_timeout_ms <= 0 || req.transaction_timeout_ms > TXN_TIMEOUT_MAX_MS {
+        if req.transaction_timeout_ms <= 0 || req.transaction_timeout_ms > self.config.txn_max_timeout_ms {
             answer(self, INVALID_TRANSACTION_TIMEOUT, -1, -1);
             return Ok(());
         }
