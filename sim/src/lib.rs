@@ -31,6 +31,8 @@ pub struct Report {
     pub consumed: u64,
     pub group_assignments: u64,
     pub group_commits: u64,
+    pub txns_committed: u64,
+    pub txns_aborted: u64,
     pub violations: Vec<String>,
     pub trace: u64,
     pub trace_lines: Vec<String>,
@@ -57,15 +59,15 @@ impl Report {
         out += &format!("plan: {}\n", self.plan);
         out += &format!("simulated {:.3} s, {} events\n", self.sim_ns as f64 / 1e9, s.events);
         out += &format!(
-            "records acknowledged {}, consumed {}; group assignments {}, commits acknowledged {}\n",
-            self.acks, self.consumed, self.group_assignments, self.group_commits
+            "records acknowledged {}, consumed {}; group assignments {}, commits acknowledged {}; transactions committed {}, aborted {}\n",
+            self.acks, self.consumed, self.group_assignments, self.group_commits, self.txns_committed, self.txns_aborted
         );
         out += &format!(
             "faults: {} crashes ({} torn writes, {} files lost writes), {} sync failures, {} corrupted reads, {} disk-full spells, {} connection resets, {} clogs\n",
             s.crashes, s.torn_writes, s.lost_writes, s.sync_failures, s.read_corruptions, s.disk_fulls, s.resets, s.clogs
         );
         if self.ok() {
-            out += "checkers: acknowledged-not-lost ok, one-value-per-offset ok, no-phantom-values ok, producer-order ok, high-watermark-monotonic ok, reads-below-high-watermark ok, contiguous-reads ok, one-owner-per-generation ok, commits-never-go-back ok, nothing-skipped ok, liveness ok\n";
+            out += "checkers: acknowledged-not-lost ok, one-value-per-offset ok, no-phantom-values ok, producer-order ok, high-watermark-monotonic ok, reads-below-high-watermark ok, contiguous-reads ok, one-owner-per-generation ok, commits-never-go-back ok, nothing-skipped ok, idempotent-exactly-once-in-order ok, producer-ids-unique ok, no-aborted-read ok, transactions-all-or-nothing ok, last-stable-monotonic ok, liveness ok\n";
         } else {
             out += "checkers: FAILED\n";
             for v in &self.violations {
@@ -178,6 +180,8 @@ pub fn run(seed: u64, opts: &RunOpts) -> Report {
                 consumed: 0,
                 group_assignments: 0,
                 group_commits: 0,
+                txns_committed: 0,
+                txns_aborted: 0,
                 violations: vec![format!("panic: {msg}")],
                 trace: 0,
                 trace_lines: Vec::new(),
@@ -262,6 +266,8 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
         consumed: wl.checker.consumed,
         group_assignments: wl.checker.assignments,
         group_commits: wl.checker.commits,
+        txns_committed: wl.checker.txns_committed,
+        txns_aborted: wl.checker.txns_aborted,
         violations: wl.checker.violations.clone(),
         trace: w.trace.hash(),
         trace_lines: w.trace.take_lines(),
