@@ -573,6 +573,9 @@ impl Node {
             ApiKey::AddOffsetsToTxn => self.handle_add_offsets_to_txn(conn, seq, ctx, body),
             ApiKey::TxnOffsetCommit => self.handle_txn_offset_commit(conn, seq, ctx, body),
             ApiKey::EndTxn => self.handle_end_txn(conn, seq, ctx, body),
+            ApiKey::ListTransactions => self.handle_list_transactions(conn, seq, &ctx, body),
+            ApiKey::DescribeTransactions => self.handle_describe_transactions(conn, seq, &ctx, body),
+            ApiKey::DescribeProducers => self.handle_describe_producers(conn, seq, &ctx, body),
             _ => Err(FrameError::UnknownApi(ctx.api_key as i16)),
         };
         if let Err(e) = result {

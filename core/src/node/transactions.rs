@@ -724,3 +724,139 @@ impl Node {
         self.respond_bytes(conn, seq, protocol::encode_response(ctx, &r));
     }
 }
+
+// ---- admin --------------------------------------------------------------------------
+
+impl Node {
+    /// ListTransactions 0-2: every transactional id, filtered by state, producer id, how long
+    /// its transaction has been open (v1) and an id pattern (v2: Sluice takes `.*` or a
+    /// literal id; other regular expressions are refused with INVALID_REQUEST).
+    pub(super) fn handle_list_transactions(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: ListTransactionsRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = ListTransactionsResponse::default();
+        let known = ["Empty", "Ongoing", "PrepareCommit", "PrepareAbort", "CompleteCommit", "CompleteAbort"];
+        let states: Vec<&str> = req.state_filters.iter().map(|s| s.as_str()).collect();
+        resp.unknown_state_filters =
+            req.state_filters.iter().filter(|s| !known.contains(&s.as_str())).cloned().collect();
+        let pattern = req.transactional_id_pattern.as_ref().map(|p| p.to_string()).filter(|p| !p.is_empty());
+        let literal = match pattern.as_deref() {
+            None | Some(".*") => None,
+            Some(p) if p.chars().all(|c| c.is_alphanumeric() || "-_".contains(c)) => Some(p.to_string()),
+            Some(_) => {
+                resp.error_code = KafkaError::InvalidRequest.code();
+                self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+                return Ok(());
+            }
+        };
+        let now = self.now.wall_ms;
+        for (id, e) in &self.txns {
+            let Some(m) = &e.meta else { continue };
+            let open_ms = if m.started_ms >= 0 { now - m.started_ms } else { -1 };
+            if (!states.is_empty() && !states.contains(&m.state.name()))
+                || (!req.producer_id_filters.is_empty()
+                    && !req.producer_id_filters.contains(&ProducerId(m.producer_id)))
+                || (req.duration_filter >= 0 && open_ms < req.duration_filter)
+                || literal.as_ref().is_some_and(|l| l != id)
+            {
+                continue;
+            }
+            let mut t = list_transactions_response::TransactionState::default();
+            t.transactional_id = TransactionalId(super::groups::sb(id.clone()));
+            t.producer_id = ProducerId(m.producer_id);
+            t.transaction_state = super::groups::sb(m.state.name());
+            resp.transaction_states.push(t);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+
+    /// DescribeTransactions 0: each id's state, timeout, start, producer and partitions.
+    pub(super) fn handle_describe_transactions(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: DescribeTransactionsRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = DescribeTransactionsResponse::default();
+        for id in &req.transactional_ids {
+            let mut t = describe_transactions_response::TransactionState::default();
+            t.transactional_id = id.clone();
+            match self.txns.get(id.0.as_str()).and_then(|e| e.meta.as_ref()) {
+                None if self.offsets_load.is_some() => t.error_code = COORDINATOR_LOAD_IN_PROGRESS,
+                None => t.error_code = 105, // TRANSACTIONAL_ID_NOT_FOUND
+                Some(m) => {
+                    t.transaction_state = super::groups::sb(m.state.name());
+                    t.transaction_timeout_ms = m.timeout_ms;
+                    t.transaction_start_time_ms = m.started_ms;
+                    t.producer_id = ProducerId(m.producer_id);
+                    t.producer_epoch = m.epoch;
+                    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+                    for (topic, p) in &m.partitions {
+                        by_topic.entry(topic).or_default().push(*p);
+                    }
+                    for (topic, partitions) in by_topic {
+                        let mut td = describe_transactions_response::TopicData::default();
+                        td.topic = TopicName(super::groups::sb(topic));
+                        td.partitions = partitions;
+                        t.topics.push(td);
+                    }
+                }
+            }
+            resp.transaction_states.push(t);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+
+    /// DescribeProducers 0: the producers a partition knows (idempotent and transactional),
+    /// with their epochs, last sequences and open transactions.
+    pub(super) fn handle_describe_producers(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: DescribeProducersRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = DescribeProducersResponse::default();
+        for t in &req.topics {
+            let mut tr = describe_producers_response::TopicResponse::default();
+            tr.name = t.name.clone();
+            let topic = self.topics.get(t.name.0.as_str());
+            for p in &t.partition_indexes {
+                let mut pr = describe_producers_response::PartitionResponse::default();
+                pr.partition_index = *p;
+                match topic.and_then(|tt| usize::try_from(*p).ok().and_then(|i| tt.partitions.get(i))) {
+                    None => pr.error_code = KafkaError::UnknownTopicOrPartition.code(),
+                    Some(part) if part.state != super::PartState::Online => {
+                        pr.error_code = KafkaError::LeaderNotAvailable.code()
+                    }
+                    Some(part) => {
+                        for (pid, e) in part.log.producers.iter() {
+                            let mut s = describe_producers_response::ProducerState::default();
+                            s.producer_id = ProducerId(*pid);
+                            s.producer_epoch = i32::from(e.epoch);
+                            s.last_sequence = e.batches.back().or(e.floor.as_ref()).map_or(-1, |b| b.last_seq);
+                            s.last_timestamp = e.last_timestamp;
+                            s.coordinator_epoch = 0;
+                            s.current_txn_start_offset = e.txn_first.unwrap_or(-1);
+                            pr.active_producers.push(s);
+                        }
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+}
