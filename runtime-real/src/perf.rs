@@ -27,6 +27,9 @@ struct Opts {
     fetch_max_bytes: i32,
     /// Produce as an idempotent producer (InitProducerId, a sequence number per batch).
     idempotent: bool,
+    /// Produce in transactions of this many batches (a transactional producer, one
+    /// transaction at a time, committed).
+    transactions: Option<u64>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -42,6 +45,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         rate: None,
         fetch_max_bytes: 50 * 1024 * 1024,
         idempotent: false,
+        transactions: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -59,6 +63,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--rate" => o.rate = Some(v()?.parse().map_err(|_| bad(a))?),
             "--fetch-max-bytes" => o.fetch_max_bytes = v()?.parse().map_err(|_| bad(a))?,
             "--idempotent" => o.idempotent = true,
+            "--transaction-batches" => o.transactions = Some(v()?.parse::<u64>().map_err(|_| bad(a))?.max(1)),
             other => return Err(format!("unknown perf option {other:?}")),
         }
     }
@@ -77,6 +82,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let o = parse(rest)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     match mode.as_str() {
+        "produce" if o.transactions.is_some() => rt.block_on(produce_transactions(o)),
         "produce" => rt.block_on(produce(o)),
         "consume" => rt.block_on(consume(o)),
         other => Err(format!("unknown perf mode {other:?}")),
@@ -125,13 +131,112 @@ async fn call<T: Encodable, R: Decodable>(s: &mut TcpStream, key: ApiKey, versio
     R::decode(&mut resp, version).map_err(|e| e.to_string())
 }
 
+/// A transactional producer: InitProducerId, then one transaction after another, each
+/// AddPartitionsToTxn, `--transaction-batches` produce requests (one batch each, acks=all),
+/// EndTxn(commit). Prints transactions/s and records/s, and latency per transaction.
+async fn produce_transactions(o: Opts) -> Result<(), String> {
+    let per_txn = o.transactions.unwrap_or(1);
+    let mut s = TcpStream::connect(&o.bootstrap).await.map_err(|e| format!("{}: {e}", o.bootstrap))?;
+    s.set_nodelay(true).ok();
+    ensure_topic(&mut s, &o.topic, o.partitions).await?;
+    let txn_id = TransactionalId(StrBytes::from_string(format!("sluice-perf-{}", std::process::id())));
+    let (pid, epoch) = loop {
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(Some(txn_id.clone()))
+            .with_transaction_timeout_ms(60_000);
+        let r: InitProducerIdResponse = call(&mut s, ApiKey::InitProducerId, 4, &req).await?;
+        match r.error_code {
+            0 => break (r.producer_id, r.producer_epoch),
+            14 | 51 => tokio::time::sleep(Duration::from_millis(20)).await,
+            e => return Err(format!("InitProducerId failed with error {e}")),
+        }
+    };
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let mut batch = build_batch(o.batch_records, o.record_size, now_ms).to_vec();
+    batch[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+    let topic = TopicName(StrBytes::from_string(o.topic.clone()));
+    let requests = o.records.div_ceil(o.batch_records as u64);
+    let txns = requests.div_ceil(per_txn);
+    let mut next_seq = vec![0i32; o.partitions as usize];
+    let mut latencies = Vec::with_capacity(txns as usize);
+    let mut sent = 0u64;
+    let start = Instant::now();
+    for t in 0..txns {
+        let began = Instant::now();
+        let partition = (t % o.partitions as u64) as i32;
+        let mut add = AddPartitionsToTxnRequest::default();
+        add.v3_and_below_transactional_id = txn_id.clone();
+        add.v3_and_below_producer_id = pid;
+        add.v3_and_below_producer_epoch = epoch;
+        let mut at = add_partitions_to_txn_request::AddPartitionsToTxnTopic::default();
+        at.name = topic.clone();
+        at.partitions = vec![partition];
+        add.v3_and_below_topics = vec![at];
+        let r: AddPartitionsToTxnResponse = call(&mut s, ApiKey::AddPartitionsToTxn, 3, &add).await?;
+        if let Some(e) = r
+            .results_by_topic_v3_and_below
+            .iter()
+            .flat_map(|t| &t.results_by_partition)
+            .find(|p| p.partition_error_code != 0)
+        {
+            return Err(format!("AddPartitionsToTxn failed with error {}", e.partition_error_code));
+        }
+        for _ in 0..per_txn.min(requests - sent) {
+            let seq = &mut next_seq[partition as usize];
+            sluice_core::log::batch::set_producer(&mut batch, pid.0, epoch, *seq);
+            *seq = seq.wrapping_add(o.batch_records as i32);
+            let mut pd = PartitionProduceData::default();
+            pd.index = partition;
+            pd.records = Some(Bytes::copy_from_slice(&batch));
+            let mut td = TopicProduceData::default();
+            td.name = topic.clone();
+            td.partition_data = vec![pd];
+            let mut req = ProduceRequest::default();
+            req.transactional_id = Some(txn_id.clone());
+            req.acks = -1;
+            req.timeout_ms = 30_000;
+            req.topic_data = vec![td];
+            let r: ProduceResponse = call(&mut s, ApiKey::Produce, 9, &req).await?;
+            if let Some(p) = r.responses.iter().flat_map(|t| &t.partition_responses).find(|p| p.error_code != 0) {
+                return Err(format!("transactional produce failed with error {}", p.error_code));
+            }
+            sent += 1;
+        }
+        let mut end = EndTxnRequest::default();
+        end.transactional_id = txn_id.clone();
+        end.producer_id = pid;
+        end.producer_epoch = epoch;
+        end.committed = true;
+        let r: EndTxnResponse = call(&mut s, ApiKey::EndTxn, 3, &end).await?;
+        if r.error_code != 0 {
+            return Err(format!("EndTxn failed with error {}", r.error_code));
+        }
+        latencies.push(began.elapsed());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let records = sent * o.batch_records as u64;
+    latencies.sort();
+    println!(
+        "produce: {records} records of {} bytes in {txns} transactions of {} records, {secs:.2} s: {:.0} transactions/s, {:.0} records/s, {:.1} MB/s (values)",
+        o.record_size,
+        per_txn * o.batch_records as u64,
+        txns as f64 / secs,
+        records as f64 / secs,
+        records as f64 * o.record_size as f64 / 1e6 / secs
+    );
+    println!(
+        "transaction latency (ms): p50 {:.2} p99 {:.2} max {:.2}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+    Ok(())
+}
+
 /// Asks for a producer id, as an idempotent client does first.
 async fn init_producer_id(s: &mut TcpStream) -> Result<i64, String> {
     let req = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
-    s.write_all(&frame(ApiKey::InitProducerId, 4, 1, &req)?).await.map_err(|e| e.to_string())?;
-    let mut resp = read_frame(s).await?;
-    resp.advance(5); // correlation id, tagged fields
-    let r = InitProducerIdResponse::decode(&mut resp, 4).map_err(|e| e.to_string())?;
+    let r: InitProducerIdResponse = call(s, ApiKey::InitProducerId, 4, &req).await?;
     if r.error_code != 0 {
         return Err(format!("InitProducerId failed with error {}", r.error_code));
     }
