@@ -208,6 +208,7 @@ fn code(e: GroupError) -> i16 {
 
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+const UNSTABLE_OFFSET_COMMIT: i16 = 88;
 const INVALID_GROUP_ID: i16 = 24;
 const NON_EMPTY_GROUP: i16 = 68;
 pub(super) const GROUP_ID_NOT_FOUND: i16 = 69;
@@ -731,6 +732,14 @@ impl Node {
         let req: OffsetFetchRequest = protocol::decode_body(body.clone(), ctx.version)?;
         let Some(ready) = self.groups_ready(conn, seq, &ctx, &body) else { return Ok(()) };
         let v = ctx.version;
+        // require_stable (v7+, read_committed consumers): a partition with offsets committed
+        // in a transaction not yet ended is UNSTABLE_OFFSET_COMMIT, which the client retries.
+        let pending: std::collections::BTreeSet<(String, String, i32)> = if req.require_stable {
+            self.txn_offsets.values().flatten().map(|(g, t, p, _)| (g.clone(), t.clone(), *p)).collect()
+        } else {
+            std::collections::BTreeSet::new()
+        };
+        let unstable = |g: &str, t: &str, p: i32| pending.contains(&(g.to_string(), t.to_string(), p));
         let lookup = |node: &Node,
                       group: &str,
                       wanted: Option<Vec<(String, Vec<i32>)>>|
@@ -774,11 +783,15 @@ impl Node {
                 if gr.error_code == 0 {
                     for (t, parts) in lookup(self, g.group_id.0.as_str(), wanted) {
                         let mut tr = offset_fetch_response::OffsetFetchResponseTopics::default();
-                        tr.name = TopicName(sb(t));
+                        tr.name = TopicName(sb(t.clone()));
                         for (p, c) in parts {
                             let mut pr = offset_fetch_response::OffsetFetchResponsePartitions::default();
                             pr.partition_index = p;
                             (pr.committed_offset, pr.committed_leader_epoch, pr.metadata) = fetched(c);
+                            if unstable(g.group_id.0.as_str(), &t, p) {
+                                pr.error_code = UNSTABLE_OFFSET_COMMIT;
+                                pr.committed_offset = -1;
+                            }
                             tr.partitions.push(pr);
                         }
                         gr.topics.push(tr);
@@ -797,7 +810,7 @@ impl Node {
             if ready == 0 {
                 for (t, parts) in lookup(self, req.group_id.0.as_str(), wanted) {
                     let mut tr = offset_fetch_response::OffsetFetchResponseTopic::default();
-                    tr.name = TopicName(sb(t));
+                    tr.name = TopicName(sb(t.clone()));
                     for (p, c) in parts {
                         let mut pr = offset_fetch_response::OffsetFetchResponsePartition::default();
                         pr.partition_index = p;
@@ -805,6 +818,10 @@ impl Node {
                         (pr.committed_offset, epoch, pr.metadata) = fetched(c);
                         if v >= 5 {
                             pr.committed_leader_epoch = epoch;
+                        }
+                        if unstable(req.group_id.0.as_str(), &t, p) {
+                            pr.error_code = UNSTABLE_OFFSET_COMMIT;
+                            pr.committed_offset = -1;
                         }
                         tr.partitions.push(pr);
                     }
