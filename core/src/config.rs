@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub txn_abort_check_interval_ms: u64,
     /// The longest transaction timeout a producer may ask for (`transaction.max.timeout.ms`).
     pub txn_max_timeout_ms: i32,
+    /// A transactional id idle this long is forgotten (`transactional.id.expiration.ms`).
+    pub txn_id_expiration_ms: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +79,7 @@ impl Default for NodeConfig {
             producer_id_expiration_check_interval_ms: 600_000,
             txn_abort_check_interval_ms: 10_000,
             txn_max_timeout_ms: 900_000,
+            txn_id_expiration_ms: 604_800_000,
         }
     }
 }

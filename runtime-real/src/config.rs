@@ -149,6 +149,9 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if let Some(v) = num::<i32>(props, "transaction.max.timeout.ms")? {
         node.txn_max_timeout_ms = v.max(1);
     }
+    if let Some(v) = num::<i64>(props, "transactional.id.expiration.ms")? {
+        node.txn_id_expiration_ms = v.max(1);
+    }
     // Every property in force, as DescribeConfigs on the broker reports it.
     let mut effective = BTreeMap::new();
     effective.insert("node.id".to_string(), node.node_id.0.to_string());
@@ -198,6 +201,7 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
         node.txn_abort_check_interval_ms.to_string(),
     );
     effective.insert("transaction.max.timeout.ms".to_string(), node.txn_max_timeout_ms.to_string());
+    effective.insert("transactional.id.expiration.ms".to_string(), node.txn_id_expiration_ms.to_string());
     effective.insert("transaction.state.log.num.partitions".to_string(), "50".to_string());
     for (k, v) in props {
         effective.entry(k.clone()).or_insert_with(|| v.clone());

@@ -123,6 +123,8 @@ pub(super) enum AfterDurable {
     GroupStored { group: String, generation_id: i32 },
     /// Nothing more (retention's tombstones).
     Nothing,
+    /// A transactional id's tombstone is durable: forget it.
+    TxnExpired { id: String },
     /// A transaction record is durable: the coordinator's next step.
     Txn { id: String, meta: Box<crate::txn::TxnMeta>, next: super::transactions::TxnNext },
     /// Offsets committed in a transaction are durable (not yet visible): answer with the
@@ -687,6 +689,7 @@ impl Node {
                 }
                 AfterDurable::Nothing => {}
                 AfterDurable::Txn { id, meta, next } => self.txn_stored(id, *meta, next, ok),
+                AfterDurable::TxnExpired { id } => self.txn_expired(&id, ok),
                 AfterDurable::TxnOffsets { producer_id, offsets, conn, seq, answers } => {
                     let (yes, no) = *answers;
                     if ok {

@@ -608,6 +608,7 @@ impl Node {
         if self.now.mono >= self.next_txn_abort_check {
             self.next_txn_abort_check = self.now.mono.plus_millis(self.config.txn_abort_check_interval_ms);
             self.abort_expired_txns();
+            self.expire_txn_ids();
         }
         if self.now.mono >= self.next_producer_expiry_check {
             self.next_producer_expiry_check =

@@ -287,6 +287,55 @@ impl Node {
         }
     }
 
+    /// Forgets transactional ids idle (no transaction open or ending) for
+    /// `transactional.id.expiration.ms`, with a tombstone in `__transaction_state`, as Kafka
+    /// does; a producer that comes back later starts afresh with a new producer id.
+    pub(super) fn expire_txn_ids(&mut self) {
+        if self.offsets_load.is_some() {
+            return;
+        }
+        let (now, ttl) = (self.now.wall_ms, self.config.txn_id_expiration_ms);
+        let idle: Vec<String> = self
+            .txns
+            .iter()
+            .filter(|(_, e)| !e.busy)
+            .filter(|(_, e)| {
+                e.meta.as_ref().is_some_and(|m| {
+                    !matches!(m.state, TxnState::Ongoing | TxnState::PrepareCommit | TxnState::PrepareAbort)
+                        && now.saturating_sub(m.updated_ms) >= ttl
+                })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            let key = txn_key(&id);
+            let batch = Bytes::from(batch::encode_records(&[(Some(&key), None)], now));
+            match self.append_partition(TXN_TOPIC, txn_partition(&id), Some(&batch)) {
+                Ok((tp, _, end, generation, _, _)) => {
+                    tracing::info!(%id, "transactional id expired");
+                    if let Some(e) = self.txns.get_mut(&id) {
+                        e.busy = true;
+                    }
+                    self.commits.push(PendingCommit::new(
+                        vec![(tp, end, generation)],
+                        Vec::new(),
+                        AfterDurable::TxnExpired { id },
+                    ));
+                }
+                Err(e) => tracing::warn!(%id, error = ?e, "could not expire a transactional id; will retry"),
+            }
+        }
+    }
+
+    /// A transactional id's tombstone is durable (or failed: it stays).
+    pub(super) fn txn_expired(&mut self, id: &str, ok: bool) {
+        if ok {
+            self.txns.remove(id);
+        } else if let Some(e) = self.txns.get_mut(id) {
+            e.busy = false;
+        }
+    }
+
     /// After the load: transactions left preparing by a crash are finished.
     pub(super) fn resume_txns(&mut self) {
         let preparing: Vec<(String, TxnMeta)> = self

@@ -1,0 +1,232 @@
+//! Transactions on the real core over the simulated disk: what read_committed sees (the last
+//! stable offset, the aborted transactions) before and after a crash, a new producer with the
+//! same transactional id aborting the open transaction it finds, the coordinator aborting a
+//! transaction past its timeout and fencing its producer, and idle transactional ids expiring,
+//! durably.
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use sluice_core::log::batch;
+use sluice_core::{ConnId, NodeConfig};
+use sluice_runtime_sim::SimNode;
+
+mod common;
+use common::{decode, frame};
+
+const C: ConnId = ConnId(1);
+const TOPIC: &str = "t";
+
+fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// Sends a request, lets every sync complete, and decodes the answer.
+fn call<Q: Encodable, R: Decodable>(sim: &mut SimNode, key: ApiKey, version: i16, req: &Q) -> R {
+    sim.auto_sync = true;
+    sim.request(C, frame(key, version, 7, req));
+    sim.complete_syncs();
+    let resp = sim.take_response(C).unwrap_or_else(|| panic!("{key:?} not answered"));
+    decode(key, version, resp)
+}
+
+fn node(config: NodeConfig) -> SimNode {
+    let mut sim = SimNode::new(config, 1);
+    let mut t = create_topics_request::CreatableTopic::default();
+    t.name = TopicName(sb(TOPIC));
+    t.num_partitions = 2;
+    t.replication_factor = 1;
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    let r: CreateTopicsResponse = call(&mut sim, ApiKey::CreateTopics, 5, &req);
+    assert_eq!(r.topics[0].error_code, 0);
+    sim
+}
+
+/// InitProducerId for `id`, retried while the coordinator is busy: (producer id, epoch).
+fn init(sim: &mut SimNode, id: &str, timeout_ms: i32) -> (i64, i16) {
+    for _ in 0..10 {
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(sb(id))))
+            .with_transaction_timeout_ms(timeout_ms);
+        let r: InitProducerIdResponse = call(sim, ApiKey::InitProducerId, 4, &req);
+        match r.error_code {
+            0 => return (r.producer_id.0, r.producer_epoch),
+            14 | 51 => continue,
+            e => panic!("InitProducerId: error {e}"),
+        }
+    }
+    panic!("InitProducerId never succeeded")
+}
+
+fn add_partitions(sim: &mut SimNode, id: &str, (pid, epoch): (i64, i16), parts: &[i32]) -> i16 {
+    let mut t = add_partitions_to_txn_request::AddPartitionsToTxnTopic::default();
+    t.name = TopicName(sb(TOPIC));
+    t.partitions = parts.to_vec();
+    let mut req = AddPartitionsToTxnRequest::default();
+    req.v3_and_below_transactional_id = TransactionalId(sb(id));
+    req.v3_and_below_producer_id = ProducerId(pid);
+    req.v3_and_below_producer_epoch = epoch;
+    req.v3_and_below_topics = vec![t];
+    let r: AddPartitionsToTxnResponse = call(sim, ApiKey::AddPartitionsToTxn, 3, &req);
+    r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+}
+
+/// A transactional batch of `values` to `partition`: (error, base offset).
+fn produce(
+    sim: &mut SimNode,
+    id: &str,
+    (pid, epoch): (i64, i16),
+    partition: i32,
+    seq: i32,
+    values: &[&str],
+) -> (i16, i64) {
+    let mut b = batch::encode_values(values, 1_700_000_000_000);
+    b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+    batch::set_producer(&mut b, pid, epoch, seq);
+    let mut pd = produce_request::PartitionProduceData::default();
+    pd.index = partition;
+    pd.records = Some(Bytes::from(b));
+    let mut td = produce_request::TopicProduceData::default();
+    td.name = TopicName(sb(TOPIC));
+    td.partition_data = vec![pd];
+    let mut req = ProduceRequest::default();
+    req.transactional_id = Some(TransactionalId(sb(id)));
+    req.acks = -1;
+    req.timeout_ms = 1000;
+    req.topic_data = vec![td];
+    let r: ProduceResponse = call(sim, ApiKey::Produce, 9, &req);
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+fn end(sim: &mut SimNode, id: &str, (pid, epoch): (i64, i16), commit: bool) -> i16 {
+    let mut req = EndTxnRequest::default();
+    req.transactional_id = TransactionalId(sb(id));
+    req.producer_id = ProducerId(pid);
+    req.producer_epoch = epoch;
+    req.committed = commit;
+    let r: EndTxnResponse = call(sim, ApiKey::EndTxn, 3, &req);
+    r.error_code
+}
+
+/// read_committed: (high watermark, last stable offset, aborted (producer, first offset),
+/// values of the transactions not aborted, in offset order).
+fn read_committed(sim: &mut SimNode, partition: i32) -> (i64, i64, Vec<(i64, i64)>, Vec<String>) {
+    let mut fp = fetch_request::FetchPartition::default();
+    fp.partition = partition;
+    fp.partition_max_bytes = 1 << 20;
+    let mut ft = fetch_request::FetchTopic::default();
+    ft.topic = TopicName(sb(TOPIC));
+    ft.partitions = vec![fp];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_bytes = 1 << 20;
+    req.isolation_level = 1;
+    req.session_epoch = -1;
+    req.topics = vec![ft];
+    let r: FetchResponse = call(sim, ApiKey::Fetch, 11, &req);
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    let aborted: Vec<(i64, i64)> =
+        p.aborted_transactions.iter().flatten().map(|a| (a.producer_id.0, a.first_offset)).collect();
+    let mut values = Vec::new();
+    let mut set: &[u8] = p.records.as_deref().unwrap_or_default();
+    while !set.is_empty() {
+        let h = batch::check_batch(set).unwrap();
+        let is_aborted = aborted.iter().any(|(pid, first)| *pid == h.producer_id && *first <= h.base_offset);
+        if !h.is_control() && !(h.is_transactional() && is_aborted) {
+            for (_, _, v) in batch::uncompressed_records(&set[..h.size]).unwrap() {
+                values.push(String::from_utf8(v.unwrap().to_vec()).unwrap());
+            }
+        }
+        set = &set[h.size..];
+    }
+    (p.high_watermark, p.last_stable_offset, aborted, values)
+}
+
+fn describe(sim: &mut SimNode, id: &str) -> (i16, String, i16) {
+    let req = DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(sb(id))]);
+    let r: DescribeTransactionsResponse = call(sim, ApiKey::DescribeTransactions, 0, &req);
+    let t = &r.transaction_states[0];
+    (t.error_code, t.transaction_state.to_string(), t.producer_epoch)
+}
+
+#[test]
+fn read_committed_across_a_crash_and_a_new_producer_aborting_what_it_finds() {
+    let mut sim = node(NodeConfig::default());
+    let p = init(&mut sim, "tx", 60_000);
+    assert_eq!(p.1, 0);
+    // A committed transaction over both partitions.
+    assert_eq!(add_partitions(&mut sim, "tx", p, &[0, 1]), 0);
+    assert_eq!(produce(&mut sim, "tx", p, 0, 0, &["c0", "c1"]), (0, 0));
+    assert_eq!(produce(&mut sim, "tx", p, 1, 0, &["c2"]), (0, 0));
+    assert_eq!(end(&mut sim, "tx", p, true), 0);
+    // An aborted one on partition 0.
+    assert_eq!(add_partitions(&mut sim, "tx", p, &[0]), 0);
+    assert_eq!(produce(&mut sim, "tx", p, 0, 2, &["a0"]), (0, 3));
+    assert_eq!(end(&mut sim, "tx", p, false), 0);
+    // One left open on partition 1 (offset 2, after the first marker at 1).
+    assert_eq!(add_partitions(&mut sim, "tx", p, &[1]), 0);
+    assert_eq!(produce(&mut sim, "tx", p, 1, 1, &["o0"]), (0, 2));
+    // Partition 0: c0 c1, marker, a0, marker: all decided, a0 aborted.
+    assert_eq!(read_committed(&mut sim, 0), (5, 5, vec![(p.0, 3)], vec!["c0".into(), "c1".into()]));
+    // Partition 1: c2, marker, o0 open: read_committed stops before it.
+    assert_eq!(read_committed(&mut sim, 1), (3, 2, vec![], vec!["c2".into()]));
+    // A producer outside the transaction cannot write into it.
+    assert_eq!(produce(&mut sim, "other", p, 1, 2, &["x"]).0, 48);
+
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    sim.crash_and_restart(&mut rng);
+    assert_eq!(read_committed(&mut sim, 0), (5, 5, vec![(p.0, 3)], vec!["c0".into(), "c1".into()]));
+    assert_eq!(read_committed(&mut sim, 1), (3, 2, vec![], vec!["c2".into()]));
+    assert_eq!(describe(&mut sim, "tx"), (0, "Ongoing".into(), 0));
+    // A new producer with the same id: the open transaction is aborted (its producer fenced
+    // by a bumped epoch), then the new one gets the next epoch.
+    let q = init(&mut sim, "tx", 60_000);
+    assert_eq!(q, (p.0, 2));
+    assert_eq!(end(&mut sim, "tx", p, true), 90, "the old producer is fenced");
+    assert_eq!(read_committed(&mut sim, 1), (4, 4, vec![(p.0, 2)], vec!["c2".into()]));
+}
+
+#[test]
+fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
+    let mut config = NodeConfig::default();
+    config.txn_abort_check_interval_ms = 100;
+    let mut sim = node(config);
+    let p = init(&mut sim, "slow", 500);
+    assert_eq!(add_partitions(&mut sim, "slow", p, &[0]), 0);
+    assert_eq!(produce(&mut sim, "slow", p, 0, 0, &["late"]), (0, 0));
+    assert_eq!(read_committed(&mut sim, 0).1, 0, "open: nothing is stable");
+    sim.auto_sync = true;
+    for _ in 0..8 {
+        sim.advance_ms(100);
+    }
+    assert_eq!(describe(&mut sim, "slow").1, "CompleteAbort");
+    assert_eq!(end(&mut sim, "slow", p, true), 90);
+    assert_eq!(produce(&mut sim, "slow", p, 0, 1, &["later"]).0, 47, "fenced on the partition too");
+    assert_eq!(read_committed(&mut sim, 0), (2, 2, vec![(p.0, 0)], vec![]));
+}
+
+#[test]
+fn idle_transactional_ids_expire_durably() {
+    let mut config = NodeConfig::default();
+    config.txn_abort_check_interval_ms = 100;
+    config.txn_id_expiration_ms = 1_000;
+    let mut sim = node(config);
+    let p = init(&mut sim, "brief", 500);
+    assert_eq!(describe(&mut sim, "brief").0, 0);
+    sim.auto_sync = true;
+    for _ in 0..12 {
+        sim.advance_ms(100);
+    }
+    assert_eq!(describe(&mut sim, "brief").0, 105, "TRANSACTIONAL_ID_NOT_FOUND");
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    sim.crash_and_restart(&mut rng);
+    assert_eq!(describe(&mut sim, "brief").0, 105, "the tombstone is durable");
+    // Back later, the id starts afresh with a new producer id.
+    let q = init(&mut sim, "brief", 500);
+    assert_ne!(q.0, p.0);
+}
