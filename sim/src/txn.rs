@@ -79,6 +79,11 @@ impl TxnProducer {
         }
     }
 
+    /// Values made so far.
+    pub fn made(&self) -> u64 {
+        self.made
+    }
+
     /// Nothing open: no transaction in progress.
     pub fn is_idle(&self) -> bool {
         self.txn.is_none() && self.step != Step::Init

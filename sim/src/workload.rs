@@ -603,8 +603,10 @@ impl Workload {
             return;
         }
         let (partitions, batch_max) = (self.plan.partitions, self.plan.batch_max);
-        let new_txns = w.now() < self.plan.safety;
+        let now = w.now();
         let Role::TxnProducer(t) = &mut self.clients[c] else { return };
+        // New transactions during the safety phase, up to as many values as a producer makes.
+        let new_txns = now < self.plan.safety && t.made() < self.plan.values_per_producer;
         let mut opened = Vec::new();
         t.pump(w, &mut self.checker, partitions, batch_max, new_txns, &mut opened);
         for conn in opened {
