@@ -35,6 +35,9 @@ pub enum Mutant {
     /// The last stable offset ignores open transactions: read_committed consumers read
     /// records of transactions that may yet abort.
     StablePastOpenTxn = 12,
+    /// Offsets committed in a transaction become visible as soon as they are durable, before
+    /// the transaction commits (and even if it aborts).
+    TxnOffsetsBeforeCommit = 13,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -50,6 +53,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::ProducerStateNotRebuilt, "producer-state-not-rebuilt"),
     (Mutant::ProducerStateNotCut, "producer-state-not-cut"),
     (Mutant::StablePastOpenTxn, "stable-past-open-txn"),
+    (Mutant::TxnOffsetsBeforeCommit, "txn-offsets-before-commit"),
 ];
 
 pub fn by_name(name: &str) -> Option<Mutant> {

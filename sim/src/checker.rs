@@ -22,7 +22,9 @@
 //!   aborted (whether the producer aborted it or the coordinator did, on a timeout);
 //! - all or nothing: at the end, a read_committed consumer has read every record of every
 //!   committed transaction, on every partition it touched;
-//! - read_committed stays below the last stable offset of the response it reads.
+//! - read_committed stays below the last stable offset of the response it reads;
+//! - offsets committed in a transaction are visible (OffsetFetch) only with its commit: never
+//!   one of a transaction that aborted.
 //!
 //! And for the consumer group:
 //! - one owner per partition per generation: no two members (static members count as their
@@ -91,6 +93,10 @@ pub struct Checker {
     pub txns_aborted: u64,
     /// Highest last stable offset each read_committed consumer has seen per partition.
     lso_max: BTreeMap<(usize, i32), i64>,
+    /// The offset each transaction commits -> the transaction.
+    txn_offsets: BTreeMap<i64, (usize, u64)>,
+    /// Transactions whose committed offset an OffsetFetch has shown.
+    txn_offsets_seen: BTreeSet<(usize, u64)>,
 }
 
 impl Checker {
@@ -153,6 +159,14 @@ impl Checker {
             return;
         }
         self.txns_aborted += 1;
+        if self.txn_offsets_seen.contains(&(producer, no)) {
+            self.violation(
+                at,
+                format!(
+                    "OffsetFetch showed the offset committed by transaction {no} of producer {producer}, which aborted"
+                ),
+            );
+        }
         let values = self.txn_values.get(&(producer, no)).cloned().unwrap_or_default();
         let read: Vec<(usize, String)> = self
             .committed_reads
@@ -179,6 +193,26 @@ impl Checker {
             self.violation(at, format!("consumer {consumer} saw the last stable offset of partition {partition} go back from {was} to {lso}"));
         } else {
             *max = lso;
+        }
+    }
+
+    /// Transaction `no` of `producer` commits `offset` for the offsets group.
+    pub fn on_txn_offset(&mut self, offset: i64, producer: usize, no: u64) {
+        self.txn_offsets.insert(offset, (producer, no));
+    }
+
+    /// An OffsetFetch showed `offset` committed for the offsets group.
+    pub fn on_txn_offset_seen(&mut self, at: u64, offset: i64) {
+        let Some(&txn) = self.txn_offsets.get(&offset) else { return };
+        self.txn_offsets_seen.insert(txn);
+        if self.txn_outcome.get(&txn) == Some(&false) {
+            self.violation(
+                at,
+                format!(
+                    "OffsetFetch showed offset {offset}, committed by transaction {} of producer {}, which aborted",
+                    txn.1, txn.0
+                ),
+            );
         }
     }
 
@@ -506,6 +540,16 @@ mod tests {
         c.on_txn_outcome(0, 1, 1, true);
         c.finish(0);
         assert_eq!(c.violations.len(), 1, "committed transaction read in part");
+        let mut c = fresh();
+        c.on_txn_offset(2000, 1, 2);
+        c.on_txn_offset_seen(0, 2000);
+        c.on_txn_outcome(0, 1, 2, false);
+        assert_eq!(c.violations.len(), 1, "an aborted transaction's offset shown");
+        let mut c = fresh();
+        c.on_txn_offset(1000, 1, 1);
+        c.on_txn_outcome(0, 1, 1, true);
+        c.on_txn_offset_seen(0, 1000);
+        assert!(c.violations.is_empty(), "a committed transaction's offset");
         let mut c = fresh();
         c.on_last_stable(0, 9, 0, 5);
         c.on_last_stable(0, 9, 0, 7);

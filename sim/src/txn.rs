@@ -29,7 +29,20 @@ enum Step {
     Idle,
     AddPartitions,
     Produce,
+    /// AddOffsetsToTxn for the offsets group.
+    AddOffsets,
+    /// TxnOffsetCommit of this transaction's offset.
+    CommitOffsets,
     End,
+}
+
+/// The group whose offsets transactional producers commit in their transactions (as a
+/// consume-transform-produce loop does); each transaction commits a value of its own.
+pub const OFFSETS_GROUP: &str = "sim-txn-offsets";
+
+/// The offset a transaction commits: unique per (producer, transaction).
+pub fn txn_offset(producer: usize, no: u64) -> i64 {
+    (no as i64) * 1_000 + producer as i64
 }
 
 /// The transaction being written.
@@ -196,6 +209,33 @@ impl TxnProducer {
                 req.topic_data = vec![td];
                 codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, cid, &req)
             }
+            Step::AddOffsets => {
+                let (pid, epoch) = self.producer.expect("initialised");
+                let mut req = AddOffsetsToTxnRequest::default();
+                req.transactional_id = TransactionalId(StrBytes::from_string(self.id.clone()));
+                req.producer_id = ProducerId(pid);
+                req.producer_epoch = epoch;
+                req.group_id = GroupId(StrBytes::from_static_str(OFFSETS_GROUP));
+                codec::frame(ApiKey::AddOffsetsToTxn, 3, cid, &req)
+            }
+            Step::CommitOffsets => {
+                let (pid, epoch) = self.producer.expect("initialised");
+                let no = self.txn.as_ref().map_or(0, |t| t.no);
+                let mut p = txn_offset_commit_request::TxnOffsetCommitRequestPartition::default();
+                p.partition_index = 0;
+                p.committed_offset = txn_offset(self.idx, no);
+                p.committed_leader_epoch = -1;
+                let mut t = txn_offset_commit_request::TxnOffsetCommitRequestTopic::default();
+                t.name = TopicName(StrBytes::from_static_str(TOPIC));
+                t.partitions = vec![p];
+                let mut req = TxnOffsetCommitRequest::default();
+                req.transactional_id = TransactionalId(StrBytes::from_string(self.id.clone()));
+                req.group_id = GroupId(StrBytes::from_static_str(OFFSETS_GROUP));
+                req.producer_id = ProducerId(pid);
+                req.producer_epoch = epoch;
+                req.topics = vec![t];
+                codec::frame(ApiKey::TxnOffsetCommit, 3, cid, &req)
+            }
             Step::End => {
                 let (pid, epoch) = self.producer.expect("initialised");
                 let mut req = EndTxnRequest::default();
@@ -232,6 +272,7 @@ impl TxnProducer {
         let commit = w.workload_rng().gen_bool(0.7);
         let all: Vec<String> = parts.values().flat_map(|(v, _)| v.iter().cloned()).collect();
         checker.on_txn_send(self.idx, self.txns, &all);
+        checker.on_txn_offset(txn_offset(self.idx, self.txns), self.idx, self.txns);
         self.txn = Some(Txn { no: self.txns, parts, acked: BTreeSet::new(), commit });
         self.step = Step::AddPartitions;
     }
@@ -327,10 +368,29 @@ impl TxnProducer {
                     if fenced {
                         self.fenced(checker, at);
                     } else if self.txn.as_ref().is_some_and(|t| t.acked.len() == t.parts.len()) {
-                        self.step = Step::End;
+                        self.step = Step::AddOffsets;
                     }
                 }
                 Err(e) => bad(checker, format!("undecodable produce response: {e}")),
+            },
+            Step::AddOffsets => match codec::decode::<AddOffsetsToTxnResponse>(ApiKey::AddOffsetsToTxn, 3, frame) {
+                Ok((_, r)) if r.error_code == 0 => self.step = Step::CommitOffsets,
+                Ok((_, r)) if matches!(r.error_code, 47 | 90) => self.fenced(checker, at),
+                Ok((_, r)) if matches!(r.error_code, 14 | 15 | 16 | 51) => {}
+                Ok((_, r)) => bad(checker, format!("AddOffsetsToTxn refused with error {}", r.error_code)),
+                Err(e) => bad(checker, format!("undecodable AddOffsetsToTxn response: {e}")),
+            },
+            Step::CommitOffsets => match codec::decode::<TxnOffsetCommitResponse>(ApiKey::TxnOffsetCommit, 3, frame) {
+                Ok((_, r)) => {
+                    let code = r.topics.iter().flat_map(|t| &t.partitions).map(|p| p.error_code).find(|c| *c != 0);
+                    match code {
+                        None => self.step = Step::End,
+                        Some(47 | 90) => self.fenced(checker, at),
+                        Some(14 | 15 | 16 | 51) => {}
+                        Some(c) => bad(checker, format!("TxnOffsetCommit refused with error {c}")),
+                    }
+                }
+                Err(e) => bad(checker, format!("undecodable TxnOffsetCommit response: {e}")),
             },
             Step::End => match codec::decode::<EndTxnResponse>(ApiKey::EndTxn, codec::END_TXN_VERSION, frame) {
                 Ok((_, r)) if r.error_code == 0 => {

@@ -125,11 +125,19 @@ struct Consumer {
 }
 
 enum Role {
-    Admin { conn: Option<ConnId>, done: bool },
+    Admin {
+        conn: Option<ConnId>,
+        done: bool,
+    },
     Producer(Producer),
     Consumer(Consumer),
     Member(Box<dyn GroupMember>),
     TxnProducer(TxnProducer),
+    /// Polls OffsetFetch for the group transactional producers commit offsets for.
+    OffsetWatcher {
+        conn: Option<ConnId>,
+        asking: bool,
+    },
 }
 
 /// What a fetch showed of one partition.
@@ -279,6 +287,7 @@ impl Workload {
             for _ in 0..plan.txn_producers {
                 clients.push(Role::TxnProducer(TxnProducer::new(clients.len())));
             }
+            clients.push(Role::OffsetWatcher { conn: None, asking: false });
         }
         let wl = Workload { plan, clients, conn_owner: BTreeMap::new(), checker, healed: false, finished_at: None };
         for c in 0..wl.clients.len() {
@@ -614,6 +623,35 @@ impl Workload {
         }
     }
 
+    /// Asks for the transactional offsets group's committed offsets (one request at a time).
+    fn watch_offsets(&mut self, w: &mut World, c: usize) {
+        if !self.topic_ready() {
+            return;
+        }
+        let Role::OffsetWatcher { conn, asking } = &mut self.clients[c] else { return };
+        if *asking {
+            return;
+        }
+        let conn = match *conn {
+            Some(x) => x,
+            None => {
+                let x = w.connect(c, 0);
+                *conn = Some(x);
+                self.conn_owner.insert(x, c);
+                x
+            }
+        };
+        let Role::OffsetWatcher { asking, .. } = &mut self.clients[c] else { return };
+        *asking = true;
+        let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+        t.name = topic_name();
+        t.partition_indexes = vec![0];
+        let mut req = OffsetFetchRequest::default();
+        req.group_id = GroupId(StrBytes::from_static_str(crate::txn::OFFSETS_GROUP));
+        req.topics = Some(vec![t]);
+        w.send(conn, codec::frame(ApiKey::OffsetFetch, 7, 1, &req));
+    }
+
     fn member_pump(&mut self, w: &mut World, c: usize) {
         if !self.topic_ready() {
             return;
@@ -723,6 +761,7 @@ impl Workload {
                 Role::Consumer(k) => format!("consumer {i}: next {:?}, conn {:?}", k.next, k.conn),
                 Role::Member(m) => m.describe(),
                 Role::TxnProducer(t) => t.describe(),
+                Role::OffsetWatcher { conn, .. } => format!("offset watcher {i}: conn {conn:?}"),
             });
         }
         let read: BTreeMap<i32, i64> = (0..self.plan.partitions).map(|p| (p, self.checker.group_read_to(p))).collect();
@@ -801,6 +840,20 @@ impl Harness for Workload {
                 t.on_response(w, &mut self.checker, frame);
                 self.txn_pump(w, c);
             }
+            Role::OffsetWatcher { asking, .. } => {
+                *asking = false;
+                let at = w.now();
+                match codec::decode::<OffsetFetchResponse>(ApiKey::OffsetFetch, 7, frame) {
+                    Ok((_, r)) => {
+                        for p in r.topics.iter().flat_map(|t| &t.partitions).filter(|p| p.error_code == 0) {
+                            self.checker.on_txn_offset_seen(at, p.committed_offset);
+                        }
+                    }
+                    Err(e) => {
+                        self.checker.on_error(at, format!("offset watcher: undecodable OffsetFetch response: {e}"))
+                    }
+                }
+            }
         }
         if self.finished_at.is_none() && self.done(w.now()) {
             self.finished_at = Some(w.now());
@@ -831,6 +884,12 @@ impl Harness for Workload {
             }
             Role::Member(m) => m.on_closed(w, &mut self.checker, conn),
             Role::TxnProducer(t) => t.on_closed(conn),
+            Role::OffsetWatcher { conn: wc, asking } => {
+                if *wc == Some(conn) {
+                    *wc = None;
+                    *asking = false;
+                }
+            }
         }
     }
 
@@ -870,6 +929,10 @@ impl Harness for Workload {
             Role::TxnProducer(_) => {
                 self.txn_pump(w, client);
                 w.set_timer(client, token, self.plan.produce_interval);
+            }
+            Role::OffsetWatcher { .. } => {
+                self.watch_offsets(w, client);
+                w.set_timer(client, token, 20 * MS);
             }
         }
     }

@@ -27,7 +27,8 @@ after abort; a read_committed consumer's committed() does not report
 offsets as stable while a transaction holds pending ones); fencing by a
 second producer with the same transactional.id; the transaction timeout
 (the broker aborts and fences); kill -9 of the broker after commits and in
-the middle of a transaction.
+the middle of a transaction (records, and group offsets sent in the
+transactions, survive or stay hidden as their transactions decide).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class TxnProducer:
     def __init__(self, lib, bootstrap, transactional_id, timeout_ms=None):
         self.lib = lib
         self.tid = transactional_id
+        self.bootstrap = bootstrap
         self.sent = []
         if lib == "confluent":
             conf = {"bootstrap.servers": bootstrap, "transactional.id": transactional_id}
@@ -194,16 +196,24 @@ class TxnProducer:
         else:
             self.p.abort_transaction()
 
-    def send_offsets(self, offsets, consumer, timeout=30):
-        """offsets: {(topic, partition): next offset}; consumer: a GroupConsumer."""
+    def send_offsets(self, offsets, consumer=None, group=None, timeout=30):
+        """offsets: {(topic, partition): next offset}; consumer: a
+        GroupConsumer whose group metadata goes with them, or else `group`: a
+        group id (a consumer of that group that never joined provides the
+        metadata, generation -1)."""
         if self.lib == "confluent":
+            if consumer is not None:
+                meta = consumer.c.consumer_group_metadata()
+            else:
+                c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
+                meta = c.consumer_group_metadata()
+                c.close()
             self.p.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())],
-                consumer.c.consumer_group_metadata(), timeout)
+                [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())], meta, timeout)
         else:
             self.p.send_offsets_to_transaction(
                 {KTopicPartition(t, p): KOffsetAndMetadata(o, "", -1) for (t, p), o in sorted(offsets.items())},
-                consumer.c.group_metadata())
+                consumer.c.group_metadata() if consumer is not None else group)
 
     def close(self):
         if self.p is None:
@@ -218,15 +228,18 @@ class TxnProducer:
         self.p = None
 
 
-def run_txn(prod, records, outcome, model=None, name=None):
-    """One transaction: begin, send records [(topic, partition, value)],
-    then commit / abort (after a flush, so the aborted records really are in
-    the log) / leave open (flushed).  Records must all be acknowledged.
-    Returns the Sent list; with a model, the records (and the marker, unless
-    left open) are entered."""
+def run_txn(prod, records, outcome, model=None, name=None, group=None, offsets=None):
+    """One transaction: begin, send records [(topic, partition, value)]
+    (and, with `group`, send_offsets_to_transaction(offsets) for it), then
+    commit / abort (after a flush, so the aborted records really are in the
+    log) / leave open (flushed).  Records must all be acknowledged.  Returns
+    the Sent list; with a model, the records (and the marker, unless left
+    open) are entered."""
     name = name or uuid.uuid4().hex[:6]
     prod.begin()
     sent = [prod.send(t, p, v, key=b"k-" + v[-3:]) for t, p, v in records]
+    if group is not None:
+        prod.send_offsets(offsets, group=group)
     if outcome == "commit":
         prod.commit()
     else:
@@ -662,7 +675,8 @@ def child_main(spec):
     prod.init(60)
     for st in spec["steps"]:
         prod.sent = []
-        sent = run_txn(prod, [(t, p, v.encode("latin-1")) for t, p, v in st["records"]], st["outcome"])
+        sent = run_txn(prod, [(t, p, v.encode("latin-1")) for t, p, v in st["records"]], st["outcome"],
+                       group=st.get("group"), offsets={(t, p): o for t, p, o in st.get("offsets", [])})
         print(json.dumps({"t": "step", "outcome": st["outcome"],
                           "acks": [[s.topic, s.partition, s.value.decode("latin-1"), s.offset,
                                     None if s.error is None else str(s.error)] for s in sent]}), flush=True)
@@ -1249,10 +1263,12 @@ def test_kill9_after_commits(lib, broker):
     """Commit, abort, commit on two topics, then kill -9 the broker before
     anything was read, and restart it: the committed records are all there
     exactly once at their offsets, the aborted ones stay hidden from
-    read_committed.  The same producer carries on and commits.  A second
-    producer with the same transactional.id then takes over, the broker is
-    killed again: after the restart the first producer is still fenced (the
-    bumped epoch survived) and the second one commits."""
+    read_committed; the group offsets the committed transactions sent
+    (send_offsets_to_transaction) are the group's committed offsets, the
+    aborted one's are not.  The same producer carries on and commits.  A
+    second producer with the same transactional.id then takes over, the
+    broker is killed again: after the restart the first producer is still
+    fenced (the bumped epoch survived) and the second one commits."""
     a, b = unique_topic("txka"), unique_topic("txkb")
     ck_create_topic(broker.bootstrap, a, 3)
     ck_create_topic(broker.bootstrap, b, 1)
@@ -1260,15 +1276,20 @@ def test_kill9_after_commits(lib, broker):
     model = LogModel(tps)
     the_id = tid("kill")
     where = "%s kill -9 after commits" % lib_label(lib)
+    group = "txkg-" + uuid.uuid4().hex[:8]
+    gtps = [(b, 0), (a, 0), (a, 1)]
     p1 = TxnProducer(lib, broker.bootstrap, the_id)
     p2 = None
     try:
         p1.init()
-        run_txn(p1, values("K1", tps, 10), "commit", model, "K1")
-        run_txn(p1, values("K2", tps, 5), "abort", model, "K2")
-        run_txn(p1, values("K3", tps[:3], 7), "commit", model, "K3")
+        run_txn(p1, values("K1", tps, 10), "commit", model, "K1", group=group, offsets={(b, 0): 5, (a, 0): 11})
+        run_txn(p1, values("K2", tps, 5), "abort", model, "K2", group=group, offsets={(b, 0): 9, (a, 1): 3})
+        run_txn(p1, values("K3", tps[:3], 7), "commit", model, "K3", group=group, offsets={(a, 0): 12})
+        want_offsets = {(b, 0): 5, (a, 0): 12, (a, 1): None}
+        wait_group_offsets(broker.bootstrap, group, gtps, want_offsets, 10, where + ", before the crash")
         broker.kill9()
         broker.start()
+        wait_group_offsets(broker.bootstrap, group, gtps, want_offsets, 10, where + ", after restart 1")
         check_all(lib, broker, model, where + ", restart 1")
 
         run_txn(p1, values("K4", tps, 3), "commit", model, "K4")
@@ -1283,12 +1304,13 @@ def test_kill9_after_commits(lib, broker):
             assert_ck_fenced(err, where + ": producer 1 after restart 2")
         late = [s for s in p1.sent if s.offset is not None and s.offset >= 0]
         assert not late, "%s: a fenced producer's records were written: %s" % (where, late[:5])
-        run_txn(p2, values("K6", tps, 4), "commit", model, "K6")
+        run_txn(p2, values("K6", tps, 4), "commit", model, "K6", group=group, offsets={(a, 1): 4})
     finally:
         p1.close()
         if p2 is not None:
             p2.close()
     check_all(lib, broker, model, where + ", restart 2")
+    wait_group_offsets(broker.bootstrap, group, gtps, {(b, 0): 5, (a, 0): 12, (a, 1): 4}, 10, where + ", end")
 
 
 @pytest.mark.timeout(180)
@@ -1308,7 +1330,10 @@ def test_kill9_mid_transaction(lib, mode, broker, tmp_path):
       and commits it.
 
     The open transaction is never visible to read_committed before it is
-    committed (a reader runs throughout), committed data is there once."""
+    committed (a reader runs throughout), committed data is there once.  The
+    open transaction also holds offsets for a group
+    (send_offsets_to_transaction): they become the group's committed offsets
+    only if it commits (carry-on), never while it is open or once aborted."""
     t = unique_topic("txkm")
     ck_create_topic(broker.bootstrap, t, 2)
     tps = [(t, 0), (t, 1)]
@@ -1316,6 +1341,9 @@ def test_kill9_mid_transaction(lib, mode, broker, tmp_path):
     the_id = tid("km")
     where = "%s kill -9 mid-transaction (%s)" % (lib_label(lib), mode)
     timeout_ms = TXN_TIMEOUT_MS if mode == "timeout" else None
+    group = "txkmg-" + uuid.uuid4().hex[:8]
+    pending = {(t, 0): 4, (t, 1): 7}
+    nothing = {tp: None for tp in tps}
     proc = None
     prod = None
     watcher = None
@@ -1324,12 +1352,13 @@ def test_kill9_mid_transaction(lib, mode, broker, tmp_path):
             prod = TxnProducer(lib, broker.bootstrap, the_id)
             prod.init()
             run_txn(prod, values("C", tps, 6), "commit", model, "C")
-            run_txn(prod, values("O", tps, 5), "open", model, "O")
+            run_txn(prod, values("O", tps, 5), "open", model, "O", group=group, offsets=pending)
         else:
             proc, out, err = start_child(
                 {"lib": lib, "bootstrap": broker.bootstrap, "tid": the_id, "timeout_ms": timeout_ms,
                  "steps": [{"outcome": "commit", "records": records_json(values("C", tps, 6))},
-                           {"outcome": "open", "records": records_json(values("O", tps, 5))}]},
+                           {"outcome": "open", "records": records_json(values("O", tps, 5)),
+                            "group": group, "offsets": [[tt, q, o] for (tt, q), o in pending.items()]}]},
                 tmp_path, "producer")
             steps = wait_child_ready(proc, out, err)
             named = child_steps_into(model, steps, "S")
@@ -1340,11 +1369,14 @@ def test_kill9_mid_transaction(lib, mode, broker, tmp_path):
         plain_produce(broker.bootstrap, values("P", tps, 3), model)
         if mode != "timeout":
             check_marks(broker.bootstrap, model, where + ", before the crash")
+        assert group_offsets(broker.bootstrap, group, tps) == nothing, "%s: pending offsets visible" % where
 
         broker.kill9()
         broker.start()
         if mode != "timeout":
             check_marks(broker.bootstrap, model, where + ", right after the restart")
+        assert group_offsets(broker.bootstrap, group, tps) == nothing, \
+            "%s: the open transaction's offsets are visible after the restart" % where
         watcher = Reader(lib, broker.bootstrap, tps, "read_committed")
         watcher.poll_for(1.0)
         check_reads(model, watcher.records, "read_committed", where + " [reader right after the restart]")
@@ -1380,6 +1412,12 @@ def test_kill9_mid_transaction(lib, mode, broker, tmp_path):
 
         recs = watcher.read_to({tp: model.lso(tp) for tp in tps}, what="after the open transaction ended")
         check_reads(model, recs, "read_committed", where + " [reader running throughout]")
+        if mode == "carry-on":
+            wait_group_offsets(broker.bootstrap, group, tps, pending, 10, where + ": after the commit")
+        else:
+            time.sleep(0.5)
+            assert group_offsets(broker.bootstrap, group, tps) == nothing, \
+                "%s: the aborted transaction's offsets became the group's committed offsets" % where
     finally:
         if watcher is not None:
             watcher.close()

@@ -692,7 +692,11 @@ impl Node {
                 AfterDurable::TxnExpired { id } => self.txn_expired(&id, ok),
                 AfterDurable::TxnOffsets { producer_id, offsets, conn, seq, answers } => {
                     let (yes, no) = *answers;
-                    if ok {
+                    if ok && crate::mutants::active(crate::mutants::Mutant::TxnOffsetsBeforeCommit) {
+                        for (g, t, p, c) in offsets {
+                            self.offsets.entry(g).or_default().insert((t, p), c);
+                        }
+                    } else if ok {
                         self.txn_offsets.entry(producer_id).or_default().extend(offsets);
                     }
                     self.respond_bytes(conn, seq, if ok { yes } else { no });

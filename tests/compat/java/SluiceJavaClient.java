@@ -34,6 +34,46 @@
 //            describe-cluster | describe-configs <topic>
 //       Prints {"t":"op","op":..,"ok":true|false,...} per op (an op failure
 //       does not stop the later ops) and exits 3 if any op failed.
+//
+//   txn-produce <bootstrap> <transactional_id> <topic:partitions[,topic:partitions]...>
+//           <plan> [--deadline-ms MS] [--prop k=v]...
+//       A transactional KafkaProducer: bootstrap.servers, String serializers
+//       and transactional.id, nothing else (plus any --prop).  initTransactions(),
+//       then one transaction per plan item ("C<n>" commit, "A<n>" abort,
+//       comma-separated): n records to every partition of every topic, record
+//       j of transaction i to topic t partition p has key "k<j>", value
+//       "x<i>|<t>|<p>|<j>", header "txn"="<i>".  An aborted transaction is
+//       flush()ed first, so its records are in the log.  Prints
+//       {"t":"ack","txn":i,"topic":..,"p":..,"o":..,"v":..} or {"t":"err",...}
+//       per record and {"t":"txn","i":..,"outcome":..,"ok":..,"error":..} per
+//       transaction.
+//
+//   consume-assign <bootstrap> <topic[,topic]...> <expected> <timeout_ms>
+//           [--linger-ms MS] [--deadline-ms MS] [--prop k=v]...
+//       KafkaConsumer (no group) assign()ed every partition of the topics from
+//       the beginning (isolation.level via --prop).  Prints
+//       {"t":"rec","topic":..,"p":..,"o":..,"k":..,"v":..} per record and
+//       {"t":"pos","positions":{"topic/p":offset}} whenever the positions
+//       change.  Done once it has <expected> records and every position has
+//       reached endOffsets() (at the consumer's isolation level: the last
+//       stable offset for read_committed), then polls --linger-ms more
+//       (default 1000).  The summary has positions and end offsets.
+//
+//   ctp <bootstrap> <in_topic> <out_topic> <group> <transactional_id> <expected>
+//           [--abort-rounds 2,4] [--max-poll N] [--deadline-ms MS] [--prop k=v]...
+//       Consume-transform-produce: a group consumer (group.id,
+//       enable.auto.commit=false, isolation.level=read_committed,
+//       auto.offset.reset=earliest, max.poll.records=N, default 10) and a
+//       transactional producer (transactional.id only).  Per non-empty poll
+//       ("round"): beginTransaction, send "out:<value>" (same key, same
+//       partition) to <out_topic>, sendOffsetsToTransaction(last offset + 1
+//       per partition, consumer.groupMetadata()), then abortTransaction (the
+//       listed rounds; the consumer then seeks back to its committed offsets)
+//       or commitTransaction.  An Admin client reads the group's committed
+//       offsets before the end of each transaction ("before"), right after it
+//       ("after") and, after a commit, until they show the sent offsets (at
+//       most 10 s, "settled").  Prints {"t":"round",...} per round; done once
+//       <expected> records went out in committed rounds.
 
 import java.io.BufferedOutputStream;
 import java.io.FileDescriptor;
@@ -63,6 +103,7 @@ import org.apache.kafka.clients.admin.CreateTopicsResult;
 import org.apache.kafka.clients.admin.DescribeClusterResult;
 import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.admin.TopicDescription;
+import org.apache.kafka.clients.consumer.ConsumerGroupMetadata;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.ConsumerRecords;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
@@ -70,12 +111,14 @@ import org.apache.kafka.clients.consumer.OffsetAndMetadata;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.common.Node;
+import org.apache.kafka.common.PartitionInfo;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.TopicPartitionInfo;
 import org.apache.kafka.common.config.ConfigResource;
 import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.serialization.StringDeserializer;
 import org.apache.kafka.common.serialization.StringSerializer;
+import org.apache.kafka.clients.producer.RecordMetadata;
 
 public final class SluiceJavaClient {
 
@@ -647,6 +690,391 @@ public final class SluiceJavaClient {
         return failures == 0 ? 0 : 3;
     }
 
+    // ------------------------------------------------------------------ transactions
+
+    static List<TopicPartition> partitionsOf(String spec) {
+        List<TopicPartition> out = new ArrayList<>();
+        for (String tp : spec.split(",")) {
+            int c = tp.lastIndexOf(':');
+            if (c <= 0) {
+                throw new Usage("topic spec wants topic:partitions, got " + tp);
+            }
+            int n = Integer.parseInt(tp.substring(c + 1));
+            for (int p = 0; p < n; p++) {
+                out.add(new TopicPartition(tp.substring(0, c), p));
+            }
+        }
+        return out;
+    }
+
+    static int txnProduce(String[] argv) throws Exception {
+        Args a = new Args(argv, 1, new TreeSet<>(Arrays.asList("--deadline-ms")));
+        String bootstrap = a.pos(0, "bootstrap");
+        String txnId = a.pos(1, "transactional_id");
+        List<TopicPartition> tps = partitionsOf(a.pos(2, "topic:partitions"));
+        String[] plan = a.pos(3, "plan").split(",");
+        long deadlineMs = a.num("--deadline-ms", 120_000);
+
+        Properties p = new Properties();
+        p.put("bootstrap.servers", bootstrap);
+        p.put("key.serializer", StringSerializer.class.getName());
+        p.put("value.serializer", StringSerializer.class.getName());
+        p.put("transactional.id", txnId);
+        p.putAll(a.props);
+
+        final AtomicLong acked = new AtomicLong();
+        final AtomicLong failed = new AtomicLong();
+        final long t0 = System.nanoTime();
+        final int[] txnsOk = {0};
+        final List<String> txnErrors = Collections.synchronizedList(new ArrayList<>());
+        Runnable summary = () -> emit(obj("t", "summary", "mode", "txn-produce", "client_version", CLIENT_VERSION,
+                "transactional_id", txnId, "transactions", plan.length, "transactions_ok", txnsOk[0],
+                "acked", acked.get(), "failed", failed.get(), "txn_errors", new ArrayList<>(txnErrors),
+                "elapsed_ms", (System.nanoTime() - t0) / 1_000_000));
+        startWatchdog(deadlineMs, () -> {
+            emit(obj("t", "timeout", "mode", "txn-produce", "deadline_ms", deadlineMs));
+            summary.run();
+        });
+        emit(obj("t", "start", "mode", "txn-produce", "client_version", CLIENT_VERSION,
+                "transactional_id", txnId, "plan", Arrays.asList(plan)));
+        flushOut();
+
+        KafkaProducer<String, String> producer = new KafkaProducer<>(p);
+        boolean fatal = false;
+        try {
+            producer.initTransactions();
+            emit(obj("t", "init", "ok", true));
+            for (int i = 0; i < plan.length && !fatal; i++) {
+                String item = plan[i].trim();
+                boolean commit = item.startsWith("C");
+                if (!commit && !item.startsWith("A")) {
+                    throw new Usage("plan items are C<n> or A<n>, got " + item);
+                }
+                int n = Integer.parseInt(item.substring(1));
+                final int txn = i;
+                String outcome = commit ? "commit" : "abort";
+                try {
+                    producer.beginTransaction();
+                    for (int j = 0; j < n; j++) {
+                        for (TopicPartition tp : tps) {
+                            final String v = "x" + txn + "|" + tp.topic() + "|" + tp.partition() + "|" + j;
+                            ProducerRecord<String, String> rec =
+                                    new ProducerRecord<>(tp.topic(), tp.partition(), "k" + j, v);
+                            rec.headers().add("txn", Integer.toString(txn).getBytes(StandardCharsets.UTF_8));
+                            producer.send(rec, (RecordMetadata md, Exception ex) -> {
+                                if (ex == null) {
+                                    acked.incrementAndGet();
+                                    emit(obj("t", "ack", "txn", txn, "topic", md.topic(), "p", md.partition(),
+                                            "o", md.offset(), "v", v));
+                                } else {
+                                    failed.incrementAndGet();
+                                    emit(obj("t", "err", "txn", txn, "v", v, "error", describe(ex)));
+                                }
+                            });
+                        }
+                    }
+                    if (commit) {
+                        producer.commitTransaction();
+                    } else {
+                        producer.flush();
+                        producer.abortTransaction();
+                    }
+                    txnsOk[0]++;
+                    emit(obj("t", "txn", "i", txn, "outcome", outcome, "ok", true));
+                } catch (Exception e) {
+                    Throwable c = unwrap(e);
+                    txnErrors.add(describe(e));
+                    emit(obj("t", "txn", "i", txn, "outcome", outcome, "ok", false,
+                            "error_class", c.getClass().getName(), "error", describe(e)));
+                    // As the producer's documentation prescribes: fencing and
+                    // authorization errors are fatal, anything else is aborted.
+                    String cn = c.getClass().getSimpleName();
+                    if (cn.equals("ProducerFencedException") || cn.equals("OutOfOrderSequenceException")
+                            || cn.equals("AuthorizationException") || cn.equals("UnsupportedVersionException")) {
+                        fatal = true;
+                    } else {
+                        try {
+                            producer.abortTransaction();
+                        } catch (Exception e2) {
+                            txnErrors.add("abort after error: " + describe(e2));
+                            fatal = true;
+                        }
+                    }
+                }
+                flushOut();
+            }
+        } finally {
+            producer.close(Duration.ofSeconds(15));
+        }
+        summary.run();
+        flushOut();
+        return (txnErrors.isEmpty() && failed.get() == 0 && txnsOk[0] == plan.length) ? 0 : 3;
+    }
+
+    static Map<String, Object> positionsJson(Map<TopicPartition, Long> m) {
+        Map<String, Object> out = new TreeMap<>();
+        for (Map.Entry<TopicPartition, Long> e : m.entrySet()) {
+            out.put(e.getKey().topic() + "/" + e.getKey().partition(), e.getValue());
+        }
+        return out;
+    }
+
+    static int consumeAssign(String[] argv) throws Exception {
+        Args a = new Args(argv, 1, new TreeSet<>(Arrays.asList("--linger-ms", "--deadline-ms")));
+        String bootstrap = a.pos(0, "bootstrap");
+        List<String> topics = Arrays.asList(a.pos(1, "topics").split(","));
+        long expected = Long.parseLong(a.pos(2, "expected"));
+        long timeoutMs = Long.parseLong(a.pos(3, "timeout_ms"));
+        long lingerMs = a.num("--linger-ms", 1000);
+        long deadlineMs = a.num("--deadline-ms", timeoutMs + 60_000);
+
+        Properties p = new Properties();
+        p.put("bootstrap.servers", bootstrap);
+        p.put("enable.auto.commit", "false");
+        p.put("key.deserializer", StringDeserializer.class.getName());
+        p.put("value.deserializer", StringDeserializer.class.getName());
+        p.putAll(a.props);
+
+        final long t0 = System.nanoTime();
+        final long[] count = {0};
+        startWatchdog(deadlineMs, () -> {
+            emit(obj("t", "timeout", "mode", "consume-assign", "deadline_ms", deadlineMs));
+            emit(obj("t", "summary", "mode", "consume-assign", "client_version", CLIENT_VERSION,
+                    "count", count[0], "expected", expected, "timed_out", true));
+        });
+        emit(obj("t", "start", "mode", "consume-assign", "client_version", CLIENT_VERSION, "topics", topics,
+                "expected", expected, "isolation_level", p.getProperty("isolation.level", "default")));
+        flushOut();
+
+        Map<String, Object> summary = obj("t", "summary", "mode", "consume-assign", "client_version", CLIENT_VERSION,
+                "isolation_level", p.getProperty("isolation.level", "default"));
+        KafkaConsumer<String, String> consumer = new KafkaConsumer<>(p);
+        try {
+            List<TopicPartition> tps = new ArrayList<>();
+            for (String t : topics) {
+                for (PartitionInfo pi : consumer.partitionsFor(t, Duration.ofSeconds(30))) {
+                    tps.add(new TopicPartition(t, pi.partition()));
+                }
+            }
+            consumer.assign(tps);
+            consumer.seekToBeginning(tps);
+            long end = System.currentTimeMillis() + timeoutMs;
+            long lingerUntil = -1;
+            Map<TopicPartition, Long> lastPos = new java.util.HashMap<>();
+            Map<TopicPartition, Long> ends = Collections.emptyMap();
+            long nextEnds = 0;
+            while (true) {
+                long now = System.currentTimeMillis();
+                if (now >= end || (lingerUntil >= 0 && now >= lingerUntil)) {
+                    break;
+                }
+                ConsumerRecords<String, String> recs = consumer.poll(Duration.ofMillis(200));
+                for (ConsumerRecord<String, String> r : recs) {
+                    emit(obj("t", "rec", "topic", r.topic(), "p", r.partition(), "o", r.offset(), "k", r.key(),
+                            "v", r.value()));
+                    count[0]++;
+                }
+                Map<TopicPartition, Long> pos = new java.util.HashMap<>();
+                for (TopicPartition tp : tps) {
+                    pos.put(tp, consumer.position(tp, Duration.ofSeconds(15)));
+                }
+                if (!pos.equals(lastPos)) {
+                    emit(obj("t", "pos", "positions", positionsJson(pos)));
+                    flushOut();
+                    lastPos = pos;
+                }
+                if (lingerUntil < 0 && count[0] >= expected) {
+                    if (System.currentTimeMillis() >= nextEnds) {
+                        ends = consumer.endOffsets(tps, Duration.ofSeconds(15));
+                        nextEnds = System.currentTimeMillis() + 500;
+                    }
+                    boolean atEnd = true;
+                    for (TopicPartition tp : tps) {
+                        atEnd &= pos.get(tp) >= ends.getOrDefault(tp, Long.MAX_VALUE);
+                    }
+                    if (atEnd) {
+                        lingerUntil = System.currentTimeMillis() + lingerMs;
+                    }
+                }
+            }
+            Map<TopicPartition, Long> pos = new java.util.HashMap<>();
+            for (TopicPartition tp : tps) {
+                pos.put(tp, consumer.position(tp, Duration.ofSeconds(15)));
+            }
+            summary.put("positions", positionsJson(pos));
+            summary.put("end_offsets", positionsJson(consumer.endOffsets(tps, Duration.ofSeconds(15))));
+            summary.put("reached_end", lingerUntil >= 0);
+        } finally {
+            try {
+                consumer.close(Duration.ofSeconds(15));
+            } catch (Exception e) {
+                summary.put("close_error", describe(e));
+            }
+        }
+        summary.put("count", count[0]);
+        summary.put("expected", expected);
+        summary.put("elapsed_ms", (System.nanoTime() - t0) / 1_000_000);
+        emit(summary);
+        flushOut();
+        return count[0] < expected || !Boolean.TRUE.equals(summary.get("reached_end")) ? 4 : 0;
+    }
+
+    static Map<String, Object> groupOffsets(Admin admin, String group, String topic) throws Exception {
+        Map<TopicPartition, OffsetAndMetadata> m =
+                admin.listConsumerGroupOffsets(group).partitionsToOffsetAndMetadata().get(30, TimeUnit.SECONDS);
+        Map<TopicPartition, Object> mine = new java.util.HashMap<>();
+        for (Map.Entry<TopicPartition, OffsetAndMetadata> e : m.entrySet()) {
+            if (e.getKey().topic().equals(topic) && e.getValue() != null) {
+                mine.put(e.getKey(), e.getValue());
+            }
+        }
+        return offsetsJson(mine);
+    }
+
+    static int ctp(String[] argv) throws Exception {
+        Args a = new Args(argv, 1, new TreeSet<>(Arrays.asList("--abort-rounds", "--max-poll", "--deadline-ms")));
+        String bootstrap = a.pos(0, "bootstrap");
+        String in = a.pos(1, "in_topic");
+        String out = a.pos(2, "out_topic");
+        String group = a.pos(3, "group");
+        String txnId = a.pos(4, "transactional_id");
+        long expected = Long.parseLong(a.pos(5, "expected"));
+        Set<Integer> abortRounds = new TreeSet<>();
+        for (String r : a.opts.getOrDefault("--abort-rounds", "").split(",")) {
+            if (!r.isEmpty()) {
+                abortRounds.add(Integer.parseInt(r));
+            }
+        }
+        long deadlineMs = a.num("--deadline-ms", 120_000);
+
+        Properties cp = new Properties();
+        cp.put("bootstrap.servers", bootstrap);
+        cp.put("group.id", group);
+        cp.put("enable.auto.commit", "false");
+        cp.put("isolation.level", "read_committed");
+        cp.put("auto.offset.reset", "earliest");
+        cp.put("max.poll.records", Long.toString(a.num("--max-poll", 10)));
+        cp.put("key.deserializer", StringDeserializer.class.getName());
+        cp.put("value.deserializer", StringDeserializer.class.getName());
+        Properties pp = new Properties();
+        pp.put("bootstrap.servers", bootstrap);
+        pp.put("transactional.id", txnId);
+        pp.put("key.serializer", StringSerializer.class.getName());
+        pp.put("value.serializer", StringSerializer.class.getName());
+        Properties ap = new Properties();
+        ap.put("bootstrap.servers", bootstrap);
+        ap.put("request.timeout.ms", "15000");
+        ap.put("default.api.timeout.ms", "30000");
+
+        final long t0 = System.nanoTime();
+        final long[] done = {0};
+        final int[] rounds = {0};
+        startWatchdog(deadlineMs, () -> {
+            emit(obj("t", "timeout", "mode", "ctp", "deadline_ms", deadlineMs));
+            emit(obj("t", "summary", "mode", "ctp", "client_version", CLIENT_VERSION, "done", done[0],
+                    "expected", expected, "rounds", rounds[0], "timed_out", true));
+        });
+        emit(obj("t", "start", "mode", "ctp", "client_version", CLIENT_VERSION, "in", in, "out", out,
+                "group", group, "transactional_id", txnId, "abort_rounds", abortRounds));
+        flushOut();
+
+        Map<String, Object> summary = obj("t", "summary", "mode", "ctp", "client_version", CLIENT_VERSION);
+        List<String> errors = new ArrayList<>();
+        KafkaConsumer<String, String> consumer = new KafkaConsumer<>(cp);
+        KafkaProducer<String, String> producer = new KafkaProducer<>(pp);
+        Admin admin = Admin.create(ap);
+        try {
+            producer.initTransactions();
+            consumer.subscribe(Collections.singletonList(in));
+            while (done[0] < expected) {
+                ConsumerRecords<String, String> recs = consumer.poll(Duration.ofMillis(200));
+                if (recs.isEmpty()) {
+                    continue;
+                }
+                int round = ++rounds[0];
+                boolean abort = abortRounds.contains(round);
+                Map<TopicPartition, OffsetAndMetadata> offsets = new java.util.HashMap<>();
+                Map<String, Object> roundOut = obj("t", "round", "i", round, "outcome", abort ? "abort" : "commit",
+                        "n", recs.count());
+                try {
+                    producer.beginTransaction();
+                    for (TopicPartition tp : recs.partitions()) {
+                        List<ConsumerRecord<String, String>> l = recs.records(tp);
+                        for (ConsumerRecord<String, String> r : l) {
+                            producer.send(new ProducerRecord<>(out, r.partition(), r.key(), "out:" + r.value()));
+                        }
+                        offsets.put(tp, new OffsetAndMetadata(l.get(l.size() - 1).offset() + 1));
+                    }
+                    ConsumerGroupMetadata gm = consumer.groupMetadata();
+                    producer.sendOffsetsToTransaction(offsets, gm);
+                    producer.flush();
+                    roundOut.put("sent_offsets", offsetsJson(offsets));
+                    roundOut.put("generation", gm.generationId());
+                    roundOut.put("before", groupOffsets(admin, group, in));
+                    if (abort) {
+                        producer.abortTransaction();
+                        roundOut.put("after", groupOffsets(admin, group, in));
+                        Set<TopicPartition> assigned = consumer.assignment();
+                        Map<TopicPartition, OffsetAndMetadata> committed = consumer.committed(assigned);
+                        for (TopicPartition tp : assigned) {
+                            OffsetAndMetadata c = committed.get(tp);
+                            if (c != null) {
+                                consumer.seek(tp, c.offset());
+                            } else {
+                                consumer.seekToBeginning(Collections.singleton(tp));
+                            }
+                        }
+                    } else {
+                        producer.commitTransaction();
+                        roundOut.put("after", groupOffsets(admin, group, in));
+                        long until = System.currentTimeMillis() + 10_000;
+                        Map<String, Object> settled = groupOffsets(admin, group, in);
+                        while (System.currentTimeMillis() < until) {
+                            boolean all = true;
+                            for (Map.Entry<TopicPartition, OffsetAndMetadata> e : offsets.entrySet()) {
+                                all &= Long.valueOf(e.getValue().offset())
+                                        .equals(settled.get(Integer.toString(e.getKey().partition())));
+                            }
+                            if (all) {
+                                break;
+                            }
+                            Thread.sleep(100);
+                            settled = groupOffsets(admin, group, in);
+                        }
+                        roundOut.put("settled", settled);
+                        done[0] += recs.count();
+                    }
+                } catch (Exception e) {
+                    errors.add(describe(e));
+                    roundOut.put("error", describe(e));
+                    roundOut.put("error_class", unwrap(e).getClass().getName());
+                    emit(roundOut);
+                    flushOut();
+                    break;
+                }
+                emit(roundOut);
+                flushOut();
+            }
+            summary.put("final_committed", groupOffsets(admin, group, in));
+        } finally {
+            try {
+                producer.close(Duration.ofSeconds(15));
+                consumer.close(Duration.ofSeconds(15));
+                admin.close(Duration.ofSeconds(15));
+            } catch (Exception e) {
+                summary.put("close_error", describe(e));
+            }
+        }
+        summary.put("done", done[0]);
+        summary.put("expected", expected);
+        summary.put("rounds", rounds[0]);
+        summary.put("errors", errors);
+        summary.put("elapsed_ms", (System.nanoTime() - t0) / 1_000_000);
+        emit(summary);
+        flushOut();
+        return errors.isEmpty() && done[0] >= expected ? 0 : 3;
+    }
+
     // ------------------------------------------------------------------ main
 
     public static void main(String[] argv) {
@@ -659,6 +1087,9 @@ public final class SluiceJavaClient {
                 case "produce": rc = produce(argv); break;
                 case "consume-group": rc = consumeGroup(argv); break;
                 case "admin": rc = admin(argv); break;
+                case "txn-produce": rc = txnProduce(argv); break;
+                case "consume-assign": rc = consumeAssign(argv); break;
+                case "ctp": rc = ctp(argv); break;
                 case "version":
                     emit(obj("t", "summary", "mode", "version", "client_version", CLIENT_VERSION));
                     rc = 0;
@@ -669,7 +1100,10 @@ public final class SluiceJavaClient {
             System.err.println("usage error: " + u.getMessage());
             System.err.println("modes: produce <bootstrap> <topic> <count> | "
                     + "consume-group <bootstrap> <topic> <group> <expected> <timeout_ms> | "
-                    + "admin <bootstrap> <op> [args] [+ <op> [args]]... | version");
+                    + "admin <bootstrap> <op> [args] [+ <op> [args]]... | "
+                    + "txn-produce <bootstrap> <transactional_id> <topic:partitions,...> <plan> | "
+                    + "consume-assign <bootstrap> <topics> <expected> <timeout_ms> | "
+                    + "ctp <bootstrap> <in> <out> <group> <transactional_id> <expected> | version");
             rc = 2;
         } catch (Throwable t) {
             emit(obj("t", "fatal", "error", describe(t)));
