@@ -188,8 +188,14 @@ fn java_hash(s: &str) -> i32 {
 
 /// Kafka's `partitionFor`: `Utils.abs(groupId.hashCode) % partitions` (abs of MIN_VALUE is 0).
 pub fn offsets_partition(group: &str) -> i32 {
-    let h = java_hash(group);
-    (if h == i32::MIN { 0 } else { h.abs() }) % OFFSETS_PARTITIONS
+    partition_for(group, OFFSETS_PARTITIONS)
+}
+
+/// Where Kafka places a key among an internal topic's partitions: `Utils.abs(key.hashCode())
+/// % partitions` (groups in `__consumer_offsets`, transactional ids in `__transaction_state`).
+pub(super) fn partition_for(key: &str, partitions: i32) -> i32 {
+    let h = java_hash(key);
+    (if h == i32::MIN { 0 } else { h.abs() }) % partitions
 }
 
 fn code(e: GroupError) -> i16 {

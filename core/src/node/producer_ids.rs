@@ -69,13 +69,7 @@ impl Node {
                 // More producers than a block holds arrived while it is being recorded.
                 return self.answer_init_producer_id(conn, seq, &ctx, Err(KafkaError::CoordinatorLoadInProgress));
             }
-            None => {
-                let end = ids.durable_end + BLOCK;
-                let job = self.new_job(1, JobDone::ProducerIds { end });
-                self.producer_ids.pending = Some((job, end));
-                self.meta_append(&MetaRecord::ProducerIdsBlock { end }, job);
-                job
-            }
+            None => self.record_next_block(),
         };
         let id = self.producer_ids.next;
         self.producer_ids.next += 1;
@@ -114,12 +108,18 @@ impl Node {
             return Some(ids.next - 1);
         }
         if ids.pending.is_none() {
-            let end = ids.durable_end + BLOCK;
-            let job = self.new_job(1, JobDone::ProducerIds { end });
-            self.producer_ids.pending = Some((job, end));
-            self.meta_append(&MetaRecord::ProducerIdsBlock { end }, job);
+            self.record_next_block();
         }
         None
+    }
+
+    /// Starts recording the block after the last durable one; returns its job.
+    fn record_next_block(&mut self) -> JobId {
+        let end = self.producer_ids.durable_end + BLOCK;
+        let job = self.new_job(1, JobDone::ProducerIds { end });
+        self.producer_ids.pending = Some((job, end));
+        self.meta_append(&MetaRecord::ProducerIdsBlock { end }, job);
+        job
     }
 
     /// A block's record is durable (or could not be written: its ids were never answered, so

@@ -70,10 +70,9 @@ pub(super) struct MarkerWrite {
     end_txn: Option<(ConnId, u64, RequestContext)>,
 }
 
-/// Java's `String.hashCode`, as Kafka places transactional ids.
+/// The `__transaction_state` partition of a transactional id, placed as Kafka places it.
 pub fn txn_partition(id: &str) -> i32 {
-    let h = id.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
-    (h.unsigned_abs() % TXN_PARTITIONS as u32) as i32
+    super::groups::partition_for(id, TXN_PARTITIONS)
 }
 
 fn txn_key(id: &str) -> Vec<u8> {
