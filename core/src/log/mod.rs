@@ -421,6 +421,9 @@ impl PartitionLog {
             self.log_start_offset = self.log_start_offset.max(next_base);
             removed += 1;
         }
+        if removed > 0 {
+            self.producers.forget_aborted_below(self.log_start_offset);
+        }
         removed
     }
 

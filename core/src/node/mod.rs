@@ -609,6 +609,9 @@ impl Node {
             self.next_txn_abort_check = self.now.mono.plus_millis(self.config.txn_abort_check_interval_ms);
             self.abort_expired_txns();
             self.expire_txn_ids();
+            // Markers that could not even be appended (a partition not online) are tried
+            // again here too, not only when some high watermark moves.
+            self.complete_markers();
         }
         if self.now.mono >= self.next_producer_expiry_check {
             self.next_producer_expiry_check =
