@@ -45,6 +45,60 @@ pub fn txn_offset(producer: usize, no: u64) -> i64 {
     (no as i64) * 1_000 + producer as i64
 }
 
+/// What an answer means to the producer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Answer {
+    Done,
+    /// Retriable (the coordinator busy or loading, a produce not yet durable): sent again.
+    Again,
+    /// The epoch was bumped: the coordinator aborted the transaction.
+    Fenced,
+    /// An error this producer should never get.
+    Refused(i16),
+}
+
+fn classify(code: i16, step: Step) -> Answer {
+    match (code, step) {
+        (0, _) => Answer::Done,
+        (47 | 90, _) => Answer::Fenced,
+        (14 | 15 | 16 | 51, _) => Answer::Again,
+        // Not leader, timeouts, storage trouble, verification not possible yet, a resend out
+        // of order behind a failed one.
+        (5 | 6 | 7 | 19 | 45 | 56, Step::Produce) => Answer::Again,
+        (55, Step::AddPartitions) => Answer::Again,
+        (code, _) => Answer::Refused(code),
+    }
+}
+
+/// The one error code of a coordinator's answer (the worst of its partitions').
+fn error_code(step: Step, frame: Bytes) -> Result<i16, String> {
+    fn worst(mut codes: impl Iterator<Item = i16>) -> i16 {
+        codes.find(|c| *c != 0).unwrap_or(0)
+    }
+    Ok(match step {
+        Step::AddPartitions => {
+            let (_, r) = codec::decode::<AddPartitionsToTxnResponse>(
+                ApiKey::AddPartitionsToTxn,
+                codec::ADD_PARTITIONS_TO_TXN_VERSION,
+                frame,
+            )?;
+            worst(
+                r.results_by_topic_v3_and_below
+                    .iter()
+                    .flat_map(|t| &t.results_by_partition)
+                    .map(|p| p.partition_error_code),
+            )
+        }
+        Step::AddOffsets => codec::decode::<AddOffsetsToTxnResponse>(ApiKey::AddOffsetsToTxn, 3, frame)?.1.error_code,
+        Step::CommitOffsets => {
+            let (_, r) = codec::decode::<TxnOffsetCommitResponse>(ApiKey::TxnOffsetCommit, 3, frame)?;
+            worst(r.topics.iter().flat_map(|t| &t.partitions).map(|p| p.error_code))
+        }
+        Step::End => codec::decode::<EndTxnResponse>(ApiKey::EndTxn, codec::END_TXN_VERSION, frame)?.1.error_code,
+        Step::Idle | Step::Init | Step::Produce => 0,
+    })
+}
+
 /// The transaction being written.
 struct Txn {
     no: u64,
@@ -170,32 +224,39 @@ impl TxnProducer {
         };
         self.next_cid += 1;
         let cid = self.next_cid;
-        let frame = match self.step {
-            Step::Idle => return,
-            Step::Init => {
-                let req = InitProducerIdRequest::default()
-                    .with_transactional_id(Some(TransactionalId(StrBytes::from_string(self.id.clone()))))
-                    .with_transaction_timeout_ms(TXN_TIMEOUT_MS);
-                codec::frame(ApiKey::InitProducerId, codec::INIT_PRODUCER_ID_VERSION, cid, &req)
-            }
+        let Some(frame) = self.request(cid) else { return };
+        w.send(conn, frame);
+        self.in_flight = Some((cid, now));
+    }
+
+    /// The request of the current step (`None` when idle).
+    fn request(&self, cid: i32) -> Option<Bytes> {
+        let id = TransactionalId(StrBytes::from_string(self.id.clone()));
+        if self.step == Step::Init {
+            let req = InitProducerIdRequest::default()
+                .with_transactional_id(Some(id))
+                .with_transaction_timeout_ms(TXN_TIMEOUT_MS);
+            return Some(codec::frame(ApiKey::InitProducerId, codec::INIT_PRODUCER_ID_VERSION, cid, &req));
+        }
+        let (pid, epoch) = self.producer?;
+        let txn = self.txn.as_ref()?;
+        let topic = TopicName(StrBytes::from_static_str(TOPIC));
+        Some(match self.step {
+            Step::Idle | Step::Init => return None,
             Step::AddPartitions => {
-                let (pid, epoch) = self.producer.expect("initialised");
-                let txn = self.txn.as_ref().expect("open");
                 let mut t = add_partitions_to_txn_request::AddPartitionsToTxnTopic::default();
-                t.name = TopicName(StrBytes::from_static_str(TOPIC));
+                t.name = topic;
                 t.partitions = txn.parts.keys().copied().collect();
                 let mut req = AddPartitionsToTxnRequest::default();
-                req.v3_and_below_transactional_id = TransactionalId(StrBytes::from_string(self.id.clone()));
+                req.v3_and_below_transactional_id = id;
                 req.v3_and_below_producer_id = ProducerId(pid);
                 req.v3_and_below_producer_epoch = epoch;
                 req.v3_and_below_topics = vec![t];
                 codec::frame(ApiKey::AddPartitionsToTxn, codec::ADD_PARTITIONS_TO_TXN_VERSION, cid, &req)
             }
             Step::Produce => {
-                let (pid, epoch) = self.producer.expect("initialised");
-                let txn = self.txn.as_ref().expect("open");
                 let mut td = produce_request::TopicProduceData::default();
-                td.name = TopicName(StrBytes::from_static_str(TOPIC));
+                td.name = topic;
                 for (p, (values, seq)) in txn.parts.iter().filter(|(p, _)| !txn.acked.contains(p)) {
                     let mut pd = produce_request::PartitionProduceData::default();
                     pd.index = *p;
@@ -203,51 +264,44 @@ impl TxnProducer {
                     td.partition_data.push(pd);
                 }
                 let mut req = ProduceRequest::default();
-                req.transactional_id = Some(TransactionalId(StrBytes::from_string(self.id.clone())));
+                req.transactional_id = Some(id);
                 req.acks = -1;
                 req.timeout_ms = 30_000;
                 req.topic_data = vec![td];
                 codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, cid, &req)
             }
             Step::AddOffsets => {
-                let (pid, epoch) = self.producer.expect("initialised");
-                let mut req = AddOffsetsToTxnRequest::default();
-                req.transactional_id = TransactionalId(StrBytes::from_string(self.id.clone()));
-                req.producer_id = ProducerId(pid);
-                req.producer_epoch = epoch;
-                req.group_id = GroupId(StrBytes::from_static_str(OFFSETS_GROUP));
+                let req = AddOffsetsToTxnRequest::default()
+                    .with_transactional_id(id)
+                    .with_producer_id(ProducerId(pid))
+                    .with_producer_epoch(epoch)
+                    .with_group_id(GroupId(StrBytes::from_static_str(OFFSETS_GROUP)));
                 codec::frame(ApiKey::AddOffsetsToTxn, 3, cid, &req)
             }
             Step::CommitOffsets => {
-                let (pid, epoch) = self.producer.expect("initialised");
-                let no = self.txn.as_ref().map_or(0, |t| t.no);
-                let mut p = txn_offset_commit_request::TxnOffsetCommitRequestPartition::default();
-                p.partition_index = 0;
-                p.committed_offset = txn_offset(self.idx, no);
-                p.committed_leader_epoch = -1;
-                let mut t = txn_offset_commit_request::TxnOffsetCommitRequestTopic::default();
-                t.name = TopicName(StrBytes::from_static_str(TOPIC));
-                t.partitions = vec![p];
-                let mut req = TxnOffsetCommitRequest::default();
-                req.transactional_id = TransactionalId(StrBytes::from_string(self.id.clone()));
-                req.group_id = GroupId(StrBytes::from_static_str(OFFSETS_GROUP));
-                req.producer_id = ProducerId(pid);
-                req.producer_epoch = epoch;
-                req.topics = vec![t];
+                let p = txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                    .with_committed_offset(txn_offset(self.idx, txn.no))
+                    .with_committed_leader_epoch(-1);
+                let t = txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                    .with_name(topic)
+                    .with_partitions(vec![p]);
+                let req = TxnOffsetCommitRequest::default()
+                    .with_transactional_id(id)
+                    .with_group_id(GroupId(StrBytes::from_static_str(OFFSETS_GROUP)))
+                    .with_producer_id(ProducerId(pid))
+                    .with_producer_epoch(epoch)
+                    .with_topics(vec![t]);
                 codec::frame(ApiKey::TxnOffsetCommit, 3, cid, &req)
             }
             Step::End => {
-                let (pid, epoch) = self.producer.expect("initialised");
-                let mut req = EndTxnRequest::default();
-                req.transactional_id = TransactionalId(StrBytes::from_string(self.id.clone()));
-                req.producer_id = ProducerId(pid);
-                req.producer_epoch = epoch;
-                req.committed = self.txn.as_ref().is_some_and(|t| t.commit);
+                let req = EndTxnRequest::default()
+                    .with_transactional_id(id)
+                    .with_producer_id(ProducerId(pid))
+                    .with_producer_epoch(epoch)
+                    .with_committed(txn.commit);
                 codec::frame(ApiKey::EndTxn, codec::END_TXN_VERSION, cid, &req)
             }
-        };
-        w.send(conn, frame);
-        self.in_flight = Some((cid, now));
+        })
     }
 
     /// Opens the next transaction: its partitions, values and outcome are drawn now.
@@ -305,105 +359,71 @@ impl TxnProducer {
             return;
         }
         self.in_flight = None;
-        let bad =
-            |checker: &mut Checker, what: String| checker.on_error(at, format!("txn producer {}: {what}", self.idx));
-        match self.step {
-            Step::Idle => {}
-            Step::Init => match codec::decode::<InitProducerIdResponse>(
-                ApiKey::InitProducerId,
-                codec::INIT_PRODUCER_ID_VERSION,
-                frame,
-            ) {
-                Ok((_, r)) if r.error_code == 0 => {
-                    checker.on_producer_id(at, self.idx, r.producer_id.0);
-                    self.producer = Some((r.producer_id.0, r.producer_epoch));
-                    self.next_seq.clear();
-                    self.step = Step::Idle;
-                }
-                Ok((_, r)) if matches!(r.error_code, 14 | 15 | 16 | 51) => {}
-                Ok((_, r)) => bad(checker, format!("InitProducerId refused with error {}", r.error_code)),
-                Err(e) => bad(checker, format!("undecodable InitProducerId response: {e}")),
-            },
-            Step::AddPartitions => {
-                match codec::decode::<AddPartitionsToTxnResponse>(
-                    ApiKey::AddPartitionsToTxn,
-                    codec::ADD_PARTITIONS_TO_TXN_VERSION,
-                    frame,
-                ) {
-                    Ok((_, r)) => {
-                        let codes: BTreeSet<i16> = r
-                            .results_by_topic_v3_and_below
-                            .iter()
-                            .flat_map(|t| t.results_by_partition.iter().map(|p| p.partition_error_code))
-                            .collect();
-                        if codes.iter().all(|c| *c == 0) {
-                            self.step = Step::Produce;
-                        } else if codes.contains(&90) || codes.contains(&47) {
-                            self.fenced(checker, at);
-                        } else if !codes.iter().all(|c| matches!(c, 0 | 14 | 15 | 16 | 51 | 55)) {
-                            bad(checker, format!("AddPartitionsToTxn refused with {codes:?}"));
-                        }
-                    }
-                    Err(e) => bad(checker, format!("undecodable AddPartitionsToTxn response: {e}")),
-                }
+        let answer = match self.step {
+            Step::Idle => return,
+            Step::Init => self.on_init(at, checker, frame),
+            Step::Produce => self.on_produce(at, checker, frame),
+            step => error_code(step, frame).map(|code| classify(code, step)),
+        };
+        match answer {
+            Ok(Answer::Done) => self.advance(checker, at),
+            Ok(Answer::Fenced) => self.fenced(checker, at),
+            Ok(Answer::Again) => {}
+            Ok(Answer::Refused(code)) => {
+                checker.on_error(at, format!("txn producer {}: {:?} refused with error {code}", self.idx, self.step))
             }
-            Step::Produce => match codec::decode::<ProduceResponse>(ApiKey::Produce, codec::PRODUCE_VERSION, frame) {
-                Ok((_, r)) => {
-                    let mut fenced = false;
-                    for pr in r.responses.iter().flat_map(|t| &t.partition_responses) {
-                        let Some(txn) = self.txn.as_mut() else { break };
-                        match pr.error_code {
-                            0 => {
-                                if txn.acked.insert(pr.index) {
-                                    let values = &txn.parts[&pr.index].0;
-                                    checker.on_ack(at, self.idx, pr.index, pr.base_offset, values, -1);
-                                }
-                            }
-                            47 | 90 => fenced = true,
-                            // Retriable (not yet durable, storage trouble): sent again.
-                            5 | 6 | 7 | 19 | 56 | 45 => {}
-                            code => bad(checker, format!("transactional produce refused with error {code}")),
-                        }
-                    }
-                    if fenced {
-                        self.fenced(checker, at);
-                    } else if self.txn.as_ref().is_some_and(|t| t.acked.len() == t.parts.len()) {
-                        self.step = Step::AddOffsets;
-                    }
-                }
-                Err(e) => bad(checker, format!("undecodable produce response: {e}")),
-            },
-            Step::AddOffsets => match codec::decode::<AddOffsetsToTxnResponse>(ApiKey::AddOffsetsToTxn, 3, frame) {
-                Ok((_, r)) if r.error_code == 0 => self.step = Step::CommitOffsets,
-                Ok((_, r)) if matches!(r.error_code, 47 | 90) => self.fenced(checker, at),
-                Ok((_, r)) if matches!(r.error_code, 14 | 15 | 16 | 51) => {}
-                Ok((_, r)) => bad(checker, format!("AddOffsetsToTxn refused with error {}", r.error_code)),
-                Err(e) => bad(checker, format!("undecodable AddOffsetsToTxn response: {e}")),
-            },
-            Step::CommitOffsets => match codec::decode::<TxnOffsetCommitResponse>(ApiKey::TxnOffsetCommit, 3, frame) {
-                Ok((_, r)) => {
-                    let code = r.topics.iter().flat_map(|t| &t.partitions).map(|p| p.error_code).find(|c| *c != 0);
-                    match code {
-                        None => self.step = Step::End,
-                        Some(47 | 90) => self.fenced(checker, at),
-                        Some(14 | 15 | 16 | 51) => {}
-                        Some(c) => bad(checker, format!("TxnOffsetCommit refused with error {c}")),
-                    }
-                }
-                Err(e) => bad(checker, format!("undecodable TxnOffsetCommit response: {e}")),
-            },
-            Step::End => match codec::decode::<EndTxnResponse>(ApiKey::EndTxn, codec::END_TXN_VERSION, frame) {
-                Ok((_, r)) if r.error_code == 0 => {
-                    let commit = self.txn.as_ref().is_some_and(|t| t.commit);
-                    self.finish(checker, at, commit);
-                    self.step = Step::Idle;
-                }
-                Ok((_, r)) if matches!(r.error_code, 47 | 90) => self.fenced(checker, at),
-                Ok((_, r)) if matches!(r.error_code, 14 | 15 | 16 | 51) => {}
-                Ok((_, r)) => bad(checker, format!("EndTxn refused with error {}", r.error_code)),
-                Err(e) => bad(checker, format!("undecodable EndTxn response: {e}")),
-            },
+            Err(e) => {
+                checker.on_error(at, format!("txn producer {}: undecodable {:?} answer: {e}", self.idx, self.step))
+            }
         }
+    }
+
+    /// The step's request succeeded: on to the next.
+    fn advance(&mut self, checker: &mut Checker, at: Nanos) {
+        self.step = match self.step {
+            Step::Init | Step::Idle => Step::Idle,
+            Step::AddPartitions => Step::Produce,
+            Step::Produce => Step::AddOffsets,
+            Step::AddOffsets => Step::CommitOffsets,
+            Step::CommitOffsets => Step::End,
+            Step::End => {
+                let commit = self.txn.as_ref().is_some_and(|t| t.commit);
+                self.finish(checker, at, commit);
+                Step::Idle
+            }
+        };
+    }
+
+    fn on_init(&mut self, at: Nanos, checker: &mut Checker, frame: Bytes) -> Result<Answer, String> {
+        let (_, r) =
+            codec::decode::<InitProducerIdResponse>(ApiKey::InitProducerId, codec::INIT_PRODUCER_ID_VERSION, frame)?;
+        if r.error_code == 0 {
+            checker.on_producer_id(at, self.idx, r.producer_id.0);
+            self.producer = Some((r.producer_id.0, r.producer_epoch));
+            self.next_seq.clear();
+        }
+        Ok(classify(r.error_code, Step::Init))
+    }
+
+    /// Acknowledged partitions are done; the step is done when all are.
+    fn on_produce(&mut self, at: Nanos, checker: &mut Checker, frame: Bytes) -> Result<Answer, String> {
+        let (_, r) = codec::decode::<ProduceResponse>(ApiKey::Produce, codec::PRODUCE_VERSION, frame)?;
+        let Some(txn) = self.txn.as_mut() else { return Ok(Answer::Again) };
+        let mut worst = Answer::Done;
+        for pr in r.responses.iter().flat_map(|t| &t.partition_responses) {
+            match classify(pr.error_code, Step::Produce) {
+                Answer::Done => {
+                    if txn.acked.insert(pr.index) {
+                        checker.on_ack(at, self.idx, pr.index, pr.base_offset, &txn.parts[&pr.index].0, -1);
+                    }
+                }
+                a => worst = worst.max(a),
+            }
+        }
+        Ok(match worst {
+            Answer::Done if txn.acked.len() < txn.parts.len() => Answer::Again,
+            a => a,
+        })
     }
 
     pub fn on_closed(&mut self, conn: ConnId) {

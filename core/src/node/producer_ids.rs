@@ -74,7 +74,8 @@ impl Node {
         let id = self.producer_ids.next;
         self.producer_ids.next += 1;
         let build = move |failed: &std::collections::BTreeSet<JobId>| {
-            let result = if failed.is_empty() { Ok(id) } else { Err(KafkaError::CoordinatorLoadInProgress) };
+            let result =
+                if failed.is_empty() { Ok((id, 0)) } else { Err(KafkaError::CoordinatorLoadInProgress.code()) };
             protocol::encode_response(&ctx, &init_producer_id_response(result))
         };
         self.waiters.push(super::Waiter {
@@ -94,6 +95,7 @@ impl Node {
         ctx: &RequestContext,
         result: Result<i64, KafkaError>,
     ) -> Result<(), FrameError> {
+        let result = result.map(|id| (id, 0)).map_err(KafkaError::code);
         self.respond_bytes(conn, seq, protocol::encode_response(ctx, &init_producer_id_response(result)));
         Ok(())
     }
@@ -136,18 +138,14 @@ impl Node {
     }
 }
 
-fn init_producer_id_response(result: Result<i64, KafkaError>) -> InitProducerIdResponse {
+/// An InitProducerId answer: the producer id and epoch, or an error code (with -1, -1).
+pub(super) fn init_producer_id_response(result: Result<(i64, i16), i16>) -> InitProducerIdResponse {
     let mut resp = InitProducerIdResponse::default();
-    match result {
-        Ok(id) => {
-            resp.producer_id = ProducerId(id);
-            resp.producer_epoch = 0;
-        }
-        Err(e) => {
-            resp.error_code = e.code();
-            resp.producer_id = ProducerId(-1);
-            resp.producer_epoch = -1;
-        }
-    }
+    let (id, epoch) = result.unwrap_or_else(|code| {
+        resp.error_code = code;
+        (-1, -1)
+    });
+    resp.producer_id = ProducerId(id);
+    resp.producer_epoch = epoch;
     resp
 }

@@ -24,6 +24,7 @@ use kafka_protocol::messages::*;
 
 use super::groups::{offsets_partition, AfterDurable, Committed, PendingCommit, StoredKey, OFFSETS_TOPIC};
 use super::produce::Origin;
+use super::producer_ids::init_producer_id_response;
 use super::{Node, Then, Tp};
 use crate::log::batch;
 use crate::protocol::errors::KafkaError;
@@ -399,94 +400,66 @@ impl Node {
         req: InitProducerIdRequest,
     ) -> Result<(), FrameError> {
         let id = req.transactional_id.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
-        let answer = |node: &mut Node, code: i16, pid: i64, epoch: i16| {
-            let mut r = InitProducerIdResponse::default();
-            r.error_code = code;
-            r.producer_id = ProducerId(pid);
-            r.producer_epoch = epoch;
-            node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &r));
-        };
-        match self.txns_ready(conn, seq, &ctx, &body) {
+        let next = match self.txns_ready(conn, seq, &ctx, &body) {
             None => return Ok(()),
-            Some(0) => {}
-            Some(code) => {
-                answer(self, code, -1, -1);
+            Some(0) => self.next_producer_of(&id, &req, ctx.version),
+            Some(code) => Err(code),
+        };
+        let refuse = |node: &mut Node, code: i16| {
+            node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &init_producer_id_response(Err(code))));
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(code) => {
+                refuse(self, code);
                 return Ok(());
-            }
-        }
-        if req.transaction_timeout_ms <= 0 || req.transaction_timeout_ms > self.config.txn_max_timeout_ms {
-            answer(self, INVALID_TRANSACTION_TIMEOUT, -1, -1);
-            return Ok(());
-        }
-        let now = self.now.wall_ms;
-        let entry = self.txns.get(&id);
-        if entry.is_some_and(|e| e.busy) {
-            answer(self, TxnError::ConcurrentTransactions.code(), -1, -1);
-            return Ok(());
-        }
-        let current = entry.and_then(|e| e.meta.clone());
-        let next = match current {
-            None => match self.take_producer_id() {
-                Some(pid) => TxnMeta::new(pid, req.transaction_timeout_ms, now),
-                None => {
-                    answer(self, COORDINATOR_LOAD_IN_PROGRESS, -1, -1);
-                    return Ok(());
-                }
-            },
-            Some(m) if m.state == TxnState::Ongoing => {
-                // A new producer with this id: abort the old one's transaction, fencing it;
-                // this one retries once the abort is complete.
-                let _ = self.store_txn(&id, m.abort_and_fence(now), TxnNext::WriteMarkers { end_txn: None });
-                answer(self, TxnError::ConcurrentTransactions.code(), -1, -1);
-                return Ok(());
-            }
-            Some(m) if m.state.preparing() => {
-                answer(self, TxnError::ConcurrentTransactions.code(), -1, -1);
-                return Ok(());
-            }
-            Some(m) => {
-                let expected =
-                    (ctx.version >= 3 && req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
-                let mut fresh = None;
-                let needs_id = m.epoch >= crate::txn::EPOCH_MAX;
-                if needs_id {
-                    fresh = self.take_producer_id();
-                }
-                match m.reinit(expected, req.transaction_timeout_ms, now, || fresh) {
-                    Ok(Some(n)) => n,
-                    Ok(None) => {
-                        answer(self, COORDINATOR_LOAD_IN_PROGRESS, -1, -1);
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        answer(self, e.code(), -1, -1);
-                        return Ok(());
-                    }
-                }
             }
         };
         let ctx2 = ctx.clone();
-        let respond = TxnNext::Respond {
-            conn,
-            seq,
-            answer: Box::new(move |ok, meta| {
-                let mut r = InitProducerIdResponse::default();
-                if ok {
-                    r.producer_id = ProducerId(meta.producer_id);
-                    r.producer_epoch = meta.epoch;
-                } else {
-                    r.error_code = NOT_COORDINATOR;
-                    r.producer_id = ProducerId(-1);
-                    r.producer_epoch = -1;
-                }
-                protocol::encode_response(&ctx2, &r)
-            }),
-        };
-        if let Err(e) = self.store_txn(&id, next, respond) {
+        let answer = Box::new(move |ok: bool, meta: &TxnMeta| {
+            let result = if ok { Ok((meta.producer_id, meta.epoch)) } else { Err(NOT_COORDINATOR) };
+            protocol::encode_response(&ctx2, &init_producer_id_response(result))
+        });
+        if let Err(e) = self.store_txn(&id, next, TxnNext::Respond { conn, seq, answer }) {
             tracing::warn!(%id, error = ?e, "could not store a transaction record");
-            answer(self, NOT_COORDINATOR, -1, -1);
+            refuse(self, NOT_COORDINATOR);
         }
         Ok(())
+    }
+
+    /// The state a transactional id takes for a new producer (InitProducerId), or the error
+    /// code it gets. A transaction it finds open is aborted, fencing its producer, and the
+    /// new one is told to retry (CONCURRENT_TRANSACTIONS) until that is done.
+    fn next_producer_of(&mut self, id: &str, req: &InitProducerIdRequest, version: i16) -> Result<TxnMeta, i16> {
+        let timeout = req.transaction_timeout_ms;
+        if timeout <= 0 || timeout > self.config.txn_max_timeout_ms {
+            return Err(INVALID_TRANSACTION_TIMEOUT);
+        }
+        let now = self.now.wall_ms;
+        let entry = self.txns.get(id);
+        if entry.is_some_and(|e| e.busy) {
+            return Err(TxnError::ConcurrentTransactions.code());
+        }
+        match entry.and_then(|e| e.meta.clone()) {
+            None => {
+                self.take_producer_id().map(|pid| TxnMeta::new(pid, timeout, now)).ok_or(COORDINATOR_LOAD_IN_PROGRESS)
+            }
+            Some(m) if m.state == TxnState::Ongoing => {
+                let _ = self.store_txn(id, m.abort_and_fence(now), TxnNext::WriteMarkers { end_txn: None });
+                Err(TxnError::ConcurrentTransactions.code())
+            }
+            Some(m) if m.state.preparing() => Err(TxnError::ConcurrentTransactions.code()),
+            Some(m) => {
+                let expected =
+                    (version >= 3 && req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
+                let fresh = if m.epoch >= crate::txn::EPOCH_MAX { self.take_producer_id() } else { None };
+                match m.reinit(expected, timeout, now, || fresh) {
+                    Ok(Some(n)) => Ok(n),
+                    Ok(None) => Err(COORDINATOR_LOAD_IN_PROGRESS),
+                    Err(e) => Err(e.code()),
+                }
+            }
+        }
     }
 
     pub(super) fn handle_add_partitions_to_txn(
