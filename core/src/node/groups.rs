@@ -64,12 +64,6 @@ pub(super) struct OffsetKey {
     partition: i32,
 }
 
-impl OffsetKey {
-    pub(super) fn new(group: &str, topic: &str, partition: i32) -> OffsetKey {
-        OffsetKey { group: group.to_string(), topic: topic.to_string(), partition }
-    }
-}
-
 /// The key of a record in `__consumer_offsets`. Like Kafka's, keys start with a 2-byte
 /// version saying what they name: 1 a committed offset, 2 a group. Keys written before the
 /// version existed are bare offset keys; they never start with a zero byte (a group id is
@@ -106,6 +100,18 @@ impl StoredKey {
             legacy => postcard::from_bytes(legacy).ok().map(StoredKey::Offset),
         }
     }
+}
+
+/// A batch of committed-offset records (group, topic, partition -> offset), as OffsetCommit
+/// and TxnOffsetCommit write them.
+pub(super) fn offsets_batch(updates: &[(String, String, i32, Committed)], timestamp: i64) -> Vec<u8> {
+    let records: Vec<(Vec<u8>, Vec<u8>)> = updates
+        .iter()
+        .map(|(g, t, p, c)| (offset_key(g, t, *p), postcard::to_allocvec(c).expect("offsets serialize")))
+        .collect();
+    let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
+        records.iter().map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice()))).collect();
+    batch::encode_records(&refs, timestamp)
 }
 
 fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
@@ -575,7 +581,6 @@ impl Node {
         };
         let check = ready.and(member_check).and(if group.is_empty() { Err(INVALID_GROUP_ID) } else { Ok(()) });
         let mut updates = Vec::new();
-        let mut records = Vec::new();
         for t in &req.topics {
             let mut tr = offset_commit_response::OffsetCommitResponseTopic::default();
             tr.name = t.name.clone();
@@ -601,10 +606,6 @@ impl Node {
                             metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
                             commit_timestamp: self.now.wall_ms,
                         };
-                        records.push((
-                            offset_key(&group, t.name.0.as_str(), p.partition_index),
-                            postcard::to_allocvec(&c).expect("serializes"),
-                        ));
                         updates.push((group.clone(), t.name.0.to_string(), p.partition_index, c));
                         0
                     }
@@ -617,9 +618,7 @@ impl Node {
             self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
             return Ok(());
         }
-        let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
-            records.iter().map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice()))).collect();
-        let batch = Bytes::from(batch::encode_records(&refs, self.now.wall_ms));
+        let batch = Bytes::from(offsets_batch(&updates, self.now.wall_ms));
         match self.append_partition(OFFSETS_TOPIC, offsets_partition(&group), Some(&batch)) {
             Ok((tp, _, end, generation, _, _)) => {
                 let updates = updates.into_iter().map(|(g, t, p, c)| (g, t, p, Some(c))).collect();

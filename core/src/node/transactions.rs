@@ -22,7 +22,7 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 };
 use kafka_protocol::messages::*;
 
-use super::groups::{offsets_partition, AfterDurable, Committed, PendingCommit, StoredKey, OFFSETS_TOPIC};
+use super::groups::{offsets_partition, AfterDurable, Committed, PendingCommit, OFFSETS_TOPIC};
 use super::produce::Origin;
 use super::producer_ids::init_producer_id_response;
 use super::{Node, Then, Tp};
@@ -665,26 +665,21 @@ impl Node {
             return Ok(());
         }
         let now = self.now.wall_ms;
-        let mut updates = Vec::new();
-        let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        for t in &req.topics {
-            for p in &t.partitions {
+        let updates: Vec<(String, String, i32, Committed)> = req
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+            .map(|(t, p)| {
                 let c = Committed {
                     offset: p.committed_offset,
                     leader_epoch: p.committed_leader_epoch,
                     metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
                     commit_timestamp: now,
                 };
-                let key =
-                    StoredKey::Offset(super::groups::OffsetKey::new(&group, t.name.0.as_str(), p.partition_index))
-                        .encode();
-                records.push((key, postcard::to_allocvec(&c).expect("offsets serialize")));
-                updates.push((group.clone(), t.name.0.to_string(), p.partition_index, c));
-            }
-        }
-        let refs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
-            records.iter().map(|(k, v)| (Some(k.as_slice()), Some(v.as_slice()))).collect();
-        let mut b = batch::encode_records(&refs, now);
+                (group.clone(), t.name.0.to_string(), p.partition_index, c)
+            })
+            .collect();
+        let mut b = super::groups::offsets_batch(&updates, now);
         b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
         batch::set_producer(&mut b, req.producer_id.0, req.producer_epoch, -1);
         let b = Bytes::from(b);
