@@ -27,6 +27,15 @@ pub enum TxnState {
 }
 
 impl TxnState {
+    pub const ALL: [TxnState; 6] = [
+        TxnState::Empty,
+        TxnState::Ongoing,
+        TxnState::PrepareCommit,
+        TxnState::PrepareAbort,
+        TxnState::CompleteCommit,
+        TxnState::CompleteAbort,
+    ];
+
     /// Kafka's names, for DescribeTransactions and ListTransactions.
     pub fn name(self) -> &'static str {
         match self {

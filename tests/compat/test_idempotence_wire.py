@@ -708,12 +708,9 @@ def _write_seven_batches(c, t, pid):
     return batches
 
 
-@pytest.mark.parametrize("how", ["sigterm", "kill9"])
-def test_duplicate_of_last_batch_is_detected_after_restart(restartable, how):
-    # Kafka 4.1.1 / 4.4.0, after SIGTERM + start and after kill -9 + start
-    # alike: the retry of the last batch (seq 21 x7) -> NONE base_offset 21,
-    # not written again; the next seq 28 -> NONE 28; its retry -> NONE 28.
-    b = restartable
+def _seven_batches_then_restart(b, how):
+    """A new producer writes seven batches to a new topic; the broker restarts.
+    Returns (topic, producer id, batches, the log before the restart)."""
     t = new_topic(b.bootstrap)
     with Conn.to(b.bootstrap) as c:
         pid = new_pid(c)
@@ -721,6 +718,16 @@ def test_duplicate_of_last_batch_is_detected_after_restart(restartable, how):
         before = log(c, t)
     restart(b, how)
     wait_ready(b.bootstrap, t)
+    return t, pid, batches, before
+
+
+@pytest.mark.parametrize("how", ["sigterm", "kill9"])
+def test_duplicate_of_last_batch_is_detected_after_restart(restartable, how):
+    # Kafka 4.1.1 / 4.4.0, after SIGTERM + start and after kill -9 + start
+    # alike: the retry of the last batch (seq 21 x7) -> NONE base_offset 21,
+    # not written again; the next seq 28 -> NONE 28; its retry -> NONE 28.
+    b = restartable
+    t, pid, batches, before = _seven_batches_then_restart(b, how)
     with Conn.to(b.bootstrap) as c:
         assert produce(c, t, batches[6][1]) == (OK, 21)
         assert log(c, t) == before
@@ -741,13 +748,7 @@ def test_after_restart_the_last_five_batches_are_still_remembered(restartable, h
     # recent (out of the window, as before the restart) get 45. Nothing is
     # written either way.
     b = restartable
-    t = new_topic(b.bootstrap)
-    with Conn.to(b.bootstrap) as c:
-        pid = new_pid(c)
-        batches = _write_seven_batches(c, t, pid)
-        before = log(c, t)
-    restart(b, how)
-    wait_ready(b.bootstrap, t)
+    t, pid, batches, before = _seven_batches_then_restart(b, how)
     with Conn.to(b.bootstrap) as c:
         for i in (1, 0):
             assert produce(c, t, batches[i][1]) == (OOO, -1), "retry of batch %d" % i

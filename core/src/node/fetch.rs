@@ -94,7 +94,7 @@ impl Node {
                     aborted: None,
                     records: None,
                 };
-                let part = topic.and_then(|t| usize::try_from(fp.partition).ok().and_then(|i| t.partitions.get(i)));
+                let part = topic.and_then(|t| t.partition(fp.partition));
                 match part {
                     None => pd.error_code = KafkaError::UnknownTopicOrPartition.code(),
                     Some(p) if p.state == PartState::Offline => pd.error_code = KafkaError::KafkaStorageError.code(),
@@ -183,8 +183,7 @@ impl Node {
                 pr.partition_index = p.partition_index;
                 pr.timestamp = -1;
                 pr.offset = -1;
-                let part =
-                    topic.and_then(|tt| usize::try_from(p.partition_index).ok().and_then(|i| tt.partitions.get(i)));
+                let part = topic.and_then(|tt| tt.partition(p.partition_index));
                 let append_time = topic.is_some_and(|tt| tt.settings.log_append_time);
                 let found = match part {
                     None => Err(KafkaError::UnknownTopicOrPartition),

@@ -174,6 +174,13 @@ struct Topic {
     creating: Option<JobId>,
 }
 
+impl Topic {
+    /// The partition a request names by index, if the topic has it.
+    fn partition(&self, index: i32) -> Option<&Partition> {
+        self.partitions.get(usize::try_from(index).ok()?)
+    }
+}
+
 /// The metadata log file and its durability.
 struct MetaLog {
     file: FileId,
@@ -395,7 +402,7 @@ impl Node {
 
     /// High watermark and log end offset of a partition (for tests, the simulator and tools).
     pub fn partition_offsets(&self, topic: &str, partition: i32) -> Option<(Offset, Offset, Offset)> {
-        let p = self.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)?;
+        let p = self.topics.get(topic)?.partition(partition)?;
         Some((p.log.log_start_offset, p.log.high_watermark, p.log.log_end_offset))
     }
 
@@ -915,7 +922,7 @@ impl Node {
 
     fn partition(&self, tp: Tp) -> Option<&Partition> {
         let name = self.names.get(&tp.0)?;
-        self.topics.get(name)?.partitions.get(usize::try_from(tp.1).ok()?)
+        self.topics.get(name)?.partition(tp.1)
     }
 
     fn topic_settings(&self, tp: Tp) -> Option<&TopicSettings> {

@@ -150,10 +150,7 @@ impl Node {
         let t = self.topics.get(topic).ok_or(KafkaError::UnknownTopicOrPartition)?;
         let settings = t.settings.clone();
         let tp = (t.id, partition);
-        let p = usize::try_from(partition)
-            .ok()
-            .and_then(|i| t.partitions.get(i))
-            .ok_or(KafkaError::UnknownTopicOrPartition)?;
+        let p = t.partition(partition).ok_or(KafkaError::UnknownTopicOrPartition)?;
         match p.state {
             PartState::Online => {}
             PartState::Offline => return Err(KafkaError::KafkaStorageError),

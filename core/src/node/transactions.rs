@@ -477,12 +477,8 @@ impl Node {
             .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), *p)))
             .collect();
         let ready = self.txns_ready(conn, seq, &ctx, &body);
-        let unknown: Vec<bool> = asked
-            .iter()
-            .map(|(t, p)| {
-                self.topics.get(t).is_none_or(|t| usize::try_from(*p).map_or(true, |i| i >= t.partitions.len()))
-            })
-            .collect();
+        let unknown: Vec<bool> =
+            asked.iter().map(|(t, p)| self.topics.get(t).and_then(|t| t.partition(*p)).is_none()).collect();
         let result = match ready {
             None => return Ok(()),
             Some(0) if unknown.contains(&true) => Err(None),
@@ -756,10 +752,13 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: ListTransactionsRequest = protocol::decode_body(body, ctx.version)?;
         let mut resp = ListTransactionsResponse::default();
-        let known = ["Empty", "Ongoing", "PrepareCommit", "PrepareAbort", "CompleteCommit", "CompleteAbort"];
         let states: Vec<&str> = req.state_filters.iter().map(|s| s.as_str()).collect();
-        resp.unknown_state_filters =
-            req.state_filters.iter().filter(|s| !known.contains(&s.as_str())).cloned().collect();
+        resp.unknown_state_filters = req
+            .state_filters
+            .iter()
+            .filter(|s| !TxnState::ALL.iter().any(|k| k.name() == s.as_str()))
+            .cloned()
+            .collect();
         let pattern = req.transactional_id_pattern.as_ref().map(|p| p.to_string()).filter(|p| !p.is_empty());
         let literal = match pattern.as_deref() {
             None | Some(".*") => None,
@@ -850,7 +849,7 @@ impl Node {
             for p in &t.partition_indexes {
                 let mut pr = describe_producers_response::PartitionResponse::default();
                 pr.partition_index = *p;
-                match topic.and_then(|tt| usize::try_from(*p).ok().and_then(|i| tt.partitions.get(i))) {
+                match topic.and_then(|tt| tt.partition(*p)) {
                     None => pr.error_code = KafkaError::UnknownTopicOrPartition.code(),
                     Some(part) if part.state != super::PartState::Online => {
                         pr.error_code = KafkaError::LeaderNotAvailable.code()
