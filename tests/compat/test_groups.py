@@ -589,8 +589,15 @@ def test_commits_survive_kill9_and_deleted_groups_stay_deleted(broker):
     del admin
 
     def offsets(group):
-        with wire.Conn.to(broker.bootstrap, timeout=15) as c:
-            got = parse_offset_fetch_v1(c.request(OFFSET_FETCH, 1, offset_fetch_v1(group, topic, [0, 1])))
+        # Right after a start the coordinator may still be loading the offsets topic and answer
+        # COORDINATOR_LOAD_IN_PROGRESS (14), as Kafka does; a client retries, and so does this.
+        deadline = time.monotonic() + 20
+        while True:
+            with wire.Conn.to(broker.bootstrap, timeout=15) as c:
+                got = parse_offset_fetch_v1(c.request(OFFSET_FETCH, 1, offset_fetch_v1(group, topic, [0, 1])))
+            if time.monotonic() > deadline or any(v["error"] != 14 for v in got.values()):
+                break
+            time.sleep(0.05)
         assert {k: v["error"] for k, v in got.items()} == {(topic, 0): NONE, (topic, 1): NONE}, got
         return {p: got[(topic, p)]["offset"] for p in (0, 1)}
 
