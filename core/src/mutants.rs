@@ -38,6 +38,15 @@ pub enum Mutant {
     /// Offsets committed in a transaction become visible as soon as they are durable, before
     /// the transaction commits (and even if it aborts).
     TxnOffsetsBeforeCommit = 13,
+    /// Raft: a vote is granted without checking that the candidate's log is as complete.
+    VoteWithoutLogCheck = 14,
+    /// Raft: a vote is answered before the vote is durable (a crash forgets it).
+    VoteNotSynced = 15,
+    /// Raft: the leader commits entries of earlier epochs by counting replicas, before an
+    /// entry of its own epoch is on a majority (Raft paper, figure 8).
+    CommitByCount = 16,
+    /// Raft: a voter reports (fetches from) its log end before that end is durable.
+    ReportBeforeSync = 17,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -54,6 +63,10 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::ProducerStateNotCut, "producer-state-not-cut"),
     (Mutant::StablePastOpenTxn, "stable-past-open-txn"),
     (Mutant::TxnOffsetsBeforeCommit, "txn-offsets-before-commit"),
+    (Mutant::VoteWithoutLogCheck, "vote-without-log-check"),
+    (Mutant::VoteNotSynced, "vote-not-synced"),
+    (Mutant::CommitByCount, "commit-by-count"),
+    (Mutant::ReportBeforeSync, "report-before-sync"),
 ];
 
 pub fn by_name(name: &str) -> Option<Mutant> {
