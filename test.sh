@@ -12,4 +12,6 @@ cargo build --workspace --bins
 cargo test --workspace
 # A bounded fault-injection sweep of the deterministic simulator (release build: ~200 runs/s).
 cargo run --release -q -p sluice-sim -- sweep --seeds 1..2000 --jobs 2
+# The metadata quorum on its own: 3 and 5 voters under crashes, pauses and partitions.
+cargo run --release -q -p sluice-sim -- sweep --scenario quorum --seeds 1..5000 --jobs 2
 bash tests/compat/run.sh

@@ -69,6 +69,17 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::ReportBeforeSync, "report-before-sync"),
 ];
 
+/// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
+/// metadata quorum, which the `quorum` scenario drives; the rest in the broker node.
+pub fn scenario(m: Mutant) -> &'static str {
+    match m {
+        Mutant::VoteWithoutLogCheck | Mutant::VoteNotSynced | Mutant::CommitByCount | Mutant::ReportBeforeSync => {
+            "quorum"
+        }
+        _ => "default",
+    }
+}
+
 pub fn by_name(name: &str) -> Option<Mutant> {
     ALL.iter().find(|(_, n)| *n == name).map(|(m, _)| *m)
 }

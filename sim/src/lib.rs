@@ -9,6 +9,8 @@ pub mod checker;
 pub mod codec;
 pub mod group;
 pub mod group848;
+pub mod quorum;
+pub mod quorum_checker;
 pub mod txn;
 pub mod workload;
 
@@ -87,6 +89,67 @@ pub struct RunOpts {
     pub keep_trace: bool,
     /// Overrides the safety phase's length.
     pub safety_ms: Option<u64>,
+    pub scenario: Scenario,
+}
+
+/// What a run drives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Scenario {
+    /// The broker node with Kafka clients (`run`).
+    #[default]
+    Default,
+    /// The metadata quorum's voters on their own (`quorum::run`).
+    Quorum,
+}
+
+impl Scenario {
+    pub fn parse(s: &str) -> Option<Scenario> {
+        match s {
+            "default" => Some(Scenario::Default),
+            "quorum" => Some(Scenario::Quorum),
+            _ => None,
+        }
+    }
+}
+
+/// Any scenario's run, reduced to what the CLI and the sweep print.
+pub struct Outcome {
+    pub ok: bool,
+    pub summary: String,
+    pub first_violation: String,
+    pub replay: String,
+    pub events: u64,
+    pub sim_ns: Nanos,
+    pub trace_lines: Vec<String>,
+}
+
+pub fn run_scenario(seed: u64, opts: &RunOpts) -> Outcome {
+    match opts.scenario {
+        Scenario::Default => {
+            let r = run(seed, opts);
+            Outcome {
+                ok: r.ok(),
+                summary: r.summary(),
+                first_violation: r.violations.first().cloned().unwrap_or_default(),
+                replay: r.replay_command(),
+                events: r.stats.events,
+                sim_ns: r.sim_ns,
+                trace_lines: r.trace_lines,
+            }
+        }
+        Scenario::Quorum => {
+            let r = quorum::run(seed, opts);
+            Outcome {
+                ok: r.ok(),
+                summary: r.summary(),
+                first_violation: r.violations.first().cloned().unwrap_or_default(),
+                replay: r.replay_command(),
+                events: r.stats.events,
+                sim_ns: r.sim_ns,
+                trace_lines: Vec::new(),
+            }
+        }
+    }
 }
 
 fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {

@@ -4,11 +4,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sluice_sim::{run, RunOpts};
+use sluice_sim::{run_scenario, RunOpts, Scenario};
 
 const USAGE: &str = "usage:
-  sluice-sim run --seed N [--trace FILE.jsonl] [--mutant NAME] [--safety-ms MS] [--verbose]
-  sluice-sim sweep --seeds A..B [--jobs N] [--mutant NAME] [--safety-ms MS]
+  sluice-sim run --seed N [--scenario default|quorum] [--trace FILE.jsonl] [--mutant NAME] [--safety-ms MS] [--verbose]
+  sluice-sim sweep --seeds A..B [--scenario default|quorum] [--jobs N] [--mutant NAME] [--safety-ms MS]
   sluice-sim mutants
 ";
 
@@ -18,8 +18,8 @@ fn main() {
         Some("run") => cmd_run(&args[1..]),
         Some("sweep") => cmd_sweep(&args[1..]),
         Some("mutants") => {
-            for (_, name) in sluice_core::mutants::ALL {
-                println!("{name}");
+            for (m, name) in sluice_core::mutants::ALL {
+                println!("{name} (scenario {})", sluice_core::mutants::scenario(*m));
             }
             Ok(0)
         }
@@ -47,7 +47,11 @@ fn opts(args: &[String]) -> Result<RunOpts, String> {
     }
     let safety_ms =
         opt(args, "--safety-ms").map(|s| s.parse().map_err(|_| format!("bad --safety-ms {s}"))).transpose()?;
-    Ok(RunOpts { mutant, keep_trace: opt(args, "--trace").is_some(), safety_ms })
+    let scenario = match opt(args, "--scenario") {
+        None => Scenario::Default,
+        Some(s) => Scenario::parse(s).ok_or_else(|| format!("unknown scenario {s:?}: default or quorum"))?,
+    };
+    Ok(RunOpts { mutant, keep_trace: opt(args, "--trace").is_some(), safety_ms, scenario })
 }
 
 fn cmd_run(args: &[String]) -> Result<i32, String> {
@@ -62,24 +66,24 @@ fn cmd_run(args: &[String]) -> Result<i32, String> {
     let seed: u64 = opt(args, "--seed").ok_or("run needs --seed N")?.parse().map_err(|_| "bad --seed")?;
     let o = opts(args)?;
     let started = Instant::now();
-    let r = run(seed, &o);
+    let r = run_scenario(seed, &o);
     let wall = started.elapsed();
     if let Some(path) = opt(args, "--trace") {
         std::fs::write(path, r.trace_lines.join("\n") + "\n").map_err(|e| format!("{path}: {e}"))?;
     }
     println!(
         "{}",
-        r.summary().replace(
+        r.summary.replace(
             "\ntrace=",
             &format!(
                 "\nwall {:.1} ms ({:.0}x real time, {:.0} events/s)\ntrace=",
                 wall.as_secs_f64() * 1e3,
                 r.sim_ns as f64 / 1e9 / wall.as_secs_f64(),
-                r.stats.events as f64 / wall.as_secs_f64()
+                r.events as f64 / wall.as_secs_f64()
             )
         )
     );
-    Ok(if r.ok() { 0 } else { 1 })
+    Ok(if r.ok { 0 } else { 1 })
 }
 
 fn cmd_sweep(args: &[String]) -> Result<i32, String> {
@@ -104,15 +108,11 @@ fn cmd_sweep(args: &[String]) -> Result<i32, String> {
             if seed > b {
                 return;
             }
-            let r = run(seed, &o);
-            events.fetch_add(r.stats.events, Ordering::Relaxed);
+            let r = run_scenario(seed, &o);
+            events.fetch_add(r.events, Ordering::Relaxed);
             sim_ns.fetch_add(r.sim_ns, Ordering::Relaxed);
-            if !r.ok() {
-                failures.lock().expect("not poisoned").push((
-                    seed,
-                    r.violations.first().cloned().unwrap_or_default(),
-                    r.replay_command(),
-                ));
+            if !r.ok {
+                failures.lock().expect("not poisoned").push((seed, r.first_violation, r.replay));
             }
             done.fetch_add(1, Ordering::SeqCst);
         }));

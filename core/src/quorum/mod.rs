@@ -54,19 +54,37 @@ pub enum EntryKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Asks for a vote in `epoch`. A pre-vote asks "would you", and changes nothing.
-    Vote { epoch: Epoch, last_epoch: Epoch, log_end: Offset, pre_vote: bool },
+    Vote {
+        epoch: Epoch,
+        last_epoch: Epoch,
+        log_end: Offset,
+        pre_vote: bool,
+    },
     /// The voter's epoch and the leader it knows in it, if any.
-    VoteResponse { epoch: Epoch, leader: Option<NodeId>, granted: bool, pre_vote: bool },
+    VoteResponse {
+        epoch: Epoch,
+        leader: Option<NodeId>,
+        granted: bool,
+        pre_vote: bool,
+    },
     /// A new leader announces itself.
-    BeginQuorumEpoch { epoch: Epoch },
+    BeginQuorumEpoch {
+        epoch: Epoch,
+    },
     /// `fetch_offset` is the fetcher's log end, durable; `last_epoch` the epoch of the entry
-    /// before it.
-    Fetch { epoch: Epoch, fetch_offset: Offset, last_epoch: Epoch },
+    /// before it. `request` is echoed in the answer, so a late or duplicated answer is known.
+    Fetch {
+        epoch: Epoch,
+        fetch_offset: Offset,
+        last_epoch: Epoch,
+        request: u64,
+    },
     FetchResponse(FetchResponse),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchResponse {
+    pub request: u64,
     pub epoch: Epoch,
     pub leader: Option<NodeId>,
     /// Set when the fetch was refused (stale epoch, or not the leader): nothing else applies.
@@ -74,7 +92,7 @@ pub struct FetchResponse {
     pub high_watermark: Offset,
     /// The logs part before the fetch offset: truncate to (at most) this offset of this epoch.
     pub diverging: Option<(Epoch, Offset)>,
-    /// Entries starting at `start`.
+    /// The fetch offset asked for: entries start here.
     pub start: Offset,
     pub entries: Vec<Entry>,
 }
@@ -141,14 +159,24 @@ pub struct Persisted {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
     /// No leader known in this epoch: an election starts at `election_at`.
-    Unattached { election_at: Instant },
+    Unattached {
+        election_at: Instant,
+    },
     /// Canvassing with pre-votes; `votes` includes itself.
-    Prospective { votes: BTreeSet<NodeId>, deadline: Instant },
+    Prospective {
+        votes: BTreeSet<NodeId>,
+        deadline: Instant,
+    },
     /// Asking for votes in its own epoch; `votes` counts its own once it is durable.
-    Candidate { votes: BTreeSet<NodeId>, deadline: Instant },
+    Candidate {
+        votes: BTreeSet<NodeId>,
+        deadline: Instant,
+    },
     Leader(LeaderState),
     /// Fetching from `leader` (the field of the quorum).
-    Follower { last_heard: Instant },
+    Follower {
+        last_heard: Instant,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,6 +200,7 @@ pub struct Progress {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Parked {
+    request: u64,
     fetch_offset: Offset,
     deadline: Instant,
 }
@@ -212,8 +241,9 @@ pub struct Quorum {
     next_sync_id: u64,
     /// Messages that may leave only once the state version they carry is durable.
     deferred: Vec<(u64, NodeId, Message)>,
-    /// A follower's outstanding fetch and when it was sent.
-    fetch_sent: Option<Instant>,
+    /// A follower's outstanding fetch: when it was sent, and its request id.
+    fetch_sent: Option<(Instant, u64)>,
+    next_request: u64,
     /// The leader appended during this input: parked fetches have something new.
     appended: bool,
     actions: VecDeque<Action>,
@@ -241,6 +271,7 @@ impl Quorum {
             next_sync_id: 1,
             deferred: Vec::new(),
             fetch_sent: None,
+            next_request: 1,
             appended: false,
             actions: VecDeque::new(),
             cfg,
@@ -301,7 +332,7 @@ impl Quorum {
                 Some(parked.map_or(self.check_quorum_at(l), |p| p.min(self.check_quorum_at(l))))
             }
         };
-        let refetch = self.fetch_sent.map(|at| at.plus_millis(self.refetch_ms()));
+        let refetch = self.fetch_sent.map(|(at, _)| at.plus_millis(self.refetch_ms()));
         [role_at, refetch].into_iter().flatten().min()
     }
 
@@ -320,7 +351,7 @@ impl Quorum {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.fetch_sent.is_some_and(|at| now >= at.plus_millis(self.refetch_ms())) {
+        if self.fetch_sent.is_some_and(|(at, _)| now >= at.plus_millis(self.refetch_ms())) {
             self.fetch_sent = None; // lost, or its answer was: ask again
         }
         match &self.role {
@@ -332,7 +363,10 @@ impl Quorum {
                 self.become_prospective(now)
             }
             Role::Leader(l) if now >= self.check_quorum_at(l) => {
-                tracing::info!(epoch = self.epoch, "quorum leader resigns: no majority fetched within the check-quorum time");
+                tracing::info!(
+                    epoch = self.epoch,
+                    "quorum leader resigns: no majority fetched within the check-quorum time"
+                );
                 self.become_unattached(now, self.epoch);
             }
             _ => {}
@@ -378,7 +412,9 @@ impl Quorum {
                     self.become_follower(now, epoch, from);
                 }
             }
-            Message::Fetch { epoch, fetch_offset, last_epoch } => self.on_fetch(now, from, epoch, fetch_offset, last_epoch),
+            Message::Fetch { epoch, fetch_offset, last_epoch, request } => {
+                self.on_fetch(now, from, epoch, (fetch_offset, last_epoch), request)
+            }
             Message::FetchResponse(r) => self.on_fetch_response(now, from, r),
         }
         self.after(now);
@@ -420,7 +456,8 @@ impl Quorum {
         tracing::info!(epoch = self.epoch, node = self.cfg.node_id, "quorum leader elected");
         self.leader = Some(self.cfg.node_id);
         let epoch_start = self.log.end();
-        let progress = self.others().into_iter().map(|v| (v, Progress { end: 0, last_fetch: now, hw_sent: -1 })).collect();
+        let progress =
+            self.others().into_iter().map(|v| (v, Progress { end: 0, last_fetch: now, hw_sent: -1 })).collect();
         self.role = Role::Leader(LeaderState { epoch_start, progress, parked: BTreeMap::new() });
         self.append_local(EntryKind::LeaderChange { leader: self.cfg.node_id });
         for v in self.others() {
@@ -469,7 +506,8 @@ impl Quorum {
         if !pre_vote {
             self.observe_epoch(now, epoch, None);
         }
-        let granted = if pre_vote { self.grant_pre_vote(now, epoch, last) } else { self.grant_vote(now, from, epoch, last) };
+        let granted =
+            if pre_vote { self.grant_pre_vote(now, epoch, last) } else { self.grant_vote(now, from, epoch, last) };
         let resp = Message::VoteResponse { epoch: self.epoch, leader: self.leader, granted, pre_vote };
         if granted && !pre_vote && !mutants::active(Mutant::VoteNotSynced) {
             self.deferred.push((self.state_version, from, resp));
@@ -512,6 +550,14 @@ impl Quorum {
         pre_vote: bool,
     ) {
         self.observe_epoch(now, epoch, leader);
+        if let Some(l) = leader.filter(|&l| epoch < self.epoch && l != self.cfg.node_id) {
+            // A leader of an older epoch that this member, stranded at a newer one (it stood
+            // for election where nobody heard it), can neither follow nor unseat with
+            // pre-votes its followers refuse. Showing the leader the newer epoch makes it
+            // step down, and the election that follows takes everyone past it (etcd answers
+            // a stale leader the same way).
+            self.send(l, self.fetch_request(0));
+        }
         // A voter names a leader this member did not know of: follow it. (One it knew and
         // lost touch with is no news: the election goes on.)
         let news = leader.filter(|&l| epoch == self.epoch && self.leader != Some(l) && l != self.cfg.node_id);
@@ -569,15 +615,22 @@ impl Quorum {
         }
     }
 
-    fn on_fetch(&mut self, now: Instant, from: NodeId, epoch: Epoch, fetch_offset: Offset, last_epoch: Epoch) {
+    fn on_fetch(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        epoch: Epoch,
+        (fetch_offset, last_epoch): (Offset, Epoch),
+        request: u64,
+    ) {
         self.observe_epoch(now, epoch, None);
         if epoch < self.epoch || !self.is_leader() || fetch_offset < 0 {
-            self.send(from, Message::FetchResponse(self.refusal()));
+            self.send(from, Message::FetchResponse(self.refusal(request)));
             return;
         }
         let (end_epoch, end) = self.log.end_offset_for(last_epoch);
         if fetch_offset > 0 && (end_epoch < last_epoch || end < fetch_offset) {
-            let resp = self.fetch_response(Some((end_epoch, end)), end, Vec::new());
+            let resp = self.fetch_response(request, Some((end_epoch, end)), fetch_offset, Vec::new());
             self.send(from, Message::FetchResponse(resp));
             return;
         }
@@ -587,7 +640,7 @@ impl Quorum {
         p.last_fetch = now;
         let nothing_new = fetch_offset >= self.log.end() && p.hw_sent == self.high_watermark;
         let deadline = now.plus_millis(self.cfg.fetch_max_wait_ms);
-        l.parked.insert(from, Parked { fetch_offset, deadline });
+        l.parked.insert(from, Parked { request, fetch_offset, deadline });
         // The high watermark this report may move is moved in `after`, which then answers
         // every parked fetch.
         if !nothing_new {
@@ -595,8 +648,9 @@ impl Quorum {
         }
     }
 
-    fn refusal(&self) -> FetchResponse {
+    fn refusal(&self, request: u64) -> FetchResponse {
         FetchResponse {
+            request,
             epoch: self.epoch,
             leader: self.leader,
             refused: true,
@@ -607,8 +661,15 @@ impl Quorum {
         }
     }
 
-    fn fetch_response(&self, diverging: Option<(Epoch, Offset)>, start: Offset, entries: Vec<Entry>) -> FetchResponse {
+    fn fetch_response(
+        &self,
+        request: u64,
+        diverging: Option<(Epoch, Offset)>,
+        start: Offset,
+        entries: Vec<Entry>,
+    ) -> FetchResponse {
         FetchResponse {
+            request,
             epoch: self.epoch,
             leader: self.leader,
             refused: false,
@@ -628,7 +689,7 @@ impl Quorum {
             prog.hw_sent = hw;
         }
         let entries = self.log.slice(p.fetch_offset, self.cfg.fetch_max_entries);
-        let resp = self.fetch_response(None, p.fetch_offset, entries);
+        let resp = self.fetch_response(p.request, None, p.fetch_offset, entries);
         self.send(to, Message::FetchResponse(resp));
     }
 
@@ -664,14 +725,17 @@ impl Quorum {
 
     fn on_fetch_response(&mut self, now: Instant, from: NodeId, r: FetchResponse) {
         self.observe_epoch(now, r.epoch, r.leader);
-        if r.epoch < self.epoch || self.is_leader() {
-            return;
+        let current = self.fetch_sent.is_some_and(|(_, id)| id == r.request) && self.leader == Some(from);
+        if r.epoch < self.epoch || self.is_leader() || !current {
+            return; // late, duplicated, or from an older epoch
         }
         if r.refused {
-            if let Some(l) = r.leader.filter(|&l| r.epoch == self.epoch && l != self.cfg.node_id) {
-                self.become_follower(now, r.epoch, l);
+            // The node followed does not lead this epoch (it resigned): follow the leader it
+            // names, or stand for election in time.
+            match r.leader {
+                Some(l) if l != from && l != self.cfg.node_id => self.become_follower(now, r.epoch, l),
+                _ => self.become_unattached(now, self.epoch),
             }
-            self.fetch_sent = None;
             return;
         }
         if r.leader != Some(from) {
@@ -735,9 +799,14 @@ impl Quorum {
         if self.fetch_sent.is_some() || !reports_durable || matches!(self.role, Role::Candidate { .. }) {
             return;
         }
-        self.fetch_sent = Some(now);
-        let msg = Message::Fetch { epoch: self.epoch, fetch_offset: self.log.end(), last_epoch: self.log.last_epoch() };
-        self.send(leader, msg);
+        let request = self.next_request;
+        self.next_request += 1;
+        self.fetch_sent = Some((now, request));
+        self.send(leader, self.fetch_request(request));
+    }
+
+    fn fetch_request(&self, request: u64) -> Message {
+        Message::Fetch { epoch: self.epoch, fetch_offset: self.log.end(), last_epoch: self.log.last_epoch(), request }
     }
 
     fn refetch_ms(&self) -> u64 {

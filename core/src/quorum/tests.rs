@@ -43,8 +43,7 @@ impl Net {
 
     /// Applies a node's writes to its disk (all durable at once) and queues its messages.
     fn drain(&mut self, id: NodeId) {
-        loop {
-            let Some(a) = self.nodes.get_mut(&id).unwrap().poll_action() else { break };
+        while let Some(a) = self.nodes.get_mut(&id).unwrap().poll_action() {
             match a {
                 Action::Send { to, msg } => self.queue.push_back((id, to, msg)),
                 Action::Write(w) => {
@@ -134,7 +133,10 @@ fn a_sole_voter_leads_at_once_and_commits_on_its_own_sync() {
         writes.push(a);
     }
     assert!(!q.is_leader(), "not before its vote is durable");
-    assert!(matches!(writes[..], [Action::Write(Write::State { epoch: 1, voted_for: Some(1) }), Action::Write(Write::Sync { id: 1 })]));
+    assert!(matches!(
+        writes[..],
+        [Action::Write(Write::State { epoch: 1, voted_for: Some(1) }), Action::Write(Write::Sync { id: 1 })]
+    ));
     q.handle_synced(Instant::ZERO, 1);
     assert!(q.is_leader());
     let o = q.propose(Instant::ZERO, b"x".to_vec()).unwrap();
@@ -142,9 +144,13 @@ fn a_sole_voter_leads_at_once_and_commits_on_its_own_sync() {
     assert_eq!(q.high_watermark(), 0, "nothing committed before a sync");
     // One sync in flight at a time: the first covers the LeaderChange entry, the next the rest.
     let mut syncs = 0;
-    while let Some(id) = std::iter::from_fn(|| q.poll_action())
-        .find_map(|a| if let Action::Write(Write::Sync { id }) = a { Some(id) } else { None })
-    {
+    while let Some(id) = std::iter::from_fn(|| q.poll_action()).find_map(|a| {
+        if let Action::Write(Write::Sync { id }) = a {
+            Some(id)
+        } else {
+            None
+        }
+    }) {
         q.handle_synced(Instant::ZERO, id);
         syncs += 1;
     }
@@ -195,7 +201,10 @@ fn an_isolated_leader_resigns_and_the_rest_elect_another() {
             assert_ne!(record(q, lost), Some(b"lost".to_vec()), "the uncommitted entry was replaced");
         }
     }
-    assert_eq!(net.nodes[&old].log().entry(lost).map(|e| e.epoch), net.nodes[&new[0]].log().entry(lost).map(|e| e.epoch));
+    assert_eq!(
+        net.nodes[&old].log().entry(lost).map(|e| e.epoch),
+        net.nodes[&new[0]].log().entry(lost).map(|e| e.epoch)
+    );
 }
 
 #[test]
@@ -252,7 +261,11 @@ fn votes_need_an_up_to_date_log_and_are_durable_before_they_are_sent() {
     // The move to epoch 3 is being synced (sync 1); the vote is written after it.
     q.handle_message(now, 3, Message::Vote { epoch: 3, last_epoch: 2, log_end: 2, pre_vote: false });
     let acts: Vec<Action> = std::iter::from_fn(|| q.poll_action()).collect();
-    assert_eq!(acts, vec![Action::Write(Write::State { epoch: 3, voted_for: Some(3) })], "no grant before the vote is durable");
+    assert_eq!(
+        acts,
+        vec![Action::Write(Write::State { epoch: 3, voted_for: Some(3) })],
+        "no grant before the vote is durable"
+    );
     q.handle_synced(now, 1);
     let acts: Vec<Action> = std::iter::from_fn(|| q.poll_action()).collect();
     assert_eq!(acts, vec![Action::Write(Write::Sync { id: 2 })], "sync 1 did not cover the vote");
@@ -265,14 +278,50 @@ fn votes_need_an_up_to_date_log_and_are_durable_before_they_are_sent() {
     // One vote per epoch.
     q.handle_message(now, 2, Message::Vote { epoch: 3, last_epoch: 5, log_end: 9, pre_vote: false });
     let acts: Vec<Action> = std::iter::from_fn(|| q.poll_action()).collect();
-    assert!(acts.iter().any(|a| matches!(a, Action::Send { to: 2, msg: Message::VoteResponse { granted: false, .. } })));
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Send { to: 2, msg: Message::VoteResponse { granted: false, .. } })));
 }
 
 #[test]
 fn restart_keeps_the_epoch_and_vote_and_the_log_wins_over_a_lost_state_write() {
     let e = |epoch| Entry { epoch, kind: EntryKind::Record(vec![]) };
-    let q = Quorum::new(QuorumConfig::new(1, [1, 2, 3]), Persisted { epoch: 4, voted_for: Some(2), entries: vec![e(3)] }, 1, Instant::ZERO);
+    let q = Quorum::new(
+        QuorumConfig::new(1, [1, 2, 3]),
+        Persisted { epoch: 4, voted_for: Some(2), entries: vec![e(3)] },
+        1,
+        Instant::ZERO,
+    );
     assert_eq!((q.epoch(), q.voted_for()), (4, Some(2)));
-    let q = Quorum::new(QuorumConfig::new(1, [1, 2, 3]), Persisted { epoch: 2, voted_for: Some(2), entries: vec![e(5)] }, 1, Instant::ZERO);
+    let q = Quorum::new(
+        QuorumConfig::new(1, [1, 2, 3]),
+        Persisted { epoch: 2, voted_for: Some(2), entries: vec![e(5)] },
+        1,
+        Instant::ZERO,
+    );
     assert_eq!((q.epoch(), q.voted_for()), (5, None), "the state on disk was older than the log");
+}
+
+#[test]
+fn a_voter_stranded_at_a_newer_epoch_brings_the_quorum_past_it() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.run_ms(3_000);
+    let l = net.leaders()[0];
+    let stranded = (1..=3).find(|&i| i != l).unwrap();
+    // As if it had stood for election at epoch 9 where nobody heard it: its pre-votes are
+    // refused by voters that follow the leader, and it cannot follow an older epoch.
+    let mut disk = net.disks[&stranded].clone();
+    (disk.epoch, disk.voted_for) = (9, Some(stranded));
+    net.start(stranded, disk);
+    net.run_ms(10_000);
+    let leaders = net.leaders();
+    assert_eq!(leaders.len(), 1);
+    let epoch = net.nodes[&leaders[0]].epoch();
+    assert!(epoch > 9, "the quorum moved past the stranded epoch: {epoch}");
+    let o = net.propose(leaders[0], b"after");
+    net.run_ms(1_000);
+    for q in net.nodes.values() {
+        assert_eq!((q.epoch(), q.leader()), (epoch, Some(leaders[0])), "node {}", q.node_id());
+        assert_eq!(record(q, o), Some(b"after".to_vec()));
+    }
 }
