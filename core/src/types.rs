@@ -40,7 +40,7 @@ pub struct ConnId(pub u64);
 pub struct BrokerId(pub i32);
 
 /// A file that core asked the runtime to open; the runtime maps it to a handle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FileId(pub u64);
 
 /// One disk operation, so its completion can be matched to its purpose.

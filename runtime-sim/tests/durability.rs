@@ -372,3 +372,30 @@ fn list_offsets_by_timestamp_looks_inside_batches() {
         assert_eq!((p.offset, p.timestamp), want, "query {query}");
     }
 }
+
+/// A data directory written before the metadata quorum (topics in `.sluice-meta/metadata.log`)
+/// keeps its topics: that log is read as the base the quorum's records apply on, and topics
+/// created since live in the quorum's log.
+#[test]
+fn topics_of_a_pre_quorum_metadata_log_are_kept() {
+    use sluice_core::metadata::{encode_record, MetaRecord};
+    let mut sim = SimNode::new(NodeConfig::default(), 8);
+    let old = MetaRecord::TopicCreated { name: "old".into(), id: [7; 16], partitions: 2, configs: vec![] };
+    sim.disk.append_durable(".sluice-meta/metadata.log", &encode_record(&old));
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    sim.crash_and_restart(&mut rng);
+    create_topic(&mut sim, "new", 1);
+    sim.crash_and_restart(&mut rng);
+    let mut md = MetadataRequest::default();
+    md.topics = None;
+    sim.request(C, frame(ApiKey::Metadata, 9, 4, &md));
+    let resp: MetadataResponse = decode(ApiKey::Metadata, 9, sim.take_response(C).unwrap());
+    let mut topics: Vec<(String, usize)> =
+        resp.topics.iter().map(|t| (t.name.as_ref().unwrap().0.to_string(), t.partitions.len())).collect();
+    topics.sort();
+    assert_eq!(topics, vec![("new".to_string(), 1), ("old".to_string(), 2)]);
+    produce(&mut sim, "old", &[b"kept".to_vec()], 5);
+    sim.complete_syncs();
+    assert_eq!(take_produce(&mut sim), Some((0, 0)));
+    assert_eq!(read_all(&mut sim, "old", 0).0, vec![(0, b"kept".to_vec())]);
+}

@@ -76,17 +76,37 @@ impl MetadataImage {
 }
 
 pub fn encode_record(rec: &MetaRecord) -> Vec<u8> {
-    let body = postcard::to_allocvec(rec).expect("metadata records serialize");
-    let mut out = Vec::with_capacity(8 + body.len());
-    out.extend_from_slice(&u32::try_from(body.len()).expect("small").to_be_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    encode_frame(&postcard::to_allocvec(rec).expect("metadata records serialize"))
 }
 
 /// Decodes records from the start of the log. Returns them and the length of the valid
 /// prefix; anything after it is a torn or corrupt tail to cut off.
 pub fn decode_log(buf: &[u8]) -> (Vec<MetaRecord>, usize) {
+    let (frames, _) = decode_frames(buf);
+    let mut at = 0;
+    let mut out = Vec::new();
+    for f in frames {
+        match postcard::from_bytes::<MetaRecord>(f) {
+            Ok(r) => out.push(r),
+            Err(_) => break,
+        }
+        at += 8 + f.len();
+    }
+    (out, at)
+}
+
+/// One frame of a metadata file: `len u32 | crc32c u32 | body`, big-endian.
+pub fn encode_frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + body.len());
+    out.extend_from_slice(&u32::try_from(body.len()).expect("small").to_be_bytes());
+    out.extend_from_slice(&crc32c::crc32c(body).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The bodies of the whole frames at the start of `buf` whose checksums hold, and the
+/// length they cover.
+pub fn decode_frames(buf: &[u8]) -> (Vec<&[u8]>, usize) {
     let mut at = 0;
     let mut out = Vec::new();
     while buf.len() - at >= 8 {
@@ -98,10 +118,7 @@ pub fn decode_log(buf: &[u8]) -> (Vec<MetaRecord>, usize) {
         if crc32c::crc32c(body) != crc {
             break;
         }
-        match postcard::from_bytes::<MetaRecord>(body) {
-            Ok(r) => out.push(r),
-            Err(_) => break,
-        }
+        out.push(body);
         at += 8 + len;
     }
     (out, at)

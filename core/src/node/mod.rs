@@ -10,6 +10,7 @@ mod admin;
 mod consumer_groups;
 mod fetch;
 mod groups;
+mod metadata_quorum;
 mod produce;
 mod producer_ids;
 mod recovery;
@@ -26,7 +27,7 @@ use crate::config::{NodeConfig, TopicSettings};
 use crate::io::{DiskError, DiskOp, DiskReply, Input, Output, Part};
 use crate::limits;
 use crate::log::{FileIds, PartitionLog};
-use crate::metadata;
+
 use crate::protocol::{self, FrameError, RequestContext};
 use crate::types::{ConnId, FileId, Instant, Offset, OpId, Time};
 
@@ -59,14 +60,11 @@ enum Purpose {
         generation: u64,
         file: FileId,
     },
-    /// A metadata record's write; `end` is the log's size once it is written.
-    MetaWrite {
-        end: u64,
-        generation: u64,
-    },
-    MetaSync {
-        size: u64,
-        generation: u64,
+    /// A write or truncation of the metadata quorum's files.
+    QuorumWrite,
+    /// One of the two files of a quorum sync.
+    QuorumSync {
+        id: u64,
     },
     Job(JobId),
     Recovery(recovery::Step),
@@ -182,18 +180,6 @@ impl Topic {
 }
 
 /// The metadata log file and its durability.
-struct MetaLog {
-    file: FileId,
-    size: u64,
-    /// Bytes whose writes have completed.
-    written: u64,
-    synced: u64,
-    sync_in_flight: bool,
-    /// Bumped when the log is cut back after a failure; voids syncs issued before.
-    generation: u64,
-    /// Jobs waiting for the log to be durable up to a size.
-    waiting: Vec<(u64, JobId)>,
-}
 
 /// Responses of one connection are sent in request order; finished ones wait here.
 #[derive(Default)]
@@ -223,7 +209,7 @@ pub struct Node {
     next_file: u64,
     next_job: u64,
     outputs: VecDeque<Output>,
-    meta: MetaLog,
+    meta: metadata_quorum::MetaQuorum,
     jobs: BTreeMap<JobId, Job>,
     waiters: Vec<Waiter>,
     produces: Vec<produce::PendingProduce>,
@@ -284,15 +270,7 @@ impl Node {
             next_file: 0,
             next_job: 0,
             outputs: VecDeque::new(),
-            meta: MetaLog {
-                file: FileId(0),
-                size: 0,
-                written: 0,
-                synced: 0,
-                sync_in_flight: false,
-                generation: 0,
-                waiting: Vec::new(),
-            },
+            meta: metadata_quorum::MetaQuorum::default(),
             jobs: BTreeMap::new(),
             waiters: Vec::new(),
             produces: Vec::new(),
@@ -364,7 +342,8 @@ impl Node {
         let offsets = (self.phase == Phase::Serving).then_some(self.next_offsets_retention_check);
         let producers = (self.phase == Phase::Serving).then_some(self.next_producer_expiry_check);
         let txns = (self.phase == Phase::Serving && !self.txns.is_empty()).then_some(self.next_txn_abort_check);
-        [fetch, retention, groups, offsets, producers, txns].into_iter().flatten().min()
+        let quorum = self.quorum_poll_timeout();
+        [fetch, retention, groups, offsets, producers, txns, quorum].into_iter().flatten().min()
     }
 
     /// True once start-up recovery has finished and requests are served.
@@ -379,6 +358,16 @@ impl Node {
     /// A one-line description of the node's state, for reports when a run goes wrong.
     pub fn describe(&self) -> String {
         let mut out = format!("phase {:?}", self.phase);
+        if let Some(q) = &self.meta.quorum {
+            out += &format!(
+                "; metadata quorum epoch {} {} hw {} end {} durable {}",
+                q.epoch(),
+                if q.is_leader() { "leader" } else { "not leader" },
+                q.high_watermark(),
+                q.log().end(),
+                q.durable_end()
+            );
+        }
         for (name, t) in &self.topics {
             for (i, p) in t.partitions.iter().enumerate() {
                 let l = &p.log;
@@ -601,6 +590,7 @@ impl Node {
     }
 
     fn on_timeout(&mut self) {
+        self.quorum_timeout();
         if self.phase != Phase::Serving {
             return;
         }
@@ -684,13 +674,8 @@ impl Node {
                 }
             },
             Purpose::LogSync { tp, generation, file } => self.on_log_sync(tp, generation, file, result.err()),
-            Purpose::MetaWrite { end, generation } => match result {
-                Err(e) => self.meta_failure(&e),
-                // As for partitions: a sync covers only writes that have completed.
-                Ok(_) if generation == self.meta.generation => self.meta.written = self.meta.written.max(end),
-                Ok(_) => {}
-            },
-            Purpose::MetaSync { size, generation } => self.on_meta_sync(size, generation, result.err()),
+            Purpose::QuorumWrite => self.on_quorum_write(result.map(|_| ())),
+            Purpose::QuorumSync { id } => self.on_quorum_sync(id, result.map(|_| ())),
             Purpose::Job(id) => {
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "disk operation for an admin change failed");
@@ -728,6 +713,7 @@ impl Node {
     /// is already in flight: it will be followed by another when it completes), and for the
     /// metadata log. Then answers what became durable.
     fn after_input(&mut self) {
+        self.settle_meta_rejected();
         let dirty = std::mem::take(&mut self.dirty);
         for tp in dirty {
             let Some(p) = self.partition_mut(tp) else {
@@ -756,11 +742,6 @@ impl Node {
             for file in files {
                 self.issue(DiskOp::Sync { file }, Purpose::LogSync { tp, generation, file });
             }
-        }
-        if !self.meta.sync_in_flight && self.meta.synced < self.meta.written {
-            self.meta.sync_in_flight = true;
-            let (size, generation) = (self.meta.written, self.meta.generation);
-            self.issue(DiskOp::Sync { file: self.meta.file }, Purpose::MetaSync { size, generation });
         }
         if std::mem::take(&mut self.hw_moved) {
             self.complete_produces();
@@ -866,53 +847,6 @@ impl Node {
         self.hw_moved = true; // lets waiting produces see the new generation and fail
     }
 
-    fn meta_append(&mut self, rec: &metadata::MetaRecord, job: JobId) {
-        let bytes = metadata::encode_record(rec);
-        let position = self.meta.size;
-        self.meta.size += bytes.len() as u64;
-        let size = self.meta.size;
-        let generation = self.meta.generation;
-        self.issue(
-            DiskOp::Write { file: self.meta.file, position, data: vec![Bytes::from(bytes)] },
-            Purpose::MetaWrite { end: size, generation },
-        );
-        self.meta.waiting.push((size, job));
-    }
-
-    fn on_meta_sync(&mut self, size: u64, generation: u64, error: Option<DiskError>) {
-        self.meta.sync_in_flight = false;
-        if generation != self.meta.generation {
-            return; // issued before a failure cut the log back
-        }
-        if let Some(e) = error {
-            self.meta_failure(&e);
-            return;
-        }
-        self.meta.synced = self.meta.synced.max(size);
-        let synced = self.meta.synced;
-        let (ready, waiting): (Vec<_>, Vec<_>) = self.meta.waiting.drain(..).partition(|(s, _)| *s <= synced);
-        self.meta.waiting = waiting;
-        for (_, job) in ready {
-            self.job_step(job, true);
-        }
-    }
-
-    /// The metadata log could not be written or synced: cut it back to its durable size and
-    /// fail every change that was waiting for it.
-    fn meta_failure(&mut self, e: &DiskError) {
-        tracing::error!(error = %e, synced = self.meta.synced, "metadata log write failed");
-        self.meta.generation += 1;
-        self.meta.written = self.meta.written.min(self.meta.synced);
-        if self.meta.size > self.meta.synced {
-            self.meta.size = self.meta.synced;
-            self.issue(DiskOp::Truncate { file: self.meta.file, len: self.meta.synced }, Purpose::Ignore);
-        }
-        let waiting = std::mem::take(&mut self.meta.waiting);
-        for (_, job) in waiting {
-            self.job_step(job, false);
-        }
-    }
-
     // ---- lookups ------------------------------------------------------------------------
 
     fn partition_mut(&mut self, tp: Tp) -> Option<&mut Partition> {
@@ -944,8 +878,9 @@ impl Node {
                 }
             }
         }
-        assert!(self.meta.synced <= self.meta.written, "metadata log synced past what was written");
-        assert!(self.meta.written <= self.meta.size, "metadata log written past its end");
+        if let Some(q) = &self.meta.quorum {
+            q.invariants();
+        }
         for c in self.conns.values() {
             assert!(c.next_send <= c.next_seq);
         }

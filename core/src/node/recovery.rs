@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{Node, PartState, Partition, Phase, Purpose, Topic, Tp};
+use super::{metadata_quorum, Node, PartState, Partition, Phase, Purpose, Topic, Tp};
 use crate::config::TopicSettings;
 use crate::io::{DiskError, DiskOp, DiskReply};
 use crate::limits;
@@ -17,11 +17,38 @@ use crate::types::FileId;
 /// Reads of a bad spot before it is cut off even if no two reads agree.
 const REREADS_MAX: u32 = 5;
 
+/// The files of `.sluice-meta`, read in this order at start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MetaFile {
+    /// The metadata log of versions before the quorum, read as the base of the image.
+    Legacy,
+    State,
+    Log,
+}
+
+impl MetaFile {
+    fn path(self) -> &'static str {
+        match self {
+            MetaFile::Legacy => metadata::META_LOG,
+            MetaFile::State => metadata_quorum::QUORUM_STATE,
+            MetaFile::Log => metadata_quorum::QUORUM_LOG,
+        }
+    }
+
+    fn valid_len(self, data: &[u8]) -> usize {
+        match self {
+            MetaFile::Legacy => metadata::decode_log(data).1,
+            MetaFile::State => metadata::decode_frames(data).1,
+            MetaFile::Log => metadata_quorum::decode_entries(data).1,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) enum Step {
     MetaDir,
-    MetaOpened,
-    MetaRead,
+    MetaOpened(MetaFile),
+    MetaRead(MetaFile),
     RootListed,
     PartDir(Tp),
     PartListed(Tp),
@@ -57,8 +84,11 @@ pub(super) struct Recovery {
     /// Partitions still recovering, and the segment base offsets each has left to read.
     todo: BTreeMap<Tp, VecDeque<i64>>,
     current: BTreeMap<Tp, Segment>,
-    /// The metadata log read badly: a fingerprint of its bad tail and how many reads.
-    meta_reread: Option<(u32, u32)>,
+    /// A metadata file read badly: which, a fingerprint of its bad tail and how many reads.
+    meta_reread: Option<(MetaFile, u32, u32)>,
+    /// Records of a pre-quorum metadata.log, and the quorum state file's (state, length).
+    legacy_records: Vec<metadata::MetaRecord>,
+    quorum_state: ((crate::quorum::Epoch, Option<crate::quorum::NodeId>), u64),
     /// Where a bad batch was found, a fingerprint of the bad bytes, and how many reads.
     reread: BTreeMap<Tp, (u64, u32, u32)>,
     /// Length of the segment file being scanned, per partition.
@@ -74,12 +104,77 @@ pub(super) struct Recovery {
 impl Node {
     pub(super) fn start_recovery(&mut self) {
         self.issue(DiskOp::CreateDir { path: metadata::META_DIR.to_string() }, Purpose::Recovery(Step::MetaDir));
+        self.open_meta_file(MetaFile::Legacy);
+    }
+
+    fn open_meta_file(&mut self, f: MetaFile) {
         let file = self.alloc_file();
-        self.meta.file = file;
-        self.issue(
-            DiskOp::Open { file, path: metadata::META_LOG.to_string(), create: true },
-            Purpose::Recovery(Step::MetaOpened),
-        );
+        match f {
+            MetaFile::Legacy => self.meta.legacy_file = file,
+            MetaFile::State => self.meta.state_file = file,
+            MetaFile::Log => self.meta.log_file = file,
+        }
+        let create = f != MetaFile::Legacy;
+        self.issue(DiskOp::Open { file, path: f.path().to_string(), create }, Purpose::Recovery(Step::MetaOpened(f)));
+    }
+
+    fn meta_file_id(&self, f: MetaFile) -> FileId {
+        match f {
+            MetaFile::Legacy => self.meta.legacy_file,
+            MetaFile::State => self.meta.state_file,
+            MetaFile::Log => self.meta.log_file,
+        }
+    }
+
+    /// The valid prefix of a metadata file read short of its length. A bad read is not a
+    /// bad file: read it again, and cut only a tail that reads the same bad way twice (or
+    /// too often), as for segments; else a flipped bit would drop acknowledged topics.
+    /// Returns true when a read was issued again.
+    fn meta_reread(&mut self, f: MetaFile, data: &[u8], valid: usize) -> bool {
+        let fingerprint = crc32c::crc32c(&data[valid..]);
+        let consistent = match self.recovery.meta_reread {
+            Some((g, fp, n)) if g == f => fp == fingerprint || n >= REREADS_MAX,
+            _ => crate::mutants::active(crate::mutants::Mutant::TruncateOnFirstBadRead),
+        };
+        if consistent {
+            return false;
+        }
+        tracing::warn!(file = f.path(), valid, len = data.len(), "metadata file reads badly; reading it again");
+        let n = self.recovery.meta_reread.filter(|r| r.0 == f).map_or(1, |r| r.2 + 1);
+        self.recovery.meta_reread = Some((f, fingerprint, n));
+        let file = self.meta_file_id(f);
+        self.issue(DiskOp::Read { file, position: 0, len: data.len() }, Purpose::Recovery(Step::MetaRead(f)));
+        true
+    }
+
+    /// One metadata file is read (its valid prefix): go on to the next, and once the quorum's
+    /// log is read, rebuild the topics and start the quorum.
+    fn meta_file_read(&mut self, f: MetaFile, data: &[u8]) {
+        match f {
+            MetaFile::Legacy => {
+                self.recovery.legacy_records = metadata::decode_log(data).0;
+                self.open_meta_file(MetaFile::State);
+            }
+            MetaFile::State => {
+                let (state, valid) = metadata_quorum::decode_state(data);
+                self.recovery.quorum_state = (state.unwrap_or((0, None)), valid as u64);
+                self.open_meta_file(MetaFile::Log);
+            }
+            MetaFile::Log => {
+                let (entries, valid) = metadata_quorum::decode_entries(data);
+                let (state, state_size) = self.recovery.quorum_state;
+                let persisted = self.meta.restore(state, state_size, entries, valid as u64);
+                let mut records = std::mem::take(&mut self.recovery.legacy_records);
+                match metadata_quorum::records(&persisted.entries) {
+                    Ok(r) => records.extend(r),
+                    Err(why) => return self.recovery_failed(why),
+                }
+                // A sole voter commits its whole log once it has elected itself, so every
+                // record in it applies.
+                self.meta_replayed(records);
+                self.start_quorum(persisted);
+            }
+        }
     }
 
     fn alloc_file(&mut self) -> FileId {
@@ -102,51 +197,34 @@ impl Node {
         }
         match (step, result) {
             (Step::MetaDir, Ok(_)) => {}
-            (Step::MetaOpened, Ok(DiskReply::Opened { len })) => {
+            (Step::MetaOpened(f), Ok(DiskReply::Opened { len })) => {
                 if len > limits::METADATA_LOG_BYTES_MAX {
-                    return self.recovery_failed(format!("metadata log is {len} bytes, over the limit"));
+                    return self.recovery_failed(format!("{} is {len} bytes, over the limit", f.path()));
                 }
                 if len == 0 {
-                    self.meta_replayed(Vec::new());
+                    self.meta_file_read(f, &[]);
                 } else {
                     let len = usize::try_from(len).expect("bounded above");
-                    self.issue(
-                        DiskOp::Read { file: self.meta.file, position: 0, len },
-                        Purpose::Recovery(Step::MetaRead),
-                    );
+                    let file = self.meta_file_id(f);
+                    self.issue(DiskOp::Read { file, position: 0, len }, Purpose::Recovery(Step::MetaRead(f)));
                 }
             }
-            (Step::MetaRead, Ok(DiskReply::Data(data))) => {
-                let (records, valid) = metadata::decode_log(&data);
-                if valid < data.len() {
-                    let fingerprint = crc32c::crc32c(&data[valid..]);
-                    let consistent = match self.recovery.meta_reread {
-                        Some((f, n)) => f == fingerprint || n >= REREADS_MAX,
-                        None => crate::mutants::active(crate::mutants::Mutant::TruncateOnFirstBadRead),
-                    };
-                    if !consistent {
-                        // As with segments: a bad read is not a bad log. Read it again before
-                        // cutting anything, or a flipped bit would drop acknowledged topics.
-                        tracing::warn!(valid, len = data.len(), "metadata log reads badly; reading it again");
-                        let n = self.recovery.meta_reread.map_or(1, |r| r.1 + 1);
-                        self.recovery.meta_reread = Some((fingerprint, n));
-                        let len = data.len();
-                        self.issue(
-                            DiskOp::Read { file: self.meta.file, position: 0, len },
-                            Purpose::Recovery(Step::MetaRead),
-                        );
-                        return;
-                    }
+            // Data directories made before the quorum have a metadata.log; newer ones do not.
+            (Step::MetaOpened(MetaFile::Legacy), Err(DiskError::NotFound)) => {
+                self.meta_file_read(MetaFile::Legacy, &[])
+            }
+            (Step::MetaRead(f), Ok(DiskReply::Data(data))) => {
+                let valid = f.valid_len(&data);
+                if valid < data.len() && self.meta_reread(f, &data, valid) {
+                    return;
                 }
                 if valid < data.len() {
-                    tracing::warn!(valid, len = data.len(), "metadata log has a torn tail; cutting it off");
-                    self.issue(DiskOp::Truncate { file: self.meta.file, len: valid as u64 }, Purpose::Ignore);
-                    self.issue(DiskOp::Sync { file: self.meta.file }, Purpose::Ignore);
+                    tracing::warn!(file = f.path(), valid, len = data.len(), "torn tail; cutting it off");
+                    let file = self.meta_file_id(f);
+                    self.issue(DiskOp::Truncate { file, len: valid as u64 }, Purpose::Ignore);
+                    self.issue(DiskOp::Sync { file }, Purpose::Ignore);
                 }
-                self.meta.size = valid as u64;
-                self.meta.written = valid as u64;
-                self.meta.synced = valid as u64;
-                self.meta_replayed(records);
+                self.meta_file_read(f, &data[..valid]);
             }
             (Step::RootListed, Ok(DiskReply::Listing(entries))) => self.root_listed(entries),
             (Step::PartDir(tp), Ok(_)) => self.fresh_partition(tp),
@@ -458,6 +536,9 @@ impl Node {
     pub(super) fn maybe_serving(&mut self) {
         if self.phase != Phase::Recovering || !self.recovery.listed || !self.recovery.todo.is_empty() {
             return;
+        }
+        if !self.meta.ready() {
+            return; // the metadata quorum has not elected itself and committed its log yet
         }
         // Serve only once every recovered log is synced again and its high watermark is at
         // its end: a consumer must never see the high watermark go back across a restart.

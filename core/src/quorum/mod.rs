@@ -31,6 +31,9 @@ pub use self::log::RaftLog;
 use crate::mutants::{self, Mutant};
 use crate::types::{Instant, Offset};
 
+/// How long after a failed write or sync the quorum tries its storage again.
+const STORAGE_RETRY_MS: u64 = 100;
+
 /// KRaft's name for a Raft term.
 pub type Epoch = i32;
 /// A voter's (or observer's) `node.id`.
@@ -246,6 +249,8 @@ pub struct Quorum {
     next_request: u64,
     /// The leader appended during this input: parked fetches have something new.
     appended: bool,
+    /// A write or sync failed: storage is retried from what is durable at this instant.
+    storage_retry_at: Option<Instant>,
     actions: VecDeque<Action>,
 }
 
@@ -273,6 +278,7 @@ impl Quorum {
             fetch_sent: None,
             next_request: 1,
             appended: false,
+            storage_retry_at: None,
             actions: VecDeque::new(),
             cfg,
         };
@@ -333,7 +339,7 @@ impl Quorum {
             }
         };
         let refetch = self.fetch_sent.map(|(at, _)| at.plus_millis(self.refetch_ms()));
-        [role_at, refetch].into_iter().flatten().min()
+        [role_at, refetch, self.storage_retry_at].into_iter().flatten().min()
     }
 
     // ---------------------------------------------------------------- inputs
@@ -342,7 +348,7 @@ impl Quorum {
     /// high watermark passes it *and* the entry there is still this one (a leader that loses
     /// its epoch may see its uncommitted entries replaced).
     pub fn propose(&mut self, now: Instant, record: Vec<u8>) -> Result<Offset, NotLeader> {
-        if !self.is_leader() {
+        if !self.is_leader() || self.storage_retry_at.is_some() {
             return Err(NotLeader::Leader(self.leader));
         }
         let offset = self.append_local(EntryKind::Record(record));
@@ -351,6 +357,10 @@ impl Quorum {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.storage_retry_at.is_some_and(|at| now >= at) {
+            self.storage_retry_at = None;
+            self.recover_storage(now);
+        }
         if self.fetch_sent.is_some_and(|(at, _)| now >= at.plus_millis(self.refetch_ms())) {
             self.fetch_sent = None; // lost, or its answer was: ask again
         }
@@ -397,6 +407,30 @@ impl Quorum {
             }
         }
         self.after(now);
+    }
+
+    /// A write or sync failed (a full disk, an I/O error): nothing past what is known durable
+    /// can be trusted. After a short wait the log is cut back to its durable end (entries past
+    /// it were never committed: commitment counts only durable ends), the quorum state is
+    /// written again if it was not durable, and a fresh sync follows. Meanwhile nothing is
+    /// synced or proposed; messages waiting for durability wait on.
+    pub fn handle_storage_failed(&mut self, now: Instant) {
+        self.sync = None;
+        // Retrying at once would spin on a full disk: wait a little first.
+        self.storage_retry_at = Some(now.plus_millis(STORAGE_RETRY_MS));
+    }
+
+    fn recover_storage(&mut self, now: Instant) {
+        if let Role::Leader(l) = &self.role {
+            if self.durable_end <= l.epoch_start {
+                // Its own LeaderChange entry is not durable: it cannot lead on without it.
+                self.become_unattached(now, self.epoch);
+            }
+        }
+        self.truncate(self.durable_end);
+        if self.state_version > self.state_durable {
+            self.set_state(self.epoch, self.voted_for, self.leader);
+        }
     }
 
     pub fn handle_message(&mut self, now: Instant, from: NodeId, msg: Message) {
@@ -480,7 +514,8 @@ impl Quorum {
         }
         self.leader = None;
         self.fetch_sent = None;
-        let election_at = self.election_deadline(now);
+        // A sole voter has nobody to wait for.
+        let election_at = if self.cfg.voters.len() == 1 { now } else { self.election_deadline(now) };
         self.role = Role::Unattached { election_at };
     }
 
@@ -841,7 +876,7 @@ impl Quorum {
         self.maybe_won(now);
         self.maybe_fetch(now);
         let dirty = self.log.end() > self.durable_end || self.state_version > self.state_durable;
-        if self.sync.is_none() && dirty {
+        if self.sync.is_none() && dirty && self.storage_retry_at.is_none() {
             let id = self.next_sync_id;
             self.next_sync_id += 1;
             self.sync = Some(InFlightSync {

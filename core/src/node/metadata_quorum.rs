@@ -1,0 +1,293 @@
+//! The node's side of the metadata quorum: it keeps the quorum's two files and routes their
+//! disk completions back to it, and it turns metadata changes into proposals whose jobs
+//! finish when the quorum commits them.
+//!
+//! Files (in `.sluice-meta/`):
+//! - `quorum-state`: the epoch and vote, appended as `len | crc32c | postcard((epoch, vote))`
+//!   records; the last valid one counts. Elections are rare, so it stays small.
+//! - `quorum.log`: the quorum's entries, `len | crc32c | postcard(Entry)` each. A metadata
+//!   record is the postcard encoding of a `MetaRecord` inside an `EntryKind::Record`.
+//! - `metadata.log`: the records of Sluice versions before the quorum, read at start-up as
+//!   the base the quorum's records apply on; never written again.
+//!
+//! A node today is a quorum of one voter (itself): it elects itself at start-up (two syncs:
+//! the vote, then its LeaderChange entry) and serves only once that is committed.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::{JobId, Node, Phase, Purpose};
+use crate::io::{DiskError, DiskOp};
+use crate::metadata::{self, MetaRecord};
+use crate::quorum::{Action, Entry, EntryKind, Epoch, NodeId, Persisted, Quorum, QuorumConfig, Write};
+use crate::types::{FileId, Offset};
+
+pub const QUORUM_STATE: &str = ".sluice-meta/quorum-state";
+pub const QUORUM_LOG: &str = ".sluice-meta/quorum.log";
+
+/// A proposed entry: its offset, epoch, and a checksum of its record. While the log holds
+/// that entry it may yet commit; once it does not (cut back after a failed write), the change
+/// failed. (The same offset and epoch can come back with another record after a cut.)
+#[derive(Clone, Copy, Debug)]
+struct Proposed {
+    offset: Offset,
+    epoch: Epoch,
+    crc: u32,
+}
+
+fn entry_crc(e: &Entry) -> Option<u32> {
+    match &e.kind {
+        EntryKind::Record(r) => Some(crc32c::crc32c(r)),
+        EntryKind::LeaderChange { .. } => None,
+    }
+}
+
+#[derive(Default)]
+pub(super) struct MetaQuorum {
+    /// `None` until start-up has read the files.
+    pub quorum: Option<Quorum>,
+    pub legacy_file: FileId,
+    pub state_file: FileId,
+    state_size: u64,
+    pub log_file: FileId,
+    /// Byte position of each entry of the log file, and its end.
+    positions: Vec<u64>,
+    log_size: u64,
+    /// Quorum syncs in flight: how many files each still waits for.
+    syncs: BTreeMap<u64, u8>,
+    /// Files written since their last sync was issued: only those are synced.
+    state_dirty: bool,
+    log_dirty: bool,
+    /// Changes waiting to be committed: where their entry went, and the job.
+    waiting: Vec<(Proposed, JobId)>,
+    /// Changes the quorum would not take (not leading, storage failing): their jobs fail at
+    /// the end of the input, never inside the call that asked (its caller has yet to wait).
+    rejected: Vec<JobId>,
+}
+
+impl MetaQuorum {
+    /// The quorum leads and everything in its log is committed: metadata can change.
+    pub fn ready(&self) -> bool {
+        self.quorum.as_ref().is_some_and(|q| q.is_leader() && q.high_watermark() == q.log().end())
+    }
+
+    /// Records the files as read at start-up. Returns the persisted quorum state.
+    pub fn restore(
+        &mut self,
+        state: (Epoch, Option<NodeId>),
+        state_size: u64,
+        entries: Vec<(Entry, u64)>,
+        log_size: u64,
+    ) -> Persisted {
+        self.state_size = state_size;
+        self.log_size = log_size;
+        self.positions = entries.iter().map(|(_, at)| *at).collect();
+        Persisted { epoch: state.0, voted_for: state.1, entries: entries.into_iter().map(|(e, _)| e).collect() }
+    }
+}
+
+/// The quorum state as stored.
+pub fn encode_state(epoch: Epoch, voted_for: Option<NodeId>) -> Vec<u8> {
+    metadata::encode_frame(&postcard::to_allocvec(&(epoch, voted_for)).expect("serializes"))
+}
+
+/// The last valid quorum state record in `buf`, and the valid length.
+pub fn decode_state(buf: &[u8]) -> (Option<(Epoch, Option<NodeId>)>, usize) {
+    let (frames, valid) = metadata::decode_frames(buf);
+    let last = frames.iter().rev().find_map(|f| postcard::from_bytes(f).ok());
+    (last, valid)
+}
+
+/// The entries in `buf` with their byte positions, and the valid length. An entry that does
+/// not decode ends the valid prefix.
+pub fn decode_entries(buf: &[u8]) -> (Vec<(Entry, u64)>, usize) {
+    let (frames, _) = metadata::decode_frames(buf);
+    let mut at = 0usize;
+    let mut out = Vec::new();
+    for f in frames {
+        let Ok(e) = postcard::from_bytes::<Entry>(f) else { break };
+        out.push((e, at as u64));
+        at += 8 + f.len();
+    }
+    (out, at)
+}
+
+/// The metadata records in quorum entries, in order.
+pub fn records(entries: &[Entry]) -> Result<Vec<MetaRecord>, String> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::Record(r) => {
+                Some(postcard::from_bytes(r).map_err(|err| format!("a metadata record does not decode: {err}")))
+            }
+            EntryKind::LeaderChange { .. } => None,
+        })
+        .collect()
+}
+
+impl Node {
+    /// Start-up read the quorum's files: start the quorum (a sole voter elects itself).
+    pub(super) fn start_quorum(&mut self, persisted: Persisted) {
+        let id = self.config.node_id.0;
+        let cfg = QuorumConfig::new(id, [id]);
+        let seed = rand::Rng::gen(&mut self.rng);
+        self.meta.quorum = Some(Quorum::new(cfg, persisted, seed, self.now.mono));
+        self.drain_quorum();
+    }
+
+    /// Proposes a metadata change; `job` steps when it is committed (or fails).
+    pub(super) fn meta_append(&mut self, rec: &MetaRecord, job: JobId) {
+        let now = self.now.mono;
+        let data = postcard::to_allocvec(rec).expect("metadata records serialize");
+        let Some(q) = self.meta.quorum.as_mut().filter(|q| q.is_leader()) else {
+            self.meta.rejected.push(job);
+            return;
+        };
+        let crc = crc32c::crc32c(&data);
+        match q.propose(now, data) {
+            Ok(offset) => {
+                let epoch = q.epoch();
+                self.meta.waiting.push((Proposed { offset, epoch, crc }, job));
+            }
+            Err(_) => self.meta.rejected.push(job),
+        }
+        self.drain_quorum();
+    }
+
+    pub(super) fn quorum_timeout(&mut self) {
+        let now = self.now.mono;
+        if let Some(q) = self.meta.quorum.as_mut() {
+            if q.poll_timeout().is_some_and(|t| t <= now) {
+                q.handle_timeout(now);
+                self.drain_quorum();
+            }
+        }
+    }
+
+    pub(super) fn on_quorum_write(&mut self, result: Result<(), DiskError>) {
+        if let Err(e) = result {
+            self.quorum_storage_failed(&e);
+        }
+    }
+
+    pub(super) fn on_quorum_sync(&mut self, id: u64, result: Result<(), DiskError>) {
+        if let Err(e) = result {
+            return self.quorum_storage_failed(&e);
+        }
+        let Some(left) = self.meta.syncs.get_mut(&id) else { return };
+        *left -= 1;
+        if *left == 0 {
+            self.meta.syncs.remove(&id);
+            let now = self.now.mono;
+            if let Some(q) = self.meta.quorum.as_mut() {
+                q.handle_synced(now, id);
+            }
+            self.drain_quorum();
+        }
+    }
+
+    fn quorum_storage_failed(&mut self, e: &DiskError) {
+        tracing::error!(error = %e, "metadata quorum write or sync failed; cutting its log back to what is durable");
+        self.meta.syncs.clear(); // completions of syncs issued before prove nothing now
+                                 // Whatever failed to sync must be synced again, whichever file it was.
+        (self.meta.state_dirty, self.meta.log_dirty) = (true, true);
+        let now = self.now.mono;
+        if let Some(q) = self.meta.quorum.as_mut() {
+            q.handle_storage_failed(now);
+        }
+        self.drain_quorum();
+    }
+
+    /// Carries out what the quorum asked for, then finishes the changes it committed or lost.
+    fn drain_quorum(&mut self) {
+        while let Some(a) = self.meta.quorum.as_mut().and_then(Quorum::poll_action) {
+            match a {
+                Action::Write(w) => self.quorum_write(w),
+                // A quorum of one has nobody to talk to.
+                Action::Send { to, .. } => tracing::debug!(to, "no peer to send a quorum message to"),
+            }
+        }
+        self.settle_meta_waiting();
+        if self.phase == Phase::Recovering {
+            self.maybe_serving();
+        }
+    }
+
+    fn quorum_write(&mut self, w: Write) {
+        let m = &mut self.meta;
+        match w {
+            Write::State { epoch, voted_for } => {
+                let bytes = encode_state(epoch, voted_for);
+                let position = m.state_size;
+                m.state_size += bytes.len() as u64;
+                let file = m.state_file;
+                m.state_dirty = true;
+                self.issue(DiskOp::Write { file, position, data: vec![Bytes::from(bytes)] }, Purpose::QuorumWrite);
+            }
+            Write::Append { offset, entries } => {
+                debug_assert_eq!(usize::try_from(offset).ok(), Some(m.positions.len()), "appends land at the log end");
+                let position = m.log_size;
+                let mut data = Vec::with_capacity(entries.len());
+                for e in &entries {
+                    let frame = metadata::encode_frame(&postcard::to_allocvec(e).expect("entries serialize"));
+                    m.positions.push(m.log_size);
+                    m.log_size += frame.len() as u64;
+                    data.push(Bytes::from(frame));
+                }
+                let file = m.log_file;
+                m.log_dirty = true;
+                self.issue(DiskOp::Write { file, position, data }, Purpose::QuorumWrite);
+            }
+            Write::Truncate { end } => {
+                let keep = usize::try_from(end).unwrap_or(0).min(m.positions.len());
+                m.log_size = m.positions.get(keep).copied().unwrap_or(m.log_size);
+                m.positions.truncate(keep);
+                let (file, len) = (m.log_file, m.log_size);
+                m.log_dirty = true;
+                self.issue(DiskOp::Truncate { file, len }, Purpose::QuorumWrite);
+            }
+            Write::Sync { id } => {
+                // The quorum asks for a sync only after writing something.
+                let mut files: Vec<FileId> = Vec::with_capacity(2);
+                if std::mem::take(&mut m.state_dirty) {
+                    files.push(m.state_file);
+                }
+                if std::mem::take(&mut m.log_dirty) || files.is_empty() {
+                    files.push(m.log_file);
+                }
+                m.syncs.insert(id, u8::try_from(files.len()).expect("two files"));
+                for file in files {
+                    self.issue(DiskOp::Sync { file }, Purpose::QuorumSync { id });
+                }
+            }
+        }
+    }
+
+    /// Fails the changes the quorum would not take (called at the end of every input).
+    pub(super) fn settle_meta_rejected(&mut self) {
+        for job in std::mem::take(&mut self.meta.rejected) {
+            self.job_step(job, false);
+        }
+    }
+
+    /// Jobs whose change is committed step on; those whose entry was cut away fail.
+    fn settle_meta_waiting(&mut self) {
+        let Some(q) = self.meta.quorum.as_ref() else { return };
+        let mut done = Vec::new();
+        self.meta.waiting.retain(|&(p, job)| {
+            let held = q.log().entry(p.offset).is_some_and(|e| e.epoch == p.epoch && entry_crc(e) == Some(p.crc));
+            if !held || p.offset < q.high_watermark() {
+                done.push((job, held));
+            }
+            held && p.offset >= q.high_watermark()
+        });
+        for (job, ok) in done {
+            self.job_step(job, ok);
+        }
+    }
+
+    pub(super) fn quorum_poll_timeout(&self) -> Option<crate::types::Instant> {
+        self.meta.quorum.as_ref().and_then(Quorum::poll_timeout)
+    }
+}
