@@ -247,10 +247,9 @@ impl Node {
             configs.insert("cleanup.policy".to_string(), "compact".to_string());
             configs.insert("segment.bytes".to_string(), "104857600".to_string());
             match self.create_topic(OFFSETS_TOPIC, OFFSETS_PARTITIONS, configs) {
-                Ok(job) => {
-                    self.offsets_load = None;
-                    self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() });
-                }
+                // A load in progress (of `__transaction_state`, which may exist without this
+                // topic) goes on: the new topic is empty and adds nothing to it.
+                Ok(job) => self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() }),
                 Err(_) => return Some(COORDINATOR_LOAD_IN_PROGRESS),
             }
             return None;
