@@ -16,14 +16,24 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use kafka_protocol::messages::describe_quorum_response::{
+    Listener, Node as QuorumNode, PartitionData, ReplicaState, TopicData,
+};
+use kafka_protocol::messages::{BrokerId, DescribeQuorumRequest, DescribeQuorumResponse};
 
+use super::groups::sb;
 use super::{JobId, Node, Phase, Purpose};
 use crate::io::{DiskError, DiskOp};
 use crate::metadata::{self, MetaRecord};
+use crate::protocol::errors::KafkaError;
+use crate::protocol::{self, FrameError, RequestContext};
 use crate::quorum::{Action, Entry, EntryKind, Epoch, NodeId, Persisted, Quorum, QuorumConfig, Write};
+use crate::types::ConnId;
 use crate::types::{FileId, Offset};
 
 pub const QUORUM_STATE: &str = ".sluice-meta/quorum-state";
+/// KRaft's name for the metadata log's topic, which DescribeQuorum asks about.
+pub const CLUSTER_METADATA_TOPIC: &str = "__cluster_metadata";
 pub const QUORUM_LOG: &str = ".sluice-meta/quorum.log";
 
 /// A proposed entry: its offset, epoch, and a checksum of its record. While the log holds
@@ -289,5 +299,78 @@ impl Node {
 
     pub(super) fn quorum_poll_timeout(&self) -> Option<crate::types::Instant> {
         self.meta.quorum.as_ref().and_then(Quorum::poll_timeout)
+    }
+}
+
+impl Node {
+    /// DescribeQuorum (KIP-595, KIP-836, KIP-853), for `kafka-metadata-quorum.sh` and the
+    /// admin client's `describeMetadataQuorum`: the metadata log's leader, epoch and high
+    /// watermark and each voter's progress, as its leader sees it.
+    pub(super) fn handle_describe_quorum(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: DescribeQuorumRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = DescribeQuorumResponse::default();
+        for t in &req.topics {
+            let mut td = TopicData::default();
+            td.topic_name = t.topic_name.clone();
+            for p in &t.partitions {
+                let known = t.topic_name.as_str() == CLUSTER_METADATA_TOPIC && p.partition_index == 0;
+                let mut pd = if known { self.quorum_partition_data() } else { PartitionData::default() };
+                pd.partition_index = p.partition_index;
+                if !known {
+                    pd.error_code = KafkaError::UnknownTopicOrPartition.code();
+                }
+                td.partitions.push(pd);
+            }
+            resp.topics.push(td);
+        }
+        if ctx.version >= 2 {
+            let mut listener = Listener::default();
+            listener.name = sb("PLAINTEXT");
+            listener.host = sb(self.config.advertised_host.clone());
+            listener.port = u16::try_from(self.config.advertised_port).unwrap_or(0);
+            let mut node = QuorumNode::default();
+            node.node_id = BrokerId(self.config.node_id.0);
+            node.listeners = vec![listener];
+            resp.nodes = vec![node];
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+
+    fn quorum_partition_data(&self) -> PartitionData {
+        let mut pd = PartitionData::default();
+        let Some(q) = self.meta.quorum.as_ref() else {
+            pd.error_code = KafkaError::NotLeaderOrFollower.code();
+            return pd;
+        };
+        let Some(voters) = q.describe(self.now.mono) else {
+            pd.error_code = KafkaError::NotLeaderOrFollower.code();
+            return pd;
+        };
+        pd.leader_id = BrokerId(q.leader().unwrap_or(-1));
+        pd.leader_epoch = q.epoch();
+        pd.high_watermark = q.high_watermark();
+        // Instants are monotonic; timestamps are wall-clock milliseconds.
+        let wall = |at: Option<crate::types::Instant>| {
+            at.map_or(-1, |t| self.now.wall_ms - i64::try_from(self.now.mono.millis_since(t)).unwrap_or(i64::MAX))
+        };
+        pd.current_voters = voters
+            .iter()
+            .map(|v| {
+                let mut r = ReplicaState::default();
+                r.replica_id = BrokerId(v.id);
+                r.log_end_offset = v.log_end;
+                r.last_fetch_timestamp = wall(v.last_fetch);
+                r.last_caught_up_timestamp = wall(v.last_caught_up);
+                r
+            })
+            .collect();
+        pd
     }
 }

@@ -551,6 +551,7 @@ impl Node {
             ApiKey::CreatePartitions => self.handle_create_partitions(conn, seq, ctx, body),
             ApiKey::DescribeConfigs => self.handle_describe_configs(conn, seq, &ctx, body),
             ApiKey::DescribeCluster => self.handle_describe_cluster(conn, seq, &ctx, body),
+            ApiKey::DescribeQuorum => self.handle_describe_quorum(conn, seq, &ctx, body),
             ApiKey::FindCoordinator => self.handle_find_coordinator(conn, seq, ctx, body),
             ApiKey::JoinGroup => self.handle_join_group(conn, seq, ctx, body),
             ApiKey::SyncGroup => self.handle_sync_group(conn, seq, ctx, body),

@@ -197,6 +197,8 @@ pub struct LeaderState {
 pub struct Progress {
     pub end: Offset,
     pub last_fetch: Instant,
+    /// When it last fetched from the leader's log end (it had everything), if ever.
+    pub last_caught_up: Option<Instant>,
     /// The high watermark this member was last sent.
     hw_sent: Offset,
 }
@@ -215,6 +217,15 @@ struct InFlightSync {
     log_end: Offset,
     generation: u64,
     state_version: u64,
+}
+
+/// One voter as its leader sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VoterState {
+    pub id: NodeId,
+    pub log_end: Offset,
+    pub last_fetch: Option<Instant>,
+    pub last_caught_up: Option<Instant>,
 }
 
 /// Why a proposal was not taken.
@@ -321,6 +332,25 @@ impl Quorum {
     }
     pub fn voted_for(&self) -> Option<NodeId> {
         self.voted_for
+    }
+
+    /// What DescribeQuorum reports: the leader's view of every voter (its own log end
+    /// included), or `None` when this member does not lead. Observers are not tracked yet.
+    pub fn describe(&self, now: Instant) -> Option<Vec<VoterState>> {
+        let Role::Leader(l) = &self.role else { return None };
+        let me = VoterState {
+            id: self.cfg.node_id,
+            log_end: self.log.end(),
+            last_fetch: Some(now),
+            last_caught_up: Some(now),
+        };
+        let others = self.cfg.voters.iter().filter(|&&v| v != self.cfg.node_id).map(|&v| match l.progress.get(&v) {
+            Some(p) => {
+                VoterState { id: v, log_end: p.end, last_fetch: Some(p.last_fetch), last_caught_up: p.last_caught_up }
+            }
+            None => VoterState { id: v, log_end: -1, last_fetch: None, last_caught_up: None },
+        });
+        Some(std::iter::once(me).chain(others).collect())
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -490,8 +520,8 @@ impl Quorum {
         tracing::info!(epoch = self.epoch, node = self.cfg.node_id, "quorum leader elected");
         self.leader = Some(self.cfg.node_id);
         let epoch_start = self.log.end();
-        let progress =
-            self.others().into_iter().map(|v| (v, Progress { end: 0, last_fetch: now, hw_sent: -1 })).collect();
+        let fresh = Progress { end: 0, last_fetch: now, last_caught_up: None, hw_sent: -1 };
+        let progress = self.others().into_iter().map(|v| (v, fresh)).collect();
         self.role = Role::Leader(LeaderState { epoch_start, progress, parked: BTreeMap::new() });
         self.append_local(EntryKind::LeaderChange { leader: self.cfg.node_id });
         for v in self.others() {
@@ -670,9 +700,13 @@ impl Quorum {
             return;
         }
         let Role::Leader(l) = &mut self.role else { unreachable!("checked") };
-        let p = l.progress.entry(from).or_insert(Progress { end: 0, last_fetch: now, hw_sent: -1 });
+        let fresh = Progress { end: 0, last_fetch: now, last_caught_up: None, hw_sent: -1 };
+        let p = l.progress.entry(from).or_insert(fresh);
         p.end = fetch_offset;
         p.last_fetch = now;
+        if fetch_offset >= self.log.end() {
+            p.last_caught_up = Some(now);
+        }
         let nothing_new = fetch_offset >= self.log.end() && p.hw_sent == self.high_watermark;
         let deadline = now.plus_millis(self.cfg.fetch_max_wait_ms);
         l.parked.insert(from, Parked { request, fetch_offset, deadline });
