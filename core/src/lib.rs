@@ -19,6 +19,7 @@ pub mod log;
 pub mod metadata;
 pub mod mutants;
 pub mod node;
+pub mod peer;
 pub mod protocol;
 pub mod quorum;
 pub mod txn;

@@ -41,3 +41,8 @@ pub const CONNECTIONS_MAX: usize = 10_000;
 
 /// Members one consumer group may have (`group.max.size`); more get GROUP_MAX_SIZE_REACHED.
 pub const GROUP_MEMBERS_MAX: usize = 1_000;
+
+/// Largest message a peer broker may send (an envelope of quorum or replication messages);
+/// larger ones are refused and the peer's connection closed. Metadata fetches carry at most
+/// `fetch_max_entries` small records, far below it.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -116,6 +116,11 @@ impl SimNode {
         self.handle(Input::Request { conn, frame });
     }
 
+    /// Delivers bytes from another broker.
+    pub fn peer(&mut self, from: i32, bytes: Bytes) {
+        self.handle(Input::Peer { from: sluice_core::BrokerId(from), bytes });
+    }
+
     pub fn close_conn(&mut self, conn: ConnId) {
         self.handle(Input::ConnClosed { conn });
     }

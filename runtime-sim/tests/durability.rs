@@ -399,3 +399,33 @@ fn topics_of_a_pre_quorum_metadata_log_are_kept() {
     assert_eq!(take_produce(&mut sim), Some((0, 0)));
     assert_eq!(read_all(&mut sim, "old", 0).0, vec![(0, b"kept".to_vec())]);
 }
+
+/// Bytes from a peer broker are untrusted: junk, another cluster's messages and a quorum
+/// message from a node that is no voter change nothing, and the node serves on.
+#[test]
+fn bad_peer_messages_change_nothing() {
+    use sluice_core::peer::{encode, Body, Envelope, PROTOCOL_VERSION};
+    use sluice_core::quorum::Message;
+    let mut sim = SimNode::new(NodeConfig::default(), 9);
+    create_topic(&mut sim, "t", 1);
+    let vote = |cluster: &str, from: i32| Envelope {
+        version: PROTOCOL_VERSION,
+        cluster_id: cluster.to_string(),
+        from,
+        body: Body::Quorum(Message::Vote { epoch: 99, last_epoch: 99, log_end: 1_000, pre_vote: false }),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..200 {
+        let junk: Vec<u8> = (0..rng.gen_range(0..40)).map(|_| rng.gen()).collect();
+        sim.peer(2, Bytes::from(junk));
+    }
+    sim.peer(2, Bytes::from(encode(&vote("another-cluster", 2))));
+    sim.peer(3, Bytes::from(encode(&vote(&NodeConfig::default().cluster_id, 2))));
+    // A well-formed vote request from a node that is not a voter: refused, no new epoch.
+    sim.peer(2, Bytes::from(encode(&vote(&NodeConfig::default().cluster_id, 2))));
+    sim.complete_syncs();
+    produce(&mut sim, "t", &[b"still".to_vec()], 7);
+    sim.complete_syncs();
+    assert_eq!(take_produce(&mut sim), Some((0, 0)));
+    create_topic(&mut sim, "u", 1); // the metadata quorum still leads and commits
+}

@@ -214,8 +214,7 @@ impl Node {
         while let Some(a) = self.meta.quorum.as_mut().and_then(Quorum::poll_action) {
             match a {
                 Action::Write(w) => self.quorum_write(w),
-                // A quorum of one has nobody to talk to.
-                Action::Send { to, .. } => tracing::debug!(to, "no peer to send a quorum message to"),
+                Action::Send { to, msg } => self.send_peer(to, crate::peer::Body::Quorum(msg)),
             }
         }
         self.settle_meta_waiting();
@@ -372,5 +371,38 @@ impl Node {
             })
             .collect();
         pd
+    }
+}
+
+impl Node {
+    /// A message from another broker: checked, then handed to the machine it is for.
+    pub(super) fn on_peer(&mut self, from: i32, bytes: &[u8]) {
+        let env = match crate::peer::decode(bytes, from, &self.config.cluster_id) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::warn!(from, error = %e, "peer message refused");
+                return;
+            }
+        };
+        match env.body {
+            crate::peer::Body::Quorum(msg) => {
+                let now = self.now.mono;
+                if let Some(q) = self.meta.quorum.as_mut() {
+                    q.handle_message(now, from, msg);
+                    self.drain_quorum();
+                }
+            }
+        }
+    }
+
+    fn send_peer(&mut self, to: i32, body: crate::peer::Body) {
+        let env = crate::peer::Envelope {
+            version: crate::peer::PROTOCOL_VERSION,
+            cluster_id: self.config.cluster_id.clone(),
+            from: self.config.node_id.0,
+            body,
+        };
+        let bytes = Bytes::from(crate::peer::encode(&env));
+        self.outputs.push_back(crate::io::Output::Peer { to: crate::types::BrokerId(to), bytes });
     }
 }

@@ -317,9 +317,7 @@ impl Node {
             Input::Request { conn, frame } => self.on_frame(conn, frame),
             Input::ConnClosed { conn } => self.on_conn_closed(conn),
             Input::DiskDone { op, result } => self.on_disk_done(op, result),
-            Input::Peer { from, .. } => {
-                tracing::warn!(?from, "peer message on a single-node cluster; ignored")
-            }
+            Input::Peer { from, bytes } => self.on_peer(from.0, &bytes),
             Input::Timeout => self.on_timeout(),
         }
         self.after_input();

@@ -568,6 +568,13 @@ impl Quorum {
     }
 
     fn on_vote(&mut self, now: Instant, from: NodeId, epoch: Epoch, last: (Epoch, Offset), pre_vote: bool) {
+        if !self.cfg.voters.contains(&from) {
+            // Only voters stand: a vote request from anyone else moves nothing, whatever
+            // epoch it names (else any node could depose the leader).
+            let resp = Message::VoteResponse { epoch: self.epoch, leader: self.leader, granted: false, pre_vote };
+            self.send(from, resp);
+            return;
+        }
         if !pre_vote {
             self.observe_epoch(now, epoch, None);
         }
@@ -594,7 +601,7 @@ impl Quorum {
 
     fn grant_vote(&mut self, now: Instant, from: NodeId, epoch: Epoch, last: (Epoch, Offset)) -> bool {
         let free = self.voted_for.is_none_or(|v| v == from) && self.leader.is_none();
-        if epoch != self.epoch || !free || !self.log_up_to_date(last) || !self.cfg.voters.contains(&from) {
+        if epoch != self.epoch || !free || !self.log_up_to_date(last) {
             return false;
         }
         if self.voted_for != Some(from) {

@@ -1,0 +1,132 @@
+//! Messages between brokers (DESIGN.md §7): core-defined serde types in a versioned envelope,
+//! postcard-encoded. Both runtimes carry the bytes; the simulator encodes and decodes them
+//! too, so the wire format is what its runs exercise.
+//!
+//! Bytes from a peer are untrusted like bytes from a client: an envelope that is too large,
+//! of another protocol version or cluster, or that does not decode is an error the caller
+//! logs (and a runtime answers by closing that peer's connection), never a panic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+use crate::quorum;
+
+/// The version of the peer protocol this build speaks. A change to any message type that is
+/// not backward compatible bumps it; an envelope of another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u16,
+    /// The cluster the sender belongs to: a node never acts on another cluster's message.
+    pub cluster_id: String,
+    /// The sender's `node.id`.
+    pub from: i32,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// The metadata quorum (Raft).
+    Quorum(quorum::Message),
+}
+
+/// Why bytes from a peer were refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerError {
+    TooLarge(usize),
+    Version(u16),
+    OtherCluster(String),
+    /// The envelope names a sender other than the connection it came on.
+    WrongSender {
+        claimed: i32,
+        actual: i32,
+    },
+    Malformed(String),
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerError::TooLarge(n) => write!(f, "peer message of {n} bytes is over the limit"),
+            PeerError::Version(v) => write!(f, "peer protocol version {v}, this node speaks {PROTOCOL_VERSION}"),
+            PeerError::OtherCluster(c) => write!(f, "peer message from cluster {c:?}"),
+            PeerError::WrongSender { claimed, actual } => {
+                write!(f, "peer message claims to be from node {claimed} but came from node {actual}")
+            }
+            PeerError::Malformed(e) => write!(f, "malformed peer message: {e}"),
+        }
+    }
+}
+
+pub fn encode(env: &Envelope) -> Vec<u8> {
+    postcard::to_allocvec(env).expect("peer messages serialize")
+}
+
+/// Decodes and checks bytes that came from node `from`, for a node of `cluster_id`.
+pub fn decode(bytes: &[u8], from: i32, cluster_id: &str) -> Result<Envelope, PeerError> {
+    if bytes.len() > limits::PEER_MESSAGE_BYTES_MAX {
+        return Err(PeerError::TooLarge(bytes.len()));
+    }
+    // The version comes first (a varint), so another version is told apart from garbage
+    // even when the rest of its layout differs.
+    let (version, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| PeerError::Malformed(e.to_string()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(PeerError::Version(version));
+    }
+    let env: Envelope = postcard::from_bytes(bytes).map_err(|e| PeerError::Malformed(e.to_string()))?;
+    if env.cluster_id != cluster_id {
+        return Err(PeerError::OtherCluster(env.cluster_id));
+    }
+    if env.from != from {
+        return Err(PeerError::WrongSender { claimed: env.from, actual: from });
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn vote() -> Envelope {
+        Envelope {
+            version: PROTOCOL_VERSION,
+            cluster_id: "c1".into(),
+            from: 2,
+            body: Body::Quorum(quorum::Message::Vote { epoch: 3, last_epoch: 2, log_end: 10, pre_vote: true }),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_refusal() {
+        let env = vote();
+        assert_eq!(decode(&encode(&env), 2, "c1"), Ok(env.clone()));
+        assert_eq!(decode(&encode(&env), 3, "c1"), Err(PeerError::WrongSender { claimed: 2, actual: 3 }));
+        assert_eq!(decode(&encode(&env), 2, "c2"), Err(PeerError::OtherCluster("c1".into())));
+        let newer = Envelope { version: PROTOCOL_VERSION + 1, ..env.clone() };
+        assert_eq!(decode(&encode(&newer), 2, "c1"), Err(PeerError::Version(PROTOCOL_VERSION + 1)));
+        let big = vec![0u8; limits::PEER_MESSAGE_BYTES_MAX + 1];
+        assert_eq!(decode(&big, 2, "c1"), Err(PeerError::TooLarge(big.len())));
+        assert!(matches!(decode(&[], 2, "c1"), Err(PeerError::Malformed(_))));
+    }
+
+    #[test]
+    fn garbage_and_truncations_are_refused_never_a_panic() {
+        let bytes = encode(&vote());
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut], 2, "c1").is_err(), "a prefix of {cut} bytes decoded");
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..10_000 {
+            let len = rng.gen_range(0..64);
+            let junk: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let _ = decode(&junk, 2, "c1");
+            let mut flipped = bytes.clone();
+            let i = rng.gen_range(0..flipped.len());
+            flipped[i] ^= 1 << rng.gen_range(0..8);
+            let _ = decode(&flipped, 2, "c1");
+        }
+    }
+}
