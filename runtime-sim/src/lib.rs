@@ -5,6 +5,7 @@
 //! Contract: no wall clock, no OS randomness, no threads; the same calls give the same run.
 
 pub mod disk;
+pub mod queue;
 pub mod quorum_world;
 pub mod rng;
 pub mod trace;

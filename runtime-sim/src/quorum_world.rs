@@ -12,13 +12,13 @@
 //! - Pauses: a paused node receives nothing (messages, timers, sync completions wait) until it
 //!   resumes, and then carries on believing what it believed before.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use rand::Rng;
 use sluice_core::quorum::{Action, Message, NodeId, NotLeader, Persisted, Quorum, QuorumConfig, Write};
 use sluice_core::{Instant, Offset};
 
+use crate::queue::EventQueue;
 use crate::rng::Streams;
 use crate::trace::Trace;
 use crate::world::{Nanos, MS};
@@ -42,29 +42,6 @@ enum Event {
     Timer { node: usize, inc: u64, token: u64 },
     Restart { node: usize },
     Client { token: u64 },
-}
-
-struct Scheduled {
-    at: Nanos,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
 }
 
 /// A node's store: what is durable, and the writes since that a sync has not yet covered.
@@ -196,8 +173,7 @@ pub struct QuorumStats {
 
 pub struct QuorumWorld {
     now: Nanos,
-    seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: EventQueue<Event>,
     pub nodes: Vec<QNode>,
     /// Directed links that drop what is sent over them.
     pub cut: BTreeSet<(usize, usize)>,
@@ -225,8 +201,7 @@ impl QuorumWorld {
             .collect();
         let mut w = QuorumWorld {
             now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             nodes,
             cut: BTreeSet::new(),
             env,
@@ -253,12 +228,11 @@ impl QuorumWorld {
     }
 
     pub fn next_event_at(&self) -> Option<Nanos> {
-        self.queue.peek().map(|Reverse(s)| s.at)
+        self.queue.next_at()
     }
 
     fn schedule(&mut self, at: Nanos, event: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled { at, seq: self.seq, event }));
+        self.queue.push(at, event);
     }
 
     pub fn set_timer(&mut self, token: u64, after: Nanos) {
@@ -383,19 +357,19 @@ impl QuorumWorld {
 
     /// Handles the next event. Returns false when nothing is left.
     pub fn step(&mut self, h: &mut impl QuorumHarness) -> bool {
-        let Some(Reverse(s)) = self.queue.pop() else { return false };
-        self.now = self.now.max(s.at);
-        if let Some(node) = event_node(&s.event) {
+        let Some((at, event)) = self.queue.pop() else { return false };
+        self.now = self.now.max(at);
+        if let Some(node) = event_node(&event) {
             if let Some(until) = self.nodes[node].paused_until {
                 if until > self.now {
-                    self.schedule(until, s.event); // frozen: it happens when the node wakes
+                    self.schedule(until, event); // frozen: it happens when the node wakes
                     return true;
                 }
                 self.nodes[node].paused_until = None;
             }
         }
         self.stats.events += 1;
-        match s.event {
+        match event {
             Event::Deliver { to, from, bytes } => self.deliver(to, from, &bytes, h),
             Event::Synced { node, inc, id } if self.nodes[node].inc == inc && self.is_up(node) => {
                 self.trace.record(self.now, "q-synced", node as u64, id);

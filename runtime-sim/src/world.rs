@@ -10,8 +10,7 @@
 //! disk's unsynced writes (or tears them), resets its connections, and restarts the node
 //! from its disk after a downtime.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rand::Rng;
@@ -19,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use sluice_core::{ConnId, DiskError, DiskOp, DiskReply, Input, Instant, Node, NodeConfig, OpId, Output, Part, Time};
 
 use crate::disk::SimDisk;
+use crate::queue::EventQueue;
 use crate::rng::Streams;
 use crate::trace::Trace;
 
@@ -65,29 +65,6 @@ enum Event {
     ClientClosed { conn: ConnId },
     ClientTimer { client: usize, token: u64 },
     Restart { node: usize },
-}
-
-struct Scheduled {
-    at: Nanos,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
 }
 
 /// A node's clock: its monotonic time runs at (1 + drift) of simulated time, from an offset.
@@ -165,8 +142,7 @@ pub struct Stats {
 
 pub struct World {
     now: Nanos,
-    seq: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: EventQueue<Event>,
     slots: Vec<Slot>,
     conns: BTreeMap<ConnId, Conn>,
     next_conn: u64,
@@ -208,8 +184,7 @@ impl World {
             .collect();
         let mut w = World {
             now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             slots,
             conns: BTreeMap::new(),
             next_conn: 0,
@@ -252,8 +227,7 @@ impl World {
     }
 
     fn schedule(&mut self, at: Nanos, event: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled { at: at.max(self.now), seq: self.seq, event }));
+        self.queue.push(at.max(self.now), event);
     }
 
     fn boot(&mut self, i: usize) {
@@ -405,16 +379,16 @@ impl World {
 
     /// The time of the next event, if any.
     pub fn next_event_at(&self) -> Option<Nanos> {
-        self.queue.peek().map(|Reverse(s)| s.at)
+        self.queue.next_at()
     }
 
     /// Processes one event. Returns false when nothing is left.
     pub fn step(&mut self, h: &mut impl Harness) -> bool {
-        let Some(Reverse(s)) = self.queue.pop() else {
+        let Some((at, event)) = self.queue.pop() else {
             return false;
         };
-        debug_assert!(s.at >= self.now, "time never goes back");
-        if s.at == self.now {
+        debug_assert!(at >= self.now, "time never goes back");
+        if at == self.now {
             self.same_instant += 1;
             assert!(
                 self.same_instant < 1_000_000,
@@ -424,9 +398,9 @@ impl World {
         } else {
             self.same_instant = 0;
         }
-        self.now = s.at;
+        self.now = at;
         self.stats.events += 1;
-        match s.event {
+        match event {
             Event::NodeInput { node, inc, input } => {
                 if self.slots[node].inc == inc && self.slots[node].node.is_some() {
                     self.trace.record_input(self.now, node, &input);

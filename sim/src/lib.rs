@@ -227,12 +227,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> Report {
     match std::panic::catch_unwind(|| run_inner(seed, opts)) {
         Ok(r) => r,
         Err(e) => {
-            sluice_core::mutants::set(None);
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
+            let msg = panic_message(&*e);
             Report {
                 seed,
                 mutant: opts.mutant.clone(),
@@ -251,6 +246,12 @@ pub fn run(seed: u64, opts: &RunOpts) -> Report {
             }
         }
     }
+}
+
+/// What a run's panic said (a broken invariant's message), with the run's mutant turned off.
+pub(crate) fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    sluice_core::mutants::set(None);
+    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
 }
 
 fn run_inner(seed: u64, opts: &RunOpts) -> Report {

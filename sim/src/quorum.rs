@@ -396,12 +396,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> QuorumReport {
     match std::panic::catch_unwind(|| run_inner(seed, opts)) {
         Ok(r) => r,
         Err(e) => {
-            sluice_core::mutants::set(None);
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
+            let msg = crate::panic_message(&*e);
             QuorumReport {
                 seed,
                 mutant: opts.mutant.clone(),
@@ -418,14 +413,9 @@ pub fn run(seed: u64, opts: &RunOpts) -> QuorumReport {
     }
 }
 
-fn run_inner(seed: u64, opts: &RunOpts) -> QuorumReport {
-    let mutant = opts
-        .mutant
-        .as_deref()
-        .map(|m| sluice_core::mutants::by_name(m).unwrap_or_else(|| panic!("unknown mutant {m}")));
-    sluice_core::mutants::set(mutant);
-    let (plan, env) = draw(seed, opts);
-    let plan_text = format!(
+/// The plan and environment in one line, for the report.
+fn describe(plan: &QuorumPlan, env: &QuorumEnv) -> String {
+    format!(
         "{} voters, safety {} ms; propose every {} ms; crash every {:?} ms (all at once {}, after a vote {}, after an election {}), partition every {:?} ms, pause every {:?} ms; election timeout {} ms, fetch timeout {} ms, {} entries per fetch; latency {}-{} us, loss {}, duplicate {}, sync up to {} us, drift up to {} ppm",
         plan.voters,
         plan.safety / MS,
@@ -445,7 +435,17 @@ fn run_inner(seed: u64, opts: &RunOpts) -> QuorumReport {
         env.duplicate,
         env.sync_latency.1 / US,
         env.clock_drift_ppm_max,
-    );
+    )
+}
+
+fn run_inner(seed: u64, opts: &RunOpts) -> QuorumReport {
+    let mutant = opts
+        .mutant
+        .as_deref()
+        .map(|m| sluice_core::mutants::by_name(m).unwrap_or_else(|| panic!("unknown mutant {m}")));
+    sluice_core::mutants::set(mutant);
+    let (plan, env) = draw(seed, opts);
+    let plan_text = describe(&plan, &env);
     let mut run = Run {
         checker: QuorumChecker::new(plan.voters),
         hint: None,

@@ -253,40 +253,7 @@ impl Node {
                 }
             }
             (Step::SegRead { tp, position: read_at, asked }, Ok(DiskReply::Data(data))) => {
-                let interval = self.topic_settings(tp).map_or(4096, |s| s.index_interval_bytes);
-                let eof = data.len() < asked;
-                let rec = &mut self.recovery;
-                let Some(seg) = rec.current.get_mut(&tp) else {
-                    return;
-                };
-                let replay = rec.replay.entry(tp).or_default();
-                match seg.recover_chunk(&data, eof, limits::RECOVERY_READ_BYTES, interval, replay) {
-                    Scan::NeedMore { position, len } => self.read_chunk_at(tp, position, len),
-                    Scan::Clean => self.segment_done(tp, None),
-                    Scan::Torn { position, reason } => {
-                        let dir = self.partition(tp).map(|p| p.log.dir.clone()).unwrap_or_default();
-                        // A read can come back corrupted. Cutting the log on a bad read would
-                        // throw away acknowledged records, so read that spot again: only bytes
-                        // that read the same bad way twice are cut off (a torn write does).
-                        let bad =
-                            &data[usize::try_from(position.saturating_sub(read_at)).unwrap_or(0).min(data.len())..];
-                        let fingerprint = crc32c::crc32c(bad);
-                        let consistent = match self.recovery.reread.get(&tp) {
-                            Some(&(p, f, n)) if p == position => f == fingerprint || n >= REREADS_MAX,
-                            _ => crate::mutants::active(crate::mutants::Mutant::TruncateOnFirstBadRead),
-                        };
-                        if consistent {
-                            tracing::warn!(%dir, position, ?reason, "torn or corrupt segment tail; truncating");
-                            self.segment_done(tp, Some(position));
-                        } else {
-                            let attempts =
-                                self.recovery.reread.get(&tp).filter(|r| r.0 == position).map_or(1, |r| r.2 + 1);
-                            tracing::warn!(%dir, position, ?reason, attempts, "bad batch in a segment; reading it again");
-                            self.recovery.reread.insert(tp, (position, fingerprint, attempts));
-                            self.read_chunk_at(tp, position, limits::RECOVERY_READ_BYTES);
-                        }
-                    }
-                }
+                self.on_segment_read(tp, read_at, asked, &data)
             }
             (Step::Misc(_) | Step::Index(_), Ok(_)) => {}
             (Step::Index(tp), Err(e)) => {
@@ -372,6 +339,43 @@ impl Node {
             }
         }
         self.maybe_serving();
+    }
+
+    /// A chunk of a segment read during recovery: scan it, then read on, accept the segment,
+    /// or cut a torn tail (only once two reads agree on it).
+    fn on_segment_read(&mut self, tp: Tp, read_at: u64, asked: usize, data: &[u8]) {
+        let interval = self.topic_settings(tp).map_or(4096, |s| s.index_interval_bytes);
+        let eof = data.len() < asked;
+        let rec = &mut self.recovery;
+        let Some(seg) = rec.current.get_mut(&tp) else {
+            return;
+        };
+        let replay = rec.replay.entry(tp).or_default();
+        match seg.recover_chunk(data, eof, limits::RECOVERY_READ_BYTES, interval, replay) {
+            Scan::NeedMore { position, len } => self.read_chunk_at(tp, position, len),
+            Scan::Clean => self.segment_done(tp, None),
+            Scan::Torn { position, reason } => {
+                let dir = self.partition(tp).map(|p| p.log.dir.clone()).unwrap_or_default();
+                // A read can come back corrupted. Cutting the log on a bad read would
+                // throw away acknowledged records, so read that spot again: only bytes
+                // that read the same bad way twice are cut off (a torn write does).
+                let bad = &data[usize::try_from(position.saturating_sub(read_at)).unwrap_or(0).min(data.len())..];
+                let fingerprint = crc32c::crc32c(bad);
+                let consistent = match self.recovery.reread.get(&tp) {
+                    Some(&(p, f, n)) if p == position => f == fingerprint || n >= REREADS_MAX,
+                    _ => crate::mutants::active(crate::mutants::Mutant::TruncateOnFirstBadRead),
+                };
+                if consistent {
+                    tracing::warn!(%dir, position, ?reason, "torn or corrupt segment tail; truncating");
+                    self.segment_done(tp, Some(position));
+                } else {
+                    let attempts = self.recovery.reread.get(&tp).filter(|r| r.0 == position).map_or(1, |r| r.2 + 1);
+                    tracing::warn!(%dir, position, ?reason, attempts, "bad batch in a segment; reading it again");
+                    self.recovery.reread.insert(tp, (position, fingerprint, attempts));
+                    self.read_chunk_at(tp, position, limits::RECOVERY_READ_BYTES);
+                }
+            }
+        }
     }
 
     /// A partition with no segment files: start it empty.
