@@ -85,11 +85,6 @@ impl RaftLog {
         (self.epoch_starts[i - 1].0, end)
     }
 
-    /// The offset where `epoch`'s entries begin, if the log holds any.
-    pub fn start_of(&self, epoch: Epoch) -> Option<Offset> {
-        self.epoch_starts.iter().find(|&&(e, _)| e == epoch).map(|&(_, s)| s)
-    }
-
     pub fn invariants(&self) {
         let mut prev: Option<(Epoch, Offset)> = None;
         for &(e, s) in &self.epoch_starts {
@@ -123,7 +118,6 @@ mod tests {
         assert_eq!(l.end_offset_for(3), (3, 5));
         assert_eq!(l.end_offset_for(4), (4, 6));
         assert_eq!(l.end_offset_for(9), (4, 6));
-        assert_eq!(l.start_of(3), Some(2));
         assert_eq!(l.last_epoch(), 4);
     }
 
