@@ -36,6 +36,36 @@ pub struct NodeConfig {
     pub txn_max_timeout_ms: i32,
     /// A transactional id idle this long is forgotten (`transactional.id.expiration.ms`).
     pub txn_id_expiration_ms: i64,
+    /// The cluster: the metadata quorum's voters (`controller.quorum.voters`), each node's id
+    /// and its controller endpoint. Empty: this node is a cluster of one, its sole voter.
+    pub voters: BTreeMap<i32, (String, u16)>,
+    /// `broker.rack`, for placing a partition's replicas in different racks.
+    pub rack: Option<String>,
+    /// How often a broker tells the controller it is alive (`broker.heartbeat.interval.ms`).
+    pub broker_heartbeat_interval_ms: u64,
+    /// A broker the controller has not heard from for this long is fenced
+    /// (`broker.session.timeout.ms`).
+    pub broker_session_timeout_ms: u64,
+    /// `controller.quorum.election.timeout.ms`.
+    pub quorum_election_timeout_ms: u64,
+    /// `controller.quorum.fetch.timeout.ms`.
+    pub quorum_fetch_timeout_ms: u64,
+}
+
+impl NodeConfig {
+    /// The voters' ids: the configured ones, or this node alone.
+    pub fn voter_ids(&self) -> Vec<i32> {
+        if self.voters.is_empty() {
+            vec![self.node_id.0]
+        } else {
+            self.voters.keys().copied().collect()
+        }
+    }
+
+    /// More than one node: brokers register, heartbeat and share partitions.
+    pub fn is_cluster(&self) -> bool {
+        self.voter_ids() != [self.node_id.0]
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +110,12 @@ impl Default for NodeConfig {
             txn_abort_check_interval_ms: 10_000,
             txn_max_timeout_ms: 900_000,
             txn_id_expiration_ms: 604_800_000,
+            voters: BTreeMap::new(),
+            rack: None,
+            broker_heartbeat_interval_ms: 2_000,
+            broker_session_timeout_ms: 9_000,
+            quorum_election_timeout_ms: 1_000,
+            quorum_fetch_timeout_ms: 2_000,
         }
     }
 }

@@ -46,3 +46,5 @@ pub const GROUP_MEMBERS_MAX: usize = 1_000;
 /// larger ones are refused and the peer's connection closed. Metadata fetches carry at most
 /// `fetch_max_entries` small records, far below it.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// The first frame of a peer connection (a node id, a cluster id, a version) is small.
+pub const PEER_HELLO_BYTES_MAX: usize = 4096;

@@ -12,6 +12,8 @@ use sluice_core::BrokerId;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The controller listener peers connect to, when this node is one of several voters.
+    pub controller_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub node: NodeConfig,
 }
@@ -33,14 +35,104 @@ pub fn parse_properties(text: &str) -> Result<BTreeMap<String, String>, String> 
     Ok(out)
 }
 
+/// `NAME://host:port[,...]` → each listener's name, host and port, in order.
+fn parse_listeners(value: &str) -> Result<Vec<(String, String, u16)>, String> {
+    let mut out = Vec::new();
+    for one in value.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+        let (name, rest) = one.split_once("://").unwrap_or(("PLAINTEXT", one));
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("listener {one:?} has no port"))?;
+        let port: u16 = port.parse().map_err(|_| format!("listener {one:?}: bad port"))?;
+        let host = if host.is_empty() { "0.0.0.0" } else { host };
+        out.push((name.trim().to_uppercase(), host.trim_matches(|c| c == '[' || c == ']').to_string(), port));
+    }
+    if out.is_empty() {
+        return Err(format!("listeners {value:?} names no listener"));
+    }
+    Ok(out)
+}
+
 /// `PLAINTEXT://host:port[,...]` → the first listener's host and port.
 fn parse_listener(value: &str) -> Result<(String, u16), String> {
-    let first = value.split(',').next().unwrap_or("").trim();
-    let rest = first.split_once("://").map_or(first, |(_, r)| r);
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("listener {value:?} has no port"))?;
-    let port: u16 = port.parse().map_err(|_| format!("listener {value:?}: bad port"))?;
-    let host = if host.is_empty() { "0.0.0.0" } else { host };
-    Ok((host.trim_matches(|c| c == '[' || c == ']').to_string(), port))
+    let (_, host, port) = parse_listeners(value)?.swap_remove(0);
+    Ok((host, port))
+}
+
+fn socket_addr(host: &str, port: u16, what: &str) -> Result<SocketAddr, String> {
+    format!("{host}:{port}")
+        .parse()
+        .or_else(|_| format!("{}:{port}", if host == "localhost" { "127.0.0.1" } else { host }).parse())
+        .map_err(|_| format!("{what}: cannot use {host}:{port} (give an IP address or localhost)"))
+}
+
+/// `controller.quorum.voters`: `id@host:port,...`.
+fn parse_voters(value: &str) -> Result<BTreeMap<i32, (String, u16)>, String> {
+    let mut out = BTreeMap::new();
+    for one in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        let bad = || format!("controller.quorum.voters: {one:?} is not id@host:port");
+        let (id, addr) = one.split_once('@').ok_or_else(bad)?;
+        let id: i32 = id.trim().parse().map_err(|_| bad())?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if out.insert(id, (host.trim_matches(|c| c == '[' || c == ']').to_string(), port)).is_some() {
+            return Err(format!("controller.quorum.voters names node {id} twice"));
+        }
+    }
+    Ok(out)
+}
+
+/// The cluster's listeners: which one clients use, which one the controller listens on
+/// (`controller.listener.names`), and the voters. A node given no voters is a cluster of one.
+fn cluster_listeners(
+    props: &BTreeMap<String, String>,
+    node: &mut NodeConfig,
+) -> Result<(String, (String, u16), Option<SocketAddr>), String> {
+    let listeners = props.get("listeners").cloned().unwrap_or_else(|| "PLAINTEXT://127.0.0.1:9092".to_string());
+    let all = parse_listeners(&listeners)?;
+    let controller_names: Vec<String> = props
+        .get("controller.listener.names")
+        .map_or("CONTROLLER", String::as_str)
+        .split(',')
+        .map(|n| n.trim().to_uppercase())
+        .collect();
+    let client = all
+        .iter()
+        .find(|(name, _, _)| !controller_names.contains(name))
+        .ok_or("listeners: no listener for clients (every one is a controller listener)")?;
+    let controller = all.iter().find(|(name, _, _)| controller_names.contains(name));
+    if let Some(roles) = props.get("process.roles") {
+        let mut roles: Vec<&str> = roles.split(',').map(str::trim).collect();
+        roles.sort_unstable();
+        if roles != ["broker", "controller"] {
+            return Err(format!(
+                "process.roles={:?}: Sluice runs combined nodes only (process.roles=broker,controller)",
+                props["process.roles"]
+            ));
+        }
+    }
+    if props.contains_key("controller.quorum.bootstrap.servers") && !props.contains_key("controller.quorum.voters") {
+        return Err("controller.quorum.bootstrap.servers (dynamic quorums, KIP-853) is not supported yet; \
+                    give controller.quorum.voters"
+            .into());
+    }
+    node.voters = match props.get("controller.quorum.voters") {
+        Some(v) => parse_voters(v)?,
+        None => BTreeMap::new(),
+    };
+    let controller_listen = if node.is_cluster() {
+        if !node.voters.contains_key(&node.node_id.0) {
+            return Err(format!(
+                "node.id={} is not among controller.quorum.voters: Sluice runs combined nodes only",
+                node.node_id.0
+            ));
+        }
+        let (_, host, port) = controller.ok_or(
+            "listeners: a cluster node needs a controller listener (named in controller.listener.names)",
+        )?;
+        Some(socket_addr(host, *port, "controller listener")?)
+    } else {
+        None
+    };
+    Ok((listeners, (client.1.clone(), client.2), controller_listen))
 }
 
 fn num<T: std::str::FromStr>(props: &BTreeMap<String, String>, key: &str) -> Result<Option<T>, String> {
@@ -50,12 +142,11 @@ fn num<T: std::str::FromStr>(props: &BTreeMap<String, String>, key: &str) -> Res
 /// Builds the configuration from properties (file values with overrides applied).
 pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     let mut node = NodeConfig::default();
-    let listeners = props.get("listeners").cloned().unwrap_or_else(|| "PLAINTEXT://127.0.0.1:9092".to_string());
-    let (host, port) = parse_listener(&listeners)?;
-    let listen: SocketAddr = format!("{host}:{port}")
-        .parse()
-        .or_else(|_| format!("{}:{port}", if host == "localhost" { "127.0.0.1" } else { &host }).parse())
-        .map_err(|_| format!("listeners: cannot listen on {host}:{port}"))?;
+    if let Some(id) = num::<i32>(props, "node.id")?.or(num::<i32>(props, "broker.id")?) {
+        node.node_id = BrokerId(id);
+    }
+    let (listeners, (host, port), controller_listen) = cluster_listeners(props, &mut node)?;
+    let listen = socket_addr(&host, port, "listeners")?;
     let (adv_host, adv_port) = match props.get("advertised.listeners") {
         Some(v) => parse_listener(v)?,
         None => (if host == "0.0.0.0" { "127.0.0.1".to_string() } else { host.clone() }, port),
@@ -68,8 +159,18 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if dirs.next().is_some() {
         return Err("log.dirs: Sluice uses one log directory per node for now".to_string());
     }
-    if let Some(id) = num::<i32>(props, "node.id")?.or(num::<i32>(props, "broker.id")?) {
-        node.node_id = BrokerId(id);
+    node.rack = props.get("broker.rack").cloned();
+    if let Some(v) = num::<u64>(props, "broker.heartbeat.interval.ms")? {
+        node.broker_heartbeat_interval_ms = v.max(1);
+    }
+    if let Some(v) = num::<u64>(props, "broker.session.timeout.ms")? {
+        node.broker_session_timeout_ms = v.max(1);
+    }
+    if let Some(v) = num::<u64>(props, "controller.quorum.election.timeout.ms")? {
+        node.quorum_election_timeout_ms = v.max(1);
+    }
+    if let Some(v) = num::<u64>(props, "controller.quorum.fetch.timeout.ms")? {
+        node.quorum_fetch_timeout_ms = v.max(1);
     }
     if let Some(n) = num::<i32>(props, "num.partitions")? {
         if n < 1 {
@@ -207,7 +308,7 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
         effective.entry(k.clone()).or_insert_with(|| v.clone());
     }
     node.broker_properties = effective;
-    Ok(ServerConfig { listen, data_dir, node })
+    Ok(ServerConfig { listen, controller_listen, data_dir, node })
 }
 
 #[cfg(test)]
@@ -227,5 +328,26 @@ mod tests {
         assert_eq!(c.node.broker_properties["log.dirs"], "/tmp/x");
         assert!(build(&parse_properties("num.partitions=x").unwrap()).is_err());
         assert!(parse_properties("garbage line").is_err());
+        assert!(c.controller_listen.is_none());
+    }
+
+    #[test]
+    fn cluster_properties() {
+        let text = "node.id=2\nprocess.roles=broker,controller\n\
+                    listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093\n\
+                    controller.listener.names=CONTROLLER\n\
+                    controller.quorum.voters=1@127.0.0.1:9093,2@127.0.0.1:19093,3@localhost:29093\n";
+        let c = build(&parse_properties(text).unwrap()).unwrap();
+        assert_eq!(c.listen.port(), 19092);
+        assert_eq!(c.controller_listen.unwrap().port(), 19093);
+        assert_eq!(c.node.voter_ids(), vec![1, 2, 3]);
+        assert_eq!(c.node.voters[&3], ("localhost".to_string(), 29093));
+        assert!(c.node.is_cluster());
+        let refused = |extra: &str| build(&parse_properties(&format!("{text}{extra}")).unwrap()).unwrap_err();
+        assert!(refused("process.roles=broker\n").contains("combined"));
+        assert!(refused("node.id=7\n").contains("not among"));
+        assert!(refused("listeners=PLAINTEXT://127.0.0.1:19092\n").contains("controller listener"));
+        assert!(refused("controller.quorum.voters=1@h:1,1@h:2\n").contains("twice"));
+        assert!(refused("controller.quorum.voters=x@h:1\n").contains("id@host:port"));
     }
 }

@@ -8,6 +8,8 @@
 pub mod alloc;
 pub mod config;
 pub mod disk;
+pub mod meta_properties;
+pub mod peer;
 pub mod perf;
 pub mod sendfile;
 pub mod server;

@@ -18,16 +18,18 @@ use crate::config::ServerConfig;
 use crate::disk::{Disk, Outcome};
 
 /// Messages into the core thread.
-enum Msg {
+pub(crate) enum Msg {
     Opened { conn: ConnId, tx: mpsc::UnboundedSender<Vec<WirePart>>, stop: Arc<tokio::sync::Notify> },
     Frame { conn: ConnId, frame: Bytes },
     Closed { conn: ConnId },
     Synced { op: OpId, result: Result<DiskReply, DiskError> },
+    /// A message from another node of the cluster.
+    Peer { from: sluice_core::BrokerId, bytes: Bytes },
     Shutdown,
 }
 
 /// A response part ready for the socket.
-enum WirePart {
+pub(crate) enum WirePart {
     Bytes(Bytes),
     File { file: Arc<File>, position: u64, len: u32 },
 }
@@ -35,7 +37,8 @@ enum WirePart {
 /// Requests queued from all connections to the core before readers wait.
 const CORE_QUEUE_LEN: usize = 4096;
 
-pub fn run(cfg: ServerConfig) -> Result<(), String> {
+pub fn run(mut cfg: ServerConfig) -> Result<(), String> {
+    crate::meta_properties::ensure(&cfg.data_dir, &mut cfg.node)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -54,9 +57,13 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
     })
     .map_err(|e| format!("data directory {}: {e}", cfg.data_dir.display()))?;
     let node_cfg = cfg.node.clone();
+    let peers = match cfg.controller_listen {
+        Some(at) => Some(crate::peer::start(at, &cfg.node, tx.clone()).await?),
+        None => None,
+    };
     let core = std::thread::Builder::new()
         .name("sluice-core".into())
-        .spawn(move || core_thread(node_cfg, disk, rx))
+        .spawn(move || core_thread(node_cfg, disk, peers, rx))
         .map_err(|e| e.to_string())?;
     tracing::info!(listen = %cfg.listen, data = %cfg.data_dir.display(), "sluice broker listening");
     let frame_max = cfg.node.socket_request_max_bytes;
@@ -186,12 +193,17 @@ struct Conn {
 }
 
 /// The core thread: one node, fed inputs one at a time; its outputs executed in order.
-fn core_thread(node_cfg: sluice_core::NodeConfig, disk: Disk, rx: mpsc::Receiver<Msg>) {
+fn core_thread(node_cfg: sluice_core::NodeConfig, disk: Disk, peers: Option<crate::peer::Peers>, rx: mpsc::Receiver<Msg>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("core runtime");
-    rt.block_on(core_loop(node_cfg, disk, rx));
+    rt.block_on(core_loop(node_cfg, disk, peers, rx));
 }
 
-async fn core_loop(node_cfg: sluice_core::NodeConfig, mut disk: Disk, mut rx: mpsc::Receiver<Msg>) {
+async fn core_loop(
+    node_cfg: sluice_core::NodeConfig,
+    mut disk: Disk,
+    peers: Option<crate::peer::Peers>,
+    mut rx: mpsc::Receiver<Msg>,
+) {
     let clock = Clock { start: std::time::Instant::now() };
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut node = Node::new(node_cfg, seed, clock.now());
@@ -199,10 +211,10 @@ async fn core_loop(node_cfg: sluice_core::NodeConfig, mut disk: Disk, mut rx: mp
     let mut local: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
     let mut was_serving = false;
     loop {
-        drain(&mut node, &mut disk, &mut conns, &mut local);
+        drain(&mut node, &mut disk, &mut conns, peers.as_ref(), &mut local);
         while let Some(input) = local.pop_front() {
             node.handle(clock.now(), input);
-            drain(&mut node, &mut disk, &mut conns, &mut local);
+            drain(&mut node, &mut disk, &mut conns, peers.as_ref(), &mut local);
         }
         if !was_serving && node.is_serving() {
             was_serving = true;
@@ -238,6 +250,7 @@ async fn core_loop(node_cfg: sluice_core::NodeConfig, mut disk: Disk, mut rx: mp
                 Input::ConnClosed { conn }
             }
             Msg::Synced { op, result } => Input::DiskDone { op, result },
+            Msg::Peer { from, bytes } => Input::Peer { from, bytes },
             Msg::Shutdown => return,
         };
         node.handle(clock.now(), input);
@@ -248,6 +261,7 @@ fn drain(
     node: &mut Node,
     disk: &mut Disk,
     conns: &mut HashMap<ConnId, Conn>,
+    peers: Option<&crate::peer::Peers>,
     local: &mut std::collections::VecDeque<Input>,
 ) {
     while let Some(out) = node.poll_output() {
@@ -289,7 +303,10 @@ fn drain(
                     drop(c.tx); // the writer flushes what is queued, then shuts the socket
                 }
             }
-            Output::Peer { to, .. } => tracing::warn!(?to, "peer output on a single-node runtime"),
+            Output::Peer { to, bytes } => match peers {
+                Some(p) => p.send(to, bytes),
+                None => tracing::warn!(?to, "a peer message on a node without peers; dropped"),
+            },
         }
     }
 }

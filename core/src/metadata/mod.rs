@@ -1,9 +1,12 @@
-//! The cluster metadata: topics, their ids, partition counts and configs. It is kept as a log
-//! of records (`.sluice-meta/metadata.log`) that every change is appended to and synced before
-//! it is acknowledged; a restart replays it. With one node the log is local; the Raft quorum
-//! of a cluster will replicate exactly these records.
+//! The cluster metadata: brokers (their endpoints, epochs, fencing), topics (ids, configs,
+//! each partition's replicas) and producer id blocks. Every change is a record in the metadata
+//! quorum's log; every node applies the committed records in log order to its
+//! [`MetadataImage`], so all nodes share one view.
 //!
-//! Record framing: `len u32 | crc32c u32 | postcard(MetaRecord)`, big-endian.
+//! Records are postcard-encoded, so a variant is never changed or removed: a new shape is a
+//! new variant at the end (`TopicCreated` became `TopicPlaced` when partitions got replicas).
+//! Data directories made before the quorum keep their records in `metadata.log`, framed
+//! `len u32 | crc32c u32 | postcard(MetaRecord)`, big-endian.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +36,38 @@ pub enum MetaRecord {
     ProducerIdsBlock {
         end: i64,
     },
+    /// A topic and where each partition's replicas are (the first is its preferred leader).
+    TopicPlaced {
+        name: String,
+        id: [u8; 16],
+        configs: Vec<(String, String)>,
+        replicas: Vec<Vec<i32>>,
+    },
+    /// Partitions added to a topic that had `from`, with their replicas.
+    PartitionsPlaced {
+        name: String,
+        id: [u8; 16],
+        from: i32,
+        replicas: Vec<Vec<i32>>,
+    },
+    /// A broker (re)registered: its epoch is this record's offset. It starts fenced.
+    BrokerRegistered {
+        id: i32,
+        incarnation: u64,
+        host: String,
+        port: i32,
+        rack: Option<String>,
+    },
+    /// The controller stopped hearing from the broker (or it is shutting down).
+    BrokerFenced {
+        id: i32,
+        epoch: i64,
+    },
+    /// The broker heartbeats and has caught up the metadata log: it may lead partitions.
+    BrokerUnfenced {
+        id: i32,
+        epoch: i64,
+    },
 }
 
 /// One topic as the metadata log says.
@@ -41,38 +76,137 @@ pub struct TopicImage {
     pub id: [u8; 16],
     pub partitions: i32,
     pub configs: BTreeMap<String, String>,
+    /// Each partition's replicas. Empty for a partition created before placement existed
+    /// (a cluster of one): its replica is that node.
+    pub replicas: Vec<Vec<i32>>,
+}
+
+/// A registered broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerImage {
+    /// The offset of its registration record: heartbeats carry it, so a stale one is known.
+    pub epoch: i64,
+    pub incarnation: u64,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+    pub fenced: bool,
 }
 
 /// The state the metadata log builds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicImage>,
+    pub brokers: BTreeMap<i32, BrokerImage>,
     /// End of the last block of producer ids taken: new ids start here.
     pub producer_ids_end: i64,
 }
 
 impl MetadataImage {
-    pub fn apply(&mut self, rec: &MetaRecord) {
+    /// Applies the record at `offset` of the metadata log. Returns false when it changes
+    /// nothing (a topic that exists already, partitions added to an older count, a broker
+    /// epoch that is not current): every node ignores such a record alike.
+    pub fn apply(&mut self, offset: i64, rec: &MetaRecord) -> bool {
         match rec {
             MetaRecord::TopicCreated { name, id, partitions, configs } => {
-                self.topics.insert(
-                    name.clone(),
-                    TopicImage { id: *id, partitions: *partitions, configs: configs.iter().cloned().collect() },
-                );
+                self.place_topic(name, *id, configs, vec![Vec::new(); usize::try_from(*partitions).unwrap_or(0)])
+            }
+            MetaRecord::TopicPlaced { name, id, configs, replicas } => {
+                self.place_topic(name, *id, configs, replicas.clone())
             }
             MetaRecord::PartitionsCreated { name, id, total } => {
-                if let Some(t) = self.topics.get_mut(name).filter(|t| t.id == *id) {
-                    t.partitions = t.partitions.max(*total);
-                }
+                let Some(t) = self.topics.get_mut(name).filter(|t| t.id == *id && t.partitions < *total) else {
+                    return false;
+                };
+                t.replicas.resize(usize::try_from(*total).unwrap_or(0), Vec::new());
+                t.partitions = *total;
+                true
+            }
+            MetaRecord::PartitionsPlaced { name, id, from, replicas } => {
+                let Some(t) = self.topics.get_mut(name).filter(|t| t.id == *id && t.partitions == *from) else {
+                    return false;
+                };
+                t.replicas.extend(replicas.iter().cloned());
+                t.partitions += i32::try_from(replicas.len()).unwrap_or(0);
+                true
             }
             MetaRecord::TopicDeleted { name, id } => {
-                if self.topics.get(name).is_some_and(|t| t.id == *id) {
-                    self.topics.remove(name);
+                self.topics.get(name).is_some_and(|t| t.id == *id) && self.topics.remove(name).is_some()
+            }
+            MetaRecord::ProducerIdsBlock { end } => {
+                self.producer_ids_end = self.producer_ids_end.max(*end);
+                true
+            }
+            MetaRecord::BrokerRegistered { id, incarnation, host, port, rack } => {
+                let b = BrokerImage {
+                    epoch: offset,
+                    incarnation: *incarnation,
+                    host: host.clone(),
+                    port: *port,
+                    rack: rack.clone(),
+                    fenced: true,
+                };
+                self.brokers.insert(*id, b);
+                true
+            }
+            MetaRecord::BrokerFenced { id, epoch } | MetaRecord::BrokerUnfenced { id, epoch } => {
+                let fence = matches!(rec, MetaRecord::BrokerFenced { .. });
+                match self.brokers.get_mut(id).filter(|b| b.epoch == *epoch && b.fenced != fence) {
+                    Some(b) => {
+                        b.fenced = fence;
+                        true
+                    }
+                    None => false,
                 }
             }
-            MetaRecord::ProducerIdsBlock { end } => self.producer_ids_end = self.producer_ids_end.max(*end),
         }
     }
+
+    fn place_topic(&mut self, name: &str, id: [u8; 16], configs: &[(String, String)], replicas: Vec<Vec<i32>>) -> bool {
+        if self.topics.contains_key(name) {
+            return false;
+        }
+        let partitions = i32::try_from(replicas.len()).unwrap_or(0);
+        let t = TopicImage { id, partitions, configs: configs.iter().cloned().collect(), replicas };
+        self.topics.insert(name.to_string(), t);
+        true
+    }
+
+    /// Brokers that may lead partitions (registered and unfenced), by id.
+    pub fn live_brokers(&self) -> impl Iterator<Item = (i32, &BrokerImage)> {
+        self.brokers.iter().filter(|(_, b)| !b.fenced).map(|(id, b)| (*id, b))
+    }
+}
+
+/// Places `count` new partitions of `rf` replicas each on `brokers` (id and rack): round
+/// robin from `start`, each partition's replicas on consecutive brokers; when brokers have
+/// racks, the list is first interleaved across racks so consecutive brokers are in different
+/// racks (as Kafka's rack-aware assignment does). `first` is the first new partition's index.
+pub fn place(brokers: &[(i32, Option<String>)], count: usize, rf: usize, start: usize, first: usize) -> Vec<Vec<i32>> {
+    let mut order: Vec<(i32, Option<String>)> = brokers.to_vec();
+    order.sort();
+    if order.iter().any(|(_, r)| r.is_some()) {
+        let mut racks: BTreeMap<Option<String>, std::collections::VecDeque<i32>> = BTreeMap::new();
+        for (id, rack) in &order {
+            racks.entry(rack.clone()).or_default().push_back(*id);
+        }
+        let mut interleaved = Vec::with_capacity(order.len());
+        while interleaved.len() < order.len() {
+            for (rack, ids) in racks.iter_mut() {
+                if let Some(id) = ids.pop_front() {
+                    interleaved.push((id, rack.clone()));
+                }
+            }
+        }
+        order = interleaved;
+    }
+    let n = order.len();
+    if n == 0 {
+        return vec![Vec::new(); count];
+    }
+    (0..count)
+        .map(|p| (0..rf.min(n)).map(|r| order[(start + first + p + r) % n].0).collect())
+        .collect()
 }
 
 pub fn encode_record(rec: &MetaRecord) -> Vec<u8> {
@@ -175,10 +309,40 @@ mod tests {
         assert!(valid < full);
         let mut img = MetadataImage::default();
         for r in &got {
-            img.apply(r);
+            img.apply(-1, r);
         }
         assert_eq!(img.topics["a"].partitions, 5);
         assert_eq!(img.producer_ids_end, 2000);
+    }
+
+    #[test]
+    fn placement_and_brokers() {
+        let mut img = MetadataImage::default();
+        let reg = |id| MetaRecord::BrokerRegistered { id, incarnation: 9, host: "h".into(), port: 1, rack: None };
+        assert!(img.apply(10, &reg(1)));
+        assert!(img.apply(11, &reg(2)));
+        assert!(img.brokers[&1].fenced, "a broker registers fenced");
+        assert!(!img.apply(12, &MetaRecord::BrokerUnfenced { id: 1, epoch: 9 }), "a stale epoch changes nothing");
+        assert!(img.apply(12, &MetaRecord::BrokerUnfenced { id: 1, epoch: 10 }));
+        assert_eq!(img.live_brokers().map(|(id, _)| id).collect::<Vec<_>>(), vec![1]);
+        let placed = MetaRecord::TopicPlaced { name: "t".into(), id: [2; 16], configs: vec![], replicas: vec![vec![1], vec![2]] };
+        assert!(img.apply(13, &placed));
+        assert!(!img.apply(14, &placed), "a topic is created once");
+        let more = MetaRecord::PartitionsPlaced { name: "t".into(), id: [2; 16], from: 2, replicas: vec![vec![2]] };
+        assert!(img.apply(15, &more));
+        assert!(!img.apply(16, &more), "partitions added to an older count change nothing");
+        assert_eq!(img.topics["t"].replicas, vec![vec![1], vec![2], vec![2]]);
+
+        let brokers = [(3, None), (1, None), (2, None)];
+        assert_eq!(place(&brokers, 4, 1, 1, 0), vec![vec![2], vec![3], vec![1], vec![2]]);
+        assert_eq!(place(&brokers, 2, 3, 0, 0), vec![vec![1, 2, 3], vec![2, 3, 1]]);
+        assert_eq!(place(&brokers, 1, 5, 0, 0), vec![vec![1, 2, 3]], "never more replicas than brokers");
+        let racked = [(1, Some("a".into())), (2, Some("a".into())), (3, Some("b".into())), (4, Some("b".into()))];
+        for replicas in place(&racked, 8, 2, 3, 0) {
+            let rack = |id: i32| racked.iter().find(|b| b.0 == id).unwrap().1.clone();
+            assert_ne!(rack(replicas[0]), rack(replicas[1]), "two replicas in one rack: {replicas:?}");
+        }
+        assert_eq!(place(&[], 2, 1, 0, 0), vec![Vec::<i32>::new(), Vec::new()]);
     }
 
     #[test]

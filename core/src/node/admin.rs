@@ -18,6 +18,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
+use super::cluster::FILE_OPS_PER_PARTITION;
 use super::{DiskOp, Job, JobDone, JobId, Node, PartState, Partition, Purpose, Then, Topic, TopicId, Waiter};
 use crate::config::{TopicSettings, TOPIC_CONFIG_KEYS};
 use crate::limits;
@@ -49,12 +50,20 @@ impl Node {
         Ok(())
     }
 
-    fn broker_entry(&self) -> MetadataResponseBroker {
-        let mut b = MetadataResponseBroker::default();
-        b.node_id = BrokerId(self.config.node_id.0);
-        b.host = sb(self.config.advertised_host.clone());
-        b.port = self.config.advertised_port;
-        b
+    /// The brokers a client may be sent to: this one and every live one the cluster knows.
+    fn broker_entries(&self) -> Vec<MetadataResponseBroker> {
+        self.live_broker_ids()
+            .into_iter()
+            .filter_map(|id| {
+                let (host, port, rack) = self.broker_endpoint(id)?;
+                let mut b = MetadataResponseBroker::default();
+                b.node_id = BrokerId(id);
+                b.host = sb(host);
+                b.port = port;
+                b.rack = rack.map(sb);
+                Some(b)
+            })
+            .collect()
     }
 
     pub(super) fn handle_metadata(
@@ -73,12 +82,12 @@ impl Node {
             Some(t) => Some(t.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)).collect()),
         };
         let mut resp = MetadataResponse::default();
-        resp.brokers = vec![self.broker_entry()];
+        resp.brokers = self.broker_entries();
         if ctx.version >= 2 {
             resp.cluster_id = Some(sb(self.config.cluster_id.clone()));
         }
         if ctx.version >= 1 {
-            resp.controller_id = BrokerId(self.config.node_id.0);
+            resp.controller_id = BrokerId(self.controller().unwrap_or(-1));
         }
         resp.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
         match wanted {
@@ -110,11 +119,20 @@ impl Node {
                         jobs.insert(job);
                         continue;
                     }
-                    if !self.topics.contains_key(&name)
+                    let wanted = !self.topics.contains_key(&name)
                         && auto_create
                         && metadata::valid_topic_name(&name)
-                        && !self.deleting.contains_key(&name)
-                    {
+                        && !self.deleting.contains_key(&name);
+                    if wanted && !self.is_controller() {
+                        // Only the controller creates topics: ask it, and let the client
+                        // retry until the topic has leaders (as Kafka's brokers answer).
+                        self.ask_controller_to_create(&name);
+                        let mut t = self.topic_metadata(&name, ctx.version);
+                        t.error_code = KafkaError::LeaderNotAvailable.code();
+                        resp.topics.push(t);
+                        continue;
+                    }
+                    if wanted && !self.topic_name_proposed(&name) {
                         let n = self.config.num_partitions;
                         match self.create_topic(&name, n, BTreeMap::new()) {
                             Ok(job) => {
@@ -165,25 +183,34 @@ impl Node {
         if version >= 1 {
             t.is_internal = name == super::groups::OFFSETS_TOPIC;
         }
-        let me = BrokerId(self.config.node_id.0);
+        let me = self.config.node_id.0;
         for (i, p) in topic.partitions.iter().enumerate() {
             if p.state == PartState::Creating {
                 continue;
             }
             let mut mp = MetadataResponsePartition::default();
             mp.partition_index = i32::try_from(i).expect("bounded partition count");
-            mp.leader_id = me;
+            let replicas: Vec<i32> = if p.replicas.is_empty() { vec![me] } else { p.replicas.clone() };
+            let leader = self.partition_leader(&replicas);
+            mp.leader_id = BrokerId(leader.unwrap_or(-1));
             if version >= 7 {
                 mp.leader_epoch = 0;
             }
-            mp.replica_nodes = vec![me];
-            mp.isr_nodes = vec![me];
+            mp.replica_nodes = replicas.iter().map(|r| BrokerId(*r)).collect();
+            mp.isr_nodes = leader.map(BrokerId).into_iter().collect();
             match p.state {
                 PartState::Online => {}
+                PartState::Remote if leader.is_some() => {}
                 PartState::Offline => {
                     mp.error_code = KafkaError::KafkaStorageError.code();
                     if version >= 5 {
-                        mp.offline_replicas = vec![me];
+                        mp.offline_replicas = vec![BrokerId(me)];
+                    }
+                }
+                PartState::Remote => {
+                    mp.error_code = KafkaError::LeaderNotAvailable.code();
+                    if version >= 5 {
+                        mp.offline_replicas = mp.replica_nodes.clone();
                     }
                 }
                 _ => mp.error_code = KafkaError::LeaderNotAvailable.code(),
@@ -203,16 +230,23 @@ impl Node {
         let req: DescribeClusterRequest = protocol::decode_body(body, ctx.version)?;
         let mut resp = DescribeClusterResponse::default();
         resp.cluster_id = sb(self.config.cluster_id.clone());
-        resp.controller_id = BrokerId(self.config.node_id.0);
+        resp.controller_id = BrokerId(self.controller().unwrap_or(-1));
         resp.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
         if ctx.version >= 1 {
             resp.endpoint_type = req.endpoint_type.max(1);
         }
-        let mut b = DescribeClusterBroker::default();
-        b.broker_id = BrokerId(self.config.node_id.0);
-        b.host = sb(self.config.advertised_host.clone());
-        b.port = self.config.advertised_port;
-        resp.brokers = vec![b];
+        resp.brokers = self
+            .broker_entries()
+            .into_iter()
+            .map(|m| {
+                let mut b = DescribeClusterBroker::default();
+                b.broker_id = m.node_id;
+                b.host = m.host;
+                b.port = m.port;
+                b.rack = m.rack;
+                b
+            })
+            .collect();
         self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
         Ok(())
     }
@@ -299,33 +333,41 @@ impl Node {
         partitions: i32,
         configs: BTreeMap<String, String>,
     ) -> Result<JobId, KafkaError> {
+        if !self.is_controller() {
+            return Err(KafkaError::NotController);
+        }
         let settings = TopicSettings::resolve(&self.config, &configs)?;
         let total: usize = self.topics.values().map(|t| t.partitions.len()).sum();
         if total + usize::try_from(partitions).unwrap_or(usize::MAX) > limits::PARTITIONS_PER_NODE_MAX {
             return Err(KafkaError::PolicyViolation);
         }
         let id = self.new_topic_id();
-        let ops_per_partition = 4; // CreateDir + three Opens
-        let remaining = 1 + ops_per_partition * usize::try_from(partitions).expect("validated");
-        let job = self.new_job(remaining, JobDone::TopicReady { name: name.to_string(), id });
-        let rec = MetaRecord::TopicCreated {
+        let replicas = self.place_partitions(usize::try_from(partitions).expect("validated"), 0);
+        let local = replicas.iter().filter(|r| self.hosts(r)).count();
+        let job = self.new_job(1 + FILE_OPS_PER_PARTITION * local, JobDone::TopicReady { name: name.to_string(), id });
+        let rec = MetaRecord::TopicPlaced {
             name: name.to_string(),
             id,
-            partitions,
             configs: configs.clone().into_iter().collect(),
+            replicas: replicas.clone(),
         };
         self.meta_append(&rec, job);
-        let mut topic = Topic { id, configs, settings, partitions: Vec::new(), creating: Some(job) };
-        for p in 0..partitions {
-            topic.partitions.push(self.new_partition(name, p, job, PartState::Creating));
-        }
+        let partitions = self.partitions_for(name, 0, &replicas, job);
+        let topic = Topic { id, configs, settings, partitions, creating: Some(job) };
         self.names.insert(id, name.to_string());
         self.topics.insert(name.to_string(), topic);
         Ok(job)
     }
 
     /// A fresh, empty partition: its directory and first segment, each op counted in `job`.
-    fn new_partition(&mut self, topic: &str, partition: i32, job: JobId, state: PartState) -> Partition {
+    pub(super) fn new_partition(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        replicas: Vec<i32>,
+        job: JobId,
+        state: PartState,
+    ) -> Partition {
         let dir = metadata::partition_dir(topic, partition);
         self.issue(DiskOp::CreateDir { path: dir.clone() }, Purpose::Job(job));
         let mut log = PartitionLog::empty(dir);
@@ -334,7 +376,7 @@ impl Node {
         log.add_segment(0, self.now.wall_ms, &mut next, &mut ops);
         self.next_file = next;
         self.issue_all(ops, || Purpose::Job(job));
-        Partition { log, state, sync: None, recovery_sync_failures: 0, written_end: 0 }
+        Partition { replicas, log, state, sync: None, recovery_sync_failures: 0, written_end: 0 }
     }
 
     pub(super) fn handle_create_topics(
@@ -366,8 +408,10 @@ impl Node {
                 Err((KafkaError::InvalidRequest, "topic named twice in one request".to_string()))
             } else if !metadata::valid_topic_name(&name) {
                 Err((KafkaError::InvalidTopic, format!("illegal topic name {name:?}")))
-            } else if self.topics.contains_key(&name) {
+            } else if self.topics.contains_key(&name) || self.topic_name_proposed(&name) {
                 Err((KafkaError::TopicAlreadyExists, format!("topic {name:?} already exists")))
+            } else if !self.is_controller() {
+                Err((KafkaError::NotController, "this broker is not the active controller".to_string()))
             } else if partitions <= 0 || partitions > limits::PARTITIONS_PER_TOPIC_MAX {
                 Err((
                     KafkaError::InvalidPartitions,
@@ -376,7 +420,7 @@ impl Node {
             } else if !matches!(t.replication_factor, -1 | 1) || !t.assignments.is_empty() {
                 Err((
                     KafkaError::InvalidReplicationFactor,
-                    "this cluster has one broker: replication factor must be 1".to_string(),
+                    "partitions are not replicated yet: replication factor must be 1".to_string(),
                 ))
             } else {
                 TopicSettings::resolve(&self.config, &configs)
@@ -483,6 +527,7 @@ impl Node {
                             .code();
                 }
                 Some((_, _, Some(_))) => r.error_code = KafkaError::LeaderNotAvailable.code(),
+                Some(_) if !self.is_controller() => r.error_code = KafkaError::NotController.code(),
                 Some((n, tid, None)) => {
                     if ctx.version >= 6 {
                         r.topic_id = Uuid::from_bytes(tid);
@@ -528,6 +573,9 @@ impl Node {
             let check = match current {
                 None => Err((KafkaError::UnknownTopicOrPartition, "no such topic".to_string())),
                 Some((_, true, _)) => Err((KafkaError::LeaderNotAvailable, "topic is being created".to_string())),
+                Some(_) if !self.is_controller() => {
+                    Err((KafkaError::NotController, "this broker is not the active controller".to_string()))
+                }
                 Some((n, _, _)) if usize::try_from(t.count).map_or(true, |c| c <= n) => {
                     Err((KafkaError::InvalidPartitions, format!("topic has {n} partitions; the count can only grow")))
                 }
@@ -537,7 +585,8 @@ impl Node {
                 )),
                 Some(_)
                     if t.assignments.as_ref().is_some_and(|a| {
-                        a.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != self.config.node_id.0))
+                        let live = self.live_broker_ids();
+                        a.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids.iter().any(|b| !live.contains(&b.0)))
                     }) =>
                 {
                     Err((KafkaError::InvalidRequest, "assignment names an unknown broker".to_string()))
@@ -553,12 +602,19 @@ impl Node {
                 Ok((n, id)) => {
                     let from = i32::try_from(n).expect("bounded");
                     let added = usize::try_from(t.count).expect("checked") - n;
-                    let job = self.new_job(1 + 4 * added, JobDone::PartitionsReady { name: name.clone(), id, from });
-                    self.meta_append(&MetaRecord::PartitionsCreated { name: name.clone(), id, total: t.count }, job);
-                    for p in from..t.count {
-                        let part = self.new_partition(&name, p, job, PartState::Creating);
-                        self.topics.get_mut(&name).expect("checked").partitions.push(part);
-                    }
+                    let replicas: Vec<Vec<i32>> = match &t.assignments {
+                        Some(a) => a.iter().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect(),
+                        None => self.place_partitions(added, n),
+                    };
+                    let local = replicas.iter().filter(|r| self.hosts(r)).count();
+                    let job = self.new_job(
+                        1 + FILE_OPS_PER_PARTITION * local,
+                        JobDone::PartitionsReady { name: name.clone(), id, from },
+                    );
+                    let rec = MetaRecord::PartitionsPlaced { name: name.clone(), id, from, replicas: replicas.clone() };
+                    self.meta_append(&rec, job);
+                    let parts = self.partitions_for(&name, from, &replicas, job);
+                    self.topics.get_mut(&name).expect("checked").partitions.extend(parts);
                     jobs.push((resp.results.len(), job));
                 }
             }
@@ -591,6 +647,7 @@ impl Node {
                 self.deleting.remove(&name);
             }
             JobDone::ProducerIds { end } => self.producer_ids_recorded(end, !job.failed),
+            JobDone::Nothing => {}
         }
         let waiters = std::mem::take(&mut self.waiters);
         for mut w in waiters {
@@ -617,12 +674,20 @@ impl Node {
         };
         if ok {
             t.creating = None;
-            for p in &mut t.partitions {
+            for p in t.partitions.iter_mut().filter(|p| p.state == PartState::Creating) {
                 p.state = PartState::Online;
             }
             tracing::info!(topic = %name, partitions = t.partitions.len(), "topic created");
+        } else if self.cluster.image.topics.get(name).is_some_and(|t| t.id == id) {
+            // The topic is committed: it exists in the cluster; its replicas here could not be
+            // made, so they are offline here until a restart.
+            tracing::error!(topic = %name, "could not create this broker's partitions of a topic; they are offline");
+            t.creating = None;
+            for p in t.partitions.iter_mut().filter(|p| p.state == PartState::Creating) {
+                p.state = PartState::Offline;
+            }
         } else {
-            tracing::error!(topic = %name, "topic creation failed on disk; rolling back");
+            tracing::error!(topic = %name, "topic creation failed; rolling back");
             let n = t.partitions.len();
             self.drop_topic_memory(name, id);
             self.remove_dirs(name, 0..i32::try_from(n).expect("bounded"), None);
@@ -635,8 +700,13 @@ impl Node {
         };
         let start = usize::try_from(from).expect("non-negative");
         if ok {
-            for p in t.partitions.iter_mut().skip(start) {
+            for p in t.partitions.iter_mut().skip(start).filter(|p| p.state == PartState::Creating) {
                 p.state = PartState::Online;
+            }
+        } else if self.cluster.image.topics.get(name).is_some_and(|i| i.id == id && i.partitions > from) {
+            tracing::error!(topic = %name, "could not create this broker's new partitions of a topic; they are offline");
+            for p in t.partitions.iter_mut().skip(start).filter(|p| p.state == PartState::Creating) {
+                p.state = PartState::Offline;
             }
         } else {
             let n = t.partitions.len();
@@ -646,7 +716,7 @@ impl Node {
     }
 
     /// The deletion is durable: forget the topic, fail what waits on it, remove its files.
-    fn remove_topic(&mut self, name: &str, id: TopicId) {
+    pub(super) fn remove_topic(&mut self, name: &str, id: TopicId) {
         let Some(t) = self.topics.get(name).filter(|t| t.id == id) else {
             return;
         };

@@ -97,8 +97,9 @@ impl Node {
                 let part = topic.and_then(|t| t.partition(fp.partition));
                 match part {
                     None => pd.error_code = KafkaError::UnknownTopicOrPartition.code(),
-                    Some(p) if p.state == PartState::Offline => pd.error_code = KafkaError::KafkaStorageError.code(),
-                    Some(p) if p.state != PartState::Online => pd.error_code = KafkaError::LeaderNotAvailable.code(),
+                    Some(p) if p.state != PartState::Online => {
+                        pd.error_code = p.state.error().map_or(0, KafkaError::code)
+                    }
                     Some(p) => {
                         let l = &p.log;
                         let stable = l.last_stable_offset();
@@ -187,8 +188,7 @@ impl Node {
                 let append_time = topic.is_some_and(|tt| tt.settings.log_append_time);
                 let found = match part {
                     None => Err(KafkaError::UnknownTopicOrPartition),
-                    Some(pt) if pt.state == PartState::Offline => Err(KafkaError::KafkaStorageError),
-                    Some(pt) if pt.state != PartState::Online => Err(KafkaError::LeaderNotAvailable),
+                    Some(pt) if pt.state != PartState::Online => Err(pt.state.error().unwrap_or(KafkaError::UnknownServerError)),
                     Some(pt) => {
                         let l = &pt.log;
                         // read_committed's latest offset is the last stable offset.

@@ -77,11 +77,6 @@ pub(super) struct MetaQuorum {
 }
 
 impl MetaQuorum {
-    /// The quorum leads and everything in its log is committed: metadata can change.
-    pub fn ready(&self) -> bool {
-        self.quorum.as_ref().is_some_and(|q| q.is_leader() && q.high_watermark() == q.log().end())
-    }
-
     /// Records the files as read at start-up. Returns the persisted quorum state.
     pub fn restore(
         &mut self,
@@ -123,46 +118,40 @@ pub fn decode_entries(buf: &[u8]) -> (Vec<(Entry, u64)>, usize) {
     (out, at)
 }
 
-/// The metadata records in quorum entries, in order.
-pub fn records(entries: &[Entry]) -> Result<Vec<MetaRecord>, String> {
-    entries
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EntryKind::Record(r) => {
-                Some(postcard::from_bytes(r).map_err(|err| format!("a metadata record does not decode: {err}")))
-            }
-            EntryKind::LeaderChange { .. } => None,
-        })
-        .collect()
-}
-
 impl Node {
     /// Start-up read the quorum's files: start the quorum (a sole voter elects itself).
     pub(super) fn start_quorum(&mut self, persisted: Persisted) {
-        let id = self.config.node_id.0;
-        let cfg = QuorumConfig::new(id, [id]);
+        let mut cfg = QuorumConfig::new(self.config.node_id.0, self.config.voter_ids());
+        cfg.election_timeout_ms = self.config.quorum_election_timeout_ms;
+        cfg.fetch_timeout_ms = self.config.quorum_fetch_timeout_ms;
         let seed = rand::Rng::gen(&mut self.rng);
         self.meta.quorum = Some(Quorum::new(cfg, persisted, seed, self.now.mono));
         self.drain_quorum();
     }
 
-    /// Proposes a metadata change; `job` steps when it is committed (or fails).
-    pub(super) fn meta_append(&mut self, rec: &MetaRecord, job: JobId) {
+    /// Proposes a metadata change; `job` steps when it is committed (or fails). Returns the
+    /// offset the change will have if it commits.
+    pub(super) fn meta_append(&mut self, rec: &MetaRecord, job: JobId) -> Option<Offset> {
         let now = self.now.mono;
         let data = postcard::to_allocvec(rec).expect("metadata records serialize");
         let Some(q) = self.meta.quorum.as_mut().filter(|q| q.is_leader()) else {
             self.meta.rejected.push(job);
-            return;
+            return None;
         };
         let crc = crc32c::crc32c(&data);
-        match q.propose(now, data) {
+        let offset = match q.propose(now, data) {
             Ok(offset) => {
                 let epoch = q.epoch();
                 self.meta.waiting.push((Proposed { offset, epoch, crc }, job));
+                Some(offset)
             }
-            Err(_) => self.meta.rejected.push(job),
-        }
+            Err(_) => {
+                self.meta.rejected.push(job);
+                None
+            }
+        };
         self.drain_quorum();
+        offset
     }
 
     pub(super) fn quorum_timeout(&mut self) {
@@ -217,7 +206,10 @@ impl Node {
                 Action::Send { to, msg } => self.send_peer(to, crate::peer::Body::Quorum(msg)),
             }
         }
+        // Changes this node proposed finish (or roll back) first; then the committed records
+        // apply, and find the ones this node carried out already.
         self.settle_meta_waiting();
+        self.apply_committed();
         if self.phase == Phase::Recovering {
             self.maybe_serving();
         }
@@ -329,17 +321,33 @@ impl Node {
             resp.topics.push(td);
         }
         if ctx.version >= 2 {
-            let mut listener = Listener::default();
-            listener.name = sb("PLAINTEXT");
-            listener.host = sb(self.config.advertised_host.clone());
-            listener.port = u16::try_from(self.config.advertised_port).unwrap_or(0);
-            let mut node = QuorumNode::default();
-            node.node_id = BrokerId(self.config.node_id.0);
-            node.listeners = vec![listener];
-            resp.nodes = vec![node];
+            resp.nodes = self.quorum_nodes();
         }
         self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
         Ok(())
+    }
+
+    /// The voters' endpoints: their controller listeners in a cluster; a sole voter's client
+    /// listener (it has no other).
+    fn quorum_nodes(&self) -> Vec<QuorumNode> {
+        let endpoint = |name: &str, host: String, port: i32| {
+            let mut l = Listener::default();
+            l.name = sb(name);
+            l.host = sb(host);
+            l.port = u16::try_from(port).unwrap_or(0);
+            l
+        };
+        let mut nodes = Vec::new();
+        for id in self.config.voter_ids() {
+            let mut node = QuorumNode::default();
+            node.node_id = BrokerId(id);
+            node.listeners = match self.config.voters.get(&id) {
+                Some((host, port)) => vec![endpoint("CONTROLLER", host.clone(), i32::from(*port))],
+                None => vec![endpoint("PLAINTEXT", self.config.advertised_host.clone(), self.config.advertised_port)],
+            };
+            nodes.push(node);
+        }
+        nodes
     }
 
     fn quorum_partition_data(&self) -> PartitionData {
@@ -392,10 +400,15 @@ impl Node {
                     self.drain_quorum();
                 }
             }
+            crate::peer::Body::Broker(msg) => {
+                if self.config.is_cluster() && self.config.voter_ids().contains(&from) {
+                    self.on_broker_message(from, msg);
+                }
+            }
         }
     }
 
-    fn send_peer(&mut self, to: i32, body: crate::peer::Body) {
+    pub(super) fn send_peer(&mut self, to: i32, body: crate::peer::Body) {
         let env = crate::peer::Envelope {
             version: crate::peer::PROTOCOL_VERSION,
             cluster_id: self.config.cluster_id.clone(),

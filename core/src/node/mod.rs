@@ -7,6 +7,7 @@
 //! sync was issued, so one sync covers every connection's writes (group commit).
 
 mod admin;
+mod cluster;
 mod consumer_groups;
 mod fetch;
 mod groups;
@@ -111,6 +112,8 @@ enum JobDone {
     ProducerIds {
         end: i64,
     },
+    /// Nothing follows (a controller's proposal about a broker).
+    Nothing,
 }
 
 /// A request that waits for jobs before it can be answered.
@@ -131,8 +134,13 @@ enum Then {
     Respond(BuildResponse),
 }
 
-/// One partition of a topic.
+/// One partition of a topic: its replicas (from the metadata), and its log when this node
+/// holds a replica.
 struct Partition {
+    /// The brokers holding its replicas; the first leads. Empty for a partition created before
+    /// placement existed (a cluster of one): this node leads it.
+    replicas: Vec<i32>,
+    /// Empty, and never written, when another broker holds the partition (`Remote`).
     log: PartitionLog,
     state: PartState,
     /// The sync batch in flight: files still to complete, the offset it makes durable.
@@ -154,6 +162,21 @@ enum PartState {
     Online,
     /// A disk error made it unusable until restart.
     Offline,
+    /// Held by another broker: requests for it get NOT_LEADER_OR_FOLLOWER.
+    Remote,
+}
+
+impl PartState {
+    /// What a request for the partition is answered, unless it is online here.
+    fn error(self) -> Option<crate::protocol::errors::KafkaError> {
+        use crate::protocol::errors::KafkaError;
+        match self {
+            PartState::Online => None,
+            PartState::Offline => Some(KafkaError::KafkaStorageError),
+            PartState::Remote => Some(KafkaError::NotLeaderOrFollower),
+            PartState::Recovering | PartState::Creating => Some(KafkaError::LeaderNotAvailable),
+        }
+    }
 }
 
 struct SyncBatch {
@@ -210,6 +233,8 @@ pub struct Node {
     next_job: u64,
     outputs: VecDeque<Output>,
     meta: metadata_quorum::MetaQuorum,
+    /// The committed metadata, the broker lifecycle and the controller.
+    cluster: cluster::ClusterState,
     jobs: BTreeMap<JobId, Job>,
     waiters: Vec<Waiter>,
     produces: Vec<produce::PendingProduce>,
@@ -271,6 +296,7 @@ impl Node {
             next_job: 0,
             outputs: VecDeque::new(),
             meta: metadata_quorum::MetaQuorum::default(),
+            cluster: cluster::ClusterState::default(),
             jobs: BTreeMap::new(),
             waiters: Vec::new(),
             produces: Vec::new(),
@@ -300,6 +326,9 @@ impl Node {
         node.next_txn_abort_check = now.mono.plus_millis(node.config.txn_abort_check_interval_ms);
         node.next_producer_expiry_check = now.mono.plus_millis(node.config.producer_id_expiration_check_interval_ms);
         node.coordinator = crate::group::Coordinator::new(node.config.group.clone(), node.rng.next_u64());
+        if node.config.is_cluster() {
+            node.cluster.incarnation = node.rng.next_u64();
+        }
         node.consumer = crate::group::consumer::Coordinator::new(crate::group::consumer::Config {
             session_timeout_ms: node.config.group.consumer_session_timeout_ms,
             heartbeat_interval_ms: node.config.group.consumer_heartbeat_interval_ms,
@@ -341,7 +370,8 @@ impl Node {
         let producers = (self.phase == Phase::Serving).then_some(self.next_producer_expiry_check);
         let txns = (self.phase == Phase::Serving && !self.txns.is_empty()).then_some(self.next_txn_abort_check);
         let quorum = self.quorum_poll_timeout();
-        [fetch, retention, groups, offsets, producers, txns, quorum].into_iter().flatten().min()
+        let cluster = self.cluster_poll_timeout();
+        [fetch, retention, groups, offsets, producers, txns, quorum, cluster].into_iter().flatten().min()
     }
 
     /// True once start-up recovery has finished and requests are served.
@@ -590,6 +620,8 @@ impl Node {
 
     fn on_timeout(&mut self) {
         self.quorum_timeout();
+        self.broker_tick();
+        self.fence_silent_brokers();
         if self.phase != Phase::Serving {
             return;
         }

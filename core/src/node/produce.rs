@@ -6,7 +6,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
-use super::{Node, PartState, Then, Tp, Waiter};
+use super::{Node, Then, Tp, Waiter};
 use crate::log::batch::{self, BatchError, BatchHeader};
 use crate::log::producers::{ProducerBatch, Verdict};
 use crate::protocol::errors::KafkaError;
@@ -151,10 +151,8 @@ impl Node {
         let settings = t.settings.clone();
         let tp = (t.id, partition);
         let p = t.partition(partition).ok_or(KafkaError::UnknownTopicOrPartition)?;
-        match p.state {
-            PartState::Online => {}
-            PartState::Offline => return Err(KafkaError::KafkaStorageError),
-            PartState::Recovering | PartState::Creating => return Err(KafkaError::LeaderNotAvailable),
+        if let Some(e) = p.state.error() {
+            return Err(e);
         }
         let records = records.filter(|r| !r.is_empty()).ok_or(KafkaError::InvalidRecord)?;
         let batches = split_batches(records, settings.max_message_bytes, origin)?;

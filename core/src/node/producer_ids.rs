@@ -117,7 +117,9 @@ impl Node {
 
     /// Starts recording the block after the last durable one; returns its job.
     fn record_next_block(&mut self) -> JobId {
-        let end = self.producer_ids.durable_end + BLOCK;
+        // In a cluster another broker's block may be the last one recorded: start after it.
+        let end = self.producer_ids.durable_end.max(self.cluster.image.producer_ids_end) + BLOCK;
+        self.producer_ids.next = self.producer_ids.next.max(end - BLOCK);
         let job = self.new_job(1, JobDone::ProducerIds { end });
         self.producer_ids.pending = Some((job, end));
         self.meta_append(&MetaRecord::ProducerIdsBlock { end }, job);

@@ -11,7 +11,7 @@ use crate::io::{DiskError, DiskOp, DiskReply};
 use crate::limits;
 use crate::log::producers::Replay;
 use crate::log::{PartitionLog, Scan, Segment};
-use crate::metadata::{self, MetadataImage};
+use crate::metadata;
 use crate::types::FileId;
 
 /// Reads of a bad spot before it is cut off even if no two reads agree.
@@ -164,14 +164,9 @@ impl Node {
                 let (entries, valid) = metadata_quorum::decode_entries(data);
                 let (state, state_size) = self.recovery.quorum_state;
                 let persisted = self.meta.restore(state, state_size, entries, valid as u64);
-                let mut records = std::mem::take(&mut self.recovery.legacy_records);
-                match metadata_quorum::records(&persisted.entries) {
-                    Ok(r) => records.extend(r),
-                    Err(why) => return self.recovery_failed(why),
-                }
-                // A sole voter commits its whole log once it has elected itself, so every
-                // record in it applies.
-                self.meta_replayed(records);
+                // The records apply once the quorum has caught up (a sole voter: once it has
+                // elected itself), and only as far as they are committed.
+                self.cluster.legacy = std::mem::take(&mut self.recovery.legacy_records);
                 self.start_quorum(persisted);
             }
         }
@@ -182,7 +177,7 @@ impl Node {
         FileId(self.next_file)
     }
 
-    fn recovery_failed(&mut self, why: String) {
+    pub(super) fn recovery_failed(&mut self, why: String) {
         tracing::error!(%why, "start-up recovery failed; the node will not serve");
         self.phase = Phase::Failed(why);
         let buffered: Vec<_> = self.buffered.drain(..).map(|(c, _)| c).collect();
@@ -277,11 +272,10 @@ impl Node {
         }
     }
 
-    fn meta_replayed(&mut self, records: Vec<metadata::MetaRecord>) {
-        let mut image = MetadataImage::default();
-        for r in &records {
-            image.apply(r);
-        }
+    /// The committed metadata is applied: rebuild the topics from it, then recover the logs of
+    /// the partitions this node holds.
+    pub(super) fn meta_replayed(&mut self) {
+        let image = self.cluster.image.clone();
         self.producer_ids.restore(image.producer_ids_end);
         for (name, t) in image.topics {
             let settings = TopicSettings::resolve(&self.config, &t.configs).unwrap_or_else(|e| {
@@ -289,12 +283,19 @@ impl Node {
                 TopicSettings::resolve(&self.config, &BTreeMap::new()).expect("defaults are valid")
             });
             let partitions = (0..t.partitions)
-                .map(|p| Partition {
-                    log: PartitionLog::empty(metadata::partition_dir(&name, p)),
-                    state: PartState::Recovering,
-                    sync: None,
-                    recovery_sync_failures: 0,
-                    written_end: 0,
+                .map(|p| {
+                    let replicas = t.replicas.get(usize::try_from(p).expect("bounded")).cloned().unwrap_or_default();
+                    if !self.hosts(&replicas) {
+                        return super::cluster::remote_partition(&name, p, replicas);
+                    }
+                    Partition {
+                        replicas,
+                        log: PartitionLog::empty(metadata::partition_dir(&name, p)),
+                        state: PartState::Recovering,
+                        sync: None,
+                        recovery_sync_failures: 0,
+                        written_end: 0,
+                    }
                 })
                 .collect();
             self.names.insert(t.id, name.clone());
@@ -309,10 +310,15 @@ impl Node {
         for e in entries.iter().filter(|e| e.is_dir) {
             let known = metadata::parse_partition_dir(&e.name).and_then(|(topic, p)| {
                 let t = self.topics.get(topic)?;
-                (usize::try_from(p).ok()? < t.partitions.len()).then_some((t.id, p))
+                let part = t.partition(p)?;
+                Some(((t.id, p), part.state == PartState::Remote))
             });
             match known {
-                Some(tp) => {
+                Some((_, true)) => {
+                    // Another broker holds it now; keep the files until an operator looks.
+                    tracing::warn!(dir = %e.name, "a partition directory this broker does not hold; left alone");
+                }
+                Some((tp, false)) => {
                     present.insert(tp);
                 }
                 None if metadata::parse_partition_dir(&e.name).is_some() => {
@@ -323,8 +329,17 @@ impl Node {
                 None => {}
             }
         }
-        let all: Vec<Tp> =
-            self.topics.values().flat_map(|t| (0..t.partitions.len()).map(move |p| (t.id, p as i32))).collect();
+        let all: Vec<Tp> = self
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.state != PartState::Remote)
+                    .map(move |(i, _)| (t.id, i as i32))
+            })
+            .collect();
         self.recovery.stats.partitions = all.len();
         for tp in &all {
             self.recovery.todo.insert(*tp, VecDeque::new());
@@ -541,8 +556,8 @@ impl Node {
         if self.phase != Phase::Recovering || !self.recovery.listed || !self.recovery.todo.is_empty() {
             return;
         }
-        if !self.meta.ready() {
-            return; // the metadata quorum has not elected itself and committed its log yet
+        if !self.cluster.started {
+            return; // the metadata quorum has not caught up (or elected itself) yet
         }
         // Serve only once every recovered log is synced again and its high watermark is at
         // its end: a consumer must never see the high watermark go back across a restart.

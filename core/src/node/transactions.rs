@@ -852,7 +852,7 @@ impl Node {
                 match topic.and_then(|tt| tt.partition(*p)) {
                     None => pr.error_code = KafkaError::UnknownTopicOrPartition.code(),
                     Some(part) if part.state != super::PartState::Online => {
-                        pr.error_code = KafkaError::LeaderNotAvailable.code()
+                        pr.error_code = part.state.error().map_or(0, KafkaError::code)
                     }
                     Some(part) => {
                         for (pid, e) in part.log.producers.iter() {

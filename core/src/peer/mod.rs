@@ -29,6 +29,55 @@ pub struct Envelope {
 pub enum Body {
     /// The metadata quorum (Raft).
     Quorum(quorum::Message),
+    /// A broker and the active controller: registration, heartbeats, forwarded changes.
+    Broker(BrokerMessage),
+}
+
+/// What a broker and the active controller say to each other (KIP-631's broker lifecycle,
+/// carried on the peer connection rather than Kafka's RPCs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerMessage {
+    /// A broker asks to be registered with its client endpoint. `incarnation` is new at every
+    /// start of the process, so the controller tells a restart from a repeat.
+    Register { incarnation: u64, host: String, port: i32, rack: Option<String> },
+    /// A registered broker is alive. `caught_up` says its metadata has reached the high
+    /// watermark the controller last told it, so it may be unfenced.
+    Heartbeat { broker_epoch: i64, caught_up: bool },
+    /// The controller's answer to a heartbeat: the broker's epoch (its registration's offset),
+    /// `None` when the broker is not (or no longer) registered, and whether it is fenced.
+    HeartbeatResponse { broker_epoch: Option<i64>, fenced: bool },
+    /// A broker asks the controller to create a topic a client asked for by name (automatic
+    /// topic creation). Fire and forget: the client learns of it from Metadata.
+    CreateTopic { name: String },
+}
+
+/// The first frame on a peer connection: who is calling, in which cluster, speaking which
+/// version. Every later frame on the connection is an [`Envelope`] from that node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u16,
+    pub cluster_id: String,
+    pub node_id: i32,
+}
+
+pub fn encode_hello(hello: &Hello) -> Vec<u8> {
+    postcard::to_allocvec(hello).expect("hellos serialize")
+}
+
+/// Decodes and checks a connection's first frame: the node it names, if it may talk to us.
+pub fn decode_hello(bytes: &[u8], cluster_id: &str) -> Result<i32, PeerError> {
+    if bytes.len() > limits::PEER_HELLO_BYTES_MAX {
+        return Err(PeerError::TooLarge(bytes.len()));
+    }
+    let (version, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| PeerError::Malformed(e.to_string()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(PeerError::Version(version));
+    }
+    let hello: Hello = postcard::from_bytes(bytes).map_err(|e| PeerError::Malformed(e.to_string()))?;
+    if hello.cluster_id != cluster_id {
+        return Err(PeerError::OtherCluster(hello.cluster_id));
+    }
+    Ok(hello.node_id)
 }
 
 /// Why bytes from a peer were refused.
@@ -110,6 +159,20 @@ mod tests {
         let big = vec![0u8; limits::PEER_MESSAGE_BYTES_MAX + 1];
         assert_eq!(decode(&big, 2, "c1"), Err(PeerError::TooLarge(big.len())));
         assert!(matches!(decode(&[], 2, "c1"), Err(PeerError::Malformed(_))));
+    }
+
+    #[test]
+    fn hellos_are_checked() {
+        let hello = Hello { version: PROTOCOL_VERSION, cluster_id: "c1".into(), node_id: 4 };
+        assert_eq!(decode_hello(&encode_hello(&hello), "c1"), Ok(4));
+        assert_eq!(decode_hello(&encode_hello(&hello), "c2"), Err(PeerError::OtherCluster("c1".into())));
+        let old = Hello { version: 0, ..hello.clone() };
+        assert_eq!(decode_hello(&encode_hello(&old), "c1"), Err(PeerError::Version(0)));
+        let bytes = encode_hello(&hello);
+        for cut in 0..bytes.len() {
+            assert!(decode_hello(&bytes[..cut], "c1").is_err(), "a prefix of {cut} bytes decoded");
+        }
+        assert!(matches!(decode_hello(&[0u8; 5000], "c1"), Err(PeerError::TooLarge(5000))));
     }
 
     #[test]

@@ -255,6 +255,8 @@ pub struct Quorum {
     next_sync_id: u64,
     /// Messages that may leave only once the state version they carry is durable.
     deferred: Vec<(u64, NodeId, Message)>,
+    /// The high watermark the leader of this epoch last reported to this follower.
+    leader_hw: Option<Offset>,
     /// A follower's outstanding fetch: when it was sent, and its request id.
     fetch_sent: Option<(Instant, u64)>,
     next_request: u64,
@@ -286,6 +288,7 @@ impl Quorum {
             sync: None,
             next_sync_id: 1,
             deferred: Vec::new(),
+            leader_hw: None,
             fetch_sent: None,
             next_request: 1,
             appended: false,
@@ -327,6 +330,17 @@ impl Quorum {
     pub fn high_watermark(&self) -> Offset {
         self.high_watermark
     }
+    /// This member knows every entry that was committed before it started: it leads and its
+    /// LeaderChange entry is committed, or it follows and its high watermark has reached the
+    /// one its leader last reported. Only then is its committed prefix a complete view.
+    pub fn caught_up(&self) -> bool {
+        match &self.role {
+            Role::Leader(l) => self.high_watermark > l.epoch_start,
+            Role::Follower { .. } => self.leader_hw.is_some_and(|hw| self.high_watermark >= hw),
+            _ => false,
+        }
+    }
+
     pub fn durable_end(&self) -> Offset {
         self.durable_end
     }
@@ -534,6 +548,7 @@ impl Quorum {
             let voted = if epoch == self.epoch { self.voted_for } else { None };
             self.set_state(epoch, voted, Some(leader));
             self.fetch_sent = None;
+            self.leader_hw = None;
         }
         self.role = Role::Follower { last_heard: now };
     }
@@ -544,6 +559,7 @@ impl Quorum {
         }
         self.leader = None;
         self.fetch_sent = None;
+        self.leader_hw = None;
         // A sole voter has nobody to wait for.
         let election_at = if self.cfg.voters.len() == 1 { now } else { self.election_deadline(now) };
         self.role = Role::Unattached { election_at };
@@ -831,6 +847,7 @@ impl Quorum {
         }
         self.append_fetched(r.entries);
         self.high_watermark = self.high_watermark.max(r.high_watermark.min(self.log.end()));
+        self.leader_hw = Some(r.high_watermark);
     }
 
     fn truncate_diverged(&mut self, epoch: Epoch, leader_end: Offset) {

@@ -1,0 +1,427 @@
+//! The node as a member of a cluster: it applies the committed metadata records in log order
+//! (topics appear on every broker, each creating its own replicas' files), runs the broker
+//! lifecycle (registration, heartbeats) towards the active controller, and, while it leads the
+//! metadata quorum, is that controller: it registers brokers, fences the silent ones,
+//! unfences the caught-up ones, and places new partitions on live brokers.
+//!
+//! The node that proposes a topic creates it (and its own replicas' files) at once, and rolls
+//! it back if the proposal is lost; every other node creates it when the record is committed.
+//! Applying a record the node already carries out is a no-op (topics are matched by id).
+
+use std::collections::BTreeMap;
+
+use rand::Rng;
+
+use super::{JobDone, Node, PartState, Partition, Topic};
+use crate::config::TopicSettings;
+use crate::log::PartitionLog;
+use crate::metadata::{self, MetaRecord, MetadataImage};
+use crate::peer::{Body, BrokerMessage};
+use crate::quorum::{EntryKind, Epoch};
+use crate::types::{Instant, Offset};
+
+/// How often a broker not yet registered and unfenced asks the controller again.
+const REGISTRATION_RETRY_MS: u64 = 250;
+
+/// A new partition's file operations: its directory and its first segment's three files.
+pub(super) const FILE_OPS_PER_PARTITION: usize = 4;
+
+#[derive(Default)]
+pub(super) struct ClusterState {
+    /// The committed metadata: what every node of the cluster agrees on.
+    pub image: MetadataImage,
+    /// Quorum entries below this offset are applied to the image and the node.
+    pub applied: Offset,
+    /// Start-up has applied the committed prefix of the metadata log.
+    pub started: bool,
+    /// Records of a pre-quorum `metadata.log`: applied first, at start-up.
+    pub legacy: Vec<MetaRecord>,
+    /// New at every start of the process: a registration with it is this process's.
+    pub incarnation: u64,
+    pub next_heartbeat: Option<Instant>,
+    /// The quorum epoch this node last led in: the controller's state below belongs to it.
+    led_epoch: Option<Epoch>,
+    /// When the controller last heard each broker's heartbeat.
+    last_heard: BTreeMap<i32, Instant>,
+    /// A change about a broker proposed and not yet committed: not proposed again until then.
+    in_flight: BTreeMap<i32, Offset>,
+}
+
+impl Node {
+    fn me(&self) -> i32 {
+        self.config.node_id.0
+    }
+
+    /// Whether this node holds a replica of a partition with these replicas.
+    pub(super) fn hosts(&self, replicas: &[i32]) -> bool {
+        replicas.is_empty() || replicas.contains(&self.me())
+    }
+
+    /// The quorum leader, which is the active controller.
+    pub(super) fn controller(&self) -> Option<i32> {
+        self.meta.quorum.as_ref().and_then(|q| q.leader())
+    }
+
+    pub(super) fn is_controller(&self) -> bool {
+        self.meta.quorum.as_ref().is_some_and(|q| q.is_leader())
+    }
+
+    /// The partition's leader as the cluster knows it: its first replica if that broker may
+    /// serve (this node, or registered and unfenced), else none.
+    pub(super) fn partition_leader(&self, replicas: &[i32]) -> Option<i32> {
+        let first = replicas.first().copied().unwrap_or(self.me());
+        let live = first == self.me() || self.cluster.image.brokers.get(&first).is_some_and(|b| !b.fenced);
+        live.then_some(first)
+    }
+
+    /// A broker's client endpoint: this node's from its config, others' from registration.
+    pub(super) fn broker_endpoint(&self, id: i32) -> Option<(String, i32, Option<String>)> {
+        if id == self.me() {
+            return Some((self.config.advertised_host.clone(), self.config.advertised_port, self.config.rack.clone()));
+        }
+        self.cluster.image.brokers.get(&id).map(|b| (b.host.clone(), b.port, b.rack.clone()))
+    }
+
+    /// The brokers clients are told of: this one, and every other registered, unfenced one.
+    pub(super) fn live_broker_ids(&self) -> Vec<i32> {
+        let mut ids: Vec<i32> = self.cluster.image.live_brokers().map(|(id, _)| id).collect();
+        if !ids.contains(&self.me()) {
+            ids.push(self.me());
+            ids.sort_unstable();
+        }
+        ids
+    }
+
+    /// Replicas for `count` new partitions (the first numbered `first`), one each, on the live
+    /// brokers, round robin from a random start.
+    pub(super) fn place_partitions(&mut self, count: usize, first: usize) -> Vec<Vec<i32>> {
+        let brokers: Vec<(i32, Option<String>)> = self
+            .live_broker_ids()
+            .into_iter()
+            .map(|id| (id, self.broker_endpoint(id).and_then(|e| e.2)))
+            .collect();
+        let start = self.rng.gen_range(0..brokers.len().max(1));
+        metadata::place(&brokers, count, 1, start, first)
+    }
+
+    /// The partitions of a topic as this node keeps them: its own replicas start being
+    /// created (their file operations counted in `job`); the others are `Remote`.
+    pub(super) fn partitions_for(
+        &mut self,
+        topic: &str,
+        first: i32,
+        replicas: &[Vec<i32>],
+        job: super::JobId,
+    ) -> Vec<Partition> {
+        let mut out = Vec::with_capacity(replicas.len());
+        for (i, r) in replicas.iter().enumerate() {
+            let p = first + i32::try_from(i).expect("bounded");
+            if self.hosts(r) {
+                out.push(self.new_partition(topic, p, r.clone(), job, PartState::Creating));
+            } else {
+                out.push(remote_partition(topic, p, r.clone()));
+            }
+        }
+        out
+    }
+
+    // ---- applying committed records -----------------------------------------------------
+
+    /// Applies what the quorum has committed since the last call. At start-up it waits until
+    /// the quorum has caught up, then rebuilds the node from the whole committed prefix.
+    pub(super) fn apply_committed(&mut self) {
+        let Some(q) = self.meta.quorum.as_ref() else { return };
+        let hw = q.high_watermark();
+        if !self.cluster.started && !q.caught_up() {
+            return;
+        }
+        let mut records = Vec::new();
+        for offset in self.cluster.applied..hw {
+            if let Some(EntryKind::Record(r)) = q.log().entry(offset).map(|e| &e.kind) {
+                records.push((offset, postcard::from_bytes::<MetaRecord>(r)));
+            }
+        }
+        self.cluster.applied = self.cluster.applied.max(hw);
+        if !self.cluster.started {
+            self.cluster.started = true;
+            let mut image = MetadataImage::default();
+            for r in std::mem::take(&mut self.cluster.legacy) {
+                image.apply(-1, &r);
+            }
+            for (offset, r) in records {
+                match r {
+                    Ok(r) => image.apply(offset, &r),
+                    Err(e) => return self.recovery_failed(format!("a metadata record does not decode: {e}")),
+                };
+            }
+            self.cluster.image = image;
+            return self.meta_replayed();
+        }
+        for (offset, r) in records {
+            match r {
+                Ok(r) => {
+                    if self.cluster.image.apply(offset, &r) {
+                        self.on_meta_record(r);
+                    }
+                }
+                Err(e) => tracing::error!(offset, error = %e, "a committed metadata record does not decode; skipped"),
+            }
+        }
+    }
+
+    /// A committed record changed the image: carry it out here, unless this node has already.
+    fn on_meta_record(&mut self, rec: MetaRecord) {
+        match rec {
+            MetaRecord::TopicPlaced { name, id, configs, replicas } => {
+                match self.topics.get(&name) {
+                    Some(t) if t.id == id => return, // this node proposed it and created it then
+                    Some(_) => {
+                        // A controller checks its whole log for the name before proposing.
+                        tracing::error!(topic = %name, "a committed topic's name is taken here by another topic");
+                        return;
+                    }
+                    None => {}
+                }
+                let configs: BTreeMap<String, String> = configs.into_iter().collect();
+                let settings = TopicSettings::resolve(&self.config, &configs).unwrap_or_else(|e| {
+                    tracing::warn!(topic = %name, error = ?e, "topic config not valid here; using defaults");
+                    TopicSettings::resolve(&self.config, &BTreeMap::new()).expect("defaults are valid")
+                });
+                let local = replicas.iter().filter(|r| self.hosts(r)).count();
+                let job = self.new_job((FILE_OPS_PER_PARTITION * local).max(1), JobDone::TopicReady { name: name.clone(), id });
+                let partitions = self.partitions_for(&name, 0, &replicas, job);
+                self.names.insert(id, name.clone());
+                let topic = Topic { id, configs, settings, partitions, creating: (local > 0).then_some(job) };
+                self.topics.insert(name, topic);
+                if local == 0 {
+                    self.job_step(job, true);
+                }
+            }
+            MetaRecord::PartitionsPlaced { name, id, from, replicas } => {
+                let have = self.topics.get(&name).filter(|t| t.id == id).map(|t| t.partitions.len());
+                if have != usize::try_from(from).ok() {
+                    return; // proposed here (already added), or the topic is gone here
+                }
+                let local = replicas.iter().filter(|r| self.hosts(r)).count();
+                let job =
+                    self.new_job((FILE_OPS_PER_PARTITION * local).max(1), JobDone::PartitionsReady { name: name.clone(), id, from });
+                let partitions = self.partitions_for(&name, from, &replicas, job);
+                self.topics.get_mut(&name).expect("checked").partitions.extend(partitions);
+                if local == 0 {
+                    self.job_step(job, true);
+                }
+            }
+            MetaRecord::TopicDeleted { name, id } => self.remove_topic(&name, id),
+            MetaRecord::BrokerRegistered { id, .. } | MetaRecord::BrokerFenced { id, .. } => {
+                self.cluster.in_flight.remove(&id);
+                // A fenced broker's partitions have no leader now: their waits fail over.
+                self.hw_moved = true;
+            }
+            MetaRecord::BrokerUnfenced { id, .. } => {
+                self.cluster.in_flight.remove(&id);
+            }
+            MetaRecord::TopicCreated { .. } | MetaRecord::PartitionsCreated { .. } | MetaRecord::ProducerIdsBlock { .. } => {}
+        }
+    }
+
+    /// Whether the metadata log holds, past its high watermark, a topic of this name: a
+    /// controller's whole log commits, so the name is taken though not yet applied.
+    pub(super) fn topic_name_proposed(&self, name: &str) -> bool {
+        let Some(q) = self.meta.quorum.as_ref() else { return false };
+        (q.high_watermark()..q.log().end()).any(|offset| match q.log().entry(offset).map(|e| &e.kind) {
+            Some(EntryKind::Record(r)) => matches!(
+                postcard::from_bytes::<MetaRecord>(r),
+                Ok(MetaRecord::TopicPlaced { name: n, .. } | MetaRecord::TopicCreated { name: n, .. }) if n == name
+            ),
+            _ => false,
+        })
+    }
+
+    // ---- the broker side ----------------------------------------------------------------
+
+    /// Registers with, or heartbeats to, the active controller when it is time.
+    pub(super) fn broker_tick(&mut self) {
+        if !self.config.is_cluster() || !self.cluster.started {
+            return;
+        }
+        let now = self.now.mono;
+        if self.cluster.next_heartbeat.is_some_and(|t| t > now) {
+            return;
+        }
+        let me = self.me();
+        let registered = self.cluster.image.brokers.get(&me).filter(|b| {
+            b.incarnation == self.cluster.incarnation
+                && b.host == self.config.advertised_host
+                && b.port == self.config.advertised_port
+        });
+        // Until registered and unfenced, ask again sooner than a heartbeat interval.
+        let settled = registered.is_some_and(|b| !b.fenced) && self.controller().is_some();
+        let interval = self.config.broker_heartbeat_interval_ms;
+        self.cluster.next_heartbeat =
+            Some(now.plus_millis(if settled { interval } else { interval.min(REGISTRATION_RETRY_MS) }));
+        let Some(controller) = self.controller() else { return };
+        let msg = match registered {
+            Some(b) => BrokerMessage::Heartbeat {
+                broker_epoch: b.epoch,
+                caught_up: self.meta.quorum.as_ref().is_some_and(|q| q.caught_up()),
+            },
+            None => BrokerMessage::Register {
+                incarnation: self.cluster.incarnation,
+                host: self.config.advertised_host.clone(),
+                port: self.config.advertised_port,
+                rack: self.config.rack.clone(),
+            },
+        };
+        if controller == me {
+            self.on_broker_message(me, msg);
+        } else {
+            self.send_peer(controller, Body::Broker(msg));
+        }
+    }
+
+    pub(super) fn cluster_poll_timeout(&self) -> Option<Instant> {
+        if !self.config.is_cluster() || !self.cluster.started {
+            return None;
+        }
+        let heartbeat = self.cluster.next_heartbeat.unwrap_or(self.now.mono);
+        let fence = self.is_controller().then(|| self.next_fence_check()).flatten();
+        Some(fence.map_or(heartbeat, |f| f.min(heartbeat)))
+    }
+
+    // ---- the controller side ------------------------------------------------------------
+
+    /// The controller state belongs to one epoch of leadership: a new one starts afresh, and
+    /// gives every broker a full session to be heard from.
+    fn controller_epoch_check(&mut self) -> bool {
+        let Some(q) = self.meta.quorum.as_ref().filter(|q| q.is_leader() && q.caught_up()) else {
+            return false;
+        };
+        let epoch = q.epoch();
+        if self.cluster.led_epoch != Some(epoch) {
+            self.cluster.led_epoch = Some(epoch);
+            self.cluster.in_flight.clear();
+            let now = self.now.mono;
+            self.cluster.last_heard = self.cluster.image.brokers.keys().map(|id| (*id, now)).collect();
+        }
+        true
+    }
+
+    /// Proposes a change about broker `id`, unless one is still waiting to be committed.
+    fn propose_broker_change(&mut self, id: i32, rec: MetaRecord) {
+        let hw = self.meta.quorum.as_ref().map_or(0, |q| q.high_watermark());
+        if self.cluster.in_flight.get(&id).is_some_and(|at| *at >= hw) {
+            return;
+        }
+        let job = self.new_job(1, JobDone::Nothing);
+        if let Some(offset) = self.meta_append(&rec, job) {
+            self.cluster.in_flight.insert(id, offset);
+        }
+    }
+
+    /// A message from a broker (this node's own broker included) to the controller, or the
+    /// controller's answer.
+    pub(super) fn on_broker_message(&mut self, from: i32, msg: BrokerMessage) {
+        match msg {
+            BrokerMessage::HeartbeatResponse { broker_epoch, fenced } => {
+                tracing::debug!(from, ?broker_epoch, fenced, "heartbeat answered");
+            }
+            BrokerMessage::Register { incarnation, host, port, rack } => {
+                if !self.controller_epoch_check() {
+                    return;
+                }
+                let same = self.cluster.image.brokers.get(&from).is_some_and(|b| {
+                    b.incarnation == incarnation && b.host == host && b.port == port && b.rack == rack
+                });
+                if !same {
+                    tracing::info!(broker = from, %host, port, "registering broker");
+                    self.propose_broker_change(from, MetaRecord::BrokerRegistered { id: from, incarnation, host, port, rack });
+                }
+            }
+            BrokerMessage::Heartbeat { broker_epoch, caught_up } => {
+                if !self.controller_epoch_check() {
+                    return;
+                }
+                let known = self.cluster.image.brokers.get(&from).filter(|b| b.epoch == broker_epoch).map(|b| b.fenced);
+                if let Some(fenced) = known {
+                    self.cluster.last_heard.insert(from, self.now.mono);
+                    if fenced && caught_up {
+                        tracing::info!(broker = from, "unfencing broker");
+                        self.propose_broker_change(from, MetaRecord::BrokerUnfenced { id: from, epoch: broker_epoch });
+                    }
+                }
+                let answer = BrokerMessage::HeartbeatResponse {
+                    broker_epoch: known.map(|_| broker_epoch),
+                    fenced: known.unwrap_or(true),
+                };
+                if from != self.me() {
+                    self.send_peer(from, Body::Broker(answer));
+                }
+            }
+            BrokerMessage::CreateTopic { name } => {
+                if !self.controller_epoch_check() || self.topics.contains_key(&name) {
+                    return;
+                }
+                if metadata::valid_topic_name(&name) && !self.topic_name_proposed(&name) {
+                    let n = self.config.num_partitions;
+                    match self.create_topic(&name, n, BTreeMap::new()) {
+                        Ok(_) => tracing::info!(topic = %name, partitions = n, "creating a topic a broker asked for"),
+                        Err(e) => tracing::warn!(topic = %name, error = ?e, "could not create a topic a broker asked for"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_fence_check(&self) -> Option<Instant> {
+        let session = self.config.broker_session_timeout_ms;
+        self.cluster
+            .image
+            .live_brokers()
+            .filter(|(id, _)| *id != self.me())
+            .filter_map(|(id, _)| self.cluster.last_heard.get(&id).map(|t| t.plus_millis(session)))
+            .min()
+    }
+
+    /// Fences every unfenced broker not heard from for a session.
+    pub(super) fn fence_silent_brokers(&mut self) {
+        if !self.config.is_cluster() || !self.controller_epoch_check() {
+            return;
+        }
+        let now = self.now.mono;
+        let session = self.config.broker_session_timeout_ms;
+        let silent: Vec<(i32, i64)> = self
+            .cluster
+            .image
+            .live_brokers()
+            .filter(|(id, _)| *id != self.me())
+            .filter(|(id, _)| self.cluster.last_heard.get(id).is_none_or(|t| now.millis_since(*t) >= session))
+            .map(|(id, b)| (id, b.epoch))
+            .collect();
+        for (id, epoch) in silent {
+            tracing::warn!(broker = id, "no heartbeat for a session; fencing broker");
+            self.propose_broker_change(id, MetaRecord::BrokerFenced { id, epoch });
+        }
+    }
+
+    /// Asks the controller to create a topic (automatic creation on a broker that is not it).
+    pub(super) fn ask_controller_to_create(&mut self, name: &str) {
+        match self.controller() {
+            Some(c) if c != self.me() => {
+                self.send_peer(c, Body::Broker(BrokerMessage::CreateTopic { name: name.to_string() }))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A partition another broker holds: no files here.
+pub(super) fn remote_partition(topic: &str, partition: i32, replicas: Vec<i32>) -> Partition {
+    Partition {
+        replicas,
+        log: PartitionLog::empty(metadata::partition_dir(topic, partition)),
+        state: PartState::Remote,
+        sync: None,
+        recovery_sync_failures: 0,
+        written_end: 0,
+    }
+}

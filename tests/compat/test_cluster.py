@@ -1,0 +1,223 @@
+"""A three-node Sluice cluster on loopback, driven by real clients with their defaults.
+
+Each node is started as a Kafka user would start a KRaft combined node: `process.roles=
+broker,controller`, its `node.id`, a PLAINTEXT and a CONTROLLER listener, and the same
+`controller.quorum.voters`. The nodes elect a controller among themselves, register as
+brokers, and place a new topic's partitions across all three; clients find each partition's
+leader through Metadata from any node. Killing the controller (kill -9) moves the role to
+another voter; killing a broker fences it until it comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from clients import ck_admin, ck_consume, ck_produce, ck_producer
+from confluent_kafka.admin import NewTopic
+from conftest import Broker, BrokerStartError, free_port, unique_topic
+
+# Short enough that the fencing test does not wait long; the heartbeat keeps Kafka's default.
+SESSION_MS = 4000
+
+
+class Cluster:
+    def __init__(self, n=3):
+        self.base = tempfile.mkdtemp(prefix="sluice-cluster-")
+        ports = [(free_port(), free_port()) for _ in range(n)]
+        voters = ",".join("%d@127.0.0.1:%d" % (i + 1, c) for i, (_, c) in enumerate(ports))
+        self.nodes = []
+        for i, (client, controller) in enumerate(ports):
+            d = os.path.join(self.base, "node%d" % (i + 1))
+            b = Broker(os.path.join(d, "data"), port=client, workdir=os.path.join(d, "run"), overrides={
+                "node.id": i + 1,
+                "process.roles": "broker,controller",
+                "listeners": "PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d" % (client, controller),
+                "controller.listener.names": "CONTROLLER",
+                "controller.quorum.voters": voters,
+                "broker.session.timeout.ms": SESSION_MS,
+            })
+            self.nodes.append(b)
+
+    def start(self):
+        for b in self.nodes:
+            b.start()
+        return self
+
+    @property
+    def bootstrap(self):
+        return ",".join(b.bootstrap for b in self.nodes if b.alive())
+
+    def node(self, node_id) -> Broker:
+        return self.nodes[node_id - 1]
+
+    def close(self, keep):
+        for b in self.nodes:
+            b.stop()
+        if not keep:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(request):
+    c = Cluster()
+    request.node._sluice_brokers = c.nodes
+    try:
+        c.start()
+    except BrokerStartError as e:
+        c.close(keep=True)
+        pytest.fail(str(e), pytrace=False)
+    yield c
+    failed = any(getattr(request.node, "rep_" + w, None) is not None
+                 and getattr(request.node, "rep_" + w).failed for w in ("setup", "call"))
+    c.close(keep=failed)
+
+
+def view(node: Broker, topic=None):
+    """What one node says: its brokers, its controller, and a topic's partition leaders."""
+    md = ck_admin(node.bootstrap).list_topics(topic=topic, timeout=5)
+    leaders = None
+    if topic is not None:
+        t = md.topics.get(topic)
+        if t is not None and t.error is None:
+            leaders = {p: v.leader for p, v in t.partitions.items()}
+    return sorted(md.brokers), md.controller_id, leaders
+
+
+def wait_until(what, check, timeout=30):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as e:  # a node still starting, a metadata timeout
+            last = e
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting until %s (last: %r)" % (what, last))
+
+
+def all_agree(cluster, brokers, topic=None, partitions=None):
+    views = [view(b, topic) for b in cluster.nodes if b.alive()]
+    ok = all(v[0] == brokers and v[1] in brokers and v[1] == views[0][1] for v in views)
+    if topic is not None:
+        ok = ok and all(v[2] is not None and len(v[2]) == partitions and all(l in brokers for l in v[2].values())
+                        for v in views)
+    return views if ok else None
+
+
+def create_topic(bootstrap, topic, partitions):
+    """Creates a topic through the admin client, retrying as an application would while the
+    controller moves (the client itself retries NOT_CONTROLLER)."""
+    def attempt():
+        admin = ck_admin(bootstrap)  # kept alive until its future is answered
+        futs = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+                                   request_timeout=15)
+        futs[topic].result(timeout=20)
+        return True
+    wait_until("topic %s is created" % topic, attempt, timeout=40)
+
+
+@pytest.mark.timeout(180)
+def test_three_nodes_elect_a_controller_and_spread_a_topic(cluster):
+    views = wait_until("every node lists brokers 1-3 and one controller", lambda: all_agree(cluster, [1, 2, 3]))
+    controller = views[0][1]
+    assert controller in (1, 2, 3)
+
+    topic = unique_topic("cluster")
+    create_topic(cluster.bootstrap, topic, 6)
+    views = wait_until("every node knows the topic's six leaders",
+                       lambda: all_agree(cluster, [1, 2, 3], topic, 6))
+    leaders = views[0][2]
+    assert all(v[2] == leaders for v in views), views
+    # Round robin over three live brokers: two partitions each.
+    assert sorted(leaders.values()) == [1, 1, 2, 2, 3, 3], leaders
+    # Each broker keeps files only for the partitions it leads.
+    for p, leader in leaders.items():
+        for b in cluster.nodes:
+            held = os.path.isdir(b.partition_dir(topic, p))
+            assert held == (b is cluster.node(leader)), (p, leader, b.bootstrap, held)
+
+    # A producer with the library's defaults, bootstrapped from one node, reaches every leader.
+    items = [{"value": b"m-%d-%d" % (i % 6, i), "partition": i % 6} for i in range(600)]
+    reports = ck_produce(ck_producer(cluster.node(1).bootstrap), topic, items)
+    assert all(r.err is None for r in reports), [r.err for r in reports if r.err][:3]
+    got = ck_consume(cluster.node(2).bootstrap, topic, {p: 0 for p in range(6)},
+                     expected_counts={p: 100 for p in range(6)})
+    for p in range(6):
+        want = [it["value"] for it in items if it["partition"] == p]
+        assert [m.value() for m in got[p]] == want, "partition %d came back out of order or incomplete" % p
+        assert [m.offset() for m in got[p]] == list(range(100))
+
+    # Debian's kcat (librdkafka 2.0.2) lists the three brokers too.
+    out = subprocess.run(["kcat", "-b", cluster.node(3).bootstrap, "-L", "-t", topic],
+                         capture_output=True, text=True, timeout=30).stdout
+    assert "3 brokers:" in out, out
+    for p, leader in leaders.items():
+        assert "partition %d, leader %d," % (p, leader) in out, out
+
+
+@pytest.mark.timeout(180)
+def test_killed_controller_is_replaced_and_rejoins(cluster):
+    views = wait_until("a controller is elected", lambda: all_agree(cluster, [1, 2, 3]))
+    old = views[0][1]
+    cluster.node(old).kill9()
+    t0 = time.monotonic()
+    others = [b for b in cluster.nodes if b.alive()]
+
+    def new_controller():
+        ids = {view(b)[1] for b in others}
+        return ids.pop() if len(ids) == 1 and ids != {old} and ids <= {1, 2, 3} else None
+
+    new = wait_until("another voter takes over", new_controller)
+    took = time.monotonic() - t0
+    print("controller %d killed; node %d took over in %.1f s" % (old, new, took))
+    assert took < 20
+
+    topic = unique_topic("after-failover")
+    create_topic(cluster.bootstrap, topic, 4)
+    live = sorted(int(b.overrides["node.id"]) for b in others)
+    wait_until("the two live nodes know the new topic",
+               lambda: all(v[2] is not None and len(v[2]) == 4 for v in (view(b, topic) for b in others)))
+
+    cluster.node(old).start()
+    wait_until("the old controller rejoins as a broker and knows the new topic",
+               lambda: all_agree(cluster, [1, 2, 3], topic, 4), timeout=60)
+    assert view(cluster.node(old))[1] == new, "the old controller took the role back on restart"
+    assert live == sorted(set([1, 2, 3]) - {old})
+
+
+@pytest.mark.timeout(180)
+def test_a_silent_broker_is_fenced_and_comes_back(cluster):
+    views = wait_until("a controller is elected", lambda: all_agree(cluster, [1, 2, 3]))
+    controller = views[0][1]
+    topic = unique_topic("fence")
+    create_topic(cluster.bootstrap, topic, 3)
+    views = wait_until("the topic is placed", lambda: all_agree(cluster, [1, 2, 3], topic, 3))
+    victim = next(i for i in (1, 2, 3) if i != controller)
+    lost = [p for p, l in views[0][2].items() if l == victim]
+    assert lost, views[0][2]
+
+    cluster.node(victim).kill9()
+    others = [b for b in cluster.nodes if b.alive()]
+    survivors = sorted(set([1, 2, 3]) - {victim})
+
+    def fenced():
+        vs = [view(b, topic) for b in others]
+        return all(v[0] == survivors and all(v[2][p] == -1 for p in lost) for v in vs) and vs
+
+    wait_until("the killed broker is fenced and its partitions have no leader", fenced,
+               timeout=SESSION_MS / 1000 + 20)
+
+    cluster.node(victim).start()
+    wait_until("the broker is unfenced and leads its partitions again",
+               lambda: all_agree(cluster, [1, 2, 3], topic, 3), timeout=60)
+    items = [{"value": b"after-%d" % p, "partition": p} for p in lost]
+    reports = ck_produce(ck_producer(cluster.bootstrap), topic, items)
+    assert all(r.err is None for r in reports), [r.err for r in reports]
