@@ -69,6 +69,13 @@ pub(super) struct MetaQuorum {
     /// Files written since their last sync was issued: only those are synced.
     state_dirty: bool,
     log_dirty: bool,
+    /// Writes issued (numbered from 1) and those not yet completed. A sync is issued only
+    /// once every write before it has completed: a sync that finished before an earlier write
+    /// failed would vouch for bytes that never reached the file.
+    write_seq: u64,
+    writes_in_flight: std::collections::BTreeSet<u64>,
+    /// Syncs the quorum asked for, waiting for the writes before them: (last write, sync id).
+    deferred_syncs: Vec<(u64, u64)>,
     /// Changes waiting to be committed: where their entry went, and the job.
     waiting: Vec<(Proposed, JobId)>,
     /// Changes the quorum would not take (not leading, storage failing): their jobs fail at
@@ -164,9 +171,41 @@ impl Node {
         }
     }
 
-    pub(super) fn on_quorum_write(&mut self, result: Result<(), DiskError>) {
+    pub(super) fn on_quorum_write(&mut self, seq: u64, result: Result<(), DiskError>) {
+        self.meta.writes_in_flight.remove(&seq);
         if let Err(e) = result {
-            self.quorum_storage_failed(&e);
+            return self.quorum_storage_failed(&e);
+        }
+        let done_below = self.meta.writes_in_flight.first().copied().unwrap_or(u64::MAX);
+        let (ready, wait): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.meta.deferred_syncs).into_iter().partition(|(after, _)| *after < done_below);
+        self.meta.deferred_syncs = wait;
+        for (_, id) in ready {
+            self.issue_quorum_sync(id);
+        }
+    }
+
+    /// A write of the quorum's files, numbered so a sync can wait for it.
+    fn issue_quorum_write(&mut self, action: DiskOp) {
+        self.meta.write_seq += 1;
+        let seq = self.meta.write_seq;
+        self.meta.writes_in_flight.insert(seq);
+        self.issue(action, Purpose::QuorumWrite { seq });
+    }
+
+    fn issue_quorum_sync(&mut self, id: u64) {
+        let m = &mut self.meta;
+        // The quorum asks for a sync only after writing something.
+        let mut files: Vec<FileId> = Vec::with_capacity(2);
+        if std::mem::take(&mut m.state_dirty) {
+            files.push(m.state_file);
+        }
+        if std::mem::take(&mut m.log_dirty) || files.is_empty() {
+            files.push(m.log_file);
+        }
+        m.syncs.insert(id, u8::try_from(files.len()).expect("two files"));
+        for file in files {
+            self.issue(DiskOp::Sync { file }, Purpose::QuorumSync { id });
         }
     }
 
@@ -189,6 +228,7 @@ impl Node {
     fn quorum_storage_failed(&mut self, e: &DiskError) {
         tracing::error!(error = %e, "metadata quorum write or sync failed; cutting its log back to what is durable");
         self.meta.syncs.clear(); // completions of syncs issued before prove nothing now
+        self.meta.deferred_syncs.clear();
                                  // Whatever failed to sync must be synced again, whichever file it was.
         (self.meta.state_dirty, self.meta.log_dirty) = (true, true);
         let now = self.now.mono;
@@ -224,7 +264,7 @@ impl Node {
                 m.state_size += bytes.len() as u64;
                 let file = m.state_file;
                 m.state_dirty = true;
-                self.issue(DiskOp::Write { file, position, data: vec![Bytes::from(bytes)] }, Purpose::QuorumWrite);
+                self.issue_quorum_write(DiskOp::Write { file, position, data: vec![Bytes::from(bytes)] });
             }
             Write::Append { offset, entries } => {
                 debug_assert_eq!(usize::try_from(offset).ok(), Some(m.positions.len()), "appends land at the log end");
@@ -238,7 +278,7 @@ impl Node {
                 }
                 let file = m.log_file;
                 m.log_dirty = true;
-                self.issue(DiskOp::Write { file, position, data }, Purpose::QuorumWrite);
+                self.issue_quorum_write(DiskOp::Write { file, position, data });
             }
             Write::Truncate { end } => {
                 let keep = usize::try_from(end).unwrap_or(0).min(m.positions.len());
@@ -246,20 +286,13 @@ impl Node {
                 m.positions.truncate(keep);
                 let (file, len) = (m.log_file, m.log_size);
                 m.log_dirty = true;
-                self.issue(DiskOp::Truncate { file, len }, Purpose::QuorumWrite);
+                self.issue_quorum_write(DiskOp::Truncate { file, len });
             }
             Write::Sync { id } => {
-                // The quorum asks for a sync only after writing something.
-                let mut files: Vec<FileId> = Vec::with_capacity(2);
-                if std::mem::take(&mut m.state_dirty) {
-                    files.push(m.state_file);
-                }
-                if std::mem::take(&mut m.log_dirty) || files.is_empty() {
-                    files.push(m.log_file);
-                }
-                m.syncs.insert(id, u8::try_from(files.len()).expect("two files"));
-                for file in files {
-                    self.issue(DiskOp::Sync { file }, Purpose::QuorumSync { id });
+                if m.writes_in_flight.is_empty() {
+                    self.issue_quorum_sync(id);
+                } else {
+                    m.deferred_syncs.push((m.write_seq, id));
                 }
             }
         }

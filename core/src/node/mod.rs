@@ -61,8 +61,10 @@ enum Purpose {
         generation: u64,
         file: FileId,
     },
-    /// A write or truncation of the metadata quorum's files.
-    QuorumWrite,
+    /// A write or truncation of the metadata quorum's files, numbered in issue order.
+    QuorumWrite {
+        seq: u64,
+    },
     /// One of the two files of a quorum sync.
     QuorumSync {
         id: u64,
@@ -705,7 +707,7 @@ impl Node {
                 }
             },
             Purpose::LogSync { tp, generation, file } => self.on_log_sync(tp, generation, file, result.err()),
-            Purpose::QuorumWrite => self.on_quorum_write(result.map(|_| ())),
+            Purpose::QuorumWrite { seq } => self.on_quorum_write(seq, result.map(|_| ())),
             Purpose::QuorumSync { id } => self.on_quorum_sync(id, result.map(|_| ())),
             Purpose::Job(id) => {
                 if let Err(e) = &result {
