@@ -221,3 +221,46 @@ def test_a_silent_broker_is_fenced_and_comes_back(cluster):
     items = [{"value": b"after-%d" % p, "partition": p} for p in lost]
     reports = ck_produce(ck_producer(cluster.bootstrap), topic, items)
     assert all(r.err is None for r in reports), [r.err for r in reports]
+
+
+@pytest.mark.timeout(180)
+def test_consumer_group_spans_the_cluster(cluster):
+    """A consumer group's coordinator is the broker leading its __consumer_offsets partition;
+    members bootstrapped from different nodes find it, split the partitions, and commit."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    wait_until("a controller is elected", lambda: all_agree(cluster, [1, 2, 3]))
+    topic = unique_topic("group")
+    create_topic(cluster.bootstrap, topic, 6)
+    wait_until("the topic is placed", lambda: all_agree(cluster, [1, 2, 3], topic, 6))
+    items = [{"value": b"g-%d" % i, "partition": i % 6} for i in range(300)]
+    assert all(r.err is None for r in ck_produce(ck_producer(cluster.bootstrap), topic, items))
+
+    group = "cluster-group-" + topic
+    members = [Consumer({"bootstrap.servers": cluster.node(i).bootstrap, "group.id": group,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+               for i in (1, 3)]
+    try:
+        for m in members:
+            m.subscribe([topic])
+        seen = {}
+        deadline = time.monotonic() + 90
+        while len(seen) < len(items) and time.monotonic() < deadline:
+            for m in members:
+                msg = m.poll(0.2)
+                if msg is None or msg.error():
+                    continue
+                seen[(msg.partition(), msg.offset())] = msg.value()
+        assert len(seen) == len(items), "consumed %d of %d" % (len(seen), len(items))
+        assert sorted(seen.values()) == sorted(it["value"] for it in items)
+        for m in members:
+            m.commit(asynchronous=False)
+        # Both members ask the one coordinator: each sees the whole group's commits (two
+        # coordinators would each know only their own member's half).
+        for i, m in enumerate(members):
+            got = {tp.partition: tp.offset
+                   for tp in m.committed([TopicPartition(topic, p) for p in range(6)], timeout=20)}
+            assert got == {p: 50 for p in range(6)}, (i, got)
+    finally:
+        for m in members:
+            m.close()

@@ -34,6 +34,8 @@ pub enum GroupError {
     FencedInstanceId,
     CoordinatorNotAvailable,
     CoordinatorLoadInProgress,
+    /// Another broker coordinates the group (its offsets partition is led there).
+    NotCoordinator,
     InvalidGroupId,
 }
 

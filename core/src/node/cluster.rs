@@ -362,8 +362,10 @@ impl Node {
                     return;
                 }
                 if metadata::valid_topic_name(&name) && !self.topic_name_proposed(&name) {
-                    let n = self.config.num_partitions;
-                    match self.create_topic(&name, n, BTreeMap::new()) {
+                    // The coordinators' topics get their own partition counts and configs.
+                    let (n, configs) = super::groups::internal_topic(&name)
+                        .unwrap_or_else(|| (self.config.num_partitions, BTreeMap::new()));
+                    match self.create_topic(&name, n, configs) {
                         Ok(_) => tracing::info!(topic = %name, partitions = n, "creating a topic a broker asked for"),
                         Err(e) => tracing::warn!(topic = %name, error = ?e, "could not create a topic a broker asked for"),
                     }

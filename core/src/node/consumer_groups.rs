@@ -43,11 +43,11 @@ impl Node {
             resp.error_message = Some(sb(why));
             node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
         };
-        match self.groups_ready(conn, seq, &ctx, &body) {
+        match self.groups_ready(conn, seq, &ctx, &body, Some(req.group_id.0.as_str())) {
             Some(0) => {}
             None => return Ok(()),
             Some(code) => {
-                refuse(self, code, "the coordinator is loading");
+                refuse(self, code, "the coordinator is loading, or is another broker");
                 return Ok(());
             }
         }
@@ -137,7 +137,7 @@ impl Node {
         body: Bytes,
     ) -> Result<(), FrameError> {
         let req: ConsumerGroupDescribeRequest = protocol::decode_body(body.clone(), ctx.version)?;
-        let Some(ready) = self.groups_ready(conn, seq, &ctx, &body) else { return Ok(()) };
+        let Some(ready) = self.groups_ready(conn, seq, &ctx, &body, None) else { return Ok(()) };
         let mut resp = ConsumerGroupDescribeResponse::default();
         for id in &req.group_ids {
             let mut d = consumer_group_describe_response::DescribedGroup::default();

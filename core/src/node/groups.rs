@@ -216,17 +216,33 @@ fn code(e: GroupError) -> i16 {
         GroupError::FencedInstanceId => 82,
         GroupError::CoordinatorNotAvailable => 15,
         GroupError::CoordinatorLoadInProgress => 14,
+        GroupError::NotCoordinator => NOT_COORDINATOR,
         GroupError::InvalidGroupId => 24,
     }
 }
 
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+pub(super) const NOT_COORDINATOR: i16 = 16;
 const UNSTABLE_OFFSET_COMMIT: i16 = 88;
 const INVALID_GROUP_ID: i16 = 24;
 const NON_EMPTY_GROUP: i16 = 68;
 pub(super) const GROUP_ID_NOT_FOUND: i16 = 69;
 const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+
+/// An internal topic's partition count and configs, as Kafka creates it.
+pub(super) fn internal_topic(name: &str) -> Option<(i32, BTreeMap<String, String>)> {
+    let partitions = match name {
+        OFFSETS_TOPIC => OFFSETS_PARTITIONS,
+        super::transactions::TXN_TOPIC => super::transactions::TXN_PARTITIONS,
+        _ => return None,
+    };
+    let mut configs = BTreeMap::new();
+    configs.insert("cleanup.policy".to_string(), "compact".to_string());
+    configs.insert("segment.bytes".to_string(), "104857600".to_string());
+    Some((partitions, configs))
+}
 
 pub(super) fn sb(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
@@ -236,19 +252,44 @@ impl Node {
     /// Whether group requests can be served: `Some(0)` once the offsets topic exists and its
     /// offsets are loaded, `Some(COORDINATOR_LOAD_IN_PROGRESS)` while they load (or it cannot
     /// be created), `None` when the request was parked until the topic's creation finishes
-    /// (it is dispatched again then).
-    pub(super) fn groups_ready(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, body: &Bytes) -> Option<i16> {
-        if let Some(job) = self.topics.get(OFFSETS_TOPIC).and_then(|t| t.creating) {
+    /// (it is dispatched again then). Given a group, `Some(NOT_COORDINATOR)` when another
+    /// broker leads its offsets partition.
+    pub(super) fn groups_ready(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: &Bytes,
+        group: Option<&str>,
+    ) -> Option<i16> {
+        self.internal_topic_ready(OFFSETS_TOPIC, group, conn, seq, ctx, body)
+    }
+
+    /// The readiness check of the coordinators on an internal topic (`__consumer_offsets`,
+    /// `__transaction_state`); see `groups_ready`. A missing topic is created by the
+    /// controller: here if this node is it, else on request (the client retries meanwhile).
+    pub(super) fn internal_topic_ready(
+        &mut self,
+        name: &str,
+        key: Option<&str>,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: &Bytes,
+    ) -> Option<i16> {
+        if let Some(job) = self.topics.get(name).and_then(|t| t.creating) {
             self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() });
             return None;
         }
-        if !self.topics.contains_key(OFFSETS_TOPIC) {
-            let mut configs = BTreeMap::new();
-            configs.insert("cleanup.policy".to_string(), "compact".to_string());
-            configs.insert("segment.bytes".to_string(), "104857600".to_string());
-            match self.create_topic(OFFSETS_TOPIC, OFFSETS_PARTITIONS, configs) {
-                // A load in progress (of `__transaction_state`, which may exist without this
-                // topic) goes on: the new topic is empty and adds nothing to it.
+        if !self.topics.contains_key(name) {
+            if !self.is_controller() {
+                self.ask_controller_to_create(name);
+                return Some(COORDINATOR_NOT_AVAILABLE);
+            }
+            let (partitions, configs) = internal_topic(name).expect("an internal topic");
+            match self.create_topic(name, partitions, configs) {
+                // A load in progress (of the other internal topic, which may exist without
+                // this one) goes on: the new topic is empty and adds nothing to it.
                 Ok(job) => self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() }),
                 Err(_) => return Some(COORDINATOR_LOAD_IN_PROGRESS),
             }
@@ -257,7 +298,26 @@ impl Node {
         if self.offsets_load.is_some() {
             return Some(COORDINATOR_LOAD_IN_PROGRESS);
         }
-        Some(0)
+        match key.map(|k| self.coordinator_of(name, k)) {
+            Some(Ok(c)) if c != self.config.node_id.0 => Some(NOT_COORDINATOR),
+            Some(Err(code)) => Some(code),
+            _ => Some(0),
+        }
+    }
+
+    /// The broker coordinating `key` (a group, a transactional id): the leader of its
+    /// partition of the internal topic `name`.
+    pub(super) fn coordinator_of(&self, name: &str, key: &str) -> Result<i32, i16> {
+        let t = self.topics.get(name).ok_or(COORDINATOR_NOT_AVAILABLE)?;
+        let n = i32::try_from(t.partitions.len()).unwrap_or(i32::MAX).max(1);
+        let p = t.partition(partition_for(key, n)).ok_or(COORDINATOR_NOT_AVAILABLE)?;
+        match self.partition_leader(&p.replicas) {
+            Some(me) if me == self.config.node_id.0 && p.state != super::PartState::Online => {
+                Err(COORDINATOR_LOAD_IN_PROGRESS)
+            }
+            Some(leader) => Ok(leader),
+            None => Err(COORDINATOR_NOT_AVAILABLE),
+        }
     }
 
     pub(super) fn handle_find_coordinator(
@@ -273,43 +333,61 @@ impl Node {
         } else {
             vec![req.key.to_string()]
         };
-        // Groups (key type 0) and transactions (1) are coordinated here.
-        let ready = match req.key_type {
-            0 => self.groups_ready(conn, seq, &ctx, &body),
-            1 => self.txns_ready(conn, seq, &ctx, &body),
-            _ => Some(KafkaError::InvalidRequest.code()),
+        // Groups (key type 0) and transactions (1): each key's coordinator is the broker
+        // leading its partition of the internal topic.
+        let topic = match req.key_type {
+            0 => OFFSETS_TOPIC,
+            1 => super::transactions::TXN_TOPIC,
+            _ => "",
+        };
+        let ready = if topic.is_empty() {
+            Some(KafkaError::InvalidRequest.code())
+        } else {
+            self.internal_topic_ready(topic, None, conn, seq, &ctx, &body)
         };
         let Some(ready) = ready else {
             return Ok(());
         };
-        // While the coordinators load, the client is sent here anyway and its requests are
+        // While the coordinators load, the client is sent to them anyway and its requests are
         // answered COORDINATOR_LOAD_IN_PROGRESS until the load is done.
-        let group_keys = ready == 0 || ready == COORDINATOR_LOAD_IN_PROGRESS;
-        let me =
-            (BrokerId(self.config.node_id.0), sb(self.config.advertised_host.clone()), self.config.advertised_port);
+        let found = |node: &Node, key: &str| -> Result<(BrokerId, StrBytes, i32), (i16, &'static str)> {
+            match ready {
+                0 | COORDINATOR_LOAD_IN_PROGRESS => {}
+                COORDINATOR_NOT_AVAILABLE => return Err((ready, "the coordinators' topic is being created")),
+                _ => return Err((ready, "unknown coordinator key type")),
+            }
+            let id = match node.coordinator_of(topic, key) {
+                Ok(id) => id,
+                Err(COORDINATOR_LOAD_IN_PROGRESS) => node.config.node_id.0,
+                Err(code) => return Err((code, "the coordinator's partition has no leader")),
+            };
+            let (host, port, _) = node.broker_endpoint(id).ok_or((COORDINATOR_NOT_AVAILABLE, "no such broker"))?;
+            Ok((BrokerId(id), sb(host), port))
+        };
         let mut resp = FindCoordinatorResponse::default();
-        let error = if group_keys { 0 } else { KafkaError::InvalidRequest.code() };
         if ctx.version >= 4 {
             for k in keys {
                 let mut c = find_coordinator_response::Coordinator::default();
-                c.key = sb(k);
-                c.error_code = error;
-                if error == 0 {
-                    (c.node_id, c.host, c.port) = me.clone();
-                } else {
-                    c.node_id = BrokerId(-1);
-                    c.error_message = Some(sb("unknown coordinator key type"));
+                match found(self, &k) {
+                    Ok(at) => (c.node_id, c.host, c.port) = at,
+                    Err((code, why)) => {
+                        c.error_code = code;
+                        c.node_id = BrokerId(-1);
+                        c.error_message = Some(sb(why));
+                    }
                 }
+                c.key = sb(k);
                 resp.coordinators.push(c);
             }
         } else {
-            resp.error_code = error;
-            if error == 0 {
-                (resp.node_id, resp.host, resp.port) = me;
-            } else {
-                resp.node_id = BrokerId(-1);
-                if ctx.version >= 1 {
-                    resp.error_message = Some(sb("unknown coordinator key type"));
+            match found(self, keys.first().map_or("", String::as_str)) {
+                Ok(at) => (resp.node_id, resp.host, resp.port) = at,
+                Err((code, why)) => {
+                    resp.error_code = code;
+                    resp.node_id = BrokerId(-1);
+                    if ctx.version >= 1 {
+                        resp.error_message = Some(sb(why));
+                    }
                 }
             }
         }
@@ -331,14 +409,16 @@ impl Node {
             self.answer_join(waiter, JoinResult::failed(GroupError::InvalidGroupId, req.member_id.as_str()));
             return Ok(());
         }
-        match self.groups_ready(conn, seq, &ctx, &body) {
+        match self.groups_ready(conn, seq, &ctx, &body, Some(&group)) {
             Some(0) => {}
             None => return Ok(()),
-            Some(_) => {
-                self.answer_join(
-                    waiter,
-                    JoinResult::failed(GroupError::CoordinatorLoadInProgress, req.member_id.as_str()),
-                );
+            Some(code) => {
+                let e = if code == NOT_COORDINATOR {
+                    GroupError::NotCoordinator
+                } else {
+                    GroupError::CoordinatorLoadInProgress
+                };
+                self.answer_join(waiter, JoinResult::failed(e, req.member_id.as_str()));
                 return Ok(());
             }
         }
@@ -549,7 +629,7 @@ impl Node {
         let req: OffsetCommitRequest = protocol::decode_body(body.clone(), ctx.version)?;
         let group = req.group_id.0.to_string();
         let mut resp = OffsetCommitResponse::default();
-        let Some(ready) = self.groups_ready(conn, seq, &ctx, &body) else { return Ok(()) };
+        let Some(ready) = self.groups_ready(conn, seq, &ctx, &body, Some(&group)) else { return Ok(()) };
         let ready = if ready == 0 { Ok(()) } else { Err(ready) };
         // A member of a generation must be current; a "simple" commit (no member, generation
         // -1) is allowed for groups that are not managed here at the moment.
@@ -741,7 +821,9 @@ impl Node {
         body: Bytes,
     ) -> Result<(), FrameError> {
         let req: OffsetFetchRequest = protocol::decode_body(body.clone(), ctx.version)?;
-        let Some(ready) = self.groups_ready(conn, seq, &ctx, &body) else { return Ok(()) };
+        // Before v8 one group is asked for; from v8 several, each to its own coordinator.
+        let group = (ctx.version < 8).then(|| req.group_id.0.to_string());
+        let Some(ready) = self.groups_ready(conn, seq, &ctx, &body, group.as_deref()) else { return Ok(()) };
         let v = ctx.version;
         // require_stable (v7+, read_committed consumers): a partition with offsets committed
         // in a transaction not yet ended is UNSTABLE_OFFSET_COMMIT, which the client retries.

@@ -25,7 +25,7 @@ use kafka_protocol::messages::*;
 use super::groups::{offsets_partition, AfterDurable, Committed, PendingCommit, OFFSETS_TOPIC};
 use super::produce::Origin;
 use super::producer_ids::init_producer_id_response;
-use super::{Node, Then, Tp};
+use super::{Node, Tp};
 use crate::log::batch;
 use crate::protocol::errors::KafkaError;
 use crate::protocol::{self, FrameError, RequestContext};
@@ -93,26 +93,17 @@ pub(super) fn txn_id_of_key(k: &[u8]) -> Option<String> {
 impl Node {
     /// Whether transaction requests can be served: `Some(0)` once `__transaction_state`
     /// exists and is loaded, `Some(14)` while it loads, `None` when the request was parked
-    /// until the topic's creation finishes.
-    pub(super) fn txns_ready(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, body: &Bytes) -> Option<i16> {
-        if let Some(job) = self.topics.get(TXN_TOPIC).and_then(|t| t.creating) {
-            self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() });
-            return None;
-        }
-        if !self.topics.contains_key(TXN_TOPIC) {
-            let mut configs = BTreeMap::new();
-            configs.insert("cleanup.policy".to_string(), "compact".to_string());
-            configs.insert("segment.bytes".to_string(), "104857600".to_string());
-            match self.create_topic(TXN_TOPIC, TXN_PARTITIONS, configs) {
-                Ok(job) => self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() }),
-                Err(_) => return Some(COORDINATOR_LOAD_IN_PROGRESS),
-            }
-            return None;
-        }
-        if self.offsets_load.is_some() {
-            return Some(COORDINATOR_LOAD_IN_PROGRESS);
-        }
-        Some(0)
+    /// until the topic's creation finishes; given a transactional id, `Some(16)` when another
+    /// broker is its coordinator.
+    pub(super) fn txns_ready(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: &Bytes,
+        id: Option<&str>,
+    ) -> Option<i16> {
+        self.internal_topic_ready(TXN_TOPIC, id, conn, seq, ctx, body)
     }
 
     /// Stores a transactional id's next state; `next` runs once it is durable (or failed).
@@ -400,7 +391,7 @@ impl Node {
         req: InitProducerIdRequest,
     ) -> Result<(), FrameError> {
         let id = req.transactional_id.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
-        let next = match self.txns_ready(conn, seq, &ctx, &body) {
+        let next = match self.txns_ready(conn, seq, &ctx, &body, Some(&id)) {
             None => return Ok(()),
             Some(0) => self.next_producer_of(&id, &req, ctx.version),
             Some(code) => Err(code),
@@ -476,7 +467,7 @@ impl Node {
             .iter()
             .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), *p)))
             .collect();
-        let ready = self.txns_ready(conn, seq, &ctx, &body);
+        let ready = self.txns_ready(conn, seq, &ctx, &body, Some(&id));
         let unknown: Vec<bool> =
             asked.iter().map(|(t, p)| self.topics.get(t).and_then(|t| t.partition(*p)).is_none()).collect();
         let result = match ready {
@@ -569,7 +560,7 @@ impl Node {
             node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &r));
         };
         // The group's offsets partition joins the transaction: the offsets topic must exist.
-        match self.groups_ready(conn, seq, &ctx, &body) {
+        match self.groups_ready(conn, seq, &ctx, &body, None) {
             None => return Ok(()),
             Some(0) => {}
             Some(code) => {
@@ -577,7 +568,7 @@ impl Node {
                 return Ok(());
             }
         }
-        match self.txns_ready(conn, seq, &ctx, &body) {
+        match self.txns_ready(conn, seq, &ctx, &body, Some(req.transactional_id.0.as_str())) {
             None => return Ok(()),
             Some(0) => {}
             Some(code) => {
@@ -632,8 +623,8 @@ impl Node {
         let refuse = |node: &mut Node, code: i16| {
             node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &build(&req, code)));
         };
-        let ready = match self.groups_ready(conn, seq, &ctx, &body) {
-            Some(0) => self.txns_ready(conn, seq, &ctx, &body),
+        let ready = match self.groups_ready(conn, seq, &ctx, &body, Some(req.group_id.0.as_str())) {
+            Some(0) => self.txns_ready(conn, seq, &ctx, &body, None),
             other => other,
         };
         match ready {
@@ -708,7 +699,7 @@ impl Node {
         body: Bytes,
     ) -> Result<(), FrameError> {
         let req: EndTxnRequest = protocol::decode_body(body.clone(), ctx.version)?;
-        match self.txns_ready(conn, seq, &ctx, &body) {
+        match self.txns_ready(conn, seq, &ctx, &body, Some(req.transactional_id.0.as_str())) {
             None => return Ok(()),
             Some(0) => {}
             Some(code) => {
