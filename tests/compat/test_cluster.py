@@ -264,3 +264,36 @@ def test_consumer_group_spans_the_cluster(cluster):
     finally:
         for m in members:
             m.close()
+
+
+@pytest.mark.timeout(180)
+def test_default_idempotent_producers_on_every_node(cluster):
+    """kafka-python's default producer is idempotent (in 3.x) and asks any broker for a
+    producer id; confluent-kafka's is asked to be. Each broker gets its ids in blocks the
+    controller records, so every node can answer. Two producers given one id would have the
+    second one's batches taken for duplicates of the first's, and records would be missing."""
+    from kafka import KafkaProducer
+    views = wait_until("a controller is elected", lambda: all_agree(cluster, [1, 2, 3]))
+    controller = views[0][1]
+    topic = unique_topic("idem")
+    create_topic(cluster.bootstrap, topic, 3)
+    wait_until("the topic is placed", lambda: all_agree(cluster, [1, 2, 3], topic, 3))
+    sent = {p: [] for p in range(3)}
+    for node_id in (1, 2, 3):
+        # Bootstrapped from one node only: its producer id comes from that node.
+        kp = KafkaProducer(bootstrap_servers=cluster.node(node_id).bootstrap, linger_ms=5,
+                           request_timeout_ms=15000, max_block_ms=30000)
+        for i in range(30):
+            v = b"kp-%d-%d" % (node_id, i)
+            kp.send(topic, value=v, partition=i % 3).get(timeout=30)
+            sent[i % 3].append(v)
+        kp.close()
+        ck = ck_producer(cluster.node(node_id).bootstrap, **{"enable.idempotence": True})
+        items = [{"value": b"ck-%d-%d" % (node_id, i), "partition": i % 3} for i in range(30)]
+        assert all(r.err is None for r in ck_produce(ck, topic, items))
+        for it in items:
+            sent[it["partition"]].append(it["value"])
+    got = ck_consume(cluster.node(controller).bootstrap, topic, {p: 0 for p in range(3)},
+                     expected_counts={p: len(v) for p, v in sent.items()})
+    for p in range(3):
+        assert [m.value() for m in got[p]] == sent[p], "partition %d: duplicates, gaps or reordering" % p

@@ -647,7 +647,11 @@ impl Node {
                 self.deleting.remove(&name);
             }
             JobDone::ProducerIds { end } => self.producer_ids_recorded(end, !job.failed),
-            JobDone::Nothing => {}
+            JobDone::ProducerIdsFor { broker, end } if !job.failed => {
+                let grant = crate::peer::BrokerMessage::ProducerIdsGranted { end };
+                self.send_peer(broker, crate::peer::Body::Broker(grant));
+            }
+            JobDone::ProducerIdsFor { .. } | JobDone::Nothing => {}
         }
         let waiters = std::mem::take(&mut self.waiters);
         for mut w in waiters {

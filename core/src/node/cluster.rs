@@ -357,6 +357,12 @@ impl Node {
                     self.send_peer(from, Body::Broker(answer));
                 }
             }
+            BrokerMessage::AllocateProducerIds => {
+                if self.controller_epoch_check() && from != self.me() {
+                    self.allocate_producer_ids_for(from);
+                }
+            }
+            BrokerMessage::ProducerIdsGranted { end } => self.producer_ids_granted(end),
             BrokerMessage::CreateTopic { name } => {
                 if !self.controller_epoch_check() || self.topics.contains_key(&name) {
                     return;

@@ -114,6 +114,11 @@ enum JobDone {
     ProducerIds {
         end: i64,
     },
+    /// The controller recorded a block of producer ids for another broker: tell it.
+    ProducerIdsFor {
+        broker: i32,
+        end: i64,
+    },
     /// Nothing follows (a controller's proposal about a broker).
     Nothing,
 }

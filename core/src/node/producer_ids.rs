@@ -27,7 +27,12 @@ pub(super) struct ProducerIds {
     durable_end: i64,
     /// The block being recorded: its job and its end.
     pending: Option<(JobId, i64)>,
+    /// In a cluster, a broker that is not the controller asks it for blocks: when it last did.
+    asked: Option<crate::types::Instant>,
 }
+
+/// How long a broker waits for the controller to grant a block before it asks again.
+const ASK_AGAIN_MS: u64 = 1000;
 
 impl ProducerIds {
     /// After the metadata log is replayed: ids start after the last recorded block.
@@ -63,6 +68,12 @@ impl Node {
             ids.next += 1;
             return self.answer_init_producer_id(conn, seq, &ctx, Ok(id));
         }
+        if self.config.is_cluster() && !self.is_controller() {
+            // The controller records blocks: ask it, and let the client retry meanwhile.
+            self.ask_for_producer_ids();
+            return self.answer_init_producer_id(conn, seq, &ctx, Err(KafkaError::CoordinatorLoadInProgress));
+        }
+        let ids = &mut self.producer_ids;
         let job = match ids.pending {
             Some((job, end)) if ids.next < end => job,
             Some(_) => {
@@ -109,16 +120,66 @@ impl Node {
             ids.next += 1;
             return Some(ids.next - 1);
         }
-        if ids.pending.is_none() {
+        if self.config.is_cluster() && !self.is_controller() {
+            self.ask_for_producer_ids();
+        } else if self.producer_ids.pending.is_none() {
             self.record_next_block();
         }
         None
     }
 
+    /// Asks the controller for a block of producer ids (again, if the last ask went
+    /// unanswered for a while: the controller may have changed).
+    fn ask_for_producer_ids(&mut self) {
+        let now = self.now.mono;
+        if self.producer_ids.asked.is_some_and(|t| now.millis_since(t) < ASK_AGAIN_MS) {
+            return;
+        }
+        if let Some(c) = self.controller().filter(|c| *c != self.config.node_id.0) {
+            self.producer_ids.asked = Some(now);
+            self.send_peer(c, crate::peer::Body::Broker(crate::peer::BrokerMessage::AllocateProducerIds));
+        }
+    }
+
+    /// The controller granted this broker the block of ids below `end`.
+    pub(super) fn producer_ids_granted(&mut self, end: i64) {
+        let ids = &mut self.producer_ids;
+        ids.asked = None;
+        if end > ids.durable_end && ids.pending.is_none() {
+            tracing::info!(from = end - BLOCK, to = end, "the controller granted a block of producer ids");
+            ids.next = end - BLOCK;
+            ids.durable_end = end;
+        }
+    }
+
+    /// The end of the next block the controller may record: past every block recorded or
+    /// proposed (a proposal in the log's uncommitted tail commits with it).
+    pub(super) fn next_producer_ids_end(&self) -> i64 {
+        let mut end = self.producer_ids.durable_end.max(self.cluster.image.producer_ids_end);
+        if let Some(q) = self.meta.quorum.as_ref() {
+            for offset in q.high_watermark()..q.log().end() {
+                if let Some(crate::quorum::EntryKind::Record(r)) = q.log().entry(offset).map(|e| &e.kind) {
+                    if let Ok(MetaRecord::ProducerIdsBlock { end: e }) = postcard::from_bytes::<MetaRecord>(r) {
+                        end = end.max(e);
+                    }
+                }
+            }
+        }
+        end + BLOCK
+    }
+
+    /// The controller records a block for another broker; the broker hears of it once it is
+    /// committed.
+    pub(super) fn allocate_producer_ids_for(&mut self, broker: i32) {
+        let end = self.next_producer_ids_end();
+        let job = self.new_job(1, JobDone::ProducerIdsFor { broker, end });
+        self.meta_append(&MetaRecord::ProducerIdsBlock { end }, job);
+    }
+
     /// Starts recording the block after the last durable one; returns its job.
     fn record_next_block(&mut self) -> JobId {
         // In a cluster another broker's block may be the last one recorded: start after it.
-        let end = self.producer_ids.durable_end.max(self.cluster.image.producer_ids_end) + BLOCK;
+        let end = self.next_producer_ids_end();
         self.producer_ids.next = self.producer_ids.next.max(end - BLOCK);
         let job = self.new_job(1, JobDone::ProducerIds { end });
         self.producer_ids.pending = Some((job, end));

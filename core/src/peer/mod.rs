@@ -49,6 +49,10 @@ pub enum BrokerMessage {
     /// A broker asks the controller to create a topic a client asked for by name (automatic
     /// topic creation). Fire and forget: the client learns of it from Metadata.
     CreateTopic { name: String },
+    /// A broker has handed out its producer ids and asks for a block.
+    AllocateProducerIds,
+    /// The controller recorded the block of producer ids below `end` for the broker.
+    ProducerIdsGranted { end: i64 },
 }
 
 /// The first frame on a peer connection: who is calling, in which cluster, speaking which
