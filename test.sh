@@ -14,4 +14,6 @@ cargo test --workspace
 cargo run --release -q -p sluice-sim -- sweep --seeds 1..2000 --jobs 2
 # The metadata quorum on its own: 3 and 5 voters under crashes, pauses and partitions.
 cargo run --release -q -p sluice-sim -- sweep --scenario quorum --seeds 1..5000 --jobs 2
+# Three full nodes forming a cluster: metadata agreement and convergence under crashes and isolations.
+cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 1..2000 --jobs 2
 bash tests/compat/run.sh

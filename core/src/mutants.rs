@@ -47,6 +47,9 @@ pub enum Mutant {
     CommitByCount = 16,
     /// Raft: a voter reports (fetches from) its log end before that end is durable.
     ReportBeforeSync = 17,
+    /// A node applies metadata records as soon as they are in its log, before they are
+    /// committed: a record a new leader never had stays applied.
+    ApplyUncommitted = 18,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -67,6 +70,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::VoteNotSynced, "vote-not-synced"),
     (Mutant::CommitByCount, "commit-by-count"),
     (Mutant::ReportBeforeSync, "report-before-sync"),
+    (Mutant::ApplyUncommitted, "apply-uncommitted"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -76,6 +80,7 @@ pub fn scenario(m: Mutant) -> &'static str {
         Mutant::VoteWithoutLogCheck | Mutant::VoteNotSynced | Mutant::CommitByCount | Mutant::ReportBeforeSync => {
             "quorum"
         }
+        Mutant::ApplyUncommitted => "cluster",
         _ => "default",
     }
 }

@@ -65,6 +65,9 @@ enum Event {
     ClientClosed { conn: ConnId },
     ClientTimer { client: usize, token: u64 },
     Restart { node: usize },
+    /// A message between nodes, for the incarnation of `to` it was sent to (a restart breaks
+    /// the connection it was on).
+    Peer { from: usize, to: usize, inc: u64, bytes: Bytes },
 }
 
 /// A node's clock: its monotonic time runs at (1 + drift) of simulated time, from an offset.
@@ -151,6 +154,10 @@ pub struct World {
     pub trace: Trace,
     pub stats: Stats,
     same_instant: u64,
+    /// Links between nodes cut until a time (both directions).
+    cut: BTreeMap<(usize, usize), Nanos>,
+    /// When the last message on each link arrives: a link delivers in order, as TCP does.
+    link_free_at: BTreeMap<(usize, usize), Nanos>,
 }
 
 impl World {
@@ -193,6 +200,8 @@ impl World {
             trace: Trace::new(),
             stats: Stats::default(),
             same_instant: 0,
+            cut: BTreeMap::new(),
+            link_free_at: BTreeMap::new(),
         };
         for i in 0..w.slots.len() {
             w.boot(i);
@@ -352,8 +361,22 @@ impl World {
         self.trace.record(self.now, "disk-full", i as u64, u64::from(full));
     }
 
+    /// Cuts the links between node `i` and every other node until `until`: messages sent on
+    /// them meanwhile are lost (a broken connection).
+    pub fn isolate(&mut self, i: usize, until: Nanos) {
+        for j in 0..self.slots.len() {
+            if j != i {
+                let k = (i.min(j), i.max(j));
+                let t = self.cut.get(&k).copied().unwrap_or(0).max(until);
+                self.cut.insert(k, t);
+            }
+        }
+        self.trace.record(self.now, "isolate", i as u64, until);
+    }
+
     /// Ends every fault: unclogs nodes, frees disks and stops injecting disk faults.
     pub fn heal(&mut self) {
+        self.cut.clear();
         for s in &mut self.slots {
             s.clogged_until = self.now;
             s.disk.capacity_bytes = None;
@@ -453,8 +476,35 @@ impl World {
                     self.boot(node);
                 }
             }
+            Event::Peer { from, to, inc, bytes } => {
+                if self.slots[to].inc == inc && self.slots[to].node.is_some() {
+                    self.trace.record_bytes(self.now, "peer", (from * 16 + to) as u64, &bytes);
+                    let from_id = self.slots[from].config.node_id;
+                    self.handle(to, Input::Peer { from: from_id, bytes });
+                }
+            }
         }
         true
+    }
+
+    /// Sends a node's message to another: lost if the link is cut or the peer is down;
+    /// otherwise delivered after the network's latency, in order on its link.
+    fn peer_send(&mut self, from: usize, to_id: sluice_core::BrokerId, bytes: Bytes) {
+        let Some(to) = self.slots.iter().position(|s| s.config.node_id == to_id) else {
+            return; // a node this world does not have: nothing listens there
+        };
+        if to == from || self.slots[to].node.is_none() {
+            return;
+        }
+        if self.cut.get(&(from.min(to), from.max(to))).is_some_and(|t| *t > self.now) {
+            return;
+        }
+        let lat = self.latency(self.env.net_latency);
+        let clog = self.slots[from].clogged_until.max(self.slots[to].clogged_until);
+        let at = (self.now + lat).max(clog).max(self.link_free_at.get(&(from, to)).copied().unwrap_or(0));
+        self.link_free_at.insert((from, to), at);
+        let inc = self.slots[to].inc;
+        self.schedule(at, Event::Peer { from, to, inc, bytes });
     }
 
     fn handle(&mut self, i: usize, input: Input) {
@@ -479,7 +529,7 @@ impl World {
                         self.schedule(at, Event::ClientClosed { conn });
                     }
                 }
-                Output::Peer { .. } => {}
+                Output::Peer { to, bytes } => self.peer_send(i, to, bytes),
             }
         }
         let slot = &mut self.slots[i];

@@ -6,6 +6,7 @@
 //! when a fault knob does.
 
 pub mod checker;
+pub mod cluster;
 pub mod codec;
 pub mod group;
 pub mod group848;
@@ -100,6 +101,8 @@ pub enum Scenario {
     Default,
     /// The metadata quorum's voters on their own (`quorum::run`).
     Quorum,
+    /// Three full nodes forming a cluster (`cluster::run`).
+    Cluster,
 }
 
 impl Scenario {
@@ -107,6 +110,7 @@ impl Scenario {
         match s {
             "default" => Some(Scenario::Default),
             "quorum" => Some(Scenario::Quorum),
+            "cluster" => Some(Scenario::Cluster),
             _ => None,
         }
     }
@@ -135,6 +139,18 @@ pub fn run_scenario(seed: u64, opts: &RunOpts) -> Outcome {
                 events: r.stats.events,
                 sim_ns: r.sim_ns,
                 trace_lines: r.trace_lines,
+            }
+        }
+        Scenario::Cluster => {
+            let r = cluster::run(seed, opts);
+            Outcome {
+                ok: r.ok(),
+                summary: r.summary(),
+                first_violation: r.violations.first().cloned().unwrap_or_default(),
+                replay: r.replay_command(),
+                events: r.events,
+                sim_ns: r.sim_ns,
+                trace_lines: Vec::new(),
             }
         }
         Scenario::Quorum => {

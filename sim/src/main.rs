@@ -49,7 +49,7 @@ fn opts(args: &[String]) -> Result<RunOpts, String> {
         opt(args, "--safety-ms").map(|s| s.parse().map_err(|_| format!("bad --safety-ms {s}"))).transpose()?;
     let scenario = match opt(args, "--scenario") {
         None => Scenario::Default,
-        Some(s) => Scenario::parse(s).ok_or_else(|| format!("unknown scenario {s:?}: default or quorum"))?,
+        Some(s) => Scenario::parse(s).ok_or_else(|| format!("unknown scenario {s:?}: default, quorum or cluster"))?,
     };
     Ok(RunOpts { mutant, keep_trace: opt(args, "--trace").is_some(), safety_ms, scenario })
 }

@@ -1,7 +1,7 @@
 //! The simulator's own tests: determinism, the regression seed corpus, a bounded sweep, and
 //! proof that every planted bug is caught by a bounded sweep.
 
-use sluice_sim::{quorum, run, run_scenario, RunOpts, Scenario};
+use sluice_sim::{cluster, quorum, run, run_scenario, RunOpts, Scenario};
 
 #[test]
 fn same_seed_same_trace_even_on_another_thread() {
@@ -91,5 +91,35 @@ fn every_quorum_mutant_is_caught_by_a_bounded_sweep() {
         let opts = RunOpts { mutant: Some(name.to_string()), scenario: Scenario::Quorum, ..RunOpts::default() };
         let caught = (1..=SEEDS).find(|&seed| !quorum::run(seed, &opts).ok());
         assert!(caught.is_some(), "mutant {name} survived {SEEDS} seeds: a quorum checker is blind to it");
+    }
+}
+
+#[test]
+fn cluster_runs_are_deterministic_and_a_bounded_sweep_passes() {
+    let opts = || RunOpts { scenario: Scenario::Cluster, ..RunOpts::default() };
+    for seed in [1u64, 2, 3] {
+        let a = cluster::run(seed, &opts());
+        let b = std::thread::spawn(move || cluster::run(seed, &opts())).join().unwrap();
+        assert_eq!(a.trace, b.trace, "seed {seed}: trace differs between runs");
+        assert!(a.acked > 0, "seed {seed} created no topic:\n{}", a.summary());
+    }
+    for seed in 1..=300u64 {
+        let r = cluster::run(seed, &opts());
+        assert!(r.ok(), "{}", r.summary());
+    }
+}
+
+/// The cluster's mutants (a node applying metadata before it is committed), each caught by
+/// the cluster scenario within a bounded sweep.
+#[test]
+fn every_cluster_mutant_is_caught_by_a_bounded_sweep() {
+    const SEEDS: u64 = 300;
+    for (m, name) in sluice_core::mutants::ALL {
+        if sluice_core::mutants::scenario(*m) != "cluster" {
+            continue;
+        }
+        let opts = RunOpts { mutant: Some(name.to_string()), scenario: Scenario::Cluster, ..RunOpts::default() };
+        let caught = (1..=SEEDS).find(|&seed| !cluster::run(seed, &opts).ok());
+        assert!(caught.is_some(), "mutant {name} survived {SEEDS} seeds: a cluster checker is blind to it");
     }
 }

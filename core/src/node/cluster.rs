@@ -23,6 +23,9 @@ use crate::types::{Instant, Offset};
 /// How often a broker not yet registered and unfenced asks the controller again.
 const REGISTRATION_RETRY_MS: u64 = 250;
 
+/// How soon an overdue broker session is checked again.
+const FENCE_RECHECK_MS: u64 = 100;
+
 /// A new partition's file operations: its directory and its first segment's three files.
 pub(super) const FILE_OPS_PER_PARTITION: usize = 4;
 
@@ -48,6 +51,13 @@ pub(super) struct ClusterState {
 }
 
 impl Node {
+    /// The committed metadata this node has applied: the quorum offset it has applied up to,
+    /// and the image built so far (`None` until start-up has caught up). For the simulator's
+    /// checkers and tools.
+    pub fn metadata_view(&self) -> Option<(Offset, &MetadataImage)> {
+        self.cluster.started.then_some((self.cluster.applied, &self.cluster.image))
+    }
+
     fn me(&self) -> i32 {
         self.config.node_id.0
     }
@@ -131,7 +141,11 @@ impl Node {
     /// the quorum has caught up, then rebuilds the node from the whole committed prefix.
     pub(super) fn apply_committed(&mut self) {
         let Some(q) = self.meta.quorum.as_ref() else { return };
-        let hw = q.high_watermark();
+        let hw = if crate::mutants::active(crate::mutants::Mutant::ApplyUncommitted) {
+            q.log().end()
+        } else {
+            q.high_watermark()
+        };
         if !self.cluster.started && !q.caught_up() {
             return;
         }
@@ -284,7 +298,13 @@ impl Node {
             return None;
         }
         let heartbeat = self.cluster.next_heartbeat.unwrap_or(self.now.mono);
-        let fence = self.is_controller().then(|| self.next_fence_check()).flatten();
+        // An overdue session the last check could not act on (a proposal refused while
+        // storage recovers) is looked at again shortly, not at once and forever.
+        let fence = self
+            .is_controller()
+            .then(|| self.next_fence_check())
+            .flatten()
+            .map(|t| t.max(self.now.mono.plus_millis(FENCE_RECHECK_MS)));
         Some(fence.map_or(heartbeat, |f| f.min(heartbeat)))
     }
 
@@ -380,13 +400,21 @@ impl Node {
         }
     }
 
+    /// When the next live broker's session runs out, among those this controller would fence
+    /// then: none before its leadership is set up, none with a change still in flight (a
+    /// deadline it would not act on must not wake the node, or it would wake it forever).
     fn next_fence_check(&self) -> Option<Instant> {
+        let q = self.meta.quorum.as_ref()?;
+        if self.cluster.led_epoch != Some(q.epoch()) {
+            return None;
+        }
         let session = self.config.broker_session_timeout_ms;
+        let hw = q.high_watermark();
         self.cluster
             .image
             .live_brokers()
-            .filter(|(id, _)| *id != self.me())
-            .filter_map(|(id, _)| self.cluster.last_heard.get(&id).map(|t| t.plus_millis(session)))
+            .filter(|(id, _)| *id != self.me() && self.cluster.in_flight.get(id).is_none_or(|at| *at < hw))
+            .map(|(id, _)| self.cluster.last_heard.get(&id).map_or(self.now.mono, |t| t.plus_millis(session)))
             .min()
     }
 
@@ -397,12 +425,14 @@ impl Node {
         }
         let now = self.now.mono;
         let session = self.config.broker_session_timeout_ms;
+        let hw = self.meta.quorum.as_ref().map_or(0, |q| q.high_watermark());
         let silent: Vec<(i32, i64)> = self
             .cluster
             .image
             .live_brokers()
             .filter(|(id, _)| *id != self.me())
             .filter(|(id, _)| self.cluster.last_heard.get(id).is_none_or(|t| now.millis_since(*t) >= session))
+            .filter(|(id, _)| self.cluster.in_flight.get(id).is_none_or(|at| *at < hw))
             .map(|(id, b)| (id, b.epoch))
             .collect();
         for (id, epoch) in silent {

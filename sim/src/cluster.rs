@@ -1,0 +1,406 @@
+//! The `cluster` scenario: three full broker nodes (every one a voter of the metadata quorum
+//! and a broker) whose peer messages cross the simulated network, under crashes (one node at
+//! a time, losing unsynced writes) and isolations (every link of one node cut), while an
+//! admin client creates topics through whichever node it reaches (following NOT_CONTROLLER
+//! as Kafka's clients do). Then every fault heals and the cluster must converge.
+//!
+//! Checked:
+//! - **metadata agreement**: two nodes that have applied the metadata log up to the same
+//!   offset hold the same image (brokers, topics with their placement, producer id blocks),
+//!   checked after every event;
+//! - **acknowledged topics survive**: every CreateTopics answered with success is in every
+//!   node's image at the end;
+//! - **placement**: every replica of every partition is a registered broker;
+//! - **convergence** (liveness): after the heal, within a bound, every node serves, has
+//!   applied the same offset, and sees all three brokers registered and unfenced.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sluice_core::metadata::MetadataImage;
+use sluice_core::{BrokerId, ConnId, NodeConfig, Offset};
+use sluice_runtime_sim::{Env, Harness, Nanos, World, MS, US};
+
+use crate::codec;
+use crate::RunOpts;
+
+const NODES: usize = 3;
+const CREATE: u64 = 1;
+const CRASH: u64 = 2;
+const ISOLATE: u64 = 3;
+const HEAL: u64 = 4;
+const ADMIN: usize = 0;
+
+#[derive(Clone, Debug)]
+pub struct ClusterPlan {
+    pub safety: Nanos,
+    pub liveness: Nanos,
+    pub create_every: Nanos,
+    pub crash_every: Option<Nanos>,
+    pub isolate_every: Option<Nanos>,
+}
+
+fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
+    xs[rng.gen_range(0..xs.len())]
+}
+
+pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
+    let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_0f5c_0000);
+    let plan = ClusterPlan {
+        safety: opts.safety_ms.map_or(pick(&mut r, &[5_000u64, 15_000]) * MS, |ms| ms * MS),
+        liveness: 60_000 * MS,
+        create_every: pick(&mut r, &[20u64, 100, 300]) * MS,
+        crash_every: pick(&mut r, &[None, Some(500 * MS), Some(2_000 * MS)]),
+        isolate_every: pick(&mut r, &[None, Some(1_000 * MS), Some(3_000 * MS)]),
+    };
+    let env = Env {
+        net_latency: (50 * US, pick(&mut r, &[500u64, 5_000]) * US),
+        sync_latency: (100 * US, pick(&mut r, &[2u64, 20]) * MS),
+        ..Env::default()
+    };
+    let scale = pick(&mut r, &[1u64, 3]);
+    let voters: BTreeMap<i32, (String, u16)> = (1..=NODES as i32).map(|id| (id, (format!("node{id}"), 9093))).collect();
+    let configs = (1..=NODES as i32)
+        .map(|id| {
+            let mut c = NodeConfig::default();
+            c.node_id = BrokerId(id);
+            c.advertised_host = format!("node{id}");
+            c.voters = voters.clone();
+            c.quorum_election_timeout_ms = 1_000 / scale;
+            c.quorum_fetch_timeout_ms = 2_000 / scale;
+            c.broker_heartbeat_interval_ms = 2_000 / scale;
+            c.broker_session_timeout_ms = 9_000 / scale;
+            c
+        })
+        .collect();
+    (plan, env, configs)
+}
+
+/// An image's fingerprint: its debug form, hashed (FNV-1a).
+fn digest(image: &MetadataImage) -> u64 {
+    format!("{image:?}").bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+struct Run {
+    plan: ClusterPlan,
+    rng: ChaCha8Rng,
+    /// The topic being created: its name, partitions, the connection and correlation id.
+    pending: Option<(String, i32, ConnId, i32)>,
+    next_topic: u64,
+    next_cid: i32,
+    acked: BTreeMap<String, i32>,
+    answers: BTreeMap<i16, u64>,
+    /// Image digest by applied offset, and the node that first reported it.
+    seen: BTreeMap<Offset, (u64, usize)>,
+    last_applied: Vec<Option<Offset>>,
+    violations: Vec<String>,
+    healed: bool,
+    /// A topic was created after the heal: the cluster takes changes again.
+    acked_after_heal: bool,
+}
+
+impl Run {
+    fn violation(&mut self, w: &World, what: String) {
+        if self.violations.len() < 20 {
+            self.violations.push(format!("t={}ms: {what}", w.now() / MS));
+        }
+    }
+
+    fn check_agreement(&mut self, w: &World) {
+        for i in 0..NODES {
+            let Some((applied, image)) = w.node(i).and_then(|n| n.metadata_view()) else {
+                self.last_applied[i] = None;
+                continue;
+            };
+            if self.last_applied[i] == Some(applied) {
+                continue;
+            }
+            self.last_applied[i] = Some(applied);
+            let d = digest(image);
+            match self.seen.get(&applied) {
+                None => {
+                    self.seen.insert(applied, (d, i));
+                }
+                Some(&(other, by)) if other != d => {
+                    let msg = format!(
+                        "node {} and node {} applied the metadata log to offset {applied} and hold different images",
+                        by + 1,
+                        i + 1
+                    );
+                    self.violation(w, msg);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn create(&mut self, w: &mut World) {
+        if self.pending.is_some() {
+            return;
+        }
+        let up: Vec<usize> = (0..NODES).filter(|i| w.is_up(*i)).collect();
+        if up.is_empty() {
+            return;
+        }
+        let node = up[self.rng.gen_range(0..up.len())];
+        let name = format!("t{}", self.next_topic);
+        let partitions = self.rng.gen_range(1..=4);
+        let mut t = CreatableTopic::default();
+        t.name = TopicName(StrBytes::from_string(name.clone()));
+        t.num_partitions = partitions;
+        t.replication_factor = -1;
+        let mut req = CreateTopicsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = 10_000;
+        self.next_cid += 1;
+        let conn = w.connect(ADMIN, node);
+        w.send(conn, codec::frame(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, self.next_cid, &req));
+        self.pending = Some((name, partitions, conn, self.next_cid));
+    }
+
+    fn final_checks(&mut self, w: &World) {
+        let views: Vec<_> = (0..NODES).map(|i| w.node(i).and_then(|n| n.metadata_view())).collect();
+        let Some((_, first)) = views[0] else { return };
+        for (name, partitions) in self.acked.clone() {
+            for (i, v) in views.iter().enumerate() {
+                let t = v.and_then(|(_, img)| img.topics.get(&name));
+                if t.map(|t| t.partitions) != Some(partitions) {
+                    self.violation(w, format!("topic {name} was created ({partitions} partitions) but node {} has {t:?}", i + 1));
+                }
+            }
+        }
+        for (name, t) in &first.topics {
+            for r in t.replicas.iter().flatten() {
+                if !first.brokers.contains_key(r) {
+                    let msg = format!("topic {name} has a replica on broker {r}, which never registered");
+                    self.violations.push(msg);
+                }
+            }
+        }
+    }
+
+    /// Converged: every node serves, all applied the same offset, all three brokers live.
+    fn converged(&self, w: &World) -> bool {
+        let views: Vec<_> = (0..NODES).map(|i| w.node(i).filter(|n| n.is_serving()).and_then(|n| n.metadata_view())).collect();
+        let Some(Some((applied, image))) = views.first().copied() else { return false };
+        views.iter().all(|v| v.is_some_and(|(a, _)| a == applied))
+            && image.live_brokers().count() == NODES
+            && self.acked_after_heal
+    }
+}
+
+impl Harness for Run {
+    fn on_response(&mut self, w: &mut World, conn: ConnId, frame: Bytes) {
+        let Some((name, partitions, c, cid)) = self.pending.clone() else { return };
+        if c != conn {
+            return;
+        }
+        w.close(conn);
+        self.pending = None;
+        match codec::decode::<CreateTopicsResponse>(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, frame) {
+            Ok((got, resp)) if got == cid => {
+                let code = resp.topics.first().map_or(-1, |t| t.error_code);
+                *self.answers.entry(code).or_default() += 1;
+                match code {
+                    0 => {
+                        self.acked.insert(name, partitions);
+                        self.next_topic += 1;
+                        self.acked_after_heal |= self.healed;
+                    }
+                    // Another name: the first try may have been taken (answers lost), or not.
+                    36 => self.next_topic += 1,
+                    _ => {} // NOT_CONTROLLER, storage errors, not ready: try again elsewhere
+                }
+            }
+            Ok((got, _)) => self.violation(w, format!("CreateTopics answered with correlation id {got}, sent {cid}")),
+            Err(e) => self.violation(w, format!("CreateTopics answer does not decode: {e}")),
+        }
+        if !self.acked_after_heal {
+            w.set_timer(ADMIN, CREATE, self.plan.create_every);
+        }
+    }
+
+    fn on_closed(&mut self, w: &mut World, conn: ConnId) {
+        if self.pending.as_ref().is_some_and(|p| p.2 == conn) {
+            self.pending = None;
+            // The topic may or may not exist: use another name.
+            self.next_topic += 1;
+            w.set_timer(ADMIN, CREATE, self.plan.create_every);
+        }
+    }
+
+    fn on_timer(&mut self, w: &mut World, _client: usize, token: u64) {
+        match token {
+            CREATE => {
+                if self.pending.is_none() {
+                    self.create(w);
+                }
+                if self.pending.is_none() && !self.acked_after_heal {
+                    w.set_timer(ADMIN, CREATE, self.plan.create_every); // no node was up
+                }
+            }
+            CRASH if !self.healed => {
+                let i = self.rng.gen_range(0..NODES);
+                let down = self.rng.gen_range(10..2_000) * MS;
+                w.crash(i, down);
+                if let Some(e) = self.plan.crash_every {
+                    w.set_timer(ADMIN, CRASH, self.rng.gen_range(e / 2..e * 3 / 2));
+                }
+            }
+            ISOLATE if !self.healed => {
+                let i = self.rng.gen_range(0..NODES);
+                let until = w.now() + self.rng.gen_range(100..5_000) * MS;
+                w.isolate(i, until);
+                if let Some(e) = self.plan.isolate_every {
+                    w.set_timer(ADMIN, ISOLATE, self.rng.gen_range(e / 2..e * 3 / 2));
+                }
+            }
+            HEAL => {
+                self.healed = true;
+                w.heal();
+                // One more creation after the heal: the cluster must take it.
+                w.set_timer(ADMIN, CREATE, MS);
+            }
+            _ => {}
+        }
+    }
+}
+
+pub struct ClusterReport {
+    pub seed: u64,
+    pub mutant: Option<String>,
+    pub plan: String,
+    pub sim_ns: Nanos,
+    pub events: u64,
+    pub acked: usize,
+    pub answers: BTreeMap<i16, u64>,
+    pub violations: Vec<String>,
+    pub trace: u64,
+}
+
+impl ClusterReport {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    pub fn replay_command(&self) -> String {
+        let m = self.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default();
+        format!("cargo run --release -p sluice-sim -- run --scenario cluster --seed {}{m}", self.seed)
+    }
+
+    pub fn summary(&self) -> String {
+        let mut out = format!("seed {} (cluster)\nplan: {}\n", self.seed, self.plan);
+        out += &format!(
+            "simulated {:.3} s, {} events; topics acknowledged {}; CreateTopics answers by error code {:?}\n",
+            self.sim_ns as f64 / 1e9,
+            self.events,
+            self.acked,
+            self.answers
+        );
+        if self.ok() {
+            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, placement ok, convergence ok\n";
+        } else {
+            out += "checkers: FAILED\n";
+            for v in &self.violations {
+                out += &format!("  {v}\n");
+            }
+            out += &format!("replay: {}\n", self.replay_command());
+        }
+        out
+    }
+}
+
+pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
+    let mutant = opts
+        .mutant
+        .as_deref()
+        .map(|m| sluice_core::mutants::by_name(m).unwrap_or_else(|| panic!("unknown mutant {m}")));
+    sluice_core::mutants::set(mutant);
+    let report = std::panic::catch_unwind(|| run_inner(seed, opts)).unwrap_or_else(|e| ClusterReport {
+        seed,
+        mutant: opts.mutant.clone(),
+        plan: String::new(),
+        sim_ns: 0,
+        events: 0,
+        acked: 0,
+        answers: BTreeMap::new(),
+        violations: vec![format!("panic: {}", crate::panic_message(&*e))],
+        trace: 0,
+    });
+    sluice_core::mutants::set(None);
+    report
+}
+
+fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
+    let (plan, env, configs) = draw(seed, opts);
+    let plan_text = format!(
+        "{NODES} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms; election timeout {} ms, session {} ms; latency up to {} us, sync up to {} us",
+        plan.safety / MS,
+        plan.create_every / MS,
+        plan.crash_every.map(|n| n / MS),
+        plan.isolate_every.map(|n| n / MS),
+        configs[0].quorum_election_timeout_ms,
+        configs[0].broker_session_timeout_ms,
+        env.net_latency.1 / US,
+        env.sync_latency.1 / US,
+    );
+    let mut run = Run {
+        plan: plan.clone(),
+        rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),
+        pending: None,
+        next_topic: 0,
+        next_cid: 0,
+        acked: BTreeMap::new(),
+        answers: BTreeMap::new(),
+        seen: BTreeMap::new(),
+        last_applied: vec![None; NODES],
+        violations: Vec::new(),
+        healed: false,
+        acked_after_heal: false,
+    };
+    let mut w = World::new(seed, configs, env);
+    w.set_timer(ADMIN, CREATE, plan.create_every);
+    w.set_timer(ADMIN, HEAL, plan.safety);
+    for (every, token) in [(plan.crash_every, CRASH), (plan.isolate_every, ISOLATE)] {
+        if let Some(e) = every {
+            w.set_timer(ADMIN, token, e);
+        }
+    }
+    let deadline = plan.safety + plan.liveness;
+    let mut converged = false;
+    while w.next_event_at().is_some_and(|t| t <= deadline) {
+        w.step(&mut run);
+        run.check_agreement(&w);
+        if run.healed && run.converged(&w) {
+            converged = true;
+            break;
+        }
+    }
+    if !converged {
+        let states: BTreeSet<String> = (0..NODES)
+            .map(|i| match w.node(i) {
+                Some(n) => format!("node {}: {}", i + 1, n.describe().split("; ").take(2).collect::<Vec<_>>().join("; ")),
+                None => format!("node {}: down", i + 1),
+            })
+            .collect();
+        let msg = format!("the cluster did not converge within {} s of the heal: {states:?}", plan.liveness / 1_000 / MS);
+        run.violation(&w, msg);
+    }
+    run.final_checks(&w);
+    ClusterReport {
+        seed,
+        mutant: opts.mutant.clone(),
+        plan: plan_text,
+        sim_ns: w.now(),
+        events: w.stats.events,
+        acked: run.acked.len(),
+        answers: run.answers.clone(),
+        violations: run.violations.clone(),
+        trace: w.trace.hash(),
+    }
+}
