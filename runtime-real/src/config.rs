@@ -80,12 +80,17 @@ fn parse_voters(value: &str) -> Result<BTreeMap<i32, (String, u16)>, String> {
     Ok(out)
 }
 
+/// What `listeners` and the controller properties say: the `listeners` value, the client
+/// listener's host and port, and the controller listener of a cluster node.
+struct Listeners {
+    value: String,
+    client: (String, u16),
+    controller: Option<SocketAddr>,
+}
+
 /// The cluster's listeners: which one clients use, which one the controller listens on
 /// (`controller.listener.names`), and the voters. A node given no voters is a cluster of one.
-fn cluster_listeners(
-    props: &BTreeMap<String, String>,
-    node: &mut NodeConfig,
-) -> Result<(String, (String, u16), Option<SocketAddr>), String> {
+fn cluster_listeners(props: &BTreeMap<String, String>, node: &mut NodeConfig) -> Result<Listeners, String> {
     let listeners = props.get("listeners").cloned().unwrap_or_else(|| "PLAINTEXT://127.0.0.1:9092".to_string());
     let all = parse_listeners(&listeners)?;
     let controller_names: Vec<String> = props
@@ -125,14 +130,13 @@ fn cluster_listeners(
                 node.node_id.0
             ));
         }
-        let (_, host, port) = controller.ok_or(
-            "listeners: a cluster node needs a controller listener (named in controller.listener.names)",
-        )?;
+        let (_, host, port) = controller
+            .ok_or("listeners: a cluster node needs a controller listener (named in controller.listener.names)")?;
         Some(socket_addr(host, *port, "controller listener")?)
     } else {
         None
     };
-    Ok((listeners, (client.1.clone(), client.2), controller_listen))
+    Ok(Listeners { value: listeners, client: (client.1.clone(), client.2), controller: controller_listen })
 }
 
 fn num<T: std::str::FromStr>(props: &BTreeMap<String, String>, key: &str) -> Result<Option<T>, String> {
@@ -145,7 +149,8 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if let Some(id) = num::<i32>(props, "node.id")?.or(num::<i32>(props, "broker.id")?) {
         node.node_id = BrokerId(id);
     }
-    let (listeners, (host, port), controller_listen) = cluster_listeners(props, &mut node)?;
+    let Listeners { value: listeners, client: (host, port), controller: controller_listen } =
+        cluster_listeners(props, &mut node)?;
     let listen = socket_addr(&host, port, "listeners")?;
     let (adv_host, adv_port) = match props.get("advertised.listeners") {
         Some(v) => parse_listener(v)?,

@@ -20,9 +20,7 @@ pub fn default_cluster_id(node: &NodeConfig) -> String {
     }
     let text: String = node.voters.iter().map(|(id, (h, p))| format!("{id}@{h}:{p},")).collect();
     // Two 64-bit FNV-1a hashes (different offsets) make the 16 bytes of a Kafka-style id.
-    let fnv = |basis: u64| {
-        text.bytes().fold(basis, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-    };
+    let fnv = |basis: u64| text.bytes().fold(basis, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_be_bytes());
     bytes[8..].copy_from_slice(&fnv(0x8422_2325_cbf2_9ce4).to_be_bytes());
@@ -94,9 +92,11 @@ mod tests {
     #[test]
     fn written_once_then_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let mut node = NodeConfig::default();
-        node.node_id = sluice_core::BrokerId(2);
-        node.voters = [(1, ("127.0.0.1".to_string(), 9093)), (2, ("127.0.0.1".to_string(), 9094))].into();
+        let mut node = NodeConfig {
+            node_id: sluice_core::BrokerId(2),
+            voters: [(1, ("127.0.0.1".to_string(), 9093)), (2, ("127.0.0.1".to_string(), 9094))].into(),
+            ..NodeConfig::default()
+        };
         ensure(dir.path(), &mut node).unwrap();
         let id = node.cluster_id.clone();
         assert_eq!(id.len(), 22);

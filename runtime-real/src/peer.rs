@@ -110,8 +110,7 @@ async fn read_frame(rd: &mut TcpStream, max: usize) -> Result<Bytes, String> {
 /// An inbound peer connection: the hello, then envelopes handed to the core as from that node.
 async fn receive(mut stream: TcpStream, cluster_id: &str, core: &mpsc::Sender<Msg>) -> String {
     let _ = stream.set_nodelay(true);
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream, limits::PEER_HELLO_BYTES_MAX)).await
-    {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream, limits::PEER_HELLO_BYTES_MAX)).await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => return format!("no hello: {e}"),
         Err(_) => return "no hello in time".into(),

@@ -19,12 +19,27 @@ use crate::disk::{Disk, Outcome};
 
 /// Messages into the core thread.
 pub(crate) enum Msg {
-    Opened { conn: ConnId, tx: mpsc::UnboundedSender<Vec<WirePart>>, stop: Arc<tokio::sync::Notify> },
-    Frame { conn: ConnId, frame: Bytes },
-    Closed { conn: ConnId },
-    Synced { op: OpId, result: Result<DiskReply, DiskError> },
+    Opened {
+        conn: ConnId,
+        tx: mpsc::UnboundedSender<Vec<WirePart>>,
+        stop: Arc<tokio::sync::Notify>,
+    },
+    Frame {
+        conn: ConnId,
+        frame: Bytes,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    Synced {
+        op: OpId,
+        result: Result<DiskReply, DiskError>,
+    },
     /// A message from another node of the cluster.
-    Peer { from: sluice_core::BrokerId, bytes: Bytes },
+    Peer {
+        from: sluice_core::BrokerId,
+        bytes: Bytes,
+    },
     Shutdown,
 }
 
@@ -193,7 +208,12 @@ struct Conn {
 }
 
 /// The core thread: one node, fed inputs one at a time; its outputs executed in order.
-fn core_thread(node_cfg: sluice_core::NodeConfig, disk: Disk, peers: Option<crate::peer::Peers>, rx: mpsc::Receiver<Msg>) {
+fn core_thread(
+    node_cfg: sluice_core::NodeConfig,
+    disk: Disk,
+    peers: Option<crate::peer::Peers>,
+    rx: mpsc::Receiver<Msg>,
+) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("core runtime");
     rt.block_on(core_loop(node_cfg, disk, peers, rx));
 }

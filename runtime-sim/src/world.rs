@@ -58,16 +58,44 @@ impl Default for Env {
 
 #[derive(Debug)]
 enum Event {
-    NodeInput { node: usize, inc: u64, input: Input },
-    SyncDone { node: usize, inc: u64, op: OpId, ticket: Option<crate::disk::SyncTicket>, ok: bool },
-    NodeTimer { node: usize, inc: u64 },
-    ClientResponse { conn: ConnId, frame: Bytes },
-    ClientClosed { conn: ConnId },
-    ClientTimer { client: usize, token: u64 },
-    Restart { node: usize },
+    NodeInput {
+        node: usize,
+        inc: u64,
+        input: Input,
+    },
+    SyncDone {
+        node: usize,
+        inc: u64,
+        op: OpId,
+        ticket: Option<crate::disk::SyncTicket>,
+        ok: bool,
+    },
+    NodeTimer {
+        node: usize,
+        inc: u64,
+    },
+    ClientResponse {
+        conn: ConnId,
+        frame: Bytes,
+    },
+    ClientClosed {
+        conn: ConnId,
+    },
+    ClientTimer {
+        client: usize,
+        token: u64,
+    },
+    Restart {
+        node: usize,
+    },
     /// A message between nodes, for the incarnation of `to` it was sent to (a restart breaks
     /// the connection it was on).
-    Peer { from: usize, to: usize, inc: u64, bytes: Bytes },
+    Peer {
+        from: usize,
+        to: usize,
+        inc: u64,
+        bytes: Bytes,
+    },
 }
 
 /// A node's clock: its monotonic time runs at (1 + drift) of simulated time, from an offset.

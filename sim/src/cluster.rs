@@ -66,16 +66,15 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
     let scale = pick(&mut r, &[1u64, 3]);
     let voters: BTreeMap<i32, (String, u16)> = (1..=NODES as i32).map(|id| (id, (format!("node{id}"), 9093))).collect();
     let configs = (1..=NODES as i32)
-        .map(|id| {
-            let mut c = NodeConfig::default();
-            c.node_id = BrokerId(id);
-            c.advertised_host = format!("node{id}");
-            c.voters = voters.clone();
-            c.quorum_election_timeout_ms = 1_000 / scale;
-            c.quorum_fetch_timeout_ms = 2_000 / scale;
-            c.broker_heartbeat_interval_ms = 2_000 / scale;
-            c.broker_session_timeout_ms = 9_000 / scale;
-            c
+        .map(|id| NodeConfig {
+            node_id: BrokerId(id),
+            advertised_host: format!("node{id}"),
+            voters: voters.clone(),
+            quorum_election_timeout_ms: 1_000 / scale,
+            quorum_fetch_timeout_ms: 2_000 / scale,
+            broker_heartbeat_interval_ms: 2_000 / scale,
+            broker_session_timeout_ms: 9_000 / scale,
+            ..NodeConfig::default()
         })
         .collect();
     (plan, env, configs)
@@ -83,7 +82,9 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
 
 /// An image's fingerprint: its debug form, hashed (FNV-1a).
 fn digest(image: &MetadataImage) -> u64 {
-    format!("{image:?}").bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    format!("{image:?}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 struct Run {
@@ -170,7 +171,10 @@ impl Run {
             for (i, v) in views.iter().enumerate() {
                 let t = v.and_then(|(_, img)| img.topics.get(&name));
                 if t.map(|t| t.partitions) != Some(partitions) {
-                    self.violation(w, format!("topic {name} was created ({partitions} partitions) but node {} has {t:?}", i + 1));
+                    self.violation(
+                        w,
+                        format!("topic {name} was created ({partitions} partitions) but node {} has {t:?}", i + 1),
+                    );
                 }
             }
         }
@@ -186,7 +190,8 @@ impl Run {
 
     /// Converged: every node serves, all applied the same offset, all three brokers live.
     fn converged(&self, w: &World) -> bool {
-        let views: Vec<_> = (0..NODES).map(|i| w.node(i).filter(|n| n.is_serving()).and_then(|n| n.metadata_view())).collect();
+        let views: Vec<_> =
+            (0..NODES).map(|i| w.node(i).filter(|n| n.is_serving()).and_then(|n| n.metadata_view())).collect();
         let Some(Some((applied, image))) = views.first().copied() else { return false };
         views.iter().all(|v| v.is_some_and(|(a, _)| a == applied))
             && image.live_brokers().count() == NODES
@@ -384,11 +389,14 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     if !converged {
         let states: BTreeSet<String> = (0..NODES)
             .map(|i| match w.node(i) {
-                Some(n) => format!("node {}: {}", i + 1, n.describe().split("; ").take(2).collect::<Vec<_>>().join("; ")),
+                Some(n) => {
+                    format!("node {}: {}", i + 1, n.describe().split("; ").take(2).collect::<Vec<_>>().join("; "))
+                }
                 None => format!("node {}: down", i + 1),
             })
             .collect();
-        let msg = format!("the cluster did not converge within {} s of the heal: {states:?}", plan.liveness / 1_000 / MS);
+        let msg =
+            format!("the cluster did not converge within {} s of the heal: {states:?}", plan.liveness / 1_000 / MS);
         run.violation(&w, msg);
     }
     run.final_checks(&w);

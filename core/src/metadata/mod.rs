@@ -204,9 +204,7 @@ pub fn place(brokers: &[(i32, Option<String>)], count: usize, rf: usize, start: 
     if n == 0 {
         return vec![Vec::new(); count];
     }
-    (0..count)
-        .map(|p| (0..rf.min(n)).map(|r| order[(start + first + p + r) % n].0).collect())
-        .collect()
+    (0..count).map(|p| (0..rf.min(n)).map(|r| order[(start + first + p + r) % n].0).collect()).collect()
 }
 
 pub fn encode_record(rec: &MetaRecord) -> Vec<u8> {
@@ -325,7 +323,12 @@ mod tests {
         assert!(!img.apply(12, &MetaRecord::BrokerUnfenced { id: 1, epoch: 9 }), "a stale epoch changes nothing");
         assert!(img.apply(12, &MetaRecord::BrokerUnfenced { id: 1, epoch: 10 }));
         assert_eq!(img.live_brokers().map(|(id, _)| id).collect::<Vec<_>>(), vec![1]);
-        let placed = MetaRecord::TopicPlaced { name: "t".into(), id: [2; 16], configs: vec![], replicas: vec![vec![1], vec![2]] };
+        let placed = MetaRecord::TopicPlaced {
+            name: "t".into(),
+            id: [2; 16],
+            configs: vec![],
+            replicas: vec![vec![1], vec![2]],
+        };
         assert!(img.apply(13, &placed));
         assert!(!img.apply(14, &placed), "a topic is created once");
         let more = MetaRecord::PartitionsPlaced { name: "t".into(), id: [2; 16], from: 2, replicas: vec![vec![2]] };

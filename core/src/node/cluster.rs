@@ -105,11 +105,8 @@ impl Node {
     /// Replicas for `count` new partitions (the first numbered `first`), one each, on the live
     /// brokers, round robin from a random start.
     pub(super) fn place_partitions(&mut self, count: usize, first: usize) -> Vec<Vec<i32>> {
-        let brokers: Vec<(i32, Option<String>)> = self
-            .live_broker_ids()
-            .into_iter()
-            .map(|id| (id, self.broker_endpoint(id).and_then(|e| e.2)))
-            .collect();
+        let brokers: Vec<(i32, Option<String>)> =
+            self.live_broker_ids().into_iter().map(|id| (id, self.broker_endpoint(id).and_then(|e| e.2))).collect();
         let start = self.rng.gen_range(0..brokers.len().max(1));
         metadata::place(&brokers, count, 1, start, first)
     }
@@ -202,7 +199,8 @@ impl Node {
                     TopicSettings::resolve(&self.config, &BTreeMap::new()).expect("defaults are valid")
                 });
                 let local = replicas.iter().filter(|r| self.hosts(r)).count();
-                let job = self.new_job((FILE_OPS_PER_PARTITION * local).max(1), JobDone::TopicReady { name: name.clone(), id });
+                let job = self
+                    .new_job((FILE_OPS_PER_PARTITION * local).max(1), JobDone::TopicReady { name: name.clone(), id });
                 let partitions = self.partitions_for(&name, 0, &replicas, job);
                 self.names.insert(id, name.clone());
                 let topic = Topic { id, configs, settings, partitions, creating: (local > 0).then_some(job) };
@@ -217,8 +215,10 @@ impl Node {
                     return; // proposed here (already added), or the topic is gone here
                 }
                 let local = replicas.iter().filter(|r| self.hosts(r)).count();
-                let job =
-                    self.new_job((FILE_OPS_PER_PARTITION * local).max(1), JobDone::PartitionsReady { name: name.clone(), id, from });
+                let job = self.new_job(
+                    (FILE_OPS_PER_PARTITION * local).max(1),
+                    JobDone::PartitionsReady { name: name.clone(), id, from },
+                );
                 let partitions = self.partitions_for(&name, from, &replicas, job);
                 self.topics.get_mut(&name).expect("checked").partitions.extend(partitions);
                 if local == 0 {
@@ -234,7 +234,9 @@ impl Node {
             MetaRecord::BrokerUnfenced { id, .. } => {
                 self.cluster.in_flight.remove(&id);
             }
-            MetaRecord::TopicCreated { .. } | MetaRecord::PartitionsCreated { .. } | MetaRecord::ProducerIdsBlock { .. } => {}
+            MetaRecord::TopicCreated { .. }
+            | MetaRecord::PartitionsCreated { .. }
+            | MetaRecord::ProducerIdsBlock { .. } => {}
         }
     }
 
@@ -354,7 +356,10 @@ impl Node {
                 });
                 if !same {
                     tracing::info!(broker = from, %host, port, "registering broker");
-                    self.propose_broker_change(from, MetaRecord::BrokerRegistered { id: from, incarnation, host, port, rack });
+                    self.propose_broker_change(
+                        from,
+                        MetaRecord::BrokerRegistered { id: from, incarnation, host, port, rack },
+                    );
                 }
             }
             BrokerMessage::Heartbeat { broker_epoch, caught_up } => {
@@ -393,7 +398,9 @@ impl Node {
                         .unwrap_or_else(|| (self.config.num_partitions, BTreeMap::new()));
                     match self.create_topic(&name, n, configs) {
                         Ok(_) => tracing::info!(topic = %name, partitions = n, "creating a topic a broker asked for"),
-                        Err(e) => tracing::warn!(topic = %name, error = ?e, "could not create a topic a broker asked for"),
+                        Err(e) => {
+                            tracing::warn!(topic = %name, error = ?e, "could not create a topic a broker asked for")
+                        }
                     }
                 }
             }

@@ -188,7 +188,9 @@ impl Node {
                 let append_time = topic.is_some_and(|tt| tt.settings.log_append_time);
                 let found = match part {
                     None => Err(KafkaError::UnknownTopicOrPartition),
-                    Some(pt) if pt.state != PartState::Online => Err(pt.state.error().unwrap_or(KafkaError::UnknownServerError)),
+                    Some(pt) if pt.state != PartState::Online => {
+                        Err(pt.state.error().unwrap_or(KafkaError::UnknownServerError))
+                    }
                     Some(pt) => {
                         let l = &pt.log;
                         // read_committed's latest offset is the last stable offset.

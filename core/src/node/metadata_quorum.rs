@@ -229,7 +229,7 @@ impl Node {
         tracing::error!(error = %e, "metadata quorum write or sync failed; cutting its log back to what is durable");
         self.meta.syncs.clear(); // completions of syncs issued before prove nothing now
         self.meta.deferred_syncs.clear();
-                                 // Whatever failed to sync must be synced again, whichever file it was.
+        // Whatever failed to sync must be synced again, whichever file it was.
         (self.meta.state_dirty, self.meta.log_dirty) = (true, true);
         let now = self.now.mono;
         if let Some(q) = self.meta.quorum.as_mut() {

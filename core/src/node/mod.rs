@@ -209,8 +209,6 @@ impl Topic {
     }
 }
 
-/// The metadata log file and its durability.
-
 /// Responses of one connection are sent in request order; finished ones wait here.
 #[derive(Default)]
 struct Conn {
