@@ -143,6 +143,22 @@ fn num<T: std::str::FromStr>(props: &BTreeMap<String, String>, key: &str) -> Res
     props.get(key).map(|v| v.parse::<T>().map_err(|_| format!("{key}: {v:?} is not a valid number"))).transpose()
 }
 
+/// The broker lifecycle's and the quorum's timings, and the rack.
+fn cluster_timings(props: &BTreeMap<String, String>, node: &mut NodeConfig) -> Result<(), String> {
+    node.rack = props.get("broker.rack").cloned();
+    for (key, field) in [
+        ("broker.heartbeat.interval.ms", &mut node.broker_heartbeat_interval_ms),
+        ("broker.session.timeout.ms", &mut node.broker_session_timeout_ms),
+        ("controller.quorum.election.timeout.ms", &mut node.quorum_election_timeout_ms),
+        ("controller.quorum.fetch.timeout.ms", &mut node.quorum_fetch_timeout_ms),
+    ] {
+        if let Some(v) = num::<u64>(props, key)? {
+            *field = v.max(1);
+        }
+    }
+    Ok(())
+}
+
 /// Builds the configuration from properties (file values with overrides applied).
 pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     let mut node = NodeConfig::default();
@@ -164,19 +180,7 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if dirs.next().is_some() {
         return Err("log.dirs: Sluice uses one log directory per node for now".to_string());
     }
-    node.rack = props.get("broker.rack").cloned();
-    if let Some(v) = num::<u64>(props, "broker.heartbeat.interval.ms")? {
-        node.broker_heartbeat_interval_ms = v.max(1);
-    }
-    if let Some(v) = num::<u64>(props, "broker.session.timeout.ms")? {
-        node.broker_session_timeout_ms = v.max(1);
-    }
-    if let Some(v) = num::<u64>(props, "controller.quorum.election.timeout.ms")? {
-        node.quorum_election_timeout_ms = v.max(1);
-    }
-    if let Some(v) = num::<u64>(props, "controller.quorum.fetch.timeout.ms")? {
-        node.quorum_fetch_timeout_ms = v.max(1);
-    }
+    cluster_timings(props, &mut node)?;
     if let Some(n) = num::<i32>(props, "num.partitions")? {
         if n < 1 {
             return Err("num.partitions must be at least 1".into());

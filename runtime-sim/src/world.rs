@@ -504,15 +504,18 @@ impl World {
                     self.boot(node);
                 }
             }
-            Event::Peer { from, to, inc, bytes } => {
-                if self.slots[to].inc == inc && self.slots[to].node.is_some() {
-                    self.trace.record_bytes(self.now, "peer", (from * 16 + to) as u64, &bytes);
-                    let from_id = self.slots[from].config.node_id;
-                    self.handle(to, Input::Peer { from: from_id, bytes });
-                }
-            }
+            Event::Peer { from, to, inc, bytes } => self.peer_deliver(from, to, inc, bytes),
         }
         true
+    }
+
+    /// A message between nodes arrives, if the incarnation it was sent to still runs.
+    fn peer_deliver(&mut self, from: usize, to: usize, inc: u64, bytes: Bytes) {
+        if self.slots[to].inc == inc && self.slots[to].node.is_some() {
+            self.trace.record_bytes(self.now, "peer", (from * 16 + to) as u64, &bytes);
+            let from_id = self.slots[from].config.node_id;
+            self.handle(to, Input::Peer { from: from_id, bytes });
+        }
     }
 
     /// Sends a node's message to another: lost if the link is cut or the peer is down;

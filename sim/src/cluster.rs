@@ -341,19 +341,24 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
     report
 }
 
-fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
-    let (plan, env, configs) = draw(seed, opts);
-    let plan_text = format!(
+/// The plan and environment in one line, for the report.
+fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
+    format!(
         "{NODES} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms; election timeout {} ms, session {} ms; latency up to {} us, sync up to {} us",
         plan.safety / MS,
         plan.create_every / MS,
         plan.crash_every.map(|n| n / MS),
         plan.isolate_every.map(|n| n / MS),
-        configs[0].quorum_election_timeout_ms,
-        configs[0].broker_session_timeout_ms,
+        config.quorum_election_timeout_ms,
+        config.broker_session_timeout_ms,
         env.net_latency.1 / US,
         env.sync_latency.1 / US,
-    );
+    )
+}
+
+fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
+    let (plan, env, configs) = draw(seed, opts);
+    let plan_text = describe(&plan, &env, &configs[0]);
     let mut run = Run {
         plan: plan.clone(),
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),

@@ -123,27 +123,18 @@ impl Node {
                         && auto_create
                         && metadata::valid_topic_name(&name)
                         && !self.deleting.contains_key(&name);
-                    if wanted && !self.is_controller() {
-                        // Only the controller creates topics: ask it, and let the client
-                        // retry until the topic has leaders (as Kafka's brokers answer).
-                        self.ask_controller_to_create(&name);
-                        let mut t = self.topic_metadata(&name, ctx.version);
-                        t.error_code = KafkaError::LeaderNotAvailable.code();
-                        resp.topics.push(t);
-                        continue;
-                    }
-                    if wanted && !self.topic_name_proposed(&name) {
-                        let n = self.config.num_partitions;
-                        match self.create_topic(&name, n, BTreeMap::new()) {
-                            Ok(job) => {
-                                tracing::info!(topic = %name, partitions = n, "auto-creating topic");
-                                jobs.insert(job);
-                                continue;
-                            }
-                            Err(e) => {
-                                tracing::warn!(topic = %name, error = ?e, "auto-create failed")
-                            }
+                    match wanted.then(|| self.auto_create(&name)).flatten() {
+                        Some(Ok(job)) => {
+                            jobs.insert(job);
+                            continue;
                         }
+                        Some(Err(code)) => {
+                            let mut t = self.topic_metadata(&name, ctx.version);
+                            t.error_code = code;
+                            resp.topics.push(t);
+                            continue;
+                        }
+                        None => {}
                     }
                     resp.topics.push(self.topic_metadata(&name, ctx.version));
                 }
@@ -162,6 +153,30 @@ impl Node {
         }
         self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
         Ok(())
+    }
+
+    /// Creates a topic a Metadata request named: its job here (the controller), or the error
+    /// to answer while the controller creates it on request (the client retries until the
+    /// topic has leaders, as Kafka's brokers answer); `None` if it cannot be created.
+    fn auto_create(&mut self, name: &str) -> Option<Result<JobId, i16>> {
+        if !self.is_controller() {
+            self.ask_controller_to_create(name);
+            return Some(Err(KafkaError::LeaderNotAvailable.code()));
+        }
+        if self.topic_name_proposed(name) {
+            return None;
+        }
+        let n = self.config.num_partitions;
+        match self.create_topic(name, n, BTreeMap::new()) {
+            Ok(job) => {
+                tracing::info!(topic = %name, partitions = n, "auto-creating topic");
+                Some(Ok(job))
+            }
+            Err(e) => {
+                tracing::warn!(topic = %name, error = ?e, "auto-create failed");
+                None
+            }
+        }
     }
 
     fn topic_metadata(&self, name: &str, version: i16) -> MetadataResponseTopic {
@@ -600,21 +615,11 @@ impl Node {
                 }
                 Ok(_) if req.validate_only => {}
                 Ok((n, id)) => {
-                    let from = i32::try_from(n).expect("bounded");
-                    let added = usize::try_from(t.count).expect("checked") - n;
-                    let replicas: Vec<Vec<i32>> = match &t.assignments {
-                        Some(a) => a.iter().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect(),
-                        None => self.place_partitions(added, n),
-                    };
-                    let local = replicas.iter().filter(|r| self.hosts(r)).count();
-                    let job = self.new_job(
-                        1 + FILE_OPS_PER_PARTITION * local,
-                        JobDone::PartitionsReady { name: name.clone(), id, from },
-                    );
-                    let rec = MetaRecord::PartitionsPlaced { name: name.clone(), id, from, replicas: replicas.clone() };
-                    self.meta_append(&rec, job);
-                    let parts = self.partitions_for(&name, from, &replicas, job);
-                    self.topics.get_mut(&name).expect("checked").partitions.extend(parts);
+                    let assigned: Option<Vec<Vec<i32>>> = t
+                        .assignments
+                        .as_ref()
+                        .map(|a| a.iter().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect());
+                    let job = self.add_partitions(&name, id, n, usize::try_from(t.count).expect("checked"), assigned);
                     jobs.push((resp.results.len(), job));
                 }
             }
@@ -634,6 +639,28 @@ impl Node {
         };
         self.respond_after(conn, seq, job_set, Box::new(build));
         Ok(())
+    }
+
+    /// Proposes partitions `from..to` of a topic (placed, or where `assigned` says) and starts
+    /// creating this node's; returns the job that finishes when all of it is done.
+    fn add_partitions(
+        &mut self,
+        name: &str,
+        id: TopicId,
+        from: usize,
+        to: usize,
+        assigned: Option<Vec<Vec<i32>>>,
+    ) -> JobId {
+        let replicas = assigned.unwrap_or_else(|| self.place_partitions(to - from, from));
+        let local = replicas.iter().filter(|r| self.hosts(r)).count();
+        let from = i32::try_from(from).expect("bounded");
+        let job = self
+            .new_job(1 + FILE_OPS_PER_PARTITION * local, JobDone::PartitionsReady { name: name.to_string(), id, from });
+        let rec = MetaRecord::PartitionsPlaced { name: name.to_string(), id, from, replicas: replicas.clone() };
+        self.meta_append(&rec, job);
+        let parts = self.partitions_for(name, from, &replicas, job);
+        self.topics.get_mut(name).expect("checked by the caller").partitions.extend(parts);
+        job
     }
 
     /// A job has finished: apply its effect, then wake the requests waiting for it.

@@ -320,6 +320,30 @@ impl Node {
         }
     }
 
+    /// Where a FindCoordinator for `key` sends the client, given the readiness of the
+    /// internal topic: the broker, its host and port, or an error code and why. While the
+    /// coordinators load, the client is sent to them anyway and its requests are answered
+    /// COORDINATOR_LOAD_IN_PROGRESS until the load is done.
+    fn coordinator_endpoint(
+        &self,
+        topic: &str,
+        key: &str,
+        ready: i16,
+    ) -> Result<(BrokerId, StrBytes, i32), (i16, &'static str)> {
+        match ready {
+            0 | COORDINATOR_LOAD_IN_PROGRESS => {}
+            COORDINATOR_NOT_AVAILABLE => return Err((ready, "the coordinators' topic is being created")),
+            _ => return Err((ready, "unknown coordinator key type")),
+        }
+        let id = match self.coordinator_of(topic, key) {
+            Ok(id) => id,
+            Err(COORDINATOR_LOAD_IN_PROGRESS) => self.config.node_id.0,
+            Err(code) => return Err((code, "the coordinator's partition has no leader")),
+        };
+        let (host, port, _) = self.broker_endpoint(id).ok_or((COORDINATOR_NOT_AVAILABLE, "no such broker"))?;
+        Ok((BrokerId(id), sb(host), port))
+    }
+
     pub(super) fn handle_find_coordinator(
         &mut self,
         conn: ConnId,
@@ -348,22 +372,7 @@ impl Node {
         let Some(ready) = ready else {
             return Ok(());
         };
-        // While the coordinators load, the client is sent to them anyway and its requests are
-        // answered COORDINATOR_LOAD_IN_PROGRESS until the load is done.
-        let found = |node: &Node, key: &str| -> Result<(BrokerId, StrBytes, i32), (i16, &'static str)> {
-            match ready {
-                0 | COORDINATOR_LOAD_IN_PROGRESS => {}
-                COORDINATOR_NOT_AVAILABLE => return Err((ready, "the coordinators' topic is being created")),
-                _ => return Err((ready, "unknown coordinator key type")),
-            }
-            let id = match node.coordinator_of(topic, key) {
-                Ok(id) => id,
-                Err(COORDINATOR_LOAD_IN_PROGRESS) => node.config.node_id.0,
-                Err(code) => return Err((code, "the coordinator's partition has no leader")),
-            };
-            let (host, port, _) = node.broker_endpoint(id).ok_or((COORDINATOR_NOT_AVAILABLE, "no such broker"))?;
-            Ok((BrokerId(id), sb(host), port))
-        };
+        let found = |node: &Node, key: &str| node.coordinator_endpoint(topic, key, ready);
         let mut resp = FindCoordinatorResponse::default();
         if ctx.version >= 4 {
             for k in keys {
