@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
@@ -402,8 +403,15 @@ impl Node {
         body: Bytes,
     ) -> Result<(), FrameError> {
         let req: CreateTopicsRequest = protocol::decode_body(body.clone(), ctx.version)?;
-        // A name whose old incarnation is still being removed: wait for that first.
-        if let Some(job) = req.topics.iter().find_map(|t| self.deleting.get(t.name.0.as_str()).copied()) {
+        // A name whose old incarnation is still being removed, or that is being created (its
+        // record not yet committed, and perhaps never): wait for that first. Answering
+        // TOPIC_ALREADY_EXISTS now would tell a client whose first try was cut off that a
+        // topic exists which a crash may yet take back.
+        let busy = |t: &CreatableTopic| {
+            let name = t.name.0.as_str();
+            self.deleting.get(name).copied().or_else(|| self.topics.get(name).and_then(|t| t.creating))
+        };
+        if let Some(job) = req.topics.iter().find_map(busy) {
             self.park(conn, seq, job, Then::Redispatch { ctx, body });
             return Ok(());
         }
