@@ -19,7 +19,6 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::cluster::FILE_OPS_PER_PARTITION;
 use super::{DiskOp, Job, JobDone, JobId, Node, PartState, Partition, Purpose, Then, Topic, TopicId, Waiter};
 use crate::config::{TopicSettings, TOPIC_CONFIG_KEYS};
 use crate::limits;
@@ -359,8 +358,7 @@ impl Node {
         }
         let id = self.new_topic_id();
         let replicas = self.place_partitions(usize::try_from(partitions).expect("validated"), 0);
-        let local = replicas.iter().filter(|r| self.hosts(r)).count();
-        let job = self.new_job(1 + FILE_OPS_PER_PARTITION * local, JobDone::TopicReady { name: name.to_string(), id });
+        let (job, _) = self.partitions_job(&replicas, 1, JobDone::TopicReady { name: name.to_string(), id });
         let rec = MetaRecord::TopicPlaced {
             name: name.to_string(),
             id,
@@ -660,10 +658,8 @@ impl Node {
         assigned: Option<Vec<Vec<i32>>>,
     ) -> JobId {
         let replicas = assigned.unwrap_or_else(|| self.place_partitions(to - from, from));
-        let local = replicas.iter().filter(|r| self.hosts(r)).count();
         let from = i32::try_from(from).expect("bounded");
-        let job = self
-            .new_job(1 + FILE_OPS_PER_PARTITION * local, JobDone::PartitionsReady { name: name.to_string(), id, from });
+        let (job, _) = self.partitions_job(&replicas, 1, JobDone::PartitionsReady { name: name.to_string(), id, from });
         let rec = MetaRecord::PartitionsPlaced { name: name.to_string(), id, from, replicas: replicas.clone() };
         self.meta_append(&rec, job);
         let parts = self.partitions_for(name, from, &replicas, job);

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use rand::Rng;
 
-use super::{JobDone, Node, PartState, Partition, Topic};
+use super::{JobDone, JobId, Node, PartState, Partition, Topic};
 use crate::config::TopicSettings;
 use crate::log::PartitionLog;
 use crate::metadata::{self, MetaRecord, MetadataImage};
@@ -27,7 +27,7 @@ const REGISTRATION_RETRY_MS: u64 = 250;
 const FENCE_RECHECK_MS: u64 = 100;
 
 /// A new partition's file operations: its directory and its first segment's three files.
-pub(super) const FILE_OPS_PER_PARTITION: usize = 4;
+const FILE_OPS_PER_PARTITION: usize = 4;
 
 #[derive(Default)]
 pub(super) struct ClusterState {
@@ -111,6 +111,14 @@ impl Node {
         metadata::place(&brokers, count, 1, start, first)
     }
 
+    /// The job that new partitions with these replicas are made under: this node's replicas'
+    /// file operations, plus `others` steps (the record's commit, for the node proposing it),
+    /// at least one. Returns it and how many replicas are this node's.
+    pub(super) fn partitions_job(&mut self, replicas: &[Vec<i32>], others: usize, on_done: JobDone) -> (JobId, usize) {
+        let local = replicas.iter().filter(|r| self.hosts(r)).count();
+        (self.new_job((others + FILE_OPS_PER_PARTITION * local).max(1), on_done), local)
+    }
+
     /// The partitions of a topic as this node keeps them: its own replicas start being
     /// created (their file operations counted in `job`); the others are `Remote`.
     pub(super) fn partitions_for(
@@ -118,7 +126,7 @@ impl Node {
         topic: &str,
         first: i32,
         replicas: &[Vec<i32>],
-        job: super::JobId,
+        job: JobId,
     ) -> Vec<Partition> {
         let mut out = Vec::with_capacity(replicas.len());
         for (i, r) in replicas.iter().enumerate() {
@@ -198,9 +206,7 @@ impl Node {
                     tracing::warn!(topic = %name, error = ?e, "topic config not valid here; using defaults");
                     TopicSettings::resolve(&self.config, &BTreeMap::new()).expect("defaults are valid")
                 });
-                let local = replicas.iter().filter(|r| self.hosts(r)).count();
-                let job = self
-                    .new_job((FILE_OPS_PER_PARTITION * local).max(1), JobDone::TopicReady { name: name.clone(), id });
+                let (job, local) = self.partitions_job(&replicas, 0, JobDone::TopicReady { name: name.clone(), id });
                 let partitions = self.partitions_for(&name, 0, &replicas, job);
                 self.names.insert(id, name.clone());
                 let topic = Topic { id, configs, settings, partitions, creating: (local > 0).then_some(job) };
@@ -214,11 +220,8 @@ impl Node {
                 if have != usize::try_from(from).ok() {
                     return; // proposed here (already added), or the topic is gone here
                 }
-                let local = replicas.iter().filter(|r| self.hosts(r)).count();
-                let job = self.new_job(
-                    (FILE_OPS_PER_PARTITION * local).max(1),
-                    JobDone::PartitionsReady { name: name.clone(), id, from },
-                );
+                let (job, local) =
+                    self.partitions_job(&replicas, 0, JobDone::PartitionsReady { name: name.clone(), id, from });
                 let partitions = self.partitions_for(&name, from, &replicas, job);
                 self.topics.get_mut(&name).expect("checked").partitions.extend(partitions);
                 if local == 0 {

@@ -70,18 +70,25 @@ pub fn encode_hello(hello: &Hello) -> Vec<u8> {
 
 /// Decodes and checks a connection's first frame: the node it names, if it may talk to us.
 pub fn decode_hello(bytes: &[u8], cluster_id: &str) -> Result<i32, PeerError> {
-    if bytes.len() > limits::PEER_HELLO_BYTES_MAX {
+    let hello: Hello = decode_versioned(bytes, limits::PEER_HELLO_BYTES_MAX)?;
+    if hello.cluster_id != cluster_id {
+        return Err(PeerError::OtherCluster(hello.cluster_id));
+    }
+    Ok(hello.node_id)
+}
+
+/// Decodes a hello or an envelope, refusing it whole when it is over `max` bytes or of
+/// another protocol version. The version comes first in both (a varint), so another version
+/// is told apart from garbage even when the rest of its layout differs.
+fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, PeerError> {
+    if bytes.len() > max {
         return Err(PeerError::TooLarge(bytes.len()));
     }
     let (version, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| PeerError::Malformed(e.to_string()))?;
     if version != PROTOCOL_VERSION {
         return Err(PeerError::Version(version));
     }
-    let hello: Hello = postcard::from_bytes(bytes).map_err(|e| PeerError::Malformed(e.to_string()))?;
-    if hello.cluster_id != cluster_id {
-        return Err(PeerError::OtherCluster(hello.cluster_id));
-    }
-    Ok(hello.node_id)
+    postcard::from_bytes(bytes).map_err(|e| PeerError::Malformed(e.to_string()))
 }
 
 /// Why bytes from a peer were refused.
@@ -118,16 +125,7 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
 
 /// Decodes and checks bytes that came from node `from`, for a node of `cluster_id`.
 pub fn decode(bytes: &[u8], from: i32, cluster_id: &str) -> Result<Envelope, PeerError> {
-    if bytes.len() > limits::PEER_MESSAGE_BYTES_MAX {
-        return Err(PeerError::TooLarge(bytes.len()));
-    }
-    // The version comes first (a varint), so another version is told apart from garbage
-    // even when the rest of its layout differs.
-    let (version, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|e| PeerError::Malformed(e.to_string()))?;
-    if version != PROTOCOL_VERSION {
-        return Err(PeerError::Version(version));
-    }
-    let env: Envelope = postcard::from_bytes(bytes).map_err(|e| PeerError::Malformed(e.to_string()))?;
+    let env: Envelope = decode_versioned(bytes, limits::PEER_MESSAGE_BYTES_MAX)?;
     if env.cluster_id != cluster_id {
         return Err(PeerError::OtherCluster(env.cluster_id));
     }
