@@ -50,6 +50,39 @@ pub struct NodeConfig {
     pub quorum_election_timeout_ms: u64,
     /// `controller.quorum.fetch.timeout.ms`.
     pub quorum_fetch_timeout_ms: u64,
+    /// Partition replication: replica counts, the ISR and the followers' fetching.
+    pub replication: ReplicationConfig,
+}
+
+/// Kafka's replication settings, with its defaults.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// Replicas of a topic created without a count (`default.replication.factor`).
+    pub default_replication_factor: i16,
+    /// The default of the topic config `min.insync.replicas`.
+    pub min_insync_replicas: i32,
+    /// A follower not caught up for this long leaves the ISR (`replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
+    /// How long a leader holds a follower's fetch that finds nothing new
+    /// (`replica.fetch.wait.max.ms`).
+    pub replica_fetch_wait_max_ms: u64,
+    /// Bytes a follower asks for per partition per fetch (`replica.fetch.max.bytes`).
+    pub replica_fetch_max_bytes: usize,
+    /// Bytes a follower's fetch returns at most (`replica.fetch.response.max.bytes`).
+    pub replica_fetch_response_max_bytes: usize,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            default_replication_factor: 1,
+            min_insync_replicas: 1,
+            replica_lag_time_max_ms: 30_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 1024 * 1024,
+            replica_fetch_response_max_bytes: 10 * 1024 * 1024,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -116,6 +149,7 @@ impl Default for NodeConfig {
             broker_session_timeout_ms: 9_000,
             quorum_election_timeout_ms: 1_000,
             quorum_fetch_timeout_ms: 2_000,
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -210,7 +244,7 @@ impl NodeConfig {
             "message.timestamp.type" => "CreateTime".to_string(),
             "min.cleanable.dirty.ratio" => "0.5".to_string(),
             "min.compaction.lag.ms" => "0".to_string(),
-            "min.insync.replicas" => "1".to_string(),
+            "min.insync.replicas" => self.replication.min_insync_replicas.to_string(),
             "preallocate" => "false".to_string(),
             "retention.bytes" => self.log.retention_bytes.to_string(),
             "retention.ms" => self.log.retention_ms.to_string(),
@@ -242,6 +276,8 @@ pub struct TopicSettings {
     pub max_message_bytes: usize,
     pub index_interval_bytes: u32,
     pub log_append_time: bool,
+    /// In-sync replicas an acks=all produce needs (`min.insync.replicas`).
+    pub min_insync_replicas: usize,
 }
 
 impl TopicSettings {
@@ -263,6 +299,7 @@ impl TopicSettings {
             max_message_bytes: usize::try_from(int("max.message.bytes")).unwrap_or(node.message_max_bytes),
             index_interval_bytes: u32::try_from(int("index.interval.bytes")).unwrap_or(4096).max(1),
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
+            min_insync_replicas: usize::try_from(int("min.insync.replicas")).unwrap_or(1).max(1),
         })
     }
 }

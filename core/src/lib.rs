@@ -22,6 +22,7 @@ pub mod node;
 pub mod peer;
 pub mod protocol;
 pub mod quorum;
+pub mod replica;
 pub mod txn;
 pub mod types;
 

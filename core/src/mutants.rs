@@ -50,6 +50,14 @@ pub enum Mutant {
     /// A node applies metadata records as soon as they are in its log, before they are
     /// committed: a record a new leader never had stays applied.
     ApplyUncommitted = 18,
+    /// Replication: the leader's high watermark is its own durable end, whatever its
+    /// followers have (acks=all answered before the ISR has the records).
+    HwIgnoresFollowers = 19,
+    /// Replication: a follower whose log diverged truncates to its high watermark instead of
+    /// by leader epoch (the pre-KIP-101 rule that loses or forks acknowledged records).
+    TruncateToHighWatermark = 20,
+    /// Replication: a leader serves a follower's fetch that carries an older leader epoch.
+    StaleEpochFetch = 21,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[

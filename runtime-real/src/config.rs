@@ -159,6 +159,38 @@ fn cluster_timings(props: &BTreeMap<String, String>, node: &mut NodeConfig) -> R
     Ok(())
 }
 
+/// The replication properties (Kafka's names and defaults).
+fn replication(props: &BTreeMap<String, String>, r: &mut sluice_core::config::ReplicationConfig) -> Result<(), String> {
+    if let Some(v) = num::<i16>(props, "default.replication.factor")? {
+        if v < 1 {
+            return Err("default.replication.factor must be at least 1".into());
+        }
+        r.default_replication_factor = v;
+    }
+    if let Some(v) = num::<i32>(props, "min.insync.replicas")? {
+        if v < 1 {
+            return Err("min.insync.replicas must be at least 1".into());
+        }
+        r.min_insync_replicas = v;
+    }
+    if let Some(v) = num::<u64>(props, "replica.lag.time.max.ms")? {
+        r.replica_lag_time_max_ms = v.max(1);
+    }
+    if let Some(v) = num::<u64>(props, "replica.fetch.wait.max.ms")? {
+        r.replica_fetch_wait_max_ms = v;
+    }
+    if let Some(v) = num::<usize>(props, "replica.fetch.max.bytes")? {
+        r.replica_fetch_max_bytes = v.max(1);
+    }
+    if let Some(v) = num::<usize>(props, "replica.fetch.response.max.bytes")? {
+        r.replica_fetch_response_max_bytes = v.max(1);
+    }
+    if props.get("unclean.leader.election.enable").is_some_and(|v| v == "true") {
+        return Err("unclean.leader.election.enable=true: Sluice elects leaders only from the ISR".into());
+    }
+    Ok(())
+}
+
 /// Builds the configuration from properties (file values with overrides applied).
 pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     let mut node = NodeConfig::default();
@@ -262,6 +294,7 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if let Some(v) = num::<i64>(props, "transactional.id.expiration.ms")? {
         node.txn_id_expiration_ms = v.max(1);
     }
+    replication(props, &mut node.replication)?;
     // Every property in force, as DescribeConfigs on the broker reports it.
     let mut effective = BTreeMap::new();
     effective.insert("node.id".to_string(), node.node_id.0.to_string());
@@ -273,8 +306,20 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     );
     effective.insert("log.dirs".to_string(), data_dir.display().to_string());
     effective.insert("num.partitions".to_string(), node.num_partitions.to_string());
-    effective.insert("default.replication.factor".to_string(), "1".to_string());
-    effective.insert("min.insync.replicas".to_string(), "1".to_string());
+    let r = &node.replication;
+    for (k, v) in [
+        ("default.replication.factor", r.default_replication_factor.to_string()),
+        ("min.insync.replicas", r.min_insync_replicas.to_string()),
+        ("offsets.topic.replication.factor", "1".to_string()),
+        ("transaction.state.log.replication.factor", "1".to_string()),
+        ("replica.lag.time.max.ms", r.replica_lag_time_max_ms.to_string()),
+        ("replica.fetch.wait.max.ms", r.replica_fetch_wait_max_ms.to_string()),
+        ("replica.fetch.max.bytes", r.replica_fetch_max_bytes.to_string()),
+        ("replica.fetch.response.max.bytes", r.replica_fetch_response_max_bytes.to_string()),
+        ("unclean.leader.election.enable", "false".to_string()),
+    ] {
+        effective.insert(k.to_string(), v);
+    }
     effective.insert("auto.create.topics.enable".to_string(), node.auto_create_topics_enable.to_string());
     effective.insert("message.max.bytes".to_string(), node.message_max_bytes.to_string());
     effective.insert("socket.request.max.bytes".to_string(), node.socket_request_max_bytes.to_string());

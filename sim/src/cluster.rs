@@ -179,7 +179,7 @@ impl Run {
             }
         }
         for (name, t) in &first.topics {
-            for r in t.replicas.iter().flatten() {
+            for r in t.parts.iter().flat_map(|p| &p.replicas) {
                 if !first.brokers.contains_key(r) {
                     let msg = format!("topic {name} has a replica on broker {r}, which never registered");
                     self.violations.push(msg);

@@ -6,6 +6,7 @@
 //! in Kafka's format for tools and operators, and are rebuilt from the log on recovery.
 
 pub mod batch;
+pub mod epochs;
 pub mod producers;
 pub mod records;
 
@@ -205,10 +206,15 @@ pub struct PartitionLog {
     pub dir: String,
     pub segments: Vec<Segment>,
     pub log_start_offset: Offset,
+    /// Offsets below it are written (or being written): the next append gets it.
     pub log_end_offset: Offset,
-    /// End of the durable prefix. On a single node this is the high watermark: nothing past
-    /// it has been acknowledged or shown to a consumer.
+    /// Offsets below it are synced to this node's disk.
+    pub durable_end: Offset,
+    /// Offsets below it are durable on enough replicas to be acknowledged and shown to
+    /// consumers. On a partition with one replica it is the durable end.
     pub high_watermark: Offset,
+    /// Where each leader epoch's batches start.
+    pub epochs: epochs::EpochCache,
     /// Bumped whenever the log is cut back, so a sync issued before the cut cannot advance
     /// the high watermark over offsets that were since rewritten.
     pub generation: u64,
@@ -232,7 +238,9 @@ impl PartitionLog {
             segments: Vec::new(),
             log_start_offset: 0,
             log_end_offset: 0,
+            durable_end: 0,
             high_watermark: 0,
+            epochs: epochs::EpochCache::default(),
             generation: 0,
             dirty: BTreeSet::new(),
             producers: producers::Producers::default(),
@@ -256,19 +264,83 @@ impl PartitionLog {
         self.segments.last().expect("a serving log has at least one segment")
     }
 
-    /// Appends one checked batch. Assigns its offsets, issues its write (the producer's bytes
-    /// behind a patched 16-byte prefix, without copying them), rolls the segment when due.
-    /// Returns the batch's base offset and the index in `ops` of the data write.
+    /// Appends one checked batch as the leader of `leader_epoch`. Assigns its offsets, stamps
+    /// the epoch, issues its write (the producer's bytes behind a patched 16-byte prefix,
+    /// without copying them), rolls the segment when due. Returns the batch's base offset and
+    /// the index in `ops` of the data write.
+    #[allow(clippy::too_many_arguments)]
     pub fn append(
         &mut self,
         batch: &Bytes,
         header: &BatchHeader,
+        leader_epoch: i32,
         settings: &TopicSettings,
         wall_ms: i64,
         ids: &mut dyn FileIds,
         ops: &mut Vec<DiskOp>,
     ) -> (Offset, usize) {
         let base = self.log_end_offset;
+        self.roll_if_due(base, header, settings, wall_ms, ids, ops);
+        let mut h = *header;
+        let data = if settings.log_append_time {
+            let rewritten = batch::with_log_append_time(batch, wall_ms);
+            h.max_timestamp = wall_ms;
+            let mut all = Vec::with_capacity(rewritten.len());
+            all.extend_from_slice(&batch::patched_prefix(&rewritten, base, leader_epoch));
+            all.extend_from_slice(&rewritten[16..]);
+            vec![Bytes::from(all)]
+        } else {
+            let prefix = batch::patched_prefix(batch, base, leader_epoch);
+            vec![Bytes::copy_from_slice(&prefix), batch.slice(16..header.size)]
+        };
+        self.epochs.assign(leader_epoch, base);
+        (base, self.push_write(data, &h, base, settings, ops))
+    }
+
+    /// Appends a batch a follower fetched from its leader, as it is: its offsets and epoch are
+    /// the leader's. The caller has checked it and that it starts at the log end offset.
+    /// Returns the index in `ops` of the data write.
+    pub fn append_replicated(
+        &mut self,
+        batch: Bytes,
+        header: &BatchHeader,
+        settings: &TopicSettings,
+        wall_ms: i64,
+        ids: &mut dyn FileIds,
+        ops: &mut Vec<DiskOp>,
+    ) -> usize {
+        let base = header.base_offset;
+        debug_assert_eq!(base, self.log_end_offset);
+        self.roll_if_due(base, header, settings, wall_ms, ids, ops);
+        self.epochs.assign(header.partition_leader_epoch, base);
+        self.push_write(vec![batch], header, base, settings, ops)
+    }
+
+    fn push_write(
+        &mut self,
+        data: Vec<Bytes>,
+        h: &BatchHeader,
+        base: Offset,
+        settings: &TopicSettings,
+        ops: &mut Vec<DiskOp>,
+    ) -> usize {
+        let seg = self.segments.last_mut().expect("at least one segment");
+        let data_op = ops.len();
+        ops.push(DiskOp::Write { file: seg.log_file, position: seg.size, data });
+        seg.push(h, base, settings.index_interval_bytes, ops);
+        self.log_end_offset = base + i64::from(h.last_offset_delta) + 1;
+        data_op
+    }
+
+    fn roll_if_due(
+        &mut self,
+        base: Offset,
+        header: &BatchHeader,
+        settings: &TopicSettings,
+        wall_ms: i64,
+        ids: &mut dyn FileIds,
+        ops: &mut Vec<DiskOp>,
+    ) {
         let active = self.active();
         let offset_span = base + i64::from(header.last_offset_delta) - active.base_offset;
         let roll = !active.entries.is_empty()
@@ -278,24 +350,6 @@ impl PartitionLog {
         if roll {
             self.add_segment(base, wall_ms, ids, ops);
         }
-        let mut h = *header;
-        let data = if settings.log_append_time {
-            let rewritten = batch::with_log_append_time(batch, wall_ms);
-            h.max_timestamp = wall_ms;
-            let mut all = Vec::with_capacity(rewritten.len());
-            all.extend_from_slice(&batch::patched_prefix(&rewritten, base, 0));
-            all.extend_from_slice(&rewritten[16..]);
-            vec![Bytes::from(all)]
-        } else {
-            let prefix = batch::patched_prefix(batch, base, 0);
-            vec![Bytes::copy_from_slice(&prefix), batch.slice(16..header.size)]
-        };
-        let seg = self.segments.last_mut().expect("at least one segment");
-        let data_op = ops.len();
-        ops.push(DiskOp::Write { file: seg.log_file, position: seg.size, data });
-        seg.push(&h, base, settings.index_interval_bytes, ops);
-        self.log_end_offset = base + i64::from(header.last_offset_delta) + 1;
-        (base, data_op)
     }
 
     /// Whole batches from `offset` up to (not past) `upper`, at most `max_bytes` unless the
@@ -387,7 +441,9 @@ impl PartitionLog {
         ops.push(DiskOp::Truncate { file: seg.log_file, len });
         seg.rewrite_indexes(interval, ops);
         self.log_end_offset = seg.next_offset().max(seg.base_offset);
+        self.durable_end = self.durable_end.min(self.log_end_offset);
         self.high_watermark = self.high_watermark.min(self.log_end_offset);
+        self.epochs.truncate_to(self.log_end_offset);
         if !crate::mutants::active(crate::mutants::Mutant::ProducerStateNotCut) {
             self.producers.truncate(self.log_end_offset);
         }
@@ -473,6 +529,7 @@ impl Segment {
         chunk_bytes: usize,
         interval: u32,
         producers: &mut Vec<producers::Replay>,
+        epochs: &mut epochs::EpochCache,
     ) -> Scan {
         let mut at = 0usize;
         loop {
@@ -491,6 +548,7 @@ impl Segment {
                     }
                     let mut sink = Vec::new();
                     self.push(&h, h.base_offset, interval, &mut sink);
+                    epochs.assign(h.partition_leader_epoch, h.base_offset);
                     if let Some(pb) = h.producer() {
                         if h.is_control() {
                             if let Some(commit) = batch::control_type(&rest[..h.size]) {
@@ -552,7 +610,7 @@ mod tests {
         for b in batches {
             let bytes = Bytes::from(b.clone());
             let h = batch::check_batch(&bytes).unwrap();
-            let _ = log.append(&bytes, &h, &s, 0, &mut ids, &mut ops);
+            let _ = log.append(&bytes, &h, 0, &s, 0, &mut ids, &mut ops);
         }
         (log, ops)
     }
@@ -618,7 +676,7 @@ mod tests {
         file.truncate(file.len() - 5);
         let mut seg = Segment::new(0, [FileId(1), FileId(2), FileId(3)], 0);
         let mut ops = Vec::new();
-        match seg.recover_chunk(&file, true, 1 << 20, 4096, &mut ops) {
+        match seg.recover_chunk(&file, true, 1 << 20, 4096, &mut ops, &mut epochs::EpochCache::default()) {
             Scan::Torn { position, .. } => assert_eq!(position, 2 * b.len() as u64),
             other => panic!("expected torn tail, got {other:?}"),
         }
@@ -628,7 +686,7 @@ mod tests {
         let (mut pos, mut len) = (0usize, 7usize);
         let verdict = loop {
             let end = (pos + len).min(file.len());
-            match seg.recover_chunk(&file[pos..end], end == file.len(), 7, 4096, &mut ops) {
+            match seg.recover_chunk(&file[pos..end], end == file.len(), 7, 4096, &mut ops, &mut epochs::EpochCache::default()) {
                 Scan::NeedMore { position, len: l } => {
                     pos = position as usize;
                     len = l;

@@ -68,6 +68,80 @@ pub enum MetaRecord {
         id: i32,
         epoch: i64,
     },
+    /// A partition's leader or ISR changed (DESIGN.md §7): its whole new state. Applied only
+    /// on top of `partition_epoch - 1`, so a change computed from a stale view is a no-op.
+    PartitionChanged {
+        id: [u8; 16],
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    },
+}
+
+/// Leader id of a partition that has none (every ISR member fenced).
+pub const NO_LEADER: i32 = -1;
+
+/// One partition's registration: where its replicas are, who leads, in which epochs, and
+/// which replicas are in sync (KIP-631's PartitionRecord).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionImage {
+    /// The brokers holding its replicas, the preferred leader first. Empty for a partition
+    /// created before placement existed (a cluster of one): its replica is that node.
+    pub replicas: Vec<i32>,
+    /// The leader, or [`NO_LEADER`].
+    pub leader: i32,
+    /// Bumped at every leader change: batches are stamped with it and replication requests
+    /// carry it, so a deposed leader is fenced.
+    pub leader_epoch: i32,
+    /// Bumped at every change of the registration (leader or ISR).
+    pub partition_epoch: i32,
+    /// The in-sync replicas: they hold everything below the high watermark.
+    pub isr: Vec<i32>,
+}
+
+impl PartitionImage {
+    /// A new partition: its first replica leads, every replica is in sync (they are all empty).
+    pub fn new(replicas: Vec<i32>) -> PartitionImage {
+        let leader = replicas.first().copied().unwrap_or(NO_LEADER);
+        PartitionImage { isr: replicas.clone(), replicas, leader, leader_epoch: 0, partition_epoch: 0 }
+    }
+
+    /// The registration a controller wants given which brokers are fenced (clean election,
+    /// DESIGN.md §7): fenced members leave the ISR unless it would be empty (the last one
+    /// stays, so it is the one elected when it comes back); a leader that is fenced or missing
+    /// is replaced by the first replica, in assignment order, that is in the ISR and unfenced,
+    /// or by none. `None` when nothing needs to change.
+    pub fn wanted(&self, fenced: impl Fn(i32) -> bool) -> Option<PartitionImage> {
+        if self.replicas.is_empty() {
+            return None; // a cluster of one's partition: led by that node, always
+        }
+        let mut isr: Vec<i32> = self.isr.iter().copied().filter(|r| !fenced(*r)).collect();
+        if isr.is_empty() {
+            isr = self.isr.iter().copied().filter(|r| *r == self.leader).collect();
+            if isr.is_empty() {
+                isr.extend(self.isr.last().copied());
+            }
+        }
+        let leader_ok = self.leader != NO_LEADER && !fenced(self.leader) && isr.contains(&self.leader);
+        let leader = if leader_ok {
+            self.leader
+        } else {
+            self.replicas.iter().copied().find(|r| isr.contains(r) && !fenced(*r)).unwrap_or(NO_LEADER)
+        };
+        if leader == self.leader && isr == self.isr {
+            return None;
+        }
+        let leader_epoch = self.leader_epoch + i32::from(leader != self.leader);
+        Some(PartitionImage {
+            replicas: self.replicas.clone(),
+            leader,
+            leader_epoch,
+            partition_epoch: self.partition_epoch + 1,
+            isr,
+        })
+    }
 }
 
 /// One topic as the metadata log says.
@@ -76,9 +150,8 @@ pub struct TopicImage {
     pub id: [u8; 16],
     pub partitions: i32,
     pub configs: BTreeMap<String, String>,
-    /// Each partition's replicas. Empty for a partition created before placement existed
-    /// (a cluster of one): its replica is that node.
-    pub replicas: Vec<Vec<i32>>,
+    /// Each partition's registration.
+    pub parts: Vec<PartitionImage>,
 }
 
 /// A registered broker.
@@ -118,7 +191,7 @@ impl MetadataImage {
                 let Some(t) = self.topics.get_mut(name).filter(|t| t.id == *id && t.partitions < *total) else {
                     return false;
                 };
-                t.replicas.resize(usize::try_from(*total).unwrap_or(0), Vec::new());
+                t.parts.resize(usize::try_from(*total).unwrap_or(0), PartitionImage::new(Vec::new()));
                 t.partitions = *total;
                 true
             }
@@ -126,7 +199,7 @@ impl MetadataImage {
                 let Some(t) = self.topics.get_mut(name).filter(|t| t.id == *id && t.partitions == *from) else {
                     return false;
                 };
-                t.replicas.extend(replicas.iter().cloned());
+                t.parts.extend(replicas.iter().cloned().map(PartitionImage::new));
                 t.partitions += i32::try_from(replicas.len()).unwrap_or(0);
                 true
             }
@@ -159,7 +232,29 @@ impl MetadataImage {
                     None => false,
                 }
             }
+            MetaRecord::PartitionChanged { id, partition, leader, leader_epoch, partition_epoch, isr } => {
+                let Some(p) = self
+                    .topics
+                    .values_mut()
+                    .find(|t| t.id == *id)
+                    .and_then(|t| t.parts.get_mut(usize::try_from(*partition).ok()?))
+                    .filter(|p| p.partition_epoch + 1 == *partition_epoch && *leader_epoch >= p.leader_epoch)
+                else {
+                    return false;
+                };
+                p.leader = *leader;
+                p.leader_epoch = *leader_epoch;
+                p.partition_epoch = *partition_epoch;
+                p.isr.clone_from(isr);
+                true
+            }
         }
+    }
+
+    /// A partition's registration, by topic id.
+    pub fn partition(&self, id: &[u8; 16], partition: i32) -> Option<(&str, &PartitionImage)> {
+        let (name, t) = self.topics.iter().find(|(_, t)| t.id == *id)?;
+        Some((name.as_str(), t.parts.get(usize::try_from(partition).ok()?)?))
     }
 
     fn place_topic(&mut self, name: &str, id: [u8; 16], configs: &[(String, String)], replicas: Vec<Vec<i32>>) -> bool {
@@ -167,7 +262,8 @@ impl MetadataImage {
             return false;
         }
         let partitions = i32::try_from(replicas.len()).unwrap_or(0);
-        let t = TopicImage { id, partitions, configs: configs.iter().cloned().collect(), replicas };
+        let parts = replicas.into_iter().map(PartitionImage::new).collect();
+        let t = TopicImage { id, partitions, configs: configs.iter().cloned().collect(), parts };
         self.topics.insert(name.to_string(), t);
         true
     }
@@ -334,7 +430,8 @@ mod tests {
         let more = MetaRecord::PartitionsPlaced { name: "t".into(), id: [2; 16], from: 2, replicas: vec![vec![2]] };
         assert!(img.apply(15, &more));
         assert!(!img.apply(16, &more), "partitions added to an older count change nothing");
-        assert_eq!(img.topics["t"].replicas, vec![vec![1], vec![2], vec![2]]);
+        let replicas: Vec<Vec<i32>> = img.topics["t"].parts.iter().map(|p| p.replicas.clone()).collect();
+        assert_eq!(replicas, vec![vec![1], vec![2], vec![2]]);
 
         let brokers = [(3, None), (1, None), (2, None)];
         assert_eq!(place(&brokers, 4, 1, 1, 0), vec![vec![2], vec![3], vec![1], vec![2]]);
@@ -346,6 +443,48 @@ mod tests {
             assert_ne!(rack(replicas[0]), rack(replicas[1]), "two replicas in one rack: {replicas:?}");
         }
         assert_eq!(place(&[], 2, 1, 0, 0), vec![Vec::<i32>::new(), Vec::new()]);
+    }
+
+    #[test]
+    fn elections_are_clean_and_changes_apply_in_epoch_order() {
+        let p = PartitionImage::new(vec![1, 2, 3]);
+        assert_eq!((p.leader, p.isr.clone()), (1, vec![1, 2, 3]));
+        assert_eq!(p.wanted(|_| false), None, "nothing fenced, nothing to change");
+        // The leader is fenced: the next in-sync replica in assignment order leads.
+        let q = p.wanted(|b| b == 1).unwrap();
+        assert_eq!((q.leader, q.isr.clone(), q.leader_epoch, q.partition_epoch), (2, vec![2, 3], 1, 1));
+        // A follower is fenced: it leaves the ISR, the leader (and its epoch) stay.
+        let r = q.wanted(|b| b == 3).unwrap();
+        assert_eq!((r.leader, r.isr.clone(), r.leader_epoch, r.partition_epoch), (2, vec![2], 1, 2));
+        // The last in-sync replica is fenced: no leader, and it stays in the ISR...
+        let s = r.wanted(|b| b == 2).unwrap();
+        assert_eq!((s.leader, s.isr.clone(), s.leader_epoch), (NO_LEADER, vec![2], 2));
+        // ...so that a replica outside the ISR is never elected (no unclean election)...
+        assert_eq!(s.wanted(|b| b == 2), None);
+        // ...and it leads again when it is back.
+        let t = s.wanted(|_| false).unwrap();
+        assert_eq!((t.leader, t.isr.clone(), t.leader_epoch), (2, vec![2], 3));
+        assert_eq!(PartitionImage::new(Vec::new()).wanted(|_| true), None, "a cluster of one's partition");
+
+        let mut img = MetadataImage::default();
+        let placed =
+            MetaRecord::TopicPlaced { name: "t".into(), id: [2; 16], configs: vec![], replicas: vec![vec![1, 2, 3]] };
+        assert!(img.apply(1, &placed));
+        let change = |pe, le, leader, isr: Vec<i32>| MetaRecord::PartitionChanged {
+            id: [2; 16],
+            partition: 0,
+            leader,
+            leader_epoch: le,
+            partition_epoch: pe,
+            isr,
+        };
+        assert!(!img.apply(2, &change(2, 1, 2, vec![2])), "a change must build on the current partition epoch");
+        assert!(img.apply(2, &change(1, 1, 2, vec![2, 3])));
+        assert!(!img.apply(3, &change(1, 1, 3, vec![3])), "a second change from the same view is a no-op");
+        assert!(!img.apply(3, &change(2, 0, 3, vec![3])), "the leader epoch never goes back");
+        let (name, p) = img.partition(&[2; 16], 0).unwrap();
+        assert_eq!((name, p.leader, p.leader_epoch, p.partition_epoch, p.isr.clone()), ("t", 2, 1, 1, vec![2, 3]));
+        assert!(img.partition(&[2; 16], 1).is_none());
     }
 
     #[test]

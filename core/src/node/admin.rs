@@ -167,7 +167,7 @@ impl Node {
             return None;
         }
         let n = self.config.num_partitions;
-        match self.create_topic(name, n, BTreeMap::new()) {
+        match self.create_topic(name, n, self.auto_create_replication_factor(), BTreeMap::new()) {
             Ok(job) => {
                 tracing::info!(topic = %name, partitions = n, "auto-creating topic");
                 Some(Ok(job))
@@ -205,30 +205,39 @@ impl Node {
             }
             let mut mp = MetadataResponsePartition::default();
             mp.partition_index = i32::try_from(i).expect("bounded partition count");
-            let replicas: Vec<i32> = if p.replicas.is_empty() { vec![me] } else { p.replicas.clone() };
-            let leader = self.partition_leader(&replicas);
+            let tp = (topic.id, mp.partition_index);
+            let img = self.registration(tp).unwrap_or_else(|| metadata::PartitionImage::new(vec![me]));
+            let leader = self.partition_leader(tp).map(|(l, _)| l);
             mp.leader_id = BrokerId(leader.unwrap_or(-1));
             if version >= 7 {
-                mp.leader_epoch = 0;
+                mp.leader_epoch = img.leader_epoch;
             }
-            mp.replica_nodes = replicas.iter().map(|r| BrokerId(*r)).collect();
-            mp.isr_nodes = leader.map(BrokerId).into_iter().collect();
-            match p.state {
-                PartState::Online => {}
-                PartState::Remote if leader.is_some() => {}
-                PartState::Offline => {
-                    mp.error_code = KafkaError::KafkaStorageError.code();
-                    if version >= 5 {
-                        mp.offline_replicas = vec![BrokerId(me)];
+            mp.replica_nodes = img.replicas.iter().map(|r| BrokerId(*r)).collect();
+            mp.isr_nodes = img.isr.iter().map(|r| BrokerId(*r)).collect();
+            // Replicas on fenced brokers, and this node's own when its copy failed.
+            let offline: Vec<BrokerId> = img
+                .replicas
+                .iter()
+                .filter(|r| {
+                    if **r == me {
+                        p.state == PartState::Offline
+                    } else {
+                        self.cluster.image.brokers.get(r).is_none_or(|b| b.fenced)
                     }
+                })
+                .map(|r| BrokerId(*r))
+                .collect();
+            if version >= 5 {
+                mp.offline_replicas = offline;
+            }
+            let mine_unready = leader == Some(me) && p.state != PartState::Online;
+            if leader.is_none() || mine_unready {
+                mp.error_code = if p.state == PartState::Offline && leader == Some(me) {
+                    KafkaError::KafkaStorageError
+                } else {
+                    KafkaError::LeaderNotAvailable
                 }
-                PartState::Remote => {
-                    mp.error_code = KafkaError::LeaderNotAvailable.code();
-                    if version >= 5 {
-                        mp.offline_replicas = mp.replica_nodes.clone();
-                    }
-                }
-                _ => mp.error_code = KafkaError::LeaderNotAvailable.code(),
+                .code();
             }
             t.partitions.push(mp);
         }
@@ -346,18 +355,21 @@ impl Node {
         &mut self,
         name: &str,
         partitions: i32,
+        rf: i16,
         configs: BTreeMap<String, String>,
     ) -> Result<JobId, KafkaError> {
         if !self.is_controller() {
             return Err(KafkaError::NotController);
         }
+        self.check_replication_factor(rf).map_err(|_| KafkaError::InvalidReplicationFactor)?;
         let settings = TopicSettings::resolve(&self.config, &configs)?;
         let total: usize = self.topics.values().map(|t| t.partitions.len()).sum();
         if total + usize::try_from(partitions).unwrap_or(usize::MAX) > limits::PARTITIONS_PER_NODE_MAX {
             return Err(KafkaError::PolicyViolation);
         }
         let id = self.new_topic_id();
-        let replicas = self.place_partitions(usize::try_from(partitions).expect("validated"), 0);
+        let rf = usize::try_from(rf).expect("checked");
+        let replicas = self.place_partitions(usize::try_from(partitions).expect("validated"), 0, rf);
         let (job, _) = self.partitions_job(&replicas, 1, JobDone::TopicReady { name: name.to_string(), id });
         let rec = MetaRecord::TopicPlaced {
             name: name.to_string(),
@@ -371,6 +383,15 @@ impl Node {
         self.names.insert(id, name.to_string());
         self.topics.insert(name.to_string(), topic);
         Ok(job)
+    }
+
+    /// A replication factor is at least one and at most the live brokers.
+    pub(super) fn check_replication_factor(&self, rf: i16) -> Result<(), String> {
+        let brokers = self.live_broker_ids().len();
+        if rf < 1 || usize::try_from(rf).unwrap_or(0) > brokers {
+            return Err(format!("replication factor {rf} is not in 1..={brokers} (the live brokers)"));
+        }
+        Ok(())
     }
 
     /// A fresh, empty partition: its directory and first segment, each op counted in `job`.
@@ -390,7 +411,8 @@ impl Node {
         log.add_segment(0, self.now.wall_ms, &mut next, &mut ops);
         self.next_file = next;
         self.issue_all(ops, || Purpose::Job(job));
-        Partition { replicas, log, state, sync: None, recovery_sync_failures: 0, written_end: 0 }
+        let role = crate::replica::Role::Idle { leader_epoch: 0 };
+        Partition { replicas, log, state, sync: None, recovery_sync_failures: 0, written_end: 0, role }
     }
 
     pub(super) fn handle_create_topics(
@@ -423,6 +445,11 @@ impl Node {
             r.num_partitions = -1;
             r.replication_factor = -1;
             let partitions = if t.num_partitions == -1 { self.config.num_partitions } else { t.num_partitions };
+            let rf = if t.replication_factor == -1 {
+                self.config.replication.default_replication_factor
+            } else {
+                t.replication_factor
+            };
             let configs: BTreeMap<String, String> =
                 t.configs.iter().filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string()))).collect();
             let check = if !seen.insert(name.clone()) {
@@ -438,11 +465,10 @@ impl Node {
                     KafkaError::InvalidPartitions,
                     format!("partitions must be 1..={}", limits::PARTITIONS_PER_TOPIC_MAX),
                 ))
-            } else if !matches!(t.replication_factor, -1 | 1) || !t.assignments.is_empty() {
-                Err((
-                    KafkaError::InvalidReplicationFactor,
-                    "partitions are not replicated yet: replication factor must be 1".to_string(),
-                ))
+            } else if !t.assignments.is_empty() {
+                Err((KafkaError::InvalidReplicationFactor, "manual replica assignments are not supported yet".to_string()))
+            } else if let Err(msg) = self.check_replication_factor(rf) {
+                Err((KafkaError::InvalidReplicationFactor, msg))
             } else {
                 TopicSettings::resolve(&self.config, &configs)
                     .map(|_| ())
@@ -456,10 +482,10 @@ impl Node {
                 Ok(()) if req.validate_only => {
                     if ctx.version >= 5 {
                         r.num_partitions = partitions;
-                        r.replication_factor = 1;
+                        r.replication_factor = rf;
                     }
                 }
-                Ok(()) => match self.create_topic(&name, partitions, configs.clone()) {
+                Ok(()) => match self.create_topic(&name, partitions, rf, configs.clone()) {
                     Err(e) => r.error_code = e.code(),
                     Ok(job) => {
                         if ctx.version >= 7 {
@@ -467,7 +493,7 @@ impl Node {
                         }
                         if ctx.version >= 5 {
                             r.num_partitions = partitions;
-                            r.replication_factor = 1;
+                            r.replication_factor = rf;
                         }
                         if ctx.version >= 5 {
                             r.configs = Some(self.created_configs(&configs));
@@ -657,7 +683,8 @@ impl Node {
         to: usize,
         assigned: Option<Vec<Vec<i32>>>,
     ) -> JobId {
-        let replicas = assigned.unwrap_or_else(|| self.place_partitions(to - from, from));
+        let rf = self.cluster.image.topics.get(name).and_then(|t| t.parts.first()).map_or(1, |p| p.replicas.len().max(1));
+        let replicas = assigned.unwrap_or_else(|| self.place_partitions(to - from, from, rf));
         let from = i32::try_from(from).expect("bounded");
         let (job, _) = self.partitions_job(&replicas, 1, JobDone::PartitionsReady { name: name.to_string(), id, from });
         let rec = MetaRecord::PartitionsPlaced { name: name.to_string(), id, from, replicas: replicas.clone() };
@@ -713,6 +740,7 @@ impl Node {
                 p.state = PartState::Online;
             }
             tracing::info!(topic = %name, partitions = t.partitions.len(), "topic created");
+            self.refresh_topic_roles(name);
         } else if self.cluster.image.topics.get(name).is_some_and(|t| t.id == id) {
             // The topic is committed: it exists in the cluster; its replicas here could not be
             // made, so they are offline here until a restart.
@@ -738,6 +766,7 @@ impl Node {
             for p in t.partitions.iter_mut().skip(start).filter(|p| p.state == PartState::Creating) {
                 p.state = PartState::Online;
             }
+            self.refresh_topic_roles(name);
         } else if self.cluster.image.topics.get(name).is_some_and(|i| i.id == id && i.partitions > from) {
             tracing::error!(topic = %name, "could not create this broker's new partitions of a topic; they are offline");
             for p in t.partitions.iter_mut().skip(start).filter(|p| p.state == PartState::Creating) {

@@ -76,12 +76,14 @@ impl Node {
         self.meta.quorum.as_ref().is_some_and(|q| q.is_leader())
     }
 
-    /// The partition's leader as the cluster knows it: its first replica if that broker may
-    /// serve (this node, or registered and unfenced), else none.
-    pub(super) fn partition_leader(&self, replicas: &[i32]) -> Option<i32> {
-        let first = replicas.first().copied().unwrap_or(self.me());
-        let live = first == self.me() || self.cluster.image.brokers.get(&first).is_some_and(|b| !b.fenced);
-        live.then_some(first)
+    /// The partition's leader and leader epoch as the metadata says, if that leader may serve
+    /// (this node, or a registered and unfenced broker).
+    pub(super) fn partition_leader(&self, tp: super::Tp) -> Option<(i32, i32)> {
+        let img = self.registration(tp)?;
+        let live = img.leader == self.me()
+            || (img.leader != metadata::NO_LEADER
+                && self.cluster.image.brokers.get(&img.leader).is_some_and(|b| !b.fenced));
+        live.then_some((img.leader, img.leader_epoch))
     }
 
     /// A broker's client endpoint: this node's from its config, others' from registration.
@@ -102,13 +104,13 @@ impl Node {
         ids
     }
 
-    /// Replicas for `count` new partitions (the first numbered `first`), one each, on the live
-    /// brokers, round robin from a random start.
-    pub(super) fn place_partitions(&mut self, count: usize, first: usize) -> Vec<Vec<i32>> {
+    /// Replicas for `count` new partitions (the first numbered `first`), `rf` each, on the
+    /// live brokers, round robin from a random start.
+    pub(super) fn place_partitions(&mut self, count: usize, first: usize, rf: usize) -> Vec<Vec<i32>> {
         let brokers: Vec<(i32, Option<String>)> =
             self.live_broker_ids().into_iter().map(|id| (id, self.broker_endpoint(id).and_then(|e| e.2))).collect();
         let start = self.rng.gen_range(0..brokers.len().max(1));
-        metadata::place(&brokers, count, 1, start, first)
+        metadata::place(&brokers, count, rf, start, first)
     }
 
     /// The job that new partitions with these replicas are made under: this node's replicas'
@@ -193,7 +195,10 @@ impl Node {
         match rec {
             MetaRecord::TopicPlaced { name, id, configs, replicas } => {
                 match self.topics.get(&name) {
-                    Some(t) if t.id == id => return, // this node proposed it and created it then
+                    Some(t) if t.id == id => {
+                        // This node proposed it and created it then; now its roles are known.
+                        return self.refresh_topic_roles(&name);
+                    }
                     Some(_) => {
                         // A controller checks its whole log for the name before proposing.
                         tracing::error!(topic = %name, "a committed topic's name is taken here by another topic");
@@ -218,7 +223,8 @@ impl Node {
             MetaRecord::PartitionsPlaced { name, id, from, replicas } => {
                 let have = self.topics.get(&name).filter(|t| t.id == id).map(|t| t.partitions.len());
                 if have != usize::try_from(from).ok() {
-                    return; // proposed here (already added), or the topic is gone here
+                    // Proposed here (already added: its roles are known now), or gone here.
+                    return self.refresh_topic_roles(&name);
                 }
                 let (job, local) =
                     self.partitions_job(&replicas, 0, JobDone::PartitionsReady { name: name.clone(), id, from });
@@ -231,12 +237,15 @@ impl Node {
             MetaRecord::TopicDeleted { name, id } => self.remove_topic(&name, id),
             MetaRecord::BrokerRegistered { id, .. } | MetaRecord::BrokerFenced { id, .. } => {
                 self.cluster.in_flight.remove(&id);
-                // A fenced broker's partitions have no leader now: their waits fail over.
+                // A fenced broker's partitions need new leaders and ISRs.
+                self.replication.reconcile_due = true;
                 self.hw_moved = true;
             }
             MetaRecord::BrokerUnfenced { id, .. } => {
                 self.cluster.in_flight.remove(&id);
+                self.replication.reconcile_due = true;
             }
+            MetaRecord::PartitionChanged { id, partition, .. } => self.partition_change_applied(id, partition),
             MetaRecord::TopicCreated { .. }
             | MetaRecord::PartitionsCreated { .. }
             | MetaRecord::ProducerIdsBlock { .. } => {}
@@ -317,7 +326,7 @@ impl Node {
 
     /// The controller state belongs to one epoch of leadership: a new one starts afresh, and
     /// gives every broker a full session to be heard from.
-    fn controller_epoch_check(&mut self) -> bool {
+    pub(super) fn controller_epoch_check(&mut self) -> bool {
         let Some(q) = self.meta.quorum.as_ref().filter(|q| q.is_leader() && q.caught_up()) else {
             return false;
         };
@@ -325,6 +334,7 @@ impl Node {
         if self.cluster.led_epoch != Some(epoch) {
             self.cluster.led_epoch = Some(epoch);
             self.cluster.in_flight.clear();
+            self.replication_controller_reset();
             let now = self.now.mono;
             self.cluster.last_heard = self.cluster.image.brokers.keys().map(|id| (*id, now)).collect();
         }
@@ -391,15 +401,21 @@ impl Node {
                 }
             }
             BrokerMessage::ProducerIdsGranted { end } => self.producer_ids_granted(end),
+            BrokerMessage::AlterPartition { topic, partition, leader_epoch, partition_epoch, isr } => {
+                if self.controller_epoch_check() {
+                    self.on_alter_partition(from, topic, partition, leader_epoch, partition_epoch, isr);
+                }
+            }
             BrokerMessage::CreateTopic { name } => {
                 if !self.controller_epoch_check() || self.topics.contains_key(&name) {
                     return;
                 }
                 if metadata::valid_topic_name(&name) && !self.topic_name_proposed(&name) {
                     // The coordinators' topics get their own partition counts and configs.
-                    let (n, configs) = super::groups::internal_topic(&name)
-                        .unwrap_or_else(|| (self.config.num_partitions, BTreeMap::new()));
-                    match self.create_topic(&name, n, configs) {
+                    let internal = super::groups::internal_topic(&name);
+                    let rf = if internal.is_some() { 1 } else { self.auto_create_replication_factor() };
+                    let (n, configs) = internal.unwrap_or_else(|| (self.config.num_partitions, BTreeMap::new()));
+                    match self.create_topic(&name, n, rf, configs) {
                         Ok(_) => tracing::info!(topic = %name, partitions = n, "creating a topic a broker asked for"),
                         Err(e) => {
                             tracing::warn!(topic = %name, error = ?e, "could not create a topic a broker asked for")
@@ -451,6 +467,12 @@ impl Node {
         }
     }
 
+    /// The replication factor of a topic created because a client named it:
+    /// `default.replication.factor`.
+    pub(super) fn auto_create_replication_factor(&self) -> i16 {
+        self.config.replication.default_replication_factor
+    }
+
     /// Asks the controller to create a topic (automatic creation on a broker that is not it).
     pub(super) fn ask_controller_to_create(&mut self, name: &str) {
         match self.controller() {
@@ -471,5 +493,6 @@ pub(super) fn remote_partition(topic: &str, partition: i32, replicas: Vec<i32>) 
         sync: None,
         recovery_sync_failures: 0,
         written_end: 0,
+        role: crate::replica::Role::Idle { leader_epoch: 0 },
     }
 }

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, ListOffsetsResponse};
 
-use super::{Node, PartState, Purpose};
+use super::{Node, Purpose};
 use crate::io::DiskOp;
 use crate::io::Part;
 use crate::limits;
@@ -97,8 +97,8 @@ impl Node {
                 let part = topic.and_then(|t| t.partition(fp.partition));
                 match part {
                     None => pd.error_code = KafkaError::UnknownTopicOrPartition.code(),
-                    Some(p) if p.state != PartState::Online => {
-                        pd.error_code = p.state.error().map_or(0, KafkaError::code)
+                    Some(p) if p.serve_error().is_some() => {
+                        pd.error_code = p.serve_error().map_or(0, KafkaError::code)
                     }
                     Some(p) => {
                         let l = &p.log;
@@ -118,9 +118,10 @@ impl Node {
                         } else {
                             l.high_watermark
                         };
-                        // Between the last stable offset and the high watermark a read_committed
-                        // fetch is in range, with nothing to return yet (as in Kafka).
-                        let waiting = read_committed && fp.fetch_offset > upper && fp.fetch_offset <= l.high_watermark;
+                        // Past the last stable offset or the high watermark, up to the log end, a
+                        // fetch is in range with nothing to return yet (as in Kafka: a new leader's
+                        // high watermark catches up with what it has).
+                        let waiting = fp.fetch_offset > upper && fp.fetch_offset <= l.log_end_offset;
                         match if waiting { ReadResult::Empty } else { l.read(fp.fetch_offset, upper, max, total == 0) }
                         {
                             ReadResult::OutOfRange => pd.error_code = KafkaError::OffsetOutOfRange.code(),
@@ -188,8 +189,8 @@ impl Node {
                 let append_time = topic.is_some_and(|tt| tt.settings.log_append_time);
                 let found = match part {
                     None => Err(KafkaError::UnknownTopicOrPartition),
-                    Some(pt) if pt.state != PartState::Online => {
-                        Err(pt.state.error().unwrap_or(KafkaError::UnknownServerError))
+                    Some(pt) if pt.serve_error().is_some() => {
+                        Err(pt.serve_error().unwrap_or(KafkaError::UnknownServerError))
                     }
                     Some(pt) => {
                         let l = &pt.log;

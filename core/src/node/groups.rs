@@ -287,7 +287,9 @@ impl Node {
                 return Some(COORDINATOR_NOT_AVAILABLE);
             }
             let (partitions, configs) = internal_topic(name).expect("an internal topic");
-            match self.create_topic(name, partitions, configs) {
+            // The coordinators' topics have one replica each until coordinators move with
+            // their partitions' leadership.
+            match self.create_topic(name, partitions, 1, configs) {
                 // A load in progress (of the other internal topic, which may exist without
                 // this one) goes on: the new topic is empty and adds nothing to it.
                 Ok(job) => self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() }),
@@ -311,8 +313,8 @@ impl Node {
         let t = self.topics.get(name).ok_or(COORDINATOR_NOT_AVAILABLE)?;
         let n = i32::try_from(t.partitions.len()).unwrap_or(i32::MAX).max(1);
         let p = t.partition(partition_for(key, n)).ok_or(COORDINATOR_NOT_AVAILABLE)?;
-        match self.partition_leader(&p.replicas) {
-            Some(me) if me == self.config.node_id.0 && p.state != super::PartState::Online => {
+        match self.partition_leader((t.id, partition_for(key, n))).map(|(leader, _)| leader) {
+            Some(me) if me == self.config.node_id.0 && !p.leads() => {
                 Err(COORDINATOR_LOAD_IN_PROGRESS)
             }
             Some(leader) => Ok(leader),

@@ -417,9 +417,9 @@ impl Node {
 
 impl Node {
     /// A message from another broker: checked, then handed to the machine it is for.
-    pub(super) fn on_peer(&mut self, from: i32, bytes: &[u8]) {
-        let env = match crate::peer::decode(bytes, from, &self.config.cluster_id) {
-            Ok(env) => env,
+    pub(super) fn on_peer(&mut self, from: i32, bytes: Bytes) {
+        let (env, len) = match crate::peer::decode_with_tail(&bytes, from, &self.config.cluster_id) {
+            Ok(decoded) => decoded,
             Err(e) => {
                 tracing::warn!(from, error = %e, "peer message refused");
                 return;
@@ -438,17 +438,30 @@ impl Node {
                     self.on_broker_message(from, msg);
                 }
             }
+            crate::peer::Body::Replica(msg) => {
+                if self.config.is_cluster() && self.config.voter_ids().contains(&from) {
+                    self.on_replica_message(from, msg, bytes.slice(len..));
+                }
+            }
         }
     }
 
     pub(super) fn send_peer(&mut self, to: i32, body: crate::peer::Body) {
+        self.send_peer_with_tail(to, body, &[]);
+    }
+
+    /// Sends a peer message followed by `tail` (a fetch answer's record batches).
+    pub(super) fn send_peer_with_tail(&mut self, to: i32, body: crate::peer::Body, tail: &[Bytes]) {
         let env = crate::peer::Envelope {
             version: crate::peer::PROTOCOL_VERSION,
             cluster_id: self.config.cluster_id.clone(),
             from: self.config.node_id.0,
             body,
         };
-        let bytes = Bytes::from(crate::peer::encode(&env));
-        self.outputs.push_back(crate::io::Output::Peer { to: crate::types::BrokerId(to), bytes });
+        let mut bytes = crate::peer::encode(&env);
+        for t in tail {
+            bytes.extend_from_slice(t);
+        }
+        self.outputs.push_back(crate::io::Output::Peer { to: crate::types::BrokerId(to), bytes: Bytes::from(bytes) });
     }
 }

@@ -15,6 +15,7 @@ mod metadata_quorum;
 mod produce;
 mod producer_ids;
 mod recovery;
+mod replication;
 mod transactions;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -81,6 +82,11 @@ enum Purpose {
         ti: usize,
         pi: usize,
         target: fetch::TsTarget,
+    },
+    /// A read of a partition's log to answer a follower's fetch.
+    ReplicaRead {
+        answer: u64,
+        index: usize,
     },
     /// Nothing waits on it (closing handles, deleting files); failures are logged.
     Ignore,
@@ -156,6 +162,24 @@ struct Partition {
     recovery_sync_failures: u32,
     /// Offsets below this have been written (their write operations completed).
     written_end: Offset,
+    /// Leader, follower or neither, from the partition's registration.
+    role: crate::replica::Role,
+}
+
+impl Partition {
+    /// What a client's request for the partition is answered, unless it is online here and
+    /// this node leads it.
+    fn serve_error(&self) -> Option<crate::protocol::errors::KafkaError> {
+        use crate::protocol::errors::KafkaError;
+        self.state.error().or(match self.role {
+            crate::replica::Role::Leader(_) => None,
+            _ => Some(KafkaError::NotLeaderOrFollower),
+        })
+    }
+
+    fn leads(&self) -> bool {
+        self.state == PartState::Online && matches!(self.role, crate::replica::Role::Leader(_))
+    }
 }
 
 /// Syncs of a recovered log tried before its partition is taken offline.
@@ -275,6 +299,8 @@ pub struct Node {
     /// Offsets committed in open transactions, durable but not yet visible, by producer id.
     txn_offsets: BTreeMap<i64, Vec<(String, String, i32, groups::Committed)>>,
     next_txn_abort_check: Instant,
+    /// Followers' fetching, leaders' held fetches, the controller's partition changes.
+    replication: replication::ReplicationState,
 }
 
 impl FileIds for u64 {
@@ -327,6 +353,7 @@ impl Node {
             markers: Vec::new(),
             txn_offsets: BTreeMap::new(),
             next_txn_abort_check: now.mono,
+            replication: replication::ReplicationState::default(),
         };
         node.next_txn_abort_check = now.mono.plus_millis(node.config.txn_abort_check_interval_ms);
         node.next_producer_expiry_check = now.mono.plus_millis(node.config.producer_id_expiration_check_interval_ms);
@@ -351,7 +378,7 @@ impl Node {
             Input::Request { conn, frame } => self.on_frame(conn, frame),
             Input::ConnClosed { conn } => self.on_conn_closed(conn),
             Input::DiskDone { op, result } => self.on_disk_done(op, result),
-            Input::Peer { from, bytes } => self.on_peer(from.0, &bytes),
+            Input::Peer { from, bytes } => self.on_peer(from.0, bytes),
             Input::Timeout => self.on_timeout(),
         }
         self.after_input();
@@ -376,7 +403,12 @@ impl Node {
         let txns = (self.phase == Phase::Serving && !self.txns.is_empty()).then_some(self.next_txn_abort_check);
         let quorum = self.quorum_poll_timeout();
         let cluster = self.cluster_poll_timeout();
-        [fetch, retention, groups, offsets, producers, txns, quorum, cluster].into_iter().flatten().min()
+        let replication = self.replication_poll_timeout();
+        let produce = self.produces.iter().map(|p| p.deadline).filter(|d| d.0 != u64::MAX).min();
+        [fetch, retention, groups, offsets, producers, txns, quorum, cluster, replication, produce]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// True once start-up recovery has finished and requests are served.
@@ -405,10 +437,16 @@ impl Node {
             for (i, p) in t.partitions.iter().enumerate() {
                 let l = &p.log;
                 out += &format!(
-                    "; {name}-{i} {:?} start {} hw {} end {} sync {}",
+                    "; {name}-{i} {:?} {} start {} hw {} durable {} end {} sync {}",
                     p.state,
+                    match &p.role {
+                        crate::replica::Role::Leader(l) => format!("leader e{} isr {:?}", l.leader_epoch, l.isr),
+                        crate::replica::Role::Follower(f) => format!("follower of {} e{}", f.leader, f.leader_epoch),
+                        crate::replica::Role::Idle { leader_epoch } => format!("idle e{leader_epoch}"),
+                    },
                     l.log_start_offset,
                     l.high_watermark,
+                    l.durable_end,
                     l.log_end_offset,
                     if p.sync.is_some() { "in flight" } else { "idle" }
                 );
@@ -631,6 +669,8 @@ impl Node {
             return;
         }
         self.expire_fetches();
+        self.replication_timeout();
+        self.hw_moved |= self.produces.iter().any(|p| p.deadline <= self.now.mono);
         self.settle_groups();
         self.expire_consumer_members();
         if self.now.mono >= self.next_offsets_retention_check {
@@ -735,6 +775,7 @@ impl Node {
                 };
                 self.on_timestamp_read(id, ti, pi, target, data);
             }
+            Purpose::ReplicaRead { answer, index } => self.on_replica_read(answer, index, result),
             Purpose::Ignore => {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "background disk operation failed");
@@ -772,8 +813,8 @@ impl Node {
             });
             let generation = p.log.generation;
             if crate::mutants::active(crate::mutants::Mutant::AckBeforeSync) {
-                p.log.high_watermark = p.log.log_end_offset;
-                self.hw_moved = true;
+                p.log.durable_end = p.log.log_end_offset;
+                self.durable_moved(tp);
             }
             for file in files {
                 self.issue(DiskOp::Sync { file }, Purpose::LogSync { tp, generation, file });
@@ -785,6 +826,7 @@ impl Node {
             self.complete_markers();
             self.wake_fetches();
         }
+        self.after_input_replication();
     }
 
     fn on_log_sync(&mut self, tp: Tp, generation: u64, file: FileId, error: Option<DiskError>) {
@@ -835,11 +877,9 @@ impl Node {
             self.dirty.insert(tp);
         }
         let p = self.partition_mut(tp).expect("checked above");
-        if batch.generation == p.log.generation && batch.end > p.log.high_watermark {
-            p.log.high_watermark = batch.end.min(p.log.log_end_offset);
-            let hw = p.log.high_watermark;
-            p.log.producers.decided_below(hw);
-            self.hw_moved = true;
+        if batch.generation == p.log.generation && batch.end > p.log.durable_end {
+            p.log.durable_end = batch.end.min(p.log.log_end_offset);
+            self.durable_moved(tp);
         }
         if recovering {
             self.maybe_serving();
@@ -867,10 +907,11 @@ impl Node {
             self.maybe_serving();
             return;
         }
-        tracing::error!(dir = %p.log.dir, error = %e, high_watermark = p.log.high_watermark, "log write failed; truncating to the high watermark");
+        // Only what is synced here can have reached a follower or a client: keep that.
+        tracing::error!(dir = %p.log.dir, error = %e, durable_end = p.log.durable_end, "log write failed; truncating to the durable end");
         let mut ops = Vec::new();
-        let hw = p.log.high_watermark;
-        p.log.truncate_to(hw, interval, &mut ops);
+        let durable = p.log.durable_end;
+        p.log.truncate_to(durable, interval, &mut ops);
         p.written_end = p.written_end.min(p.log.log_end_offset);
         if p.log.generation == generation {
             p.log.generation += 1; // nothing to cut, but in-flight work must still be voided
@@ -908,7 +949,8 @@ impl Node {
                 let l = &p.log;
                 if p.state == PartState::Online {
                     assert!(l.log_start_offset <= l.high_watermark, "{}: log start past high watermark", l.dir);
-                    assert!(l.high_watermark <= l.log_end_offset, "{}: high watermark past log end", l.dir);
+                    assert!(l.high_watermark <= l.durable_end, "{}: high watermark past the durable end", l.dir);
+                    assert!(l.durable_end <= l.log_end_offset, "{}: durable end past log end", l.dir);
                     let last = l.segments.last().expect("online logs have a segment");
                     assert_eq!(last.next_offset().max(last.base_offset), l.log_end_offset, "{}: log end offset", l.dir);
                 }

@@ -11,7 +11,8 @@ use crate::log::batch::{self, BatchError, BatchHeader};
 use crate::log::producers::{ProducerBatch, Verdict};
 use crate::protocol::errors::KafkaError;
 use crate::protocol::{self, FrameError, RequestContext};
-use crate::types::{ConnId, Offset};
+use crate::replica::Role;
+use crate::types::{ConnId, Instant, Offset};
 
 /// A produce waiting for its partitions' high watermarks.
 pub(super) struct PendingProduce {
@@ -19,9 +20,25 @@ pub(super) struct PendingProduce {
     seq: u64,
     ctx: RequestContext,
     resp: ProduceResponse,
-    /// (topic index, partition index in the response, partition, offset that must be
-    /// durable, log generation at append)
-    waits: Vec<(usize, usize, Tp, Offset, u64)>,
+    /// One per partition written.
+    waits: Vec<Wait>,
+    /// acks=-1 waits for the high watermark, acks=1 for this node's durable end.
+    all: bool,
+    /// When it is answered REQUEST_TIMED_OUT for what is still waiting (its timeout_ms).
+    pub deadline: Instant,
+}
+
+/// A partition a produce waits on.
+pub(super) struct Wait {
+    /// Topic index and partition index in the response.
+    ti: usize,
+    pi: usize,
+    tp: Tp,
+    /// The offset that must be covered.
+    end: Offset,
+    /// The log generation and leader epoch at append: a cut or a lost leadership since fails it.
+    generation: u64,
+    leader_epoch: i32,
 }
 
 impl Node {
@@ -85,6 +102,9 @@ impl Node {
                 } else if name == super::groups::OFFSETS_TOPIC || name == super::transactions::TXN_TOPIC {
                     // Only the coordinators write their internal topics.
                     Err(KafkaError::InvalidTopic)
+                } else if acks == -1 && self.isr_short(name, pd.index) {
+                    // Nothing is written: the producer may retry safely.
+                    Err(KafkaError::NotEnoughReplicas)
                 } else if let Some(txn) = &req.transactional_id {
                     // A transactional producer's batch: its transaction must hold the partition.
                     self.check_txn_produce(txn.0.as_str(), name, pd.index, pd.records.as_ref())
@@ -99,7 +119,9 @@ impl Node {
                             pr.log_start_offset = log_start;
                         }
                         pr.log_append_time_ms = append_time;
-                        waits.push((rti, resp.responses[rti].partition_responses.len(), tp, end, generation));
+                        let leader_epoch = self.partition(tp).map_or(-1, |p| p.role.leader_epoch());
+                        let pi = resp.responses[rti].partition_responses.len();
+                        waits.push(Wait { ti: rti, pi, tp, end, generation, leader_epoch });
                     }
                     Err(e) => {
                         tracing::debug!(topic = %name, partition = pd.index, error = ?e, "produce refused");
@@ -116,10 +138,14 @@ impl Node {
             self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
         } else {
             // A duplicate may wait for offsets that are already durable: look at once.
-            self.hw_moved |= waits
-                .iter()
-                .any(|(_, _, tp, end, _)| self.partition(*tp).is_some_and(|p| p.log.high_watermark >= *end));
-            self.produces.push(PendingProduce { conn, seq, ctx, resp, waits });
+            self.hw_moved |= waits.iter().any(|w| self.partition(w.tp).is_some_and(|p| p.log.high_watermark >= w.end));
+            // Only acks=all waits on other brokers, and only it times out (as in Kafka).
+            let deadline = if acks == -1 {
+                self.now.mono.plus_millis(u64::try_from(req.timeout_ms).unwrap_or(0))
+            } else {
+                Instant(u64::MAX)
+            };
+            self.produces.push(PendingProduce { conn, seq, ctx, resp, waits, all: acks == -1, deadline });
         }
         Ok(())
     }
@@ -151,7 +177,7 @@ impl Node {
         let settings = t.settings.clone();
         let tp = (t.id, partition);
         let p = t.partition(partition).ok_or(KafkaError::UnknownTopicOrPartition)?;
-        if let Some(e) = p.state.error() {
+        if let Some(e) = p.serve_error() {
             return Err(e);
         }
         let records = records.filter(|r| !r.is_empty()).ok_or(KafkaError::InvalidRecord)?;
@@ -197,9 +223,10 @@ impl Node {
         let mut base = None;
         // The data write of each batch, and the log end offset once it is written.
         let mut data_writes = Vec::with_capacity(batches.len());
+        let epoch = p.role.leader_epoch();
         for (range, h) in &batches {
             let b = records.slice(range.clone());
-            let (o, data_op) = p.log.append(&b, h, &settings, wall, &mut next_file, &mut ops);
+            let (o, data_op) = p.log.append(&b, h, epoch, &settings, wall, &mut next_file, &mut ops);
             base.get_or_insert(o);
             data_writes.push((data_op, p.log.log_end_offset));
         }
@@ -218,24 +245,56 @@ impl Node {
         Ok((tp, base.expect("at least one batch"), end, generation, log_start, append_time))
     }
 
-    /// Answers every pending produce whose partitions are all durable (or failed).
+    /// Whether an acks=all produce to the partition is refused before anything is written:
+    /// this node leads it with fewer in-sync replicas than `min.insync.replicas` (capped at
+    /// the replica count).
+    fn isr_short(&self, topic: &str, partition: i32) -> bool {
+        let Some(t) = self.topics.get(topic) else { return false };
+        let Some(p) = t.partition(partition) else { return false };
+        let Role::Leader(l) = &p.role else { return false };
+        l.isr.len() < t.settings.min_insync_replicas.min(p.replicas.len().max(1))
+    }
+
+    /// What a produce waiting on `w` is answered, once it is known: covered (`Ok`), failed, or
+    /// still waiting (`None`).
+    fn wait_verdict(&self, w: &Wait, all: bool, expired: bool) -> Option<Result<(), KafkaError>> {
+        let Some(p) = self.partition(w.tp) else {
+            return Some(Err(KafkaError::UnknownTopicOrPartition));
+        };
+        let leads = matches!(&p.role, Role::Leader(l) if l.leader_epoch == w.leader_epoch);
+        if !leads {
+            // The records may yet survive on the new leader: the client is not told they failed.
+            return Some(Err(KafkaError::NotLeaderOrFollower));
+        }
+        if p.log.generation != w.generation {
+            return Some(Err(KafkaError::KafkaStorageError));
+        }
+        let covered = if all { p.log.high_watermark } else { p.log.durable_end };
+        if covered >= w.end {
+            return Some(Ok(()));
+        }
+        let min_isr = self.topic_settings(w.tp).map_or(1, |s| s.min_insync_replicas);
+        let short = matches!(&p.role, Role::Leader(l) if l.isr.len() < min_isr.min(p.replicas.len().max(1)));
+        if all && short {
+            return Some(Err(KafkaError::NotEnoughReplicasAfterAppend));
+        }
+        expired.then_some(Err(KafkaError::RequestTimedOut))
+    }
+
+    /// Answers every pending produce whose partitions are all covered (or failed), and those
+    /// past their timeout.
     pub(super) fn complete_produces(&mut self) {
         let pending = std::mem::take(&mut self.produces);
+        let now = self.now.mono;
         for mut pp in pending {
             let mut waiting = Vec::new();
+            let expired = pp.deadline <= now;
             for w in pp.waits.drain(..) {
-                let (ti, pi, tp, end, generation) = w;
-                let verdict = match self.partition(tp) {
-                    None => Some(Err(KafkaError::UnknownTopicOrPartition)),
-                    Some(p) if p.log.generation != generation => Some(Err(KafkaError::KafkaStorageError)),
-                    Some(p) if p.log.high_watermark >= end => Some(Ok(())),
-                    Some(_) => None,
-                };
-                match verdict {
+                match self.wait_verdict(&w, pp.all, expired) {
                     None => waiting.push(w),
                     Some(Ok(())) => {}
                     Some(Err(e)) => {
-                        let pr = &mut pp.resp.responses[ti].partition_responses[pi];
+                        let pr = &mut pp.resp.responses[w.ti].partition_responses[w.pi];
                         pr.error_code = e.code();
                         pr.base_offset = -1;
                     }

@@ -96,6 +96,8 @@ pub(super) struct Recovery {
     /// Producer fields of the batches scanned in the current segment, replayed into the
     /// partition's producer state once the segment is accepted.
     replay: BTreeMap<Tp, Vec<Replay>>,
+    /// The leader epochs of the batches scanned, per partition.
+    epochs: BTreeMap<Tp, crate::log::epochs::EpochCache>,
     /// The data directory has been listed (every partition is then in `todo`).
     listed: bool,
     pub stats: RecoveryStats,
@@ -284,7 +286,7 @@ impl Node {
             });
             let partitions = (0..t.partitions)
                 .map(|p| {
-                    let replicas = t.replicas.get(usize::try_from(p).expect("bounded")).cloned().unwrap_or_default();
+                    let replicas = t.parts.get(usize::try_from(p).expect("bounded")).map(|p| p.replicas.clone()).unwrap_or_default();
                     if !self.hosts(&replicas) {
                         return super::cluster::remote_partition(&name, p, replicas);
                     }
@@ -295,6 +297,7 @@ impl Node {
                         sync: None,
                         recovery_sync_failures: 0,
                         written_end: 0,
+                        role: crate::replica::Role::Idle { leader_epoch: 0 },
                     }
                 })
                 .collect();
@@ -366,7 +369,8 @@ impl Node {
             return;
         };
         let replay = rec.replay.entry(tp).or_default();
-        match seg.recover_chunk(data, eof, limits::RECOVERY_READ_BYTES, interval, replay) {
+        let epochs = rec.epochs.entry(tp).or_default();
+        match seg.recover_chunk(data, eof, limits::RECOVERY_READ_BYTES, interval, replay, epochs) {
             Scan::NeedMore { position, len } => self.read_chunk_at(tp, position, len),
             Scan::Clean => self.segment_done(tp, None),
             Scan::Torn { position, reason } => {
@@ -522,6 +526,7 @@ impl Node {
         let wall = self.now.wall_ms;
         let mut next = self.next_file;
         let mut ops = Vec::new();
+        let epochs = self.recovery.epochs.remove(&tp).unwrap_or_default();
         let Some(p) = self.partition_mut(tp) else {
             return;
         };
@@ -530,7 +535,10 @@ impl Node {
         }
         let last = p.log.segments.last().expect("at least one");
         p.log.log_end_offset = last.next_offset().max(last.base_offset);
+        p.log.durable_end = p.log.log_start_offset;
         p.log.high_watermark = p.log.log_start_offset;
+        p.log.epochs = epochs;
+        p.log.epochs.truncate_to(p.log.log_end_offset);
         p.written_end = p.log.log_end_offset;
         p.log.dirty = p.log.segments.iter().filter(|s| s.size > 0).map(|s| s.log_file).collect();
         p.state = PartState::Online;
@@ -559,18 +567,21 @@ impl Node {
         if !self.cluster.started {
             return; // the metadata quorum has not caught up (or elected itself) yet
         }
-        // Serve only once every recovered log is synced again and its high watermark is at
-        // its end: a consumer must never see the high watermark go back across a restart.
+        // Serve only once every recovered log is synced again: a consumer must never see the
+        // high watermark of a partition with one replica go back across a restart.
         let unsynced = self
             .topics
             .values()
             .flat_map(|t| &t.partitions)
-            .any(|p| p.state == PartState::Online && p.log.high_watermark < p.log.log_end_offset);
+            .any(|p| p.state == PartState::Online && p.log.durable_end < p.log.log_end_offset);
         if unsynced {
             return;
         }
         tracing::info!(stats = ?self.recovery.stats, "recovery finished; serving");
         self.phase = Phase::Serving;
+        // The roles, and with them the high watermarks (a partition of one replica's is its
+        // durable end at once), before any request is served.
+        self.refresh_all_roles();
         self.load_offsets();
         let buffered: Vec<_> = self.buffered.drain(..).collect();
         for (conn, frame) in buffered {

@@ -842,8 +842,8 @@ impl Node {
                 pr.partition_index = *p;
                 match topic.and_then(|tt| tt.partition(*p)) {
                     None => pr.error_code = KafkaError::UnknownTopicOrPartition.code(),
-                    Some(part) if part.state != super::PartState::Online => {
-                        pr.error_code = part.state.error().map_or(0, KafkaError::code)
+                    Some(part) if part.serve_error().is_some() => {
+                        pr.error_code = part.serve_error().map_or(0, KafkaError::code)
                     }
                     Some(part) => {
                         for (pid, e) in part.log.producers.iter() {

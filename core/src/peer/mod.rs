@@ -31,6 +31,62 @@ pub enum Body {
     Quorum(quorum::Message),
     /// A broker and the active controller: registration, heartbeats, forwarded changes.
     Broker(BrokerMessage),
+    /// Partition replication: a follower's fetch and its leader's answer. The record
+    /// batches of an answer follow the envelope on the wire, partition after partition.
+    Replica(ReplicaMessage),
+}
+
+/// A follower's fetch from its leader, and the answer (Kafka's Fetch as replicas use it,
+/// with Sluice's durable end: what the follower has synced).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaMessage {
+    Fetch {
+        /// Numbers the fetch: the answer carries it, so a late answer to an earlier fetch is
+        /// told apart.
+        id: u64,
+        /// The follower's broker epoch (its registration's offset).
+        broker_epoch: i64,
+        /// How long the leader may hold the fetch when it has nothing new.
+        max_wait_ms: u32,
+        partitions: Vec<FetchPartition>,
+    },
+    FetchResponse {
+        id: u64,
+        partitions: Vec<FetchedPartition>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchPartition {
+    pub topic: [u8; 16],
+    pub partition: i32,
+    /// The leader epoch the follower follows in: a stale or future one is refused.
+    pub leader_epoch: i32,
+    /// The follower's log end offset: where to read from.
+    pub fetch_offset: i64,
+    /// The epoch of the follower's last batch (-1 with none): the leader checks the logs
+    /// agree there, and answers where they part ways otherwise.
+    pub last_fetched_epoch: i32,
+    /// Offsets below it are synced on the follower's disk: only these count towards the
+    /// high watermark.
+    pub durable_end: i64,
+    pub max_bytes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchedPartition {
+    pub topic: [u8; 16],
+    pub partition: i32,
+    pub leader_epoch: i32,
+    /// A Kafka error code (0: none).
+    pub error: i16,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    /// The logs part ways: the follower's last epoch ends here on the leader (epoch, end
+    /// offset). No records come with it; the follower truncates, then fetches again.
+    pub diverging: Option<(i32, i64)>,
+    /// Bytes of record batches that follow the envelope for this partition.
+    pub records_len: u32,
 }
 
 /// What a broker and the active controller say to each other (KIP-631's broker lifecycle,
@@ -53,6 +109,11 @@ pub enum BrokerMessage {
     AllocateProducerIds,
     /// The controller recorded the block of producer ids below `end` for the broker.
     ProducerIdsGranted { end: i64 },
+    /// A partition's leader asks for a new ISR (Kafka's AlterPartition), built on the
+    /// registration it knows (leader and partition epochs). Each member comes with the broker
+    /// epoch its fetches carried, so a restarted broker's old self is not let in. The
+    /// controller answers by committing the change, or not at all.
+    AlterPartition { topic: [u8; 16], partition: i32, leader_epoch: i32, partition_epoch: i32, isr: Vec<(i32, i64)> },
 }
 
 /// The first frame on a peer connection: who is calling, in which cluster, speaking which
@@ -70,7 +131,7 @@ pub fn encode_hello(hello: &Hello) -> Vec<u8> {
 
 /// Decodes and checks a connection's first frame: the node it names, if it may talk to us.
 pub fn decode_hello(bytes: &[u8], cluster_id: &str) -> Result<i32, PeerError> {
-    let hello: Hello = decode_versioned(bytes, limits::PEER_HELLO_BYTES_MAX)?;
+    let (hello, _): (Hello, usize) = decode_versioned(bytes, limits::PEER_HELLO_BYTES_MAX)?;
     if hello.cluster_id != cluster_id {
         return Err(PeerError::OtherCluster(hello.cluster_id));
     }
@@ -79,8 +140,9 @@ pub fn decode_hello(bytes: &[u8], cluster_id: &str) -> Result<i32, PeerError> {
 
 /// Decodes a hello or an envelope, refusing it whole when it is over `max` bytes or of
 /// another protocol version. The version comes first in both (a varint), so another version
-/// is told apart from garbage even when the rest of its layout differs.
-fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, PeerError> {
+/// is told apart from garbage even when the rest of its layout differs. Returns the value
+/// and the length of its encoding.
+fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) -> Result<(T, usize), PeerError> {
     if bytes.len() > max {
         return Err(PeerError::TooLarge(bytes.len()));
     }
@@ -88,7 +150,8 @@ fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8], max: usize) ->
     if version != PROTOCOL_VERSION {
         return Err(PeerError::Version(version));
     }
-    postcard::from_bytes(bytes).map_err(|e| PeerError::Malformed(e.to_string()))
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| PeerError::Malformed(e.to_string()))?;
+    Ok((value, bytes.len() - rest.len()))
 }
 
 /// Why bytes from a peer were refused.
@@ -123,16 +186,23 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
     postcard::to_allocvec(env).expect("peer messages serialize")
 }
 
-/// Decodes and checks bytes that came from node `from`, for a node of `cluster_id`.
-pub fn decode(bytes: &[u8], from: i32, cluster_id: &str) -> Result<Envelope, PeerError> {
-    let env: Envelope = decode_versioned(bytes, limits::PEER_MESSAGE_BYTES_MAX)?;
+/// Decodes and checks bytes that came from node `from`, for a node of `cluster_id`. Returns
+/// the envelope and the length of its encoding: any bytes after it are the record batches
+/// of a replica fetch's answer.
+pub fn decode_with_tail(bytes: &[u8], from: i32, cluster_id: &str) -> Result<(Envelope, usize), PeerError> {
+    let (env, len): (Envelope, usize) = decode_versioned(bytes, limits::PEER_MESSAGE_BYTES_MAX)?;
     if env.cluster_id != cluster_id {
         return Err(PeerError::OtherCluster(env.cluster_id));
     }
     if env.from != from {
         return Err(PeerError::WrongSender { claimed: env.from, actual: from });
     }
-    Ok(env)
+    Ok((env, len))
+}
+
+/// Decodes and checks bytes that came from node `from`, for a node of `cluster_id`.
+pub fn decode(bytes: &[u8], from: i32, cluster_id: &str) -> Result<Envelope, PeerError> {
+    decode_with_tail(bytes, from, cluster_id).map(|(env, _)| env)
 }
 
 #[cfg(test)]

@@ -1,0 +1,768 @@
+//! Partition replication on a node (DESIGN.md §7): each replica's role follows the
+//! partition's registration in the metadata; followers fetch from their leaders over the peer
+//! connection, append what they get with the leader's offsets, sync it, and only then report
+//! it; leaders hold fetches that find nothing new, move the high watermark as the in-sync
+//! replicas report, and ask the controller to change the ISR. The controller elects leaders
+//! from the ISR when brokers are fenced, and commits the ISR changes leaders ask for.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use super::{Node, PartState, Purpose, Tp};
+use crate::io::{DiskOp, DiskReply};
+use crate::log::batch;
+use crate::log::producers::Replay;
+use crate::metadata::{MetaRecord, PartitionImage, NO_LEADER};
+use crate::peer::{Body, BrokerMessage, FetchPartition, FetchedPartition, ReplicaMessage};
+use crate::protocol::errors::KafkaError;
+use crate::replica::{Following, Leadership, Role};
+use crate::types::{Instant, Offset};
+
+/// How long past its wait a follower gives its leader to answer a fetch before asking again.
+const FETCH_ANSWER_GRACE_MS: u64 = 2_000;
+/// How long a follower waits before fetching again after an answer with errors (the leader
+/// and this node disagree on who leads until the metadata catches up).
+const FETCH_BACKOFF_MS: u64 = 100;
+/// How long a leader waits for an ISR change to be committed before asking again.
+const ALTER_PARTITION_RETRY_MS: u64 = 2_000;
+
+#[derive(Default)]
+pub(super) struct ReplicationState {
+    /// Per leader this node follows partitions of: its fetch in flight and when to give up
+    /// on it, and the earliest time of the next.
+    fetchers: BTreeMap<i32, Fetcher>,
+    next_fetch_id: u64,
+    /// Followers may have a fetch to send (an answer came, a sync completed, a role changed).
+    fetch_due: bool,
+    /// Followers' fetches held until there is something new for them, or their deadline.
+    parked: Vec<Parked>,
+    /// A leader's durable end moved or a role changed: the held fetches are looked at.
+    wake_parked: bool,
+    /// Answers waiting for their reads of the log.
+    answers: BTreeMap<u64, PendingAnswer>,
+    next_answer: u64,
+    next_isr_check: Option<Instant>,
+    /// The controller's partition changes proposed and not yet committed.
+    in_flight: BTreeMap<Tp, Offset>,
+    /// The controller should look for partitions that need a new leader or ISR.
+    pub reconcile_due: bool,
+}
+
+#[derive(Default)]
+struct Fetcher {
+    in_flight: Option<(u64, Instant)>,
+    not_before: Instant,
+}
+
+struct Parked {
+    from: i32,
+    id: u64,
+    partitions: Vec<FetchPartition>,
+    deadline: Instant,
+}
+
+struct PendingAnswer {
+    to: i32,
+    id: u64,
+    partitions: Vec<FetchedPartition>,
+    data: Vec<Bytes>,
+    remaining: usize,
+}
+
+impl Node {
+    // ---- roles --------------------------------------------------------------------------
+
+    /// The partition's registration. A partition made before placement existed (no replicas
+    /// recorded) is this node's alone.
+    pub(super) fn registration(&self, tp: Tp) -> Option<PartitionImage> {
+        let name = self.names.get(&tp.0)?;
+        let t = self.cluster.image.topics.get(name).filter(|t| t.id == tp.0)?;
+        let p = t.parts.get(usize::try_from(tp.1).ok()?)?;
+        if p.replicas.is_empty() {
+            let me = self.me_id();
+            return Some(PartitionImage::new(vec![me]));
+        }
+        Some(p.clone())
+    }
+
+    fn me_id(&self) -> i32 {
+        self.config.node_id.0
+    }
+
+    /// Sets every partition's role from the metadata (when the node starts serving).
+    pub(super) fn refresh_all_roles(&mut self) {
+        let tps: Vec<Tp> =
+            self.topics.values().flat_map(|t| (0..t.partitions.len()).map(move |i| (t.id, i as i32))).collect();
+        for tp in tps {
+            self.refresh_role(tp);
+        }
+    }
+
+    pub(super) fn refresh_topic_roles(&mut self, name: &str) {
+        let Some(t) = self.topics.get(name) else { return };
+        let tps: Vec<Tp> = (0..t.partitions.len()).map(|i| (t.id, i as i32)).collect();
+        for tp in tps {
+            self.refresh_role(tp);
+        }
+    }
+
+    /// Makes the partition's role here what its registration says: leader, follower of its
+    /// leader, or idle (no leader, not a replica, or not online here).
+    pub(super) fn refresh_role(&mut self, tp: Tp) {
+        if self.phase != super::Phase::Serving {
+            return; // roles are set once recovery is done
+        }
+        let me = self.me_id();
+        let image = self.registration(tp);
+        let now = self.now.mono;
+        let Some(p) = self.partition_mut(tp) else { return };
+        let Some(img) = image.filter(|i| i.replicas.contains(&me) && p.state == PartState::Online) else {
+            if !matches!(p.role, Role::Idle { .. }) {
+                p.role = Role::Idle { leader_epoch: p.role.leader_epoch() };
+                self.role_changed();
+            }
+            return;
+        };
+        let new = if img.leader == me {
+            if let Role::Leader(l) = &mut p.role {
+                if l.leader_epoch == img.leader_epoch {
+                    if l.partition_epoch != img.partition_epoch {
+                        l.isr.clone_from(&img.isr);
+                        l.partition_epoch = img.partition_epoch;
+                        l.pending = None;
+                    }
+                    self.advance_hw(tp);
+                    return;
+                }
+            }
+            tracing::info!(dir = %p.log.dir, epoch = img.leader_epoch, isr = ?img.isr, log_end = p.log.log_end_offset, "leading partition");
+            Role::Leader(Box::new(Leadership::new(me, &img, p.log.log_end_offset, now)))
+        } else if img.leader == NO_LEADER {
+            Role::Idle { leader_epoch: img.leader_epoch }
+        } else {
+            match &p.role {
+                Role::Follower(f) if f.leader == img.leader && f.leader_epoch == img.leader_epoch => return,
+                _ => {
+                    tracing::info!(dir = %p.log.dir, leader = img.leader, epoch = img.leader_epoch, "following partition");
+                    Role::Follower(Following {
+                        leader: img.leader,
+                        leader_epoch: img.leader_epoch,
+                        leader_hw: p.log.high_watermark,
+                    })
+                }
+            }
+        };
+        if new != p.role {
+            p.role = new;
+            self.role_changed();
+        }
+        self.advance_hw(tp);
+    }
+
+    fn role_changed(&mut self) {
+        // Produces waiting on a partition this node no longer leads fail over; held fetches
+        // and followers' fetching are looked at again.
+        self.hw_moved = true;
+        self.replication.wake_parked = true;
+        self.replication.fetch_due = true;
+    }
+
+    // ---- offsets ------------------------------------------------------------------------
+
+    /// The partition's durable end moved (a sync completed).
+    pub(super) fn durable_moved(&mut self, tp: Tp) {
+        self.advance_hw(tp);
+        match self.partition(tp).map(|p| &p.role) {
+            Some(Role::Leader(_)) => self.replication.wake_parked = true,
+            Some(Role::Follower(_)) => self.replication.fetch_due = true,
+            _ => {}
+        }
+    }
+
+    /// Moves the high watermark as far as the role allows: on a leader, the least durable
+    /// end of the in-sync replicas (none while they are fewer than `min.insync.replicas`);
+    /// on a follower, its leader's high watermark within what it has synced. Never back.
+    pub(super) fn advance_hw(&mut self, tp: Tp) {
+        let me = self.me_id();
+        let min_isr = self.topic_settings(tp).map_or(1, |s| s.min_insync_replicas);
+        let Some(p) = self.partition_mut(tp) else { return };
+        let replicas = p.replicas.len().max(1);
+        let candidate = match &p.role {
+            Role::Leader(l) => {
+                if crate::mutants::active(crate::mutants::Mutant::HwIgnoresFollowers) {
+                    Some(p.log.durable_end)
+                } else {
+                    l.high_watermark(me, p.log.durable_end, min_isr, replicas)
+                }
+            }
+            Role::Follower(f) => Some(f.leader_hw),
+            Role::Idle { .. } => None,
+        };
+        let Some(hw) = candidate.map(|c| c.min(p.log.durable_end)) else { return };
+        if hw > p.log.high_watermark {
+            p.log.high_watermark = hw;
+            p.log.producers.decided_below(hw);
+            self.hw_moved = true;
+        }
+    }
+
+    // ---- the follower side --------------------------------------------------------------
+
+    /// Sends a fetch to every leader this node follows partitions of that has none in flight,
+    /// once what the last answer brought is synced (a fetch reports the durable end).
+    fn send_fetches(&mut self) {
+        if !std::mem::take(&mut self.replication.fetch_due) || self.phase != super::Phase::Serving {
+            return;
+        }
+        let now = self.now.mono;
+        let max_bytes = u32::try_from(self.config.replication.replica_fetch_max_bytes).unwrap_or(u32::MAX);
+        let mut by_leader: BTreeMap<i32, Vec<FetchPartition>> = BTreeMap::new();
+        let mut syncing = BTreeSet::new();
+        for t in self.topics.values() {
+            for (i, p) in t.partitions.iter().enumerate() {
+                let Role::Follower(f) = &p.role else { continue };
+                if p.state != PartState::Online {
+                    continue;
+                }
+                if p.log.durable_end < p.log.log_end_offset {
+                    syncing.insert(f.leader);
+                }
+                by_leader.entry(f.leader).or_default().push(FetchPartition {
+                    topic: t.id,
+                    partition: i32::try_from(i).expect("bounded"),
+                    leader_epoch: f.leader_epoch,
+                    fetch_offset: p.log.log_end_offset,
+                    last_fetched_epoch: p.log.epochs.latest().unwrap_or(-1),
+                    durable_end: p.log.durable_end,
+                    max_bytes,
+                });
+            }
+        }
+        self.replication.fetchers.retain(|leader, _| by_leader.contains_key(leader));
+        let me = self.me_id();
+        let broker_epoch = self.cluster.image.brokers.get(&me).map_or(-1, |b| b.epoch);
+        let wait = self.config.replication.replica_fetch_wait_max_ms;
+        for (leader, partitions) in by_leader {
+            if syncing.contains(&leader) {
+                continue; // the sync's completion sets `fetch_due` again
+            }
+            if leader == me {
+                continue; // a stale registration naming this node as another's leader
+            }
+            let f = self.replication.fetchers.entry(leader).or_default();
+            if f.in_flight.is_some_and(|(_, deadline)| deadline > now) || f.not_before > now {
+                continue; // its answer, its deadline or its backoff comes back here
+            }
+            self.replication.next_fetch_id += 1;
+            let id = self.replication.next_fetch_id;
+            f.in_flight = Some((id, now.plus_millis(wait + FETCH_ANSWER_GRACE_MS)));
+            let max_wait_ms = u32::try_from(wait).unwrap_or(u32::MAX);
+            let msg = ReplicaMessage::Fetch { id, broker_epoch, max_wait_ms, partitions };
+            self.send_peer(leader, Body::Replica(msg));
+        }
+    }
+
+    fn on_fetch_response(&mut self, from: i32, id: u64, partitions: Vec<FetchedPartition>, tail: Bytes) {
+        let now = self.now.mono;
+        match self.replication.fetchers.get_mut(&from) {
+            Some(f) if f.in_flight.is_some_and(|(i, _)| i == id) => f.in_flight = None,
+            _ => return, // an answer to a fetch given up on
+        }
+        self.replication.fetch_due = true;
+        let mut at = 0usize;
+        let mut errors = false;
+        for fp in partitions {
+            let len = fp.records_len as usize;
+            let Some(data) = tail.get(at..at + len).map(|_| tail.slice(at..at + len)) else {
+                tracing::warn!(from, "a fetch answer is shorter than its partitions say; rest ignored");
+                break;
+            };
+            at += len;
+            let tp = (fp.topic, fp.partition);
+            let following = self.partition(tp).is_some_and(|p| {
+                p.state == PartState::Online
+                    && matches!(&p.role, Role::Follower(f) if f.leader == from && f.leader_epoch == fp.leader_epoch)
+            });
+            if !following {
+                continue;
+            }
+            if fp.error != 0 {
+                tracing::debug!(from, partition = fp.partition, error = fp.error, "replica fetch refused");
+                errors = true;
+            } else if let Some((epoch, end)) = fp.diverging {
+                self.truncate_diverged(tp, epoch, end);
+            } else {
+                self.append_fetched(tp, &data, fp.high_watermark);
+            }
+        }
+        if let Some(f) = self.replication.fetchers.get_mut(&from) {
+            f.not_before = if errors { now.plus_millis(FETCH_BACKOFF_MS) } else { Instant::ZERO };
+        }
+    }
+
+    /// The leader says this log parts from its own after `end` of `epoch`: cut back to where
+    /// both agree (KIP-279: the lesser of the two ends of that epoch), then fetch again.
+    fn truncate_diverged(&mut self, tp: Tp, epoch: i32, end: Offset) {
+        let interval = self.topic_settings(tp).map_or(4096, |s| s.index_interval_bytes);
+        let Some(p) = self.partition_mut(tp) else { return };
+        let l = &p.log;
+        let target = if epoch < 0 {
+            l.log_start_offset
+        } else if crate::mutants::active(crate::mutants::Mutant::TruncateToHighWatermark) {
+            l.high_watermark
+        } else {
+            let (_, own_end) = l.epochs.end_offset_for(epoch, l.log_end_offset);
+            own_end.min(end)
+        }
+        .max(l.log_start_offset)
+        .min(l.log_end_offset);
+        if target >= l.log_end_offset {
+            return;
+        }
+        if target < l.high_watermark {
+            tracing::warn!(dir = %l.dir, target, high_watermark = l.high_watermark, "truncating below the high watermark");
+        }
+        tracing::info!(dir = %l.dir, epoch, end, target, log_end = l.log_end_offset, "log diverged from the leader's; truncating");
+        let mut ops = Vec::new();
+        p.log.truncate_to(target, interval, &mut ops);
+        p.written_end = p.written_end.min(p.log.log_end_offset);
+        let generation = p.log.generation;
+        for action in ops {
+            self.issue_log_op(tp, generation, action, None);
+        }
+        self.dirty.insert(tp);
+    }
+
+    /// Appends the batches a leader sent, with its offsets and epochs, after checking each
+    /// (bytes from a peer are checked like bytes from a client).
+    fn append_fetched(&mut self, tp: Tp, data: &Bytes, leader_hw: Offset) {
+        let Some(settings) = self.topic_settings(tp).cloned() else { return };
+        let wall = self.now.wall_ms;
+        let mut ops = Vec::new();
+        let mut next_file = self.next_file;
+        let mut writes = Vec::new();
+        let Some(p) = self.partition_mut(tp) else { return };
+        let epoch = p.role.leader_epoch();
+        let mut at = 0;
+        while at < data.len() {
+            let h = match batch::check_batch(&data[at..]) {
+                Ok(h) => h,
+                Err(batch::BatchError::Truncated) => break, // the read ended inside a batch
+                Err(e) => {
+                    tracing::warn!(dir = %p.log.dir, error = ?e, "a bad batch from the leader; fetching again");
+                    break;
+                }
+            };
+            if h.base_offset != p.log.log_end_offset || h.partition_leader_epoch > epoch {
+                tracing::warn!(dir = %p.log.dir, base = h.base_offset, epoch = h.partition_leader_epoch, "a batch from the leader out of place; fetching again");
+                break;
+            }
+            let bytes = data.slice(at..at + h.size);
+            if let Some(pb) = h.producer() {
+                let replay = match (h.is_control(), batch::control_type(&bytes)) {
+                    (true, Some(commit)) => Some(Replay::Marker {
+                        producer_id: h.producer_id,
+                        epoch: h.producer_epoch,
+                        commit,
+                        offset: h.base_offset,
+                    }),
+                    (true, None) => None,
+                    (false, _) => Some(Replay::Data(pb, h.base_offset, h.last_offset())),
+                };
+                if let Some(r) = replay {
+                    p.log.producers.replay(&r);
+                }
+            }
+            let op = p.log.append_replicated(bytes, &h, &settings, wall, &mut next_file, &mut ops);
+            writes.push((op, p.log.log_end_offset));
+            at += h.size;
+        }
+        if let Role::Follower(f) = &mut p.role {
+            f.leader_hw = f.leader_hw.max(leader_hw);
+        }
+        let generation = p.log.generation;
+        self.next_file = next_file;
+        for (i, action) in ops.into_iter().enumerate() {
+            let written = writes.iter().find(|(op, _)| *op == i).map(|(_, end)| *end);
+            self.issue_log_op(tp, generation, action, written);
+        }
+        self.advance_hw(tp);
+    }
+
+    // ---- the leader side ----------------------------------------------------------------
+
+    /// Why a follower's fetch of this partition is refused, if it is.
+    fn replica_fetch_error(&self, from: i32, fp: &FetchPartition) -> Option<KafkaError> {
+        let Some(p) = self.partition((fp.topic, fp.partition)) else {
+            return Some(KafkaError::UnknownTopicOrPartition);
+        };
+        let Role::Leader(l) = &p.role else {
+            return Some(KafkaError::NotLeaderOrFollower);
+        };
+        if p.state != PartState::Online || !p.replicas.contains(&from) {
+            return Some(KafkaError::NotLeaderOrFollower);
+        }
+        let stale_accepted = crate::mutants::active(crate::mutants::Mutant::StaleEpochFetch);
+        if fp.leader_epoch < l.leader_epoch && !stale_accepted {
+            return Some(KafkaError::FencedLeaderEpoch);
+        }
+        (fp.leader_epoch > l.leader_epoch).then_some(KafkaError::UnknownLeaderEpoch)
+    }
+
+    /// Where the follower's log parts from this one, if it does: its last epoch ends earlier
+    /// here, or this log never had that epoch (KIP-320's divergence check).
+    fn divergence(&self, fp: &FetchPartition) -> Option<(i32, Offset)> {
+        let p = self.partition((fp.topic, fp.partition))?;
+        if fp.last_fetched_epoch < 0 {
+            return None;
+        }
+        let (epoch, end) = p.log.epochs.end_offset_for(fp.last_fetched_epoch, p.log.log_end_offset);
+        (epoch < fp.last_fetched_epoch || end < fp.fetch_offset).then_some((epoch, end))
+    }
+
+    /// A follower's fetch: note what it has, then answer now if there is something for it,
+    /// or hold it until there is (or its wait is over).
+    fn on_replica_fetch(&mut self, from: i32, id: u64, broker_epoch: i64, max_wait_ms: u32, partitions: Vec<FetchPartition>) {
+        let now = self.now.mono;
+        for fp in &partitions {
+            if self.replica_fetch_error(from, fp).is_some() || self.divergence(fp).is_some() {
+                continue;
+            }
+            let tp = (fp.topic, fp.partition);
+            if let Some(p) = self.partition_mut(tp) {
+                let durable = p.log.durable_end;
+                if let Role::Leader(l) = &mut p.role {
+                    l.on_fetch(from, fp.fetch_offset, fp.durable_end, broker_epoch, durable, now);
+                }
+            }
+            self.advance_hw(tp);
+            self.maybe_alter_isr(tp);
+        }
+        let wait = u64::from(max_wait_ms).min(self.config.replication.replica_fetch_wait_max_ms);
+        if wait == 0 || self.fetch_has_news(from, &partitions) {
+            self.answer_fetch(from, id, partitions);
+        } else {
+            self.replication.parked.push(Parked { from, id, partitions, deadline: now.plus_millis(wait) });
+        }
+    }
+
+    fn fetch_has_news(&self, from: i32, partitions: &[FetchPartition]) -> bool {
+        partitions.iter().any(|fp| {
+            self.replica_fetch_error(from, fp).is_some()
+                || self.divergence(fp).is_some()
+                || self.partition((fp.topic, fp.partition)).is_some_and(|p| p.log.durable_end > fp.fetch_offset)
+        })
+    }
+
+    /// Answers a follower's fetch: errors, divergence, or what this log has durably from the
+    /// offset asked (read from the files, then sent behind the envelope).
+    fn answer_fetch(&mut self, to: i32, id: u64, partitions: Vec<FetchPartition>) {
+        let mut budget = self.config.replication.replica_fetch_response_max_bytes;
+        let mut out = Vec::with_capacity(partitions.len());
+        let mut reads = Vec::new();
+        for (i, fp) in partitions.iter().enumerate() {
+            let mut r = FetchedPartition {
+                topic: fp.topic,
+                partition: fp.partition,
+                leader_epoch: fp.leader_epoch,
+                error: 0,
+                high_watermark: -1,
+                log_start_offset: -1,
+                diverging: None,
+                records_len: 0,
+            };
+            if let Some(e) = self.replica_fetch_error(to, fp) {
+                r.error = e.code();
+            } else if let Some(d) = self.divergence(fp) {
+                r.diverging = Some(d);
+            } else if let Some(p) = self.partition((fp.topic, fp.partition)) {
+                let l = &p.log;
+                r.high_watermark = l.high_watermark;
+                r.log_start_offset = l.log_start_offset;
+                // Followers get only what is synced here: a log cut back after a failed
+                // write never takes back what a follower holds.
+                let max = (fp.max_bytes as usize).min(budget);
+                if fp.fetch_offset <= l.durable_end && max > 0 {
+                    match l.read(fp.fetch_offset, l.durable_end, max, reads.is_empty()) {
+                        crate::log::ReadResult::OutOfRange => r.error = KafkaError::OffsetOutOfRange.code(),
+                        crate::log::ReadResult::Empty => {}
+                        crate::log::ReadResult::Range { file, position, len } => {
+                            budget = budget.saturating_sub(len as usize);
+                            reads.push((i, file, position, len));
+                        }
+                    }
+                }
+            }
+            out.push(r);
+        }
+        self.replication.next_answer += 1;
+        let answer = self.replication.next_answer;
+        let n = out.len();
+        self.replication.answers.insert(
+            answer,
+            PendingAnswer { to, id, partitions: out, data: vec![Bytes::new(); n], remaining: reads.len() },
+        );
+        if reads.is_empty() {
+            return self.send_answer(answer);
+        }
+        for (index, file, position, len) in reads {
+            self.issue(DiskOp::Read { file, position, len: len as usize }, Purpose::ReplicaRead { answer, index });
+        }
+    }
+
+    pub(super) fn on_replica_read(&mut self, answer: u64, index: usize, result: Result<DiskReply, crate::io::DiskError>) {
+        let Some(a) = self.replication.answers.get_mut(&answer) else { return };
+        match result {
+            Ok(DiskReply::Data(d)) => {
+                a.partitions[index].records_len = u32::try_from(d.len()).unwrap_or(0);
+                a.data[index] = d;
+            }
+            Ok(_) | Err(_) => {
+                tracing::warn!("a read for a follower failed; it fetches again");
+            }
+        }
+        a.remaining -= 1;
+        if a.remaining == 0 {
+            self.send_answer(answer);
+        }
+    }
+
+    fn send_answer(&mut self, answer: u64) {
+        let Some(mut a) = self.replication.answers.remove(&answer) else { return };
+        for (p, d) in a.partitions.iter_mut().zip(&a.data) {
+            p.records_len = u32::try_from(d.len()).unwrap_or(0);
+        }
+        let msg = ReplicaMessage::FetchResponse { id: a.id, partitions: a.partitions };
+        self.send_peer_with_tail(a.to, Body::Replica(msg), &a.data);
+    }
+
+    /// Answers the held fetches that now have something new, or whose wait is over.
+    fn wake_parked(&mut self, expired_only: bool) {
+        let now = self.now.mono;
+        let parked = std::mem::take(&mut self.replication.parked);
+        for f in parked {
+            if f.deadline <= now || (!expired_only && self.fetch_has_news(f.from, &f.partitions)) {
+                self.answer_fetch(f.from, f.id, f.partitions);
+            } else {
+                self.replication.parked.push(f);
+            }
+        }
+    }
+
+    // ---- the ISR ------------------------------------------------------------------------
+
+    /// Asks the controller for the ISR the leader's view of its followers calls for, unless
+    /// a change is already waiting.
+    fn maybe_alter_isr(&mut self, tp: Tp) {
+        let me = self.me_id();
+        let now = self.now.mono;
+        let lag = self.config.replication.replica_lag_time_max_ms;
+        let image = &self.cluster.image;
+        let eligible = |id: i32, epoch: i64| image.brokers.get(&id).is_some_and(|b| !b.fenced && b.epoch == epoch);
+        let Some(p) = self.partition(tp) else { return };
+        let Role::Leader(l) = &p.role else { return };
+        if p.replicas.len() <= 1 || l.pending.as_ref().is_some_and(|(_, at)| now.millis_since(*at) < ALTER_PARTITION_RETRY_MS) {
+            return;
+        }
+        let Some(isr) = l.isr_change(me, p.log.high_watermark, now, lag, eligible) else { return };
+        let my_epoch = image.brokers.get(&me).map_or(-1, |b| b.epoch);
+        let members: Vec<(i32, i64)> = isr
+            .iter()
+            .map(|id| (*id, if *id == me { my_epoch } else { l.followers.get(id).map_or(-1, |f| f.broker_epoch) }))
+            .collect();
+        let msg = BrokerMessage::AlterPartition {
+            topic: tp.0,
+            partition: tp.1,
+            leader_epoch: l.leader_epoch,
+            partition_epoch: l.partition_epoch,
+            isr: members,
+        };
+        tracing::info!(dir = %p.log.dir, from = ?l.isr, to = ?isr, "asking the controller to change the ISR");
+        if let Some(Role::Leader(l)) = self.partition_mut(tp).map(|p| &mut p.role) {
+            l.pending = Some((isr, now));
+        }
+        match self.controller() {
+            Some(c) if c == me => self.on_broker_message(me, msg),
+            Some(c) => self.send_peer(c, Body::Broker(msg)),
+            None => {}
+        }
+    }
+
+    fn check_isrs(&mut self) {
+        let tps: Vec<Tp> = self
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions.iter().enumerate().filter(|(_, p)| p.leads() && p.replicas.len() > 1).map(|(i, _)| (t.id, i as i32))
+            })
+            .collect();
+        for tp in tps {
+            self.maybe_alter_isr(tp);
+        }
+    }
+
+    // ---- the controller -----------------------------------------------------------------
+
+    /// A leader asks for a new ISR: committed if it builds on the current registration, the
+    /// leader stays in it, and every member joining is a registered, unfenced broker of the
+    /// epoch the leader saw (KIP-841/903).
+    pub(super) fn on_alter_partition(
+        &mut self,
+        from: i32,
+        topic: [u8; 16],
+        partition: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<(i32, i64)>,
+    ) {
+        let tp = (topic, partition);
+        let Some((_, img)) = self.cluster.image.partition(&topic, partition) else { return };
+        let image = &self.cluster.image;
+        let joining_ok = isr.iter().all(|(id, epoch)| {
+            img.isr.contains(id) || image.brokers.get(id).is_some_and(|b| !b.fenced && b.epoch == *epoch)
+        });
+        let valid = img.leader == from
+            && img.leader_epoch == leader_epoch
+            && img.partition_epoch == partition_epoch
+            && isr.iter().any(|(id, _)| *id == from)
+            && isr.iter().all(|(id, _)| img.replicas.contains(id))
+            && joining_ok;
+        if !valid {
+            tracing::debug!(from, partition, leader_epoch, partition_epoch, "ISR change refused");
+            return;
+        }
+        let rec = MetaRecord::PartitionChanged {
+            id: topic,
+            partition,
+            leader: from,
+            leader_epoch,
+            partition_epoch: partition_epoch + 1,
+            isr: isr.iter().map(|(id, _)| *id).collect(),
+        };
+        self.propose_partition_change(tp, rec);
+    }
+
+    fn propose_partition_change(&mut self, tp: Tp, rec: MetaRecord) {
+        let hw = self.meta.quorum.as_ref().map_or(0, |q| q.high_watermark());
+        if self.replication.in_flight.get(&tp).is_some_and(|at| *at >= hw) {
+            return;
+        }
+        let job = self.new_job(1, super::JobDone::Nothing);
+        if let Some(offset) = self.meta_append(&rec, job) {
+            self.replication.in_flight.insert(tp, offset);
+        }
+    }
+
+    /// Elects leaders and trims ISRs after brokers are fenced or come back (clean elections
+    /// only: a leader comes from the ISR).
+    fn reconcile_partitions(&mut self) {
+        if !std::mem::take(&mut self.replication.reconcile_due) || !self.config.is_cluster() {
+            return;
+        }
+        if !self.controller_epoch_check() {
+            return;
+        }
+        let image = &self.cluster.image;
+        let fenced = |b: i32| image.brokers.get(&b).is_none_or(|x| x.fenced);
+        let mut changes = Vec::new();
+        for t in image.topics.values() {
+            for (i, p) in t.parts.iter().enumerate() {
+                if let Some(w) = p.wanted(fenced) {
+                    let i = i32::try_from(i).expect("bounded");
+                    changes.push((
+                        (t.id, i),
+                        MetaRecord::PartitionChanged {
+                            id: t.id,
+                            partition: i,
+                            leader: w.leader,
+                            leader_epoch: w.leader_epoch,
+                            partition_epoch: w.partition_epoch,
+                            isr: w.isr,
+                        },
+                    ));
+                }
+            }
+        }
+        for (tp, rec) in changes {
+            tracing::info!(?rec, "partition change");
+            self.propose_partition_change(tp, rec);
+        }
+    }
+
+    /// A committed partition change: the controller may propose the next one for it.
+    pub(super) fn partition_change_applied(&mut self, id: [u8; 16], partition: i32) {
+        self.replication.in_flight.remove(&(id, partition));
+        self.replication.reconcile_due = true;
+        if self.names.contains_key(&id) {
+            self.refresh_role((id, partition));
+        }
+    }
+
+    /// The controller starts a new epoch of leadership: nothing of the last one is in flight.
+    pub(super) fn replication_controller_reset(&mut self) {
+        self.replication.in_flight.clear();
+        self.replication.reconcile_due = true;
+    }
+
+    // ---- plumbing -----------------------------------------------------------------------
+
+    pub(super) fn on_replica_message(&mut self, from: i32, msg: ReplicaMessage, tail: Bytes) {
+        if self.phase != super::Phase::Serving {
+            return; // the follower asks again; an answer is stale by then
+        }
+        match msg {
+            ReplicaMessage::Fetch { id, broker_epoch, max_wait_ms, partitions } => {
+                self.on_replica_fetch(from, id, broker_epoch, max_wait_ms, partitions)
+            }
+            ReplicaMessage::FetchResponse { id, partitions } => self.on_fetch_response(from, id, partitions, tail),
+        }
+    }
+
+    pub(super) fn after_input_replication(&mut self) {
+        if std::mem::take(&mut self.replication.wake_parked) {
+            self.wake_parked(false);
+        }
+        self.reconcile_partitions();
+        self.send_fetches();
+    }
+
+    pub(super) fn replication_timeout(&mut self) {
+        let now = self.now.mono;
+        self.wake_parked(true);
+        for f in self.replication.fetchers.values_mut() {
+            // A fetch given up on, or a backoff over: fetch again.
+            if f.in_flight.is_some_and(|(_, d)| d <= now) {
+                f.in_flight = None;
+                self.replication.fetch_due = true;
+            }
+            if f.not_before != Instant::ZERO && f.not_before <= now {
+                f.not_before = Instant::ZERO;
+                self.replication.fetch_due = true;
+            }
+        }
+        let interval = (self.config.replication.replica_lag_time_max_ms / 2).max(1);
+        if self.replication.next_isr_check.is_none_or(|t| t <= now) {
+            self.replication.next_isr_check = Some(now.plus_millis(interval));
+            self.check_isrs();
+            // Changes a controller could not propose then (its log refused them) are tried
+            // again on the same beat.
+            self.replication.reconcile_due |= self.is_controller();
+        }
+    }
+
+    pub(super) fn replication_poll_timeout(&self) -> Option<Instant> {
+        if !self.config.is_cluster() || self.phase != super::Phase::Serving {
+            return None;
+        }
+        let r = &self.replication;
+        let parked = r.parked.iter().map(|p| p.deadline).min();
+        let fetchers = r
+            .fetchers
+            .values()
+            .flat_map(|f| [f.in_flight.map(|(_, d)| d), (f.not_before != Instant::ZERO).then_some(f.not_before)])
+            .flatten()
+            .min();
+        [parked, fetchers, r.next_isr_check.or(Some(self.now.mono))].into_iter().flatten().min()
+    }
+}
