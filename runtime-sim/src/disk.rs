@@ -211,6 +211,11 @@ impl SimDisk {
         self.files.get(path).map(|f| f.current.as_slice())
     }
 
+    /// The files directly in `dir`, by name (sorted).
+    pub fn list_files(&self, dir: &str) -> Vec<String> {
+        self.files.keys().filter(|f| parent(f) == dir).cloned().collect()
+    }
+
     /// A file's handle, for resolving zero-copy file ranges.
     pub fn read_range(&self, file: FileId, position: u64, len: usize) -> Option<Bytes> {
         let f = self.files.get(self.handles.get(&file)?)?;

@@ -274,6 +274,7 @@ impl World {
         slot.timer_at = None;
         slot.disk_busy_until = self.now;
         let t = slot.clock.at(self.now);
+        let _span = tracing::debug_span!("node", id = i + 1).entered();
         slot.node = Some(Node::new(slot.config.clone(), seed, t));
         self.trace.record(self.now, "boot", i as u64, slot.inc);
         self.drain(i);
@@ -344,6 +345,7 @@ impl World {
             return;
         }
         let report = self.slots[i].disk.crash(&mut self.rng.disk);
+        tracing::info!(node = i + 1, torn_writes = report.torn_writes, lost = report.files_with_lost_writes, "simulator: node crashed");
         self.stats.crashes += 1;
         self.stats.torn_writes += report.torn_writes as u64;
         self.stats.lost_writes += report.files_with_lost_writes as u64;
@@ -540,6 +542,8 @@ impl World {
 
     fn handle(&mut self, i: usize, input: Input) {
         let t = self.slots[i].clock.at(self.now);
+        // Node logs say which node they come from.
+        let _span = tracing::debug_span!("node", id = i + 1).entered();
         self.slots[i].node.as_mut().expect("checked by the caller").handle(t, input);
         self.drain(i);
     }

@@ -27,6 +27,7 @@ use sluice_core::{BrokerId, ConnId, NodeConfig, Offset};
 use sluice_runtime_sim::{Env, Harness, Nanos, World, MS, US};
 
 use crate::codec;
+use crate::replicated::{self, Replicated};
 use crate::RunOpts;
 
 const NODES: usize = 3;
@@ -74,6 +75,11 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
             quorum_fetch_timeout_ms: 2_000 / scale,
             broker_heartbeat_interval_ms: 2_000 / scale,
             broker_session_timeout_ms: 9_000 / scale,
+            replication: sluice_core::config::ReplicationConfig {
+                replica_lag_time_max_ms: 3_000 / scale,
+                replica_fetch_wait_max_ms: 500 / scale,
+                ..Default::default()
+            },
             ..NodeConfig::default()
         })
         .collect();
@@ -103,6 +109,8 @@ struct Run {
     healed: bool,
     /// A topic was created after the heal: the cluster takes changes again.
     acked_after_heal: bool,
+    /// Producers on a replicated topic.
+    repl: Replicated,
 }
 
 impl Run {
@@ -196,11 +204,15 @@ impl Run {
         views.iter().all(|v| v.is_some_and(|(a, _)| a == applied))
             && image.live_brokers().count() == NODES
             && self.acked_after_heal
+            && self.repl.converged(w)
     }
 }
 
 impl Harness for Run {
     fn on_response(&mut self, w: &mut World, conn: ConnId, frame: Bytes) {
+        if self.repl.owns(conn) {
+            return self.repl.on_response(w, conn, frame);
+        }
         let Some((name, partitions, c, cid)) = self.pending.clone() else { return };
         if c != conn {
             return;
@@ -231,6 +243,9 @@ impl Harness for Run {
     }
 
     fn on_closed(&mut self, w: &mut World, conn: ConnId) {
+        if self.repl.owns(conn) {
+            return self.repl.on_closed(w, conn);
+        }
         if self.pending.as_ref().is_some_and(|p| p.2 == conn) {
             self.pending = None;
             // The topic may or may not exist: use another name.
@@ -239,8 +254,9 @@ impl Harness for Run {
         }
     }
 
-    fn on_timer(&mut self, w: &mut World, _client: usize, token: u64) {
+    fn on_timer(&mut self, w: &mut World, client: usize, token: u64) {
         match token {
+            replicated::T_CREATE | replicated::T_PRODUCE => self.repl.on_timer(w, client, token),
             CREATE => {
                 if self.pending.is_none() {
                     self.create(w);
@@ -267,6 +283,7 @@ impl Harness for Run {
             }
             HEAL => {
                 self.healed = true;
+                self.repl.heal();
                 w.heal();
                 // One more creation after the heal: the cluster must take it.
                 w.set_timer(ADMIN, CREATE, MS);
@@ -284,6 +301,9 @@ pub struct ClusterReport {
     pub events: u64,
     pub acked: usize,
     pub answers: BTreeMap<i16, u64>,
+    /// Records acknowledged on the replicated topic, and Produce answers by error code.
+    pub records_acked: usize,
+    pub produce_answers: BTreeMap<i16, u64>,
     pub violations: Vec<String>,
     pub trace: u64,
 }
@@ -301,14 +321,16 @@ impl ClusterReport {
     pub fn summary(&self) -> String {
         let mut out = format!("seed {} (cluster)\nplan: {}\n", self.seed, self.plan);
         out += &format!(
-            "simulated {:.3} s, {} events; topics acknowledged {}; CreateTopics answers by error code {:?}\n",
+            "simulated {:.3} s, {} events; topics acknowledged {}; CreateTopics answers by error code {:?}; replicated records acknowledged {}, Produce answers by error code {:?}\n",
             self.sim_ns as f64 / 1e9,
             self.events,
             self.acked,
-            self.answers
+            self.answers,
+            self.records_acked,
+            self.produce_answers
         );
         if self.ok() {
-            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, placement ok, convergence ok\n";
+            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, placement ok, one-leader-per-epoch ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, convergence ok\n";
         } else {
             out += "checkers: FAILED\n";
             for v in &self.violations {
@@ -334,6 +356,8 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
         events: 0,
         acked: 0,
         answers: BTreeMap::new(),
+        records_acked: 0,
+        produce_answers: BTreeMap::new(),
         violations: vec![format!("panic: {}", crate::panic_message(&*e))],
         trace: 0,
     });
@@ -358,7 +382,8 @@ fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
 
 fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     let (plan, env, configs) = draw(seed, opts);
-    let plan_text = describe(&plan, &env, &configs[0]);
+    let repl = Replicated::new(NODES, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x7e91_1ca7_ed00_0000));
+    let plan_text = format!("{}; {}", describe(&plan, &env, &configs[0]), repl.describe());
     let mut run = Run {
         plan: plan.clone(),
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),
@@ -372,8 +397,10 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         violations: Vec::new(),
         healed: false,
         acked_after_heal: false,
+        repl,
     };
     let mut w = World::new(seed, configs, env);
+    run.repl.start(&mut w);
     w.set_timer(ADMIN, CREATE, plan.create_every);
     w.set_timer(ADMIN, HEAL, plan.safety);
     for (every, token) in [(plan.crash_every, CRASH), (plan.isolate_every, ISOLATE)] {
@@ -386,6 +413,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     while w.next_event_at().is_some_and(|t| t <= deadline) {
         w.step(&mut run);
         run.check_agreement(&w);
+        run.repl.observe(&w);
         if run.healed && run.converged(&w) {
             converged = true;
             break;
@@ -405,6 +433,8 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         run.violation(&w, msg);
     }
     run.final_checks(&w);
+    run.repl.final_checks(&w);
+    run.violations.extend(run.repl.violations.iter().cloned());
     ClusterReport {
         seed,
         mutant: opts.mutant.clone(),
@@ -413,6 +443,8 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         events: w.stats.events,
         acked: run.acked.len(),
         answers: run.answers.clone(),
+        records_acked: run.repl.acked(),
+        produce_answers: run.repl.answers.clone(),
         violations: run.violations.clone(),
         trace: w.trace.hash(),
     }

@@ -12,6 +12,7 @@ pub mod group;
 pub mod group848;
 pub mod quorum;
 pub mod quorum_checker;
+pub mod replicated;
 pub mod txn;
 pub mod workload;
 

@@ -240,10 +240,16 @@ impl Node {
                 // A fenced broker's partitions need new leaders and ISRs.
                 self.replication.reconcile_due = true;
                 self.hw_moved = true;
+                if id == self.me() {
+                    self.refresh_all_roles(); // this node may lead nothing now
+                }
             }
             MetaRecord::BrokerUnfenced { id, .. } => {
                 self.cluster.in_flight.remove(&id);
                 self.replication.reconcile_due = true;
+                if id == self.me() {
+                    self.refresh_all_roles(); // this node may lead what names it now
+                }
             }
             MetaRecord::PartitionChanged { id, partition, .. } => self.partition_change_applied(id, partition),
             MetaRecord::TopicCreated { .. }

@@ -35,6 +35,20 @@ use crate::types::{ConnId, FileId, Instant, Offset, OpId, Time};
 
 pub use recovery::RecoveryStats;
 
+/// What [`Node::replica_view`] shows of one partition replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub online: bool,
+    pub leads: bool,
+    pub leader_epoch: i32,
+    /// The ISR, on the leader.
+    pub isr: Vec<i32>,
+    pub log_start: Offset,
+    pub high_watermark: Offset,
+    pub durable_end: Offset,
+    pub log_end: Offset,
+}
+
 /// A topic's id (Kafka's UUID).
 pub type TopicId = [u8; 16];
 /// A partition, named by its topic's id so a stale reference can never hit a new topic of the
@@ -458,6 +472,22 @@ impl Node {
     /// What recovery found at start-up.
     pub fn recovery_stats(&self) -> &RecoveryStats {
         &self.recovery.stats
+    }
+
+    /// A partition replica as this node holds it (for the simulator's checkers and tools).
+    pub fn replica_view(&self, topic: &str, partition: i32) -> Option<ReplicaView> {
+        let p = self.topics.get(topic)?.partition(partition)?;
+        let l = &p.log;
+        Some(ReplicaView {
+            online: p.state == PartState::Online,
+            leads: p.leads(),
+            leader_epoch: p.role.leader_epoch(),
+            isr: p.role.leadership().map(|l| l.isr.clone()).unwrap_or_default(),
+            log_start: l.log_start_offset,
+            high_watermark: l.high_watermark,
+            durable_end: l.durable_end,
+            log_end: l.log_end_offset,
+        })
     }
 
     /// High watermark and log end offset of a partition (for tests, the simulator and tools).

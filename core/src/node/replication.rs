@@ -90,6 +90,18 @@ impl Node {
         self.config.node_id.0
     }
 
+    /// This process is registered (its own incarnation) and unfenced: it may lead. A node
+    /// alone is always.
+    fn registered_unfenced(&self) -> bool {
+        !self.config.is_cluster()
+            || self
+                .cluster
+                .image
+                .brokers
+                .get(&self.me_id())
+                .is_some_and(|b| !b.fenced && b.incarnation == self.cluster.incarnation)
+    }
+
     /// Sets every partition's role from the metadata (when the node starts serving).
     pub(super) fn refresh_all_roles(&mut self) {
         let tps: Vec<Tp> =
@@ -115,6 +127,7 @@ impl Node {
         }
         let me = self.me_id();
         let image = self.registration(tp);
+        let may_lead = self.registered_unfenced();
         let now = self.now.mono;
         let Some(p) = self.partition_mut(tp) else { return };
         let Some(img) = image.filter(|i| i.replicas.contains(&me) && p.state == PartState::Online) else {
@@ -124,7 +137,12 @@ impl Node {
             }
             return;
         };
-        let new = if img.leader == me {
+        let new = if img.leader == me && !may_lead {
+            // A restarted broker's old registration still names it leader: it leads again only
+            // once the controller has seen it back (a new registration, unfenced), by which
+            // time the controller has moved leadership in a new epoch or re-elected it in one.
+            Role::Idle { leader_epoch: img.leader_epoch }
+        } else if img.leader == me {
             if let Role::Leader(l) = &mut p.role {
                 if l.leader_epoch == img.leader_epoch {
                     if l.partition_epoch != img.partition_epoch {

@@ -331,12 +331,17 @@ impl Quorum {
         self.high_watermark
     }
     /// This member knows every entry that was committed before it started: it leads and its
-    /// LeaderChange entry is committed, or it follows and its high watermark has reached the
-    /// one its leader last reported. Only then is its committed prefix a complete view.
+    /// LeaderChange entry is committed, or it follows, its high watermark has reached the one
+    /// its leader last reported, and that covers an entry of the leader's epoch (a new
+    /// leader's high watermark lags what was committed until its own first entry is: until
+    /// then, following it proves nothing). Only then is its committed prefix a complete view.
     pub fn caught_up(&self) -> bool {
         match &self.role {
             Role::Leader(l) => self.high_watermark > l.epoch_start,
-            Role::Follower { .. } => self.leader_hw.is_some_and(|hw| self.high_watermark >= hw),
+            Role::Follower { .. } => {
+                self.leader_hw.is_some_and(|hw| self.high_watermark >= hw)
+                    && self.log.epoch_at(self.high_watermark - 1) == Some(self.epoch)
+            }
             _ => false,
         }
     }

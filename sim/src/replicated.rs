@@ -1,0 +1,434 @@
+//! The `cluster` scenario's replicated workload: a topic with three replicas and
+//! `min.insync.replicas=2`, and producers writing to it with acks=all through whichever node
+//! they reach (moving on when told NOT_LEADER_OR_FOLLOWER, as clients do after a metadata
+//! refresh), while nodes crash and are cut off.
+//!
+//! Checked, in Jepsen's words where they apply:
+//! - **one leader per epoch**: two nodes never lead a partition in the same leader epoch;
+//! - **lost-write**: every record acknowledged at an offset is at that offset at the end;
+//! - **inconsistent-offsets**: the three replicas hold the same records below the high
+//!   watermark, byte for byte as the leader wrote them;
+//! - **duplicate**: no value is in a partition twice (the producers never resend one);
+//! - **phantom**: every value in a log was sent to that partition, and none that was refused
+//!   outright (NOT_ENOUGH_REPLICAS: nothing written) is there;
+//! - **convergence** (liveness): after the heal, each partition has one leader, all three
+//!   replicas in its ISR and at its high watermark, and takes writes again.
+//!
+//! A send that ends in a timeout, a closed connection or NOT_LEADER_OR_FOLLOWER is
+//! indefinite: it may or may not be in the log, and either is correct.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::{
+    produce_request, ApiKey, CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use sluice_core::{ConnId, Offset};
+use sluice_runtime_sim::{Nanos, SimDisk, World, MS};
+
+use crate::codec;
+
+pub const TOPIC: &str = "replicated";
+/// The client that creates the topic; producers are the clients after it.
+const CREATOR: usize = 1;
+/// Timer tokens: creating the topic, and a producer's next send.
+pub const T_CREATE: u64 = 16;
+pub const T_PRODUCE: u64 = 17;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    InFlight,
+    Acked,
+    /// Refused before anything was written (NOT_ENOUGH_REPLICAS).
+    Refused,
+    /// May or may not have been written.
+    Indefinite,
+}
+
+struct Producer {
+    partition: i32,
+    /// The node it sends to; it moves on after an error.
+    node: usize,
+    conn: Option<ConnId>,
+    in_flight: Option<(i32, Vec<String>)>,
+    next_value: u64,
+    acked_after_heal: bool,
+}
+
+pub struct Replicated {
+    nodes: usize,
+    pub partitions: i32,
+    every: Nanos,
+    producers: Vec<Producer>,
+    creating: Option<(ConnId, i32)>,
+    pub created: bool,
+    next_cid: i32,
+    sent: BTreeMap<String, (i32, Status)>,
+    acked: BTreeMap<(i32, Offset), String>,
+    /// Which node led each (partition, leader epoch).
+    leaders: BTreeMap<(i32, i32), usize>,
+    pub answers: BTreeMap<i16, u64>,
+    pub violations: Vec<String>,
+    healed: bool,
+}
+
+impl Replicated {
+    pub fn new(nodes: usize, rng: &mut ChaCha8Rng) -> Replicated {
+        let partitions = rng.gen_range(1..=3);
+        let producers = (0..rng.gen_range(1..=3))
+            .map(|k| Producer {
+                partition: k % partitions,
+                node: rng.gen_range(0..nodes),
+                conn: None,
+                in_flight: None,
+                next_value: 0,
+                acked_after_heal: false,
+            })
+            .collect();
+        Replicated {
+            nodes,
+            partitions,
+            every: [2u64, 10, 50][rng.gen_range(0..3)] * MS,
+            producers,
+            creating: None,
+            created: false,
+            next_cid: 0,
+            sent: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            violations: Vec::new(),
+            healed: false,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "topic {TOPIC}: {} partitions x 3 replicas, min.insync.replicas 2, {} acks=all producers every {} ms",
+            self.partitions,
+            self.producers.len(),
+            self.every / MS
+        )
+    }
+
+    pub fn acked(&self) -> usize {
+        self.acked.len()
+    }
+
+    fn violation(&mut self, w: &World, what: String) {
+        if self.violations.len() < 20 {
+            self.violations.push(format!("t={}ms: {what}", w.now() / MS));
+        }
+    }
+
+    pub fn start(&mut self, w: &mut World) {
+        w.set_timer(CREATOR, T_CREATE, 10 * MS);
+    }
+
+    pub fn heal(&mut self) {
+        self.healed = true;
+    }
+
+    pub fn owns(&self, conn: ConnId) -> bool {
+        self.creating.is_some_and(|(c, _)| c == conn) || self.producers.iter().any(|p| p.conn == Some(conn))
+    }
+
+    fn create(&mut self, w: &mut World) {
+        if self.created || self.creating.is_some() {
+            return;
+        }
+        let node = w.workload_rng().gen_range(0..self.nodes);
+        if !w.is_up(node) {
+            w.set_timer(CREATOR, T_CREATE, 100 * MS);
+            return;
+        }
+        let mut t = CreatableTopic::default();
+        t.name = TopicName(StrBytes::from_static_str(TOPIC));
+        t.num_partitions = self.partitions;
+        t.replication_factor = 3;
+        let mut c = kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default();
+        c.name = StrBytes::from_static_str("min.insync.replicas");
+        c.value = Some(StrBytes::from_static_str("2"));
+        t.configs = vec![c];
+        let mut req = CreateTopicsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = 10_000;
+        self.next_cid += 1;
+        let conn = w.connect(CREATOR, node);
+        w.send(conn, codec::frame(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, self.next_cid, &req));
+        self.creating = Some((conn, self.next_cid));
+    }
+
+    fn on_created(&mut self, w: &mut World, conn: ConnId, frame: Bytes) {
+        w.close(conn);
+        self.creating = None;
+        let code = codec::decode::<CreateTopicsResponse>(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, frame)
+            .map(|(_, r)| r.topics.first().map_or(-1, |t| t.error_code))
+            .unwrap_or(-1);
+        if matches!(code, 0 | 36) {
+            self.created = true;
+            for k in 0..self.producers.len() {
+                w.set_timer(CREATOR + 1 + k, T_PRODUCE, self.every);
+            }
+        } else {
+            w.set_timer(CREATOR, T_CREATE, 100 * MS);
+        }
+    }
+
+    fn send(&mut self, w: &mut World, k: usize) {
+        let healed = self.healed;
+        let p = &mut self.producers[k];
+        if p.in_flight.is_some() || (healed && p.acked_after_heal) {
+            return;
+        }
+        if !w.is_up(p.node) {
+            p.node = (p.node + 1) % self.nodes;
+            w.set_timer(CREATOR + 1 + k, T_PRODUCE, self.every);
+            return;
+        }
+        let conn = match p.conn {
+            Some(c) => c,
+            None => {
+                let c = w.connect(CREATOR + 1 + k, p.node);
+                p.conn = Some(c);
+                c
+            }
+        };
+        let n = w.workload_rng().gen_range(1..=4);
+        let values: Vec<String> = (0..n)
+            .map(|i| {
+                let v = format!("p{k}-{}", p.next_value + i);
+                v
+            })
+            .collect();
+        p.next_value += n;
+        let mut pd = produce_request::PartitionProduceData::default();
+        pd.index = p.partition;
+        pd.records = Some(codec::batch_of(&values, 1_700_000_000_000));
+        let mut td = produce_request::TopicProduceData::default();
+        td.name = TopicName(StrBytes::from_static_str(TOPIC));
+        td.partition_data = vec![pd];
+        let mut req = ProduceRequest::default();
+        req.acks = -1;
+        req.timeout_ms = 2_000;
+        req.topic_data = vec![td];
+        self.next_cid += 1;
+        w.send(conn, codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, self.next_cid, &req));
+        for v in &values {
+            self.sent.insert(v.clone(), (p.partition, Status::InFlight));
+        }
+        p.in_flight = Some((self.next_cid, values));
+    }
+
+    fn settle(&mut self, values: &[String], status: Status) {
+        for v in values {
+            if let Some(s) = self.sent.get_mut(v) {
+                s.1 = status;
+            }
+        }
+    }
+
+    fn on_produced(&mut self, w: &mut World, k: usize, frame: Bytes) {
+        let Some((cid, values)) = self.producers[k].in_flight.take() else { return };
+        let partition = self.producers[k].partition;
+        let resp = codec::decode::<ProduceResponse>(ApiKey::Produce, codec::PRODUCE_VERSION, frame);
+        let pr = match &resp {
+            Ok((got, r)) if *got == cid => r.responses.first().and_then(|t| t.partition_responses.first()),
+            _ => None,
+        };
+        let Some(pr) = pr else {
+            self.violation(w, format!("producer {k}: an undecodable or mismatched produce answer"));
+            return;
+        };
+        let code = pr.error_code;
+        *self.answers.entry(code).or_default() += 1;
+        match code {
+            0 => {
+                for (i, v) in values.iter().enumerate() {
+                    let offset = pr.base_offset + i as i64;
+                    if let Some(other) = self.acked.insert((partition, offset), v.clone()) {
+                        self.violation(
+                            w,
+                            format!("partition {partition} offset {offset} acknowledged for {other:?} and then {v:?}"),
+                        );
+                    }
+                }
+                self.settle(&values, Status::Acked);
+                self.producers[k].acked_after_heal |= self.healed;
+            }
+            19 => self.settle(&values, Status::Refused),
+            _ => {
+                self.settle(&values, Status::Indefinite);
+                let p = &mut self.producers[k];
+                p.node = (p.node + 1) % self.nodes;
+                if let Some(c) = p.conn.take() {
+                    w.close(c);
+                }
+            }
+        }
+        w.set_timer(CREATOR + 1 + k, T_PRODUCE, self.every);
+    }
+
+    pub fn on_response(&mut self, w: &mut World, conn: ConnId, frame: Bytes) {
+        if self.creating.is_some_and(|(c, _)| c == conn) {
+            return self.on_created(w, conn, frame);
+        }
+        if let Some(k) = self.producers.iter().position(|p| p.conn == Some(conn)) {
+            self.on_produced(w, k, frame);
+        }
+    }
+
+    pub fn on_closed(&mut self, w: &mut World, conn: ConnId) {
+        if self.creating.is_some_and(|(c, _)| c == conn) {
+            self.creating = None;
+            w.set_timer(CREATOR, T_CREATE, 100 * MS);
+        }
+        if let Some(k) = self.producers.iter().position(|p| p.conn == Some(conn)) {
+            let p = &mut self.producers[k];
+            p.conn = None;
+            p.node = (p.node + 1) % self.nodes;
+            if let Some((_, values)) = p.in_flight.take() {
+                self.settle(&values, Status::Indefinite);
+            }
+            w.set_timer(CREATOR + 1 + k, T_PRODUCE, self.every);
+        }
+    }
+
+    pub fn on_timer(&mut self, w: &mut World, client: usize, token: u64) {
+        match token {
+            T_CREATE => self.create(w),
+            T_PRODUCE if client > CREATOR => self.send(w, client - CREATOR - 1),
+            _ => {}
+        }
+    }
+
+    /// After every event: no two nodes lead a partition in one leader epoch.
+    pub fn observe(&mut self, w: &World) {
+        if !self.created {
+            return;
+        }
+        for i in 0..self.nodes {
+            let Some(n) = w.node(i) else { continue };
+            for p in 0..self.partitions {
+                let Some(v) = n.replica_view(TOPIC, p).filter(|v| v.leads) else { continue };
+                match self.leaders.get(&(p, v.leader_epoch)) {
+                    None => {
+                        self.leaders.insert((p, v.leader_epoch), i);
+                    }
+                    Some(&other) if other != i => {
+                        let msg = format!(
+                            "nodes {} and {} both lead partition {p} in leader epoch {}",
+                            other + 1,
+                            i + 1,
+                            v.leader_epoch
+                        );
+                        self.violation(w, msg);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Settled after the heal: one leader per partition with every replica in its ISR and at
+    /// its high watermark, and every producer's writes taken again.
+    pub fn converged(&self, w: &World) -> bool {
+        if !self.created || !self.producers.iter().all(|p| p.acked_after_heal) {
+            return false;
+        }
+        (0..self.partitions).all(|p| {
+            let views: Vec<_> = (0..self.nodes).filter_map(|i| w.node(i)?.replica_view(TOPIC, p)).collect();
+            let leaders: Vec<_> = views.iter().filter(|v| v.leads).collect();
+            views.len() == self.nodes
+                && leaders.len() == 1
+                && leaders[0].isr.len() == self.nodes
+                && views.iter().all(|v| v.online && v.log_end == leaders[0].high_watermark)
+        })
+    }
+
+    /// At the end: the replicas agree, and hold every acknowledged record where it was
+    /// acknowledged, no value twice and none that was never sent.
+    pub fn final_checks(&mut self, w: &World) {
+        if !self.created {
+            return;
+        }
+        for p in 0..self.partitions {
+            let leader = (0..self.nodes).find(|i| w.node(*i).and_then(|n| n.replica_view(TOPIC, p)).is_some_and(|v| v.leads));
+            let Some(leader) = leader else {
+                self.violation(w, format!("partition {p} has no leader at the end"));
+                continue;
+            };
+            let hw = w.node(leader).and_then(|n| n.replica_view(TOPIC, p)).map_or(0, |v| v.high_watermark);
+            let logs: Vec<Result<Vec<(i64, String)>, String>> =
+                (0..self.nodes).map(|i| read_log(w.disk(i), &format!("{TOPIC}-{p}"))).collect();
+            let theirs = match &logs[leader] {
+                Ok(l) => l.clone(),
+                Err(e) => {
+                    self.violation(w, format!("partition {p}: the leader's log does not read back: {e}"));
+                    continue;
+                }
+            };
+            let below = |l: &[(i64, String)]| l.iter().filter(|(o, _)| *o < hw).cloned().collect::<Vec<_>>();
+            for (i, log) in logs.iter().enumerate() {
+                match log {
+                    Ok(l) if below(l) == below(&theirs) => {}
+                    Ok(l) => {
+                        let at = below(l).iter().zip(below(&theirs)).position(|(a, b)| *a != b);
+                        let msg = format!(
+                            "inconsistent-offsets: partition {p}: node {} and the leader (node {}) differ below the high watermark {hw} (first at record {at:?}; {} and {} records)",
+                            i + 1,
+                            leader + 1,
+                            below(l).len(),
+                            below(&theirs).len()
+                        );
+                        self.violation(w, msg);
+                    }
+                    Err(e) => self.violation(w, format!("partition {p}: node {}'s log does not read back: {e}", i + 1)),
+                }
+            }
+            let by_offset: BTreeMap<i64, &String> = theirs.iter().map(|(o, v)| (*o, v)).collect();
+            let lost: Vec<(i64, String)> = self
+                .acked
+                .iter()
+                .filter(|((q, o), v)| *q == p && by_offset.get(o) != Some(v))
+                .map(|((_, o), v)| (*o, v.clone()))
+                .collect();
+            if let Some((o, v)) = lost.first() {
+                let msg = format!(
+                    "lost-write: partition {p}: {} acknowledged records are not where they were acknowledged (first: {v:?} at offset {o}, now {:?})",
+                    lost.len(),
+                    by_offset.get(o)
+                );
+                self.violation(w, msg);
+            }
+            let mut seen = BTreeMap::new();
+            for (o, v) in &theirs {
+                if let Some(first) = seen.insert(v.clone(), *o) {
+                    self.violation(w, format!("duplicate: partition {p}: {v:?} at offsets {first} and {o}"));
+                }
+                match self.sent.get(v) {
+                    Some((q, s)) if *q == p && *s != Status::Refused => {}
+                    Some((_, Status::Refused)) => self.violation(
+                        w,
+                        format!("phantom: partition {p}: {v:?} at offset {o} was refused with NOT_ENOUGH_REPLICAS"),
+                    ),
+                    _ => self.violation(w, format!("phantom: partition {p}: {v:?} at offset {o} was never sent there")),
+                }
+            }
+        }
+    }
+}
+
+/// The records of a partition directory's segments, in offset order.
+fn read_log(disk: &SimDisk, dir: &str) -> Result<Vec<(i64, String)>, String> {
+    let mut out = Vec::new();
+    for f in disk.list_files(dir).iter().filter(|f| f.ends_with(".log")) {
+        let bytes = disk.read_file(f).unwrap_or_default();
+        out.extend(codec::records(bytes)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,573 @@
+"""Replicated partitions on a three-node Sluice cluster, driven by real clients.
+
+The nodes are the combined KRaft nodes of `test_cluster.Cluster` (broker.session.timeout.ms
+= 4000). Topics are created with replication_factor 3 (or -1 for `default.replication.factor`);
+each partition has a leader, three replicas and an ISR in Metadata; followers copy the
+leader's log over the peer connection, and an acks=all produce is answered once the in-sync
+replicas hold the records. The tests kill (SIGKILL), pause (SIGSTOP) and restart nodes by PID
+and check, with confluent-kafka, kcat and kafka-python, that:
+
+- Metadata shows three replicas, an ISR of three and a leader per partition (confluent-kafka
+  and `kcat -L`); an idempotent acks=all producer carries on when the leader of its partition
+  is killed, and every acknowledged record is later read at its acknowledged offset; the
+  replicas' segment files are byte-identical;
+- a leader paused past the session timeout is replaced; on SIGCONT it follows the new leader,
+  rejoins the ISR and ends up with the new leader's bytes;
+- `min.insync.replicas` (topic config and broker default) refuses acks=all with
+  NOT_ENOUGH_REPLICAS while the ISR is short, acks=1 still works, and the ISR grows back;
+- a kill -9 of all three nodes at once loses no acknowledged record on any replica;
+- Metadata v5+ `offline_replicas` names a down broker's replicas (kafka-python's admin).
+
+The producers are confluent-kafka's with `enable.idempotence=True` (acks=all is librdkafka's
+default; its enable.idempotence default is false, so the idempotent producer the tests rely on
+for "in order, exactly once" is asked for, as in test_cluster.py); the acks tests set acks and
+retries where they are the subject.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic
+
+import wire
+from clients import ck_admin, ck_consume, ck_producer, kp_admin
+from conftest import BrokerStartError, unique_topic
+from test_cluster import SESSION_MS, Cluster, all_agree, wait_until
+
+ALL = [1, 2, 3]
+Part = collections.namedtuple("Part", "leader replicas isr error")
+
+
+# ------------------------------------------------------------------ fixtures and helpers
+
+
+@pytest.fixture
+def cluster_factory(request):
+    """Starts test_cluster's three-node Cluster, with extra `--override`s for every node.
+    Stops every node by PID at the end; keeps the temp dir when the test failed."""
+    made = []
+
+    def make(**extra):
+        c = Cluster()
+        for b in c.nodes:
+            b.overrides.update(extra)
+        made.append(c)
+        request.node._sluice_brokers = [b for m in made for b in m.nodes]
+        try:
+            c.start()
+        except BrokerStartError as e:
+            pytest.fail(str(e), pytrace=False)
+        return c
+
+    yield make
+    failed = any(getattr(request.node, "rep_" + w, None) is not None
+                 and getattr(request.node, "rep_" + w).failed for w in ("setup", "call"))
+    for c in made:
+        for b in c.nodes:  # a paused node would only die of the SIGKILL after SIGTERM's wait
+            if b.alive():
+                try:
+                    os.kill(b.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+        c.close(keep=failed)
+        if failed:
+            print("cluster temp dir kept: %s" % c.base)
+
+
+@pytest.fixture
+def cluster(cluster_factory):
+    return cluster_factory()
+
+
+def node_id(b):
+    return int(b.overrides["node.id"])
+
+
+def bootstrap_of(nodes):
+    return ",".join(b.bootstrap for b in nodes)
+
+
+def topic_state(node, topic):
+    """{partition: Part(leader, sorted replicas, sorted isr, error code)} as one node's
+    Metadata tells confluent-kafka, or None while it does not know the topic."""
+    md = ck_admin(node.bootstrap).list_topics(topic=topic, timeout=5)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        return None
+    return {p: Part(v.leader, sorted(v.replicas), sorted(v.isrs), v.error.code() if v.error else 0)
+            for p, v in t.partitions.items()}
+
+
+def agreed_state(nodes, topic, partitions, ok):
+    """The topic's partitions if every node in `nodes` reports the same and ok(part) holds
+    for each, else None."""
+    states = [topic_state(b, topic) for b in nodes]
+    if any(s is None or len(s) != partitions for s in states):
+        return None
+    if any(s != states[0] for s in states):
+        return None
+    return states[0] if all(ok(v) for v in states[0].values()) else None
+
+
+def fully_replicated(v):
+    return v.replicas == ALL and v.isr == ALL and v.leader in ALL and v.error == 0
+
+
+def wait_fully_replicated(nodes, topic, partitions, timeout=60, what=None):
+    return wait_until(what or "every node shows %s with 3 replicas, an ISR of 3 and a leader" % topic,
+                      lambda: agreed_state(nodes, topic, partitions, fully_replicated), timeout=timeout)
+
+
+def create_topic(bootstrap, topic, partitions, rf=3, config=None):
+    """CreateTopics through the admin client, retried while the controller moves; a retry
+    told TOPIC_ALREADY_EXISTS means the earlier try got through."""
+    tries = [0]
+
+    def attempt():
+        admin = ck_admin(bootstrap)  # kept alive until its future is answered
+        f = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=rf,
+                                          config=config or {})], request_timeout=15)[topic]
+        tries[0] += 1
+        try:
+            f.result(timeout=20)
+        except KafkaException as e:
+            if tries[0] > 1 and e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                return True
+            raise
+        return True
+
+    wait_until("topic %s is created" % topic, attempt, timeout=40)
+
+
+def controller_of(cluster):
+    views = wait_until("every node lists brokers 1-3 and one controller", lambda: all_agree(cluster, ALL))
+    return views[0][1]
+
+
+class Acks:
+    """Delivery reports of a confluent-kafka producer, with the time each arrived."""
+
+    def __init__(self):
+        self.ok = []      # (monotonic time, partition, offset, value)
+        self.failed = []  # (partition, value, KafkaError)
+
+    def cb(self, err, msg):
+        if err is None:
+            self.ok.append((time.monotonic(), msg.partition(), msg.offset(), msg.value()))
+        else:
+            self.failed.append((msg.partition(), msg.value(), err))
+
+    def of(self, partition):
+        """[(offset, value)] acknowledged on a partition, in the order the acks came."""
+        return [(o, v) for _, p, o, v in self.ok if p == partition]
+
+
+def idempotent_producer(bootstrap, **conf):
+    return ck_producer(bootstrap, **dict({"enable.idempotence": True}, **conf))
+
+
+def produce_and_flush(producer, topic, partition, values, acks, timeout=40):
+    for v in values:
+        producer.produce(topic, value=v, partition=partition, on_delivery=acks.cb)
+    left = producer.flush(timeout)
+    assert left == 0, "%d records still unanswered after %ss" % (left, timeout)
+
+
+def segment0(node, topic, partition):
+    path = os.path.join(node.partition_dir(topic, partition), "%020d.log" % 0)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def records_in(data):
+    """{offset: value} of the complete batches in a segment's bytes."""
+    return {r.offset: r.value for b in wire.decode_batches(data) for r in b.records}
+
+
+def first_difference(a, b):
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def replicas_hold(nodes, topic, partition, acked, identical):
+    """Checks the nodes' segment files for a partition: byte-identical up to the shortest
+    (identical=True: also of one length), and each holding every acknowledged (offset,
+    value). Raises AssertionError saying what differs (wait_until retries on it)."""
+    datas = {node_id(b): segment0(b, topic, partition) for b in nodes}
+    ids = sorted(datas)
+    shortest = min(len(d) for d in datas.values())
+    for i in ids[1:]:
+        a, b = datas[ids[0]], datas[i]
+        if a[:shortest] != b[:shortest]:
+            raise AssertionError("%s-%d: node %d and node %d differ at byte %d (sizes %s)" % (
+                topic, partition, ids[0], i, first_difference(a, b), {k: len(d) for k, d in datas.items()}))
+    if identical and len({len(d) for d in datas.values()}) != 1:
+        raise AssertionError("%s-%d: segment sizes differ: %s" % (
+            topic, partition, {k: len(d) for k, d in datas.items()}))
+    for i in ids:
+        have = records_in(datas[i])
+        missing = [(o, v) for o, v in acked if have.get(o) != v]
+        if missing:
+            raise AssertionError("%s-%d: node %d's segment (%d bytes, offsets %s..%s) lacks %d acknowledged "
+                                 "records, first %r (has %r)" % (
+                                     topic, partition, i, len(datas[i]), min(have, default=None),
+                                     max(have, default=None), len(missing), missing[0], have.get(missing[0][0])))
+    return {k: len(d) for k, d in datas.items()}
+
+
+def assert_log_is(bootstrap, topic, partition, acked, exact=True):
+    """Reads the partition from offset 0 with a confluent-kafka consumer: every acknowledged
+    (offset, value) is at its offset; exact=True: the log is exactly those, in ack order."""
+    want_end = max((o for o, _ in acked), default=-1) + 1
+    got = ck_consume(bootstrap, topic, {partition: 0}, expected_counts={partition: want_end} if exact else None)
+    log = [(m.offset(), m.value()) for m in got[partition]]
+    at = dict(log)
+    wrong = [(o, v, at.get(o)) for o, v in acked if at.get(o) != v]
+    assert not wrong, "%d of %d acknowledged records are not at their offsets on %s-%d; first (offset, acked, " \
+        "read): %r" % (len(wrong), len(acked), topic, partition, wrong[0])
+    if exact:
+        assert [o for o, _ in acked] == list(range(len(acked))), \
+            "acknowledged offsets are not 0..%d in ack order: %r" % (len(acked) - 1, [o for o, _ in acked][:20])
+        assert log == acked, "%s-%d holds %d records, %d acknowledged: extra/duplicates %r" % (
+            topic, partition, len(log), len(acked), [r for r in log if r not in set(acked)][:5])
+    return log
+
+
+KCAT_PART = re.compile(r"partition (\d+), leader (-?\d+), replicas: ([\d,]*), isrs: ([\d,]*)")
+
+
+def kcat_state(bootstrap, topic):
+    out = subprocess.run(["kcat", "-b", bootstrap, "-L", "-t", topic, "-m", "10"],
+                         capture_output=True, text=True, timeout=30)
+    parts = {}
+    for m in KCAT_PART.finditer(out.stdout):
+        ids = lambda s: sorted(int(x) for x in s.split(",") if x)  # noqa: E731
+        parts[int(m.group(1))] = (int(m.group(2)), ids(m.group(3)), ids(m.group(4)))
+    return parts, out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------ tests
+
+
+@pytest.mark.timeout(150)
+def test_leader_killed_mid_stream_keeps_every_acked_record(cluster):
+    """RF=3, min.insync.replicas=2, three partitions. An idempotent acks=all producer sends to
+    all three while the leader of partition 0 is killed with SIGKILL; it carries on against
+    the new leader. After the node is restarted and back in the ISR, every acknowledged record
+    is read at its acknowledged offset, in order, with nothing else, and the three replicas'
+    segment files hold the same bytes."""
+    controller_of(cluster)
+    topic = unique_topic("repl")
+    create_topic(cluster.bootstrap, topic, 3, config={"min.insync.replicas": "2"})
+    state = wait_fully_replicated(cluster.nodes, topic, 3)
+    for p, v in state.items():
+        assert v.leader in ALL and v.replicas == ALL and v.isr == ALL, (p, v)
+    # Placement spreads the leaders: one partition per node.
+    assert sorted(v.leader for v in state.values()) == ALL, state
+
+    parts, out = kcat_state(cluster.node(1).bootstrap, topic)
+    assert "3 brokers:" in out, out
+    assert parts == {p: (v.leader, ALL, ALL) for p, v in state.items()}, out
+
+    victim = state[0].leader
+    acks = Acks()
+    producer = idempotent_producer(cluster.bootstrap)
+    seq = 0
+    t_start = time.monotonic()
+    t_kill = None
+    while True:
+        for p in range(3):
+            producer.produce(topic, value=b"r-%d-%06d" % (p, seq), partition=p, on_delivery=acks.cb)
+        seq += 1
+        producer.poll(0.01)
+        now = time.monotonic()
+        if t_kill is None:
+            if now - t_start >= 1.5 and len(acks.of(0)) >= 50:
+                cluster.node(victim).kill9()
+                t_kill = time.monotonic()
+            assert now - t_start < 20, "no 50 acks on partition 0 in 20 s (%d)" % len(acks.of(0))
+            continue
+        after = [t for t, p, _, _ in acks.ok if p == 0 and t > t_kill]
+        if after and after[-1] - after[0] >= 2.0 and len(after) >= 100:
+            break
+        if now - t_kill > 45:
+            break
+    left = producer.flush(40)
+    assert left == 0, "%d records unanswered 40 s after producing stopped" % left
+    assert not acks.failed, "%d records failed, first %r" % (len(acks.failed), acks.failed[:3])
+
+    times0 = [t for t, p, _, _ in acks.ok if p == 0]
+    gaps = [(b - a, a) for a, b in zip(times0, times0[1:])]
+    gap, gap_at = max(gaps)
+    resumed = [t for t in times0 if t > t_kill]
+    print("\nleader %d of %s-0 killed %.2f s into the stream; partition 0 unavailable for %.2f s "
+          "(largest gap between acks, from %.2f s after the kill); %d records acked, %d after the kill"
+          % (victim, topic, t_kill - t_start, gap, gap_at - t_kill, len(acks.ok), len(resumed)))
+    assert len(resumed) >= 100, "the producer did not carry on: %d acks on partition 0 after the kill" % len(resumed)
+    live = [b for b in cluster.nodes if b.alive()]
+    new_leader = topic_state(live[0], topic)[0].leader
+    assert new_leader in ALL and new_leader != victim, new_leader
+
+    cluster.node(victim).start()
+    wait_fully_replicated(cluster.nodes, topic, 3, timeout=60,
+                          what="node %d rejoins the ISR of every partition (metadata from all nodes)" % victim)
+    for p in range(3):
+        acked = acks.of(p)
+        assert_log_is(cluster.bootstrap, topic, p, acked)
+        sizes = wait_until("the replicas of %s-%d hold the same bytes and every acked record" % (topic, p),
+                           lambda: replicas_hold(cluster.nodes, topic, p, acked, identical=True), timeout=20)
+        print("%s-%d: %d records, segment sizes %s" % (topic, p, len(acked), sizes))
+
+
+@pytest.mark.timeout(150)
+def test_paused_leader_is_replaced_and_rejoins_as_follower(cluster):
+    """SIGSTOP the leader of a partition (not the controller) past the session timeout: it is
+    fenced and a new leader is elected from the ISR; records go to the new leader. After
+    SIGCONT the old leader follows, rejoins the ISR and ends up with the new leader's bytes.
+    A producer bootstrapped only at the resumed node (which may still think it leads) gets
+    nothing acknowledged that is not in the final log."""
+    controller = controller_of(cluster)
+    topic = unique_topic("pause")
+    create_topic(cluster.bootstrap, topic, 3)
+    state = wait_fully_replicated(cluster.nodes, topic, 3)
+    p = next(q for q, v in sorted(state.items()) if v.leader != controller)
+    old = state[p].leader
+    old_node = cluster.node(old)
+    others = [b for b in cluster.nodes if b is not old_node]
+
+    acks = Acks()
+    produce_and_flush(idempotent_producer(cluster.bootstrap), topic, p, [b"before-%03d" % i for i in range(100)], acks)
+    assert not acks.failed, acks.failed[:3]
+    assert [o for o, _ in acks.of(p)] == list(range(100))
+
+    os.kill(old_node.pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        new_state = wait_until(
+            "the live nodes agree on a new leader for %s-%d" % (topic, p),
+            lambda: agreed_state(others, topic, 3,
+                                 lambda v: v.leader not in (-1, old) and old not in v.isr and v.replicas == ALL),
+            timeout=SESSION_MS / 1000 + 20)
+        took = time.monotonic() - t0
+        new = new_state[p].leader
+        print("\nnode %d paused; node %d leads %s-%d after %.1f s (session %d ms)" % (old, new, topic, p, took,
+                                                                                    SESSION_MS))
+        assert new_state[p].isr == sorted(node_id(b) for b in others), new_state[p]
+
+        produce_and_flush(idempotent_producer(bootstrap_of(others)), topic, p,
+                          [b"during-%03d" % i for i in range(100)], acks)
+        assert not acks.failed, acks.failed[:3]
+        assert [o for o, _ in acks.of(p)] == list(range(200)), acks.of(p)[95:105]
+    finally:
+        os.kill(old_node.pid, signal.SIGCONT)
+
+    # Straight after SIGCONT the resumed node may still believe it leads the partition.
+    zombie = Acks()
+    zp = idempotent_producer(old_node.bootstrap)
+    produce_and_flush(zp, topic, p, [b"resumed-%03d" % i for i in range(20)], zombie, timeout=40)
+    print("producer bootstrapped at the resumed node: %d acked, %d failed (%s)" % (
+        len(zombie.ok), len(zombie.failed), sorted({str(e) for _, _, e in zombie.failed})[:3]))
+
+    final = wait_until("node %d is a follower again and back in the ISR (metadata from all three)" % old,
+                       lambda: agreed_state(cluster.nodes, topic, 3, fully_replicated), timeout=60)
+    assert final[p].leader == new, "leadership of %s-%d moved again: %r" % (topic, p, final[p])
+    acked = acks.of(p) + zombie.of(p)
+    log = assert_log_is(cluster.bootstrap, topic, p, acked, exact=False)
+    assert log[:200] == acks.of(p), "the records before and during the pause are not the log's first 200"
+    wait_until("node %d's log of %s-%d is byte-identical to node %d's" % (old, topic, p, new),
+               lambda: replicas_hold(cluster.nodes, topic, p, acked, identical=True), timeout=20)
+
+
+@pytest.mark.timeout(150)
+def test_min_insync_replicas_refuses_acks_all_while_the_isr_is_short(cluster_factory):
+    """Broker defaults min.insync.replicas=3 and default.replication.factor=3. Topic `strict`
+    is created with replication_factor -1 (the broker default: 3 replicas) and inherits
+    min.insync.replicas=3; topic `lenient` sets min.insync.replicas=2. With one broker down
+    (fenced, ISR 2): acks=all to `strict` fails with NOT_ENOUGH_REPLICAS, acks=1 succeeds,
+    acks=all to `lenient` succeeds. The restarted broker rejoins the ISR by itself and
+    acks=all to `strict` succeeds again."""
+    cluster = cluster_factory(**{"min.insync.replicas": 3, "default.replication.factor": 3})
+    controller = controller_of(cluster)
+    strict, lenient = unique_topic("strict"), unique_topic("lenient")
+    create_topic(cluster.bootstrap, strict, 1, rf=-1)
+    create_topic(cluster.bootstrap, lenient, 1, config={"min.insync.replicas": "2"})
+    wait_fully_replicated(cluster.nodes, strict, 1)
+    wait_fully_replicated(cluster.nodes, lenient, 1)
+
+    log = {strict: [], lenient: []}
+    for t in (strict, lenient):
+        a = Acks()
+        produce_and_flush(idempotent_producer(cluster.bootstrap), t, 0, [b"full-%d" % i for i in range(10)], a)
+        assert not a.failed, (t, a.failed[:3])
+        log[t] += a.of(0)
+
+    victim = next(i for i in ALL if i != controller)
+    cluster.node(victim).kill9()
+    live = [b for b in cluster.nodes if b.alive()]
+    survivors = sorted(node_id(b) for b in live)
+    for t in (strict, lenient):
+        wait_until("%s's ISR shrinks to %s (metadata from the live nodes)" % (t, survivors),
+                   lambda: agreed_state(live, t, 1, lambda v: v.isr == survivors and v.leader in survivors),
+                   timeout=SESSION_MS / 1000 + 20)
+
+    # acks=all (librdkafka's default) with retries=0, so that the broker's answer is the
+    # delivery report's error rather than a retry until message.timeout.ms.
+    refused = Acks()
+    produce_and_flush(ck_producer(bootstrap_of(live), retries=0), strict, 0, [b"refused-%d" % i for i in range(5)],
+                      refused)
+    assert not refused.ok, "acks=all acknowledged with ISR %s < min.insync.replicas 3: %r" % (survivors, refused.ok)
+    codes = [e.code() for _, _, e in refused.failed]
+    assert codes == [KafkaError.NOT_ENOUGH_REPLICAS] * 5, [str(e) for _, _, e in refused.failed]
+
+    one = Acks()
+    t0 = time.monotonic()
+    produce_and_flush(ck_producer(bootstrap_of(live), acks=1, **{"enable.idempotence": False}), strict, 0,
+                      [b"acks1-%d" % i for i in range(5)], one)
+    print("\nacks=1 with ISR %s < min.insync.replicas 3: %d acked, %d failed in %.1f s" % (
+        survivors, len(one.ok), len(one.failed), time.monotonic() - t0))
+    assert not one.failed, [str(e) for _, _, e in one.failed]
+    log[strict] += one.of(0)
+
+    ok = Acks()
+    produce_and_flush(idempotent_producer(bootstrap_of(live)), lenient, 0, [b"isr2-%d" % i for i in range(5)], ok)
+    assert not ok.failed, "acks=all to a topic with min.insync.replicas=2 and ISR %s failed: %s" % (
+        survivors, [str(e) for _, _, e in ok.failed])
+    log[lenient] += ok.of(0)
+
+    cluster.node(victim).start()
+    wait_fully_replicated(cluster.nodes, strict, 1, timeout=60,
+                          what="node %d rejoins %s's ISR by itself" % (victim, strict))
+    again = Acks()
+    produce_and_flush(idempotent_producer(cluster.bootstrap), strict, 0, [b"again-%d" % i for i in range(5)], again)
+    assert not again.failed, [str(e) for _, _, e in again.failed]
+    log[strict] += again.of(0)
+
+    for t in (strict, lenient):
+        assert_log_is(cluster.bootstrap, t, 0, log[t])
+
+
+@pytest.mark.timeout(150)
+def test_all_three_killed_at_once_lose_no_acked_record(cluster):
+    """Power loss: an idempotent acks=all producer sends to an RF=3 topic (three partitions)
+    while all three nodes get SIGKILL at once; all three are restarted and the producer goes
+    on with what was unanswered. Every acknowledged record is on every replica at its offset
+    (read from the leaders, and in each node's segment file), and the replicas' files end
+    byte-identical."""
+    controller_of(cluster)
+    topic = unique_topic("power")
+    create_topic(cluster.bootstrap, topic, 3, config={"min.insync.replicas": "2"})
+    wait_fully_replicated(cluster.nodes, topic, 3)
+    bootstrap = bootstrap_of(cluster.nodes)  # all three, for after the restart too
+
+    acks = Acks()
+    producer = idempotent_producer(bootstrap)
+    seq = 0
+    t_start = time.monotonic()
+    while time.monotonic() - t_start < 2.0 or len(acks.ok) < 300:
+        for p in range(3):
+            producer.produce(topic, value=b"p-%d-%06d" % (p, seq), partition=p, on_delivery=acks.cb)
+        seq += 1
+        producer.poll(0.005)
+        assert time.monotonic() - t_start < 20, "only %d acks in 20 s" % len(acks.ok)
+    for b in cluster.nodes:
+        os.kill(b.pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+    for b in cluster.nodes:
+        b.proc.wait(10)
+    before = len(acks.ok)
+    sent = seq * 3
+    for b in cluster.nodes:
+        b.start()
+    # An idempotent producer's fatal error (the broker forgetting its sequence numbers) is
+    # reported after the data is checked: lost records are the bigger news.
+    fatal = None
+    try:
+        left = producer.flush(60)
+    except KafkaException as e:
+        fatal = e
+        producer.purge()
+        left = producer.flush(10)
+    assert left == 0, "%d records unanswered 60 s after the restart" % left
+    print("\n%d records sent, %d acked before the kill, %d acked after the restart, %d failed (%s); "
+          "producer fatal error: %s" % (sent, before, len(acks.ok) - before, len(acks.failed),
+                                        sorted({str(e) for _, _, e in acks.failed})[:3], fatal))
+    assert before >= 300
+    assert all(t <= t_kill for t, _, _, _ in acks.ok[:before])
+
+    controller_of(cluster)
+    wait_fully_replicated(cluster.nodes, topic, 3, timeout=60)
+    for p in range(3):
+        acked = acks.of(p)
+        log = assert_log_is(cluster.bootstrap, topic, p, acked, exact=False)
+        values = [v for _, v in log]
+        assert len(values) == len(set(values)), "%s-%d holds duplicates from an idempotent producer: %r" % (
+            topic, p, [v for v, n in collections.Counter(values).items() if n > 1][:5])
+        if not acks.failed:
+            assert log == acked, "%s-%d: the log is not exactly the acknowledged records" % (topic, p)
+        sizes = wait_until("every replica of %s-%d holds every acked record, byte-identical" % (topic, p),
+                           lambda: replicas_hold(cluster.nodes, topic, p, acked, identical=True), timeout=20)
+        print("%s-%d: %d acked, %d in the log, segment sizes %s" % (topic, p, len(acked), len(log), sizes))
+    assert fatal is None, "the idempotent producer failed fatally after the restart: %s" % fatal
+
+
+@pytest.mark.timeout(120)
+def test_metadata_names_offline_replicas(cluster):
+    """kafka-python's KafkaAdminClient.describe_topics (Metadata v5+, whose partitions carry
+    offline_replicas; confluent-kafka and kcat do not expose the field) shows a killed broker's
+    replicas as offline once it is fenced: still in replicas, out of the ISR, not leader; and
+    none offline once it is back."""
+    controller = controller_of(cluster)
+    topic = unique_topic("offline")
+    create_topic(cluster.bootstrap, topic, 3)
+    wait_fully_replicated(cluster.nodes, topic, 3)
+    victim = next(i for i in ALL if i != controller)
+    live = [b for b in cluster.nodes if node_id(b) != victim]
+
+    def described(bootstrap):
+        admin = kp_admin(bootstrap)
+        try:
+            (d,) = admin.describe_topics([topic])
+        finally:
+            admin.close()
+        assert d.get("error_code", 0) == 0, d
+        out = {}
+        for p in d["partitions"]:
+            assert "offline_replicas" in p, "no offline_replicas in kafka-python's describe_topics: %r" % p
+            out[p.get("partition_index", p.get("partition"))] = dict(
+                leader=p.get("leader_id", p.get("leader")),
+                replicas=sorted(p.get("replica_nodes", p.get("replicas", []))),
+                isr=sorted(p.get("isr_nodes", p.get("isr", []))),
+                offline=sorted(p["offline_replicas"]))
+        return out
+
+    before = described(cluster.bootstrap)
+    assert sorted(before) == [0, 1, 2], before
+    assert all(v["offline"] == [] and v["replicas"] == ALL and v["isr"] == ALL for v in before.values()), before
+
+    cluster.node(victim).kill9()
+    survivors = sorted(node_id(b) for b in live)
+
+    def offline_shown():
+        views = [described(b.bootstrap) for b in live]
+        ok = all(sorted(v) == [0, 1, 2] and all(
+            x["offline"] == [victim] and x["replicas"] == ALL and x["isr"] == survivors and x["leader"] in survivors
+            for x in v.values()) for v in views)
+        return views[0] if ok else None
+
+    shown = wait_until("both live nodes name node %d's replicas offline" % victim, offline_shown,
+                       timeout=SESSION_MS / 1000 + 20)
+    print("\nwith node %d down: %s" % (victim, shown))
+
+    cluster.node(victim).start()
+    wait_fully_replicated(cluster.nodes, topic, 3, timeout=60)
+    wait_until("no replica is offline once node %d is back" % victim,
+               lambda: all(x["offline"] == [] and x["isr"] == ALL and x["replicas"] == ALL
+                           for x in described(cluster.bootstrap).values()), timeout=30)
