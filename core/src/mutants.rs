@@ -53,11 +53,14 @@ pub enum Mutant {
     /// Replication: the leader's high watermark is its own durable end, whatever its
     /// followers have (acks=all answered before the ISR has the records).
     HwIgnoresFollowers = 19,
-    /// Replication: a follower whose log diverged truncates to its high watermark instead of
-    /// by leader epoch (the pre-KIP-101 rule that loses or forks acknowledged records).
+    /// Replication: a replica that becomes a follower cuts its log back to its high watermark
+    /// (the rule before KIP-101, which loses acknowledged records: a follower's high watermark
+    /// lags its leader's).
     TruncateToHighWatermark = 20,
-    /// Replication: a leader serves a follower's fetch that carries an older leader epoch.
-    StaleEpochFetch = 21,
+    /// Replication: the controller elects the first live replica, in sync or not.
+    ElectOutsideIsr = 21,
+    /// Replication: a follower reports what it has written as synced, before its sync.
+    FollowerReportsBeforeSync = 22,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -79,6 +82,10 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::CommitByCount, "commit-by-count"),
     (Mutant::ReportBeforeSync, "report-before-sync"),
     (Mutant::ApplyUncommitted, "apply-uncommitted"),
+    (Mutant::HwIgnoresFollowers, "hw-ignores-followers"),
+    (Mutant::TruncateToHighWatermark, "truncate-to-high-watermark"),
+    (Mutant::ElectOutsideIsr, "elect-outside-isr"),
+    (Mutant::FollowerReportsBeforeSync, "follower-reports-before-sync"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -88,7 +95,11 @@ pub fn scenario(m: Mutant) -> &'static str {
         Mutant::VoteWithoutLogCheck | Mutant::VoteNotSynced | Mutant::CommitByCount | Mutant::ReportBeforeSync => {
             "quorum"
         }
-        Mutant::ApplyUncommitted => "cluster",
+        Mutant::ApplyUncommitted
+        | Mutant::HwIgnoresFollowers
+        | Mutant::TruncateToHighWatermark
+        | Mutant::ElectOutsideIsr
+        | Mutant::FollowerReportsBeforeSync => "cluster",
         _ => "default",
     }
 }

@@ -125,11 +125,15 @@ impl PartitionImage {
             }
         }
         let leader_ok = self.leader != NO_LEADER && !fenced(self.leader) && isr.contains(&self.leader);
+        let unclean = crate::mutants::active(crate::mutants::Mutant::ElectOutsideIsr);
         let leader = if leader_ok {
             self.leader
         } else {
-            self.replicas.iter().copied().find(|r| isr.contains(r) && !fenced(*r)).unwrap_or(NO_LEADER)
+            self.replicas.iter().copied().find(|r| (unclean || isr.contains(r)) && !fenced(*r)).unwrap_or(NO_LEADER)
         };
+        if unclean && leader != NO_LEADER && !isr.contains(&leader) {
+            isr = vec![leader];
+        }
         if leader == self.leader && isr == self.isr {
             return None;
         }

@@ -171,9 +171,15 @@ impl Node {
                 }
             }
         };
+        let becomes_follower = matches!(new, Role::Follower(_)) && !matches!(p.role, Role::Follower(_));
+        let hw = p.log.high_watermark;
         if new != p.role {
             p.role = new;
             self.role_changed();
+        }
+        if becomes_follower && crate::mutants::active(crate::mutants::Mutant::TruncateToHighWatermark) {
+            // The rule before KIP-101: a new follower cuts its log back to its high watermark.
+            self.truncate_log(tp, hw);
         }
         self.advance_hw(tp);
     }
@@ -190,6 +196,8 @@ impl Node {
 
     /// The partition's durable end moved (a sync completed).
     pub(super) fn durable_moved(&mut self, tp: Tp) {
+        // acks=1 produces wait for the durable end itself, whatever the high watermark does.
+        self.hw_moved = true;
         self.advance_hw(tp);
         match self.partition(tp).map(|p| &p.role) {
             Some(Role::Leader(_)) => self.replication.wake_parked = true,
@@ -243,7 +251,8 @@ impl Node {
                 if p.state != PartState::Online {
                     continue;
                 }
-                if p.log.durable_end < p.log.log_end_offset {
+                let report_unsynced = crate::mutants::active(crate::mutants::Mutant::FollowerReportsBeforeSync);
+                if p.log.durable_end < p.log.log_end_offset && !report_unsynced {
                     syncing.insert(f.leader);
                 }
                 by_leader.entry(f.leader).or_default().push(FetchPartition {
@@ -252,7 +261,11 @@ impl Node {
                     leader_epoch: f.leader_epoch,
                     fetch_offset: p.log.log_end_offset,
                     last_fetched_epoch: p.log.epochs.latest().unwrap_or(-1),
-                    durable_end: p.log.durable_end,
+                    durable_end: if crate::mutants::active(crate::mutants::Mutant::FollowerReportsBeforeSync) {
+                        p.log.log_end_offset
+                    } else {
+                        p.log.durable_end
+                    },
                     max_bytes,
                 });
             }
@@ -322,13 +335,10 @@ impl Node {
     /// The leader says this log parts from its own after `end` of `epoch`: cut back to where
     /// both agree (KIP-279: the lesser of the two ends of that epoch), then fetch again.
     fn truncate_diverged(&mut self, tp: Tp, epoch: i32, end: Offset) {
-        let interval = self.topic_settings(tp).map_or(4096, |s| s.index_interval_bytes);
         let Some(p) = self.partition_mut(tp) else { return };
         let l = &p.log;
         let target = if epoch < 0 {
             l.log_start_offset
-        } else if crate::mutants::active(crate::mutants::Mutant::TruncateToHighWatermark) {
-            l.high_watermark
         } else {
             let (_, own_end) = l.epochs.end_offset_for(epoch, l.log_end_offset);
             own_end.min(end)
@@ -342,6 +352,16 @@ impl Node {
             tracing::warn!(dir = %l.dir, target, high_watermark = l.high_watermark, "truncating below the high watermark");
         }
         tracing::info!(dir = %l.dir, epoch, end, target, log_end = l.log_end_offset, "log diverged from the leader's; truncating");
+        self.truncate_log(tp, target);
+    }
+
+    /// Cuts a replica's log back so that `target` is its next offset.
+    fn truncate_log(&mut self, tp: Tp, target: Offset) {
+        let interval = self.topic_settings(tp).map_or(4096, |s| s.index_interval_bytes);
+        let Some(p) = self.partition_mut(tp) else { return };
+        if target >= p.log.log_end_offset {
+            return;
+        }
         let mut ops = Vec::new();
         p.log.truncate_to(target, interval, &mut ops);
         p.written_end = p.written_end.min(p.log.log_end_offset);
@@ -421,8 +441,7 @@ impl Node {
         if p.state != PartState::Online || !p.replicas.contains(&from) {
             return Some(KafkaError::NotLeaderOrFollower);
         }
-        let stale_accepted = crate::mutants::active(crate::mutants::Mutant::StaleEpochFetch);
-        if fp.leader_epoch < l.leader_epoch && !stale_accepted {
+        if fp.leader_epoch < l.leader_epoch {
             return Some(KafkaError::FencedLeaderEpoch);
         }
         (fp.leader_epoch > l.leader_epoch).then_some(KafkaError::UnknownLeaderEpoch)
