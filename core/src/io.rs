@@ -19,6 +19,10 @@ pub enum Input {
     Peer { from: BrokerId, bytes: Bytes },
     /// `poll_timeout` said to wake up now. Spurious timeouts are harmless.
     Timeout,
+    /// The process is asked to stop (SIGTERM): a broker of a cluster hands its partitions'
+    /// leadership over first (controlled shutdown); the runtime stops once `ready_to_stop`
+    /// says so, or after a bound of its own.
+    ShutdownRequested,
 }
 
 /// Something core wants the runtime to do.

@@ -21,6 +21,7 @@ struct Opts {
     record_size: usize,
     batch_records: usize,
     partitions: i32,
+    replication_factor: i16,
     acks: i16,
     in_flight: usize,
     rate: Option<f64>,
@@ -40,6 +41,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         record_size: 100,
         batch_records: 1000,
         partitions: 1,
+        replication_factor: 1,
         acks: -1,
         in_flight: 16,
         rate: None,
@@ -58,6 +60,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--record-size" => o.record_size = v()?.parse().map_err(|_| bad(a))?,
             "--batch-records" => o.batch_records = v()?.parse::<usize>().map_err(|_| bad(a))?.max(1),
             "--partitions" => o.partitions = v()?.parse::<i32>().map_err(|_| bad(a))?.max(1),
+            "--replication-factor" => o.replication_factor = v()?.parse::<i16>().map_err(|_| bad(a))?.max(1),
             "--acks" => o.acks = v()?.parse().map_err(|_| bad(a))?,
             "--in-flight" => o.in_flight = v()?.parse::<usize>().map_err(|_| bad(a))?.max(1),
             "--rate" => o.rate = Some(v()?.parse().map_err(|_| bad(a))?),
@@ -138,7 +141,7 @@ async fn produce_transactions(o: Opts) -> Result<(), String> {
     let per_txn = o.transactions.unwrap_or(1);
     let mut s = TcpStream::connect(&o.bootstrap).await.map_err(|e| format!("{}: {e}", o.bootstrap))?;
     s.set_nodelay(true).ok();
-    ensure_topic(&mut s, &o.topic, o.partitions).await?;
+    ensure_topic(&mut s, &o.topic, o.partitions, o.replication_factor).await?;
     let txn_id = TransactionalId(StrBytes::from_string(format!("sluice-perf-{}", std::process::id())));
     let (pid, epoch) = loop {
         let req = InitProducerIdRequest::default()
@@ -243,11 +246,11 @@ async fn init_producer_id(s: &mut TcpStream) -> Result<i64, String> {
     Ok(r.producer_id.0)
 }
 
-async fn ensure_topic(s: &mut TcpStream, topic: &str, partitions: i32) -> Result<(), String> {
+async fn ensure_topic(s: &mut TcpStream, topic: &str, partitions: i32, rf: i16) -> Result<(), String> {
     let mut t = CreatableTopic::default();
     t.name = TopicName(StrBytes::from_string(topic.to_string()));
     t.num_partitions = partitions;
-    t.replication_factor = 1;
+    t.replication_factor = rf;
     let mut req = CreateTopicsRequest::default();
     req.topics = vec![t];
     req.timeout_ms = 30_000;
@@ -266,10 +269,49 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-async fn produce(o: Opts) -> Result<(), String> {
+/// Connects to the broker leading partition 0 of the topic (asking the bootstrap broker's
+/// Metadata until every partition has a leader), and returns the partitions it leads: on a
+/// cluster, the load goes to one leader, and to the partitions that one leads.
+async fn connect_to_leader(o: &Opts) -> Result<(TcpStream, Vec<i32>), String> {
     let mut s = TcpStream::connect(&o.bootstrap).await.map_err(|e| format!("{}: {e}", o.bootstrap))?;
     s.set_nodelay(true).ok();
-    ensure_topic(&mut s, &o.topic, o.partitions).await?;
+    // Topics are created by the active controller.
+    let r: MetadataResponse = call(&mut s, ApiKey::Metadata, 9, &MetadataRequest::default()).await?;
+    let controller = r.brokers.iter().find(|b| b.node_id == r.controller_id).map(|b| format!("{}:{}", b.host, b.port));
+    match controller {
+        Some(addr) => {
+            let mut c = TcpStream::connect(&addr).await.map_err(|e| format!("{addr}: {e}"))?;
+            ensure_topic(&mut c, &o.topic, o.partitions, o.replication_factor).await?;
+        }
+        None => ensure_topic(&mut s, &o.topic, o.partitions, o.replication_factor).await?,
+    }
+    for _ in 0..100 {
+        let mut t = metadata_request::MetadataRequestTopic::default();
+        t.name = Some(TopicName(StrBytes::from_string(o.topic.clone())));
+        let mut req = MetadataRequest::default();
+        req.topics = Some(vec![t]);
+        let r: MetadataResponse = call(&mut s, ApiKey::Metadata, 9, &req).await?;
+        let parts = r.topics.first().map(|t| t.partitions.clone()).unwrap_or_default();
+        if parts.len() == o.partitions as usize && parts.iter().all(|p| p.leader_id.0 >= 0) {
+            let leader = parts.iter().find(|p| p.partition_index == 0).map_or(-1, |p| p.leader_id.0);
+            let mine: Vec<i32> =
+                parts.iter().filter(|p| p.leader_id.0 == leader).map(|p| p.partition_index).collect();
+            let b = r.brokers.iter().find(|b| b.node_id.0 == leader).ok_or("the leader is not in Metadata")?;
+            let addr = format!("{}:{}", b.host, b.port);
+            let s = TcpStream::connect(&addr).await.map_err(|e| format!("{addr}: {e}"))?;
+            s.set_nodelay(true).ok();
+            if mine.len() < o.partitions as usize {
+                eprintln!("broker {leader} ({addr}) leads partitions {mine:?}: the load goes to those");
+            }
+            return Ok((s, mine));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the topic's partitions have no leaders".into())
+}
+
+async fn produce(o: Opts) -> Result<(), String> {
+    let (mut s, mine) = connect_to_leader(&o).await?;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let batch = build_batch(o.batch_records, o.record_size, now_ms);
     let requests = o.records.div_ceil(o.batch_records as u64);
@@ -287,7 +329,7 @@ async fn produce(o: Opts) -> Result<(), String> {
         let mut next_seq = vec![0i32; o.partitions as usize];
         let mut out = Vec::with_capacity(requests as usize);
         for i in 0..requests {
-            let p = (i % o.partitions as u64) as usize;
+            let p = mine[(i % mine.len() as u64) as usize] as usize;
             let mut b = batch.to_vec();
             sluice_core::log::batch::set_producer(&mut b, producer_id, 0, next_seq[p]);
             next_seq[p] = next_seq[p].wrapping_add(o.batch_records as i32);
@@ -300,20 +342,27 @@ async fn produce(o: Opts) -> Result<(), String> {
     let (mut rd, mut wr) = s.into_split();
     let start = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(i32, Instant)>(o.in_flight);
+    // At most `--in-flight` requests unanswered: the writer takes a permit per request, the
+    // reader gives one back per response.
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(o.in_flight));
     let acks = o.acks;
     let writer = {
         let topic = o.topic.clone();
         let rate = o.rate;
         let per_req = o.batch_records as f64;
-        let partitions = o.partitions;
+        let mine = mine.clone();
+        let permits = permits.clone();
         tokio::spawn(async move {
             for i in 0..requests {
+                if acks != 0 {
+                    permits.acquire().await.map_err(|e| e.to_string())?.forget();
+                }
                 if let Some(r) = rate {
                     let due = start + Duration::from_secs_f64(i as f64 * per_req / r);
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let mut pd = PartitionProduceData::default();
-                pd.index = (i % partitions as u64) as i32;
+                pd.index = mine[(i % mine.len() as u64) as usize];
                 pd.records = Some(match &stamped {
                     Some(all) => all[i as usize].clone(),
                     None => batch.clone(),
@@ -353,6 +402,7 @@ async fn produce(o: Opts) -> Result<(), String> {
             }
             let t = sent.remove(&cid).ok_or("response for an unknown request")?;
             latencies.push(t.elapsed());
+            permits.add_permits(1);
             let r = ProduceResponse::decode(&mut resp, 9).map_err(|e| e.to_string())?;
             errors +=
                 r.responses.iter().flat_map(|t| &t.partition_responses).filter(|p| p.error_code != 0).count() as u64;

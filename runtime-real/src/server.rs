@@ -18,6 +18,9 @@ use crate::config::ServerConfig;
 use crate::disk::{Disk, Outcome};
 
 /// Messages into the core thread.
+/// How long a stopping broker waits for its leadership to be handed over.
+const CONTROLLED_SHUTDOWN_MAX: Duration = Duration::from_secs(10);
+
 pub(crate) enum Msg {
     Opened {
         conn: ConnId,
@@ -35,6 +38,8 @@ pub(crate) enum Msg {
         op: OpId,
         result: Result<DiskReply, DiskError>,
     },
+    /// SIGTERM: a controlled shutdown.
+    ShutdownRequested,
     /// A message from another node of the cluster.
     Peer {
         from: sluice_core::BrokerId,
@@ -103,8 +108,18 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
         _ = accept => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
-    let _ = tx.send(Msg::Shutdown).await;
-    let _ = tokio::task::spawn_blocking(move || core.join()).await;
+    // A broker of a cluster hands its leadership over first (the core stops when it has, or
+    // after CONTROLLED_SHUTDOWN_MAX); a second signal stops it at once.
+    let _ = tx.send(Msg::ShutdownRequested).await;
+    let mut core = tokio::task::spawn_blocking(move || core.join());
+    tokio::select! {
+        _ = &mut core => {}
+        _ = shutdown_signal() => {
+            tracing::info!("stopping now");
+            let _ = tx.send(Msg::Shutdown).await;
+            let _ = core.await;
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -230,17 +245,31 @@ async fn core_loop(
     let mut conns: HashMap<ConnId, Conn> = HashMap::new();
     let mut local: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
     let mut was_serving = false;
+    // Set once a stop is asked for: the latest the core keeps running to hand leadership over.
+    let mut stop_by: Option<std::time::Instant> = None;
     loop {
         drain(&mut node, &mut disk, &mut conns, peers.as_ref(), &mut local);
         while let Some(input) = local.pop_front() {
             node.handle(clock.now(), input);
             drain(&mut node, &mut disk, &mut conns, peers.as_ref(), &mut local);
         }
+        if let Some(by) = stop_by {
+            if node.ready_to_stop() {
+                tracing::info!("controlled shutdown: leadership handed over");
+                return;
+            }
+            if std::time::Instant::now() >= by {
+                tracing::warn!("controlled shutdown: leadership not handed over in time; stopping anyway");
+                return;
+            }
+        }
         if !was_serving && node.is_serving() {
             was_serving = true;
             tracing::info!(recovery = ?node.recovery_stats(), "ready");
         }
-        let deadline = node.poll_timeout();
+        // While stopping, look again at least every 100 ms (the bound is the runtime's).
+        let stopping = stop_by.map(|_| clock.now().mono.plus_millis(100));
+        let deadline = [node.poll_timeout(), stopping].into_iter().flatten().min();
         let msg = match deadline {
             Some(at) => tokio::select! {
                 m = rx.recv() => m,
@@ -272,6 +301,10 @@ async fn core_loop(
             Msg::Synced { op, result } => Input::DiskDone { op, result },
             Msg::Peer { from, bytes } => Input::Peer { from, bytes },
             Msg::Shutdown => return,
+            Msg::ShutdownRequested => {
+                stop_by.get_or_insert(std::time::Instant::now() + CONTROLLED_SHUTDOWN_MAX);
+                Input::ShutdownRequested
+            }
         };
         node.handle(clock.now(), input);
     }

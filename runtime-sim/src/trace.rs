@@ -72,6 +72,7 @@ impl Trace {
             }
             Input::Peer { from, .. } => self.record(at, "peer", node as u64, from.0 as u64),
             Input::Timeout => self.record(at, "timeout", node as u64, 0),
+            Input::ShutdownRequested => self.record(at, "shutdown-requested", node as u64, 0),
         }
     }
 }

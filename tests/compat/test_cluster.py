@@ -27,7 +27,7 @@ SESSION_MS = 4000
 
 
 class Cluster:
-    def __init__(self, n=3):
+    def __init__(self, n=3, overrides=None):
         self.base = tempfile.mkdtemp(prefix="sluice-cluster-")
         ports = [(free_port(), free_port()) for _ in range(n)]
         voters = ",".join("%d@127.0.0.1:%d" % (i + 1, c) for i, (_, c) in enumerate(ports))
@@ -41,6 +41,7 @@ class Cluster:
                 "controller.listener.names": "CONTROLLER",
                 "controller.quorum.voters": voters,
                 "broker.session.timeout.ms": SESSION_MS,
+                **(overrides or {}),
             })
             self.nodes.append(b)
 

@@ -48,6 +48,10 @@ pub(super) struct ClusterState {
     last_heard: BTreeMap<i32, Instant>,
     /// A change about a broker proposed and not yet committed: not proposed again until then.
     in_flight: BTreeMap<i32, Offset>,
+    /// Controller: brokers stopping (controlled shutdown), never unfenced again.
+    shutting_down: std::collections::BTreeSet<i32>,
+    /// This process was asked to stop.
+    pub stopping: bool,
 }
 
 impl Node {
@@ -237,6 +241,9 @@ impl Node {
             MetaRecord::TopicDeleted { name, id } => self.remove_topic(&name, id),
             MetaRecord::BrokerRegistered { id, .. } | MetaRecord::BrokerFenced { id, .. } => {
                 self.cluster.in_flight.remove(&id);
+                if matches!(rec, MetaRecord::BrokerRegistered { .. }) {
+                    self.cluster.shutting_down.remove(&id); // a new process of that broker
+                }
                 // A fenced broker's partitions need new leaders and ISRs.
                 self.replication.reconcile_due = true;
                 self.hw_moved = true;
@@ -283,20 +290,34 @@ impl Node {
             return;
         }
         let me = self.me();
-        let registered = self.cluster.image.brokers.get(&me).filter(|b| {
-            b.incarnation == self.cluster.incarnation
-                && b.host == self.config.advertised_host
-                && b.port == self.config.advertised_port
-        });
+        let registered = self
+            .cluster
+            .image
+            .brokers
+            .get(&me)
+            .filter(|b| {
+                b.incarnation == self.cluster.incarnation
+                    && b.host == self.config.advertised_host
+                    && b.port == self.config.advertised_port
+            })
+            .map(|b| (b.epoch, b.fenced));
         // Until registered and unfenced, ask again sooner than a heartbeat interval.
-        let settled = registered.is_some_and(|b| !b.fenced) && self.controller().is_some();
+        let settled = registered.is_some_and(|(_, fenced)| !fenced) && self.controller().is_some();
         let interval = self.config.broker_heartbeat_interval_ms;
         self.cluster.next_heartbeat =
             Some(now.plus_millis(if settled { interval } else { interval.min(REGISTRATION_RETRY_MS) }));
         let Some(controller) = self.controller() else { return };
+        if let (true, Some((broker_epoch, _))) = (self.cluster.stopping, registered) {
+            let msg = BrokerMessage::WantShutdown { broker_epoch };
+            if controller == me {
+                self.on_broker_message(me, msg);
+            } else {
+                self.send_peer(controller, Body::Broker(msg));
+            }
+        }
         let msg = match registered {
-            Some(b) => BrokerMessage::Heartbeat {
-                broker_epoch: b.epoch,
+            Some((broker_epoch, _)) => BrokerMessage::Heartbeat {
+                broker_epoch,
                 caught_up: self.meta.quorum.as_ref().is_some_and(|q| q.caught_up()),
             },
             None => BrokerMessage::Register {
@@ -326,6 +347,36 @@ impl Node {
             .flatten()
             .map(|t| t.max(self.now.mono.plus_millis(FENCE_RECHECK_MS)));
         Some(fence.map_or(heartbeat, |f| f.min(heartbeat)))
+    }
+
+    /// SIGTERM: stop taking leadership and ask the controller to move it away at once
+    /// (rather than after a session without heartbeats).
+    pub(super) fn shutdown_requested(&mut self) {
+        if self.cluster.stopping {
+            return;
+        }
+        tracing::info!("controlled shutdown: handing leadership over");
+        self.cluster.stopping = true;
+        self.cluster.next_heartbeat = None; // tell the controller now
+        self.broker_tick();
+    }
+
+    /// Whether a stopping node may stop now: it is not a cluster, or the controller has
+    /// fenced it and it leads no partition (its leadership has moved, or has nowhere to go).
+    pub fn ready_to_stop(&self) -> bool {
+        if !self.config.is_cluster() || !self.cluster.started {
+            return true;
+        }
+        let me = self.me();
+        let fenced = self.cluster.image.brokers.get(&me).is_none_or(|b| b.fenced);
+        let leads = self
+            .cluster
+            .image
+            .topics
+            .values()
+            .flat_map(|t| &t.parts)
+            .any(|p| p.leader == me && p.replicas.len() > 1 && p.isr.iter().any(|r| *r != me));
+        self.cluster.stopping && fenced && !leads
     }
 
     // ---- the controller side ------------------------------------------------------------
@@ -388,7 +439,7 @@ impl Node {
                 let known = self.cluster.image.brokers.get(&from).filter(|b| b.epoch == broker_epoch).map(|b| b.fenced);
                 if let Some(fenced) = known {
                     self.cluster.last_heard.insert(from, self.now.mono);
-                    if fenced && caught_up {
+                    if fenced && caught_up && !self.cluster.shutting_down.contains(&from) {
                         tracing::info!(broker = from, "unfencing broker");
                         self.propose_broker_change(from, MetaRecord::BrokerUnfenced { id: from, epoch: broker_epoch });
                     }
@@ -407,6 +458,18 @@ impl Node {
                 }
             }
             BrokerMessage::ProducerIdsGranted { end } => self.producer_ids_granted(end),
+            BrokerMessage::WantShutdown { broker_epoch } => {
+                if !self.controller_epoch_check() {
+                    return;
+                }
+                let live = self.cluster.image.brokers.get(&from).filter(|b| b.epoch == broker_epoch && !b.fenced);
+                if self.cluster.shutting_down.insert(from) || live.is_some() {
+                    tracing::info!(broker = from, "broker shutting down; fencing it to move its leadership");
+                }
+                if live.is_some() {
+                    self.propose_broker_change(from, MetaRecord::BrokerFenced { id: from, epoch: broker_epoch });
+                }
+            }
             BrokerMessage::AlterPartition { topic, partition, leader_epoch, partition_epoch, isr } => {
                 if self.controller_epoch_check() {
                     self.on_alter_partition(from, topic, partition, leader_epoch, partition_epoch, isr);

@@ -394,6 +394,7 @@ impl Node {
             Input::DiskDone { op, result } => self.on_disk_done(op, result),
             Input::Peer { from, bytes } => self.on_peer(from.0, bytes),
             Input::Timeout => self.on_timeout(),
+            Input::ShutdownRequested => self.shutdown_requested(),
         }
         self.after_input();
         // The invariants walk every partition: after every input in debug builds, after every

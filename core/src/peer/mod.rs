@@ -114,6 +114,10 @@ pub enum BrokerMessage {
     /// epoch its fetches carried, so a restarted broker's old self is not let in. The
     /// controller answers by committing the change, or not at all.
     AlterPartition { topic: [u8; 16], partition: i32, leader_epoch: i32, partition_epoch: i32, isr: Vec<(i32, i64)> },
+    /// A broker is stopping (controlled shutdown): the controller fences it, which moves its
+    /// partitions' leadership to other in-sync replicas, and keeps it fenced. Sent with every
+    /// heartbeat until the process stops.
+    WantShutdown { broker_epoch: i64 },
 }
 
 /// The first frame on a peer connection: who is calling, in which cluster, speaking which
