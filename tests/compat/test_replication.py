@@ -571,3 +571,38 @@ def test_metadata_names_offline_replicas(cluster):
     wait_until("no replica is offline once node %d is back" % victim,
                lambda: all(x["offline"] == [] and x["isr"] == ALL and x["replicas"] == ALL
                            for x in described(cluster.bootstrap).values()), timeout=30)
+
+
+@pytest.mark.timeout(150)
+def test_sigterm_hands_leadership_over_before_stopping(cluster):
+    """Controlled shutdown: SIGTERM to the leader of a partition that is not the controller.
+    The broker asks the controller to move its leadership, stops by itself (exit code 0) once
+    another in-sync replica leads, and says so in its log rather than stopping on its bound;
+    a producer with its defaults carries on, and every acknowledged record is where it was
+    acknowledged after the broker is back in the ISR."""
+    controller = controller_of(cluster)
+    topic = unique_topic("drain")
+    create_topic(cluster.bootstrap, topic, 3, config={"min.insync.replicas": "2"})
+    state = wait_fully_replicated(cluster.nodes, topic, 3)
+    victim = next((v.leader for v in state.values() if v.leader != controller), None)
+    assert victim is not None, state
+    part = next(p for p, v in state.items() if v.leader == victim)
+    acks = Acks()
+    producer = idempotent_producer(cluster.bootstrap)
+    produce_and_flush(producer, topic, part, [b"before-%04d" % i for i in range(200)], acks)
+    node = cluster.node(victim)
+    rc, clean = node.stop(timeout=30)
+    assert clean and rc == 0, "SIGTERM: exit code %r, stopped by itself: %s\n%s" % (rc, clean, node.stderr_tail())
+    log = open(node.stderr_path, "rb").read().decode("utf-8", "replace")
+    assert "leadership handed over" in log and "not handed over in time" not in log, node.stderr_tail()
+    live = [b for b in cluster.nodes if b.alive()]
+    moved = wait_until("another in-sync replica leads %s-%d" % (topic, part),
+                       lambda: agreed_state(live, topic, 3, lambda v: v.leader in ALL and v.leader != victim),
+                       timeout=30)
+    assert victim not in moved[part].isr, moved
+    produce_and_flush(producer, topic, part, [b"after-%04d" % i for i in range(200)], acks)
+    assert not acks.failed, acks.failed[:3]
+    node.start()
+    wait_fully_replicated(cluster.nodes, topic, 3, timeout=60,
+                          what="node %d rejoins the ISR after its restart" % victim)
+    assert_log_is(cluster.bootstrap, topic, part, acks.of(part))
