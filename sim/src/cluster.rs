@@ -35,6 +35,7 @@ const CREATE: u64 = 1;
 const CRASH: u64 = 2;
 const ISOLATE: u64 = 3;
 const HEAL: u64 = 4;
+const CLOG: u64 = 5;
 const ADMIN: usize = 0;
 
 #[derive(Clone, Debug)]
@@ -44,6 +45,9 @@ pub struct ClusterPlan {
     pub create_every: Nanos,
     pub crash_every: Option<Nanos>,
     pub isolate_every: Option<Nanos>,
+    /// Every message to and from one node held for a while (a node that stalls, then wakes
+    /// up believing what it believed before).
+    pub clog_every: Option<Nanos>,
 }
 
 fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
@@ -58,6 +62,7 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
         create_every: pick(&mut r, &[20u64, 100, 300]) * MS,
         crash_every: pick(&mut r, &[None, Some(500 * MS), Some(2_000 * MS)]),
         isolate_every: pick(&mut r, &[None, Some(1_000 * MS), Some(3_000 * MS)]),
+        clog_every: None,
     };
     let env = Env {
         net_latency: (50 * US, pick(&mut r, &[500u64, 5_000]) * US),
@@ -65,6 +70,8 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
         ..Env::default()
     };
     let scale = pick(&mut r, &[1u64, 3]);
+    let mut plan = plan;
+    plan.clog_every = pick(&mut r, &[None, Some(1_000 * MS), Some(3_000 * MS)]);
     let voters: BTreeMap<i32, (String, u16)> = (1..=NODES as i32).map(|id| (id, (format!("node{id}"), 9093))).collect();
     let configs = (1..=NODES as i32)
         .map(|id| NodeConfig {
@@ -281,6 +288,14 @@ impl Harness for Run {
                     w.set_timer(ADMIN, ISOLATE, self.rng.gen_range(e / 2..e * 3 / 2));
                 }
             }
+            CLOG if !self.healed => {
+                let i = self.rng.gen_range(0..NODES);
+                let until = w.now() + self.rng.gen_range(100..5_000) * MS;
+                w.clog(i, until);
+                if let Some(e) = self.plan.clog_every {
+                    w.set_timer(ADMIN, CLOG, self.rng.gen_range(e / 2..e * 3 / 2));
+                }
+            }
             HEAL => {
                 self.healed = true;
                 self.repl.heal();
@@ -368,11 +383,12 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
 /// The plan and environment in one line, for the report.
 fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
     format!(
-        "{NODES} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms; election timeout {} ms, session {} ms; latency up to {} us, sync up to {} us",
+        "{NODES} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms, stall every {:?} ms; election timeout {} ms, session {} ms; latency up to {} us, sync up to {} us",
         plan.safety / MS,
         plan.create_every / MS,
         plan.crash_every.map(|n| n / MS),
         plan.isolate_every.map(|n| n / MS),
+        plan.clog_every.map(|n| n / MS),
         config.quorum_election_timeout_ms,
         config.broker_session_timeout_ms,
         env.net_latency.1 / US,
@@ -403,7 +419,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     run.repl.start(&mut w);
     w.set_timer(ADMIN, CREATE, plan.create_every);
     w.set_timer(ADMIN, HEAL, plan.safety);
-    for (every, token) in [(plan.crash_every, CRASH), (plan.isolate_every, ISOLATE)] {
+    for (every, token) in [(plan.crash_every, CRASH), (plan.isolate_every, ISOLATE), (plan.clog_every, CLOG)] {
         if let Some(e) = every {
             w.set_timer(ADMIN, token, e);
         }

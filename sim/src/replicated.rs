@@ -54,7 +54,9 @@ struct Producer {
     /// The node it sends to; it moves on after an error.
     node: usize,
     conn: Option<ConnId>,
-    in_flight: Option<(i32, Vec<String>)>,
+    /// Requests sent and not answered, by correlation id (at most `in_flight_max`).
+    in_flight: BTreeMap<i32, Vec<String>>,
+    in_flight_max: usize,
     next_value: u64,
     acked_after_heal: bool,
 }
@@ -84,7 +86,8 @@ impl Replicated {
                 partition: k % partitions,
                 node: rng.gen_range(0..nodes),
                 conn: None,
-                in_flight: None,
+                in_flight: BTreeMap::new(),
+                in_flight_max: rng.gen_range(1..=4),
                 next_value: 0,
                 acked_after_heal: false,
             })
@@ -108,10 +111,11 @@ impl Replicated {
 
     pub fn describe(&self) -> String {
         format!(
-            "topic {TOPIC}: {} partitions x 3 replicas, min.insync.replicas 2, {} acks=all producers every {} ms",
+            "topic {TOPIC}: {} partitions x 3 replicas, min.insync.replicas 2, {} acks=all producers every {} ms ({:?} in flight)",
             self.partitions,
             self.producers.len(),
-            self.every / MS
+            self.every / MS,
+            self.producers.iter().map(|p| p.in_flight_max).collect::<Vec<_>>()
         )
     }
 
@@ -182,7 +186,7 @@ impl Replicated {
     fn send(&mut self, w: &mut World, k: usize) {
         let healed = self.healed;
         let p = &mut self.producers[k];
-        if p.in_flight.is_some() || (healed && p.acked_after_heal) {
+        if p.in_flight.len() >= p.in_flight_max || (healed && p.acked_after_heal) {
             return;
         }
         if !w.is_up(p.node) {
@@ -221,7 +225,10 @@ impl Replicated {
         for v in &values {
             self.sent.insert(v.clone(), (p.partition, Status::InFlight));
         }
-        p.in_flight = Some((self.next_cid, values));
+        p.in_flight.insert(self.next_cid, values);
+        if p.in_flight.len() < p.in_flight_max {
+            w.set_timer(CREATOR + 1 + k, T_PRODUCE, self.every);
+        }
     }
 
     fn settle(&mut self, values: &[String], status: Status) {
@@ -233,7 +240,11 @@ impl Replicated {
     }
 
     fn on_produced(&mut self, w: &mut World, k: usize, frame: Bytes) {
-        let Some((cid, values)) = self.producers[k].in_flight.take() else { return };
+        let Some(cid) = codec::correlation_id(&frame) else { return };
+        let Some(values) = self.producers[k].in_flight.remove(&cid) else {
+            self.violation(w, format!("producer {k}: an answer to request {cid}, which is not in flight"));
+            return;
+        };
         let partition = self.producers[k].partition;
         let resp = codec::decode::<ProduceResponse>(ApiKey::Produce, codec::PRODUCE_VERSION, frame);
         let pr = match &resp {
@@ -268,6 +279,9 @@ impl Replicated {
                 if let Some(c) = p.conn.take() {
                     w.close(c);
                 }
+                // What else was in flight on that connection goes unanswered.
+                let rest: Vec<String> = std::mem::take(&mut p.in_flight).into_values().flatten().collect();
+                self.settle(&rest, Status::Indefinite);
             }
         }
         w.set_timer(CREATOR + 1 + k, T_PRODUCE, self.every);
@@ -291,9 +305,8 @@ impl Replicated {
             let p = &mut self.producers[k];
             p.conn = None;
             p.node = (p.node + 1) % self.nodes;
-            if let Some((_, values)) = p.in_flight.take() {
-                self.settle(&values, Status::Indefinite);
-            }
+            let values: Vec<String> = std::mem::take(&mut p.in_flight).into_values().flatten().collect();
+            self.settle(&values, Status::Indefinite);
             w.set_timer(CREATOR + 1 + k, T_PRODUCE, self.every);
         }
     }

@@ -456,10 +456,12 @@ impl Node {
                 Err((KafkaError::InvalidRequest, "topic named twice in one request".to_string()))
             } else if !metadata::valid_topic_name(&name) {
                 Err((KafkaError::InvalidTopic, format!("illegal topic name {name:?}")))
+            } else if !self.is_controller() {
+                // Only the controller knows: another broker's view may hold a proposal that is
+                // never committed (seed 4737: a follower's uncommitted log tail).
+                Err((KafkaError::NotController, "this broker is not the active controller".to_string()))
             } else if self.topics.contains_key(&name) || self.topic_name_proposed(&name) {
                 Err((KafkaError::TopicAlreadyExists, format!("topic {name:?} already exists")))
-            } else if !self.is_controller() {
-                Err((KafkaError::NotController, "this broker is not the active controller".to_string()))
             } else if partitions <= 0 || partitions > limits::PARTITIONS_PER_TOPIC_MAX {
                 Err((
                     KafkaError::InvalidPartitions,

@@ -76,8 +76,13 @@ impl Node {
         self.meta.quorum.as_ref().and_then(|q| q.leader())
     }
 
+    /// This node is the active controller: it leads the metadata quorum and has committed an
+    /// entry of its own epoch, so every earlier entry of its log is committed too. Before
+    /// that, a previous leader's proposal in its log may or may not be committed, and
+    /// nothing can be decided about it (a CreateTopics answered TOPIC_ALREADY_EXISTS for a
+    /// name that is only there could name a topic that never comes to be: seed 4737).
     pub(super) fn is_controller(&self) -> bool {
-        self.meta.quorum.as_ref().is_some_and(|q| q.is_leader())
+        self.meta.quorum.as_ref().is_some_and(|q| q.is_leader() && q.caught_up())
     }
 
     /// The partition's leader and leader epoch as the metadata says, if that leader may serve
