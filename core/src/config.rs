@@ -70,6 +70,10 @@ pub struct ReplicationConfig {
     pub replica_fetch_max_bytes: usize,
     /// Bytes a follower's fetch returns at most (`replica.fetch.response.max.bytes`).
     pub replica_fetch_response_max_bytes: usize,
+    /// Leadership goes back to each partition's preferred replica once it is in sync again
+    /// (`auto.leader.rebalance.enable`), checked every `leader.imbalance.check.interval.seconds`.
+    pub auto_leader_rebalance: bool,
+    pub leader_imbalance_check_interval_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -81,6 +85,8 @@ impl Default for ReplicationConfig {
             replica_fetch_wait_max_ms: 500,
             replica_fetch_max_bytes: 1024 * 1024,
             replica_fetch_response_max_bytes: 10 * 1024 * 1024,
+            auto_leader_rebalance: true,
+            leader_imbalance_check_interval_ms: 300_000,
         }
     }
 }

@@ -185,6 +185,12 @@ fn replication(props: &BTreeMap<String, String>, r: &mut sluice_core::config::Re
     if let Some(v) = num::<usize>(props, "replica.fetch.response.max.bytes")? {
         r.replica_fetch_response_max_bytes = v.max(1);
     }
+    if let Some(v) = props.get("auto.leader.rebalance.enable") {
+        r.auto_leader_rebalance = v.parse().map_err(|_| format!("auto.leader.rebalance.enable: {v:?}"))?;
+    }
+    if let Some(v) = num::<u64>(props, "leader.imbalance.check.interval.seconds")? {
+        r.leader_imbalance_check_interval_ms = v.max(1).saturating_mul(1000);
+    }
     if props.get("unclean.leader.election.enable").is_some_and(|v| v == "true") {
         return Err("unclean.leader.election.enable=true: Sluice elects leaders only from the ISR".into());
     }
@@ -317,6 +323,8 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
         ("replica.fetch.max.bytes", r.replica_fetch_max_bytes.to_string()),
         ("replica.fetch.response.max.bytes", r.replica_fetch_response_max_bytes.to_string()),
         ("unclean.leader.election.enable", "false".to_string()),
+        ("auto.leader.rebalance.enable", r.auto_leader_rebalance.to_string()),
+        ("leader.imbalance.check.interval.seconds", (r.leader_imbalance_check_interval_ms / 1000).to_string()),
     ] {
         effective.insert(k.to_string(), v);
     }

@@ -606,3 +606,52 @@ def test_sigterm_hands_leadership_over_before_stopping(cluster):
     wait_fully_replicated(cluster.nodes, topic, 3, timeout=60,
                           what="node %d rejoins the ISR after its restart" % victim)
     assert_log_is(cluster.bootstrap, topic, part, acks.of(part))
+
+
+@pytest.mark.timeout(150)
+def test_preferred_leader_election_with_the_admin_client(cluster):
+    """ElectLeaders (preferred) through confluent-kafka's admin client, while producing: after
+    a leader is killed and comes back into the ISR, leadership stays where it moved; the
+    election hands it back to the preferred (first) replica in a new leader epoch, the
+    producer carries on, and a second election is answered ELECTION_NOT_NEEDED."""
+    import confluent_kafka
+    if not hasattr(confluent_kafka, "ElectionType"):
+        pytest.skip("confluent-kafka %s has no elect_leaders (added in 2.4); kafka-python has none either"
+                    % confluent_kafka.version()[0])
+    from confluent_kafka import ElectionType, TopicPartition
+    controller_of(cluster)
+    topic = unique_topic("elect")
+    create_topic(cluster.bootstrap, topic, 3, config={"min.insync.replicas": "2"})
+    state = wait_fully_replicated(cluster.nodes, topic, 3)
+    preferred = {p: v.leader for p, v in state.items()}  # a new partition's leader is its first replica
+    controller = controller_of(cluster)
+    victim = next(b for b in ALL if b != controller)
+    part = next(p for p, l in preferred.items() if l == victim)
+    acks = Acks()
+    producer = idempotent_producer(cluster.bootstrap)
+    produce_and_flush(producer, topic, part, [b"a-%04d" % i for i in range(100)], acks)
+    cluster.node(victim).kill9()
+    live = [b for b in cluster.nodes if b.alive()]
+    wait_until("another replica leads %s-%d" % (topic, part),
+               lambda: agreed_state(live, topic, 3, lambda v: v.leader in ALL and v.leader != victim), timeout=60)
+    produce_and_flush(producer, topic, part, [b"b-%04d" % i for i in range(100)], acks)
+    cluster.node(victim).start()
+    moved = wait_fully_replicated(cluster.nodes, topic, 3, timeout=60)
+    assert moved[part].leader != victim, "leadership went back by itself: %r" % (moved,)
+
+    admin = ck_admin(cluster.bootstrap)
+    fut = admin.elect_leaders(ElectionType.PREFERRED, [TopicPartition(topic, part)])
+    result = fut.result(timeout=30)
+    errors = {(tp.topic, tp.partition): e for tp, e in result.items()}
+    assert errors == {(topic, part): None}, errors
+    def led_by_victim():
+        s = agreed_state(cluster.nodes, topic, 3, lambda v: v.isr == ALL)
+        return s is not None and s[part].leader == victim
+
+    wait_until("node %d leads %s-%d again" % (victim, topic, part), led_by_victim, timeout=30)
+    produce_and_flush(producer, topic, part, [b"c-%04d" % i for i in range(100)], acks)
+    assert not acks.failed, acks.failed[:3]
+    again = admin.elect_leaders(ElectionType.PREFERRED, [TopicPartition(topic, part)]).result(timeout=30)
+    codes = [e.code() if e is not None else 0 for e in again.values()]
+    assert codes == [84], "a second election: %r (ELECTION_NOT_NEEDED is 84)" % (again,)
+    assert_log_is(cluster.bootstrap, topic, part, acks.of(part))

@@ -101,7 +101,48 @@ pub struct PartitionImage {
     pub isr: Vec<i32>,
 }
 
+/// Why a preferred leader election changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoElection {
+    /// The preferred replica leads already.
+    NotNeeded,
+    /// The preferred replica is fenced or out of the ISR.
+    NotAvailable,
+}
+
 impl PartitionImage {
+    /// The registration with its preferred replica (the first) as leader, in a new leader
+    /// epoch, if that replica is unfenced and in sync and does not lead already.
+    pub fn prefer(&self, fenced: impl Fn(i32) -> bool) -> Result<PartitionImage, NoElection> {
+        let Some(&preferred) = self.replicas.first() else {
+            return Err(NoElection::NotNeeded);
+        };
+        if self.leader == preferred {
+            return Err(NoElection::NotNeeded);
+        }
+        if fenced(preferred) || !self.isr.contains(&preferred) {
+            return Err(NoElection::NotAvailable);
+        }
+        Ok(PartitionImage {
+            leader: preferred,
+            leader_epoch: self.leader_epoch + 1,
+            partition_epoch: self.partition_epoch + 1,
+            ..self.clone()
+        })
+    }
+
+    /// The record that makes this the partition's registration.
+    pub fn change_record(&self, id: [u8; 16], partition: i32) -> MetaRecord {
+        MetaRecord::PartitionChanged {
+            id,
+            partition,
+            leader: self.leader,
+            leader_epoch: self.leader_epoch,
+            partition_epoch: self.partition_epoch,
+            isr: self.isr.clone(),
+        }
+    }
+
     /// A new partition: its first replica leads, every replica is in sync (they are all empty).
     pub fn new(replicas: Vec<i32>) -> PartitionImage {
         let leader = replicas.first().copied().unwrap_or(NO_LEADER);
@@ -469,6 +510,13 @@ mod tests {
         let t = s.wanted(|_| false).unwrap();
         assert_eq!((t.leader, t.isr.clone(), t.leader_epoch), (2, vec![2], 3));
         assert_eq!(PartitionImage::new(Vec::new()).wanted(|_| true), None, "a cluster of one's partition");
+        // Preferred leader election: back to the first replica once it is in sync again.
+        assert_eq!(p.prefer(|_| false), Err(NoElection::NotNeeded));
+        assert_eq!(q.prefer(|_| false), Err(NoElection::NotAvailable), "1 is out of the ISR");
+        let back = PartitionImage { isr: vec![2, 3, 1], ..q.clone() };
+        assert_eq!(back.prefer(|b| b == 1), Err(NoElection::NotAvailable), "1 is fenced");
+        let u = back.prefer(|_| false).unwrap();
+        assert_eq!((u.leader, u.leader_epoch, u.partition_epoch, u.isr.clone()), (1, 2, 2, vec![2, 3, 1]));
 
         let mut img = MetadataImage::default();
         let placed =

@@ -549,6 +549,85 @@ impl Node {
         }
     }
 
+    /// ElectLeaders (KIP-460), on the controller: preferred elections; an unclean one is
+    /// never made (a partition with no leader gets one from its ISR as soon as a member is
+    /// back), so it is answered ELECTION_NOT_NEEDED or ELIGIBLE_LEADERS_NOT_AVAILABLE.
+    pub(super) fn handle_elect_leaders(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+        let req: ElectLeadersRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = ElectLeadersResponse::default();
+        let wanted: Option<Vec<(String, Vec<i32>)>> =
+            req.topic_partitions.map(|ts| ts.into_iter().map(|t| (t.topic.0.to_string(), t.partitions)).collect());
+        let results: Vec<(String, i32, i16, Option<JobId>)> = if !self.is_controller() {
+            resp.error_code = KafkaError::NotController.code();
+            let all = wanted.unwrap_or_default();
+            all.into_iter()
+                .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p, KafkaError::NotController.code(), None)))
+                .collect()
+        } else if req.election_type == 0 {
+            self.elect_preferred(wanted)
+        } else {
+            let targets = wanted.unwrap_or_default();
+            let mut out = Vec::new();
+            for (t, ps) in targets {
+                for p in ps {
+                    let tp = self.topics.get(&t).map(|topic| (topic.id, p));
+                    let code = match tp.and_then(|tp| self.registration(tp).map(|img| (tp, img))) {
+                        None => KafkaError::UnknownTopicOrPartition.code(),
+                        Some((tp, _)) if self.partition_leader(tp).is_some() => 84, // ELECTION_NOT_NEEDED
+                        Some(_) => 83, // ELIGIBLE_LEADERS_NOT_AVAILABLE
+                    };
+                    out.push((t.clone(), p, code, None));
+                }
+            }
+            out
+        };
+        let mut jobs = Vec::new();
+        for (topic, partition, code, job) in results {
+            let ti = match resp.replica_election_results.iter().position(|r| r.topic.0.as_str() == topic) {
+                Some(i) => i,
+                None => {
+                    let mut r = ReplicaElectionResult::default();
+                    r.topic = TopicName(sb(topic.clone()));
+                    resp.replica_election_results.push(r);
+                    resp.replica_election_results.len() - 1
+                }
+            };
+            let mut pr = PartitionResult::default();
+            pr.partition_id = partition;
+            pr.error_code = code;
+            if code == 80 {
+                pr.error_message = Some(sb("the preferred replica is not in sync or not live"));
+            }
+            let results = &mut resp.replica_election_results[ti].partition_result;
+            if let Some(j) = job {
+                jobs.push((ti, results.len(), j));
+            }
+            results.push(pr);
+        }
+        let job_set: BTreeSet<JobId> = jobs.iter().map(|(_, _, j)| *j).collect();
+        let build = {
+            let ctx = ctx.clone();
+            move |failed: &BTreeSet<JobId>| {
+                for (ti, pi, j) in &jobs {
+                    if failed.contains(j) {
+                        resp.replica_election_results[*ti].partition_result[*pi].error_code =
+                            KafkaError::KafkaStorageError.code();
+                    }
+                }
+                protocol::encode_response(&ctx, &resp)
+            }
+        };
+        self.respond_after(conn, seq, job_set, Box::new(build));
+        Ok(())
+    }
+
     pub(super) fn handle_delete_topics(
         &mut self,
         conn: ConnId,

@@ -650,6 +650,7 @@ impl Node {
             ApiKey::ListOffsets => self.handle_list_offsets(conn, seq, &ctx, body),
             ApiKey::CreateTopics => self.handle_create_topics(conn, seq, ctx, body),
             ApiKey::DeleteTopics => self.handle_delete_topics(conn, seq, ctx, body),
+            ApiKey::ElectLeaders => self.handle_elect_leaders(conn, seq, ctx, body),
             ApiKey::CreatePartitions => self.handle_create_partitions(conn, seq, ctx, body),
             ApiKey::DescribeConfigs => self.handle_describe_configs(conn, seq, &ctx, body),
             ApiKey::DescribeCluster => self.handle_describe_cluster(conn, seq, &ctx, body),

@@ -47,6 +47,9 @@ pub(super) struct ReplicationState {
     in_flight: BTreeMap<Tp, Offset>,
     /// The controller should look for partitions that need a new leader or ISR.
     pub reconcile_due: bool,
+    /// The controller's next preferred-leader check (`auto.leader.rebalance.enable`).
+    next_rebalance: Option<Instant>,
+    rebalance_due: bool,
 }
 
 #[derive(Default)]
@@ -703,21 +706,16 @@ impl Node {
         let image = &self.cluster.image;
         let fenced = |b: i32| image.brokers.get(&b).is_none_or(|x| x.fenced);
         let mut changes = Vec::new();
+        let rebalance = std::mem::take(&mut self.replication.rebalance_due);
         for t in image.topics.values() {
             for (i, p) in t.parts.iter().enumerate() {
+                let i = i32::try_from(i).expect("bounded");
                 if let Some(w) = p.wanted(fenced) {
-                    let i = i32::try_from(i).expect("bounded");
-                    changes.push((
-                        (t.id, i),
-                        MetaRecord::PartitionChanged {
-                            id: t.id,
-                            partition: i,
-                            leader: w.leader,
-                            leader_epoch: w.leader_epoch,
-                            partition_epoch: w.partition_epoch,
-                            isr: w.isr,
-                        },
-                    ));
+                    changes.push(((t.id, i), w.change_record(t.id, i)));
+                } else if let (true, Ok(w)) = (rebalance, p.prefer(fenced)) {
+                    // auto.leader.rebalance.enable: leadership goes back to the preferred
+                    // replica once it is in sync again.
+                    changes.push(((t.id, i), w.change_record(t.id, i)));
                 }
             }
         }
@@ -740,6 +738,52 @@ impl Node {
     pub(super) fn replication_controller_reset(&mut self) {
         self.replication.in_flight.clear();
         self.replication.reconcile_due = true;
+        self.replication.next_rebalance = None;
+    }
+
+    /// ElectLeaders (preferred): on the controller, elects each named partition's preferred
+    /// replica where it is in sync and does not lead; `None` names every partition (and then
+    /// only those elected are answered, as Kafka does). Returns per partition the error code
+    /// and the job committing the change.
+    pub(super) fn elect_preferred(
+        &mut self,
+        wanted: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Vec<(String, i32, i16, Option<super::JobId>)> {
+        let image = &self.cluster.image;
+        let fenced = |b: i32| image.brokers.get(&b).is_none_or(|x| x.fenced);
+        let all = wanted.is_none();
+        let targets: Vec<(String, Vec<i32>)> = wanted.unwrap_or_else(|| {
+            image.topics.iter().map(|(n, t)| (n.clone(), (0..t.partitions).collect())).collect()
+        });
+        let mut out = Vec::new();
+        let mut changes = Vec::new();
+        for (name, parts) in targets {
+            for p in parts {
+                let found = image.topics.get(&name).and_then(|t| Some((t.id, t.parts.get(usize::try_from(p).ok()?)?)));
+                let Some((id, img)) = found else {
+                    out.push((name.clone(), p, KafkaError::UnknownTopicOrPartition.code(), None));
+                    continue;
+                };
+                match img.prefer(fenced) {
+                    Ok(w) => changes.push((name.clone(), (id, p), w.change_record(id, p))),
+                    Err(_) if all => {}
+                    Err(crate::metadata::NoElection::NotNeeded) => out.push((name.clone(), p, 84, None)),
+                    Err(crate::metadata::NoElection::NotAvailable) => out.push((name.clone(), p, 80, None)),
+                }
+            }
+        }
+        for (name, tp, rec) in changes {
+            let job = self.new_job(1, super::JobDone::Nothing);
+            let code = match self.meta_append(&rec, job) {
+                Some(offset) => {
+                    self.replication.in_flight.insert(tp, offset);
+                    0
+                }
+                None => KafkaError::KafkaStorageError.code(),
+            };
+            out.push((name, tp.1, code, (code == 0).then_some(job)));
+        }
+        out
     }
 
     // ---- plumbing -----------------------------------------------------------------------
@@ -778,6 +822,18 @@ impl Node {
                 self.replication.fetch_due = true;
             }
         }
+        let every = self.config.replication.leader_imbalance_check_interval_ms;
+        if self.config.replication.auto_leader_rebalance && self.is_controller() {
+            match self.replication.next_rebalance {
+                None => self.replication.next_rebalance = Some(now.plus_millis(every)),
+                Some(t) if t <= now => {
+                    self.replication.next_rebalance = Some(now.plus_millis(every));
+                    self.replication.rebalance_due = true;
+                    self.replication.reconcile_due = true;
+                }
+                Some(_) => {}
+            }
+        }
         let interval = (self.config.replication.replica_lag_time_max_ms / 2).max(1);
         if self.replication.next_isr_check.is_none_or(|t| t <= now) {
             self.replication.next_isr_check = Some(now.plus_millis(interval));
@@ -800,6 +856,7 @@ impl Node {
             .flat_map(|f| [f.in_flight.map(|(_, d)| d), (f.not_before != Instant::ZERO).then_some(f.not_before)])
             .flatten()
             .min();
-        [parked, fetchers, r.next_isr_check.or(Some(self.now.mono))].into_iter().flatten().min()
+        let rebalance = r.next_rebalance.filter(|_| self.config.replication.auto_leader_rebalance);
+        [parked, fetchers, rebalance, r.next_isr_check.or(Some(self.now.mono))].into_iter().flatten().min()
     }
 }
