@@ -85,6 +85,8 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
             replication: sluice_core::config::ReplicationConfig {
                 replica_lag_time_max_ms: 3_000 / scale,
                 replica_fetch_wait_max_ms: 500 / scale,
+                // Preferred leaders taken back often: more leadership changes under faults.
+                leader_imbalance_check_interval_ms: 3_000 / scale,
                 ..Default::default()
             },
             ..NodeConfig::default()

@@ -823,7 +823,9 @@ impl Node {
             }
         }
         let every = self.config.replication.leader_imbalance_check_interval_ms;
-        if self.config.replication.auto_leader_rebalance && self.is_controller() {
+        if !self.is_controller() {
+            self.replication.next_rebalance = None;
+        } else if self.config.replication.auto_leader_rebalance {
             match self.replication.next_rebalance {
                 None => self.replication.next_rebalance = Some(now.plus_millis(every)),
                 Some(t) if t <= now => {
@@ -856,7 +858,8 @@ impl Node {
             .flat_map(|f| [f.in_flight.map(|(_, d)| d), (f.not_before != Instant::ZERO).then_some(f.not_before)])
             .flatten()
             .min();
-        let rebalance = r.next_rebalance.filter(|_| self.config.replication.auto_leader_rebalance);
+        // Only the controller's check wakes the node (a deposed one's would be due forever).
+        let rebalance = r.next_rebalance.filter(|_| self.config.replication.auto_leader_rebalance && self.is_controller());
         [parked, fetchers, rebalance, r.next_isr_check.or(Some(self.now.mono))].into_iter().flatten().min()
     }
 }
