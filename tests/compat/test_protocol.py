@@ -134,7 +134,7 @@ def test_metadata_auto_creates_topics(broker_factory):
             assert time.monotonic() < deadline, tm
             time.sleep(0.1)
         assert sorted(p["partition"] for p in tm["partitions"]) == [0, 1, 2]
-        assert all(p["leader"] == 1 for p in tm["partitions"])
+        assert all(p["leader"] == 1 for p in tm["partitions"]), tm
 
 
 def test_auto_create_disabled(broker_factory):

@@ -506,19 +506,9 @@ impl Node {
             }
             resp.topics.push(r);
         }
-        let job_set: BTreeSet<JobId> = jobs.iter().map(|(_, j)| *j).collect();
-        let build = {
-            let ctx = ctx.clone();
-            move |failed: &BTreeSet<JobId>| {
-                for (i, j) in &jobs {
-                    if failed.contains(j) {
-                        resp.topics[*i].error_code = KafkaError::KafkaStorageError.code();
-                    }
-                }
-                protocol::encode_response(&ctx, &resp)
-            }
-        };
-        self.respond_after(conn, seq, job_set, Box::new(build));
+        self.respond_when_done(conn, seq, &ctx, resp, jobs, |resp, i| {
+            resp.topics[*i].error_code = KafkaError::KafkaStorageError.code();
+        });
         Ok(())
     }
 
@@ -537,6 +527,33 @@ impl Node {
                 c
             })
             .collect()
+    }
+
+    /// Answers `resp` once every job has finished, each failed job's entry (`at`) marked by
+    /// `failed` (KAFKA_STORAGE_ERROR: its change did not become durable).
+    fn respond_when_done<R, I>(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        mut resp: R,
+        jobs: Vec<(I, JobId)>,
+        failed: fn(&mut R, &I),
+    ) where
+        R: kafka_protocol::protocol::Encodable + Send + 'static,
+        I: Send + 'static,
+    {
+        let job_set: BTreeSet<JobId> = jobs.iter().map(|(_, j)| *j).collect();
+        let ctx = ctx.clone();
+        let build = move |done_badly: &BTreeSet<JobId>| {
+            for (at, j) in &jobs {
+                if done_badly.contains(j) {
+                    failed(&mut resp, at);
+                }
+            }
+            protocol::encode_response(&ctx, &resp)
+        };
+        self.respond_after(conn, seq, job_set, Box::new(build));
     }
 
     /// Answers now if nothing is pending, else when every job has finished.
@@ -607,24 +624,13 @@ impl Node {
             }
             let results = &mut resp.replica_election_results[ti].partition_result;
             if let Some(j) = job {
-                jobs.push((ti, results.len(), j));
+                jobs.push(((ti, results.len()), j));
             }
             results.push(pr);
         }
-        let job_set: BTreeSet<JobId> = jobs.iter().map(|(_, _, j)| *j).collect();
-        let build = {
-            let ctx = ctx.clone();
-            move |failed: &BTreeSet<JobId>| {
-                for (ti, pi, j) in &jobs {
-                    if failed.contains(j) {
-                        resp.replica_election_results[*ti].partition_result[*pi].error_code =
-                            KafkaError::KafkaStorageError.code();
-                    }
-                }
-                protocol::encode_response(&ctx, &resp)
-            }
-        };
-        self.respond_after(conn, seq, job_set, Box::new(build));
+        self.respond_when_done(conn, seq, &ctx, resp, jobs, |resp, (ti, pi)| {
+            resp.replica_election_results[*ti].partition_result[*pi].error_code = KafkaError::KafkaStorageError.code();
+        });
         Ok(())
     }
 
@@ -667,19 +673,9 @@ impl Node {
             }
             resp.responses.push(r);
         }
-        let job_set: BTreeSet<JobId> = jobs.iter().map(|(_, j)| *j).collect();
-        let build = {
-            let ctx = ctx.clone();
-            move |failed: &BTreeSet<JobId>| {
-                for (i, j) in &jobs {
-                    if failed.contains(j) {
-                        resp.responses[*i].error_code = KafkaError::KafkaStorageError.code();
-                    }
-                }
-                protocol::encode_response(&ctx, &resp)
-            }
-        };
-        self.respond_after(conn, seq, job_set, Box::new(build));
+        self.respond_when_done(conn, seq, &ctx, resp, jobs, |resp, i| {
+            resp.responses[*i].error_code = KafkaError::KafkaStorageError.code();
+        });
         Ok(())
     }
 
@@ -738,19 +734,9 @@ impl Node {
             }
             resp.results.push(r);
         }
-        let job_set: BTreeSet<JobId> = jobs.iter().map(|(_, j)| *j).collect();
-        let build = {
-            let ctx = ctx.clone();
-            move |failed: &BTreeSet<JobId>| {
-                for (i, j) in &jobs {
-                    if failed.contains(j) {
-                        resp.results[*i].error_code = KafkaError::KafkaStorageError.code();
-                    }
-                }
-                protocol::encode_response(&ctx, &resp)
-            }
-        };
-        self.respond_after(conn, seq, job_set, Box::new(build));
+        self.respond_when_done(conn, seq, &ctx, resp, jobs, |resp, i| {
+            resp.results[*i].error_code = KafkaError::KafkaStorageError.code();
+        });
         Ok(())
     }
 

@@ -80,7 +80,13 @@ impl Node {
     /// recorded) is this node's alone.
     pub(super) fn registration(&self, tp: Tp) -> Option<PartitionImage> {
         let name = self.names.get(&tp.0)?;
-        let t = self.cluster.image.topics.get(name).filter(|t| t.id == tp.0)?;
+        let Some(t) = self.cluster.image.topics.get(name).filter(|t| t.id == tp.0) else {
+            // Proposed here and not yet applied (its creation finishes just before its record
+            // applies): as proposed.
+            let p = self.partition(tp)?;
+            let replicas = if p.replicas.is_empty() { vec![self.me_id()] } else { p.replicas.clone() };
+            return Some(PartitionImage::new(replicas));
+        };
         let p = t.parts.get(usize::try_from(tp.1).ok()?)?;
         if p.replicas.is_empty() {
             let me = self.me_id();
