@@ -294,8 +294,7 @@ async fn connect_to_leader(o: &Opts) -> Result<(TcpStream, Vec<i32>), String> {
         let parts = r.topics.first().map(|t| t.partitions.clone()).unwrap_or_default();
         if parts.len() == o.partitions as usize && parts.iter().all(|p| p.leader_id.0 >= 0) {
             let leader = parts.iter().find(|p| p.partition_index == 0).map_or(-1, |p| p.leader_id.0);
-            let mine: Vec<i32> =
-                parts.iter().filter(|p| p.leader_id.0 == leader).map(|p| p.partition_index).collect();
+            let mine: Vec<i32> = parts.iter().filter(|p| p.leader_id.0 == leader).map(|p| p.partition_index).collect();
             let b = r.brokers.iter().find(|b| b.node_id.0 == leader).ok_or("the leader is not in Metadata")?;
             let addr = format!("{}:{}", b.host, b.port);
             let s = TcpStream::connect(&addr).await.map_err(|e| format!("{addr}: {e}"))?;

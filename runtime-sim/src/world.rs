@@ -345,7 +345,12 @@ impl World {
             return;
         }
         let report = self.slots[i].disk.crash(&mut self.rng.disk);
-        tracing::info!(node = i + 1, torn_writes = report.torn_writes, lost = report.files_with_lost_writes, "simulator: node crashed");
+        tracing::info!(
+            node = i + 1,
+            torn_writes = report.torn_writes,
+            lost = report.files_with_lost_writes,
+            "simulator: node crashed"
+        );
         self.stats.crashes += 1;
         self.stats.torn_writes += report.torn_writes as u64;
         self.stats.lost_writes += report.files_with_lost_writes as u64;

@@ -370,7 +370,8 @@ impl Replicated {
             return;
         }
         for p in 0..self.partitions {
-            let leader = (0..self.nodes).find(|i| w.node(*i).and_then(|n| n.replica_view(TOPIC, p)).is_some_and(|v| v.leads));
+            let leader =
+                (0..self.nodes).find(|i| w.node(*i).and_then(|n| n.replica_view(TOPIC, p)).is_some_and(|v| v.leads));
             let Some(leader) = leader else {
                 self.violation(w, format!("partition {p} has no leader at the end"));
                 continue;

@@ -686,7 +686,14 @@ mod tests {
         let (mut pos, mut len) = (0usize, 7usize);
         let verdict = loop {
             let end = (pos + len).min(file.len());
-            match seg.recover_chunk(&file[pos..end], end == file.len(), 7, 4096, &mut ops, &mut epochs::EpochCache::default()) {
+            match seg.recover_chunk(
+                &file[pos..end],
+                end == file.len(),
+                7,
+                4096,
+                &mut ops,
+                &mut epochs::EpochCache::default(),
+            ) {
                 Scan::NeedMore { position, len: l } => {
                     pos = position as usize;
                     len = l;

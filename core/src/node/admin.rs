@@ -468,7 +468,10 @@ impl Node {
                     format!("partitions must be 1..={}", limits::PARTITIONS_PER_TOPIC_MAX),
                 ))
             } else if !t.assignments.is_empty() {
-                Err((KafkaError::InvalidReplicationFactor, "manual replica assignments are not supported yet".to_string()))
+                Err((
+                    KafkaError::InvalidReplicationFactor,
+                    "manual replica assignments are not supported yet".to_string(),
+                ))
             } else if let Err(msg) = self.check_replication_factor(rf) {
                 Err((KafkaError::InvalidReplicationFactor, msg))
             } else {
@@ -598,7 +601,7 @@ impl Node {
                     let code = match tp.and_then(|tp| self.registration(tp).map(|img| (tp, img))) {
                         None => KafkaError::UnknownTopicOrPartition.code(),
                         Some((tp, _)) if self.partition_leader(tp).is_some() => 84, // ELECTION_NOT_NEEDED
-                        Some(_) => 83, // ELIGIBLE_LEADERS_NOT_AVAILABLE
+                        Some(_) => 83,                                              // ELIGIBLE_LEADERS_NOT_AVAILABLE
                     };
                     out.push((t.clone(), p, code, None));
                 }
@@ -750,7 +753,8 @@ impl Node {
         to: usize,
         assigned: Option<Vec<Vec<i32>>>,
     ) -> JobId {
-        let rf = self.cluster.image.topics.get(name).and_then(|t| t.parts.first()).map_or(1, |p| p.replicas.len().max(1));
+        let rf =
+            self.cluster.image.topics.get(name).and_then(|t| t.parts.first()).map_or(1, |p| p.replicas.len().max(1));
         let replicas = assigned.unwrap_or_else(|| self.place_partitions(to - from, from, rf));
         let from = i32::try_from(from).expect("bounded");
         let (job, _) = self.partitions_job(&replicas, 1, JobDone::PartitionsReady { name: name.to_string(), id, from });

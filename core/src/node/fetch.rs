@@ -97,9 +97,7 @@ impl Node {
                 let part = topic.and_then(|t| t.partition(fp.partition));
                 match part {
                     None => pd.error_code = KafkaError::UnknownTopicOrPartition.code(),
-                    Some(p) if p.serve_error().is_some() => {
-                        pd.error_code = p.serve_error().map_or(0, KafkaError::code)
-                    }
+                    Some(p) if p.serve_error().is_some() => pd.error_code = p.serve_error().map_or(0, KafkaError::code),
                     Some(p) => {
                         let l = &p.log;
                         let stable = l.last_stable_offset();

@@ -314,9 +314,7 @@ impl Node {
         let n = i32::try_from(t.partitions.len()).unwrap_or(i32::MAX).max(1);
         let p = t.partition(partition_for(key, n)).ok_or(COORDINATOR_NOT_AVAILABLE)?;
         match self.partition_leader((t.id, partition_for(key, n))).map(|(leader, _)| leader) {
-            Some(me) if me == self.config.node_id.0 && !p.leads() => {
-                Err(COORDINATOR_LOAD_IN_PROGRESS)
-            }
+            Some(me) if me == self.config.node_id.0 && !p.leads() => Err(COORDINATOR_LOAD_IN_PROGRESS),
             Some(leader) => Ok(leader),
             None => Err(COORDINATOR_NOT_AVAILABLE),
         }

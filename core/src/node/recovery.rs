@@ -286,7 +286,11 @@ impl Node {
             });
             let partitions = (0..t.partitions)
                 .map(|p| {
-                    let replicas = t.parts.get(usize::try_from(p).expect("bounded")).map(|p| p.replicas.clone()).unwrap_or_default();
+                    let replicas = t
+                        .parts
+                        .get(usize::try_from(p).expect("bounded"))
+                        .map(|p| p.replicas.clone())
+                        .unwrap_or_default();
                     if !self.hosts(&replicas) {
                         return super::cluster::remote_partition(&name, p, replicas);
                     }

@@ -469,7 +469,14 @@ impl Node {
 
     /// A follower's fetch: note what it has, then answer now if there is something for it,
     /// or hold it until there is (or its wait is over).
-    fn on_replica_fetch(&mut self, from: i32, id: u64, broker_epoch: i64, max_wait_ms: u32, partitions: Vec<FetchPartition>) {
+    fn on_replica_fetch(
+        &mut self,
+        from: i32,
+        id: u64,
+        broker_epoch: i64,
+        max_wait_ms: u32,
+        partitions: Vec<FetchPartition>,
+    ) {
         let now = self.now.mono;
         for fp in &partitions {
             if self.replica_fetch_error(from, fp).is_some() || self.divergence(fp).is_some() {
@@ -557,7 +564,12 @@ impl Node {
         }
     }
 
-    pub(super) fn on_replica_read(&mut self, answer: u64, index: usize, result: Result<DiskReply, crate::io::DiskError>) {
+    pub(super) fn on_replica_read(
+        &mut self,
+        answer: u64,
+        index: usize,
+        result: Result<DiskReply, crate::io::DiskError>,
+    ) {
         let Some(a) = self.replication.answers.get_mut(&answer) else { return };
         match result {
             Ok(DiskReply::Data(d)) => {
@@ -608,7 +620,9 @@ impl Node {
         let eligible = |id: i32, epoch: i64| image.brokers.get(&id).is_some_and(|b| !b.fenced && b.epoch == epoch);
         let Some(p) = self.partition(tp) else { return };
         let Role::Leader(l) = &p.role else { return };
-        if p.replicas.len() <= 1 || l.pending.as_ref().is_some_and(|(_, at)| now.millis_since(*at) < ALTER_PARTITION_RETRY_MS) {
+        if p.replicas.len() <= 1
+            || l.pending.as_ref().is_some_and(|(_, at)| now.millis_since(*at) < ALTER_PARTITION_RETRY_MS)
+        {
             return;
         }
         let Some(isr) = l.isr_change(me, p.log.high_watermark, now, lag, eligible) else { return };
@@ -640,7 +654,11 @@ impl Node {
             .topics
             .values()
             .flat_map(|t| {
-                t.partitions.iter().enumerate().filter(|(_, p)| p.leads() && p.replicas.len() > 1).map(|(i, _)| (t.id, i as i32))
+                t.partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.leads() && p.replicas.len() > 1)
+                    .map(|(i, _)| (t.id, i as i32))
             })
             .collect();
         for tp in tps {
@@ -758,9 +776,8 @@ impl Node {
         let image = &self.cluster.image;
         let fenced = |b: i32| image.brokers.get(&b).is_none_or(|x| x.fenced);
         let all = wanted.is_none();
-        let targets: Vec<(String, Vec<i32>)> = wanted.unwrap_or_else(|| {
-            image.topics.iter().map(|(n, t)| (n.clone(), (0..t.partitions).collect())).collect()
-        });
+        let targets: Vec<(String, Vec<i32>)> = wanted
+            .unwrap_or_else(|| image.topics.iter().map(|(n, t)| (n.clone(), (0..t.partitions).collect())).collect());
         let mut out = Vec::new();
         let mut changes = Vec::new();
         for (name, parts) in targets {
@@ -865,7 +882,8 @@ impl Node {
             .flatten()
             .min();
         // Only the controller's check wakes the node (a deposed one's would be due forever).
-        let rebalance = r.next_rebalance.filter(|_| self.config.replication.auto_leader_rebalance && self.is_controller());
+        let rebalance =
+            r.next_rebalance.filter(|_| self.config.replication.auto_leader_rebalance && self.is_controller());
         [parked, fetchers, rebalance, r.next_isr_check.or(Some(self.now.mono))].into_iter().flatten().min()
     }
 }

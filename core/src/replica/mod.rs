@@ -17,7 +17,9 @@ use crate::types::{Instant, Offset};
 pub enum Role {
     /// Not serving yet (the log is being recovered or created), or a replica of a partition
     /// with no leader.
-    Idle { leader_epoch: i32 },
+    Idle {
+        leader_epoch: i32,
+    },
     Leader(Box<Leadership>),
     Follower(Following),
 }
