@@ -197,6 +197,26 @@ fn replication(props: &BTreeMap<String, String>, r: &mut sluice_core::config::Re
     Ok(())
 }
 
+/// The replication properties in force, as DescribeConfigs on the broker reports them.
+fn replication_effective(r: &sluice_core::config::ReplicationConfig) -> Vec<(String, String)> {
+    [
+        ("default.replication.factor", r.default_replication_factor.to_string()),
+        ("min.insync.replicas", r.min_insync_replicas.to_string()),
+        ("offsets.topic.replication.factor", "1".to_string()),
+        ("transaction.state.log.replication.factor", "1".to_string()),
+        ("replica.lag.time.max.ms", r.replica_lag_time_max_ms.to_string()),
+        ("replica.fetch.wait.max.ms", r.replica_fetch_wait_max_ms.to_string()),
+        ("replica.fetch.max.bytes", r.replica_fetch_max_bytes.to_string()),
+        ("replica.fetch.response.max.bytes", r.replica_fetch_response_max_bytes.to_string()),
+        ("unclean.leader.election.enable", "false".to_string()),
+        ("auto.leader.rebalance.enable", r.auto_leader_rebalance.to_string()),
+        ("leader.imbalance.check.interval.seconds", (r.leader_imbalance_check_interval_ms / 1000).to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// Builds the configuration from properties (file values with overrides applied).
 pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     let mut node = NodeConfig::default();
@@ -312,22 +332,7 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     );
     effective.insert("log.dirs".to_string(), data_dir.display().to_string());
     effective.insert("num.partitions".to_string(), node.num_partitions.to_string());
-    let r = &node.replication;
-    for (k, v) in [
-        ("default.replication.factor", r.default_replication_factor.to_string()),
-        ("min.insync.replicas", r.min_insync_replicas.to_string()),
-        ("offsets.topic.replication.factor", "1".to_string()),
-        ("transaction.state.log.replication.factor", "1".to_string()),
-        ("replica.lag.time.max.ms", r.replica_lag_time_max_ms.to_string()),
-        ("replica.fetch.wait.max.ms", r.replica_fetch_wait_max_ms.to_string()),
-        ("replica.fetch.max.bytes", r.replica_fetch_max_bytes.to_string()),
-        ("replica.fetch.response.max.bytes", r.replica_fetch_response_max_bytes.to_string()),
-        ("unclean.leader.election.enable", "false".to_string()),
-        ("auto.leader.rebalance.enable", r.auto_leader_rebalance.to_string()),
-        ("leader.imbalance.check.interval.seconds", (r.leader_imbalance_check_interval_ms / 1000).to_string()),
-    ] {
-        effective.insert(k.to_string(), v);
-    }
+    effective.extend(replication_effective(&node.replication));
     effective.insert("auto.create.topics.enable".to_string(), node.auto_create_topics_enable.to_string());
     effective.insert("message.max.bytes".to_string(), node.message_max_bytes.to_string());
     effective.insert("socket.request.max.bytes".to_string(), node.socket_request_max_bytes.to_string());

@@ -253,15 +253,8 @@ async fn core_loop(
             node.handle(clock.now(), input);
             drain(&mut node, &mut disk, &mut conns, peers.as_ref(), &mut local);
         }
-        if let Some(by) = stop_by {
-            if node.ready_to_stop() {
-                tracing::info!("controlled shutdown: leadership handed over");
-                return;
-            }
-            if std::time::Instant::now() >= by {
-                tracing::warn!("controlled shutdown: leadership not handed over in time; stopping anyway");
-                return;
-            }
+        if stop_by.is_some_and(|by| may_stop(&node, by)) {
+            return;
         }
         if !was_serving && node.is_serving() {
             was_serving = true;
@@ -308,6 +301,20 @@ async fn core_loop(
         };
         node.handle(clock.now(), input);
     }
+}
+
+/// Whether a node asked to stop may stop now: its leadership is handed over, or its time to
+/// hand it over (`by`) is up.
+fn may_stop(node: &Node, by: std::time::Instant) -> bool {
+    if node.ready_to_stop() {
+        tracing::info!("controlled shutdown: leadership handed over");
+        return true;
+    }
+    if std::time::Instant::now() >= by {
+        tracing::warn!("controlled shutdown: leadership not handed over in time; stopping anyway");
+        return true;
+    }
+    false
 }
 
 fn drain(

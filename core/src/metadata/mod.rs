@@ -278,22 +278,32 @@ impl MetadataImage {
                 }
             }
             MetaRecord::PartitionChanged { id, partition, leader, leader_epoch, partition_epoch, isr } => {
-                let Some(p) = self
-                    .topics
-                    .values_mut()
-                    .find(|t| t.id == *id)
-                    .and_then(|t| t.parts.get_mut(usize::try_from(*partition).ok()?))
-                    .filter(|p| p.partition_epoch + 1 == *partition_epoch && *leader_epoch >= p.leader_epoch)
-                else {
-                    return false;
+                let next = PartitionImage {
+                    replicas: Vec::new(),
+                    leader: *leader,
+                    leader_epoch: *leader_epoch,
+                    partition_epoch: *partition_epoch,
+                    isr: isr.clone(),
                 };
-                p.leader = *leader;
-                p.leader_epoch = *leader_epoch;
-                p.partition_epoch = *partition_epoch;
-                p.isr.clone_from(isr);
-                true
+                self.change_partition(id, *partition, next)
             }
         }
+    }
+
+    /// Makes `next` (all but its replicas) a partition's registration, if it builds on the
+    /// current one: the next partition epoch, a leader epoch not lower.
+    fn change_partition(&mut self, id: &[u8; 16], partition: i32, next: PartitionImage) -> bool {
+        let Some(p) = self
+            .topics
+            .values_mut()
+            .find(|t| t.id == *id)
+            .and_then(|t| t.parts.get_mut(usize::try_from(partition).ok()?))
+            .filter(|p| p.partition_epoch + 1 == next.partition_epoch && next.leader_epoch >= p.leader_epoch)
+        else {
+            return false;
+        };
+        *p = PartitionImage { replicas: std::mem::take(&mut p.replicas), ..next };
+        true
     }
 
     /// A partition's registration, by topic id.

@@ -437,44 +437,14 @@ impl Node {
                     );
                 }
             }
-            BrokerMessage::Heartbeat { broker_epoch, caught_up } => {
-                if !self.controller_epoch_check() {
-                    return;
-                }
-                let known = self.cluster.image.brokers.get(&from).filter(|b| b.epoch == broker_epoch).map(|b| b.fenced);
-                if let Some(fenced) = known {
-                    self.cluster.last_heard.insert(from, self.now.mono);
-                    if fenced && caught_up && !self.cluster.shutting_down.contains(&from) {
-                        tracing::info!(broker = from, "unfencing broker");
-                        self.propose_broker_change(from, MetaRecord::BrokerUnfenced { id: from, epoch: broker_epoch });
-                    }
-                }
-                let answer = BrokerMessage::HeartbeatResponse {
-                    broker_epoch: known.map(|_| broker_epoch),
-                    fenced: known.unwrap_or(true),
-                };
-                if from != self.me() {
-                    self.send_peer(from, Body::Broker(answer));
-                }
-            }
+            BrokerMessage::Heartbeat { broker_epoch, caught_up } => self.on_heartbeat(from, broker_epoch, caught_up),
             BrokerMessage::AllocateProducerIds => {
                 if self.controller_epoch_check() && from != self.me() {
                     self.allocate_producer_ids_for(from);
                 }
             }
             BrokerMessage::ProducerIdsGranted { end } => self.producer_ids_granted(end),
-            BrokerMessage::WantShutdown { broker_epoch } => {
-                if !self.controller_epoch_check() {
-                    return;
-                }
-                let live = self.cluster.image.brokers.get(&from).filter(|b| b.epoch == broker_epoch && !b.fenced);
-                if self.cluster.shutting_down.insert(from) || live.is_some() {
-                    tracing::info!(broker = from, "broker shutting down; fencing it to move its leadership");
-                }
-                if live.is_some() {
-                    self.propose_broker_change(from, MetaRecord::BrokerFenced { id: from, epoch: broker_epoch });
-                }
-            }
+            BrokerMessage::WantShutdown { broker_epoch } => self.on_want_shutdown(from, broker_epoch),
             BrokerMessage::AlterPartition { topic, partition, leader_epoch, partition_epoch, isr } => {
                 if self.controller_epoch_check() {
                     self.on_alter_partition(from, topic, partition, leader_epoch, partition_epoch, isr);
@@ -497,6 +467,44 @@ impl Node {
                     }
                 }
             }
+        }
+    }
+
+    /// A broker's heartbeat: it is alive; unfence it once it has caught up (unless it is
+    /// stopping), and answer with its epoch and fencing.
+    fn on_heartbeat(&mut self, from: i32, broker_epoch: i64, caught_up: bool) {
+        if !self.controller_epoch_check() {
+            return;
+        }
+        let known = self.cluster.image.brokers.get(&from).filter(|b| b.epoch == broker_epoch).map(|b| b.fenced);
+        if let Some(fenced) = known {
+            self.cluster.last_heard.insert(from, self.now.mono);
+            if fenced && caught_up && !self.cluster.shutting_down.contains(&from) {
+                tracing::info!(broker = from, "unfencing broker");
+                self.propose_broker_change(from, MetaRecord::BrokerUnfenced { id: from, epoch: broker_epoch });
+            }
+        }
+        let answer = BrokerMessage::HeartbeatResponse {
+            broker_epoch: known.map(|_| broker_epoch),
+            fenced: known.unwrap_or(true),
+        };
+        if from != self.me() {
+            self.send_peer(from, Body::Broker(answer));
+        }
+    }
+
+    /// A broker stopping (controlled shutdown): fence it, which moves its leadership to
+    /// other in-sync replicas, and never unfence it again while it says so.
+    fn on_want_shutdown(&mut self, from: i32, broker_epoch: i64) {
+        if !self.controller_epoch_check() {
+            return;
+        }
+        let live = self.cluster.image.brokers.get(&from).filter(|b| b.epoch == broker_epoch && !b.fenced);
+        if self.cluster.shutting_down.insert(from) || live.is_some() {
+            tracing::info!(broker = from, "broker shutting down; fencing it to move its leadership");
+        }
+        if live.is_some() {
+            self.propose_broker_change(from, MetaRecord::BrokerFenced { id: from, epoch: broker_epoch });
         }
     }
 

@@ -139,12 +139,7 @@ impl Node {
         } else {
             // A duplicate may wait for offsets that are already durable: look at once.
             self.hw_moved |= waits.iter().any(|w| self.partition(w.tp).is_some_and(|p| p.log.high_watermark >= w.end));
-            // Only acks=all waits on other brokers, and only it times out (as in Kafka).
-            let deadline = if acks == -1 {
-                self.now.mono.plus_millis(u64::try_from(req.timeout_ms).unwrap_or(0))
-            } else {
-                Instant(u64::MAX)
-            };
+            let deadline = self.produce_deadline(acks, req.timeout_ms);
             self.produces.push(PendingProduce { conn, seq, ctx, resp, waits, all: acks == -1, deadline });
         }
         Ok(())
@@ -243,6 +238,16 @@ impl Node {
         }
         let append_time = if settings.log_append_time { wall } else { -1 };
         Ok((tp, base.expect("at least one batch"), end, generation, log_start, append_time))
+    }
+
+    /// When a produce waiting for its acknowledgement times out: only acks=all waits on
+    /// other brokers, and only it times out (as in Kafka).
+    fn produce_deadline(&self, acks: i16, timeout_ms: i32) -> Instant {
+        if acks == -1 {
+            self.now.mono.plus_millis(u64::try_from(timeout_ms).unwrap_or(0))
+        } else {
+            Instant(u64::MAX)
+        }
     }
 
     /// Whether an acks=all produce to the partition is refused before anything is written:
