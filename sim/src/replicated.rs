@@ -203,12 +203,7 @@ impl Replicated {
             }
         };
         let n = w.workload_rng().gen_range(1..=4);
-        let values: Vec<String> = (0..n)
-            .map(|i| {
-                let v = format!("p{k}-{}", p.next_value + i);
-                v
-            })
-            .collect();
+        let values: Vec<String> = (0..n).map(|i| format!("p{k}-{}", p.next_value + i)).collect();
         p.next_value += n;
         let mut pd = produce_request::PartitionProduceData::default();
         pd.index = p.partition;

@@ -511,7 +511,9 @@ impl Node {
     /// Answers a follower's fetch: errors, divergence, or what this log has durably from the
     /// offset asked (read from the files, then sent behind the envelope).
     fn answer_fetch(&mut self, to: i32, id: u64, partitions: Vec<FetchPartition>) {
-        let mut budget = self.config.replication.replica_fetch_response_max_bytes;
+        // Bounded well under what a peer accepts in one message, whatever the config says.
+        let mut budget =
+            self.config.replication.replica_fetch_response_max_bytes.min(crate::limits::PEER_MESSAGE_BYTES_MAX / 2);
         let mut out = Vec::with_capacity(partitions.len());
         let mut reads = Vec::new();
         for (i, fp) in partitions.iter().enumerate() {
