@@ -74,6 +74,13 @@ pub struct ReplicationConfig {
     /// (`auto.leader.rebalance.enable`), checked every `leader.imbalance.check.interval.seconds`.
     pub auto_leader_rebalance: bool,
     pub leader_imbalance_check_interval_ms: u64,
+    /// Replicas of `__consumer_offsets` and of `__transaction_state`
+    /// (`offsets.topic.replication.factor`, `transaction.state.log.replication.factor`),
+    /// capped at the brokers the cluster has.
+    pub offsets_topic_replication_factor: i16,
+    pub transaction_state_log_replication_factor: i16,
+    /// `min.insync.replicas` of `__transaction_state` (`transaction.state.log.min.isr`).
+    pub transaction_state_log_min_isr: i32,
 }
 
 impl Default for ReplicationConfig {
@@ -87,6 +94,9 @@ impl Default for ReplicationConfig {
             replica_fetch_response_max_bytes: 10 * 1024 * 1024,
             auto_leader_rebalance: true,
             leader_imbalance_check_interval_ms: 300_000,
+            offsets_topic_replication_factor: 3,
+            transaction_state_log_replication_factor: 3,
+            transaction_state_log_min_isr: 2,
         }
     }
 }

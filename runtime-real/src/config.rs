@@ -161,17 +161,28 @@ fn cluster_timings(props: &BTreeMap<String, String>, node: &mut NodeConfig) -> R
 
 /// The replication properties (Kafka's names and defaults).
 fn replication(props: &BTreeMap<String, String>, r: &mut sluice_core::config::ReplicationConfig) -> Result<(), String> {
-    if let Some(v) = num::<i16>(props, "default.replication.factor")? {
-        if v < 1 {
-            return Err("default.replication.factor must be at least 1".into());
+    for (key, field) in [
+        ("default.replication.factor", &mut r.default_replication_factor),
+        ("offsets.topic.replication.factor", &mut r.offsets_topic_replication_factor),
+        ("transaction.state.log.replication.factor", &mut r.transaction_state_log_replication_factor),
+    ] {
+        if let Some(v) = num::<i16>(props, key)? {
+            if v < 1 {
+                return Err(format!("{key} must be at least 1"));
+            }
+            *field = v;
         }
-        r.default_replication_factor = v;
     }
-    if let Some(v) = num::<i32>(props, "min.insync.replicas")? {
-        if v < 1 {
-            return Err("min.insync.replicas must be at least 1".into());
+    for (key, field) in [
+        ("min.insync.replicas", &mut r.min_insync_replicas),
+        ("transaction.state.log.min.isr", &mut r.transaction_state_log_min_isr),
+    ] {
+        if let Some(v) = num::<i32>(props, key)? {
+            if v < 1 {
+                return Err(format!("{key} must be at least 1"));
+            }
+            *field = v;
         }
-        r.min_insync_replicas = v;
     }
     if let Some(v) = num::<u64>(props, "replica.lag.time.max.ms")? {
         r.replica_lag_time_max_ms = v.max(1);
@@ -202,8 +213,9 @@ fn replication_effective(r: &sluice_core::config::ReplicationConfig) -> Vec<(Str
     [
         ("default.replication.factor", r.default_replication_factor.to_string()),
         ("min.insync.replicas", r.min_insync_replicas.to_string()),
-        ("offsets.topic.replication.factor", "1".to_string()),
-        ("transaction.state.log.replication.factor", "1".to_string()),
+        ("offsets.topic.replication.factor", r.offsets_topic_replication_factor.to_string()),
+        ("transaction.state.log.replication.factor", r.transaction_state_log_replication_factor.to_string()),
+        ("transaction.state.log.min.isr", r.transaction_state_log_min_isr.to_string()),
         ("replica.lag.time.max.ms", r.replica_lag_time_max_ms.to_string()),
         ("replica.fetch.wait.max.ms", r.replica_fetch_wait_max_ms.to_string()),
         ("replica.fetch.max.bytes", r.replica_fetch_max_bytes.to_string()),

@@ -655,3 +655,114 @@ def test_preferred_leader_election_with_the_admin_client(cluster):
     codes = [e.code() if e is not None else 0 for e in again.values()]
     assert codes == [84], "a second election: %r (ELECTION_NOT_NEEDED is 84)" % (again,)
     assert_log_is(cluster.bootstrap, topic, part, acks.of(part))
+
+
+def offsets_partition(group):
+    """Kafka's placement of a group in __consumer_offsets: abs(Java hashCode) % 50."""
+    h, data = 0, group.encode("utf-16-be")
+    for i in range(0, len(data), 2):
+        h = (h * 31 + (data[i] << 8 | data[i + 1])) & 0xFFFFFFFF
+    h = h - (1 << 32) if h >= 1 << 31 else h
+    return 0 if h == -(1 << 31) else abs(h) % 50
+
+
+def consume_group(consumer, want, seen, timeout, what):
+    """Polls a subscribed consumer until `seen` ({(partition, offset): value}) has `want`
+    entries; fails saying `what` if that takes longer than `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while len(seen) < want:
+        assert time.monotonic() < deadline, "%s: consumed %d of %d in %d s" % (what, len(seen), want, timeout)
+        msg = consumer.poll(0.2)
+        if msg is not None and not msg.error():
+            seen[(msg.partition(), msg.offset())] = msg.value()
+
+
+@pytest.mark.timeout(180)
+def test_group_coordinator_moves_when_its_broker_dies(cluster):
+    """__consumer_offsets is replicated (offsets.topic.replication.factor 3). A consumer
+    group commits, then the broker leading the group's offsets partition (its coordinator) is
+    killed with SIGKILL: another replica takes the partition over, reads it back and
+    coordinates the group. The committed offsets are all there at the new coordinator, the
+    same consumer carries on and commits again, and after the old coordinator restarts and
+    catches up a new member resumes exactly at the last commit."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    controller_of(cluster)
+    topic = unique_topic("grpfail")
+    create_topic(cluster.bootstrap, topic, 3, config={"min.insync.replicas": "2"})
+    wait_fully_replicated(cluster.nodes, topic, 3)
+    acks = Acks()
+    producer = idempotent_producer(cluster.bootstrap)
+    for p in range(3):
+        produce_and_flush(producer, topic, p, [b"g-%d-%04d" % (p, i) for i in range(200)], acks)
+    assert not acks.failed and len(acks.ok) == 600, (len(acks.ok), acks.failed[:3])
+
+    group = "failover-" + topic
+    conf = {"bootstrap.servers": cluster.bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+            "enable.auto.commit": False}
+    tps = [TopicPartition(topic, p) for p in range(3)]
+    c1 = Consumer(conf)
+    seen = {}
+    try:
+        c1.subscribe([topic])
+        consume_group(c1, 600, seen, 60, "before the kill")
+        c1.commit(asynchronous=False)
+        before = {tp.partition: tp.offset for tp in c1.committed(tps, timeout=20)}
+        assert before == {0: 200, 1: 200, 2: 200}, before
+
+        # The offsets topic is replicated: three replicas, all in sync, before the kill.
+        offsets_part = offsets_partition(group)
+        state = wait_until("__consumer_offsets-%d has 3 replicas in sync" % offsets_part,
+                           lambda: (lambda s: s if s and fully_replicated(s[offsets_part]) else None)(
+                               topic_state(cluster.node(1), "__consumer_offsets")))
+        victim = state[offsets_part].leader
+        cluster.node(victim).kill9()
+        t_kill = time.monotonic()
+        live = [b for b in cluster.nodes if b.alive()]
+
+        # A client that only asks (OffsetFetch) finds the new coordinator and every commit.
+        def committed_at_new_coordinator():
+            probe = Consumer(dict(conf, **{"bootstrap.servers": bootstrap_of(live)}))
+            try:
+                got = {tp.partition: tp.offset for tp in probe.committed(tps, timeout=10)}
+            except KafkaException:
+                return None
+            finally:
+                probe.close()
+            return got if got == before else None
+
+        after = wait_until("the group's commits are read back by a new coordinator after node %d's kill" % victim,
+                           committed_at_new_coordinator, timeout=60)
+        t_found = time.monotonic()
+        new_leader = topic_state(live[0], "__consumer_offsets")[offsets_part].leader
+        print("\ncoordinator node %d killed; node %d coordinates the group; commits %s read back %.2f s later"
+              % (victim, new_leader, after, t_found - t_kill))
+        assert new_leader != victim and new_leader in ALL, new_leader
+
+        # The same consumer carries on and commits at the new coordinator.
+        for p in range(3):
+            produce_and_flush(producer, topic, p, [b"h-%d-%04d" % (p, i) for i in range(100)], acks)
+        assert not acks.failed, acks.failed[:3]
+        consume_group(c1, 900, seen, 90, "after the kill")
+        c1.commit(asynchronous=False)
+        final = {tp.partition: tp.offset for tp in c1.committed(tps, timeout=20)}
+        assert final == {0: 300, 1: 300, 2: 300}, final
+    finally:
+        c1.close()
+    assert sorted(set(seen.values())) == sorted(v for _, _, _, v in acks.ok)
+
+    # The old coordinator comes back as a follower of the offsets partition; a new member
+    # of the group starts at the last commit and finds nothing left to read.
+    cluster.node(victim).start()
+    wait_fully_replicated(cluster.nodes, "__consumer_offsets", 50, timeout=60,
+                          what="node %d is back in the ISR of every __consumer_offsets partition" % victim)
+    producer.produce(topic, value=b"after-restart", partition=1, on_delivery=acks.cb)
+    assert producer.flush(30) == 0 and not acks.failed
+    c2 = Consumer(conf)
+    try:
+        c2.subscribe([topic])
+        got = {}
+        consume_group(c2, 1, got, 60, "a new member after the restart")
+        assert list(got.items()) == [((1, 300), b"after-restart")], got
+    finally:
+        c2.close()

@@ -189,6 +189,13 @@ impl Coordinator {
         true
     }
 
+    /// Forgets every group `gone` names (another broker coordinates them now); their
+    /// records not yet written are dropped.
+    pub fn unload(&mut self, gone: impl Fn(&str) -> bool) {
+        self.groups.retain(|name, _| !gone(name));
+        self.changed.retain(|name| !gone(name));
+    }
+
     /// Groups whose state changed since the last call (a removed group reads as None).
     pub fn take_changed(&mut self) -> Vec<(String, Option<Group>)> {
         std::mem::take(&mut self.changed).into_iter().map(|n| (n.clone(), self.groups.get(&n).cloned())).collect()

@@ -920,6 +920,27 @@ impl<W: Clone> Coordinator<W> {
         out
     }
 
+    /// Forgets every group `gone` names, because another broker coordinates them now (this
+    /// one lost the leadership of their offsets partition): their waiting JoinGroup and
+    /// SyncGroup answers are refused with NOT_COORDINATOR (out of `poll`), and their pending
+    /// records are dropped (the new coordinator reads back only what was committed).
+    pub fn unload(&mut self, gone: impl Fn(&str) -> bool) {
+        let names: Vec<String> = self.groups.keys().filter(|g| gone(g)).cloned().collect();
+        let refused = &mut self.ready;
+        for name in names {
+            let Some(g) = self.groups.remove(&name) else { continue };
+            for (id, m) in g.members {
+                if let Some(w) = m.join_waiter {
+                    refused.push(Deferred::Join(w, JoinResult::failed(GroupError::NotCoordinator, &id)));
+                }
+                if let Some(w) = m.sync_waiter {
+                    refused.push(Deferred::Sync(w, SyncResult::failed(GroupError::NotCoordinator)));
+                }
+            }
+        }
+        self.stores.retain(|s| !gone(&s.group));
+    }
+
     /// Forgets an empty group (DeleteGroups). A group with members cannot be deleted.
     pub fn delete(&mut self, group: &str) -> Result<(), GroupError> {
         match self.groups.get(group) {

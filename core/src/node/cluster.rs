@@ -456,9 +456,9 @@ impl Node {
                 }
                 if metadata::valid_topic_name(&name) && !self.topic_name_proposed(&name) {
                     // The coordinators' topics get their own partition counts and configs.
-                    let internal = super::groups::internal_topic(&name);
-                    let rf = if internal.is_some() { 1 } else { self.auto_create_replication_factor() };
-                    let (n, configs) = internal.unwrap_or_else(|| (self.config.num_partitions, BTreeMap::new()));
+                    let (n, rf, configs) = self.internal_topic_spec(&name).unwrap_or_else(|| {
+                        (self.config.num_partitions, self.auto_create_replication_factor(), BTreeMap::new())
+                    });
                     match self.create_topic(&name, n, rf, configs) {
                         Ok(_) => tracing::info!(topic = %name, partitions = n, "creating a topic a broker asked for"),
                         Err(e) => {

@@ -16,7 +16,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use serde::{Deserialize, Serialize};
 
-use super::{Node, Purpose, Then, Tp};
+use super::{Node, Then, Tp};
 
 #[cfg(test)]
 mod hash_tests {
@@ -29,8 +29,7 @@ mod hash_tests {
         assert_eq!(super::java_hash("polygenelubricants"), i32::MIN);
     }
 }
-use crate::group::{Deferred, GroupError, GroupRecord, Join, JoinResult, Store, SyncResult};
-use crate::io::DiskOp;
+use crate::group::{Deferred, GroupError, Join, JoinResult, Store, SyncResult};
 use crate::log::batch;
 use crate::protocol::errors::KafkaError;
 use crate::protocol::{self, FrameError, RequestContext};
@@ -59,9 +58,9 @@ pub struct Committed {
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct OffsetKey {
-    group: String,
-    topic: String,
-    partition: i32,
+    pub(super) group: String,
+    pub(super) topic: String,
+    pub(super) partition: i32,
 }
 
 /// The key of a record in `__consumer_offsets`. Like Kafka's, keys start with a 2-byte
@@ -91,7 +90,7 @@ impl StoredKey {
         out
     }
 
-    fn decode(b: &[u8]) -> Option<StoredKey> {
+    pub(super) fn decode(b: &[u8]) -> Option<StoredKey> {
         match b {
             [0, KEY_OFFSET, rest @ ..] => postcard::from_bytes(rest).ok().map(StoredKey::Offset),
             [0, KEY_GROUP, rest @ ..] => postcard::from_bytes(rest).ok().map(StoredKey::Group),
@@ -162,30 +161,6 @@ impl PendingCommit {
         PendingCommit { waits, updates, then }
     }
 }
-
-/// The offsets topic being read back at start-up: one slot per segment, in log order.
-#[derive(Default)]
-pub(super) struct OffsetsLoad {
-    slots: Vec<LoadSlot>,
-    missing: usize,
-}
-
-struct LoadSlot {
-    /// A segment of `__transaction_state` (else of `__consumer_offsets`).
-    txn: bool,
-    file: crate::types::FileId,
-    len: usize,
-    /// The segment's base offset, and its partition's high watermark.
-    base: Offset,
-    upper: Offset,
-    /// Its batches below the high watermark, once read and checked.
-    data: Option<Bytes>,
-    reads: u32,
-}
-
-/// Reads of one segment that fail their CRC check before the load gives up on it. Recovery
-/// has checked these bytes already, so a bad read is a transient corruption.
-const OFFSETS_READ_ATTEMPTS: u32 = 100;
 
 /// Java's `String.hashCode`, so groups land on the partitions Kafka would put them on.
 fn java_hash(s: &str) -> i32 {
@@ -286,19 +261,15 @@ impl Node {
                 self.ask_controller_to_create(name);
                 return Some(COORDINATOR_NOT_AVAILABLE);
             }
-            let (partitions, configs) = internal_topic(name).expect("an internal topic");
-            // The coordinators' topics have one replica each until coordinators move with
-            // their partitions' leadership.
-            match self.create_topic(name, partitions, 1, configs) {
+            let (partitions, rf, configs) = self.internal_topic_spec(name).expect("an internal topic");
+            match self.create_topic(name, partitions, rf, configs) {
                 // A load in progress (of the other internal topic, which may exist without
                 // this one) goes on: the new topic is empty and adds nothing to it.
                 Ok(job) => self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() }),
-                Err(_) => return Some(COORDINATOR_LOAD_IN_PROGRESS),
+                // Too few brokers for its replication factor yet (as in Kafka).
+                Err(_) => return Some(COORDINATOR_NOT_AVAILABLE),
             }
             return None;
-        }
-        if self.offsets_load.is_some() {
-            return Some(COORDINATOR_LOAD_IN_PROGRESS);
         }
         match key.map(|k| self.coordinator_of(name, k)) {
             Some(Ok(c)) if c != self.config.node_id.0 => Some(NOT_COORDINATOR),
@@ -307,17 +278,62 @@ impl Node {
         }
     }
 
+    /// An internal topic's partitions, replicas and configs, as this cluster creates it: the
+    /// configured replication factor capped at the brokers the cluster has (its voters, as
+    /// every node is a broker and a controller), so that one node alone gets one replica
+    /// while a starting cluster waits for enough brokers rather than settling for fewer.
+    pub(super) fn internal_topic_spec(&self, name: &str) -> Option<(i32, i16, BTreeMap<String, String>)> {
+        let (partitions, mut configs) = internal_topic(name)?;
+        let r = &self.config.replication;
+        let wanted = if name == super::transactions::TXN_TOPIC {
+            configs.insert("min.insync.replicas".to_string(), r.transaction_state_log_min_isr.to_string());
+            r.transaction_state_log_replication_factor
+        } else {
+            r.offsets_topic_replication_factor
+        };
+        let brokers = self.config.voter_ids().len().max(self.cluster.image.brokers.len());
+        Some((partitions, wanted.min(i16::try_from(brokers).unwrap_or(i16::MAX)).max(1), configs))
+    }
+
     /// The broker coordinating `key` (a group, a transactional id): the leader of its
     /// partition of the internal topic `name`.
     pub(super) fn coordinator_of(&self, name: &str, key: &str) -> Result<i32, i16> {
         let t = self.topics.get(name).ok_or(COORDINATOR_NOT_AVAILABLE)?;
         let n = i32::try_from(t.partitions.len()).unwrap_or(i32::MAX).max(1);
-        let p = t.partition(partition_for(key, n)).ok_or(COORDINATOR_NOT_AVAILABLE)?;
-        match self.partition_leader((t.id, partition_for(key, n))).map(|(leader, _)| leader) {
-            Some(me) if me == self.config.node_id.0 && !p.leads() => Err(COORDINATOR_LOAD_IN_PROGRESS),
+        let tp = (t.id, partition_for(key, n));
+        let p = t.partition(tp.1).ok_or(COORDINATOR_NOT_AVAILABLE)?;
+        match self.partition_leader(tp).map(|(leader, _)| leader) {
+            Some(me) if me == self.config.node_id.0 && !(p.leads() && self.coordination.is_loaded(tp)) => {
+                Err(COORDINATOR_LOAD_IN_PROGRESS)
+            }
             Some(leader) => Ok(leader),
             None => Err(COORDINATOR_NOT_AVAILABLE),
         }
+    }
+
+    /// Ok when this node coordinates `key` (of the internal topic `name`) now; else the
+    /// error its requests get: NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS or
+    /// COORDINATOR_NOT_AVAILABLE.
+    pub(super) fn coordinates(&self, name: &str, key: &str) -> Result<(), i16> {
+        match self.coordinator_of(name, key) {
+            Ok(c) if c == self.config.node_id.0 => Ok(()),
+            Ok(_) => Err(NOT_COORDINATOR),
+            Err(code) => Err(code),
+        }
+    }
+
+    /// `coordinates` for a group, as the group coordinator's error (Heartbeat, SyncGroup and
+    /// LeaveGroup of a group another broker coordinates now must send the member there, not
+    /// tell it it is unknown).
+    fn coordinates_group(&self, group: &str) -> Result<(), GroupError> {
+        if !self.topics.contains_key(OFFSETS_TOPIC) {
+            return Ok(()); // no group exists yet: the coordinator says what it knows
+        }
+        self.coordinates(OFFSETS_TOPIC, group).map_err(|c| match c {
+            COORDINATOR_LOAD_IN_PROGRESS => GroupError::CoordinatorLoadInProgress,
+            NOT_COORDINATOR => GroupError::NotCoordinator,
+            _ => GroupError::CoordinatorNotAvailable,
+        })
     }
 
     /// Where a FindCoordinator for `key` sends the client, given the readiness of the
@@ -559,6 +575,10 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: SyncGroupRequest = protocol::decode_body(body, ctx.version)?;
         let waiter = GroupWaiter { conn, seq, ctx };
+        if let Err(e) = self.coordinates_group(req.group_id.0.as_str()) {
+            self.answer_sync(waiter, SyncResult::failed(e));
+            return Ok(());
+        }
         let assignments = req.assignments.iter().map(|a| (a.member_id.to_string(), a.assignment.clone())).collect();
         let inst = req.group_instance_id.as_ref().map(|s| s.to_string());
         let r = self.coordinator.sync(
@@ -586,13 +606,15 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: HeartbeatRequest = protocol::decode_body(body, ctx.version)?;
         let inst = req.group_instance_id.as_ref().map(|s| s.to_string());
-        let r = self.coordinator.heartbeat(
-            self.now.mono,
-            req.group_id.0.as_str(),
-            req.member_id.as_str(),
-            req.generation_id,
-            inst.as_deref(),
-        );
+        let r = self.coordinates_group(req.group_id.0.as_str()).and_then(|()| {
+            self.coordinator.heartbeat(
+                self.now.mono,
+                req.group_id.0.as_str(),
+                req.member_id.as_str(),
+                req.generation_id,
+                inst.as_deref(),
+            )
+        });
         let mut resp = HeartbeatResponse::default();
         resp.error_code = r.err().map_or(0, code);
         self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
@@ -609,7 +631,9 @@ impl Node {
         let req: LeaveGroupRequest = protocol::decode_body(body, ctx.version)?;
         let group = req.group_id.0.to_string();
         let mut resp = LeaveGroupResponse::default();
-        if ctx.version >= 3 {
+        if let Err(e) = self.coordinates_group(&group) {
+            resp.error_code = code(e);
+        } else if ctx.version >= 3 {
             for m in &req.members {
                 let inst = m.group_instance_id.as_ref().map(|s| s.to_string());
                 let r = self.coordinator.leave(self.now.mono, &group, m.member_id.as_str(), inst.as_deref());
@@ -801,6 +825,24 @@ impl Node {
         }
     }
 
+    /// Refuses the changes waiting on `tp`, a coordinators' partition this node no longer
+    /// leads: their requests are answered as failed writes (retriable, so the client finds
+    /// the new coordinator), and nothing of them reaches this node's state, which is being
+    /// unloaded.
+    pub(super) fn fail_commits_on(&mut self, tp: Tp) {
+        let (gone, kept): (Vec<PendingCommit>, Vec<PendingCommit>) =
+            std::mem::take(&mut self.commits).into_iter().partition(|c| c.waits.iter().any(|w| w.0 == tp));
+        self.commits = kept;
+        for c in gone {
+            match c.then {
+                AfterDurable::Respond { conn, seq, answer } => self.respond_bytes(conn, seq, answer(false)),
+                AfterDurable::TxnOffsets { conn, seq, answers, .. } => self.respond_bytes(conn, seq, answers.1),
+                AfterDurable::Txn { meta, next, .. } => self.refuse_txn_next(&meta, next),
+                AfterDurable::GroupStored { .. } | AfterDurable::Nothing | AfterDurable::TxnExpired { .. } => {}
+            }
+        }
+    }
+
     /// Appends tombstones for some of a group's offsets (and for the group's record if
     /// `and_group`). Returns what to wait for and the
     /// cache updates to make once it is durable.
@@ -973,7 +1015,7 @@ impl Node {
         let filter: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
         let types: Vec<String> = req.types_filter.iter().map(|s| s.to_string()).collect();
         let mut resp = ListGroupsResponse::default();
-        if self.offsets_load.is_some() {
+        if self.coordination.loading() {
             resp.error_code = COORDINATOR_LOAD_IN_PROGRESS;
             groups.clear();
         }
@@ -1008,16 +1050,17 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: DescribeGroupsRequest = protocol::decode_body(body, ctx.version)?;
         let mut resp = DescribeGroupsResponse::default();
-        // While the offsets topic is read back, groups are not known yet: say so, as Kafka
-        // does, rather than calling them Dead.
-        let loading = self.offsets_load.is_some();
+        let has_topic = self.topics.contains_key(OFFSETS_TOPIC);
         for g in &req.groups {
             let name = g.0.to_string();
             let mut d = describe_groups_response::DescribedGroup::default();
             d.group_id = g.clone();
-            let desc = if loading { None } else { self.coordinator.describe(&name) };
+            // A group another broker coordinates, or whose partition is still being read back
+            // here, is not known here: say so, as Kafka does, rather than calling it Dead.
+            let refused = if has_topic { self.coordinates(OFFSETS_TOPIC, &name).err() } else { None };
+            let desc = if refused.is_some() { None } else { self.coordinator.describe(&name) };
             match desc {
-                None if loading => d.error_code = COORDINATOR_LOAD_IN_PROGRESS,
+                None if refused.is_some() => d.error_code = refused.unwrap_or_default(),
                 Some((state, ptype, proto, members)) => {
                     d.group_state = sb(state_name(state));
                     d.protocol_type = sb(ptype.unwrap_or_default());
@@ -1216,202 +1259,13 @@ impl Node {
         }
     }
 
-    /// After start-up recovery: read the offsets topic back into the cache and the groups'
-    /// records into the coordinator.
-    pub(super) fn load_offsets(&mut self) {
-        let mut load = OffsetsLoad::default();
-        for (txn, name) in [(false, OFFSETS_TOPIC), (true, super::transactions::TXN_TOPIC)] {
-            let Some(t) = self.topics.get(name) else { continue };
-            for p in &t.partitions {
-                for s in &p.log.segments {
-                    if s.size > 0 {
-                        let len = usize::try_from(s.size).unwrap_or(usize::MAX);
-                        load.slots.push(LoadSlot {
-                            txn,
-                            file: s.log_file,
-                            len,
-                            base: s.base_offset,
-                            upper: p.log.high_watermark,
-                            data: None,
-                            reads: 0,
-                        });
-                    }
-                }
-            }
-        }
-        if load.slots.is_empty()
-            && !self.topics.contains_key(OFFSETS_TOPIC)
-            && !self.topics.contains_key(super::transactions::TXN_TOPIC)
-        {
-            return;
-        }
-        load.missing = load.slots.len();
-        let reads: Vec<(usize, crate::types::FileId, usize)> =
-            load.slots.iter().enumerate().map(|(i, s)| (i, s.file, s.len)).collect();
-        self.offsets_load = Some(load);
-        for (slot, file, len) in reads {
-            self.issue(DiskOp::Read { file, position: 0, len }, Purpose::OffsetsLoad { slot });
-        }
-        self.finish_offsets_load();
-    }
-
-    /// One segment of the offsets topic read back. Its batches below the high watermark must
-    /// pass their CRC check and follow each other's offsets (the base offset is outside the
-    /// CRC); a read that does not is read again.
-    pub(super) fn on_offsets_read(&mut self, slot: usize, data: Result<Bytes, String>) {
-        let Some(load) = self.offsets_load.as_mut() else { return };
-        let Some(s) = load.slots.get_mut(slot) else { return };
-        s.reads += 1;
-        let (base, upper) = (s.base, s.upper);
-        let unchecked = crate::mutants::active(crate::mutants::Mutant::OffsetsLoadUnchecked);
-        let checked = data.and_then(|d| {
-            let (mut at, mut expected) = (0, base);
-            if unchecked {
-                return Ok(d);
-            }
-            while at < d.len() {
-                let h = batch::check_batch(&d[at..]).map_err(|e| format!("{e:?}"))?;
-                if h.base_offset != expected {
-                    return Err(format!("batch at byte {at} says offset {}, expected {expected}", h.base_offset));
-                }
-                if h.base_offset >= upper {
-                    break;
-                }
-                expected = h.last_offset() + 1;
-                at += h.size;
-            }
-            Ok(d.slice(..at))
-        });
-        match checked {
-            Ok(d) => {
-                s.data = Some(d);
-                load.missing -= 1;
-            }
-            Err(e) if s.reads < OFFSETS_READ_ATTEMPTS => {
-                tracing::warn!(error = %e, attempt = s.reads, "a segment of the offsets topic read badly; reading it again");
-                let (file, len) = (s.file, s.len);
-                self.issue(DiskOp::Read { file, position: 0, len }, Purpose::OffsetsLoad { slot });
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "a segment of the offsets topic cannot be read; its offsets are lost");
-                s.data = Some(Bytes::new());
-                load.missing -= 1;
-            }
-        }
-        self.finish_offsets_load();
-    }
-
-    /// Once every segment is in: apply their records in log order, then hand the groups'
-    /// last records to the coordinator.
-    fn finish_offsets_load(&mut self) {
-        if self.offsets_load.as_ref().is_none_or(|l| l.missing > 0) {
-            return;
-        }
-        let load = self.offsets_load.take().expect("checked");
-        let mut groups: BTreeMap<String, Option<GroupRecord>> = BTreeMap::new();
-        let mut consumer_groups: BTreeMap<String, Option<crate::group::consumer::Group>> = BTreeMap::new();
-        let mut txns: BTreeMap<String, Option<crate::txn::TxnMeta>> = BTreeMap::new();
-        // Offsets committed in transactions, by producer id, until their marker says.
-        let mut pending: BTreeMap<i64, Vec<(String, String, i32, Committed)>> = BTreeMap::new();
-        for slot in load.slots {
-            let data = slot.data.unwrap_or_default();
-            let mut at = 0;
-            while at < data.len() {
-                let Ok(h) = batch::parse_header(&data[at..]) else { break };
-                if slot.txn {
-                    for (_, k, v) in batch::uncompressed_records(&data[at..]).unwrap_or_default() {
-                        if let Some(id) = k.and_then(super::transactions::txn_id_of_key) {
-                            txns.insert(id, v.and_then(|v| postcard::from_bytes(v).ok()));
-                        }
-                    }
-                    at += h.size;
-                    continue;
-                }
-                if h.is_control() {
-                    let commit = batch::control_type(&data[at..at + h.size.min(data.len() - at)]);
-                    let offs = pending.remove(&h.producer_id).unwrap_or_default();
-                    if commit == Some(true) {
-                        for (g, t, p, c) in offs {
-                            self.offsets.entry(g).or_default().insert((t, p), c);
-                        }
-                    }
-                    at += h.size;
-                    continue;
-                }
-                for (_, k, v) in batch::uncompressed_records(&data[at..]).unwrap_or_default() {
-                    match k.and_then(StoredKey::decode) {
-                        Some(StoredKey::Offset(key)) if h.is_transactional() => {
-                            if let Some(c) = v.and_then(|v| postcard::from_bytes::<Committed>(v).ok()) {
-                                pending.entry(h.producer_id).or_default().push((
-                                    key.group,
-                                    key.topic,
-                                    key.partition,
-                                    c,
-                                ));
-                            }
-                        }
-                        Some(StoredKey::Offset(key)) => {
-                            match v.and_then(|v| postcard::from_bytes::<Committed>(v).ok()) {
-                                Some(c) => {
-                                    self.offsets.entry(key.group).or_default().insert((key.topic, key.partition), c);
-                                }
-                                None => self.drop_offset(&key.group, &key.topic, key.partition),
-                            }
-                        }
-                        Some(StoredKey::Group(g)) => {
-                            groups.insert(g, v.and_then(|v| postcard::from_bytes::<GroupRecord>(v).ok()));
-                        }
-                        Some(StoredKey::ConsumerGroup(g)) => {
-                            consumer_groups.insert(g, v.and_then(|v| postcard::from_bytes(v).ok()));
-                        }
-                        None => {}
-                    }
-                }
-                at += h.size;
-            }
-        }
-        // Offsets of topics deleted while their tombstones were not yet durable.
-        let topics = &self.topics;
-        for offs in self.offsets.values_mut() {
-            offs.retain(|(t, _), _| topics.contains_key(t));
-        }
-        self.offsets.retain(|_, o| !o.is_empty());
-        let n = groups.values().filter(|g| g.is_some()).count();
-        for (name, rec) in groups {
-            let Some(rec) = rec else { continue };
-            if rec.members.is_empty() {
-                self.empty_since.insert(name.clone(), rec.state_since_ms);
-            }
-            self.coordinator.restore(self.now.mono, &name, rec);
-        }
-        for (name, g) in consumer_groups {
-            if let Some(g) = g {
-                self.restore_consumer_group(&name, g);
-            }
-        }
-        self.txn_offsets = pending;
-        for (id, meta) in txns {
-            if let Some(meta) = meta {
-                self.txns.insert(id, super::transactions::TxnEntry { meta: Some(meta), busy: false });
-            }
-        }
-        tracing::info!(
-            offsets_of = self.offsets.len(),
-            groups = n,
-            transactional_ids = self.txns.len(),
-            "committed offsets, groups and transactions loaded"
-        );
-        self.resume_txns();
-    }
-
     /// Offsets retention, as Kafka does it (KIP-211, KIP-496): a group that has been empty
     /// for the retention period loses all its offsets (and then the group goes); a group that
     /// was never managed here (standalone commits) loses each offset that long after its
     /// commit; a live consumer group loses offsets of topics it no longer subscribes to that
     /// long after their commit.
     pub(super) fn expire_offsets(&mut self) {
-        if self.offsets_load.is_some() || !self.topics.contains_key(OFFSETS_TOPIC) {
+        if !self.topics.contains_key(OFFSETS_TOPIC) {
             return;
         }
         let now = self.now.wall_ms;
@@ -1472,7 +1326,7 @@ impl Node {
         }
     }
 
-    fn drop_offset(&mut self, group: &str, topic: &str, partition: i32) {
+    pub(super) fn drop_offset(&mut self, group: &str, topic: &str, partition: i32) {
         if let Some(g) = self.offsets.get_mut(group) {
             g.remove(&(topic.to_string(), partition));
             if g.is_empty() {

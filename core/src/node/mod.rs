@@ -9,6 +9,7 @@
 mod admin;
 mod cluster;
 mod consumer_groups;
+mod coordination;
 mod fetch;
 mod groups;
 mod metadata_quorum;
@@ -88,6 +89,7 @@ enum Purpose {
     Recovery(recovery::Step),
     /// A segment of the offsets topic read back at start-up.
     OffsetsLoad {
+        load: u64,
         slot: usize,
     },
     /// A batch read to answer ListOffsets by timestamp.
@@ -289,8 +291,8 @@ pub struct Node {
     consumer: crate::group::consumer::Coordinator,
     /// Durable committed offsets: group -> (topic, partition) -> offset.
     offsets: BTreeMap<String, BTreeMap<(String, i32), groups::Committed>>,
-    /// The offsets topic being read back at start-up.
-    offsets_load: Option<groups::OffsetsLoad>,
+    /// The coordinators' partitions led here: served, or being read back.
+    coordination: coordination::Coordination,
     /// Wall-clock ms since when each empty group has been empty (offsets retention).
     empty_since: BTreeMap<String, i64>,
     next_offsets_retention_check: Instant,
@@ -351,7 +353,7 @@ impl Node {
             coordinator: crate::group::Coordinator::new(crate::group::GroupConfig::default(), 0),
             consumer: crate::group::consumer::Coordinator::default(),
             offsets: BTreeMap::new(),
-            offsets_load: None,
+            coordination: coordination::Coordination::default(),
             empty_since: BTreeMap::new(),
             next_offsets_retention_check: now.mono,
             commits: Vec::new(),
@@ -791,13 +793,13 @@ impl Node {
                 self.job_step(id, result.is_ok());
             }
             Purpose::Recovery(step) => self.on_recovery_step(step, result),
-            Purpose::OffsetsLoad { slot } => {
+            Purpose::OffsetsLoad { load, slot } => {
                 let data = match result {
                     Ok(DiskReply::Data(d)) => Ok(d),
                     Ok(other) => Err(format!("unexpected reply {other:?}")),
                     Err(e) => Err(e.to_string()),
                 };
-                self.on_offsets_read(slot, data);
+                self.on_offsets_read(load, slot, data);
             }
             Purpose::TimestampRead { id, ti, pi, target } => {
                 let data = match result {
@@ -853,6 +855,7 @@ impl Node {
             }
         }
         if std::mem::take(&mut self.hw_moved) {
+            self.reconcile_coordinators();
             self.complete_produces();
             self.complete_commits();
             self.complete_markers();

@@ -585,8 +585,8 @@ impl Node {
         self.phase = Phase::Serving;
         // The roles, and with them the high watermarks (a partition of one replica's is its
         // durable end at once), before any request is served.
+        // Each coordinators' partition led here is read back (on one node: all of them).
         self.refresh_all_roles();
-        self.load_offsets();
         let buffered: Vec<_> = self.buffered.drain(..).collect();
         for (conn, frame) in buffered {
             self.on_frame(conn, frame);

@@ -118,6 +118,7 @@ impl Node {
         for tp in tps {
             self.refresh_role(tp);
         }
+        self.reconcile_coordinators();
     }
 
     pub(super) fn refresh_topic_roles(&mut self, name: &str) {
@@ -126,6 +127,8 @@ impl Node {
         for tp in tps {
             self.refresh_role(tp);
         }
+        // A coordinators' topic just created is served at once (it is empty).
+        self.reconcile_coordinators();
     }
 
     /// Makes the partition's role here what its registration says: leader, follower of its

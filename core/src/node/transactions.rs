@@ -157,6 +157,36 @@ impl Node {
         }
     }
 
+    /// A transaction record's write is abandoned because another broker coordinates its id
+    /// now: the request waiting on it is told so.
+    pub(super) fn refuse_txn_next(&mut self, meta: &TxnMeta, next: TxnNext) {
+        match next {
+            TxnNext::Respond { conn, seq, answer } => {
+                let frame = answer(false, meta);
+                self.respond_bytes(conn, seq, frame);
+            }
+            TxnNext::WriteMarkers { end_txn } | TxnNext::Completed { end_txn } => {
+                if let Some((conn, seq, ctx)) = end_txn {
+                    self.answer_end_txn(conn, seq, &ctx, NOT_COORDINATOR);
+                }
+            }
+        }
+    }
+
+    /// Drops the marker writes of the transactional ids `gone` names (another broker
+    /// coordinates them now and writes their markers again); EndTxn calls waiting on them
+    /// are told NOT_COORDINATOR and retry there.
+    pub(super) fn drop_markers_of(&mut self, gone: impl Fn(&str) -> bool) {
+        let (dropped, kept): (Vec<MarkerWrite>, Vec<MarkerWrite>) =
+            std::mem::take(&mut self.markers).into_iter().partition(|w| gone(&w.id));
+        self.markers = kept;
+        for w in dropped {
+            if let Some((conn, seq, ctx)) = w.end_txn {
+                self.answer_end_txn(conn, seq, &ctx, NOT_COORDINATOR);
+            }
+        }
+    }
+
     /// Appends the markers of a transaction that is ending (its preparing state is durable).
     fn write_markers(&mut self, id: &str, meta: &TxnMeta, end_txn: Option<(ConnId, u64, RequestContext)>) {
         if let Some(e) = self.txns.get_mut(id) {
@@ -260,9 +290,6 @@ impl Node {
     /// Aborts transactions open past their timeout (fencing their producers), as Kafka's
     /// coordinator does every `transaction.abort.timed.out.transaction.cleanup.interval.ms`.
     pub(super) fn abort_expired_txns(&mut self) {
-        if self.offsets_load.is_some() {
-            return;
-        }
         let now = self.now.wall_ms;
         let expired: Vec<(String, TxnMeta)> = self
             .txns
@@ -282,9 +309,6 @@ impl Node {
     /// `transactional.id.expiration.ms`, with a tombstone in `__transaction_state`, as Kafka
     /// does; a producer that comes back later starts afresh with a new producer id.
     pub(super) fn expire_txn_ids(&mut self) {
-        if self.offsets_load.is_some() {
-            return;
-        }
         let (now, ttl) = (self.now.wall_ms, self.config.txn_id_expiration_ms);
         let idle: Vec<String> = self
             .txns
@@ -327,11 +351,12 @@ impl Node {
         }
     }
 
-    /// After the load: transactions left preparing by a crash are finished.
-    pub(super) fn resume_txns(&mut self) {
-        let preparing: Vec<(String, TxnMeta)> = self
-            .txns
+    /// After a load: transactions of the loaded ids left preparing (by a crash, or by the
+    /// coordinator before this one) are finished.
+    pub(super) fn resume_txns(&mut self, loaded: &[String]) {
+        let preparing: Vec<(String, TxnMeta)> = loaded
             .iter()
+            .filter_map(|id| self.txns.get_key_value(id))
             .filter_map(|(id, e)| e.meta.as_ref().filter(|m| m.state.preparing()).map(|m| (id.clone(), m.clone())))
             .collect();
         for (id, meta) in preparing {
@@ -354,7 +379,7 @@ impl Node {
         if !h.is_transactional() {
             return Ok(());
         }
-        if self.offsets_load.is_some() {
+        if self.coordinates(TXN_TOPIC, txn_id) == Err(COORDINATOR_LOAD_IN_PROGRESS) {
             // The coordinator's state is still being read back: the partition cannot check
             // the transaction yet. Retriable, as Kafka answers a verification it cannot do.
             return Err(KafkaError::NotEnoughReplicas);
@@ -795,8 +820,10 @@ impl Node {
         for id in &req.transactional_ids {
             let mut t = describe_transactions_response::TransactionState::default();
             t.transactional_id = id.clone();
+            let refused =
+                if self.topics.contains_key(TXN_TOPIC) { self.coordinates(TXN_TOPIC, id).err() } else { None };
             match self.txns.get(id.0.as_str()).and_then(|e| e.meta.as_ref()) {
-                None if self.offsets_load.is_some() => t.error_code = COORDINATOR_LOAD_IN_PROGRESS,
+                None if refused.is_some() => t.error_code = refused.unwrap_or_default(),
                 None => t.error_code = 105, // TRANSACTIONAL_ID_NOT_FOUND
                 Some(m) => {
                     t.transaction_state = super::groups::sb(m.state.name());
