@@ -61,6 +61,10 @@ pub enum Mutant {
     ElectOutsideIsr = 21,
     /// Replication: a follower reports what it has written as synced, before its sync.
     FollowerReportsBeforeSync = 22,
+    /// Coordinators: a new leader of a coordinators' partition reads it back at once, up to
+    /// its own high watermark, without waiting for that to cover the log it took over (a
+    /// follower's high watermark lags its leader's: the last acknowledged commits are missed).
+    CoordinatorLoadsAtOnce = 23,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -86,6 +90,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::TruncateToHighWatermark, "truncate-to-high-watermark"),
     (Mutant::ElectOutsideIsr, "elect-outside-isr"),
     (Mutant::FollowerReportsBeforeSync, "follower-reports-before-sync"),
+    (Mutant::CoordinatorLoadsAtOnce, "coordinator-loads-at-once"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -99,7 +104,8 @@ pub fn scenario(m: Mutant) -> &'static str {
         | Mutant::HwIgnoresFollowers
         | Mutant::TruncateToHighWatermark
         | Mutant::ElectOutsideIsr
-        | Mutant::FollowerReportsBeforeSync => "cluster",
+        | Mutant::FollowerReportsBeforeSync
+        | Mutant::CoordinatorLoadsAtOnce => "cluster",
         _ => "default",
     }
 }

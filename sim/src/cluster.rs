@@ -27,6 +27,7 @@ use sluice_core::{BrokerId, ConnId, NodeConfig, Offset};
 use sluice_runtime_sim::{Env, Harness, Nanos, World, MS, US};
 
 use crate::codec;
+use crate::commits::{self, Commits};
 use crate::replicated::{self, Replicated};
 use crate::RunOpts;
 
@@ -120,6 +121,8 @@ struct Run {
     acked_after_heal: bool,
     /// Producers on a replicated topic.
     repl: Replicated,
+    /// Offset commits at coordinators that move.
+    commits: Commits,
 }
 
 impl Run {
@@ -214,6 +217,7 @@ impl Run {
             && image.live_brokers().count() == NODES
             && self.acked_after_heal
             && self.repl.converged(w)
+            && self.commits.converged()
     }
 }
 
@@ -221,6 +225,9 @@ impl Harness for Run {
     fn on_response(&mut self, w: &mut World, conn: ConnId, frame: Bytes) {
         if self.repl.owns(conn) {
             return self.repl.on_response(w, conn, frame);
+        }
+        if self.commits.owns(conn) {
+            return self.commits.on_response(w, conn, frame);
         }
         let Some((name, partitions, c, cid)) = self.pending.clone() else { return };
         if c != conn {
@@ -255,6 +262,9 @@ impl Harness for Run {
         if self.repl.owns(conn) {
             return self.repl.on_closed(w, conn);
         }
+        if self.commits.owns(conn) {
+            return self.commits.on_closed(w, conn);
+        }
         if self.pending.as_ref().is_some_and(|p| p.2 == conn) {
             self.pending = None;
             // The topic may or may not exist: use another name.
@@ -266,6 +276,7 @@ impl Harness for Run {
     fn on_timer(&mut self, w: &mut World, client: usize, token: u64) {
         match token {
             replicated::T_CREATE | replicated::T_PRODUCE => self.repl.on_timer(w, client, token),
+            commits::T_COMMIT => self.commits.on_timer(w, client, self.repl.created),
             CREATE => {
                 if self.pending.is_none() {
                     self.create(w);
@@ -301,6 +312,7 @@ impl Harness for Run {
             HEAL => {
                 self.healed = true;
                 self.repl.heal();
+                self.commits.heal();
                 w.heal();
                 // One more creation after the heal: the cluster must take it.
                 w.set_timer(ADMIN, CREATE, MS);
@@ -321,6 +333,9 @@ pub struct ClusterReport {
     /// Records acknowledged on the replicated topic, and Produce answers by error code.
     pub records_acked: usize,
     pub produce_answers: BTreeMap<i16, u64>,
+    /// Offset commits acknowledged, and the offsets workload's answers by error code.
+    pub commits_acked: u64,
+    pub commit_answers: BTreeMap<i16, u64>,
     pub violations: Vec<String>,
     pub trace: u64,
 }
@@ -338,16 +353,18 @@ impl ClusterReport {
     pub fn summary(&self) -> String {
         let mut out = format!("seed {} (cluster)\nplan: {}\n", self.seed, self.plan);
         out += &format!(
-            "simulated {:.3} s, {} events; topics acknowledged {}; CreateTopics answers by error code {:?}; replicated records acknowledged {}, Produce answers by error code {:?}\n",
+            "simulated {:.3} s, {} events; topics acknowledged {}; CreateTopics answers by error code {:?}; replicated records acknowledged {}, Produce answers by error code {:?}; offset commits acknowledged {}, coordinator answers by error code {:?}\n",
             self.sim_ns as f64 / 1e9,
             self.events,
             self.acked,
             self.answers,
             self.records_acked,
-            self.produce_answers
+            self.produce_answers,
+            self.commits_acked,
+            self.commit_answers
         );
         if self.ok() {
-            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, placement ok, one-leader-per-epoch ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, convergence ok\n";
+            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, placement ok, one-leader-per-epoch ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, lost-commit ok, phantom-commit ok, convergence ok\n";
         } else {
             out += "checkers: FAILED\n";
             for v in &self.violations {
@@ -375,6 +392,8 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
         answers: BTreeMap::new(),
         records_acked: 0,
         produce_answers: BTreeMap::new(),
+        commits_acked: 0,
+        commit_answers: BTreeMap::new(),
         violations: vec![format!("panic: {}", crate::panic_message(&*e))],
         trace: 0,
     });
@@ -401,7 +420,8 @@ fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
 fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     let (plan, env, configs) = draw(seed, opts);
     let repl = Replicated::new(NODES, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x7e91_1ca7_ed00_0000));
-    let plan_text = format!("{}; {}", describe(&plan, &env, &configs[0]), repl.describe());
+    let commits = Commits::new(NODES, &mut ChaCha8Rng::seed_from_u64(seed ^ 0xc0aa_1175_0000_0000));
+    let plan_text = format!("{}; {}; {}", describe(&plan, &env, &configs[0]), repl.describe(), commits.describe());
     let mut run = Run {
         plan: plan.clone(),
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),
@@ -416,9 +436,11 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         healed: false,
         acked_after_heal: false,
         repl,
+        commits,
     };
     let mut w = World::new(seed, configs, env);
     run.repl.start(&mut w);
+    run.commits.start(&mut w);
     w.set_timer(ADMIN, CREATE, plan.create_every);
     w.set_timer(ADMIN, HEAL, plan.safety);
     for (every, token) in [(plan.crash_every, CRASH), (plan.isolate_every, ISOLATE), (plan.clog_every, CLOG)] {
@@ -453,6 +475,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     run.final_checks(&w);
     run.repl.final_checks(&w);
     run.violations.extend(run.repl.violations.iter().cloned());
+    run.violations.extend(run.commits.violations.iter().cloned());
     ClusterReport {
         seed,
         mutant: opts.mutant.clone(),
@@ -462,6 +485,8 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         acked: run.acked.len(),
         answers: run.answers.clone(),
         records_acked: run.repl.acked(),
+        commits_acked: run.commits.commits_acked,
+        commit_answers: run.commits.answers.clone(),
         produce_answers: run.repl.answers.clone(),
         violations: run.violations.clone(),
         trace: w.trace.hash(),

@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod commits;
 pub mod codec;
 pub mod group;
 pub mod group848;

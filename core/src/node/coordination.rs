@@ -128,11 +128,12 @@ impl Node {
         if self.coordination.load.is_some() {
             return;
         }
+        let at_once = crate::mutants::active(crate::mutants::Mutant::CoordinatorLoadsAtOnce);
         let ready: BTreeMap<Tp, i32> = self
             .coordination
             .waiting
             .iter()
-            .filter(|(tp, (_, end))| led.get(tp).is_some_and(|l| l.2 >= *end))
+            .filter(|(tp, (_, end))| led.get(tp).is_some_and(|l| l.2 >= *end || at_once))
             .map(|(tp, (e, _))| (*tp, *e))
             .collect();
         if !ready.is_empty() {
