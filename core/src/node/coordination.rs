@@ -32,6 +32,10 @@ pub(super) struct Coordination {
     /// Being read back now.
     load: Option<Load>,
     next_load: u64,
+    /// Some partition's role (or state) changed: look at every coordinators' partition again.
+    /// Otherwise only the waiting ones are looked at, so that the inputs that move a high
+    /// watermark (every produce) do not pay for a scan.
+    pub(super) rescan: bool,
 }
 
 impl Coordination {
@@ -98,13 +102,36 @@ impl Node {
         if self.phase != super::Phase::Serving {
             return;
         }
-        // Led partitions: (leader epoch, log end, high watermark).
-        let mut led: BTreeMap<Tp, (i32, Offset, Offset)> = BTreeMap::new();
+        if std::mem::take(&mut self.coordination.rescan) {
+            self.rescan_coordinators();
+        }
+        if self.coordination.load.is_some() || self.coordination.waiting.is_empty() {
+            return;
+        }
+        let at_once = crate::mutants::active(crate::mutants::Mutant::CoordinatorLoadsAtOnce);
+        let ready: BTreeMap<Tp, i32> = self
+            .coordination
+            .waiting
+            .iter()
+            .filter(|(tp, (_, end))| self.partition(**tp).is_some_and(|p| p.log.high_watermark >= *end || at_once))
+            .map(|(tp, (e, _))| (*tp, *e))
+            .collect();
+        if !ready.is_empty() {
+            self.coordination.waiting.retain(|tp, _| !ready.contains_key(tp));
+            self.load_coordinators(ready);
+        }
+    }
+
+    /// Unloads what is no longer led here (or is led in a newer epoch) and queues what
+    /// newly is, with the log end its high watermark must reach.
+    fn rescan_coordinators(&mut self) {
+        // Led partitions: (leader epoch, log end).
+        let mut led: BTreeMap<Tp, (i32, Offset)> = BTreeMap::new();
         for name in [OFFSETS_TOPIC, TXN_TOPIC] {
             let Some(t) = self.topics.get(name) else { continue };
             for (i, p) in t.partitions.iter().enumerate().filter(|(_, p)| p.leads()) {
                 let tp = (t.id, i32::try_from(i).unwrap_or(i32::MAX));
-                led.insert(tp, (p.role.leader_epoch(), p.log.log_end_offset, p.log.high_watermark));
+                led.insert(tp, (p.role.leader_epoch(), p.log.log_end_offset));
             }
         }
         let c = &self.coordination;
@@ -120,25 +147,10 @@ impl Node {
                 self.unload_coordinator(tp);
             }
         }
-        for (tp, (epoch, end, _)) in &led {
-            if self.coordination.known(*tp).is_none() {
-                self.coordination.waiting.insert(*tp, (*epoch, *end));
+        for (tp, (epoch, end)) in led {
+            if self.coordination.known(tp).is_none() {
+                self.coordination.waiting.insert(tp, (epoch, end));
             }
-        }
-        if self.coordination.load.is_some() {
-            return;
-        }
-        let at_once = crate::mutants::active(crate::mutants::Mutant::CoordinatorLoadsAtOnce);
-        let ready: BTreeMap<Tp, i32> = self
-            .coordination
-            .waiting
-            .iter()
-            .filter(|(tp, (_, end))| led.get(tp).is_some_and(|l| l.2 >= *end || at_once))
-            .map(|(tp, (e, _))| (*tp, *e))
-            .collect();
-        if !ready.is_empty() {
-            self.coordination.waiting.retain(|tp, _| !ready.contains_key(tp));
-            self.load_coordinators(ready);
         }
     }
 

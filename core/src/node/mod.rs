@@ -957,6 +957,7 @@ impl Node {
         }
         self.dirty.insert(tp);
         self.hw_moved = true; // lets waiting produces see the new generation and fail
+        self.coordination.rescan = true;
     }
 
     // ---- lookups ------------------------------------------------------------------------

@@ -118,6 +118,7 @@ impl Node {
         for tp in tps {
             self.refresh_role(tp);
         }
+        self.coordination.rescan = true;
         self.reconcile_coordinators();
     }
 
@@ -128,6 +129,7 @@ impl Node {
             self.refresh_role(tp);
         }
         // A coordinators' topic just created is served at once (it is empty).
+        self.coordination.rescan = true;
         self.reconcile_coordinators();
     }
 
@@ -202,6 +204,7 @@ impl Node {
         self.hw_moved = true;
         self.replication.wake_parked = true;
         self.replication.fetch_due = true;
+        self.coordination.rescan = true;
     }
 
     // ---- offsets ------------------------------------------------------------------------
