@@ -1070,6 +1070,25 @@ mod tests {
     }
 
     #[test]
+    fn unload_refuses_the_waiting_members_and_forgets_only_those_groups() {
+        let mut c = C::new(GroupConfig::default(), 1);
+        let _ = two_member_group(&mut c);
+        let other = handshake(&mut c, t(3_500), "h", 30);
+        // A third member of "g" waits in its JoinGroup (a rebalance begins).
+        let third = c.join(t(4_000), join("g", "", None), 21).expect("MEMBER_ID_REQUIRED");
+        assert!(c.join(t(4_000), join("g", &third.member_id, None), 21).is_none());
+        c.unload(|g| g == "g");
+        let out = c.poll(t(4_001));
+        assert!(
+            out.iter().any(|d| matches!(d, Deferred::Join(21, r) if r.error == Some(GroupError::NotCoordinator))),
+            "the waiting member is told NOT_COORDINATOR: {out:?}"
+        );
+        assert_eq!(c.state("g"), None, "the unloaded group is gone");
+        assert!(c.take_stores().iter().all(|s| s.group != "g"), "no record of the unloaded group is written");
+        assert_eq!(c.members("h"), vec![other], "the other group is untouched");
+    }
+
+    #[test]
     fn a_new_member_triggers_a_rebalance_that_ends_when_all_rejoin() {
         let mut c = C::new(GroupConfig::default(), 1);
         let (lead, follow) = two_member_group(&mut c);
