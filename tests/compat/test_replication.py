@@ -766,3 +766,71 @@ def test_group_coordinator_moves_when_its_broker_dies(cluster):
         assert list(got.items()) == [((1, 300), b"after-restart")], got
     finally:
         c2.close()
+
+
+def offset_for_leader_epoch_v3(conn, topic, partition, leader_epoch, current_leader_epoch=-1):
+    """OffsetForLeaderEpoch v3 for one partition: (error_code, leader_epoch, end_offset)."""
+    body = (wire.i32(-1) + wire.array([topic], lambda t: wire.string(t) + wire.array(
+        [partition], lambda p: wire.i32(p) + wire.i32(current_leader_epoch) + wire.i32(leader_epoch))))
+    r = wire.Reader(conn.request(23, 3, body))
+    r.i32()  # throttle
+    topics = r.array(lambda r: (r.string(), r.array(lambda r: (r.i16(), r.i32(), r.i32(), r.i64()))))
+    (_, [(code, _, epoch, end)]), = topics
+    return code, epoch, end
+
+
+def fetch_v10_error(conn, topic, partition, offset, current_leader_epoch):
+    """A Fetch v10 of one partition naming the leader epoch the client believes in: the
+    partition's error code."""
+    body = (wire.i32(-1) + wire.i32(0) + wire.i32(1) + wire.i32(1 << 20) + wire.i8(0) + wire.i32(0)
+            + wire.i32(-1) + wire.array([topic], lambda t: wire.string(t) + wire.array(
+                [partition], lambda p: wire.i32(p) + wire.i32(current_leader_epoch) + wire.i64(offset)
+                + wire.i64(-1) + wire.i32(1 << 20))) + wire.array([]))
+    r = wire.Reader(conn.request(1, 10, body))
+    r.i32(), r.i16(), r.i32()  # throttle, error, session
+    r.i32()  # one topic
+    r.string()
+    r.i32()  # one partition
+    r.i32()  # partition index
+    return r.i16()
+
+
+@pytest.mark.timeout(150)
+def test_leader_epochs_fence_stale_clients(cluster):
+    """KIP-320 on a failover: after the leader of epoch 0 is killed and its successor writes
+    in a new epoch, the new leader answers OffsetForLeaderEpoch with where epoch 0 ended (so a
+    consumer can tell whether what it read was cut back) and where the latest ends; a Fetch
+    naming the old epoch is FENCED_LEADER_EPOCH (refresh metadata), one naming an epoch it
+    has not heard of UNKNOWN_LEADER_EPOCH (retry), one naming none is served. A consumer with
+    librdkafka's defaults (which validates positions with OffsetForLeaderEpoch from 2.1 on)
+    then reads every record."""
+    controller_of(cluster)
+    topic = unique_topic("epochs")
+    create_topic(cluster.bootstrap, topic, 1, config={"min.insync.replicas": "2"})
+    first = wait_fully_replicated(cluster.nodes, topic, 1)[0].leader
+    acks = Acks()
+    producer = idempotent_producer(cluster.bootstrap)
+    produce_and_flush(producer, topic, 0, [b"e0-%d" % i for i in range(10)], acks)
+    with wire.Conn.to(cluster.node(first).bootstrap) as c:
+        assert offset_for_leader_epoch_v3(c, topic, 0, 0) == (0, 0, 10)
+        assert fetch_v10_error(c, topic, 0, 0, 0) == 0
+
+    cluster.node(first).kill9()
+    live = [b for b in cluster.nodes if b.alive()]
+    second = wait_until("a new leader of %s-0 after node %d's kill" % (topic, first),
+                        lambda: (lambda s: s and s[0].leader not in (first, -1) and s[0].leader)(
+                            topic_state(live[0], topic)), timeout=40)
+    produce_and_flush(producer, topic, 0, [b"e1-%d" % i for i in range(5)], acks)
+    assert not acks.failed and len(acks.ok) == 15, acks.failed[:3]
+    with wire.Conn.to(cluster.node(second).bootstrap) as c:
+        code, latest, end = offset_for_leader_epoch_v3(c, topic, 0, 1000)
+        assert code == 0 and latest >= 1 and end == 15, (code, latest, end)
+        assert offset_for_leader_epoch_v3(c, topic, 0, 0) == (0, 0, 10), "epoch 0 ends where the first leader stopped"
+        assert offset_for_leader_epoch_v3(c, topic, 0, latest, current_leader_epoch=latest) == (0, latest, 15)
+        FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH = 74, 75
+        assert fetch_v10_error(c, topic, 0, 0, 0) == FENCED_LEADER_EPOCH
+        assert fetch_v10_error(c, topic, 0, 0, latest + 5) == UNKNOWN_LEADER_EPOCH
+        assert fetch_v10_error(c, topic, 0, 0, latest) == 0
+        assert fetch_v10_error(c, topic, 0, 0, -1) == 0
+        assert offset_for_leader_epoch_v3(c, topic, 0, 0, current_leader_epoch=0)[0] == FENCED_LEADER_EPOCH
+    assert_log_is(bootstrap_of(live), topic, 0, acks.of(0))

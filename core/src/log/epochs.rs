@@ -53,6 +53,12 @@ impl EpochCache {
         self.entries.iter().find(|(e, _)| *e == epoch).map(|(_, s)| *s)
     }
 
+    /// The epoch that wrote `offset` (the latest one starting at or below it), if any.
+    pub fn epoch_at(&self, offset: Offset) -> Option<i32> {
+        let i = self.entries.partition_point(|(_, s)| *s <= offset);
+        i.checked_sub(1).map(|i| self.entries[i].0)
+    }
+
     /// Where `epoch` ends in this log (OffsetForLeaderEpoch's answer): the largest epoch at
     /// or below it and the offset just past that epoch's last batch, which is the next
     /// epoch's start, or `log_end` for the latest. An epoch below every known one answers
@@ -73,6 +79,15 @@ impl EpochCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_of_an_offset() {
+        let mut c = EpochCache::default();
+        assert_eq!(c.epoch_at(0), None);
+        c.assign(2, 5);
+        c.assign(4, 9);
+        assert_eq!((c.epoch_at(4), c.epoch_at(5), c.epoch_at(8), c.epoch_at(9), c.epoch_at(100)), (None, Some(2), Some(2), Some(4), Some(4)));
+    }
 
     #[test]
     fn end_offsets_by_epoch() {

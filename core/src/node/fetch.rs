@@ -2,7 +2,10 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
-use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+use kafka_protocol::messages::{
+    FetchRequest, ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+};
 
 use super::{Node, Purpose};
 use crate::io::DiskOp;
@@ -97,7 +100,9 @@ impl Node {
                 let part = topic.and_then(|t| t.partition(fp.partition));
                 match part {
                     None => pd.error_code = KafkaError::UnknownTopicOrPartition.code(),
-                    Some(p) if p.serve_error().is_some() => pd.error_code = p.serve_error().map_or(0, KafkaError::code),
+                    Some(p) if p.serve_error_in(fp.current_leader_epoch).is_some() => {
+                        pd.error_code = p.serve_error_in(fp.current_leader_epoch).map_or(0, KafkaError::code)
+                    }
                     Some(p) => {
                         let l = &p.log;
                         let stable = l.last_stable_offset();
@@ -185,18 +190,24 @@ impl Node {
                 pr.offset = -1;
                 let part = topic.and_then(|tt| tt.partition(p.partition_index));
                 let append_time = topic.is_some_and(|tt| tt.settings.log_append_time);
+                let mut epoch = -1;
                 let found = match part {
                     None => Err(KafkaError::UnknownTopicOrPartition),
-                    Some(pt) if pt.serve_error().is_some() => {
-                        Err(pt.serve_error().unwrap_or(KafkaError::UnknownServerError))
+                    Some(pt) if pt.serve_error_in(p.current_leader_epoch).is_some() => {
+                        Err(pt.serve_error_in(p.current_leader_epoch).unwrap_or(KafkaError::UnknownServerError))
                     }
                     Some(pt) => {
                         let l = &pt.log;
                         // read_committed's latest offset is the last stable offset.
                         let latest = if req.isolation_level == 1 { l.last_stable_offset() } else { l.high_watermark };
+                        // The epoch that wrote the offset answered (for LATEST: the latest).
+                        epoch = l.epochs.epoch_at(latest.max(1) - 1).unwrap_or(-1);
                         let (target, loc) = match p.timestamp {
                             -1 => (None, Ok(Some((latest, -1)))),
-                            -2 | -4 => (None, Ok(Some((l.log_start_offset, -1)))),
+                            -2 | -4 => {
+                                epoch = l.epochs.epoch_at(l.log_start_offset).unwrap_or(epoch);
+                                (None, Ok(Some((l.log_start_offset, -1))))
+                            }
                             -3 => (Some(TsTarget::Max), Err(l.batch_with_max_timestamp(l.high_watermark))),
                             ts if ts >= 0 => {
                                 (Some(TsTarget::AtLeast(ts)), Err(l.batch_for_timestamp(ts, l.high_watermark)))
@@ -209,6 +220,7 @@ impl Node {
                             (Some(_), Ok(_)) | (Some(_), Err(None)) => Ok(None),
                             // One record, or broker-stamped times: the batch says it all.
                             (Some(_), Err(Some(b))) if b.base_offset == b.last_offset || append_time => {
+                                epoch = l.epochs.epoch_at(b.base_offset).unwrap_or(-1);
                                 Ok(Some((b.base_offset, b.max_timestamp)))
                             }
                             (Some(target), Err(Some(b))) => {
@@ -223,7 +235,7 @@ impl Node {
                         pr.offset = offset;
                         pr.timestamp = ts;
                         if ctx.version >= 4 {
-                            pr.leader_epoch = 0;
+                            pr.leader_epoch = epoch;
                         }
                     }
                     Ok(None) => {}
@@ -249,6 +261,51 @@ impl Node {
         Ok(())
     }
 
+    /// OffsetForLeaderEpoch (KIP-101/320): where an epoch ends in the leader's log, so that a
+    /// consumer (after a leader change) can tell whether the log it read was cut back since:
+    /// the largest epoch at or below the one asked and the offset just past its last batch
+    /// (the next epoch's start, or the log end for the latest).
+    pub(super) fn handle_offset_for_leader_epoch(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: OffsetForLeaderEpochRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = OffsetForLeaderEpochResponse::default();
+        for t in &req.topics {
+            let mut tr = OffsetForLeaderTopicResult::default();
+            tr.topic = t.topic.clone();
+            let topic = self.topics.get(t.topic.0.as_str());
+            for p in &t.partitions {
+                let mut e = EpochEndOffset::default();
+                e.partition = p.partition;
+                (e.leader_epoch, e.end_offset) = (-1, -1);
+                match topic.and_then(|tt| tt.partition(p.partition)) {
+                    None => e.error_code = KafkaError::UnknownTopicOrPartition.code(),
+                    Some(pt) => match pt.serve_error_in(p.current_leader_epoch) {
+                        Some(err) => e.error_code = err.code(),
+                        None if p.leader_epoch < 0 => {}
+                        // No batch left that says its epoch (an empty log, or retention took
+                        // them all): the log, as it is, ends in the leader's epoch.
+                        None if pt.log.epochs.latest().is_none() => {
+                            (e.leader_epoch, e.end_offset) = (pt.role.leader_epoch(), pt.log.log_end_offset)
+                        }
+                        None => {
+                            (e.leader_epoch, e.end_offset) =
+                                pt.log.epochs.end_offset_for(p.leader_epoch, pt.log.log_end_offset)
+                        }
+                    },
+                }
+                tr.partitions.push(e);
+            }
+            resp.topics.push(tr);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+
     /// A batch read for ListOffsets came back: find the record, answer when all are in.
     pub(super) fn on_timestamp_read(
         &mut self,
@@ -262,6 +319,8 @@ impl Node {
             return;
         };
         let with_epoch = l.ctx.version >= 4;
+        let data_epoch =
+            data.as_ref().ok().and_then(|d| crate::log::batch::parse_header(d).ok()).map_or(-1, |h| h.partition_leader_epoch);
         let pr = &mut l.resp.topics[ti].partitions[pi];
         let found =
             data.and_then(|d| records::record_timestamps(&d).map_err(|e| format!("{e:?}"))).map(|recs| match target {
@@ -276,7 +335,8 @@ impl Node {
                 pr.offset = offset;
                 pr.timestamp = ts;
                 if with_epoch {
-                    pr.leader_epoch = 0;
+                    // The batch holding the record says which epoch wrote it.
+                    pr.leader_epoch = data_epoch;
                 }
             }
             Ok(None) => {}

@@ -193,6 +193,21 @@ impl Partition {
         })
     }
 
+    /// `serve_error`, and KIP-320's check of the leader epoch the client believes in (-1:
+    /// none given): an older one is FENCED_LEADER_EPOCH (its metadata is stale: it refreshes
+    /// it), a newer one UNKNOWN_LEADER_EPOCH (this leader has not heard of it yet: it retries).
+    fn serve_error_in(&self, current_leader_epoch: i32) -> Option<crate::protocol::errors::KafkaError> {
+        use crate::protocol::errors::KafkaError;
+        self.serve_error().or_else(|| {
+            let mine = self.role.leader_epoch();
+            match current_leader_epoch {
+                e if e >= 0 && e < mine => Some(KafkaError::FencedLeaderEpoch),
+                e if e > mine => Some(KafkaError::UnknownLeaderEpoch),
+                _ => None,
+            }
+        })
+    }
+
     fn leads(&self) -> bool {
         self.state == PartState::Online && matches!(self.role, crate::replica::Role::Leader(_))
     }
@@ -650,6 +665,7 @@ impl Node {
             ApiKey::Produce => self.handle_produce(conn, seq, ctx, body),
             ApiKey::Fetch => self.handle_fetch(conn, seq, ctx, body),
             ApiKey::ListOffsets => self.handle_list_offsets(conn, seq, &ctx, body),
+            ApiKey::OffsetForLeaderEpoch => self.handle_offset_for_leader_epoch(conn, seq, &ctx, body),
             ApiKey::CreateTopics => self.handle_create_topics(conn, seq, ctx, body),
             ApiKey::DeleteTopics => self.handle_delete_topics(conn, seq, ctx, body),
             ApiKey::ElectLeaders => self.handle_elect_leaders(conn, seq, ctx, body),
