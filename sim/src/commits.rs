@@ -276,7 +276,9 @@ impl Commits {
         let seen = p.map_or(-1, |p| p.committed_offset);
         let (group, last_sent) = (self.committers[k].group.clone(), self.committers[k].next - 1);
         if seen < floor && !self.committers[k].indefinite.contains(&seen) {
-            let msg = format!("lost-commit: group {group}: OffsetFetch answered {seen} after the commit of {floor} was acknowledged");
+            let msg = format!(
+                "lost-commit: group {group}: OffsetFetch answered {seen} after the commit of {floor} was acknowledged"
+            );
             self.violation(w, msg);
         }
         if seen > last_sent {

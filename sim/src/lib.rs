@@ -7,8 +7,8 @@
 
 pub mod checker;
 pub mod cluster;
-pub mod commits;
 pub mod codec;
+pub mod commits;
 pub mod group;
 pub mod group848;
 pub mod quorum;

@@ -86,7 +86,10 @@ mod tests {
         assert_eq!(c.epoch_at(0), None);
         c.assign(2, 5);
         c.assign(4, 9);
-        assert_eq!((c.epoch_at(4), c.epoch_at(5), c.epoch_at(8), c.epoch_at(9), c.epoch_at(100)), (None, Some(2), Some(2), Some(4), Some(4)));
+        assert_eq!(
+            (c.epoch_at(4), c.epoch_at(5), c.epoch_at(8), c.epoch_at(9), c.epoch_at(100)),
+            (None, Some(2), Some(2), Some(4), Some(4))
+        );
     }
 
     #[test]

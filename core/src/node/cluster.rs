@@ -450,6 +450,10 @@ impl Node {
                     self.on_alter_partition(from, topic, partition, leader_epoch, partition_epoch, isr);
                 }
             }
+            BrokerMessage::WriteTxnMarker { req, producer_id, epoch, commit, topic, partition } => {
+                self.on_write_txn_marker(from, req, (producer_id, epoch, commit), &topic, partition);
+            }
+            BrokerMessage::TxnMarkerWritten { req, error } => self.on_txn_marker_written(req, error),
             BrokerMessage::CreateTopic { name } => {
                 if !self.controller_epoch_check() || self.topics.contains_key(&name) {
                     return;

@@ -319,8 +319,11 @@ impl Node {
             return;
         };
         let with_epoch = l.ctx.version >= 4;
-        let data_epoch =
-            data.as_ref().ok().and_then(|d| crate::log::batch::parse_header(d).ok()).map_or(-1, |h| h.partition_leader_epoch);
+        let data_epoch = data
+            .as_ref()
+            .ok()
+            .and_then(|d| crate::log::batch::parse_header(d).ok())
+            .map_or(-1, |h| h.partition_leader_epoch);
         let pr = &mut l.resp.topics[ti].partitions[pi];
         let found =
             data.and_then(|d| records::record_timestamps(&d).map_err(|e| format!("{e:?}"))).map(|recs| match target {

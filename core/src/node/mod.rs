@@ -18,6 +18,7 @@ mod producer_ids;
 mod recovery;
 mod replication;
 mod transactions;
+mod txn_markers;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -327,6 +328,9 @@ pub struct Node {
     txns: BTreeMap<String, transactions::TxnEntry>,
     /// Markers of ending transactions, being written.
     markers: Vec<transactions::MarkerWrite>,
+    /// Markers other brokers' coordinators asked this one to write, until durable.
+    remote_markers: Vec<txn_markers::RemoteMarker>,
+    next_marker_req: u64,
     /// Offsets committed in open transactions, durable but not yet visible, by producer id.
     txn_offsets: BTreeMap<i64, Vec<(String, String, i32, groups::Committed)>>,
     next_txn_abort_check: Instant,
@@ -382,6 +386,8 @@ impl Node {
             next_producer_expiry_check: now.mono,
             txns: BTreeMap::new(),
             markers: Vec::new(),
+            remote_markers: Vec::new(),
+            next_marker_req: 0,
             txn_offsets: BTreeMap::new(),
             next_txn_abort_check: now.mono,
             replication: replication::ReplicationState::default(),
@@ -437,7 +443,8 @@ impl Node {
         let cluster = self.cluster_poll_timeout();
         let replication = self.replication_poll_timeout();
         let produce = self.produces.iter().map(|p| p.deadline).filter(|d| d.0 != u64::MAX).min();
-        [fetch, retention, groups, offsets, producers, txns, quorum, cluster, replication, produce]
+        let markers = self.markers_retry_at();
+        [fetch, retention, groups, offsets, producers, txns, quorum, cluster, replication, produce, markers]
             .into_iter()
             .flatten()
             .min()
@@ -721,6 +728,8 @@ impl Node {
         self.expire_fetches();
         self.replication_timeout();
         self.hw_moved |= self.produces.iter().any(|p| p.deadline <= self.now.mono);
+        // Markers another broker has not confirmed in time are asked for again.
+        self.hw_moved |= self.markers_retry_at().is_some_and(|t| t <= self.now.mono);
         self.settle_groups();
         self.expire_consumer_members();
         if self.now.mono >= self.next_offsets_retention_check {
@@ -875,6 +884,7 @@ impl Node {
             self.complete_produces();
             self.complete_commits();
             self.complete_markers();
+            self.complete_remote_markers();
             self.wake_fetches();
         }
         self.after_input_replication();

@@ -38,6 +38,7 @@ pub const TXN_PARTITIONS: i32 = 50;
 
 const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 const NOT_COORDINATOR: i16 = 16;
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const INVALID_TRANSACTION_TIMEOUT: i16 = 50;
 const OPERATION_NOT_ATTEMPTED: i16 = 55;
 
@@ -62,14 +63,32 @@ pub(super) enum TxnNext {
 
 /// Markers of one ending transaction, being written.
 pub(super) struct MarkerWrite {
-    id: String,
-    producer_id: i64,
-    epoch: i16,
-    commit: bool,
-    /// Per partition: (topic, partition) and, once appended, (tp, end, generation).
-    waits: Vec<((String, i32), Option<(Tp, Offset, u64)>)>,
+    pub(super) id: String,
+    pub(super) producer_id: i64,
+    pub(super) epoch: i16,
+    pub(super) commit: bool,
+    /// Per partition: (topic, partition) and where its marker stands.
+    pub(super) waits: Vec<((String, i32), MarkerAt)>,
     end_txn: Option<(ConnId, u64, RequestContext)>,
 }
+
+/// Where one partition's marker stands.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum MarkerAt {
+    /// Not written, or its write failed and was cut back: write it.
+    ToWrite,
+    /// Appended here: durable once the high watermark reaches `end` in log `generation`.
+    Local { tp: Tp, end: Offset, generation: u64 },
+    /// Asked of the partition's leader, another broker; asked again at `retry_at` unless it
+    /// has answered that the marker is durable.
+    Remote { req: u64, retry_at: crate::types::Instant },
+    /// Durable, or nothing to write (the topic is gone, or an older epoch's marker).
+    Done,
+}
+
+/// How long a marker asked of another broker may go unanswered before it is asked again
+/// (of whichever broker leads the partition by then).
+pub(super) const MARKER_RETRY_MS: u64 = 2_000;
 
 /// The `__transaction_state` partition of a transactional id, placed as Kafka places it.
 pub fn txn_partition(id: &str) -> i32 {
@@ -197,7 +216,7 @@ impl Node {
             producer_id: meta.producer_id,
             epoch: meta.epoch,
             commit: meta.state == TxnState::PrepareCommit,
-            waits: meta.partitions.iter().map(|p| (p.clone(), None)).collect(),
+            waits: meta.partitions.iter().map(|p| (p.clone(), MarkerAt::ToWrite)).collect(),
             end_txn,
         };
         self.append_markers(&mut w);
@@ -205,23 +224,32 @@ impl Node {
         self.hw_moved = true;
     }
 
-    /// Appends the markers not yet appended (or whose write failed and was cut back).
+    /// Writes the markers not yet written (or whose write failed and was cut back): here
+    /// where this node leads the partition, else by asking its leader over the peer
+    /// connection (`WriteTxnMarker`; Kafka's WriteTxnMarkers).
     fn append_markers(&mut self, w: &mut MarkerWrite) {
         let wall = self.now.wall_ms;
+        let marker_of = (w.producer_id, w.epoch, w.commit);
         for ((topic, partition), at) in w.waits.iter_mut() {
-            if at.is_some() {
+            if !matches!(at, MarkerAt::ToWrite) {
                 continue;
             }
             let marker = Bytes::from(batch::control_marker(w.producer_id, w.epoch, w.commit, 0, wall));
             match self.append_as(topic, *partition, Some(&marker), Origin::Coordinator { commit: w.commit }) {
-                Ok((tp, _, end, generation, _, _)) => *at = Some((tp, end, generation)),
-                Err(KafkaError::UnknownTopicOrPartition) => {
-                    // The topic was deleted: nothing is left to mark.
-                    *at = Some(((self.deleted_marker_tp(), 0), 0, 0));
-                }
+                Ok((tp, _, end, generation, _, _)) => *at = MarkerAt::Local { tp, end, generation },
+                Err(KafkaError::UnknownTopicOrPartition) => *at = MarkerAt::Done, // deleted: nothing to mark
                 Err(KafkaError::InvalidProducerEpoch) => {
                     tracing::warn!(id = %w.id, topic, partition, "a marker of an older producer epoch was refused");
-                    *at = Some(((self.deleted_marker_tp(), 0), 0, 0));
+                    *at = MarkerAt::Done;
+                }
+                Err(KafkaError::NotLeaderOrFollower) => {
+                    // Another broker leads it: ask that one. With no leader known yet, look
+                    // again shortly (request 0 is never answered).
+                    let (req, wait) = match self.ask_leader_for_marker(marker_of, topic, *partition) {
+                        Some(req) => (req, MARKER_RETRY_MS),
+                        None => (0, 100),
+                    };
+                    *at = MarkerAt::Remote { req, retry_at: self.now.mono.plus_millis(wait) };
                 }
                 Err(e) => {
                     tracing::warn!(id = %w.id, topic, partition, error = ?e, "could not write a transaction marker; will retry")
@@ -230,37 +258,39 @@ impl Node {
         }
     }
 
-    /// A stand-in partition for a marker that needs no write (its topic is gone).
-    fn deleted_marker_tp(&self) -> [u8; 16] {
-        [0; 16]
-    }
-
     /// Checks the markers being written: when all of a transaction's are durable, its
     /// committed offsets become visible and its completion is stored. Markers whose writes
-    /// failed are written again.
+    /// failed, or whose leader has not answered in time, are written again.
     pub(super) fn complete_markers(&mut self) {
         let writes = std::mem::take(&mut self.markers);
+        let now = self.now.mono;
         for mut w in writes {
             let mut all_durable = true;
             let mut rewrite = false;
             for (_, at) in w.waits.iter_mut() {
-                let Some((tp, end, generation)) = *at else {
-                    all_durable = false;
-                    rewrite = true;
-                    continue;
-                };
-                if tp.0 == [0; 16] {
-                    continue;
-                }
-                match self.partition(tp) {
-                    None => {}
-                    Some(p) if p.log.generation != generation => {
-                        *at = None;
+                match *at {
+                    MarkerAt::Done => {}
+                    MarkerAt::Local { tp, end, generation } => match self.partition(tp) {
+                        None => *at = MarkerAt::Done,
+                        Some(p) if p.log.generation != generation => {
+                            *at = MarkerAt::ToWrite;
+                            all_durable = false;
+                            rewrite = true;
+                        }
+                        Some(p) if p.log.high_watermark >= end => *at = MarkerAt::Done,
+                        Some(_) => all_durable = false,
+                    },
+                    MarkerAt::Remote { retry_at, .. } => {
+                        all_durable = false;
+                        if now >= retry_at {
+                            *at = MarkerAt::ToWrite;
+                            rewrite = true;
+                        }
+                    }
+                    MarkerAt::ToWrite => {
                         all_durable = false;
                         rewrite = true;
                     }
-                    Some(p) if p.log.high_watermark >= end => {}
-                    Some(_) => all_durable = false,
                 }
             }
             if rewrite && self.phase == super::Phase::Serving {
@@ -285,6 +315,15 @@ impl Node {
                 self.markers.push(w);
             }
         }
+    }
+
+    /// When the next marker asked of another broker is due to be asked again.
+    pub(super) fn markers_retry_at(&self) -> Option<crate::types::Instant> {
+        self.markers
+            .iter()
+            .flat_map(|w| &w.waits)
+            .filter_map(|(_, at)| if let MarkerAt::Remote { retry_at, .. } = at { Some(*retry_at) } else { None })
+            .min()
     }
 
     /// Aborts transactions open past their timeout (fencing their producers), as Kafka's
@@ -379,10 +418,19 @@ impl Node {
         if !h.is_transactional() {
             return Ok(());
         }
-        if self.coordinates(TXN_TOPIC, txn_id) == Err(COORDINATOR_LOAD_IN_PROGRESS) {
-            // The coordinator's state is still being read back: the partition cannot check
-            // the transaction yet. Retriable, as Kafka answers a verification it cannot do.
-            return Err(KafkaError::NotEnoughReplicas);
+        if self.topics.contains_key(TXN_TOPIC) {
+            match self.coordinates(TXN_TOPIC, txn_id) {
+                Ok(()) => {}
+                // The coordinator's state is still being read back (or its partition has no
+                // leader): the partition cannot check the transaction yet. Retriable, as
+                // Kafka answers a verification it cannot do.
+                Err(COORDINATOR_LOAD_IN_PROGRESS | COORDINATOR_NOT_AVAILABLE) => {
+                    return Err(KafkaError::NotEnoughReplicas)
+                }
+                // Another broker coordinates the transaction: the batch is taken unchecked,
+                // as Kafka did before KIP-890 (asking that broker is not built yet).
+                Err(_) => return Ok(()),
+            }
         }
         let meta = self.txns.get(txn_id).and_then(|e| e.meta.as_ref()).ok_or(KafkaError::InvalidTxnState)?;
         if meta.producer_id != h.producer_id {
@@ -662,7 +710,11 @@ impl Node {
         }
         let id = req.transactional_id.0.to_string();
         let part = (OFFSETS_TOPIC.to_string(), offsets_partition(&group));
+        let remote = self.coordinates(TXN_TOPIC, &id) == Err(NOT_COORDINATOR);
         let check = match self.txns.get(&id).and_then(|e| e.meta.as_ref()) {
+            // Another broker coordinates the transaction: taken unchecked, as Kafka's group
+            // coordinator does (the producer added the group with AddOffsetsToTxn first).
+            None if remote => Ok(()),
             None => Err(TxnError::InvalidProducerIdMapping.code()),
             Some(m) => match m.check_producer(req.producer_id.0, req.producer_epoch) {
                 Err(e) => Err(e.code()),

@@ -118,6 +118,14 @@ pub enum BrokerMessage {
     /// partitions' leadership to other in-sync replicas, and keeps it fenced. Sent with every
     /// heartbeat until the process stops.
     WantShutdown { broker_epoch: i64 },
+    /// A transaction coordinator asks a partition's leader to write a transaction's marker
+    /// (Kafka's WriteTxnMarkers), answered with `TxnMarkerWritten` once it is durable on the
+    /// partition's in-sync replicas, or refused.
+    WriteTxnMarker { req: u64, producer_id: i64, epoch: i16, commit: bool, topic: String, partition: i32 },
+    /// The answer to `WriteTxnMarker` `req`: 0 once the marker is durable (or has nothing to
+    /// mark: the topic is gone, or the producer has moved to a newer epoch), else the error
+    /// (NOT_LEADER_OR_FOLLOWER and the like: the coordinator asks the leader it knows then).
+    TxnMarkerWritten { req: u64, error: i16 },
 }
 
 /// The first frame on a peer connection: who is calling, in which cluster, speaking which

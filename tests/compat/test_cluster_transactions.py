@@ -1,0 +1,101 @@
+"""Transactions on a three-node Sluice cluster, with confluent-kafka's transactional producer
+(its defaults, `transactional.id` set) and read_committed consumers.
+
+A topic's partitions are led by different brokers, and the transaction's coordinator (the
+leader of its `__transaction_state` partition) and the group's coordinator (the leader of its
+`__consumer_offsets` partition) are wherever their partitions landed: the coordinator writes
+each commit or abort marker where it leads the partition and asks the partition's leader
+for the others, and EndTxn is answered once every marker is durable. Checked: a committed
+transaction's records are all read by a read_committed consumer, an aborted one's none, and
+offsets sent to a committed transaction are the group's committed offsets afterwards (those
+of an aborted one never are).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from conftest import unique_topic
+from test_replication import (ALL, cluster, cluster_factory, controller_of, create_topic,  # noqa: F401
+                              wait_fully_replicated, wait_until)
+
+
+def read_committed(bootstrap, topic, partitions, want, timeout=60):
+    """Every record a read_committed consumer returns from the start of each partition,
+    until `want` records have come and the last stable offsets are reached."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader-" + topic, "isolation.level": "read_committed",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "enable.partition.eof": True})
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        got, eof = [], set()
+        deadline = time.monotonic() + timeout
+        while len(got) < want or len(eof) < partitions:
+            assert time.monotonic() < deadline, "read %d of %d committed records in %d s" % (len(got), want, timeout)
+            m = c.poll(0.2)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == -191:  # _PARTITION_EOF
+                    eof.add(m.partition())
+                continue
+            eof.discard(m.partition())
+            got.append((m.partition(), m.value()))
+        return got
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(150)
+def test_transactions_span_the_brokers(cluster):
+    controller_of(cluster)
+    topic = unique_topic("ctxn")
+    create_topic(cluster.bootstrap, topic, 3, config={"min.insync.replicas": "2"})
+    state = wait_fully_replicated(cluster.nodes, topic, 3)
+    assert sorted(v.leader for v in state.values()) == ALL, "the partitions' leaders are spread: %s" % state
+
+    group = "ctxn-group-" + topic
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "transactional.id": "ctxn-" + topic})
+    meta_consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group})
+    try:
+        p.init_transactions(60)
+        meta = meta_consumer.consumer_group_metadata()
+        # Committed: ten records on every partition, and offsets for the group.
+        p.begin_transaction()
+        for q in range(3):
+            for i in range(10):
+                p.produce(topic, value=b"c-%d-%d" % (q, i), partition=q)
+        p.send_offsets_to_transaction([TopicPartition(topic, q, 10 + q) for q in range(3)], meta, 30)
+        p.commit_transaction(60)
+        # Aborted: five more records on every partition, and other offsets.
+        p.begin_transaction()
+        for q in range(3):
+            for i in range(5):
+                p.produce(topic, value=b"a-%d-%d" % (q, i), partition=q)
+        p.send_offsets_to_transaction([TopicPartition(topic, q, 99) for q in range(3)], meta, 30)
+        p.flush(30)
+        p.abort_transaction(60)
+        # Committed again, after the abort.
+        p.begin_transaction()
+        for q in range(3):
+            p.produce(topic, value=b"d-%d" % q, partition=q)
+        p.commit_transaction(60)
+    finally:
+        meta_consumer.close()
+
+    got = read_committed(cluster.bootstrap, topic, 3, 33)
+    want = sorted([(q, b"c-%d-%d" % (q, i)) for q in range(3) for i in range(10)] + [(q, b"d-%d" % q) for q in range(3)])
+    assert sorted(got) == want, "read_committed returned %d records, aborted ones: %r" % (
+        len(got), [g for g in got if g[1].startswith(b"a-")][:5])
+
+    probe = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group})
+    try:
+        committed = wait_until("the group's offsets from the committed transaction are visible", lambda: (
+            lambda c: c if c == {q: 10 + q for q in range(3)} else None)(
+                {tp.partition: tp.offset for tp in probe.committed([TopicPartition(topic, q) for q in range(3)],
+                                                                   timeout=10)}), timeout=30)
+        print("\ncommitted offsets of %s: %s" % (group, committed))
+    finally:
+        probe.close()
