@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import unique_topic
 from test_replication import (ALL, cluster, cluster_factory, controller_of, create_topic,  # noqa: F401
-                              wait_fully_replicated, wait_until)
+                              topic_state, wait_fully_replicated, wait_until)
 
 
 def read_committed(bootstrap, topic, partitions, want, timeout=60):
@@ -99,3 +99,52 @@ def test_transactions_span_the_brokers(cluster):
         print("\ncommitted offsets of %s: %s" % (group, committed))
     finally:
         probe.close()
+
+
+def java_partition(key, partitions=50):
+    """Kafka's placement of a key in an internal topic: abs(Java hashCode) % partitions."""
+    h, data = 0, key.encode("utf-16-be")
+    for i in range(0, len(data), 2):
+        h = (h * 31 + (data[i] << 8 | data[i + 1])) & 0xFFFFFFFF
+    h = h - (1 << 32) if h >= 1 << 31 else h
+    return 0 if h == -(1 << 31) else abs(h) % partitions
+
+
+@pytest.mark.timeout(180)
+def test_transaction_survives_its_coordinators_death(cluster):
+    """A transaction is open on three partitions (led by the three brokers) when the broker
+    coordinating it (leading its `__transaction_state` partition, three replicas) is killed
+    with SIGKILL. Another replica takes the partition over and reads the transaction back;
+    the producer's commit_transaction finds it and the transaction commits: a read_committed
+    consumer reads all of it. The producer then runs another transaction."""
+    controller_of(cluster)
+    topic = unique_topic("ctxnfail")
+    create_topic(cluster.bootstrap, topic, 3, config={"min.insync.replicas": "2"})
+    wait_fully_replicated(cluster.nodes, topic, 3)
+    tid = "ctxnfail-" + topic
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "transactional.id": tid})
+    p.init_transactions(60)
+    p.begin_transaction()
+    for q in range(3):
+        for i in range(10):
+            p.produce(topic, value=b"x-%d-%d" % (q, i), partition=q)
+    assert p.flush(30) == 0
+
+    txn_part = java_partition(tid)
+    state = wait_until("__transaction_state-%d has 3 replicas in sync" % txn_part,
+                       lambda: (lambda s: s if s and s[txn_part].isr == ALL else None)(
+                           topic_state(cluster.node(1), "__transaction_state")))
+    victim = state[txn_part].leader
+    cluster.node(victim).kill9()
+    t_kill = time.monotonic()
+    p.commit_transaction(90)
+    print("\ncoordinator node %d killed; commit_transaction returned %.2f s later" % (victim, time.monotonic() - t_kill))
+
+    p.begin_transaction()
+    for q in range(3):
+        p.produce(topic, value=b"y-%d" % q, partition=q)
+    p.commit_transaction(60)
+    live = ",".join(b.bootstrap for b in cluster.nodes if b.alive())
+    got = read_committed(live, topic, 3, 33)
+    want = sorted([(q, b"x-%d-%d" % (q, i)) for q in range(3) for i in range(10)] + [(q, b"y-%d" % q) for q in range(3)])
+    assert sorted(got) == want, (len(got), got[:5])
