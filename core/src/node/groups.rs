@@ -263,19 +263,14 @@ impl Node {
             }
             let (partitions, rf, configs) = self.internal_topic_spec(name).expect("an internal topic");
             match self.create_topic(name, partitions, rf, configs) {
-                // A load in progress (of the other internal topic, which may exist without
-                // this one) goes on: the new topic is empty and adds nothing to it.
+                // Its partitions are empty: each is served as soon as it is led here.
                 Ok(job) => self.park(conn, seq, job, Then::Redispatch { ctx: ctx.clone(), body: body.clone() }),
                 // Too few brokers for its replication factor yet (as in Kafka).
                 Err(_) => return Some(COORDINATOR_NOT_AVAILABLE),
             }
             return None;
         }
-        match key.map(|k| self.coordinator_of(name, k)) {
-            Some(Ok(c)) if c != self.config.node_id.0 => Some(NOT_COORDINATOR),
-            Some(Err(code)) => Some(code),
-            _ => Some(0),
-        }
+        Some(key.map_or(0, |k| self.coordinates(name, k).err().unwrap_or(0)))
     }
 
     /// An internal topic's partitions, replicas and configs, as this cluster creates it: the
