@@ -65,7 +65,7 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
         isolate_every: pick(&mut r, &[None, Some(1_000 * MS), Some(3_000 * MS)]),
         clog_every: None,
     };
-    let env = Env {
+    let mut env = Env {
         net_latency: (50 * US, pick(&mut r, &[500u64, 5_000]) * US),
         sync_latency: (100 * US, pick(&mut r, &[2u64, 20]) * MS),
         ..Env::default()
@@ -73,6 +73,13 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
     let scale = pick(&mut r, &[1u64, 3]);
     let mut plan = plan;
     plan.clog_every = pick(&mut r, &[None, Some(1_000 * MS), Some(3_000 * MS)]);
+    // Disk faults on every node, leaders and followers alike: failed syncs (the log is cut
+    // back to what is durable) and corrupted reads (recovery, coordinator loads and
+    // replication reads must read again, never cut on one bad read).
+    let (sync_fail, read_corrupt) = (pick(&mut r, &[0.0, 0.0, 0.01, 0.05]), pick(&mut r, &[0.0, 0.0, 0.01, 0.05]));
+    if opts.disk_faults {
+        (env.sync_fail, env.read_corrupt) = (sync_fail, read_corrupt);
+    }
     let voters: BTreeMap<i32, (String, u16)> = (1..=NODES as i32).map(|id| (id, (format!("node{id}"), 9093))).collect();
     let configs = (1..=NODES as i32)
         .map(|id| NodeConfig {
@@ -325,6 +332,7 @@ impl Harness for Run {
 pub struct ClusterReport {
     pub seed: u64,
     pub mutant: Option<String>,
+    pub disk_faults: bool,
     pub plan: String,
     pub sim_ns: Nanos,
     pub events: u64,
@@ -347,7 +355,8 @@ impl ClusterReport {
 
     pub fn replay_command(&self) -> String {
         let m = self.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default();
-        format!("cargo run --release -p sluice-sim -- run --scenario cluster --seed {}{m}", self.seed)
+        let d = if self.disk_faults { " --disk-faults" } else { "" };
+        format!("cargo run --release -p sluice-sim -- run --scenario cluster --seed {}{m}{d}", self.seed)
     }
 
     pub fn summary(&self) -> String {
@@ -385,6 +394,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
     let report = std::panic::catch_unwind(|| run_inner(seed, opts)).unwrap_or_else(|e| ClusterReport {
         seed,
         mutant: opts.mutant.clone(),
+        disk_faults: opts.disk_faults,
         plan: String::new(),
         sim_ns: 0,
         events: 0,
@@ -404,7 +414,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
 /// The plan and environment in one line, for the report.
 fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
     format!(
-        "{NODES} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms, stall every {:?} ms; election timeout {} ms, session {} ms; latency up to {} us, sync up to {} us",
+        "{NODES} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms, stall every {:?} ms; election timeout {} ms, session {} ms; latency up to {} us, sync up to {} us; sync failures {}, read corruptions {}",
         plan.safety / MS,
         plan.create_every / MS,
         plan.crash_every.map(|n| n / MS),
@@ -414,6 +424,8 @@ fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
         config.broker_session_timeout_ms,
         env.net_latency.1 / US,
         env.sync_latency.1 / US,
+        env.sync_fail,
+        env.read_corrupt,
     )
 }
 
@@ -479,6 +491,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     ClusterReport {
         seed,
         mutant: opts.mutant.clone(),
+        disk_faults: opts.disk_faults,
         plan: plan_text,
         sim_ns: w.now(),
         events: w.stats.events,

@@ -93,6 +93,10 @@ pub struct RunOpts {
     /// Overrides the safety phase's length.
     pub safety_ms: Option<u64>,
     pub scenario: Scenario,
+    /// The cluster scenario with disk faults (failed syncs, corrupted reads) on every node.
+    /// Off by default: the first sweeps with them found the metadata quorum's storage-failure
+    /// path broken on followers (see ARCHITECTURE.md, the cluster scenario).
+    pub disk_faults: bool,
 }
 
 /// What a run drives.

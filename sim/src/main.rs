@@ -7,8 +7,9 @@ use std::time::Instant;
 use sluice_sim::{run_scenario, RunOpts, Scenario};
 
 const USAGE: &str = "usage:
-  sluice-sim run --seed N [--scenario default|quorum] [--trace FILE.jsonl] [--mutant NAME] [--safety-ms MS] [--verbose]
-  sluice-sim sweep --seeds A..B [--scenario default|quorum] [--jobs N] [--mutant NAME] [--safety-ms MS]
+  sluice-sim run --seed N [--scenario default|quorum|cluster] [--trace FILE.jsonl] [--mutant NAME] [--safety-ms MS] [--disk-faults] [--verbose]
+  sluice-sim sweep --seeds A..B [--scenario default|quorum|cluster] [--jobs N] [--mutant NAME] [--safety-ms MS] [--disk-faults]
+  (--disk-faults: failed syncs and corrupted reads on every node of the cluster scenario; known to fail, see ARCHITECTURE.md)
   sluice-sim mutants
 ";
 
@@ -51,7 +52,8 @@ fn opts(args: &[String]) -> Result<RunOpts, String> {
         None => Scenario::Default,
         Some(s) => Scenario::parse(s).ok_or_else(|| format!("unknown scenario {s:?}: default, quorum or cluster"))?,
     };
-    Ok(RunOpts { mutant, keep_trace: opt(args, "--trace").is_some(), safety_ms, scenario })
+    let disk_faults = args.iter().any(|a| a == "--disk-faults");
+    Ok(RunOpts { mutant, keep_trace: opt(args, "--trace").is_some(), safety_ms, scenario, disk_faults })
 }
 
 fn cmd_run(args: &[String]) -> Result<i32, String> {
