@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import unique_topic
 from test_replication import (ALL, cluster, cluster_factory, controller_of, create_topic,  # noqa: F401
-                              topic_state, wait_fully_replicated, wait_until)
+                              java_partition, topic_state, wait_fully_replicated, wait_until)
 
 
 def read_committed(bootstrap, topic, partitions, want, timeout=60):
@@ -99,15 +99,6 @@ def test_transactions_span_the_brokers(cluster):
         print("\ncommitted offsets of %s: %s" % (group, committed))
     finally:
         probe.close()
-
-
-def java_partition(key, partitions=50):
-    """Kafka's placement of a key in an internal topic: abs(Java hashCode) % partitions."""
-    h, data = 0, key.encode("utf-16-be")
-    for i in range(0, len(data), 2):
-        h = (h * 31 + (data[i] << 8 | data[i + 1])) & 0xFFFFFFFF
-    h = h - (1 << 32) if h >= 1 << 31 else h
-    return 0 if h == -(1 << 31) else abs(h) % partitions
 
 
 @pytest.mark.timeout(180)

@@ -657,13 +657,14 @@ def test_preferred_leader_election_with_the_admin_client(cluster):
     assert_log_is(cluster.bootstrap, topic, part, acks.of(part))
 
 
-def offsets_partition(group):
-    """Kafka's placement of a group in __consumer_offsets: abs(Java hashCode) % 50."""
-    h, data = 0, group.encode("utf-16-be")
+def java_partition(key, partitions=50):
+    """Kafka's placement of a key (a group, a transactional id) in an internal topic:
+    abs(Java hashCode) % partitions."""
+    h, data = 0, key.encode("utf-16-be")
     for i in range(0, len(data), 2):
         h = (h * 31 + (data[i] << 8 | data[i + 1])) & 0xFFFFFFFF
     h = h - (1 << 32) if h >= 1 << 31 else h
-    return 0 if h == -(1 << 31) else abs(h) % 50
+    return 0 if h == -(1 << 31) else abs(h) % partitions
 
 
 def consume_group(consumer, want, seen, timeout, what):
@@ -711,7 +712,7 @@ def test_group_coordinator_moves_when_its_broker_dies(cluster):
         assert before == {0: 200, 1: 200, 2: 200}, before
 
         # The offsets topic is replicated: three replicas, all in sync, before the kill.
-        offsets_part = offsets_partition(group)
+        offsets_part = java_partition(group)
         state = wait_until("__consumer_offsets-%d has 3 replicas in sync" % offsets_part,
                            lambda: (lambda s: s if s and fully_replicated(s[offsets_part]) else None)(
                                topic_state(cluster.node(1), "__consumer_offsets")))
