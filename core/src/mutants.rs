@@ -65,6 +65,9 @@ pub enum Mutant {
     /// its own high watermark, without waiting for that to cover the log it took over (a
     /// follower's high watermark lags its leader's: the last acknowledged commits are missed).
     CoordinatorLoadsAtOnce = 23,
+    /// Raft: after a failed sync a voter cuts its log back to its durable end (the design
+    /// before session 8): a follower's high watermark, learnt from its leader, can be past it.
+    CutToDurableEnd = 24,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -91,15 +94,18 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::ElectOutsideIsr, "elect-outside-isr"),
     (Mutant::FollowerReportsBeforeSync, "follower-reports-before-sync"),
     (Mutant::CoordinatorLoadsAtOnce, "coordinator-loads-at-once"),
+    (Mutant::CutToDurableEnd, "cut-to-durable-end"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
 /// metadata quorum, which the `quorum` scenario drives; the rest in the broker node.
 pub fn scenario(m: Mutant) -> &'static str {
     match m {
-        Mutant::VoteWithoutLogCheck | Mutant::VoteNotSynced | Mutant::CommitByCount | Mutant::ReportBeforeSync => {
-            "quorum"
-        }
+        Mutant::VoteWithoutLogCheck
+        | Mutant::VoteNotSynced
+        | Mutant::CommitByCount
+        | Mutant::ReportBeforeSync
+        | Mutant::CutToDurableEnd => "quorum",
         Mutant::ApplyUncommitted
         | Mutant::HwIgnoresFollowers
         | Mutant::TruncateToHighWatermark

@@ -7,7 +7,9 @@
 //! - Store: a node's quorum-state and log writes reach the durable image only when a sync
 //!   issued after them completes. A crash keeps, per file, a random prefix of the unsynced
 //!   writes (the last kept append possibly torn to a prefix of its entries) and restarts the
-//!   node from the durable image after a downtime.
+//!   node from the durable image after a downtime. A sync may fail instead of completing:
+//!   then a random prefix of the unsynced writes reached the disk and the rest did not (a
+//!   later append may land past a hole, which recovery's scan stops at), and the node is told.
 //! - Clocks: each node reads its own drifting, offset clock.
 //! - Pauses: a paused node receives nothing (messages, timers, sync completions wait) until it
 //!   resumes, and then carries on believing what it believed before.
@@ -30,6 +32,8 @@ pub struct QuorumEnv {
     pub loss: f64,
     pub duplicate: f64,
     pub sync_latency: (Nanos, Nanos),
+    /// Chance that a sync fails instead of completing.
+    pub sync_fail: f64,
     pub clock_drift_ppm_max: u64,
     /// Timeouts for every node (node id and voters are set per node).
     pub config: QuorumConfig,
@@ -51,19 +55,30 @@ pub struct Store {
     unsynced: Vec<Write>,
     /// Syncs issued: (id, how many of `unsynced` it covers).
     marks: VecDeque<(u64, usize)>,
+    /// Writes were lost by a failed sync and the log file has not been cut back below the
+    /// hole since: an append past its end stops at the hole (recovery reads up to it).
+    holed: bool,
 }
 
 impl Store {
-    fn apply(p: &mut Persisted, w: &Write) {
+    fn apply(&mut self, w: &Write) {
+        let p = &mut self.durable;
         match w {
             Write::State { epoch, voted_for } => (p.epoch, p.voted_for) = (*epoch, *voted_for),
             Write::Append { offset, entries } => {
                 let at = usize::try_from(*offset).expect("offsets are small here");
+                if at > p.entries.len() && self.holed {
+                    return;
+                }
                 assert!(at <= p.entries.len(), "an append past the end of the log file");
                 p.entries.truncate(at);
                 p.entries.extend(entries.iter().cloned());
             }
-            Write::Truncate { end } => p.entries.truncate(usize::try_from(*end).expect("small")),
+            Write::Truncate { end } => {
+                let end = usize::try_from(*end).expect("small");
+                self.holed &= end > p.entries.len();
+                p.entries.truncate(end);
+            }
             Write::Sync { .. } => {}
         }
     }
@@ -78,8 +93,9 @@ impl Store {
     /// Sync `id` completed: what was written before it is durable.
     fn complete(&mut self, id: u64) {
         while let Some((m, n)) = self.marks.pop_front() {
-            for w in self.unsynced.drain(..n) {
-                Self::apply(&mut self.durable, &w);
+            let done: Vec<Write> = self.unsynced.drain(..n).collect();
+            for w in &done {
+                self.apply(w);
             }
             for mark in &mut self.marks {
                 mark.1 -= n;
@@ -93,24 +109,40 @@ impl Store {
     /// A crash: per file, a random prefix of the unsynced writes survives. Returns how many
     /// writes were lost.
     fn crash(&mut self, rng: &mut impl Rng) -> usize {
+        self.marks.clear();
+        let lost = self.lose_unsynced(rng);
+        // The restarted node reads the file up to any hole and appends from there.
+        self.holed = false;
+        lost
+    }
+
+    /// A failed sync: like a crash, per file a random prefix of the unsynced writes reached
+    /// the disk and the rest never will; the node lives on. Returns how many were lost.
+    fn fail_sync(&mut self, rng: &mut impl Rng) -> usize {
+        self.marks.clear();
+        let lost = self.lose_unsynced(rng);
+        self.holed |= lost > 0;
+        lost
+    }
+
+    fn lose_unsynced(&mut self, rng: &mut impl Rng) -> usize {
         let is_state = |w: &Write| matches!(w, Write::State { .. });
         let (state, log): (Vec<Write>, Vec<Write>) = self.unsynced.drain(..).partition(is_state);
         let keep_state = rng.gen_range(0..=state.len());
         let keep_log = rng.gen_range(0..=log.len());
         for w in &state[..keep_state] {
-            Self::apply(&mut self.durable, w);
+            self.apply(w);
         }
         for (i, w) in log[..keep_log].iter().enumerate() {
             match w {
                 Write::Append { offset, entries } if i + 1 == keep_log && rng.gen_bool(0.3) => {
                     let torn = rng.gen_range(0..=entries.len());
                     let w = Write::Append { offset: *offset, entries: entries[..torn].to_vec() };
-                    Self::apply(&mut self.durable, &w);
+                    self.apply(&w);
                 }
-                w => Self::apply(&mut self.durable, w),
+                w => self.apply(w),
             }
         }
-        self.marks.clear();
         state.len() - keep_state + log.len() - keep_log
     }
 }
@@ -167,6 +199,7 @@ pub struct QuorumStats {
     pub duplicated: u64,
     pub crashes: u64,
     pub lost_writes: u64,
+    pub sync_failures: u64,
     pub pauses: u64,
     pub syncs: u64,
 }
@@ -372,10 +405,24 @@ impl QuorumWorld {
         match event {
             Event::Deliver { to, from, bytes } => self.deliver(to, from, &bytes, h),
             Event::Synced { node, inc, id } if self.nodes[node].inc == inc && self.is_up(node) => {
-                self.trace.record(self.now, "q-synced", node as u64, id);
-                self.nodes[node].store.complete(id);
                 let local = self.nodes[node].local(self.now);
-                self.nodes[node].quorum.as_mut().expect("up").handle_synced(local, id);
+                if self.env.sync_fail > 0.0 && self.rng.disk.gen_bool(self.env.sync_fail) {
+                    self.trace.record(self.now, "q-sync-failed", node as u64, id);
+                    let lost = self.nodes[node].store.fail_sync(&mut self.rng.disk);
+                    self.stats.sync_failures += 1;
+                    self.stats.lost_writes += lost as u64;
+                    if std::env::var_os("SLUICE_SIM_VERBOSE").is_some() {
+                        eprintln!(
+                            "{:>12.6} node {node} SYNC FAILED ({lost} unsynced writes lost)",
+                            self.now as f64 / 1e9
+                        );
+                    }
+                    self.nodes[node].quorum.as_mut().expect("up").handle_storage_failed(local);
+                } else {
+                    self.trace.record(self.now, "q-synced", node as u64, id);
+                    self.nodes[node].store.complete(id);
+                    self.nodes[node].quorum.as_mut().expect("up").handle_synced(local, id);
+                }
                 self.drain(node, h);
                 h.after_node_event(self, node);
             }

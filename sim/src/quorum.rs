@@ -79,8 +79,11 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (QuorumPlan, QuorumEnv) {
         duplicate: pick(&mut r, &[0.0, 0.01, 0.1]),
         sync_latency: (100 * US, pick(&mut r, &[1u64, 5, 30]) * MS),
         clock_drift_ppm_max: pick(&mut r, &[0u64, 500]),
+        // Drawn last: the plans of seeds drawn before sync failures existed stay as they were.
+        sync_fail: 0.0,
         config,
     };
+    let env = QuorumEnv { sync_fail: pick(&mut r, &[0.0, 0.0, 0.01, 0.05]), ..env };
     (plan, env)
 }
 
@@ -375,8 +378,8 @@ impl QuorumReport {
             self.leaders, self.committed, self.acked
         );
         out += &format!(
-            "faults: {} crashes ({} unsynced writes lost), {} pauses, {} of {} messages lost, {} duplicated; {} syncs\n",
-            s.crashes, s.lost_writes, s.pauses, s.lost, s.messages, s.duplicated, s.syncs
+            "faults: {} crashes, {} failed syncs ({} unsynced writes lost), {} pauses, {} of {} messages lost, {} duplicated; {} syncs\n",
+            s.crashes, s.sync_failures, s.lost_writes, s.pauses, s.lost, s.messages, s.duplicated, s.syncs
         );
         if self.ok() {
             out += "checkers: one-leader-per-epoch ok, log-matching ok, committed-prefix-stable ok, leader-completeness ok, high-watermark-monotonic ok, acknowledged-not-lost ok, liveness ok\n";
@@ -416,7 +419,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> QuorumReport {
 /// The plan and environment in one line, for the report.
 fn describe(plan: &QuorumPlan, env: &QuorumEnv) -> String {
     format!(
-        "{} voters, safety {} ms; propose every {} ms; crash every {:?} ms (all at once {}, after a vote {}, after an election {}), partition every {:?} ms, pause every {:?} ms; election timeout {} ms, fetch timeout {} ms, {} entries per fetch; latency {}-{} us, loss {}, duplicate {}, sync up to {} us, drift up to {} ppm",
+        "{} voters, safety {} ms; propose every {} ms; crash every {:?} ms (all at once {}, after a vote {}, after an election {}), partition every {:?} ms, pause every {:?} ms; election timeout {} ms, fetch timeout {} ms, {} entries per fetch; latency {}-{} us, loss {}, duplicate {}, sync up to {} us, sync failures {}, drift up to {} ppm",
         plan.voters,
         plan.safety / MS,
         plan.propose_every / MS,
@@ -434,6 +437,7 @@ fn describe(plan: &QuorumPlan, env: &QuorumEnv) -> String {
         env.loss,
         env.duplicate,
         env.sync_latency.1 / US,
+        env.sync_fail,
         env.clock_drift_ppm_max,
     )
 }

@@ -5,7 +5,8 @@
 //! - **log matching**: two logs that hold an entry of the same epoch at the same offset hold
 //!   the same prefix up to it (each log is folded into a chain of hashes, entry by entry);
 //! - **committed prefix stable**: whatever a node's high watermark has covered is never
-//!   changed on any node, nor truncated away by one that holds it;
+//!   changed on any node, nor truncated away by one that holds it (a node may cut its log
+//!   file back and write the same entries again within one event, as after a failed sync);
 //! - **leader completeness**: a new leader of epoch E holds every entry committed in an
 //!   epoch before E (one committed later, in a higher epoch, it may lack: a leader paused
 //!   through its election can take office after a higher epoch committed more);
@@ -58,6 +59,9 @@ pub struct QuorumChecker {
     epochs: Vec<Epoch>,
     /// Per node: its high watermark, this incarnation.
     high_watermarks: Vec<Offset>,
+    /// Per node: it truncated committed entries during this event; by its end it must hold
+    /// them again, up to this length (what it held of the committed prefix before).
+    restore: Vec<Option<Offset>>,
     /// (offset, epoch) → chain, over every log.
     seen: BTreeMap<(Offset, Epoch), u64>,
     /// The chain of the committed prefix, and the epoch each offset was committed in (that of
@@ -76,6 +80,7 @@ impl QuorumChecker {
             shadows: vec![Vec::new(); nodes],
             epochs: vec![0; nodes],
             high_watermarks: vec![0; nodes],
+            restore: vec![None; nodes],
             ..QuorumChecker::default()
         }
     }
@@ -106,6 +111,7 @@ impl QuorumChecker {
             .collect();
         self.epochs[node] = p.epoch;
         self.high_watermarks[node] = 0;
+        self.restore[node] = None;
     }
 
     pub fn on_write(&mut self, now: Nanos, node: usize, w: &Write) {
@@ -143,19 +149,30 @@ impl QuorumChecker {
         }
     }
 
-    fn on_truncate(&mut self, now: Nanos, node: usize, end: Offset) {
+    fn on_truncate(&mut self, _now: Nanos, node: usize, end: Offset) {
         let shadow = &self.shadows[node];
-        if end < len(&self.committed) && at(shadow, end).is_some() && at(shadow, end) == at(&self.committed, end) {
-            self.fail(
-                now,
-                format!("node {node} truncated committed offset {end} (committed up to {})", self.committed.len()),
-            );
+        let held = len(shadow).min(len(&self.committed));
+        if end < held && at(shadow, held - 1) == at(&self.committed, held - 1) {
+            // Checked at the end of the event: it may be writing them again.
+            let r = &mut self.restore[node];
+            *r = Some(r.map_or(held, |h| h.max(held)));
         }
         self.shadows[node].truncate(usize::try_from(end).unwrap_or(0));
     }
 
+    /// The end of an event on `node`: committed entries it truncated are back.
+    fn settle(&mut self, now: Nanos, node: usize) {
+        let Some(held) = self.restore[node].take() else { return };
+        let shadow = &self.shadows[node];
+        if len(shadow) < held || at(shadow, held - 1) != at(&self.committed, held - 1) {
+            let end = (0..held).find(|&o| at(shadow, o) != at(&self.committed, o)).unwrap_or(held);
+            self.fail(now, format!("node {node} truncated committed offset {end} (committed up to {held})"));
+        }
+    }
+
     /// After `node` handled an event.
     pub fn after_event(&mut self, now: Nanos, node: usize, q: &Quorum) {
+        self.settle(now, node);
         if len(&self.shadows[node]) != q.log().end() {
             self.fail(
                 now,
@@ -258,8 +275,14 @@ mod tests {
         c.on_high_watermark(0, 0, 2, 1);
         c.on_write(0, 1, &Write::Append { offset: 0, entries: vec![rec(1, 1), rec(1, 2), rec(1, 3)] });
         c.on_write(0, 1, &Write::Truncate { end: 2 });
+        c.settle(0, 1);
         assert!(c.violations.is_empty(), "an uncommitted tail may go");
+        c.on_write(0, 1, &Write::Truncate { end: 0 });
+        c.on_write(0, 1, &Write::Append { offset: 0, entries: vec![rec(1, 1), rec(1, 2)] });
+        c.settle(0, 1);
+        assert!(c.violations.is_empty(), "committed entries cut and written again: {:?}", c.violations);
         c.on_write(0, 1, &Write::Truncate { end: 1 });
+        c.settle(0, 1);
         assert_eq!(c.violations.len(), 1, "{:?}", c.violations);
         // Node 1 now holds another entry at offset 1 and claims it committed.
         c.on_write(0, 1, &Write::Append { offset: 1, entries: vec![rec(2, 7)] });

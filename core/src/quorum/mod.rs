@@ -408,7 +408,7 @@ impl Quorum {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.storage_retry_at.is_some_and(|at| now >= at) {
             self.storage_retry_at = None;
-            self.recover_storage(now);
+            self.recover_storage();
         }
         if self.fetch_sent.is_some_and(|(at, _)| now >= at.plus_millis(self.refetch_ms())) {
             self.fetch_sent = None; // lost, or its answer was: ask again
@@ -458,25 +458,32 @@ impl Quorum {
         self.after(now);
     }
 
-    /// A write or sync failed (a full disk, an I/O error): nothing past what is known durable
-    /// can be trusted. After a short wait the log is cut back to its durable end (entries past
-    /// it were never committed: commitment counts only durable ends), the quorum state is
-    /// written again if it was not durable, and a fresh sync follows. Meanwhile nothing is
-    /// synced or proposed; messages waiting for durability wait on.
+    /// A write or sync failed (a full disk, an I/O error): what the disk holds past the durable
+    /// end is unknown. Memory is not: every entry in the log here was taken as it should be.
+    /// After a short wait the file is cut back to the durable end and the rest is written again
+    /// from memory, the quorum state is written again if it was not durable, and a fresh sync
+    /// follows. Meanwhile nothing is synced or proposed; messages waiting for durability wait on.
+    ///
+    /// Cutting the log itself back would be wrong: a follower learns the high watermark from
+    /// its leader, so entries past its own durable end may be committed, and applied here.
     pub fn handle_storage_failed(&mut self, now: Instant) {
         self.sync = None;
         // Retrying at once would spin on a full disk: wait a little first.
         self.storage_retry_at = Some(now.plus_millis(STORAGE_RETRY_MS));
     }
 
-    fn recover_storage(&mut self, now: Instant) {
-        if let Role::Leader(l) = &self.role {
-            if self.durable_end <= l.epoch_start {
-                // Its own LeaderChange entry is not durable: it cannot lead on without it.
-                self.become_unattached(now, self.epoch);
-            }
+    fn recover_storage(&mut self) {
+        if mutants::active(Mutant::CutToDurableEnd) {
+            self.truncate(self.durable_end);
         }
-        self.truncate(self.durable_end);
+        if self.durable_end < self.log.end() {
+            let from = self.durable_end;
+            let entries = self.log.slice(from, usize::MAX);
+            // A sync issued before this covers nothing of what is written again.
+            self.generation += 1;
+            self.write(Write::Truncate { end: from });
+            self.write(Write::Append { offset: from, entries });
+        }
         if self.state_version > self.state_durable {
             self.set_state(self.epoch, self.voted_for, self.leader);
         }
