@@ -216,15 +216,23 @@ impl Run {
     }
 
     /// Converged: every node serves, all applied the same offset, all three brokers live.
-    fn converged(&self, w: &World) -> bool {
+    /// What keeps the cluster from having converged after the heal, if anything.
+    fn unsettled(&self, w: &World) -> Option<String> {
         let views: Vec<_> =
             (0..NODES).map(|i| w.node(i).filter(|n| n.is_serving()).and_then(|n| n.metadata_view())).collect();
-        let Some(Some((applied, image))) = views.first().copied() else { return false };
-        views.iter().all(|v| v.is_some_and(|(a, _)| a == applied))
-            && image.live_brokers().count() == NODES
-            && self.acked_after_heal
-            && self.repl.converged(w)
-            && self.commits.converged()
+        let Some(Some((applied, image))) = views.first().copied() else {
+            return Some("node 1 is not serving".into());
+        };
+        if !views.iter().all(|v| v.is_some_and(|(a, _)| a == applied)) {
+            return Some("the nodes have not all applied the same metadata".into());
+        }
+        if image.live_brokers().count() != NODES {
+            return Some("not every broker is live".into());
+        }
+        if !self.acked_after_heal {
+            return Some("no topic was created since the heal".into());
+        }
+        self.repl.unsettled(w).or_else(|| self.commits.unsettled())
     }
 }
 
@@ -466,12 +474,13 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         w.step(&mut run);
         run.check_agreement(&w);
         run.repl.observe(&w);
-        if run.healed && run.converged(&w) {
+        if run.healed && run.unsettled(&w).is_none() {
             converged = true;
             break;
         }
     }
     if !converged {
+        let unsettled = run.unsettled(&w).unwrap_or_default();
         let states: BTreeSet<String> = (0..NODES)
             .map(|i| match w.node(i) {
                 Some(n) => {
@@ -480,8 +489,10 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
                 None => format!("node {}: down", i + 1),
             })
             .collect();
-        let msg =
-            format!("the cluster did not converge within {} s of the heal: {states:?}", plan.liveness / 1_000 / MS);
+        let msg = format!(
+            "the cluster did not converge within {} s of the heal ({unsettled}): {states:?}",
+            plan.liveness / 1_000 / MS
+        );
         run.violation(&w, msg);
     }
     run.final_checks(&w);

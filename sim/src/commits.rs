@@ -127,8 +127,10 @@ impl Commits {
         self.committers.iter().any(|c| c.conn == Some(conn))
     }
 
-    pub fn converged(&self) -> bool {
-        self.committers.iter().all(|c| c.acked_after_heal && c.read_after_heal)
+    /// What keeps the committers from having settled after the heal, if anything.
+    pub fn unsettled(&self) -> Option<String> {
+        let k = self.committers.iter().position(|c| !(c.acked_after_heal && c.read_after_heal))?;
+        Some(format!("committer {k} has not committed and read back since the heal"))
     }
 
     fn violation(&mut self, w: &World, what: String) {

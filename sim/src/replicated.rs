@@ -344,17 +344,24 @@ impl Replicated {
 
     /// Settled after the heal: one leader per partition with every replica in its ISR and at
     /// its high watermark, and every producer's writes taken again.
-    pub fn converged(&self, w: &World) -> bool {
-        if !self.created || !self.producers.iter().all(|p| p.acked_after_heal) {
-            return false;
+    /// What keeps the replicated topic from having settled after the heal, if anything: every
+    /// producer acknowledged since, and every partition has one leader, a full ISR and replicas
+    /// at its high watermark.
+    pub fn unsettled(&self, w: &World) -> Option<String> {
+        if !self.created {
+            return Some("the replicated topic is not created".into());
         }
-        (0..self.partitions).all(|p| {
+        if !self.producers.iter().all(|p| p.acked_after_heal) {
+            return Some("a producer has no acknowledgement since the heal".into());
+        }
+        (0..self.partitions).find_map(|p| {
             let views: Vec<_> = (0..self.nodes).filter_map(|i| w.node(i)?.replica_view(TOPIC, p)).collect();
             let leaders: Vec<_> = views.iter().filter(|v| v.leads).collect();
-            views.len() == self.nodes
+            let settled = views.len() == self.nodes
                 && leaders.len() == 1
                 && leaders[0].isr.len() == self.nodes
-                && views.iter().all(|v| v.online && v.log_end == leaders[0].high_watermark)
+                && views.iter().all(|v| v.online && v.log_end == leaders[0].high_watermark);
+            (!settled).then(|| format!("partition {p}: {views:?}"))
         })
     }
 

@@ -113,7 +113,12 @@ impl Node {
             .coordination
             .waiting
             .iter()
-            .filter(|(tp, (_, end))| self.partition(**tp).is_some_and(|p| p.log.high_watermark >= *end || at_once))
+            .filter(|(tp, (_, end))| {
+                // A failed write may have cut the log back below that end since (what it cut
+                // was never durable here, so never committed while this node was in the ISR).
+                self.partition(**tp)
+                    .is_some_and(|p| p.log.high_watermark >= (*end).min(p.log.log_end_offset) || at_once)
+            })
             .map(|(tp, (e, _))| (*tp, *e))
             .collect();
         if !ready.is_empty() {

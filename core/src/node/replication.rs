@@ -34,7 +34,7 @@ pub(super) struct ReplicationState {
     fetchers: BTreeMap<i32, Fetcher>,
     next_fetch_id: u64,
     /// Followers may have a fetch to send (an answer came, a sync completed, a role changed).
-    fetch_due: bool,
+    pub(super) fetch_due: bool,
     /// Followers' fetches held until there is something new for them, or their deadline.
     parked: Vec<Parked>,
     /// A leader's durable end moved or a role changed: the held fetches are looked at.
