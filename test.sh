@@ -16,4 +16,6 @@ cargo run --release -q -p sluice-sim -- sweep --seeds 1..2000 --jobs 2
 cargo run --release -q -p sluice-sim -- sweep --scenario quorum --seeds 1..5000 --jobs 2
 # Three full nodes forming a cluster: metadata agreement and convergence under crashes and isolations.
 cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 1..2000 --jobs 2
+# The same with failed syncs and corrupted reads on every node.
+cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 2001..3000 --jobs 2 --disk-faults
 bash tests/compat/run.sh
