@@ -68,6 +68,12 @@ pub enum Mutant {
     /// Raft: after a failed sync a voter cuts its log back to its durable end (the design
     /// before session 8): a follower's high watermark, learnt from its leader, can be past it.
     CutToDurableEnd = 24,
+    /// Replication: the leader's high watermark moves while the ISR is smaller than
+    /// `min.insync.replicas` (acks=all acknowledged on too few replicas).
+    HwUnderMinIsr = 25,
+    /// Replication: a follower joins the ISR on any fetch, without having everything below
+    /// the high watermark durable (as a restarted replica that lost its tail would).
+    IsrAdmitsLagging = 26,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -95,6 +101,8 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::FollowerReportsBeforeSync, "follower-reports-before-sync"),
     (Mutant::CoordinatorLoadsAtOnce, "coordinator-loads-at-once"),
     (Mutant::CutToDurableEnd, "cut-to-durable-end"),
+    (Mutant::HwUnderMinIsr, "hw-under-min-isr"),
+    (Mutant::IsrAdmitsLagging, "isr-admits-lagging"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -111,7 +119,9 @@ pub fn scenario(m: Mutant) -> &'static str {
         | Mutant::TruncateToHighWatermark
         | Mutant::ElectOutsideIsr
         | Mutant::FollowerReportsBeforeSync
-        | Mutant::CoordinatorLoadsAtOnce => "cluster",
+        | Mutant::CoordinatorLoadsAtOnce
+        | Mutant::HwUnderMinIsr
+        | Mutant::IsrAdmitsLagging => "cluster",
         _ => "default",
     }
 }

@@ -381,7 +381,7 @@ impl ClusterReport {
             self.commit_answers
         );
         if self.ok() {
-            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, placement ok, one-leader-per-epoch ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, lost-commit ok, phantom-commit ok, convergence ok\n";
+            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, placement ok, one-leader-per-epoch ok, high-watermark-durable ok, high-watermark-kept ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, lost-commit ok, phantom-commit ok, convergence ok\n";
         } else {
             out += "checkers: FAILED\n";
             for v in &self.violations {

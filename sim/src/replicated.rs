@@ -5,6 +5,11 @@
 //!
 //! Checked, in Jepsen's words where they apply:
 //! - **one leader per epoch**: two nodes never lead a partition in the same leader epoch;
+//! - **high watermark durable** (white-box, after every event): a leader's high watermark is
+//!   below the durable end of every member of its ISR, and of at least `min.insync.replicas`
+//!   replicas (a node that is down counts with the durable end it last had);
+//! - **high watermark kept** (white-box): a replica's high watermark never goes back while
+//!   it lives, nor past its log end (what was committed there is never cut away);
 //! - **lost-write**: every record acknowledged at an offset is at that offset at the end;
 //! - **inconsistent-offsets**: the three replicas hold the same records below the high
 //!   watermark, byte for byte as the leader wrote them;
@@ -33,6 +38,8 @@ use sluice_runtime_sim::{Nanos, SimDisk, World, MS};
 use crate::codec;
 
 pub const TOPIC: &str = "replicated";
+/// The topic's `min.insync.replicas`.
+const MIN_INSYNC_REPLICAS: usize = 2;
 /// The client that creates the topic; producers are the clients after it.
 const CREATOR: usize = 1;
 /// Timer tokens: creating the topic, and a producer's next send.
@@ -73,6 +80,11 @@ pub struct Replicated {
     acked: BTreeMap<(i32, Offset), String>,
     /// Which node led each (partition, leader epoch).
     leaders: BTreeMap<(i32, i32), usize>,
+    /// Per (node, partition): the durable end last seen (kept while the node is down: its
+    /// disk keeps what was synced), and the high watermark of this incarnation (forgotten
+    /// when the node goes down).
+    durable: BTreeMap<(usize, i32), Offset>,
+    high_watermarks: BTreeMap<(usize, i32), Offset>,
     pub answers: BTreeMap<i16, u64>,
     pub violations: Vec<String>,
     healed: bool,
@@ -103,6 +115,8 @@ impl Replicated {
             sent: BTreeMap::new(),
             acked: BTreeMap::new(),
             leaders: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            high_watermarks: BTreeMap::new(),
             answers: BTreeMap::new(),
             violations: Vec::new(),
             healed: false,
@@ -156,7 +170,7 @@ impl Replicated {
         t.replication_factor = 3;
         let mut c = kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default();
         c.name = StrBytes::from_static_str("min.insync.replicas");
-        c.value = Some(StrBytes::from_static_str("2"));
+        c.value = Some(StrBytes::from(MIN_INSYNC_REPLICAS.to_string()));
         t.configs = vec![c];
         let mut req = CreateTopicsRequest::default();
         req.topics = vec![t];
@@ -320,9 +334,27 @@ impl Replicated {
             return;
         }
         for i in 0..self.nodes {
-            let Some(n) = w.node(i) else { continue };
+            let Some(n) = w.node(i).filter(|n| n.is_serving()) else {
+                // Down (or recovering, after a restart): a new incarnation comes.
+                self.high_watermarks.retain(|(node, _), _| *node != i);
+                continue;
+            };
             for p in 0..self.partitions {
-                let Some(v) = n.replica_view(TOPIC, p).filter(|v| v.leads) else { continue };
+                let Some(v) = n.replica_view(TOPIC, p).filter(|v| v.online) else { continue };
+                self.durable.insert((i, p), v.durable_end);
+                let was = self.high_watermarks.insert((i, p), v.high_watermark).unwrap_or(0);
+                if v.high_watermark < was || v.high_watermark > v.log_end {
+                    let msg = format!(
+                        "node {} partition {p}: high watermark {} (was {was}), log end {}",
+                        i + 1,
+                        v.high_watermark,
+                        v.log_end
+                    );
+                    self.violation(w, msg);
+                }
+                if !v.leads {
+                    continue;
+                }
                 match self.leaders.get(&(p, v.leader_epoch)) {
                     None => {
                         self.leaders.insert((p, v.leader_epoch), i);
@@ -340,10 +372,43 @@ impl Replicated {
                 }
             }
         }
+        self.check_high_watermarks_durable(w);
     }
 
-    /// Settled after the heal: one leader per partition with every replica in its ISR and at
-    /// its high watermark, and every producer's writes taken again.
+    /// Every leader's high watermark is durable on each member of its ISR and on at least
+    /// `min.insync.replicas` replicas.
+    fn check_high_watermarks_durable(&mut self, w: &World) {
+        let mut found = Vec::new();
+        for i in 0..self.nodes {
+            let Some(n) = w.node(i).filter(|n| n.is_serving()) else { continue };
+            for p in 0..self.partitions {
+                let Some(v) = n.replica_view(TOPIC, p).filter(|v| v.leads && v.online && v.high_watermark > 0) else {
+                    continue;
+                };
+                let durable = |r: usize| self.durable.get(&(r, p)).copied().unwrap_or(0);
+                let short: Vec<i32> = v
+                    .isr
+                    .iter()
+                    .copied()
+                    .filter(|id| usize::try_from(id - 1).is_ok_and(|r| durable(r) < v.high_watermark))
+                    .collect();
+                let holding = (0..self.nodes).filter(|&r| durable(r) >= v.high_watermark).count();
+                if !short.is_empty() || holding < MIN_INSYNC_REPLICAS {
+                    let ends: Vec<Offset> = (0..self.nodes).map(durable).collect();
+                    found.push(format!(
+                        "node {} leads partition {p} with high watermark {} beyond the durable ends of ISR members {short:?} (ISR {:?}; durable ends by node {ends:?}; {holding} replicas hold it)",
+                        i + 1,
+                        v.high_watermark,
+                        v.isr
+                    ));
+                }
+            }
+        }
+        for msg in found {
+            self.violation(w, msg);
+        }
+    }
+
     /// What keeps the replicated topic from having settled after the heal, if anything: every
     /// producer acknowledged since, and every partition has one leader, a full ISR and replicas
     /// at its high watermark.

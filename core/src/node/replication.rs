@@ -160,9 +160,7 @@ impl Node {
             if let Role::Leader(l) = &mut p.role {
                 if l.leader_epoch == img.leader_epoch {
                     if l.partition_epoch != img.partition_epoch {
-                        l.isr.clone_from(&img.isr);
-                        l.partition_epoch = img.partition_epoch;
-                        l.pending = None;
+                        l.registered(&img.isr, img.partition_epoch);
                     }
                     self.advance_hw(tp);
                     return;
@@ -648,7 +646,7 @@ impl Node {
         };
         tracing::info!(dir = %p.log.dir, from = ?l.isr, to = ?isr, "asking the controller to change the ISR");
         if let Some(Role::Leader(l)) = self.partition_mut(tp).map(|p| &mut p.role) {
-            l.pending = Some((isr, now));
+            l.ask(isr, now);
         }
         match self.controller() {
             Some(c) if c == me => self.on_broker_message(me, msg),

@@ -45,6 +45,10 @@ pub struct Leadership {
     pub followers: BTreeMap<i32, Progress>,
     /// The ISR asked of the controller and when; one change at a time.
     pub pending: Option<(Vec<i32>, Instant)>,
+    /// Every replica named by a change asked in this partition epoch. A change given up on
+    /// (asked again after a timeout) may still reach the controller and be committed: until
+    /// the partition epoch moves, any of them may be in the ISR.
+    pub asked: Vec<i32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -82,28 +86,49 @@ impl Leadership {
             partition_epoch: image.partition_epoch,
             followers,
             pending: None,
+            asked: Vec::new(),
         }
     }
 
-    /// The replicas that count for the high watermark: the ISR, plus any member a pending
-    /// change adds (Kafka's "maximal ISR": stricter, so safe while the change is decided).
+    /// The replicas that count for the high watermark: the ISR, plus any member a change
+    /// asked in this partition epoch adds (Kafka's "maximal ISR": stricter, so safe while
+    /// the change is decided).
     pub fn maximal_isr(&self) -> Vec<i32> {
         let mut out = self.isr.clone();
-        if let Some((pending, _)) = &self.pending {
-            for r in pending {
-                if !out.contains(r) {
-                    out.push(*r);
-                }
+        let pending = self.pending.iter().flat_map(|(p, _)| p.iter());
+        for r in pending.chain(&self.asked) {
+            if !out.contains(r) {
+                out.push(*r);
             }
         }
         out
+    }
+
+    /// A change of the ISR to `isr` is asked of the controller now.
+    pub fn ask(&mut self, isr: Vec<i32>, now: Instant) {
+        for r in &isr {
+            if !self.asked.contains(r) {
+                self.asked.push(*r);
+            }
+        }
+        self.pending = Some((isr, now));
+    }
+
+    /// The registration moved to partition epoch `epoch` with this ISR: every change asked
+    /// before is decided (committed, or refused for good).
+    pub fn registered(&mut self, isr: &[i32], epoch: i32) {
+        self.isr = isr.to_vec();
+        self.partition_epoch = epoch;
+        self.pending = None;
+        self.asked.clear();
     }
 
     /// The high watermark the replicas' durable ends allow: the least over the maximal ISR
     /// (this node counting with `own_durable`), or `None` while the ISR is smaller than
     /// `min_isr` (capped at the replica count), when no record may be acknowledged.
     pub fn high_watermark(&self, me: i32, own_durable: Offset, min_isr: usize, replicas: usize) -> Option<Offset> {
-        if self.isr.len() < min_isr.min(replicas.max(1)) {
+        let mutant = crate::mutants::active(crate::mutants::Mutant::HwUnderMinIsr);
+        if self.isr.len() < min_isr.min(replicas.max(1)) && !mutant {
             return None;
         }
         let mut hw = own_durable;
@@ -158,7 +183,8 @@ impl Leadership {
         };
         let mut isr: Vec<i32> = self.isr.iter().copied().filter(|r| !lagging(r)).collect();
         for (id, p) in &self.followers {
-            let caught_up = p.durable_end >= hw && p.durable_end >= self.epoch_start;
+            let caught_up = (p.durable_end >= hw && p.durable_end >= self.epoch_start)
+                || crate::mutants::active(crate::mutants::Mutant::IsrAdmitsLagging);
             if !isr.contains(id) && caught_up && !lagging(id) && eligible(*id, p.broker_epoch) {
                 isr.push(*id);
             }
@@ -219,8 +245,16 @@ mod tests {
         l.isr = vec![1];
         assert_eq!(l.high_watermark(1, 50, 2, 3), None, "an ISR under min.insync.replicas acknowledges nothing");
         assert_eq!(l.high_watermark(1, 50, 1, 3), Some(50));
-        l.pending = Some((vec![1, 2], at(2)));
+        l.ask(vec![1, 2], at(2));
         assert_eq!(l.high_watermark(1, 50, 1, 3), Some(30), "a member being added counts at once");
+        l.ask(vec![1, 3], at(3));
+        assert_eq!(
+            l.high_watermark(1, 50, 1, 3),
+            Some(30),
+            "a change given up on may still be committed: its member counts until the epoch moves"
+        );
+        l.registered(&[1, 3], 8);
+        assert_eq!(l.high_watermark(1, 50, 1, 3), Some(50), "decided: only the ISR counts");
     }
 
     #[test]
