@@ -94,8 +94,8 @@ pub struct RunOpts {
     pub safety_ms: Option<u64>,
     pub scenario: Scenario,
     /// The cluster scenario with disk faults (failed syncs, corrupted reads) on every node.
-    /// Off by default: the first sweeps with them found the metadata quorum's storage-failure
-    /// path broken on followers (see ARCHITECTURE.md, the cluster scenario).
+    /// A flag rather than drawn per seed, so that the seeds swept without it (and their
+    /// replay commands) keep their runs.
     pub disk_faults: bool,
 }
 

