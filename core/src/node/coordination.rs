@@ -127,6 +127,15 @@ impl Node {
         }
     }
 
+    /// A partition's role or log changed: if it is a coordinators' partition, every one is
+    /// looked at again after this input (the rest never concern the coordinators, and the
+    /// full look is not free: it walks every internal partition).
+    pub(super) fn coordinators_touched(&mut self, tp: Tp) {
+        if self.names.get(&tp.0).is_some_and(|n| n == OFFSETS_TOPIC || n == TXN_TOPIC) {
+            self.coordination.rescan = true;
+        }
+    }
+
     /// Unloads what is no longer led here (or is led in a newer epoch) and queues what
     /// newly is, with the log end its high watermark must reach.
     fn rescan_coordinators(&mut self) {

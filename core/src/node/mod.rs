@@ -983,7 +983,7 @@ impl Node {
         }
         self.dirty.insert(tp);
         self.hw_moved = true; // lets waiting produces see the new generation and fail
-        self.coordination.rescan = true;
+        self.coordinators_touched(tp);
         // A follower waiting for the failed sync before it fetched again waits no more: it
         // fetches from its new end (no sync completion would ever wake it).
         self.replication.fetch_due = true;

@@ -125,11 +125,13 @@ impl Node {
     pub(super) fn refresh_topic_roles(&mut self, name: &str) {
         let Some(t) = self.topics.get(name) else { return };
         let tps: Vec<Tp> = (0..t.partitions.len()).map(|i| (t.id, i as i32)).collect();
-        for tp in tps {
+        for &tp in &tps {
             self.refresh_role(tp);
         }
         // A coordinators' topic just created is served at once (it is empty).
-        self.coordination.rescan = true;
+        if let Some(&tp) = tps.first() {
+            self.coordinators_touched(tp);
+        }
         self.reconcile_coordinators();
     }
 
@@ -147,7 +149,7 @@ impl Node {
         let Some(img) = image.filter(|i| i.replicas.contains(&me) && p.state == PartState::Online) else {
             if !matches!(p.role, Role::Idle { .. }) {
                 p.role = Role::Idle { leader_epoch: p.role.leader_epoch() };
-                self.role_changed();
+                self.role_changed(tp);
             }
             return;
         };
@@ -187,7 +189,7 @@ impl Node {
         let hw = p.log.high_watermark;
         if new != p.role {
             p.role = new;
-            self.role_changed();
+            self.role_changed(tp);
         }
         if becomes_follower && crate::mutants::active(crate::mutants::Mutant::TruncateToHighWatermark) {
             // The rule before KIP-101: a new follower cuts its log back to its high watermark.
@@ -196,13 +198,13 @@ impl Node {
         self.advance_hw(tp);
     }
 
-    fn role_changed(&mut self) {
+    fn role_changed(&mut self, tp: Tp) {
         // Produces waiting on a partition this node no longer leads fail over; held fetches
         // and followers' fetching are looked at again.
         self.hw_moved = true;
         self.replication.wake_parked = true;
         self.replication.fetch_due = true;
-        self.coordination.rescan = true;
+        self.coordinators_touched(tp);
     }
 
     // ---- offsets ------------------------------------------------------------------------
