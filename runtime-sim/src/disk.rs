@@ -23,8 +23,6 @@ enum Pending {
 
 #[derive(Clone, Debug, Default)]
 struct SimFile {
-    /// Which file this is (an inode number): a path deleted and created again is a new file.
-    ino: u64,
     durable: Vec<u8>,
     current: Vec<u8>,
     pending: Vec<Pending>,
@@ -49,7 +47,6 @@ fn apply(buf: &mut Vec<u8>, p: &Pending) {
 pub struct SyncTicket {
     ino: u64,
     pending: usize,
-    path: String,
 }
 
 /// What a crash did to the files.
@@ -61,9 +58,11 @@ pub struct CrashReport {
 
 #[derive(Default)]
 pub struct SimDisk {
-    files: BTreeMap<String, SimFile>,
+    /// Path → inode. Operations on open files go by inode: no path is compared on the way.
+    files: BTreeMap<String, u64>,
+    inodes: BTreeMap<u64, SimFile>,
     dirs: BTreeSet<String>,
-    handles: BTreeMap<FileId, String>,
+    handles: BTreeMap<FileId, u64>,
     next_ino: u64,
     /// When set, writes fail with NoSpace once the disk holds this many bytes.
     pub capacity_bytes: Option<u64>,
@@ -79,12 +78,20 @@ impl SimDisk {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.files.values().map(|f| f.current.len() as u64).sum()
+        self.inodes.values().map(|f| f.current.len() as u64).sum()
     }
 
     fn file(&mut self, id: FileId) -> Result<&mut SimFile, DiskError> {
-        let path = self.handles.get(&id).ok_or_else(|| DiskError::Io(format!("{id:?} not open")))?;
-        self.files.get_mut(path).ok_or(DiskError::NotFound)
+        let ino = self.handles.get(&id).ok_or_else(|| DiskError::Io(format!("{id:?} not open")))?;
+        self.inodes.get_mut(ino).ok_or(DiskError::NotFound)
+    }
+
+    /// Unlinks `path`; its inode goes with it (an open handle then finds nothing, as before
+    /// the disk kept inodes).
+    fn unlink(&mut self, path: &str) {
+        if let Some(ino) = self.files.remove(path) {
+            self.inodes.remove(&ino);
+        }
     }
 
     /// Executes one operation at once.
@@ -115,15 +122,19 @@ impl SimDisk {
                 if !parent(&path).is_empty() && !self.dirs.contains(parent(&path)) {
                     return Err(DiskError::NotFound);
                 }
-                if !self.files.contains_key(&path) {
-                    if !create {
-                        return Err(DiskError::NotFound);
+                let ino = match self.files.get(&path) {
+                    Some(ino) => *ino,
+                    None if create => {
+                        self.next_ino += 1;
+                        let ino = self.next_ino;
+                        self.inodes.insert(ino, SimFile::default());
+                        self.files.insert(path, ino);
+                        ino
                     }
-                    self.next_ino += 1;
-                    self.files.insert(path.clone(), SimFile { ino: self.next_ino, ..SimFile::default() });
-                }
-                let len = self.files[&path].current.len() as u64;
-                self.handles.insert(file, path);
+                    None => return Err(DiskError::NotFound),
+                };
+                let len = self.inodes[&ino].current.len() as u64;
+                self.handles.insert(file, ino);
                 Ok(DiskReply::Opened { len })
             }
             DiskOp::Write { file, position, data } => {
@@ -167,12 +178,15 @@ impl SimDisk {
             }
             DiskOp::RemoveDirAll { path } => {
                 let prefix = format!("{path}/");
-                self.files.retain(|k, _| !k.starts_with(&prefix));
+                let gone: Vec<String> = self.files.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+                for k in gone {
+                    self.unlink(&k);
+                }
                 self.dirs.retain(|d| d != &path && !d.starts_with(&prefix));
                 Ok(DiskReply::Done)
             }
             DiskOp::DeleteFile { path } => {
-                self.files.remove(&path);
+                self.unlink(&path);
                 Ok(DiskReply::Done)
             }
         }
@@ -181,15 +195,15 @@ impl SimDisk {
     /// Starts a sync: it will make durable the operations pending on the file now (and
     /// not necessarily those issued after). Returns what `sync_finish` needs.
     pub fn sync_begin(&mut self, file: FileId) -> Result<SyncTicket, DiskError> {
-        let path = self.handles.get(&file).cloned().ok_or_else(|| DiskError::Io(format!("{file:?} not open")))?;
-        let f = self.files.get(&path).ok_or(DiskError::NotFound)?;
-        Ok(SyncTicket { ino: f.ino, pending: f.pending.len(), path })
+        let ino = *self.handles.get(&file).ok_or_else(|| DiskError::Io(format!("{file:?} not open")))?;
+        let f = self.inodes.get(&ino).ok_or(DiskError::NotFound)?;
+        Ok(SyncTicket { ino, pending: f.pending.len() })
     }
 
     /// Completes a sync begun with `sync_begin`: the first operations that were pending then
     /// become durable. A no-op if the file is gone, even if another file now has its path.
     pub fn sync_finish(&mut self, t: &SyncTicket) {
-        let Some(f) = self.files.get_mut(&t.path).filter(|f| f.ino == t.ino) else {
+        let Some(f) = self.inodes.get_mut(&t.ino) else {
             return;
         };
         let n = t.pending.min(f.pending.len());
@@ -208,7 +222,7 @@ impl SimDisk {
 
     /// Bytes of a file as a reader would see them now.
     pub fn read_file(&self, path: &str) -> Option<&[u8]> {
-        self.files.get(path).map(|f| f.current.as_slice())
+        self.files.get(path).and_then(|ino| self.inodes.get(ino)).map(|f| f.current.as_slice())
     }
 
     /// The files directly in `dir`, by name (sorted).
@@ -218,7 +232,7 @@ impl SimDisk {
 
     /// A file's handle, for resolving zero-copy file ranges.
     pub fn read_range(&self, file: FileId, position: u64, len: usize) -> Option<Bytes> {
-        let f = self.files.get(self.handles.get(&file)?)?;
+        let f = self.inodes.get(self.handles.get(&file)?)?;
         let start = usize::try_from(position).ok()?;
         f.current.get(start..start + len).map(Bytes::copy_from_slice)
     }
@@ -226,9 +240,15 @@ impl SimDisk {
     /// Appends raw bytes to a file as if a write reached the disk and was synced (for tests
     /// that plant corruption).
     pub fn append_durable(&mut self, path: &str, bytes: &[u8]) {
-        let next = self.next_ino + 1;
-        let f = self.files.entry(path.to_string()).or_insert_with(|| SimFile { ino: next, ..SimFile::default() });
-        self.next_ino = self.next_ino.max(f.ino);
+        let ino = match self.files.get(path) {
+            Some(ino) => *ino,
+            None => {
+                self.next_ino += 1;
+                self.files.insert(path.to_string(), self.next_ino);
+                self.next_ino
+            }
+        };
+        let f = self.inodes.entry(ino).or_default();
         f.durable.extend_from_slice(bytes);
         f.current = f.durable.clone();
         f.pending.clear();
@@ -239,7 +259,9 @@ impl SimDisk {
     pub fn crash(&mut self, rng: &mut impl Rng) -> CrashReport {
         self.handles.clear();
         let mut report = CrashReport::default();
-        for f in self.files.values_mut() {
+        // In path order, as the random draws below have always been made.
+        for ino in self.files.values() {
+            let Some(f) = self.inodes.get_mut(ino) else { continue };
             if f.pending.is_empty() {
                 continue;
             }
