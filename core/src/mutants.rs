@@ -74,6 +74,9 @@ pub enum Mutant {
     /// Replication: a follower joins the ISR on any fetch, without having everything below
     /// the high watermark durable (as a restarted replica that lost its tail would).
     IsrAdmitsLagging = 26,
+    /// Replication: a leader whose write failed cuts its log back and leads on in the same
+    /// epoch, though it served its followers records past its durable end.
+    LeadOnAfterFailedWrite = 27,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -103,6 +106,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::CutToDurableEnd, "cut-to-durable-end"),
     (Mutant::HwUnderMinIsr, "hw-under-min-isr"),
     (Mutant::IsrAdmitsLagging, "isr-admits-lagging"),
+    (Mutant::LeadOnAfterFailedWrite, "lead-on-after-failed-write"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -121,7 +125,8 @@ pub fn scenario(m: Mutant) -> &'static str {
         | Mutant::FollowerReportsBeforeSync
         | Mutant::CoordinatorLoadsAtOnce
         | Mutant::HwUnderMinIsr
-        | Mutant::IsrAdmitsLagging => "cluster",
+        | Mutant::IsrAdmitsLagging
+        | Mutant::LeadOnAfterFailedWrite => "cluster",
         _ => "default",
     }
 }

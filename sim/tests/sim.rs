@@ -133,7 +133,7 @@ fn cluster_runs_are_deterministic_and_a_bounded_sweep_passes() {
 /// The cluster's mutants (a node applying metadata before it is committed; replication's
 /// planted bugs), each caught by the cluster scenario within a bounded sweep. The rarest,
 /// a follower reporting before its sync, needs two faults in the right order: about one seed
-/// in a thousand.
+/// in a thousand. lead-on-after-failed-write needs a failed write, so disk faults.
 #[test]
 fn every_cluster_mutant_is_caught_by_a_bounded_sweep() {
     const SEEDS: u64 = 3000;
@@ -141,7 +141,9 @@ fn every_cluster_mutant_is_caught_by_a_bounded_sweep() {
         if sluice_core::mutants::scenario(*m) != "cluster" {
             continue;
         }
-        let opts = RunOpts { mutant: Some(name.to_string()), scenario: Scenario::Cluster, ..RunOpts::default() };
+        let disk_faults = *m == sluice_core::mutants::Mutant::LeadOnAfterFailedWrite;
+        let opts =
+            RunOpts { mutant: Some(name.to_string()), scenario: Scenario::Cluster, disk_faults, ..RunOpts::default() };
         assert!(caught_within(SEEDS, &opts), "mutant {name} survived {SEEDS} seeds: a cluster checker is blind to it");
     }
 }

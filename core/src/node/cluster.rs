@@ -454,6 +454,11 @@ impl Node {
                 self.on_write_txn_marker(from, req, (producer_id, epoch, commit), &topic, partition);
             }
             BrokerMessage::TxnMarkerWritten { req, error } => self.on_txn_marker_written(req, error),
+            BrokerMessage::ResignLeadership { topic, partition, leader_epoch } => {
+                if self.controller_epoch_check() {
+                    self.on_resign_leadership(from, topic, partition, leader_epoch);
+                }
+            }
             BrokerMessage::CreateTopic { name } => {
                 if !self.controller_epoch_check() || self.topics.contains_key(&name) {
                     return;

@@ -212,6 +212,11 @@ impl Partition {
     fn leads(&self) -> bool {
         self.state == PartState::Online && matches!(self.role, crate::replica::Role::Leader(_))
     }
+
+    /// What a leader serves its followers up to: what its writes have completed, synced or not.
+    fn served_end(&self) -> Offset {
+        self.written_end.min(self.log.log_end_offset).max(self.log.durable_end)
+    }
 }
 
 /// Syncs of a recovered log tried before its partition is taken offline.
@@ -797,15 +802,18 @@ impl Node {
                     // its file needs a sync. A sync covers only writes completed before it is
                     // issued, so a write that is still in flight (and may yet fail) never
                     // counts as durable.
+                    let mut wake = false;
                     if let Some(p) = self.partition_mut(tp).filter(|p| p.log.generation == generation) {
                         if let Some(end) = written {
                             p.written_end = p.written_end.max(end);
+                            wake = p.leads();
                         }
                         if let Some(f) = sync_file.filter(|f| p.log.has_log_file(*f)) {
                             p.log.dirty.insert(f);
                             self.dirty.insert(tp);
                         }
                     }
+                    self.replication.wake_parked |= wake;
                 }
             },
             Purpose::LogSync { tp, generation, file } => self.on_log_sync(tp, generation, file, result.err()),
@@ -948,8 +956,10 @@ impl Node {
     }
 
     /// A write or sync of a partition failed (a full disk, an I/O error): nothing past the
-    /// high watermark can be trusted. Cut the log back to it and fail the waiting produces;
-    /// the partition keeps serving, and later produces may succeed once space is freed.
+    /// durable end can be trusted. Cut the log back to it and fail the waiting produces; the
+    /// partition keeps serving, and later produces may succeed once space is freed. A leader
+    /// with followers also resigns its leader epoch: it may have served them records past
+    /// the cut (see `resign_leadership`).
     fn storage_failure(&mut self, tp: Tp, generation: u64, e: &DiskError) {
         let interval = self.topic_settings(tp).map_or(4096, |s| s.index_interval_bytes);
         let recovering = self.phase == Phase::Recovering;
@@ -968,7 +978,7 @@ impl Node {
             self.maybe_serving();
             return;
         }
-        // Only what is synced here can have reached a follower or a client: keep that.
+        // Only what is synced here can have been acknowledged or served to a client: keep that.
         tracing::error!(dir = %p.log.dir, error = %e, durable_end = p.log.durable_end, "log write failed; truncating to the durable end");
         let mut ops = Vec::new();
         let durable = p.log.durable_end;
@@ -984,6 +994,10 @@ impl Node {
         self.dirty.insert(tp);
         self.hw_moved = true; // lets waiting produces see the new generation and fail
         self.coordinators_touched(tp);
+        let lead_on = crate::mutants::active(crate::mutants::Mutant::LeadOnAfterFailedWrite);
+        if self.partition(tp).is_some_and(|p| p.leads() && p.replicas.len() > 1) && !lead_on {
+            self.resign_leadership(tp);
+        }
         // A follower waiting for the failed sync before it fetched again waits no more: it
         // fetches from its new end (no sync completion would ever wake it).
         self.replication.fetch_due = true;

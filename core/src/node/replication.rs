@@ -38,7 +38,7 @@ pub(super) struct ReplicationState {
     /// Followers' fetches held until there is something new for them, or their deadline.
     parked: Vec<Parked>,
     /// A leader's durable end moved or a role changed: the held fetches are looked at.
-    wake_parked: bool,
+    pub(super) wake_parked: bool,
     /// Answers waiting for their reads of the log.
     answers: BTreeMap<u64, PendingAnswer>,
     next_answer: u64,
@@ -50,6 +50,9 @@ pub(super) struct ReplicationState {
     /// The controller's next preferred-leader check (`auto.leader.rebalance.enable`).
     next_rebalance: Option<Instant>,
     rebalance_due: bool,
+    /// Partitions this node resigned the leadership of after a failed write: the leader
+    /// epoch it may not lead in again, and when it last asked the controller for a new one.
+    resigned: BTreeMap<Tp, (i32, Instant)>,
 }
 
 #[derive(Default)]
@@ -145,6 +148,11 @@ impl Node {
         let image = self.registration(tp);
         let may_lead = self.registered_unfenced();
         let now = self.now.mono;
+        let mut resigned = self.replication.resigned.get(&tp).map(|(e, _)| *e);
+        if image.as_ref().is_some_and(|i| resigned.is_some_and(|e| i.leader_epoch > e)) {
+            self.replication.resigned.remove(&tp); // the new epoch has come
+            resigned = None;
+        }
         let Some(p) = self.partition_mut(tp) else { return };
         let Some(img) = image.filter(|i| i.replicas.contains(&me) && p.state == PartState::Online) else {
             if !matches!(p.role, Role::Idle { .. }) {
@@ -157,6 +165,9 @@ impl Node {
             // A restarted broker's old registration still names it leader: it leads again only
             // once the controller has seen it back (a new registration, unfenced), by which
             // time the controller has moved leadership in a new epoch or re-elected it in one.
+            Role::Idle { leader_epoch: img.leader_epoch }
+        } else if img.leader == me && resigned.is_some_and(|e| img.leader_epoch <= e) {
+            // It gave this epoch up after a failed write; the controller's new one comes.
             Role::Idle { leader_epoch: img.leader_epoch }
         } else if img.leader == me {
             if let Role::Leader(l) = &mut p.role {
@@ -510,11 +521,11 @@ impl Node {
         partitions.iter().any(|fp| {
             self.replica_fetch_error(from, fp).is_some()
                 || self.divergence(fp).is_some()
-                || self.partition((fp.topic, fp.partition)).is_some_and(|p| p.log.durable_end > fp.fetch_offset)
+                || self.partition((fp.topic, fp.partition)).is_some_and(|p| p.served_end() > fp.fetch_offset)
         })
     }
 
-    /// Answers a follower's fetch: errors, divergence, or what this log has durably from the
+    /// Answers a follower's fetch: errors, divergence, or what this log has written from the
     /// offset asked (read from the files, then sent behind the envelope).
     fn answer_fetch(&mut self, to: i32, id: u64, partitions: Vec<FetchPartition>) {
         // Bounded well under what a peer accepts in one message, whatever the config says.
@@ -541,11 +552,15 @@ impl Node {
                 let l = &p.log;
                 r.high_watermark = l.high_watermark;
                 r.log_start_offset = l.log_start_offset;
-                // Followers get only what is synced here: a log cut back after a failed
-                // write never takes back what a follower holds.
+                // Followers get what is written here, synced or not, so that their syncs run
+                // beside the leader's rather than after it (the high watermark still waits
+                // for this node's durable end too). Should the write or its sync fail, the
+                // leader resigns this epoch rather than write other records at offsets a
+                // follower holds (`resign_leadership`).
                 let max = (fp.max_bytes as usize).min(budget);
-                if fp.fetch_offset <= l.durable_end && max > 0 {
-                    match l.read(fp.fetch_offset, l.durable_end, max, reads.is_empty()) {
+                let served = p.served_end();
+                if fp.fetch_offset <= served && max > 0 {
+                    match l.read(fp.fetch_offset, served, max, reads.is_empty()) {
                         crate::log::ReadResult::OutOfRange => r.error = KafkaError::OffsetOutOfRange.code(),
                         crate::log::ReadResult::Empty => {}
                         crate::log::ReadResult::Range { file, position, len } => {
@@ -655,6 +670,75 @@ impl Node {
             Some(c) => self.send_peer(c, Body::Broker(msg)),
             None => {}
         }
+    }
+
+    /// A failed write cut this leader's log back to what is synced, below what it may have
+    /// served its followers: it stops leading in this epoch and asks the controller for a
+    /// new one (another in-sync replica, or itself again). Without it, what it writes next
+    /// would stand at offsets a follower holds other records at, in the same epoch, where no
+    /// divergence check can see it.
+    pub(super) fn resign_leadership(&mut self, tp: Tp) {
+        let Some(p) = self.partition_mut(tp) else { return };
+        let epoch = p.role.leader_epoch();
+        tracing::warn!(dir = %p.log.dir, epoch, "a leader's write failed; resigning this leader epoch");
+        p.role = Role::Idle { leader_epoch: epoch };
+        self.role_changed(tp);
+        self.replication.resigned.insert(tp, (epoch, self.now.mono));
+        self.send_resignation(tp, epoch);
+    }
+
+    fn send_resignation(&mut self, tp: Tp, leader_epoch: i32) {
+        let msg = BrokerMessage::ResignLeadership { topic: tp.0, partition: tp.1, leader_epoch };
+        let me = self.me_id();
+        match self.controller() {
+            Some(c) if c == me => self.on_broker_message(me, msg),
+            Some(c) => self.send_peer(c, Body::Broker(msg)),
+            None => {}
+        }
+    }
+
+    /// Asks again for the new epochs not yet registered; forgets partitions gone since.
+    fn resend_resignations(&mut self) {
+        let now = self.now.mono;
+        let image = &self.cluster.image;
+        self.replication
+            .resigned
+            .retain(|tp, (e, _)| image.partition(&tp.0, tp.1).is_some_and(|(_, i)| i.leader_epoch <= *e));
+        let due: Vec<(Tp, i32)> = self
+            .replication
+            .resigned
+            .iter_mut()
+            .filter(|(_, (_, at))| now.millis_since(*at) >= ALTER_PARTITION_RETRY_MS)
+            .map(|(tp, (e, at))| {
+                *at = now;
+                (*tp, *e)
+            })
+            .collect();
+        for (tp, e) in due {
+            self.send_resignation(tp, e);
+        }
+    }
+
+    /// The controller's side of `ResignLeadership`: a new leader epoch, led by another live
+    /// in-sync replica if there is one (every one holds what was acknowledged), else by the
+    /// same broker.
+    pub(super) fn on_resign_leadership(&mut self, from: i32, topic: [u8; 16], partition: i32, leader_epoch: i32) {
+        let image = &self.cluster.image;
+        let Some((_, img)) = image.partition(&topic, partition) else { return };
+        if img.leader != from || img.leader_epoch != leader_epoch {
+            return; // already moved on
+        }
+        let live = |b: i32| image.brokers.get(&b).is_some_and(|x| !x.fenced);
+        let leader = img.isr.iter().copied().find(|r| *r != from && live(*r)).unwrap_or(from);
+        let rec = MetaRecord::PartitionChanged {
+            id: topic,
+            partition,
+            leader,
+            leader_epoch: leader_epoch + 1,
+            partition_epoch: img.partition_epoch + 1,
+            isr: img.isr.clone(),
+        };
+        self.propose_partition_change((topic, partition), rec);
     }
 
     fn check_isrs(&mut self) {
@@ -842,6 +926,7 @@ impl Node {
     pub(super) fn replication_timeout(&mut self) {
         let now = self.now.mono;
         self.wake_parked(true);
+        self.resend_resignations();
         for f in self.replication.fetchers.values_mut() {
             // A fetch given up on, or a backoff over: fetch again.
             if f.in_flight.is_some_and(|(_, d)| d <= now) {
@@ -892,6 +977,7 @@ impl Node {
         // Only the controller's check wakes the node (a deposed one's would be due forever).
         let rebalance =
             r.next_rebalance.filter(|_| self.config.replication.auto_leader_rebalance && self.is_controller());
-        [parked, fetchers, rebalance, r.next_isr_check.or(Some(self.now.mono))].into_iter().flatten().min()
+        let resigned = r.resigned.values().map(|(_, at)| at.plus_millis(ALTER_PARTITION_RETRY_MS)).min();
+        [parked, fetchers, rebalance, resigned, r.next_isr_check.or(Some(self.now.mono))].into_iter().flatten().min()
     }
 }

@@ -126,6 +126,11 @@ pub enum BrokerMessage {
     /// mark: the topic is gone, or the producer has moved to a newer epoch), else the error
     /// (NOT_LEADER_OR_FOLLOWER and the like: the coordinator asks the leader it knows then).
     TxnMarkerWritten { req: u64, error: i16 },
+    /// A partition's leader could not write its log and cut it back to what is synced: it
+    /// leads no more in `leader_epoch` and asks for a new one. Followers may hold what it
+    /// served them past that point; a new epoch lets them find it by divergence. Sent again
+    /// until the registration moves past `leader_epoch`.
+    ResignLeadership { topic: [u8; 16], partition: i32, leader_epoch: i32 },
 }
 
 /// The first frame on a peer connection: who is calling, in which cluster, speaking which
