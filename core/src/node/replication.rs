@@ -665,6 +665,12 @@ impl Node {
         if let Some(Role::Leader(l)) = self.partition_mut(tp).map(|p| &mut p.role) {
             l.ask(isr, now);
         }
+        self.send_to_controller(msg);
+    }
+
+    /// Hands a message to the active controller: this node's own, or over the peer link.
+    fn send_to_controller(&mut self, msg: BrokerMessage) {
+        let me = self.me_id();
         match self.controller() {
             Some(c) if c == me => self.on_broker_message(me, msg),
             Some(c) => self.send_peer(c, Body::Broker(msg)),
@@ -688,13 +694,7 @@ impl Node {
     }
 
     fn send_resignation(&mut self, tp: Tp, leader_epoch: i32) {
-        let msg = BrokerMessage::ResignLeadership { topic: tp.0, partition: tp.1, leader_epoch };
-        let me = self.me_id();
-        match self.controller() {
-            Some(c) if c == me => self.on_broker_message(me, msg),
-            Some(c) => self.send_peer(c, Body::Broker(msg)),
-            None => {}
-        }
+        self.send_to_controller(BrokerMessage::ResignLeadership { topic: tp.0, partition: tp.1, leader_epoch });
     }
 
     /// Asks again for the new epochs not yet registered; forgets partitions gone since.
