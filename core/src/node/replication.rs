@@ -148,11 +148,9 @@ impl Node {
         let image = self.registration(tp);
         let may_lead = self.registered_unfenced();
         let now = self.now.mono;
-        let mut resigned = self.replication.resigned.get(&tp).map(|(e, _)| *e);
-        if image.as_ref().is_some_and(|i| resigned.is_some_and(|e| i.leader_epoch > e)) {
-            self.replication.resigned.remove(&tp); // the new epoch has come
-            resigned = None;
-        }
+        // An entry for an epoch the registration has moved past is forgotten by
+        // `resend_resignations`; until then it bars nothing (the comparison below).
+        let resigned = self.replication.resigned.get(&tp).map(|(e, _)| *e);
         let Some(p) = self.partition_mut(tp) else { return };
         let Some(img) = image.filter(|i| i.replicas.contains(&me) && p.state == PartState::Online) else {
             if !matches!(p.role, Role::Idle { .. }) {

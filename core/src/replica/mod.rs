@@ -45,9 +45,10 @@ pub struct Leadership {
     pub followers: BTreeMap<i32, Progress>,
     /// The ISR asked of the controller and when; one change at a time.
     pub pending: Option<(Vec<i32>, Instant)>,
-    /// Every replica named by a change asked in this partition epoch. A change given up on
-    /// (asked again after a timeout) may still reach the controller and be committed: until
-    /// the partition epoch moves, any of them may be in the ISR.
+    /// Every replica named by a change asked in this partition epoch, the pending one's
+    /// included. A change given up on (asked again after a timeout) may still reach the
+    /// controller and be committed: until the partition epoch moves, any of them may be in
+    /// the ISR.
     pub asked: Vec<i32>,
 }
 
@@ -95,8 +96,7 @@ impl Leadership {
     /// the change is decided).
     pub fn maximal_isr(&self) -> Vec<i32> {
         let mut out = self.isr.clone();
-        let pending = self.pending.iter().flat_map(|(p, _)| p.iter());
-        for r in pending.chain(&self.asked) {
+        for r in &self.asked {
             if !out.contains(r) {
                 out.push(*r);
             }
