@@ -41,10 +41,43 @@ def _set_pdeathsig():  # runs in the child between fork and exec
         pass
 
 
+def _port_window() -> tuple[int, int]:
+    """Ports this test process hands out: below the kernel's ephemeral range, so no client's or
+    peer's outgoing connection can take one between its choice and the broker's bind, and a
+    slice of their own per suite run (COMPAT_PORT_SLOT), so the two venvs' suites never choose
+    the same one."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    low = max(low, 12000)
+    slot, slots = int(os.environ.get("COMPAT_PORT_SLOT", "0")), 2
+    width = (low - 10000) // slots
+    return 10000 + slot % slots * width, 10000 + (slot % slots + 1) * width
+
+
+_PORTS = _port_window()
+_next_port = _PORTS[0] + os.getpid() % (_PORTS[1] - _PORTS[0])
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on, never one this process handed out recently: the cursor walks
+    the window (wrapping after thousands of ports), skipping any port that cannot be bound now.
+    Binding to port 0 instead can return one port twice in a row, and a cluster's six ports then
+    collide."""
+    global _next_port
+    lo, hi = _PORTS
+    for _ in range(hi - lo):
+        port, _next_port = _next_port, lo + (_next_port + 1 - lo) % (hi - lo)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in %d..%d" % (lo, hi))
 
 
 def port_open(port: int, timeout: float = 0.5) -> bool:

@@ -38,9 +38,10 @@ summary=""
 PARALLEL="${COMPAT_PARALLEL:-1}"
 logs="$(mktemp -d)"
 run_venv() {
-    local v="$1" py="$REPO/.venv-compat-$1/bin/python" start rc
+    local v="$1" py="$REPO/.venv-compat-$1/bin/python" start rc slot=0
+    [ "$v" = old ] && slot=1  # each venv's suite picks its ports from its own slice
     start=$(date +%s)
-    (cd "$HERE" && timeout --kill-after=30 "$RUN_TIMEOUT" "$py" -m pytest -c "$HERE/pytest.ini" "${targets[@]}" "${args[@]}")
+    (cd "$HERE" && COMPAT_PORT_SLOT="$slot" timeout --kill-after=30 "$RUN_TIMEOUT" "$py" -m pytest -c "$HERE/pytest.ini" "${targets[@]}" "${args[@]}")
     rc=$?
     echo "$rc $(( $(date +%s) - start ))" > "$logs/$v.rc"
 }
