@@ -275,6 +275,22 @@ impl NodeConfig {
     }
 }
 
+/// The broker properties a topic config takes its default from, least precise first (the
+/// last one wins when several are set, as [`crate::properties`] applies them).
+pub fn broker_synonyms(topic_key: &str) -> &'static [&'static str] {
+    match topic_key {
+        "segment.bytes" => &["log.segment.bytes"],
+        "segment.ms" => &["log.roll.hours", "log.roll.ms"],
+        "retention.ms" => &["log.retention.hours", "log.retention.minutes", "log.retention.ms"],
+        "retention.bytes" => &["log.retention.bytes"],
+        "max.message.bytes" => &["message.max.bytes"],
+        "index.interval.bytes" => &["log.index.interval.bytes"],
+        "min.insync.replicas" => &["min.insync.replicas"],
+        "unclean.leader.election.enable" => &["unclean.leader.election.enable"],
+        _ => &[],
+    }
+}
+
 /// Why a topic config value was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {

@@ -20,6 +20,7 @@ pub mod metadata;
 pub mod mutants;
 pub mod node;
 pub mod peer;
+pub mod properties;
 pub mod protocol;
 pub mod quorum;
 pub mod replica;

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use sluice_core::config::NodeConfig;
-use sluice_core::BrokerId;
 
 /// What the runtime needs besides the core's own configuration.
 #[derive(Debug, Clone)]
@@ -16,6 +15,8 @@ pub struct ServerConfig {
     pub controller_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub node: NodeConfig,
+    /// Properties given but not known (each naming the property probably meant).
+    pub warnings: Vec<String>,
 }
 
 /// Reads `key=value` (or `key: value`) lines; `#` and `!` start comments.
@@ -51,9 +52,12 @@ fn parse_listeners(value: &str) -> Result<Vec<(String, String, u16)>, String> {
     Ok(out)
 }
 
-/// `PLAINTEXT://host:port[,...]` → the first listener's host and port.
-fn parse_listener(value: &str) -> Result<(String, u16), String> {
-    let (_, host, port) = parse_listeners(value)?.swap_remove(0);
+/// `advertised.listeners` → the host and port advertised for the client listener (the entry of
+/// its name, else the first).
+fn advertised(value: &str, client_listener: &str) -> Result<(String, u16), String> {
+    let mut all = parse_listeners(value)?;
+    let i = all.iter().position(|(name, _, _)| name == client_listener).unwrap_or(0);
+    let (_, host, port) = all.swap_remove(i);
     Ok((host, port))
 }
 
@@ -80,11 +84,10 @@ fn parse_voters(value: &str) -> Result<BTreeMap<i32, (String, u16)>, String> {
     Ok(out)
 }
 
-/// What `listeners` and the controller properties say: the `listeners` value, the client
-/// listener's host and port, and the controller listener of a cluster node.
+/// What `listeners` and the controller properties say: the client listener's host and port,
+/// and the controller listener of a cluster node.
 struct Listeners {
-    value: String,
-    client: (String, u16),
+    client: (String, String, u16),
     controller: Option<SocketAddr>,
 }
 
@@ -114,10 +117,18 @@ fn cluster_listeners(props: &BTreeMap<String, String>, node: &mut NodeConfig) ->
             ));
         }
     }
-    if props.contains_key("controller.quorum.bootstrap.servers") && !props.contains_key("controller.quorum.voters") {
-        return Err("controller.quorum.bootstrap.servers (dynamic quorums, KIP-853) is not supported yet; \
-                    give controller.quorum.voters"
-            .into());
+    // Kafka 4's own config/server.properties names its one controller this way (a standalone
+    // dynamic quorum): that is a cluster of one. More controllers need a dynamic quorum.
+    if let (Some(servers), None) =
+        (props.get("controller.quorum.bootstrap.servers"), props.get("controller.quorum.voters"))
+    {
+        let n = servers.split(',').filter(|s| !s.trim().is_empty()).count();
+        if n > 1 {
+            return Err(format!(
+                "controller.quorum.bootstrap.servers names {n} controllers: dynamic quorums (KIP-853) \
+                 are not supported yet; give controller.quorum.voters"
+            ));
+        }
     }
     node.voters = match props.get("controller.quorum.voters") {
         Some(v) => parse_voters(v)?,
@@ -136,110 +147,20 @@ fn cluster_listeners(props: &BTreeMap<String, String>, node: &mut NodeConfig) ->
     } else {
         None
     };
-    Ok(Listeners { value: listeners, client: (client.1.clone(), client.2), controller: controller_listen })
+    Ok(Listeners { client: client.clone(), controller: controller_listen })
 }
 
-fn num<T: std::str::FromStr>(props: &BTreeMap<String, String>, key: &str) -> Result<Option<T>, String> {
-    props.get(key).map(|v| v.parse::<T>().map_err(|_| format!("{key}: {v:?} is not a valid number"))).transpose()
-}
-
-/// The broker lifecycle's and the quorum's timings, and the rack.
-fn cluster_timings(props: &BTreeMap<String, String>, node: &mut NodeConfig) -> Result<(), String> {
-    node.rack = props.get("broker.rack").cloned();
-    for (key, field) in [
-        ("broker.heartbeat.interval.ms", &mut node.broker_heartbeat_interval_ms),
-        ("broker.session.timeout.ms", &mut node.broker_session_timeout_ms),
-        ("controller.quorum.election.timeout.ms", &mut node.quorum_election_timeout_ms),
-        ("controller.quorum.fetch.timeout.ms", &mut node.quorum_fetch_timeout_ms),
-    ] {
-        if let Some(v) = num::<u64>(props, key)? {
-            *field = v.max(1);
-        }
-    }
-    Ok(())
-}
-
-/// The replication properties (Kafka's names and defaults).
-fn replication(props: &BTreeMap<String, String>, r: &mut sluice_core::config::ReplicationConfig) -> Result<(), String> {
-    for (key, field) in [
-        ("default.replication.factor", &mut r.default_replication_factor),
-        ("offsets.topic.replication.factor", &mut r.offsets_topic_replication_factor),
-        ("transaction.state.log.replication.factor", &mut r.transaction_state_log_replication_factor),
-    ] {
-        if let Some(v) = num::<i16>(props, key)? {
-            if v < 1 {
-                return Err(format!("{key} must be at least 1"));
-            }
-            *field = v;
-        }
-    }
-    for (key, field) in [
-        ("min.insync.replicas", &mut r.min_insync_replicas),
-        ("transaction.state.log.min.isr", &mut r.transaction_state_log_min_isr),
-    ] {
-        if let Some(v) = num::<i32>(props, key)? {
-            if v < 1 {
-                return Err(format!("{key} must be at least 1"));
-            }
-            *field = v;
-        }
-    }
-    if let Some(v) = num::<u64>(props, "replica.lag.time.max.ms")? {
-        r.replica_lag_time_max_ms = v.max(1);
-    }
-    if let Some(v) = num::<u64>(props, "replica.fetch.wait.max.ms")? {
-        r.replica_fetch_wait_max_ms = v;
-    }
-    if let Some(v) = num::<usize>(props, "replica.fetch.max.bytes")? {
-        r.replica_fetch_max_bytes = v.max(1);
-    }
-    if let Some(v) = num::<usize>(props, "replica.fetch.response.max.bytes")? {
-        r.replica_fetch_response_max_bytes = v.max(1);
-    }
-    if let Some(v) = props.get("auto.leader.rebalance.enable") {
-        r.auto_leader_rebalance = v.parse().map_err(|_| format!("auto.leader.rebalance.enable: {v:?}"))?;
-    }
-    if let Some(v) = num::<u64>(props, "leader.imbalance.check.interval.seconds")? {
-        r.leader_imbalance_check_interval_ms = v.max(1).saturating_mul(1000);
-    }
-    if props.get("unclean.leader.election.enable").is_some_and(|v| v == "true") {
-        return Err("unclean.leader.election.enable=true: Sluice elects leaders only from the ISR".into());
-    }
-    Ok(())
-}
-
-/// The replication properties in force, as DescribeConfigs on the broker reports them.
-fn replication_effective(r: &sluice_core::config::ReplicationConfig) -> Vec<(String, String)> {
-    [
-        ("default.replication.factor", r.default_replication_factor.to_string()),
-        ("min.insync.replicas", r.min_insync_replicas.to_string()),
-        ("offsets.topic.replication.factor", r.offsets_topic_replication_factor.to_string()),
-        ("transaction.state.log.replication.factor", r.transaction_state_log_replication_factor.to_string()),
-        ("transaction.state.log.min.isr", r.transaction_state_log_min_isr.to_string()),
-        ("replica.lag.time.max.ms", r.replica_lag_time_max_ms.to_string()),
-        ("replica.fetch.wait.max.ms", r.replica_fetch_wait_max_ms.to_string()),
-        ("replica.fetch.max.bytes", r.replica_fetch_max_bytes.to_string()),
-        ("replica.fetch.response.max.bytes", r.replica_fetch_response_max_bytes.to_string()),
-        ("unclean.leader.election.enable", "false".to_string()),
-        ("auto.leader.rebalance.enable", r.auto_leader_rebalance.to_string()),
-        ("leader.imbalance.check.interval.seconds", (r.leader_imbalance_check_interval_ms / 1000).to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-/// Builds the configuration from properties (file values with overrides applied).
+/// Builds the configuration from properties (file values with overrides applied): the core's
+/// properties through the one table (`sluice_core::properties`), then the runtime's own
+/// (listeners, the data directory, the voters).
 pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     let mut node = NodeConfig::default();
-    if let Some(id) = num::<i32>(props, "node.id")?.or(num::<i32>(props, "broker.id")?) {
-        node.node_id = BrokerId(id);
-    }
-    let Listeners { value: listeners, client: (host, port), controller: controller_listen } =
+    let warnings = sluice_core::properties::apply(props, &mut node)?;
+    let Listeners { client: (client_name, host, port), controller: controller_listen } =
         cluster_listeners(props, &mut node)?;
     let listen = socket_addr(&host, port, "listeners")?;
     let (adv_host, adv_port) = match props.get("advertised.listeners") {
-        Some(v) => parse_listener(v)?,
+        Some(v) => advertised(v, &client_name)?,
         None => (if host == "0.0.0.0" { "127.0.0.1".to_string() } else { host.clone() }, port),
     };
     node.advertised_host = adv_host;
@@ -250,144 +171,7 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if dirs.next().is_some() {
         return Err("log.dirs: Sluice uses one log directory per node for now".to_string());
     }
-    cluster_timings(props, &mut node)?;
-    if let Some(n) = num::<i32>(props, "num.partitions")? {
-        if n < 1 {
-            return Err("num.partitions must be at least 1".into());
-        }
-        node.num_partitions = n;
-    }
-    if let Some(v) = props.get("auto.create.topics.enable") {
-        node.auto_create_topics_enable = v.parse().map_err(|_| format!("auto.create.topics.enable: {v:?}"))?;
-    }
-    if let Some(v) = num::<usize>(props, "message.max.bytes")? {
-        node.message_max_bytes = v;
-    }
-    if let Some(v) = num::<usize>(props, "socket.request.max.bytes")? {
-        node.socket_request_max_bytes = v;
-    }
-    if let Some(v) = num::<u64>(props, "log.segment.bytes")? {
-        if v < 14 {
-            return Err("log.segment.bytes must be at least 14".into());
-        }
-        node.log.segment_bytes = v;
-    }
-    if let Some(v) = num::<i64>(props, "log.roll.ms")?.or(num::<i64>(props, "log.roll.hours")?.map(|h| h * 3_600_000)) {
-        node.log.segment_ms = v;
-    }
-    let retention = num::<i64>(props, "log.retention.ms")?
-        .or(num::<i64>(props, "log.retention.minutes")?.map(|m| m * 60_000))
-        .or(num::<i64>(props, "log.retention.hours")?.map(|h| h * 3_600_000));
-    if let Some(v) = retention {
-        node.log.retention_ms = v;
-    }
-    if let Some(v) = num::<i64>(props, "log.retention.bytes")? {
-        node.log.retention_bytes = v;
-    }
-    if let Some(v) = num::<u32>(props, "log.index.interval.bytes")? {
-        node.log.index_interval_bytes = v.max(1);
-    }
-    if let Some(v) = num::<u64>(props, "log.retention.check.interval.ms")? {
-        node.log.retention_check_interval_ms = v.max(1);
-    }
-    if let Some(v) = num::<u64>(props, "group.initial.rebalance.delay.ms")? {
-        node.group.initial_rebalance_delay_ms = v;
-    }
-    if let Some(v) = num::<u64>(props, "group.min.session.timeout.ms")? {
-        node.group.min_session_timeout_ms = v;
-    }
-    if let Some(v) = num::<u64>(props, "group.max.session.timeout.ms")? {
-        node.group.max_session_timeout_ms = v;
-    }
-    if let Some(v) = num::<usize>(props, "group.max.size")? {
-        node.group.max_members = v.max(1);
-    }
-    if let Some(v) = num::<u64>(props, "offsets.retention.minutes")? {
-        node.group.offsets_retention_ms = v.max(1).saturating_mul(60_000);
-    }
-    if let Some(v) = num::<usize>(props, "offset.metadata.max.bytes")? {
-        node.group.offset_metadata_max_bytes = v;
-    }
-    if let Some(v) = num::<u64>(props, "group.consumer.session.timeout.ms")? {
-        node.group.consumer_session_timeout_ms = v.max(1);
-    }
-    if let Some(v) = num::<u64>(props, "group.consumer.heartbeat.interval.ms")? {
-        node.group.consumer_heartbeat_interval_ms = v.max(1);
-    }
-    if let Some(v) = num::<u64>(props, "offsets.retention.check.interval.ms")? {
-        node.group.offsets_retention_check_interval_ms = v.max(1);
-    }
-    if let Some(v) = num::<i64>(props, "producer.id.expiration.ms")? {
-        node.producer_id_expiration_ms = v.max(1);
-    }
-    if let Some(v) = num::<u64>(props, "producer.id.expiration.check.interval.ms")? {
-        node.producer_id_expiration_check_interval_ms = v.max(1);
-    }
-    if let Some(v) = num::<u64>(props, "transaction.abort.timed.out.transaction.cleanup.interval.ms")? {
-        node.txn_abort_check_interval_ms = v.max(1);
-    }
-    if let Some(v) = num::<i32>(props, "transaction.max.timeout.ms")? {
-        node.txn_max_timeout_ms = v.max(1);
-    }
-    if let Some(v) = num::<i64>(props, "transactional.id.expiration.ms")? {
-        node.txn_id_expiration_ms = v.max(1);
-    }
-    replication(props, &mut node.replication)?;
-    // Every property in force, as DescribeConfigs on the broker reports it.
-    let mut effective = BTreeMap::new();
-    effective.insert("node.id".to_string(), node.node_id.0.to_string());
-    effective.insert("broker.id".to_string(), node.node_id.0.to_string());
-    effective.insert("listeners".to_string(), listeners);
-    effective.insert(
-        "advertised.listeners".to_string(),
-        format!("PLAINTEXT://{}:{}", node.advertised_host, node.advertised_port),
-    );
-    effective.insert("log.dirs".to_string(), data_dir.display().to_string());
-    effective.insert("num.partitions".to_string(), node.num_partitions.to_string());
-    effective.extend(replication_effective(&node.replication));
-    effective.insert("auto.create.topics.enable".to_string(), node.auto_create_topics_enable.to_string());
-    effective.insert("message.max.bytes".to_string(), node.message_max_bytes.to_string());
-    effective.insert("socket.request.max.bytes".to_string(), node.socket_request_max_bytes.to_string());
-    effective.insert("log.segment.bytes".to_string(), node.log.segment_bytes.to_string());
-    effective.insert("log.roll.ms".to_string(), node.log.segment_ms.to_string());
-    effective.insert("log.retention.ms".to_string(), node.log.retention_ms.to_string());
-    effective.insert("log.retention.bytes".to_string(), node.log.retention_bytes.to_string());
-    effective.insert("log.index.interval.bytes".to_string(), node.log.index_interval_bytes.to_string());
-    effective.insert("log.retention.check.interval.ms".to_string(), node.log.retention_check_interval_ms.to_string());
-    effective.insert("delete.topic.enable".to_string(), "true".to_string());
-    effective.insert("group.initial.rebalance.delay.ms".to_string(), node.group.initial_rebalance_delay_ms.to_string());
-    effective.insert("group.min.session.timeout.ms".to_string(), node.group.min_session_timeout_ms.to_string());
-    effective.insert("group.max.session.timeout.ms".to_string(), node.group.max_session_timeout_ms.to_string());
-    effective.insert("group.max.size".to_string(), node.group.max_members.to_string());
-    effective.insert("offsets.topic.num.partitions".to_string(), "50".to_string());
-    effective
-        .insert("group.consumer.session.timeout.ms".to_string(), node.group.consumer_session_timeout_ms.to_string());
-    effective.insert(
-        "group.consumer.heartbeat.interval.ms".to_string(),
-        node.group.consumer_heartbeat_interval_ms.to_string(),
-    );
-    effective.insert("offsets.retention.minutes".to_string(), (node.group.offsets_retention_ms / 60_000).to_string());
-    effective.insert(
-        "offsets.retention.check.interval.ms".to_string(),
-        node.group.offsets_retention_check_interval_ms.to_string(),
-    );
-    effective.insert("producer.id.expiration.ms".to_string(), node.producer_id_expiration_ms.to_string());
-    effective.insert(
-        "producer.id.expiration.check.interval.ms".to_string(),
-        node.producer_id_expiration_check_interval_ms.to_string(),
-    );
-    effective.insert(
-        "transaction.abort.timed.out.transaction.cleanup.interval.ms".to_string(),
-        node.txn_abort_check_interval_ms.to_string(),
-    );
-    effective.insert("transaction.max.timeout.ms".to_string(), node.txn_max_timeout_ms.to_string());
-    effective.insert("transactional.id.expiration.ms".to_string(), node.txn_id_expiration_ms.to_string());
-    effective.insert("transaction.state.log.num.partitions".to_string(), "50".to_string());
-    for (k, v) in props {
-        effective.entry(k.clone()).or_insert_with(|| v.clone());
-    }
-    node.broker_properties = effective;
-    Ok(ServerConfig { listen, controller_listen, data_dir, node })
+    Ok(ServerConfig { listen, controller_listen, data_dir, node, warnings })
 }
 
 #[cfg(test)]
@@ -405,7 +189,9 @@ mod tests {
         assert_eq!(c.node.num_partitions, 3);
         assert_eq!(c.node.log.retention_ms, 3_600_000);
         assert_eq!(c.node.broker_properties["log.dirs"], "/tmp/x");
-        assert!(build(&parse_properties("num.partitions=x").unwrap()).is_err());
+        assert!(build(&parse_properties("num.partitions=x").unwrap()).unwrap_err().contains("num.partitions"));
+        let c = build(&parse_properties("log.retention.hour=1").unwrap()).unwrap();
+        assert!(c.warnings[0].contains("log.retention.hours"), "{:?}", c.warnings);
         assert!(parse_properties("garbage line").is_err());
         assert!(c.controller_listen.is_none());
     }
@@ -428,5 +214,54 @@ mod tests {
         assert!(refused("listeners=PLAINTEXT://127.0.0.1:19092\n").contains("controller listener"));
         assert!(refused("controller.quorum.voters=1@h:1,1@h:2\n").contains("twice"));
         assert!(refused("controller.quorum.voters=x@h:1\n").contains("id@host:port"));
+    }
+
+    /// Kafka 4's shipped `config/server.properties` (KRaft, combined, standalone quorum) starts
+    /// a single node unchanged, with no warning.
+    #[test]
+    fn kafkas_own_server_properties() {
+        let text = "process.roles=broker,controller\nnode.id=1\n\
+                    controller.quorum.bootstrap.servers=localhost:9093\n\
+                    listeners=PLAINTEXT://:9092,CONTROLLER://:9093\ninter.broker.listener.name=PLAINTEXT\n\
+                    advertised.listeners=CONTROLLER://localhost:9093,PLAINTEXT://localhost:9092\n\
+                    controller.listener.names=CONTROLLER\n\
+                    listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL\n\
+                    num.network.threads=3\nnum.io.threads=8\nsocket.send.buffer.bytes=102400\n\
+                    socket.receive.buffer.bytes=102400\nsocket.request.max.bytes=104857600\n\
+                    log.dirs=/tmp/kraft-combined-logs\nnum.partitions=1\nnum.recovery.threads.per.data.dir=1\n\
+                    offsets.topic.replication.factor=1\nshare.coordinator.state.topic.replication.factor=1\n\
+                    share.coordinator.state.topic.min.isr=1\ntransaction.state.log.replication.factor=1\n\
+                    transaction.state.log.min.isr=1\nlog.retention.hours=168\nlog.segment.bytes=1073741824\n\
+                    log.retention.check.interval.ms=300000\n";
+        let c = build(&parse_properties(text).unwrap()).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(!c.node.is_cluster());
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9092");
+        assert_eq!((c.node.advertised_host.as_str(), c.node.advertised_port), ("localhost", 9092));
+        assert_eq!(c.node.replication.offsets_topic_replication_factor, 1);
+        let two = format!("{text}controller.quorum.bootstrap.servers=a:1,b:2\n");
+        assert!(build(&parse_properties(&two).unwrap()).unwrap_err().contains("dynamic quorums"));
+    }
+}
+
+#[cfg(test)]
+mod readme {
+    /// The README's table of properties is the broker's own table: a property added, renamed or
+    /// given a new default shows up there or this test fails. `SLUICE_BLESS=1` rewrites it.
+    #[test]
+    fn readme_lists_the_properties_the_broker_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let (begin, end) = ("<!-- properties:begin -->\n", "<!-- properties:end -->");
+        let from = text.find(begin).expect("README has the properties:begin marker") + begin.len();
+        let to = text.find(end).expect("README has the properties:end marker");
+        let want = sluice_core::properties::markdown_table();
+        if text[from..to] != want {
+            if std::env::var_os("SLUICE_BLESS").is_some() {
+                std::fs::write(path, format!("{}{want}{}", &text[..from], &text[to..])).unwrap();
+            } else {
+                panic!("README.md's property table differs from the broker's; run SLUICE_BLESS=1 cargo test -p sluice-runtime-real readme");
+            }
+        }
     }
 }

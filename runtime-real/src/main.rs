@@ -1,44 +1,67 @@
 //! `sluice`: the Kafka-compatible broker (`sluice serve`) and its load generator
 //! (`sluice perf produce|consume`).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sluice_runtime_real::{config, perf, server};
 
 #[global_allocator]
 static ALLOC: sluice_runtime_real::alloc::BrokerAlloc = sluice_runtime_real::alloc::BrokerAlloc;
 
-use std::collections::BTreeMap;
+/// A Kafka-compatible message broker: Kafka's wire protocol, Kafka's properties, Kafka's tools.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-const USAGE: &str = "usage:
-  sluice serve [--config FILE] [--override key=value]...
-      Runs a broker. With no arguments: single node, PLAINTEXT://127.0.0.1:9092, data in ./data.
-      Properties use Kafka's names (listeners, advertised.listeners, log.dirs, num.partitions,
-      auto.create.topics.enable, log.segment.bytes, log.retention.ms, message.max.bytes,
-      socket.request.max.bytes, ...).
-  sluice perf produce [--bootstrap HOST:PORT] [--topic T] [--records N] [--record-size B]
-                      [--batch-records N] [--partitions P] [--acks -1|0|1] [--in-flight N]
-                      [--rate RECORDS_PER_SEC]
-  sluice perf consume [--bootstrap HOST:PORT] [--topic T] [--records N] [--partitions P]
-                      [--fetch-max-bytes B]
-";
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a broker (the default). With no arguments: a single node on
+    /// PLAINTEXT://127.0.0.1:9092 with its data in ./data.
+    Serve(ServeArgs),
+    /// Load generator: produce or consume as fast as the broker allows
+    Perf {
+        #[command(subcommand)]
+        mode: perf::Mode,
+    },
+}
+
+#[derive(clap::Args, Debug, Default)]
+struct ServeArgs {
+    /// A server.properties file, as kafka-server-start.sh takes it
+    #[arg(value_name = "FILE")]
+    properties: Option<PathBuf>,
+    /// The same, as an option
+    #[arg(long = "config", value_name = "FILE", conflicts_with = "properties")]
+    config: Option<PathBuf>,
+    /// Set a property over the file's value (repeatable)
+    #[arg(long = "override", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match args.first().map(String::as_str) {
-        None | Some("serve") => serve(&args[args.len().min(1)..]),
-        Some("perf") => perf::main(&args[1..]),
-        Some("-h") | Some("--help") | Some("help") => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
+    let properties = format!(
+        "Properties (Kafka's names; in the file as key=value, or with --override key=value):\n\n{}",
+        sluice_core::properties::help_table()
+    );
+    let command = Cli::command().mut_subcommand("serve", |c| c.after_long_help(properties));
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    let result = match cli.command {
+        None => serve(ServeArgs::default()),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Perf { mode }) => perf::main(mode),
     };
-    if let Err(e) = code {
+    if let Err(e) = result {
         eprintln!("sluice: {e}");
         std::process::exit(2);
     }
 }
 
-fn serve(args: &[String]) -> Result<(), String> {
+fn serve(args: ServeArgs) -> Result<(), String> {
     use std::io::IsTerminal;
     // A panic anywhere (the core thread included) ends the process, so a supervisor restarts
     // it, rather than leaving a broker that accepts connections and answers nothing.
@@ -53,23 +76,17 @@ fn serve(args: &[String]) -> Result<(), String> {
         .with_writer(std::io::stderr)
         .init();
     let mut props = BTreeMap::new();
-    let mut overrides = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" => {
-                let path = it.next().ok_or("--config needs a file")?;
-                let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-                props = config::parse_properties(&text).map_err(|e| format!("{path}: {e}"))?;
-            }
-            "--override" => overrides.push(it.next().ok_or("--override needs key=value")?.clone()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
+    if let Some(path) = args.properties.or(args.config) {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        props = config::parse_properties(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    for o in overrides {
+    for o in args.overrides {
         let (k, v) = o.split_once('=').ok_or_else(|| format!("--override {o:?}: expected key=value"))?;
         props.insert(k.trim().to_string(), v.trim().to_string());
     }
     let cfg = config::build(&props)?;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     server::run(cfg)
 }

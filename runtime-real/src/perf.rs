@@ -14,66 +14,62 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct Opts {
+/// What `sluice perf produce` and `sluice perf consume` take.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Opts {
+    /// The broker to start from (the partitions' leaders are found through it)
+    #[arg(long, default_value = "127.0.0.1:9092", value_name = "HOST:PORT")]
     bootstrap: String,
+    /// The topic (created when missing)
+    #[arg(long, default_value = "sluice-perf")]
     topic: String,
+    /// Records to produce or to consume
+    #[arg(long, default_value_t = 1_000_000)]
     records: u64,
+    /// Value bytes per record
+    #[arg(long, default_value_t = 100)]
     record_size: usize,
-    batch_records: usize,
+    /// Records per batch (one produce request each)
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_records: u32,
+    /// Partitions of the topic, written round-robin
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
     partitions: i32,
+    /// Replicas of the topic when it is created
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i16).range(1..))]
     replication_factor: i16,
+    /// -1 (all in-sync replicas), 1 (the leader) or 0 (no response)
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     acks: i16,
-    in_flight: usize,
+    /// Produce requests in flight at once
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    in_flight: u32,
+    /// Records per second to aim at (default: as fast as possible)
+    #[arg(long, value_name = "RECORDS_PER_SEC")]
     rate: Option<f64>,
+    /// fetch.max.bytes of each consumer fetch
+    #[arg(long, default_value_t = 50 * 1024 * 1024)]
     fetch_max_bytes: i32,
-    /// Produce as an idempotent producer (InitProducerId, a sequence number per batch).
+    /// Produce as an idempotent producer (InitProducerId, a sequence number per batch)
+    #[arg(long)]
     idempotent: bool,
     /// Produce in transactions of this many batches (a transactional producer, one
-    /// transaction at a time, committed).
+    /// transaction at a time, committed)
+    #[arg(long = "transaction-batches", value_name = "BATCHES", value_parser = clap::value_parser!(u64).range(1..))]
     transactions: Option<u64>,
 }
 
-fn parse(args: &[String]) -> Result<Opts, String> {
-    let mut o = Opts {
-        bootstrap: "127.0.0.1:9092".into(),
-        topic: "sluice-perf".into(),
-        records: 1_000_000,
-        record_size: 100,
-        batch_records: 1000,
-        partitions: 1,
-        replication_factor: 1,
-        acks: -1,
-        in_flight: 16,
-        rate: None,
-        fetch_max_bytes: 50 * 1024 * 1024,
-        idempotent: false,
-        transactions: None,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut v = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
-        let bad = |x: &str| format!("{a}: bad value {x:?}");
-        match a.as_str() {
-            "--bootstrap" => o.bootstrap = v()?,
-            "--topic" => o.topic = v()?,
-            "--records" => o.records = v()?.parse().map_err(|_| bad(a))?,
-            "--record-size" => o.record_size = v()?.parse().map_err(|_| bad(a))?,
-            "--batch-records" => o.batch_records = v()?.parse::<usize>().map_err(|_| bad(a))?.max(1),
-            "--partitions" => o.partitions = v()?.parse::<i32>().map_err(|_| bad(a))?.max(1),
-            "--replication-factor" => o.replication_factor = v()?.parse::<i16>().map_err(|_| bad(a))?.max(1),
-            "--acks" => o.acks = v()?.parse().map_err(|_| bad(a))?,
-            "--in-flight" => o.in_flight = v()?.parse::<usize>().map_err(|_| bad(a))?.max(1),
-            "--rate" => o.rate = Some(v()?.parse().map_err(|_| bad(a))?),
-            "--fetch-max-bytes" => o.fetch_max_bytes = v()?.parse().map_err(|_| bad(a))?,
-            "--idempotent" => o.idempotent = true,
-            "--transaction-batches" => o.transactions = Some(v()?.parse::<u64>().map_err(|_| bad(a))?.max(1)),
-            other => return Err(format!("unknown perf option {other:?}")),
-        }
-    }
-    Ok(o)
+/// `sluice perf`'s two modes.
+#[derive(clap::Subcommand, Debug)]
+pub enum Mode {
+    /// Produce records as fast as the broker takes them (or at --rate); prints records/s,
+    /// MB/s and latency percentiles
+    Produce(Opts),
+    /// Read a topic from its start; prints records/s and MB/s
+    Consume(Opts),
 }
 
-pub fn main(args: &[String]) -> Result<(), String> {
+pub fn main(mode: Mode) -> Result<(), String> {
     // A report piped into `head` ends like any Unix tool's when the pipe closes, rather
     // than in a panic on the failed print (Rust ignores SIGPIPE by default).
     // SAFETY: restoring the default disposition of a signal; no handler runs Rust code.
@@ -81,14 +77,11 @@ pub fn main(args: &[String]) -> Result<(), String> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let (mode, rest) = args.split_first().ok_or("perf needs produce or consume")?;
-    let o = parse(rest)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    match mode.as_str() {
-        "produce" if o.transactions.is_some() => rt.block_on(produce_transactions(o)),
-        "produce" => rt.block_on(produce(o)),
-        "consume" => rt.block_on(consume(o)),
-        other => Err(format!("unknown perf mode {other:?}")),
+    match mode {
+        Mode::Produce(o) if o.transactions.is_some() => rt.block_on(produce_transactions(o)),
+        Mode::Produce(o) => rt.block_on(produce(o)),
+        Mode::Consume(o) => rt.block_on(consume(o)),
     }
 }
 
@@ -155,10 +148,10 @@ async fn produce_transactions(o: Opts) -> Result<(), String> {
         }
     };
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let mut batch = build_batch(o.batch_records, o.record_size, now_ms).to_vec();
+    let mut batch = build_batch(o.batch_records as usize, o.record_size, now_ms).to_vec();
     batch[21..23].copy_from_slice(&0x10i16.to_be_bytes());
     let topic = TopicName(StrBytes::from_string(o.topic.clone()));
-    let requests = o.records.div_ceil(o.batch_records as u64);
+    let requests = o.records.div_ceil(u64::from(o.batch_records));
     let txns = requests.div_ceil(per_txn);
     let mut next_seq = vec![0i32; o.partitions as usize];
     let mut latencies = Vec::with_capacity(txns as usize);
@@ -217,12 +210,12 @@ async fn produce_transactions(o: Opts) -> Result<(), String> {
         latencies.push(began.elapsed());
     }
     let secs = start.elapsed().as_secs_f64();
-    let records = sent * o.batch_records as u64;
+    let records = sent * u64::from(o.batch_records);
     latencies.sort();
     println!(
         "produce: {records} records of {} bytes in {txns} transactions of {} records, {secs:.2} s: {:.0} transactions/s, {:.0} records/s, {:.1} MB/s (values)",
         o.record_size,
-        per_txn * o.batch_records as u64,
+        per_txn * u64::from(o.batch_records),
         txns as f64 / secs,
         records as f64 / secs,
         records as f64 * o.record_size as f64 / 1e6 / secs
@@ -312,8 +305,8 @@ async fn connect_to_leader(o: &Opts) -> Result<(TcpStream, Vec<i32>), String> {
 async fn produce(o: Opts) -> Result<(), String> {
     let (mut s, mine) = connect_to_leader(&o).await?;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let batch = build_batch(o.batch_records, o.record_size, now_ms);
-    let requests = o.records.div_ceil(o.batch_records as u64);
+    let batch = build_batch(o.batch_records as usize, o.record_size, now_ms);
+    let requests = o.records.div_ceil(u64::from(o.batch_records));
     // An idempotent producer's batches each carry their own sequence number, so they are
     // stamped (and their CRCs computed) before the clock starts: the client's copies must not
     // be what is measured.
@@ -340,15 +333,15 @@ async fn produce(o: Opts) -> Result<(), String> {
     };
     let (mut rd, mut wr) = s.into_split();
     let start = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(i32, Instant)>(o.in_flight);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(i32, Instant)>(o.in_flight as usize);
     // At most `--in-flight` requests unanswered: the writer takes a permit per request, the
     // reader gives one back per response.
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(o.in_flight));
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(o.in_flight as usize));
     let acks = o.acks;
     let writer = {
         let topic = o.topic.clone();
         let rate = o.rate;
-        let per_req = o.batch_records as f64;
+        let per_req = f64::from(o.batch_records);
         let mine = mine.clone();
         let permits = permits.clone();
         tokio::spawn(async move {
@@ -409,7 +402,7 @@ async fn produce(o: Opts) -> Result<(), String> {
     }
     let _wr = writer.await.map_err(|e| e.to_string())??;
     let secs = start.elapsed().as_secs_f64();
-    let records = requests * o.batch_records as u64;
+    let records = requests * u64::from(o.batch_records);
     let mb = records as f64 * o.record_size as f64 / 1e6;
     latencies.sort();
     println!(

@@ -20,7 +20,7 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::{DiskOp, Job, JobDone, JobId, Node, PartState, Partition, Purpose, Then, Topic, TopicId, Waiter};
-use crate::config::{TopicSettings, TOPIC_CONFIG_KEYS};
+use crate::config::{NodeConfig, TopicSettings, TOPIC_CONFIG_KEYS};
 use crate::limits;
 use crate::log::PartitionLog;
 use crate::metadata::{self, MetaRecord};
@@ -301,9 +301,16 @@ impl Node {
                     Some(t) => {
                         for key in TOPIC_CONFIG_KEYS.iter().filter(|k| wanted(k.name)) {
                             let default = self.config.topic_config_default(key.name).unwrap_or_default();
+                            // The broker properties it inherits from, as set in the broker's file.
+                            let set_on_broker: Vec<(&str, &String)> = crate::config::broker_synonyms(key.name)
+                                .iter()
+                                .rev()
+                                .filter_map(|b| self.config.broker_properties.get(*b).map(|v| (*b, v)))
+                                .collect();
                             let (value, source) = match t.configs.get(key.name) {
-                                Some(v) => (v.clone(), 1),    // TOPIC_CONFIG
-                                None => (default.clone(), 5), // DEFAULT_CONFIG
+                                Some(v) => (v.clone(), 1),                                 // TOPIC_CONFIG
+                                None if !set_on_broker.is_empty() => (default.clone(), 4), // STATIC_BROKER_CONFIG
+                                None => (default.clone(), 5),                              // DEFAULT_CONFIG
                             };
                             let mut c = config_entry(
                                 ctx.version,
@@ -318,7 +325,16 @@ impl Node {
                                 if source == 1 {
                                     c.synonyms.push(synonym(key.name, &value, 1));
                                 }
-                                c.synonyms.push(synonym(key.name, &default, 5));
+                                for (name, v) in &set_on_broker {
+                                    c.synonyms.push(synonym(name, v, 4));
+                                }
+                                let default_name = crate::config::broker_synonyms(key.name).last().copied();
+                                let untouched = NodeConfig::default();
+                                let default = match default_name.and_then(crate::properties::find) {
+                                    Some(p) => ((p.default)(&untouched), p.name),
+                                    None => (untouched.topic_config_default(key.name).unwrap_or_default(), key.name),
+                                };
+                                c.synonyms.push(synonym(default.1, &default.0, 5));
                             }
                             res.configs.push(c);
                         }
@@ -331,9 +347,24 @@ impl Node {
                         res.error_code = KafkaError::InvalidRequest.code();
                         res.error_message = Some(sb("not this broker"));
                     } else {
-                        for (k, v) in self.config.broker_properties.iter().filter(|(k, _)| wanted(k)) {
-                            let mut c = config_entry(ctx.version, k, v, 4, 2, "", false);
-                            c.read_only = true;
+                        for p in crate::properties::BROKER_PROPERTIES.iter().filter(|p| wanted(p.name)) {
+                            let explicit = self.config.broker_properties.get(p.name);
+                            let value = explicit.cloned().unwrap_or_else(|| (p.default)(&self.config));
+                            // STATIC_BROKER_CONFIG when set in the file, DEFAULT_CONFIG otherwise.
+                            let source = if explicit.is_some() { 4 } else { 5 };
+                            let mut c = config_entry(
+                                ctx.version,
+                                p.name,
+                                &value,
+                                source,
+                                p.kind.config_type(),
+                                p.doc,
+                                req.include_documentation,
+                            );
+                            c.read_only = !p.dynamic;
+                            if req.include_synonyms {
+                                c.synonyms.push(synonym(p.name, &value, source));
+                            }
                             res.configs.push(c);
                         }
                     }

@@ -35,7 +35,9 @@ use crate::log::{FileIds, PartitionLog};
 use crate::protocol::{self, FrameError, RequestContext};
 use crate::types::{ConnId, FileId, Instant, Offset, OpId, Time};
 
+pub use groups::OFFSETS_PARTITIONS;
 pub use recovery::RecoveryStats;
+pub use transactions::TXN_PARTITIONS;
 
 /// What [`Node::replica_view`] shows of one partition replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
