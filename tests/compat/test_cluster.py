@@ -19,7 +19,8 @@ import time
 import pytest
 
 from clients import ck_admin, ck_consume, ck_produce, ck_producer
-from confluent_kafka.admin import NewTopic
+from confluent_kafka import KafkaError
+from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType
 from conftest import Broker, BrokerStartError, free_port, unique_topic
 
 # Short enough that the fencing test does not wait long; the heartbeat keeps Kafka's default.
@@ -155,6 +156,20 @@ def test_three_nodes_elect_a_controller_and_spread_a_topic(cluster):
         want = [it["value"] for it in items if it["partition"] == p]
         assert [m.value() for m in got[p]] == want, "partition %d came back out of order or incomplete" % p
         assert [m.offset() for m in got[p]] == list(range(100))
+
+    # A topic config changed at runtime takes effect on every leader: the controller records it,
+    # each node applies it (max.message.bytes refuses a 20 KB record on all six partitions).
+    admin = ck_admin(cluster.bootstrap)
+    res = ConfigResource(ResourceType.TOPIC, topic, set_config={"max.message.bytes": "10000"})
+    list(admin.alter_configs([res], request_timeout=15).values())[0].result(timeout=15)
+
+    def all_refuse():
+        big = [{"value": b"x" * 20_000, "partition": p} for p in range(6)]
+        reports = ck_produce(ck_producer(cluster.node(1).bootstrap, retries=0), topic, big)
+        codes = [r.err.code() if r.err else None for r in reports]
+        return codes if all(c == KafkaError.MSG_SIZE_TOO_LARGE for c in codes) else None
+
+    wait_until("every leader refuses a batch over the new max.message.bytes", all_refuse)
 
     # Debian's kcat (librdkafka 2.0.2) lists the three brokers too.
     out = subprocess.run(["kcat", "-b", cluster.node(3).bootstrap, "-L", "-t", topic],

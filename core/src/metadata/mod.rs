@@ -78,6 +78,14 @@ pub enum MetaRecord {
         partition_epoch: i32,
         isr: Vec<i32>,
     },
+    /// A topic's config overrides changed (AlterConfigs, IncrementalAlterConfigs): with
+    /// `replace` every override not in `set` goes; else `deleted` go and `set` are set.
+    TopicConfigsAltered {
+        id: [u8; 16],
+        replace: bool,
+        set: Vec<(String, String)>,
+        deleted: Vec<String>,
+    },
 }
 
 /// Leader id of a partition that has none (every ISR member fenced).
@@ -287,6 +295,19 @@ impl MetadataImage {
                 };
                 self.change_partition(id, *partition, next)
             }
+            MetaRecord::TopicConfigsAltered { id, replace, set, deleted } => {
+                let Some(t) = self.topics.values_mut().find(|t| t.id == *id) else {
+                    return false;
+                };
+                if *replace {
+                    t.configs.clear();
+                }
+                for d in deleted {
+                    t.configs.remove(d);
+                }
+                t.configs.extend(set.iter().cloned());
+                true
+            }
         }
     }
 
@@ -462,6 +483,28 @@ mod tests {
         }
         assert_eq!(img.topics["a"].partitions, 5);
         assert_eq!(img.producer_ids_end, 2000);
+    }
+
+    #[test]
+    fn topic_configs_altered_in_log_order() {
+        let mut img = MetadataImage::default();
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let configs = vec![kv("retention.ms", "1"), kv("segment.ms", "2")];
+        img.apply(1, &MetaRecord::TopicPlaced { name: "t".into(), id: [3; 16], configs, replicas: vec![vec![1]] });
+        let alter = |replace, set: Vec<(String, String)>, deleted: Vec<&str>| MetaRecord::TopicConfigsAltered {
+            id: [3; 16],
+            replace,
+            set,
+            deleted: deleted.into_iter().map(String::from).collect(),
+        };
+        assert!(img.apply(2, &alter(false, vec![kv("max.message.bytes", "9")], vec!["segment.ms"])));
+        let got: Vec<_> = img.topics["t"].configs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, [("max.message.bytes", "9"), ("retention.ms", "1")]);
+        assert!(img.apply(3, &alter(true, vec![kv("segment.bytes", "100")], vec![])));
+        let got: Vec<_> = img.topics["t"].configs.keys().map(String::as_str).collect();
+        assert_eq!(got, ["segment.bytes"], "replace drops what it does not set");
+        let other = MetaRecord::TopicConfigsAltered { id: [4; 16], replace: true, set: vec![], deleted: vec![] };
+        assert!(!img.apply(4, &other), "a deleted topic's change changes nothing");
     }
 
     #[test]

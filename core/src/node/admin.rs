@@ -565,7 +565,7 @@ impl Node {
 
     /// Answers `resp` once every job has finished, each failed job's entry (`at`) marked by
     /// `failed` (KAFKA_STORAGE_ERROR: its change did not become durable).
-    fn respond_when_done<R, I>(
+    pub(super) fn respond_when_done<R, I>(
         &mut self,
         conn: ConnId,
         seq: u64,

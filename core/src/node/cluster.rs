@@ -264,6 +264,7 @@ impl Node {
                 }
             }
             MetaRecord::PartitionChanged { id, partition, .. } => self.partition_change_applied(id, partition),
+            MetaRecord::TopicConfigsAltered { id, .. } => self.topic_configs_altered(id),
             MetaRecord::TopicCreated { .. }
             | MetaRecord::PartitionsCreated { .. }
             | MetaRecord::ProducerIdsBlock { .. } => {}

@@ -8,6 +8,7 @@
 
 mod admin;
 mod cluster;
+mod configs;
 mod consumer_groups;
 mod coordination;
 mod fetch;
@@ -685,6 +686,8 @@ impl Node {
             ApiKey::ElectLeaders => self.handle_elect_leaders(conn, seq, ctx, body),
             ApiKey::CreatePartitions => self.handle_create_partitions(conn, seq, ctx, body),
             ApiKey::DescribeConfigs => self.handle_describe_configs(conn, seq, &ctx, body),
+            ApiKey::AlterConfigs => self.handle_alter_configs(conn, seq, ctx, body),
+            ApiKey::IncrementalAlterConfigs => self.handle_incremental_alter_configs(conn, seq, ctx, body),
             ApiKey::DescribeCluster => self.handle_describe_cluster(conn, seq, &ctx, body),
             ApiKey::DescribeQuorum => self.handle_describe_quorum(conn, seq, &ctx, body),
             ApiKey::FindCoordinator => self.handle_find_coordinator(conn, seq, ctx, body),

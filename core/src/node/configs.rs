@@ -1,0 +1,259 @@
+//! AlterConfigs and IncrementalAlterConfigs: a topic's configs changed at runtime.
+//!
+//! The active controller checks the change against the topic's current overrides and records
+//! it in the metadata log (`MetaRecord::TopicConfigsAltered`); every node applies it in log
+//! order, so the change takes effect everywhere (retention, segment rolling, message size,
+//! `min.insync.replicas` read the topic's settings when they act) and survives restarts. The
+//! request is answered once the record is committed. Broker properties are all static
+//! (`properties::Property::dynamic`), so a change to one is refused naming it.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+use super::{JobDone, JobId, Node};
+use crate::config::{TopicSettings, TOPIC_CONFIG_KEYS};
+use crate::metadata::MetaRecord;
+use crate::protocol::errors::KafkaError;
+use crate::protocol::{self, FrameError, RequestContext};
+use crate::types::ConnId;
+
+const TOPIC: i8 = 2;
+const BROKER: i8 = 4;
+
+/// One change to one config (IncrementalAlterConfigs' operations; AlterConfigs sets).
+pub(super) enum ConfigOp {
+    Set(String, String),
+    Delete(String),
+    /// Adds an item to a list config (`cleanup.policy`), unless it is there.
+    Append(String, String),
+    /// Removes an item from a list config.
+    Subtract(String, String),
+}
+
+type Refusal = (KafkaError, String);
+
+impl Node {
+    pub(super) fn handle_alter_configs(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: AlterConfigsRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = AlterConfigsResponse::default();
+        let mut jobs = Vec::new();
+        for r in &req.resources {
+            let ops = r
+                .configs
+                .iter()
+                .map(|c| match &c.value {
+                    Some(v) => ConfigOp::Set(c.name.to_string(), v.to_string()),
+                    None => ConfigOp::Delete(c.name.to_string()),
+                })
+                .collect();
+            let mut out = alter_configs_response::AlterConfigsResourceResponse::default();
+            out.resource_type = r.resource_type;
+            out.resource_name = r.resource_name.clone();
+            // AlterConfigs replaces the whole set: what it does not name goes back to default.
+            match self.alter_configs(r.resource_type, &r.resource_name, true, ops, req.validate_only) {
+                Ok(Some(job)) => jobs.push((resp.responses.len(), job)),
+                Ok(None) => {}
+                Err((e, msg)) => {
+                    out.error_code = e.code();
+                    out.error_message = Some(StrBytes::from_string(msg));
+                }
+            }
+            resp.responses.push(out);
+        }
+        self.respond_when_done(conn, seq, &ctx, resp, jobs, |resp, i| {
+            resp.responses[*i].error_code = KafkaError::NotController.code();
+        });
+        Ok(())
+    }
+
+    pub(super) fn handle_incremental_alter_configs(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: IncrementalAlterConfigsRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = IncrementalAlterConfigsResponse::default();
+        let mut jobs = Vec::new();
+        for r in &req.resources {
+            let mut out = incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+            out.resource_type = r.resource_type;
+            out.resource_name = r.resource_name.clone();
+            let ops: Result<Vec<ConfigOp>, Refusal> = r
+                .configs
+                .iter()
+                .map(|c| {
+                    let name = c.name.to_string();
+                    let value = c.value.as_ref().map(|v| v.to_string());
+                    match (c.config_operation, value) {
+                        (1, _) => Ok(ConfigOp::Delete(name)),
+                        (0, Some(v)) => Ok(ConfigOp::Set(name, v)),
+                        (2, Some(v)) => Ok(ConfigOp::Append(name, v)),
+                        (3, Some(v)) => Ok(ConfigOp::Subtract(name, v)),
+                        (0..=3, None) => Err((KafkaError::InvalidRequest, format!("{name}: no value given"))),
+                        (op, _) => Err((KafkaError::InvalidRequest, format!("{name}: unknown operation {op}"))),
+                    }
+                })
+                .collect();
+            let result = ops.and_then(|ops| {
+                self.alter_configs(r.resource_type, &r.resource_name, false, ops, req.validate_only)
+            });
+            match result {
+                Ok(Some(job)) => jobs.push((resp.responses.len(), job)),
+                Ok(None) => {}
+                Err((e, msg)) => {
+                    out.error_code = e.code();
+                    out.error_message = Some(StrBytes::from_string(msg));
+                }
+            }
+            resp.responses.push(out);
+        }
+        self.respond_when_done(conn, seq, &ctx, resp, jobs, |resp, i| {
+            resp.responses[*i].error_code = KafkaError::NotController.code();
+        });
+        Ok(())
+    }
+
+    /// Checks one resource's change and, unless only validating, records it. Returns the job
+    /// that finishes when the record is committed (None when nothing is recorded).
+    fn alter_configs(
+        &mut self,
+        resource_type: i8,
+        name: &str,
+        replace: bool,
+        ops: Vec<ConfigOp>,
+        validate_only: bool,
+    ) -> Result<Option<JobId>, Refusal> {
+        match resource_type {
+            TOPIC => self.alter_topic_configs(name, replace, ops, validate_only),
+            BROKER => {
+                let me = self.config.node_id.0.to_string();
+                if !name.is_empty() && name != me {
+                    return Err((KafkaError::InvalidRequest, format!("this is broker {me}, not {name}")));
+                }
+                let names = ops.iter().map(ConfigOp::name).collect::<Vec<_>>();
+                if let Some(unknown) = names.iter().find(|n| crate::properties::find(n).is_none()) {
+                    return Err((KafkaError::InvalidConfig, format!("unknown broker config {unknown:?}")));
+                }
+                if names.is_empty() {
+                    return Ok(None);
+                }
+                Err((
+                    KafkaError::InvalidRequest,
+                    format!(
+                        "cannot update these configs dynamically: {} (Sluice's broker configs are static; \
+                         set them in server.properties and restart)",
+                        names.join(", ")
+                    ),
+                ))
+            }
+            other => Err((KafkaError::InvalidRequest, format!("resource type {other} cannot be altered"))),
+        }
+    }
+
+    fn alter_topic_configs(
+        &mut self,
+        name: &str,
+        replace: bool,
+        ops: Vec<ConfigOp>,
+        validate_only: bool,
+    ) -> Result<Option<JobId>, Refusal> {
+        let Some(t) = self.topics.get(name) else {
+            return Err((KafkaError::UnknownTopicOrPartition, format!("no topic {name:?}")));
+        };
+        if !self.is_controller() {
+            return Err((KafkaError::NotController, "this broker is not the active controller".into()));
+        }
+        let id = t.id;
+        let mut configs = if replace { BTreeMap::new() } else { t.configs.clone() };
+        let mut set = Vec::new();
+        let mut deleted = Vec::new();
+        for op in ops {
+            let key = op.name().to_string();
+            let Some(spec) = TOPIC_CONFIG_KEYS.iter().find(|k| k.name == key) else {
+                return Err((KafkaError::InvalidConfig, format!("unknown topic config {key:?}")));
+            };
+            let is_list = spec.config_type == 7;
+            let current = || configs.get(&key).cloned().or_else(|| self.config.topic_config_default(&key));
+            let value = match op {
+                ConfigOp::Set(_, v) => Some(v),
+                ConfigOp::Delete(_) => None,
+                ConfigOp::Append(_, v) | ConfigOp::Subtract(_, v) if !is_list => {
+                    return Err((KafkaError::InvalidConfig, format!("{key} is not a list: cannot append to it ({v})")));
+                }
+                ConfigOp::Append(_, v) => {
+                    let mut items = list(&current().unwrap_or_default());
+                    for item in list(&v) {
+                        if !items.contains(&item) {
+                            items.push(item);
+                        }
+                    }
+                    Some(items.join(","))
+                }
+                ConfigOp::Subtract(_, v) => {
+                    let gone = list(&v);
+                    Some(list(&current().unwrap_or_default()).into_iter().filter(|i| !gone.contains(i)).collect::<Vec<_>>().join(","))
+                }
+            };
+            match value {
+                Some(v) => {
+                    configs.insert(key.clone(), v.clone());
+                    deleted.retain(|d| *d != key);
+                    set.retain(|(k, _)| *k != key);
+                    set.push((key, v));
+                }
+                None => {
+                    configs.remove(&key);
+                    set.retain(|(k, _)| *k != key);
+                    deleted.push(key);
+                }
+            }
+        }
+        TopicSettings::resolve(&self.config, &configs).map_err(|e| (KafkaError::InvalidConfig, format!("{e:?}")))?;
+        if validate_only {
+            return Ok(None);
+        }
+        let job = self.new_job(1, JobDone::Nothing);
+        self.meta_append(&MetaRecord::TopicConfigsAltered { id, replace, set, deleted }, job);
+        Ok(Some(job))
+    }
+
+    /// A committed change of a topic's configs: the image has the new set; the topic's
+    /// settings follow it.
+    pub(super) fn topic_configs_altered(&mut self, id: [u8; 16]) {
+        let Some(name) = self.names.get(&id).cloned() else { return };
+        let Some(image) = self.cluster.image.topics.get(&name).filter(|t| t.id == id) else { return };
+        let configs = image.configs.clone();
+        let Some(t) = self.topics.get_mut(&name).filter(|t| t.id == id) else { return };
+        match TopicSettings::resolve(&self.config, &configs) {
+            Ok(settings) => {
+                tracing::info!(topic = %name, ?configs, "topic configs changed");
+                t.settings = settings;
+                t.configs = configs;
+            }
+            Err(e) => tracing::error!(topic = %name, error = ?e, "a committed topic config is not valid here; kept the old"),
+        }
+    }
+}
+
+impl ConfigOp {
+    fn name(&self) -> &str {
+        match self {
+            ConfigOp::Set(n, _) | ConfigOp::Delete(n) | ConfigOp::Append(n, _) | ConfigOp::Subtract(n, _) => n,
+        }
+    }
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
