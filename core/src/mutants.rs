@@ -77,6 +77,9 @@ pub enum Mutant {
     /// Replication: a leader whose write failed cuts its log back and leads on in the same
     /// epoch, though it served its followers records past its durable end.
     LeadOnAfterFailedWrite = 27,
+    /// AlterConfigs: a topic config change is answered as soon as it is proposed, before the
+    /// metadata quorum has committed it (a new controller may never have it).
+    AckConfigBeforeCommit = 28,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -107,6 +110,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::HwUnderMinIsr, "hw-under-min-isr"),
     (Mutant::IsrAdmitsLagging, "isr-admits-lagging"),
     (Mutant::LeadOnAfterFailedWrite, "lead-on-after-failed-write"),
+    (Mutant::AckConfigBeforeCommit, "ack-config-before-commit"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -126,7 +130,8 @@ pub fn scenario(m: Mutant) -> &'static str {
         | Mutant::CoordinatorLoadsAtOnce
         | Mutant::HwUnderMinIsr
         | Mutant::IsrAdmitsLagging
-        | Mutant::LeadOnAfterFailedWrite => "cluster",
+        | Mutant::LeadOnAfterFailedWrite
+        | Mutant::AckConfigBeforeCommit => "cluster",
         _ => "default",
     }
 }

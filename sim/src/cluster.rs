@@ -10,6 +10,10 @@
 //!   checked after every event;
 //! - **acknowledged topics survive**: every CreateTopics answered with success is in every
 //!   node's image at the end;
+//! - **acknowledged config changes survive**: the admin client also sets `retention.ms` of
+//!   created topics (IncrementalAlterConfigs, one at a time, each value larger than the last
+//!   sent); at the end every node's image holds, for each topic, at least the last value
+//!   acknowledged;
 //! - **placement**: every replica of every partition is a registered broker;
 //! - **convergence** (liveness): after the heal, within a bound, every node serves, has
 //!   applied the same offset, and sees all three brokers registered and unfenced.
@@ -18,7 +22,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse, TopicName};
+use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -37,6 +45,7 @@ const CRASH: u64 = 2;
 const ISOLATE: u64 = 3;
 const HEAL: u64 = 4;
 const CLOG: u64 = 5;
+const ALTER: u64 = 6;
 const ADMIN: usize = 0;
 
 #[derive(Clone, Debug)]
@@ -126,6 +135,12 @@ struct Run {
     healed: bool,
     /// A topic was created after the heal: the cluster takes changes again.
     acked_after_heal: bool,
+    /// The config change in flight: topic, value, connection, correlation id.
+    altering: Option<(String, i64, ConnId, i32)>,
+    next_value: i64,
+    /// Per topic, the largest `retention.ms` acknowledged.
+    configs_acked: BTreeMap<String, i64>,
+    alter_answers: BTreeMap<i16, u64>,
     /// Producers on a replicated topic.
     repl: Replicated,
     /// Offset commits at coordinators that move.
@@ -191,9 +206,66 @@ impl Run {
         self.pending = Some((name, partitions, conn, self.next_cid));
     }
 
+    /// Sets `retention.ms` of a created topic to the next value, through a node that is up.
+    fn alter(&mut self, w: &mut World) {
+        let up: Vec<usize> = (0..NODES).filter(|i| w.is_up(*i)).collect();
+        if self.altering.is_some() || up.is_empty() || self.acked.is_empty() {
+            return;
+        }
+        let node = up[self.rng.gen_range(0..up.len())];
+        let topics: Vec<&String> = self.acked.keys().collect();
+        let topic = topics[self.rng.gen_range(0..topics.len())].clone();
+        self.next_value += 1;
+        let mut c = AlterableConfig::default();
+        c.name = StrBytes::from_static_str("retention.ms");
+        c.config_operation = 0; // SET
+        c.value = Some(StrBytes::from_string(self.next_value.to_string()));
+        let mut r = AlterConfigsResource::default();
+        r.resource_type = 2; // TOPIC
+        r.resource_name = StrBytes::from_string(topic.clone());
+        r.configs = vec![c];
+        let mut req = IncrementalAlterConfigsRequest::default();
+        req.resources = vec![r];
+        self.next_cid += 1;
+        let conn = w.connect(ADMIN, node);
+        w.send(conn, codec::frame(ApiKey::IncrementalAlterConfigs, codec::ALTER_CONFIGS_VERSION, self.next_cid, &req));
+        self.altering = Some((topic, self.next_value, conn, self.next_cid));
+    }
+
+    fn on_alter_response(&mut self, w: &mut World, frame: Bytes) {
+        let Some((topic, value, conn, cid)) = self.altering.take() else { return };
+        w.close(conn);
+        let version = codec::ALTER_CONFIGS_VERSION;
+        match codec::decode::<IncrementalAlterConfigsResponse>(ApiKey::IncrementalAlterConfigs, version, frame) {
+            Ok((got, resp)) if got == cid => {
+                let code = resp.responses.first().map_or(-1, |r| r.error_code);
+                *self.alter_answers.entry(code).or_default() += 1;
+                if code == 0 {
+                    let v = self.configs_acked.entry(topic).or_default();
+                    *v = (*v).max(value);
+                }
+            }
+            Ok((got, _)) => self.violation(w, format!("IncrementalAlterConfigs answered with id {got}, sent {cid}")),
+            Err(e) => self.violation(w, format!("IncrementalAlterConfigs answer does not decode: {e}")),
+        }
+    }
+
     fn final_checks(&mut self, w: &World) {
         let views: Vec<_> = (0..NODES).map(|i| w.node(i).and_then(|n| n.metadata_view())).collect();
         let Some((_, first)) = views[0] else { return };
+        for (name, acked) in self.configs_acked.clone() {
+            for (i, v) in views.iter().enumerate() {
+                let have = v
+                    .and_then(|(_, img)| img.topics.get(&name))
+                    .and_then(|t| t.configs.get("retention.ms"))
+                    .and_then(|v| v.parse::<i64>().ok());
+                if have.is_none_or(|h| h < acked) {
+                    let msg =
+                        format!("topic {name}'s retention.ms={acked} was acknowledged but node {} has {have:?}", i + 1);
+                    self.violation(w, msg);
+                }
+            }
+        }
         for (name, partitions) in self.acked.clone() {
             for (i, v) in views.iter().enumerate() {
                 let t = v.and_then(|(_, img)| img.topics.get(&name));
@@ -244,6 +316,9 @@ impl Harness for Run {
         if self.commits.owns(conn) {
             return self.commits.on_response(w, conn, frame);
         }
+        if self.altering.as_ref().is_some_and(|a| a.2 == conn) {
+            return self.on_alter_response(w, frame);
+        }
         let Some((name, partitions, c, cid)) = self.pending.clone() else { return };
         if c != conn {
             return;
@@ -280,6 +355,10 @@ impl Harness for Run {
         if self.commits.owns(conn) {
             return self.commits.on_closed(w, conn);
         }
+        if self.altering.as_ref().is_some_and(|a| a.2 == conn) {
+            self.altering = None; // applied or not: the next value is larger either way
+            return;
+        }
         if self.pending.as_ref().is_some_and(|p| p.2 == conn) {
             self.pending = None;
             // The topic may or may not exist: use another name.
@@ -299,6 +378,10 @@ impl Harness for Run {
                 if self.pending.is_none() && !self.acked_after_heal {
                     w.set_timer(ADMIN, CREATE, self.plan.create_every); // no node was up
                 }
+            }
+            ALTER if !self.healed => {
+                self.alter(w);
+                w.set_timer(ADMIN, ALTER, self.plan.create_every / 2);
             }
             CRASH if !self.healed => {
                 let i = self.rng.gen_range(0..NODES);
@@ -346,6 +429,9 @@ pub struct ClusterReport {
     pub events: u64,
     pub acked: usize,
     pub answers: BTreeMap<i16, u64>,
+    /// Config changes acknowledged, and IncrementalAlterConfigs answers by error code.
+    pub configs_acked: usize,
+    pub alter_answers: BTreeMap<i16, u64>,
     /// Records acknowledged on the replicated topic, and Produce answers by error code.
     pub records_acked: usize,
     pub produce_answers: BTreeMap<i16, u64>,
@@ -370,18 +456,20 @@ impl ClusterReport {
     pub fn summary(&self) -> String {
         let mut out = format!("seed {} (cluster)\nplan: {}\n", self.seed, self.plan);
         out += &format!(
-            "simulated {:.3} s, {} events; topics acknowledged {}; CreateTopics answers by error code {:?}; replicated records acknowledged {}, Produce answers by error code {:?}; offset commits acknowledged {}, coordinator answers by error code {:?}\n",
+            "simulated {:.3} s, {} events; topics acknowledged {}; CreateTopics answers by error code {:?}; topics with a config change acknowledged {}, IncrementalAlterConfigs answers by error code {:?}; replicated records acknowledged {}, Produce answers by error code {:?}; offset commits acknowledged {}, coordinator answers by error code {:?}\n",
             self.sim_ns as f64 / 1e9,
             self.events,
             self.acked,
             self.answers,
+            self.configs_acked,
+            self.alter_answers,
             self.records_acked,
             self.produce_answers,
             self.commits_acked,
             self.commit_answers
         );
         if self.ok() {
-            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, placement ok, one-leader-per-epoch ok, high-watermark-durable ok, high-watermark-kept ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, lost-commit ok, phantom-commit ok, convergence ok\n";
+            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, acknowledged-configs-survive ok, placement ok, one-leader-per-epoch ok, high-watermark-durable ok, high-watermark-kept ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, lost-commit ok, phantom-commit ok, convergence ok\n";
         } else {
             out += "checkers: FAILED\n";
             for v in &self.violations {
@@ -408,6 +496,8 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
         events: 0,
         acked: 0,
         answers: BTreeMap::new(),
+        configs_acked: 0,
+        alter_answers: BTreeMap::new(),
         records_acked: 0,
         produce_answers: BTreeMap::new(),
         commits_acked: 0,
@@ -445,6 +535,10 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     let mut run = Run {
         plan: plan.clone(),
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),
+        altering: None,
+        next_value: 1_000_000,
+        configs_acked: BTreeMap::new(),
+        alter_answers: BTreeMap::new(),
         pending: None,
         next_topic: 0,
         next_cid: 0,
@@ -462,6 +556,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     run.repl.start(&mut w);
     run.commits.start(&mut w);
     w.set_timer(ADMIN, CREATE, plan.create_every);
+    w.set_timer(ADMIN, ALTER, plan.create_every);
     w.set_timer(ADMIN, HEAL, plan.safety);
     for (every, token) in [(plan.crash_every, CRASH), (plan.isolate_every, ISOLATE), (plan.clog_every, CLOG)] {
         if let Some(e) = every {
@@ -508,6 +603,8 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         events: w.stats.events,
         acked: run.acked.len(),
         answers: run.answers.clone(),
+        configs_acked: run.configs_acked.len(),
+        alter_answers: run.alter_answers.clone(),
         records_acked: run.repl.acked(),
         commits_acked: run.commits.commits_acked,
         commit_answers: run.commits.answers.clone(),

@@ -9,6 +9,7 @@ use sluice_core::log::batch;
 pub const PRODUCE_VERSION: i16 = 9;
 pub const FETCH_VERSION: i16 = 11;
 pub const CREATE_TOPICS_VERSION: i16 = 5;
+pub const ALTER_CONFIGS_VERSION: i16 = 1;
 pub const INIT_PRODUCER_ID_VERSION: i16 = 4;
 pub const ADD_PARTITIONS_TO_TXN_VERSION: i16 = 3;
 pub const END_TXN_VERSION: i16 = 3;

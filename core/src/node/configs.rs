@@ -105,9 +105,8 @@ impl Node {
                     }
                 })
                 .collect();
-            let result = ops.and_then(|ops| {
-                self.alter_configs(r.resource_type, &r.resource_name, false, ops, req.validate_only)
-            });
+            let result = ops
+                .and_then(|ops| self.alter_configs(r.resource_type, &r.resource_name, false, ops, req.validate_only));
             match result {
                 Ok(Some(job)) => jobs.push((resp.responses.len(), job)),
                 Ok(None) => {}
@@ -202,7 +201,13 @@ impl Node {
                 }
                 ConfigOp::Subtract(_, v) => {
                     let gone = list(&v);
-                    Some(list(&current().unwrap_or_default()).into_iter().filter(|i| !gone.contains(i)).collect::<Vec<_>>().join(","))
+                    Some(
+                        list(&current().unwrap_or_default())
+                            .into_iter()
+                            .filter(|i| !gone.contains(i))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
                 }
             };
             match value {
@@ -225,6 +230,9 @@ impl Node {
         }
         let job = self.new_job(1, JobDone::Nothing);
         self.meta_append(&MetaRecord::TopicConfigsAltered { id, replace, set, deleted }, job);
+        if crate::mutants::active(crate::mutants::Mutant::AckConfigBeforeCommit) {
+            return Ok(None); // answered now, committed or not
+        }
         Ok(Some(job))
     }
 
@@ -241,7 +249,9 @@ impl Node {
                 t.settings = settings;
                 t.configs = configs;
             }
-            Err(e) => tracing::error!(topic = %name, error = ?e, "a committed topic config is not valid here; kept the old"),
+            Err(e) => {
+                tracing::error!(topic = %name, error = ?e, "a committed topic config is not valid here; kept the old")
+            }
         }
     }
 }
