@@ -457,14 +457,23 @@ def test_admin_topics_and_cluster(jclient, broker):
         ["create-topic", topic, "3"],
         ["describe-topic", missing],
         ["delete-topic", other],
+        ["alter-config", topic, "retention.ms=", "segment.ms=600000"],
+        ["describe-configs", topic],
+        ["alter-config", topic, "retention.mss=1"],
     )
-    create, create1, listed, desc, cluster, configs, again, unknown, delete = ops
+    create, create1, listed, desc, cluster, configs, again, unknown, delete, alter, altered, bad = ops
 
     def ok(op):
         assert op["ok"], "%s %s failed: %s\n%s" % (op["op"], op["args"], op.get("error"), res.describe())
 
-    for op in (create, create1, listed, desc, cluster, configs, delete):
+    for op in (create, create1, listed, desc, cluster, configs, delete, alter, altered):
         ok(op)
+    # incrementalAlterConfigs: the override deleted goes back to the default, the new one is set.
+    cfg = altered["configs"][topic]
+    assert cfg["retention.ms"]["value"] == "604800000", cfg["retention.ms"]
+    assert cfg["retention.ms"]["source"] == "DEFAULT_CONFIG", cfg["retention.ms"]
+    assert cfg["segment.ms"] == {"value": "600000", "source": "DYNAMIC_TOPIC_CONFIG", "read_only": False}, cfg
+    assert not bad["ok"] and bad["error_class"].endswith(".InvalidConfigurationException"), bad
     if "num_partitions" in create:
         assert create["num_partitions"] == 3 and create["replication_factor"] == 1, create
 

@@ -97,6 +97,7 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 
 import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.AlterConfigOp;
 import org.apache.kafka.clients.admin.Config;
 import org.apache.kafka.clients.admin.ConfigEntry;
 import org.apache.kafka.clients.admin.CreateTopicsResult;
@@ -629,6 +630,24 @@ public final class SluiceJavaClient {
                     topics.put(e.getKey().name(), entries);
                 }
                 out.put("configs", topics);
+                break;
+            }
+            case "alter-config": {
+                // alter-config <topic> key=value (SET) | key= (DELETE) ..., one incremental change
+                if (args.size() < 2) {
+                    throw new Usage("alter-config <topic> key=value...");
+                }
+                List<AlterConfigOp> ops = new ArrayList<>();
+                for (String kv : args.subList(1, args.size())) {
+                    int eq = kv.indexOf('=');
+                    String key = kv.substring(0, eq);
+                    String value = kv.substring(eq + 1);
+                    ops.add(value.isEmpty()
+                            ? new AlterConfigOp(new ConfigEntry(key, null), AlterConfigOp.OpType.DELETE)
+                            : new AlterConfigOp(new ConfigEntry(key, value), AlterConfigOp.OpType.SET));
+                }
+                ConfigResource r = new ConfigResource(ConfigResource.Type.TOPIC, args.get(0));
+                admin.incrementalAlterConfigs(Collections.singletonMap(r, ops)).all().get(30, TimeUnit.SECONDS);
                 break;
             }
             default:
