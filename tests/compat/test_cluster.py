@@ -21,6 +21,7 @@ import pytest
 from clients import ck_admin, ck_consume, ck_produce, ck_producer
 from confluent_kafka import KafkaError
 from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType
+import wire
 from conftest import Broker, BrokerStartError, free_port, unique_topic
 
 # Short enough that the fencing test does not wait long; the heartbeat keeps Kafka's default.
@@ -177,6 +178,52 @@ def test_three_nodes_elect_a_controller_and_spread_a_topic(cluster):
     assert "3 brokers:" in out, out
     for p, leader in leaders.items():
         assert "partition %d, leader %d," % (p, leader) in out, out
+
+
+def _create_topics_v2(name, partitions):
+    body = wire.array([wire.string(name) + wire.i32(partitions) + wire.i16(-1) + wire.array([]) + wire.array([])])
+    return body + wire.i32(15000) + wire.i8(0)
+
+
+def _incremental_alter_v0(topic, key, value):
+    config = wire.string(key) + wire.i8(0) + wire.string(value)  # SET
+    return wire.array([wire.i8(2) + wire.string(topic) + wire.array([config])]) + wire.i8(0)
+
+
+def test_admin_requests_to_any_node_reach_the_controller(cluster):
+    """KIP-590: a broker that is not the controller forwards what only the controller can do
+    (the Java admin client sends topic config changes to any broker), and relays the answer."""
+    views = wait_until("every node lists brokers 1-3 and one controller", lambda: all_agree(cluster, [1, 2, 3]))
+    controller = views[0][1]
+    other = next(b for b in cluster.nodes if int(b.overrides["node.id"]) != controller)
+    topic = unique_topic("forwarded")
+    with wire.Conn.to(other.bootstrap, timeout=20) as c:
+        r = wire.Reader(c.request(19, 2, _create_topics_v2(topic, 3)))  # CreateTopics v2
+        r.i32()  # throttle
+        (name, code, msg), = r.array(lambda r: (r.string(), r.i16(), r.string()))
+        assert (name, code) == (topic, 0), (name, code, msg)
+        r = wire.Reader(c.request(44, 0, _incremental_alter_v0(topic, "retention.ms", "7200000")))
+        r.i32()
+        (code, msg, rtype, rname), = r.array(lambda r: (r.i16(), r.string(), r.i8(), r.string()))
+        assert (code, rtype, rname) == (0, 2, topic), (code, msg, rtype, rname)
+    wait_until("every node knows the forwarded topic", lambda: all_agree(cluster, [1, 2, 3], topic, 3))
+    # Each node applied the change: DescribeConfigs v1 sent to each one.
+    describe = wire.array([wire.i8(2) + wire.string(topic) + wire.array(["retention.ms"], wire.string)]) + wire.i8(0)
+
+    def entry(r):
+        name, value, _ro, source, _sens = r.string(), r.string(), r.i8(), r.i8(), r.i8()
+        r.array(lambda r: (r.string(), r.string(), r.i8()))
+        return name, value, source
+
+    for b in cluster.nodes:
+        def applied():
+            with wire.Conn.to(b.bootstrap) as c:
+                r = wire.Reader(c.request(32, 1, describe))
+                r.i32()
+                (code, _msg, _t, _n, configs), = r.array(
+                    lambda r: (r.i16(), r.string(), r.i8(), r.string(), r.array(entry)))
+                return code == 0 and configs == [("retention.ms", "7200000", 1)]
+        wait_until("node %s applied the forwarded config change" % b.overrides["node.id"], applied)
 
 
 @pytest.mark.timeout(180)

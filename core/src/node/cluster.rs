@@ -62,7 +62,7 @@ impl Node {
         self.cluster.started.then_some((self.cluster.applied, &self.cluster.image))
     }
 
-    fn me(&self) -> i32 {
+    pub(super) fn me(&self) -> i32 {
         self.config.node_id.0
     }
 
@@ -460,6 +460,8 @@ impl Node {
                     self.on_resign_leadership(from, topic, partition, leader_epoch);
                 }
             }
+            BrokerMessage::Forward { id, frame } => self.on_forward(from, id, frame),
+            BrokerMessage::Forwarded { id, frame } => self.on_forwarded(id, frame),
             BrokerMessage::CreateTopic { name } => {
                 if !self.controller_epoch_check() || self.topics.contains_key(&name) {
                     return;

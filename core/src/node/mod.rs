@@ -12,6 +12,7 @@ mod configs;
 mod consumer_groups;
 mod coordination;
 mod fetch;
+mod forwarding;
 mod groups;
 mod metadata_quorum;
 mod produce;
@@ -344,6 +345,8 @@ pub struct Node {
     next_txn_abort_check: Instant,
     /// Followers' fetching, leaders' held fetches, the controller's partition changes.
     replication: replication::ReplicationState,
+    /// Admin requests sent to the controller, and those other brokers sent here.
+    forwarding: forwarding::Forwarding,
 }
 
 impl FileIds for u64 {
@@ -399,6 +402,7 @@ impl Node {
             txn_offsets: BTreeMap::new(),
             next_txn_abort_check: now.mono,
             replication: replication::ReplicationState::default(),
+            forwarding: forwarding::Forwarding::default(),
         };
         node.next_txn_abort_check = now.mono.plus_millis(node.config.txn_abort_check_interval_ms);
         node.next_producer_expiry_check = now.mono.plus_millis(node.config.producer_id_expiration_check_interval_ms);
@@ -452,7 +456,8 @@ impl Node {
         let replication = self.replication_poll_timeout();
         let produce = self.produces.iter().map(|p| p.deadline).filter(|d| d.0 != u64::MAX).min();
         let markers = self.markers_retry_at();
-        [fetch, retention, groups, offsets, producers, txns, quorum, cluster, replication, produce, markers]
+        let forwards = self.forward_poll_timeout();
+        [fetch, retention, groups, offsets, producers, txns, quorum, cluster, replication, produce, markers, forwards]
             .into_iter()
             .flatten()
             .min()
@@ -605,9 +610,15 @@ impl Node {
             return;
         }
         c.done.insert(seq, parts);
+        let mut ready = Vec::new();
         while let Some(parts) = c.done.remove(&c.next_send) {
             c.next_send += 1;
-            if let Some(parts) = parts {
+            ready.extend(parts);
+        }
+        for parts in ready {
+            if forwarding::is_forwarded(conn) {
+                self.forwarded_response(conn, parts);
+            } else {
                 self.outputs.push_back(Output::Response { conn, parts });
             }
         }
@@ -627,6 +638,9 @@ impl Node {
 
     fn close(&mut self, conn: ConnId, why: &str) {
         tracing::info!(conn = conn.0, why, "closing connection");
+        if forwarding::is_forwarded(conn) {
+            return self.forwarded_closed(conn);
+        }
         self.on_conn_closed(conn);
         self.outputs.push_back(Output::Close { conn });
     }
@@ -673,7 +687,14 @@ impl Node {
         }
     }
 
+    /// Handles a request, or forwards it to the active controller when only that can.
     fn dispatch(&mut self, conn: ConnId, seq: u64, ctx: RequestContext, body: Bytes) {
+        if !self.forward(conn, seq, &ctx, &body) {
+            self.dispatch_here(conn, seq, ctx, body);
+        }
+    }
+
+    fn dispatch_here(&mut self, conn: ConnId, seq: u64, ctx: RequestContext, body: Bytes) {
         let result = match ctx.api_key {
             ApiKey::ApiVersions => self.handle_api_versions(conn, seq, &ctx, body),
             ApiKey::Metadata => self.handle_metadata(conn, seq, ctx, body),
@@ -721,6 +742,7 @@ impl Node {
 
     fn on_conn_closed(&mut self, conn: ConnId) {
         self.conns.remove(&conn);
+        self.forwards_of_closed(conn);
         self.produces.retain(|p| p.conn != conn);
         self.fetches.retain(|f| f.conn != conn);
         self.lookups.retain(|_, l| l.conn != conn);
@@ -730,6 +752,7 @@ impl Node {
 
     fn on_timeout(&mut self) {
         self.quorum_timeout();
+        self.forward_timeouts();
         self.broker_tick();
         self.fence_silent_brokers();
         if self.phase != Phase::Serving {

@@ -131,6 +131,13 @@ pub enum BrokerMessage {
     /// served them past that point; a new epoch lets them find it by divergence. Sent again
     /// until the registration moves past `leader_epoch`.
     ResignLeadership { topic: [u8; 16], partition: i32, leader_epoch: i32 },
+    /// A client's request only the controller can carry out (CreateTopics, AlterConfigs, ...),
+    /// passed on by the broker it reached: `frame` is the request as the client sent it, less
+    /// its length. Answered with `Forwarded`.
+    Forward { id: u64, frame: Vec<u8> },
+    /// The answer to `Forward` `id`: the response frame to relay to the client, or `None`
+    /// when the controller could not run the request (the broker handles it itself).
+    Forwarded { id: u64, frame: Option<Vec<u8>> },
 }
 
 /// The first frame on a peer connection: who is calling, in which cluster, speaking which

@@ -1,0 +1,172 @@
+//! Admin requests forwarded to the active controller (Kafka's KIP-590, over the peer link):
+//! a broker that is not the controller passes CreateTopics, DeleteTopics, CreatePartitions,
+//! AlterConfigs, IncrementalAlterConfigs and ElectLeaders on to it, and relays its answer to
+//! the client unchanged. Clients that send these to any broker (the Java admin client sends
+//! topic config changes to the least loaded one) then work against every node.
+//!
+//! The controller runs a forwarded request on a connection of its own making (ids from
+//! [`FORWARDED_CONN_BASE`] up, never the runtime's), through the same path as a client's, so
+//! every rule applies unchanged; the response that path queues goes back over the peer link
+//! instead of to a socket. A forward not answered in [`FORWARD_TIMEOUT_MS`] (the controller
+//! died or lost its leadership, the link dropped the message) is handled here after all, which
+//! answers NOT_CONTROLLER: the client looks for the controller and tries again, as it would
+//! without forwarding.
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+
+use super::Node;
+use crate::io::Part;
+use crate::peer::BrokerMessage;
+use crate::protocol::RequestContext;
+use crate::types::ConnId;
+use crate::Instant;
+
+/// Connection ids of forwarded requests start here; the runtimes number theirs from 0.
+pub const FORWARDED_CONN_BASE: u64 = 1 << 62;
+
+/// How long a broker waits for the controller's answer to a forwarded request.
+pub const FORWARD_TIMEOUT_MS: u64 = 10_000;
+
+/// A request this broker forwarded, waiting for the controller's answer.
+struct Outbound {
+    conn: ConnId,
+    seq: u64,
+    ctx: RequestContext,
+    body: Bytes,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct Forwarding {
+    next_id: u64,
+    out: BTreeMap<u64, Outbound>,
+    next_conn: u64,
+    /// Requests other brokers forwarded here, by the connection they run on: the broker and
+    /// its id for the request.
+    inbound: BTreeMap<ConnId, (i32, u64)>,
+}
+
+/// The requests only the controller can carry out.
+fn forwardable(key: ApiKey) -> bool {
+    matches!(
+        key,
+        ApiKey::CreateTopics
+            | ApiKey::DeleteTopics
+            | ApiKey::CreatePartitions
+            | ApiKey::AlterConfigs
+            | ApiKey::IncrementalAlterConfigs
+            | ApiKey::ElectLeaders
+    )
+}
+
+fn request_frame(ctx: &RequestContext, body: &Bytes) -> Result<Vec<u8>, String> {
+    let mut header = RequestHeader::default();
+    header.request_api_key = ctx.api_key as i16;
+    header.request_api_version = ctx.version;
+    header.correlation_id = ctx.correlation_id;
+    header.client_id = ctx.client_id.clone().map(StrBytes::from_string);
+    let mut buf = BytesMut::new();
+    header.encode(&mut buf, ctx.api_key.request_header_version(ctx.version)).map_err(|e| e.to_string())?;
+    buf.extend_from_slice(body);
+    Ok(buf.to_vec())
+}
+
+impl Node {
+    /// Sends a client's request to the active controller if it is one for the controller and
+    /// this broker is not it. Returns false when it is to be handled here.
+    pub(super) fn forward(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, body: &Bytes) -> bool {
+        if !forwardable(ctx.api_key) || is_forwarded(conn) || !self.config.is_cluster() || self.is_controller() {
+            return false;
+        }
+        let Some(controller) = self.controller().filter(|c| *c != self.me()) else { return false };
+        let frame = match request_frame(ctx, body) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "a request header could not be encoded again; handled here");
+                return false;
+            }
+        };
+        let f = &mut self.forwarding;
+        f.next_id += 1;
+        let id = f.next_id;
+        let deadline = self.now.mono.plus_millis(FORWARD_TIMEOUT_MS);
+        f.out.insert(id, Outbound { conn, seq, ctx: ctx.clone(), body: body.clone(), deadline });
+        tracing::debug!(id, controller, api = ?ctx.api_key, "forwarding a request to the controller");
+        self.send_peer(controller, crate::peer::Body::Broker(BrokerMessage::Forward { id, frame }));
+        true
+    }
+
+    /// The controller's side: runs a request another broker forwarded.
+    pub(super) fn on_forward(&mut self, from: i32, id: u64, frame: Vec<u8>) {
+        let conn = ConnId(FORWARDED_CONN_BASE + self.forwarding.next_conn);
+        self.forwarding.next_conn += 1;
+        self.forwarding.inbound.insert(conn, (from, id));
+        self.on_frame(conn, Bytes::from(frame));
+    }
+
+    /// A response queued on a forwarded request's connection: back to the broker it came
+    /// from. The connection served that one request.
+    pub(super) fn forwarded_response(&mut self, conn: ConnId, parts: Vec<Part>) {
+        let Some((to, id)) = self.forwarding.inbound.remove(&conn) else { return };
+        self.conns.remove(&conn);
+        let mut frame = Vec::new();
+        for p in parts {
+            match p {
+                Part::Bytes(b) => frame.extend_from_slice(&b),
+                Part::File { .. } => return self.forwarded_closed_on(to, id),
+            }
+        }
+        self.send_peer(to, crate::peer::Body::Broker(BrokerMessage::Forwarded { id, frame: Some(frame) }));
+    }
+
+    /// A forwarded request's connection was closed here (a malformed request, a node failed
+    /// at start-up): the broker handles the request itself.
+    pub(super) fn forwarded_closed(&mut self, conn: ConnId) {
+        if let Some((to, id)) = self.forwarding.inbound.remove(&conn) {
+            self.conns.remove(&conn);
+            self.forwarded_closed_on(to, id);
+        }
+    }
+
+    fn forwarded_closed_on(&mut self, to: i32, id: u64) {
+        self.send_peer(to, crate::peer::Body::Broker(BrokerMessage::Forwarded { id, frame: None }));
+    }
+
+    /// The broker's side: the controller's answer, relayed to the client as it is (it carries
+    /// the client's correlation id), or, when there is none, the request handled here.
+    pub(super) fn on_forwarded(&mut self, id: u64, frame: Option<Vec<u8>>) {
+        let Some(o) = self.forwarding.out.remove(&id) else { return };
+        match frame {
+            Some(f) => self.respond_bytes(o.conn, o.seq, Ok(Bytes::from(f))),
+            None => self.dispatch_here(o.conn, o.seq, o.ctx, o.body),
+        }
+    }
+
+    /// Forwards unanswered for too long are handled here.
+    pub(super) fn forward_timeouts(&mut self) {
+        let now = self.now.mono;
+        let late: Vec<u64> = self.forwarding.out.iter().filter(|(_, o)| o.deadline <= now).map(|(id, _)| *id).collect();
+        for id in late {
+            tracing::info!(id, "the controller did not answer a forwarded request in time; handled here");
+            self.on_forwarded(id, None);
+        }
+    }
+
+    pub(super) fn forward_poll_timeout(&self) -> Option<Instant> {
+        self.forwarding.out.values().map(|o| o.deadline).min()
+    }
+
+    /// A client connection closed: its forwarded requests need no answer.
+    pub(super) fn forwards_of_closed(&mut self, conn: ConnId) {
+        self.forwarding.out.retain(|_, o| o.conn != conn);
+    }
+}
+
+/// Whether a connection is one a forwarded request runs on.
+pub(super) fn is_forwarded(conn: ConnId) -> bool {
+    conn.0 >= FORWARDED_CONN_BASE
+}
