@@ -90,6 +90,11 @@ impl Node {
                 return false;
             }
         };
+        if self.forwarding.next_id == 0 {
+            // Ids start at a random point, so an answer meant for this broker's previous
+            // process (sent before it restarted) does not match a request of this one.
+            self.forwarding.next_id = rand::RngCore::next_u64(&mut self.rng) >> 1;
+        }
         let f = &mut self.forwarding;
         f.next_id += 1;
         let id = f.next_id;
@@ -140,8 +145,14 @@ impl Node {
     /// the client's correlation id), or, when there is none, the request handled here.
     pub(super) fn on_forwarded(&mut self, id: u64, frame: Option<Vec<u8>>) {
         let Some(o) = self.forwarding.out.remove(&id) else { return };
+        // The answer to the request sent: after its length comes the client's correlation id.
+        let matches = |f: &[u8]| f.get(4..8) == Some(&o.ctx.correlation_id.to_be_bytes()[..]);
         match frame {
-            Some(f) => self.respond_bytes(o.conn, o.seq, Ok(Bytes::from(f))),
+            Some(f) if matches(&f) => self.respond_bytes(o.conn, o.seq, Ok(Bytes::from(f))),
+            Some(_) => {
+                tracing::warn!(id, "a forwarded request's answer is not for it; handled here");
+                self.dispatch_here(o.conn, o.seq, o.ctx, o.body)
+            }
             None => self.dispatch_here(o.conn, o.seq, o.ctx, o.body),
         }
     }
