@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what tests/compat needs: kcat (Debian's package) and two Python
+# Installs what tests/compat needs: kcat and prometheus (Debian's packages) and two Python
 # virtualenvs with Kafka client libraries:
 #   .venv-compat-new : latest confluent-kafka + latest kafka-python
 #   .venv-compat-old : confluent-kafka 2.0.2 + kafka-python 2.0.2
@@ -23,6 +23,16 @@ if ! command -v kcat >/dev/null 2>&1; then
     if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
     $SUDO apt-get update -y </dev/null
     $SUDO apt-get install -y --no-install-recommends kcat </dev/null
+fi
+
+# ---------------------------------------------------------------- prometheus
+# A real Prometheus scrapes the broker's metrics endpoint in test_metrics.py.
+if ! command -v prometheus >/dev/null 2>&1; then
+    log "installing prometheus"
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
+    $SUDO apt-get update -y </dev/null
+    $SUDO apt-get install -y --no-install-recommends prometheus </dev/null
 fi
 
 # ---------------------------------------------------------------- venvs

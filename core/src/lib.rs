@@ -17,6 +17,7 @@ pub mod io;
 pub mod limits;
 pub mod log;
 pub mod metadata;
+pub mod metrics;
 pub mod mutants;
 pub mod node;
 pub mod peer;

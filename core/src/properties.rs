@@ -230,6 +230,14 @@ pub static BROKER_PROPERTIES: &[Property] = &[
         dynamic: false,
         doc: "The data directory (one per node)",
     },
+    Property {
+        name: "metrics.listener",
+        kind: Kind::String,
+        default: |_| s(""),
+        apply: Apply::Runtime,
+        dynamic: false,
+        doc: "host:port of the Prometheus endpoint (GET /metrics, Kafka's JMX exporter names); empty: off",
+    },
     // Timings of the cluster.
     Property {
         name: "broker.heartbeat.interval.ms",

@@ -17,6 +17,8 @@ pub struct ServerConfig {
     pub node: NodeConfig,
     /// Properties given but not known (each naming the property probably meant).
     pub warnings: Vec<String>,
+    /// Where the Prometheus endpoint listens (`metrics.listener`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Reads `key=value` (or `key: value`) lines; `#` and `!` start comments.
@@ -171,7 +173,17 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     if dirs.next().is_some() {
         return Err("log.dirs: Sluice uses one log directory per node for now".to_string());
     }
-    Ok(ServerConfig { listen, controller_listen, data_dir, node, warnings })
+    let metrics_listen = match props.get("metrics.listener").map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => {
+            let hostport = v.strip_prefix("http://").unwrap_or(v).trim_end_matches('/');
+            let (host, port) =
+                hostport.rsplit_once(':').ok_or_else(|| format!("metrics.listener {v:?}: expected host:port"))?;
+            let port: u16 = port.parse().map_err(|_| format!("metrics.listener {v:?}: bad port"))?;
+            Some(socket_addr(host.trim_matches(|c| c == '[' || c == ']'), port, "metrics.listener")?)
+        }
+    };
+    Ok(ServerConfig { listen, controller_listen, data_dir, node, warnings, metrics_listen })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod config;
 pub mod disk;
 pub mod meta_properties;
+pub mod metrics_http;
 pub mod peer;
 pub mod perf;
 pub mod sendfile;

@@ -21,7 +21,7 @@ use crate::disk::{Disk, Outcome};
 /// How long a stopping broker waits for its leadership to be handed over.
 const CONTROLLED_SHUTDOWN_MAX: Duration = Duration::from_secs(10);
 
-pub(crate) enum Msg {
+pub enum Msg {
     Opened {
         conn: ConnId,
         tx: mpsc::UnboundedSender<Vec<WirePart>>,
@@ -40,6 +40,10 @@ pub(crate) enum Msg {
     },
     /// SIGTERM: a controlled shutdown.
     ShutdownRequested,
+    /// The metrics endpoint asks for a snapshot.
+    Scrape {
+        reply: tokio::sync::oneshot::Sender<Vec<sluice_core::metrics::Family>>,
+    },
     /// A message from another node of the cluster.
     Peer {
         from: sluice_core::BrokerId,
@@ -49,7 +53,7 @@ pub(crate) enum Msg {
 }
 
 /// A response part ready for the socket.
-pub(crate) enum WirePart {
+pub enum WirePart {
     Bytes(Bytes),
     File { file: Arc<File>, position: u64, len: u32 },
 }
@@ -81,6 +85,9 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
         Some(at) => Some(crate::peer::start(at, &cfg.node, tx.clone()).await?),
         None => None,
     };
+    if let Some(at) = cfg.metrics_listen {
+        crate::metrics_http::start(at, tx.clone()).await?;
+    }
     let core = std::thread::Builder::new()
         .name("sluice-core".into())
         .spawn(move || core_thread(node_cfg, disk, peers, rx))
@@ -293,6 +300,17 @@ async fn core_loop(
             }
             Msg::Synced { op, result } => Input::DiskDone { op, result },
             Msg::Peer { from, bytes } => Input::Peer { from, bytes },
+            Msg::Scrape { reply } => {
+                let mut families = node.metrics();
+                families.push(sluice_core::metrics::Family::one(
+                    "kafka_server_socket_server_metrics_connection_count",
+                    "Client connections open",
+                    sluice_core::metrics::Kind::Gauge,
+                    conns.len() as f64,
+                ));
+                let _ = reply.send(families);
+                continue;
+            }
             Msg::Shutdown => return,
             Msg::ShutdownRequested => {
                 stop_by.get_or_insert(std::time::Instant::now() + CONTROLLED_SHUTDOWN_MAX);

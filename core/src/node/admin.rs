@@ -906,6 +906,7 @@ impl Node {
 
     fn drop_topic_memory(&mut self, name: &str, id: TopicId) {
         self.topics.remove(name);
+        self.metrics.forget_topic(name);
         self.names.remove(&id);
         self.dirty.retain(|tp| tp.0 != id);
     }

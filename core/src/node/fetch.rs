@@ -62,9 +62,10 @@ impl Node {
             self.respond(conn, seq, Some(parts));
             return Ok(());
         }
-        let (parts, bytes, error) = self.build_fetch(&ctx, &req);
+        let (parts, bytes, error, stats) = self.build_fetch(&ctx, &req);
         let wait_ms = u64::try_from(req.max_wait_ms).unwrap_or(0).min(limits::FETCH_MAX_WAIT_MS_MAX);
         if error || wait_ms == 0 || bytes >= usize::try_from(req.min_bytes.max(1)).unwrap_or(1) {
+            self.count_fetch(&req, &stats);
             self.respond(conn, seq, Some(parts));
         } else {
             let deadline = self.now.mono.plus_millis(wait_ms);
@@ -73,9 +74,19 @@ impl Node {
         Ok(())
     }
 
+    /// Counts an answered fetch in its topics' metrics.
+    fn count_fetch(&mut self, req: &FetchRequest, stats: &[FetchStats]) {
+        for (ft, s) in req.topics.iter().zip(stats) {
+            let c = self.metrics.topic(ft.topic.0.as_str());
+            c.fetch_requests += s.partitions;
+            c.failed_fetch_requests += s.failed;
+            c.bytes_out += s.bytes;
+        }
+    }
+
     /// Reads every requested partition up to its high watermark. Returns the response parts,
-    /// the record bytes found, and whether any partition had an error.
-    fn build_fetch(&self, ctx: &RequestContext, req: &FetchRequest) -> (Vec<Part>, usize, bool) {
+    /// the record bytes found, whether any partition had an error, and each topic's numbers.
+    fn build_fetch(&self, ctx: &RequestContext, req: &FetchRequest) -> (Vec<Part>, usize, bool, Vec<FetchStats>) {
         let mut budget = usize::try_from(req.max_bytes).unwrap_or(0).min(limits::FETCH_RESPONSE_BYTES_MAX);
         if ctx.version < 3 || req.max_bytes <= 0 {
             budget = limits::FETCH_RESPONSE_BYTES_MAX;
@@ -83,7 +94,9 @@ impl Node {
         let mut total = 0usize;
         let mut error = false;
         let mut topics = Vec::with_capacity(req.topics.len());
+        let mut stats = Vec::with_capacity(req.topics.len());
         for ft in &req.topics {
+            let mut st = FetchStats { partitions: ft.partitions.len() as u64, ..FetchStats::default() };
             let name = ft.topic.0.as_str();
             let topic = self.topics.get(name);
             let mut td = TopicData { name: name.to_string(), partitions: Vec::with_capacity(ft.partitions.len()) };
@@ -131,6 +144,7 @@ impl Node {
                             ReadResult::Empty => {}
                             ReadResult::Range { file, position, len } => {
                                 total += len as usize;
+                                st.bytes += u64::from(len);
                                 budget = budget.saturating_sub(len as usize);
                                 pd.records = Some(Part::File { file, position, len });
                             }
@@ -138,11 +152,13 @@ impl Node {
                     }
                 }
                 error |= pd.error_code != 0;
+                st.failed += u64::from(pd.error_code != 0);
                 td.partitions.push(pd);
             }
             topics.push(td);
+            stats.push(st);
         }
-        (fetch_response::encode(ctx.version, ctx.correlation_id, 0, &topics), total, error)
+        (fetch_response::encode(ctx.version, ctx.correlation_id, 0, &topics), total, error, stats)
     }
 
     /// Re-reads parked fetches after high watermarks moved; answers those with enough data.
@@ -159,9 +175,10 @@ impl Node {
         let parked = std::mem::take(&mut self.fetches);
         for f in parked {
             let timed_out = expire && self.now.mono >= f.deadline;
-            let (parts, bytes, error) = self.build_fetch(&f.ctx, &f.req);
+            let (parts, bytes, error, stats) = self.build_fetch(&f.ctx, &f.req);
             let min = usize::try_from(f.req.min_bytes.max(1)).unwrap_or(1);
             if timed_out || error || bytes >= min {
+                self.count_fetch(&f.req, &stats);
                 self.respond(f.conn, f.seq, Some(parts));
             } else {
                 self.fetches.push(f);
@@ -354,4 +371,12 @@ impl Node {
             self.respond_bytes(l.conn, l.seq, protocol::encode_response(&l.ctx, &l.resp));
         }
     }
+}
+
+/// One topic's part of a fetch, for the metrics: partitions asked for, refused, bytes sent.
+#[derive(Default)]
+struct FetchStats {
+    partitions: u64,
+    failed: u64,
+    bytes: u64,
 }

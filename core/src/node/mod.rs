@@ -13,6 +13,7 @@ mod consumer_groups;
 mod coordination;
 mod fetch;
 mod forwarding;
+mod gauges;
 mod groups;
 mod metadata_quorum;
 mod produce;
@@ -347,6 +348,8 @@ pub struct Node {
     replication: replication::ReplicationState,
     /// Admin requests sent to the controller, and those other brokers sent here.
     forwarding: forwarding::Forwarding,
+    /// Counts and timings for the metrics endpoint.
+    metrics: crate::metrics::Metrics,
 }
 
 impl FileIds for u64 {
@@ -403,6 +406,7 @@ impl Node {
             next_txn_abort_check: now.mono,
             replication: replication::ReplicationState::default(),
             forwarding: forwarding::Forwarding::default(),
+            metrics: crate::metrics::Metrics::new(now.mono),
         };
         node.next_txn_abort_check = now.mono.plus_millis(node.config.txn_abort_check_interval_ms);
         node.next_producer_expiry_check = now.mono.plus_millis(node.config.producer_id_expiration_check_interval_ms);
@@ -539,6 +543,9 @@ impl Node {
     fn issue(&mut self, action: DiskOp, purpose: Purpose) -> OpId {
         self.next_op += 1;
         let op = OpId(self.next_op);
+        if matches!(action, DiskOp::Sync { .. }) {
+            self.metrics.sync_started(op.0, self.now.mono);
+        }
         self.ops.insert(op, purpose);
         self.outputs.push_back(Output::Disk { op, action });
         op
@@ -610,6 +617,8 @@ impl Node {
             return;
         }
         c.done.insert(seq, parts);
+        self.metrics.request_answered(conn, seq, self.now.mono);
+        let Some(c) = self.conns.get_mut(&conn) else { return };
         let mut ready = Vec::new();
         while let Some(parts) = c.done.remove(&c.next_send) {
             c.next_send += 1;
@@ -671,7 +680,10 @@ impl Node {
         let seq = c.next_seq;
         c.next_seq += 1;
         match protocol::parse_header(&frame) {
-            Ok((ctx, body)) => self.dispatch(conn, seq, ctx, body),
+            Ok((ctx, body)) => {
+                self.metrics.request_started(conn, seq, ctx.api_key as i16, ctx.version, self.now.mono);
+                self.dispatch(conn, seq, ctx, body)
+            }
             Err(FrameError::UnsupportedVersion { api_key: ApiKey::ApiVersions, correlation_id, .. }) => {
                 // Kafka answers a too-new ApiVersions with version 0 and UNSUPPORTED_VERSION, so
                 // the client can retry with a version from the list.
@@ -742,6 +754,7 @@ impl Node {
 
     fn on_conn_closed(&mut self, conn: ConnId) {
         self.conns.remove(&conn);
+        self.metrics.connection_closed(conn);
         self.forwards_of_closed(conn);
         self.produces.retain(|p| p.conn != conn);
         self.fetches.retain(|f| f.conn != conn);
@@ -818,6 +831,7 @@ impl Node {
     }
 
     fn on_disk_done(&mut self, op: OpId, result: Result<DiskReply, DiskError>) {
+        self.metrics.sync_done(op.0, self.now.mono);
         let Some(purpose) = self.ops.remove(&op) else {
             tracing::warn!(op = op.0, "completion for an unknown disk operation");
             return;

@@ -112,6 +112,9 @@ impl Node {
                 } else {
                     self.append_partition(name, pd.index, pd.records.as_ref())
                 };
+                let counters = self.metrics.topic(name);
+                counters.produce_requests += 1;
+                counters.failed_produce_requests += u64::from(result.is_err());
                 match result {
                     Ok((tp, base, end, generation, log_start, append_time)) => {
                         pr.base_offset = base;
@@ -232,6 +235,12 @@ impl Node {
             _ => {}
         }
         self.next_file = next_file;
+        if matches!(origin, Origin::Client | Origin::Transactional) {
+            let counters = self.metrics.topic(topic);
+            counters.messages_in +=
+                batches.iter().map(|(_, h)| u64::try_from(h.records_count).unwrap_or(0)).sum::<u64>();
+            counters.bytes_in += records.len() as u64;
+        }
         for (i, action) in ops.into_iter().enumerate() {
             let written = data_writes.iter().find(|(op, _)| *op == i).map(|(_, end)| *end);
             self.issue_log_op(tp, generation, action, written);
