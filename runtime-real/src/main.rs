@@ -70,11 +70,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         default_hook(info);
         std::process::abort();
     }));
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = || tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    match std::env::var("SLUICE_LOG_FORMAT").as_deref() {
+        // One JSON object per line, for log shippers.
+        Ok("json") => tracing_subscriber::fmt().json().with_env_filter(filter()).with_writer(std::io::stderr).init(),
+        Ok("text") | Err(_) => tracing_subscriber::fmt()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init(),
+        Ok(other) => return Err(format!("SLUICE_LOG_FORMAT={other:?}: use json or text")),
+    }
     let mut props = BTreeMap::new();
     if let Some(path) = args.properties.or(args.config) {
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -1,6 +1,7 @@
 """The `sluice` command line as an operator meets it: --help, --version, a Kafka
 server.properties given as kafka-server-start.sh takes it, a misspelt property warned about, a
 malformed value refused, and the broker's configs described with their sources and types."""
+import json
 import os
 import re
 import subprocess
@@ -156,3 +157,22 @@ def test_a_malformed_value_stops_start_up_naming_the_property(tmp_path, prop, va
         b.start()
     assert b.proc.returncode == 2, b.proc.returncode
     assert "sluice: %s:" % prop in str(ei.value), str(ei.value)
+
+
+def test_json_logs(tmp_path):
+    """SLUICE_LOG_FORMAT=json: one JSON object per line, for log shippers."""
+    port = free_port()
+    env = dict(os.environ, SLUICE_LOG_FORMAT="json")
+    proc = subprocess.Popen([SLUICE_BIN, "serve", "--override", "listeners=PLAINTEXT://127.0.0.1:%d" % port,
+                             "--override", "log.dirs=%s" % (tmp_path / "data")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = json.loads(proc.stderr.readline())
+        assert first["level"] == "INFO" and first["fields"]["message"] == "sluice broker listening", first
+        assert first["fields"]["listen"] == "127.0.0.1:%d" % port, first
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    bad = subprocess.run([SLUICE_BIN, "serve"], capture_output=True, text=True, timeout=20,
+                         env=dict(os.environ, SLUICE_LOG_FORMAT="xml"))
+    assert bad.returncode == 2 and "SLUICE_LOG_FORMAT" in bad.stderr, bad
