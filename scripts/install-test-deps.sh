@@ -4,7 +4,8 @@
 #   .venv-compat-new : latest confluent-kafka + latest kafka-python
 #   .venv-compat-old : confluent-kafka 2.0.2 + kafka-python 2.0.2
 # and the Java client (kafka-clients 4.4.0 and 3.1.2, scripts/install-java-clients.sh) and
-# kafkajs (2.2.4 and 1.16.0, scripts/install-js-clients.sh).
+# kafkajs (2.2.4 and 1.16.0, scripts/install-js-clients.sh), and Kafka's own command-line tools
+# (kafka-tools 4.4.0, scripts/install-kafka-tools.sh).
 # Idempotent: a venv is rebuilt only when its stamp file is missing or stale,
 # or when its packages no longer import.  Set COMPAT_REINSTALL=1 to force.
 set -euo pipefail
@@ -79,4 +80,5 @@ make_venv .venv-compat-old $OLD_PKGS
 
 # ---------------------------------------------------------------- Java and JavaScript clients
 bash "$REPO/scripts/install-java-clients.sh"
+bash "$REPO/scripts/install-kafka-tools.sh"
 bash "$REPO/scripts/install-js-clients.sh"

@@ -52,6 +52,9 @@ pub struct NodeConfig {
     pub quorum_fetch_timeout_ms: u64,
     /// Partition replication: replica counts, the ISR and the followers' fetching.
     pub replication: ReplicationConfig,
+    /// The data directory as the operator named it (reported by DescribeLogDirs; core never
+    /// opens it: the runtime does).
+    pub log_dir: String,
 }
 
 /// Kafka's replication settings, with its defaults.
@@ -166,6 +169,7 @@ impl Default for NodeConfig {
             quorum_election_timeout_ms: 1_000,
             quorum_fetch_timeout_ms: 2_000,
             replication: ReplicationConfig::default(),
+            log_dir: "./data".to_string(),
         }
     }
 }

@@ -170,6 +170,7 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
     let dirs = props.get("log.dirs").or_else(|| props.get("log.dir")).cloned().unwrap_or_else(|| "./data".to_string());
     let mut dirs = dirs.split(',').map(str::trim).filter(|d| !d.is_empty());
     let data_dir = PathBuf::from(dirs.next().ok_or("log.dirs is empty")?);
+    node.log_dir = std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone()).display().to_string();
     if dirs.next().is_some() {
         return Err("log.dirs: Sluice uses one log directory per node for now".to_string());
     }

@@ -380,6 +380,56 @@ impl Node {
         Ok(())
     }
 
+    /// DescribeLogDirs: the one data directory, with the size of every partition replica held
+    /// here (all of them, or those asked for) and how far a follower is behind its high
+    /// watermark.
+    pub(super) fn handle_describe_log_dirs(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        use kafka_protocol::messages::describe_log_dirs_response::{
+            DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+        };
+        let req: DescribeLogDirsRequest = protocol::decode_body(body, ctx.version)?;
+        let wanted: Option<BTreeMap<&str, BTreeSet<i32>>> = req
+            .topics
+            .as_ref()
+            .map(|ts| ts.iter().map(|t| (t.topic.0.as_str(), t.partitions.iter().copied().collect())).collect());
+        let mut dir = DescribeLogDirsResult::default();
+        dir.log_dir = sb(self.config.log_dir.clone());
+        dir.total_bytes = -1;
+        dir.usable_bytes = -1;
+        for (name, t) in &self.topics {
+            let want = wanted.as_ref().map(|w| w.get(name.as_str()));
+            if want == Some(None) {
+                continue;
+            }
+            let mut topic = DescribeLogDirsTopic::default();
+            topic.name = TopicName(sb(name.clone()));
+            for (i, p) in t.partitions.iter().enumerate() {
+                let index = i32::try_from(i).expect("bounded");
+                if p.state == PartState::Remote || want.flatten().is_some_and(|ps| !ps.contains(&index)) {
+                    continue;
+                }
+                let mut d = DescribeLogDirsPartition::default();
+                d.partition_index = index;
+                d.partition_size = i64::try_from(p.log.size_bytes()).unwrap_or(i64::MAX);
+                d.offset_lag = (p.log.high_watermark - p.log.log_end_offset).max(0);
+                topic.partitions.push(d);
+            }
+            if !topic.partitions.is_empty() {
+                dir.topics.push(topic);
+            }
+        }
+        let mut resp = DescribeLogDirsResponse::default();
+        resp.results.push(dir);
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        Ok(())
+    }
+
     /// Starts creating a topic: the metadata record, the partition directories and their first
     /// segments. Returns the job that finishes when all of it is durable.
     pub(super) fn create_topic(

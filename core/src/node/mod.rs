@@ -719,6 +719,7 @@ impl Node {
             ApiKey::ElectLeaders => self.handle_elect_leaders(conn, seq, ctx, body),
             ApiKey::CreatePartitions => self.handle_create_partitions(conn, seq, ctx, body),
             ApiKey::DescribeConfigs => self.handle_describe_configs(conn, seq, &ctx, body),
+            ApiKey::DescribeLogDirs => self.handle_describe_log_dirs(conn, seq, &ctx, body),
             ApiKey::AlterConfigs => self.handle_alter_configs(conn, seq, ctx, body),
             ApiKey::IncrementalAlterConfigs => self.handle_incremental_alter_configs(conn, seq, ctx, body),
             ApiKey::DescribeCluster => self.handle_describe_cluster(conn, seq, &ctx, body),
