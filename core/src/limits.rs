@@ -36,9 +36,6 @@ pub const RECOVERY_READ_BYTES: usize = 4 * 1024 * 1024;
 /// Bytes a metadata log may hold; it is read whole at start-up.
 pub const METADATA_LOG_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
-/// Connections the node tracks at once; the runtime refuses more.
-pub const CONNECTIONS_MAX: usize = 10_000;
-
 /// Members one consumer group may have (`group.max.size`); more get GROUP_MAX_SIZE_REACHED.
 pub const GROUP_MEMBERS_MAX: usize = 1_000;
 

@@ -238,6 +238,38 @@ pub static BROKER_PROPERTIES: &[Property] = &[
         dynamic: false,
         doc: "host:port of the Prometheus endpoint (GET /metrics, Kafka's JMX exporter names); empty: off",
     },
+    Property {
+        name: "max.connections",
+        kind: Kind::Int,
+        default: |_| s(i32::MAX),
+        apply: Apply::Runtime,
+        dynamic: false,
+        doc: "Client connections open at once; at the limit the listener waits for one to close",
+    },
+    Property {
+        name: "max.connections.per.ip",
+        kind: Kind::Int,
+        default: |_| s(i32::MAX),
+        apply: Apply::Runtime,
+        dynamic: false,
+        doc: "Client connections from one address; past it a new one is closed at once",
+    },
+    Property {
+        name: "max.connections.per.ip.overrides",
+        kind: Kind::String,
+        default: |_| s(""),
+        apply: Apply::Runtime,
+        dynamic: false,
+        doc: "host:count,... exceptions to max.connections.per.ip",
+    },
+    Property {
+        name: "queued.max.requests",
+        kind: Kind::Int,
+        default: |_| s(500),
+        apply: Apply::Runtime,
+        dynamic: false,
+        doc: "Requests waiting for the broker's state machine before connections stop being read",
+    },
     // Timings of the cluster.
     Property {
         name: "broker.heartbeat.interval.ms",

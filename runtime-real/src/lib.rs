@@ -7,6 +7,7 @@
 
 pub mod alloc;
 pub mod config;
+pub mod conn_limits;
 pub mod disk;
 pub mod meta_properties;
 pub mod metrics_http;

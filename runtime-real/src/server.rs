@@ -26,6 +26,7 @@ pub enum Msg {
         conn: ConnId,
         tx: mpsc::UnboundedSender<Vec<WirePart>>,
         stop: Arc<tokio::sync::Notify>,
+        backlog: Arc<Backlog>,
     },
     Frame {
         conn: ConnId,
@@ -58,8 +59,56 @@ pub enum WirePart {
     File { file: Arc<File>, position: u64, len: u32 },
 }
 
-/// Requests queued from all connections to the core before readers wait.
-const CORE_QUEUE_LEN: usize = 4096;
+/// Response bytes held in memory for one connection's socket past which its reader stops
+/// reading requests: a client that sends but does not read cannot make the broker hold more
+/// than this (plus the answers to the requests already read, at most
+/// `IN_FLIGHT_REQUESTS_PER_CONN_MAX` of them). Record sets sent from segment files hold no
+/// memory and do not count.
+pub const RESPONSE_BACKLOG_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// A connection's responses queued for its socket and not yet written.
+#[derive(Default)]
+pub struct Backlog {
+    bytes: std::sync::atomic::AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl Backlog {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn written(&self, n: usize) {
+        let before = self.bytes.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        if before > RESPONSE_BACKLOG_BYTES_MAX && before - n <= RESPONSE_BACKLOG_BYTES_MAX {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until the backlog is within bounds.
+    async fn within_bounds(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.bytes.load(std::sync::atomic::Ordering::Relaxed) <= RESPONSE_BACKLOG_BYTES_MAX {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
+/// The memory a response holds until it is written.
+fn wire_len(parts: &[WirePart]) -> usize {
+    parts
+        .iter()
+        .map(|p| match p {
+            WirePart::Bytes(b) => b.len(),
+            WirePart::File { .. } => 0,
+        })
+        .sum()
+}
 
 pub fn run(mut cfg: ServerConfig) -> Result<(), String> {
     crate::meta_properties::ensure(&cfg.data_dir, &mut cfg.node)?;
@@ -74,7 +123,14 @@ pub fn run(mut cfg: ServerConfig) -> Result<(), String> {
 
 async fn serve(cfg: ServerConfig) -> Result<(), String> {
     let listener = TcpListener::bind(cfg.listen).await.map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    let (tx, rx) = mpsc::channel::<Msg>(CORE_QUEUE_LEN);
+    // Requests from every connection (and disk and peer completions) wait here for the core:
+    // `queued.max.requests` of them, then the readers wait.
+    let (tx, rx) = mpsc::channel::<Msg>(cfg.queued_max_requests);
+    let limits = crate::conn_limits::ConnLimits::new(
+        cfg.max_connections,
+        cfg.max_connections_per_ip,
+        cfg.max_connections_per_ip_overrides.clone(),
+    );
     let sync_tx = tx.clone();
     let disk = Disk::new(cfg.data_dir.clone(), move |op, result| {
         let _ = sync_tx.blocking_send(Msg::Synced { op, result });
@@ -97,13 +153,21 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
     let mut next_conn = 0u64;
     let accept = async {
         loop {
+            // At max.connections the listener stops accepting until a connection closes.
+            let place = limits.place().await;
             match listener.accept().await {
-                Ok((stream, peer)) => {
-                    next_conn += 1;
-                    let conn = ConnId(next_conn);
-                    tracing::debug!(conn = conn.0, %peer, "connection opened");
-                    start_connection(conn, stream, tx.clone(), frame_max).await;
-                }
+                Ok((stream, peer)) => match limits.admit(peer.ip(), place) {
+                    Ok(slot) => {
+                        next_conn += 1;
+                        let conn = ConnId(next_conn);
+                        tracing::debug!(conn = conn.0, %peer, "connection opened");
+                        start_connection(conn, stream, tx.clone(), frame_max, slot).await;
+                    }
+                    Err(limit) => {
+                        tracing::info!(%peer, limit, "max.connections.per.ip reached; connection closed");
+                        drop(stream);
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -139,30 +203,47 @@ async fn shutdown_signal() {
     }
 }
 
-async fn start_connection(conn: ConnId, stream: TcpStream, core: mpsc::Sender<Msg>, frame_max: usize) {
+async fn start_connection(
+    conn: ConnId,
+    stream: TcpStream,
+    core: mpsc::Sender<Msg>,
+    frame_max: usize,
+    slot: crate::conn_limits::Slot,
+) {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let (resp_tx, resp_rx) = mpsc::unbounded_channel();
     let stop = Arc::new(tokio::sync::Notify::new());
+    let backlog = Arc::new(Backlog::default());
     // Registered before the reader starts, so the core sees Opened before any frame.
-    if core.send(Msg::Opened { conn, tx: resp_tx, stop: stop.clone() }).await.is_err() {
+    let opened = Msg::Opened { conn, tx: resp_tx, stop: stop.clone(), backlog: backlog.clone() };
+    if core.send(opened).await.is_err() {
         return;
     }
-    tokio::spawn(write_loop(conn, wr, resp_rx));
+    tokio::spawn(write_loop(conn, wr, resp_rx, backlog.clone()));
     tokio::spawn(async move {
         let why = tokio::select! {
-            why = read_loop(conn, rd, &core, frame_max) => why,
+            why = read_loop(conn, rd, &core, frame_max, &backlog) => why,
             _ = stop.notified() => "closed by the broker".to_string(),
         };
         tracing::debug!(conn = conn.0, %why, "connection reader done");
         let _ = core.send(Msg::Closed { conn }).await;
+        drop(slot); // the connection no longer counts against max.connections
     });
 }
 
 /// Reads frames until the peer closes or sends something unacceptable. A length that is
 /// negative or over `socket.request.max.bytes` closes the connection before any allocation.
-async fn read_loop(conn: ConnId, mut rd: OwnedReadHalf, core: &mpsc::Sender<Msg>, frame_max: usize) -> String {
+async fn read_loop(
+    conn: ConnId,
+    mut rd: OwnedReadHalf,
+    core: &mpsc::Sender<Msg>,
+    frame_max: usize,
+    backlog: &Backlog,
+) -> String {
     loop {
+        // A client that does not read its responses is not read either.
+        backlog.within_bounds().await;
         let mut len = [0u8; 4];
         if let Err(e) = rd.read_exact(&mut len).await {
             return format!("closed: {e}");
@@ -192,8 +273,14 @@ async fn read_loop(conn: ConnId, mut rd: OwnedReadHalf, core: &mpsc::Sender<Msg>
     }
 }
 
-async fn write_loop(conn: ConnId, mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<WirePart>>) {
+async fn write_loop(
+    conn: ConnId,
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<WirePart>>,
+    backlog: Arc<Backlog>,
+) {
     while let Some(parts) = rx.recv().await {
+        let n = wire_len(&parts);
         for part in parts {
             let r = match part {
                 WirePart::Bytes(b) => wr.write_all(&b).await,
@@ -203,9 +290,11 @@ async fn write_loop(conn: ConnId, mut wr: OwnedWriteHalf, mut rx: mpsc::Unbounde
             };
             if let Err(e) = r {
                 tracing::debug!(conn = conn.0, error = %e, "write failed");
+                backlog.written(n); // the reader must not wait on a writer that is gone
                 return;
             }
         }
+        backlog.written(n);
     }
     let _ = wr.shutdown().await;
 }
@@ -227,6 +316,7 @@ impl Clock {
 struct Conn {
     tx: mpsc::UnboundedSender<Vec<WirePart>>,
     stop: Arc<tokio::sync::Notify>,
+    backlog: Arc<Backlog>,
 }
 
 /// The core thread: one node, fed inputs one at a time; its outputs executed in order.
@@ -282,8 +372,8 @@ async fn core_loop(
         };
         let Some(msg) = msg else { return };
         let input = match msg {
-            Msg::Opened { conn, tx, stop } => {
-                conns.insert(conn, Conn { tx, stop });
+            Msg::Opened { conn, tx, stop, backlog } => {
+                conns.insert(conn, Conn { tx, stop, backlog });
                 continue;
             }
             Msg::Frame { conn, frame } => {
@@ -372,6 +462,7 @@ fn drain(
                     }
                     local.push_back(Input::ConnClosed { conn });
                 } else {
+                    c.backlog.add(wire_len(&wire));
                     let _ = c.tx.send(wire);
                 }
             }
