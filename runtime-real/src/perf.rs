@@ -154,7 +154,8 @@ async fn produce_transactions(o: Opts) -> Result<(), String> {
     let requests = o.records.div_ceil(u64::from(o.batch_records));
     let txns = requests.div_ceil(per_txn);
     let mut next_seq = vec![0i32; o.partitions as usize];
-    let mut latencies = Vec::with_capacity(txns as usize);
+    let mut latencies = Latencies::new();
+    let mut progress = Progress::new("produce", requests * u64::from(o.batch_records));
     let mut sent = 0u64;
     let start = Instant::now();
     for t in 0..txns {
@@ -207,11 +208,11 @@ async fn produce_transactions(o: Opts) -> Result<(), String> {
         if r.error_code != 0 {
             return Err(format!("EndTxn failed with error {}", r.error_code));
         }
-        latencies.push(began.elapsed());
+        latencies.record(began.elapsed());
+        progress.tick(sent * u64::from(o.batch_records));
     }
     let secs = start.elapsed().as_secs_f64();
     let records = sent * u64::from(o.batch_records);
-    latencies.sort();
     println!(
         "produce: {records} records of {} bytes in {txns} transactions of {} records, {secs:.2} s: {:.0} transactions/s, {:.0} records/s, {:.1} MB/s (values)",
         o.record_size,
@@ -222,9 +223,9 @@ async fn produce_transactions(o: Opts) -> Result<(), String> {
     );
     println!(
         "transaction latency (ms): p50 {:.2} p99 {:.2} max {:.2}",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0)
+        latencies.ms(0.5),
+        latencies.ms(0.99),
+        latencies.ms(1.0)
     );
     Ok(())
 }
@@ -254,12 +255,60 @@ async fn ensure_topic(s: &mut TcpStream, topic: &str, partitions: i32, rf: i16) 
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+/// Latencies in an HDR histogram (microseconds, 3 significant digits, up to an hour).
+struct Latencies(hdrhistogram::Histogram<u64>);
+
+impl Latencies {
+    fn new() -> Latencies {
+        Latencies(hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"))
     }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+
+    fn record(&mut self, d: Duration) {
+        self.0.saturating_record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The latency at quantile `q`, in milliseconds.
+    fn ms(&self, q: f64) -> f64 {
+        self.0.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Prints a line of progress to stderr every few seconds of a long run.
+struct Progress {
+    what: &'static str,
+    total: u64,
+    start: Instant,
+    last: Instant,
+    done_at_last: u64,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn new(what: &'static str, total: u64) -> Progress {
+        let now = Instant::now();
+        Progress { what, total, start: now, last: now, done_at_last: 0 }
+    }
+
+    fn tick(&mut self, done: u64) {
+        if self.last.elapsed() < Self::EVERY {
+            return;
+        }
+        let rate = (done - self.done_at_last) as f64 / self.last.elapsed().as_secs_f64();
+        eprintln!(
+            "{}: {done}/{} records after {:.0} s, {rate:.0} records/s over the last {:.0} s",
+            self.what,
+            self.total,
+            self.start.elapsed().as_secs_f64(),
+            self.last.elapsed().as_secs_f64()
+        );
+        self.last = Instant::now();
+        self.done_at_last = done;
+    }
 }
 
 /// Connects to the broker leading partition 0 of the topic (asking the bootstrap broker's
@@ -376,11 +425,13 @@ async fn produce(o: Opts) -> Result<(), String> {
             Ok::<_, String>(wr)
         })
     };
-    let mut latencies = Vec::with_capacity(requests as usize);
+    let mut latencies = Latencies::new();
+    let mut progress = Progress::new("produce", requests * u64::from(o.batch_records));
     let mut errors = 0u64;
     if acks != 0 {
         let mut sent: HashMap<i32, Instant> = HashMap::new();
-        for _ in 0..requests {
+        for answered in 0..requests {
+            progress.tick(answered * u64::from(o.batch_records));
             let mut resp = read_frame(&mut rd).await?;
             let cid = resp.get_i32();
             resp.advance(1);
@@ -393,7 +444,7 @@ async fn produce(o: Opts) -> Result<(), String> {
                 }
             }
             let t = sent.remove(&cid).ok_or("response for an unknown request")?;
-            latencies.push(t.elapsed());
+            latencies.record(t.elapsed());
             permits.add_permits(1);
             let r = ProduceResponse::decode(&mut resp, 9).map_err(|e| e.to_string())?;
             errors +=
@@ -404,7 +455,6 @@ async fn produce(o: Opts) -> Result<(), String> {
     let secs = start.elapsed().as_secs_f64();
     let records = requests * u64::from(o.batch_records);
     let mb = records as f64 * o.record_size as f64 / 1e6;
-    latencies.sort();
     println!(
         "produce: {records} records of {} bytes in {secs:.2} s: {:.0} records/s, {:.1} MB/s (values), acks={} batch={} in-flight={}{} errors={errors}",
         o.record_size,
@@ -418,10 +468,10 @@ async fn produce(o: Opts) -> Result<(), String> {
     if !latencies.is_empty() {
         println!(
             "produce latency per request (ms): p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            percentile(&latencies, 0.999),
-            percentile(&latencies, 1.0)
+            latencies.ms(0.5),
+            latencies.ms(0.99),
+            latencies.ms(0.999),
+            latencies.ms(1.0)
         );
     }
     if errors > 0 {
@@ -437,7 +487,9 @@ async fn consume(o: Opts) -> Result<(), String> {
     let start = Instant::now();
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut idle = 0;
+    let mut progress = Progress::new("consume", o.records);
     while records < o.records {
+        progress.tick(records);
         let mut ft = FetchTopic::default();
         ft.topic = TopicName(StrBytes::from_string(o.topic.clone()));
         ft.partitions = (0..o.partitions)
