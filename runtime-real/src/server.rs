@@ -149,32 +149,7 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
         .spawn(move || core_thread(node_cfg, disk, peers, rx))
         .map_err(|e| e.to_string())?;
     tracing::info!(listen = %cfg.listen, data = %cfg.data_dir.display(), "sluice broker listening");
-    let frame_max = cfg.node.socket_request_max_bytes;
-    let mut next_conn = 0u64;
-    let accept = async {
-        loop {
-            // At max.connections the listener stops accepting until a connection closes.
-            let place = limits.place().await;
-            match listener.accept().await {
-                Ok((stream, peer)) => match limits.admit(peer.ip(), place) {
-                    Ok(slot) => {
-                        next_conn += 1;
-                        let conn = ConnId(next_conn);
-                        tracing::debug!(conn = conn.0, %peer, "connection opened");
-                        start_connection(conn, stream, tx.clone(), frame_max, slot).await;
-                    }
-                    Err(limit) => {
-                        tracing::info!(%peer, limit, "max.connections.per.ip reached; connection closed");
-                        drop(stream);
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    };
+    let accept = accept_loop(&listener, &limits, &tx, cfg.node.socket_request_max_bytes);
     tokio::select! {
         _ = accept => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),
@@ -193,6 +168,38 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepts client connections for as long as the broker runs.
+async fn accept_loop(
+    listener: &TcpListener,
+    limits: &Arc<crate::conn_limits::ConnLimits>,
+    tx: &mpsc::Sender<Msg>,
+    frame_max: usize,
+) {
+    let mut next_conn = 0u64;
+    loop {
+        // At max.connections the listener stops accepting until a connection closes.
+        let place = limits.place().await;
+        match listener.accept().await {
+            Ok((stream, peer)) => match limits.admit(peer.ip(), place) {
+                Ok(slot) => {
+                    next_conn += 1;
+                    let conn = ConnId(next_conn);
+                    tracing::debug!(conn = conn.0, %peer, "connection opened");
+                    start_connection(conn, stream, tx.clone(), frame_max, slot).await;
+                }
+                Err(limit) => {
+                    tracing::info!(%peer, limit, "max.connections.per.ip reached; connection closed");
+                    drop(stream);
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -371,44 +378,65 @@ async fn core_loop(
             None => rx.recv().await,
         };
         let Some(msg) = msg else { return };
-        let input = match msg {
-            Msg::Opened { conn, tx, stop, backlog } => {
-                conns.insert(conn, Conn { tx, stop, backlog });
-                continue;
-            }
-            Msg::Frame { conn, frame } => {
-                if !conns.contains_key(&conn) {
-                    continue; // closed by core; frames still in the queue are dropped
-                }
-                Input::Request { conn, frame }
-            }
-            Msg::Closed { conn } => {
-                if conns.remove(&conn).is_none() {
-                    continue;
-                }
-                Input::ConnClosed { conn }
-            }
-            Msg::Synced { op, result } => Input::DiskDone { op, result },
-            Msg::Peer { from, bytes } => Input::Peer { from, bytes },
-            Msg::Scrape { reply } => {
-                let mut families = node.metrics();
-                families.push(sluice_core::metrics::Family::one(
-                    "kafka_server_socket_server_metrics_connection_count",
-                    "Client connections open",
-                    sluice_core::metrics::Kind::Gauge,
-                    conns.len() as f64,
-                ));
-                let _ = reply.send(families);
-                continue;
-            }
-            Msg::Shutdown => return,
-            Msg::ShutdownRequested => {
-                stop_by.get_or_insert(std::time::Instant::now() + CONTROLLED_SHUTDOWN_MAX);
-                Input::ShutdownRequested
-            }
-        };
-        node.handle(clock.now(), input);
+        match next_input(msg, &node, &mut conns, &mut stop_by) {
+            Next::Input(input) => node.handle(clock.now(), input),
+            Next::Nothing => {}
+            Next::Stop => return,
+        }
     }
+}
+
+/// What a message into the core thread asks of the core.
+enum Next {
+    Input(Input),
+    Nothing,
+    Stop,
+}
+
+/// Turns a message into the core's input, keeping the connection table (and answering a
+/// metrics scrape, which needs no input).
+fn next_input(
+    msg: Msg,
+    node: &Node,
+    conns: &mut HashMap<ConnId, Conn>,
+    stop_by: &mut Option<std::time::Instant>,
+) -> Next {
+    Next::Input(match msg {
+        Msg::Opened { conn, tx, stop, backlog } => {
+            conns.insert(conn, Conn { tx, stop, backlog });
+            return Next::Nothing;
+        }
+        Msg::Frame { conn, frame } => {
+            if !conns.contains_key(&conn) {
+                return Next::Nothing; // closed by core; frames still in the queue are dropped
+            }
+            Input::Request { conn, frame }
+        }
+        Msg::Closed { conn } => {
+            if conns.remove(&conn).is_none() {
+                return Next::Nothing;
+            }
+            Input::ConnClosed { conn }
+        }
+        Msg::Synced { op, result } => Input::DiskDone { op, result },
+        Msg::Peer { from, bytes } => Input::Peer { from, bytes },
+        Msg::Scrape { reply } => {
+            let mut families = node.metrics();
+            families.push(sluice_core::metrics::Family::one(
+                "kafka_server_socket_server_metrics_connection_count",
+                "Client connections open",
+                sluice_core::metrics::Kind::Gauge,
+                conns.len() as f64,
+            ));
+            let _ = reply.send(families);
+            return Next::Nothing;
+        }
+        Msg::Shutdown => return Next::Stop,
+        Msg::ShutdownRequested => {
+            stop_by.get_or_insert(std::time::Instant::now() + CONTROLLED_SHUTDOWN_MAX);
+            Input::ShutdownRequested
+        }
+    })
 }
 
 /// Whether a node asked to stop may stop now: its leadership is handed over, or its time to

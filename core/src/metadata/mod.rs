@@ -296,19 +296,24 @@ impl MetadataImage {
                 self.change_partition(id, *partition, next)
             }
             MetaRecord::TopicConfigsAltered { id, replace, set, deleted } => {
-                let Some(t) = self.topics.values_mut().find(|t| t.id == *id) else {
-                    return false;
-                };
-                if *replace {
-                    t.configs.clear();
-                }
-                for d in deleted {
-                    t.configs.remove(d);
-                }
-                t.configs.extend(set.iter().cloned());
-                true
+                self.alter_configs(id, *replace, set, deleted)
             }
         }
+    }
+
+    /// A topic's config overrides changed (false: no such topic).
+    fn alter_configs(&mut self, id: &[u8; 16], replace: bool, set: &[(String, String)], deleted: &[String]) -> bool {
+        let Some(t) = self.topics.values_mut().find(|t| t.id == *id) else {
+            return false;
+        };
+        if replace {
+            t.configs.clear();
+        }
+        for d in deleted {
+            t.configs.remove(d);
+        }
+        t.configs.extend(set.iter().cloned());
+        true
     }
 
     /// Makes `next` (all but its replicas) a partition's registration, if it builds on the

@@ -182,44 +182,17 @@ impl Node {
             let Some(spec) = TOPIC_CONFIG_KEYS.iter().find(|k| k.name == key) else {
                 return Err((KafkaError::InvalidConfig, format!("unknown topic config {key:?}")));
             };
-            let is_list = spec.config_type == 7;
-            let current = || configs.get(&key).cloned().or_else(|| self.config.topic_config_default(&key));
-            let value = match op {
-                ConfigOp::Set(_, v) => Some(v),
-                ConfigOp::Delete(_) => None,
-                ConfigOp::Append(_, v) | ConfigOp::Subtract(_, v) if !is_list => {
-                    return Err((KafkaError::InvalidConfig, format!("{key} is not a list: cannot append to it ({v})")));
-                }
-                ConfigOp::Append(_, v) => {
-                    let mut items = list(&current().unwrap_or_default());
-                    for item in list(&v) {
-                        if !items.contains(&item) {
-                            items.push(item);
-                        }
-                    }
-                    Some(items.join(","))
-                }
-                ConfigOp::Subtract(_, v) => {
-                    let gone = list(&v);
-                    Some(
-                        list(&current().unwrap_or_default())
-                            .into_iter()
-                            .filter(|i| !gone.contains(i))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    )
-                }
-            };
+            let current = configs.get(&key).cloned().or_else(|| self.config.topic_config_default(&key));
+            let value = op.apply_to(current.unwrap_or_default(), spec.config_type == 7)?;
+            set.retain(|(k, _)| *k != key);
+            deleted.retain(|d| *d != key);
             match value {
                 Some(v) => {
                     configs.insert(key.clone(), v.clone());
-                    deleted.retain(|d| *d != key);
-                    set.retain(|(k, _)| *k != key);
                     set.push((key, v));
                 }
                 None => {
                     configs.remove(&key);
-                    set.retain(|(k, _)| *k != key);
                     deleted.push(key);
                 }
             }
@@ -261,6 +234,30 @@ impl ConfigOp {
         match self {
             ConfigOp::Set(n, _) | ConfigOp::Delete(n) | ConfigOp::Append(n, _) | ConfigOp::Subtract(n, _) => n,
         }
+    }
+
+    /// The config's value after this change (None: back to its default), given its value now.
+    fn apply_to(self, current: String, is_list: bool) -> Result<Option<String>, Refusal> {
+        Ok(match self {
+            ConfigOp::Set(_, v) => Some(v),
+            ConfigOp::Delete(_) => None,
+            ConfigOp::Append(key, v) | ConfigOp::Subtract(key, v) if !is_list => {
+                return Err((KafkaError::InvalidConfig, format!("{key} is not a list: cannot append to it ({v})")));
+            }
+            ConfigOp::Append(_, v) => {
+                let mut items = list(&current);
+                for item in list(&v) {
+                    if !items.contains(&item) {
+                        items.push(item);
+                    }
+                }
+                Some(items.join(","))
+            }
+            ConfigOp::Subtract(_, v) => {
+                let gone = list(&v);
+                Some(list(&current).into_iter().filter(|i| !gone.contains(i)).collect::<Vec<_>>().join(","))
+            }
+        })
     }
 }
 

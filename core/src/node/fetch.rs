@@ -101,15 +101,7 @@ impl Node {
             let topic = self.topics.get(name);
             let mut td = TopicData { name: name.to_string(), partitions: Vec::with_capacity(ft.partitions.len()) };
             for fp in &ft.partitions {
-                let mut pd = PartitionData {
-                    partition_index: fp.partition,
-                    error_code: 0,
-                    high_watermark: -1,
-                    last_stable_offset: -1,
-                    log_start_offset: -1,
-                    aborted: None,
-                    records: None,
-                };
+                let mut pd = PartitionData::new(fp.partition);
                 let part = topic.and_then(|t| t.partition(fp.partition));
                 match part {
                     None => pd.error_code = KafkaError::UnknownTopicOrPartition.code(),

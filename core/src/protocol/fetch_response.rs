@@ -18,6 +18,21 @@ pub struct PartitionData {
     pub records: Option<Part>,
 }
 
+impl PartitionData {
+    /// A partition's entry before anything is known of it: no error, no offsets, no records.
+    pub fn new(partition_index: i32) -> PartitionData {
+        PartitionData {
+            partition_index,
+            error_code: 0,
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            aborted: None,
+            records: None,
+        }
+    }
+}
+
 pub struct TopicData {
     pub name: String,
     pub partitions: Vec<PartitionData>,
