@@ -59,14 +59,8 @@ impl Node {
             out.resource_type = r.resource_type;
             out.resource_name = r.resource_name.clone();
             // AlterConfigs replaces the whole set: what it does not name goes back to default.
-            match self.alter_configs(r.resource_type, &r.resource_name, true, ops, req.validate_only) {
-                Ok(Some(job)) => jobs.push((resp.responses.len(), job)),
-                Ok(None) => {}
-                Err((e, msg)) => {
-                    out.error_code = e.code();
-                    out.error_message = Some(StrBytes::from_string(msg));
-                }
-            }
+            let result = self.alter_configs(r.resource_type, &r.resource_name, true, ops, req.validate_only);
+            (out.error_code, out.error_message) = settle(result, resp.responses.len(), &mut jobs);
             resp.responses.push(out);
         }
         self.respond_when_done(conn, seq, &ctx, resp, jobs, |resp, i| {
@@ -107,14 +101,7 @@ impl Node {
                 .collect();
             let result = ops
                 .and_then(|ops| self.alter_configs(r.resource_type, &r.resource_name, false, ops, req.validate_only));
-            match result {
-                Ok(Some(job)) => jobs.push((resp.responses.len(), job)),
-                Ok(None) => {}
-                Err((e, msg)) => {
-                    out.error_code = e.code();
-                    out.error_message = Some(StrBytes::from_string(msg));
-                }
-            }
+            (out.error_code, out.error_message) = settle(result, resp.responses.len(), &mut jobs);
             resp.responses.push(out);
         }
         self.respond_when_done(conn, seq, &ctx, resp, jobs, |resp, i| {
@@ -258,6 +245,22 @@ impl ConfigOp {
                 Some(list(&current).into_iter().filter(|i| !gone.contains(i)).collect::<Vec<_>>().join(","))
             }
         })
+    }
+}
+
+/// A resource's answer: its error, or none (then, if its change was recorded, the answer
+/// waits for the job, noted with the resource's place in the response).
+fn settle(
+    result: Result<Option<JobId>, Refusal>,
+    at: usize,
+    jobs: &mut Vec<(usize, JobId)>,
+) -> (i16, Option<StrBytes>) {
+    match result {
+        Ok(job) => {
+            jobs.extend(job.map(|j| (at, j)));
+            (0, None)
+        }
+        Err((e, msg)) => (e.code(), Some(StrBytes::from_string(msg))),
     }
 }
 
