@@ -118,6 +118,7 @@ impl Node {
     pub(super) fn forwarded_response(&mut self, conn: ConnId, parts: Vec<Part>) {
         let Some((to, id)) = self.forwarding.inbound.remove(&conn) else { return };
         self.conns.remove(&conn);
+        self.metrics.connection_closed(conn);
         let mut frame = Vec::new();
         for p in parts {
             match p {
@@ -133,6 +134,7 @@ impl Node {
     pub(super) fn forwarded_closed(&mut self, conn: ConnId) {
         if let Some((to, id)) = self.forwarding.inbound.remove(&conn) {
             self.conns.remove(&conn);
+            self.metrics.connection_closed(conn);
             self.forwarded_closed_on(to, id);
         }
     }

@@ -618,16 +618,15 @@ impl Node {
         }
         c.done.insert(seq, parts);
         self.metrics.request_answered(conn, seq, self.now.mono);
+        if forwarding::is_forwarded(conn) {
+            // One request per such connection: its answer goes back over the peer link.
+            let parts = self.conns.get_mut(&conn).and_then(|c| c.done.remove(&seq)).flatten();
+            return self.forwarded_response(conn, parts.unwrap_or_default());
+        }
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        let mut ready = Vec::new();
         while let Some(parts) = c.done.remove(&c.next_send) {
             c.next_send += 1;
-            ready.extend(parts);
-        }
-        for parts in ready {
-            if forwarding::is_forwarded(conn) {
-                self.forwarded_response(conn, parts);
-            } else {
+            if let Some(parts) = parts {
                 self.outputs.push_back(Output::Response { conn, parts });
             }
         }
