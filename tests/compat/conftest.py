@@ -44,8 +44,8 @@ def _set_pdeathsig():  # runs in the child between fork and exec
 def _port_window() -> tuple[int, int]:
     """Ports this test process hands out: below the kernel's ephemeral range, so no client's or
     peer's outgoing connection can take one between its choice and the broker's bind, and a
-    slice of their own per suite run (COMPAT_PORT_SLOT), so the two venvs' suites never choose
-    the same one."""
+    slice of their own per suite run (COMPAT_PORT_SLOT of COMPAT_PORT_SLOTS), so suites run
+    side by side never choose the same one."""
     low = 32768
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
@@ -53,7 +53,8 @@ def _port_window() -> tuple[int, int]:
     except (OSError, ValueError, IndexError):
         pass
     low = max(low, 12000)
-    slot, slots = int(os.environ.get("COMPAT_PORT_SLOT", "0")), 2
+    slot = int(os.environ.get("COMPAT_PORT_SLOT", "0"))
+    slots = max(1, int(os.environ.get("COMPAT_PORT_SLOTS", "2")))
     width = (low - 10000) // slots
     return 10000 + slot % slots * width, 10000 + (slot % slots + 1) * width
 
@@ -239,6 +240,20 @@ def broker_factory(request, tmp_path_factory):
 @pytest.fixture
 def broker(broker_factory) -> Broker:
     return broker_factory()
+
+
+def pytest_collection_modifyitems(config, items):
+    """COMPAT_SHARD=i/n keeps every n-th test from the i-th on (run.sh runs a long venv's suite
+    as shards side by side); tests share nothing, so any split is sound."""
+    shard = os.environ.get("COMPAT_SHARD")
+    if not shard:
+        return
+    i, n = (int(x) for x in shard.split("/"))
+    kept = [t for k, t in enumerate(items) if k % n == i]
+    dropped = [t for k, t in enumerate(items) if k % n != i]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -33,21 +33,13 @@ done
 
 status=0
 summary=""
-# The venvs run side by side (COMPAT_PARALLEL=0: one after the other): the suites mostly wait
-# on brokers and clients, so two share the machine's two cores without slowing each other much.
+# The suites run side by side (COMPAT_PARALLEL=0: one after the other): they mostly wait on
+# brokers and clients, so they share the machine's two cores without slowing each other much.
+# The new venv's suite (it alone runs the Java client and Kafka's tools) is the longest, so it
+# runs as COMPAT_NEW_SHARDS (2) shards, each every n-th test (conftest.py, COMPAT_SHARD).
 PARALLEL="${COMPAT_PARALLEL:-1}"
 logs="$(mktemp -d)"
-run_venv() {
-    local v="$1" py="$REPO/.venv-compat-$1/bin/python" start rc slot=0
-    [ "$v" = old ] && slot=1  # each venv's suite picks its ports from its own slice
-    start=$(date +%s)
-    (cd "$HERE" && COMPAT_PORT_SLOT="$slot" timeout --kill-after=30 "$RUN_TIMEOUT" "$py" -m pytest -c "$HERE/pytest.ini" "${targets[@]}" "${args[@]}")
-    rc=$?
-    echo "$rc $(( $(date +%s) - start ))" > "$logs/$v.rc"
-}
-args=("$@")
-pids=()
-ran=()
+runs=()
 for v in $VENVS; do
     if [ ! -x "$REPO/.venv-compat-$v/bin/python" ]; then
         echo "compat: venv .venv-compat-$v missing; run scripts/install-test-deps.sh" >&2
@@ -55,30 +47,51 @@ for v in $VENVS; do
         summary+="  $v: venv missing"$'\n'
         continue
     fi
-    ran+=("$v")
+    shards=1
+    [ "$v" = new ] && [ "$PARALLEL" = 1 ] && shards="${COMPAT_NEW_SHARDS:-2}"
+    for ((i = 0; i < shards; i++)); do
+        if [ "$shards" -gt 1 ]; then runs+=("$v:$i/$shards"); else runs+=("$v"); fi
+    done
+done
+export COMPAT_PORT_SLOTS="${#runs[@]}"
+run_suite() {  # $1: venv[:shard/shards]  $2: its port slot  $3: its log name
+    local v="${1%%:*}" shard="" start rc
+    [ "$1" != "$v" ] && shard="${1#*:}"
+    start=$(date +%s)
+    (cd "$HERE" && COMPAT_PORT_SLOT="$2" COMPAT_SHARD="$shard" timeout --kill-after=30 "$RUN_TIMEOUT" \
+        "$REPO/.venv-compat-$v/bin/python" -m pytest -c "$HERE/pytest.ini" "${targets[@]}" "${args[@]}")
+    rc=$?
+    [ "$rc" -eq 5 ] && [ -n "$shard" ] && rc=0  # pytest's "no tests collected": a shard left empty
+    echo "$rc $(( $(date +%s) - start ))" > "$logs/$3.rc"
+}
+args=("$@")
+pids=()
+for k in "${!runs[@]}"; do
+    r="${runs[$k]}"
     if [ "$PARALLEL" = 1 ]; then
-        echo "================ compat suite: venv $v (output follows when it ends) ================"
-        run_venv "$v" > "$logs/$v.log" 2>&1 &
+        echo "================ compat suite: venv $r (output follows when it ends) ================"
+        run_suite "$r" "$k" "$k" > "$logs/$k.log" 2>&1 &
         pids+=($!)
     else
-        echo "================ compat suite: venv $v ================"
-        run_venv "$v"
+        echo "================ compat suite: venv $r ================"
+        run_suite "$r" "$k" "$k"
     fi
 done
 for pid in "${pids[@]}"; do
     wait "$pid"
 done
-for v in "${ran[@]}"; do
+for k in "${!runs[@]}"; do
+    r="${runs[$k]}"
     if [ "$PARALLEL" = 1 ]; then
-        echo "================ compat suite: venv $v ================"
-        cat "$logs/$v.log"
+        echo "================ compat suite: venv $r ================"
+        cat "$logs/$k.log"
     fi
-    read -r rc secs < "$logs/$v.rc" || { rc=1; secs=0; }
+    read -r rc secs < "$logs/$k.rc" || { rc=1; secs=0; }
     if [ "$rc" -ne 0 ]; then
         status=1
-        summary+="  $v: FAILED (pytest exit $rc, ${secs}s)"$'\n'
+        summary+="  $r: FAILED (pytest exit $rc, ${secs}s)"$'\n'
     else
-        summary+="  $v: passed (${secs}s)"$'\n'
+        summary+="  $r: passed (${secs}s)"$'\n'
     fi
 done
 rm -rf "$logs"
