@@ -34,11 +34,11 @@ import subprocess
 import time
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 import wire
-from clients import ck_admin, ck_consume, ck_producer, kp_admin
+from clients import ck_admin, ck_consume, ck_consumer, ck_producer, kp_admin
 from conftest import BrokerStartError, unique_topic
 from test_cluster import SESSION_MS, Cluster, all_agree, wait_until
 
@@ -452,6 +452,80 @@ def test_min_insync_replicas_refuses_acks_all_while_the_isr_is_short(cluster_fac
 
     for t in (strict, lenient):
         assert_log_is(cluster.bootstrap, t, 0, log[t])
+
+
+def segment_bases(node, topic, partition):
+    d = node.partition_dir(topic, partition)
+    return sorted(int(f[:-4]) for f in os.listdir(d) if f.endswith(".log"))
+
+
+@pytest.mark.timeout(150)
+def test_follower_left_behind_by_retention_starts_at_the_leaders_log_start(cluster_factory):
+    """A follower is down while its leader's retention deletes the segments it would fetch
+    next (segment.bytes 16 KiB, retention.bytes 48 KiB, checked every 300 ms). Restarted, it
+    is told OFFSET_OUT_OF_RANGE with the leader's log start: it empties its log, starts there,
+    catches up and rejoins the ISR by itself. (Before, it asked for the same offset forever.)
+    A consumer then reads every record from the log start on, from each replica as leader."""
+    cluster = cluster_factory(**{"log.retention.check.interval.ms": 300})
+    controller_of(cluster)
+    topic = unique_topic("behind")
+    create_topic(cluster.bootstrap, topic, 1, config={
+        "min.insync.replicas": "2", "segment.bytes": "16384", "retention.bytes": "49152"})
+    state = wait_fully_replicated(cluster.nodes, topic, 1)
+    leader = state[0].leader
+    victim = next(i for i in ALL if i != leader)
+    early = Acks()
+    produce_and_flush(idempotent_producer(cluster.bootstrap), topic, 0, [b"early-%04d" % i for i in range(50)], early)
+    assert len(early.ok) == 50, early.failed[:3]
+    wait_until("node %d holds the first 50 records" % victim,
+               lambda: len(records_in(segment0(cluster.node(victim), topic, 0))) == 50, timeout=20)
+    cluster.node(victim).kill9()
+    live = [b for b in cluster.nodes if b.alive()]
+    survivors = sorted(node_id(b) for b in live)
+    wait_until("the ISR shrinks to %s" % survivors,
+               lambda: agreed_state(live, topic, 1, lambda v: v.isr == survivors), timeout=SESSION_MS / 1000 + 20)
+
+    later = Acks()
+    producer = idempotent_producer(bootstrap_of(live), **{"batch.size": 4000, "linger.ms": 5})
+    produce_and_flush(producer, topic, 0, [b"later-%05d-" % i + b"x" * 90 for i in range(3000)], later)
+    assert len(later.ok) == 3000, later.failed[:3]
+    end = max(o for o, _ in later.of(0)) + 1
+
+    def leader_start_past_victim():
+        bases = segment_bases(cluster.node(leader), topic, 0)
+        return bases[0] if bases and bases[0] > 50 else None
+    start = wait_until("the leader's retention deletes the first segments", leader_start_past_victim, timeout=20)
+
+    cluster.node(victim).start()
+    wait_fully_replicated(cluster.nodes, topic, 1, timeout=60,
+                          what="node %d, left behind the leader's log start %d, rejoins the ISR" % (victim, start))
+    bases = segment_bases(cluster.node(victim), topic, 0)
+    assert bases[0] >= start, "node %d still holds segments from %d (leader starts at %d)" % (victim, bases[0], start)
+    print("\nleader %d's log starts at %d of %d; node %d started again at %d and caught up" % (
+        leader, start, end, victim, bases[0]))
+
+    # Its files hold exactly the acknowledged records from where it started again.
+    acked = dict(later.of(0))
+
+    def holds_the_rest():
+        have = {}
+        for base in segment_bases(cluster.node(victim), topic, 0):
+            path = os.path.join(cluster.node(victim).partition_dir(topic, 0), "%020d.log" % base)
+            with open(path, "rb") as f:
+                have.update(records_in(f.read()))
+        want = {o: v for o, v in acked.items() if o >= min(have, default=end)}
+        wrong = [o for o, v in want.items() if have.get(o) != v]
+        assert min(have) >= start and not wrong and max(have) == end - 1, (
+            min(have), max(have), start, end, wrong[:3])
+        return True
+    wait_until("node %d's segments hold every acknowledged record from its new start" % victim,
+               holds_the_rest, timeout=20)
+    c = ck_consumer(cluster.bootstrap)
+    low, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    c.close()
+    assert start <= low < end and high == end, (start, low, high, end)
+    got = ck_consume(cluster.bootstrap, topic, {0: low}, expected_counts={0: end - low})
+    assert [(m.offset(), m.value()) for m in got[0]] == [(o, v) for o, v in later.of(0) if o >= low]
 
 
 @pytest.mark.timeout(150)

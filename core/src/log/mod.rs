@@ -449,6 +449,25 @@ impl PartitionLog {
         }
     }
 
+    /// Empties the log and starts it again at `offset`, past everything it held: a follower
+    /// whose next offset has fallen below its leader's log start (retention deleted what it
+    /// would fetch) starts where the leader's log does, as Kafka's followers do.
+    pub fn restart_at(&mut self, offset: Offset, wall_ms: i64, ids: &mut dyn FileIds, ops: &mut Vec<DiskOp>) {
+        debug_assert!(offset > self.log_end_offset);
+        self.generation += 1;
+        for seg in std::mem::take(&mut self.segments) {
+            self.delete_segment_files(&seg, ops);
+        }
+        self.dirty.clear();
+        self.add_segment(offset, wall_ms, ids, ops);
+        self.log_start_offset = offset;
+        self.log_end_offset = offset;
+        self.durable_end = offset;
+        self.high_watermark = offset;
+        self.epochs = epochs::EpochCache::default();
+        self.producers = producers::Producers::default();
+    }
+
     fn delete_segment_files(&self, seg: &Segment, ops: &mut Vec<DiskOp>) {
         for (file, ext) in [(seg.log_file, "log"), (seg.index_file, "index"), (seg.time_index_file, "timeindex")] {
             ops.push(DiskOp::Close { file });
@@ -645,6 +664,34 @@ mod tests {
         // max_bytes smaller than one batch: still one batch when min_one, else nothing.
         assert_eq!(log.read(0, 3, 1, true), ReadResult::Range { file: FileId(1), position: 0, len: size });
         assert_eq!(log.read(0, 3, 1, false), ReadResult::Empty);
+    }
+
+    #[test]
+    fn restart_at_empties_the_log_and_starts_it_past_its_end() {
+        let b = make_batch(&[b"x", b"y"], 5);
+        let (mut log, _) = log_with(&[b.clone(), b.clone(), b.clone()], b.len() as u64);
+        assert_eq!(log.segments.len(), 3);
+        let mut ops = Vec::new();
+        let generation = log.generation;
+        log.restart_at(40, 7, &mut Ids(100), &mut ops);
+        assert_eq!((log.log_start_offset, log.log_end_offset, log.durable_end, log.high_watermark), (40, 40, 40, 40));
+        assert!(log.generation > generation);
+        assert_eq!(log.segments.len(), 1);
+        assert_eq!(log.segments[0].base_offset, 40);
+        assert_eq!(log.epochs.latest(), None);
+        let deleted = ops.iter().filter(|o| matches!(o, DiskOp::DeleteFile { .. })).count();
+        assert_eq!(deleted, 9, "three segments' three files each");
+        assert!(ops.iter().any(|o| matches!(o, DiskOp::Open { path, .. } if path == "t-0/00000000000000000040.log")));
+        assert_eq!(log.read(39, 40, 1 << 20, true), ReadResult::OutOfRange);
+        assert_eq!(log.read(40, 40, 1 << 20, true), ReadResult::Empty);
+        // The next fetched batch lands at 40.
+        let mut c = Bytes::from(b.clone()).to_vec();
+        c[..16].copy_from_slice(&batch::patched_prefix(&b, 40, 3));
+        let c = Bytes::from(c);
+        let h = batch::check_batch(&c).unwrap();
+        log.append_replicated(c.clone(), &h, &settings(1 << 30), 8, &mut Ids(200), &mut ops);
+        assert_eq!(log.log_end_offset, 42);
+        assert_eq!(log.epochs.latest(), Some(3));
     }
 
     #[test]

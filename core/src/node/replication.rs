@@ -342,7 +342,9 @@ impl Node {
             if !following {
                 continue;
             }
-            if fp.error != 0 {
+            if fp.error == KafkaError::OffsetOutOfRange.code() && self.below_leader_start(tp, fp.log_start_offset) {
+                self.restart_log_at(tp, fp.log_start_offset);
+            } else if fp.error != 0 {
                 tracing::debug!(from, partition = fp.partition, error = fp.error, "replica fetch refused");
                 errors = true;
             } else if let Some((epoch, end)) = fp.diverging {
@@ -354,6 +356,29 @@ impl Node {
         if let Some(f) = self.replication.fetchers.get_mut(&from) {
             f.not_before = if errors { now.plus_millis(FETCH_BACKOFF_MS) } else { Instant::ZERO };
         }
+    }
+
+    fn below_leader_start(&self, tp: Tp, leader_start: Offset) -> bool {
+        self.partition(tp).is_some_and(|p| leader_start > p.log.log_end_offset)
+    }
+
+    /// The leader no longer has the records this replica would fetch next (its retention
+    /// deleted them): this log is emptied and starts again at the leader's log start.
+    fn restart_log_at(&mut self, tp: Tp, leader_start: Offset) {
+        let wall = self.now.wall_ms;
+        let mut next_file = self.next_file;
+        let mut ops = Vec::new();
+        let Some(p) = self.partition_mut(tp) else { return };
+        tracing::info!(dir = %p.log.dir, log_end = p.log.log_end_offset, leader_start, "the leader's log starts past this one's end; starting again there");
+        p.log.restart_at(leader_start, wall, &mut next_file, &mut ops);
+        p.written_end = p.log.log_end_offset;
+        let generation = p.log.generation;
+        self.next_file = next_file;
+        for action in ops {
+            self.issue_log_op(tp, generation, action, None);
+        }
+        self.dirty.insert(tp);
+        self.advance_hw(tp);
     }
 
     /// The leader says this log parts from its own after `end` of `epoch`: cut back to where
