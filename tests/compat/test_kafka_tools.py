@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO, _set_pdeathsig, unique_topic
+from test_replication import cluster, cluster_factory  # noqa: F401 (fixtures)
 
 VERSION = os.environ.get("KAFKA_TOOLS_VERSION", "4.4.0")  # as in scripts/install-kafka-tools.sh
 LIB = os.path.join(REPO, ".kafka-tools", VERSION, "lib")
@@ -116,3 +118,86 @@ def test_producer_perf_test_and_metadata_quorum(broker):
     out = tool("org.apache.kafka.tools.MetadataQuorumCommand", "--bootstrap-server", broker.bootstrap,
                "describe", "--status").stdout
     assert re.search(r"LeaderId:\s+1\b", out) and re.search(r"CurrentVoters:\s+\[\{\"id\": 1", out), out
+
+
+REASSIGN = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand"
+
+
+@pytest.mark.timeout(240)
+def test_reassign_partitions_while_producing(cluster):
+    """kafka-reassign-partitions moves a partition's two replicas, its leader's among them,
+    to another pair (the third broker joins) while an idempotent acks=all producer keeps
+    sending: --execute starts it, --list and --verify follow it to the end. Afterwards the
+    registration is the new pair, both in sync; the leaving broker's copy is gone; the
+    broker that joined holds every acknowledged record; a consumer reads them all, in order,
+    at their acknowledged offsets."""
+    import threading
+
+    from test_replication import (ALL, Acks, assert_log_is, controller_of, create_topic, idempotent_producer,
+                                  node_id, records_in, segment0, topic_state, wait_fully_replicated)
+    from test_cluster import wait_until
+
+    controller_of(cluster)
+    b = ["--bootstrap-server", cluster.bootstrap]
+    t = unique_topic("kt-move")
+    create_topic(cluster.bootstrap, t, 1, rf=2, config={"min.insync.replicas": "2"})
+    st = wait_until("%s has a leader and an ISR of 2" % t,
+                    lambda: (lambda s: s if s and s[0].leader in ALL and len(s[0].isr) == 2 else None)(
+                        topic_state(cluster.node(1), t)))
+    leader, follower = st[0].leader, next(r for r in st[0].replicas if r != st[0].leader)
+    joiner = next(i for i in ALL if i not in st[0].replicas)
+
+    acks, stop = Acks(), threading.Event()
+    producer = idempotent_producer(cluster.bootstrap, **{"linger.ms": 5})
+
+    def produce():
+        i = 0
+        while not stop.is_set():
+            producer.produce(t, value=b"m-%07d" % i, partition=0, on_delivery=acks.cb)
+            i += 1
+            producer.poll(0.002 if i % 50 == 0 else 0)
+    sender = threading.Thread(target=produce, daemon=True)
+    sender.start()
+    try:
+        wait_until("the producer has 2,000 acks", lambda: len(acks.ok) >= 2000, timeout=30)
+        plan = os.path.join(cluster.base, "reassign.json")
+        with open(plan, "w") as f:
+            json.dump({"version": 1, "partitions": [{"topic": t, "partition": 0, "replicas": [joiner, follower]}]}, f)
+        # The joining broker is paused, so the reassignment cannot finish while --list looks.
+        os.kill(cluster.node(joiner).pid, signal.SIGSTOP)
+        try:
+            out = tool(REASSIGN, *b, "--reassignment-json-file", plan, "--execute").stdout
+            assert "Successfully started partition reassignment" in out, out
+            listed = tool(REASSIGN, *b, "--list").stdout
+        finally:
+            os.kill(cluster.node(joiner).pid, signal.SIGCONT)
+        print("\n--list while it runs:\n" + listed.strip())
+        assert re.search(r"%s-0: replicas: %d,%d,%d\. adding: %d\. removing: %d\." % (
+            re.escape(t), joiner, follower, leader, joiner, leader), listed), listed
+
+        def verified():
+            r = tool(REASSIGN, *b, "--reassignment-json-file", plan, "--verify", check=False)
+            return r.stdout if "Reassignment of partition %s-0 is completed" % t in r.stdout else None
+        out = wait_until("--verify says the reassignment is complete", verified, timeout=90)
+        n = len(acks.ok)
+        wait_until("the producer carries on after the move", lambda: len(acks.ok) >= n + 1000, timeout=30)
+    finally:
+        stop.set()
+        sender.join(10)
+    assert producer.flush(40) == 0
+    assert not acks.failed, "%d sends failed, first %r" % (len(acks.failed), acks.failed[:3])
+
+    want = sorted([joiner, follower])
+    st = wait_until("every node shows replicas %s, both in sync" % want,
+                    lambda: all((lambda s: s and s[0].replicas == want and s[0].isr == want)(topic_state(n, t))
+                                for n in cluster.nodes), timeout=30)
+    assert "No partition reassignments found" in tool(REASSIGN, *b, "--list").stdout
+    wait_until("broker %d's copy is removed" % leader,
+               lambda: not os.path.exists(cluster.node(leader).partition_dir(t, 0)), timeout=20)
+    acked = acks.of(0)
+    have = records_in(segment0(cluster.node(joiner), t, 0))
+    missing = [(o, v) for o, v in acked if have.get(o) != v]
+    assert not missing, "broker %d lacks %d acknowledged records, first %r" % (joiner, len(missing), missing[0])
+    assert_log_is(cluster.bootstrap, t, 0, acked)
+    print("moved %s-0 from %s to %s while producing: %d records acknowledged, none failed"
+          % (t, sorted([leader, follower]), want, len(acked)))

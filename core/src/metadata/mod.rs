@@ -86,6 +86,20 @@ pub enum MetaRecord {
         set: Vec<(String, String)>,
         deleted: Vec<String>,
     },
+    /// A partition's replicas changed (AlterPartitionReassignments, KIP-455): its whole new
+    /// registration, the replicas being added and removed while a reassignment runs
+    /// included. Applied only on top of `partition_epoch - 1`, like `PartitionChanged`.
+    PartitionReassigned {
+        id: [u8; 16],
+        partition: i32,
+        replicas: Vec<i32>,
+        adding: Vec<i32>,
+        removing: Vec<i32>,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    },
 }
 
 /// Leader id of a partition that has none (every ISR member fenced).
@@ -107,6 +121,20 @@ pub struct PartitionImage {
     pub partition_epoch: i32,
     /// The in-sync replicas: they hold everything below the high watermark.
     pub isr: Vec<i32>,
+    /// While a reassignment runs: replicas joining (in `replicas`, not yet in sync)...
+    pub adding: Vec<i32>,
+    /// ...and replicas leaving once every target replica is in sync. `replicas` is the
+    /// target replicas followed by these.
+    pub removing: Vec<i32>,
+}
+
+/// Why a reassignment cannot start or be cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A cancel, and no reassignment runs (NO_REASSIGNMENT_IN_PROGRESS).
+    NoReassignment,
+    /// No in-sync replica would be left.
+    EmptyIsr,
 }
 
 /// Why a preferred leader election changes nothing.
@@ -154,7 +182,109 @@ impl PartitionImage {
     /// A new partition: its first replica leads, every replica is in sync (they are all empty).
     pub fn new(replicas: Vec<i32>) -> PartitionImage {
         let leader = replicas.first().copied().unwrap_or(NO_LEADER);
-        PartitionImage { isr: replicas.clone(), replicas, leader, leader_epoch: 0, partition_epoch: 0 }
+        PartitionImage {
+            isr: replicas.clone(),
+            replicas,
+            leader,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            adding: Vec::new(),
+            removing: Vec::new(),
+        }
+    }
+
+    /// Whether a reassignment is running.
+    pub fn reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replicas before the running reassignment (the current ones when none runs).
+    pub fn original_replicas(&self) -> Vec<i32> {
+        self.replicas.iter().copied().filter(|r| !self.adding.contains(r)).collect()
+    }
+
+    /// The replicas the running reassignment moves to (the current ones when none runs).
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas.iter().copied().filter(|r| !self.removing.contains(r)).collect()
+    }
+
+    /// The registration that starts a reassignment to `target` (KIP-455), or, with `None`,
+    /// cancels the running one (back to the original replicas). The replicas become the
+    /// target followed by the original replicas it leaves out; the ISR keeps only members
+    /// still replicas; a leader no longer a replica gives way to the first in-sync,
+    /// unfenced one (target replicas first). Errors: `NoReassignment` (a cancel with none running), `EmptyIsr`
+    /// (no in-sync replica would remain).
+    pub fn reassign(&self, target: Option<&[i32]>, fenced: impl Fn(i32) -> bool) -> Result<PartitionImage, Refusal> {
+        let original = self.original_replicas();
+        let target = match target {
+            Some(t) => t.to_vec(),
+            None if self.reassigning() => original.clone(),
+            None => return Err(Refusal::NoReassignment),
+        };
+        let mut replicas = target.clone();
+        replicas.extend(original.iter().copied().filter(|r| !target.contains(r)));
+        let adding: Vec<i32> = target.iter().copied().filter(|r| !original.contains(r)).collect();
+        let removing: Vec<i32> = original.iter().copied().filter(|r| !target.contains(r)).collect();
+        let isr: Vec<i32> = self.isr.iter().copied().filter(|r| replicas.contains(r)).collect();
+        if isr.is_empty() {
+            return Err(Refusal::EmptyIsr);
+        }
+        let next = PartitionImage { replicas: replicas.clone(), isr, adding, removing, ..self.clone() };
+        Ok(next.with_leader_from(&replicas, fenced))
+    }
+
+    /// The registration that finishes the running reassignment, once every target replica
+    /// is in sync and one of them can lead: the target replicas alone, the ISR without the
+    /// replicas leaving, the leader moved to the first in-sync unfenced target replica if it
+    /// is leaving. `None` while that is not so (or none runs).
+    pub fn reassignment_done(&self, fenced: impl Fn(i32) -> bool) -> Option<PartitionImage> {
+        if !self.reassigning() {
+            return None;
+        }
+        let target = self.target_replicas();
+        if !target.iter().all(|r| self.isr.contains(r)) {
+            return None;
+        }
+        let next = PartitionImage {
+            isr: self.isr.iter().copied().filter(|r| target.contains(r)).collect(),
+            replicas: target.clone(),
+            adding: Vec::new(),
+            removing: Vec::new(),
+            ..self.clone()
+        };
+        let next = next.with_leader_from(&target, fenced);
+        (next.leader != NO_LEADER).then_some(next)
+    }
+
+    /// The next registration (partition epoch + 1). Its leader stays if it is in `allowed`,
+    /// in sync and unfenced; otherwise the first of `allowed` that is takes over in a new
+    /// leader epoch (or none).
+    fn with_leader_from(mut self, allowed: &[i32], fenced: impl Fn(i32) -> bool) -> PartitionImage {
+        self.partition_epoch += 1;
+        let fit = |r: i32| allowed.contains(&r) && self.isr.contains(&r) && !fenced(r);
+        if self.leader == NO_LEADER || !fit(self.leader) {
+            let leader = allowed.iter().copied().find(|r| fit(*r)).unwrap_or(NO_LEADER);
+            if leader != self.leader {
+                self.leader = leader;
+                self.leader_epoch += 1;
+            }
+        }
+        self
+    }
+
+    /// The record that makes this the partition's registration, replicas included.
+    pub fn reassign_record(&self, id: [u8; 16], partition: i32) -> MetaRecord {
+        MetaRecord::PartitionReassigned {
+            id,
+            partition,
+            replicas: self.replicas.clone(),
+            adding: self.adding.clone(),
+            removing: self.removing.clone(),
+            leader: self.leader,
+            leader_epoch: self.leader_epoch,
+            partition_epoch: self.partition_epoch,
+            isr: self.isr.clone(),
+        }
     }
 
     /// The registration a controller wants given which brokers are fenced (clean election,
@@ -187,13 +317,7 @@ impl PartitionImage {
             return None;
         }
         let leader_epoch = self.leader_epoch + i32::from(leader != self.leader);
-        Some(PartitionImage {
-            replicas: self.replicas.clone(),
-            leader,
-            leader_epoch,
-            partition_epoch: self.partition_epoch + 1,
-            isr,
-        })
+        Some(PartitionImage { leader, leader_epoch, partition_epoch: self.partition_epoch + 1, isr, ..self.clone() })
     }
 }
 
@@ -292,8 +416,32 @@ impl MetadataImage {
                     leader_epoch: *leader_epoch,
                     partition_epoch: *partition_epoch,
                     isr: isr.clone(),
+                    adding: Vec::new(),
+                    removing: Vec::new(),
                 };
-                self.change_partition(id, *partition, next)
+                self.change_partition(id, *partition, next, false)
+            }
+            MetaRecord::PartitionReassigned {
+                id,
+                partition,
+                replicas,
+                adding,
+                removing,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => {
+                let next = PartitionImage {
+                    replicas: replicas.clone(),
+                    leader: *leader,
+                    leader_epoch: *leader_epoch,
+                    partition_epoch: *partition_epoch,
+                    isr: isr.clone(),
+                    adding: adding.clone(),
+                    removing: removing.clone(),
+                };
+                self.change_partition(id, *partition, next, true)
             }
             MetaRecord::TopicConfigsAltered { id, replace, set, deleted } => {
                 self.alter_configs(id, *replace, set, deleted)
@@ -316,9 +464,9 @@ impl MetadataImage {
         true
     }
 
-    /// Makes `next` (all but its replicas) a partition's registration, if it builds on the
-    /// current one: the next partition epoch, a leader epoch not lower.
-    fn change_partition(&mut self, id: &[u8; 16], partition: i32, next: PartitionImage) -> bool {
+    /// Makes `next` a partition's registration (its replicas too only when `replicas`), if
+    /// it builds on the current one: the next partition epoch, a leader epoch not lower.
+    fn change_partition(&mut self, id: &[u8; 16], partition: i32, next: PartitionImage, replicas: bool) -> bool {
         let Some(p) = self
             .topics
             .values_mut()
@@ -328,7 +476,16 @@ impl MetadataImage {
         else {
             return false;
         };
-        *p = PartitionImage { replicas: std::mem::take(&mut p.replicas), ..next };
+        *p = if replicas {
+            next
+        } else {
+            PartitionImage {
+                replicas: std::mem::take(&mut p.replicas),
+                adding: std::mem::take(&mut p.adding),
+                removing: std::mem::take(&mut p.removing),
+                ..next
+            }
+        };
         true
     }
 
@@ -595,6 +752,67 @@ mod tests {
         let (name, p) = img.partition(&[2; 16], 0).unwrap();
         assert_eq!((name, p.leader, p.leader_epoch, p.partition_epoch, p.isr.clone()), ("t", 2, 1, 1, vec![2, 3]));
         assert!(img.partition(&[2; 16], 1).is_none());
+    }
+
+    #[test]
+    fn reassignment_runs_through_adding_and_removing() {
+        let p = PartitionImage::new(vec![1, 2, 3]);
+        let none = |_| false;
+        assert_eq!(p.reassign(None, none), Err(Refusal::NoReassignment));
+        // [1,2,3] -> [4,2,5]: the target first, then the leaving replicas; 1 keeps leading.
+        let r = p.reassign(Some(&[4, 2, 5]), none).unwrap();
+        assert_eq!(
+            (r.replicas.clone(), r.adding.clone(), r.removing.clone()),
+            (vec![4, 2, 5, 1, 3], vec![4, 5], vec![1, 3])
+        );
+        assert_eq!((r.leader, r.leader_epoch, r.partition_epoch, r.isr.clone()), (1, 0, 1, vec![1, 2, 3]));
+        assert_eq!(r.original_replicas(), vec![2, 1, 3]);
+        assert_eq!(r.target_replicas(), vec![4, 2, 5]);
+        assert!(r.reassigning());
+        assert_eq!(r.reassignment_done(none), None, "4 and 5 are not in sync yet");
+        let caught_up = PartitionImage { isr: vec![1, 2, 3, 4], partition_epoch: 2, ..r.clone() };
+        assert_eq!(caught_up.reassignment_done(none), None, "5 is not in sync yet");
+        let all = PartitionImage { isr: vec![1, 2, 3, 4, 5], partition_epoch: 3, ..r.clone() };
+        let d = all.reassignment_done(none).unwrap();
+        // Done: the target alone, the ISR without 1 and 3, the leader moved to 4 in a new epoch.
+        assert_eq!(
+            (d.replicas.clone(), d.isr.clone(), d.leader, d.leader_epoch, d.partition_epoch),
+            (vec![4, 2, 5], vec![2, 4, 5], 4, 1, 4)
+        );
+        assert!(!d.reassigning());
+        // With 4 fenced, 2 leads; with every target replica fenced, it waits.
+        assert_eq!(all.reassignment_done(|b| b == 4).map(|d| d.leader), Some(2));
+        assert_eq!(all.reassignment_done(|b| [4, 2, 5].contains(&b)), None);
+        // A cancel goes back to the original replicas; an added replica leaves the ISR.
+        let c = caught_up.reassign(None, none).unwrap();
+        assert_eq!(
+            (c.replicas.clone(), c.adding.clone(), c.removing.clone(), c.isr.clone()),
+            (vec![2, 1, 3], vec![], vec![], vec![1, 2, 3])
+        );
+        // A new target while one runs starts from the original replicas: 4 leaves.
+        let n = caught_up.reassign(Some(&[1, 5]), none).unwrap();
+        assert_eq!(
+            (n.replicas.clone(), n.adding.clone(), n.removing.clone(), n.isr.clone()),
+            (vec![1, 5, 2, 3], vec![5], vec![2, 3], vec![1, 2, 3])
+        );
+        // A leader that leaves the replicas (an added one, cancelled) gives way at once.
+        let led_by_4 = PartitionImage { leader: 4, leader_epoch: 3, ..caught_up.clone() };
+        let c = led_by_4.reassign(None, none).unwrap();
+        assert_eq!((c.leader, c.leader_epoch), (2, 4));
+        // No in-sync replica left: refused.
+        let only_added = PartitionImage { isr: vec![4], leader: 4, ..r.clone() };
+        assert_eq!(only_added.reassign(None, none), Err(Refusal::EmptyIsr));
+
+        // In the image: an ISR change keeps the reassignment; the record sets it.
+        let mut img = MetadataImage::default();
+        let placed =
+            MetaRecord::TopicPlaced { name: "t".into(), id: [3; 16], configs: vec![], replicas: vec![vec![1, 2, 3]] };
+        assert!(img.apply(1, &placed));
+        assert!(img.apply(2, &r.reassign_record([3; 16], 0)));
+        assert!(!img.apply(3, &r.reassign_record([3; 16], 0)), "the same partition epoch twice");
+        assert!(img.apply(3, &caught_up.change_record([3; 16], 0)));
+        let (_, now) = img.partition(&[3; 16], 0).unwrap();
+        assert_eq!(now, &caught_up);
     }
 
     #[test]

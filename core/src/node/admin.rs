@@ -661,10 +661,20 @@ impl Node {
         body: Bytes,
     ) -> Result<(), FrameError> {
         use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
-        let req: ElectLeadersRequest = protocol::decode_body(body, ctx.version)?;
+        let req: ElectLeadersRequest = protocol::decode_body(body.clone(), ctx.version)?;
         let mut resp = ElectLeadersResponse::default();
         let wanted: Option<Vec<(String, Vec<i32>)>> =
             req.topic_partitions.map(|ts| ts.into_iter().map(|t| (t.topic.0.to_string(), t.partitions)).collect());
+        // An election computed from the committed registration while a change of this
+        // controller is uncommitted would be a no-op when applied: wait for that change.
+        let pending = wanted.iter().flatten().find_map(|(t, ps)| {
+            let id = self.cluster.image.topics.get(t)?.id;
+            ps.iter().find_map(|p| self.partition_change_pending((id, *p)))
+        });
+        if let (true, Some(job)) = (self.is_controller(), pending) {
+            self.park(conn, seq, job, Then::Redispatch { ctx, body });
+            return Ok(());
+        }
         let results: Vec<(String, i32, i16, Option<JobId>)> = if !self.is_controller() {
             resp.error_code = KafkaError::NotController.code();
             let all = wanted.unwrap_or_default();
@@ -861,6 +871,7 @@ impl Node {
                 let grant = crate::peer::BrokerMessage::ProducerIdsGranted { end };
                 self.send_peer(broker, crate::peer::Body::Broker(grant));
             }
+            JobDone::ReplicaReady { tp } => self.replica_ready(tp, !job.failed),
             JobDone::ProducerIdsFor { .. } | JobDone::Nothing => {}
         }
         let waiters = std::mem::take(&mut self.waiters);

@@ -27,7 +27,7 @@ const REGISTRATION_RETRY_MS: u64 = 250;
 const FENCE_RECHECK_MS: u64 = 100;
 
 /// A new partition's file operations: its directory and its first segment's three files.
-const FILE_OPS_PER_PARTITION: usize = 4;
+pub(super) const FILE_OPS_PER_PARTITION: usize = 4;
 
 #[derive(Default)]
 pub(super) struct ClusterState {
@@ -264,6 +264,7 @@ impl Node {
                 }
             }
             MetaRecord::PartitionChanged { id, partition, .. } => self.partition_change_applied(id, partition),
+            MetaRecord::PartitionReassigned { id, partition, .. } => self.replicas_changed(id, partition),
             MetaRecord::TopicConfigsAltered { id, .. } => self.topic_configs_altered(id),
             MetaRecord::TopicCreated { .. }
             | MetaRecord::PartitionsCreated { .. }

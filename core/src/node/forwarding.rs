@@ -60,6 +60,7 @@ fn forwardable(key: ApiKey) -> bool {
             | ApiKey::AlterConfigs
             | ApiKey::IncrementalAlterConfigs
             | ApiKey::ElectLeaders
+            | ApiKey::AlterPartitionReassignments
     )
 }
 

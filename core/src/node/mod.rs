@@ -18,6 +18,7 @@ mod groups;
 mod metadata_quorum;
 mod produce;
 mod producer_ids;
+mod reassignment;
 mod recovery;
 mod replication;
 mod transactions;
@@ -146,6 +147,10 @@ enum JobDone {
     ProducerIdsFor {
         broker: i32,
         end: i64,
+    },
+    /// A replica moved here by a reassignment has its files.
+    ReplicaReady {
+        tp: Tp,
     },
     /// Nothing follows (a controller's proposal about a broker).
     Nothing,
@@ -716,6 +721,8 @@ impl Node {
             ApiKey::CreateTopics => self.handle_create_topics(conn, seq, ctx, body),
             ApiKey::DeleteTopics => self.handle_delete_topics(conn, seq, ctx, body),
             ApiKey::ElectLeaders => self.handle_elect_leaders(conn, seq, ctx, body),
+            ApiKey::AlterPartitionReassignments => self.handle_alter_partition_reassignments(conn, seq, ctx, body),
+            ApiKey::ListPartitionReassignments => self.handle_list_partition_reassignments(conn, seq, ctx, body),
             ApiKey::CreatePartitions => self.handle_create_partitions(conn, seq, ctx, body),
             ApiKey::DescribeConfigs => self.handle_describe_configs(conn, seq, &ctx, body),
             ApiKey::DescribeLogDirs => self.handle_describe_log_dirs(conn, seq, &ctx, body),

@@ -44,7 +44,7 @@ pub(super) struct ReplicationState {
     next_answer: u64,
     next_isr_check: Option<Instant>,
     /// The controller's partition changes proposed and not yet committed.
-    in_flight: BTreeMap<Tp, Offset>,
+    in_flight: BTreeMap<Tp, (Offset, super::JobId)>,
     /// The controller should look for partitions that need a new leader or ISR.
     pub reconcile_due: bool,
     /// The controller's next preferred-leader check (`auto.leader.rebalance.enable`).
@@ -171,7 +171,7 @@ impl Node {
             if let Role::Leader(l) = &mut p.role {
                 if l.leader_epoch == img.leader_epoch {
                     if l.partition_epoch != img.partition_epoch {
-                        l.registered(&img.isr, img.partition_epoch);
+                        l.registered(&img.replicas, &img.isr, img.partition_epoch);
                     }
                     self.advance_hw(tp);
                     return;
@@ -207,7 +207,7 @@ impl Node {
         self.advance_hw(tp);
     }
 
-    fn role_changed(&mut self, tp: Tp) {
+    pub(super) fn role_changed(&mut self, tp: Tp) {
         // Produces waiting on a partition this node no longer leads fail over; held fetches
         // and followers' fetching are looked at again.
         self.hw_moved = true;
@@ -822,15 +822,22 @@ impl Node {
         self.propose_partition_change(tp, rec);
     }
 
-    fn propose_partition_change(&mut self, tp: Tp, rec: MetaRecord) {
+    /// The job of this controller's change to the partition that is not committed yet.
+    pub(super) fn partition_change_pending(&self, tp: Tp) -> Option<super::JobId> {
         let hw = self.meta.quorum.as_ref().map_or(0, |q| q.high_watermark());
-        if self.replication.in_flight.get(&tp).is_some_and(|at| *at >= hw) {
-            return;
+        self.replication.in_flight.get(&tp).filter(|(at, _)| *at >= hw).map(|(_, job)| *job)
+    }
+
+    /// Proposes a change of the partition's registration, unless one is still pending (the
+    /// next is computed from the committed one). Returns the job its commit finishes.
+    pub(super) fn propose_partition_change(&mut self, tp: Tp, rec: MetaRecord) -> Option<super::JobId> {
+        if self.partition_change_pending(tp).is_some() {
+            return None;
         }
         let job = self.new_job(1, super::JobDone::Nothing);
-        if let Some(offset) = self.meta_append(&rec, job) {
-            self.replication.in_flight.insert(tp, offset);
-        }
+        let offset = self.meta_append(&rec, job)?;
+        self.replication.in_flight.insert(tp, (offset, job));
+        Some(job)
     }
 
     /// Elects leaders and trims ISRs after brokers are fenced or come back (clean elections
@@ -851,6 +858,8 @@ impl Node {
                 let i = i32::try_from(i).expect("bounded");
                 if let Some(w) = p.wanted(fenced) {
                     changes.push(((t.id, i), w.change_record(t.id, i)));
+                } else if let Some(w) = p.reassignment_done(fenced) {
+                    changes.push(((t.id, i), w.reassign_record(t.id, i)));
                 } else if let (true, Ok(w)) = (rebalance, p.prefer(fenced)) {
                     // auto.leader.rebalance.enable: leadership goes back to the preferred
                     // replica once it is in sync again.
@@ -903,6 +912,9 @@ impl Node {
                     continue;
                 };
                 match img.prefer(fenced) {
+                    // Another change is uncommitted (only when electing every partition: a
+                    // request naming it waits for that change first): not elected now.
+                    Ok(_) if all && self.partition_change_pending((id, p)).is_some() => {}
                     Ok(w) => changes.push((name.clone(), (id, p), w.change_record(id, p))),
                     Err(_) if all => {}
                     Err(crate::metadata::NoElection::NotNeeded) => out.push((name.clone(), p, 84, None)),
@@ -911,15 +923,9 @@ impl Node {
             }
         }
         for (name, tp, rec) in changes {
-            let job = self.new_job(1, super::JobDone::Nothing);
-            let code = match self.meta_append(&rec, job) {
-                Some(offset) => {
-                    self.replication.in_flight.insert(tp, offset);
-                    0
-                }
-                None => KafkaError::KafkaStorageError.code(),
-            };
-            out.push((name, tp.1, code, (code == 0).then_some(job)));
+            let job = self.propose_partition_change(tp, rec);
+            let code = if job.is_some() { 0 } else { KafkaError::KafkaStorageError.code() };
+            out.push((name, tp.1, code, job));
         }
         out
     }

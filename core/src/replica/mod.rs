@@ -114,9 +114,12 @@ impl Leadership {
         self.pending = Some((isr, now));
     }
 
-    /// The registration moved to partition epoch `epoch` with this ISR: every change asked
+    /// The registration moved to partition epoch `epoch` with these replicas and ISR: every change asked
     /// before is decided (committed, or refused for good).
-    pub fn registered(&mut self, isr: &[i32], epoch: i32) {
+    pub fn registered(&mut self, replicas: &[i32], isr: &[i32], epoch: i32) {
+        // A replica a reassignment removed is no follower any more (one it added is, from
+        // its first fetch).
+        self.followers.retain(|r, _| replicas.contains(r));
         self.isr = isr.to_vec();
         self.partition_epoch = epoch;
         self.pending = None;
@@ -228,7 +231,15 @@ mod tests {
     }
 
     fn leading(isr: Vec<i32>) -> Leadership {
-        let image = PartitionImage { replicas: vec![1, 2, 3], leader: 1, leader_epoch: 4, partition_epoch: 7, isr };
+        let image = PartitionImage {
+            replicas: vec![1, 2, 3],
+            leader: 1,
+            leader_epoch: 4,
+            partition_epoch: 7,
+            isr,
+            adding: vec![],
+            removing: vec![],
+        };
         Leadership::new(1, &image, 10, at(0))
     }
 
@@ -253,7 +264,7 @@ mod tests {
             Some(30),
             "a change given up on may still be committed: its member counts until the epoch moves"
         );
-        l.registered(&[1, 3], 8);
+        l.registered(&[1, 2, 3], &[1, 3], 8);
         assert_eq!(l.high_watermark(1, 50, 1, 3), Some(50), "decided: only the ISR counts");
     }
 
