@@ -80,6 +80,9 @@ pub enum Mutant {
     /// AlterConfigs: a topic config change is answered as soon as it is proposed, before the
     /// metadata quorum has committed it (a new controller may never have it).
     AckConfigBeforeCommit = 28,
+    /// Reassignment: finishes as soon as it is asked, the added replicas counted in sync
+    /// before they have caught up (the leaving ones, which hold the data, go at once).
+    ReassignBeforeInSync = 29,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -111,6 +114,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::IsrAdmitsLagging, "isr-admits-lagging"),
     (Mutant::LeadOnAfterFailedWrite, "lead-on-after-failed-write"),
     (Mutant::AckConfigBeforeCommit, "ack-config-before-commit"),
+    (Mutant::ReassignBeforeInSync, "reassign-before-in-sync"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -131,7 +135,8 @@ pub fn scenario(m: Mutant) -> &'static str {
         | Mutant::HwUnderMinIsr
         | Mutant::IsrAdmitsLagging
         | Mutant::LeadOnAfterFailedWrite
-        | Mutant::AckConfigBeforeCommit => "cluster",
+        | Mutant::AckConfigBeforeCommit
+        | Mutant::ReassignBeforeInSync => "cluster",
         _ => "default",
     }
 }

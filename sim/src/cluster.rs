@@ -369,7 +369,9 @@ impl Harness for Run {
 
     fn on_timer(&mut self, w: &mut World, client: usize, token: u64) {
         match token {
-            replicated::T_CREATE | replicated::T_PRODUCE => self.repl.on_timer(w, client, token),
+            replicated::T_CREATE | replicated::T_PRODUCE | replicated::T_REASSIGN => {
+                self.repl.on_timer(w, client, token)
+            }
             commits::T_COMMIT => self.commits.on_timer(w, client, self.repl.created),
             CREATE => {
                 if self.pending.is_none() {
@@ -409,7 +411,7 @@ impl Harness for Run {
             }
             HEAL => {
                 self.healed = true;
-                self.repl.heal();
+                self.repl.heal(w);
                 self.commits.heal();
                 w.heal();
                 // One more creation after the heal: the cluster must take it.
@@ -435,6 +437,8 @@ pub struct ClusterReport {
     /// Records acknowledged on the replicated topic, and Produce answers by error code.
     pub records_acked: usize,
     pub produce_answers: BTreeMap<i16, u64>,
+    /// AlterPartitionReassignments answers by error code.
+    pub reassign_answers: BTreeMap<i16, u64>,
     /// Offset commits acknowledged, and the offsets workload's answers by error code.
     pub commits_acked: u64,
     pub commit_answers: BTreeMap<i16, u64>,
@@ -456,7 +460,7 @@ impl ClusterReport {
     pub fn summary(&self) -> String {
         let mut out = format!("seed {} (cluster)\nplan: {}\n", self.seed, self.plan);
         out += &format!(
-            "simulated {:.3} s, {} events; topics acknowledged {}; CreateTopics answers by error code {:?}; topics with a config change acknowledged {}, IncrementalAlterConfigs answers by error code {:?}; replicated records acknowledged {}, Produce answers by error code {:?}; offset commits acknowledged {}, coordinator answers by error code {:?}\n",
+            "simulated {:.3} s, {} events; topics acknowledged {}; CreateTopics answers by error code {:?}; topics with a config change acknowledged {}, IncrementalAlterConfigs answers by error code {:?}; replicated records acknowledged {}, Produce answers by error code {:?}, AlterPartitionReassignments answers by error code {:?}; offset commits acknowledged {}, coordinator answers by error code {:?}\n",
             self.sim_ns as f64 / 1e9,
             self.events,
             self.acked,
@@ -465,6 +469,7 @@ impl ClusterReport {
             self.alter_answers,
             self.records_acked,
             self.produce_answers,
+            self.reassign_answers,
             self.commits_acked,
             self.commit_answers
         );
@@ -500,6 +505,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
         alter_answers: BTreeMap::new(),
         records_acked: 0,
         produce_answers: BTreeMap::new(),
+        reassign_answers: BTreeMap::new(),
         commits_acked: 0,
         commit_answers: BTreeMap::new(),
         violations: vec![format!("panic: {}", crate::panic_message(&*e))],
@@ -609,6 +615,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         commits_acked: run.commits.commits_acked,
         commit_answers: run.commits.answers.clone(),
         produce_answers: run.repl.answers.clone(),
+        reassign_answers: run.repl.reassign_answers.clone(),
         violations: run.violations.clone(),
         trace: w.trace.hash(),
     }

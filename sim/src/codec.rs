@@ -13,6 +13,7 @@ pub const ALTER_CONFIGS_VERSION: i16 = 1;
 pub const INIT_PRODUCER_ID_VERSION: i16 = 4;
 pub const ADD_PARTITIONS_TO_TXN_VERSION: i16 = 3;
 pub const END_TXN_VERSION: i16 = 3;
+pub const REASSIGN_VERSION: i16 = 0;
 
 pub fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Bytes {
     let mut h = RequestHeader::default();

@@ -21,13 +21,20 @@
 //!
 //! A send that ends in a timeout, a closed connection or NOT_LEADER_OR_FOLLOWER is
 //! indefinite: it may or may not be in the log, and either is correct.
+//!
+//! In most seeds an admin client also moves the partitions' replicas while all this goes on
+//! (AlterPartitionReassignments, KIP-455): to two of the three nodes, back to all three in
+//! another order, or cancelled, one request at a time. After the heal it moves every
+//! partition back to all three nodes, so that convergence asks for three in-sync replicas.
+//! A replica a reassignment removed holds nothing, and counts for nothing in the checks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::{
-    produce_request, ApiKey, CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse, TopicName,
+    produce_request, AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey,
+    CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rand::Rng;
@@ -45,6 +52,9 @@ const CREATOR: usize = 1;
 /// Timer tokens: creating the topic, and a producer's next send.
 pub const T_CREATE: u64 = 16;
 pub const T_PRODUCE: u64 = 17;
+pub const T_REASSIGN: u64 = 19;
+/// The client that reassigns partitions (producers are 2..=4, the commits workload's 8 on).
+const REASSIGNER: usize = 6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Status {
@@ -85,9 +95,26 @@ pub struct Replicated {
     /// when the node goes down).
     durable: BTreeMap<(usize, i32), Offset>,
     high_watermarks: BTreeMap<(usize, i32), Offset>,
+    /// (node, partition) whose copy a reassignment removed (or replaced), with the latest
+    /// leader epoch seen then: a leader of that epoch or older that has not yet applied the
+    /// removal still lists it in the ISR (a removal moves the leader epoch).
+    fresh_copy: BTreeMap<(usize, i32), i32>,
+    /// Per partition, the largest leader epoch any replica has shown.
+    latest_epoch: BTreeMap<i32, i32>,
+    /// The copy each (node, partition) showed last.
+    copies: BTreeMap<(usize, i32), u64>,
     pub answers: BTreeMap<i16, u64>,
     pub violations: Vec<String>,
     healed: bool,
+    /// How often a reassignment is asked before the heal (none in some seeds).
+    reassign_every: Option<Nanos>,
+    /// The reassignment in flight: partition, target (None: cancel), connection, correlation id.
+    reassigning: Option<(i32, Option<Vec<i32>>, ConnId, i32)>,
+    /// Partitions moved back to all three nodes since the heal (acknowledged; moved again by a
+    /// late request, they are asked again).
+    restored: BTreeSet<i32>,
+    pub reassign_answers: BTreeMap<i16, u64>,
+    reassign_log: Vec<(u64, i32, Option<Vec<i32>>, i16)>,
 }
 
 impl Replicated {
@@ -117,19 +144,28 @@ impl Replicated {
             leaders: BTreeMap::new(),
             durable: BTreeMap::new(),
             high_watermarks: BTreeMap::new(),
+            fresh_copy: BTreeMap::new(),
+            latest_epoch: BTreeMap::new(),
+            copies: BTreeMap::new(),
             answers: BTreeMap::new(),
             violations: Vec::new(),
             healed: false,
+            reassign_every: [None, Some(300 * MS), Some(1_000 * MS)][rng.gen_range(0..3)],
+            reassigning: None,
+            restored: BTreeSet::new(),
+            reassign_answers: BTreeMap::new(),
+            reassign_log: Vec::new(),
         }
     }
 
     pub fn describe(&self) -> String {
         format!(
-            "topic {TOPIC}: {} partitions x 3 replicas, min.insync.replicas 2, {} acks=all producers every {} ms ({:?} in flight)",
+            "topic {TOPIC}: {} partitions x 3 replicas, min.insync.replicas 2, {} acks=all producers every {} ms ({:?} in flight), reassignments every {:?} ms",
             self.partitions,
             self.producers.len(),
             self.every / MS,
-            self.producers.iter().map(|p| p.in_flight_max).collect::<Vec<_>>()
+            self.producers.iter().map(|p| p.in_flight_max).collect::<Vec<_>>(),
+            self.reassign_every.map(|e| e / MS)
         )
     }
 
@@ -147,12 +183,112 @@ impl Replicated {
         w.set_timer(CREATOR, T_CREATE, 10 * MS);
     }
 
-    pub fn heal(&mut self) {
+    pub fn heal(&mut self, w: &mut World) {
         self.healed = true;
+        if self.reassign_every.is_some() {
+            w.set_timer(REASSIGNER, T_REASSIGN, MS);
+        }
     }
 
     pub fn owns(&self, conn: ConnId) -> bool {
-        self.creating.is_some_and(|(c, _)| c == conn) || self.producers.iter().any(|p| p.conn == Some(conn))
+        self.creating.is_some_and(|(c, _)| c == conn)
+            || self.producers.iter().any(|p| p.conn == Some(conn))
+            || self.reassigning.as_ref().is_some_and(|r| r.2 == conn)
+    }
+
+    /// Asks for the next reassignment through a node that is up: before the heal a random
+    /// partition to two nodes, to all three, or a cancel; after it, each partition back to
+    /// all three nodes until that is acknowledged.
+    fn reassign(&mut self, w: &mut World) {
+        if self.reassigning.is_some() || !self.created {
+            return;
+        }
+        let up: Vec<usize> = (0..self.nodes).filter(|i| w.is_up(*i)).collect();
+        let every = self.reassign_every.unwrap_or(300 * MS);
+        let partition = if self.healed {
+            // A request given up on before the heal (its connection closed) may still be
+            // carried out later, forwarded or parked at the controller: look at what the
+            // nodes hold, not only at what was acknowledged.
+            let moved = |p: i32| {
+                (0..self.nodes).any(|i| w.node(i).and_then(|n| n.replica_view(TOPIC, p)).is_some_and(|v| !v.hosted))
+            };
+            match (0..self.partitions).find(|p| !self.restored.contains(p) || moved(*p)) {
+                Some(p) => p,
+                None => return w.set_timer(REASSIGNER, T_REASSIGN, 500 * MS),
+            }
+        } else {
+            w.workload_rng().gen_range(0..self.partitions)
+        };
+        let rng = w.workload_rng();
+        let mut all: Vec<i32> = (1..=self.nodes as i32).collect();
+        for i in (1..all.len()).rev() {
+            all.swap(i, rng.gen_range(0..=i));
+        }
+        let target = match (self.healed, rng.gen_range(0..10)) {
+            (true, _) | (false, 0..=3) => Some(all),
+            (false, 4..=8) => Some(all[..2].to_vec()),
+            (false, _) => None,
+        };
+        if up.is_empty() {
+            w.set_timer(REASSIGNER, T_REASSIGN, every);
+            return;
+        }
+        let node = up[rng.gen_range(0..up.len())];
+        let mut rp = kafka_protocol::messages::alter_partition_reassignments_request::ReassignablePartition::default();
+        rp.partition_index = partition;
+        rp.replicas = target.as_ref().map(|t| t.iter().map(|b| kafka_protocol::messages::BrokerId(*b)).collect());
+        let mut rt = kafka_protocol::messages::alter_partition_reassignments_request::ReassignableTopic::default();
+        rt.name = TopicName(StrBytes::from_static_str(TOPIC));
+        rt.partitions = vec![rp];
+        let mut req = AlterPartitionReassignmentsRequest::default();
+        req.timeout_ms = 10_000;
+        req.topics = vec![rt];
+        self.next_cid += 1;
+        let conn = w.connect(REASSIGNER, node);
+        let key = ApiKey::AlterPartitionReassignments;
+        w.send(conn, codec::frame(key, codec::REASSIGN_VERSION, self.next_cid, &req));
+        self.reassigning = Some((partition, target, conn, self.next_cid));
+    }
+
+    fn on_reassigned(&mut self, w: &mut World, frame: Bytes) {
+        let Some((partition, target, conn, cid)) = self.reassigning.take() else { return };
+        w.close(conn);
+        let key = ApiKey::AlterPartitionReassignments;
+        let code = match codec::decode::<AlterPartitionReassignmentsResponse>(key, codec::REASSIGN_VERSION, frame) {
+            Ok((got, r)) if got == cid => {
+                let p = r.responses.first().and_then(|t| t.partitions.first()).map_or(-1, |p| p.error_code);
+                if r.error_code != 0 {
+                    r.error_code
+                } else {
+                    p
+                }
+            }
+            Ok((got, _)) => {
+                self.violation(w, format!("AlterPartitionReassignments answered with id {got}, sent {cid}"));
+                -1
+            }
+            Err(e) => {
+                self.violation(w, format!("AlterPartitionReassignments answer does not decode: {e}"));
+                -1
+            }
+        };
+        *self.reassign_answers.entry(code).or_default() += 1;
+        self.reassign_log.push((w.now() / MS, partition, target.clone(), code));
+        if self.healed && code == 0 && target.is_some_and(|t| t.len() == self.nodes) {
+            self.restored.insert(partition);
+        }
+        self.next_reassignment(w);
+    }
+
+    fn next_reassignment(&mut self, w: &mut World) {
+        match (self.healed, self.reassign_every) {
+            (_, None) => {}
+            (true, Some(_)) => w.set_timer(REASSIGNER, T_REASSIGN, 50 * MS),
+            (false, Some(e)) => {
+                let after = w.workload_rng().gen_range(e / 2..e * 3 / 2);
+                w.set_timer(REASSIGNER, T_REASSIGN, after);
+            }
+        }
     }
 
     fn create(&mut self, w: &mut World) {
@@ -192,6 +328,7 @@ impl Replicated {
             for k in 0..self.producers.len() {
                 w.set_timer(CREATOR + 1 + k, T_PRODUCE, self.every);
             }
+            self.next_reassignment(w);
         } else {
             w.set_timer(CREATOR, T_CREATE, 100 * MS);
         }
@@ -300,12 +437,20 @@ impl Replicated {
         if self.creating.is_some_and(|(c, _)| c == conn) {
             return self.on_created(w, conn, frame);
         }
+        if self.reassigning.as_ref().is_some_and(|r| r.2 == conn) {
+            return self.on_reassigned(w, frame);
+        }
         if let Some(k) = self.producers.iter().position(|p| p.conn == Some(conn)) {
             self.on_produced(w, k, frame);
         }
     }
 
     pub fn on_closed(&mut self, w: &mut World, conn: ConnId) {
+        if self.reassigning.as_ref().is_some_and(|r| r.2 == conn) {
+            self.reassigning = None; // taken or not: the next one is computed afresh
+            self.next_reassignment(w);
+            return;
+        }
         if self.creating.is_some_and(|(c, _)| c == conn) {
             self.creating = None;
             w.set_timer(CREATOR, T_CREATE, 100 * MS);
@@ -323,6 +468,7 @@ impl Replicated {
     pub fn on_timer(&mut self, w: &mut World, client: usize, token: u64) {
         match token {
             T_CREATE => self.create(w),
+            T_REASSIGN => self.reassign(w),
             T_PRODUCE if client > CREATOR => self.send(w, client - CREATOR - 1),
             _ => {}
         }
@@ -340,7 +486,21 @@ impl Replicated {
                 continue;
             };
             for p in 0..self.partitions {
-                let Some(v) = n.replica_view(TOPIC, p).filter(|v| v.online) else { continue };
+                let view = n.replica_view(TOPIC, p);
+                let moved = view.as_ref().is_some_and(|v| !v.hosted)
+                    || view.as_ref().is_some_and(|v| self.copies.insert((i, p), v.copy).is_some_and(|c| c != v.copy));
+                if moved {
+                    // Moved away (its copy is gone), or away and back within one event (a new,
+                    // empty copy). Leaders up to the latest leader epoch seen may still list
+                    // it in their ISR, from before; later ones must not, unless it rejoined.
+                    self.durable.remove(&(i, p));
+                    self.high_watermarks.remove(&(i, p));
+                    let latest = self.latest_epoch.get(&p).copied().unwrap_or(0);
+                    self.fresh_copy.insert((i, p), latest);
+                }
+                let Some(v) = view.filter(|v| v.online) else { continue };
+                let latest = self.latest_epoch.entry(p).or_default();
+                *latest = (*latest).max(v.leader_epoch);
                 self.durable.insert((i, p), v.durable_end);
                 let was = self.high_watermarks.insert((i, p), v.high_watermark).unwrap_or(0);
                 if v.high_watermark < was || v.high_watermark > v.log_end {
@@ -390,7 +550,12 @@ impl Replicated {
                     .isr
                     .iter()
                     .copied()
-                    .filter(|id| usize::try_from(id - 1).is_ok_and(|r| durable(r) < v.high_watermark))
+                    .filter(|id| {
+                        usize::try_from(id - 1).is_ok_and(|r| {
+                            let stale = self.fresh_copy.get(&(r, p)).is_some_and(|e| v.leader_epoch <= *e);
+                            durable(r) < v.high_watermark && !stale
+                        })
+                    })
                     .collect();
                 let holding = (0..self.nodes).filter(|&r| durable(r) >= v.high_watermark).count();
                 if !short.is_empty() || holding < MIN_INSYNC_REPLICAS {
@@ -419,6 +584,13 @@ impl Replicated {
         if !self.producers.iter().all(|p| p.acked_after_heal) {
             return Some("a producer has no acknowledgement since the heal".into());
         }
+        if self.reassign_every.is_some() && self.restored.len() < self.partitions as usize {
+            return Some(format!(
+                "a partition is not moved back to all three nodes since the heal (moved back: {:?}; in flight: {:?})",
+                self.restored,
+                self.reassigning.as_ref().map(|r| (r.0, r.1.clone()))
+            ));
+        }
         (0..self.partitions).find_map(|p| {
             let views: Vec<_> = (0..self.nodes).filter_map(|i| w.node(i)?.replica_view(TOPIC, p)).collect();
             let leaders: Vec<_> = views.iter().filter(|v| v.leads).collect();
@@ -426,7 +598,7 @@ impl Replicated {
                 && leaders.len() == 1
                 && leaders[0].isr.len() == self.nodes
                 && views.iter().all(|v| v.online && v.log_end == leaders[0].high_watermark);
-            (!settled).then(|| format!("partition {p}: {views:?}"))
+            (!settled).then(|| format!("partition {p}: {views:?}; reassignments {:?}", self.reassign_log))
         })
     }
 
@@ -455,6 +627,10 @@ impl Replicated {
             };
             let below = |l: &[(i64, String)]| l.iter().filter(|(o, _)| *o < hw).cloned().collect::<Vec<_>>();
             for (i, log) in logs.iter().enumerate() {
+                let hosted = w.node(i).and_then(|n| n.replica_view(TOPIC, p)).is_none_or(|v| v.hosted);
+                if !hosted {
+                    continue; // not a replica now (the convergence check says why)
+                }
                 match log {
                     Ok(l) if below(l) == below(&theirs) => {}
                     Ok(l) => {

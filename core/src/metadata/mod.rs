@@ -128,13 +128,11 @@ pub struct PartitionImage {
     pub removing: Vec<i32>,
 }
 
-/// Why a reassignment cannot start or be cancelled.
+/// Why a reassignment cannot be cancelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// A cancel, and no reassignment runs (NO_REASSIGNMENT_IN_PROGRESS).
     NoReassignment,
-    /// No in-sync replica would be left.
-    EmptyIsr,
 }
 
 /// Why a preferred leader election changes nothing.
@@ -210,10 +208,13 @@ impl PartitionImage {
 
     /// The registration that starts a reassignment to `target` (KIP-455), or, with `None`,
     /// cancels the running one (back to the original replicas). The replicas become the
-    /// target followed by the original replicas it leaves out; the ISR keeps only members
-    /// still replicas; a leader no longer a replica gives way to the first in-sync,
-    /// unfenced one (target replicas first). Errors: `NoReassignment` (a cancel with none running), `EmptyIsr`
-    /// (no in-sync replica would remain).
+    /// target followed by the replicas holding data that it leaves out (the original ones,
+    /// and added ones already in sync): those are removed only when the reassignment
+    /// finishes, with every target replica in sync, so a reassignment never shrinks the ISR
+    /// (cancelling one whose added replicas have joined the ISR while the original ones lag
+    /// would otherwise leave acknowledged records on fewer than `min.insync.replicas`; the
+    /// cluster scenario found it, seed 553). Added replicas not yet in sync go at once. A
+    /// leader no longer a replica gives way to the first in-sync, unfenced one.
     pub fn reassign(&self, target: Option<&[i32]>, fenced: impl Fn(i32) -> bool) -> Result<PartitionImage, Refusal> {
         let original = self.original_replicas();
         let target = match target {
@@ -221,16 +222,15 @@ impl PartitionImage {
             None if self.reassigning() => original.clone(),
             None => return Err(Refusal::NoReassignment),
         };
+        let mut holding = original;
+        holding.extend(self.adding.iter().copied().filter(|r| self.isr.contains(r)));
         let mut replicas = target.clone();
-        replicas.extend(original.iter().copied().filter(|r| !target.contains(r)));
-        let adding: Vec<i32> = target.iter().copied().filter(|r| !original.contains(r)).collect();
-        let removing: Vec<i32> = original.iter().copied().filter(|r| !target.contains(r)).collect();
+        replicas.extend(holding.iter().copied().filter(|r| !target.contains(r)));
+        let adding: Vec<i32> = target.iter().copied().filter(|r| !holding.contains(r)).collect();
+        let removing: Vec<i32> = holding.iter().copied().filter(|r| !target.contains(r)).collect();
         let isr: Vec<i32> = self.isr.iter().copied().filter(|r| replicas.contains(r)).collect();
-        if isr.is_empty() {
-            return Err(Refusal::EmptyIsr);
-        }
         let next = PartitionImage { replicas: replicas.clone(), isr, adding, removing, ..self.clone() };
-        Ok(next.with_leader_from(&replicas, fenced))
+        Ok(next.with_leader_from(self, &replicas, fenced))
     }
 
     /// The registration that finishes the running reassignment, once every target replica
@@ -242,31 +242,47 @@ impl PartitionImage {
             return None;
         }
         let target = self.target_replicas();
-        if !target.iter().all(|r| self.isr.contains(r)) {
+        let mutant = crate::mutants::active(crate::mutants::Mutant::ReassignBeforeInSync);
+        if !target.iter().all(|r| self.isr.contains(r)) && !mutant {
             return None;
         }
         let next = PartitionImage {
-            isr: self.isr.iter().copied().filter(|r| target.contains(r)).collect(),
+            isr: if mutant {
+                target.clone()
+            } else {
+                self.isr.iter().copied().filter(|r| target.contains(r)).collect()
+            },
             replicas: target.clone(),
             adding: Vec::new(),
             removing: Vec::new(),
             ..self.clone()
         };
-        let next = next.with_leader_from(&target, fenced);
+        let next = next.with_leader_from(self, &target, fenced);
         (next.leader != NO_LEADER).then_some(next)
     }
 
-    /// The next registration (partition epoch + 1). Its leader stays if it is in `allowed`,
-    /// in sync and unfenced; otherwise the first of `allowed` that is takes over in a new
-    /// leader epoch (or none).
-    fn with_leader_from(mut self, allowed: &[i32], fenced: impl Fn(i32) -> bool) -> PartitionImage {
+    /// The next registration after `before` (partition epoch + 1). Its leader stays if it is
+    /// in `allowed`, in sync and unfenced; otherwise the first of `allowed` that is takes over
+    /// in a new leader epoch (or none). When a replica leaves, the leader epoch moves even if
+    /// the leader does not: a fetch the removed replica sent in the old epoch must be fenced,
+    /// or, reaching the leader after the replica was added back (empty), it would vouch for
+    /// records that copy no longer has (the cluster scenario found this: seed 107).
+    fn with_leader_from(
+        mut self,
+        before: &PartitionImage,
+        allowed: &[i32],
+        fenced: impl Fn(i32) -> bool,
+    ) -> PartitionImage {
         self.partition_epoch += 1;
+        if before.replicas.iter().any(|r| !self.replicas.contains(r)) {
+            self.leader_epoch += 1;
+        }
         let fit = |r: i32| allowed.contains(&r) && self.isr.contains(&r) && !fenced(r);
         if self.leader == NO_LEADER || !fit(self.leader) {
             let leader = allowed.iter().copied().find(|r| fit(*r)).unwrap_or(NO_LEADER);
             if leader != self.leader {
                 self.leader = leader;
-                self.leader_epoch += 1;
+                self.leader_epoch = before.leader_epoch + 1;
             }
         }
         self
@@ -783,25 +799,37 @@ mod tests {
         // With 4 fenced, 2 leads; with every target replica fenced, it waits.
         assert_eq!(all.reassignment_done(|b| b == 4).map(|d| d.leader), Some(2));
         assert_eq!(all.reassignment_done(|b| [4, 2, 5].contains(&b)), None);
-        // A cancel goes back to the original replicas; an added replica leaves the ISR.
-        let c = caught_up.reassign(None, none).unwrap();
+        // 2 keeps leading where it is a target replica, still in a new epoch: 1 and 3 left.
+        let led_by_2 = PartitionImage { leader: 2, ..all.clone() };
+        assert_eq!(led_by_2.reassignment_done(none).map(|d| (d.leader, d.leader_epoch)), Some((2, 1)));
+        // Starting one moves no replica out: the same leader epoch.
+        assert_eq!(r.leader_epoch, p.leader_epoch);
+        // A cancel goes back to the original replicas. An added replica not in sync leaves at
+        // once (and the leader epoch moves: the fetches it sent are fenced)...
+        let c = r.reassign(None, none).unwrap();
         assert_eq!(
             (c.replicas.clone(), c.adding.clone(), c.removing.clone(), c.isr.clone()),
             (vec![2, 1, 3], vec![], vec![], vec![1, 2, 3])
         );
-        // A new target while one runs starts from the original replicas: 4 leaves.
+        assert_eq!((c.leader, c.leader_epoch), (1, 1));
+        // ...one in sync stays until the original replicas are (the ISR never shrinks).
+        let c = caught_up.reassign(None, none).unwrap();
+        assert_eq!(
+            (c.replicas.clone(), c.adding.clone(), c.removing.clone(), c.isr.clone()),
+            (vec![2, 1, 3, 4], vec![], vec![4], vec![1, 2, 3, 4])
+        );
+        assert_eq!((c.leader, c.leader_epoch), (1, 1), "5 left");
+        assert_eq!(c.reassignment_done(none).map(|d| (d.replicas, d.isr)), Some((vec![2, 1, 3], vec![1, 2, 3])));
+        // A new target while one runs starts from the replicas holding data.
         let n = caught_up.reassign(Some(&[1, 5]), none).unwrap();
         assert_eq!(
             (n.replicas.clone(), n.adding.clone(), n.removing.clone(), n.isr.clone()),
-            (vec![1, 5, 2, 3], vec![5], vec![2, 3], vec![1, 2, 3])
+            (vec![1, 5, 2, 3, 4], vec![5], vec![2, 3, 4], vec![1, 2, 3, 4])
         );
-        // A leader that leaves the replicas (an added one, cancelled) gives way at once.
-        let led_by_4 = PartitionImage { leader: 4, leader_epoch: 3, ..caught_up.clone() };
-        let c = led_by_4.reassign(None, none).unwrap();
+        // A leader that leaves the replicas (an added one not in sync, cancelled) gives way.
+        let led_by_5 = PartitionImage { leader: 5, leader_epoch: 3, ..r.clone() };
+        let c = led_by_5.reassign(None, none).unwrap();
         assert_eq!((c.leader, c.leader_epoch), (2, 4));
-        // No in-sync replica left: refused.
-        let only_added = PartitionImage { isr: vec![4], leader: 4, ..r.clone() };
-        assert_eq!(only_added.reassign(None, none), Err(Refusal::EmptyIsr));
 
         // In the image: an ISR change keeps the reassignment; the record sets it.
         let mut img = MetadataImage::default();

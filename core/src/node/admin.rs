@@ -493,7 +493,7 @@ impl Node {
         self.next_file = next;
         self.issue_all(ops, || Purpose::Job(job));
         let role = crate::replica::Role::Idle { leader_epoch: 0 };
-        Partition { replicas, log, state, sync: None, recovery_sync_failures: 0, written_end: 0, role }
+        Partition { replicas, log, state, sync: None, recovery_sync_failures: 0, written_end: 0, role, copy: 0 }
     }
 
     pub(super) fn handle_create_topics(
@@ -672,7 +672,7 @@ impl Node {
             ps.iter().find_map(|p| self.partition_change_pending((id, *p)))
         });
         if let (true, Some(job)) = (self.is_controller(), pending) {
-            self.park(conn, seq, job, Then::Redispatch { ctx, body });
+            self.wait_for_change(conn, seq, job, ctx, body);
             return Ok(());
         }
         let results: Vec<(String, i32, i16, Option<JobId>)> = if !self.is_controller() {

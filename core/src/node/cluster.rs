@@ -587,6 +587,7 @@ pub(super) fn remote_partition(topic: &str, partition: i32, replicas: Vec<i32>) 
         state: PartState::Remote,
         sync: None,
         recovery_sync_failures: 0,
+        copy: 0,
         written_end: 0,
         role: crate::replica::Role::Idle { leader_epoch: 0 },
     }

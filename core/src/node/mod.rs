@@ -47,6 +47,10 @@ pub use transactions::TXN_PARTITIONS;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaView {
     pub online: bool,
+    /// This node holds a replica (false: another broker's partition, no files here).
+    pub hosted: bool,
+    /// Bumped when a reassignment moves a new copy here.
+    pub copy: u64,
     pub leads: bool,
     pub leader_epoch: i32,
     /// The ISR, on the leader.
@@ -191,6 +195,9 @@ struct Partition {
     written_end: Offset,
     /// Leader, follower or neither, from the partition's registration.
     role: crate::replica::Role,
+    /// Which copy of the partition this node holds: moved here again by a reassignment, it is
+    /// a new one (for the simulator's checkers, through `ReplicaView`).
+    copy: u64,
 }
 
 impl Partition {
@@ -313,6 +320,9 @@ pub struct Node {
     cluster: cluster::ClusterState,
     jobs: BTreeMap<JobId, Job>,
     waiters: Vec<Waiter>,
+    /// Requests to handle again once this input's committed metadata is applied (they found
+    /// a change committed and not yet in the image).
+    deferred: Vec<(ConnId, u64, RequestContext, Bytes)>,
     produces: Vec<produce::PendingProduce>,
     fetches: Vec<fetch::PendingFetch>,
     lookups: BTreeMap<u64, fetch::PendingLookup>,
@@ -384,6 +394,7 @@ impl Node {
             cluster: cluster::ClusterState::default(),
             jobs: BTreeMap::new(),
             waiters: Vec::new(),
+            deferred: Vec::new(),
             produces: Vec::new(),
             fetches: Vec::new(),
             lookups: BTreeMap::new(),
@@ -527,6 +538,8 @@ impl Node {
         let l = &p.log;
         Some(ReplicaView {
             online: p.state == PartState::Online,
+            hosted: p.state != PartState::Remote,
+            copy: p.copy,
             leads: p.leads(),
             leader_epoch: p.role.leader_epoch(),
             isr: p.role.leadership().map(|l| l.isr.clone()).unwrap_or_default(),
@@ -907,6 +920,9 @@ impl Node {
     /// metadata log. Then answers what became durable.
     fn after_input(&mut self) {
         self.settle_meta_rejected();
+        for (conn, seq, ctx, body) in std::mem::take(&mut self.deferred) {
+            self.dispatch(conn, seq, ctx, body);
+        }
         let dirty = std::mem::take(&mut self.dirty);
         for tp in dirty {
             let Some(p) = self.partition_mut(tp) else {

@@ -17,7 +17,7 @@ use kafka_protocol::messages::list_partition_reassignments_response::{
 use kafka_protocol::messages::*;
 
 use super::groups::sb;
-use super::{DiskOp, JobDone, JobId, Node, PartState, Purpose, Then, Tp};
+use super::{DiskOp, JobDone, JobId, Node, PartState, Purpose, Tp};
 use crate::metadata::{self, PartitionImage, Refusal};
 use crate::protocol::errors::KafkaError;
 use crate::protocol::{self, FrameError, RequestContext};
@@ -55,7 +55,7 @@ impl Node {
             t.partitions.iter().find_map(|p| self.partition_change_pending((id, p.partition_index)))
         });
         if let Some(job) = pending {
-            self.park(conn, seq, job, Then::Redispatch { ctx, body });
+            self.wait_for_change(conn, seq, job, ctx, body);
             return Ok(());
         }
         let allow_rf_change = ctx.version < 1 || req.allow_replication_factor_change;
@@ -109,11 +109,8 @@ impl Node {
             }
         }
         let fenced = |b: i32| image.brokers.get(&b).is_none_or(|x| x.fenced);
-        let next = img.reassign(target, fenced).map_err(|e| match e {
-            Refusal::NoReassignment => {
-                (NO_REASSIGNMENT_IN_PROGRESS, format!("no reassignment of {topic}-{partition} runs"))
-            }
-            Refusal::EmptyIsr => (INVALID_REPLICA_ASSIGNMENT, "no in-sync replica would be left".to_string()),
+        let next = img.reassign(target, fenced).map_err(|Refusal::NoReassignment| {
+            (NO_REASSIGNMENT_IN_PROGRESS, format!("no reassignment of {topic}-{partition} runs"))
         })?;
         tracing::info!(topic, partition, from = ?img.replicas, to = ?next.replicas, adding = ?next.adding, removing = ?next.removing, "reassigning partition");
         let rec = next.reassign_record(id, partition);
@@ -183,6 +180,7 @@ impl Node {
         let state = p.state;
         if hosted && state == PartState::Remote {
             let generation = p.log.generation + 1;
+            let copy = p.copy + 1;
             // A copy left from an earlier stay here (moved away while this node was down) goes
             // first: the new replica starts empty. Disk operations complete in issue order.
             let path = metadata::partition_dir(&name, partition);
@@ -190,6 +188,7 @@ impl Node {
             let job = self.new_job(super::cluster::FILE_OPS_PER_PARTITION, JobDone::ReplicaReady { tp });
             let mut fresh = self.new_partition(&name, partition, replicas, job, PartState::Creating);
             fresh.log.generation = generation;
+            fresh.copy = copy;
             tracing::info!(topic = %name, partition, "a replica of the partition moves here");
             *self.partition_mut(tp).expect("checked") = fresh;
         } else if !hosted && !matches!(state, PartState::Remote | PartState::Recovering) {
@@ -197,7 +196,9 @@ impl Node {
                 self.partition_mut(tp).expect("checked"),
                 super::cluster::remote_partition(&name, partition, replicas),
             );
-            self.partition_mut(tp).expect("checked").log.generation = old.log.generation + 1;
+            let now = self.partition_mut(tp).expect("checked");
+            now.log.generation = old.log.generation + 1;
+            now.copy = old.copy;
             for s in &old.log.segments {
                 for file in [s.log_file, s.index_file, s.time_index_file] {
                     self.issue(DiskOp::Close { file }, Purpose::Ignore);

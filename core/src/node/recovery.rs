@@ -300,6 +300,7 @@ impl Node {
                         state: PartState::Recovering,
                         sync: None,
                         recovery_sync_failures: 0,
+                        copy: 0,
                         written_end: 0,
                         role: crate::replica::Role::Idle { leader_epoch: 0 },
                     }

@@ -61,6 +61,15 @@ struct Fetcher {
     not_before: Instant,
 }
 
+/// A partition change not yet in the image.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum ChangePending {
+    /// Waiting for its commit: this job finishes then.
+    Job(super::JobId),
+    /// Committed: applied before this input ends.
+    Applying,
+}
+
 struct Parked {
     from: i32,
     id: u64,
@@ -822,14 +831,39 @@ impl Node {
         self.propose_partition_change(tp, rec);
     }
 
-    /// The job of this controller's change to the partition that is not committed yet.
-    pub(super) fn partition_change_pending(&self, tp: Tp) -> Option<super::JobId> {
+    /// This controller's change to the partition that is not in the image yet: still to be
+    /// committed (its job finishes then), or committed and about to be applied (within the
+    /// input that committed it, whose jobs finish before its records apply).
+    pub(super) fn partition_change_pending(&self, tp: Tp) -> Option<ChangePending> {
+        let &(at, job) = self.replication.in_flight.get(&tp)?;
+        if at < self.cluster.applied {
+            return None;
+        }
+        if self.jobs.contains_key(&job) {
+            return Some(ChangePending::Job(job));
+        }
         let hw = self.meta.quorum.as_ref().map_or(0, |q| q.high_watermark());
-        self.replication.in_flight.get(&tp).filter(|(at, _)| *at >= hw).map(|(_, job)| *job)
+        (at < hw).then_some(ChangePending::Applying) // else lost with its job
+    }
+
+    /// Handles a request again once a pending partition change is in the image.
+    pub(super) fn wait_for_change(
+        &mut self,
+        conn: crate::types::ConnId,
+        seq: u64,
+        pending: ChangePending,
+        ctx: crate::protocol::RequestContext,
+        body: Bytes,
+    ) {
+        match pending {
+            ChangePending::Job(job) => self.park(conn, seq, job, super::Then::Redispatch { ctx, body }),
+            ChangePending::Applying => self.deferred.push((conn, seq, ctx, body)),
+        }
     }
 
     /// Proposes a change of the partition's registration, unless one is still pending (the
-    /// next is computed from the committed one). Returns the job its commit finishes.
+    /// next is computed from the image, which must hold the last). Returns the job its commit
+    /// finishes.
     pub(super) fn propose_partition_change(&mut self, tp: Tp, rec: MetaRecord) -> Option<super::JobId> {
         if self.partition_change_pending(tp).is_some() {
             return None;
