@@ -843,6 +843,55 @@ def test_group_coordinator_moves_when_its_broker_dies(cluster):
         c2.close()
 
 
+def produce_v10(node, topic, partition, version=10):
+    """One batch sent with Produce `version` (10: KIP-951's hints) to one node: its partition
+    answer and the response's node endpoints."""
+    batch = wire.encode_batch([wire.Record(value=b"hint")])
+    with wire.Conn.to(node.bootstrap) as c:
+        body = c.request_flexible(0, version, wire.produce_v9_multi([(topic, [(partition, batch)])]))
+    parts, endpoints = wire.parse_produce_v10(body)
+    return parts[(topic, partition)], endpoints
+
+
+@pytest.mark.timeout(120)
+def test_produce_to_a_follower_names_the_leader(cluster):
+    """KIP-951: Produce v10 sent to a broker that does not lead the partition is answered
+    NOT_LEADER_OR_FOLLOWER naming the leader and its leader epoch, with the leader's endpoint
+    in the response, so a client goes there without a metadata round trip; v9 carries no
+    hint (the fields are v10's). After the leader is killed, a follower names the new one."""
+    controller_of(cluster)
+    topic = unique_topic("hint")
+    create_topic(cluster.bootstrap, topic, 1)
+    st = wait_fully_replicated(cluster.nodes, topic, 1)
+    leader = st[0].leader
+    follower = next(i for i in ALL if i != leader)
+    p, endpoints = produce_v10(cluster.node(follower), topic, 0)
+    assert p["error"] == 6, p
+    host, port = cluster.node(leader).bootstrap.rsplit(":", 1)
+    assert p["current_leader"] is not None and p["current_leader"][0] == leader, p
+    epoch = p["current_leader"][1]
+    assert epoch >= 0
+    assert endpoints == {leader: (host, int(port), None)}, endpoints
+    p, endpoints = produce_v10(cluster.node(follower), topic, 0, version=9)
+    assert p["error"] == 6 and p["current_leader"] is None and endpoints == {}, (p, endpoints)
+    p, endpoints = produce_v10(cluster.node(leader), topic, 0)
+    assert p["error"] == 0 and p["current_leader"] is None and endpoints == {}, (p, endpoints)
+
+    cluster.node(leader).kill9()
+    live = [b for b in cluster.nodes if b.alive()]
+    st = wait_until("a new leader", lambda: agreed_state(live, topic, 1, lambda v: v.leader not in (-1, leader)),
+                    timeout=SESSION_MS / 1000 + 20)
+    new_leader = st[0].leader
+    other = next(node_id(b) for b in live if node_id(b) != new_leader)
+
+    def hinted():
+        p, endpoints = produce_v10(cluster.node(other), topic, 0)
+        return (p, endpoints) if p["current_leader"] and p["current_leader"][0] == new_leader else None
+    p, endpoints = wait_until("node %d names the new leader %d" % (other, new_leader), hinted, timeout=20)
+    assert p["error"] == 6 and p["current_leader"][1] > epoch, p
+    assert new_leader in endpoints, endpoints
+
+
 def offset_for_leader_epoch_v3(conn, topic, partition, leader_epoch, current_leader_epoch=-1):
     """OffsetForLeaderEpoch v3 for one partition: (error_code, leader_epoch, end_offset)."""
     body = (wire.i32(-1) + wire.array([topic], lambda t: wire.string(t) + wire.array(

@@ -766,16 +766,14 @@ def produce_v9_multi(topics, acks=-1, timeout_ms=10000, transactional_id=None):
 
 
 def _produce_partition_v8(r, flexible):
+    if flexible:
+        d = _produce_partition_v8_fields(r)
+        skip_tagged_fields(r)
+        return d
     d = dict(partition=r.i32(), error=r.i16(), base_offset=r.i64(), log_append_time=r.i64(),
              log_start_offset=r.i64())
-    if flexible:
-        d["record_errors"] = read_compact_array(
-            r, lambda r: (r.i32(), read_compact_string(r), skip_tagged_fields(r))[:2])
-        d["error_message"] = read_compact_string(r)
-        skip_tagged_fields(r)
-    else:
-        d["record_errors"] = r.array(lambda r: (r.i32(), r.string()))
-        d["error_message"] = r.string()
+    d["record_errors"] = r.array(lambda r: (r.i32(), r.string()))
+    d["error_message"] = r.string()
     return d
 
 
@@ -800,6 +798,55 @@ def parse_produce_v9(body):
     r.i32()  # throttle
     skip_tagged_fields(r)
     return {(t, p["partition"]): p for t, parts in topics for p in parts}
+
+
+def parse_produce_v10(body):
+    """Produce v10+ (`body` without the response header's tagged fields): ({(topic, partition):
+    partition}, {node id: (host, port, rack)}). A partition's `current_leader` is (leader id,
+    leader epoch) from its tagged field 0, or None; the endpoints are the response's tagged
+    field 0 (KIP-951)."""
+    r = Reader(body)
+
+    def partition(r):
+        d = _produce_partition_v8_fields(r)
+        d["current_leader"] = None
+        for _ in range(r.uvarint()):
+            tag, size = r.uvarint(), r.uvarint()
+            if tag == 0:
+                d["current_leader"] = (r.i32(), r.i32())
+                skip_tagged_fields(r)
+            else:
+                r.raw(size)
+        return d
+
+    def topic(r):
+        name = read_compact_string(r)
+        parts = read_compact_array(r, partition)
+        skip_tagged_fields(r)
+        return name, parts
+
+    topics = read_compact_array(r, topic)
+    r.i32()  # throttle
+    endpoints = {}
+    for _ in range(r.uvarint()):
+        tag, size = r.uvarint(), r.uvarint()
+        if tag == 0:
+            for node, host, port, rack in read_compact_array(
+                    r, lambda r: (r.i32(), read_compact_string(r), r.i32(), read_compact_string(r),
+                                  skip_tagged_fields(r))[:4]):
+                endpoints[node] = (host, port, rack)
+        else:
+            r.raw(size)
+    return {(t, p["partition"]): p for t, parts in topics for p in parts}, endpoints
+
+
+def _produce_partition_v8_fields(r):
+    """A flexible produce partition response up to (not including) its tagged fields."""
+    d = dict(partition=r.i32(), error=r.i16(), base_offset=r.i64(), log_append_time=r.i64(),
+             log_start_offset=r.i64())
+    d["record_errors"] = read_compact_array(r, lambda r: (r.i32(), read_compact_string(r), skip_tagged_fields(r))[:2])
+    d["error_message"] = read_compact_string(r)
+    return d
 
 
 # ----------------------------------------------------------------- CreateTopics v2

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
 
 use super::{Node, Then, Tp, Waiter};
 use crate::log::batch::{self, BatchError, BatchHeader};
@@ -138,6 +139,7 @@ impl Node {
             // acks=0 gets no response at all; the writes still become durable as usual.
             self.respond(conn, seq, None);
         } else if waits.is_empty() {
+            self.add_leader_hints(ctx.version, &mut resp);
             self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
         } else {
             // A duplicate may wait for offsets that are already durable: look at once.
@@ -316,10 +318,49 @@ impl Node {
             }
             pp.waits = waiting;
             if pp.waits.is_empty() {
+                self.add_leader_hints(pp.ctx.version, &mut pp.resp);
                 let frame = protocol::encode_response(&pp.ctx, &pp.resp);
                 self.respond_bytes(pp.conn, pp.seq, frame);
             } else {
                 self.produces.push(pp);
+            }
+        }
+    }
+
+    /// KIP-951 (Produce v10+): a partition refused NOT_LEADER_OR_FOLLOWER names the leader
+    /// and leader epoch the metadata gives, when another broker leads it, and the response
+    /// carries those leaders' endpoints: the client sends there without first refreshing its
+    /// metadata. The fields are tagged and left out when empty.
+    fn add_leader_hints(&self, version: i16, resp: &mut ProduceResponse) {
+        use kafka_protocol::messages::produce_response::{LeaderIdAndEpoch, NodeEndpoint};
+        if version < 10 {
+            return;
+        }
+        let me = self.config.node_id.0;
+        let mut leaders = std::collections::BTreeSet::new();
+        for t in &mut resp.responses {
+            let Some(id) = self.topics.get(t.name.0.as_str()).map(|t| t.id) else { continue };
+            for pr in &mut t.partition_responses {
+                if pr.error_code != KafkaError::NotLeaderOrFollower.code() {
+                    continue;
+                }
+                if let Some((leader, epoch)) = self.partition_leader((id, pr.index)).filter(|(l, _)| *l != me) {
+                    pr.current_leader = LeaderIdAndEpoch::default()
+                        .with_leader_id(kafka_protocol::messages::BrokerId(leader))
+                        .with_leader_epoch(epoch);
+                    leaders.insert(leader);
+                }
+            }
+        }
+        for id in leaders {
+            if let Some((host, port, rack)) = self.broker_endpoint(id) {
+                resp.node_endpoints.push(
+                    NodeEndpoint::default()
+                        .with_node_id(kafka_protocol::messages::BrokerId(id))
+                        .with_host(StrBytes::from_string(host))
+                        .with_port(port)
+                        .with_rack(rack.map(StrBytes::from_string)),
+                );
             }
         }
     }
