@@ -1,4 +1,5 @@
-//! The `cluster` scenario: three full broker nodes (every one a voter of the metadata quorum
+//! The `cluster` scenario: three (or, in a third of the seeds, five) full broker nodes (every
+//! one a voter of the metadata quorum
 //! and a broker) whose peer messages cross the simulated network, under crashes (one node at
 //! a time, losing unsynced writes) and isolations (every link of one node cut), while an
 //! admin client creates topics through whichever node it reaches (following NOT_CONTROLLER
@@ -16,7 +17,7 @@
 //!   acknowledged;
 //! - **placement**: every replica of every partition is a registered broker;
 //! - **convergence** (liveness): after the heal, within a bound, every node serves, has
-//!   applied the same offset, and sees all three brokers registered and unfenced.
+//!   applied the same offset, and sees every broker registered and unfenced.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,7 +40,6 @@ use crate::commits::{self, Commits};
 use crate::replicated::{self, Replicated};
 use crate::RunOpts;
 
-const NODES: usize = 3;
 const CREATE: u64 = 1;
 const CRASH: u64 = 2;
 const ISOLATE: u64 = 3;
@@ -50,6 +50,8 @@ const ADMIN: usize = 0;
 
 #[derive(Clone, Debug)]
 pub struct ClusterPlan {
+    /// Three nodes, or five (a third of the seeds).
+    pub nodes: usize,
     pub safety: Nanos,
     pub liveness: Nanos,
     pub create_every: Nanos,
@@ -66,7 +68,10 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
 
 pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
     let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_0f5c_0000);
+    // Drawn apart, so that a seed's other draws are those it had before five-node runs.
+    let nodes = pick(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5a0d_e500_0000_0000), &[3usize, 3, 5]);
     let plan = ClusterPlan {
+        nodes,
         safety: opts.safety_ms.map_or(pick(&mut r, &[5_000u64, 15_000]) * MS, |ms| ms * MS),
         liveness: 60_000 * MS,
         create_every: pick(&mut r, &[20u64, 100, 300]) * MS,
@@ -89,8 +94,8 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
     if opts.disk_faults {
         (env.sync_fail, env.read_corrupt) = (sync_fail, read_corrupt);
     }
-    let voters: BTreeMap<i32, (String, u16)> = (1..=NODES as i32).map(|id| (id, (format!("node{id}"), 9093))).collect();
-    let configs = (1..=NODES as i32)
+    let voters: BTreeMap<i32, (String, u16)> = (1..=nodes as i32).map(|id| (id, (format!("node{id}"), 9093))).collect();
+    let configs = (1..=nodes as i32)
         .map(|id| NodeConfig {
             node_id: BrokerId(id),
             advertised_host: format!("node{id}"),
@@ -155,7 +160,7 @@ impl Run {
     }
 
     fn check_agreement(&mut self, w: &World) {
-        for i in 0..NODES {
+        for i in 0..self.plan.nodes {
             let Some((applied, image)) = w.node(i).and_then(|n| n.metadata_view()) else {
                 self.last_applied[i] = None;
                 continue;
@@ -186,7 +191,7 @@ impl Run {
         if self.pending.is_some() {
             return;
         }
-        let up: Vec<usize> = (0..NODES).filter(|i| w.is_up(*i)).collect();
+        let up: Vec<usize> = (0..self.plan.nodes).filter(|i| w.is_up(*i)).collect();
         if up.is_empty() {
             return;
         }
@@ -208,7 +213,7 @@ impl Run {
 
     /// Sets `retention.ms` of a created topic to the next value, through a node that is up.
     fn alter(&mut self, w: &mut World) {
-        let up: Vec<usize> = (0..NODES).filter(|i| w.is_up(*i)).collect();
+        let up: Vec<usize> = (0..self.plan.nodes).filter(|i| w.is_up(*i)).collect();
         if self.altering.is_some() || up.is_empty() || self.acked.is_empty() {
             return;
         }
@@ -251,7 +256,7 @@ impl Run {
     }
 
     fn final_checks(&mut self, w: &World) {
-        let views: Vec<_> = (0..NODES).map(|i| w.node(i).and_then(|n| n.metadata_view())).collect();
+        let views: Vec<_> = (0..self.plan.nodes).map(|i| w.node(i).and_then(|n| n.metadata_view())).collect();
         let Some((_, first)) = views[0] else { return };
         for (name, acked) in self.configs_acked.clone() {
             for (i, v) in views.iter().enumerate() {
@@ -287,18 +292,19 @@ impl Run {
         }
     }
 
-    /// Converged: every node serves, all applied the same offset, all three brokers live.
+    /// Converged: every node serves, all applied the same offset, every broker live.
     /// What keeps the cluster from having converged after the heal, if anything.
     fn unsettled(&self, w: &World) -> Option<String> {
-        let views: Vec<_> =
-            (0..NODES).map(|i| w.node(i).filter(|n| n.is_serving()).and_then(|n| n.metadata_view())).collect();
+        let views: Vec<_> = (0..self.plan.nodes)
+            .map(|i| w.node(i).filter(|n| n.is_serving()).and_then(|n| n.metadata_view()))
+            .collect();
         let Some(Some((applied, image))) = views.first().copied() else {
             return Some("node 1 is not serving".into());
         };
         if !views.iter().all(|v| v.is_some_and(|(a, _)| a == applied)) {
             return Some("the nodes have not all applied the same metadata".into());
         }
-        if image.live_brokers().count() != NODES {
+        if image.live_brokers().count() != self.plan.nodes {
             return Some("not every broker is live".into());
         }
         if !self.acked_after_heal {
@@ -386,7 +392,7 @@ impl Harness for Run {
                 w.set_timer(ADMIN, ALTER, self.plan.create_every / 2);
             }
             CRASH if !self.healed => {
-                let i = self.rng.gen_range(0..NODES);
+                let i = self.rng.gen_range(0..self.plan.nodes);
                 let down = self.rng.gen_range(10..2_000) * MS;
                 w.crash(i, down);
                 if let Some(e) = self.plan.crash_every {
@@ -394,7 +400,7 @@ impl Harness for Run {
                 }
             }
             ISOLATE if !self.healed => {
-                let i = self.rng.gen_range(0..NODES);
+                let i = self.rng.gen_range(0..self.plan.nodes);
                 let until = w.now() + self.rng.gen_range(100..5_000) * MS;
                 w.isolate(i, until);
                 if let Some(e) = self.plan.isolate_every {
@@ -402,7 +408,7 @@ impl Harness for Run {
                 }
             }
             CLOG if !self.healed => {
-                let i = self.rng.gen_range(0..NODES);
+                let i = self.rng.gen_range(0..self.plan.nodes);
                 let until = w.now() + self.rng.gen_range(100..5_000) * MS;
                 w.clog(i, until);
                 if let Some(e) = self.plan.clog_every {
@@ -518,7 +524,8 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
 /// The plan and environment in one line, for the report.
 fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
     format!(
-        "{NODES} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms, stall every {:?} ms; election timeout {} ms, session {} ms; latency up to {} us, sync up to {} us; sync failures {}, read corruptions {}",
+        "{} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms, stall every {:?} ms; election timeout {} ms, session {} ms; latency up to {} us, sync up to {} us; sync failures {}, read corruptions {}",
+        plan.nodes,
         plan.safety / MS,
         plan.create_every / MS,
         plan.crash_every.map(|n| n / MS),
@@ -535,8 +542,8 @@ fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
 
 fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     let (plan, env, configs) = draw(seed, opts);
-    let repl = Replicated::new(NODES, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x7e91_1ca7_ed00_0000));
-    let commits = Commits::new(NODES, &mut ChaCha8Rng::seed_from_u64(seed ^ 0xc0aa_1175_0000_0000));
+    let repl = Replicated::new(plan.nodes, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x7e91_1ca7_ed00_0000));
+    let commits = Commits::new(plan.nodes, &mut ChaCha8Rng::seed_from_u64(seed ^ 0xc0aa_1175_0000_0000));
     let plan_text = format!("{}; {}; {}", describe(&plan, &env, &configs[0]), repl.describe(), commits.describe());
     let mut run = Run {
         plan: plan.clone(),
@@ -551,7 +558,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         acked: BTreeMap::new(),
         answers: BTreeMap::new(),
         seen: BTreeMap::new(),
-        last_applied: vec![None; NODES],
+        last_applied: vec![None; plan.nodes],
         violations: Vec::new(),
         healed: false,
         acked_after_heal: false,
@@ -582,7 +589,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     }
     if !converged {
         let unsettled = run.unsettled(&w).unwrap_or_default();
-        let states: BTreeSet<String> = (0..NODES)
+        let states: BTreeSet<String> = (0..plan.nodes)
             .map(|i| match w.node(i) {
                 Some(n) => {
                     format!("node {}: {}", i + 1, n.describe().split("; ").take(2).collect::<Vec<_>>().join("; "))

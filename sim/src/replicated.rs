@@ -1,4 +1,5 @@
-//! The `cluster` scenario's replicated workload: a topic with three replicas and
+//! The `cluster` scenario's replicated workload: a topic with three replicas (of three or five
+//! nodes) and
 //! `min.insync.replicas=2`, and producers writing to it with acks=all through whichever node
 //! they reach (moving on when told NOT_LEADER_OR_FOLLOWER, as clients do after a metadata
 //! refresh), while nodes crash and are cut off.
@@ -11,7 +12,7 @@
 //! - **high watermark kept** (white-box): a replica's high watermark never goes back while
 //!   it lives, nor past its log end (what was committed there is never cut away);
 //! - **lost-write**: every record acknowledged at an offset is at that offset at the end;
-//! - **inconsistent-offsets**: the three replicas hold the same records below the high
+//! - **inconsistent-offsets**: the replicas hold the same records below the high
 //!   watermark, byte for byte as the leader wrote them;
 //! - **duplicate**: no value is in a partition twice (the producers never resend one);
 //! - **phantom**: every value in a log was sent to that partition, and none that was refused
@@ -23,9 +24,9 @@
 //! indefinite: it may or may not be in the log, and either is correct.
 //!
 //! In most seeds an admin client also moves the partitions' replicas while all this goes on
-//! (AlterPartitionReassignments, KIP-455): to two of the three nodes, back to all three in
-//! another order, or cancelled, one request at a time. After the heal it moves every
-//! partition back to all three nodes, so that convergence asks for three in-sync replicas.
+//! (AlterPartitionReassignments, KIP-455): to two random nodes, to three (another order, or
+//! others of five), or cancelled, one request at a time. After the heal it moves every
+//! partition back to three nodes, so that convergence asks for three in-sync replicas.
 //! A replica a reassignment removed holds nothing, and counts for nothing in the checks.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,6 +48,10 @@ use crate::codec;
 pub const TOPIC: &str = "replicated";
 /// The topic's `min.insync.replicas`.
 const MIN_INSYNC_REPLICAS: usize = 2;
+/// Produce v10: NOT_LEADER_OR_FOLLOWER answers name the leader (KIP-951).
+const PRODUCE_VERSION: i16 = 10;
+/// The topic's replicas (of three or five nodes).
+const REPLICAS: usize = 3;
 /// The client that creates the topic; producers are the clients after it.
 const CREATOR: usize = 1;
 /// Timer tokens: creating the topic, and a producer's next send.
@@ -110,7 +115,7 @@ pub struct Replicated {
     reassign_every: Option<Nanos>,
     /// The reassignment in flight: partition, target (None: cancel), connection, correlation id.
     reassigning: Option<(i32, Option<Vec<i32>>, ConnId, i32)>,
-    /// Partitions moved back to all three nodes since the heal (acknowledged; moved again by a
+    /// Partitions moved back to three nodes since the heal (acknowledged; moved again by a
     /// late request, they are asked again).
     restored: BTreeSet<i32>,
     pub reassign_answers: BTreeMap<i16, u64>,
@@ -197,8 +202,8 @@ impl Replicated {
     }
 
     /// Asks for the next reassignment through a node that is up: before the heal a random
-    /// partition to two nodes, to all three, or a cancel; after it, each partition back to
-    /// all three nodes until that is acknowledged.
+    /// partition to two nodes, to three, or a cancel; after it, each partition back to three
+    /// nodes until that is acknowledged and the registration shows it.
     fn reassign(&mut self, w: &mut World) {
         if self.reassigning.is_some() || !self.created {
             return;
@@ -210,7 +215,11 @@ impl Replicated {
             // carried out later, forwarded or parked at the controller: look at what the
             // nodes hold, not only at what was acknowledged.
             let moved = |p: i32| {
-                (0..self.nodes).any(|i| w.node(i).and_then(|n| n.replica_view(TOPIC, p)).is_some_and(|v| !v.hosted))
+                let image = (0..self.nodes).find_map(|i| w.node(i).filter(|n| n.is_serving())?.metadata_view());
+                let part =
+                    image.and_then(|(_, img)| img.topics.get(TOPIC)?.parts.get(usize::try_from(p).ok()?).cloned());
+                // (A reassignment still running is waited for: it may be the last one asked.)
+                part.is_none_or(|part| part.replicas.len() != REPLICAS && !part.reassigning())
             };
             match (0..self.partitions).find(|p| !self.restored.contains(p) || moved(*p)) {
                 Some(p) => p,
@@ -225,8 +234,8 @@ impl Replicated {
             all.swap(i, rng.gen_range(0..=i));
         }
         let target = match (self.healed, rng.gen_range(0..10)) {
-            (true, _) | (false, 0..=3) => Some(all),
-            (false, 4..=8) => Some(all[..2].to_vec()),
+            (true, _) | (false, 0..=3) => Some(all[..REPLICAS].to_vec()),
+            (false, 4..=8) => Some(all[..REPLICAS - 1].to_vec()),
             (false, _) => None,
         };
         if up.is_empty() {
@@ -274,7 +283,7 @@ impl Replicated {
         };
         *self.reassign_answers.entry(code).or_default() += 1;
         self.reassign_log.push((w.now() / MS, partition, target.clone(), code));
-        if self.healed && code == 0 && target.is_some_and(|t| t.len() == self.nodes) {
+        if self.healed && code == 0 && target.is_some_and(|t| t.len() == REPLICAS) {
             self.restored.insert(partition);
         }
         self.next_reassignment(w);
@@ -303,7 +312,7 @@ impl Replicated {
         let mut t = CreatableTopic::default();
         t.name = TopicName(StrBytes::from_static_str(TOPIC));
         t.num_partitions = self.partitions;
-        t.replication_factor = 3;
+        t.replication_factor = REPLICAS as i16;
         let mut c = kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default();
         c.name = StrBytes::from_static_str("min.insync.replicas");
         c.value = Some(StrBytes::from(MIN_INSYNC_REPLICAS.to_string()));
@@ -367,7 +376,7 @@ impl Replicated {
         req.timeout_ms = 2_000;
         req.topic_data = vec![td];
         self.next_cid += 1;
-        w.send(conn, codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, self.next_cid, &req));
+        w.send(conn, codec::frame(ApiKey::Produce, PRODUCE_VERSION, self.next_cid, &req));
         for v in &values {
             self.sent.insert(v.clone(), (p.partition, Status::InFlight));
         }
@@ -392,7 +401,7 @@ impl Replicated {
             return;
         };
         let partition = self.producers[k].partition;
-        let resp = codec::decode::<ProduceResponse>(ApiKey::Produce, codec::PRODUCE_VERSION, frame);
+        let resp = codec::decode::<ProduceResponse>(ApiKey::Produce, PRODUCE_VERSION, frame);
         let pr = match &resp {
             Ok((got, r)) if *got == cid => r.responses.first().and_then(|t| t.partition_responses.first()),
             _ => None,
@@ -402,6 +411,8 @@ impl Replicated {
             return;
         };
         let code = pr.error_code;
+        // KIP-951: NOT_LEADER_OR_FOLLOWER names the leader, when the node knows another.
+        let hint = usize::try_from(pr.current_leader.leader_id.0 - 1).ok().filter(|n| *n < self.nodes);
         *self.answers.entry(code).or_default() += 1;
         match code {
             0 => {
@@ -421,7 +432,7 @@ impl Replicated {
             _ => {
                 self.settle(&values, Status::Indefinite);
                 let p = &mut self.producers[k];
-                p.node = (p.node + 1) % self.nodes;
+                p.node = hint.unwrap_or((p.node + 1) % self.nodes);
                 if let Some(c) = p.conn.take() {
                     w.close(c);
                 }
@@ -586,18 +597,20 @@ impl Replicated {
         }
         if self.reassign_every.is_some() && self.restored.len() < self.partitions as usize {
             return Some(format!(
-                "a partition is not moved back to all three nodes since the heal (moved back: {:?}; in flight: {:?})",
+                "a partition is not moved back to three nodes since the heal (moved back: {:?}; in flight: {:?})",
                 self.restored,
                 self.reassigning.as_ref().map(|r| (r.0, r.1.clone()))
             ));
         }
         (0..self.partitions).find_map(|p| {
             let views: Vec<_> = (0..self.nodes).filter_map(|i| w.node(i)?.replica_view(TOPIC, p)).collect();
-            let leaders: Vec<_> = views.iter().filter(|v| v.leads).collect();
+            let hosted: Vec<_> = views.iter().filter(|v| v.hosted).collect();
+            let leaders: Vec<_> = hosted.iter().filter(|v| v.leads).collect();
             let settled = views.len() == self.nodes
+                && hosted.len() == REPLICAS
                 && leaders.len() == 1
-                && leaders[0].isr.len() == self.nodes
-                && views.iter().all(|v| v.online && v.log_end == leaders[0].high_watermark);
+                && leaders[0].isr.len() == REPLICAS
+                && hosted.iter().all(|v| v.online && v.log_end == leaders[0].high_watermark);
             (!settled).then(|| format!("partition {p}: {views:?}; reassignments {:?}", self.reassign_log))
         })
     }
