@@ -14,7 +14,8 @@ cargo test --workspace
 cargo run --release -q -p sluice-sim -- sweep --seeds 1..2000 --jobs 2
 # The metadata quorum on its own: 3 and 5 voters under crashes, pauses and partitions.
 cargo run --release -q -p sluice-sim -- sweep --scenario quorum --seeds 1..5000 --jobs 2
-# Three full nodes forming a cluster: metadata agreement and convergence under crashes and isolations.
+# Three or five full nodes forming a cluster: metadata agreement, replication, reassignments and
+# convergence under crashes, isolations and stalls.
 cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 1..2000 --jobs 2
 # The same with failed syncs and corrupted reads on every node.
 cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 2001..3000 --jobs 2 --disk-faults
