@@ -201,3 +201,20 @@ def test_reassign_partitions_while_producing(cluster):
     assert_log_is(cluster.bootstrap, t, 0, acked)
     print("moved %s-0 from %s to %s while producing: %d records acknowledged, none failed"
           % (t, sorted([leader, follower]), want, len(acked)))
+
+
+def test_delete_records_tool(broker):
+    """kafka-delete-records: the partition's records below the offset go; the tool prints
+    the new low watermark, and kafka-get-offsets shows it as the earliest offset."""
+    b = ["--bootstrap-server", broker.bootstrap]
+    t = unique_topic("kt-del")
+    tool(TOPICS, *b, "--create", "--topic", t, "--partitions", "1")
+    tool("org.apache.kafka.tools.ConsoleProducer", *b, "--topic", t,
+         stdin="".join("line-%03d\n" % i for i in range(100)))
+    plan = os.path.join(broker.data_dir, "..", "delete-%s.json" % t)
+    with open(plan, "w") as f:
+        json.dump({"version": 1, "partitions": [{"topic": t, "partition": 0, "offset": 40}]}, f)
+    out = tool("org.apache.kafka.tools.DeleteRecordsCommand", *b, "--offset-json-file", plan).stdout
+    assert re.search(r"partition: %s-0\s+low_watermark: 40" % re.escape(t), out), out
+    out = tool("org.apache.kafka.tools.GetOffsetShell", *b, "--topic", t, "--time", "-2").stdout
+    assert out.split() == ["%s:0:40" % t], out

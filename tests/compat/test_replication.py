@@ -529,6 +529,44 @@ def test_follower_left_behind_by_retention_starts_at_the_leaders_log_start(clust
 
 
 @pytest.mark.timeout(150)
+def test_delete_records_reaches_every_replica_and_outlives_the_leader(cluster):
+    """DeleteRecords at the leader of an RF=3 partition: every replica's log start moves
+    (whole segments below go on all three), and after the leader is killed the new one
+    starts its log there too."""
+    from test_delete_records import delete_records_wire, low_high
+    controller_of(cluster)
+    topic = unique_topic("delrec-rf3")
+    create_topic(cluster.bootstrap, topic, 1, config={"min.insync.replicas": "2", "segment.bytes": "16384"})
+    leader = wait_fully_replicated(cluster.nodes, topic, 1)[0].leader
+    acks = Acks()
+    produce_and_flush(idempotent_producer(cluster.bootstrap, **{"linger.ms": 5, "batch.size": 2000}), topic, 0,
+                      [b"d-%04d-" % i + b"y" * 90 for i in range(1000)], acks)
+    assert len(acks.ok) == 1000, acks.failed[:3]
+    wait_fully_replicated(cluster.nodes, topic, 1)
+    follower = next(i for i in ALL if i != leader)
+    assert delete_records_wire(cluster.node(follower).bootstrap, topic, 0, 600)[1] == 6, "only the leader deletes"
+    assert delete_records_wire(cluster.node(leader).bootstrap, topic, 0, 600) == (600, 0)
+
+    def first_bases():
+        bases = {}
+        for b in cluster.nodes:
+            logs = sorted(int(f[:-4]) for f in os.listdir(b.partition_dir(topic, 0)) if f.endswith(".log"))
+            bases[node_id(b)] = logs[0]
+        return bases if all(0 < v <= 600 for v in bases.values()) else None
+    bases = wait_until("every replica deletes its segments below 600", first_bases, timeout=20)
+    print("\nfirst segment per node after deleting below 600: %s" % bases)
+
+    cluster.node(leader).kill9()
+    live = [b for b in cluster.nodes if b.alive()]
+    wait_until("a new leader", lambda: agreed_state(live, topic, 1, lambda v: v.leader not in (-1, leader)),
+               timeout=SESSION_MS / 1000 + 20)
+    assert low_high(bootstrap_of(live), topic) == (600, 1000)
+    cluster.node(leader).start()
+    wait_fully_replicated(cluster.nodes, topic, 1, timeout=60)
+    assert low_high(cluster.bootstrap, topic) == (600, 1000)
+
+
+@pytest.mark.timeout(150)
 def test_all_three_killed_at_once_lose_no_acked_record(cluster):
     """Power loss: an idempotent acks=all producer sends to an RF=3 topic (three partitions)
     while all three nodes get SIGKILL at once; all three are restarted and the producer goes

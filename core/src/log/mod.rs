@@ -502,6 +502,19 @@ impl PartitionLog {
         removed
     }
 
+    /// Moves the log start to `offset` (DeleteRecords; at most the high watermark) and
+    /// deletes the whole segments below it, never the active one.
+    pub fn advance_log_start(&mut self, offset: Offset, ops: &mut Vec<DiskOp>) {
+        debug_assert!(offset <= self.high_watermark);
+        self.log_start_offset = self.log_start_offset.max(offset);
+        while self.segments.len() > 1 && self.segments[1].base_offset <= self.log_start_offset {
+            let seg = self.segments.remove(0);
+            self.dirty.remove(&seg.log_file);
+            self.delete_segment_files(&seg, ops);
+        }
+        self.producers.forget_aborted_below(self.log_start_offset);
+    }
+
     /// True if `file` is one of this log's live segment files.
     pub fn has_log_file(&self, file: FileId) -> bool {
         self.segments.iter().any(|s| s.log_file == file)

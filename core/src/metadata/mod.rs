@@ -100,6 +100,13 @@ pub enum MetaRecord {
         partition_epoch: i32,
         isr: Vec<i32>,
     },
+    /// DeleteRecords: records of a partition below `offset` are deleted on every replica (its
+    /// log start moves there once its high watermark has).
+    RecordsDeleted {
+        id: [u8; 16],
+        partition: i32,
+        offset: i64,
+    },
 }
 
 /// Leader id of a partition that has none (every ISR member fenced).
@@ -345,6 +352,8 @@ pub struct TopicImage {
     pub configs: BTreeMap<String, String>,
     /// Each partition's registration.
     pub parts: Vec<PartitionImage>,
+    /// Partitions whose records below an offset were deleted (DeleteRecords): that offset.
+    pub log_starts: BTreeMap<i32, i64>,
 }
 
 /// A registered broker.
@@ -462,6 +471,15 @@ impl MetadataImage {
             MetaRecord::TopicConfigsAltered { id, replace, set, deleted } => {
                 self.alter_configs(id, *replace, set, deleted)
             }
+            MetaRecord::RecordsDeleted { id, partition, offset } => {
+                let Some(t) = self.topics.values_mut().find(|t| t.id == *id && *partition < t.partitions) else {
+                    return false;
+                };
+                let start = t.log_starts.entry(*partition).or_insert(0);
+                let moved = *offset > *start;
+                *start = (*start).max(*offset);
+                moved
+            }
         }
     }
 
@@ -517,7 +535,13 @@ impl MetadataImage {
         }
         let partitions = i32::try_from(replicas.len()).unwrap_or(0);
         let parts = replicas.into_iter().map(PartitionImage::new).collect();
-        let t = TopicImage { id, partitions, configs: configs.iter().cloned().collect(), parts };
+        let t = TopicImage {
+            id,
+            partitions,
+            configs: configs.iter().cloned().collect(),
+            parts,
+            log_starts: BTreeMap::new(),
+        };
         self.topics.insert(name.to_string(), t);
         true
     }

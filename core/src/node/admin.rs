@@ -493,7 +493,17 @@ impl Node {
         self.next_file = next;
         self.issue_all(ops, || Purpose::Job(job));
         let role = crate::replica::Role::Idle { leader_epoch: 0 };
-        Partition { replicas, log, state, sync: None, recovery_sync_failures: 0, written_end: 0, role, copy: 0 }
+        Partition {
+            replicas,
+            log,
+            state,
+            sync: None,
+            recovery_sync_failures: 0,
+            written_end: 0,
+            role,
+            copy: 0,
+            log_start_wanted: 0,
+        }
     }
 
     pub(super) fn handle_create_topics(

@@ -265,6 +265,7 @@ impl Node {
             }
             MetaRecord::PartitionChanged { id, partition, .. } => self.partition_change_applied(id, partition),
             MetaRecord::PartitionReassigned { id, partition, .. } => self.replicas_changed(id, partition),
+            MetaRecord::RecordsDeleted { id, partition, .. } => self.records_deleted(id, partition),
             MetaRecord::TopicConfigsAltered { id, .. } => self.topic_configs_altered(id),
             MetaRecord::TopicCreated { .. }
             | MetaRecord::PartitionsCreated { .. }
@@ -462,6 +463,9 @@ impl Node {
                 }
             }
             BrokerMessage::Forward { id, frame } => self.on_forward(from, id, frame),
+            BrokerMessage::DeleteRecords { topic, partition, offset } => {
+                self.on_delete_records(topic, partition, offset)
+            }
             BrokerMessage::Forwarded { id, frame } => self.on_forwarded(id, frame),
             BrokerMessage::CreateTopic { name } => {
                 if !self.controller_epoch_check() || self.topics.contains_key(&name) {
@@ -588,6 +592,7 @@ pub(super) fn remote_partition(topic: &str, partition: i32, replicas: Vec<i32>) 
         sync: None,
         recovery_sync_failures: 0,
         copy: 0,
+        log_start_wanted: 0,
         written_end: 0,
         role: crate::replica::Role::Idle { leader_epoch: 0 },
     }

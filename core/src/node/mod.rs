@@ -11,6 +11,7 @@ mod cluster;
 mod configs;
 mod consumer_groups;
 mod coordination;
+mod delete_records;
 mod fetch;
 mod forwarding;
 mod gauges;
@@ -198,6 +199,9 @@ struct Partition {
     /// Which copy of the partition this node holds: moved here again by a reassignment, it is
     /// a new one (for the simulator's checkers, through `ReplicaView`).
     copy: u64,
+    /// The log start the metadata log records (DeleteRecords): the log start moves there
+    /// once the high watermark has.
+    log_start_wanted: Offset,
 }
 
 impl Partition {
@@ -320,6 +324,8 @@ pub struct Node {
     cluster: cluster::ClusterState,
     jobs: BTreeMap<JobId, Job>,
     waiters: Vec<Waiter>,
+    /// DeleteRecords waiting for their deletions' commit.
+    deletes: Vec<delete_records::PendingDelete>,
     /// Requests to handle again once this input's committed metadata is applied (they found
     /// a change committed and not yet in the image).
     deferred: Vec<(ConnId, u64, RequestContext, Bytes)>,
@@ -394,6 +400,7 @@ impl Node {
             cluster: cluster::ClusterState::default(),
             jobs: BTreeMap::new(),
             waiters: Vec::new(),
+            deletes: Vec::new(),
             deferred: Vec::new(),
             produces: Vec::new(),
             fetches: Vec::new(),
@@ -477,10 +484,25 @@ impl Node {
         let produce = self.produces.iter().map(|p| p.deadline).filter(|d| d.0 != u64::MAX).min();
         let markers = self.markers_retry_at();
         let forwards = self.forward_poll_timeout();
-        [fetch, retention, groups, offsets, producers, txns, quorum, cluster, replication, produce, markers, forwards]
-            .into_iter()
-            .flatten()
-            .min()
+        let deletes = self.deletes_poll_timeout();
+        [
+            fetch,
+            retention,
+            groups,
+            offsets,
+            producers,
+            txns,
+            quorum,
+            cluster,
+            replication,
+            produce,
+            markers,
+            forwards,
+            deletes,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// True once start-up recovery has finished and requests are served.
@@ -734,6 +756,7 @@ impl Node {
             ApiKey::CreateTopics => self.handle_create_topics(conn, seq, ctx, body),
             ApiKey::DeleteTopics => self.handle_delete_topics(conn, seq, ctx, body),
             ApiKey::ElectLeaders => self.handle_elect_leaders(conn, seq, ctx, body),
+            ApiKey::DeleteRecords => self.handle_delete_records(conn, seq, ctx, body),
             ApiKey::AlterPartitionReassignments => self.handle_alter_partition_reassignments(conn, seq, ctx, body),
             ApiKey::ListPartitionReassignments => self.handle_list_partition_reassignments(conn, seq, ctx, body),
             ApiKey::CreatePartitions => self.handle_create_partitions(conn, seq, ctx, body),
@@ -794,6 +817,7 @@ impl Node {
         self.expire_fetches();
         self.replication_timeout();
         self.hw_moved |= self.produces.iter().any(|p| p.deadline <= self.now.mono);
+        self.complete_deletes();
         // Markers another broker has not confirmed in time are asked for again.
         self.hw_moved |= self.markers_retry_at().is_some_and(|t| t <= self.now.mono);
         self.settle_groups();

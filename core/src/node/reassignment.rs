@@ -189,6 +189,7 @@ impl Node {
             let mut fresh = self.new_partition(&name, partition, replicas, job, PartState::Creating);
             fresh.log.generation = generation;
             fresh.copy = copy;
+            fresh.log_start_wanted = self.recorded_log_start(tp);
             tracing::info!(topic = %name, partition, "a replica of the partition moves here");
             *self.partition_mut(tp).expect("checked") = fresh;
         } else if !hosted && !matches!(state, PartState::Remote | PartState::Recovering) {

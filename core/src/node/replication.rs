@@ -262,7 +262,11 @@ impl Node {
         if hw > p.log.high_watermark {
             p.log.high_watermark = hw;
             p.log.producers.decided_below(hw);
+            let deleted = p.log_start_wanted > p.log.log_start_offset;
             self.hw_moved = true;
+            if deleted {
+                self.apply_log_start(tp);
+            }
         }
     }
 
@@ -701,7 +705,7 @@ impl Node {
     }
 
     /// Hands a message to the active controller: this node's own, or over the peer link.
-    fn send_to_controller(&mut self, msg: BrokerMessage) {
+    pub(super) fn send_to_controller(&mut self, msg: BrokerMessage) {
         let me = self.me_id();
         match self.controller() {
             Some(c) if c == me => self.on_broker_message(me, msg),

@@ -138,6 +138,9 @@ pub enum BrokerMessage {
     /// The answer to `Forward` `id`: the response frame to relay to the client, or `None`
     /// when the controller could not run the request (the broker handles it itself).
     Forwarded { id: u64, frame: Option<Vec<u8>> },
+    /// A partition's leader asks the controller to record that its records below `offset`
+    /// are deleted (DeleteRecords; the offset is at most its high watermark).
+    DeleteRecords { topic: [u8; 16], partition: i32, offset: i64 },
 }
 
 /// The first frame on a peer connection: who is calling, in which cluster, speaking which
