@@ -638,28 +638,7 @@ impl Replicated {
                     continue;
                 }
             };
-            let below = |l: &[(i64, String)]| l.iter().filter(|(o, _)| *o < hw).cloned().collect::<Vec<_>>();
-            for (i, log) in logs.iter().enumerate() {
-                let hosted = w.node(i).and_then(|n| n.replica_view(TOPIC, p)).is_none_or(|v| v.hosted);
-                if !hosted {
-                    continue; // not a replica now (the convergence check says why)
-                }
-                match log {
-                    Ok(l) if below(l) == below(&theirs) => {}
-                    Ok(l) => {
-                        let at = below(l).iter().zip(below(&theirs)).position(|(a, b)| *a != b);
-                        let msg = format!(
-                            "inconsistent-offsets: partition {p}: node {} and the leader (node {}) differ below the high watermark {hw} (first at record {at:?}; {} and {} records)",
-                            i + 1,
-                            leader + 1,
-                            below(l).len(),
-                            below(&theirs).len()
-                        );
-                        self.violation(w, msg);
-                    }
-                    Err(e) => self.violation(w, format!("partition {p}: node {}'s log does not read back: {e}", i + 1)),
-                }
-            }
+            self.check_consistent(w, p, leader, hw, &logs, &theirs);
             let by_offset: BTreeMap<i64, &String> = theirs.iter().map(|(o, v)| (*o, v)).collect();
             let lost: Vec<(i64, String)> = self
                 .acked
@@ -688,6 +667,43 @@ impl Replicated {
                     ),
                     _ => self.violation(w, format!("phantom: partition {p}: {v:?} at offset {o} was never sent there")),
                 }
+            }
+        }
+    }
+}
+
+impl Replicated {
+    /// inconsistent-offsets: every node holding a replica of partition `p` has the records
+    /// the leader has below the high watermark, at the same offsets.
+    fn check_consistent(
+        &mut self,
+        w: &World,
+        p: i32,
+        leader: usize,
+        hw: Offset,
+        logs: &[Result<Vec<(i64, String)>, String>],
+        theirs: &[(i64, String)],
+    ) {
+        let below = |l: &[(i64, String)]| l.iter().filter(|(o, _)| *o < hw).cloned().collect::<Vec<_>>();
+        for (i, log) in logs.iter().enumerate() {
+            let hosted = w.node(i).and_then(|n| n.replica_view(TOPIC, p)).is_none_or(|v| v.hosted);
+            if !hosted {
+                continue; // not a replica now (the convergence check says why)
+            }
+            match log {
+                Ok(l) if below(l) == below(theirs) => {}
+                Ok(l) => {
+                    let at = below(l).iter().zip(below(theirs)).position(|(a, b)| *a != b);
+                    let msg = format!(
+                        "inconsistent-offsets: partition {p}: node {} and the leader (node {}) differ below the high watermark {hw} (first at record {at:?}; {} and {} records)",
+                        i + 1,
+                        leader + 1,
+                        below(l).len(),
+                        below(theirs).len()
+                    );
+                    self.violation(w, msg);
+                }
+                Err(e) => self.violation(w, format!("partition {p}: node {}'s log does not read back: {e}", i + 1)),
             }
         }
     }

@@ -109,6 +109,46 @@ pub enum MetaRecord {
     },
 }
 
+/// The registration a partition record carries: topic id, partition, the registration, and
+/// whether it sets the replicas too (`PartitionReassigned`) or keeps them (`PartitionChanged`).
+fn registration_in(rec: &MetaRecord) -> Option<([u8; 16], i32, PartitionImage, bool)> {
+    match rec {
+        MetaRecord::PartitionChanged { id, partition, leader, leader_epoch, partition_epoch, isr } => {
+            let next = PartitionImage {
+                leader: *leader,
+                leader_epoch: *leader_epoch,
+                partition_epoch: *partition_epoch,
+                isr: isr.clone(),
+                ..PartitionImage::new(Vec::new())
+            };
+            Some((*id, *partition, next, false))
+        }
+        MetaRecord::PartitionReassigned {
+            id,
+            partition,
+            replicas,
+            adding,
+            removing,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        } => {
+            let next = PartitionImage {
+                replicas: replicas.clone(),
+                leader: *leader,
+                leader_epoch: *leader_epoch,
+                partition_epoch: *partition_epoch,
+                isr: isr.clone(),
+                adding: adding.clone(),
+                removing: removing.clone(),
+            };
+            Some((*id, *partition, next, true))
+        }
+        _ => None,
+    }
+}
+
 /// Leader id of a partition that has none (every ISR member fenced).
 pub const NO_LEADER: i32 = -1;
 
@@ -434,53 +474,27 @@ impl MetadataImage {
                     None => false,
                 }
             }
-            MetaRecord::PartitionChanged { id, partition, leader, leader_epoch, partition_epoch, isr } => {
-                let next = PartitionImage {
-                    replicas: Vec::new(),
-                    leader: *leader,
-                    leader_epoch: *leader_epoch,
-                    partition_epoch: *partition_epoch,
-                    isr: isr.clone(),
-                    adding: Vec::new(),
-                    removing: Vec::new(),
-                };
-                self.change_partition(id, *partition, next, false)
-            }
-            MetaRecord::PartitionReassigned {
-                id,
-                partition,
-                replicas,
-                adding,
-                removing,
-                leader,
-                leader_epoch,
-                partition_epoch,
-                isr,
-            } => {
-                let next = PartitionImage {
-                    replicas: replicas.clone(),
-                    leader: *leader,
-                    leader_epoch: *leader_epoch,
-                    partition_epoch: *partition_epoch,
-                    isr: isr.clone(),
-                    adding: adding.clone(),
-                    removing: removing.clone(),
-                };
-                self.change_partition(id, *partition, next, true)
+            MetaRecord::PartitionChanged { .. } | MetaRecord::PartitionReassigned { .. } => {
+                let (id, partition, next, replicas) = registration_in(rec).expect("a partition record");
+                self.change_partition(&id, partition, next, replicas)
             }
             MetaRecord::TopicConfigsAltered { id, replace, set, deleted } => {
                 self.alter_configs(id, *replace, set, deleted)
             }
-            MetaRecord::RecordsDeleted { id, partition, offset } => {
-                let Some(t) = self.topics.values_mut().find(|t| t.id == *id && *partition < t.partitions) else {
-                    return false;
-                };
-                let start = t.log_starts.entry(*partition).or_insert(0);
-                let moved = *offset > *start;
-                *start = (*start).max(*offset);
-                moved
-            }
+            MetaRecord::RecordsDeleted { id, partition, offset } => self.records_deleted(id, *partition, *offset),
         }
+    }
+
+    /// Records below `offset` of a partition are deleted (false: no such partition, or an
+    /// offset not past the one recorded).
+    fn records_deleted(&mut self, id: &[u8; 16], partition: i32, offset: i64) -> bool {
+        let Some(t) = self.topics.values_mut().find(|t| t.id == *id && partition < t.partitions) else {
+            return false;
+        };
+        let start = t.log_starts.entry(partition).or_insert(0);
+        let moved = offset > *start;
+        *start = (*start).max(offset);
+        moved
     }
 
     /// A topic's config overrides changed (false: no such topic).

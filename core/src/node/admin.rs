@@ -660,6 +660,25 @@ impl Node {
         }
     }
 
+    /// An unclean election is never made: ELECTION_NOT_NEEDED where a leader serves,
+    /// ELIGIBLE_LEADERS_NOT_AVAILABLE where none does (one comes from the ISR when a member
+    /// is back).
+    fn unclean_election_results(&self, targets: Vec<(String, Vec<i32>)>) -> Vec<(String, i32, i16, Option<JobId>)> {
+        let mut out = Vec::new();
+        for (t, ps) in targets {
+            for p in ps {
+                let tp = self.topics.get(&t).map(|topic| (topic.id, p));
+                let code = match tp.and_then(|tp| self.registration(tp).map(|img| (tp, img))) {
+                    None => KafkaError::UnknownTopicOrPartition.code(),
+                    Some((tp, _)) if self.partition_leader(tp).is_some() => 84, // ELECTION_NOT_NEEDED
+                    Some(_) => 83,                                              // ELIGIBLE_LEADERS_NOT_AVAILABLE
+                };
+                out.push((t.clone(), p, code, None));
+            }
+        }
+        out
+    }
+
     /// ElectLeaders (KIP-460), on the controller: preferred elections; an unclean one is
     /// never made (a partition with no leader gets one from its ISR as soon as a member is
     /// back), so it is answered ELECTION_NOT_NEEDED or ELIGIBLE_LEADERS_NOT_AVAILABLE.
@@ -675,14 +694,8 @@ impl Node {
         let mut resp = ElectLeadersResponse::default();
         let wanted: Option<Vec<(String, Vec<i32>)>> =
             req.topic_partitions.map(|ts| ts.into_iter().map(|t| (t.topic.0.to_string(), t.partitions)).collect());
-        // An election computed from the committed registration while a change of this
-        // controller is uncommitted would be a no-op when applied: wait for that change.
-        let pending = wanted.iter().flatten().find_map(|(t, ps)| {
-            let id = self.cluster.image.topics.get(t)?.id;
-            ps.iter().find_map(|p| self.partition_change_pending((id, *p)))
-        });
-        if let (true, Some(job)) = (self.is_controller(), pending) {
-            self.wait_for_change(conn, seq, job, ctx, body);
+        let named = wanted.iter().flatten().flat_map(|(t, ps)| ps.iter().map(|p| (t.as_str(), *p)));
+        if self.is_controller() && self.held_for_pending_change(named, conn, seq, &ctx, &body) {
             return Ok(());
         }
         let results: Vec<(String, i32, i16, Option<JobId>)> = if !self.is_controller() {
@@ -694,20 +707,7 @@ impl Node {
         } else if req.election_type == 0 {
             self.elect_preferred(wanted)
         } else {
-            let targets = wanted.unwrap_or_default();
-            let mut out = Vec::new();
-            for (t, ps) in targets {
-                for p in ps {
-                    let tp = self.topics.get(&t).map(|topic| (topic.id, p));
-                    let code = match tp.and_then(|tp| self.registration(tp).map(|img| (tp, img))) {
-                        None => KafkaError::UnknownTopicOrPartition.code(),
-                        Some((tp, _)) if self.partition_leader(tp).is_some() => 84, // ELECTION_NOT_NEEDED
-                        Some(_) => 83,                                              // ELIGIBLE_LEADERS_NOT_AVAILABLE
-                    };
-                    out.push((t.clone(), p, code, None));
-                }
-            }
-            out
+            self.unclean_election_results(wanted.unwrap_or_default())
         };
         let mut jobs = Vec::new();
         for (topic, partition, code, job) in results {

@@ -244,25 +244,9 @@ impl Node {
                 }
             }
             MetaRecord::TopicDeleted { name, id } => self.remove_topic(&name, id),
-            MetaRecord::BrokerRegistered { id, .. } | MetaRecord::BrokerFenced { id, .. } => {
-                self.cluster.in_flight.remove(&id);
-                if matches!(rec, MetaRecord::BrokerRegistered { .. }) {
-                    self.cluster.shutting_down.remove(&id); // a new process of that broker
-                }
-                // A fenced broker's partitions need new leaders and ISRs.
-                self.replication.reconcile_due = true;
-                self.hw_moved = true;
-                if id == self.me() {
-                    self.refresh_all_roles(); // this node may lead nothing now
-                }
-            }
-            MetaRecord::BrokerUnfenced { id, .. } => {
-                self.cluster.in_flight.remove(&id);
-                self.replication.reconcile_due = true;
-                if id == self.me() {
-                    self.refresh_all_roles(); // this node may lead what names it now
-                }
-            }
+            MetaRecord::BrokerRegistered { id, .. }
+            | MetaRecord::BrokerFenced { id, .. }
+            | MetaRecord::BrokerUnfenced { id, .. } => self.broker_record_applied(id, &rec),
             MetaRecord::PartitionChanged { id, partition, .. } => self.partition_change_applied(id, partition),
             MetaRecord::PartitionReassigned { id, partition, .. } => self.replicas_changed(id, partition),
             MetaRecord::RecordsDeleted { id, partition, .. } => self.records_deleted(id, partition),
@@ -270,6 +254,22 @@ impl Node {
             MetaRecord::TopicCreated { .. }
             | MetaRecord::PartitionsCreated { .. }
             | MetaRecord::ProducerIdsBlock { .. } => {}
+        }
+    }
+
+    /// A broker registered, was fenced or unfenced: its partitions may need new leaders and
+    /// ISRs, and this node's own roles may change.
+    fn broker_record_applied(&mut self, id: i32, rec: &MetaRecord) {
+        self.cluster.in_flight.remove(&id);
+        self.replication.reconcile_due = true;
+        if matches!(rec, MetaRecord::BrokerRegistered { .. }) {
+            self.cluster.shutting_down.remove(&id); // a new process of that broker
+        }
+        if !matches!(rec, MetaRecord::BrokerUnfenced { .. }) {
+            self.hw_moved = true;
+        }
+        if id == self.me() {
+            self.refresh_all_roles(); // this node may lead less, or more, now
         }
     }
 

@@ -50,12 +50,8 @@ impl Node {
             self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
             return Ok(());
         }
-        let pending = req.topics.iter().find_map(|t| {
-            let id = self.cluster.image.topics.get(t.name.0.as_str())?.id;
-            t.partitions.iter().find_map(|p| self.partition_change_pending((id, p.partition_index)))
-        });
-        if let Some(job) = pending {
-            self.wait_for_change(conn, seq, job, ctx, body);
+        let named = req.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.name.0.as_str(), p.partition_index)));
+        if self.held_for_pending_change(named, conn, seq, &ctx, &body) {
             return Ok(());
         }
         let allow_rf_change = ctx.version < 1 || req.allow_replication_factor_change;

@@ -850,19 +850,28 @@ impl Node {
         (at < hw).then_some(ChangePending::Applying) // else lost with its job
     }
 
-    /// Handles a request again once a pending partition change is in the image.
-    pub(super) fn wait_for_change(
+    /// Holds a request naming these partitions (topic, partition) while a change of one of
+    /// them is not yet in the image: it is handled again once it is (a change computed from
+    /// the image before would be a no-op). Returns whether it was held.
+    pub(super) fn held_for_pending_change<'a>(
         &mut self,
+        partitions: impl IntoIterator<Item = (&'a str, i32)>,
         conn: crate::types::ConnId,
         seq: u64,
-        pending: ChangePending,
-        ctx: crate::protocol::RequestContext,
-        body: Bytes,
-    ) {
+        ctx: &crate::protocol::RequestContext,
+        body: &Bytes,
+    ) -> bool {
+        let pending = partitions.into_iter().find_map(|(topic, p)| {
+            let id = self.cluster.image.topics.get(topic)?.id;
+            self.partition_change_pending((id, p))
+        });
+        let (ctx, body) = (ctx.clone(), body.clone());
         match pending {
-            ChangePending::Job(job) => self.park(conn, seq, job, super::Then::Redispatch { ctx, body }),
-            ChangePending::Applying => self.deferred.push((conn, seq, ctx, body)),
+            None => return false,
+            Some(ChangePending::Job(job)) => self.park(conn, seq, job, super::Then::Redispatch { ctx, body }),
+            Some(ChangePending::Applying) => self.deferred.push((conn, seq, ctx, body)),
         }
+        true
     }
 
     /// Proposes a change of the partition's registration, unless one is still pending (the
