@@ -83,6 +83,9 @@ pub enum Mutant {
     /// Reassignment: finishes as soon as it is asked, the added replicas counted in sync
     /// before they have caught up (the leaving ones, which hold the data, go at once).
     ReassignBeforeInSync = 29,
+    /// DeleteRecords: a restarted node forgets the log starts the metadata log records and
+    /// serves the deleted records again.
+    ForgetDeletionsOnRestart = 30,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -115,6 +118,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::LeadOnAfterFailedWrite, "lead-on-after-failed-write"),
     (Mutant::AckConfigBeforeCommit, "ack-config-before-commit"),
     (Mutant::ReassignBeforeInSync, "reassign-before-in-sync"),
+    (Mutant::ForgetDeletionsOnRestart, "forget-deletions-on-restart"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -136,7 +140,8 @@ pub fn scenario(m: Mutant) -> &'static str {
         | Mutant::IsrAdmitsLagging
         | Mutant::LeadOnAfterFailedWrite
         | Mutant::AckConfigBeforeCommit
-        | Mutant::ReassignBeforeInSync => "cluster",
+        | Mutant::ReassignBeforeInSync
+        | Mutant::ForgetDeletionsOnRestart => "cluster",
         _ => "default",
     }
 }

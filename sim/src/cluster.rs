@@ -375,7 +375,7 @@ impl Harness for Run {
 
     fn on_timer(&mut self, w: &mut World, client: usize, token: u64) {
         match token {
-            replicated::T_CREATE | replicated::T_PRODUCE | replicated::T_REASSIGN => {
+            replicated::T_CREATE | replicated::T_PRODUCE | replicated::T_REASSIGN | crate::deleter::T_DELETE => {
                 self.repl.on_timer(w, client, token)
             }
             commits::T_COMMIT => self.commits.on_timer(w, client, self.repl.created),

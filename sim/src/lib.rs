@@ -9,6 +9,7 @@ pub mod checker;
 pub mod cluster;
 pub mod codec;
 pub mod commits;
+pub mod deleter;
 pub mod group;
 pub mod group848;
 pub mod quorum;

@@ -44,6 +44,7 @@ use sluice_core::{ConnId, Offset};
 use sluice_runtime_sim::{Nanos, SimDisk, World, MS};
 
 use crate::codec;
+use crate::deleter::{Deleter, T_DELETE};
 
 pub const TOPIC: &str = "replicated";
 /// The topic's `min.insync.replicas`.
@@ -120,6 +121,8 @@ pub struct Replicated {
     restored: BTreeSet<i32>,
     pub reassign_answers: BTreeMap<i16, u64>,
     reassign_log: Vec<(u64, i32, Option<Vec<i32>>, i16)>,
+    /// DeleteRecords, in half the seeds.
+    pub deleter: Deleter,
 }
 
 impl Replicated {
@@ -160,6 +163,7 @@ impl Replicated {
             restored: BTreeSet::new(),
             reassign_answers: BTreeMap::new(),
             reassign_log: Vec::new(),
+            deleter: Deleter::new(rng),
         }
     }
 
@@ -171,7 +175,7 @@ impl Replicated {
             self.every / MS,
             self.producers.iter().map(|p| p.in_flight_max).collect::<Vec<_>>(),
             self.reassign_every.map(|e| e / MS)
-        )
+        ) + ", " + &self.deleter.describe()
     }
 
     pub fn acked(&self) -> usize {
@@ -199,6 +203,7 @@ impl Replicated {
         self.creating.is_some_and(|(c, _)| c == conn)
             || self.producers.iter().any(|p| p.conn == Some(conn))
             || self.reassigning.as_ref().is_some_and(|r| r.2 == conn)
+            || self.deleter.owns(conn)
     }
 
     /// Asks for the next reassignment through a node that is up: before the heal a random
@@ -338,6 +343,7 @@ impl Replicated {
                 w.set_timer(CREATOR + 1 + k, T_PRODUCE, self.every);
             }
             self.next_reassignment(w);
+            self.deleter.start(w);
         } else {
             w.set_timer(CREATOR, T_CREATE, 100 * MS);
         }
@@ -451,12 +457,21 @@ impl Replicated {
         if self.reassigning.as_ref().is_some_and(|r| r.2 == conn) {
             return self.on_reassigned(w, frame);
         }
+        if self.deleter.owns(conn) {
+            if let Some(v) = self.deleter.on_response(w, self.nodes, frame) {
+                self.violation(w, v);
+            }
+            return;
+        }
         if let Some(k) = self.producers.iter().position(|p| p.conn == Some(conn)) {
             self.on_produced(w, k, frame);
         }
     }
 
     pub fn on_closed(&mut self, w: &mut World, conn: ConnId) {
+        if self.deleter.owns(conn) {
+            return self.deleter.on_closed(self.nodes);
+        }
         if self.reassigning.as_ref().is_some_and(|r| r.2 == conn) {
             self.reassigning = None; // taken or not: the next one is computed afresh
             self.next_reassignment(w);
@@ -480,6 +495,13 @@ impl Replicated {
         match token {
             T_CREATE => self.create(w),
             T_REASSIGN => self.reassign(w),
+            T_DELETE => {
+                let mut ends: BTreeMap<i32, Offset> = BTreeMap::new();
+                for &(p, o) in self.acked.keys() {
+                    ends.insert(p, o.max(ends.get(&p).copied().unwrap_or(0)));
+                }
+                self.deleter.on_timer(w, self.nodes, &ends, self.healed);
+            }
             T_PRODUCE if client > CREATOR => self.send(w, client - CREATOR - 1),
             _ => {}
         }
@@ -621,6 +643,9 @@ impl Replicated {
         if !self.created {
             return;
         }
+        for v in self.deleter.final_checks(w, self.nodes) {
+            self.violation(w, v);
+        }
         for p in 0..self.partitions {
             let leader =
                 (0..self.nodes).find(|i| w.node(*i).and_then(|n| n.replica_view(TOPIC, p)).is_some_and(|v| v.leads));
@@ -643,7 +668,7 @@ impl Replicated {
             let lost: Vec<(i64, String)> = self
                 .acked
                 .iter()
-                .filter(|((q, o), v)| *q == p && by_offset.get(o) != Some(v))
+                .filter(|((q, o), v)| *q == p && *o >= self.deleter.floor(p) && by_offset.get(o) != Some(v))
                 .map(|((_, o), v)| (*o, v.clone()))
                 .collect();
             if let Some((o, v)) = lost.first() {
@@ -684,7 +709,10 @@ impl Replicated {
         logs: &[Result<Vec<(i64, String)>, String>],
         theirs: &[(i64, String)],
     ) {
-        let below = |l: &[(i64, String)]| l.iter().filter(|(o, _)| *o < hw).cloned().collect::<Vec<_>>();
+        // Below what DeleteRecords was asked, replicas may keep more or less (whole segments).
+        let floor = self.deleter.floor(p);
+        let below =
+            |l: &[(i64, String)]| l.iter().filter(|(o, _)| (floor..hw).contains(o)).cloned().collect::<Vec<_>>();
         for (i, log) in logs.iter().enumerate() {
             let hosted = w.node(i).and_then(|n| n.replica_view(TOPIC, p)).is_none_or(|v| v.hosted);
             if !hosted {

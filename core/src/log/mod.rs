@@ -355,7 +355,33 @@ impl PartitionLog {
     /// Whole batches from `offset` up to (not past) `upper`, at most `max_bytes` unless the
     /// first batch alone is bigger and `min_one` (Kafka returns at least one batch, KIP-74).
     pub fn read(&self, offset: Offset, upper: Offset, max_bytes: usize, min_one: bool) -> ReadResult {
-        if offset < self.log_start_offset || offset > upper {
+        if offset < self.log_start_offset {
+            return ReadResult::OutOfRange;
+        }
+        self.read_from(offset, upper, max_bytes, min_one)
+    }
+
+    /// `read` for a follower: from the start of the batch holding the log start on, since
+    /// followers copy whole batches and a log start set by DeleteRecords need not fall on a
+    /// batch boundary.
+    pub fn read_replica(&self, offset: Offset, upper: Offset, max_bytes: usize, min_one: bool) -> ReadResult {
+        if offset < self.log_start_offset && offset >= self.batch_aligned_start() {
+            return self.read_from(offset, upper, max_bytes, min_one);
+        }
+        self.read(offset, upper, max_bytes, min_one)
+    }
+
+    /// Where the batch holding the log start begins (the log start itself when it is a
+    /// batch's first offset, or past every batch).
+    pub fn batch_aligned_start(&self) -> Offset {
+        let start = self.log_start_offset;
+        let si = self.segments.partition_point(|s| s.base_offset <= start).saturating_sub(1);
+        let seg = self.segments.get(si);
+        seg.and_then(|s| Some(s.base_offset + i64::from(s.entries[s.find(start)?].base_delta))).unwrap_or(start)
+    }
+
+    fn read_from(&self, offset: Offset, upper: Offset, max_bytes: usize, min_one: bool) -> ReadResult {
+        if offset > upper {
             return ReadResult::OutOfRange;
         }
         if offset == upper {
@@ -450,8 +476,9 @@ impl PartitionLog {
     }
 
     /// Empties the log and starts it again at `offset`, past everything it held: a follower
-    /// whose next offset has fallen below its leader's log start (retention deleted what it
-    /// would fetch) starts where the leader's log does, as Kafka's followers do.
+    /// whose next offset has fallen below its leader's log start (retention or DeleteRecords
+    /// removed what it would fetch) starts where the leader's log does (at the start of the
+    /// batch holding it), as Kafka's followers do.
     pub fn restart_at(&mut self, offset: Offset, wall_ms: i64, ids: &mut dyn FileIds, ops: &mut Vec<DiskOp>) {
         debug_assert!(offset > self.log_end_offset);
         self.generation += 1;
@@ -705,6 +732,24 @@ mod tests {
         log.append_replicated(c.clone(), &h, &settings(1 << 30), 8, &mut Ids(200), &mut ops);
         assert_eq!(log.log_end_offset, 42);
         assert_eq!(log.epochs.latest(), Some(3));
+    }
+
+    #[test]
+    fn a_log_start_inside_a_batch_is_read_from_that_batch_by_followers_only() {
+        let b = make_batch(&[b"a", b"b", b"c", b"d"], 5);
+        let (mut log, _) = log_with(&[b.clone(), b.clone(), b.clone()], 1 << 30);
+        log.high_watermark = 12;
+        let size = b.len() as u32;
+        let mut ops = Vec::new();
+        log.advance_log_start(6, &mut ops);
+        assert_eq!((log.log_start_offset, log.batch_aligned_start()), (6, 4));
+        assert_eq!(log.read(4, 12, 1 << 20, true), ReadResult::OutOfRange, "a consumer: below the log start");
+        let from_4 = ReadResult::Range { file: FileId(1), position: size as u64, len: 2 * size };
+        assert_eq!(log.read_replica(4, 12, 1 << 20, true), from_4, "a follower: the whole batch holding 6");
+        assert_eq!(log.read_replica(0, 12, 1 << 20, true), ReadResult::OutOfRange);
+        assert_eq!(log.read(6, 12, 1 << 20, true), from_4, "a consumer at 6 gets the batch holding it");
+        log.advance_log_start(8, &mut ops);
+        assert_eq!(log.batch_aligned_start(), 8, "on a batch boundary");
     }
 
     #[test]

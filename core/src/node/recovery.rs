@@ -301,7 +301,11 @@ impl Node {
                         sync: None,
                         recovery_sync_failures: 0,
                         copy: 0,
-                        log_start_wanted: t.log_starts.get(&p).copied().unwrap_or(0),
+                        log_start_wanted: if crate::mutants::active(crate::mutants::Mutant::ForgetDeletionsOnRestart) {
+                            0
+                        } else {
+                            t.log_starts.get(&p).copied().unwrap_or(0)
+                        },
                         written_end: 0,
                         role: crate::replica::Role::Idle { leader_epoch: 0 },
                     }

@@ -596,8 +596,12 @@ impl Node {
                 let max = (fp.max_bytes as usize).min(budget);
                 let served = p.served_end();
                 if fp.fetch_offset <= served && max > 0 {
-                    match l.read(fp.fetch_offset, served, max, reads.is_empty()) {
-                        crate::log::ReadResult::OutOfRange => r.error = KafkaError::OffsetOutOfRange.code(),
+                    match l.read_replica(fp.fetch_offset, served, max, reads.is_empty()) {
+                        crate::log::ReadResult::OutOfRange => {
+                            // Where the follower can start again: a batch's first offset.
+                            r.log_start_offset = l.batch_aligned_start();
+                            r.error = KafkaError::OffsetOutOfRange.code();
+                        }
                         crate::log::ReadResult::Empty => {}
                         crate::log::ReadResult::Range { file, position, len } => {
                             budget = budget.saturating_sub(len as usize);
