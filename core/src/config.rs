@@ -128,6 +128,16 @@ pub struct LogDefaults {
     pub retention_bytes: i64,
     pub index_interval_bytes: u32,
     pub retention_check_interval_ms: u64,
+    /// The log cleaner (compaction) runs at all (`log.cleaner.enable`).
+    pub cleaner_enable: bool,
+    /// How often the cleaner looks for a log to clean (`log.cleaner.backoff.ms`).
+    pub cleaner_backoff_ms: u64,
+    /// Memory for the cleaner's key map (`log.cleaner.dedupe.buffer.size`).
+    pub cleaner_dedupe_buffer_bytes: u64,
+    pub cleaner_min_cleanable_ratio: f64,
+    pub cleaner_delete_retention_ms: i64,
+    pub cleaner_min_compaction_lag_ms: i64,
+    pub cleaner_max_compaction_lag_ms: i64,
 }
 
 impl Default for LogDefaults {
@@ -139,6 +149,13 @@ impl Default for LogDefaults {
             retention_bytes: -1,
             index_interval_bytes: 4096,
             retention_check_interval_ms: 300_000,
+            cleaner_enable: true,
+            cleaner_backoff_ms: 15_000,
+            cleaner_dedupe_buffer_bytes: 128 * 1024 * 1024,
+            cleaner_min_cleanable_ratio: 0.5,
+            cleaner_delete_retention_ms: 86_400_000,
+            cleaner_min_compaction_lag_ms: 0,
+            cleaner_max_compaction_lag_ms: i64::MAX,
         }
     }
 }
@@ -188,7 +205,7 @@ pub const TOPIC_CONFIG_KEYS: &[TopicConfigKey] = &[
     TopicConfigKey {
         name: "cleanup.policy",
         config_type: 7,
-        doc: "delete or compact (compaction is not implemented; delete is)",
+        doc: "delete (old segments go by retention.ms and retention.bytes), compact (the cleaner keeps each key's latest record), or both",
     },
     TopicConfigKey {
         name: "compression.type",
@@ -254,16 +271,16 @@ impl NodeConfig {
         let v = match name {
             "cleanup.policy" => "delete".to_string(),
             "compression.type" => "producer".to_string(),
-            "delete.retention.ms" => "86400000".to_string(),
+            "delete.retention.ms" => self.log.cleaner_delete_retention_ms.to_string(),
             "file.delete.delay.ms" => "60000".to_string(),
             "flush.messages" => "1".to_string(),
             "flush.ms" => "0".to_string(),
             "index.interval.bytes" => self.log.index_interval_bytes.to_string(),
-            "max.compaction.lag.ms" => i64::MAX.to_string(),
+            "max.compaction.lag.ms" => self.log.cleaner_max_compaction_lag_ms.to_string(),
             "max.message.bytes" => self.message_max_bytes.to_string(),
             "message.timestamp.type" => "CreateTime".to_string(),
-            "min.cleanable.dirty.ratio" => "0.5".to_string(),
-            "min.compaction.lag.ms" => "0".to_string(),
+            "min.cleanable.dirty.ratio" => self.log.cleaner_min_cleanable_ratio.to_string(),
+            "min.compaction.lag.ms" => self.log.cleaner_min_compaction_lag_ms.to_string(),
             "min.insync.replicas" => self.replication.min_insync_replicas.to_string(),
             "preallocate" => "false".to_string(),
             "retention.bytes" => self.log.retention_bytes.to_string(),
@@ -291,6 +308,10 @@ pub fn broker_synonyms(topic_key: &str) -> &'static [&'static str] {
         "index.interval.bytes" => &["log.index.interval.bytes"],
         "min.insync.replicas" => &["min.insync.replicas"],
         "unclean.leader.election.enable" => &["unclean.leader.election.enable"],
+        "delete.retention.ms" => &["log.cleaner.delete.retention.ms"],
+        "min.cleanable.dirty.ratio" => &["log.cleaner.min.cleanable.ratio"],
+        "min.compaction.lag.ms" => &["log.cleaner.min.compaction.lag.ms"],
+        "max.compaction.lag.ms" => &["log.cleaner.max.compaction.lag.ms"],
         _ => &[],
     }
 }
@@ -303,7 +324,7 @@ pub enum ConfigError {
 }
 
 /// The effective settings of one topic: explicit overrides over the node's defaults.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TopicSettings {
     pub segment_bytes: u64,
     pub segment_ms: i64,
@@ -314,6 +335,14 @@ pub struct TopicSettings {
     pub log_append_time: bool,
     /// In-sync replicas an acks=all produce needs (`min.insync.replicas`).
     pub min_insync_replicas: usize,
+    /// `cleanup.policy` holds `delete`: retention deletes old segments.
+    pub delete: bool,
+    /// `cleanup.policy` holds `compact`: the cleaner keeps each key's latest record.
+    pub compact: bool,
+    pub delete_retention_ms: i64,
+    pub min_compaction_lag_ms: i64,
+    pub max_compaction_lag_ms: i64,
+    pub min_cleanable_ratio: f64,
 }
 
 impl TopicSettings {
@@ -336,6 +365,12 @@ impl TopicSettings {
             index_interval_bytes: u32::try_from(int("index.interval.bytes")).unwrap_or(4096).max(1),
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             min_insync_replicas: usize::try_from(int("min.insync.replicas")).unwrap_or(1).max(1),
+            delete: get("cleanup.policy").split(',').any(|p| p.trim() == "delete"),
+            compact: get("cleanup.policy").split(',').any(|p| p.trim() == "compact"),
+            delete_retention_ms: int("delete.retention.ms"),
+            min_compaction_lag_ms: int("min.compaction.lag.ms"),
+            max_compaction_lag_ms: int("max.compaction.lag.ms"),
+            min_cleanable_ratio: get("min.cleanable.dirty.ratio").parse::<f64>().unwrap_or(0.5),
         })
     }
 }
@@ -350,7 +385,7 @@ fn validate_value(key: &str, value: &str) -> Result<(), ConfigError> {
         6 => value.parse::<f64>().map(|_| ()).map_err(|_| bad()),
         _ => match key {
             "message.timestamp.type" if value != "CreateTime" && value != "LogAppendTime" => Err(bad()),
-            "cleanup.policy" if value.split(',').any(|p| p != "delete" && p != "compact") => Err(bad()),
+            "cleanup.policy" if value.split(',').any(|p| p.trim() != "delete" && p.trim() != "compact") => Err(bad()),
             "compression.type" if !["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"].contains(&value) => {
                 Err(bad())
             }

@@ -84,8 +84,12 @@ pub enum DiskOp {
     Close { file: FileId },
     /// Remove a directory and everything in it; durable when done.
     RemoveDirAll { path: String },
-    /// Remove one file (closing any handle core holds to it first is core's job).
+    /// Remove one file (closing any handle core holds to it first is core's job); durable
+    /// when done.
     DeleteFile { path: String },
+    /// Rename a file, atomically replacing any file at `to`; durable when done. Handles open
+    /// on either file keep naming the file they named.
+    Rename { from: String, to: String },
 }
 
 /// What a finished disk operation returns.

@@ -86,6 +86,11 @@ pub enum Mutant {
     /// DeleteRecords: a restarted node forgets the log starts the metadata log records and
     /// serves the deleted records again.
     ForgetDeletionsOnRestart = 30,
+    /// Compaction: the cleaner drops a key's latest record when it drops the older ones.
+    CleanerDropsLatest = 31,
+    /// Compaction: a segment's cleaned copy is renamed over it before the copy is synced (a
+    /// crash can leave the segment with less than the cleaner kept).
+    SwapBeforeSync = 32,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -119,6 +124,8 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::AckConfigBeforeCommit, "ack-config-before-commit"),
     (Mutant::ReassignBeforeInSync, "reassign-before-in-sync"),
     (Mutant::ForgetDeletionsOnRestart, "forget-deletions-on-restart"),
+    (Mutant::CleanerDropsLatest, "cleaner-drops-latest"),
+    (Mutant::SwapBeforeSync, "swap-before-sync"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the

@@ -108,6 +108,15 @@ fn boolean(v: &str) -> Result<bool, String> {
     Ok(v.eq_ignore_ascii_case("true"))
 }
 
+fn ratio(v: &str) -> Result<f64, String> {
+    let r: f64 = num(v)?;
+    if (0.0..=1.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!("{v} is not between 0 and 1"))
+    }
+}
+
 fn s(v: impl ToString) -> String {
     v.to_string()
 }
@@ -455,6 +464,83 @@ pub static BROKER_PROPERTIES: &[Property] = &[
         }),
         dynamic: false,
         doc: "How often retention looks for segments to delete",
+    },
+    Property {
+        name: "log.cleaner.enable",
+        kind: Kind::Boolean,
+        default: |c| s(c.log.cleaner_enable),
+        apply: Apply::Node(|c, v| {
+            c.log.cleaner_enable = boolean(v)?;
+            Ok(())
+        }),
+        dynamic: false,
+        doc: "Run the log cleaner, which compacts topics whose cleanup.policy holds compact",
+    },
+    Property {
+        name: "log.cleaner.backoff.ms",
+        kind: Kind::Long,
+        default: |c| s(c.log.cleaner_backoff_ms),
+        apply: Apply::Node(|c, v| {
+            c.log.cleaner_backoff_ms = at_least(v, 1)?;
+            Ok(())
+        }),
+        dynamic: false,
+        doc: "How often the cleaner looks for a log to compact when it has none",
+    },
+    Property {
+        name: "log.cleaner.dedupe.buffer.size",
+        kind: Kind::Long,
+        default: |c| s(c.log.cleaner_dedupe_buffer_bytes),
+        apply: Apply::Node(|c, v| {
+            c.log.cleaner_dedupe_buffer_bytes = at_least(v, 1024)?;
+            Ok(())
+        }),
+        dynamic: false,
+        doc: "Memory for the cleaner's map of keys to their latest offsets (24 bytes a key)",
+    },
+    Property {
+        name: "log.cleaner.min.cleanable.ratio",
+        kind: Kind::Double,
+        default: |c| s(c.log.cleaner_min_cleanable_ratio),
+        apply: Apply::Node(|c, v| {
+            c.log.cleaner_min_cleanable_ratio = ratio(v)?;
+            Ok(())
+        }),
+        dynamic: false,
+        doc: "Share of a log not yet cleaned past which it is cleaned (topic config min.cleanable.dirty.ratio)",
+    },
+    Property {
+        name: "log.cleaner.delete.retention.ms",
+        kind: Kind::Long,
+        default: |c| s(c.log.cleaner_delete_retention_ms),
+        apply: Apply::Node(|c, v| {
+            c.log.cleaner_delete_retention_ms = at_least(v, 0)?;
+            Ok(())
+        }),
+        dynamic: false,
+        doc: "How long a tombstone outlives its segment's last append (topic config delete.retention.ms)",
+    },
+    Property {
+        name: "log.cleaner.min.compaction.lag.ms",
+        kind: Kind::Long,
+        default: |c| s(c.log.cleaner_min_compaction_lag_ms),
+        apply: Apply::Node(|c, v| {
+            c.log.cleaner_min_compaction_lag_ms = at_least(v, 0)?;
+            Ok(())
+        }),
+        dynamic: false,
+        doc: "Records younger than this are never compacted (topic config min.compaction.lag.ms)",
+    },
+    Property {
+        name: "log.cleaner.max.compaction.lag.ms",
+        kind: Kind::Long,
+        default: |c| s(c.log.cleaner_max_compaction_lag_ms),
+        apply: Apply::Node(|c, v| {
+            c.log.cleaner_max_compaction_lag_ms = at_least(v, 1)?;
+            Ok(())
+        }),
+        dynamic: false,
+        doc: "A log with records older than this is cleaned whatever its dirty ratio (topic config max.compaction.lag.ms)",
     },
     Property {
         name: "log.index.interval.bytes",

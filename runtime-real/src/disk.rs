@@ -180,10 +180,18 @@ impl Disk {
             DiskOp::DeleteFile { path } => {
                 let p = self.path(&path)?;
                 match fs::remove_file(&p) {
-                    Ok(()) => Ok(DiskReply::Done),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DiskReply::Done),
-                    Err(e) => Err(map_err(e)),
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(DiskReply::Done),
+                    Err(e) => return Err(map_err(e)),
                 }
+                sync_dir(p.parent().unwrap_or(&self.root)).map_err(map_err)?;
+                Ok(DiskReply::Done)
+            }
+            DiskOp::Rename { from, to } => {
+                let (from, to) = (self.path(&from)?, self.path(&to)?);
+                fs::rename(&from, &to).map_err(map_err)?;
+                sync_dir(to.parent().unwrap_or(&self.root)).map_err(map_err)?;
+                Ok(DiskReply::Done)
             }
         }
     }

@@ -26,6 +26,8 @@ struct SimFile {
     durable: Vec<u8>,
     current: Vec<u8>,
     pending: Vec<Pending>,
+    /// Handles open on it: an unlinked file lives on until the last is closed.
+    open: u32,
 }
 
 fn apply(buf: &mut Vec<u8>, p: &Pending) {
@@ -88,8 +90,21 @@ impl SimDisk {
 
     /// Unlinks `path`; its inode goes with it (an open handle then finds nothing, as before
     /// the disk kept inodes).
+    /// Removes a name; the file itself goes once no handle is open on it either (as POSIX
+    /// keeps an unlinked file readable through its open descriptors).
     fn unlink(&mut self, path: &str) {
         if let Some(ino) = self.files.remove(path) {
+            if self.inodes.get(&ino).is_some_and(|f| f.open == 0) {
+                self.inodes.remove(&ino);
+            }
+        }
+    }
+
+    /// A handle is closed (or replaced): the file goes if it was its last and it has no name.
+    fn release(&mut self, ino: u64) {
+        let Some(f) = self.inodes.get_mut(&ino) else { return };
+        f.open = f.open.saturating_sub(1);
+        if f.open == 0 && !self.files.values().any(|i| *i == ino) {
             self.inodes.remove(&ino);
         }
     }
@@ -133,8 +148,12 @@ impl SimDisk {
                     }
                     None => return Err(DiskError::NotFound),
                 };
-                let len = self.inodes[&ino].current.len() as u64;
-                self.handles.insert(file, ino);
+                let f = self.inodes.get_mut(&ino).expect("named files exist");
+                f.open += 1;
+                let len = f.current.len() as u64;
+                if let Some(old) = self.handles.insert(file, ino) {
+                    self.release(old);
+                }
                 Ok(DiskReply::Opened { len })
             }
             DiskOp::Write { file, position, data } => {
@@ -173,7 +192,9 @@ impl SimDisk {
                 Ok(DiskReply::Data(Bytes::copy_from_slice(&f.current[start..end])))
             }
             DiskOp::Close { file } => {
-                self.handles.remove(&file);
+                if let Some(ino) = self.handles.remove(&file) {
+                    self.release(ino);
+                }
                 Ok(DiskReply::Done)
             }
             DiskOp::RemoveDirAll { path } => {
@@ -187,6 +208,16 @@ impl SimDisk {
             }
             DiskOp::DeleteFile { path } => {
                 self.unlink(&path);
+                Ok(DiskReply::Done)
+            }
+            DiskOp::Rename { from, to } => {
+                let ino = *self.files.get(&from).ok_or(DiskError::NotFound)?;
+                if !parent(&to).is_empty() && !self.dirs.contains(parent(&to)) {
+                    return Err(DiskError::NotFound);
+                }
+                self.unlink(&to);
+                self.files.remove(&from);
+                self.files.insert(to, ino);
                 Ok(DiskReply::Done)
             }
         }
@@ -258,6 +289,11 @@ impl SimDisk {
     /// its pending operations, the last of them possibly torn at a sector boundary.
     pub fn crash(&mut self, rng: &mut impl Rng) -> CrashReport {
         self.handles.clear();
+        let named: BTreeSet<u64> = self.files.values().copied().collect();
+        self.inodes.retain(|ino, _| named.contains(ino));
+        for f in self.inodes.values_mut() {
+            f.open = 0;
+        }
         let mut report = CrashReport::default();
         // In path order, as the random draws below have always been made.
         for ino in self.files.values() {

@@ -9,6 +9,7 @@ pub mod checker;
 pub mod cluster;
 pub mod codec;
 pub mod commits;
+pub mod compactor;
 pub mod deleter;
 pub mod group;
 pub mod group848;
@@ -283,7 +284,8 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
         .as_deref()
         .map(|m| sluice_core::mutants::by_name(m).unwrap_or_else(|| panic!("unknown mutant {m}")));
     sluice_core::mutants::set(mutant);
-    let (plan, env, node) = draw(seed, opts);
+    let (plan, env, mut node) = draw(seed, opts);
+    let compactor = compactor::Compactor::draw(seed, &mut node);
     let plan_text = format!(
         "{} partitions, {} producers{}{} x up to {} values (batches <= {}, {} in flight), {} consumers, {} group members{}{} (crash every {:?} ms, stall every {:?} ms, leave every {:?} ms, initial delay {} ms), safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
         plan.partitions,
@@ -318,7 +320,11 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
     if opts.keep_trace {
         w.trace.keep_lines();
     }
-    let mut wl = Workload::new(plan.clone(), &mut w);
+    let plan_text = match &compactor {
+        Some(c) => format!("{plan_text}; {}", c.describe()),
+        None => plan_text,
+    };
+    let mut wl = Workload::new(plan.clone(), compactor, &mut w);
     let deadline = plan.safety + plan.liveness;
     let mut liveness_failed = false;
     while wl.finished_at.is_none() {

@@ -133,6 +133,8 @@ enum Role {
     Consumer(Consumer),
     Member(Box<dyn GroupMember>),
     TxnProducer(TxnProducer),
+    /// Writes keyed records to a compacted topic and reads them back after the heal.
+    Compactor(Box<crate::compactor::Compactor>),
     /// Polls OffsetFetch for the group transactional producers commit offsets for.
     OffsetWatcher {
         conn: Option<ConnId>,
@@ -239,7 +241,7 @@ fn topic_name() -> TopicName {
 }
 
 impl Workload {
-    pub fn new(plan: Plan, w: &mut World) -> Workload {
+    pub fn new(plan: Plan, compactor: Option<crate::compactor::Compactor>, w: &mut World) -> Workload {
         let mut clients = vec![Role::Admin { conn: None, done: false }];
         for i in 0..plan.producers {
             // acks=all, acks=1 and acks=0 (fire and forget: never acknowledged, so never
@@ -288,6 +290,9 @@ impl Workload {
                 clients.push(Role::TxnProducer(TxnProducer::new(clients.len())));
             }
             clients.push(Role::OffsetWatcher { conn: None, asking: false });
+        }
+        if let Some(c) = compactor {
+            clients.push(Role::Compactor(Box::new(c)));
         }
         let wl = Workload { plan, clients, conn_owner: BTreeMap::new(), checker, healed: false, finished_at: None };
         for c in 0..wl.clients.len() {
@@ -762,6 +767,7 @@ impl Workload {
                 Role::Member(m) => m.describe(),
                 Role::TxnProducer(t) => t.describe(),
                 Role::OffsetWatcher { conn, .. } => format!("offset watcher {i}: conn {conn:?}"),
+                Role::Compactor(k) => k.describe(),
             });
         }
         let read: BTreeMap<i32, i64> = (0..self.plan.partitions).map(|p| (p, self.checker.group_read_to(p))).collect();
@@ -781,6 +787,7 @@ impl Workload {
         let produced = self.clients.iter().all(|r| match r {
             Role::Producer(p) => p.queue.is_empty() && p.in_flight.is_empty(),
             Role::TxnProducer(t) => t.is_idle(),
+            Role::Compactor(k) => k.is_done(),
             _ => true,
         });
         let ends = self.checker.acked_end();
@@ -840,6 +847,12 @@ impl Harness for Workload {
                 t.on_response(w, &mut self.checker, frame);
                 self.txn_pump(w, c);
             }
+            Role::Compactor(k) => {
+                let at = w.now();
+                for v in k.on_response(frame) {
+                    self.checker.on_error(at, v);
+                }
+            }
             Role::OffsetWatcher { asking, .. } => {
                 *asking = false;
                 let at = w.now();
@@ -884,6 +897,11 @@ impl Harness for Workload {
             }
             Role::Member(m) => m.on_closed(w, &mut self.checker, conn),
             Role::TxnProducer(t) => t.on_closed(conn),
+            Role::Compactor(k) => {
+                if k.owns(conn) {
+                    k.on_closed();
+                }
+            }
             Role::OffsetWatcher { conn: wc, asking } => {
                 if *wc == Some(conn) {
                     *wc = None;
@@ -933,6 +951,19 @@ impl Harness for Workload {
             Role::OffsetWatcher { .. } => {
                 self.watch_offsets(w, client);
                 w.set_timer(client, token, 20 * MS);
+            }
+            Role::Compactor(_) => {
+                let settled = w.now() >= self.plan.safety + 2_000 * MS;
+                if matches!(&self.clients[client], Role::Compactor(k) if k.needs_conn()) {
+                    let conn = self.connect(w, client);
+                    if let Role::Compactor(k) = &mut self.clients[client] {
+                        k.set_conn(conn);
+                    }
+                }
+                if let Role::Compactor(k) = &mut self.clients[client] {
+                    k.tick(w, settled);
+                }
+                w.set_timer(client, token, self.plan.produce_interval.max(5 * MS));
             }
         }
     }

@@ -6,6 +6,7 @@
 //! in Kafka's format for tools and operators, and are rebuilt from the log on recovery.
 
 pub mod batch;
+pub mod cleaner;
 pub mod epochs;
 pub mod producers;
 pub mod records;
@@ -223,6 +224,9 @@ pub struct PartitionLog {
     pub dirty: BTreeSet<FileId>,
     /// Idempotent producers' sequences and last batches, as of the log end offset.
     pub producers: producers::Producers,
+    /// The segment whose cleaned copy is being renamed over it: retention and DeleteRecords
+    /// leave it alone until the rename is done.
+    pub swapping: Option<Offset>,
 }
 
 /// Hands out file ids; the node owns the counter.
@@ -244,6 +248,7 @@ impl PartitionLog {
             generation: 0,
             dirty: BTreeSet::new(),
             producers: producers::Producers::default(),
+            swapping: None,
         }
     }
 
@@ -298,8 +303,9 @@ impl PartitionLog {
     }
 
     /// Appends a batch a follower fetched from its leader, as it is: its offsets and epoch are
-    /// the leader's. The caller has checked it and that it starts at the log end offset.
-    /// Returns the index in `ops` of the data write.
+    /// the leader's. The caller has checked it and that it starts at or past the log end
+    /// offset (past it where the leader's cleaner removed batches). Returns the index in `ops`
+    /// of the data write.
     pub fn append_replicated(
         &mut self,
         batch: Bytes,
@@ -310,7 +316,7 @@ impl PartitionLog {
         ops: &mut Vec<DiskOp>,
     ) -> usize {
         let base = header.base_offset;
-        debug_assert_eq!(base, self.log_end_offset);
+        debug_assert!(base >= self.log_end_offset);
         self.roll_if_due(base, header, settings, wall_ms, ids, ops);
         self.epochs.assign(header.partition_leader_epoch, base);
         self.push_write(vec![batch], header, base, settings, ops)
@@ -506,6 +512,9 @@ impl PartitionLog {
     /// data above the high watermark. Returns how many segments went.
     pub fn apply_retention(&mut self, settings: &TopicSettings, wall_ms: i64, ops: &mut Vec<DiskOp>) -> usize {
         let mut removed = 0;
+        if !settings.delete {
+            return 0; // a compacted topic keeps every key's latest record however old
+        }
         let mut total: i64 = self.segments.iter().map(|s| s.size as i64).sum();
         while self.segments.len() > 1 {
             let seg = &self.segments[0];
@@ -514,7 +523,7 @@ impl PartitionLog {
                 && seg.max_timestamp >= 0
                 && wall_ms - seg.max_timestamp > settings.retention_ms;
             let too_big = settings.retention_bytes >= 0 && total - seg.size as i64 >= settings.retention_bytes;
-            if !(too_old || too_big) || next_base > self.high_watermark {
+            if !(too_old || too_big) || next_base > self.high_watermark || self.swapping == Some(seg.base_offset) {
                 break;
             }
             total -= seg.size as i64;
@@ -534,12 +543,39 @@ impl PartitionLog {
     pub fn advance_log_start(&mut self, offset: Offset, ops: &mut Vec<DiskOp>) {
         debug_assert!(offset <= self.high_watermark);
         self.log_start_offset = self.log_start_offset.max(offset);
-        while self.segments.len() > 1 && self.segments[1].base_offset <= self.log_start_offset {
+        while self.segments.len() > 1
+            && self.segments[1].base_offset <= self.log_start_offset
+            && self.swapping != Some(self.segments[0].base_offset)
+        {
             let seg = self.segments.remove(0);
             self.dirty.remove(&seg.log_file);
             self.delete_segment_files(&seg, ops);
         }
         self.producers.forget_aborted_below(self.log_start_offset);
+    }
+
+    /// Puts a segment's cleaned copy in its place (the file was renamed over it): its batches,
+    /// size and file. Returns false if the segment is no longer this log's.
+    pub fn swap_cleaned(
+        &mut self,
+        base: Offset,
+        old: FileId,
+        new: FileId,
+        entries: Vec<Entry>,
+        interval: u32,
+        ops: &mut Vec<DiskOp>,
+    ) -> bool {
+        let Some(seg) = self.segments.iter_mut().find(|s| s.base_offset == base && s.log_file == old) else {
+            return false;
+        };
+        seg.size = entries.last().map_or(0, |e| u64::from(e.position) + u64::from(e.size));
+        seg.max_timestamp = entries.iter().map(|e| e.max_timestamp).max().unwrap_or(-1);
+        seg.entries = entries;
+        seg.log_file = new;
+        seg.rewrite_indexes(interval, ops);
+        ops.push(DiskOp::Close { file: old });
+        self.dirty.remove(&old);
+        true
     }
 
     /// True if `file` is one of this log's live segment files.
@@ -573,6 +609,10 @@ pub enum Scan {
     Clean,
     /// Bytes from `position` on are torn or corrupt and must be cut off.
     Torn { position: u64, reason: BatchError },
+    /// The batch at `position` starts past the offset its predecessor ends at: the cleaner
+    /// removed batches there, or a read garbled its base offset (which its CRC does not
+    /// cover). Accepted once two reads agree (`gap_ok`).
+    Gap { position: u64 },
 }
 
 impl Segment {
@@ -581,6 +621,7 @@ impl Segment {
     /// The producer fields of every good batch that carries a producer id are added to
     /// `producers` (with its first and last offsets), for the node to replay once the segment
     /// is accepted.
+    #[allow(clippy::too_many_arguments)]
     pub fn recover_chunk(
         &mut self,
         data: &[u8],
@@ -589,6 +630,7 @@ impl Segment {
         interval: u32,
         producers: &mut Vec<producers::Replay>,
         epochs: &mut epochs::EpochCache,
+        gap_ok: Option<u64>,
     ) -> Scan {
         let mut at = 0usize;
         loop {
@@ -599,11 +641,15 @@ impl Segment {
             match batch::check_batch(rest) {
                 Ok(h) => {
                     let expected = self.next_offset();
-                    if h.base_offset != expected || self.size + h.size as u64 > u64::from(u32::MAX) {
-                        return Scan::Torn {
-                            position: self.size,
-                            reason: BatchError::Invalid("offsets not contiguous"),
-                        };
+                    let span = h.last_offset().saturating_sub(self.base_offset);
+                    if h.base_offset < expected
+                        || span > i64::from(i32::MAX)
+                        || self.size + h.size as u64 > u64::from(u32::MAX)
+                    {
+                        return Scan::Torn { position: self.size, reason: BatchError::Invalid("offsets out of order") };
+                    }
+                    if h.base_offset > expected && gap_ok != Some(self.size) {
+                        return Scan::Gap { position: self.size };
                     }
                     let mut sink = Vec::new();
                     self.push(&h, h.base_offset, interval, &mut sink);
@@ -781,7 +827,7 @@ mod tests {
         file.truncate(file.len() - 5);
         let mut seg = Segment::new(0, [FileId(1), FileId(2), FileId(3)], 0);
         let mut ops = Vec::new();
-        match seg.recover_chunk(&file, true, 1 << 20, 4096, &mut ops, &mut epochs::EpochCache::default()) {
+        match seg.recover_chunk(&file, true, 1 << 20, 4096, &mut ops, &mut epochs::EpochCache::default(), None) {
             Scan::Torn { position, .. } => assert_eq!(position, 2 * b.len() as u64),
             other => panic!("expected torn tail, got {other:?}"),
         }
@@ -798,6 +844,7 @@ mod tests {
                 4096,
                 &mut ops,
                 &mut epochs::EpochCache::default(),
+                None,
             ) {
                 Scan::NeedMore { position, len: l } => {
                     pos = position as usize;

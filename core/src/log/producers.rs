@@ -289,6 +289,12 @@ impl Producers {
             .collect()
     }
 
+    /// True if the batch of `producer_id` at `offset` belongs to an aborted transaction.
+    pub fn is_aborted(&self, producer_id: i64, offset: Offset) -> bool {
+        let start = self.aborted.partition_point(|a| a.last_offset < offset);
+        self.aborted[start..].iter().any(|a| a.producer_id == producer_id && a.first_offset <= offset)
+    }
+
     /// Aborted transactions wholly below the log start are of no more use.
     pub fn forget_aborted_below(&mut self, log_start: Offset) {
         self.aborted.retain(|a| a.last_offset >= log_start);

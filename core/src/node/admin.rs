@@ -976,6 +976,19 @@ impl Node {
     }
 
     fn drop_topic_memory(&mut self, name: &str, id: TopicId) {
+        // Its files' handles go with it (the runtime would hold them, and their disk space,
+        // for as long as the process lives).
+        let files: Vec<_> = self
+            .topics
+            .get(name)
+            .into_iter()
+            .flat_map(|t| &t.partitions)
+            .flat_map(|p| &p.log.segments)
+            .flat_map(|s| [s.log_file, s.index_file, s.time_index_file])
+            .collect();
+        for file in files {
+            self.issue(DiskOp::Close { file }, Purpose::Ignore);
+        }
         self.topics.remove(name);
         self.metrics.forget_topic(name);
         self.names.remove(&id);

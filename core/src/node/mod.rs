@@ -7,6 +7,7 @@
 //! sync was issued, so one sync covers every connection's writes (group commit).
 
 mod admin;
+mod cleaner;
 mod cluster;
 mod configs;
 mod consumer_groups;
@@ -115,6 +116,10 @@ enum Purpose {
     ReplicaRead {
         answer: u64,
         index: usize,
+    },
+    /// One of the log cleaner's operations (its job's id).
+    Clean {
+        id: u64,
     },
     /// Nothing waits on it (closing handles, deleting files); failures are logged.
     Ignore,
@@ -371,6 +376,8 @@ pub struct Node {
     forwarding: forwarding::Forwarding,
     /// Counts and timings for the metrics endpoint.
     metrics: crate::metrics::Metrics,
+    /// The log cleaner (compaction).
+    cleaner: cleaner::Cleaner,
 }
 
 impl FileIds for u64 {
@@ -384,6 +391,7 @@ impl Node {
     pub fn new(config: NodeConfig, seed: u64, now: Time) -> Node {
         let mut node = Node {
             next_retention_check: now.mono.plus_millis(config.log.retention_check_interval_ms),
+            cleaner: cleaner::Cleaner::new(now.mono.plus_millis(config.log.cleaner_backoff_ms)),
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
             now,
@@ -485,7 +493,9 @@ impl Node {
         let markers = self.markers_retry_at();
         let forwards = self.forward_poll_timeout();
         let deletes = self.deletes_poll_timeout();
+        let cleaner = (self.phase == Phase::Serving).then(|| self.cleaner_poll_timeout()).flatten();
         [
+            cleaner,
             fetch,
             retention,
             groups,
@@ -844,6 +854,7 @@ impl Node {
             self.next_retention_check = self.now.mono.plus_millis(self.config.log.retention_check_interval_ms);
             self.apply_retention();
         }
+        self.cleaner_tick();
     }
 
     fn apply_retention(&mut self) {
@@ -929,6 +940,7 @@ impl Node {
                 self.on_timestamp_read(id, ti, pi, target, data);
             }
             Purpose::ReplicaRead { answer, index } => self.on_replica_read(answer, index, result),
+            Purpose::Clean { id } => self.on_clean_done(id, result),
             Purpose::Ignore => {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "background disk operation failed");
@@ -1121,6 +1133,9 @@ impl Node {
                     assert!(l.durable_end <= l.log_end_offset, "{}: durable end past log end", l.dir);
                     let last = l.segments.last().expect("online logs have a segment");
                     assert_eq!(last.next_offset().max(last.base_offset), l.log_end_offset, "{}: log end offset", l.dir);
+                    for w in l.segments.windows(2) {
+                        assert!(w[0].next_offset() <= w[1].base_offset, "{}: segments overlap", l.dir);
+                    }
                 }
             }
         }

@@ -58,6 +58,12 @@ pub(super) enum Step {
         position: u64,
         asked: usize,
     },
+    /// The base offset of a batch past a gap, read again (`Recovery.held` keeps the chunk).
+    GapCheck {
+        tp: Tp,
+        position: u64,
+        base: i64,
+    },
     /// Truncations and syncs of a partition being recovered.
     Misc(Tp),
     /// Rewrites of a recovered segment's .index and .timeindex files. These are derived
@@ -91,6 +97,11 @@ pub(super) struct Recovery {
     quorum_state: ((crate::quorum::Epoch, Option<crate::quorum::NodeId>), u64),
     /// Where a bad batch was found, a fingerprint of the bad bytes, and how many reads.
     reread: BTreeMap<Tp, (u64, u32, u32)>,
+    /// A gap two reads agree on, by segment base offset and position: the scan accepts it.
+    gap_ok: BTreeMap<Tp, (i64, u64)>,
+    /// The chunk whose scan stopped at a gap, from where the scan goes on: read position,
+    /// bytes asked, bytes.
+    held: BTreeMap<Tp, (u64, usize, bytes::Bytes)>,
     /// Length of the segment file being scanned, per partition.
     file_len: BTreeMap<Tp, u64>,
     /// Producer fields of the batches scanned in the current segment, replayed into the
@@ -226,6 +237,7 @@ impl Node {
             (Step::RootListed, Ok(DiskReply::Listing(entries))) => self.root_listed(entries),
             (Step::PartDir(tp), Ok(_)) => self.fresh_partition(tp),
             (Step::PartListed(tp), Ok(DiskReply::Listing(entries))) => {
+                self.drop_unfinished_cleanings(tp, &entries);
                 let mut bases: Vec<i64> = entries
                     .iter()
                     .filter(|e| !e.is_dir)
@@ -250,7 +262,10 @@ impl Node {
                 }
             }
             (Step::SegRead { tp, position: read_at, asked }, Ok(DiskReply::Data(data))) => {
-                self.on_segment_read(tp, read_at, asked, &data)
+                self.on_segment_read(tp, read_at, asked, data)
+            }
+            (Step::GapCheck { tp, position, base }, Ok(DiskReply::Data(data))) => {
+                self.on_gap_check(tp, position, base, &data)
             }
             (Step::Misc(_) | Step::Index(_), Ok(_)) => {}
             (Step::Index(tp), Err(e)) => {
@@ -265,7 +280,8 @@ impl Node {
                 | Step::PartDir(tp)
                 | Step::PartListed(tp)
                 | Step::SegOpened(tp)
-                | Step::SegRead { tp, .. },
+                | Step::SegRead { tp, .. }
+                | Step::GapCheck { tp, .. },
                 Err(e),
             ) => {
                 self.partition_offline(tp, &e);
@@ -371,7 +387,7 @@ impl Node {
 
     /// A chunk of a segment read during recovery: scan it, then read on, accept the segment,
     /// or cut a torn tail (only once two reads agree on it).
-    fn on_segment_read(&mut self, tp: Tp, read_at: u64, asked: usize, data: &[u8]) {
+    fn on_segment_read(&mut self, tp: Tp, read_at: u64, asked: usize, data: bytes::Bytes) {
         let interval = self.topic_settings(tp).map_or(4096, |s| s.index_interval_bytes);
         let eof = data.len() < asked;
         let rec = &mut self.recovery;
@@ -380,9 +396,24 @@ impl Node {
         };
         let replay = rec.replay.entry(tp).or_default();
         let epochs = rec.epochs.entry(tp).or_default();
-        match seg.recover_chunk(data, eof, limits::RECOVERY_READ_BYTES, interval, replay, epochs) {
+        let gap_ok = rec.gap_ok.get(&tp).filter(|g| g.0 == seg.base_offset).map(|g| g.1);
+        match seg.recover_chunk(&data, eof, limits::RECOVERY_READ_BYTES, interval, replay, epochs, gap_ok) {
             Scan::NeedMore { position, len } => self.read_chunk_at(tp, position, len),
             Scan::Clean => self.segment_done(tp, None),
+            Scan::Gap { position } => {
+                // The base offset is not under the batch's CRC: read it again, and go on only
+                // if both reads agree (a gap the cleaner left does; a garbled read does not).
+                let at = usize::try_from(position.saturating_sub(read_at)).unwrap_or(0).min(data.len());
+                let base = data.get(at..at + 8).map_or(-1, |b| i64::from_be_bytes(b.try_into().expect("8 bytes")));
+                let rest = data.slice(at..);
+                let asked = asked.saturating_sub(at);
+                let file = seg.log_file;
+                self.recovery.held.insert(tp, (position, asked, rest));
+                self.issue(
+                    DiskOp::Read { file, position, len: 8 },
+                    Purpose::Recovery(Step::GapCheck { tp, position, base }),
+                );
+            }
             Scan::Torn { position, reason } => {
                 let dir = self.partition(tp).map(|p| p.log.dir.clone()).unwrap_or_default();
                 // A read can come back corrupted. Cutting the log on a bad read would
@@ -404,6 +435,21 @@ impl Node {
                     self.read_chunk_at(tp, position, limits::RECOVERY_READ_BYTES);
                 }
             }
+        }
+    }
+
+    /// The base offset past a gap, read again: the scan goes on over it if it agrees, and from
+    /// a fresh read of that spot if not.
+    fn on_gap_check(&mut self, tp: Tp, position: u64, base: i64, data: &[u8]) {
+        let Some((at, asked, rest)) = self.recovery.held.remove(&tp) else { return };
+        let Some(seg_base) = self.recovery.current.get(&tp).map(|s| s.base_offset) else { return };
+        let again = data.get(..8).map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")));
+        if again == Some(base) {
+            self.recovery.gap_ok.insert(tp, (seg_base, position));
+            self.on_segment_read(tp, at, asked, rest);
+        } else {
+            tracing::warn!(position, "a batch's base offset read two ways; reading it again");
+            self.read_chunk_at(tp, position, limits::RECOVERY_READ_BYTES);
         }
     }
 
@@ -467,15 +513,30 @@ impl Node {
         };
         let replay = self.recovery.replay.remove(&tp).unwrap_or_default();
         let mut ops = Vec::new();
-        let contiguous = self
+        // A gap between segments is the cleaner's doing (it removed a segment's last batches);
+        // an overlap is not possible in a log this node wrote.
+        let in_order = self
             .partition(tp)
             .and_then(|p| p.log.segments.last())
-            .is_none_or(|prev| prev.next_offset() == seg.base_offset);
-        if !contiguous {
-            tracing::warn!(base = seg.base_offset, "segment does not follow its predecessor; dropping it and the rest");
+            .is_none_or(|prev| prev.next_offset() <= seg.base_offset);
+        if !in_order {
+            tracing::warn!(base = seg.base_offset, "segment overlaps its predecessor; dropping it and the rest");
             let later = self.recovery.todo.get_mut(&tp).map(std::mem::take).unwrap_or_default();
             self.drop_segment_files(tp, &seg, &later);
             return self.partition_recovered(tp);
+        }
+        if torn.is_some() {
+            // The later segments go first, and durably (the runtime runs these operations in
+            // order): cut first, a crash before they went would leave a hole in the log that
+            // the next recovery could not tell from a cleaned segment's gap.
+            let later = self.recovery.todo.get_mut(&tp).map(std::mem::take).unwrap_or_default();
+            let dir = self.partition(tp).map(|p| p.log.dir.clone()).unwrap_or_default();
+            for base in later {
+                for ext in ["log", "index", "timeindex"] {
+                    let path = format!("{dir}/{}", crate::log::segment_file_name(base, ext));
+                    self.issue(DiskOp::DeleteFile { path }, Purpose::Ignore);
+                }
+            }
         }
         if let Some(position) = torn {
             self.recovery.stats.torn_tails += 1;
@@ -501,16 +562,6 @@ impl Node {
             }
         }
         p.log.segments.push(seg);
-        let dir = p.log.dir.clone();
-        if torn.is_some() {
-            let later = self.recovery.todo.get_mut(&tp).map(std::mem::take).unwrap_or_default();
-            for base in later {
-                for ext in ["log", "index", "timeindex"] {
-                    let path = format!("{dir}/{}", crate::log::segment_file_name(base, ext));
-                    self.issue(DiskOp::DeleteFile { path }, Purpose::Ignore);
-                }
-            }
-        }
         self.next_segment(tp);
     }
 

@@ -454,7 +454,8 @@ impl Node {
                     break;
                 }
             };
-            if h.base_offset != p.log.log_end_offset || h.partition_leader_epoch > epoch {
+            // A gap is the leader's cleaner's doing (compaction keeps offsets, not batches).
+            if h.base_offset < p.log.log_end_offset || h.partition_leader_epoch > epoch {
                 tracing::warn!(dir = %p.log.dir, base = h.base_offset, epoch = h.partition_leader_epoch, "a batch from the leader out of place; fetching again");
                 break;
             }

@@ -1,0 +1,477 @@
+"""Log compaction (cleanup.policy=compact and compact,delete), as a Kafka user sees it.
+
+The cleaner never touches the active segment, so every topic here rolls segments fast
+(segment.ms=100) and the tests keep appending a "filler" key while they wait: that retires the
+segment holding the records of interest and gives the cleaner new dirty data for later passes.
+What is checked, by reading the partition from the beginning with confluent-kafka (and
+kafka-python where said):
+- each key ends with exactly one record, the latest acknowledged one, at the offset its delivery
+  report gave; every record read is one that was acknowledged at that very offset; order kept;
+- a tombstone (null value) stays while delete.retention.ms lasts (here 86400000) and goes with
+  every older record of its key when delete.retention.ms=0;
+- an idempotent producer (kafka-python 3's default) whose batches were all compacted away keeps
+  producing after a restart, and a new one produces too;
+- time retention does not delete from a compact-only topic; it does from a compact,delete one;
+- kill -9 while the cleaner works on a bigger partition loses no key's latest value.
+Each waits at most COMPACTION_WAIT_S seconds for the cleaner.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from clients import ck_consume, ck_consumer, ck_create_topic, ck_produce, ck_producer
+from conftest import unique_topic
+
+COMPACTION_WAIT_S = 25
+# The cleaner looks for work every 200 ms; retention is checked every 200 ms.
+BROKER = {"log.cleaner.backoff.ms": "200", "log.retention.check.interval.ms": "200"}
+FILLER = b"filler"
+
+
+def compacted_topic(**overrides):
+    """Topic configs: compacted, segments rolling 100 ms after they start, cleaned as soon as
+    anything is dirty."""
+    c = {"cleanup.policy": "compact", "segment.ms": "100", "min.cleanable.dirty.ratio": "0.01"}
+    c.update({k.replace("_", "."): str(v) for k, v in overrides.items()})
+    return c
+
+
+class Acked:
+    """What the broker acknowledged on one partition: offset -> (key, value), and each key's
+    latest offset."""
+
+    def __init__(self):
+        self.at = {}
+        self.latest = {}
+
+    def add(self, offset, key, value):
+        assert offset is not None and offset >= 0, "acknowledged without an offset: %r %r" % (key, value)
+        assert offset not in self.at, "offset %d acknowledged twice: %r then %r" % (
+            offset, self.at[offset], (key, value))
+        self.at[offset] = (key, value)
+        if offset > self.latest.get(key, -1):
+            self.latest[key] = offset
+
+    def latest_value(self, key):
+        return self.at[self.latest[key]][1]
+
+
+def produce(producer, topic, acked, pairs):
+    """confluent-kafka: (key, value) pairs to partition 0, flushed; offsets from the delivery
+    reports go into `acked`."""
+    items = [{"key": k, "value": v, "partition": 0} for k, v in pairs]
+    reports = ck_produce(producer, topic, items, flush_timeout=30)
+    for (k, v), d in zip(pairs, reports):
+        assert d.err is None, "produce %r=%r to %s failed: %s" % (k, v, topic, d.err)
+        acked.add(d.offset, k, v)
+
+
+def value(key, version, pad=40):
+    v = b"%s@%03d:" % (key, version)
+    return v + b"." * max(0, pad - len(v))
+
+
+def read_all(bootstrap, topic):
+    """Every record of partition 0 from its beginning to the high watermark, as
+    [(offset, key, value)] (confluent-kafka)."""
+    got = ck_consume(bootstrap, topic, {0: -2}, timeout=20)  # -2: OFFSET_BEGINNING
+    return [(m.offset(), m.key(), m.value()) for m in got[0]]
+
+
+def watermarks(bootstrap, topic):
+    c = ck_consumer(bootstrap)
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    finally:
+        c.close()
+
+
+def by_key(records):
+    out = {}
+    for off, k, v in records:
+        out.setdefault(k, []).append((off, v))
+    return out
+
+
+def check_read(records, acked, complete=True, where=""):
+    """What any correct log shows at any time, compacted or not: offsets strictly increasing,
+    every record exactly as acknowledged at its offset, and (`complete`: no retention took
+    anything) each key's latest acknowledged record present as that key's last record, unless
+    it is a tombstone that went, and then with every older record of its key."""
+    offsets = [o for o, _, _ in records]
+    bad = [(a, b) for a, b in zip(offsets, offsets[1:]) if b <= a]
+    assert not bad, "%soffsets not strictly increasing: %s" % (where, bad[:5])
+    for off, k, v in records:
+        assert off in acked.at, "%sread %r=%r at offset %d, which no delivery report gave" % (
+            where, k, (v or b"")[:40], off)
+        assert acked.at[off] == (k, v), "%soffset %d reads %r, but %r was acknowledged there" % (
+            where, off, (k, v), acked.at[off])
+    if not complete:
+        return
+    keys = by_key(records)
+    for k, off in sorted(acked.latest.items()):
+        want = acked.at[off][1]
+        have = keys.get(k)
+        if want is None and not have:
+            continue  # a tombstone the cleaner removed, and with it its key
+        assert have, "%skey %r lost: its latest acknowledged record (offset %d, %r) is not read back" % (
+            where, k, off, want)
+        assert have[-1] == (off, want), (
+            "%skey %r: last record read is %r at offset %d, but the latest acknowledged is %r at offset %d"
+            % (where, k, have[-1][1], have[-1][0], want, off))
+
+
+def segment_listing(broker, topic):
+    d = broker.partition_dir(topic, 0)
+    try:
+        names = sorted(os.listdir(d))
+    except OSError as e:
+        return "(%s)" % e
+    logs = [n for n in names if n.endswith(".log")]
+    return "%d .log files (%s%s), other files: %s" % (
+        len(logs), ", ".join(logs[:4]), ", ..." if len(logs) > 4 else "",
+        sorted({n.split(".", 1)[-1] for n in names if not n.endswith(".log")}))
+
+
+def duplicates(records, keys):
+    """Keys of `keys` read more than once, with how often."""
+    counts = {}
+    for _, k, _ in records:
+        if k in keys:
+            counts[k] = counts.get(k, 0) + 1
+    return {k: n for k, n in counts.items() if n > 1}
+
+
+def compacted(records, live, deleted, tombstones_kept=False):
+    """Why `records` is not yet the fully compacted log of `live` keys and `deleted` keys
+    (tombstoned), or None if it is: every live key once, every deleted key gone (or, with
+    `tombstones_kept`, there once as its tombstone)."""
+    counts = {}
+    for _, k, _ in records:
+        counts[k] = counts.get(k, 0) + 1
+    dup = {k: n for k, n in counts.items() if k in live and n > 1}
+    problems = []
+    if dup:
+        problems.append("%d of %d keys still have older versions (e.g. %s)" % (
+            len(dup), len(live), sorted(dup.items())[:3]))
+    if tombstones_kept:
+        dup_del = {k: counts.get(k, 0) for k in deleted if counts.get(k, 0) != 1}
+        if dup_del:
+            problems.append("%d of %d deleted keys not read exactly once (as their tombstone): %s" % (
+                len(dup_del), len(deleted), sorted(dup_del.items())[:3]))
+    else:
+        still = {k: counts[k] for k in deleted if k in counts}
+        if still:
+            problems.append("%d of %d deleted keys (delete.retention.ms=0) still read (e.g. %s)" % (
+                len(still), len(deleted), sorted(still.items())[:3]))
+    return "; ".join(problems) or None
+
+
+def wait_compacted(broker, topics, producer, timeout=COMPACTION_WAIT_S, tick=0.15, min_rounds=1):
+    """topics: {topic: (acked, why_not)} with why_not(records) -> str or None. Appends one
+    filler record to every topic per round (so no record of interest stays in the active
+    segment and the cleaner has new work) and reads each topic whole, checking it every time,
+    until every why_not says None (and at least `min_rounds` rounds). Returns {topic: records}."""
+    deadline = time.monotonic() + timeout
+    filler = 0
+    while True:
+        time.sleep(tick)
+        for t, (acked, _) in topics.items():
+            produce(producer, t, acked, [(FILLER, b"filler-%05d" % filler)])
+        filler += 1
+        reads = {}
+        pending = {}
+        for t, (acked, why_not) in topics.items():
+            reads[t] = read_all(broker.bootstrap, t)
+            check_read(reads[t], acked, where="%s: " % t)
+            reason = why_not(reads[t])
+            if reason:
+                pending[t] = reason
+        if not pending and filler >= min_rounds:
+            return reads
+        if time.monotonic() > deadline:
+            raise AssertionError("log not compacted after %ds (%d filler rounds): %s" % (
+                timeout, filler, "\n".join(
+                    "%s: %d records read of %d acknowledged: %s; log: %s" % (
+                        t, len(reads[t]), len(topics[t][0].at), r, segment_listing(broker, t))
+                    for t, r in pending.items())))
+
+
+# ------------------------------------------------------------------------------- tests
+
+
+def test_compaction_keeps_each_keys_latest_record_at_its_offset(broker_factory):
+    """confluent-kafka's default producer: 50 keys x 20 versions in 20 rounds (segments roll
+    between them), then tombstones for 10 keys; with delete.retention.ms=0 the cleaner leaves
+    one record for each of the 40 other keys, the latest, at its acknowledged offset, and
+    nothing of the 10 deleted keys."""
+    broker = broker_factory(**BROKER)
+    topic = unique_topic("compact")
+    ck_create_topic(broker.bootstrap, topic, 1, config=compacted_topic(delete_retention_ms=0))
+    p = ck_producer(broker.bootstrap)
+    acked = Acked()
+    keys = [b"key-%02d" % i for i in range(50)]
+    for version in range(20):
+        produce(p, topic, acked, [(k, value(k, version)) for k in keys])
+        time.sleep(0.12)
+    deleted, live = set(keys[:10]), set(keys[10:])
+    produce(p, topic, acked, [(k, None) for k in sorted(deleted)])
+    produced = len(acked.at)
+    assert sorted(acked.at) == list(range(produced)), "one partition, offsets from 0 without gaps"
+
+    reads = wait_compacted(broker, {topic: (acked, lambda r: compacted(r, live, deleted))}, p)
+    records = reads[topic]
+    keys_read = by_key(records)
+    for k in sorted(live):
+        assert keys_read[k] == [(acked.latest[k], value(k, 19))], (k, keys_read[k])
+    assert not deleted & set(keys_read), sorted(deleted & set(keys_read))
+    assert len(records) - len(keys_read.get(FILLER, ())) == 40
+    # Offsets kept: the survivors still read at the very offsets produced in round 19.
+    assert [o for o, k, _ in records if k != FILLER] == sorted(acked.latest[k] for k in live)
+    low, high = watermarks(broker.bootstrap, topic)
+    assert low == 0, "compaction does not move the log start offset (retention does): %d" % low
+    assert high == max(acked.at) + 1, (high, max(acked.at))
+
+
+def kp_default_producer(bootstrap):
+    """kafka-python's producer with the library's defaults (idempotent in kafka-python 3; plain
+    acks=1 in 2.0.2)."""
+    import kafka
+    from kafka import KafkaProducer
+    p = KafkaProducer(bootstrap_servers=bootstrap, client_id="compat-kp-compact")
+    if int(kafka.__version__.split(".")[0]) >= 3:
+        assert p.config["enable_idempotence"] is True, p.config["enable_idempotence"]
+    return p
+
+
+def kp_produce(producer, topic, acked, pairs, one_batch_each=False):
+    """kafka-python: (key, value) pairs to partition 0; offsets from the futures. With
+    `one_batch_each`, each record is sent and acknowledged alone."""
+    futs = []
+    for k, v in pairs:
+        futs.append(producer.send(topic, key=k, value=v, partition=0))
+        if one_batch_each:
+            producer.flush(timeout=30)
+    producer.flush(timeout=30)
+    for (k, v), f in zip(pairs, futs):
+        try:
+            md = f.get(timeout=30)
+        except Exception as e:
+            raise AssertionError("kafka-python produce %r=%r to %s failed: %s: %s" % (
+                k, v, topic, type(e).__name__, e))
+        acked.add(md.offset, k, v)
+
+
+def kp_producer_id(producer):
+    """(producer id, epoch) of kafka-python 3's idempotent producer, or None."""
+    tm = getattr(producer, "_transaction_manager", None)
+    pe = getattr(tm, "producer_id_and_epoch", None)
+    if pe is None:
+        return None
+    return (pe.producer_id, pe.epoch)
+
+
+def kp_read_all(bootstrap, topic, timeout=20):
+    """Partition 0 from its log start to its end offset with kafka-python's consumer, as
+    [(offset, key, value)]."""
+    from kafka import TopicPartition as KpTopicPartition
+    from clients import kp_consumer
+    c = kp_consumer(bootstrap)
+    try:
+        tp = KpTopicPartition(topic, 0)
+        c.assign([tp])
+        c.seek_to_beginning(tp)
+        end = c.end_offsets([tp])[tp]
+        got = []
+        deadline = time.monotonic() + timeout
+        while c.position(tp) < end:
+            assert time.monotonic() < deadline, "kafka-python consumer at %d of end offset %d after %ds" % (
+                c.position(tp), end, timeout)
+            for _, recs in c.poll(timeout_ms=500).items():
+                got.extend((r.offset, r.key, r.value) for r in recs)
+        return got
+    finally:
+        c.close()
+
+
+def test_kafka_python_producers_after_compaction_and_restart(broker_factory):
+    """kafka-python's default producer writes 20 keys; another producer overwrites them all,
+    so the cleaner removes every record the first one wrote (Kafka keeps its last batch, empty,
+    for its sequence). After a restart the SAME producer object and a new one both produce
+    again and are acknowledged; the latest value of each key is the newest acknowledged one, as
+    confluent-kafka and kafka-python read it."""
+    broker = broker_factory(**BROKER)
+    topic = unique_topic("compact-kp")
+    ck_create_topic(broker.bootstrap, topic, 1, config=compacted_topic())
+    acked = Acked()
+    keys = [b"kp-%02d" % i for i in range(20)]
+    kp = kp_default_producer(broker.bootstrap)
+    try:
+        for version in range(5):  # five rounds of batches, segments rolling between them
+            kp_produce(kp, topic, acked, [(k, value(k, version)) for k in keys])
+            time.sleep(0.12)
+        first_offsets = set(acked.at)
+        pid_before = kp_producer_id(kp)
+        ck = ck_producer(broker.bootstrap)
+        produce(ck, topic, acked, [(k, value(k, 10)) for k in keys])
+
+        def first_producer_gone(records):
+            left = [o for o, _, _ in records if o in first_offsets]
+            return compacted(records, set(keys), set()) or (
+                left and "%d records of the first producer still read (offsets %s...)" % (len(left), left[:5]))
+
+        wait_compacted(broker, {topic: (acked, first_producer_gone)}, ck)
+
+        broker.restart()
+
+        # The producer kept from before the restart: each record its own batch, acknowledged.
+        kp_produce(kp, topic, acked, [(k, value(k, 20)) for k in keys[:10]], one_batch_each=True)
+        kp_produce(kp, topic, acked, [(k, value(k, 21)) for k in keys[:10]])
+        if pid_before is not None:
+            assert kp_producer_id(kp) == pid_before, (
+                "the kept producer's id/epoch changed from %s to %s: the broker refused its sequence "
+                "after compaction and restart (OutOfOrderSequence/UnknownProducerId)" % (pid_before, kp_producer_id(kp)))
+        kp2 = kp_default_producer(broker.bootstrap)
+        try:
+            kp_produce(kp2, topic, acked, [(k, value(k, 30)) for k in keys[5:15]])
+        finally:
+            kp2.close(timeout=10)
+        records = read_all(broker.bootstrap, topic)
+        check_read(records, acked, where="after restart: ")
+        last_read = by_key(records)
+        latest = {k: last_read[k][-1][1] for k in keys}
+        want = {k: value(k, 30) if 5 <= i < 15 else value(k, 21) if i < 10 else value(k, 10)
+                for i, k in enumerate(keys)}
+        assert latest == want, sorted(set(latest.items()) ^ set(want.items()))[:6]
+
+        ck = ck_producer(broker.bootstrap)
+        reads = wait_compacted(broker, {topic: (acked, lambda r: compacted(r, set(keys), set()))}, ck)
+        kp_records = kp_read_all(broker.bootstrap, topic)
+        assert [r for r in kp_records if r[1] in set(keys)] == [r for r in reads[topic] if r[1] in set(keys)]
+        check_read(kp_records, acked, where="kafka-python consumer: ")
+    finally:
+        kp.close(timeout=10)
+
+
+def test_tombstones_kept_for_delete_retention_ms(broker_factory):
+    """Tombstones for 10 of 30 keys: with delete.retention.ms=86400000 compaction leaves each
+    deleted key's tombstone (value None, at its offset) and nothing older; with
+    delete.retention.ms=0 the tombstones go too, and keep going no further."""
+    broker = broker_factory(**BROKER)
+    keep = unique_topic("tomb-keep")
+    drop = unique_topic("tomb-drop")
+    ck_create_topic(broker.bootstrap, keep, 1, config=compacted_topic(delete_retention_ms=86400000))
+    ck_create_topic(broker.bootstrap, drop, 1, config=compacted_topic(delete_retention_ms=0))
+    p = ck_producer(broker.bootstrap)
+    acked = {keep: Acked(), drop: Acked()}
+    keys = [b"t-%02d" % i for i in range(30)]
+    deleted, live = set(keys[::3]), set(keys) - set(keys[::3])
+    for version in range(5):
+        for t in (keep, drop):
+            produce(p, t, acked[t], [(k, value(k, version)) for k in keys])
+        time.sleep(0.12)
+    for t in (keep, drop):
+        produce(p, t, acked[t], [(k, None) for k in sorted(deleted)])
+
+    wait_compacted(broker, {
+        keep: (acked[keep], lambda r: compacted(r, live, deleted, tombstones_kept=True)),
+        drop: (acked[drop], lambda r: compacted(r, live, deleted)),
+    }, p)
+    # Both topics went through the same cleanings; six more rounds (~2 s) for good measure.
+    reads = wait_compacted(broker, {keep: (acked[keep], lambda r: None)}, p, tick=0.3, min_rounds=6)
+    records = reads[keep]
+    tombstones = [(o, k) for o, k, v in records if v is None]
+    assert tombstones == [(acked[keep].latest[k], k) for k in sorted(deleted)], (
+        "with delete.retention.ms=86400000 every tombstone stays: read %s" % tombstones)
+    assert compacted(records, live, deleted, tombstones_kept=True) is None
+
+
+def test_time_retention_only_with_delete_in_the_policy(broker_factory):
+    """retention.ms=100 on two topics with segments rolling every 100 ms: a compact-only topic
+    keeps every key's latest value (and its log start, 0) after seconds of retention checks; a
+    compact,delete topic loses its old segments (its log start moves up)."""
+    broker = broker_factory(**BROKER)
+    compact = unique_topic("ret-compact")
+    both = unique_topic("ret-compact-delete")
+    ck_create_topic(broker.bootstrap, compact, 1, config=compacted_topic(retention_ms=100))
+    ck_create_topic(broker.bootstrap, both, 1, config=compacted_topic(retention_ms=100, cleanup_policy="compact,delete"))
+    p = ck_producer(broker.bootstrap)
+    acked = {compact: Acked(), both: Acked()}
+    keys = [b"r-%02d" % i for i in range(20)]
+    for version in range(3):
+        for t in (compact, both):
+            produce(p, t, acked[t], [(k, value(k, version)) for k in keys])
+        time.sleep(0.12)
+    written = time.monotonic()
+
+    def old_segments_gone(_records):
+        low, _ = watermarks(broker.bootstrap, both)
+        if low == 0:
+            return "the compact,delete topic's log start is still 0"
+        if time.monotonic() - written < 2.0:
+            return "waiting 2 s (10 retention checks)"
+        return None
+
+    # Retention may take whole keys from the compact,delete topic: check it without `complete`.
+    acked_both = acked[both]
+    deadline = time.monotonic() + COMPACTION_WAIT_S
+    filler = 0
+    while True:
+        time.sleep(0.15)
+        produce(p, compact, acked[compact], [(FILLER, b"filler-%05d" % filler)])
+        produce(p, both, acked_both, [(FILLER, b"filler-%05d" % filler)])
+        filler += 1
+        # The compact-only topic must hold every key's latest value all along.
+        check_read(read_all(broker.bootstrap, compact), acked[compact],
+                   where="compact-only topic with retention.ms=100, %.1fs after the writes: " % (
+                       time.monotonic() - written))
+        records_both = read_all(broker.bootstrap, both)
+        check_read(records_both, acked_both, complete=False, where="compact,delete topic: ")
+        reason = old_segments_gone(records_both)
+        if reason is None:
+            break
+        assert time.monotonic() < deadline, "after %ds: %s; log: %s" % (
+            COMPACTION_WAIT_S, reason, segment_listing(broker, both))
+
+    low, high = watermarks(broker.bootstrap, compact)
+    assert low == 0, "time retention moved a compact-only topic's log start to %d" % low
+    records = read_all(broker.bootstrap, compact)
+    assert {k for _, k, _ in records} >= set(keys)
+    low, high = watermarks(broker.bootstrap, both)
+    assert 0 < low < high, (low, high)
+    records_both = read_all(broker.bootstrap, both)
+    assert records_both and records_both[0][0] >= low, (records_both[:1], low)
+
+
+@pytest.mark.timeout(180)
+def test_kill9_while_cleaning_keeps_every_keys_latest_value(broker_factory):
+    """Three rounds of 7,000 records over 2,000 keys (segment.bytes=32768); after each, once the
+    cleaner has work, kill -9 at a different moment and restart: every key's latest acknowledged
+    value reads back at its offset. In the end the log compacts to one record a key."""
+    broker = broker_factory(**BROKER)
+    topic = unique_topic("compact-crash")
+    ck_create_topic(broker.bootstrap, topic, 1, config=compacted_topic(segment_bytes=32768))
+    acked = Acked()
+    keys = [b"c-%04d" % i for i in range(2000)]
+    version = 0
+    for rnd, pause in enumerate((0.05, 0.25, 0.5)):
+        p = ck_producer(broker.bootstrap)
+        pairs = []
+        while len(pairs) < 7000:
+            pairs.extend((k, value(k, version)) for k in keys)
+            version += 1
+        produce(p, topic, acked, pairs[:7000])
+        time.sleep(0.12)
+        produce(p, topic, acked, [(FILLER, b"filler-round-%d" % rnd)])  # the round's last segment retires
+        time.sleep(0.2 + pause)  # the cleaner's backoff is 200 ms
+        broker.restart(clean=False)  # kill -9, then start again
+        records = read_all(broker.bootstrap, topic)
+        check_read(records, acked, where="after kill -9 #%d (%.2fs into cleaning): " % (rnd + 1, pause))
+
+    p = ck_producer(broker.bootstrap)
+    reads = wait_compacted(broker, {topic: (acked, lambda r: compacted(r, set(keys), set()))}, p)
+    assert len(reads[topic]) - len(by_key(reads[topic]).get(FILLER, ())) == len(keys)
