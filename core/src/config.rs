@@ -138,6 +138,10 @@ pub struct LogDefaults {
     pub cleaner_delete_retention_ms: i64,
     pub cleaner_min_compaction_lag_ms: i64,
     pub cleaner_max_compaction_lag_ms: i64,
+    /// Segment size of `__consumer_offsets` (`offsets.topic.segment.bytes`).
+    pub offsets_segment_bytes: u64,
+    /// Segment size of `__transaction_state` (`transaction.state.log.segment.bytes`).
+    pub txn_state_segment_bytes: u64,
 }
 
 impl Default for LogDefaults {
@@ -156,6 +160,8 @@ impl Default for LogDefaults {
             cleaner_delete_retention_ms: 86_400_000,
             cleaner_min_compaction_lag_ms: 0,
             cleaner_max_compaction_lag_ms: i64::MAX,
+            offsets_segment_bytes: 100 * 1024 * 1024,
+            txn_state_segment_bytes: 100 * 1024 * 1024,
         }
     }
 }

@@ -723,6 +723,28 @@ pub static BROKER_PROPERTIES: &[Property] = &[
         doc: "Replicas of __consumer_offsets (capped at the brokers the cluster has)",
     },
     Property {
+        name: "offsets.topic.segment.bytes",
+        kind: Kind::Int,
+        default: |c| s(c.log.offsets_segment_bytes),
+        apply: Apply::Node(|c, v| {
+            c.log.offsets_segment_bytes = at_least(v, 14)?;
+            Ok(())
+        }),
+        dynamic: false,
+        doc: "Segment size of __consumer_offsets (smaller: compacted sooner, loaded faster)",
+    },
+    Property {
+        name: "transaction.state.log.segment.bytes",
+        kind: Kind::Int,
+        default: |c| s(c.log.txn_state_segment_bytes),
+        apply: Apply::Node(|c, v| {
+            c.log.txn_state_segment_bytes = at_least(v, 14)?;
+            Ok(())
+        }),
+        dynamic: false,
+        doc: "Segment size of __transaction_state",
+    },
+    Property {
         name: "offsets.topic.num.partitions",
         kind: Kind::Int,
         default: |_| s(crate::node::OFFSETS_PARTITIONS),

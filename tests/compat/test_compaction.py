@@ -475,3 +475,45 @@ def test_kill9_while_cleaning_keeps_every_keys_latest_value(broker_factory):
     p = ck_producer(broker.bootstrap)
     reads = wait_compacted(broker, {topic: (acked, lambda r: compacted(r, set(keys), set()))}, p)
     assert len(reads[topic]) - len(by_key(reads[topic]).get(FILLER, ())) == len(keys)
+
+
+def offsets_log_bytes(broker):
+    """Bytes of every __consumer_offsets segment file on disk."""
+    total = 0
+    for d in os.listdir(broker.data_dir):
+        if d.startswith("__consumer_offsets-"):
+            for f in os.listdir(os.path.join(broker.data_dir, d)):
+                if f.endswith(".log"):
+                    total += os.path.getsize(os.path.join(broker.data_dir, d, f))
+    return total
+
+
+def test_offsets_topic_is_compacted_and_read_back_after_restart(broker_factory):
+    """A group commits the same partition's offset many times: __consumer_offsets (small
+    segments here) is compacted down to little more than the last commit, and after a kill -9
+    and a restart the group's committed offset is the last one committed."""
+    broker = broker_factory(**BROKER, **{"offsets.topic.segment.bytes": "2000"})
+    topic = unique_topic("offs")
+    ck_create_topic(broker.bootstrap, topic, partitions=1)
+    group = unique_topic("g")
+    consumer = ck_consumer(broker.bootstrap, **{"group.id": group, "enable.auto.commit": False})
+    commits = 400
+    try:
+        for i in range(1, commits + 1):
+            consumer.commit(offsets=[TopicPartition(topic, 0, i)], asynchronous=False)
+    finally:
+        consumer.close()
+    written = offsets_log_bytes(broker)
+    deadline = time.monotonic() + COMPACTION_WAIT_S
+    while offsets_log_bytes(broker) > written // 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = offsets_log_bytes(broker)
+    assert left <= written // 4, "__consumer_offsets not compacted: %d bytes of %d after %ds" % (
+        left, written, COMPACTION_WAIT_S)
+    broker.restart(clean=False)
+    consumer = ck_consumer(broker.bootstrap, **{"group.id": group, "enable.auto.commit": False})
+    try:
+        got = consumer.committed([TopicPartition(topic, 0)], timeout=15)
+    finally:
+        consumer.close()
+    assert got[0].error is None and got[0].offset == commits, "committed after restart: %r" % got

@@ -95,7 +95,13 @@ impl Decoded {
 /// Decodes a whole batch at the start of `b` (checked, CRC included).
 pub fn decode(b: &[u8]) -> Result<Decoded, BatchError> {
     let header = batch::check_batch(b)?;
-    let body = decompress(header.compression(), &b[HEADER_BYTES..header.size], DECOMPRESSED_BYTES_MAX)?;
+    let section = &b[HEADER_BYTES..header.size];
+    // A batch emptied by an earlier pass has no records section at all, whatever its codec.
+    let body = if section.is_empty() {
+        Vec::new()
+    } else {
+        decompress(header.compression(), section, DECOMPRESSED_BYTES_MAX)?
+    };
     let bad = || BatchError::Invalid("bad record framing");
     let mut records = Vec::new();
     let mut at = 0usize;
@@ -167,7 +173,8 @@ pub fn filter_batch(
     for r in &kept {
         body.extend_from_slice(&d.body[r.span.clone()]);
     }
-    let body = compress(d.header.compression(), &body)?;
+    // An emptied batch is a header alone (as Kafka writes one): nothing to decompress.
+    let body = if body.is_empty() { body } else { compress(d.header.compression(), &body)? };
     let count = i32::try_from(kept.len()).map_err(|_| BatchError::Invalid("too many records"))?;
     Ok(Filtered::Rewrite(rebuild(&b[..HEADER_BYTES], &body, count)))
 }
@@ -230,16 +237,10 @@ mod tests {
         b
     }
 
-    fn values(b: &[u8]) -> Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> {
+    /// (offset, key, whether it is a tombstone) of each record.
+    fn shape(b: &[u8]) -> Vec<(i64, Option<Vec<u8>>, bool)> {
         let d = decode(b).unwrap();
-        d.records
-            .iter()
-            .map(|r| {
-                let rec = &d.body[r.span.clone()];
-                let _ = rec;
-                (r.offset, d.key(r).map(<[u8]>::to_vec), (!r.tombstone).then(Vec::new))
-            })
-            .collect()
+        d.records.iter().map(|r| (r.offset, d.key(r).map(<[u8]>::to_vec), r.tombstone)).collect()
     }
 
     #[test]
@@ -256,7 +257,7 @@ mod tests {
         let Filtered::Rewrite(one) = filter_batch(&b, false, |r, _| r.offset == 12).unwrap() else { panic!() };
         let h = batch::check_batch(&one).unwrap();
         assert_eq!((h.base_offset, h.last_offset(), h.records_count), (10, 12, 1));
-        assert_eq!(values(&one), vec![(12, Some(b"a".to_vec()), Some(Vec::new()))]);
+        assert_eq!(shape(&one), vec![(12, Some(b"a".to_vec()), false)]);
         let kept = batch::uncompressed_records(&one).unwrap();
         assert_eq!(kept, vec![(12, Some(&b"a"[..]), Some(&b"2"[..]))]);
     }
@@ -281,6 +282,10 @@ mod tests {
             let d = decode(&out).unwrap();
             let got: Vec<_> = d.records.iter().map(|r| (r.offset, d.key(r).unwrap().to_vec())).collect();
             assert_eq!(got, vec![(1, b"k2".to_vec()), (2, b"k1".to_vec())], "codec {codec}");
+            let Filtered::Rewrite(empty) = filter_batch(&b, true, |_, _| false).unwrap() else { panic!() };
+            assert_eq!(empty.len(), HEADER_BYTES, "codec {codec}: an emptied batch is a header");
+            assert!(decode(&empty).unwrap().records.is_empty());
+            assert_eq!(filter_batch(&empty, true, |_, _| false).unwrap(), Filtered::Keep);
         }
     }
 

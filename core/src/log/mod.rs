@@ -360,21 +360,26 @@ impl PartitionLog {
 
     /// Whole batches from `offset` up to (not past) `upper`, at most `max_bytes` unless the
     /// first batch alone is bigger and `min_one` (Kafka returns at least one batch, KIP-74).
+    /// For consumers: batches the cleaner emptied are skipped at the start of a read (a
+    /// response holding nothing but empty batches reads to librdkafka as a record too large
+    /// for its buffer, which it doubles, and after ten such answers it gives up).
     pub fn read(&self, offset: Offset, upper: Offset, max_bytes: usize, min_one: bool) -> ReadResult {
         if offset < self.log_start_offset {
             return ReadResult::OutOfRange;
         }
-        self.read_from(offset, upper, max_bytes, min_one)
+        self.read_from(offset, upper, max_bytes, min_one, true)
     }
 
     /// `read` for a follower: from the start of the batch holding the log start on, since
     /// followers copy whole batches and a log start set by DeleteRecords need not fall on a
     /// batch boundary.
+    /// Followers get every batch, empty ones too (a producer's last batch carries its
+    /// sequence).
     pub fn read_replica(&self, offset: Offset, upper: Offset, max_bytes: usize, min_one: bool) -> ReadResult {
-        if offset < self.log_start_offset && offset >= self.batch_aligned_start() {
-            return self.read_from(offset, upper, max_bytes, min_one);
+        if offset < self.log_start_offset && offset < self.batch_aligned_start() {
+            return ReadResult::OutOfRange;
         }
-        self.read(offset, upper, max_bytes, min_one)
+        self.read_from(offset, upper, max_bytes, min_one, false)
     }
 
     /// Where the batch holding the log start begins (the log start itself when it is a
@@ -386,23 +391,41 @@ impl PartitionLog {
         seg.and_then(|s| Some(s.base_offset + i64::from(s.entries[s.find(start)?].base_delta))).unwrap_or(start)
     }
 
-    fn read_from(&self, offset: Offset, upper: Offset, max_bytes: usize, min_one: bool) -> ReadResult {
+    fn read_from(
+        &self,
+        offset: Offset,
+        upper: Offset,
+        max_bytes: usize,
+        min_one: bool,
+        skip_empty: bool,
+    ) -> ReadResult {
         if offset > upper {
             return ReadResult::OutOfRange;
         }
         if offset == upper {
             return ReadResult::Empty;
         }
-        let si = self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
-        let Some(seg) = self.segments.get(si) else {
-            return ReadResult::Empty;
-        };
-        let Some(first) = seg.find(offset) else {
-            // The offset falls in a gap at the end of a segment: go to the next one.
-            return match self.segments.get(si + 1) {
-                Some(next) if next.base_offset < upper => self.read(next.base_offset, upper, max_bytes, min_one),
-                _ => ReadResult::Empty,
+        let mut si = self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let (seg, first) = loop {
+            let Some(seg) = self.segments.get(si) else {
+                return ReadResult::Empty;
             };
+            let mut first = seg.find(offset.max(seg.base_offset)).unwrap_or(seg.entries.len());
+            while skip_empty && seg.entries.get(first).is_some_and(|e| e.size as usize == batch::HEADER_BYTES) {
+                if seg.base_offset + i64::from(seg.entries[first].last_delta) >= upper {
+                    return ReadResult::Empty;
+                }
+                first += 1;
+            }
+            if first < seg.entries.len() {
+                break (seg, first);
+            }
+            // The offset falls in a gap (or a run of emptied batches) at the end of a
+            // segment: go on in the next one.
+            match self.segments.get(si + 1) {
+                Some(next) if next.base_offset < upper => si += 1,
+                _ => return ReadResult::Empty,
+            }
         };
         let start = u64::from(seg.entries[first].position);
         let mut end = start;
@@ -796,6 +819,27 @@ mod tests {
         assert_eq!(log.read(6, 12, 1 << 20, true), from_4, "a consumer at 6 gets the batch holding it");
         log.advance_log_start(8, &mut ops);
         assert_eq!(log.batch_aligned_start(), 8, "on a batch boundary");
+    }
+
+    #[test]
+    fn consumers_read_past_emptied_batches_and_followers_get_them() {
+        let b = make_batch(&[b"x"], 5);
+        let (mut log, _) = log_with(&[b.clone(), b.clone(), b.clone(), b.clone()], 2 * b.len() as u64);
+        assert_eq!(log.segments.len(), 2);
+        log.high_watermark = 4;
+        // The cleaner emptied the first segment's two batches and the second's first one.
+        for (si, i) in [(0, 0), (0, 1), (1, 0)] {
+            log.segments[si].entries[i].size = batch::HEADER_BYTES as u32;
+        }
+        log.segments[0].entries[1].position = batch::HEADER_BYTES as u32;
+        log.segments[1].entries[1].position = batch::HEADER_BYTES as u32;
+        let second = log.segments[1].log_file;
+        let last = ReadResult::Range { file: second, position: batch::HEADER_BYTES as u64, len: b.len() as u32 };
+        assert_eq!(log.read(0, 4, 1 << 20, true), last, "a consumer skips to the first batch with records");
+        assert_eq!(log.read(0, 3, 1 << 20, true), ReadResult::Empty, "nothing but emptied batches below 3");
+        let first = log.segments[0].log_file;
+        let all_first = ReadResult::Range { file: first, position: 0, len: 2 * batch::HEADER_BYTES as u32 };
+        assert_eq!(log.read_replica(0, 4, 1 << 20, true), all_first, "a follower copies emptied batches too");
     }
 
     #[test]

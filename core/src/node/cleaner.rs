@@ -163,6 +163,9 @@ impl Node {
                     continue;
                 }
                 let tp = (t.id, i32::try_from(i).unwrap_or(i32::MAX));
+                if self.coordination.reading(tp) {
+                    continue;
+                }
                 let from = self.cleaner.cleaned_to.get(&tp).copied().unwrap_or(0);
                 if let Some(c) = candidate(tp, &p.log, &t.settings, from, wall) {
                     out.push(c);
@@ -210,6 +213,9 @@ impl Node {
                 self.issue(DiskOp::Sync { file: out }, purpose);
             }
             Step::Rename { seg, .. } => {
+                if self.coordination.reading(tp) {
+                    return self.clean_abort("a coordinators' load reads the log");
+                }
                 let base = job.segments[seg].0;
                 let (from, to) =
                     (cleaned_path(&p.log, base), format!("{}/{}", p.log.dir, segment_file_name(base, "log")));
@@ -346,8 +352,12 @@ impl Node {
                 let mut written = Vec::new();
                 let mut new_entries = Vec::new();
                 let mut pos = at;
+                let last_delta = s.entries.last().map(|e| e.base_delta);
                 for (e, b, h) in &batches {
-                    let bytes = match self.clean_batch(p, job, b, h, drop_tombstones) {
+                    // A segment's last batch stays, if only emptied: segments must follow each
+                    // other for recovery to tell a crash's lost tail from what the cleaner did.
+                    let last = Some(e.base_delta) == last_delta;
+                    let bytes = match self.clean_batch(p, job, b, h, drop_tombstones, last) {
                         Ok(Filtered::Keep) => b.clone(),
                         Ok(Filtered::Drop) => continue,
                         Ok(Filtered::Rewrite(v)) => Bytes::from(v),
@@ -382,6 +392,7 @@ impl Node {
         b: &[u8],
         h: &batch::BatchHeader,
         drop_tombstones: bool,
+        keep_empty: bool,
     ) -> Result<Filtered, batch::BatchError> {
         let aborted = h.is_transactional() && p.log.producers.is_aborted(h.producer_id, h.base_offset);
         let last_of_producer = h.has_producer_id()
@@ -391,7 +402,7 @@ impl Node {
                 .and_then(|e| e.batches.back())
                 .is_some_and(|m| m.last_offset == h.last_offset());
         let drops_latest = crate::mutants::active(crate::mutants::Mutant::CleanerDropsLatest);
-        filter_batch(b, last_of_producer, |r, key| {
+        filter_batch(b, keep_empty || last_of_producer, |r, key| {
             let Some(key) = key else { return false };
             if aborted {
                 return false;

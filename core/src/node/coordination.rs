@@ -43,6 +43,11 @@ impl Coordination {
         self.loaded.contains_key(&tp)
     }
 
+    /// The partition's segments are being read back: the cleaner leaves them alone.
+    pub(super) fn reading(&self, tp: Tp) -> bool {
+        self.load.as_ref().is_some_and(|l| l.parts.contains_key(&tp))
+    }
+
     /// Some partition led here is not served yet.
     pub(super) fn loading(&self) -> bool {
         !self.waiting.is_empty() || self.load.is_some()
@@ -71,8 +76,9 @@ struct LoadSlot {
     txn: bool,
     file: FileId,
     len: usize,
-    /// The segment's base offset, and its partition's high watermark.
-    base: Offset,
+    /// Its batches' base offsets as the index has them (the cleaner leaves gaps between
+    /// batches, and the base offset is outside the CRC), and its partition's high watermark.
+    bases: Vec<Offset>,
     upper: Offset,
     /// Its batches below the high watermark, once read and checked.
     data: Option<Bytes>,
@@ -213,7 +219,7 @@ impl Node {
                     txn: name == TXN_TOPIC,
                     file: s.log_file,
                     len: usize::try_from(s.size).unwrap_or(usize::MAX),
-                    base: s.base_offset,
+                    bases: s.entries.iter().map(|e| s.base_offset + i64::from(e.base_delta)).collect(),
                     upper: p.log.high_watermark,
                     data: None,
                     reads: 0,
@@ -238,9 +244,9 @@ impl Node {
         let Some(l) = self.coordination.load.as_mut().filter(|l| l.id == load) else { return };
         let Some(s) = l.slots.get_mut(slot) else { return };
         s.reads += 1;
-        let (base, upper) = (s.base, s.upper);
+        let upper = s.upper;
         let unchecked = crate::mutants::active(crate::mutants::Mutant::OffsetsLoadUnchecked);
-        let checked = data.and_then(|d| if unchecked { Ok(d) } else { checked_below(d, base, upper) });
+        let checked = data.and_then(|d| if unchecked { Ok(d) } else { checked_below(d, &s.bases, upper) });
         match checked {
             Ok(d) => {
                 s.data = Some(d);
@@ -366,17 +372,19 @@ impl Node {
 
 /// The batches of a segment read from `base` that lie below `upper`, each checked (CRC, and
 /// base offsets that follow on); an error when a batch fails.
-fn checked_below(d: Bytes, base: Offset, upper: Offset) -> Result<Bytes, String> {
-    let (mut at, mut expected) = (0, base);
-    while at < d.len() {
+fn checked_below(d: Bytes, bases: &[Offset], upper: Offset) -> Result<Bytes, String> {
+    let mut at = 0;
+    for (i, &expected) in bases.iter().enumerate() {
+        if at >= d.len() {
+            break;
+        }
         let h = batch::check_batch(&d[at..]).map_err(|e| format!("{e:?}"))?;
         if h.base_offset != expected {
-            return Err(format!("batch at byte {at} says offset {}, expected {expected}", h.base_offset));
+            return Err(format!("batch {i} at byte {at} says offset {}, expected {expected}", h.base_offset));
         }
         if h.base_offset >= upper {
             break;
         }
-        expected = h.last_offset() + 1;
         at += h.size;
     }
     Ok(d.slice(..at))

@@ -215,7 +215,6 @@ pub(super) fn internal_topic(name: &str) -> Option<(i32, BTreeMap<String, String
     };
     let mut configs = BTreeMap::new();
     configs.insert("cleanup.policy".to_string(), "compact".to_string());
-    configs.insert("segment.bytes".to_string(), "104857600".to_string());
     Some((partitions, configs))
 }
 
@@ -280,6 +279,13 @@ impl Node {
     pub(super) fn internal_topic_spec(&self, name: &str) -> Option<(i32, i16, BTreeMap<String, String>)> {
         let (partitions, mut configs) = internal_topic(name)?;
         let r = &self.config.replication;
+        let log = &self.config.log;
+        let segment = if name == super::transactions::TXN_TOPIC {
+            log.txn_state_segment_bytes
+        } else {
+            log.offsets_segment_bytes
+        };
+        configs.insert("segment.bytes".to_string(), segment.to_string());
         let wanted = if name == super::transactions::TXN_TOPIC {
             configs.insert("min.insync.replicas".to_string(), r.transaction_state_log_min_isr.to_string());
             r.transaction_state_log_replication_factor

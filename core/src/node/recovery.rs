@@ -513,14 +513,15 @@ impl Node {
         };
         let replay = self.recovery.replay.remove(&tp).unwrap_or_default();
         let mut ops = Vec::new();
-        // A gap between segments is the cleaner's doing (it removed a segment's last batches);
-        // an overlap is not possible in a log this node wrote.
-        let in_order = self
+        // Segments follow each other exactly (the cleaner keeps a segment's last batch, if
+        // only as an empty one): a gap means the predecessor lost its unsynced tail in a crash
+        // while this one kept writes made after it, which were never acknowledged.
+        let contiguous = self
             .partition(tp)
             .and_then(|p| p.log.segments.last())
-            .is_none_or(|prev| prev.next_offset() <= seg.base_offset);
-        if !in_order {
-            tracing::warn!(base = seg.base_offset, "segment overlaps its predecessor; dropping it and the rest");
+            .is_none_or(|prev| prev.next_offset() == seg.base_offset);
+        if !contiguous {
+            tracing::warn!(base = seg.base_offset, "segment does not follow its predecessor; dropping it and the rest");
             let later = self.recovery.todo.get_mut(&tp).map(std::mem::take).unwrap_or_default();
             self.drop_segment_files(tp, &seg, &later);
             return self.partition_recovered(tp);
