@@ -109,6 +109,41 @@ impl SimDisk {
         }
     }
 
+    fn open(&mut self, file: FileId, path: String, create: bool) -> Result<DiskReply, DiskError> {
+        if !parent(&path).is_empty() && !self.dirs.contains(parent(&path)) {
+            return Err(DiskError::NotFound);
+        }
+        let ino = match self.files.get(&path) {
+            Some(ino) => *ino,
+            None if create => {
+                self.next_ino += 1;
+                let ino = self.next_ino;
+                self.inodes.insert(ino, SimFile::default());
+                self.files.insert(path, ino);
+                ino
+            }
+            None => return Err(DiskError::NotFound),
+        };
+        let f = self.inodes.get_mut(&ino).expect("named files exist");
+        f.open += 1;
+        let len = f.current.len() as u64;
+        if let Some(old) = self.handles.insert(file, ino) {
+            self.release(old);
+        }
+        Ok(DiskReply::Opened { len })
+    }
+
+    fn rename(&mut self, from: &str, to: String) -> Result<DiskReply, DiskError> {
+        let ino = *self.files.get(from).ok_or(DiskError::NotFound)?;
+        if !parent(&to).is_empty() && !self.dirs.contains(parent(&to)) {
+            return Err(DiskError::NotFound);
+        }
+        self.unlink(&to);
+        self.files.remove(from);
+        self.files.insert(to, ino);
+        Ok(DiskReply::Done)
+    }
+
     /// Executes one operation at once.
     pub fn execute(&mut self, action: DiskOp) -> Result<DiskReply, DiskError> {
         match action {
@@ -133,29 +168,7 @@ impl SimDisk {
                 }
                 Ok(DiskReply::Listing(out.into_iter().map(|(name, is_dir)| DirEntry { name, is_dir }).collect()))
             }
-            DiskOp::Open { file, path, create } => {
-                if !parent(&path).is_empty() && !self.dirs.contains(parent(&path)) {
-                    return Err(DiskError::NotFound);
-                }
-                let ino = match self.files.get(&path) {
-                    Some(ino) => *ino,
-                    None if create => {
-                        self.next_ino += 1;
-                        let ino = self.next_ino;
-                        self.inodes.insert(ino, SimFile::default());
-                        self.files.insert(path, ino);
-                        ino
-                    }
-                    None => return Err(DiskError::NotFound),
-                };
-                let f = self.inodes.get_mut(&ino).expect("named files exist");
-                f.open += 1;
-                let len = f.current.len() as u64;
-                if let Some(old) = self.handles.insert(file, ino) {
-                    self.release(old);
-                }
-                Ok(DiskReply::Opened { len })
-            }
+            DiskOp::Open { file, path, create } => self.open(file, path, create),
             DiskOp::Write { file, position, data } => {
                 let len: usize = data.iter().map(|b| b.len()).sum();
                 if let Some(cap) = self.capacity_bytes {
@@ -210,16 +223,7 @@ impl SimDisk {
                 self.unlink(&path);
                 Ok(DiskReply::Done)
             }
-            DiskOp::Rename { from, to } => {
-                let ino = *self.files.get(&from).ok_or(DiskError::NotFound)?;
-                if !parent(&to).is_empty() && !self.dirs.contains(parent(&to)) {
-                    return Err(DiskError::NotFound);
-                }
-                self.unlink(&to);
-                self.files.remove(&from);
-                self.files.insert(to, ino);
-                Ok(DiskReply::Done)
-            }
+            DiskOp::Rename { from, to } => self.rename(&from, to),
         }
     }
 

@@ -27,6 +27,21 @@ pub fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body:
     buf.freeze()
 }
 
+/// An acks=all Produce of one batch to one partition, with a 2-second timeout.
+pub fn produce_frame(topic: &'static str, partition: i32, records: Bytes, version: i16, correlation_id: i32) -> Bytes {
+    let mut pd = produce_request::PartitionProduceData::default();
+    pd.index = partition;
+    pd.records = Some(records);
+    let mut td = produce_request::TopicProduceData::default();
+    td.name = TopicName(StrBytes::from_static_str(topic));
+    td.partition_data = vec![pd];
+    let mut req = ProduceRequest::default();
+    req.acks = -1;
+    req.timeout_ms = 2_000;
+    req.topic_data = vec![td];
+    frame(ApiKey::Produce, version, correlation_id, &req)
+}
+
 /// Splits a response frame (no size prefix) into its correlation id and decoded body.
 pub fn decode<R: Decodable>(key: ApiKey, version: i16, mut frame: Bytes) -> Result<(i32, R), String> {
     if frame.len() < 4 {

@@ -216,17 +216,8 @@ impl Compactor {
         self.sent_batches += 1;
         let fields: Vec<(Option<&[u8]>, Option<&[u8]>)> =
             recs.iter().map(|(k, v)| (Some(k.as_bytes()), v.as_deref().map(str::as_bytes))).collect();
-        let mut pd = produce_request::PartitionProduceData::default();
-        pd.index = 0;
-        pd.records = Some(Bytes::from(batch::encode_records(&fields, 1_700_000_000_000)));
-        let mut td = produce_request::TopicProduceData::default();
-        td.name = TopicName(StrBytes::from_static_str(TOPIC));
-        td.partition_data = vec![pd];
-        let mut req = ProduceRequest::default();
-        req.acks = -1;
-        req.timeout_ms = 2_000;
-        req.topic_data = vec![td];
-        (codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, cid, &req), recs)
+        let records = Bytes::from(batch::encode_records(&fields, 1_700_000_000_000));
+        (codec::produce_frame(TOPIC, 0, records, codec::PRODUCE_VERSION, cid), recs)
     }
 
     fn fetch_request(&self, cid: i32) -> Bytes {

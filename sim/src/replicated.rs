@@ -34,8 +34,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::{
-    produce_request, AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey,
-    CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse, TopicName,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, CreateTopicsRequest,
+    CreateTopicsResponse, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rand::Rng;
@@ -371,18 +371,9 @@ impl Replicated {
         let n = w.workload_rng().gen_range(1..=4);
         let values: Vec<String> = (0..n).map(|i| format!("p{k}-{}", p.next_value + i)).collect();
         p.next_value += n;
-        let mut pd = produce_request::PartitionProduceData::default();
-        pd.index = p.partition;
-        pd.records = Some(codec::batch_of(&values, 1_700_000_000_000));
-        let mut td = produce_request::TopicProduceData::default();
-        td.name = TopicName(StrBytes::from_static_str(TOPIC));
-        td.partition_data = vec![pd];
-        let mut req = ProduceRequest::default();
-        req.acks = -1;
-        req.timeout_ms = 2_000;
-        req.topic_data = vec![td];
         self.next_cid += 1;
-        w.send(conn, codec::frame(ApiKey::Produce, PRODUCE_VERSION, self.next_cid, &req));
+        let records = codec::batch_of(&values, 1_700_000_000_000);
+        w.send(conn, codec::produce_frame(TOPIC, p.partition, records, PRODUCE_VERSION, self.next_cid));
         for v in &values {
             self.sent.insert(v.clone(), (p.partition, Status::InFlight));
         }

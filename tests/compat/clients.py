@@ -267,3 +267,12 @@ def kp_consume(consumer, tps_counts, timeout=60):
         for tp, recs in res.items():
             got.setdefault(tp, []).extend(recs)
     return got
+
+
+def ck_watermarks(bootstrap, topic, partition=0):
+    """(low, high) watermarks of one partition, from a confluent-kafka consumer."""
+    c = ck_consumer(bootstrap)
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    finally:
+        c.close()

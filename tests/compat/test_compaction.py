@@ -23,7 +23,7 @@ import time
 import pytest
 from confluent_kafka import TopicPartition
 
-from clients import ck_consume, ck_consumer, ck_create_topic, ck_produce, ck_producer
+from clients import ck_consume, ck_consumer, ck_create_topic, ck_produce, ck_producer, ck_watermarks
 from conftest import unique_topic
 
 COMPACTION_WAIT_S = 25
@@ -80,14 +80,6 @@ def read_all(bootstrap, topic):
     [(offset, key, value)] (confluent-kafka)."""
     got = ck_consume(bootstrap, topic, {0: -2}, timeout=20)  # -2: OFFSET_BEGINNING
     return [(m.offset(), m.key(), m.value()) for m in got[0]]
-
-
-def watermarks(bootstrap, topic):
-    c = ck_consumer(bootstrap)
-    try:
-        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-    finally:
-        c.close()
 
 
 def by_key(records):
@@ -232,7 +224,7 @@ def test_compaction_keeps_each_keys_latest_record_at_its_offset(broker_factory):
     assert len(records) - len(keys_read.get(FILLER, ())) == 40
     # Offsets kept: the survivors still read at the very offsets produced in round 19.
     assert [o for o, k, _ in records if k != FILLER] == sorted(acked.latest[k] for k in live)
-    low, high = watermarks(broker.bootstrap, topic)
+    low, high = ck_watermarks(broker.bootstrap, topic)
     assert low == 0, "compaction does not move the log start offset (retention does): %d" % low
     assert high == max(acked.at) + 1, (high, max(acked.at))
 
@@ -409,7 +401,7 @@ def test_time_retention_only_with_delete_in_the_policy(broker_factory):
     written = time.monotonic()
 
     def old_segments_gone(_records):
-        low, _ = watermarks(broker.bootstrap, both)
+        low, _ = ck_watermarks(broker.bootstrap, both)
         if low == 0:
             return "the compact,delete topic's log start is still 0"
         if time.monotonic() - written < 2.0:
@@ -437,11 +429,11 @@ def test_time_retention_only_with_delete_in_the_policy(broker_factory):
         assert time.monotonic() < deadline, "after %ds: %s; log: %s" % (
             COMPACTION_WAIT_S, reason, segment_listing(broker, both))
 
-    low, high = watermarks(broker.bootstrap, compact)
+    low, high = ck_watermarks(broker.bootstrap, compact)
     assert low == 0, "time retention moved a compact-only topic's log start to %d" % low
     records = read_all(broker.bootstrap, compact)
     assert {k for _, k, _ in records} >= set(keys)
-    low, high = watermarks(broker.bootstrap, both)
+    low, high = ck_watermarks(broker.bootstrap, both)
     assert 0 < low < high, (low, high)
     records_both = read_all(broker.bootstrap, both)
     assert records_both and records_both[0][0] >= low, (records_both[:1], low)

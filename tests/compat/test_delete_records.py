@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 import wire
-from clients import ck_admin, ck_consume, ck_consumer, ck_create_topic, ck_producer
+from clients import ck_admin, ck_consume, ck_consumer, ck_create_topic, ck_producer, ck_watermarks
 from conftest import unique_topic
 
 
@@ -66,14 +66,6 @@ DELETERS = {"wire": delete_records_wire, "confluent": delete_records_confluent,
             "kafka-python": delete_records_kafka_python}
 
 
-def low_high(bootstrap, topic):
-    c = ck_consumer(bootstrap)
-    try:
-        return c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-    finally:
-        c.close()
-
-
 @pytest.mark.parametrize("client", ["wire", "confluent", "kafka-python"])
 def test_delete_records_moves_the_log_start(broker, client):
     if not _has(client):
@@ -85,13 +77,13 @@ def test_delete_records_moves_the_log_start(broker, client):
     for i in range(1000):
         p.produce(topic, value=b"r-%04d-" % i + b"x" * 90, partition=0)
     assert p.flush(30) == 0
-    assert low_high(broker.bootstrap, topic) == (0, 1000)
+    assert ck_watermarks(broker.bootstrap, topic) == (0, 1000)
     segments_before = sorted(f for f in os.listdir(broker.partition_dir(topic, 0)) if f.endswith(".log"))
     assert len(segments_before) > 3, segments_before
 
     assert delete(broker.bootstrap, topic, 0, 1001)[1] == 1, "past the high watermark: OFFSET_OUT_OF_RANGE"
     assert delete(broker.bootstrap, topic, 0, 600) == (600, 0)
-    assert low_high(broker.bootstrap, topic) == (600, 1000)
+    assert ck_watermarks(broker.bootstrap, topic) == (600, 1000)
     got = ck_consume(broker.bootstrap, topic, {0: 600}, expected_counts={0: 400})
     assert [m.offset() for m in got[0]] == list(range(600, 1000))
     assert got[0][0].value().startswith(b"r-0600-")
@@ -105,10 +97,10 @@ def test_delete_records_moves_the_log_start(broker, client):
     assert len(bases) < len(segments_before), (bases, segments_before)
 
     broker.restart()
-    assert low_high(broker.bootstrap, topic) == (600, 1000), "the log start survives a restart"
+    assert ck_watermarks(broker.bootstrap, topic) == (600, 1000), "the log start survives a restart"
     # -1: everything below the high watermark.
     assert delete(broker.bootstrap, topic, 0, -1) == (1000, 0)
-    assert low_high(broker.bootstrap, topic) == (1000, 1000)
+    assert ck_watermarks(broker.bootstrap, topic) == (1000, 1000)
 
 
 def test_delete_records_refusals(broker):

@@ -275,16 +275,23 @@ impl Node {
     /// Whole batches of the current segment, read for the map or for the copy (empty: the
     /// segment is done).
     fn clean_segment_read(&mut self, data: Bytes) {
-        let Some(job) = self.cleaner.job.as_ref() else { return };
-        let Some(p) = self.partition(job.tp).filter(|p| p.log.generation == job.generation) else {
-            return self.clean_abort("the log changed");
+        let Some(step) = self.cleaner.job.as_ref().map(|j| j.step) else { return };
+        let batches = match self.batches_read(&data) {
+            Ok(b) => b,
+            Err(why) => return self.clean_abort(why),
         };
-        let (Step::Map { seg, entry } | Step::Copy { seg, entry, .. }) = job.step else { return };
-        let (base, file, drop_tombstones) = job.segments[seg];
-        let Some(s) = p.log.segments.iter().find(|s| s.base_offset == base && s.log_file == file) else {
-            return self.clean_abort("a segment went");
-        };
-        // The batches the read covers, as the index says they are.
+        match step {
+            Step::Map { seg, entry } => self.clean_map_chunk(seg, entry, &batches),
+            Step::Copy { seg, entry, out, at } => self.clean_copy_chunk(seg, entry, out, at, &batches),
+            _ => {}
+        }
+    }
+
+    /// The batches a read of the current segment covers, checked against the index (empty:
+    /// the segment is done).
+    fn batches_read(&self, data: &Bytes) -> Result<Vec<(Entry, Bytes, batch::BatchHeader)>, &'static str> {
+        let (_, job, s) = self.clean_segment().ok_or("a segment went, or the log changed")?;
+        let (Step::Map { entry, .. } | Step::Copy { entry, .. }) = job.step else { return Ok(Vec::new()) };
         let mut batches = Vec::new();
         let start = s.entries.get(entry).map_or(0, |e| e.position);
         for e in s.entries.iter().skip(entry) {
@@ -294,94 +301,104 @@ impl Node {
                 Ok(h) if h.base_offset == s.base_offset + i64::from(e.base_delta) && h.size == e.size as usize => {
                     batches.push((*e, data.slice(from..from + e.size as usize), h));
                 }
-                _ => return self.clean_abort("a batch reads back wrong"),
+                _ => return Err("a batch reads back wrong"),
             }
         }
         if batches.is_empty() && !data.is_empty() {
-            return self.clean_abort("a read came back short");
+            return Err("a read came back short");
         }
-        let next_entry = entry + batches.len();
-        let segment_done = batches.is_empty();
-        match job.step {
-            Step::Map { .. } => {
-                if segment_done {
-                    return self.clean_map_next(seg + 1);
-                }
-                let aborted = |pid: i64, o: Offset| p.log.producers.is_aborted(pid, o);
-                let mut keys = Vec::new();
-                for (_, b, h) in &batches {
-                    if h.is_control() || (h.is_transactional() && aborted(h.producer_id, h.base_offset)) {
-                        continue;
-                    }
-                    let Ok(d) = crate::log::cleaner::decode(b) else {
-                        return self.clean_abort("a batch does not decode");
-                    };
-                    for r in &d.records {
-                        if let Some(k) = d.key(r) {
-                            keys.push((k.to_vec(), r.offset));
-                        }
-                    }
-                }
-                let job = self.cleaner.job.as_mut().expect("checked");
-                for (k, o) in keys {
-                    job.map.put(&k, o);
-                }
-                if job.map.is_full() {
-                    // The map holds this segment's keys only in part: the pass ends before it.
-                    if seg == job.dirty {
-                        return self.clean_abort("log.cleaner.dedupe.buffer.size holds less than one segment's keys");
-                    }
-                    job.segments.truncate(seg);
-                    return self.clean_map_next(seg);
-                }
-                job.step = Step::Map { seg, entry: next_entry };
-                self.clean_next();
-            }
-            Step::Copy { out, at, .. } => {
-                if segment_done {
-                    if let Some(j) = self.cleaner.job.as_mut() {
-                        j.step = Step::Sync { seg, out };
-                    }
-                    if crate::mutants::active(crate::mutants::Mutant::SwapBeforeSync) {
-                        if let Some(j) = self.cleaner.job.as_mut() {
-                            j.step = Step::Rename { seg, out };
-                        }
-                    }
-                    return self.clean_next();
-                }
-                let mut written = Vec::new();
-                let mut new_entries = Vec::new();
-                let mut pos = at;
-                let last_delta = s.entries.last().map(|e| e.base_delta);
-                for (e, b, h) in &batches {
-                    // A segment's last batch stays, if only emptied: segments must follow each
-                    // other for recovery to tell a crash's lost tail from what the cleaner did.
-                    let last = Some(e.base_delta) == last_delta;
-                    let bytes = match self.clean_batch(p, job, b, h, drop_tombstones, last) {
-                        Ok(Filtered::Keep) => b.clone(),
-                        Ok(Filtered::Drop) => continue,
-                        Ok(Filtered::Rewrite(v)) => Bytes::from(v),
-                        Err(_) => return self.clean_abort("a batch does not decode"),
-                    };
-                    let size = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                    let position = u32::try_from(pos).unwrap_or(u32::MAX);
-                    new_entries.push(Entry { position, size, ..*e });
-                    pos += u64::from(size);
-                    written.push(bytes);
-                }
-                let removed: u64 = batches.iter().map(|(e, ..)| u64::from(e.size)).sum::<u64>() - (pos - at);
-                self.cleaner.bytes_removed += removed;
-                let job = self.cleaner.job.as_mut().expect("checked");
-                job.step = Step::Write { seg, entry: next_entry, out, at: pos };
-                let id = job.id;
-                self.cleaner.entries.extend(new_entries);
-                if written.is_empty() {
-                    return self.on_clean_done(id, Ok(DiskReply::Done));
-                }
-                self.issue(DiskOp::Write { file: out, position: at, data: written }, Purpose::Clean { id });
-            }
-            _ => {}
+        Ok(batches)
+    }
+
+    /// The job's partition (unchanged since the pass began) and current segment.
+    fn clean_segment(&self) -> Option<(&super::Partition, &CleanJob, &crate::log::Segment)> {
+        let job = self.cleaner.job.as_ref()?;
+        let p = self.partition(job.tp).filter(|p| p.log.generation == job.generation)?;
+        let (Step::Map { seg, .. } | Step::Copy { seg, .. }) = job.step else { return None };
+        let (base, file, _) = job.segments[seg];
+        let s = p.log.segments.iter().find(|s| s.base_offset == base && s.log_file == file)?;
+        Some((p, job, s))
+    }
+
+    /// Map: every key of these batches (not of control batches or aborted transactions).
+    fn clean_map_chunk(&mut self, seg: usize, entry: usize, batches: &[(Entry, Bytes, batch::BatchHeader)]) {
+        if batches.is_empty() {
+            return self.clean_map_next(seg + 1);
         }
+        let Some((p, ..)) = self.clean_segment() else { return self.clean_abort("the log changed") };
+        let mut keys = Vec::new();
+        for (_, b, h) in batches {
+            if h.is_control() || (h.is_transactional() && p.log.producers.is_aborted(h.producer_id, h.base_offset)) {
+                continue;
+            }
+            let Ok(d) = crate::log::cleaner::decode(b) else {
+                return self.clean_abort("a batch does not decode");
+            };
+            keys.extend(d.records.iter().filter_map(|r| Some((d.key(r)?.to_vec(), r.offset))));
+        }
+        let job = self.cleaner.job.as_mut().expect("checked");
+        for (k, o) in keys {
+            job.map.put(&k, o);
+        }
+        if job.map.is_full() {
+            // The map holds this segment's keys only in part: the pass ends before it.
+            if seg == job.dirty {
+                return self.clean_abort("log.cleaner.dedupe.buffer.size holds less than one segment's keys");
+            }
+            job.segments.truncate(seg);
+            return self.clean_map_next(seg);
+        }
+        job.step = Step::Map { seg, entry: entry + batches.len() };
+        self.clean_next();
+    }
+
+    /// Copy: these batches as the cleaner keeps them, written at `at` of the copy `out`.
+    fn clean_copy_chunk(
+        &mut self,
+        seg: usize,
+        entry: usize,
+        out: FileId,
+        at: u64,
+        batches: &[(Entry, Bytes, batch::BatchHeader)],
+    ) {
+        if batches.is_empty() {
+            let swap_first = crate::mutants::active(crate::mutants::Mutant::SwapBeforeSync);
+            if let Some(j) = self.cleaner.job.as_mut() {
+                j.step = if swap_first { Step::Rename { seg, out } } else { Step::Sync { seg, out } };
+            }
+            return self.clean_next();
+        }
+        let Some((p, job, s)) = self.clean_segment() else { return self.clean_abort("the log changed") };
+        let drop_tombstones = job.segments[seg].2;
+        let mut written = Vec::new();
+        let mut new_entries = Vec::new();
+        let mut pos = at;
+        let last_delta = s.entries.last().map(|e| e.base_delta);
+        for (e, b, h) in batches {
+            // A segment's last batch stays, if only emptied: segments must follow each other
+            // for recovery to tell a crash's lost tail from what the cleaner did.
+            let last = Some(e.base_delta) == last_delta;
+            let bytes = match self.clean_batch(p, job, b, h, drop_tombstones, last) {
+                Ok(Filtered::Keep) => b.clone(),
+                Ok(Filtered::Drop) => continue,
+                Ok(Filtered::Rewrite(v)) => Bytes::from(v),
+                Err(_) => return self.clean_abort("a batch does not decode"),
+            };
+            let size = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            let position = u32::try_from(pos).unwrap_or(u32::MAX);
+            new_entries.push(Entry { position, size, ..*e });
+            pos += u64::from(size);
+            written.push(bytes);
+        }
+        self.cleaner.bytes_removed += batches.iter().map(|(e, ..)| u64::from(e.size)).sum::<u64>() - (pos - at);
+        let job = self.cleaner.job.as_mut().expect("checked");
+        job.step = Step::Write { seg, entry: entry + batches.len(), out, at: pos };
+        let id = job.id;
+        self.cleaner.entries.extend(new_entries);
+        if written.is_empty() {
+            return self.on_clean_done(id, Ok(DiskReply::Done));
+        }
+        self.issue(DiskOp::Write { file: out, position: at, data: written }, Purpose::Clean { id });
     }
 
     /// The batch's fate in the copy.
