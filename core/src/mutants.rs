@@ -91,6 +91,12 @@ pub enum Mutant {
     /// Compaction: a segment's cleaned copy is renamed over it before the copy is synced (a
     /// crash can leave the segment with less than the cleaner kept).
     SwapBeforeSync = 32,
+    /// Dynamic broker configs: a restarted node rebuilds its image from the metadata log but
+    /// keeps its static configuration, forgetting the dynamic configs until the next change.
+    DynamicConfigsNotReplayed = 33,
+    /// Replication: a follower takes any gap in its leader's answer on the first read, however
+    /// far (a base offset garbled by a bad read on the leader then lands in its log).
+    GapOnFirstRead = 34,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -126,6 +132,8 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::ForgetDeletionsOnRestart, "forget-deletions-on-restart"),
     (Mutant::CleanerDropsLatest, "cleaner-drops-latest"),
     (Mutant::SwapBeforeSync, "swap-before-sync"),
+    (Mutant::DynamicConfigsNotReplayed, "dynamic-configs-not-replayed"),
+    (Mutant::GapOnFirstRead, "gap-on-first-read"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -148,7 +156,9 @@ pub fn scenario(m: Mutant) -> &'static str {
         | Mutant::LeadOnAfterFailedWrite
         | Mutant::AckConfigBeforeCommit
         | Mutant::ReassignBeforeInSync
-        | Mutant::ForgetDeletionsOnRestart => "cluster",
+        | Mutant::ForgetDeletionsOnRestart
+        | Mutant::DynamicConfigsNotReplayed
+        | Mutant::GapOnFirstRead => "cluster",
         _ => "default",
     }
 }

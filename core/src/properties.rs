@@ -86,7 +86,9 @@ pub struct Property {
     /// `log.retention.hours`).
     pub default: fn(&NodeConfig) -> String,
     pub apply: Apply,
-    /// Whether it can be changed on a running broker (AlterConfigs). None can yet.
+    /// Whether it can be changed on a running broker (AlterConfigs, IncrementalAlterConfigs on
+    /// the broker resource, per broker or cluster-wide): only properties the core reads when
+    /// it acts (directly or through topics' settings), so a change takes effect at once.
     pub dynamic: bool,
     pub doc: &'static str,
 }
@@ -363,7 +365,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.message_max_bytes = at_least(v, 0)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "Largest record batch accepted (default of the topic config max.message.bytes)",
     },
     Property {
@@ -385,7 +387,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.log.segment_bytes = at_least(v, 14)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "Segment file size at which a partition's log rolls (topic config segment.bytes)",
     },
     Property {
@@ -407,7 +409,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.log.segment_ms = at_least(v, 1)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "Age at which the active segment rolls (topic config segment.ms)",
     },
     Property {
@@ -440,7 +442,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.log.retention_ms = num(v)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "Age past which old segments are deleted; -1: kept forever (topic config retention.ms)",
     },
     Property {
@@ -451,7 +453,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.log.retention_bytes = num(v)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "Partition size past which old segments are deleted; -1: no limit",
     },
     Property {
@@ -484,7 +486,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.log.cleaner_backoff_ms = at_least(v, 1)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "How often the cleaner looks for a log to compact when it has none",
     },
     Property {
@@ -495,7 +497,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.log.cleaner_dedupe_buffer_bytes = at_least(v, 1024)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "Memory for the cleaner's map of keys to their latest offsets (24 bytes a key)",
     },
     Property {
@@ -506,7 +508,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.log.cleaner_min_cleanable_ratio = ratio(v)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "Share of a log not yet cleaned past which it is cleaned (topic config min.cleanable.dirty.ratio)",
     },
     Property {
@@ -517,7 +519,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.log.cleaner_delete_retention_ms = at_least(v, 0)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "How long a tombstone outlives its segment's last append (topic config delete.retention.ms)",
     },
     Property {
@@ -528,7 +530,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.log.cleaner_min_compaction_lag_ms = at_least(v, 0)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "Records younger than this are never compacted (topic config min.compaction.lag.ms)",
     },
     Property {
@@ -539,7 +541,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.log.cleaner_max_compaction_lag_ms = at_least(v, 1)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "A log with records older than this is cleaned whatever its dirty ratio (topic config max.compaction.lag.ms)",
     },
     Property {
@@ -550,7 +552,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.log.index_interval_bytes = at_least(v, 1)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "Bytes between entries of a segment's offset index",
     },
     Property {
@@ -629,7 +631,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.replication.min_insync_replicas = at_least(v, 1)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "In-sync replicas an acks=all produce needs (default of the topic config)",
     },
     Property {
@@ -907,7 +909,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
             c.producer_id_expiration_ms = at_least(v, 1)?;
             Ok(())
         }),
-        dynamic: false,
+        dynamic: true,
         doc: "An idempotent producer idle this long on a partition is forgotten there",
     },
     Property {
@@ -992,6 +994,22 @@ pub fn apply(props: &BTreeMap<String, String>, node: &mut NodeConfig) -> Result<
     node.broker_properties =
         props.iter().filter(|(k, _)| find(k).is_some()).map(|(k, v)| (k.clone(), v.clone())).collect();
     Ok(warnings)
+}
+
+/// Applies dynamic configs (the metadata log's, on top of the static ones) in the table's
+/// order. A value that does not apply is left out and named in the errors returned; the rest
+/// still apply.
+pub fn apply_dynamic(configs: &BTreeMap<String, String>, node: &mut NodeConfig) -> Vec<String> {
+    let mut errors = Vec::new();
+    for p in BROKER_PROPERTIES.iter().filter(|p| p.dynamic) {
+        let (Some(value), Apply::Node(set)) = (configs.get(p.name), p.apply) else { continue };
+        let mut next = node.clone();
+        match p.kind.check(value).and_then(|()| set(&mut next, value.trim())) {
+            Ok(()) => *node = next,
+            Err(e) => errors.push(format!("{}: {e}", p.name)),
+        }
+    }
+    errors
 }
 
 /// The `--help` text: every property with its type, default and meaning.

@@ -53,6 +53,14 @@ impl Trace {
         }
     }
 
+    /// An event kept as a line only, outside the fingerprint (what a run's picture needs that
+    /// the hash does not: which client opened a connection, which API a request is).
+    pub fn note(&mut self, at: Nanos, kind: &str, a: u64, b: u64) {
+        if let Some(l) = &mut self.lines {
+            l.push(format!("{{\"t_ns\":{at},\"event\":\"{kind}\",\"a\":{a},\"b\":{b}}}"));
+        }
+    }
+
     pub fn record_bytes(&mut self, at: Nanos, kind: &str, a: u64, bytes: &[u8]) {
         let mut h = Trace::new();
         h.mix(bytes);

@@ -297,6 +297,7 @@ impl World {
         let up = self.slots[node].node.is_some();
         let inc = self.slots[node].inc;
         self.conns.insert(conn, Conn { client, node, inc, open: up, to_node_at: self.now, to_client_at: self.now });
+        self.trace.note(self.now, "connect", conn.0, (client as u64) << 32 | node as u64);
         if !up {
             let at = self.now + self.latency(self.env.net_latency);
             self.schedule(at, Event::ClientClosed { conn });
@@ -317,6 +318,8 @@ impl World {
         let at = (self.now + lat).max(c.to_node_at).max(clog);
         c.to_node_at = at;
         let (node, inc) = (c.node, c.inc);
+        let api = frame.get(..2).map_or(u64::MAX, |k| u64::from(u16::from_be_bytes([k[0], k[1]])));
+        self.trace.note(self.now, "send", conn.0, api);
         self.schedule(at, Event::NodeInput { node, inc, input: Input::Request { conn, frame } });
     }
 
@@ -418,6 +421,7 @@ impl World {
         }
         self.env.sync_fail = 0.0;
         self.env.read_corrupt = 0.0;
+        self.trace.note(self.now, "heal", 0, 0);
     }
 
     /// The client that opened a connection.

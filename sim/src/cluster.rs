@@ -14,7 +14,9 @@
 //! - **acknowledged config changes survive**: the admin client also sets `retention.ms` of
 //!   created topics (IncrementalAlterConfigs, one at a time, each value larger than the last
 //!   sent); at the end every node's image holds, for each topic, at least the last value
-//!   acknowledged;
+//!   acknowledged; every third change sets the cluster-wide dynamic `log.retention.ms`
+//!   instead, and then every node's image holds at least the last value acknowledged and
+//!   every node's configuration in force is that value (a restarted node re-applies it);
 //! - **placement**: every replica of every partition is a registered broker;
 //! - **convergence** (liveness): after the heal, within a bound, every node serves, has
 //!   applied the same offset, and sees every broker registered and unfenced.
@@ -31,7 +33,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sluice_core::metadata::MetadataImage;
+use sluice_core::metadata::{MetadataImage, ALL_BROKERS};
 use sluice_core::{BrokerId, ConnId, NodeConfig, Offset};
 use sluice_runtime_sim::{Env, Harness, Nanos, World, MS, US};
 
@@ -41,6 +43,9 @@ use crate::replicated::{self, Replicated};
 use crate::RunOpts;
 
 const CREATE: u64 = 1;
+/// The key of the cluster-wide dynamic `log.retention.ms` among the acknowledged config
+/// changes (topics are named `t<n>`).
+const ALL_BROKERS_KEY: &str = "*";
 const CRASH: u64 = 2;
 const ISOLATE: u64 = 3;
 const HEAL: u64 = 4;
@@ -211,7 +216,8 @@ impl Run {
         self.pending = Some((name, partitions, conn, self.next_cid));
     }
 
-    /// Sets `retention.ms` of a created topic to the next value, through a node that is up.
+    /// Sets `retention.ms` of a created topic to the next value, through a node that is up (or,
+    /// every third time, the cluster-wide `log.retention.ms`: the resource [`ALL_BROKERS_KEY`]).
     fn alter(&mut self, w: &mut World) {
         let up: Vec<usize> = (0..self.plan.nodes).filter(|i| w.is_up(*i)).collect();
         if self.altering.is_some() || up.is_empty() || self.acked.is_empty() {
@@ -219,7 +225,7 @@ impl Run {
         }
         let node = up[self.rng.gen_range(0..up.len())];
         let topics: Vec<&String> = self.acked.keys().collect();
-        let topic = topics[self.rng.gen_range(0..topics.len())].clone();
+        let mut topic = topics[self.rng.gen_range(0..topics.len())].clone();
         self.next_value += 1;
         let mut c = AlterableConfig::default();
         c.name = StrBytes::from_static_str("retention.ms");
@@ -228,6 +234,12 @@ impl Run {
         let mut r = AlterConfigsResource::default();
         r.resource_type = 2; // TOPIC
         r.resource_name = StrBytes::from_string(topic.clone());
+        if self.next_value % 3 == 0 {
+            topic = ALL_BROKERS_KEY.to_string();
+            c.name = StrBytes::from_static_str("log.retention.ms");
+            r.resource_type = 4; // BROKER
+            r.resource_name = StrBytes::from_static_str(""); // cluster-wide
+        }
         r.configs = vec![c];
         let mut req = IncrementalAlterConfigsRequest::default();
         req.resources = vec![r];
@@ -261,9 +273,17 @@ impl Run {
         for (name, acked) in self.configs_acked.clone() {
             for (i, v) in views.iter().enumerate() {
                 let have = v
-                    .and_then(|(_, img)| img.topics.get(&name))
-                    .and_then(|t| t.configs.get("retention.ms"))
+                    .and_then(|(_, img)| match name.as_str() {
+                        ALL_BROKERS_KEY => img.broker_configs.get(&ALL_BROKERS)?.get("log.retention.ms"),
+                        _ => img.topics.get(&name)?.configs.get("retention.ms"),
+                    })
                     .and_then(|v| v.parse::<i64>().ok());
+                let in_force = w.node(i).map(|n| n.config().log.retention_ms);
+                if name == ALL_BROKERS_KEY && have.is_some() && in_force != have {
+                    let msg =
+                        format!("node {} has log.retention.ms={have:?} in its image but {in_force:?} in force", i + 1);
+                    self.violation(w, msg);
+                }
                 if have.is_none_or(|h| h < acked) {
                     let msg =
                         format!("topic {name}'s retention.ms={acked} was acknowledged but node {} has {have:?}", i + 1);
@@ -450,6 +470,8 @@ pub struct ClusterReport {
     pub commit_answers: BTreeMap<i16, u64>,
     pub violations: Vec<String>,
     pub trace: u64,
+    /// Every event as a JSON line, when asked for (`RunOpts::keep_trace`).
+    pub trace_lines: Vec<String>,
 }
 
 impl ClusterReport {
@@ -516,6 +538,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
         commit_answers: BTreeMap::new(),
         violations: vec![format!("panic: {}", crate::panic_message(&*e))],
         trace: 0,
+        trace_lines: Vec::new(),
     });
     sluice_core::mutants::set(None);
     report
@@ -566,6 +589,9 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         commits,
     };
     let mut w = World::new(seed, configs, env);
+    if opts.keep_trace {
+        w.trace.keep_lines();
+    }
     run.repl.start(&mut w);
     run.commits.start(&mut w);
     w.set_timer(ADMIN, CREATE, plan.create_every);
@@ -625,5 +651,6 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         reassign_answers: run.repl.reassign_answers.clone(),
         violations: run.violations.clone(),
         trace: w.trace.hash(),
+        trace_lines: w.trace.take_lines(),
     }
 }

@@ -16,6 +16,7 @@ pub mod group848;
 pub mod quorum;
 pub mod quorum_checker;
 pub mod replicated;
+pub mod timeline;
 pub mod txn;
 pub mod workload;
 
@@ -133,6 +134,8 @@ pub struct Outcome {
     pub events: u64,
     pub sim_ns: Nanos,
     pub trace_lines: Vec<String>,
+    /// Every violation the checkers found, each starting `t=<ms>ms: `.
+    pub violations: Vec<String>,
 }
 
 pub fn run_scenario(seed: u64, opts: &RunOpts) -> Outcome {
@@ -147,6 +150,7 @@ pub fn run_scenario(seed: u64, opts: &RunOpts) -> Outcome {
                 events: r.stats.events,
                 sim_ns: r.sim_ns,
                 trace_lines: r.trace_lines,
+                violations: r.violations,
             }
         }
         Scenario::Cluster => {
@@ -158,7 +162,8 @@ pub fn run_scenario(seed: u64, opts: &RunOpts) -> Outcome {
                 replay: r.replay_command(),
                 events: r.events,
                 sim_ns: r.sim_ns,
-                trace_lines: Vec::new(),
+                trace_lines: r.trace_lines,
+                violations: r.violations,
             }
         }
         Scenario::Quorum => {
@@ -171,6 +176,7 @@ pub fn run_scenario(seed: u64, opts: &RunOpts) -> Outcome {
                 events: r.stats.events,
                 sim_ns: r.sim_ns,
                 trace_lines: Vec::new(),
+                violations: r.violations,
             }
         }
     }

@@ -7,7 +7,8 @@ use std::time::Instant;
 use sluice_sim::{run_scenario, RunOpts, Scenario};
 
 const USAGE: &str = "usage:
-  sluice-sim run --seed N [--scenario default|quorum|cluster] [--trace FILE.jsonl] [--mutant NAME] [--safety-ms MS] [--disk-faults] [--verbose]
+  sluice-sim run --seed N [--scenario default|quorum|cluster] [--trace FILE.jsonl] [--timeline FILE.html] [--mutant NAME] [--safety-ms MS] [--disk-faults] [--verbose]
+  (--timeline: the run drawn as a picture: nodes, clients, requests, faults, violations; default and cluster scenarios)
   sluice-sim sweep --seeds A..B [--scenario default|quorum|cluster] [--jobs N] [--mutant NAME] [--safety-ms MS] [--disk-faults]
   (--disk-faults: failed syncs and corrupted reads on every node of the cluster scenario; CI sweeps 1,000 seeds with it)
   sluice-sim mutants
@@ -53,7 +54,11 @@ fn opts(args: &[String]) -> Result<RunOpts, String> {
         Some(s) => Scenario::parse(s).ok_or_else(|| format!("unknown scenario {s:?}: default, quorum or cluster"))?,
     };
     let disk_faults = args.iter().any(|a| a == "--disk-faults");
-    Ok(RunOpts { mutant, keep_trace: opt(args, "--trace").is_some(), safety_ms, scenario, disk_faults })
+    let keep_trace = opt(args, "--trace").is_some() || opt(args, "--timeline").is_some();
+    if opt(args, "--timeline").is_some() && scenario == Scenario::Quorum {
+        return Err("--timeline draws the default and cluster scenarios; the quorum scenario has --trace".into());
+    }
+    Ok(RunOpts { mutant, keep_trace, safety_ms, scenario, disk_faults })
 }
 
 fn cmd_run(args: &[String]) -> Result<i32, String> {
@@ -72,6 +77,12 @@ fn cmd_run(args: &[String]) -> Result<i32, String> {
     let wall = started.elapsed();
     if let Some(path) = opt(args, "--trace") {
         std::fs::write(path, r.trace_lines.join("\n") + "\n").map_err(|e| format!("{path}: {e}"))?;
+    }
+    if let Some(path) = opt(args, "--timeline") {
+        let title = format!("sluice-sim seed {seed} ({})", if r.ok { "passed" } else { "FAILED" });
+        let html = sluice_sim::timeline::render(&title, &r.summary, &r.trace_lines, &r.violations);
+        std::fs::write(path, html).map_err(|e| format!("{path}: {e}"))?;
+        eprintln!("timeline written to {path}");
     }
     println!(
         "{}",

@@ -133,7 +133,8 @@ fn cluster_runs_are_deterministic_and_a_bounded_sweep_passes() {
 /// The cluster's mutants (a node applying metadata before it is committed; replication's
 /// planted bugs), each caught by the cluster scenario within a bounded sweep. The rarest,
 /// a follower reporting before its sync, needs two faults in the right order: about one seed
-/// in a thousand. lead-on-after-failed-write needs a failed write, so disk faults.
+/// in a thousand. lead-on-after-failed-write needs a failed write, and gap-on-first-read a
+/// corrupted read, so disk faults.
 #[test]
 fn every_cluster_mutant_is_caught_by_a_bounded_sweep() {
     const SEEDS: u64 = 3000;
@@ -141,7 +142,8 @@ fn every_cluster_mutant_is_caught_by_a_bounded_sweep() {
         if sluice_core::mutants::scenario(*m) != "cluster" {
             continue;
         }
-        let disk_faults = *m == sluice_core::mutants::Mutant::LeadOnAfterFailedWrite;
+        use sluice_core::mutants::Mutant;
+        let disk_faults = matches!(*m, Mutant::LeadOnAfterFailedWrite | Mutant::GapOnFirstRead);
         let opts =
             RunOpts { mutant: Some(name.to_string()), scenario: Scenario::Cluster, disk_faults, ..RunOpts::default() };
         assert!(caught_within(SEEDS, &opts), "mutant {name} survived {SEEDS} seeds: a cluster checker is blind to it");

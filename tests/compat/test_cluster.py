@@ -185,9 +185,9 @@ def _create_topics_v2(name, partitions):
     return body + wire.i32(15000) + wire.i8(0)
 
 
-def _incremental_alter_v0(topic, key, value):
+def _incremental_alter_v0(name, key, value, resource_type=2):
     config = wire.string(key) + wire.i8(0) + wire.string(value)  # SET
-    return wire.array([wire.i8(2) + wire.string(topic) + wire.array([config])]) + wire.i8(0)
+    return wire.array([wire.i8(resource_type) + wire.string(name) + wire.array([config])]) + wire.i8(0)
 
 
 def test_admin_requests_to_any_node_reach_the_controller(cluster):
@@ -224,6 +224,26 @@ def test_admin_requests_to_any_node_reach_the_controller(cluster):
                     lambda r: (r.i16(), r.string(), r.i8(), r.string(), r.array(entry)))
                 return code == 0 and configs == [("retention.ms", "7200000", 1)]
         wait_until("node %s applied the forwarded config change" % b.overrides["node.id"], applied)
+
+    # A cluster-wide dynamic broker config, sent to a broker that is not the controller: every
+    # node takes it, as DYNAMIC_DEFAULT_BROKER_CONFIG (3).
+    with wire.Conn.to(other.bootstrap, timeout=20) as c:
+        r = wire.Reader(c.request(44, 0, _incremental_alter_v0("", "message.max.bytes", "2000000", 4)))
+        r.i32()
+        (code, msg, rtype, rname), = r.array(lambda r: (r.i16(), r.string(), r.i8(), r.string()))
+        assert (code, rtype, rname) == (0, 4, ""), (code, msg, rtype, rname)
+    for b in cluster.nodes:
+        me = b.overrides["node.id"]
+        ask = wire.array([wire.i8(4) + wire.string(str(me)) + wire.array(["message.max.bytes"], wire.string)])
+
+        def taken():
+            with wire.Conn.to(b.bootstrap) as c:
+                r = wire.Reader(c.request(32, 1, ask + wire.i8(0)))
+                r.i32()
+                (code, _msg, _t, _n, configs), = r.array(
+                    lambda r: (r.i16(), r.string(), r.i8(), r.string(), r.array(entry)))
+                return code == 0 and configs == [("message.max.bytes", "2000000", 3)]
+        wait_until("node %s took the cluster-wide broker config" % me, taken)
 
 
 @pytest.mark.timeout(180)

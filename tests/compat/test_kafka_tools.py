@@ -66,8 +66,24 @@ def test_topics_configs_and_log_dirs(broker):
     assert re.search(r"log\.retention\.hours=168 .*DEFAULT_CONFIG:log\.retention\.hours=168", out), out
     assert re.search(r"log\.dirs=\S+ .*STATIC_BROKER_CONFIG:log\.dirs=", out), out
     r = tool(CONFIGS, *b, "--entity-type", "brokers", "--entity-name", "1", "--alter",
-             "--add-config", "log.retention.ms=1000", check=False)
-    assert r.returncode != 0 and "log.retention.ms" in r.stdout + r.stderr, r
+             "--add-config", "log.dirs=/elsewhere", check=False)
+    assert r.returncode != 0 and "log.dirs" in r.stdout + r.stderr, r
+
+    # Dynamic broker configs: cluster-wide (--entity-default), then this broker's own on top.
+    default, me = ["--entity-type", "brokers", "--entity-default"], ["--entity-type", "brokers", "--entity-name", "1"]
+    tool(CONFIGS, *b, *default, "--alter", "--add-config", "log.retention.ms=7200000,log.cleaner.backoff.ms=5000")
+    tool(CONFIGS, *b, *me, "--alter", "--add-config", "log.retention.ms=3600000")
+    out = tool(CONFIGS, *b, *default, "--describe").stdout
+    assert "log.retention.ms=7200000" in out and "log.cleaner.backoff.ms=5000" in out, out
+    out = tool(CONFIGS, *b, *me, "--describe").stdout
+    assert re.search(r"log\.retention\.ms=3600000 .*synonyms=\{DYNAMIC_BROKER_CONFIG:log\.retention\.ms=3600000, "
+                     r"DYNAMIC_DEFAULT_BROKER_CONFIG:log\.retention\.ms=7200000, DEFAULT_CONFIG:", out), out
+    # The topic without its own retention.ms inherits this broker's.
+    out = tool(CONFIGS, *b, *topic, "--describe", "--all").stdout
+    assert re.search(r"retention\.ms=3600000 .*DYNAMIC_BROKER_CONFIG:log\.retention\.ms=3600000", out), out
+    tool(CONFIGS, *b, *me, "--alter", "--delete-config", "log.retention.ms")
+    tool(CONFIGS, *b, *default, "--alter", "--delete-config", "log.retention.ms,log.cleaner.backoff.ms")
+    assert "log.retention.ms" not in tool(CONFIGS, *b, *me, "--describe").stdout
 
     # kafka-console-producer, then kafka-log-dirs sees the bytes.
     lines = "".join("k%d:v%d\n" % (i % 3, i) for i in range(30))

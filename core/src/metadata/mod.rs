@@ -107,6 +107,32 @@ pub enum MetaRecord {
         partition: i32,
         offset: i64,
     },
+    /// A broker's dynamic configs changed (AlterConfigs, IncrementalAlterConfigs on a broker
+    /// resource); `broker` [`ALL_BROKERS`] is the cluster-wide default every broker takes
+    /// unless its own says otherwise. With `replace` every config not in `set` goes; else
+    /// `deleted` go and `set` are set.
+    BrokerConfigsAltered {
+        broker: i32,
+        replace: bool,
+        set: Vec<(String, String)>,
+        deleted: Vec<String>,
+    },
+}
+
+/// `MetaRecord::BrokerConfigsAltered`'s broker for the cluster-wide default (Kafka's empty
+/// resource name, `kafka-configs --entity-default`).
+pub const ALL_BROKERS: i32 = -1;
+
+/// A set of configs after a change: with `replace` every config not in `set` goes; else
+/// `deleted` go and `set` are set.
+fn alter(configs: &mut BTreeMap<String, String>, replace: bool, set: &[(String, String)], deleted: &[String]) {
+    if replace {
+        configs.clear();
+    }
+    for d in deleted {
+        configs.remove(d);
+    }
+    configs.extend(set.iter().cloned());
 }
 
 /// The registration a partition record carries: topic id, partition, the registration, and
@@ -415,6 +441,8 @@ pub struct MetadataImage {
     pub brokers: BTreeMap<i32, BrokerImage>,
     /// End of the last block of producer ids taken: new ids start here.
     pub producer_ids_end: i64,
+    /// Dynamic broker configs, by broker ([`ALL_BROKERS`]: the cluster-wide default).
+    pub broker_configs: BTreeMap<i32, BTreeMap<String, String>>,
 }
 
 impl MetadataImage {
@@ -453,6 +481,9 @@ impl MetadataImage {
                 true
             }
             MetaRecord::BrokerRegistered { id, incarnation, host, port, rack } => {
+                if self.brokers.get(id).is_some_and(|b| b.incarnation != *incarnation) {
+                    self.leaderships_lost(*id);
+                }
                 let b = BrokerImage {
                     epoch: offset,
                     incarnation: *incarnation,
@@ -479,9 +510,35 @@ impl MetadataImage {
                 self.change_partition(&id, partition, next, replicas)
             }
             MetaRecord::TopicConfigsAltered { id, replace, set, deleted } => {
-                self.alter_configs(id, *replace, set, deleted)
+                let Some(t) = self.topics.values_mut().find(|t| t.id == *id) else { return false };
+                alter(&mut t.configs, *replace, set, deleted);
+                true
+            }
+            MetaRecord::BrokerConfigsAltered { broker, replace, set, deleted } => {
+                let configs = self.broker_configs.entry(*broker).or_default();
+                alter(configs, *replace, set, deleted);
+                if configs.is_empty() {
+                    self.broker_configs.remove(broker);
+                }
+                true
             }
             MetaRecord::RecordsDeleted { id, partition, offset } => self.records_deleted(id, *partition, *offset),
+        }
+    }
+
+    /// A broker restarted (a new process registered): every partition it led loses its leader
+    /// in a new leader epoch. The new process may have lost writes the old one served to its
+    /// followers in that epoch; leading on in it would write other records at those offsets
+    /// in the same epoch, which no follower can tell apart (the cluster scenario found this
+    /// with disk faults: a leader whose write failed resigned, crashed before the resignation
+    /// was committed, and, unfenced again before the controller moved its partitions, led on).
+    /// The controller elects a leader in a newer epoch still, the broker itself included once
+    /// unfenced.
+    fn leaderships_lost(&mut self, broker: i32) {
+        for p in self.topics.values_mut().flat_map(|t| t.parts.iter_mut()).filter(|p| p.leader == broker) {
+            p.leader = NO_LEADER;
+            p.leader_epoch += 1;
+            p.partition_epoch += 1;
         }
     }
 
@@ -495,21 +552,6 @@ impl MetadataImage {
         let moved = offset > *start;
         *start = (*start).max(offset);
         moved
-    }
-
-    /// A topic's config overrides changed (false: no such topic).
-    fn alter_configs(&mut self, id: &[u8; 16], replace: bool, set: &[(String, String)], deleted: &[String]) -> bool {
-        let Some(t) = self.topics.values_mut().find(|t| t.id == *id) else {
-            return false;
-        };
-        if replace {
-            t.configs.clear();
-        }
-        for d in deleted {
-            t.configs.remove(d);
-        }
-        t.configs.extend(set.iter().cloned());
-        true
     }
 
     /// Makes `next` a partition's registration (its replicas too only when `replicas`), if

@@ -23,7 +23,7 @@ use super::{DiskOp, Job, JobDone, JobId, Node, PartState, Partition, Purpose, Th
 use crate::config::{NodeConfig, TopicSettings, TOPIC_CONFIG_KEYS};
 use crate::limits;
 use crate::log::PartitionLog;
-use crate::metadata::{self, MetaRecord};
+use crate::metadata::{self, MetaRecord, ALL_BROKERS};
 use crate::protocol::errors::KafkaError;
 use crate::protocol::{self, FrameError, RequestContext};
 use crate::types::ConnId;
@@ -300,72 +300,19 @@ impl Node {
                     }
                     Some(t) => {
                         for key in TOPIC_CONFIG_KEYS.iter().filter(|k| wanted(k.name)) {
-                            let default = self.config.topic_config_default(key.name).unwrap_or_default();
-                            // The broker properties it inherits from, as set in the broker's file.
-                            let set_on_broker: Vec<(&str, &String)> = crate::config::broker_synonyms(key.name)
-                                .iter()
-                                .rev()
-                                .filter_map(|b| self.config.broker_properties.get(*b).map(|v| (*b, v)))
-                                .collect();
-                            let (value, source) = match t.configs.get(key.name) {
-                                Some(v) => (v.clone(), 1),                                 // TOPIC_CONFIG
-                                None if !set_on_broker.is_empty() => (default.clone(), 4), // STATIC_BROKER_CONFIG
-                                None => (default.clone(), 5),                              // DEFAULT_CONFIG
-                            };
-                            let mut c = config_entry(
-                                ctx.version,
-                                key.name,
-                                &value,
-                                source,
-                                key.config_type,
-                                key.doc,
-                                req.include_documentation,
-                            );
-                            if req.include_synonyms {
-                                if source == 1 {
-                                    c.synonyms.push(synonym(key.name, &value, 1));
-                                }
-                                for (name, v) in &set_on_broker {
-                                    c.synonyms.push(synonym(name, v, 4));
-                                }
-                                let default_name = crate::config::broker_synonyms(key.name).last().copied();
-                                let untouched = NodeConfig::default();
-                                let default = match default_name.and_then(crate::properties::find) {
-                                    Some(p) => ((p.default)(&untouched), p.name),
-                                    None => (untouched.topic_config_default(key.name).unwrap_or_default(), key.name),
-                                };
-                                c.synonyms.push(synonym(default.1, &default.0, 5));
-                            }
-                            res.configs.push(c);
+                            res.configs.push(self.topic_config_entry(ctx.version, &req, &t.configs, key));
                         }
                     }
                 },
-                // BROKER
+                // BROKER: this one, or (no name) the cluster-wide dynamic defaults alone.
                 4 => {
-                    let me = self.config.node_id.0.to_string();
-                    if !r.resource_name.is_empty() && r.resource_name.as_str() != me {
+                    let all = r.resource_name.is_empty();
+                    if !all && r.resource_name.as_str() != self.me().to_string() {
                         res.error_code = KafkaError::InvalidRequest.code();
                         res.error_message = Some(sb("not this broker"));
                     } else {
                         for p in crate::properties::BROKER_PROPERTIES.iter().filter(|p| wanted(p.name)) {
-                            let explicit = self.config.broker_properties.get(p.name);
-                            let value = explicit.cloned().unwrap_or_else(|| (p.default)(&self.config));
-                            // STATIC_BROKER_CONFIG when set in the file, DEFAULT_CONFIG otherwise.
-                            let source = if explicit.is_some() { 4 } else { 5 };
-                            let mut c = config_entry(
-                                ctx.version,
-                                p.name,
-                                &value,
-                                source,
-                                p.kind.config_type(),
-                                p.doc,
-                                req.include_documentation,
-                            );
-                            c.read_only = !p.dynamic;
-                            if req.include_synonyms {
-                                c.synonyms.push(synonym(p.name, &value, source));
-                            }
-                            res.configs.push(c);
+                            res.configs.extend(self.broker_config_entry(ctx.version, &req, p, all));
                         }
                     }
                 }
@@ -378,6 +325,93 @@ impl Node {
         }
         self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
         Ok(())
+    }
+
+    /// A broker property's values set on this broker, the one in force first, each with its
+    /// DescribeConfigs source: dynamic for this broker (2), dynamic cluster-wide (3), set in
+    /// the file (4).
+    fn broker_property_levels(&self, name: &str) -> Vec<(String, i8)> {
+        let dynamic = &self.cluster.image.broker_configs;
+        let mut out = Vec::new();
+        for (scope, source) in [(self.me(), 2), (ALL_BROKERS, 3)] {
+            if let Some(v) = dynamic.get(&scope).and_then(|c| c.get(name)) {
+                out.push((v.clone(), source));
+            }
+        }
+        out.extend(self.config.broker_properties.get(name).map(|v| (v.clone(), 4)));
+        out
+    }
+
+    /// One broker property as DescribeConfigs gives it: where its value comes from, and its
+    /// synonyms from the one in force down to the default. For the cluster-wide resource,
+    /// only a property set cluster-wide.
+    fn broker_config_entry(
+        &self,
+        version: i16,
+        req: &DescribeConfigsRequest,
+        p: &crate::properties::Property,
+        cluster_wide: bool,
+    ) -> Option<DescribeConfigsResourceResult> {
+        let mut levels = self.broker_property_levels(p.name);
+        if cluster_wide {
+            levels.retain(|l| l.1 == 3);
+            levels.first()?;
+        }
+        let default = (p.default)(&self.static_config);
+        let (value, source) = levels.first().cloned().unwrap_or_else(|| (default.clone(), 5));
+        let mut c =
+            config_entry(version, p.name, &value, source, p.kind.config_type(), p.doc, req.include_documentation);
+        c.read_only = !p.dynamic;
+        if req.include_synonyms {
+            for (v, source) in &levels {
+                c.synonyms.push(synonym(p.name, v, *source));
+            }
+            if !cluster_wide {
+                c.synonyms.push(synonym(p.name, &default, 5));
+            }
+        }
+        Some(c)
+    }
+
+    /// One topic config as DescribeConfigs gives it: its override, or what it inherits from
+    /// this broker's properties (dynamic, then static), or the default; with synonyms.
+    fn topic_config_entry(
+        &self,
+        version: i16,
+        req: &DescribeConfigsRequest,
+        overrides: &BTreeMap<String, String>,
+        key: &crate::config::TopicConfigKey,
+    ) -> DescribeConfigsResourceResult {
+        let default = self.config.topic_config_default(key.name).unwrap_or_default();
+        // The broker properties it inherits from as set on this broker, the one in force first.
+        let mut inherited: Vec<(&str, String, i8)> = crate::config::broker_synonyms(key.name)
+            .iter()
+            .rev()
+            .flat_map(|b| self.broker_property_levels(b).into_iter().map(move |(v, source)| (*b, v, source)))
+            .collect();
+        inherited.sort_by_key(|i| i.2);
+        let (value, source) = match overrides.get(key.name) {
+            Some(v) => (v.clone(), 1), // TOPIC_CONFIG
+            None => (default, inherited.first().map_or(5, |i| i.2)),
+        };
+        let mut c =
+            config_entry(version, key.name, &value, source, key.config_type, key.doc, req.include_documentation);
+        if req.include_synonyms {
+            if source == 1 {
+                c.synonyms.push(synonym(key.name, &value, 1));
+            }
+            for (name, v, source) in &inherited {
+                c.synonyms.push(synonym(name, v, *source));
+            }
+            let default_name = crate::config::broker_synonyms(key.name).last().copied();
+            let untouched = NodeConfig::default();
+            let default = match default_name.and_then(crate::properties::find) {
+                Some(p) => ((p.default)(&untouched), p.name),
+                None => (untouched.topic_config_default(key.name).unwrap_or_default(), key.name),
+            };
+            c.synonyms.push(synonym(default.1, &default.0, 5));
+        }
+        c
     }
 
     /// DescribeLogDirs: the one data directory, with the size of every partition replica held

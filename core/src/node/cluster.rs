@@ -251,6 +251,7 @@ impl Node {
             MetaRecord::PartitionReassigned { id, partition, .. } => self.replicas_changed(id, partition),
             MetaRecord::RecordsDeleted { id, partition, .. } => self.records_deleted(id, partition),
             MetaRecord::TopicConfigsAltered { id, .. } => self.topic_configs_altered(id),
+            MetaRecord::BrokerConfigsAltered { broker, .. } => self.broker_configs_altered(broker),
             MetaRecord::TopicCreated { .. }
             | MetaRecord::PartitionsCreated { .. }
             | MetaRecord::ProducerIdsBlock { .. } => {}
@@ -268,8 +269,10 @@ impl Node {
         if !matches!(rec, MetaRecord::BrokerUnfenced { .. }) {
             self.hw_moved = true;
         }
-        if id == self.me() {
-            self.refresh_all_roles(); // this node may lead less, or more, now
+        if id == self.me() || matches!(rec, MetaRecord::BrokerRegistered { .. }) {
+            // This node may lead less, or more, now; a restarted broker's partitions have no
+            // leader now (`MetadataImage::leaderships_lost`), so their followers stop.
+            self.refresh_all_roles();
         }
     }
 

@@ -4,8 +4,11 @@
 //! it in the metadata log (`MetaRecord::TopicConfigsAltered`); every node applies it in log
 //! order, so the change takes effect everywhere (retention, segment rolling, message size,
 //! `min.insync.replicas` read the topic's settings when they act) and survives restarts. The
-//! request is answered once the record is committed. Broker properties are all static
-//! (`properties::Property::dynamic`), so a change to one is refused naming it.
+//! request is answered once the record is committed.
+//!
+//! Broker properties marked dynamic (`properties::Property::dynamic`) change the same way,
+//! per broker or cluster-wide (`MetaRecord::BrokerConfigsAltered`); a change to a static one
+//! is refused naming it.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +18,8 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{JobDone, JobId, Node};
 use crate::config::{TopicSettings, TOPIC_CONFIG_KEYS};
-use crate::metadata::MetaRecord;
+use crate::metadata::{MetaRecord, ALL_BROKERS};
+use crate::properties;
 use crate::protocol::errors::KafkaError;
 use crate::protocol::{self, FrameError, RequestContext};
 use crate::types::ConnId;
@@ -122,27 +126,7 @@ impl Node {
     ) -> Result<Option<JobId>, Refusal> {
         match resource_type {
             TOPIC => self.alter_topic_configs(name, replace, ops, validate_only),
-            BROKER => {
-                let me = self.config.node_id.0.to_string();
-                if !name.is_empty() && name != me {
-                    return Err((KafkaError::InvalidRequest, format!("this is broker {me}, not {name}")));
-                }
-                let names = ops.iter().map(ConfigOp::name).collect::<Vec<_>>();
-                if let Some(unknown) = names.iter().find(|n| crate::properties::find(n).is_none()) {
-                    return Err((KafkaError::InvalidConfig, format!("unknown broker config {unknown:?}")));
-                }
-                if names.is_empty() {
-                    return Ok(None);
-                }
-                Err((
-                    KafkaError::InvalidRequest,
-                    format!(
-                        "cannot update these configs dynamically: {} (Sluice's broker configs are static; \
-                         set them in server.properties and restart)",
-                        names.join(", ")
-                    ),
-                ))
-            }
+            BROKER => self.alter_broker_configs(name, replace, ops, validate_only),
             other => Err((KafkaError::InvalidRequest, format!("resource type {other} cannot be altered"))),
         }
     }
@@ -194,6 +178,106 @@ impl Node {
             return Ok(None); // answered now, committed or not
         }
         Ok(Some(job))
+    }
+
+    /// A broker's dynamic configs (`name` a broker id, or empty for the cluster-wide default):
+    /// only properties marked dynamic, each value checked as start-up checks it.
+    fn alter_broker_configs(
+        &mut self,
+        name: &str,
+        replace: bool,
+        ops: Vec<ConfigOp>,
+        validate_only: bool,
+    ) -> Result<Option<JobId>, Refusal> {
+        let broker = if name.is_empty() {
+            ALL_BROKERS
+        } else {
+            name.parse::<i32>()
+                .ok()
+                .filter(|b| *b >= 0)
+                .ok_or_else(|| (KafkaError::InvalidRequest, format!("{name:?} is not a broker id")))?
+        };
+        let mut configs = if replace {
+            BTreeMap::new()
+        } else {
+            self.cluster.image.broker_configs.get(&broker).cloned().unwrap_or_default()
+        };
+        let mut set = Vec::new();
+        let mut deleted = Vec::new();
+        let mut static_only = Vec::new();
+        for op in ops {
+            let key = op.name().to_string();
+            let Some(p) = properties::find(&key) else {
+                return Err((KafkaError::InvalidConfig, format!("unknown broker config {key:?}")));
+            };
+            if !p.dynamic {
+                static_only.push(key);
+                continue;
+            }
+            let current = configs.get(&key).cloned().unwrap_or_else(|| (p.default)(&self.config));
+            let value = op.apply_to(current, p.kind == properties::Kind::List)?;
+            set.retain(|(k, _)| *k != key);
+            deleted.retain(|d| *d != key);
+            match value {
+                Some(v) => {
+                    let mut scratch = self.config.clone();
+                    if let Some(e) =
+                        properties::apply_dynamic(&BTreeMap::from([(key.clone(), v.clone())]), &mut scratch).pop()
+                    {
+                        return Err((KafkaError::InvalidConfig, e));
+                    }
+                    configs.insert(key.clone(), v.clone());
+                    set.push((key, v));
+                }
+                None => {
+                    configs.remove(&key);
+                    deleted.push(key);
+                }
+            }
+        }
+        if !static_only.is_empty() {
+            return Err((
+                KafkaError::InvalidRequest,
+                format!(
+                    "cannot update these configs dynamically: {} (set them in server.properties and restart)",
+                    static_only.join(", ")
+                ),
+            ));
+        }
+        if !self.is_controller() {
+            return Err((KafkaError::NotController, "this broker is not the active controller".into()));
+        }
+        if validate_only {
+            return Ok(None);
+        }
+        let job = self.new_job(1, JobDone::Nothing);
+        self.meta_append(&MetaRecord::BrokerConfigsAltered { broker, replace, set, deleted }, job);
+        Ok(Some(job))
+    }
+
+    /// A committed change of dynamic broker configs: when it concerns this broker (its own or
+    /// the cluster-wide default), its configuration is its static one with the default's and
+    /// then its own dynamic configs on top (Kafka's order of precedence), and every topic's
+    /// settings follow.
+    pub(super) fn broker_configs_altered(&mut self, broker: i32) {
+        if broker != ALL_BROKERS && broker != self.me() {
+            return;
+        }
+        let mut config = self.static_config.clone();
+        for scope in [ALL_BROKERS, self.me()] {
+            let Some(configs) = self.cluster.image.broker_configs.get(&scope) else { continue };
+            for e in properties::apply_dynamic(configs, &mut config) {
+                tracing::error!(broker = scope, error = %e, "a committed broker config is not valid here; left out");
+            }
+        }
+        self.config = config;
+        tracing::info!(broker, "dynamic broker configs changed");
+        for (name, t) in &mut self.topics {
+            match TopicSettings::resolve(&self.config, &t.configs) {
+                Ok(settings) => t.settings = settings,
+                Err(e) => tracing::error!(topic = %name, error = ?e, "topic settings no longer resolve; kept the old"),
+            }
+        }
     }
 
     /// A committed change of a topic's configs: the image has the new set; the topic's

@@ -312,7 +312,11 @@ enum Phase {
 }
 
 pub struct Node {
+    /// The configuration in force: the static one with the metadata log's dynamic broker
+    /// configs on top (`configs::broker_configs_altered`).
     config: NodeConfig,
+    /// The configuration the node was started with.
+    static_config: NodeConfig,
     rng: ChaCha8Rng,
     now: Time,
     phase: Phase,
@@ -392,6 +396,7 @@ impl Node {
         let mut node = Node {
             next_retention_check: now.mono.plus_millis(config.log.retention_check_interval_ms),
             cleaner: cleaner::Cleaner::new(now.mono.plus_millis(config.log.cleaner_backoff_ms)),
+            static_config: config.clone(),
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
             now,

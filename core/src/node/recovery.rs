@@ -294,6 +294,10 @@ impl Node {
     /// the partitions this node holds.
     pub(super) fn meta_replayed(&mut self) {
         let image = self.cluster.image.clone();
+        if !crate::mutants::active(crate::mutants::Mutant::DynamicConfigsNotReplayed) {
+            // The dynamic broker configs in force before the topics' settings are resolved.
+            self.broker_configs_altered(crate::metadata::ALL_BROKERS);
+        }
         self.producer_ids.restore(image.producer_ids_end);
         for (name, t) in image.topics {
             let settings = TopicSettings::resolve(&self.config, &t.configs).unwrap_or_else(|e| {

@@ -199,6 +199,7 @@ impl Node {
                         leader: img.leader,
                         leader_epoch: img.leader_epoch,
                         leader_hw: p.log.high_watermark,
+                        gap_seen: None,
                     })
                 }
             }
@@ -454,10 +455,23 @@ impl Node {
                     break;
                 }
             };
-            // A gap is the leader's cleaner's doing (compaction keeps offsets, not batches).
-            if h.base_offset < p.log.log_end_offset || h.partition_leader_epoch > epoch {
+            let end = p.log.log_end_offset;
+            let unchecked = crate::mutants::active(crate::mutants::Mutant::GapOnFirstRead);
+            let far = h.base_offset - end > i64::from(i32::MAX) && !unchecked;
+            if h.base_offset < end || far || h.partition_leader_epoch > epoch {
                 tracing::warn!(dir = %p.log.dir, base = h.base_offset, epoch = h.partition_leader_epoch, "a batch from the leader out of place; fetching again");
                 break;
+            }
+            // A gap is the leader's cleaner's doing (compaction keeps offsets, not batches), or
+            // a bad read of the batch's base offset there: taken when a second read agrees.
+            if h.base_offset > end {
+                let seen = Some((end, h.base_offset, h.crc));
+                let Role::Follower(f) = &mut p.role else { break };
+                let first = std::mem::replace(&mut f.gap_seen, seen) != seen;
+                if first && !unchecked {
+                    tracing::debug!(dir = %p.log.dir, end, base = h.base_offset, "a gap in the leader's log; reading it again");
+                    break;
+                }
             }
             let bytes = data.slice(at..at + h.size);
             if let Some(pb) = h.producer() {

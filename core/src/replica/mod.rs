@@ -30,6 +30,10 @@ pub struct Following {
     pub leader_epoch: i32,
     /// The leader's high watermark, as its last fetch answer said.
     pub leader_hw: Offset,
+    /// A gap the leader's answer showed (this log's end, the batch's base offset and CRC),
+    /// taken only once a second read shows the same: a compacted log has gaps, but a base
+    /// offset garbled by a bad read on the leader looks like one (the CRC does not cover it).
+    pub gap_seen: Option<(Offset, Offset, u32)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
