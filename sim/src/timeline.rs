@@ -71,71 +71,15 @@ const BUCKET_NS: u64 = 50_000_000;
 const MAX_REQS: usize = 30_000;
 
 fn build(lines: &[String]) -> Picture {
-    let mut p = Picture::default();
-    let mut conns: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
-    let mut in_flight: BTreeMap<u64, VecDeque<usize>> = BTreeMap::new();
-    let mut unanswered: BTreeMap<u64, VecDeque<usize>> = BTreeMap::new();
-    let mut down_since: BTreeMap<usize, u64> = BTreeMap::new();
-    let mut full_since: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut b = Builder::default();
     for e in lines.iter().filter_map(|l| parse(l)) {
-        p.end_ns = p.end_ns.max(e.t_ns);
-        match e.kind.as_str() {
-            "boot" => {
-                let node = e.a as usize;
-                p.nodes = p.nodes.max(node + 1);
-                if let Some(from) = down_since.remove(&node) {
-                    p.spans.push(Span { node, what: "down", from, to: e.t_ns });
-                }
-            }
-            "crash" => {
-                down_since.insert(e.a as usize, e.t_ns);
-                p.crashes.push((e.a as usize, e.t_ns));
-            }
-            "isolate" => p.spans.push(Span { node: e.a as usize, what: "isolated", from: e.t_ns, to: e.b }),
-            "clog" => p.spans.push(Span { node: e.a as usize, what: "stalled", from: e.t_ns, to: e.b }),
-            "disk-full" if e.b == 1 => {
-                full_since.entry(e.a as usize).or_insert(e.t_ns);
-            }
-            "disk-full" => {
-                if let Some(from) = full_since.remove(&(e.a as usize)) {
-                    p.spans.push(Span { node: e.a as usize, what: "disk full", from, to: e.t_ns });
-                }
-            }
-            "heal" => p.heal = Some(e.t_ns),
-            "connect" => {
-                let (client, node) = ((e.b >> 32) as usize, (e.b & 0xffff_ffff) as usize);
-                conns.insert(e.a, (client, node));
-                if !p.clients.contains(&client) {
-                    p.clients.push(client);
-                }
-            }
-            "send" => {
-                let Some(&(client, node)) = conns.get(&e.a) else { continue };
-                if p.reqs.len() < MAX_REQS {
-                    p.reqs.push(Req { client, node, api: e.b, sent: e.t_ns, arrived: None, answered: None });
-                    in_flight.entry(e.a).or_default().push_back(p.reqs.len() - 1);
-                    unanswered.entry(e.a).or_default().push_back(p.reqs.len() - 1);
-                }
-            }
-            "request" => {
-                if let Some(i) = in_flight.get_mut(&(e.a & 0xffff_ffff)).and_then(VecDeque::pop_front) {
-                    p.reqs[i].arrived = Some(e.t_ns);
-                }
-            }
-            "response" => {
-                if let Some(i) = unanswered.get_mut(&e.a).and_then(VecDeque::pop_front) {
-                    p.reqs[i].answered = Some(e.t_ns);
-                }
-            }
-            "closed" => {
-                in_flight.remove(&e.a);
-                unanswered.remove(&e.a);
-            }
-            "peer" => *p.peer.entry((e.a % 16) as usize).or_default().entry(e.t_ns / BUCKET_NS).or_default() += 1,
-            _ => {}
+        b.p.end_ns = b.p.end_ns.max(e.t_ns);
+        if !b.fault(&e) {
+            b.traffic(&e);
         }
     }
-    for (what, open) in [("down", down_since), ("disk full", full_since)] {
+    let mut p = b.p;
+    for (what, open) in [("down", b.down_since), ("disk full", b.full_since)] {
         for (node, from) in open {
             p.spans.push(Span { node, what, from, to: p.end_ns });
         }
@@ -145,6 +89,89 @@ fn build(lines: &[String]) -> Picture {
     }
     p.clients.sort_unstable();
     p
+}
+
+/// The picture as the trace's events build it, with what is still open.
+#[derive(Default)]
+struct Builder {
+    p: Picture,
+    /// Connection: its client and node.
+    conns: BTreeMap<u64, (usize, usize)>,
+    /// Per connection, requests sent and not arrived, and sent and not answered (each FIFO).
+    in_flight: BTreeMap<u64, VecDeque<usize>>,
+    unanswered: BTreeMap<u64, VecDeque<usize>>,
+    down_since: BTreeMap<usize, u64>,
+    full_since: BTreeMap<usize, u64>,
+}
+
+impl Builder {
+    /// A node's event (boot, crash, a fault); false if `e` is none.
+    fn fault(&mut self, e: &Ev) -> bool {
+        let (p, node) = (&mut self.p, e.a as usize);
+        match e.kind.as_str() {
+            "boot" => {
+                p.nodes = p.nodes.max(node + 1);
+                if let Some(from) = self.down_since.remove(&node) {
+                    p.spans.push(Span { node, what: "down", from, to: e.t_ns });
+                }
+            }
+            "crash" => {
+                self.down_since.insert(node, e.t_ns);
+                p.crashes.push((node, e.t_ns));
+            }
+            "isolate" => p.spans.push(Span { node, what: "isolated", from: e.t_ns, to: e.b }),
+            "clog" => p.spans.push(Span { node, what: "stalled", from: e.t_ns, to: e.b }),
+            "disk-full" if e.b == 1 => {
+                self.full_since.entry(node).or_insert(e.t_ns);
+            }
+            "disk-full" => {
+                if let Some(from) = self.full_since.remove(&node) {
+                    p.spans.push(Span { node, what: "disk full", from, to: e.t_ns });
+                }
+            }
+            "heal" => p.heal = Some(e.t_ns),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Connections, requests, answers and peer messages.
+    fn traffic(&mut self, e: &Ev) {
+        let p = &mut self.p;
+        match e.kind.as_str() {
+            "connect" => {
+                let (client, node) = ((e.b >> 32) as usize, (e.b & 0xffff_ffff) as usize);
+                self.conns.insert(e.a, (client, node));
+                if !p.clients.contains(&client) {
+                    p.clients.push(client);
+                }
+            }
+            "send" => {
+                let Some(&(client, node)) = self.conns.get(&e.a) else { return };
+                if p.reqs.len() < MAX_REQS {
+                    p.reqs.push(Req { client, node, api: e.b, sent: e.t_ns, arrived: None, answered: None });
+                    self.in_flight.entry(e.a).or_default().push_back(p.reqs.len() - 1);
+                    self.unanswered.entry(e.a).or_default().push_back(p.reqs.len() - 1);
+                }
+            }
+            "request" => {
+                if let Some(i) = self.in_flight.get_mut(&(e.a & 0xffff_ffff)).and_then(VecDeque::pop_front) {
+                    p.reqs[i].arrived = Some(e.t_ns);
+                }
+            }
+            "response" => {
+                if let Some(i) = self.unanswered.get_mut(&e.a).and_then(VecDeque::pop_front) {
+                    p.reqs[i].answered = Some(e.t_ns);
+                }
+            }
+            "closed" => {
+                self.in_flight.remove(&e.a);
+                self.unanswered.remove(&e.a);
+            }
+            "peer" => *p.peer.entry((e.a % 16) as usize).or_default().entry(e.t_ns / BUCKET_NS).or_default() += 1,
+            _ => {}
+        }
+    }
 }
 
 /// Kafka's name for an API key, and the colour its requests are drawn in.
@@ -206,6 +233,39 @@ pub fn render(title: &str, summary: &str, lines: &[String], violations: &[String
             y + 4.0
         );
     }
+    draw_requests(&mut svg, &p, &x, &node_y, &client_y);
+    if let Some(h) = p.heal {
+        let _ = write!(
+            svg,
+            r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{height:.0}" stroke="#2a2" stroke-width="2" stroke-dasharray="6 3"><title>every fault healed at {1:.3} ms</title></line><text x="{2:.1}" y="{3}" fill="#2a2">heal</text>"##,
+            x(h),
+            h as f64 / 1e6,
+            x(h) + 3.0,
+            TOP - 4.0
+        );
+    }
+    for v in violations {
+        let Some(ms) = violation_ms(v) else { continue };
+        let vx = x(ms * 1_000_000);
+        let _ = write!(
+            svg,
+            r##"<line x1="{vx:.1}" y1="{TOP}" x2="{vx:.1}" y2="{height:.0}" stroke="#d00" stroke-width="3"><title>{}</title></line><text x="{:.1}" y="{}" fill="#d00" font-weight="bold">violation</text>"##,
+            esc(v),
+            vx + 3.0,
+            TOP - 16.0
+        );
+    }
+    svg.push_str("</svg>");
+    page(title, summary, violations, &svg)
+}
+
+fn draw_requests(
+    svg: &mut String,
+    p: &Picture,
+    x: &dyn Fn(u64) -> f64,
+    node_y: &dyn Fn(usize) -> f64,
+    client_y: &dyn Fn(usize) -> f64,
+) {
     for r in &p.reqs {
         let (name, colour) = api(r.api);
         let (x0, y0) = (x(r.sent), client_y(r.client));
@@ -247,29 +307,6 @@ pub fn render(title: &str, summary: &str, lines: &[String], violations: &[String
             );
         }
     }
-    if let Some(h) = p.heal {
-        let _ = write!(
-            svg,
-            r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{height:.0}" stroke="#2a2" stroke-width="2" stroke-dasharray="6 3"><title>every fault healed at {1:.3} ms</title></line><text x="{2:.1}" y="{3}" fill="#2a2">heal</text>"##,
-            x(h),
-            h as f64 / 1e6,
-            x(h) + 3.0,
-            TOP - 4.0
-        );
-    }
-    for v in violations {
-        let Some(ms) = violation_ms(v) else { continue };
-        let vx = x(ms * 1_000_000);
-        let _ = write!(
-            svg,
-            r##"<line x1="{vx:.1}" y1="{TOP}" x2="{vx:.1}" y2="{height:.0}" stroke="#d00" stroke-width="3"><title>{}</title></line><text x="{:.1}" y="{}" fill="#d00" font-weight="bold">violation</text>"##,
-            esc(v),
-            vx + 3.0,
-            TOP - 16.0
-        );
-    }
-    svg.push_str("</svg>");
-    page(title, summary, violations, &svg)
 }
 
 fn draw_axis(svg: &mut String, end_ms: f64, px_per_ms: f64, height: f64) {

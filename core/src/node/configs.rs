@@ -146,28 +146,13 @@ impl Node {
         }
         let id = t.id;
         let mut configs = if replace { BTreeMap::new() } else { t.configs.clone() };
-        let mut set = Vec::new();
-        let mut deleted = Vec::new();
-        for op in ops {
-            let key = op.name().to_string();
+        let (set, deleted) = apply_ops(&mut configs, ops, |key, value| {
             let Some(spec) = TOPIC_CONFIG_KEYS.iter().find(|k| k.name == key) else {
                 return Err((KafkaError::InvalidConfig, format!("unknown topic config {key:?}")));
             };
-            let current = configs.get(&key).cloned().or_else(|| self.config.topic_config_default(&key));
-            let value = op.apply_to(current.unwrap_or_default(), spec.config_type == 7)?;
-            set.retain(|(k, _)| *k != key);
-            deleted.retain(|d| *d != key);
-            match value {
-                Some(v) => {
-                    configs.insert(key.clone(), v.clone());
-                    set.push((key, v));
-                }
-                None => {
-                    configs.remove(&key);
-                    deleted.push(key);
-                }
-            }
-        }
+            let current = value.cloned().or_else(|| self.config.topic_config_default(key));
+            Ok((spec.config_type == 7, current.unwrap_or_default()))
+        })?;
         TopicSettings::resolve(&self.config, &configs).map_err(|e| (KafkaError::InvalidConfig, format!("{e:?}")))?;
         if validate_only {
             return Ok(None);
@@ -197,44 +182,8 @@ impl Node {
                 .filter(|b| *b >= 0)
                 .ok_or_else(|| (KafkaError::InvalidRequest, format!("{name:?} is not a broker id")))?
         };
-        let mut configs = if replace {
-            BTreeMap::new()
-        } else {
-            self.cluster.image.broker_configs.get(&broker).cloned().unwrap_or_default()
-        };
-        let mut set = Vec::new();
-        let mut deleted = Vec::new();
-        let mut static_only = Vec::new();
-        for op in ops {
-            let key = op.name().to_string();
-            let Some(p) = properties::find(&key) else {
-                return Err((KafkaError::InvalidConfig, format!("unknown broker config {key:?}")));
-            };
-            if !p.dynamic {
-                static_only.push(key);
-                continue;
-            }
-            let current = configs.get(&key).cloned().unwrap_or_else(|| (p.default)(&self.config));
-            let value = op.apply_to(current, p.kind == properties::Kind::List)?;
-            set.retain(|(k, _)| *k != key);
-            deleted.retain(|d| *d != key);
-            match value {
-                Some(v) => {
-                    let mut scratch = self.config.clone();
-                    if let Some(e) =
-                        properties::apply_dynamic(&BTreeMap::from([(key.clone(), v.clone())]), &mut scratch).pop()
-                    {
-                        return Err((KafkaError::InvalidConfig, e));
-                    }
-                    configs.insert(key.clone(), v.clone());
-                    set.push((key, v));
-                }
-                None => {
-                    configs.remove(&key);
-                    deleted.push(key);
-                }
-            }
-        }
+        let static_only: Vec<&str> =
+            ops.iter().map(ConfigOp::name).filter(|k| properties::find(k).is_some_and(|p| !p.dynamic)).collect();
         if !static_only.is_empty() {
             return Err((
                 KafkaError::InvalidRequest,
@@ -243,6 +192,21 @@ impl Node {
                     static_only.join(", ")
                 ),
             ));
+        }
+        let mut configs = if replace {
+            BTreeMap::new()
+        } else {
+            self.cluster.image.broker_configs.get(&broker).cloned().unwrap_or_default()
+        };
+        let (set, deleted) = apply_ops(&mut configs, ops, |key, value| {
+            let Some(p) = properties::find(key) else {
+                return Err((KafkaError::InvalidConfig, format!("unknown broker config {key:?}")));
+            };
+            Ok((p.kind == properties::Kind::List, value.cloned().unwrap_or_else(|| (p.default)(&self.config))))
+        })?;
+        // Each value is checked by the setter start-up uses.
+        if let Some(e) = properties::apply_dynamic(&configs, &mut self.config.clone()).pop() {
+            return Err((KafkaError::InvalidConfig, e));
         }
         if !self.is_controller() {
             return Err((KafkaError::NotController, "this broker is not the active controller".into()));
@@ -298,6 +262,36 @@ impl Node {
             }
         }
     }
+}
+
+/// Applies `ops` to `configs` in order; returns what ends up set and what deleted. `spec`
+/// gives a key's kind (a list or not) and its value now (from its value in `configs`, if
+/// any), or refuses the key.
+fn apply_ops(
+    configs: &mut BTreeMap<String, String>,
+    ops: Vec<ConfigOp>,
+    spec: impl Fn(&str, Option<&String>) -> Result<(bool, String), Refusal>,
+) -> Result<(Vec<(String, String)>, Vec<String>), Refusal> {
+    let mut set: Vec<(String, String)> = Vec::new();
+    let mut deleted: Vec<String> = Vec::new();
+    for op in ops {
+        let key = op.name().to_string();
+        let (is_list, current) = spec(&key, configs.get(&key))?;
+        let value = op.apply_to(current, is_list)?;
+        set.retain(|(k, _)| *k != key);
+        deleted.retain(|d| *d != key);
+        match value {
+            Some(v) => {
+                configs.insert(key.clone(), v.clone());
+                set.push((key, v));
+            }
+            None => {
+                configs.remove(&key);
+                deleted.push(key);
+            }
+        }
+    }
+    Ok((set, deleted))
 }
 
 impl ConfigOp {
