@@ -154,15 +154,21 @@ impl Node {
             Ok((spec.config_type == 7, current.unwrap_or_default()))
         })?;
         TopicSettings::resolve(&self.config, &configs).map_err(|e| (KafkaError::InvalidConfig, format!("{e:?}")))?;
+        Ok(self.record_config_change(MetaRecord::TopicConfigsAltered { id, replace, set, deleted }, validate_only))
+    }
+
+    /// Appends a checked change to the metadata log, unless only validating; returns the job
+    /// that finishes when it is committed.
+    fn record_config_change(&mut self, rec: MetaRecord, validate_only: bool) -> Option<JobId> {
         if validate_only {
-            return Ok(None);
+            return None;
         }
         let job = self.new_job(1, JobDone::Nothing);
-        self.meta_append(&MetaRecord::TopicConfigsAltered { id, replace, set, deleted }, job);
+        self.meta_append(&rec, job);
         if crate::mutants::active(crate::mutants::Mutant::AckConfigBeforeCommit) {
-            return Ok(None); // answered now, committed or not
+            return None; // answered now, committed or not
         }
-        Ok(Some(job))
+        Some(job)
     }
 
     /// A broker's dynamic configs (`name` a broker id, or empty for the cluster-wide default):
@@ -211,12 +217,7 @@ impl Node {
         if !self.is_controller() {
             return Err((KafkaError::NotController, "this broker is not the active controller".into()));
         }
-        if validate_only {
-            return Ok(None);
-        }
-        let job = self.new_job(1, JobDone::Nothing);
-        self.meta_append(&MetaRecord::BrokerConfigsAltered { broker, replace, set, deleted }, job);
-        Ok(Some(job))
+        Ok(self.record_config_change(MetaRecord::BrokerConfigsAltered { broker, replace, set, deleted }, validate_only))
     }
 
     /// A committed change of dynamic broker configs: when it concerns this broker (its own or
