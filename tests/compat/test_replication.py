@@ -533,7 +533,8 @@ def test_delete_records_reaches_every_replica_and_outlives_the_leader(cluster):
     """DeleteRecords at the leader of an RF=3 partition: every replica's log start moves
     (whole segments below go on all three), and after the leader is killed the new one
     starts its log there too."""
-    from test_delete_records import delete_records_wire, low_high
+    from clients import ck_watermarks
+    from test_delete_records import delete_records_wire
     controller_of(cluster)
     topic = unique_topic("delrec-rf3")
     create_topic(cluster.bootstrap, topic, 1, config={"min.insync.replicas": "2", "segment.bytes": "16384"})
@@ -560,10 +561,10 @@ def test_delete_records_reaches_every_replica_and_outlives_the_leader(cluster):
     live = [b for b in cluster.nodes if b.alive()]
     wait_until("a new leader", lambda: agreed_state(live, topic, 1, lambda v: v.leader not in (-1, leader)),
                timeout=SESSION_MS / 1000 + 20)
-    assert low_high(bootstrap_of(live), topic) == (600, 1000)
+    assert ck_watermarks(bootstrap_of(live), topic) == (600, 1000)
     cluster.node(leader).start()
     wait_fully_replicated(cluster.nodes, topic, 1, timeout=60)
-    assert low_high(cluster.bootstrap, topic) == (600, 1000)
+    assert ck_watermarks(cluster.bootstrap, topic) == (600, 1000)
 
 
 @pytest.mark.timeout(150)
