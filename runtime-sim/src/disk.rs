@@ -7,6 +7,7 @@
 //! completes (the real runtime fsyncs the directory before reporting it).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use bytes::Bytes;
 use rand::Rng;
@@ -28,6 +29,8 @@ struct SimFile {
     pending: Vec<Pending>,
     /// Handles open on it: an unlinked file lives on until the last is closed.
     open: u32,
+    /// Its name is gone (it lives on for its open handles).
+    unlinked: bool,
 }
 
 fn apply(buf: &mut Vec<u8>, p: &Pending) {
@@ -74,6 +77,23 @@ fn parent(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(p, _)| p)
 }
 
+/// The paths directly in `dir` (with their names), from the paths at or after `dir/` in
+/// order (every path under it sorts together, so a range finds them without a walk of every
+/// path on the disk).
+fn in_dir<'a>(from_prefix: impl Iterator<Item = &'a String>, dir: &str) -> impl Iterator<Item = (&'a String, &'a str)> {
+    let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+    let skip = prefix.len();
+    from_prefix.take_while(move |p| p.starts_with(&prefix)).filter_map(move |p| {
+        let rest = &p[skip..];
+        (!rest.is_empty() && !rest.contains('/')).then_some((p, rest))
+    })
+}
+
+/// The range of sorted paths that starts at `dir/`.
+fn prefix_of(dir: &str) -> (Bound<String>, Bound<String>) {
+    (Bound::Included(if dir.is_empty() { String::new() } else { format!("{dir}/") }), Bound::Unbounded)
+}
+
 impl SimDisk {
     pub fn new() -> SimDisk {
         SimDisk::default()
@@ -94,8 +114,12 @@ impl SimDisk {
     /// keeps an unlinked file readable through its open descriptors).
     fn unlink(&mut self, path: &str) {
         if let Some(ino) = self.files.remove(path) {
-            if self.inodes.get(&ino).is_some_and(|f| f.open == 0) {
-                self.inodes.remove(&ino);
+            match self.inodes.get_mut(&ino) {
+                Some(f) if f.open == 0 => {
+                    self.inodes.remove(&ino);
+                }
+                Some(f) => f.unlinked = true,
+                None => {}
             }
         }
     }
@@ -104,7 +128,7 @@ impl SimDisk {
     fn release(&mut self, ino: u64) {
         let Some(f) = self.inodes.get_mut(&ino) else { return };
         f.open = f.open.saturating_sub(1);
-        if f.open == 0 && !self.files.values().any(|i| *i == ino) {
+        if f.open == 0 && f.unlinked {
             self.inodes.remove(&ino);
         }
     }
@@ -160,11 +184,11 @@ impl SimDisk {
                     return Err(DiskError::NotFound);
                 }
                 let mut out: BTreeMap<String, bool> = BTreeMap::new();
-                for d in self.dirs.iter().filter(|d| parent(d) == path) {
-                    out.insert(d.rsplit('/').next().unwrap_or(d).to_string(), true);
+                for (_, name) in in_dir(self.dirs.range(prefix_of(&path)), &path) {
+                    out.insert(name.to_string(), true);
                 }
-                for f in self.files.keys().filter(|f| parent(f) == path) {
-                    out.insert(f.rsplit('/').next().unwrap_or(f).to_string(), false);
+                for (_, name) in in_dir(self.files.range(prefix_of(&path)).map(|(k, _)| k), &path) {
+                    out.insert(name.to_string(), false);
                 }
                 Ok(DiskReply::Listing(out.into_iter().map(|(name, is_dir)| DirEntry { name, is_dir }).collect()))
             }
@@ -262,7 +286,7 @@ impl SimDisk {
 
     /// The files directly in `dir`, by name (sorted).
     pub fn list_files(&self, dir: &str) -> Vec<String> {
-        self.files.keys().filter(|f| parent(f) == dir).cloned().collect()
+        in_dir(self.files.range(prefix_of(dir)).map(|(k, _)| k), dir).map(|(path, _)| path.clone()).collect()
     }
 
     /// A file's handle, for resolving zero-copy file ranges.
