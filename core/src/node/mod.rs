@@ -1099,7 +1099,10 @@ impl Node {
         }
         self.dirty.insert(tp);
         self.hw_moved = true; // lets waiting produces see the new generation and fail
-        self.coordinators_touched(tp);
+                              // The coordinators need no look here: a cut log they wait on is read as far as it
+                              // goes (`reconcile_coordinators`), and a leadership given up below is a role change,
+                              // which has them look. (Looking at every internal partition after each failed write
+                              // was a tenth of the default sweep's time with sync failures.)
         let lead_on = crate::mutants::active(crate::mutants::Mutant::LeadOnAfterFailedWrite);
         if self.partition(tp).is_some_and(|p| p.leads() && p.replicas.len() > 1) && !lead_on {
             self.resign_leadership(tp);
