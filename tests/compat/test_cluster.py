@@ -19,7 +19,7 @@ import time
 import pytest
 
 from clients import ck_admin, ck_consume, ck_produce, ck_producer
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource, NewTopic, ResourceType
 import wire
 from conftest import Broker, BrokerStartError, free_port, unique_topic
@@ -244,6 +244,26 @@ def test_admin_requests_to_any_node_reach_the_controller(cluster):
                     lambda r: (r.i16(), r.string(), r.i8(), r.string(), r.array(entry)))
                 return code == 0 and configs == [("message.max.bytes", "2000000", 3)]
         wait_until("node %s took the cluster-wide broker config" % me, taken)
+
+    # A manual replica assignment (kafka-topics --replica-assignment), sent to a broker that
+    # is not the controller: the partitions get exactly the replicas asked for, leader first;
+    # assignments Kafka refuses are refused with its errors.
+    admin = ck_admin(other.bootstrap)
+    placed = unique_topic("placed")
+    want = [[2, 3], [3, 1], [1, 2]]
+    admin.create_topics([NewTopic(placed, num_partitions=3, replica_assignment=want)])[placed].result(20)
+
+    def as_asked():
+        md = admin.list_topics(placed, timeout=10).topics[placed]
+        got = [md.partitions[p].replicas for p in sorted(md.partitions)] if md.error is None else None
+        return got == want and [md.partitions[p].leader for p in sorted(md.partitions)] == [2, 3, 1]
+    wait_until("%s has the replicas it was created with" % placed, as_asked)
+    for bad in ([[1, 1]], [[1, 9]], [[1, 2], [3]]):
+        t = unique_topic("badplace")
+        f = admin.create_topics([NewTopic(t, num_partitions=len(bad), replica_assignment=bad)])[t]
+        with pytest.raises(KafkaException) as e:
+            f.result(20)
+        assert e.value.args[0].code() == KafkaError.INVALID_REPLICA_ASSIGNMENT, (bad, e.value)
 
 
 @pytest.mark.timeout(180)

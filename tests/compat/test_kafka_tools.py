@@ -157,16 +157,27 @@ def test_reassign_partitions_while_producing(cluster_factory):
     # fixture's 4 s session it would be fenced meanwhile, and a fenced broker is not listed,
     # so the tool would refuse the plan (Unknown broker id), as it would against Kafka.
     cluster = cluster_factory(**{"broker.session.timeout.ms": 30000})
-    controller_of(cluster)
+    # The joiner is not the controller (the tool sends the reassignment to the controller
+    # the metadata names, and a paused one would answer nothing): the partition is placed
+    # on the controller and one other broker, and the third joins.
+    controller = controller_of(cluster)
+    others = [i for i in ALL if i != controller]
     t = unique_topic("kt-move")
-    create_topic(cluster.bootstrap, t, 1, rf=2, config={"min.insync.replicas": "2"})
+    create_topic(cluster.bootstrap, t, 1, config={"min.insync.replicas": "2"},
+                 assignment=[[controller, others[0]]])
     st = wait_until("%s has a leader and an ISR of 2" % t,
                     lambda: (lambda s: s if s and s[0].leader in ALL and len(s[0].isr) == 2 else None)(
                         topic_state(cluster.node(1), t)))
     leader, follower = st[0].leader, next(r for r in st[0].replicas if r != st[0].leader)
-    joiner = next(i for i in ALL if i not in st[0].replicas)
-    # The tools bootstrap from the brokers that are not paused.
-    b = ["--bootstrap-server", ",".join(cluster.node(i).bootstrap for i in ALL if i != joiner)]
+    joiner = others[1]
+    # The tools bootstrap from the brokers that are not paused, and give up on a request
+    # after 5 s (not the admin client's 30 s) should they pick the paused one for it: they
+    # then ask another broker.
+    admin_conf = os.path.join(cluster.base, "admin.properties")
+    with open(admin_conf, "w") as f:
+        f.write("request.timeout.ms=5000\n")
+    b = ["--bootstrap-server", ",".join(cluster.node(i).bootstrap for i in ALL if i != joiner),
+         "--command-config", admin_conf]
 
     acks, stop = Acks(), threading.Event()
     producer = idempotent_producer(cluster.bootstrap, **{"linger.ms": 5})
@@ -187,9 +198,9 @@ def test_reassign_partitions_while_producing(cluster_factory):
         # The joining broker is paused, so the reassignment cannot finish while --list looks.
         os.kill(cluster.node(joiner).pid, signal.SIGSTOP)
         try:
-            out = tool(REASSIGN, *b, "--reassignment-json-file", plan, "--execute").stdout
+            out = tool(REASSIGN, *b, "--reassignment-json-file", plan, "--execute", timeout=90).stdout
             assert "Successfully started partition reassignment" in out, out
-            listed = tool(REASSIGN, *b, "--list").stdout
+            listed = tool(REASSIGN, *b, "--list", timeout=90).stdout
         finally:
             os.kill(cluster.node(joiner).pid, signal.SIGCONT)
         print("\n--list while it runs:\n" + listed.strip())

@@ -126,15 +126,17 @@ def wait_fully_replicated(nodes, topic, partitions, timeout=60, what=None):
                       lambda: agreed_state(nodes, topic, partitions, fully_replicated), timeout=timeout)
 
 
-def create_topic(bootstrap, topic, partitions, rf=3, config=None):
+def create_topic(bootstrap, topic, partitions, rf=3, config=None, assignment=None):
     """CreateTopics through the admin client, retried while the controller moves; a retry
-    told TOPIC_ALREADY_EXISTS means the earlier try got through."""
+    told TOPIC_ALREADY_EXISTS means the earlier try got through. `assignment` (a list of
+    replica lists, one a partition) places the replicas instead of partitions and rf."""
     tries = [0]
 
     def attempt():
         admin = ck_admin(bootstrap)  # kept alive until its future is answered
-        f = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=rf,
-                                          config=config or {})], request_timeout=15)[topic]
+        spec = (NewTopic(topic, num_partitions=len(assignment), replica_assignment=assignment, config=config or {}) if assignment else
+                NewTopic(topic, num_partitions=partitions, replication_factor=rf, config=config or {}))
+        f = admin.create_topics([spec], request_timeout=15)[topic]
         tries[0] += 1
         try:
             f.result(timeout=20)

@@ -473,18 +473,38 @@ impl Node {
         rf: i16,
         configs: BTreeMap<String, String>,
     ) -> Result<JobId, KafkaError> {
+        self.create_topic_placed(name, None, partitions, rf, configs)
+    }
+
+    /// Creates a topic with the replicas given (a manual assignment, checked already), or
+    /// with `partitions` of `rf` replicas placed on the live brokers.
+    pub(super) fn create_topic_placed(
+        &mut self,
+        name: &str,
+        manual: Option<Vec<Vec<i32>>>,
+        partitions: i32,
+        rf: i16,
+        configs: BTreeMap<String, String>,
+    ) -> Result<JobId, KafkaError> {
         if !self.is_controller() {
             return Err(KafkaError::NotController);
         }
-        self.check_replication_factor(rf).map_err(|_| KafkaError::InvalidReplicationFactor)?;
+        if manual.is_none() {
+            self.check_replication_factor(rf).map_err(|_| KafkaError::InvalidReplicationFactor)?;
+        }
         let settings = TopicSettings::resolve(&self.config, &configs)?;
         let total: usize = self.topics.values().map(|t| t.partitions.len()).sum();
         if total + usize::try_from(partitions).unwrap_or(usize::MAX) > limits::PARTITIONS_PER_NODE_MAX {
             return Err(KafkaError::PolicyViolation);
         }
         let id = self.new_topic_id();
-        let rf = usize::try_from(rf).expect("checked");
-        let replicas = self.place_partitions(usize::try_from(partitions).expect("validated"), 0, rf);
+        let replicas = match manual {
+            Some(replicas) => replicas,
+            None => {
+                let rf = usize::try_from(rf).expect("checked");
+                self.place_partitions(usize::try_from(partitions).expect("validated"), 0, rf)
+            }
+        };
         let (job, _) = self.partitions_job(&replicas, 1, JobDone::TopicReady { name: name.to_string(), id });
         let rec = MetaRecord::TopicPlaced {
             name: name.to_string(),
@@ -498,6 +518,53 @@ impl Node {
         self.names.insert(id, name.to_string());
         self.topics.insert(name.to_string(), topic);
         Ok(job)
+    }
+
+    /// A CreateTopics entry's manual replica assignment (`kafka-topics --replica-assignment`),
+    /// checked as Kafka's controller checks it: `None` when there is none.
+    fn manual_assignment(&self, t: &CreatableTopic) -> Option<Result<Vec<Vec<i32>>, (KafkaError, String)>> {
+        if t.assignments.is_empty() {
+            return None;
+        }
+        let bad = |msg: String| Some(Err((KafkaError::InvalidReplicaAssignment, msg)));
+        if t.num_partitions != -1 || t.replication_factor != -1 {
+            return Some(Err((
+                KafkaError::InvalidRequest,
+                "a manual replica assignment was given, but numPartitions or replicationFactor is not -1".to_string(),
+            )));
+        }
+        if t.assignments.len() > usize::try_from(limits::PARTITIONS_PER_TOPIC_MAX).unwrap_or(0) {
+            return Some(Err((
+                KafkaError::InvalidPartitions,
+                format!("partitions must be 1..={}", limits::PARTITIONS_PER_TOPIC_MAX),
+            )));
+        }
+        let registered = |id: i32| id == self.me() || self.cluster.image.brokers.contains_key(&id);
+        let mut out: Vec<Vec<i32>> = Vec::with_capacity(t.assignments.len());
+        for (i, a) in t.assignments.iter().enumerate() {
+            if usize::try_from(a.partition_index).ok() != Some(i) {
+                return bad(format!("partitions were not given in order: expected {i}, got {}", a.partition_index));
+            }
+            let replicas: Vec<i32> = a.broker_ids.iter().map(|b| b.0).collect();
+            if replicas.is_empty() {
+                return bad(format!("partition {i}'s replica list is empty"));
+            }
+            if let Some(dup) = replicas.iter().enumerate().find_map(|(j, r)| replicas[..j].contains(r).then_some(*r)) {
+                return bad(format!("partition {i} names broker {dup} more than once"));
+            }
+            if let Some(unknown) = replicas.iter().find(|&&r| !registered(r)) {
+                return bad(format!("partition {i} names broker {unknown}, but no such broker is registered"));
+            }
+            if let Some(first) = out.first().filter(|f| f.len() != replicas.len()) {
+                return bad(format!(
+                    "partition {i} has {} replica(s), but the partitions before it have {}",
+                    replicas.len(),
+                    first.len()
+                ));
+            }
+            out.push(replicas);
+        }
+        Some(Ok(out))
     }
 
     /// A replication factor is at least one and at most the live brokers.
@@ -569,12 +636,16 @@ impl Node {
             r.name = t.name.clone();
             r.num_partitions = -1;
             r.replication_factor = -1;
-            let partitions = if t.num_partitions == -1 { self.config.num_partitions } else { t.num_partitions };
-            let rf = if t.replication_factor == -1 {
-                self.config.replication.default_replication_factor
-            } else {
-                t.replication_factor
+            let manual = self.manual_assignment(t);
+            let (partitions, rf) = match &manual {
+                Some(Ok(replicas)) => (
+                    i32::try_from(replicas.len()).unwrap_or(i32::MAX),
+                    replicas.first().map_or(0, |r| i16::try_from(r.len()).unwrap_or(i16::MAX)),
+                ),
+                _ if t.num_partitions == -1 => (self.config.num_partitions, t.replication_factor),
+                _ => (t.num_partitions, t.replication_factor),
             };
+            let rf = if rf == -1 { self.config.replication.default_replication_factor } else { rf };
             let configs: BTreeMap<String, String> =
                 t.configs.iter().filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string()))).collect();
             let check = if !seen.insert(name.clone()) {
@@ -592,12 +663,9 @@ impl Node {
                     KafkaError::InvalidPartitions,
                     format!("partitions must be 1..={}", limits::PARTITIONS_PER_TOPIC_MAX),
                 ))
-            } else if !t.assignments.is_empty() {
-                Err((
-                    KafkaError::InvalidReplicationFactor,
-                    "manual replica assignments are not supported yet".to_string(),
-                ))
-            } else if let Err(msg) = self.check_replication_factor(rf) {
+            } else if let Some(Err(e)) = &manual {
+                Err(e.clone())
+            } else if let (None, Err(msg)) = (&manual, self.check_replication_factor(rf)) {
                 Err((KafkaError::InvalidReplicationFactor, msg))
             } else {
                 TopicSettings::resolve(&self.config, &configs)
@@ -615,22 +683,25 @@ impl Node {
                         r.replication_factor = rf;
                     }
                 }
-                Ok(()) => match self.create_topic(&name, partitions, rf, configs.clone()) {
-                    Err(e) => r.error_code = e.code(),
-                    Ok(job) => {
-                        if ctx.version >= 7 {
-                            r.topic_id = Uuid::from_bytes(self.topics[&name].id);
+                Ok(()) => {
+                    match self.create_topic_placed(&name, manual.and_then(Result::ok), partitions, rf, configs.clone())
+                    {
+                        Err(e) => r.error_code = e.code(),
+                        Ok(job) => {
+                            if ctx.version >= 7 {
+                                r.topic_id = Uuid::from_bytes(self.topics[&name].id);
+                            }
+                            if ctx.version >= 5 {
+                                r.num_partitions = partitions;
+                                r.replication_factor = rf;
+                            }
+                            if ctx.version >= 5 {
+                                r.configs = Some(self.created_configs(&configs));
+                            }
+                            jobs.push((resp.topics.len(), job));
                         }
-                        if ctx.version >= 5 {
-                            r.num_partitions = partitions;
-                            r.replication_factor = rf;
-                        }
-                        if ctx.version >= 5 {
-                            r.configs = Some(self.created_configs(&configs));
-                        }
-                        jobs.push((resp.topics.len(), job));
                     }
-                },
+                }
             }
             resp.topics.push(r);
         }
