@@ -50,6 +50,12 @@ pub struct NodeConfig {
     pub quorum_election_timeout_ms: u64,
     /// `controller.quorum.fetch.timeout.ms`.
     pub quorum_fetch_timeout_ms: u64,
+    /// `metadata.log.max.record.bytes.between.snapshots`: a snapshot of the metadata image is
+    /// written once this many bytes of records have been applied since the last one...
+    pub metadata_snapshot_bytes: u64,
+    /// ...or, with any record applied since, once this long has passed
+    /// (`metadata.log.max.snapshot.interval.ms`; 0: never by time).
+    pub metadata_snapshot_interval_ms: u64,
     /// Partition replication: replica counts, the ISR and the followers' fetching.
     pub replication: ReplicationConfig,
     /// The data directory as the operator named it (reported by DescribeLogDirs; core never
@@ -191,6 +197,8 @@ impl Default for NodeConfig {
             broker_session_timeout_ms: 9_000,
             quorum_election_timeout_ms: 1_000,
             quorum_fetch_timeout_ms: 2_000,
+            metadata_snapshot_bytes: 20 * 1024 * 1024,
+            metadata_snapshot_interval_ms: 3_600_000,
             replication: ReplicationConfig::default(),
             log_dir: "./data".to_string(),
         }

@@ -97,6 +97,9 @@ pub enum Mutant {
     /// Replication: a follower takes any gap in its leader's answer on the first read, however
     /// far (a base offset garbled by a bad read on the leader then lands in its log).
     GapOnFirstRead = 34,
+    /// Metadata snapshots: a snapshot is labelled one entry past the offset it was taken at
+    /// (a restart from it skips the next record of the log).
+    SnapshotOffByOne = 35,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -134,6 +137,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::SwapBeforeSync, "swap-before-sync"),
     (Mutant::DynamicConfigsNotReplayed, "dynamic-configs-not-replayed"),
     (Mutant::GapOnFirstRead, "gap-on-first-read"),
+    (Mutant::SnapshotOffByOne, "snapshot-off-by-one"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -158,7 +162,8 @@ pub fn scenario(m: Mutant) -> &'static str {
         | Mutant::ReassignBeforeInSync
         | Mutant::ForgetDeletionsOnRestart
         | Mutant::DynamicConfigsNotReplayed
-        | Mutant::GapOnFirstRead => "cluster",
+        | Mutant::GapOnFirstRead
+        | Mutant::SnapshotOffByOne => "cluster",
         _ => "default",
     }
 }

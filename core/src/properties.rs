@@ -326,6 +326,28 @@ pub static BROKER_PROPERTIES: &[Property] = &[
         dynamic: false,
         doc: "A follower that cannot fetch from the leader for this long looks for another",
     },
+    Property {
+        name: "metadata.log.max.record.bytes.between.snapshots",
+        kind: Kind::Long,
+        default: |c| s(c.metadata_snapshot_bytes),
+        apply: Apply::Node(|c, v| {
+            c.metadata_snapshot_bytes = at_least(v, 1)?;
+            Ok(())
+        }),
+        dynamic: false,
+        doc: "A snapshot of the metadata is written after this many bytes of metadata records",
+    },
+    Property {
+        name: "metadata.log.max.snapshot.interval.ms",
+        kind: Kind::Long,
+        default: |c| s(c.metadata_snapshot_interval_ms),
+        apply: Apply::Node(|c, v| {
+            c.metadata_snapshot_interval_ms = at_least(v, 0)?;
+            Ok(())
+        }),
+        dynamic: false,
+        doc: "A snapshot of the metadata is written this long after the last one if records came since (0: never by time)",
+    },
     // Topics and the log.
     Property {
         name: "num.partitions",

@@ -99,6 +99,10 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
     if opts.disk_faults {
         (env.sync_fail, env.read_corrupt) = (sync_fail, read_corrupt);
     }
+    // Metadata snapshots: often (a restart loads one and applies only the log after it), or
+    // never within a run. Drawn apart, so the seed's other draws stay as they were.
+    let snapshot_bytes =
+        pick(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5a95_4a07_0000_0000), &[1024u64, 8192, 20 * 1024 * 1024]);
     let voters: BTreeMap<i32, (String, u16)> = (1..=nodes as i32).map(|id| (id, (format!("node{id}"), 9093))).collect();
     let configs = (1..=nodes as i32)
         .map(|id| NodeConfig {
@@ -109,6 +113,7 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
             quorum_fetch_timeout_ms: 2_000 / scale,
             broker_heartbeat_interval_ms: 2_000 / scale,
             broker_session_timeout_ms: 9_000 / scale,
+            metadata_snapshot_bytes: snapshot_bytes,
             replication: sluice_core::config::ReplicationConfig {
                 replica_lag_time_max_ms: 3_000 / scale,
                 replica_fetch_wait_max_ms: 500 / scale,
@@ -547,7 +552,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
 /// The plan and environment in one line, for the report.
 fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
     format!(
-        "{} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms, stall every {:?} ms; election timeout {} ms, session {} ms; latency up to {} us, sync up to {} us; sync failures {}, read corruptions {}",
+        "{} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms, stall every {:?} ms; election timeout {} ms, session {} ms, metadata snapshot every {} bytes; latency up to {} us, sync up to {} us; sync failures {}, read corruptions {}",
         plan.nodes,
         plan.safety / MS,
         plan.create_every / MS,
@@ -556,6 +561,7 @@ fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
         plan.clog_every.map(|n| n / MS),
         config.quorum_election_timeout_ms,
         config.broker_session_timeout_ms,
+        config.metadata_snapshot_bytes,
         env.net_latency.1 / US,
         env.sync_latency.1 / US,
         env.sync_fail,

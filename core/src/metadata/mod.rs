@@ -180,7 +180,7 @@ pub const NO_LEADER: i32 = -1;
 
 /// One partition's registration: where its replicas are, who leads, in which epochs, and
 /// which replicas are in sync (KIP-631's PartitionRecord).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionImage {
     /// The brokers holding its replicas, the preferred leader first. Empty for a partition
     /// created before placement existed (a cluster of one): its replica is that node.
@@ -411,7 +411,7 @@ impl PartitionImage {
 }
 
 /// One topic as the metadata log says.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicImage {
     pub id: [u8; 16],
     pub partitions: i32,
@@ -423,7 +423,7 @@ pub struct TopicImage {
 }
 
 /// A registered broker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerImage {
     /// The offset of its registration record: heartbeats carry it, so a stale one is known.
     pub epoch: i64,
@@ -435,7 +435,7 @@ pub struct BrokerImage {
 }
 
 /// The state the metadata log builds.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicImage>,
     pub brokers: BTreeMap<i32, BrokerImage>,
@@ -637,6 +637,54 @@ pub fn place(brokers: &[(i32, Option<String>)], count: usize, rf: usize, start: 
     (0..count).map(|p| (0..rf.min(n)).map(|r| order[(start + first + p + r) % n].0).collect()).collect()
 }
 
+/// A snapshot of the metadata log (KRaft's `.checkpoint`): the image after applying every
+/// committed entry below `end`, whose last is of quorum epoch `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub end: i64,
+    pub epoch: i32,
+    pub image: MetadataImage,
+}
+
+/// A snapshot's file name in the metadata directory, as Kafka names them.
+pub fn snapshot_file_name(end: i64, epoch: i32) -> String {
+    format!("{end:020}-{epoch:010}.checkpoint")
+}
+
+/// The (end, epoch) a snapshot file name stands for, if it is one.
+pub fn parse_snapshot_file_name(name: &str) -> Option<(i64, i32)> {
+    let (end, epoch) = name.strip_suffix(".checkpoint")?.split_once('-')?;
+    if end.len() != 20 || epoch.len() != 10 {
+        return None;
+    }
+    Some((end.parse().ok()?, epoch.parse().ok()?))
+}
+
+/// A snapshot as stored: one checksummed frame.
+pub fn encode_snapshot(snap: &Snapshot) -> Vec<u8> {
+    encode_frame(&postcard::to_allocvec(snap).expect("images serialize"))
+}
+
+/// A snapshot of `image` as stored (the same bytes as [`encode_snapshot`] of the owned form).
+pub fn encode_snapshot_of(end: i64, epoch: i32, image: &MetadataImage) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        end: i64,
+        epoch: i32,
+        image: &'a MetadataImage,
+    }
+    encode_frame(&postcard::to_allocvec(&Borrowed { end, epoch, image }).expect("images serialize"))
+}
+
+/// The snapshot in `buf`, if the whole of it is one valid frame that decodes.
+pub fn decode_snapshot(buf: &[u8]) -> Option<Snapshot> {
+    let (frames, valid) = decode_frames(buf);
+    match frames.as_slice() {
+        [one] if valid == buf.len() => postcard::from_bytes(one).ok(),
+        _ => None,
+    }
+}
+
 pub fn encode_record(rec: &MetaRecord) -> Vec<u8> {
     encode_frame(&postcard::to_allocvec(rec).expect("metadata records serialize"))
 }
@@ -763,6 +811,35 @@ mod tests {
         assert_eq!(got, ["segment.bytes"], "replace drops what it does not set");
         let other = MetaRecord::TopicConfigsAltered { id: [4; 16], replace: true, set: vec![], deleted: vec![] };
         assert!(!img.apply(4, &other), "a deleted topic's change changes nothing");
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_refuse_damage() {
+        let mut image = MetadataImage::default();
+        let placed = MetaRecord::TopicPlaced {
+            name: "t".into(),
+            id: [7; 16],
+            configs: vec![("retention.ms".into(), "1000".into())],
+            replicas: vec![vec![1, 2], vec![2, 3]],
+        };
+        assert!(image.apply(3, &placed));
+        let reg = MetaRecord::BrokerRegistered { id: 2, incarnation: 9, host: "h".into(), port: 9092, rack: None };
+        assert!(image.apply(4, &reg));
+        let bytes = encode_snapshot_of(5, 2, &image);
+        let back = decode_snapshot(&bytes).expect("decodes");
+        assert_eq!(back, Snapshot { end: 5, epoch: 2, image: image.clone() });
+        assert_eq!(encode_snapshot(&back), bytes, "the borrowed and owned forms encode alike");
+        for at in [0, 5, 9, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x10;
+            assert_eq!(decode_snapshot(&bad), None, "byte {at} flipped");
+        }
+        assert_eq!(decode_snapshot(&bytes[..bytes.len() - 1]), None, "a torn snapshot is no snapshot");
+        let name = snapshot_file_name(5, 2);
+        assert_eq!(name, "00000000000000000005-0000000002.checkpoint");
+        assert_eq!(parse_snapshot_file_name(&name), Some((5, 2)));
+        assert_eq!(parse_snapshot_file_name("5-2.checkpoint"), None);
+        assert_eq!(parse_snapshot_file_name(&format!("{name}.part")), None);
     }
 
     #[test]

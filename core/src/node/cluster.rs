@@ -165,9 +165,17 @@ impl Node {
         if !self.cluster.started && !q.caught_up() {
             return;
         }
+        // Start-up: the newest snapshot is the base, and the log applies from its end.
+        let base = if self.cluster.started { None } else { self.take_loaded_snapshot() };
+        if let Some(s) = &base {
+            self.cluster.applied = self.cluster.applied.max(s.end);
+        }
+        let Some(q) = self.meta.quorum.as_ref() else { return };
         let mut records = Vec::new();
+        let mut bytes = 0;
         for offset in self.cluster.applied..hw {
             if let Some(EntryKind::Record(r)) = q.log().entry(offset).map(|e| &e.kind) {
+                bytes += r.len() as u64;
                 records.push((offset, postcard::from_bytes::<MetaRecord>(r)));
             }
         }
@@ -175,8 +183,14 @@ impl Node {
         if !self.cluster.started {
             self.cluster.started = true;
             let mut image = MetadataImage::default();
-            for r in std::mem::take(&mut self.cluster.legacy) {
-                image.apply(-1, &r);
+            let legacy = std::mem::take(&mut self.cluster.legacy);
+            match base {
+                Some(s) => image = s.image,
+                None => {
+                    for r in legacy {
+                        image.apply(-1, &r);
+                    }
+                }
             }
             for (offset, r) in records {
                 match r {
@@ -185,7 +199,8 @@ impl Node {
                 };
             }
             self.cluster.image = image;
-            return self.meta_replayed();
+            self.meta_replayed();
+            return self.records_applied(bytes);
         }
         for (offset, r) in records {
             match r {
@@ -196,6 +211,9 @@ impl Node {
                 }
                 Err(e) => tracing::error!(offset, error = %e, "a committed metadata record does not decode; skipped"),
             }
+        }
+        if bytes > 0 {
+            self.records_applied(bytes);
         }
     }
 

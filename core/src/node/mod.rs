@@ -23,6 +23,7 @@ mod producer_ids;
 mod reassignment;
 mod recovery;
 mod replication;
+mod snapshots;
 mod transactions;
 mod txn_markers;
 
@@ -121,6 +122,10 @@ enum Purpose {
     Clean {
         id: u64,
     },
+    /// A step of writing a metadata snapshot.
+    Snapshot(snapshots::SnapStep),
+    /// A step of reading the newest metadata snapshot at start-up.
+    SnapshotLoad,
     /// Nothing waits on it (closing handles, deleting files); failures are logged.
     Ignore,
 }
@@ -331,6 +336,7 @@ pub struct Node {
     meta: metadata_quorum::MetaQuorum,
     /// The committed metadata, the broker lifecycle and the controller.
     cluster: cluster::ClusterState,
+    snapshots: snapshots::Snapshots,
     jobs: BTreeMap<JobId, Job>,
     waiters: Vec<Waiter>,
     /// DeleteRecords waiting for their deletions' commit.
@@ -411,6 +417,7 @@ impl Node {
             outputs: VecDeque::new(),
             meta: metadata_quorum::MetaQuorum::default(),
             cluster: cluster::ClusterState::default(),
+            snapshots: snapshots::Snapshots::default(),
             jobs: BTreeMap::new(),
             waiters: Vec::new(),
             deletes: Vec::new(),
@@ -946,6 +953,8 @@ impl Node {
             }
             Purpose::ReplicaRead { answer, index } => self.on_replica_read(answer, index, result),
             Purpose::Clean { id } => self.on_clean_done(id, result),
+            Purpose::Snapshot(step) => self.on_snapshot_step(step, result),
+            Purpose::SnapshotLoad => self.on_snapshot_load(result),
             Purpose::Ignore => {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "background disk operation failed");

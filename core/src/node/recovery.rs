@@ -47,6 +47,8 @@ impl MetaFile {
 #[derive(Debug)]
 pub(super) enum Step {
     MetaDir,
+    /// The metadata directory listed: its snapshots.
+    MetaListed,
     MetaOpened(MetaFile),
     MetaRead(MetaFile),
     RootListed,
@@ -117,6 +119,11 @@ pub(super) struct Recovery {
 impl Node {
     pub(super) fn start_recovery(&mut self) {
         self.issue(DiskOp::CreateDir { path: metadata::META_DIR.to_string() }, Purpose::Recovery(Step::MetaDir));
+        self.issue(DiskOp::ListDir { path: metadata::META_DIR.to_string() }, Purpose::Recovery(Step::MetaListed));
+    }
+
+    /// The newest metadata snapshot is read (or there is none): the metadata files next.
+    pub(super) fn open_legacy_meta_file(&mut self) {
         self.open_meta_file(MetaFile::Legacy);
     }
 
@@ -185,7 +192,7 @@ impl Node {
         }
     }
 
-    fn alloc_file(&mut self) -> FileId {
+    pub(super) fn alloc_file(&mut self) -> FileId {
         self.next_file += 1;
         FileId(self.next_file)
     }
@@ -205,6 +212,7 @@ impl Node {
         }
         match (step, result) {
             (Step::MetaDir, Ok(_)) => {}
+            (Step::MetaListed, Ok(DiskReply::Listing(entries))) => self.snapshots_listed(&entries),
             (Step::MetaOpened(f), Ok(DiskReply::Opened { len })) => {
                 if len > limits::METADATA_LOG_BYTES_MAX {
                     return self.recovery_failed(format!("{} is {len} bytes, over the limit", f.path()));
