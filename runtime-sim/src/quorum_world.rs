@@ -80,6 +80,12 @@ impl Store {
                 p.entries.truncate(end);
             }
             Write::Sync { .. } => {}
+            // The quorum scenario takes no snapshots, so nothing is ever behind a log start.
+            Write::InstallSnapshot { .. } => {}
+            Write::Reset { start, start_epoch } => {
+                (p.start, p.start_epoch) = (*start, *start_epoch);
+                p.entries.clear();
+            }
         }
     }
 

@@ -125,6 +125,9 @@ impl QuorumChecker {
             Write::Append { offset, entries } => self.on_append(now, node, *offset, entries),
             Write::Truncate { end } => self.on_truncate(now, node, *end),
             Write::Sync { .. } => {}
+            Write::InstallSnapshot { .. } | Write::Reset { .. } => {
+                self.fail(now, format!("node {node} installed a snapshot, which the quorum scenario never takes"));
+            }
         }
     }
 

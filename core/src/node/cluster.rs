@@ -217,6 +217,79 @@ impl Node {
         }
     }
 
+    /// A snapshot fetched from the leader (this node fell behind the start of its log)
+    /// replaces the image: what differs is carried out as the records in between would have
+    /// been.
+    pub(super) fn install_image(&mut self, snap: metadata::Snapshot) {
+        let old = std::mem::replace(&mut self.cluster.image, snap.image);
+        self.cluster.applied = self.cluster.applied.max(snap.end);
+        let new = self.cluster.image.clone();
+        for (name, t) in &old.topics {
+            if new.topics.get(name).is_none_or(|n| n.id != t.id) {
+                self.remove_topic(name, t.id);
+            }
+        }
+        for (name, t) in &new.topics {
+            let Some(o) = old.topics.get(name).filter(|o| o.id == t.id) else {
+                let configs = t.configs.clone().into_iter().collect();
+                let replicas = t.parts.iter().map(|p| p.replicas.clone()).collect();
+                self.on_meta_record(MetaRecord::TopicPlaced { name: name.clone(), id: t.id, configs, replicas });
+                continue;
+            };
+            if t.partitions > o.partitions {
+                let from = usize::try_from(o.partitions).unwrap_or(0);
+                let replicas = t.parts.iter().skip(from).map(|p| p.replicas.clone()).collect();
+                let rec = MetaRecord::PartitionsPlaced { name: name.clone(), id: t.id, from: o.partitions, replicas };
+                self.on_meta_record(rec);
+            }
+            if t.configs != o.configs {
+                self.topic_configs_altered(t.id);
+            }
+            for (&p, start) in &t.log_starts {
+                if o.log_starts.get(&p) != Some(start) {
+                    self.records_deleted(t.id, p);
+                }
+            }
+            for (i, (now, before)) in t.parts.iter().zip(&o.parts).enumerate() {
+                let p = i32::try_from(i).expect("bounded");
+                let moved =
+                    (&now.replicas, &now.adding, &now.removing) != (&before.replicas, &before.adding, &before.removing);
+                if moved {
+                    self.replicas_changed(t.id, p);
+                } else if now != before {
+                    self.partition_change_applied(t.id, p);
+                }
+            }
+        }
+        for (&id, b) in &new.brokers {
+            let rec = match old.brokers.get(&id) {
+                Some(o) if o == b => continue,
+                Some(o) if o.incarnation == b.incarnation && o.epoch == b.epoch => {
+                    if b.fenced {
+                        MetaRecord::BrokerFenced { id, epoch: b.epoch }
+                    } else {
+                        MetaRecord::BrokerUnfenced { id, epoch: b.epoch }
+                    }
+                }
+                _ => MetaRecord::BrokerRegistered {
+                    id,
+                    incarnation: b.incarnation,
+                    host: b.host.clone(),
+                    port: b.port,
+                    rack: b.rack.clone(),
+                },
+            };
+            self.broker_record_applied(id, &rec);
+        }
+        let brokers: std::collections::BTreeSet<i32> =
+            old.broker_configs.keys().chain(new.broker_configs.keys()).copied().collect();
+        for b in brokers {
+            if old.broker_configs.get(&b) != new.broker_configs.get(&b) {
+                self.broker_configs_altered(b);
+            }
+        }
+    }
+
     /// A committed record changed the image: carry it out here, unless this node has already.
     fn on_meta_record(&mut self, rec: MetaRecord) {
         match rec {

@@ -5,8 +5,14 @@
 //! Files (in `.sluice-meta/`):
 //! - `quorum-state`: the epoch and vote, appended as `len | crc32c | postcard((epoch, vote))`
 //!   records; the last valid one counts. Elections are rare, so it stays small.
-//! - `quorum.log`: the quorum's entries, `len | crc32c | postcard(Entry)` each. A metadata
-//!   record is the postcard encoding of a `MetaRecord` inside an `EntryKind::Record`.
+//! - the quorum's log, in segment files of entries, `len | crc32c | postcard(Entry)` each (a
+//!   metadata record is the postcard encoding of a `MetaRecord` inside an
+//!   `EntryKind::Record`): `quorum.log` from offset 0, then `quorum-<base>-<epoch>.log` from
+//!   offset `base`, the entry before which was of `epoch`. Entries are appended to the last.
+//!   Once a snapshot is durable past the last segment's base, a new segment is started at the
+//!   log end as soon as everything in the log is committed and synced (so no truncation ever
+//!   reaches below it), and every segment whose successor starts at or below the snapshot's
+//!   end is deleted, the log in memory forgetting those entries too.
 //! - `metadata.log`: the records of Sluice versions before the quorum, read at start-up as
 //!   the base the quorum's records apply on; never written again.
 //!
@@ -36,6 +42,54 @@ pub const QUORUM_STATE: &str = ".sluice-meta/quorum-state";
 pub const CLUSTER_METADATA_TOPIC: &str = "__cluster_metadata";
 pub const QUORUM_LOG: &str = ".sluice-meta/quorum.log";
 
+/// One segment file of the quorum's log.
+#[derive(Clone, Debug, Default)]
+pub struct SegmentFile {
+    /// The offset of its first entry, and the epoch of the entry before.
+    pub base: Offset,
+    pub epoch: Epoch,
+    pub path: String,
+    pub file: FileId,
+    /// Read at start-up: its entries with their byte positions, and its valid length.
+    pub entries: Vec<(Entry, u64)>,
+    pub size: u64,
+}
+
+impl SegmentFile {
+    /// The segment a log starts with: `quorum.log`, from offset 0.
+    pub fn first() -> SegmentFile {
+        SegmentFile { path: QUORUM_LOG.to_string(), ..SegmentFile::default() }
+    }
+
+    pub fn at(base: Offset, epoch: Epoch) -> SegmentFile {
+        let path = format!("{}/quorum-{base:020}-{epoch:010}.log", metadata::META_DIR);
+        SegmentFile { base, epoch, path, ..SegmentFile::default() }
+    }
+
+    /// The segment a file name in the metadata directory stands for, if it is one.
+    pub fn parse(name: &str) -> Option<SegmentFile> {
+        if name == "quorum.log" {
+            return Some(SegmentFile::first());
+        }
+        let (base, epoch) = name.strip_prefix("quorum-")?.strip_suffix(".log")?.split_once('-')?;
+        if base.len() != 20 || epoch.len() != 10 {
+            return None;
+        }
+        Some(SegmentFile::at(base.parse().ok()?, epoch.parse().ok()?))
+    }
+
+    fn end(&self) -> Offset {
+        self.base + Offset::try_from(self.entries.len()).expect("bounded")
+    }
+}
+
+/// A segment no longer appended to: kept until a snapshot covers what follows it.
+#[derive(Clone, Debug)]
+struct OldSegment {
+    base: Offset,
+    path: String,
+}
+
 /// A proposed entry: its offset, epoch, and a checksum of its record. While the log holds
 /// that entry it may yet commit; once it does not (cut back after a failed write), the change
 /// failed. (The same offset and epoch can come back with another record after a cut.)
@@ -61,9 +115,17 @@ pub(super) struct MetaQuorum {
     pub state_file: FileId,
     state_size: u64,
     pub log_file: FileId,
-    /// Byte position of each entry of the log file, and its end.
+    /// The segment appended to: its path and the offset of its first entry.
+    log_path: String,
+    log_base: Offset,
+    /// Byte position of each entry of the segment appended to, and its end.
     positions: Vec<u64>,
     log_size: u64,
+    /// The segments before it, oldest first.
+    old_segments: Vec<OldSegment>,
+    /// A snapshot is durable past the segment appended to: a new one starts when the log is
+    /// quiet (everything committed and synced, no write in flight).
+    roll_wanted: bool,
     /// Quorum syncs in flight: how many files each still waits for.
     syncs: BTreeMap<u64, u8>,
     /// Files written since their last sync was issued: only those are synced.
@@ -83,19 +145,91 @@ pub(super) struct MetaQuorum {
     rejected: Vec<JobId>,
 }
 
-impl MetaQuorum {
-    /// Records the files as read at start-up. Returns the persisted quorum state.
-    pub fn restore(
+impl Node {
+    /// The quorum's files as read at start-up: its state, and its log segments, oldest first,
+    /// with the newest snapshot loaded (if any). The log is the run of segments at the end
+    /// that follow each other without a gap (an older one left before it, by a crash during
+    /// a reset, is deleted). A log that does not hold the snapshot's last entry (as that
+    /// snapshot says it) is emptied to start at the snapshot's end; one that starts past
+    /// the snapshot's end (or past 0, with none) cannot be rebuilt: start-up fails.
+    pub(super) fn restore_quorum_log(
         &mut self,
         state: (Epoch, Option<NodeId>),
         state_size: u64,
-        entries: Vec<(Entry, u64)>,
-        log_size: u64,
-    ) -> Persisted {
-        self.state_size = state_size;
-        self.log_size = log_size;
-        self.positions = entries.iter().map(|(_, at)| *at).collect();
-        Persisted { epoch: state.0, voted_for: state.1, entries: entries.into_iter().map(|(e, _)| e).collect() }
+        mut segments: Vec<SegmentFile>,
+        snapshot: Option<(Offset, Epoch)>,
+    ) -> Result<Persisted, String> {
+        self.meta.state_size = state_size;
+        let mut first = segments.len() - 1;
+        while first > 0 && segments[first - 1].end() == segments[first].base {
+            first -= 1;
+        }
+        let mut chain = segments.split_off(first);
+        for gone in segments {
+            tracing::warn!(path = %gone.path, "a quorum log segment before a gap; deleting it");
+            self.drop_segment_file(gone.file, gone.path);
+        }
+        let (start, start_epoch) = (chain[0].base, chain[0].epoch);
+        let end = chain.last().map_or(0, SegmentFile::end);
+        let epoch_at = |o: Offset| {
+            if o == start - 1 {
+                return Some(start_epoch);
+            }
+            chain.iter().find(|s| s.base <= o && o < s.end()).map(|s| s.entries[(o - s.base) as usize].0.epoch)
+        };
+        let covered = snapshot.map_or(0, |(e, _)| e);
+        if start > covered {
+            return Err(format!(
+                "the metadata log starts at offset {start}, but no readable snapshot covers what is before it (newest ends at {covered})"
+            ));
+        }
+        if let Some((s_end, s_epoch)) = snapshot.filter(|&(e, ep)| e > 0 && (end < e || epoch_at(e - 1) != Some(ep))) {
+            tracing::warn!(
+                log_end = end,
+                snapshot_end = s_end,
+                "the metadata log does not hold the snapshot's last entry; emptying it to start there"
+            );
+            for seg in chain {
+                self.drop_segment_file(seg.file, seg.path);
+            }
+            let seg = SegmentFile::at(s_end, s_epoch);
+            self.start_segment(&seg.path, s_end);
+            return Ok(Persisted {
+                epoch: state.0,
+                voted_for: state.1,
+                start: s_end,
+                start_epoch: s_epoch,
+                entries: Vec::new(),
+            });
+        }
+        let active = chain.pop().expect("one segment at least");
+        for seg in &chain {
+            self.issue(DiskOp::Close { file: seg.file }, Purpose::Ignore);
+        }
+        let m = &mut self.meta;
+        m.old_segments = chain.iter().map(|s| OldSegment { base: s.base, path: s.path.clone() }).collect();
+        (m.log_file, m.log_path, m.log_base, m.log_size) = (active.file, active.path.clone(), active.base, active.size);
+        m.positions = active.entries.iter().map(|(_, at)| *at).collect();
+        let entries = chain.into_iter().chain([active]).flat_map(|s| s.entries).map(|(e, _)| e).collect();
+        Ok(Persisted { epoch: state.0, voted_for: state.1, start, start_epoch, entries })
+    }
+
+    fn drop_segment_file(&mut self, file: FileId, path: String) {
+        self.issue(DiskOp::Close { file }, Purpose::Ignore);
+        self.issue(DiskOp::DeleteFile { path }, Purpose::Ignore);
+    }
+
+    /// Entries are appended to a new, empty segment file from here on, its first at `base`.
+    fn start_segment(&mut self, path: &str, base: Offset) {
+        let file = self.alloc_file();
+        let m = &mut self.meta;
+        (m.log_file, m.log_path, m.log_base, m.log_size) = (file, path.to_string(), base, 0);
+        m.positions.clear();
+        m.log_dirty = true;
+        // Created (durable when done), and emptied should a file of that name be left over;
+        // both are quorum writes, so no sync is issued before they are done.
+        self.issue_quorum_write(DiskOp::Open { file, path: path.to_string(), create: true });
+        self.issue_quorum_write(DiskOp::Truncate { file, len: 0 });
     }
 }
 
@@ -132,7 +266,11 @@ impl Node {
         cfg.election_timeout_ms = self.config.quorum_election_timeout_ms;
         cfg.fetch_timeout_ms = self.config.quorum_fetch_timeout_ms;
         let seed = rand::Rng::gen(&mut self.rng);
-        self.meta.quorum = Some(Quorum::new(cfg, persisted, seed, self.now.mono));
+        let mut q = Quorum::new(cfg, persisted, seed, self.now.mono);
+        if let (Some(id), Some(data)) = (self.snapshots.latest, self.snapshots.loaded_bytes.take()) {
+            q.snapshot_durable(id, data); // served to members behind the log's start
+        }
+        self.meta.quorum = Some(q);
         self.drain_quorum();
     }
 
@@ -239,7 +377,7 @@ impl Node {
     }
 
     /// Carries out what the quorum asked for, then finishes the changes it committed or lost.
-    fn drain_quorum(&mut self) {
+    pub(super) fn drain_quorum(&mut self) {
         while let Some(a) = self.meta.quorum.as_mut().and_then(Quorum::poll_action) {
             match a {
                 Action::Write(w) => self.quorum_write(w),
@@ -250,6 +388,9 @@ impl Node {
         // apply, and find the ones this node carried out already.
         self.settle_meta_waiting();
         self.apply_committed();
+        if self.meta.roll_wanted {
+            self.maybe_roll_quorum_log();
+        }
         if self.phase == Phase::Recovering {
             self.maybe_serving();
         }
@@ -267,7 +408,11 @@ impl Node {
                 self.issue_quorum_write(DiskOp::Write { file, position, data: vec![Bytes::from(bytes)] });
             }
             Write::Append { offset, entries } => {
-                debug_assert_eq!(usize::try_from(offset).ok(), Some(m.positions.len()), "appends land at the log end");
+                debug_assert_eq!(
+                    usize::try_from(offset - m.log_base).ok(),
+                    Some(m.positions.len()),
+                    "appends land at the log end"
+                );
                 let position = m.log_size;
                 let mut data = Vec::with_capacity(entries.len());
                 for e in &entries {
@@ -281,7 +426,8 @@ impl Node {
                 self.issue_quorum_write(DiskOp::Write { file, position, data });
             }
             Write::Truncate { end } => {
-                let keep = usize::try_from(end).unwrap_or(0).min(m.positions.len());
+                // Never below the segment appended to: it started when all before was committed.
+                let keep = usize::try_from(end - m.log_base).unwrap_or(0).min(m.positions.len());
                 m.log_size = m.positions.get(keep).copied().unwrap_or(m.log_size);
                 m.positions.truncate(keep);
                 let (file, len) = (m.log_file, m.log_size);
@@ -295,6 +441,69 @@ impl Node {
                     m.deferred_syncs.push((m.write_seq, id));
                 }
             }
+            Write::InstallSnapshot { id, data } => self.install_snapshot(id, Bytes::from(data)),
+            Write::Reset { start, start_epoch } => {
+                let seg = SegmentFile::at(start, start_epoch);
+                let old = std::mem::take(&mut self.meta.old_segments);
+                let active = std::mem::replace(&mut self.meta.log_path, seg.path.clone());
+                for path in old.into_iter().map(|s| s.path).chain([active]).filter(|p| *p != seg.path) {
+                    self.issue(DiskOp::DeleteFile { path }, Purpose::Ignore);
+                }
+                let file = self.meta.log_file;
+                self.issue(DiskOp::Close { file }, Purpose::Ignore);
+                self.start_segment(&seg.path, start);
+            }
+        }
+    }
+
+    /// A snapshot of this node's is durable: the quorum serves it, and the log may start a
+    /// new segment and drop those the snapshot covers.
+    pub(super) fn own_snapshot_durable(&mut self, id: (Offset, Epoch), data: Bytes) {
+        if let Some(q) = self.meta.quorum.as_mut() {
+            q.snapshot_durable(id, data);
+        }
+        self.meta.roll_wanted |= id.0 > self.meta.log_base;
+        self.maybe_roll_quorum_log();
+    }
+
+    /// Starts a new segment at the log end if one is wanted and the log is quiet, then
+    /// deletes the segments the newest snapshot covers.
+    fn maybe_roll_quorum_log(&mut self) {
+        let Some(q) = self.meta.quorum.as_ref() else { return };
+        let m = &self.meta;
+        let quiet = q.durable_end() == q.log().end()
+            && q.high_watermark() >= q.log().end()
+            && m.writes_in_flight.is_empty()
+            && m.syncs.is_empty()
+            && m.deferred_syncs.is_empty();
+        let (end, epoch, covered) = (q.log().end(), q.log().last_epoch(), q.snapshot_id().map_or(0, |(e, _)| e));
+        if m.roll_wanted && quiet && end > m.log_base {
+            self.meta.roll_wanted = false;
+            let seg = SegmentFile::at(end, epoch);
+            let old = OldSegment { base: self.meta.log_base, path: self.meta.log_path.clone() };
+            self.meta.old_segments.push(old);
+            let file = self.meta.log_file;
+            self.issue(DiskOp::Close { file }, Purpose::Ignore);
+            self.start_segment(&seg.path, end);
+        }
+        // A segment goes once the one after it starts at or below the snapshot's end.
+        let m = &mut self.meta;
+        if m.old_segments.is_empty() {
+            return;
+        }
+        let mut next_bases: Vec<Offset> = m.old_segments.iter().skip(1).map(|s| s.base).collect();
+        next_bases.push(m.log_base);
+        let gone = next_bases.iter().take_while(|&&b| b <= covered).count();
+        if gone == 0 {
+            return;
+        }
+        let new_start = next_bases[gone - 1];
+        let paths: Vec<String> = m.old_segments.drain(..gone).map(|s| s.path).collect();
+        if let Some(q) = self.meta.quorum.as_mut() {
+            q.discard_prefix(new_start);
+        }
+        for path in paths {
+            self.issue(DiskOp::DeleteFile { path }, Purpose::Ignore);
         }
     }
 
@@ -305,18 +514,24 @@ impl Node {
         }
     }
 
-    /// Jobs whose change is committed step on; those whose entry was cut away fail.
+    /// Jobs whose change is committed step on; those whose entry was cut away fail. An entry
+    /// gone below the log's start went into a snapshot fetched from the leader: this node's,
+    /// or another leader's at that offset. A topic (or partitions) this node created is then
+    /// kept if the snapshot's image has it (topic ids are random, so it is this one); any
+    /// other change is failed (its client retries).
     fn settle_meta_waiting(&mut self) {
         let Some(q) = self.meta.quorum.as_ref() else { return };
         let mut done = Vec::new();
+        let start = q.log().start();
         self.meta.waiting.retain(|&(p, job)| {
             let held = q.log().entry(p.offset).is_some_and(|e| e.epoch == p.epoch && entry_crc(e) == Some(p.crc));
             if !held || p.offset < q.high_watermark() {
-                done.push((job, held));
+                done.push((job, held, p.offset < start));
             }
             held && p.offset >= q.high_watermark()
         });
-        for (job, ok) in done {
+        for (job, held, in_snapshot) in done {
+            let ok = held || (in_snapshot && self.job_in_image(job));
             self.job_step(job, ok);
         }
     }

@@ -644,6 +644,16 @@ impl Node {
         id
     }
 
+    /// Whether the image holds what a topic or partitions creation job made here.
+    fn job_in_image(&self, id: JobId) -> bool {
+        let topic = |name: &str, tid: &TopicId| self.cluster.image.topics.get(name).filter(|t| t.id == *tid);
+        match self.jobs.get(&id).map(|j| &j.on_done) {
+            Some(JobDone::TopicReady { name, id }) => topic(name, id).is_some(),
+            Some(JobDone::PartitionsReady { name, id, from }) => topic(name, id).is_some_and(|t| t.partitions > *from),
+            _ => false,
+        }
+    }
+
     fn job_step(&mut self, id: JobId, ok: bool) {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;

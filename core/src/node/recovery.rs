@@ -23,23 +23,16 @@ pub(super) enum MetaFile {
     /// The metadata log of versions before the quorum, read as the base of the image.
     Legacy,
     State,
-    Log,
+    /// One of the quorum log's segment files (`Recovery::segments`), oldest first.
+    Log(usize),
 }
 
 impl MetaFile {
-    fn path(self) -> &'static str {
-        match self {
-            MetaFile::Legacy => metadata::META_LOG,
-            MetaFile::State => metadata_quorum::QUORUM_STATE,
-            MetaFile::Log => metadata_quorum::QUORUM_LOG,
-        }
-    }
-
     fn valid_len(self, data: &[u8]) -> usize {
         match self {
             MetaFile::Legacy => metadata::decode_log(data).1,
             MetaFile::State => metadata::decode_frames(data).1,
-            MetaFile::Log => metadata_quorum::decode_entries(data).1,
+            MetaFile::Log(_) => metadata_quorum::decode_entries(data).1,
         }
     }
 }
@@ -97,6 +90,8 @@ pub(super) struct Recovery {
     /// Records of a pre-quorum metadata.log, and the quorum state file's (state, length).
     legacy_records: Vec<metadata::MetaRecord>,
     quorum_state: ((crate::quorum::Epoch, Option<crate::quorum::NodeId>), u64),
+    /// The quorum log's segment files found, oldest first, with what each holds once read.
+    pub segments: Vec<metadata_quorum::SegmentFile>,
     /// Where a bad batch was found, a fingerprint of the bad bytes, and how many reads.
     reread: BTreeMap<Tp, (u64, u32, u32)>,
     /// A gap two reads agree on, by segment base offset and position: the scan accepts it.
@@ -132,17 +127,26 @@ impl Node {
         match f {
             MetaFile::Legacy => self.meta.legacy_file = file,
             MetaFile::State => self.meta.state_file = file,
-            MetaFile::Log => self.meta.log_file = file,
+            MetaFile::Log(i) => self.recovery.segments[i].file = file,
         }
         let create = f != MetaFile::Legacy;
-        self.issue(DiskOp::Open { file, path: f.path().to_string(), create }, Purpose::Recovery(Step::MetaOpened(f)));
+        let path = self.meta_path(f);
+        self.issue(DiskOp::Open { file, path, create }, Purpose::Recovery(Step::MetaOpened(f)));
+    }
+
+    fn meta_path(&self, f: MetaFile) -> String {
+        match f {
+            MetaFile::Legacy => metadata::META_LOG.to_string(),
+            MetaFile::State => metadata_quorum::QUORUM_STATE.to_string(),
+            MetaFile::Log(i) => self.recovery.segments[i].path.clone(),
+        }
     }
 
     fn meta_file_id(&self, f: MetaFile) -> FileId {
         match f {
             MetaFile::Legacy => self.meta.legacy_file,
             MetaFile::State => self.meta.state_file,
-            MetaFile::Log => self.meta.log_file,
+            MetaFile::Log(i) => self.recovery.segments[i].file,
         }
     }
 
@@ -159,7 +163,7 @@ impl Node {
         if consistent {
             return false;
         }
-        tracing::warn!(file = f.path(), valid, len = data.len(), "metadata file reads badly; reading it again");
+        tracing::warn!(file = %self.meta_path(f), valid, len = data.len(), "metadata file reads badly; reading it again");
         let n = self.recovery.meta_reread.filter(|r| r.0 == f).map_or(1, |r| r.2 + 1);
         self.recovery.meta_reread = Some((f, fingerprint, n));
         let file = self.meta_file_id(f);
@@ -178,12 +182,25 @@ impl Node {
             MetaFile::State => {
                 let (state, valid) = metadata_quorum::decode_state(data);
                 self.recovery.quorum_state = (state.unwrap_or((0, None)), valid as u64);
-                self.open_meta_file(MetaFile::Log);
+                if self.recovery.segments.is_empty() {
+                    self.recovery.segments.push(metadata_quorum::SegmentFile::first());
+                }
+                self.open_meta_file(MetaFile::Log(0));
             }
-            MetaFile::Log => {
+            MetaFile::Log(i) => {
                 let (entries, valid) = metadata_quorum::decode_entries(data);
+                let seg = &mut self.recovery.segments[i];
+                (seg.entries, seg.size) = (entries, valid as u64);
+                if i + 1 < self.recovery.segments.len() {
+                    return self.open_meta_file(MetaFile::Log(i + 1));
+                }
                 let (state, state_size) = self.recovery.quorum_state;
-                let persisted = self.meta.restore(state, state_size, entries, valid as u64);
+                let segments = std::mem::take(&mut self.recovery.segments);
+                let snapshot = self.snapshots.loaded.as_ref().map(|s| (s.end, s.epoch));
+                let persisted = match self.restore_quorum_log(state, state_size, segments, snapshot) {
+                    Ok(p) => p,
+                    Err(why) => return self.recovery_failed(why),
+                };
                 // The records apply once the quorum has caught up (a sole voter: once it has
                 // elected itself), and only as far as they are committed.
                 self.cluster.legacy = std::mem::take(&mut self.recovery.legacy_records);
@@ -215,7 +232,7 @@ impl Node {
             (Step::MetaListed, Ok(DiskReply::Listing(entries))) => self.snapshots_listed(&entries),
             (Step::MetaOpened(f), Ok(DiskReply::Opened { len })) => {
                 if len > limits::METADATA_LOG_BYTES_MAX {
-                    return self.recovery_failed(format!("{} is {len} bytes, over the limit", f.path()));
+                    return self.recovery_failed(format!("{} is {len} bytes, over the limit", self.meta_path(f)));
                 }
                 if len == 0 {
                     self.meta_file_read(f, &[]);
@@ -235,7 +252,7 @@ impl Node {
                     return;
                 }
                 if valid < data.len() {
-                    tracing::warn!(file = f.path(), valid, len = data.len(), "torn tail; cutting it off");
+                    tracing::warn!(file = %self.meta_path(f), valid, len = data.len(), "torn tail; cutting it off");
                     let file = self.meta_file_id(f);
                     self.issue(DiskOp::Truncate { file, len: valid as u64 }, Purpose::Ignore);
                     self.issue(DiskOp::Sync { file }, Purpose::Ignore);

@@ -38,6 +38,8 @@ struct Writing {
     id: (Offset, Epoch),
     file: FileId,
     data: Bytes,
+    /// Fetched from the leader (this node was behind its log start), not taken here.
+    fetched: bool,
 }
 
 #[derive(Default)]
@@ -46,6 +48,8 @@ pub(super) struct Snapshots {
     pub latest: Option<(Offset, Epoch)>,
     /// Read at start-up: the image's base until start-up applies the log.
     pub loaded: Option<Snapshot>,
+    /// The bytes of the snapshot read at start-up, for the quorum to serve.
+    pub loaded_bytes: Option<Bytes>,
     /// Older snapshot files, deleted once a newer one is in place.
     older: Vec<(Offset, Epoch)>,
     /// Bytes of records applied since the latest snapshot, and when it was taken (or the
@@ -53,6 +57,8 @@ pub(super) struct Snapshots {
     bytes_since: u64,
     since: Option<Instant>,
     writing: Option<Writing>,
+    /// A fetched snapshot waiting for the write in progress to finish.
+    pending_install: Option<((Offset, Epoch), Bytes)>,
     /// Start-up: snapshot files not yet tried, newest first; the one being read, and how many
     /// times it has been.
     candidates: Vec<(Offset, Epoch)>,
@@ -77,8 +83,11 @@ impl Node {
                 self.issue(DiskOp::DeleteFile { path }, Purpose::Ignore);
             } else if let Some(id) = metadata::parse_snapshot_file_name(&e.name) {
                 found.push(id);
+            } else if let Some(seg) = super::metadata_quorum::SegmentFile::parse(&e.name) {
+                self.recovery.segments.push(seg);
             }
         }
+        self.recovery.segments.sort_by_key(|s| s.base);
         found.sort_unstable_by(|a, b| b.cmp(a));
         self.snapshots.candidates = found;
         self.next_snapshot_candidate();
@@ -118,6 +127,7 @@ impl Node {
                     let rest = std::mem::take(&mut self.snapshots.candidates);
                     self.snapshots.older.extend(rest);
                     self.snapshots.loaded = Some(snap);
+                    self.snapshots.loaded_bytes = Some(data);
                     self.snapshot_read_done();
                 }
                 _ if reads + 1 < SNAPSHOT_READS_MAX => {
@@ -171,27 +181,84 @@ impl Node {
             tracing::error!(bytes = data.len(), "metadata snapshot over the size limit; not written");
             return;
         }
-        let file = self.alloc_file();
-        let path = format!("{}.part", path_of((end, epoch)));
-        self.snapshots.writing = Some(Writing { id: (end, epoch), file, data });
         self.snapshots.bytes_since = 0;
         self.snapshots.since = Some(now);
+        self.write_snapshot((end, epoch), data, false);
+    }
+
+    /// Starts writing a snapshot file: under a `.part` name first.
+    fn write_snapshot(&mut self, id: (Offset, Epoch), data: Bytes, fetched: bool) {
+        let file = self.alloc_file();
+        let path = format!("{}.part", path_of(id));
+        self.snapshots.writing = Some(Writing { id, file, data, fetched });
         self.issue(DiskOp::Open { file, path, create: true }, Purpose::Snapshot(SnapStep::Opened));
+    }
+
+    /// The quorum fetched its leader's snapshot: it is written here like one of this node's,
+    /// after the one being written (if any).
+    pub(super) fn install_snapshot(&mut self, id: (Offset, Epoch), data: Bytes) {
+        if self.snapshots.writing.is_some() {
+            self.snapshots.pending_install = Some((id, data));
+        } else {
+            self.write_snapshot(id, data, true);
+        }
+    }
+
+    /// The snapshot write in progress ended: a fetched one waiting is written next.
+    fn snapshot_write_ended(&mut self) {
+        self.snapshots.writing = None;
+        if let Some((id, data)) = self.snapshots.pending_install.take() {
+            self.write_snapshot(id, data, true);
+        }
+    }
+
+    /// A snapshot fetched from the leader is durable here: its image replaces this node's
+    /// (or is the base start-up applies the log on), and the quorum's log starts at its end.
+    fn snapshot_fetched(&mut self, id: (Offset, Epoch), data: Bytes) {
+        let now = self.now.mono;
+        let Some(snap) = metadata::decode_snapshot(&data).filter(|s| (s.end, s.epoch) == id) else {
+            tracing::error!(
+                end = id.0,
+                epoch = id.1,
+                "a snapshot fetched from the leader does not decode; fetching it again"
+            );
+            if let Some(q) = self.meta.quorum.as_mut() {
+                q.snapshot_install_failed(now);
+            }
+            return;
+        };
+        tracing::info!(end = id.0, epoch = id.1, "metadata snapshot fetched from the leader");
+        if !self.cluster.started {
+            self.snapshots.loaded = Some(snap);
+        } else if snap.end > self.cluster.applied {
+            self.install_image(snap);
+        }
+        if let Some(q) = self.meta.quorum.as_mut() {
+            q.snapshot_installed(now, id, data);
+        }
     }
 
     /// A step of writing a snapshot completed: the next is issued; a failure abandons it
     /// (the next record applied tries again).
     pub(super) fn on_snapshot_step(&mut self, step: SnapStep, result: Result<DiskReply, DiskError>) {
         let Some(w) = self.snapshots.writing.as_ref() else { return };
-        let (id, file) = (w.id, w.file);
+        let (id, file, fetched) = (w.id, w.file, w.fetched);
         let part = format!("{}.part", path_of(id));
         if let Err(e) = result {
             tracing::warn!(error = %e, path = %part, "writing a metadata snapshot failed; it is taken again later");
-            self.snapshots.writing = None;
-            self.snapshots.bytes_since = self.config.metadata_snapshot_bytes; // due again
             self.issue(DiskOp::Close { file }, Purpose::Ignore);
             self.issue(DiskOp::DeleteFile { path: part }, Purpose::Ignore);
-            return;
+            if fetched {
+                let now = self.now.mono;
+                if let Some(q) = self.meta.quorum.as_mut() {
+                    q.snapshot_install_failed(now);
+                }
+            } else {
+                self.snapshots.bytes_since = self.config.metadata_snapshot_bytes;
+                // due again
+            }
+            self.snapshot_write_ended();
+            return self.drain_quorum();
         }
         match step {
             SnapStep::Opened => {
@@ -207,13 +274,20 @@ impl Node {
                 self.issue(DiskOp::Rename { from: part, to }, Purpose::Snapshot(SnapStep::Renamed));
             }
             SnapStep::Renamed => {
-                self.snapshots.writing = None;
+                let data = w.data.clone();
                 tracing::info!(end = id.0, epoch = id.1, "metadata snapshot written");
                 let s = &mut self.snapshots;
                 s.older.extend(s.latest.replace(id));
                 for old in std::mem::take(&mut s.older) {
                     self.issue(DiskOp::DeleteFile { path: path_of(old) }, Purpose::Ignore);
                 }
+                if fetched {
+                    self.snapshot_fetched(id, data);
+                } else {
+                    self.own_snapshot_durable(id, data);
+                }
+                self.snapshot_write_ended();
+                self.drain_quorum();
             }
         }
     }

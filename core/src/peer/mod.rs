@@ -13,7 +13,7 @@ use crate::quorum;
 
 /// The version of the peer protocol this build speaks. A change to any message type that is
 /// not backward compatible bumps it; an envelope of another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {

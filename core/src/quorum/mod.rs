@@ -83,6 +83,34 @@ pub enum Message {
         request: u64,
     },
     FetchResponse(FetchResponse),
+    /// A member behind its leader's log start asks for a chunk of the leader's snapshot.
+    FetchSnapshot {
+        epoch: Epoch,
+        id: SnapshotId,
+        position: u64,
+        request: u64,
+    },
+    FetchSnapshotResponse(SnapshotChunk),
+}
+
+/// A snapshot's identity: the offset it ends at (exclusive) and the epoch of its last entry.
+pub type SnapshotId = (Offset, Epoch);
+
+/// How many bytes of a snapshot one answer carries at most.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub request: u64,
+    pub epoch: Epoch,
+    pub leader: Option<NodeId>,
+    /// Set when the fetch was refused (stale epoch, or not the leader).
+    pub refused: bool,
+    /// The snapshot the leader has: when it is not the one asked for, fetching starts over.
+    pub id: Option<SnapshotId>,
+    pub size: u64,
+    pub position: u64,
+    pub data: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +126,8 @@ pub struct FetchResponse {
     /// The fetch offset asked for: entries start here.
     pub start: Offset,
     pub entries: Vec<Entry>,
+    /// The fetcher is behind the leader's log start: it is to fetch this snapshot first.
+    pub snapshot: Option<SnapshotId>,
 }
 
 /// Storage work, to be applied in the order given.
@@ -111,6 +141,11 @@ pub enum Write {
     Truncate { end: Offset },
     /// Make every write before this one durable; report with `handle_synced(id)`.
     Sync { id: u64 },
+    /// A snapshot fetched from the leader, whole: make it durable, then report with
+    /// `snapshot_installed`.
+    InstallSnapshot { id: SnapshotId, data: Vec<u8> },
+    /// The log is emptied: it starts at `start` now (a snapshot holds what came before).
+    Reset { start: Offset, start_epoch: Epoch },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +191,9 @@ impl QuorumConfig {
 pub struct Persisted {
     pub epoch: Epoch,
     pub voted_for: Option<NodeId>,
+    /// The offset of the first entry, and the epoch of the one before it (in a snapshot).
+    pub start: Offset,
+    pub start_epoch: Epoch,
     pub entries: Vec<Entry>,
 }
 
@@ -264,12 +302,18 @@ pub struct Quorum {
     appended: bool,
     /// A write or sync failed: storage is retried from what is durable at this instant.
     storage_retry_at: Option<Instant>,
+    /// The newest snapshot durable here, served to members behind the log start.
+    snapshot: Option<(SnapshotId, bytes::Bytes)>,
+    /// A snapshot being fetched from the leader: its id and what has come of it.
+    fetching: Option<(SnapshotId, Vec<u8>)>,
+    /// A fetched snapshot being made durable: nothing is fetched meanwhile.
+    installing: Option<SnapshotId>,
     actions: VecDeque<Action>,
 }
 
 impl Quorum {
     pub fn new(cfg: QuorumConfig, persisted: Persisted, seed: u64, now: Instant) -> Quorum {
-        let log = RaftLog::from_entries(persisted.entries);
+        let log = RaftLog::from_parts(persisted.start, persisted.start_epoch, persisted.entries);
         // A lost state write can leave the log ahead of the epoch on disk.
         let epoch = persisted.epoch.max(log.last_epoch());
         let voted_for = persisted.voted_for.filter(|_| epoch == persisted.epoch);
@@ -280,8 +324,9 @@ impl Quorum {
             leader: None,
             role: Role::Unattached { election_at: now },
             durable_end: log.end(),
+            // What is below the start is in a snapshot, and was committed.
+            high_watermark: log.start(),
             log,
-            high_watermark: 0,
             generation: 0,
             state_version: 0,
             state_durable: 0,
@@ -293,6 +338,9 @@ impl Quorum {
             next_request: 1,
             appended: false,
             storage_retry_at: None,
+            snapshot: None,
+            fetching: None,
+            installing: None,
             actions: VecDeque::new(),
             cfg,
         };
@@ -506,6 +554,10 @@ impl Quorum {
                 self.on_fetch(now, from, epoch, (fetch_offset, last_epoch), request)
             }
             Message::FetchResponse(r) => self.on_fetch_response(now, from, r),
+            Message::FetchSnapshot { epoch, id, position, request } => {
+                self.on_fetch_snapshot(now, from, epoch, id, position, request)
+            }
+            Message::FetchSnapshotResponse(c) => self.on_snapshot_chunk(now, from, c),
         }
         self.after(now);
     }
@@ -728,6 +780,19 @@ impl Quorum {
             self.send(from, Message::FetchResponse(self.refusal(request)));
             return;
         }
+        let start = self.log.start();
+        let behind = fetch_offset < start || (fetch_offset == start && last_epoch != self.log.start_epoch());
+        if start > 0 && behind {
+            if let Role::Leader(l) = &mut self.role {
+                if let Some(p) = l.progress.get_mut(&from) {
+                    p.last_fetch = now; // it is in touch, for check-quorum
+                }
+            }
+            let mut resp = self.fetch_response(request, None, fetch_offset, Vec::new());
+            resp.snapshot = self.snapshot.as_ref().map(|(id, _)| *id);
+            self.send(from, Message::FetchResponse(resp));
+            return;
+        }
         let (end_epoch, end) = self.log.end_offset_for(last_epoch);
         if fetch_offset > 0 && (end_epoch < last_epoch || end < fetch_offset) {
             let resp = self.fetch_response(request, Some((end_epoch, end)), fetch_offset, Vec::new());
@@ -762,6 +827,7 @@ impl Quorum {
             diverging: None,
             start: 0,
             entries: Vec::new(),
+            snapshot: None,
         }
     }
 
@@ -781,6 +847,7 @@ impl Quorum {
             diverging,
             start,
             entries,
+            snapshot: None,
         }
     }
 
@@ -854,12 +921,130 @@ impl Quorum {
             self.truncate_diverged(epoch, end);
             return;
         }
+        if let Some(id) = r.snapshot {
+            // Behind the leader's log start: its snapshot first.
+            self.fetching = Some((id, Vec::new()));
+            return;
+        }
         if r.start != self.log.end() {
             return; // an answer to an older fetch: the log has moved since
         }
         self.append_fetched(r.entries);
         self.high_watermark = self.high_watermark.max(r.high_watermark.min(self.log.end()));
         self.leader_hw = Some(r.high_watermark);
+    }
+
+    /// A leader answers a chunk of its snapshot.
+    fn on_fetch_snapshot(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        epoch: Epoch,
+        id: SnapshotId,
+        position: u64,
+        request: u64,
+    ) {
+        self.observe_epoch(now, epoch, None);
+        let mut c = SnapshotChunk {
+            request,
+            epoch: self.epoch,
+            leader: self.leader,
+            refused: epoch < self.epoch || !self.is_leader(),
+            id: self.snapshot.as_ref().map(|(id, _)| *id),
+            size: 0,
+            position,
+            data: Vec::new(),
+        };
+        if let (false, Some((have, data))) = (c.refused, &self.snapshot) {
+            c.size = data.len() as u64;
+            if *have == id {
+                let from_at = usize::try_from(position).unwrap_or(usize::MAX).min(data.len());
+                let to = from_at.saturating_add(SNAPSHOT_CHUNK_BYTES).min(data.len());
+                c.data = data[from_at..to].to_vec();
+            }
+            if let Role::Leader(l) = &mut self.role {
+                if let Some(p) = l.progress.get_mut(&from) {
+                    p.last_fetch = now;
+                }
+            }
+        }
+        self.send(from, Message::FetchSnapshotResponse(c));
+    }
+
+    /// A chunk of the leader's snapshot: appended; once it is whole, it is handed over to be
+    /// made durable.
+    fn on_snapshot_chunk(&mut self, now: Instant, from: NodeId, c: SnapshotChunk) {
+        self.observe_epoch(now, c.epoch, c.leader);
+        let current = self.fetch_sent.is_some_and(|(_, id)| id == c.request) && self.leader == Some(from);
+        if c.epoch < self.epoch || self.is_leader() || !current {
+            return;
+        }
+        self.fetch_sent = None;
+        if c.refused {
+            self.fetching = None;
+            return;
+        }
+        self.role = Role::Follower { last_heard: now };
+        let Some((id, buf)) = self.fetching.as_mut() else { return };
+        if c.id != Some(*id) {
+            // The leader has taken a newer snapshot: a fetch from the log tells which.
+            self.fetching = None;
+            return;
+        }
+        if c.position == buf.len() as u64 && buf.len() as u64 + c.data.len() as u64 <= c.size {
+            buf.extend_from_slice(&c.data);
+        }
+        if buf.len() as u64 == c.size && c.size > 0 {
+            let (id, data) = self.fetching.take().expect("checked");
+            self.installing = Some(id);
+            self.write(Write::InstallSnapshot { id, data });
+        }
+    }
+
+    /// Making a fetched snapshot durable failed: it is fetched again.
+    pub fn snapshot_install_failed(&mut self, now: Instant) {
+        self.installing = None;
+        self.after(now);
+    }
+
+    /// The node's own snapshot `id` is durable: members behind the log start are served it.
+    pub fn snapshot_durable(&mut self, id: SnapshotId, data: bytes::Bytes) {
+        if self.snapshot.as_ref().is_none_or(|(have, _)| id.0 > have.0) {
+            self.snapshot = Some((id, data));
+        }
+    }
+
+    /// The newest snapshot durable here, if any.
+    pub fn snapshot_id(&self) -> Option<SnapshotId> {
+        self.snapshot.as_ref().map(|(id, _)| *id)
+    }
+
+    /// The node no longer keeps the entries below `start` (its snapshot holds them): nor
+    /// does the log in memory. Only committed entries covered by a durable snapshot go.
+    pub fn discard_prefix(&mut self, start: Offset) {
+        let covered = self.snapshot.as_ref().is_some_and(|((end, _), _)| start <= *end);
+        if covered && start <= self.high_watermark && self.log.drop_prefix(start) {
+            self.durable_end = self.durable_end.max(start);
+        }
+    }
+
+    /// A snapshot fetched from the leader is durable. Unless this log already holds its last
+    /// entry, the log is emptied to start at its end (the entries it had there and after
+    /// may differ from the leader's; the snapshot holds what was committed).
+    pub fn snapshot_installed(&mut self, now: Instant, id: SnapshotId, data: bytes::Bytes) {
+        if self.installing == Some(id) {
+            self.installing = None;
+        }
+        let (end, epoch) = id;
+        if self.log.epoch_at(end - 1) != Some(epoch) || self.log.end() < end {
+            self.log.reset(end, epoch);
+            self.durable_end = end;
+            self.generation += 1;
+            self.write(Write::Reset { start: end, start_epoch: epoch });
+        }
+        self.high_watermark = self.high_watermark.max(end);
+        self.snapshot_durable(id, data);
+        self.after(now);
     }
 
     fn truncate_diverged(&mut self, epoch: Epoch, leader_end: Offset) {
@@ -904,10 +1089,19 @@ impl Quorum {
         if self.fetch_sent.is_some() || !reports_durable || matches!(self.role, Role::Candidate { .. }) {
             return;
         }
+        if self.installing.is_some() {
+            return;
+        }
         let request = self.next_request;
         self.next_request += 1;
         self.fetch_sent = Some((now, request));
-        self.send(leader, self.fetch_request(request));
+        let msg = match &self.fetching {
+            Some((id, buf)) => {
+                Message::FetchSnapshot { epoch: self.epoch, id: *id, position: buf.len() as u64, request }
+            }
+            None => self.fetch_request(request),
+        };
+        self.send(leader, msg);
     }
 
     fn fetch_request(&self, request: u64) -> Message {
@@ -972,7 +1166,13 @@ impl Quorum {
         if let Role::Leader(l) = &self.role {
             assert_eq!(self.leader, Some(self.cfg.node_id));
             assert_eq!(self.voted_for, Some(self.cfg.node_id), "a leader voted for itself");
-            assert_eq!(self.log.epoch_at(l.epoch_start), Some(self.epoch), "the epoch starts with its LeaderChange");
+            if l.epoch_start >= self.log.start() {
+                assert_eq!(
+                    self.log.epoch_at(l.epoch_start),
+                    Some(self.epoch),
+                    "the epoch starts with its LeaderChange"
+                );
+            }
         }
     }
 }

@@ -230,10 +230,25 @@ fn a_follower_truncates_what_diverged_and_takes_the_leaders_entries() {
     let mut net = Net::new(&[]);
     // Node 3 holds an entry of epoch 2 that nobody else has; 1 and 2 moved on to epoch 3.
     let common = vec![e(1, 0), e(1, 1)];
-    let ahead = Persisted { epoch: 3, voted_for: None, entries: [common.clone(), vec![e(3, 2)]].concat() };
+    let ahead = Persisted {
+        epoch: 3,
+        voted_for: None,
+        start: 0,
+        start_epoch: 0,
+        entries: [common.clone(), vec![e(3, 2)]].concat(),
+    };
     net.start(1, ahead.clone());
     net.start(2, ahead);
-    net.start(3, Persisted { epoch: 2, voted_for: None, entries: [common, vec![e(2, 9), e(2, 9)]].concat() });
+    net.start(
+        3,
+        Persisted {
+            epoch: 2,
+            voted_for: None,
+            start: 0,
+            start_epoch: 0,
+            entries: [common, vec![e(2, 9), e(2, 9)]].concat(),
+        },
+    );
     net.run_ms(5_000);
     let l = net.leaders()[0];
     assert_ne!(l, 3, "node 3's log is behind by epoch: it cannot win");
@@ -248,7 +263,7 @@ fn a_follower_truncates_what_diverged_and_takes_the_leaders_entries() {
 #[test]
 fn votes_need_an_up_to_date_log_and_are_durable_before_they_are_sent() {
     let e = |epoch| Entry { epoch, kind: EntryKind::Record(vec![]) };
-    let p = Persisted { epoch: 2, voted_for: None, entries: vec![e(1), e(2)] };
+    let p = Persisted { epoch: 2, voted_for: None, start: 0, start_epoch: 0, entries: vec![e(1), e(2)] };
     let mut q = Quorum::new(QuorumConfig::new(1, [1, 2, 3]), p, 1, Instant::ZERO);
     while q.poll_action().is_some() {}
     let now = Instant::from_millis(5_000); // long past any leader
@@ -288,14 +303,14 @@ fn restart_keeps_the_epoch_and_vote_and_the_log_wins_over_a_lost_state_write() {
     let e = |epoch| Entry { epoch, kind: EntryKind::Record(vec![]) };
     let q = Quorum::new(
         QuorumConfig::new(1, [1, 2, 3]),
-        Persisted { epoch: 4, voted_for: Some(2), entries: vec![e(3)] },
+        Persisted { epoch: 4, voted_for: Some(2), start: 0, start_epoch: 0, entries: vec![e(3)] },
         1,
         Instant::ZERO,
     );
     assert_eq!((q.epoch(), q.voted_for()), (4, Some(2)));
     let q = Quorum::new(
         QuorumConfig::new(1, [1, 2, 3]),
-        Persisted { epoch: 2, voted_for: Some(2), entries: vec![e(5)] },
+        Persisted { epoch: 2, voted_for: Some(2), start: 0, start_epoch: 0, entries: vec![e(5)] },
         1,
         Instant::ZERO,
     );
