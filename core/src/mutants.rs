@@ -100,6 +100,9 @@ pub enum Mutant {
     /// Metadata snapshots: a snapshot is labelled one entry past the offset it was taken at
     /// (a restart from it skips the next record of the log).
     SnapshotOffByOne = 35,
+    /// Metadata snapshots: a running node that fetches its leader's snapshot takes its image
+    /// without carrying out what differs (topics it lacked are never made, its roles stay).
+    SnapshotImageNotCarriedOut = 36,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -138,6 +141,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::DynamicConfigsNotReplayed, "dynamic-configs-not-replayed"),
     (Mutant::GapOnFirstRead, "gap-on-first-read"),
     (Mutant::SnapshotOffByOne, "snapshot-off-by-one"),
+    (Mutant::SnapshotImageNotCarriedOut, "snapshot-image-not-carried-out"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -163,7 +167,8 @@ pub fn scenario(m: Mutant) -> &'static str {
         | Mutant::ForgetDeletionsOnRestart
         | Mutant::DynamicConfigsNotReplayed
         | Mutant::GapOnFirstRead
-        | Mutant::SnapshotOffByOne => "cluster",
+        | Mutant::SnapshotOffByOne
+        | Mutant::SnapshotImageNotCarriedOut => "cluster",
         _ => "default",
     }
 }

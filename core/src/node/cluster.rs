@@ -223,6 +223,9 @@ impl Node {
     pub(super) fn install_image(&mut self, snap: metadata::Snapshot) {
         let old = std::mem::replace(&mut self.cluster.image, snap.image);
         self.cluster.applied = self.cluster.applied.max(snap.end);
+        if crate::mutants::active(crate::mutants::Mutant::SnapshotImageNotCarriedOut) {
+            return;
+        }
         let new = self.cluster.image.clone();
         for (name, t) in &old.topics {
             if new.topics.get(name).is_none_or(|n| n.id != t.id) {

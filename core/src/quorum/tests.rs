@@ -12,6 +12,8 @@ struct Net {
     queue: VecDeque<(NodeId, NodeId, Message)>,
     cut: BTreeSet<(NodeId, NodeId)>,
     now: Instant,
+    /// Snapshots fetched and installed: (by whom, which).
+    installed: Vec<(NodeId, SnapshotId)>,
 }
 
 impl Net {
@@ -22,6 +24,7 @@ impl Net {
             queue: VecDeque::new(),
             cut: BTreeSet::new(),
             now: Instant::from_millis(1),
+            installed: Vec::new(),
         };
         for &id in ids {
             net.start(id, Persisted::default());
@@ -51,10 +54,19 @@ impl Net {
                     match w {
                         Write::State { epoch, voted_for } => (d.epoch, d.voted_for) = (epoch, voted_for),
                         Write::Append { offset, entries } => {
-                            assert_eq!(offset as usize, d.entries.len(), "appends land at the log end");
+                            assert_eq!((offset - d.start) as usize, d.entries.len(), "appends land at the log end");
                             d.entries.extend(entries);
                         }
-                        Write::Truncate { end } => d.entries.truncate(end as usize),
+                        Write::Truncate { end } => d.entries.truncate((end - d.start) as usize),
+                        Write::Reset { start, start_epoch } => {
+                            (d.start, d.start_epoch) = (start, start_epoch);
+                            d.entries.clear();
+                        }
+                        Write::InstallSnapshot { id: snap, data } => {
+                            self.installed.push((id, snap));
+                            let now = self.now;
+                            self.nodes.get_mut(&id).unwrap().snapshot_installed(now, snap, data.into());
+                        }
                         Write::Sync { id: s } => {
                             let now = self.now;
                             self.nodes.get_mut(&id).unwrap().handle_synced(now, s);
@@ -339,4 +351,43 @@ fn a_voter_stranded_at_a_newer_epoch_brings_the_quorum_past_it() {
         assert_eq!((q.epoch(), q.leader()), (epoch, Some(leaders[0])), "node {}", q.node_id());
         assert_eq!(record(q, o), Some(b"after".to_vec()));
     }
+}
+
+#[test]
+fn a_member_behind_the_log_start_fetches_the_snapshot_and_goes_on_from_its_end() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.run_ms(3_000);
+    let l = net.leaders()[0];
+    let lone = (1..=3).find(|&i| i != l).unwrap();
+    net.isolate(lone);
+    let mut last = 0;
+    for i in 0..40u8 {
+        last = net.propose(l, &[i]);
+    }
+    net.run_ms(1_000);
+    // The two that have everything take a snapshot at the leader's high watermark and forget
+    // the log before it; a snapshot two chunks long.
+    let hw = net.nodes[&l].high_watermark();
+    assert!(hw > last, "committed by the majority");
+    let data = bytes::Bytes::from(vec![7u8; SNAPSHOT_CHUNK_BYTES + 10]);
+    let id = (hw, net.nodes[&l].epoch());
+    for q in net.nodes.values_mut().filter(|q| q.node_id() != lone) {
+        q.snapshot_durable(id, data.clone());
+        q.discard_prefix(hw);
+        assert_eq!(q.log().start(), hw);
+        q.invariants();
+    }
+    assert_eq!(net.nodes[&lone].log().end(), 1, "the lone member has only the first leader's entry");
+    net.cut.clear();
+    net.run_ms(3_000);
+    assert_eq!(net.installed, vec![(lone, id)], "it fetched the snapshot, once");
+    let after = net.propose(l, b"after");
+    net.run_ms(1_000);
+    let q = &net.nodes[&lone];
+    q.invariants();
+    assert_eq!((q.log().start(), q.log().start_epoch()), id, "its log starts at the snapshot's end");
+    assert_eq!(record(q, after), Some(b"after".to_vec()));
+    assert!(q.high_watermark() > after);
+    assert_eq!(net.disks[&lone].start, hw, "and so does the log on its disk");
+    assert_eq!(net.nodes[&lone].snapshot_id(), Some(id), "it can serve the snapshot in turn");
 }
