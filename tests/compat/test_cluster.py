@@ -400,3 +400,58 @@ def test_default_idempotent_producers_on_every_node(cluster):
                      expected_counts={p: len(v) for p, v in sent.items()})
     for p in range(3):
         assert [m.value() for m in got[p]] == sent[p], "partition %d: duplicates, gaps or reordering" % p
+
+
+@pytest.mark.timeout(180)
+def test_a_broker_behind_the_metadata_log_start_catches_up_from_a_snapshot(request):
+    """With a metadata snapshot due every 256 bytes of records, a broker that is down while
+    30 topics are made finds, on its return, that the others have deleted the start of their
+    metadata log (each keeps a segment or two and one snapshot): it fetches the controller's
+    snapshot, takes its image, and serves as before: every topic listed, a new topic spread
+    over all three."""
+    c = Cluster(overrides={"metadata.log.max.record.bytes.between.snapshots": 256})
+    request.node._sluice_brokers = c.nodes
+    try:
+        c.start()
+        views = wait_until("every node lists brokers 1-3 and one controller", lambda: all_agree(c, [1, 2, 3]))
+        away = next(b for b in c.nodes if int(b.overrides["node.id"]) != views[0][1])
+        away.kill9()
+        topics = [unique_topic("behind") for _ in range(30)]
+        for t in topics:
+            create_topic(c.bootstrap, t, 1)
+        here = [b for b in c.nodes if b is not away]
+
+        def trimmed():
+            out = []
+            for b in here:
+                files = os.listdir(os.path.join(b.data_dir, ".sluice-meta"))
+                segs = [f for f in files if f.startswith("quorum") and f.endswith(".log")]
+                snaps = [f for f in files if f.endswith(".checkpoint")]
+                if "quorum.log" in segs or len(segs) > 2 or len(snaps) != 1:
+                    return None
+                out.append((sorted(segs), snaps))
+            return out
+        print(wait_until("the others deleted the start of their metadata log", trimmed, timeout=30))
+        away.start()
+        wait_until("all three list brokers 1-3 and every topic",
+                   lambda: all(all_agree(c, [1, 2, 3], t, 1) for t in (topics[0], topics[-1])))
+        with open(away.stderr_path, "rb") as f:
+            log = f.read().decode("utf-8", "replace")
+        assert "metadata snapshot fetched from the leader" in log, log[-3000:]
+        md = ck_admin(away.bootstrap).list_topics(timeout=10)
+        missing = [t for t in topics if t not in md.topics]
+        assert not missing, "the returning broker lacks %d topics, first %s" % (len(missing), missing[:3])
+        spread = unique_topic("spread")
+        create_topic(c.bootstrap, spread, 6)
+        views = wait_until("%s is led on all three" % spread,
+                           lambda: (lambda v: v if v and set(v[0][2].values()) == {1, 2, 3} else None)(
+                               all_agree(c, [1, 2, 3], spread, 6)))
+        items = [{"value": b"v-%d" % i, "partition": i % 6} for i in range(60)]
+        reports = ck_produce(ck_producer(away.bootstrap), spread, items)
+        assert all(r.err is None for r in reports), [r.err for r in reports if r.err][:3]
+        got = ck_consume(away.bootstrap, spread, {p: 0 for p in range(6)}, expected_counts={p: 10 for p in range(6)})
+        for p in range(6):
+            assert [m.value() for m in got[p]] == [it["value"] for it in items if it["partition"] == p]
+    finally:
+        failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+        c.close(keep=failed)
