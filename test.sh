@@ -10,13 +10,14 @@ bash scripts/install-test-deps.sh
 bash scripts/check-core-deps.sh
 cargo build --workspace --bins
 cargo test --workspace
-# A bounded fault-injection sweep of the deterministic simulator (release build: ~200 runs/s).
-cargo run --release -q -p sluice-sim -- sweep --seeds 1..2000 --jobs 2
+# Bounded fault-injection sweeps of the deterministic simulator (release build); the longer
+# sweeps are benchmarks (BENCHMARKS.md).
+cargo run --release -q -p sluice-sim -- sweep --seeds 1..1500 --jobs 2
 # The metadata quorum on its own: 3 and 5 voters under crashes, pauses and partitions.
-cargo run --release -q -p sluice-sim -- sweep --scenario quorum --seeds 1..5000 --jobs 2
+cargo run --release -q -p sluice-sim -- sweep --scenario quorum --seeds 1..4000 --jobs 2
 # Three or five full nodes forming a cluster: metadata agreement, replication, reassignments and
 # convergence under crashes, isolations and stalls.
-cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 1..2000 --jobs 2
+cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 1..1500 --jobs 2
 # The same with failed syncs and corrupted reads on every node.
-cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 2001..3000 --jobs 2 --disk-faults
+cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 2001..2800 --jobs 2 --disk-faults
 bash tests/compat/run.sh
