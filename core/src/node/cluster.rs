@@ -239,31 +239,41 @@ impl Node {
                 self.on_meta_record(MetaRecord::TopicPlaced { name: name.clone(), id: t.id, configs, replicas });
                 continue;
             };
-            if t.partitions > o.partitions {
-                let from = usize::try_from(o.partitions).unwrap_or(0);
-                let replicas = t.parts.iter().skip(from).map(|p| p.replicas.clone()).collect();
-                let rec = MetaRecord::PartitionsPlaced { name: name.clone(), id: t.id, from: o.partitions, replicas };
-                self.on_meta_record(rec);
-            }
-            if t.configs != o.configs {
-                self.topic_configs_altered(t.id);
-            }
-            for (&p, start) in &t.log_starts {
-                if o.log_starts.get(&p) != Some(start) {
-                    self.records_deleted(t.id, p);
-                }
-            }
-            for (i, (now, before)) in t.parts.iter().zip(&o.parts).enumerate() {
-                let p = i32::try_from(i).expect("bounded");
-                let moved =
-                    (&now.replicas, &now.adding, &now.removing) != (&before.replicas, &before.adding, &before.removing);
-                if moved {
-                    self.replicas_changed(t.id, p);
-                } else if now != before {
-                    self.partition_change_applied(t.id, p);
-                }
+            self.topic_changes_carried_out(name, t, o);
+        }
+        self.broker_changes_carried_out(&old, &new);
+    }
+
+    /// What changed of a topic between two images, carried out.
+    fn topic_changes_carried_out(&mut self, name: &str, t: &metadata::TopicImage, o: &metadata::TopicImage) {
+        if t.partitions > o.partitions {
+            let from = usize::try_from(o.partitions).unwrap_or(0);
+            let replicas = t.parts.iter().skip(from).map(|p| p.replicas.clone()).collect();
+            let rec = MetaRecord::PartitionsPlaced { name: name.to_string(), id: t.id, from: o.partitions, replicas };
+            self.on_meta_record(rec);
+        }
+        if t.configs != o.configs {
+            self.topic_configs_altered(t.id);
+        }
+        for (&p, start) in &t.log_starts {
+            if o.log_starts.get(&p) != Some(start) {
+                self.records_deleted(t.id, p);
             }
         }
+        for (i, (now, before)) in t.parts.iter().zip(&o.parts).enumerate() {
+            let p = i32::try_from(i).expect("bounded");
+            let moved =
+                (&now.replicas, &now.adding, &now.removing) != (&before.replicas, &before.adding, &before.removing);
+            if moved {
+                self.replicas_changed(t.id, p);
+            } else if now != before {
+                self.partition_change_applied(t.id, p);
+            }
+        }
+    }
+
+    /// What changed of the brokers and their dynamic configs between two images, carried out.
+    fn broker_changes_carried_out(&mut self, old: &MetadataImage, new: &MetadataImage) {
         for (&id, b) in &new.brokers {
             let rec = match old.brokers.get(&id) {
                 Some(o) if o == b => continue,
