@@ -221,6 +221,11 @@ impl Node {
     /// replaces the image: what differs is carried out as the records in between would have
     /// been.
     pub(super) fn install_image(&mut self, snap: metadata::Snapshot) {
+        tracing::info!(
+            applied = self.cluster.applied,
+            end = snap.end,
+            "taking a fetched snapshot's image while running"
+        );
         let old = std::mem::replace(&mut self.cluster.image, snap.image);
         self.cluster.applied = self.cluster.applied.max(snap.end);
         if crate::mutants::active(crate::mutants::Mutant::SnapshotImageNotCarriedOut) {

@@ -126,6 +126,8 @@ pub(super) struct MetaQuorum {
     /// A snapshot is durable past the segment appended to: a new one starts when the log is
     /// quiet (everything committed and synced, no write in flight).
     roll_wanted: bool,
+    /// The new segment being created: its handle, base and path.
+    rolling: Option<(FileId, Offset, String)>,
     /// Quorum syncs in flight: how many files each still waits for.
     syncs: BTreeMap<u64, u8>,
     /// Files written since their last sync was issued: only those are synced.
@@ -466,6 +468,41 @@ impl Node {
         self.maybe_roll_quorum_log();
     }
 
+    /// The new segment file is created: it is appended to from now on if the log still ends
+    /// at its base with nothing in flight (else it is dropped, and made again when the log
+    /// is quiet; after a failure, at the next snapshot).
+    pub(super) fn on_quorum_roll(&mut self, result: Result<(), DiskError>) {
+        let Some((file, base, path)) = self.meta.rolling.take() else { return };
+        let m = &self.meta;
+        let still = self.meta.quorum.as_ref().is_some_and(|q| q.log().end() == base && q.durable_end() == base)
+            && m.writes_in_flight.is_empty()
+            && m.syncs.is_empty()
+            && m.deferred_syncs.is_empty();
+        match result {
+            Ok(()) if still => {
+                self.meta.roll_wanted = false;
+                let old = OldSegment { base: self.meta.log_base, path: self.meta.log_path.clone() };
+                self.meta.old_segments.push(old);
+                let old_file = self.meta.log_file;
+                self.issue(DiskOp::Close { file: old_file }, Purpose::Ignore);
+                let m = &mut self.meta;
+                (m.log_file, m.log_path, m.log_base, m.log_size) = (file, path, base, 0);
+                m.positions.clear();
+                // Emptied, should a file of that name be left over from an earlier run.
+                self.issue_quorum_write(DiskOp::Truncate { file, len: 0 });
+                self.meta.log_dirty = true;
+            }
+            result => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, %path, "could not start a new metadata log segment; trying at the next snapshot");
+                    self.meta.roll_wanted = false;
+                }
+                self.drop_segment_file(file, path);
+            }
+        }
+        self.maybe_roll_quorum_log();
+    }
+
     /// Starts a new segment at the log end if one is wanted and the log is quiet, then
     /// deletes the segments the newest snapshot covers.
     fn maybe_roll_quorum_log(&mut self) {
@@ -477,14 +514,13 @@ impl Node {
             && m.syncs.is_empty()
             && m.deferred_syncs.is_empty();
         let (end, epoch, covered) = (q.log().end(), q.log().last_epoch(), q.snapshot_id().map_or(0, |(e, _)| e));
-        if m.roll_wanted && quiet && end > m.log_base {
-            self.meta.roll_wanted = false;
+        if m.roll_wanted && quiet && end > m.log_base && m.rolling.is_none() {
+            // The new segment is created first, and taken only once it is: a segment that
+            // cannot be made (a full disk) leaves the log appending to the one it has.
             let seg = SegmentFile::at(end, epoch);
-            let old = OldSegment { base: self.meta.log_base, path: self.meta.log_path.clone() };
-            self.meta.old_segments.push(old);
-            let file = self.meta.log_file;
-            self.issue(DiskOp::Close { file }, Purpose::Ignore);
-            self.start_segment(&seg.path, end);
+            let file = self.alloc_file();
+            self.meta.rolling = Some((file, end, seg.path.clone()));
+            self.issue(DiskOp::Open { file, path: seg.path, create: true }, Purpose::QuorumRoll);
         }
         // A segment goes once the one after it starts at or below the snapshot's end.
         let m = &mut self.meta;

@@ -95,6 +95,8 @@ enum Purpose {
     QuorumWrite {
         seq: u64,
     },
+    /// The creation of a new segment of the quorum's log.
+    QuorumRoll,
     /// One of the two files of a quorum sync.
     QuorumSync {
         id: u64,
@@ -937,6 +939,7 @@ impl Node {
             },
             Purpose::LogSync { tp, generation, file } => self.on_log_sync(tp, generation, file, result.err()),
             Purpose::QuorumWrite { seq } => self.on_quorum_write(seq, result.map(|_| ())),
+            Purpose::QuorumRoll => self.on_quorum_roll(result.map(|_| ())),
             Purpose::QuorumSync { id } => self.on_quorum_sync(id, result.map(|_| ())),
             Purpose::Job(id) => {
                 if let Err(e) = &result {

@@ -986,8 +986,9 @@ impl Quorum {
         }
         self.role = Role::Follower { last_heard: now };
         let Some((id, buf)) = self.fetching.as_mut() else { return };
-        if c.id != Some(*id) {
-            // The leader has taken a newer snapshot: a fetch from the log tells which.
+        if c.id != Some(*id) || c.size > crate::limits::METADATA_LOG_BYTES_MAX {
+            // The leader has taken a newer snapshot: a fetch from the log tells which. (One
+            // over the size a metadata file may have is refused, as at start-up.)
             self.fetching = None;
             return;
         }
