@@ -32,6 +32,9 @@ pub const FETCH_RESPONSE_BYTES_MAX: usize = 55 * 1024 * 1024;
 
 /// Bytes read from a segment per read during recovery.
 pub const RECOVERY_READ_BYTES: usize = 4 * 1024 * 1024;
+/// The largest segment summary written or read (`log::summary`): a segment of very small
+/// batches whose summary would be larger is scanned at start-up instead.
+pub const SEGMENT_SUMMARY_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Bytes a metadata log may hold; it is read whole at start-up.
 pub const METADATA_LOG_BYTES_MAX: u64 = 256 * 1024 * 1024;

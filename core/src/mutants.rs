@@ -103,6 +103,10 @@ pub enum Mutant {
     /// Metadata snapshots: a running node that fetches its leader's snapshot takes its image
     /// without carrying out what differs (topics it lacked are never made, its roles stay).
     SnapshotImageNotCarriedOut = 36,
+    /// Segment summaries: a sealed segment's summary is written before the segment is
+    /// synced, and recovery takes a summary without checking it against its segment (a crash
+    /// that loses the segment's unsynced tail leaves a summary of batches that are not there).
+    SummaryUnchecked = 37,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -142,6 +146,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::GapOnFirstRead, "gap-on-first-read"),
     (Mutant::SnapshotOffByOne, "snapshot-off-by-one"),
     (Mutant::SnapshotImageNotCarriedOut, "snapshot-image-not-carried-out"),
+    (Mutant::SummaryUnchecked, "summary-unchecked"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the

@@ -10,6 +10,7 @@ pub mod cleaner;
 pub mod epochs;
 pub mod producers;
 pub mod records;
+pub mod summary;
 
 use std::collections::BTreeSet;
 
@@ -21,7 +22,7 @@ use crate::types::{FileId, Offset};
 use batch::{BatchError, BatchHeader};
 
 /// One batch in a segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// base offset minus the segment's base offset
     pub base_delta: u32,
@@ -47,6 +48,14 @@ pub struct Segment {
     time_index_bytes: u64,
     bytes_since_index_entry: u64,
     max_timestamp: i64,
+    /// What recovery's scan would find besides `entries`, kept until the segment's summary
+    /// is written (then dropped, unless the segment is the active one). None for a segment
+    /// whose summary is written, or whose batches were not all seen (a cleaned one).
+    pub record: Option<summary::ScanRecord>,
+    pub summary: summary::SummaryState,
+    /// The CRC of the last batch, for the summary (unknown after a cut, until a batch is
+    /// added).
+    last_crc: Option<u32>,
 }
 
 pub fn segment_file_name(base_offset: Offset, ext: &str) -> String {
@@ -67,7 +76,31 @@ impl Segment {
             time_index_bytes: 0,
             bytes_since_index_entry: 0,
             max_timestamp: -1,
+            record: Some(summary::ScanRecord::default()),
+            summary: summary::SummaryState::Missing,
+            last_crc: Some(0),
         }
+    }
+
+    /// This segment as recovery found it, for its summary.
+    fn summary(&self) -> Option<summary::Summary> {
+        Some(summary::Summary {
+            base_offset: self.base_offset,
+            size: self.size,
+            last_crc: self.last_crc?,
+            entries: self.entries.clone(),
+            record: self.record.clone()?,
+        })
+    }
+
+    /// Takes what a summary says of this (just opened) segment, as a scan would have found it.
+    pub fn restore(&mut self, s: summary::Summary) {
+        self.size = s.size;
+        self.max_timestamp = s.entries.iter().map(|e| e.max_timestamp).max().unwrap_or(-1);
+        self.entries = s.entries;
+        self.record = Some(s.record);
+        self.last_crc = Some(s.last_crc);
+        self.summary = summary::SummaryState::Written(s.size);
     }
 
     /// One past the last offset in this segment.
@@ -80,7 +113,25 @@ impl Segment {
     }
 
     /// Records a batch at the end of the segment; returns sparse-index writes that are due.
-    fn push(&mut self, h: &BatchHeader, base_offset: Offset, interval: u32, ops: &mut Vec<DiskOp>) {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        h: &BatchHeader,
+        base_offset: Offset,
+        epoch: i32,
+        replay: Option<producers::Replay>,
+        interval: u32,
+        ops: &mut Vec<DiskOp>,
+    ) {
+        if let Some(r) = self.record.as_mut() {
+            r.note(epoch, base_offset, replay);
+        }
+        self.last_crc = Some(h.crc);
+        // A summary written before this batch no longer describes the segment.
+        self.summary = match self.summary {
+            summary::SummaryState::Failed => summary::SummaryState::Failed,
+            _ => summary::SummaryState::Missing,
+        };
         let entry = Entry {
             base_delta: u32::try_from(base_offset - self.base_offset).expect("segment rolled before offset overflow"),
             last_delta: u32::try_from(base_offset + i64::from(h.last_offset_delta) - self.base_offset)
@@ -160,7 +211,13 @@ impl Segment {
     fn truncate_to(&mut self, offset: Offset) -> u64 {
         let delta = u32::try_from((offset - self.base_offset).max(0)).unwrap_or(u32::MAX);
         let keep = self.entries.partition_point(|e| e.base_delta < delta);
-        self.entries.truncate(keep);
+        if keep < self.entries.len() {
+            self.entries.truncate(keep);
+            if let Some(r) = self.record.as_mut() {
+                r.truncate(offset);
+            }
+            self.last_crc = self.entries.is_empty().then_some(0);
+        }
         self.size = self.entries.last().map_or(0, |e| u64::from(e.position) + u64::from(e.size));
         self.max_timestamp = self.entries.iter().map(|e| e.max_timestamp).max().unwrap_or(-1);
         self.size
@@ -227,6 +284,8 @@ pub struct PartitionLog {
     /// The segment whose cleaned copy is being renamed over it: retention and DeleteRecords
     /// leave it alone until the rename is done.
     pub swapping: Option<Offset>,
+    /// A sealed segment may be waiting for its sync before its summary is written.
+    pub summaries_waiting: bool,
 }
 
 /// Hands out file ids; the node owns the counter.
@@ -249,6 +308,7 @@ impl PartitionLog {
             dirty: BTreeSet::new(),
             producers: producers::Producers::default(),
             swapping: None,
+            summaries_waiting: false,
         }
     }
 
@@ -263,6 +323,7 @@ impl PartitionLog {
             });
         }
         self.segments.push(Segment::new(base_offset, files, wall_ms));
+        self.summaries_waiting = true;
     }
 
     fn active(&self) -> &Segment {
@@ -290,6 +351,7 @@ impl PartitionLog {
         let data = if settings.log_append_time {
             let rewritten = batch::with_log_append_time(batch, wall_ms);
             h.max_timestamp = wall_ms;
+            h.crc = batch::parse_header(&rewritten).map_or(h.crc, |r| r.crc);
             let mut all = Vec::with_capacity(rewritten.len());
             all.extend_from_slice(&batch::patched_prefix(&rewritten, base, leader_epoch));
             all.extend_from_slice(&rewritten[16..]);
@@ -299,7 +361,8 @@ impl PartitionLog {
             vec![Bytes::copy_from_slice(&prefix), batch.slice(16..header.size)]
         };
         self.epochs.assign(leader_epoch, base);
-        (base, self.push_write(data, &h, base, settings, ops))
+        let replay = producers::Replay::of(&h, base, batch);
+        (base, self.push_write(data, &h, (base, leader_epoch, replay), settings, ops))
     }
 
     /// Appends a batch a follower fetched from its leader, as it is: its offsets and epoch are
@@ -319,21 +382,25 @@ impl PartitionLog {
         debug_assert!(base >= self.log_end_offset);
         self.roll_if_due(base, header, settings, wall_ms, ids, ops);
         self.epochs.assign(header.partition_leader_epoch, base);
-        self.push_write(vec![batch], header, base, settings, ops)
+        let replay = producers::Replay::of(header, base, &batch);
+        self.push_write(vec![batch], header, (base, header.partition_leader_epoch, replay), settings, ops)
     }
 
+    /// Writes a batch at the end of the active segment; `at` is its base offset, leader
+    /// epoch and what it means to producer state.
     fn push_write(
         &mut self,
         data: Vec<Bytes>,
         h: &BatchHeader,
-        base: Offset,
+        at: (Offset, i32, Option<producers::Replay>),
         settings: &TopicSettings,
         ops: &mut Vec<DiskOp>,
     ) -> usize {
+        let (base, epoch, replay) = at;
         let seg = self.segments.last_mut().expect("at least one segment");
         let data_op = ops.len();
         ops.push(DiskOp::Write { file: seg.log_file, position: seg.size, data });
-        seg.push(h, base, settings.index_interval_bytes, ops);
+        seg.push(h, base, epoch, replay, settings.index_interval_bytes, ops);
         self.log_end_offset = base + i64::from(h.last_offset_delta) + 1;
         data_op
     }
@@ -492,7 +559,13 @@ impl PartitionLog {
             self.delete_segment_files(&seg, ops);
         }
         let seg = self.segments.last_mut().expect("at least one segment");
+        let was = seg.size;
         let len = seg.truncate_to(offset);
+        if len < was && !matches!(seg.summary, summary::SummaryState::Missing | summary::SummaryState::Failed) {
+            // Gone before the cut (operations complete in issue order).
+            seg.summary = summary::SummaryState::Missing;
+            ops.push(DiskOp::DeleteFile { path: format!("{}/{}", self.dir, summary::file_name(seg.base_offset)) });
+        }
         ops.push(DiskOp::Truncate { file: seg.log_file, len });
         seg.rewrite_indexes(interval, ops);
         self.log_end_offset = seg.next_offset().max(seg.base_offset);
@@ -525,9 +598,81 @@ impl PartitionLog {
     }
 
     fn delete_segment_files(&self, seg: &Segment, ops: &mut Vec<DiskOp>) {
+        // The summary first: one left behind a deleted segment would describe a new one
+        // made under its name (it would not match it, but need not be read at all).
+        ops.push(DiskOp::DeleteFile { path: format!("{}/{}", self.dir, summary::file_name(seg.base_offset)) });
         for (file, ext) in [(seg.log_file, "log"), (seg.index_file, "index"), (seg.time_index_file, "timeindex")] {
             ops.push(DiskOp::Close { file });
             ops.push(DiskOp::DeleteFile { path: format!("{}/{}", self.dir, segment_file_name(seg.base_offset, ext)) });
+        }
+    }
+
+    /// The summaries that can be written now, each marked as being written: of every sealed
+    /// segment synced whole that has none, and, with `active`, of the active segment too
+    /// once the whole log is synced (a node shutting down). Returns (base offset, bytes).
+    pub fn summaries_due(&mut self, active: bool) -> Vec<(Offset, Vec<u8>)> {
+        let mut out = Vec::new();
+        if !self.summaries_waiting && !active {
+            return out;
+        }
+        let unchecked = crate::mutants::active(crate::mutants::Mutant::SummaryUnchecked);
+        let n = self.segments.len();
+        let mut waiting = false;
+        for (i, seg) in self.segments.iter_mut().enumerate() {
+            let sealed = i + 1 < n;
+            let synced =
+                if sealed { seg.next_offset() <= self.durable_end } else { self.durable_end >= self.log_end_offset };
+            let wanted = if sealed { synced || unchecked } else { active && synced };
+            if seg.summary != summary::SummaryState::Missing || self.swapping == Some(seg.base_offset) {
+                continue;
+            }
+            if !wanted {
+                waiting |= sealed && seg.record.is_some();
+                continue;
+            }
+            let Some(s) = seg.summary() else { continue };
+            let bytes = summary::encode(&s);
+            if bytes.len() > crate::limits::SEGMENT_SUMMARY_BYTES_MAX {
+                seg.summary = summary::SummaryState::Failed;
+                continue;
+            }
+            seg.summary = summary::SummaryState::Writing(seg.size);
+            out.push((seg.base_offset, bytes));
+        }
+        self.summaries_waiting = waiting;
+        out
+    }
+
+    /// Whether a summary is still to be written (or being written) for a segment that can
+    /// have one, with `active`, the active segment's included.
+    pub fn summaries_pending(&self, active: bool) -> bool {
+        let n = self.segments.len();
+        self.segments.iter().enumerate().any(|(i, seg)| {
+            (i + 1 < n || active)
+                && self.swapping != Some(seg.base_offset)
+                && match seg.summary {
+                    summary::SummaryState::Writing(_) => true,
+                    summary::SummaryState::Missing => seg.record.is_some() && seg.last_crc.is_some(),
+                    _ => false,
+                }
+        })
+    }
+
+    /// A summary's write ended: the segment's record is kept only while the segment may still
+    /// grow (the active one).
+    pub fn summary_written(&mut self, base: Offset, ok: bool) {
+        let active = self.segments.last().map(|s| s.base_offset);
+        let Some(seg) = self.segments.iter_mut().find(|s| s.base_offset == base) else { return };
+        let summary::SummaryState::Writing(size) = seg.summary else { return };
+        if !ok {
+            seg.summary = summary::SummaryState::Failed;
+        } else if size == seg.size {
+            seg.summary = summary::SummaryState::Written(size);
+            if active != Some(base) {
+                seg.record = None;
+            }
+        } else {
+            seg.summary = summary::SummaryState::Missing; // it grew meanwhile
         }
     }
 
@@ -595,6 +740,11 @@ impl PartitionLog {
         seg.max_timestamp = entries.iter().map(|e| e.max_timestamp).max().unwrap_or(-1);
         seg.entries = entries;
         seg.log_file = new;
+        // A cleaned segment is scanned at start-up (the cleaner does not keep what a
+        // summary needs of the batches it keeps).
+        seg.record = None;
+        seg.summary = summary::SummaryState::Missing;
+        ops.push(DiskOp::DeleteFile { path: format!("{}/{}", self.dir, summary::file_name(base)) });
         seg.rewrite_indexes(interval, ops);
         ops.push(DiskOp::Close { file: old });
         self.dirty.remove(&old);
@@ -641,18 +791,14 @@ pub enum Scan {
 impl Segment {
     /// Feeds `data`, read from `position` == `self.size`. `eof` says the read came back
     /// shorter than asked, so nothing follows it.
-    /// The producer fields of every good batch that carries a producer id are added to
-    /// `producers` (with its first and last offsets), for the node to replay once the segment
-    /// is accepted.
-    #[allow(clippy::too_many_arguments)]
+    /// What each good batch means to producer state, and its leader epoch, go to the
+    /// segment's `record`, for the node to replay once the segment is accepted.
     pub fn recover_chunk(
         &mut self,
         data: &[u8],
         eof: bool,
         chunk_bytes: usize,
         interval: u32,
-        producers: &mut Vec<producers::Replay>,
-        epochs: &mut epochs::EpochCache,
         gap_ok: Option<u64>,
     ) -> Scan {
         let mut at = 0usize;
@@ -675,22 +821,8 @@ impl Segment {
                         return Scan::Gap { position: self.size };
                     }
                     let mut sink = Vec::new();
-                    self.push(&h, h.base_offset, interval, &mut sink);
-                    epochs.assign(h.partition_leader_epoch, h.base_offset);
-                    if let Some(pb) = h.producer() {
-                        if h.is_control() {
-                            if let Some(commit) = batch::control_type(&rest[..h.size]) {
-                                producers.push(producers::Replay::Marker {
-                                    producer_id: h.producer_id,
-                                    epoch: h.producer_epoch,
-                                    commit,
-                                    offset: h.base_offset,
-                                });
-                            }
-                        } else {
-                            producers.push(producers::Replay::Data(pb, h.base_offset, h.last_offset()));
-                        }
-                    }
+                    let replay = producers::Replay::of(&h, h.base_offset, &rest[..h.size]);
+                    self.push(&h, h.base_offset, h.partition_leader_epoch, replay, interval, &mut sink);
                     at += h.size;
                 }
                 Err(BatchError::Truncated) if !eof => {
@@ -789,7 +921,7 @@ mod tests {
         assert_eq!(log.segments[0].base_offset, 40);
         assert_eq!(log.epochs.latest(), None);
         let deleted = ops.iter().filter(|o| matches!(o, DiskOp::DeleteFile { .. })).count();
-        assert_eq!(deleted, 9, "three segments' three files each");
+        assert_eq!(deleted, 12, "three segments' three files and summary each");
         assert!(ops.iter().any(|o| matches!(o, DiskOp::Open { path, .. } if path == "t-0/00000000000000000040.log")));
         assert_eq!(log.read(39, 40, 1 << 20, true), ReadResult::OutOfRange);
         assert_eq!(log.read(40, 40, 1 << 20, true), ReadResult::Empty);
@@ -842,6 +974,103 @@ mod tests {
         assert_eq!(log.read_replica(0, 4, 1 << 20, true), all_first, "a follower copies emptied batches too");
     }
 
+    /// The bytes each file of `ops` holds once its writes and truncations are done.
+    fn files_of(ops: &[DiskOp]) -> BTreeMap<FileId, Vec<u8>> {
+        let mut files: BTreeMap<FileId, Vec<u8>> = BTreeMap::new();
+        for op in ops {
+            match op {
+                DiskOp::Write { file, position, data } => {
+                    let f = files.entry(*file).or_default();
+                    let at = *position as usize;
+                    let bytes: Vec<u8> = data.iter().flat_map(|b| b.iter().copied()).collect();
+                    f.resize(f.len().max(at + bytes.len()), 0);
+                    f[at..at + bytes.len()].copy_from_slice(&bytes);
+                }
+                DiskOp::Truncate { file, len } => files.entry(*file).or_default().truncate(*len as usize),
+                _ => {}
+            }
+        }
+        files
+    }
+
+    #[test]
+    fn a_summary_holds_what_a_scan_of_its_segment_finds() {
+        let mut ids = Ids(0);
+        let mut ops: Vec<DiskOp> = Vec::new();
+        let mut log = PartitionLog::empty("t-0".into());
+        log.add_segment(0, 0, &mut ids, &mut ops);
+        let plain = make_batch(&[b"a", b"b"], 10);
+        let s = settings(3 * plain.len() as u64);
+        let mut seq = 0;
+        for i in 0..12 {
+            let mut b = match i % 4 {
+                0 => plain.clone(),
+                3 => batch::control_marker(7, 1, i % 8 == 3, 0, 20),
+                _ => make_batch(&[b"p", b"q"], 10 + i),
+            };
+            if i % 4 == 1 || i % 4 == 2 {
+                batch::set_producer(&mut b, 7, 1, seq);
+                seq += 2;
+            }
+            let bytes = Bytes::from(b);
+            let h = batch::check_batch(&bytes).unwrap();
+            let _ = log.append(&bytes, &h, (i / 5) as i32, &s, 0, &mut ids, &mut ops);
+        }
+        assert!(log.segments.len() >= 3, "the log rolled");
+        log.durable_end = log.log_end_offset;
+        let written = log.summaries_due(true);
+        assert_eq!(written.len(), log.segments.len(), "every segment's summary, the active one's too");
+        let files = files_of(&ops);
+        for (seg, (base, bytes)) in log.segments.iter().zip(&written) {
+            let summary = summary::decode(bytes).expect("decodes");
+            let data = &files[&seg.log_file];
+            let mut scanned = Segment::new(*base, [FileId(90), FileId(91), FileId(92)], 0);
+            assert!(matches!(scanned.recover_chunk(data, true, 1 << 20, 4096, None), Scan::Clean));
+            let at = summary.last_header_at().unwrap() as usize;
+            assert!(summary.matches(data.len() as u64, &data[at..]), "it matches its segment");
+            let mut restored = Segment::new(*base, [FileId(93), FileId(94), FileId(95)], 0);
+            restored.restore(summary);
+            assert_eq!(restored.entries, scanned.entries);
+            assert_eq!(restored.size, scanned.size);
+            assert_eq!(restored.record, scanned.record, "producer fields and epochs as a scan finds them");
+            assert_eq!(restored.last_crc, scanned.last_crc);
+            assert!(!restored.record.as_ref().unwrap().replay.is_empty() || seg.entries.len() < 2);
+        }
+        for (base, _) in &written {
+            log.summary_written(*base, true);
+        }
+        assert!(log.segments[..log.segments.len() - 1].iter().all(|s| s.record.is_none()), "sealed: record dropped");
+        assert!(log.segments.last().unwrap().record.is_some(), "the active segment keeps its record");
+        assert!(!log.summaries_pending(true));
+        // A cut into a summarized segment deletes its summary; the record follows the cut.
+        let mut ops = Vec::new();
+        let seg = log.segments.iter().find(|s| s.entries.len() >= 2).expect("a segment of two batches");
+        let (last, cut) = (seg.base_offset, seg.base_offset + i64::from(seg.entries[1].base_delta));
+        log.truncate_to(cut, 4096, &mut ops);
+        let name = format!("t-0/{}", summary::file_name(last));
+        assert!(ops.iter().any(|o| matches!(o, DiskOp::DeleteFile { path } if *path == name)));
+        assert_eq!(log.segments.last().unwrap().summary, summary::SummaryState::Missing);
+        assert!(log.summaries_due(true).is_empty(), "not while the last batch's CRC is unknown");
+    }
+
+    #[test]
+    fn summaries_wait_for_the_sync() {
+        let b = make_batch(&[b"x"], 5);
+        let (mut log, _) = log_with(&[b.clone(), b.clone(), b.clone()], b.len() as u64);
+        assert_eq!(log.segments.len(), 3);
+        log.durable_end = 1;
+        let due: Vec<Offset> = log.summaries_due(false).into_iter().map(|(base, _)| base).collect();
+        assert_eq!(due, vec![0], "only the segment synced whole");
+        assert!(log.summaries_waiting, "the second waits for its sync");
+        log.durable_end = 3;
+        let due: Vec<Offset> = log.summaries_due(false).into_iter().map(|(base, _)| base).collect();
+        assert_eq!(due, vec![1], "never the active one unless asked");
+        assert!(!log.summaries_waiting);
+        log.summary_written(0, false);
+        assert_eq!(log.segments[0].summary, summary::SummaryState::Failed);
+        assert!(log.summaries_pending(false), "segment 1's is being written");
+    }
+
     #[test]
     fn timestamp_lookup() {
         let (log, _) =
@@ -870,8 +1099,7 @@ mod tests {
         }
         file.truncate(file.len() - 5);
         let mut seg = Segment::new(0, [FileId(1), FileId(2), FileId(3)], 0);
-        let mut ops = Vec::new();
-        match seg.recover_chunk(&file, true, 1 << 20, 4096, &mut ops, &mut epochs::EpochCache::default(), None) {
+        match seg.recover_chunk(&file, true, 1 << 20, 4096, None) {
             Scan::Torn { position, .. } => assert_eq!(position, 2 * b.len() as u64),
             other => panic!("expected torn tail, got {other:?}"),
         }
@@ -881,15 +1109,7 @@ mod tests {
         let (mut pos, mut len) = (0usize, 7usize);
         let verdict = loop {
             let end = (pos + len).min(file.len());
-            match seg.recover_chunk(
-                &file[pos..end],
-                end == file.len(),
-                7,
-                4096,
-                &mut ops,
-                &mut epochs::EpochCache::default(),
-                None,
-            ) {
+            match seg.recover_chunk(&file[pos..end], end == file.len(), 7, 4096, None) {
                 Scan::NeedMore { position, len: l } => {
                     pos = position as usize;
                     len = l;

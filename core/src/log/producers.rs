@@ -69,7 +69,7 @@ pub struct AbortedTxn {
 }
 
 /// What a batch read back at start-up contributes to producer state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Replay {
     /// Data from a producer (transactional or not), at these offsets.
     Data(ProducerBatch, Offset, Offset),
@@ -77,8 +77,30 @@ pub enum Replay {
     Marker { producer_id: i64, epoch: i16, commit: bool, offset: Offset },
 }
 
+impl Replay {
+    /// What the batch `bytes` (header `h`), written at `base`, contributes: a producer's
+    /// data, a transaction marker, or nothing (no producer id, or a control batch that is
+    /// not a marker).
+    pub fn of(h: &super::batch::BatchHeader, base: Offset, bytes: &[u8]) -> Option<Replay> {
+        let pb = h.producer()?;
+        if !h.is_control() {
+            return Some(Replay::Data(pb, base, base + i64::from(h.last_offset_delta)));
+        }
+        let commit = super::batch::control_type(bytes)?;
+        Some(Replay::Marker { producer_id: h.producer_id, epoch: h.producer_epoch, commit, offset: base })
+    }
+
+    /// The batch's first offset.
+    pub fn offset(&self) -> Offset {
+        match self {
+            Replay::Data(_, first, _) => *first,
+            Replay::Marker { offset, .. } => *offset,
+        }
+    }
+}
+
 /// The producer fields of a batch header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProducerBatch {
     pub producer_id: i64,
     pub epoch: i16,

@@ -52,6 +52,9 @@ pub(super) struct ClusterState {
     shutting_down: std::collections::BTreeSet<i32>,
     /// This process was asked to stop.
     pub stopping: bool,
+    /// Stopping, its leadership handed over: it takes no more writes and closes its logs
+    /// (`summaries::close_logs`).
+    pub closing: bool,
 }
 
 impl Node {
@@ -481,11 +484,18 @@ impl Node {
         self.broker_tick();
     }
 
-    /// Whether a stopping node may stop now: it is not a cluster, or the controller has
-    /// fenced it and it leads no partition (its leadership has moved, or has nowhere to go).
+    /// Whether a stopping node may stop now: its leadership is handed over and its logs are
+    /// closed (each synced, with its segments' summaries written), or it is not serving yet.
     pub fn ready_to_stop(&self) -> bool {
+        self.handed_over() && (self.phase != super::Phase::Serving || self.logs_closed())
+    }
+
+    /// Whether a stopping node's leadership is handed over: it is not a cluster, or the
+    /// controller has fenced it and it leads no partition (its leadership has moved, or has
+    /// nowhere to go).
+    pub(super) fn handed_over(&self) -> bool {
         if !self.config.is_cluster() || !self.cluster.started {
-            return true;
+            return self.cluster.stopping;
         }
         let me = self.me();
         let fenced = self.cluster.image.brokers.get(&me).is_none_or(|b| b.fenced);

@@ -24,6 +24,7 @@ mod reassignment;
 mod recovery;
 mod replication;
 mod snapshots;
+mod summaries;
 mod transactions;
 mod txn_markers;
 
@@ -128,6 +129,13 @@ enum Purpose {
     Snapshot(snapshots::SnapStep),
     /// A step of reading the newest metadata snapshot at start-up.
     SnapshotLoad,
+    /// A step of writing a segment's summary; `write` marks the data write, whose outcome
+    /// is the summary's.
+    Summary {
+        tp: Tp,
+        base: Offset,
+        write: bool,
+    },
     /// Nothing waits on it (closing handles, deleting files); failures are logged.
     Ignore,
 }
@@ -730,6 +738,9 @@ impl Node {
     // ---- inputs ---------------------------------------------------------------------
 
     fn on_frame(&mut self, conn: ConnId, frame: Bytes) {
+        if self.cluster.closing && !forwarding::is_forwarded(conn) {
+            return self.close(conn, "the broker is stopping");
+        }
         match self.phase {
             Phase::Serving => {}
             Phase::Recovering => {
@@ -968,6 +979,7 @@ impl Node {
             Purpose::Clean { id } => self.on_clean_done(id, result),
             Purpose::Snapshot(step) => self.on_snapshot_step(step, result),
             Purpose::SnapshotLoad => self.on_snapshot_load(result),
+            Purpose::Summary { tp, base, write } => self.on_summary_step(tp, base, write, result),
             Purpose::Ignore => {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "background disk operation failed");
@@ -1024,6 +1036,7 @@ impl Node {
             self.wake_fetches();
         }
         self.after_input_replication();
+        self.close_logs();
     }
 
     fn on_log_sync(&mut self, tp: Tp, generation: u64, file: FileId, error: Option<DiskError>) {

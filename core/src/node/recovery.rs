@@ -9,8 +9,7 @@ use super::{metadata_quorum, Node, PartState, Partition, Phase, Purpose, Topic, 
 use crate::config::TopicSettings;
 use crate::io::{DiskError, DiskOp, DiskReply};
 use crate::limits;
-use crate::log::producers::Replay;
-use crate::log::{PartitionLog, Scan, Segment};
+use crate::log::{summary, PartitionLog, Scan, Segment};
 use crate::metadata;
 use crate::types::FileId;
 
@@ -59,6 +58,11 @@ pub(super) enum Step {
         position: u64,
         base: i64,
     },
+    /// The summary of the segment being recovered, opened, read, and its last batch's header
+    /// read to check it against the segment.
+    SumOpened(Tp),
+    SumRead(Tp),
+    SumCheck(Tp),
     /// Truncations and syncs of a partition being recovered.
     Misc(Tp),
     /// Rewrites of a recovered segment's .index and .timeindex files. These are derived
@@ -73,6 +77,8 @@ pub struct RecoveryStats {
     pub topics: usize,
     pub partitions: usize,
     pub segments: usize,
+    /// Segments taken from their summaries rather than read (`log::summary`).
+    pub summarized: usize,
     pub batches: usize,
     /// Partitions whose last segment had a torn or corrupt tail that was cut off.
     pub torn_tails: usize,
@@ -101,9 +107,10 @@ pub(super) struct Recovery {
     held: BTreeMap<Tp, (u64, usize, bytes::Bytes)>,
     /// Length of the segment file being scanned, per partition.
     file_len: BTreeMap<Tp, u64>,
-    /// Producer fields of the batches scanned in the current segment, replayed into the
-    /// partition's producer state once the segment is accepted.
-    replay: BTreeMap<Tp, Vec<Replay>>,
+    /// The segments with a summary file, per partition being listed.
+    summaries: BTreeMap<Tp, std::collections::BTreeSet<i64>>,
+    /// The summary of the segment being recovered, while it is checked, and its file.
+    summary: BTreeMap<Tp, (FileId, Option<crate::log::summary::Summary>)>,
     /// The leader epochs of the batches scanned, per partition.
     epochs: BTreeMap<Tp, crate::log::epochs::EpochCache>,
     /// The data directory has been listed (every partition is then in `todo`).
@@ -271,6 +278,12 @@ impl Node {
                     .filter_map(|s| s.parse::<i64>().ok())
                     .collect();
                 bases.sort_unstable();
+                let summaries = entries
+                    .iter()
+                    .filter_map(|e| e.name.strip_suffix(".batches"))
+                    .filter_map(|s| s.parse::<i64>().ok())
+                    .collect();
+                self.recovery.summaries.insert(tp, summaries);
                 if bases.is_empty() {
                     self.fresh_partition(tp);
                 } else {
@@ -280,12 +293,23 @@ impl Node {
             }
             (Step::SegOpened(tp), Ok(DiskReply::Opened { len })) => {
                 self.recovery.file_len.insert(tp, len);
+                let base = self.recovery.current.get(&tp).map(|s| s.base_offset);
+                let summarized = base.is_some_and(|b| self.recovery.summaries.get(&tp).is_some_and(|s| s.contains(&b)));
                 if len == 0 {
                     self.segment_done(tp, None);
+                } else if summarized {
+                    self.open_summary(tp);
                 } else {
                     self.read_chunk(tp, 0, limits::RECOVERY_READ_BYTES);
                 }
             }
+            (Step::SumOpened(tp) | Step::SumRead(tp) | Step::SumCheck(tp), Err(e)) => {
+                tracing::debug!(error = %e, "a segment's summary could not be read; scanning the segment");
+                self.scan_unsummarized(tp);
+            }
+            (Step::SumOpened(tp), Ok(DiskReply::Opened { len })) => self.on_summary_opened(tp, len),
+            (Step::SumRead(tp), Ok(DiskReply::Data(data))) => self.on_summary_read(tp, &data),
+            (Step::SumCheck(tp), Ok(DiskReply::Data(data))) => self.on_summary_check(tp, &data),
             (Step::SegRead { tp, position: read_at, asked }, Ok(DiskReply::Data(data))) => {
                 self.on_segment_read(tp, read_at, asked, data)
             }
@@ -423,10 +447,8 @@ impl Node {
         let Some(seg) = rec.current.get_mut(&tp) else {
             return;
         };
-        let replay = rec.replay.entry(tp).or_default();
-        let epochs = rec.epochs.entry(tp).or_default();
         let gap_ok = rec.gap_ok.get(&tp).filter(|g| g.0 == seg.base_offset).map(|g| g.1);
-        match seg.recover_chunk(&data, eof, limits::RECOVERY_READ_BYTES, interval, replay, epochs, gap_ok) {
+        match seg.recover_chunk(&data, eof, limits::RECOVERY_READ_BYTES, interval, gap_ok) {
             Scan::NeedMore { position, len } => self.read_chunk_at(tp, position, len),
             Scan::Clean => self.segment_done(tp, None),
             Scan::Gap { position } => {
@@ -480,6 +502,74 @@ impl Node {
             tracing::warn!(position, "a batch's base offset read two ways; reading it again");
             self.read_chunk_at(tp, position, limits::RECOVERY_READ_BYTES);
         }
+    }
+
+    fn open_summary(&mut self, tp: Tp) {
+        let Some(base) = self.recovery.current.get(&tp).map(|s| s.base_offset) else { return };
+        let dir = self.partition(tp).map(|p| p.log.dir.clone()).unwrap_or_default();
+        let file = self.alloc_file();
+        self.recovery.summary.insert(tp, (file, None));
+        let path = format!("{dir}/{}", summary::file_name(base));
+        self.issue(DiskOp::Open { file, path, create: false }, Purpose::Recovery(Step::SumOpened(tp)));
+    }
+
+    fn on_summary_opened(&mut self, tp: Tp, len: u64) {
+        let Some(&(file, _)) = self.recovery.summary.get(&tp) else { return };
+        match usize::try_from(len) {
+            Ok(len) if len > 0 && len <= limits::SEGMENT_SUMMARY_BYTES_MAX => {
+                self.issue(DiskOp::Read { file, position: 0, len }, Purpose::Recovery(Step::SumRead(tp)));
+            }
+            _ => self.scan_unsummarized(tp),
+        }
+    }
+
+    /// The summary read: check the segment's last batch against it (a mutant takes it as it
+    /// is), or scan the segment if it is not this segment's.
+    fn on_summary_read(&mut self, tp: Tp, data: &[u8]) {
+        let len = self.recovery.file_len.get(&tp).copied().unwrap_or(0);
+        let Some(seg) = self.recovery.current.get(&tp) else { return };
+        let (base, log_file) = (seg.base_offset, seg.log_file);
+        let unchecked = crate::mutants::active(crate::mutants::Mutant::SummaryUnchecked);
+        let found = summary::decode(data).filter(|s| s.base_offset == base && (s.size == len || unchecked));
+        let at = found.as_ref().and_then(|s| s.last_header_at());
+        match (found, at) {
+            (Some(s), _) if unchecked => self.summary_taken(tp, s),
+            (Some(s), Some(position)) => {
+                if let Some(held) = self.recovery.summary.get_mut(&tp) {
+                    held.1 = Some(s);
+                }
+                let len = crate::log::batch::HEADER_BYTES;
+                self.issue(DiskOp::Read { file: log_file, position, len }, Purpose::Recovery(Step::SumCheck(tp)));
+            }
+            _ => self.scan_unsummarized(tp),
+        }
+    }
+
+    fn on_summary_check(&mut self, tp: Tp, header: &[u8]) {
+        let len = self.recovery.file_len.get(&tp).copied().unwrap_or(0);
+        let found = self.recovery.summary.get_mut(&tp).and_then(|h| h.1.take());
+        match found {
+            Some(s) if s.matches(len, header) => self.summary_taken(tp, s),
+            _ => self.scan_unsummarized(tp),
+        }
+    }
+
+    fn summary_taken(&mut self, tp: Tp, s: summary::Summary) {
+        if let Some((file, _)) = self.recovery.summary.remove(&tp) {
+            self.issue(DiskOp::Close { file }, Purpose::Ignore);
+        }
+        let Some(seg) = self.recovery.current.get_mut(&tp) else { return };
+        seg.restore(s);
+        self.recovery.stats.summarized += 1;
+        self.segment_done(tp, None);
+    }
+
+    /// The segment's summary is missing, unreadable or not this segment's: read the segment.
+    fn scan_unsummarized(&mut self, tp: Tp) {
+        if let Some((file, _)) = self.recovery.summary.remove(&tp) {
+            self.issue(DiskOp::Close { file }, Purpose::Ignore);
+        }
+        self.read_chunk(tp, 0, limits::RECOVERY_READ_BYTES);
     }
 
     /// A partition with no segment files: start it empty.
@@ -540,7 +630,6 @@ impl Node {
         let Some(mut seg) = self.recovery.current.remove(&tp) else {
             return;
         };
-        let replay = self.recovery.replay.remove(&tp).unwrap_or_default();
         let mut ops = Vec::new();
         // Segments follow each other exactly (the cleaner keeps a segment's last batch, if
         // only as an empty one): a gap means the predecessor lost its unsynced tail in a crash
@@ -562,7 +651,7 @@ impl Node {
             let later = self.recovery.todo.get_mut(&tp).map(std::mem::take).unwrap_or_default();
             let dir = self.partition(tp).map(|p| p.log.dir.clone()).unwrap_or_default();
             for base in later {
-                for ext in ["log", "index", "timeindex"] {
+                for ext in ["batches", "log", "index", "timeindex"] {
                     let path = format!("{dir}/{}", crate::log::segment_file_name(base, ext));
                     self.issue(DiskOp::DeleteFile { path }, Purpose::Ignore);
                 }
@@ -586,11 +675,17 @@ impl Node {
         }
         // Idempotent producers' state is rebuilt from the log, in log order, so a retry of a
         // batch written before the restart is still recognised.
+        let record = seg.record.as_ref().expect("a recovered segment has its record");
         if !crate::mutants::active(crate::mutants::Mutant::ProducerStateNotRebuilt) {
-            for r in &replay {
+            for r in &record.replay {
                 p.log.producers.replay(r);
             }
         }
+        let epochs = self.recovery.epochs.entry(tp).or_default();
+        for (epoch, start) in &record.epochs {
+            epochs.assign(*epoch, *start);
+        }
+        let p = self.partition_mut(tp).expect("recovering");
         p.log.segments.push(seg);
         self.next_segment(tp);
     }
@@ -601,7 +696,7 @@ impl Node {
             self.issue(DiskOp::Close { file }, Purpose::Ignore);
         }
         for base in std::iter::once(seg.base_offset).chain(later.iter().copied()) {
-            for ext in ["log", "index", "timeindex"] {
+            for ext in ["batches", "log", "index", "timeindex"] {
                 let path = format!("{dir}/{}", crate::log::segment_file_name(base, ext));
                 self.issue(DiskOp::DeleteFile { path }, Purpose::Ignore);
             }
@@ -631,7 +726,21 @@ impl Node {
         p.log.epochs = epochs;
         p.log.epochs.truncate_to(p.log.log_end_offset);
         p.written_end = p.log.log_end_offset;
-        p.log.dirty = p.log.segments.iter().filter(|s| s.size > 0).map(|s| s.log_file).collect();
+        p.log.summaries_waiting = true;
+        // A segment taken from its summary was synced before the summary was written; the
+        // rest must be synced again. A sealed segment's record is not needed once its summary
+        // is on disk.
+        let n = p.log.segments.len();
+        for seg in &mut p.log.segments[..n - 1] {
+            if matches!(seg.summary, summary::SummaryState::Written(_)) {
+                seg.record = None;
+            }
+        }
+        let unsynced = |s: &&Segment| s.size > 0 && !matches!(s.summary, summary::SummaryState::Written(_));
+        p.log.dirty = p.log.segments.iter().filter(unsynced).map(|s| s.log_file).collect();
+        if p.log.dirty.is_empty() {
+            p.log.durable_end = p.log.log_end_offset;
+        }
         p.state = PartState::Online;
         self.next_file = next;
         self.issue_all(ops, || Purpose::Recovery(Step::Misc(tp)));
@@ -647,7 +756,9 @@ impl Node {
         p.state = PartState::Offline;
         self.recovery.current.remove(&tp);
         self.recovery.todo.remove(&tp);
-        self.recovery.replay.remove(&tp);
+        if let Some((file, _)) = self.recovery.summary.remove(&tp) {
+            self.issue(DiskOp::Close { file }, Purpose::Ignore);
+        }
         self.maybe_serving();
     }
 

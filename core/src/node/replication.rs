@@ -233,6 +233,7 @@ impl Node {
         // acks=1 produces wait for the durable end itself, whatever the high watermark does.
         self.hw_moved = true;
         self.advance_hw(tp);
+        self.write_summaries(tp, false);
         match self.partition(tp).map(|p| &p.role) {
             Some(Role::Leader(_)) => self.replication.wake_parked = true,
             Some(Role::Follower(_)) => self.replication.fetch_due = true,
@@ -439,6 +440,9 @@ impl Node {
     /// (bytes from a peer are checked like bytes from a client).
     fn append_fetched(&mut self, tp: Tp, data: &Bytes, leader_hw: Offset) {
         let Some(settings) = self.topic_settings(tp).cloned() else { return };
+        if self.cluster.closing {
+            return; // stopping: the logs are being closed
+        }
         let wall = self.now.wall_ms;
         let mut ops = Vec::new();
         let mut next_file = self.next_file;
@@ -474,20 +478,8 @@ impl Node {
                 }
             }
             let bytes = data.slice(at..at + h.size);
-            if let Some(pb) = h.producer() {
-                let replay = match (h.is_control(), batch::control_type(&bytes)) {
-                    (true, Some(commit)) => Some(Replay::Marker {
-                        producer_id: h.producer_id,
-                        epoch: h.producer_epoch,
-                        commit,
-                        offset: h.base_offset,
-                    }),
-                    (true, None) => None,
-                    (false, _) => Some(Replay::Data(pb, h.base_offset, h.last_offset())),
-                };
-                if let Some(r) = replay {
-                    p.log.producers.replay(&r);
-                }
+            if let Some(r) = Replay::of(&h, h.base_offset, &bytes) {
+                p.log.producers.replay(&r);
             }
             let op = p.log.append_replicated(bytes, &h, &settings, wall, &mut next_file, &mut ops);
             writes.push((op, p.log.log_end_offset));
