@@ -313,6 +313,17 @@ impl SimDisk {
         f.pending.clear();
     }
 
+    /// The process exits (a controlled stop): its handles are gone, and files whose names were
+    /// gone with them; what it wrote stays in the page cache, neither lost nor made durable.
+    pub fn process_exit(&mut self) {
+        let open: Vec<FileId> = self.handles.keys().copied().collect();
+        for file in open {
+            if let Some(ino) = self.handles.remove(&file) {
+                self.release(ino);
+            }
+        }
+    }
+
     /// Power loss: handles are gone; each file keeps its durable bytes plus a random prefix of
     /// its pending operations, the last of them possibly torn at a sector boundary.
     pub fn crash(&mut self, rng: &mut impl Rng) -> CrashReport {

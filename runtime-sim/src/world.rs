@@ -26,6 +26,9 @@ use crate::trace::Trace;
 pub type Nanos = u64;
 pub const MS: Nanos = 1_000_000;
 pub const US: Nanos = 1_000;
+/// How long a stopping node may take to hand its leadership over and close its logs before
+/// its process exits anyway (the real runtime's `CONTROLLED_SHUTDOWN_MAX`).
+pub const STOP_MAX: Nanos = 10_000 * MS;
 
 /// The knobs of one run's environment, drawn per seed by the simulator (swarm testing).
 #[derive(Clone, Debug)]
@@ -88,6 +91,11 @@ enum Event {
     Restart {
         node: usize,
     },
+    /// A stopping node that has not stopped by now exits anyway.
+    StopDeadline {
+        node: usize,
+        inc: u64,
+    },
     /// A message between nodes, for the incarnation of `to` it was sent to (a restart breaks
     /// the connection it was on).
     Peer {
@@ -139,6 +147,8 @@ struct Slot {
     /// Messages to or from the node wait until then (a clogged or partitioned node).
     clogged_until: Nanos,
     crashes: u64,
+    /// Asked to stop (controlled shutdown): down this long once it has exited.
+    stopping: Option<Nanos>,
 }
 
 struct Conn {
@@ -162,6 +172,8 @@ pub trait Harness {
 pub struct Stats {
     pub events: u64,
     pub crashes: u64,
+    /// Controlled stops (SIGTERM) and restarts.
+    pub stops: u64,
     pub sync_failures: u64,
     pub read_corruptions: u64,
     pub torn_writes: u64,
@@ -214,6 +226,7 @@ impl World {
                     disk_busy_until: 0,
                     clogged_until: 0,
                     crashes: 0,
+                    stopping: None,
                 }
             })
             .collect();
@@ -358,6 +371,7 @@ impl World {
         self.stats.torn_writes += report.torn_writes as u64;
         self.stats.lost_writes += report.files_with_lost_writes as u64;
         self.slots[i].node = None;
+        self.slots[i].stopping = None;
         self.slots[i].crashes += 1;
         self.trace.record(self.now, "crash", i as u64, report.torn_writes as u64);
         let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.node == i && c.open).map(|(k, _)| *k).collect();
@@ -365,6 +379,36 @@ impl World {
             self.reset(conn);
         }
         self.schedule(self.now + downtime, Event::Restart { node: i });
+    }
+
+    /// A controlled stop (SIGTERM): the node hands its leadership over and closes its logs,
+    /// then its process exits (after `STOP_MAX` at the latest, as the real runtime's bound).
+    /// What it wrote stays in the page cache: nothing is lost, nothing more is synced. It
+    /// restarts `downtime` after it exits.
+    pub fn stop(&mut self, i: usize, downtime: Nanos) {
+        if self.slots[i].node.is_none() || self.slots[i].stopping.is_some() {
+            return;
+        }
+        self.slots[i].stopping = Some(downtime);
+        self.stats.stops += 1;
+        self.trace.record(self.now, "stop", i as u64, 0);
+        let inc = self.slots[i].inc;
+        self.schedule(self.now + STOP_MAX, Event::StopDeadline { node: i, inc });
+        self.handle(i, Input::ShutdownRequested);
+    }
+
+    /// A stopping node's process exits: its connections close, it restarts later.
+    fn exit(&mut self, i: usize) {
+        let Some(down) = self.slots[i].stopping.take() else { return };
+        tracing::info!(node = i + 1, "simulator: node stopped");
+        self.slots[i].disk.process_exit();
+        self.slots[i].node = None;
+        self.trace.record(self.now, "exit", i as u64, 0);
+        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.node == i && c.open).map(|(k, _)| *k).collect();
+        for conn in conns {
+            self.reset(conn);
+        }
+        self.schedule(self.now + down, Event::Restart { node: i });
     }
 
     /// Resets a connection: both ends see it closed.
@@ -515,6 +559,11 @@ impl World {
                     self.boot(node);
                 }
             }
+            Event::StopDeadline { node, inc } => {
+                if self.slots[node].inc == inc && self.slots[node].node.is_some() {
+                    self.exit(node);
+                }
+            }
             Event::Peer { from, to, inc, bytes } => self.peer_deliver(from, to, inc, bytes),
         }
         true
@@ -555,6 +604,9 @@ impl World {
         let _span = tracing::debug_span!("node", id = i + 1).entered();
         self.slots[i].node.as_mut().expect("checked by the caller").handle(t, input);
         self.drain(i);
+        if self.slots[i].stopping.is_some() && self.slots[i].node.as_ref().is_some_and(Node::ready_to_stop) {
+            self.exit(i);
+        }
     }
 
     /// Carries out a node's outputs.

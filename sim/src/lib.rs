@@ -71,8 +71,8 @@ impl Report {
             self.acks, self.consumed, self.group_assignments, self.group_commits, self.txns_committed, self.txns_aborted
         );
         out += &format!(
-            "faults: {} crashes ({} torn writes, {} files lost writes), {} sync failures, {} corrupted reads, {} disk-full spells, {} connection resets, {} clogs\n",
-            s.crashes, s.torn_writes, s.lost_writes, s.sync_failures, s.read_corruptions, s.disk_fulls, s.resets, s.clogs
+            "faults: {} crashes ({} torn writes, {} files lost writes), {} stops, {} sync failures, {} corrupted reads, {} disk-full spells, {} connection resets, {} clogs\n",
+            s.crashes, s.torn_writes, s.lost_writes, s.stops, s.sync_failures, s.read_corruptions, s.disk_fulls, s.resets, s.clogs
         );
         if self.ok() {
             out += "checkers: acknowledged-not-lost ok, one-value-per-offset ok, no-phantom-values ok, producer-order ok, high-watermark-monotonic ok, reads-below-high-watermark ok, contiguous-reads ok, one-owner-per-generation ok, commits-never-go-back ok, nothing-skipped ok, idempotent-exactly-once-in-order ok, producer-ids-unique ok, no-aborted-read ok, transactions-all-or-nothing ok, last-stable-monotonic ok, liveness ok\n";
@@ -201,6 +201,7 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
         safety,
         liveness: 60_000 * MS,
         crash_every: pick(&mut r, &[None, Some(300 * MS), Some(1_000 * MS), Some(3_000 * MS)]),
+        stop_every: None,
         clog_every: pick(&mut r, &[None, Some(500 * MS), Some(2_000 * MS)]),
         reset_every: pick(&mut r, &[None, Some(200 * MS), Some(1_000 * MS)]),
         disk_full_every: pick(&mut r, &[None, None, Some(500 * MS), Some(2_000 * MS)]),
@@ -232,6 +233,9 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
     let mut t = ChaCha8Rng::seed_from_u64(seed ^ 0x7a4e_0c0f_fee0_0000);
     plan.txn_producers = pick(&mut t, &[0usize, 0, 1, 2]);
     plan.txn_stall_every = pick(&mut t, &[None, Some(2_000 * MS), Some(5_000 * MS)]);
+    // Controlled stops from a stream of their own: in half the seeds.
+    let mut s = ChaCha8Rng::seed_from_u64(seed ^ 0x5709_c0de_5a1e_0000);
+    plan.stop_every = pick(&mut s, &[None, None, Some(500 * MS), Some(2_000 * MS)]);
     let env = Env {
         net_latency: (pick(&mut r, &[20u64, 100, 500]) * US, pick(&mut r, &[1u64, 3, 10]) * MS),
         disk_latency: (2 * US, pick(&mut r, &[20u64, 200]) * US),
@@ -293,7 +297,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
     let (plan, env, mut node) = draw(seed, opts);
     let compactor = compactor::Compactor::draw(seed, &mut node);
     let plan_text = format!(
-        "{} partitions, {} producers{}{} x up to {} values (batches <= {}, {} in flight), {} consumers, {} group members{}{} (crash every {:?} ms, stall every {:?} ms, leave every {:?} ms, initial delay {} ms), safety {} ms; crash every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
+        "{} partitions, {} producers{}{} x up to {} values (batches <= {}, {} in flight), {} consumers, {} group members{}{} (crash every {:?} ms, stall every {:?} ms, leave every {:?} ms, initial delay {} ms), safety {} ms; crash every {:?} ms, stop every {:?} ms, clog every {:?} ms, reset every {:?} ms, disk full every {:?} ms; sync fail {}, read corrupt {}, segment {} B",
         plan.partitions,
         plan.producers,
         if plan.idempotent { " (acks=all idempotent)" } else { "" },
@@ -315,6 +319,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
         node.group.initial_rebalance_delay_ms,
         plan.safety / MS,
         plan.crash_every.map(|n| n / MS),
+        plan.stop_every.map(|n| n / MS),
         plan.clog_every.map(|n| n / MS),
         plan.reset_every.map(|n| n / MS),
         plan.disk_full_every.map(|n| n / MS),

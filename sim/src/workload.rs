@@ -40,6 +40,8 @@ pub struct Plan {
     pub safety: Nanos,
     pub liveness: Nanos,
     pub crash_every: Option<Nanos>,
+    /// Controlled stops (SIGTERM) and restarts.
+    pub stop_every: Option<Nanos>,
     pub clog_every: Option<Nanos>,
     pub reset_every: Option<Nanos>,
     pub disk_full_every: Option<Nanos>,
@@ -731,6 +733,10 @@ impl Workload {
         if roll(w, plan.crash_every) {
             let down = w.fault_rng().gen_range(MS..500 * MS);
             w.crash(0, down);
+        }
+        if roll(w, plan.stop_every) {
+            let down = w.fault_rng().gen_range(MS..500 * MS);
+            w.stop(0, down);
         }
         if roll(w, plan.clog_every) {
             let until = w.now() + w.fault_rng().gen_range(MS..1500 * MS);
