@@ -286,9 +286,17 @@ impl PartitionImage {
     /// finishes, with every target replica in sync, so a reassignment never shrinks the ISR
     /// (cancelling one whose added replicas have joined the ISR while the original ones lag
     /// would otherwise leave acknowledged records on fewer than `min.insync.replicas`; the
-    /// cluster scenario found it, seed 553). Added replicas not yet in sync go at once. A
-    /// leader no longer a replica gives way to the first in-sync, unfenced one.
-    pub fn reassign(&self, target: Option<&[i32]>, fenced: impl Fn(i32) -> bool) -> Result<PartitionImage, Refusal> {
+    /// cluster scenario found it, seed 553). Added replicas not in sync go at once, but only
+    /// while the ISR has `min_isr` members (which hold every acknowledged record): one that
+    /// helped acknowledge records and has since dropped out of the ISR may be their only copy
+    /// but the leader's (seed 712), so with fewer it stays until the reassignment finishes.
+    /// A leader no longer a replica gives way to the first in-sync, unfenced one.
+    pub fn reassign(
+        &self,
+        target: Option<&[i32]>,
+        fenced: impl Fn(i32) -> bool,
+        min_isr: usize,
+    ) -> Result<PartitionImage, Refusal> {
         let original = self.original_replicas();
         let target = match target {
             Some(t) => t.to_vec(),
@@ -296,7 +304,8 @@ impl PartitionImage {
             None => return Err(Refusal::NoReassignment),
         };
         let mut holding = original;
-        holding.extend(self.adding.iter().copied().filter(|r| self.isr.contains(r)));
+        let keep_all = self.isr.len() < min_isr;
+        holding.extend(self.adding.iter().copied().filter(|r| keep_all || self.isr.contains(r)));
         let mut replicas = target.clone();
         replicas.extend(holding.iter().copied().filter(|r| !target.contains(r)));
         let adding: Vec<i32> = target.iter().copied().filter(|r| !holding.contains(r)).collect();
@@ -931,9 +940,9 @@ mod tests {
     fn reassignment_runs_through_adding_and_removing() {
         let p = PartitionImage::new(vec![1, 2, 3]);
         let none = |_| false;
-        assert_eq!(p.reassign(None, none), Err(Refusal::NoReassignment));
+        assert_eq!(p.reassign(None, none, 1), Err(Refusal::NoReassignment));
         // [1,2,3] -> [4,2,5]: the target first, then the leaving replicas; 1 keeps leading.
-        let r = p.reassign(Some(&[4, 2, 5]), none).unwrap();
+        let r = p.reassign(Some(&[4, 2, 5]), none, 1).unwrap();
         assert_eq!(
             (r.replicas.clone(), r.adding.clone(), r.removing.clone()),
             (vec![4, 2, 5, 1, 3], vec![4, 5], vec![1, 3])
@@ -963,14 +972,14 @@ mod tests {
         assert_eq!(r.leader_epoch, p.leader_epoch);
         // A cancel goes back to the original replicas. An added replica not in sync leaves at
         // once (and the leader epoch moves: the fetches it sent are fenced)...
-        let c = r.reassign(None, none).unwrap();
+        let c = r.reassign(None, none, 1).unwrap();
         assert_eq!(
             (c.replicas.clone(), c.adding.clone(), c.removing.clone(), c.isr.clone()),
             (vec![2, 1, 3], vec![], vec![], vec![1, 2, 3])
         );
         assert_eq!((c.leader, c.leader_epoch), (1, 1));
         // ...one in sync stays until the original replicas are (the ISR never shrinks).
-        let c = caught_up.reassign(None, none).unwrap();
+        let c = caught_up.reassign(None, none, 1).unwrap();
         assert_eq!(
             (c.replicas.clone(), c.adding.clone(), c.removing.clone(), c.isr.clone()),
             (vec![2, 1, 3, 4], vec![], vec![4], vec![1, 2, 3, 4])
@@ -978,15 +987,27 @@ mod tests {
         assert_eq!((c.leader, c.leader_epoch), (1, 1), "5 left");
         assert_eq!(c.reassignment_done(none).map(|d| (d.replicas, d.isr)), Some((vec![2, 1, 3], vec![1, 2, 3])));
         // A new target while one runs starts from the replicas holding data.
-        let n = caught_up.reassign(Some(&[1, 5]), none).unwrap();
+        let n = caught_up.reassign(Some(&[1, 5]), none, 1).unwrap();
         assert_eq!(
             (n.replicas.clone(), n.adding.clone(), n.removing.clone(), n.isr.clone()),
             (vec![1, 5, 2, 3, 4], vec![5], vec![2, 3, 4], vec![1, 2, 3, 4])
         );
         // A leader that leaves the replicas (an added one not in sync, cancelled) gives way.
         let led_by_5 = PartitionImage { leader: 5, leader_epoch: 3, ..r.clone() };
-        let c = led_by_5.reassign(None, none).unwrap();
+        let c = led_by_5.reassign(None, none, 1).unwrap();
         assert_eq!((c.leader, c.leader_epoch), (2, 4));
+        // With the ISR under min.insync.replicas, added replicas out of sync may hold
+        // acknowledged records (they helped acknowledge them, then dropped out): a cancel
+        // keeps them until the original replicas are in sync.
+        let shrunk = PartitionImage { isr: vec![3], leader: 3, ..r.clone() };
+        let c = shrunk.reassign(None, none, 2).unwrap();
+        assert_eq!(
+            (c.replicas.clone(), c.adding.clone(), c.removing.clone(), c.isr.clone()),
+            (vec![2, 1, 3, 4, 5], vec![], vec![4, 5], vec![3])
+        );
+        assert_eq!(c.reassignment_done(none), None, "1 and 2 are not in sync");
+        let c = shrunk.reassign(None, none, 1).unwrap();
+        assert_eq!((c.replicas, c.removing), (vec![2, 1, 3], vec![]), "with min.insync.replicas=1 they go at once");
 
         // In the image: an ISR change keeps the reassignment; the record sets it.
         let mut img = MetadataImage::default();

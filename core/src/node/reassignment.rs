@@ -105,7 +105,8 @@ impl Node {
             }
         }
         let fenced = |b: i32| image.brokers.get(&b).is_none_or(|x| x.fenced);
-        let next = img.reassign(target, fenced).map_err(|Refusal::NoReassignment| {
+        let min_isr = self.topic_settings((id, partition)).map_or(1, |s| s.min_insync_replicas);
+        let next = img.reassign(target, fenced, min_isr).map_err(|Refusal::NoReassignment| {
             (NO_REASSIGNMENT_IN_PROGRESS, format!("no reassignment of {topic}-{partition} runs"))
         })?;
         tracing::info!(topic, partition, from = ?img.replicas, to = ?next.replicas, adding = ?next.adding, removing = ?next.removing, "reassigning partition");
