@@ -51,6 +51,7 @@ const ISOLATE: u64 = 3;
 const HEAL: u64 = 4;
 const CLOG: u64 = 5;
 const ALTER: u64 = 6;
+const STOP: u64 = 7;
 const ADMIN: usize = 0;
 
 #[derive(Clone, Debug)]
@@ -65,6 +66,8 @@ pub struct ClusterPlan {
     /// Every message to and from one node held for a while (a node that stalls, then wakes
     /// up believing what it believed before).
     pub clog_every: Option<Nanos>,
+    /// Controlled stops (SIGTERM: leadership handed over, logs closed) and restarts.
+    pub stop_every: Option<Nanos>,
 }
 
 fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
@@ -83,6 +86,7 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
         crash_every: pick(&mut r, &[None, Some(500 * MS), Some(2_000 * MS)]),
         isolate_every: pick(&mut r, &[None, Some(1_000 * MS), Some(3_000 * MS)]),
         clog_every: None,
+        stop_every: None,
     };
     let mut env = Env {
         net_latency: (50 * US, pick(&mut r, &[500u64, 5_000]) * US),
@@ -92,6 +96,9 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
     let scale = pick(&mut r, &[1u64, 3]);
     let mut plan = plan;
     plan.clog_every = pick(&mut r, &[None, Some(1_000 * MS), Some(3_000 * MS)]);
+    // Drawn apart, so the seed's other draws stay as they were.
+    plan.stop_every =
+        pick(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5709_c1a5_7e70_0000), &[None, Some(1_000 * MS), Some(3_000 * MS)]);
     // Disk faults on every node, leaders and followers alike: failed syncs (the log is cut
     // back to what is durable) and corrupted reads (recovery, coordinator loads and
     // replication reads must read again, never cut on one bad read).
@@ -139,6 +146,8 @@ fn digest(image: &MetadataImage) -> u64 {
 struct Run {
     plan: ClusterPlan,
     rng: ChaCha8Rng,
+    /// For the controlled stops, apart from `rng` so the other faults stay as they were.
+    stop_rng: ChaCha8Rng,
     /// The topic being created: its name, partitions, the connection and correlation id.
     pending: Option<(String, i32, ConnId, i32)>,
     next_topic: u64,
@@ -434,6 +443,14 @@ impl Harness for Run {
                     w.set_timer(ADMIN, ISOLATE, self.rng.gen_range(e / 2..e * 3 / 2));
                 }
             }
+            STOP if !self.healed => {
+                let i = self.stop_rng.gen_range(0..self.plan.nodes);
+                let down = self.stop_rng.gen_range(10..2_000) * MS;
+                w.stop(i, down);
+                if let Some(e) = self.plan.stop_every {
+                    w.set_timer(ADMIN, STOP, self.stop_rng.gen_range(e / 2..e * 3 / 2));
+                }
+            }
             CLOG if !self.healed => {
                 let i = self.rng.gen_range(0..self.plan.nodes);
                 let until = w.now() + self.rng.gen_range(100..5_000) * MS;
@@ -554,13 +571,14 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
 /// The plan and environment in one line, for the report.
 fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
     format!(
-        "{} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms, stall every {:?} ms; election timeout {} ms, session {} ms, metadata snapshot every {} bytes; latency up to {} us, sync up to {} us; sync failures {}, read corruptions {}",
+        "{} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms, stall every {:?} ms, stop every {:?} ms; election timeout {} ms, session {} ms, metadata snapshot every {} bytes; latency up to {} us, sync up to {} us; sync failures {}, read corruptions {}",
         plan.nodes,
         plan.safety / MS,
         plan.create_every / MS,
         plan.crash_every.map(|n| n / MS),
         plan.isolate_every.map(|n| n / MS),
         plan.clog_every.map(|n| n / MS),
+        plan.stop_every.map(|n| n / MS),
         config.quorum_election_timeout_ms,
         config.broker_session_timeout_ms,
         config.metadata_snapshot_bytes,
@@ -579,6 +597,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     let mut run = Run {
         plan: plan.clone(),
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),
+        stop_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5709_5709_0000_0000),
         altering: None,
         next_value: 1_000_000,
         configs_acked: BTreeMap::new(),
@@ -605,7 +624,9 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     w.set_timer(ADMIN, CREATE, plan.create_every);
     w.set_timer(ADMIN, ALTER, plan.create_every);
     w.set_timer(ADMIN, HEAL, plan.safety);
-    for (every, token) in [(plan.crash_every, CRASH), (plan.isolate_every, ISOLATE), (plan.clog_every, CLOG)] {
+    let faults =
+        [(plan.crash_every, CRASH), (plan.isolate_every, ISOLATE), (plan.clog_every, CLOG), (plan.stop_every, STOP)];
+    for (every, token) in faults {
         if let Some(e) = every {
             w.set_timer(ADMIN, token, e);
         }
