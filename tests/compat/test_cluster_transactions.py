@@ -139,3 +139,80 @@ def test_transaction_survives_its_coordinators_death(cluster):
     got = read_committed(live, topic, 3, 33)
     want = sorted([(q, b"x-%d-%d" % (q, i)) for q in range(3) for i in range(10)] + [(q, b"y-%d" % q) for q in range(3)])
     assert sorted(got) == want, (len(got), got[:5])
+
+
+@pytest.mark.timeout(150)
+def test_partition_leaders_verify_transactions_with_their_coordinator(cluster):
+    """KIP-890's defense where the transaction's coordinator is another broker (raw Produce
+    v8, AddPartitionsToTxn v1 and InitProducerId v1). A transactional batch for a partition
+    its transaction does not hold is refused with INVALID_TXN_STATE, and one from a producer
+    epoch fenced since with INVALID_PRODUCER_EPOCH: nothing is written, and no transaction is
+    left open that no coordinator would end (the last stable offset stays at the high
+    watermark). Once the partition is added, the batch is taken. Before this check the
+    partition took such batches unchecked: the last stable offset stayed behind them for
+    good."""
+    import wire
+    from wire import Conn, idempotent_batch
+
+    controller_of(cluster)
+    topic = unique_topic("verify")
+    create_topic(cluster.bootstrap, topic, 3, config={"min.insync.replicas": "2"})
+    state = wait_fully_replicated(cluster.nodes, topic, 3)
+    assert sorted(v.leader for v in state.values()) == ALL, "the partitions' leaders are spread: %s" % state
+    warm = Producer({"bootstrap.servers": cluster.bootstrap, "transactional.id": "warm-" + topic})
+    warm.init_transactions(60)  # makes __transaction_state
+    by_id = {int(n.overrides["node.id"]): n for n in cluster.nodes}
+
+    tid = "verify-" + topic
+
+    def init(timeout=60):
+        """InitProducerId at the transaction's coordinator: (its node id, producer id, epoch)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for nid, n in sorted(by_id.items()):
+                with Conn.to(n.bootstrap) as c:
+                    d = c.init_producer_id(1, transactional_id=tid)
+                if d["error"] == 0:
+                    return nid, d["producer_id"], d["producer_epoch"]
+            assert time.monotonic() < deadline, "no coordinator took InitProducerId: last %s" % d
+            time.sleep(0.2)
+
+    coordinator, pid, epoch = init()
+    remote = sorted(p for p, v in state.items() if v.leader != coordinator)
+    assert len(remote) == 2, state
+    r1, r2 = remote
+
+    def produce(partition, producer_epoch, seq, tag):
+        b = idempotent_batch([b"%s-%d" % (tag.encode(), i) for i in range(3)], pid, producer_epoch, seq,
+                             attributes=0x10)
+        with Conn.to(by_id[state[partition].leader].bootstrap) as c:
+            code = c.produce_v(topic, partition, b, version=8, transactional_id=tid)["error"]
+        return wire.ERROR_NAMES.get(code, code)
+
+    def offsets(partition):
+        with Conn.to(by_id[state[partition].leader].bootstrap) as c:
+            f = c.fetch(topic, partition, 0)
+        return f["high_watermark"], f["last_stable_offset"]
+
+    assert produce(r1, epoch, 0, "outside") == "INVALID_TXN_STATE", "a partition the transaction does not hold"
+    assert offsets(r1) == (0, 0), "nothing written, no transaction left open"
+
+    with Conn.to(by_id[coordinator].bootstrap) as c:
+        assert c.add_partitions_to_txn(tid, pid, epoch, {topic: [r1]}) == {(topic, r1): 0}
+    assert produce(r1, epoch, 0, "inside") == "NONE", "verified with the coordinator"
+    assert produce(r1, epoch, 3, "inside-more") == "NONE", "the transaction is open on the partition now"
+    assert offsets(r1) == (6, 0), "the open transaction holds the last stable offset at its first batch"
+
+    # A second InitProducerId fences the first producer (its open transaction is aborted).
+    deadline = time.monotonic() + 60
+    while True:
+        node, pid2, epoch2 = init()
+        if (pid2, epoch2) != (pid, epoch):
+            break
+        assert time.monotonic() < deadline
+    assert (node, pid2) == (coordinator, pid) and epoch2 > epoch, (node, pid2, epoch2)
+    wait_until("the aborted transaction's marker ends it on partition %d" % r1,
+               lambda: (lambda hw, lso: hw == lso == 7)(*offsets(r1)), timeout=30)
+
+    assert produce(r2, epoch, 0, "zombie") == "INVALID_PRODUCER_EPOCH", "a fenced producer's first batch"
+    assert offsets(r2) == (0, 0), "nothing written, no transaction left open"

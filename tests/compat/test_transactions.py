@@ -1438,3 +1438,58 @@ def test_kill9_mid_transaction(lib, mode, broker, tmp_path):
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "child":
     child_main(json.loads(sys.argv[2]))
+
+
+@pytest.mark.timeout(120)
+def test_offsets_sent_with_an_old_generation_are_fenced(broker):
+    """KIP-447 zombie fencing, as Kafka Streams relies on it: a consume-transform-produce
+    member whose group has since rebalanced (a second member joined: a new generation)
+    sends offsets to its transaction with the group metadata it had before. The
+    coordinator refuses them (ILLEGAL_GENERATION; librdkafka makes it an abortable error),
+    the transaction is aborted and the group's offsets stay as they were. With the
+    member's current metadata the same offsets are committed. (librdkafka sends
+    TxnOffsetCommit v3 with the generation, member id and instance id of the metadata.)"""
+    src, dst = unique_topic("zin"), unique_topic("zout")
+    ck_create_topic(broker.bootstrap, src, 2)
+    ck_create_topic(broker.bootstrap, dst, 1)
+    plain_produce(broker.bootstrap, values("Z", [(src, 0), (src, 1)], 5))
+    group = "zg-" + uuid.uuid4().hex[:8]
+    first = GroupConsumer("confluent", broker.bootstrap, src, group)
+    second = None
+    prod = TxnProducer("confluent", broker.bootstrap, tid("zombie"))
+    try:
+        prod.init()
+        deadline = time.monotonic() + 30
+        while len(first.assignment()) < 2:
+            assert time.monotonic() < deadline, "the first member got no assignment in 30 s"
+            first.poll_batch(10, 0.5)
+        old = first.c.consumer_group_metadata()
+        second = GroupConsumer("confluent", broker.bootstrap, src, group)
+        deadline = time.monotonic() + 60
+        while not (second.assignment() and len(first.assignment()) == 1):
+            assert time.monotonic() < deadline, "no rebalance to two members in 60 s: %s / %s" % (
+                first.assignment(), second.assignment())
+            first.poll_batch(10, 0.2)
+            second.poll_batch(10, 0.2)
+        tp = first.assignment()[0]
+
+        prod.begin()
+        prod.send(dst, 0, b"from-a-zombie")
+        with pytest.raises(KafkaException) as e:
+            prod.p.send_offsets_to_transaction([TopicPartition(tp[0], tp[1], 3)], old, 30)
+        err = e.value.args[0]
+        assert err.code() == KafkaError.ILLEGAL_GENERATION, "send_offsets with the old generation: %s" % err
+        assert err.txn_requires_abort(), "an abortable error, as Kafka's is: %s" % err
+        prod.abort()
+        assert group_offsets(broker.bootstrap, group, [tp]) == {tp: None}
+
+        prod.begin()
+        prod.send(dst, 0, b"from-the-member")
+        prod.send_offsets({tp: 3}, first)
+        prod.commit()
+        wait_group_offsets(broker.bootstrap, group, [tp], {tp: 3}, 10, "offsets sent with the current metadata")
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+        prod.close()

@@ -602,6 +602,18 @@ class Conn:
             resp = self.request(INIT_PRODUCER_ID, version, body)
         return parse_init_producer_id(version, resp)
 
+    def add_partitions_to_txn(self, transactional_id, producer_id, producer_epoch, topics):
+        """AddPartitionsToTxn v1; topics: {topic: [partition]}. Returns {(topic, partition): error}."""
+        body = (string(transactional_id) + i64(producer_id) + i16(producer_epoch)
+                + array(sorted(topics.items()), lambda t: string(t[0]) + array(t[1], i32)))
+        r = Reader(self.request(ADD_PARTITIONS_TO_TXN, 1, body))
+        r.i32()  # throttle_time_ms
+        out = {}
+        for name, parts in r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16())))):
+            for p, err in parts:
+                out[(name, p)] = err
+        return out
+
     def produce_multi(self, topics, version=3, acks=-1, timeout_ms=10000, transactional_id=None):
         """Produce to several partitions in one request; returns {(topic, partition): dict}.
         version 3 (plain), 8 (adds log_start_offset/record_errors/error_message) or 9 (flexible).
@@ -634,6 +646,7 @@ class Conn:
 # decoder for the producer fields of fetched batches.  Nothing above changes.
 
 INIT_PRODUCER_ID = 22
+ADD_PARTITIONS_TO_TXN = 24
 
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46

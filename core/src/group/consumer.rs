@@ -32,6 +32,9 @@ pub enum ConsumerError {
     GroupMaxSizeReached,
 }
 
+/// Kafka's answer to a transactional commit from a member epoch older than the member's.
+const ILLEGAL_GENERATION: i16 = 22;
+
 impl ConsumerError {
     pub fn code(self) -> i16 {
         match self {
@@ -222,6 +225,26 @@ impl Coordinator {
             return Err(ConsumerError::StaleMemberEpoch);
         }
         Ok(())
+    }
+
+    /// May `member` commit offsets in a transaction at `epoch` (TxnOffsetCommit v3, KIP-447)?
+    /// As in Kafka: a group with no members takes a commit at epoch -1 from anyone; otherwise
+    /// the member must be known, and an epoch older than its own is ILLEGAL_GENERATION (a
+    /// zombie), a newer one FENCED_MEMBER_EPOCH.
+    pub fn validate_txn_commit(&self, group: &str, member: &str, epoch: i32) -> Result<(), i16> {
+        if crate::mutants::active(crate::mutants::Mutant::CommitStaleGeneration) {
+            return Ok(());
+        }
+        let g = self.groups.get(group);
+        if epoch < 0 && g.is_none_or(|g| g.members.is_empty()) {
+            return Ok(());
+        }
+        let m = g.and_then(|g| g.members.get(member)).ok_or(ConsumerError::UnknownMemberId.code())?;
+        match epoch.cmp(&m.epoch) {
+            std::cmp::Ordering::Greater => Err(ConsumerError::FencedMemberEpoch.code()),
+            std::cmp::Ordering::Less => Err(ILLEGAL_GENERATION),
+            std::cmp::Ordering::Equal => Ok(()),
+        }
     }
 
     /// A ConsumerGroupHeartbeat. `topics` gives every topic's partition count.

@@ -803,6 +803,29 @@ impl<W: Clone> Coordinator<W> {
         }
     }
 
+    /// May this member commit offsets in a transaction (TxnOffsetCommit v3, KIP-447)? As in
+    /// Kafka: an empty group, or none, takes a commit at generation -1 from anyone; otherwise
+    /// the member must be known (and own its static instance) at the current generation, so
+    /// a zombie of an older generation is fenced. Unlike OffsetCommit, a rebalance waiting
+    /// for the leader's assignment does not stop it.
+    pub fn validate_txn_commit(
+        &self,
+        group: &str,
+        member: &str,
+        generation: i32,
+        instance: Option<&str>,
+    ) -> Result<(), GroupError> {
+        if crate::mutants::active(crate::mutants::Mutant::CommitStaleGeneration) {
+            return Ok(());
+        }
+        match self.groups.get(group) {
+            None if generation < 0 => Ok(()),
+            None => Err(GroupError::IllegalGeneration),
+            Some(g) if generation < 0 && g.state == GroupState::Empty => Ok(()),
+            Some(_) => self.check_member(group, member, generation, instance),
+        }
+    }
+
     pub fn heartbeat(
         &mut self,
         now: Instant,

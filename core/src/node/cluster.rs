@@ -579,6 +579,10 @@ impl Node {
                 self.on_write_txn_marker(from, req, (producer_id, epoch, commit), &topic, partition);
             }
             BrokerMessage::TxnMarkerWritten { req, error } => self.on_txn_marker_written(req, error),
+            BrokerMessage::VerifyTxn { id, transactional_id, partitions } => {
+                self.on_verify_txn(from, id, &transactional_id, &partitions)
+            }
+            BrokerMessage::TxnVerified { id, codes } => self.on_txn_verified(id, &codes),
             BrokerMessage::ResignLeadership { topic, partition, leader_epoch } => {
                 if self.controller_epoch_check() {
                     self.on_resign_leadership(from, topic, partition, leader_epoch);

@@ -179,7 +179,7 @@ pub(super) fn partition_for(key: &str, partitions: i32) -> i32 {
     (if h == i32::MIN { 0 } else { h.abs() }) % partitions
 }
 
-fn code(e: GroupError) -> i16 {
+pub(super) fn code(e: GroupError) -> i16 {
     match e {
         GroupError::UnknownMemberId => 25,
         GroupError::IllegalGeneration => 22,

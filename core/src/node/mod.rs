@@ -27,6 +27,7 @@ mod snapshots;
 mod summaries;
 mod transactions;
 mod txn_markers;
+mod txn_verify;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -398,6 +399,8 @@ pub struct Node {
     metrics: crate::metrics::Metrics,
     /// The log cleaner (compaction).
     cleaner: cleaner::Cleaner,
+    /// Transactional produces waiting for another broker's coordinator (KIP-890).
+    txn_verify: txn_verify::TxnVerify,
 }
 
 impl FileIds for u64 {
@@ -412,6 +415,7 @@ impl Node {
         let mut node = Node {
             next_retention_check: now.mono.plus_millis(config.log.retention_check_interval_ms),
             cleaner: cleaner::Cleaner::new(now.mono.plus_millis(config.log.cleaner_backoff_ms)),
+            txn_verify: txn_verify::TxnVerify::default(),
             static_config: config.clone(),
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -515,6 +519,7 @@ impl Node {
         let markers = self.markers_retry_at();
         let forwards = self.forward_poll_timeout();
         let deletes = self.deletes_poll_timeout();
+        let verify = self.txn_verify_poll_timeout();
         let cleaner = (self.phase == Phase::Serving).then(|| self.cleaner_poll_timeout()).flatten();
         [
             cleaner,
@@ -531,6 +536,7 @@ impl Node {
             markers,
             forwards,
             deletes,
+            verify,
         ]
         .into_iter()
         .flatten()
@@ -848,6 +854,7 @@ impl Node {
         self.fetches.retain(|f| f.conn != conn);
         self.lookups.retain(|_, l| l.conn != conn);
         self.waiters.retain(|w| w.conn != conn);
+        self.txn_verify_conn_closed(conn);
         self.buffered.retain(|(c, _)| *c != conn);
     }
 
@@ -860,6 +867,7 @@ impl Node {
             return;
         }
         self.expire_fetches();
+        self.expire_txn_verifications();
         self.replication_timeout();
         self.hw_moved |= self.produces.iter().any(|p| p.deadline <= self.now.mono);
         self.complete_deletes();

@@ -66,6 +66,18 @@ impl Node {
                 pd.records.as_ref().and_then(|r| batch::parse_header(r).ok()).is_some_and(|h| h.is_transactional())
             }))
         .then_some(KafkaError::TransactionalIdAuthorizationFailed);
+        let batches: Vec<(&str, i32, Option<&Bytes>)> = req
+            .topic_data
+            .iter()
+            .flat_map(|t| t.partition_data.iter().map(move |pd| (t.name.0.as_str(), pd.index, pd.records.as_ref())))
+            .collect();
+        // KIP-890: the first batch of a transaction on a partition waits for its coordinator,
+        // when that is another broker, to confirm the transaction holds the partition.
+        if let (Some(txn), None) = (&req.transactional_id, refuse_all) {
+            if self.verify_txn_first(conn, seq, &ctx, &body, txn.0.as_str(), &batches) {
+                return Ok(());
+            }
+        }
         // A partition named twice counts once, as its last entry (as in Kafka, which keys the
         // request by partition); a topic named twice is answered as one.
         let mut last: BTreeMap<(&str, i32), (usize, usize)> = BTreeMap::new();
@@ -134,6 +146,9 @@ impl Node {
                 }
                 resp.responses[rti].partition_responses.push(pr);
             }
+        }
+        if req.transactional_id.is_some() {
+            self.drop_txn_verdicts(&batches);
         }
         if acks == 0 {
             // acks=0 gets no response at all; the writes still become durable as usual.

@@ -406,7 +406,7 @@ impl Node {
     /// A transactional produce: the batch's producer must own `txn_id`'s open transaction,
     /// and the transaction must hold the partition (KIP-890's check, answered locally).
     pub(super) fn check_txn_produce(
-        &self,
+        &mut self,
         txn_id: &str,
         topic: &str,
         partition: i32,
@@ -427,16 +427,34 @@ impl Node {
                 Err(COORDINATOR_LOAD_IN_PROGRESS | COORDINATOR_NOT_AVAILABLE) => {
                     return Err(KafkaError::NotEnoughReplicas)
                 }
-                // Another broker coordinates the transaction: the batch is taken unchecked,
-                // as Kafka did before KIP-890 (asking that broker is not built yet).
-                Err(_) => return Ok(()),
+                // Another broker coordinates the transaction: it was asked (`txn_verify`).
+                Err(_) => {
+                    let tp =
+                        self.topics.get(topic).map(|t| (t.id, partition)).ok_or(KafkaError::UnknownTopicOrPartition)?;
+                    return self.remote_txn_verdict(tp, h.producer_id, h.producer_epoch);
+                }
             }
         }
+        self.txn_holds(txn_id, h.producer_id, h.producer_epoch, topic, partition)
+    }
+
+    /// Whether the transaction `txn_id`, coordinated here, holds `topic`-`partition` for the
+    /// producer id and epoch given (KIP-890's check): INVALID_TXN_STATE when it does not hold
+    /// it (or is not ongoing, or is another producer's), INVALID_PRODUCER_EPOCH for another
+    /// epoch.
+    pub(super) fn txn_holds(
+        &self,
+        txn_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), KafkaError> {
         let meta = self.txns.get(txn_id).and_then(|e| e.meta.as_ref()).ok_or(KafkaError::InvalidTxnState)?;
-        if meta.producer_id != h.producer_id {
+        if meta.producer_id != producer_id {
             return Err(KafkaError::InvalidTxnState);
         }
-        if h.producer_epoch != meta.epoch {
+        if epoch != meta.epoch {
             return Err(KafkaError::InvalidProducerEpoch);
         }
         if meta.state != TxnState::Ongoing || !meta.partitions.contains(&(topic.to_string(), partition)) {
@@ -724,6 +742,9 @@ impl Node {
                 Ok(()) => Ok(()),
             },
         };
+        let inst = req.group_instance_id.as_ref().map(|s| s.to_string());
+        let check =
+            check.and_then(|()| self.txn_commit_member(&group, req.member_id.as_str(), req.generation_id, inst));
         if let Err(code) = check {
             refuse(self, code);
             return Ok(());
@@ -766,6 +787,28 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// KIP-447's check of the group member a TxnOffsetCommit names (v3: its generation or
+    /// member epoch, member id and static instance id): a zombie of an older generation is
+    /// fenced. A request that names none (before v3, or a producer without a group member's
+    /// metadata) is taken, as in Kafka.
+    fn txn_commit_member(
+        &self,
+        group: &str,
+        member: &str,
+        generation: i32,
+        instance: Option<String>,
+    ) -> Result<(), i16> {
+        if generation < 0 && member.is_empty() && instance.is_none() {
+            return Ok(());
+        }
+        if self.consumer.group(group).is_some() {
+            return self.consumer.validate_txn_commit(group, member, generation);
+        }
+        self.coordinator
+            .validate_txn_commit(group, member, generation, instance.as_deref())
+            .map_err(super::groups::code)
     }
 
     pub(super) fn handle_end_txn(

@@ -13,7 +13,7 @@ use crate::quorum;
 
 /// The version of the peer protocol this build speaks. A change to any message type that is
 /// not backward compatible bumps it; an envelope of another version is refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -141,6 +141,14 @@ pub enum BrokerMessage {
     /// A partition's leader asks the controller to record that its records below `offset`
     /// are deleted (DeleteRecords; the offset is at most its high watermark).
     DeleteRecords { topic: [u8; 16], partition: i32, offset: i64 },
+    /// A partition's leader asks a transaction's coordinator whether the transaction holds
+    /// these partitions (topic, partition, producer id, producer epoch) before it takes their
+    /// first transactional batch (KIP-890; Kafka's AddPartitionsToTxn v4 with verifyOnly).
+    /// Answered with `TxnVerified`.
+    VerifyTxn { id: u64, transactional_id: String, partitions: Vec<(String, i32, i64, i16)> },
+    /// The answer to `VerifyTxn` `id`, a code per partition in its order: 0 when the
+    /// transaction holds it, else the error the partition's produce gets.
+    TxnVerified { id: u64, codes: Vec<i16> },
 }
 
 /// The first frame on a peer connection: who is calling, in which cluster, speaking which

@@ -1,0 +1,184 @@
+//! KIP-890's server-side defense across brokers. A partition leader takes a producer's first
+//! transactional batch of a transaction only once the transaction's coordinator confirms
+//! that the transaction holds the partition at that producer id and epoch: Kafka's
+//! AddPartitionsToTxn v4 with `verifyOnly`, here `VerifyTxn` over the peer connection. A
+//! zombie (a producer fenced since, or one writing outside its transaction) would otherwise
+//! open a transaction on the partition that no coordinator will ever end: its last stable
+//! offset would stay there, and read_committed consumers with it, for good.
+//!
+//! The produce request waits (whole, so that nothing of it is written before the answer)
+//! and is handled again with the coordinator's verdicts, each used once. Later batches of the
+//! transaction need no check: the partition's producer state has the transaction open. A
+//! coordinator that cannot answer (moved, loading, silent for `VERIFY_TIMEOUT_MS`) leaves
+//! the partition NOT_ENOUGH_REPLICAS, which clients retry, as Kafka answers.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::transactions::{txn_partition, TXN_TOPIC};
+use super::{Node, Tp};
+use crate::log::batch;
+use crate::peer::{Body, BrokerMessage};
+use crate::protocol::errors::KafkaError;
+use crate::protocol::RequestContext;
+use crate::types::{ConnId, Instant};
+
+/// How long a produce waits for the coordinator's verdict.
+const VERIFY_TIMEOUT_MS: u64 = 5_000;
+
+/// What a verification is about: the partition, the producer id and its epoch.
+type Key = (Tp, i64, i16);
+
+/// A produce request waiting for the coordinator's verdicts.
+struct Waiting {
+    id: u64,
+    conn: ConnId,
+    seq: u64,
+    ctx: RequestContext,
+    body: Bytes,
+    keys: Vec<Key>,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+pub(super) struct TxnVerify {
+    next_id: u64,
+    waiting: Vec<Waiting>,
+    /// Verdicts for the requests handled again: 0 when the transaction holds the partition,
+    /// else the error the partition gets. Each is used once.
+    verdicts: BTreeMap<Key, i16>,
+}
+
+impl Node {
+    /// Before a transactional produce is handled: the partitions whose transaction another
+    /// broker coordinates and that no verdict or open transaction covers are sent to that
+    /// coordinator for checking, and the request waits. True when it waits.
+    pub(super) fn verify_txn_first(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: &Bytes,
+        txn_id: &str,
+        batches: &[(&str, i32, Option<&Bytes>)],
+    ) -> bool {
+        if self.coordinates(TXN_TOPIC, txn_id) != Err(super::groups::NOT_COORDINATOR) {
+            return false; // checked here, or answered retriable by `check_txn_produce`
+        }
+        let keys: Vec<(Key, String)> = batches
+            .iter()
+            .filter_map(|(topic, partition, records)| {
+                let h = records.and_then(|r| batch::parse_header(r).ok()).filter(|h| h.is_transactional())?;
+                let tp = (self.topics.get(*topic)?.id, *partition);
+                let p = self.partition(tp).filter(|p| p.serve_error().is_none())?;
+                let open = p.log.producers.in_txn(h.producer_id)
+                    && p.log.producers.get(h.producer_id).is_some_and(|e| e.epoch == h.producer_epoch);
+                let key = (tp, h.producer_id, h.producer_epoch);
+                (!open && !self.txn_verify.verdicts.contains_key(&key)).then(|| (key, topic.to_string()))
+            })
+            .collect();
+        if keys.is_empty() {
+            return false;
+        }
+        let coordinator = self.topics.get(TXN_TOPIC).and_then(|t| self.partition_leader((t.id, txn_partition(txn_id))));
+        let Some((coordinator, _)) = coordinator.filter(|(c, _)| *c >= 0 && *c != self.me()) else {
+            for (key, _) in keys {
+                self.txn_verify.verdicts.insert(key, KafkaError::NotEnoughReplicas.code());
+            }
+            return false;
+        };
+        self.txn_verify.next_id += 1;
+        let id = self.txn_verify.next_id;
+        let partitions = keys.iter().map(|((tp, pid, epoch), topic)| (topic.clone(), tp.1, *pid, *epoch)).collect();
+        let msg = BrokerMessage::VerifyTxn { id, transactional_id: txn_id.to_string(), partitions };
+        self.send_peer(coordinator, Body::Broker(msg));
+        let deadline = self.now.mono.plus_millis(VERIFY_TIMEOUT_MS);
+        let keys = keys.into_iter().map(|(k, _)| k).collect();
+        self.txn_verify.waiting.push(Waiting { id, conn, seq, ctx: ctx.clone(), body: body.clone(), keys, deadline });
+        true
+    }
+
+    /// The verdict a request handled again uses for a partition whose transaction another
+    /// broker coordinates: the partition has the transaction open already, or the
+    /// coordinator said so; else the coordinator's error (NOT_ENOUGH_REPLICAS when there
+    /// was none: it could not be asked).
+    pub(super) fn remote_txn_verdict(&mut self, tp: Tp, producer_id: i64, epoch: i16) -> Result<(), KafkaError> {
+        let open = self.partition(tp).is_some_and(|p| {
+            p.log.producers.in_txn(producer_id) && p.log.producers.get(producer_id).is_some_and(|e| e.epoch == epoch)
+        });
+        let verdict = self.txn_verify.verdicts.remove(&(tp, producer_id, epoch));
+        if open {
+            return Ok(());
+        }
+        match verdict {
+            Some(0) => Ok(()),
+            Some(code) if code == KafkaError::InvalidTxnState.code() => Err(KafkaError::InvalidTxnState),
+            Some(code) if code == KafkaError::InvalidProducerEpoch.code() => Err(KafkaError::InvalidProducerEpoch),
+            _ => Err(KafkaError::NotEnoughReplicas),
+        }
+    }
+
+    /// After a transactional produce is handled: verdicts it did not use (a partition
+    /// refused before its check) are dropped, so none outlives the request it was for.
+    pub(super) fn drop_txn_verdicts(&mut self, batches: &[(&str, i32, Option<&Bytes>)]) {
+        if self.txn_verify.verdicts.is_empty() {
+            return;
+        }
+        for (topic, partition, records) in batches {
+            let h = records.and_then(|r| batch::parse_header(r).ok());
+            if let (Some(h), Some(t)) = (h, self.topics.get(*topic)) {
+                self.txn_verify.verdicts.remove(&((t.id, *partition), h.producer_id, h.producer_epoch));
+            }
+        }
+    }
+
+    /// The coordinator's side: whether the transaction holds each partition at the producer
+    /// id and epoch given.
+    pub(super) fn on_verify_txn(&mut self, from: i32, id: u64, txn_id: &str, partitions: &[(String, i32, i64, i16)]) {
+        let codes = partitions
+            .iter()
+            .map(|(topic, partition, pid, epoch)| match self.coordinates(TXN_TOPIC, txn_id) {
+                Ok(()) => self.txn_holds(txn_id, *pid, *epoch, topic, *partition).err().map_or(0, |e| e.code()),
+                Err(_) => KafkaError::NotEnoughReplicas.code(),
+            })
+            .collect();
+        self.send_peer(from, Body::Broker(BrokerMessage::TxnVerified { id, codes }));
+    }
+
+    /// The coordinator's verdicts: the request waiting on them is handled again.
+    pub(super) fn on_txn_verified(&mut self, id: u64, codes: &[i16]) {
+        let Some(i) = self.txn_verify.waiting.iter().position(|w| w.id == id) else { return };
+        let w = self.txn_verify.waiting.remove(i);
+        for (key, code) in w.keys.iter().zip(codes.iter().copied().chain(std::iter::repeat(-1))) {
+            let code = if code < 0 { KafkaError::NotEnoughReplicas.code() } else { code };
+            self.txn_verify.verdicts.insert(*key, code);
+        }
+        self.deferred.push((w.conn, w.seq, w.ctx, w.body));
+    }
+
+    /// Requests whose coordinator did not answer in time are handled again without its
+    /// verdicts (NOT_ENOUGH_REPLICAS); those of closed connections are dropped.
+    pub(super) fn expire_txn_verifications(&mut self) {
+        let now = self.now.mono;
+        let (late, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.txn_verify.waiting).into_iter().partition(|w| w.deadline <= now);
+        self.txn_verify.waiting = waiting;
+        for w in late {
+            tracing::debug!(id = w.id, "a transaction coordinator did not answer a verification in time");
+            for key in &w.keys {
+                self.txn_verify.verdicts.insert(*key, KafkaError::NotEnoughReplicas.code());
+            }
+            self.deferred.push((w.conn, w.seq, w.ctx, w.body));
+        }
+    }
+
+    pub(super) fn txn_verify_poll_timeout(&self) -> Option<Instant> {
+        self.txn_verify.waiting.iter().map(|w| w.deadline).min()
+    }
+
+    /// A closed connection's waiting requests are dropped.
+    pub(super) fn txn_verify_conn_closed(&mut self, conn: ConnId) {
+        self.txn_verify.waiting.retain(|w| w.conn != conn);
+    }
+}
