@@ -729,7 +729,7 @@ impl PartitionLog {
         base: Offset,
         old: FileId,
         new: FileId,
-        entries: Vec<Entry>,
+        (entries, (record, last_crc)): (Vec<Entry>, (summary::ScanRecord, u32)),
         interval: u32,
         ops: &mut Vec<DiskOp>,
     ) -> bool {
@@ -740,10 +740,11 @@ impl PartitionLog {
         seg.max_timestamp = entries.iter().map(|e| e.max_timestamp).max().unwrap_or(-1);
         seg.entries = entries;
         seg.log_file = new;
-        // A cleaned segment is scanned at start-up (the cleaner does not keep what a
-        // summary needs of the batches it keeps).
-        seg.record = None;
+        // Its summary is of the copy now (the cleaner noted what a scan of it would find).
+        seg.last_crc = Some(if seg.entries.is_empty() { 0 } else { last_crc });
+        seg.record = Some(record);
         seg.summary = summary::SummaryState::Missing;
+        self.summaries_waiting = true;
         ops.push(DiskOp::DeleteFile { path: format!("{}/{}", self.dir, summary::file_name(base)) });
         seg.rewrite_indexes(interval, ops);
         ops.push(DiskOp::Close { file: old });

@@ -31,6 +31,8 @@ use super::{Node, PartState, Purpose, Tp};
 use crate::io::{DiskError, DiskOp, DiskReply};
 use crate::log::batch;
 use crate::log::cleaner::{filter_batch, Filtered, KeyMap};
+use crate::log::producers::Replay;
+use crate::log::summary::ScanRecord;
 use crate::log::{segment_file_name, Entry, PartitionLog};
 use crate::types::{FileId, Instant, Offset};
 
@@ -42,6 +44,9 @@ pub(super) struct Cleaner {
     job: Option<CleanJob>,
     /// The batches of the copy being written.
     entries: Vec<Entry>,
+    /// What its summary needs of them (`log::summary`), and its last batch's CRC.
+    record: ScanRecord,
+    last_crc: u32,
     next_id: u64,
     /// Where each log's last finished pass ended.
     cleaned_to: BTreeMap<Tp, Offset>,
@@ -55,6 +60,8 @@ impl Cleaner {
             next_check: first_check,
             job: None,
             entries: Vec::new(),
+            record: ScanRecord::default(),
+            last_crc: 0,
             next_id: 0,
             cleaned_to: BTreeMap::new(),
             passes: 0,
@@ -250,6 +257,8 @@ impl Node {
                     j.step = Step::Copy { seg, entry: 0, out, at: 0 };
                 }
                 self.cleaner.entries.clear();
+                self.cleaner.record = ScanRecord::default();
+                self.cleaner.last_crc = 0;
                 // A copy left by a crash was deleted at recovery; one left by an abandoned pass
                 // is cut here.
                 self.issue(DiskOp::Truncate { file: out, len: 0 }, Purpose::Ignore);
@@ -372,6 +381,7 @@ impl Node {
         let drop_tombstones = job.segments[seg].2;
         let mut written = Vec::new();
         let mut new_entries = Vec::new();
+        let mut noted = Vec::new();
         let mut pos = at;
         let last_delta = s.entries.last().map(|e| e.base_delta);
         for (e, b, h) in batches {
@@ -387,6 +397,10 @@ impl Node {
             let size = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
             let position = u32::try_from(pos).unwrap_or(u32::MAX);
             new_entries.push(Entry { position, size, ..*e });
+            // As recovery's scan of the copy would note the batch (its header as written).
+            if let Ok(w) = batch::parse_header(&bytes) {
+                noted.push((w.partition_leader_epoch, w.base_offset, Replay::of(&w, w.base_offset, &bytes), w.crc));
+            }
             pos += u64::from(size);
             written.push(bytes);
         }
@@ -395,6 +409,10 @@ impl Node {
         job.step = Step::Write { seg, entry: entry + batches.len(), out, at: pos };
         let id = job.id;
         self.cleaner.entries.extend(new_entries);
+        for (epoch, base, replay, crc) in noted {
+            self.cleaner.record.note(epoch, base, replay);
+            self.cleaner.last_crc = crc;
+        }
         if written.is_empty() {
             return self.on_clean_done(id, Ok(DiskReply::Done));
         }
@@ -450,14 +468,18 @@ impl Node {
         let Some(job) = self.cleaner.job.take() else { return };
         let (base, old, _) = job.segments[seg];
         let entries = std::mem::take(&mut self.cleaner.entries);
+        let record = (std::mem::take(&mut self.cleaner.record), self.cleaner.last_crc);
         let interval = self.topic_settings(job.tp).map_or(4096, |s| s.index_interval_bytes);
         let mut ops = Vec::new();
         let swapped = self
             .partition_mut(job.tp)
             .filter(|p| p.log.generation == job.generation)
-            .is_some_and(|p| p.log.swap_cleaned(base, old, out, entries, interval, &mut ops));
+            .is_some_and(|p| p.log.swap_cleaned(base, old, out, (entries, record), interval, &mut ops));
         let tp = job.tp;
         self.issue_all(ops, || Purpose::Ignore);
+        if swapped {
+            self.write_summaries(tp, false);
+        }
         if !swapped {
             // The segment went while its copy was renamed over it: the copy must go too, unless
             // a segment of the log now has that name.
@@ -504,6 +526,7 @@ impl Node {
     fn clean_abort(&mut self, why: &str) {
         let Some(job) = self.cleaner.job.take() else { return };
         self.cleaner.entries.clear();
+        self.cleaner.record = ScanRecord::default();
         tracing::warn!(tp = ?job.tp, reason = why, "log cleaning abandoned; the log is as it was");
         if let Some(p) = self.partition_mut(job.tp) {
             p.log.swapping = None;
