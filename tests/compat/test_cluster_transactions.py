@@ -216,3 +216,29 @@ def test_partition_leaders_verify_transactions_with_their_coordinator(cluster):
 
     assert produce(r2, epoch, 0, "zombie") == "INVALID_PRODUCER_EPOCH", "a fenced producer's first batch"
     assert offsets(r2) == (0, 0), "nothing written, no transaction left open"
+
+    # Offsets sent to a transaction, where the group's coordinator is another broker than the
+    # transaction's: verified the same way.
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "make-offsets-" + topic})
+    try:
+        c.committed([TopicPartition(topic, 0)], timeout=30)  # makes __consumer_offsets
+    finally:
+        c.close()
+    offsets_leaders = wait_until("every __consumer_offsets partition has a leader", lambda: (
+        lambda s: s if s and len(s) == 50 and all(v.leader >= 0 for v in s.values()) else None)(
+        topic_state(cluster.nodes[0], "__consumer_offsets")), timeout=60)
+    group = next(g for g in ("verify-group-%d-%s" % (i, topic) for i in range(1000))
+                 if offsets_leaders[java_partition(g)].leader != coordinator)
+    group_node = by_id[offsets_leaders[java_partition(group)].leader]
+    commit = {(topic, r1): 5}
+
+    def txn_commit(producer_epoch):
+        with Conn.to(group_node.bootstrap) as c:
+            code = c.txn_offset_commit(tid, group, pid, producer_epoch, commit)[(topic, r1)]
+        return wire.ERROR_NAMES.get(code, code)
+
+    assert txn_commit(epoch) == "INVALID_PRODUCER_EPOCH", "a fenced producer's offsets"
+    assert txn_commit(epoch2) == "INVALID_TXN_STATE", "offsets for a group the transaction does not hold"
+    with Conn.to(by_id[coordinator].bootstrap) as c:
+        assert c.add_offsets_to_txn(tid, pid, epoch2, group) == 0
+    assert txn_commit(epoch2) == "NONE", "verified with the transaction's coordinator"

@@ -614,6 +614,29 @@ class Conn:
                 out[(name, p)] = err
         return out
 
+    def add_offsets_to_txn(self, transactional_id, producer_id, producer_epoch, group_id):
+        """AddOffsetsToTxn v1; returns the error code."""
+        body = string(transactional_id) + i64(producer_id) + i16(producer_epoch) + string(group_id)
+        r = Reader(self.request(ADD_OFFSETS_TO_TXN, 1, body))
+        r.i32()  # throttle_time_ms
+        return r.i16()
+
+    def txn_offset_commit(self, transactional_id, group_id, producer_id, producer_epoch, offsets):
+        """TxnOffsetCommit v2; offsets: {(topic, partition): offset}. Returns {(topic, partition): error}."""
+        by_topic = {}
+        for (t, p), o in sorted(offsets.items()):
+            by_topic.setdefault(t, []).append((p, o))
+        body = (string(transactional_id) + string(group_id) + i64(producer_id) + i16(producer_epoch)
+                + array(sorted(by_topic.items()), lambda t: string(t[0]) + array(
+                    t[1], lambda po: i32(po[0]) + i64(po[1]) + i32(-1) + string(None))))
+        r = Reader(self.request(TXN_OFFSET_COMMIT, 2, body))
+        r.i32()  # throttle_time_ms
+        out = {}
+        for name, parts in r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16())))):
+            for p, err in parts:
+                out[(name, p)] = err
+        return out
+
     def produce_multi(self, topics, version=3, acks=-1, timeout_ms=10000, transactional_id=None):
         """Produce to several partitions in one request; returns {(topic, partition): dict}.
         version 3 (plain), 8 (adds log_start_offset/record_errors/error_message) or 9 (flexible).
@@ -647,6 +670,8 @@ class Conn:
 
 INIT_PRODUCER_ID = 22
 ADD_PARTITIONS_TO_TXN = 24
+ADD_OFFSETS_TO_TXN = 25
+TXN_OFFSET_COMMIT = 28
 
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46

@@ -730,9 +730,24 @@ impl Node {
         let part = (OFFSETS_TOPIC.to_string(), offsets_partition(&group));
         let remote = self.coordinates(TXN_TOPIC, &id) == Err(NOT_COORDINATOR);
         let check = match self.txns.get(&id).and_then(|e| e.meta.as_ref()) {
-            // Another broker coordinates the transaction: taken unchecked, as Kafka's group
-            // coordinator does (the producer added the group with AddOffsetsToTxn first).
-            None if remote => Ok(()),
+            // Another broker coordinates the transaction: the first commit of the transaction
+            // here is verified with it (KIP-890), as a partition's first batch is. Verdicts
+            // the coordinator could not give are COORDINATOR_NOT_AVAILABLE, as Kafka's group
+            // coordinator answers them.
+            None if remote => {
+                let tp = self.topics.get(OFFSETS_TOPIC).map(|t| (t.id, part.1));
+                let key = tp.map(|tp| (tp, req.producer_id.0, req.producer_epoch));
+                if let Some(key) = key.filter(|k| self.needs_verifying(*k)) {
+                    if self.verify_txn(conn, seq, &ctx, &body, &id, vec![(key, OFFSETS_TOPIC.to_string())]) {
+                        return Ok(());
+                    }
+                }
+                match key.map(|(tp, pid, epoch)| self.remote_txn_verdict(tp, pid, epoch)) {
+                    None | Some(Ok(())) => Ok(()),
+                    Some(Err(KafkaError::NotEnoughReplicas)) => Err(COORDINATOR_NOT_AVAILABLE),
+                    Some(Err(e)) => Err(e.code()),
+                }
+            }
             None => Err(TxnError::InvalidProducerIdMapping.code()),
             Some(m) => match m.check_producer(req.producer_id.0, req.producer_epoch) {
                 Err(e) => Err(e.code()),

@@ -71,13 +71,36 @@ impl Node {
             .filter_map(|(topic, partition, records)| {
                 let h = records.and_then(|r| batch::parse_header(r).ok()).filter(|h| h.is_transactional())?;
                 let tp = (self.topics.get(*topic)?.id, *partition);
-                let p = self.partition(tp).filter(|p| p.serve_error().is_none())?;
-                let open = p.log.producers.in_txn(h.producer_id)
-                    && p.log.producers.get(h.producer_id).is_some_and(|e| e.epoch == h.producer_epoch);
                 let key = (tp, h.producer_id, h.producer_epoch);
-                (!open && !self.txn_verify.verdicts.contains_key(&key)).then(|| (key, topic.to_string()))
+                self.needs_verifying(key).then(|| (key, topic.to_string()))
             })
             .collect();
+        self.verify_txn(conn, seq, ctx, body, txn_id, keys)
+    }
+
+    /// Whether a transactional write to `tp` by (producer id, epoch) must be verified: the
+    /// partition is served here, has no transaction of that producer and epoch open, and no
+    /// verdict waits for it.
+    pub(super) fn needs_verifying(&self, key: Key) -> bool {
+        let (tp, producer_id, epoch) = key;
+        let Some(p) = self.partition(tp).filter(|p| p.serve_error().is_none()) else { return false };
+        let open =
+            p.log.producers.in_txn(producer_id) && p.log.producers.get(producer_id).is_some_and(|e| e.epoch == epoch);
+        !open && !self.txn_verify.verdicts.contains_key(&key)
+    }
+
+    /// Sends `keys` (with their topics' names) to `txn_id`'s coordinator for checking and
+    /// parks the request; true when it waits. With no coordinator known, each gets
+    /// NOT_ENOUGH_REPLICAS at once and the request goes on.
+    pub(super) fn verify_txn(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: &Bytes,
+        txn_id: &str,
+        keys: Vec<(Key, String)>,
+    ) -> bool {
         if keys.is_empty() {
             return false;
         }
