@@ -606,13 +606,7 @@ class Conn:
         """AddPartitionsToTxn v1; topics: {topic: [partition]}. Returns {(topic, partition): error}."""
         body = (string(transactional_id) + i64(producer_id) + i16(producer_epoch)
                 + array(sorted(topics.items()), lambda t: string(t[0]) + array(t[1], i32)))
-        r = Reader(self.request(ADD_PARTITIONS_TO_TXN, 1, body))
-        r.i32()  # throttle_time_ms
-        out = {}
-        for name, parts in r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16())))):
-            for p, err in parts:
-                out[(name, p)] = err
-        return out
+        return _partition_errors(self.request(ADD_PARTITIONS_TO_TXN, 1, body))
 
     def add_offsets_to_txn(self, transactional_id, producer_id, producer_epoch, group_id):
         """AddOffsetsToTxn v1; returns the error code."""
@@ -629,13 +623,7 @@ class Conn:
         body = (string(transactional_id) + string(group_id) + i64(producer_id) + i16(producer_epoch)
                 + array(sorted(by_topic.items()), lambda t: string(t[0]) + array(
                     t[1], lambda po: i32(po[0]) + i64(po[1]) + i32(-1) + string(None))))
-        r = Reader(self.request(TXN_OFFSET_COMMIT, 2, body))
-        r.i32()  # throttle_time_ms
-        out = {}
-        for name, parts in r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16())))):
-            for p, err in parts:
-                out[(name, p)] = err
-        return out
+        return _partition_errors(self.request(TXN_OFFSET_COMMIT, 2, body))
 
     def produce_multi(self, topics, version=3, acks=-1, timeout_ms=10000, transactional_id=None):
         """Produce to several partitions in one request; returns {(topic, partition): dict}.
@@ -764,6 +752,18 @@ def strip_response_header_v1(body):
 
 
 # ----------------------------------------------------------------- InitProducerId
+
+def _partition_errors(body):
+    """{(topic, partition): error} of a response holding throttle_time_ms, then topics with
+    (partition, error) each (AddPartitionsToTxn v1, TxnOffsetCommit v2)."""
+    r = Reader(body)
+    r.i32()  # throttle_time_ms
+    out = {}
+    for name, parts in r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16())))):
+        for p, err in parts:
+            out[(name, p)] = err
+    return out
+
 
 def init_producer_id_request(version, transactional_id=None, transaction_timeout_ms=60000,
                              producer_id=-1, producer_epoch=-1):

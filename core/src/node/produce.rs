@@ -66,17 +66,12 @@ impl Node {
                 pd.records.as_ref().and_then(|r| batch::parse_header(r).ok()).is_some_and(|h| h.is_transactional())
             }))
         .then_some(KafkaError::TransactionalIdAuthorizationFailed);
-        let batches: Vec<(&str, i32, Option<&Bytes>)> = req
-            .topic_data
-            .iter()
-            .flat_map(|t| t.partition_data.iter().map(move |pd| (t.name.0.as_str(), pd.index, pd.records.as_ref())))
-            .collect();
+        let batches = partition_batches(&req);
         // KIP-890: the first batch of a transaction on a partition waits for its coordinator,
         // when that is another broker, to confirm the transaction holds the partition.
-        if let (Some(txn), None) = (&req.transactional_id, refuse_all) {
-            if self.verify_txn_first(conn, seq, &ctx, &body, txn.0.as_str(), &batches) {
-                return Ok(());
-            }
+        let txn = req.transactional_id.as_ref().filter(|_| refuse_all.is_none());
+        if txn.is_some_and(|t| self.verify_txn_first(conn, seq, &ctx, &body, t.0.as_str(), &batches)) {
+            return Ok(());
         }
         // A partition named twice counts once, as its last entry (as in Kafka, which keys the
         // request by partition); a topic named twice is answered as one.
@@ -383,6 +378,14 @@ impl Node {
     pub(super) fn park(&mut self, conn: ConnId, seq: u64, job: super::JobId, then: Then) {
         self.waiters.push(Waiter { conn, seq, jobs: [job].into(), failed: Default::default(), then });
     }
+}
+
+/// Each partition's records in a produce request: (topic, partition, records).
+fn partition_batches(req: &ProduceRequest) -> Vec<(&str, i32, Option<&Bytes>)> {
+    req.topic_data
+        .iter()
+        .flat_map(|t| t.partition_data.iter().map(move |pd| (t.name.0.as_str(), pd.index, pd.records.as_ref())))
+        .collect()
 }
 
 /// The producer fields of an idempotent producer's batch, which must carry a first

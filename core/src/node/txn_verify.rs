@@ -82,11 +82,16 @@ impl Node {
     /// partition is served here, has no transaction of that producer and epoch open, and no
     /// verdict waits for it.
     pub(super) fn needs_verifying(&self, key: Key) -> bool {
-        let (tp, producer_id, epoch) = key;
-        let Some(p) = self.partition(tp).filter(|p| p.serve_error().is_none()) else { return false };
-        let open =
-            p.log.producers.in_txn(producer_id) && p.log.producers.get(producer_id).is_some_and(|e| e.epoch == epoch);
-        !open && !self.txn_verify.verdicts.contains_key(&key)
+        let served = self.partition(key.0).is_some_and(|p| p.serve_error().is_none());
+        served && !self.txn_open_here(key) && !self.txn_verify.verdicts.contains_key(&key)
+    }
+
+    /// Whether the partition has a transaction of this producer and epoch open (a batch of
+    /// it was taken, verified then).
+    fn txn_open_here(&self, (tp, producer_id, epoch): Key) -> bool {
+        self.partition(tp).is_some_and(|p| {
+            p.log.producers.in_txn(producer_id) && p.log.producers.get(producer_id).is_some_and(|e| e.epoch == epoch)
+        })
     }
 
     /// Sends `keys` (with their topics' names) to `txn_id`'s coordinator for checking and
@@ -127,11 +132,8 @@ impl Node {
     /// coordinator said so; else the coordinator's error (NOT_ENOUGH_REPLICAS when there
     /// was none: it could not be asked).
     pub(super) fn remote_txn_verdict(&mut self, tp: Tp, producer_id: i64, epoch: i16) -> Result<(), KafkaError> {
-        let open = self.partition(tp).is_some_and(|p| {
-            p.log.producers.in_txn(producer_id) && p.log.producers.get(producer_id).is_some_and(|e| e.epoch == epoch)
-        });
         let verdict = self.txn_verify.verdicts.remove(&(tp, producer_id, epoch));
-        if open {
+        if self.txn_open_here((tp, producer_id, epoch)) {
             return Ok(());
         }
         match verdict {
