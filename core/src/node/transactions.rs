@@ -696,70 +696,21 @@ impl Node {
     ) -> Result<(), FrameError> {
         let req: TxnOffsetCommitRequest = protocol::decode_body(body.clone(), ctx.version)?;
         let group = req.group_id.0.to_string();
-        let build = |req: &TxnOffsetCommitRequest, code: i16| {
-            let mut resp = TxnOffsetCommitResponse::default();
-            for t in &req.topics {
-                let mut tr = TxnOffsetCommitResponseTopic::default();
-                tr.name = t.name.clone();
-                for p in &t.partitions {
-                    let mut pr = TxnOffsetCommitResponsePartition::default();
-                    pr.partition_index = p.partition_index;
-                    pr.error_code = code;
-                    tr.partitions.push(pr);
-                }
-                resp.topics.push(tr);
-            }
-            resp
-        };
         let refuse = |node: &mut Node, code: i16| {
-            node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &build(&req, code)));
+            node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &txn_offset_commit_answer(&req, code)));
         };
         let ready = match self.groups_ready(conn, seq, &ctx, &body, Some(req.group_id.0.as_str())) {
             Some(0) => self.txns_ready(conn, seq, &ctx, &body, None),
             other => other,
         };
-        match ready {
-            None => return Ok(()),
-            Some(0) => {}
-            Some(code) => {
-                refuse(self, code);
-                return Ok(());
-            }
-        }
-        let id = req.transactional_id.0.to_string();
         let part = (OFFSETS_TOPIC.to_string(), offsets_partition(&group));
-        let remote = self.coordinates(TXN_TOPIC, &id) == Err(NOT_COORDINATOR);
-        let check = match self.txns.get(&id).and_then(|e| e.meta.as_ref()) {
-            // Another broker coordinates the transaction: the first commit of the transaction
-            // here is verified with it (KIP-890), as a partition's first batch is. Verdicts
-            // the coordinator could not give are COORDINATOR_NOT_AVAILABLE, as Kafka's group
-            // coordinator answers them.
-            None if remote => {
-                let tp = self.topics.get(OFFSETS_TOPIC).map(|t| (t.id, part.1));
-                let key = tp.map(|tp| (tp, req.producer_id.0, req.producer_epoch));
-                if let Some(key) = key.filter(|k| self.needs_verifying(*k)) {
-                    if self.verify_txn(conn, seq, &ctx, &body, &id, vec![(key, OFFSETS_TOPIC.to_string())]) {
-                        return Ok(());
-                    }
-                }
-                match key.map(|(tp, pid, epoch)| self.remote_txn_verdict(tp, pid, epoch)) {
-                    None | Some(Ok(())) => Ok(()),
-                    Some(Err(KafkaError::NotEnoughReplicas)) => Err(COORDINATOR_NOT_AVAILABLE),
-                    Some(Err(e)) => Err(e.code()),
-                }
-            }
-            None => Err(TxnError::InvalidProducerIdMapping.code()),
-            Some(m) => match m.check_producer(req.producer_id.0, req.producer_epoch) {
-                Err(e) => Err(e.code()),
-                Ok(()) if m.state != TxnState::Ongoing || !m.partitions.contains(&part) => {
-                    Err(TxnError::InvalidTxnState.code())
-                }
-                Ok(()) => Ok(()),
-            },
+        let check = match ready {
+            Some(0) => self.txn_offset_commit_check(conn, seq, &ctx, &body, &req, &part),
+            other => other.map(Err), // waiting for the coordinators' load, or refused
         };
-        let inst = req.group_instance_id.as_ref().map(|s| s.to_string());
-        let check =
-            check.and_then(|()| self.txn_commit_member(&group, req.member_id.as_str(), req.generation_id, inst));
+        let Some(check) = check else {
+            return Ok(()); // waits (for a coordinator's load, or the transaction's coordinator)
+        };
         if let Err(code) = check {
             refuse(self, code);
             return Ok(());
@@ -786,8 +737,8 @@ impl Node {
         match self.append_as(OFFSETS_TOPIC, part.1, Some(&b), Origin::CoordinatorData) {
             Err(e) => refuse(self, if e == KafkaError::KafkaStorageError { NOT_COORDINATOR } else { e.code() }),
             Ok((tp, _, end, generation, _, _)) => {
-                let ok = protocol::encode_response(&ctx, &build(&req, 0));
-                let failed = protocol::encode_response(&ctx, &build(&req, NOT_COORDINATOR));
+                let ok = protocol::encode_response(&ctx, &txn_offset_commit_answer(&req, 0));
+                let failed = protocol::encode_response(&ctx, &txn_offset_commit_answer(&req, NOT_COORDINATOR));
                 self.commits.push(PendingCommit::new(
                     vec![(tp, end, generation)],
                     Vec::new(),
@@ -802,6 +753,54 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// TxnOffsetCommit's checks once the coordinators are ready: the transaction holds the
+    /// group (verified with its coordinator when another broker coordinates it, KIP-890), and
+    /// the group member it names is current (KIP-447). `None` while the request waits for
+    /// the transaction's coordinator; else the error code the request gets, if any.
+    fn txn_offset_commit_check(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: &Bytes,
+        req: &TxnOffsetCommitRequest,
+        part: &(String, i32),
+    ) -> Option<Result<(), i16>> {
+        let id = req.transactional_id.0.to_string();
+        let remote = self.coordinates(TXN_TOPIC, &id) == Err(NOT_COORDINATOR);
+        let check = match self.txns.get(&id).and_then(|e| e.meta.as_ref()) {
+            // Another broker coordinates the transaction: the first commit of the transaction
+            // here is verified with it (KIP-890), as a partition's first batch is. Verdicts
+            // the coordinator could not give are COORDINATOR_NOT_AVAILABLE, as Kafka's group
+            // coordinator answers them.
+            None if remote => {
+                let tp = self.topics.get(OFFSETS_TOPIC).map(|t| (t.id, part.1));
+                let key = tp.map(|tp| (tp, req.producer_id.0, req.producer_epoch));
+                if let Some(key) = key.filter(|k| self.needs_verifying(*k)) {
+                    if self.verify_txn(conn, seq, ctx, body, &id, vec![(key, OFFSETS_TOPIC.to_string())]) {
+                        return None;
+                    }
+                }
+                match key.map(|(tp, pid, epoch)| self.remote_txn_verdict(tp, pid, epoch)) {
+                    None | Some(Ok(())) => Ok(()),
+                    Some(Err(KafkaError::NotEnoughReplicas)) => Err(COORDINATOR_NOT_AVAILABLE),
+                    Some(Err(e)) => Err(e.code()),
+                }
+            }
+            None => Err(TxnError::InvalidProducerIdMapping.code()),
+            Some(m) => match m.check_producer(req.producer_id.0, req.producer_epoch) {
+                Err(e) => Err(e.code()),
+                Ok(()) if m.state != TxnState::Ongoing || !m.partitions.contains(part) => {
+                    Err(TxnError::InvalidTxnState.code())
+                }
+                Ok(()) => Ok(()),
+            },
+        };
+        let inst = req.group_instance_id.as_ref().map(|s| s.to_string());
+        let group = req.group_id.0.as_str();
+        Some(check.and_then(|()| self.txn_commit_member(group, req.member_id.as_str(), req.generation_id, inst)))
     }
 
     /// KIP-447's check of the group member a TxnOffsetCommit names (v3: its generation or
@@ -1002,4 +1001,21 @@ impl Node {
         self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
         Ok(())
     }
+}
+
+/// A TxnOffsetCommit answer giving every partition of `req` the error `code` (0: none).
+fn txn_offset_commit_answer(req: &TxnOffsetCommitRequest, code: i16) -> TxnOffsetCommitResponse {
+    let mut resp = TxnOffsetCommitResponse::default();
+    for t in &req.topics {
+        let mut tr = TxnOffsetCommitResponseTopic::default();
+        tr.name = t.name.clone();
+        for p in &t.partitions {
+            let mut pr = TxnOffsetCommitResponsePartition::default();
+            pr.partition_index = p.partition_index;
+            pr.error_code = code;
+            tr.partitions.push(pr);
+        }
+        resp.topics.push(tr);
+    }
+    resp
 }
