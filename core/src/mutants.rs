@@ -107,6 +107,9 @@ pub enum Mutant {
     /// synced, and recovery takes a summary without checking it against its segment (a crash
     /// that loses the segment's unsynced tail leaves a summary of batches that are not there).
     SummaryUnchecked = 37,
+    /// Transactions: a partition takes a marker whatever its producer epoch (a coordinator's
+    /// late marker for a transaction it no longer owns ends the producer's newer one).
+    MarkerOldEpochAccepted = 38,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -147,6 +150,7 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::SnapshotOffByOne, "snapshot-off-by-one"),
     (Mutant::SnapshotImageNotCarriedOut, "snapshot-image-not-carried-out"),
     (Mutant::SummaryUnchecked, "summary-unchecked"),
+    (Mutant::MarkerOldEpochAccepted, "marker-old-epoch-accepted"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -173,7 +177,8 @@ pub fn scenario(m: Mutant) -> &'static str {
         | Mutant::DynamicConfigsNotReplayed
         | Mutant::GapOnFirstRead
         | Mutant::SnapshotOffByOne
-        | Mutant::SnapshotImageNotCarriedOut => "cluster",
+        | Mutant::SnapshotImageNotCarriedOut
+        | Mutant::MarkerOldEpochAccepted => "cluster",
         _ => "default",
     }
 }

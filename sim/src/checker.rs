@@ -226,6 +226,27 @@ impl Checker {
         }
     }
 
+    /// All or nothing for the transactions whose producers never learnt how they ended: the
+    /// read_committed `consumer` read each of them whole or not at all.
+    pub fn check_undecided_whole(&mut self, at: u64, consumer: usize) {
+        let seen = self.committed_reads.get(&consumer).cloned().unwrap_or_default();
+        let partial: Vec<String> = self
+            .txn_values
+            .iter()
+            .filter(|(t, _)| !self.txn_outcome.contains_key(*t))
+            .filter_map(|((producer, no), values)| {
+                let read = values.iter().filter(|v| seen.contains(*v)).count();
+                (read > 0 && read < values.len()).then(|| {
+                    format!("read_committed consumer {consumer} read {read} of the {} records of transaction {no} of producer {producer}, whose end it never learnt", values.len())
+                })
+            })
+            .take(3)
+            .collect();
+        for m in partial {
+            self.violation(at, m);
+        }
+    }
+
     /// A read_committed consumer exists (it must end up with every committed transaction).
     pub fn add_committed_reader(&mut self, consumer: usize) {
         self.committed_reads.entry(consumer).or_default();

@@ -37,6 +37,7 @@ use sluice_core::metadata::{MetadataImage, ALL_BROKERS};
 use sluice_core::{BrokerId, ConnId, NodeConfig, Offset};
 use sluice_runtime_sim::{Env, Harness, Nanos, World, MS, US};
 
+use crate::cluster_txn::{self, ClusterTxns};
 use crate::codec;
 use crate::commits::{self, Commits};
 use crate::replicated::{self, Replicated};
@@ -121,6 +122,8 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
             broker_heartbeat_interval_ms: 2_000 / scale,
             broker_session_timeout_ms: 9_000 / scale,
             metadata_snapshot_bytes: snapshot_bytes,
+            // Transactions left open past their timeout are aborted promptly.
+            txn_abort_check_interval_ms: 200,
             replication: sluice_core::config::ReplicationConfig {
                 replica_lag_time_max_ms: 3_000 / scale,
                 replica_fetch_wait_max_ms: 500 / scale,
@@ -171,6 +174,8 @@ struct Run {
     repl: Replicated,
     /// Offset commits at coordinators that move.
     commits: Commits,
+    /// Transactions whose coordinators and partition leaders move.
+    txns: ClusterTxns,
 }
 
 impl Run {
@@ -346,7 +351,7 @@ impl Run {
         if !self.acked_after_heal {
             return Some("no topic was created since the heal".into());
         }
-        self.repl.unsettled(w).or_else(|| self.commits.unsettled())
+        self.repl.unsettled(w).or_else(|| self.commits.unsettled()).or_else(|| self.txns.unsettled())
     }
 }
 
@@ -357,6 +362,9 @@ impl Harness for Run {
         }
         if self.commits.owns(conn) {
             return self.commits.on_response(w, conn, frame);
+        }
+        if self.txns.owns(conn) {
+            return self.txns.on_response(w, conn, frame);
         }
         if self.altering.as_ref().is_some_and(|a| a.2 == conn) {
             return self.on_alter_response(w, frame);
@@ -397,6 +405,9 @@ impl Harness for Run {
         if self.commits.owns(conn) {
             return self.commits.on_closed(w, conn);
         }
+        if self.txns.owns(conn) {
+            return self.txns.on_closed(w, conn);
+        }
         if self.altering.as_ref().is_some_and(|a| a.2 == conn) {
             self.altering = None; // applied or not: the next value is larger either way
             return;
@@ -415,6 +426,9 @@ impl Harness for Run {
                 self.repl.on_timer(w, client, token)
             }
             commits::T_COMMIT => self.commits.on_timer(w, client, self.repl.created),
+            cluster_txn::T_TXN_CREATE | cluster_txn::T_TXN | cluster_txn::T_TXN_STALL => {
+                self.txns.on_timer(w, client, token)
+            }
             CREATE => {
                 if self.pending.is_none() {
                     self.create(w);
@@ -463,6 +477,7 @@ impl Harness for Run {
                 self.healed = true;
                 self.repl.heal(w);
                 self.commits.heal();
+                self.txns.heal();
                 w.heal();
                 // One more creation after the heal: the cluster must take it.
                 w.set_timer(ADMIN, CREATE, MS);
@@ -492,6 +507,8 @@ pub struct ClusterReport {
     /// Offset commits acknowledged, and the offsets workload's answers by error code.
     pub commits_acked: u64,
     pub commit_answers: BTreeMap<i16, u64>,
+    /// Transactions committed and aborted, as their producers learnt.
+    pub txns_ended: (u64, u64),
     pub violations: Vec<String>,
     pub trace: u64,
     /// Every event as a JSON line, when asked for (`RunOpts::keep_trace`).
@@ -512,7 +529,7 @@ impl ClusterReport {
     pub fn summary(&self) -> String {
         let mut out = format!("seed {} (cluster)\nplan: {}\n", self.seed, self.plan);
         out += &format!(
-            "simulated {:.3} s, {} events; topics acknowledged {}; CreateTopics answers by error code {:?}; topics with a config change acknowledged {}, IncrementalAlterConfigs answers by error code {:?}; replicated records acknowledged {}, Produce answers by error code {:?}, AlterPartitionReassignments answers by error code {:?}; offset commits acknowledged {}, coordinator answers by error code {:?}\n",
+            "simulated {:.3} s, {} events; topics acknowledged {}; CreateTopics answers by error code {:?}; topics with a config change acknowledged {}, IncrementalAlterConfigs answers by error code {:?}; replicated records acknowledged {}, Produce answers by error code {:?}, AlterPartitionReassignments answers by error code {:?}; offset commits acknowledged {}, coordinator answers by error code {:?}; transactions committed {}, aborted {}\n",
             self.sim_ns as f64 / 1e9,
             self.events,
             self.acked,
@@ -523,10 +540,12 @@ impl ClusterReport {
             self.produce_answers,
             self.reassign_answers,
             self.commits_acked,
-            self.commit_answers
+            self.commit_answers,
+            self.txns_ended.0,
+            self.txns_ended.1
         );
         if self.ok() {
-            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, acknowledged-configs-survive ok, placement ok, one-leader-per-epoch ok, high-watermark-durable ok, high-watermark-kept ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, lost-commit ok, phantom-commit ok, convergence ok\n";
+            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, acknowledged-configs-survive ok, placement ok, one-leader-per-epoch ok, high-watermark-durable ok, high-watermark-kept ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, lost-commit ok, phantom-commit ok, aborted-read ok, all-or-nothing ok, hanging ok, convergence ok\n";
         } else {
             out += "checkers: FAILED\n";
             for v in &self.violations {
@@ -560,6 +579,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
         reassign_answers: BTreeMap::new(),
         commits_acked: 0,
         commit_answers: BTreeMap::new(),
+        txns_ended: (0, 0),
         violations: vec![format!("panic: {}", crate::panic_message(&*e))],
         trace: 0,
         trace_lines: Vec::new(),
@@ -593,7 +613,14 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     let (plan, env, configs) = draw(seed, opts);
     let repl = Replicated::new(plan.nodes, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x7e91_1ca7_ed00_0000));
     let commits = Commits::new(plan.nodes, &mut ChaCha8Rng::seed_from_u64(seed ^ 0xc0aa_1175_0000_0000));
-    let plan_text = format!("{}; {}; {}", describe(&plan, &env, &configs[0]), repl.describe(), commits.describe());
+    let txns = ClusterTxns::new(plan.nodes, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x7a5c_7a5c_0000_0000));
+    let plan_text = format!(
+        "{}; {}; {}; {}",
+        describe(&plan, &env, &configs[0]),
+        repl.describe(),
+        commits.describe(),
+        txns.describe()
+    );
     let mut run = Run {
         plan: plan.clone(),
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),
@@ -614,6 +641,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         acked_after_heal: false,
         repl,
         commits,
+        txns,
     };
     let mut w = World::new(seed, configs, env);
     if opts.keep_trace {
@@ -621,6 +649,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     }
     run.repl.start(&mut w);
     run.commits.start(&mut w);
+    run.txns.start(&mut w);
     w.set_timer(ADMIN, CREATE, plan.create_every);
     w.set_timer(ADMIN, ALTER, plan.create_every);
     w.set_timer(ADMIN, HEAL, plan.safety);
@@ -660,8 +689,10 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     }
     run.final_checks(&w);
     run.repl.final_checks(&w);
+    run.txns.final_checks(&w);
     run.violations.extend(run.repl.violations.iter().cloned());
     run.violations.extend(run.commits.violations.iter().cloned());
+    run.violations.extend(run.txns.violations.iter().cloned());
     ClusterReport {
         seed,
         mutant: opts.mutant.clone(),
@@ -676,6 +707,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         records_acked: run.repl.acked(),
         commits_acked: run.commits.commits_acked,
         commit_answers: run.commits.answers.clone(),
+        txns_ended: run.txns.ended(),
         produce_answers: run.repl.answers.clone(),
         reassign_answers: run.repl.reassign_answers.clone(),
         violations: run.violations.clone(),

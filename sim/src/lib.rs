@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod cluster_txn;
 pub mod codec;
 pub mod commits;
 pub mod compactor;

@@ -6,13 +6,21 @@
 //! because the coordinator aborted its transaction on a timeout), it knows that transaction
 //! aborted and starts over with InitProducerId. Some transactions stall past the transaction
 //! timeout, so the coordinator must abort them.
+//!
+//! In a cluster ([`TxnProducer::in_cluster`]) it sends each request where it believes the
+//! request belongs: the transaction's coordinator (InitProducerId, AddPartitionsToTxn,
+//! AddOffsetsToTxn, EndTxn), the offsets group's coordinator (TxnOffsetCommit) and each
+//! partition's leader (a produce per leader). Told NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE
+//! or NOT_LEADER_OR_FOLLOWER, or left without an answer, it tries the next node, as a client
+//! whose metadata is stale finds the right broker in the end.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use sluice_core::ConnId;
 use sluice_runtime_sim::{Nanos, World, MS};
 
@@ -23,7 +31,7 @@ use crate::workload::TOPIC;
 pub const TXN_TIMEOUT_MS: i32 = 1_000;
 const REQUEST_TIMEOUT: Nanos = 3_000 * MS;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Init,
     Idle,
@@ -62,9 +70,9 @@ fn classify(code: i16, step: Step) -> Answer {
         (0, _) => Answer::Done,
         (47 | 90, _) => Answer::Fenced,
         (14 | 15 | 16 | 51, _) => Answer::Again,
-        // Not leader, timeouts, storage trouble, verification not possible yet, a resend out
-        // of order behind a failed one.
-        (5 | 6 | 7 | 19 | 45 | 56, Step::Produce) => Answer::Again,
+        // Not leader (or not yet knowing the topic), timeouts, storage trouble, verification
+        // not possible yet, a resend out of order behind a failed one.
+        (3 | 5 | 6 | 7 | 19 | 20 | 45 | 56, Step::Produce) => Answer::Again,
         (55, Step::AddPartitions) => Answer::Again,
         (code, _) => Answer::Refused(code),
     }
@@ -108,10 +116,27 @@ struct Txn {
     commit: bool,
 }
 
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    Coordinator,
+    GroupCoordinator,
+    Leader(i32),
+}
+
 pub struct TxnProducer {
     pub idx: usize,
     id: String,
     pub conn: Option<ConnId>,
+    /// The node `conn` reaches.
+    conn_node: usize,
+    /// The cluster's nodes (1: the single-node scenario).
+    nodes: usize,
+    topic: &'static str,
+    /// Where each kind of request is sent now (node 0 until told otherwise).
+    targets: BTreeMap<Target, usize>,
+    /// Its own random draws (in a cluster), else the world's workload stream.
+    rng: Option<ChaCha8Rng>,
     producer: Option<(i64, i16)>,
     next_seq: BTreeMap<i32, i32>,
     step: Step,
@@ -124,6 +149,10 @@ pub struct TxnProducer {
     stalled_until: Option<Nanos>,
     pub committed: u64,
     pub aborted: u64,
+    /// Error codes answered, per step (for the report of a run that did not settle).
+    answers: BTreeMap<(Step, i16), u64>,
+    /// The last answer asked for the request again.
+    pub retrying: bool,
 }
 
 impl TxnProducer {
@@ -132,6 +161,11 @@ impl TxnProducer {
             idx,
             id: format!("sim-txn-{idx}"),
             conn: None,
+            conn_node: 0,
+            nodes: 1,
+            topic: TOPIC,
+            targets: BTreeMap::new(),
+            rng: None,
             producer: None,
             next_seq: BTreeMap::new(),
             step: Step::Init,
@@ -143,7 +177,48 @@ impl TxnProducer {
             stalled_until: None,
             committed: 0,
             aborted: 0,
+            answers: BTreeMap::new(),
+            retrying: false,
         }
+    }
+
+    /// A producer in a cluster of `nodes`, writing to `topic`, starting at `first_node`, with
+    /// random draws of its own (`seed`).
+    pub fn in_cluster(idx: usize, nodes: usize, topic: &'static str, first_node: usize, seed: u64) -> TxnProducer {
+        let mut p = TxnProducer::new(idx);
+        p.nodes = nodes;
+        p.topic = topic;
+        p.targets = [Target::Coordinator, Target::GroupCoordinator].into_iter().map(|t| (t, first_node)).collect();
+        p.rng = Some(ChaCha8Rng::seed_from_u64(seed));
+        p
+    }
+
+    /// Transactions begun so far.
+    pub fn begun(&self) -> u64 {
+        self.txns
+    }
+
+    /// Where the current step's request goes.
+    fn target(&self) -> Target {
+        match self.step {
+            Step::Produce => {
+                let txn = self.txn.as_ref();
+                let p = txn.and_then(|t| t.parts.keys().find(|p| !t.acked.contains(p))).copied();
+                p.map_or(Target::Coordinator, Target::Leader)
+            }
+            Step::CommitOffsets => Target::GroupCoordinator,
+            _ => Target::Coordinator,
+        }
+    }
+
+    fn node_of(&self, t: Target) -> usize {
+        self.targets.get(&t).copied().unwrap_or(0)
+    }
+
+    /// The node believed to serve `t` does not: try the next.
+    fn move_on(&mut self, t: Target) {
+        let next = (self.node_of(t) + 1) % self.nodes;
+        self.targets.insert(t, next);
     }
 
     /// Values made so far.
@@ -158,14 +233,17 @@ impl TxnProducer {
 
     pub fn describe(&self) -> String {
         format!(
-            "txn producer {}: {:?}, producer {:?}, txn {:?}, {} committed, {} aborted, conn {:?}",
+            "txn producer {}: {:?}, producer {:?}, txn {:?}, {} committed, {} aborted, conn {:?} to node {}, targets {:?}, errors {:?}",
             self.idx,
             self.step,
             self.producer,
             self.txn.as_ref().map(|t| (t.no, t.commit, t.parts.keys().collect::<Vec<_>>(), t.acked.len())),
             self.committed,
             self.aborted,
-            self.conn
+            self.conn,
+            self.conn_node,
+            self.targets,
+            self.answers.iter().filter(|((_, c), _)| *c != 0).collect::<Vec<_>>()
         )
     }
 
@@ -203,6 +281,7 @@ impl TxnProducer {
                     w.close(c);
                 }
                 self.in_flight = None;
+                self.move_on(self.target());
             } else {
                 return;
             }
@@ -213,12 +292,17 @@ impl TxnProducer {
         if self.step == Step::Idle {
             return;
         }
+        let node = self.node_of(self.target());
+        if self.conn.is_some() && self.conn_node != node {
+            w.close(self.conn.take().expect("checked"));
+        }
         let conn = match self.conn {
             Some(c) => c,
             None => {
-                let c = w.connect(self.idx, 0);
+                let c = w.connect(self.idx, node);
                 opened.push(c);
                 self.conn = Some(c);
+                self.conn_node = node;
                 c
             }
         };
@@ -240,7 +324,8 @@ impl TxnProducer {
         }
         let (pid, epoch) = self.producer?;
         let txn = self.txn.as_ref()?;
-        let topic = TopicName(StrBytes::from_static_str(TOPIC));
+        let topic = TopicName(StrBytes::from_static_str(self.topic));
+        let node = self.node_of(self.target());
         Some(match self.step {
             Step::Idle | Step::Init => return None,
             Step::AddPartitions => {
@@ -257,7 +342,8 @@ impl TxnProducer {
             Step::Produce => {
                 let mut td = produce_request::TopicProduceData::default();
                 td.name = topic;
-                for (p, (values, seq)) in txn.parts.iter().filter(|(p, _)| !txn.acked.contains(p)) {
+                let due = |p: &i32| !txn.acked.contains(p) && self.node_of(Target::Leader(*p)) == node;
+                for (p, (values, seq)) in txn.parts.iter().filter(|(p, _)| due(p)) {
                     let mut pd = produce_request::PartitionProduceData::default();
                     pd.index = *p;
                     pd.records = Some(codec::transactional_batch_of(values, 1_700_000_000_000, pid, epoch, *seq));
@@ -307,11 +393,15 @@ impl TxnProducer {
     /// Opens the next transaction: its partitions, values and outcome are drawn now.
     fn begin(&mut self, w: &mut World, checker: &mut Checker, partitions: i32, batch_max: usize) {
         self.txns += 1;
-        let n = w.workload_rng().gen_range(1..=partitions.min(3) as usize);
+        let rng = match self.rng.as_mut() {
+            Some(r) => r,
+            None => w.workload_rng(),
+        };
+        let n = rng.gen_range(1..=partitions.min(3) as usize);
         let mut parts = BTreeMap::new();
         while parts.len() < n {
-            let p = w.workload_rng().gen_range(0..partitions);
-            let k = w.workload_rng().gen_range(1..=batch_max);
+            let p = rng.gen_range(0..partitions);
+            let k = rng.gen_range(1..=batch_max);
             if parts.contains_key(&p) {
                 continue;
             }
@@ -323,7 +413,7 @@ impl TxnProducer {
             *next += k as i32;
             parts.insert(p, (values, seq));
         }
-        let commit = w.workload_rng().gen_bool(0.7);
+        let commit = rng.gen_bool(0.7);
         let all: Vec<String> = parts.values().flat_map(|(v, _)| v.iter().cloned()).collect();
         checker.on_txn_send(self.idx, self.txns, &all);
         checker.on_txn_offset(txn_offset(self.idx, self.txns), self.idx, self.txns);
@@ -363,8 +453,16 @@ impl TxnProducer {
             Step::Idle => return,
             Step::Init => self.on_init(at, checker, frame),
             Step::Produce => self.on_produce(at, checker, frame),
-            step => error_code(step, frame).map(|code| classify(code, step)),
+            step => error_code(step, frame).map(|code| {
+                *self.answers.entry((step, code)).or_default() += 1;
+                self.wrong_node(code);
+                classify(code, step)
+            }),
         };
+        if std::env::var("TXN_DEBUG").is_ok() {
+            eprintln!("{} ms: {} {:?} -> {:?}", at / 1_000_000, self.idx, self.step, answer);
+        }
+        self.retrying = matches!(answer, Ok(Answer::Again));
         match answer {
             Ok(Answer::Done) => self.advance(checker, at),
             Ok(Answer::Fenced) => self.fenced(checker, at),
@@ -375,6 +473,13 @@ impl TxnProducer {
             Err(e) => {
                 checker.on_error(at, format!("txn producer {}: undecodable {:?} answer: {e}", self.idx, self.step))
             }
+        }
+    }
+
+    /// A coordinator's answer says it is not the one (or not yet): try the next node.
+    fn wrong_node(&mut self, code: i16) {
+        if matches!(code, 15 | 16) {
+            self.move_on(self.target());
         }
     }
 
@@ -397,6 +502,8 @@ impl TxnProducer {
     fn on_init(&mut self, at: Nanos, checker: &mut Checker, frame: Bytes) -> Result<Answer, String> {
         let (_, r) =
             codec::decode::<InitProducerIdResponse>(ApiKey::InitProducerId, codec::INIT_PRODUCER_ID_VERSION, frame)?;
+        *self.answers.entry((Step::Init, r.error_code)).or_default() += 1;
+        self.wrong_node(r.error_code);
         if r.error_code == 0 {
             checker.on_producer_id(at, self.idx, r.producer_id.0);
             self.producer = Some((r.producer_id.0, r.producer_epoch));
@@ -410,7 +517,12 @@ impl TxnProducer {
         let (_, r) = codec::decode::<ProduceResponse>(ApiKey::Produce, codec::PRODUCE_VERSION, frame)?;
         let Some(txn) = self.txn.as_mut() else { return Ok(Answer::Again) };
         let mut worst = Answer::Done;
+        let mut elsewhere = Vec::new();
         for pr in r.responses.iter().flat_map(|t| &t.partition_responses) {
+            *self.answers.entry((Step::Produce, pr.error_code)).or_default() += 1;
+            if matches!(pr.error_code, 3 | 5 | 6) {
+                elsewhere.push(pr.index);
+            }
             match classify(pr.error_code, Step::Produce) {
                 Answer::Done => {
                     if txn.acked.insert(pr.index) {
@@ -420,16 +532,21 @@ impl TxnProducer {
                 a => worst = worst.max(a),
             }
         }
-        Ok(match worst {
+        let answer = match worst {
             Answer::Done if txn.acked.len() < txn.parts.len() => Answer::Again,
             a => a,
-        })
+        };
+        for p in elsewhere {
+            self.move_on(Target::Leader(p));
+        }
+        Ok(answer)
     }
 
     pub fn on_closed(&mut self, conn: ConnId) {
         if self.conn == Some(conn) {
             self.conn = None;
             self.in_flight = None;
+            self.move_on(self.target());
         }
     }
 }

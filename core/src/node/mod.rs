@@ -251,6 +251,11 @@ impl Partition {
         })
     }
 
+    /// Whether this node leads the partition in `leader_epoch`.
+    fn leads_in(&self, leader_epoch: i32) -> bool {
+        matches!(&self.role, crate::replica::Role::Leader(l) if l.leader_epoch == leader_epoch)
+    }
+
     fn leads(&self) -> bool {
         self.state == PartState::Online && matches!(self.role, crate::replica::Role::Leader(_))
     }

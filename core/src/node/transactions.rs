@@ -77,8 +77,10 @@ pub(super) struct MarkerWrite {
 pub(super) enum MarkerAt {
     /// Not written, or its write failed and was cut back: write it.
     ToWrite,
-    /// Appended here: durable once the high watermark reaches `end` in log `generation`.
-    Local { tp: Tp, end: Offset, generation: u64 },
+    /// Appended here as leader in `leader_epoch`: durable once the high watermark reaches
+    /// `end` in log `generation` while this node still leads in that epoch (a follower's
+    /// high watermark can pass `end` before it cuts away a marker its new leader never had).
+    Local { tp: Tp, end: Offset, generation: u64, leader_epoch: i32 },
     /// Asked of the partition's leader, another broker; asked again at `retry_at` unless it
     /// has answered that the marker is durable.
     Remote { req: u64, retry_at: crate::types::Instant },
@@ -236,7 +238,10 @@ impl Node {
             }
             let marker = Bytes::from(batch::control_marker(w.producer_id, w.epoch, w.commit, 0, wall));
             match self.append_as(topic, *partition, Some(&marker), Origin::Coordinator { commit: w.commit }) {
-                Ok((tp, _, end, generation, _, _)) => *at = MarkerAt::Local { tp, end, generation },
+                Ok((tp, _, end, generation, _, _)) => {
+                    let leader_epoch = self.partition(tp).map_or(-1, |p| p.role.leader_epoch());
+                    *at = MarkerAt::Local { tp, end, generation, leader_epoch }
+                }
                 Err(KafkaError::UnknownTopicOrPartition) => *at = MarkerAt::Done, // deleted: nothing to mark
                 Err(KafkaError::InvalidProducerEpoch) => {
                     tracing::warn!(id = %w.id, topic, partition, "a marker of an older producer epoch was refused");
@@ -270,9 +275,9 @@ impl Node {
             for (_, at) in w.waits.iter_mut() {
                 match *at {
                     MarkerAt::Done => {}
-                    MarkerAt::Local { tp, end, generation } => match self.partition(tp) {
+                    MarkerAt::Local { tp, end, generation, leader_epoch } => match self.partition(tp) {
                         None => *at = MarkerAt::Done,
-                        Some(p) if p.log.generation != generation => {
+                        Some(p) if p.log.generation != generation || !p.leads_in(leader_epoch) => {
                             *at = MarkerAt::ToWrite;
                             all_durable = false;
                             rewrite = true;
@@ -417,6 +422,13 @@ impl Node {
         };
         if !h.is_transactional() {
             return Ok(());
+        }
+        // A partition not led here gets NOT_LEADER_OR_FOLLOWER before any check of the
+        // transaction, so the client looks for its leader (a retriable error such as the
+        // verification's would keep it asking this broker).
+        let t = self.topics.get(topic).ok_or(KafkaError::UnknownTopicOrPartition)?;
+        if let Some(e) = t.partition(partition).ok_or(KafkaError::UnknownTopicOrPartition)?.serve_error() {
+            return Err(e);
         }
         if self.topics.contains_key(TXN_TOPIC) {
             match self.coordinates(TXN_TOPIC, txn_id) {
@@ -769,7 +781,8 @@ impl Node {
         part: &(String, i32),
     ) -> Option<Result<(), i16>> {
         let id = req.transactional_id.0.to_string();
-        let remote = self.coordinates(TXN_TOPIC, &id) == Err(NOT_COORDINATOR);
+        let coordinated = self.coordinates(TXN_TOPIC, &id);
+        let remote = coordinated == Err(NOT_COORDINATOR);
         let check = match self.txns.get(&id).and_then(|e| e.meta.as_ref()) {
             // Another broker coordinates the transaction: the first commit of the transaction
             // here is verified with it (KIP-890), as a partition's first batch is. Verdicts
@@ -789,6 +802,9 @@ impl Node {
                     Some(Err(e)) => Err(e.code()),
                 }
             }
+            // The transaction's coordinator cannot be known yet (its partition has no
+            // leader, or is loading here): retriable, not an unknown producer.
+            None if coordinated.is_err() => Err(COORDINATOR_NOT_AVAILABLE),
             None => Err(TxnError::InvalidProducerIdMapping.code()),
             Some(m) => match m.check_producer(req.producer_id.0, req.producer_epoch) {
                 Err(e) => Err(e.code()),

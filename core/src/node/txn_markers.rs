@@ -30,6 +30,7 @@ pub(super) struct RemoteMarker {
     tp: Tp,
     end: Offset,
     generation: u64,
+    leader_epoch: i32,
     /// The offsets partition it was written to, if it was one.
     offsets_partition: Option<i32>,
 }
@@ -67,6 +68,7 @@ impl Node {
         match self.append_as(topic, partition, Some(&marker), Origin::Coordinator { commit }) {
             Ok((tp, _, end, generation, _, _)) => {
                 let offsets_partition = (topic == OFFSETS_TOPIC).then_some(partition);
+                let leader_epoch = self.partition(tp).map_or(-1, |p| p.role.leader_epoch());
                 self.remote_markers.push(RemoteMarker {
                     from,
                     req,
@@ -75,14 +77,21 @@ impl Node {
                     tp,
                     end,
                     generation,
+                    leader_epoch,
                     offsets_partition,
                 });
                 self.hw_moved = true;
             }
-            // Nothing to mark: the coordinator counts these as done, as for its own partitions.
-            Err(e @ (KafkaError::UnknownTopicOrPartition | KafkaError::InvalidProducerEpoch)) => {
-                tracing::warn!(topic, partition, producer_id, error = ?e, "a marker asked for has nothing to mark");
+            // Nothing to mark: the coordinator counts it as done, as for its own partitions.
+            Err(KafkaError::InvalidProducerEpoch) => {
+                tracing::warn!(topic, partition, producer_id, "a marker asked for is of an older producer epoch");
                 self.answer_marker(from, req, 0);
+            }
+            // A topic this node does not know (yet: its metadata may be behind the
+            // coordinator's, which knew the topic when the transaction took the partition) is
+            // not a topic deleted: the coordinator asks again, of the leader it knows then.
+            Err(KafkaError::UnknownTopicOrPartition) => {
+                self.answer_marker(from, req, KafkaError::NotLeaderOrFollower.code());
             }
             Err(e) => self.answer_marker(from, req, e.code()),
         }
@@ -100,7 +109,11 @@ impl Node {
         for m in std::mem::take(&mut self.remote_markers) {
             let error = match self.partition(m.tp) {
                 None => KafkaError::UnknownTopicOrPartition.code(),
-                Some(p) if p.log.generation != m.generation => KafkaError::NotLeaderOrFollower.code(),
+                // Led no longer (in that epoch): a follower's high watermark can pass `end`
+                // before it cuts away a marker its new leader never had.
+                Some(p) if p.log.generation != m.generation || !p.leads_in(m.leader_epoch) => {
+                    KafkaError::NotLeaderOrFollower.code()
+                }
                 Some(p) if p.log.high_watermark >= m.end => 0,
                 Some(_) => {
                     self.remote_markers.push(m);
