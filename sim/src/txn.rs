@@ -59,6 +59,10 @@ enum Answer {
     Done,
     /// Retriable (the coordinator busy or loading, a produce not yet durable): sent again.
     Again,
+    /// The transaction cannot go on (a partition refused its batch as outside it, as a
+    /// broker whose coordinator's state is stale may): abort it, as the Java client's
+    /// abortable errors make the application do.
+    Abort,
     /// The epoch was bumped: the coordinator aborted the transaction.
     Fenced,
     /// An error this producer should never get.
@@ -74,6 +78,7 @@ fn classify(code: i16, step: Step) -> Answer {
         // not possible yet, a resend out of order behind a failed one.
         (3 | 5 | 6 | 7 | 19 | 20 | 45 | 56, Step::Produce) => Answer::Again,
         (55, Step::AddPartitions) => Answer::Again,
+        (48, Step::Produce) => Answer::Abort,
         (code, _) => Answer::Refused(code),
     }
 }
@@ -460,12 +465,26 @@ impl TxnProducer {
             }),
         };
         if std::env::var("TXN_DEBUG").is_ok() {
-            eprintln!("{} ms: {} {:?} -> {:?}", at / 1_000_000, self.idx, self.step, answer);
+            eprintln!(
+                "{} ms: {} {:?} -> {:?} {:?} node {}",
+                at / 1_000_000,
+                self.idx,
+                self.step,
+                answer,
+                self.producer,
+                self.conn_node
+            );
         }
         self.retrying = matches!(answer, Ok(Answer::Again));
         match answer {
             Ok(Answer::Done) => self.advance(checker, at),
             Ok(Answer::Fenced) => self.fenced(checker, at),
+            Ok(Answer::Abort) => {
+                if let Some(t) = self.txn.as_mut() {
+                    t.commit = false;
+                }
+                self.step = Step::End;
+            }
             Ok(Answer::Again) => {}
             Ok(Answer::Refused(code)) => {
                 checker.on_error(at, format!("txn producer {}: {:?} refused with error {code}", self.idx, self.step))

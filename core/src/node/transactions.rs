@@ -430,24 +430,20 @@ impl Node {
         if let Some(e) = t.partition(partition).ok_or(KafkaError::UnknownTopicOrPartition)?.serve_error() {
             return Err(e);
         }
-        if self.topics.contains_key(TXN_TOPIC) {
-            match self.coordinates(TXN_TOPIC, txn_id) {
-                Ok(()) => {}
-                // The coordinator's state is still being read back (or its partition has no
-                // leader): the partition cannot check the transaction yet. Retriable, as
-                // Kafka answers a verification it cannot do.
-                Err(COORDINATOR_LOAD_IN_PROGRESS | COORDINATOR_NOT_AVAILABLE) => {
-                    return Err(KafkaError::NotEnoughReplicas)
-                }
-                // Another broker coordinates the transaction: it was asked (`txn_verify`).
-                Err(_) => {
-                    let tp =
-                        self.topics.get(topic).map(|t| (t.id, partition)).ok_or(KafkaError::UnknownTopicOrPartition)?;
-                    return self.remote_txn_verdict(tp, h.producer_id, h.producer_epoch);
-                }
+        match self.coordinates(TXN_TOPIC, txn_id) {
+            Ok(()) => self.txn_holds(txn_id, h.producer_id, h.producer_epoch, topic, partition),
+            // Another broker coordinates the transaction: it was asked (`txn_verify`).
+            Err(NOT_COORDINATOR) => {
+                let tp =
+                    self.topics.get(topic).map(|t| (t.id, partition)).ok_or(KafkaError::UnknownTopicOrPartition)?;
+                self.remote_txn_verdict(tp, h.producer_id, h.producer_epoch)
             }
+            // The coordinator's state is still being read back, its partition has no leader,
+            // or this node's metadata does not have the transactions' topic yet (a broker
+            // catching up): the partition cannot check the transaction yet. Retriable, as
+            // Kafka answers a verification it cannot do.
+            Err(_) => Err(KafkaError::NotEnoughReplicas),
         }
-        self.txn_holds(txn_id, h.producer_id, h.producer_epoch, topic, partition)
     }
 
     /// Whether the transaction `txn_id`, coordinated here, holds `topic`-`partition` for the
