@@ -107,8 +107,8 @@ pub enum Mutant {
     /// synced, and recovery takes a summary without checking it against its segment (a crash
     /// that loses the segment's unsynced tail leaves a summary of batches that are not there).
     SummaryUnchecked = 37,
-    /// Transactions: a partition takes a marker whatever its producer epoch (a coordinator's
-    /// late marker for a transaction it no longer owns ends the producer's newer one).
+    /// Transactions: a partition takes a marker whatever its producer epoch and coordinator
+    /// epoch (a replaced coordinator's late marker ends the producer's next transaction).
     MarkerOldEpochAccepted = 38,
 }
 

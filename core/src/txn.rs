@@ -96,6 +96,11 @@ impl TxnError {
 pub const EPOCH_MAX: i16 = i16::MAX - 1;
 
 impl TxnMeta {
+    /// PrepareCommit or PrepareAbort: its markers are being written.
+    pub fn is_ending(&self) -> bool {
+        matches!(self.state, TxnState::PrepareCommit | TxnState::PrepareAbort)
+    }
+
     pub fn new(producer_id: i64, timeout_ms: i32, now_ms: i64) -> TxnMeta {
         TxnMeta {
             producer_id,

@@ -351,7 +351,7 @@ impl Run {
         if !self.acked_after_heal {
             return Some("no topic was created since the heal".into());
         }
-        self.repl.unsettled(w).or_else(|| self.commits.unsettled()).or_else(|| self.txns.unsettled())
+        self.repl.unsettled(w).or_else(|| self.commits.unsettled()).or_else(|| self.txns.unsettled(w))
     }
 }
 
@@ -613,7 +613,8 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     let (plan, env, configs) = draw(seed, opts);
     let repl = Replicated::new(plan.nodes, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x7e91_1ca7_ed00_0000));
     let commits = Commits::new(plan.nodes, &mut ChaCha8Rng::seed_from_u64(seed ^ 0xc0aa_1175_0000_0000));
-    let txns = ClusterTxns::new(plan.nodes, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x7a5c_7a5c_0000_0000));
+    let session = configs[0].broker_session_timeout_ms * MS;
+    let txns = ClusterTxns::new(plan.nodes, session, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x7a5c_7a5c_0000_0000));
     let plan_text = format!(
         "{}; {}; {}; {}",
         describe(&plan, &env, &configs[0]),
@@ -666,6 +667,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         w.step(&mut run);
         run.check_agreement(&w);
         run.repl.observe(&w);
+        run.txns.observe(&mut w);
         if run.healed && run.unsettled(&w).is_none() {
             converged = true;
             break;

@@ -4,6 +4,10 @@
 //! group's coordinator or the partition's leader, while nodes crash, stop, stall and are cut
 //! off, so coordinators and leaders move in the middle of transactions. Producers also stall
 //! past their transaction timeout, so coordinators abort their transactions and fence them.
+//! In half the seeds a transaction's coordinator is also clogged just after some EndTxn
+//! requests reach it, for longer than a broker's session: another broker takes its
+//! transactions over while its own marker requests, sent or retried meanwhile, are held and
+//! delivered late (a zombie coordinator's markers).
 //!
 //! Checked at the end, on each partition's log as its leader holds it, read as a
 //! read_committed consumer reads it (a transactional batch is visible if the first marker of
@@ -50,6 +54,11 @@ pub struct ClusterTxns {
     partitions: i32,
     every: Nanos,
     stall_every: Option<Nanos>,
+    /// Whether coordinators are clogged after EndTxn, and whether one is to be now.
+    coordinator_clogs: bool,
+    clog_armed: bool,
+    /// A broker's session timeout.
+    session: Nanos,
     rng: ChaCha8Rng,
     producers: Vec<TxnProducer>,
     creating: Option<ConnId>,
@@ -64,7 +73,7 @@ pub struct ClusterTxns {
 
 impl ClusterTxns {
     /// Transactional producers in two seeds of three (drawn from `rng`, the workload's own).
-    pub fn new(nodes: usize, rng: &mut ChaCha8Rng) -> ClusterTxns {
+    pub fn new(nodes: usize, session: Nanos, rng: &mut ChaCha8Rng) -> ClusterTxns {
         let n = [0usize, 1, 2][rng.gen_range(0..3)];
         let partitions = rng.gen_range(1..=3);
         let producers = (0..n)
@@ -75,6 +84,9 @@ impl ClusterTxns {
             partitions,
             every: [5u64, 20][rng.gen_range(0..2)] * MS,
             stall_every: [None, Some(3_000 * MS), Some(6_000 * MS)][rng.gen_range(0..3)],
+            coordinator_clogs: rng.gen_bool(0.75),
+            clog_armed: false,
+            session,
             rng: ChaCha8Rng::seed_from_u64(rng.gen()),
             producers,
             creating: None,
@@ -92,11 +104,12 @@ impl ClusterTxns {
             return "no transactional producers".into();
         }
         format!(
-            "{} transactional producers on {TOPIC} ({} partitions x 3 replicas) every {} ms, stalls every {:?} ms",
+            "{} transactional producers on {TOPIC} ({} partitions x 3 replicas) every {} ms, stalls every {:?} ms, coordinators clogged after EndTxn: {}",
             self.producers.len(),
             self.partitions,
             self.every / MS,
-            self.stall_every.map(|e| e / MS)
+            self.stall_every.map(|e| e / MS),
+            self.coordinator_clogs
         )
     }
 
@@ -124,13 +137,18 @@ impl ClusterTxns {
     }
 
     /// What keeps the transactions from having settled after the heal, if anything: each
-    /// producer has begun and ended a transaction since.
-    pub fn unsettled(&self) -> Option<String> {
+    /// producer has begun and ended a transaction since, and each partition has a leader.
+    pub fn unsettled(&self, w: &World) -> Option<String> {
         if self.producers.is_empty() {
             return None;
         }
         if !self.created {
             return Some(format!("topic {TOPIC} is not created"));
+        }
+        let leads =
+            |p: i32| (0..self.nodes).any(|i| w.node(i).and_then(|n| n.replica_view(TOPIC, p)).is_some_and(|v| v.leads));
+        if let Some(p) = (0..self.partitions).find(|p| !leads(*p)) {
+            return Some(format!("{TOPIC}-{p} has no leader"));
         }
         let k = (0..self.producers.len()).find(|k| !self.settled(*k))?;
         Some(format!("{} has not ended a transaction begun since the heal", self.producers[k].describe()))
@@ -183,7 +201,27 @@ impl ClusterTxns {
         // New transactions until the heal, then one more each.
         let new_txns = !self.healed || self.producers[k].begun() == self.begun_at_heal[k];
         let mut opened = Vec::new();
+        let ends = self.producers[k].end_sends;
         self.producers[k].pump(w, &mut self.checker, self.partitions, BATCH_MAX, new_txns, &mut opened);
+        // Now and then, the coordinator of an EndTxn just sent is to stall once its markers
+        // are on their way (`observe`).
+        if self.producers[k].end_sends > ends && self.coordinator_clogs && !self.healed {
+            self.clog_armed = true;
+        }
+    }
+
+    /// After every event: an armed stall hits the first node found asking other brokers for
+    /// markers.
+    pub fn observe(&mut self, w: &mut World) {
+        if !self.clog_armed || self.healed {
+            return;
+        }
+        if let Some(node) = (0..self.nodes).find(|i| w.node(*i).is_some_and(|n| n.markers_asked() > 0)) {
+            self.clog_armed = false;
+            // Longer than a broker's session, so that another takes its transactions over.
+            let until = w.now() + self.session + self.rng.gen_range(1_000..4_000) * MS;
+            w.clog(node, until);
+        }
     }
 
     fn producer_of(&self, client: usize) -> Option<usize> {
@@ -276,11 +314,6 @@ impl ClusterTxns {
                 Err(e) => self.checker.on_error(at, format!("{TOPIC}-{p}: the leader's log does not read back: {e}")),
             }
         }
-        if std::env::var("TXN_DEBUG").is_ok() {
-            for p in &self.producers {
-                eprintln!("{}", p.describe());
-            }
-        }
         self.checker.finish(at);
         self.checker.check_undecided_whole(at, reader);
         self.violations.extend(self.checker.violations.iter().map(|v| format!("transactions: {v}")));
@@ -299,19 +332,6 @@ fn read_committed(disk: &SimDisk, dir: &str) -> Result<Committed, String> {
     for f in disk.list_files(dir).iter().filter(|f| f.ends_with(".log")) {
         for b in codec::batches(&disk.read_file(f).unwrap_or_default())? {
             let pid = b.header.producer_id;
-            if std::env::var("TXN_DEBUG").is_ok() {
-                eprintln!(
-                    "{dir} @{} pid {} epoch {} seq {} txn {} marker {:?} leader_epoch {} {:?}",
-                    b.header.base_offset,
-                    pid,
-                    b.header.producer_epoch,
-                    b.header.base_sequence,
-                    b.header.is_transactional(),
-                    b.marker,
-                    b.header.partition_leader_epoch,
-                    b.records.iter().map(|r| &r.1).collect::<Vec<_>>()
-                );
-            }
             if let Some(commit) = b.marker {
                 if let Some((_, values)) = open.remove(&pid) {
                     if commit {

@@ -158,6 +158,8 @@ pub struct TxnProducer {
     answers: BTreeMap<(Step, i16), u64>,
     /// The last answer asked for the request again.
     pub retrying: bool,
+    /// EndTxn requests sent so far.
+    pub end_sends: u64,
 }
 
 impl TxnProducer {
@@ -184,6 +186,7 @@ impl TxnProducer {
             aborted: 0,
             answers: BTreeMap::new(),
             retrying: false,
+            end_sends: 0,
         }
     }
 
@@ -201,6 +204,11 @@ impl TxnProducer {
     /// Transactions begun so far.
     pub fn begun(&self) -> u64 {
         self.txns
+    }
+
+    /// The node its transaction's coordinator is believed to be on.
+    pub fn coordinator(&self) -> usize {
+        self.node_of(Target::Coordinator)
     }
 
     /// Where the current step's request goes.
@@ -315,6 +323,7 @@ impl TxnProducer {
         let cid = self.next_cid;
         let Some(frame) = self.request(cid) else { return };
         w.send(conn, frame);
+        self.end_sends += u64::from(self.step == Step::End);
         self.in_flight = Some((cid, now));
     }
 
@@ -464,17 +473,6 @@ impl TxnProducer {
                 classify(code, step)
             }),
         };
-        if std::env::var("TXN_DEBUG").is_ok() {
-            eprintln!(
-                "{} ms: {} {:?} -> {:?} {:?} node {}",
-                at / 1_000_000,
-                self.idx,
-                self.step,
-                answer,
-                self.producer,
-                self.conn_node
-            );
-        }
         self.retrying = matches!(answer, Ok(Answer::Again));
         match answer {
             Ok(Answer::Done) => self.advance(checker, at),

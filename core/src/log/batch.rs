@@ -229,14 +229,22 @@ pub fn control_marker(producer_id: i64, epoch: i16, commit: bool, coordinator_ep
 /// The marker type of a control batch (the whole batch at the start of `buf`): `Some(true)`
 /// for a commit, `Some(false)` for an abort, `None` if it is not a readable marker.
 pub fn control_type(buf: &[u8]) -> Option<bool> {
+    control_marker_of(buf).map(|(commit, _)| commit)
+}
+
+/// A marker's type (true: commit) and its coordinator's epoch (-1 when its value does not
+/// say), from a control batch at the start of `buf`.
+pub fn control_marker_of(buf: &[u8]) -> Option<(bool, i32)> {
     let recs = uncompressed_records(buf).ok()?;
-    let (_, key, _) = recs.first()?;
+    let (_, key, value) = recs.first()?;
     let key = key.filter(|k| k.len() >= 4)?;
-    match i16::from_be_bytes([key[2], key[3]]) {
-        0 => Some(false),
-        1 => Some(true),
-        _ => None,
-    }
+    let commit = match i16::from_be_bytes([key[2], key[3]]) {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let coordinator_epoch = value.filter(|v| v.len() >= 6).map_or(-1, |v| i32::from_be_bytes([v[2], v[3], v[4], v[5]]));
+    Some((commit, coordinator_epoch))
 }
 
 /// Stamps an encoded batch with an idempotent producer's id, epoch and first sequence, and

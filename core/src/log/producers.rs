@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::mutants::{self, Mutant};
 use crate::types::Offset;
 
 /// Batches remembered per producer for duplicate detection (Kafka's
@@ -58,6 +57,9 @@ pub struct ProducerEntry {
     /// Its last finished transaction: (first offset, marker offset), so that a cut that
     /// removes the marker opens it again.
     pub last_txn: Option<(Offset, Offset)>,
+    /// The highest coordinator epoch of its markers here (-1: none yet). A cut that removes
+    /// a marker leaves it: the coordinator that wrote it had replaced the older ones.
+    pub coordinator_epoch: i32,
 }
 
 /// A transaction that was aborted on this partition: its records from `first_offset` up to
@@ -74,8 +76,9 @@ pub struct AbortedTxn {
 pub enum Replay {
     /// Data from a producer (transactional or not), at these offsets.
     Data(ProducerBatch, Offset, Offset),
-    /// A transaction marker at this offset (commit or abort).
-    Marker { producer_id: i64, epoch: i16, commit: bool, offset: Offset },
+    /// A transaction marker at this offset (commit or abort), written by a coordinator in
+    /// `coordinator_epoch`.
+    Marker { producer_id: i64, epoch: i16, commit: bool, offset: Offset, coordinator_epoch: i32 },
 }
 
 impl Replay {
@@ -87,8 +90,14 @@ impl Replay {
         if !h.is_control() {
             return Some(Replay::Data(pb, base, base + i64::from(h.last_offset_delta)));
         }
-        let commit = super::batch::control_type(bytes)?;
-        Some(Replay::Marker { producer_id: h.producer_id, epoch: h.producer_epoch, commit, offset: base })
+        let (commit, coordinator_epoch) = super::batch::control_marker_of(bytes)?;
+        Some(Replay::Marker {
+            producer_id: h.producer_id,
+            epoch: h.producer_epoch,
+            commit,
+            offset: base,
+            coordinator_epoch,
+        })
     }
 
     /// The batch's first offset.
@@ -140,6 +149,8 @@ pub enum SeqError {
     OutOfOrder,
     /// The epoch is older than the producer's.
     InvalidEpoch,
+    /// A marker's coordinator epoch is older than the last marker's for that producer.
+    CoordinatorFenced,
 }
 
 /// The last sequence of a batch, wrapping as Kafka's does.
@@ -223,6 +234,7 @@ impl Producers {
             expect: None,
             txn_first: None,
             last_txn: None,
+            coordinator_epoch: -1,
         });
         e.expect = None;
         if b.transactional && e.txn_first.is_none() {
@@ -248,13 +260,18 @@ impl Producers {
         e.last_timestamp = e.last_timestamp.max(b.max_timestamp);
     }
 
-    /// Checks a transaction marker the coordinator is about to write: a marker of an epoch
-    /// older than the producer's must not end its transaction (a zombie coordinator's).
-    pub fn check_marker(&self, producer_id: i64, epoch: i16) -> Result<(), SeqError> {
+    /// Checks a transaction marker a coordinator (in `coordinator_epoch`) is about to write:
+    /// a marker of a producer epoch older than the producer's, or from a coordinator older
+    /// than the last one that wrote a marker for it here, must not end its transaction (a
+    /// zombie coordinator's late marker would end the producer's next one, at the same
+    /// producer epoch when the last transaction committed).
+    pub fn check_marker(&self, producer_id: i64, epoch: i16, coordinator_epoch: i32) -> Result<(), SeqError> {
+        if crate::mutants::active(crate::mutants::Mutant::MarkerOldEpochAccepted) {
+            return Ok(());
+        }
         match self.map.get(&producer_id) {
-            Some(e) if epoch < e.epoch && !mutants::active(Mutant::MarkerOldEpochAccepted) => {
-                Err(SeqError::InvalidEpoch)
-            }
+            Some(e) if epoch < e.epoch => Err(SeqError::InvalidEpoch),
+            Some(e) if coordinator_epoch < e.coordinator_epoch => Err(SeqError::CoordinatorFenced),
             _ => Ok(()),
         }
     }
@@ -262,7 +279,7 @@ impl Producers {
     /// A transaction marker was appended at `offset`: the producer's open transaction here
     /// ends (and is remembered if aborted). The marker's epoch becomes the producer's: a
     /// coordinator that bumped the epoch to abort fences the old one's retries.
-    pub fn end_txn(&mut self, producer_id: i64, epoch: i16, commit: bool, offset: Offset) {
+    pub fn end_txn(&mut self, producer_id: i64, epoch: i16, commit: bool, offset: Offset, coordinator_epoch: i32) {
         let e = self.map.entry(producer_id).or_insert_with(|| ProducerEntry {
             epoch,
             batches: VecDeque::new(),
@@ -271,7 +288,9 @@ impl Producers {
             expect: None,
             txn_first: None,
             last_txn: None,
+            coordinator_epoch,
         });
+        e.coordinator_epoch = e.coordinator_epoch.max(coordinator_epoch);
         if epoch != e.epoch {
             e.epoch = epoch;
             e.batches.clear();
@@ -334,7 +353,9 @@ impl Producers {
     pub fn replay(&mut self, r: &Replay) {
         match *r {
             Replay::Data(b, first, last) => self.record(&b, first, last),
-            Replay::Marker { producer_id, epoch, commit, offset } => self.end_txn(producer_id, epoch, commit, offset),
+            Replay::Marker { producer_id, epoch, commit, offset, coordinator_epoch } => {
+                self.end_txn(producer_id, epoch, commit, offset, coordinator_epoch)
+            }
         }
     }
 
@@ -446,6 +467,39 @@ mod tests {
         assert!(matches!(send(&mut p, b(1, 0, 2, 1), &mut at), Ok(Verdict::Duplicate(_))));
         // Six batches back is out of the window: not a duplicate, and out of order.
         assert_eq!(send(&mut p, b(1, 0, 1, 1), &mut at), Err(SeqError::OutOfOrder));
+    }
+
+    /// A marker from a coordinator older than the last one to write a marker for the
+    /// producer here is refused (a zombie coordinator's late marker would end the producer's
+    /// next transaction at the same producer epoch); a newer one's, or a newer producer
+    /// epoch's, is taken; the coordinator epoch comes back from the log's markers.
+    #[test]
+    fn markers_of_replaced_coordinators_are_refused() {
+        let mut p = Producers::default();
+        let mut at = 0;
+        let mut txn = b(9, 0, 0, 2);
+        txn.transactional = true;
+        send(&mut p, txn, &mut at).unwrap();
+        assert_eq!(p.check_marker(9, 0, 4), Ok(()));
+        p.end_txn(9, 0, true, 2, 4);
+        // The producer's next transaction, at the same epoch (version 1 commits keep it).
+        let mut next = b(9, 0, 2, 1);
+        next.transactional = true;
+        at = 3;
+        send(&mut p, next, &mut at).unwrap();
+        assert!(p.in_txn(9));
+        assert_eq!(p.check_marker(9, 0, 3), Err(SeqError::CoordinatorFenced), "an older coordinator's marker");
+        assert_eq!(p.check_marker(9, 0, 4), Ok(()));
+        assert_eq!(p.check_marker(9, 0, 5), Ok(()));
+        assert_eq!(p.check_marker(8, 0, 0), Ok(()), "another producer has its own");
+        // Rebuilt from the log's markers at start-up.
+        let mut r = Producers::default();
+        r.replay(&Replay::Data(txn, 0, 1));
+        r.replay(&Replay::Marker { producer_id: 9, epoch: 0, commit: true, offset: 2, coordinator_epoch: 4 });
+        assert_eq!(r.check_marker(9, 0, 3), Err(SeqError::CoordinatorFenced));
+        let bytes = crate::log::batch::control_marker(9, 0, true, 4, 10);
+        let h = crate::log::batch::check_batch(&bytes).unwrap();
+        assert!(matches!(Replay::of(&h, 2, &bytes), Some(Replay::Marker { coordinator_epoch: 4, commit: true, .. })));
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::types::Offset;
 pub const EXT: &str = "batches";
 
 /// Format version, first in the body: a summary of another version is ignored (scanned).
-const VERSION: u8 = 1;
+/// 2: markers carry their coordinator epoch.
+const VERSION: u8 = 2;
 
 /// What a scan of a segment finds besides its batches' places: the producer fields recovery
 /// replays, and the batches whose leader epoch differs from the batch before them.
@@ -120,7 +121,11 @@ mod tests {
         let mut record = ScanRecord::default();
         record.note(3, 10, Some(Replay::Data(ProducerBatch::new(7, 0, 0, 4, 99), 10, 14)));
         record.note(3, 15, None);
-        record.note(4, 16, Some(Replay::Marker { producer_id: 7, epoch: 0, commit: true, offset: 16 }));
+        record.note(
+            4,
+            16,
+            Some(Replay::Marker { producer_id: 7, epoch: 0, commit: true, offset: 16, coordinator_epoch: 3 }),
+        );
         Summary {
             base_offset: 10,
             size: 300,

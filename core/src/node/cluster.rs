@@ -575,8 +575,8 @@ impl Node {
                     self.on_alter_partition(from, topic, partition, leader_epoch, partition_epoch, isr);
                 }
             }
-            BrokerMessage::WriteTxnMarker { req, producer_id, epoch, commit, topic, partition } => {
-                self.on_write_txn_marker(from, req, (producer_id, epoch, commit), &topic, partition);
+            BrokerMessage::WriteTxnMarker { req, producer_id, epoch, commit, topic, partition, coordinator_epoch } => {
+                self.on_write_txn_marker(from, req, (producer_id, epoch, commit, coordinator_epoch), &topic, partition);
             }
             BrokerMessage::TxnMarkerWritten { req, error } => self.on_txn_marker_written(req, error),
             BrokerMessage::VerifyTxn { id, transactional_id, partitions } => {

@@ -598,6 +598,16 @@ impl Node {
     }
 
     /// A partition replica as this node holds it (for the simulator's checkers and tools).
+    /// Transaction markers this node's coordinator has asked other brokers for and not yet
+    /// heard back about (for the simulator's faults).
+    pub fn markers_asked(&self) -> usize {
+        self.markers
+            .iter()
+            .flat_map(|w| &w.waits)
+            .filter(|(_, at)| matches!(at, transactions::MarkerAt::Remote { .. }))
+            .count()
+    }
+
     pub fn replica_view(&self, topic: &str, partition: i32) -> Option<ReplicaView> {
         let p = self.topics.get(topic)?.partition(partition)?;
         let l = &p.log;

@@ -204,8 +204,9 @@ impl Node {
         let p = self.partition_mut(tp).expect("looked up above");
         let marker = match (origin, &producer) {
             (Origin::Coordinator { commit }, Some(pb)) => {
-                p.log.producers.check_marker(pb.producer_id, pb.epoch)?;
-                Some((pb.producer_id, pb.epoch, commit))
+                let coordinator_epoch = batch::control_marker_of(records).map_or(-1, |(_, c)| c);
+                p.log.producers.check_marker(pb.producer_id, pb.epoch, coordinator_epoch)?;
+                Some((pb.producer_id, pb.epoch, commit, coordinator_epoch))
             }
             (Origin::Coordinator { .. }, None) => return Err(KafkaError::InvalidRecord),
             _ => None,
@@ -242,7 +243,9 @@ impl Node {
         }
         let (end, generation, log_start) = (p.log.log_end_offset, p.log.generation, p.log.log_start_offset);
         match (marker, &producer, base) {
-            (Some((pid, epoch, commit)), _, Some(at)) => p.log.producers.end_txn(pid, epoch, commit, at),
+            (Some((pid, epoch, commit, coordinator_epoch)), _, Some(at)) => {
+                p.log.producers.end_txn(pid, epoch, commit, at, coordinator_epoch)
+            }
             (None, Some(pb), Some(first)) => p.log.producers.record(pb, first, end - 1),
             _ => {}
         }

@@ -67,6 +67,9 @@ pub(super) struct MarkerWrite {
     pub(super) producer_id: i64,
     pub(super) epoch: i16,
     pub(super) commit: bool,
+    /// The leader epoch of the transaction's `__transaction_state` partition here when its
+    /// markers began: written into each marker (Kafka's coordinator epoch).
+    pub(super) coordinator_epoch: i32,
     /// Per partition: (topic, partition) and where its marker stands.
     pub(super) waits: Vec<((String, i32), MarkerAt)>,
     end_txn: Option<(ConnId, u64, RequestContext)>,
@@ -208,6 +211,13 @@ impl Node {
         }
     }
 
+    /// The coordinator epoch of `id`'s transactions here: the leader epoch of its
+    /// `__transaction_state` partition (-1 where it is not known).
+    fn txn_coordinator_epoch(&self, id: &str) -> i32 {
+        let tp = self.topics.get(TXN_TOPIC).map(|t| (t.id, txn_partition(id)));
+        tp.and_then(|tp| self.partition(tp)).map_or(-1, |p| p.role.leader_epoch())
+    }
+
     /// Appends the markers of a transaction that is ending (its preparing state is durable).
     fn write_markers(&mut self, id: &str, meta: &TxnMeta, end_txn: Option<(ConnId, u64, RequestContext)>) {
         if let Some(e) = self.txns.get_mut(id) {
@@ -218,6 +228,7 @@ impl Node {
             producer_id: meta.producer_id,
             epoch: meta.epoch,
             commit: meta.state == TxnState::PrepareCommit,
+            coordinator_epoch: self.txn_coordinator_epoch(id),
             waits: meta.partitions.iter().map(|p| (p.clone(), MarkerAt::ToWrite)).collect(),
             end_txn,
         };
@@ -231,20 +242,21 @@ impl Node {
     /// connection (`WriteTxnMarker`; Kafka's WriteTxnMarkers).
     fn append_markers(&mut self, w: &mut MarkerWrite) {
         let wall = self.now.wall_ms;
-        let marker_of = (w.producer_id, w.epoch, w.commit);
+        let marker_of = (w.producer_id, w.epoch, w.commit, w.coordinator_epoch);
         for ((topic, partition), at) in w.waits.iter_mut() {
             if !matches!(at, MarkerAt::ToWrite) {
                 continue;
             }
-            let marker = Bytes::from(batch::control_marker(w.producer_id, w.epoch, w.commit, 0, wall));
+            let marker =
+                Bytes::from(batch::control_marker(w.producer_id, w.epoch, w.commit, w.coordinator_epoch, wall));
             match self.append_as(topic, *partition, Some(&marker), Origin::Coordinator { commit: w.commit }) {
                 Ok((tp, _, end, generation, _, _)) => {
                     let leader_epoch = self.partition(tp).map_or(-1, |p| p.role.leader_epoch());
                     *at = MarkerAt::Local { tp, end, generation, leader_epoch }
                 }
                 Err(KafkaError::UnknownTopicOrPartition) => *at = MarkerAt::Done, // deleted: nothing to mark
-                Err(KafkaError::InvalidProducerEpoch) => {
-                    tracing::warn!(id = %w.id, topic, partition, "a marker of an older producer epoch was refused");
+                Err(e @ (KafkaError::InvalidProducerEpoch | KafkaError::TransactionCoordinatorFenced)) => {
+                    tracing::warn!(id = %w.id, topic, partition, error = ?e, "a marker of an older producer epoch or coordinator was refused");
                     *at = MarkerAt::Done;
                 }
                 Err(KafkaError::NotLeaderOrFollower) => {
@@ -464,6 +476,12 @@ impl Node {
         }
         if epoch != meta.epoch {
             return Err(KafkaError::InvalidProducerEpoch);
+        }
+        if meta.is_ending() {
+            // A producer cannot be writing in a transaction that is ending: this node's state
+            // is behind (a coordinator replaced but not yet told so). Retriable, as Kafka
+            // answers a verification that meets a transaction ending.
+            return Err(KafkaError::NotEnoughReplicas);
         }
         if meta.state != TxnState::Ongoing || !meta.partitions.contains(&(topic.to_string(), partition)) {
             tracing::debug!(
@@ -804,6 +822,10 @@ impl Node {
             None => Err(TxnError::InvalidProducerIdMapping.code()),
             Some(m) => match m.check_producer(req.producer_id.0, req.producer_epoch) {
                 Err(e) => Err(e.code()),
+                // Ending (its markers being written): a producer cannot be committing offsets
+                // in it, so this node's state is behind (a coordinator replaced but not yet
+                // told so). Retriable, as Kafka's coordinator answers a transaction ending.
+                Ok(()) if m.is_ending() => Err(TxnError::ConcurrentTransactions.code()),
                 Ok(()) if m.state != TxnState::Ongoing || !m.partitions.contains(part) => {
                     Err(TxnError::InvalidTxnState.code())
                 }

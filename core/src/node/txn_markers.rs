@@ -21,6 +21,9 @@ use crate::peer::{Body, BrokerMessage};
 use crate::protocol::errors::KafkaError;
 use crate::types::Offset;
 
+/// A marker: producer id, producer epoch, commit (else abort), coordinator epoch.
+pub(super) type Marker = (i64, i16, bool, i32);
+
 /// A marker written here for another broker's coordinator, until it is durable.
 pub(super) struct RemoteMarker {
     from: i32,
@@ -37,11 +40,11 @@ pub(super) struct RemoteMarker {
 
 impl Node {
     /// Asks the leader of `topic`-`partition` (another broker) to write the marker of
-    /// (producer id, epoch, commit) there; the request's id, or `None` while the partition
-    /// has no known leader (asked again at the next check).
+    /// (producer id, epoch, commit, coordinator epoch) there; the request's id, or `None`
+    /// while the partition has no known leader (asked again at the next check).
     pub(super) fn ask_leader_for_marker(
         &mut self,
-        (producer_id, epoch, commit): (i64, i16, bool),
+        (producer_id, epoch, commit, coordinator_epoch): Marker,
         topic: &str,
         partition: i32,
     ) -> Option<u64> {
@@ -49,8 +52,9 @@ impl Node {
         let leader = self.partition_leader(tp).map(|(l, _)| l).filter(|l| *l >= 0 && *l != self.config.node_id.0)?;
         self.next_marker_req += 1;
         let req = self.next_marker_req;
+        let topic = topic.to_string();
         let msg =
-            BrokerMessage::WriteTxnMarker { req, producer_id, epoch, commit, topic: topic.to_string(), partition };
+            BrokerMessage::WriteTxnMarker { req, producer_id, epoch, commit, topic, partition, coordinator_epoch };
         self.send_peer(leader, Body::Broker(msg));
         Some(req)
     }
@@ -60,11 +64,12 @@ impl Node {
         &mut self,
         from: i32,
         req: u64,
-        (producer_id, epoch, commit): (i64, i16, bool),
+        (producer_id, epoch, commit, coordinator_epoch): Marker,
         topic: &str,
         partition: i32,
     ) {
-        let marker = Bytes::from(batch::control_marker(producer_id, epoch, commit, 0, self.now.wall_ms));
+        let marker =
+            Bytes::from(batch::control_marker(producer_id, epoch, commit, coordinator_epoch, self.now.wall_ms));
         match self.append_as(topic, partition, Some(&marker), Origin::Coordinator { commit }) {
             Ok((tp, _, end, generation, _, _)) => {
                 let offsets_partition = (topic == OFFSETS_TOPIC).then_some(partition);
@@ -86,6 +91,16 @@ impl Node {
             Err(KafkaError::InvalidProducerEpoch) => {
                 tracing::warn!(topic, partition, producer_id, "a marker asked for is of an older producer epoch");
                 self.answer_marker(from, req, 0);
+            }
+            Err(e @ KafkaError::TransactionCoordinatorFenced) => {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    producer_id,
+                    coordinator_epoch,
+                    "a marker asked for by a replaced coordinator"
+                );
+                self.answer_marker(from, req, e.code());
             }
             // A topic this node does not know (yet: its metadata may be behind the
             // coordinator's, which knew the topic when the transaction took the partition) is
@@ -155,6 +170,12 @@ impl Node {
                     continue;
                 }
                 if error == 0 {
+                    *at = MarkerAt::Done;
+                } else if error == KafkaError::TransactionCoordinatorFenced.code() {
+                    // A newer coordinator has written this producer's markers there: this
+                    // node is not the transaction's coordinator any more (its completion
+                    // cannot be committed either), and will learn so.
+                    tracing::warn!(id = %w.id, topic = %topic, partition, "a marker was refused: a newer coordinator took the transaction over");
                     *at = MarkerAt::Done;
                 } else {
                     // Asked again shortly, of the leader known then (the metadata may be

@@ -13,7 +13,7 @@ use crate::quorum;
 
 /// The version of the peer protocol this build speaks. A change to any message type that is
 /// not backward compatible bumps it; an envelope of another version is refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -120,10 +120,21 @@ pub enum BrokerMessage {
     WantShutdown { broker_epoch: i64 },
     /// A transaction coordinator asks a partition's leader to write a transaction's marker
     /// (Kafka's WriteTxnMarkers), answered with `TxnMarkerWritten` once it is durable on the
-    /// partition's in-sync replicas, or refused.
-    WriteTxnMarker { req: u64, producer_id: i64, epoch: i16, commit: bool, topic: String, partition: i32 },
+    /// partition's in-sync replicas, or refused. `coordinator_epoch` is the leader epoch of
+    /// the coordinator's `__transaction_state` partition: a partition refuses a marker from
+    /// an older coordinator than the last whose marker it took for that producer.
+    WriteTxnMarker {
+        req: u64,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        topic: String,
+        partition: i32,
+        coordinator_epoch: i32,
+    },
     /// The answer to `WriteTxnMarker` `req`: 0 once the marker is durable (or has nothing to
-    /// mark: the topic is gone, or the producer has moved to a newer epoch), else the error
+    /// mark: the producer has moved to a newer epoch), TRANSACTION_COORDINATOR_FENCED for an
+    /// older coordinator's, else the error
     /// (NOT_LEADER_OR_FOLLOWER and the like: the coordinator asks the leader it knows then).
     TxnMarkerWritten { req: u64, error: i16 },
     /// A partition's leader could not write its log and cut it back to what is synced: it

@@ -39,6 +39,9 @@ pub enum KafkaError {
     OutOfOrderSequenceNumber,
     InvalidProducerEpoch,
     InvalidTxnState,
+    /// A transaction marker from a coordinator another has since replaced (its epoch older
+    /// than the last marker's for that producer on the partition).
+    TransactionCoordinatorFenced,
     UnknownServerError,
 }
 
@@ -73,6 +76,7 @@ impl KafkaError {
             KafkaError::OutOfOrderSequenceNumber => 45,
             KafkaError::InvalidProducerEpoch => 47,
             KafkaError::InvalidTxnState => 48,
+            KafkaError::TransactionCoordinatorFenced => 52,
             KafkaError::TransactionalIdAuthorizationFailed => 53,
             KafkaError::KafkaStorageError => 56,
             KafkaError::InvalidRecord => 87,
@@ -100,6 +104,7 @@ impl From<crate::log::producers::SeqError> for KafkaError {
         match e {
             crate::log::producers::SeqError::OutOfOrder => KafkaError::OutOfOrderSequenceNumber,
             crate::log::producers::SeqError::InvalidEpoch => KafkaError::InvalidProducerEpoch,
+            crate::log::producers::SeqError::CoordinatorFenced => KafkaError::TransactionCoordinatorFenced,
         }
     }
 }
