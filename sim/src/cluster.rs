@@ -622,45 +622,12 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         commits.describe(),
         txns.describe()
     );
-    let mut run = Run {
-        plan: plan.clone(),
-        rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),
-        stop_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5709_5709_0000_0000),
-        altering: None,
-        next_value: 1_000_000,
-        configs_acked: BTreeMap::new(),
-        alter_answers: BTreeMap::new(),
-        pending: None,
-        next_topic: 0,
-        next_cid: 0,
-        acked: BTreeMap::new(),
-        answers: BTreeMap::new(),
-        seen: BTreeMap::new(),
-        last_applied: vec![None; plan.nodes],
-        violations: Vec::new(),
-        healed: false,
-        acked_after_heal: false,
-        repl,
-        commits,
-        txns,
-    };
+    let mut run = Run::new(seed, plan.clone(), repl, commits, txns);
     let mut w = World::new(seed, configs, env);
     if opts.keep_trace {
         w.trace.keep_lines();
     }
-    run.repl.start(&mut w);
-    run.commits.start(&mut w);
-    run.txns.start(&mut w);
-    w.set_timer(ADMIN, CREATE, plan.create_every);
-    w.set_timer(ADMIN, ALTER, plan.create_every);
-    w.set_timer(ADMIN, HEAL, plan.safety);
-    let faults =
-        [(plan.crash_every, CRASH), (plan.isolate_every, ISOLATE), (plan.clog_every, CLOG), (plan.stop_every, STOP)];
-    for (every, token) in faults {
-        if let Some(e) = every {
-            w.set_timer(ADMIN, token, e);
-        }
-    }
+    run.start(&mut w);
     let deadline = plan.safety + plan.liveness;
     let mut converged = false;
     while w.next_event_at().is_some_and(|t| t <= deadline) {
@@ -674,20 +641,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         }
     }
     if !converged {
-        let unsettled = run.unsettled(&w).unwrap_or_default();
-        let states: BTreeSet<String> = (0..plan.nodes)
-            .map(|i| match w.node(i) {
-                Some(n) => {
-                    format!("node {}: {}", i + 1, n.describe().split("; ").take(2).collect::<Vec<_>>().join("; "))
-                }
-                None => format!("node {}: down", i + 1),
-            })
-            .collect();
-        let msg = format!(
-            "the cluster did not converge within {} s of the heal ({unsettled}): {states:?}",
-            plan.liveness / 1_000 / MS
-        );
-        run.violation(&w, msg);
+        run.not_converged(&w);
     }
     run.final_checks(&w);
     run.repl.final_checks(&w);
@@ -715,5 +669,73 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         violations: run.violations.clone(),
         trace: w.trace.hash(),
         trace_lines: w.trace.take_lines(),
+    }
+}
+
+impl Run {
+    fn new(seed: u64, plan: ClusterPlan, repl: Replicated, commits: Commits, txns: ClusterTxns) -> Run {
+        Run {
+            last_applied: vec![None; plan.nodes],
+            plan,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),
+            stop_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5709_5709_0000_0000),
+            altering: None,
+            next_value: 1_000_000,
+            configs_acked: BTreeMap::new(),
+            alter_answers: BTreeMap::new(),
+            pending: None,
+            next_topic: 0,
+            next_cid: 0,
+            acked: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            violations: Vec::new(),
+            healed: false,
+            acked_after_heal: false,
+            repl,
+            commits,
+            txns,
+        }
+    }
+
+    /// The workloads' first timers, the admin client's and the faults'.
+    fn start(&mut self, w: &mut World) {
+        self.repl.start(w);
+        self.commits.start(w);
+        self.txns.start(w);
+        let plan = &self.plan;
+        w.set_timer(ADMIN, CREATE, plan.create_every);
+        w.set_timer(ADMIN, ALTER, plan.create_every);
+        w.set_timer(ADMIN, HEAL, plan.safety);
+        let faults = [
+            (plan.crash_every, CRASH),
+            (plan.isolate_every, ISOLATE),
+            (plan.clog_every, CLOG),
+            (plan.stop_every, STOP),
+        ];
+        for (every, token) in faults {
+            if let Some(e) = every {
+                w.set_timer(ADMIN, token, e);
+            }
+        }
+    }
+
+    /// The liveness violation of a run that did not converge: what kept it, and each node's
+    /// state.
+    fn not_converged(&mut self, w: &World) {
+        let unsettled = self.unsettled(w).unwrap_or_default();
+        let states: BTreeSet<String> = (0..self.plan.nodes)
+            .map(|i| match w.node(i) {
+                Some(n) => {
+                    format!("node {}: {}", i + 1, n.describe().split("; ").take(2).collect::<Vec<_>>().join("; "))
+                }
+                None => format!("node {}: down", i + 1),
+            })
+            .collect();
+        let msg = format!(
+            "the cluster did not converge within {} s of the heal ({unsettled}): {states:?}",
+            self.plan.liveness / 1_000 / MS
+        );
+        self.violation(w, msg);
     }
 }

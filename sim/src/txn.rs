@@ -339,7 +339,6 @@ impl TxnProducer {
         let (pid, epoch) = self.producer?;
         let txn = self.txn.as_ref()?;
         let topic = TopicName(StrBytes::from_static_str(self.topic));
-        let node = self.node_of(self.target());
         Some(match self.step {
             Step::Idle | Step::Init => return None,
             Step::AddPartitions => {
@@ -353,23 +352,7 @@ impl TxnProducer {
                 req.v3_and_below_topics = vec![t];
                 codec::frame(ApiKey::AddPartitionsToTxn, codec::ADD_PARTITIONS_TO_TXN_VERSION, cid, &req)
             }
-            Step::Produce => {
-                let mut td = produce_request::TopicProduceData::default();
-                td.name = topic;
-                let due = |p: &i32| !txn.acked.contains(p) && self.node_of(Target::Leader(*p)) == node;
-                for (p, (values, seq)) in txn.parts.iter().filter(|(p, _)| due(p)) {
-                    let mut pd = produce_request::PartitionProduceData::default();
-                    pd.index = *p;
-                    pd.records = Some(codec::transactional_batch_of(values, 1_700_000_000_000, pid, epoch, *seq));
-                    td.partition_data.push(pd);
-                }
-                let mut req = ProduceRequest::default();
-                req.transactional_id = Some(id);
-                req.acks = -1;
-                req.timeout_ms = 30_000;
-                req.topic_data = vec![td];
-                codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, cid, &req)
-            }
+            Step::Produce => self.produce_request(txn, id, topic, cid),
             Step::AddOffsets => {
                 let req = AddOffsetsToTxnRequest::default()
                     .with_transactional_id(id)
@@ -402,6 +385,28 @@ impl TxnProducer {
                 codec::frame(ApiKey::EndTxn, codec::END_TXN_VERSION, cid, &req)
             }
         })
+    }
+
+    /// The transaction's batches not yet acknowledged, for the partitions led (it believes)
+    /// by the node the first of them goes to.
+    fn produce_request(&self, txn: &Txn, id: TransactionalId, topic: TopicName, cid: i32) -> Bytes {
+        let (pid, epoch) = self.producer.unwrap_or((-1, -1));
+        let node = self.node_of(self.target());
+        let mut td = produce_request::TopicProduceData::default();
+        td.name = topic;
+        let due = |p: &i32| !txn.acked.contains(p) && self.node_of(Target::Leader(*p)) == node;
+        for (p, (values, seq)) in txn.parts.iter().filter(|(p, _)| due(p)) {
+            let mut pd = produce_request::PartitionProduceData::default();
+            pd.index = *p;
+            pd.records = Some(codec::transactional_batch_of(values, 1_700_000_000_000, pid, epoch, *seq));
+            td.partition_data.push(pd);
+        }
+        let mut req = ProduceRequest::default();
+        req.transactional_id = Some(id);
+        req.acks = -1;
+        req.timeout_ms = 30_000;
+        req.topic_data = vec![td];
+        codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, cid, &req)
     }
 
     /// Opens the next transaction: its partitions, values and outcome are drawn now.

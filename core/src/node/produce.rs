@@ -202,15 +202,7 @@ impl Node {
         let mut ops = Vec::new();
         let mut next_file = self.next_file;
         let p = self.partition_mut(tp).expect("looked up above");
-        let marker = match (origin, &producer) {
-            (Origin::Coordinator { commit }, Some(pb)) => {
-                let coordinator_epoch = batch::control_marker_of(records).map_or(-1, |(_, c)| c);
-                p.log.producers.check_marker(pb.producer_id, pb.epoch, coordinator_epoch)?;
-                Some((pb.producer_id, pb.epoch, commit, coordinator_epoch))
-            }
-            (Origin::Coordinator { .. }, None) => return Err(KafkaError::InvalidRecord),
-            _ => None,
-        };
+        let marker = checked_marker(p, origin, producer.as_ref(), records)?;
         if let (Some(pb), None, false) = (&producer, marker, origin == Origin::CoordinatorData) {
             if let Verdict::Duplicate(m) = p.log.producers.check(pb)? {
                 // A retry of a batch already written: its original offsets, once durable.
@@ -393,6 +385,25 @@ fn partition_batches(req: &ProduceRequest) -> Vec<(&str, i32, Option<&Bytes>)> {
 
 /// The producer fields of an idempotent producer's batch, which must carry a first
 /// sequence (Kafka refuses -1 with INVALID_RECORD; any epoch is taken as it comes).
+/// A coordinator's marker (producer id, producer epoch, commit, coordinator epoch), once the
+/// partition's producer state takes it; `None` for other writes.
+fn checked_marker(
+    p: &super::Partition,
+    origin: Origin,
+    producer: Option<&ProducerBatch>,
+    records: &Bytes,
+) -> Result<Option<super::txn_markers::Marker>, KafkaError> {
+    Ok(match (origin, producer) {
+        (Origin::Coordinator { commit }, Some(pb)) => {
+            let coordinator_epoch = batch::control_marker_of(records).map_or(-1, |(_, c)| c);
+            p.log.producers.check_marker(pb.producer_id, pb.epoch, coordinator_epoch)?;
+            Some((pb.producer_id, pb.epoch, commit, coordinator_epoch))
+        }
+        (Origin::Coordinator { .. }, None) => return Err(KafkaError::InvalidRecord),
+        _ => None,
+    })
+}
+
 fn idempotent_batch(batches: &[(std::ops::Range<usize>, BatchHeader)]) -> Result<Option<ProducerBatch>, KafkaError> {
     match batches {
         [(_, h)] if h.has_producer_id() && h.base_sequence < 0 && !h.is_control() => Err(KafkaError::InvalidRecord),
