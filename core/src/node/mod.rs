@@ -597,7 +597,6 @@ impl Node {
         &self.recovery.stats
     }
 
-    /// A partition replica as this node holds it (for the simulator's checkers and tools).
     /// Transaction markers this node's coordinator has asked other brokers for and not yet
     /// heard back about (for the simulator's faults).
     pub fn markers_asked(&self) -> usize {
@@ -608,6 +607,7 @@ impl Node {
             .count()
     }
 
+    /// A partition replica as this node holds it (for the simulator's checkers and tools).
     pub fn replica_view(&self, topic: &str, partition: i32) -> Option<ReplicaView> {
         let p = self.topics.get(topic)?.partition(partition)?;
         let l = &p.log;

@@ -383,8 +383,6 @@ fn partition_batches(req: &ProduceRequest) -> Vec<(&str, i32, Option<&Bytes>)> {
         .collect()
 }
 
-/// The producer fields of an idempotent producer's batch, which must carry a first
-/// sequence (Kafka refuses -1 with INVALID_RECORD; any epoch is taken as it comes).
 /// A coordinator's marker (producer id, producer epoch, commit, coordinator epoch), once the
 /// partition's producer state takes it; `None` for other writes.
 fn checked_marker(
@@ -404,6 +402,8 @@ fn checked_marker(
     })
 }
 
+/// The producer fields of an idempotent producer's batch, which must carry a first
+/// sequence (Kafka refuses -1 with INVALID_RECORD; any epoch is taken as it comes).
 fn idempotent_batch(batches: &[(std::ops::Range<usize>, BatchHeader)]) -> Result<Option<ProducerBatch>, KafkaError> {
     match batches {
         [(_, h)] if h.has_producer_id() && h.base_sequence < 0 && !h.is_control() => Err(KafkaError::InvalidRecord),
