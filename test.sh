@@ -17,7 +17,7 @@ cargo run --release -q -p sluice-sim -- sweep --seeds 1..1500 --jobs 2
 cargo run --release -q -p sluice-sim -- sweep --scenario quorum --seeds 1..4000 --jobs 2
 # Three or five full nodes forming a cluster: metadata agreement, replication, reassignments and
 # convergence under crashes, isolations and stalls.
-cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 1..1500 --jobs 2
+cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 1..1200 --jobs 2
 # The same with failed syncs and corrupted reads on every node.
-cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 2001..2800 --jobs 2 --disk-faults
+cargo run --release -q -p sluice-sim -- sweep --scenario cluster --seeds 2001..2600 --jobs 2 --disk-faults
 bash tests/compat/run.sh

@@ -27,9 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, CreateTopicsResponse};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_core::ConnId;
@@ -161,20 +159,9 @@ impl ClusterTxns {
 
     fn create(&mut self, w: &mut World) {
         let node = self.rng.gen_range(0..self.nodes);
-        let mut t = CreatableTopic::default();
-        t.name = TopicName(StrBytes::from_static_str(TOPIC));
-        t.num_partitions = self.partitions;
-        t.replication_factor = 3;
-        let mut c = CreatableTopicConfig::default();
-        c.name = StrBytes::from_static_str("min.insync.replicas");
-        c.value = Some(StrBytes::from_static_str("2"));
-        t.configs = vec![c];
-        let mut req = CreateTopicsRequest::default();
-        req.topics = vec![t];
-        req.timeout_ms = 10_000;
         self.next_cid += 1;
         let conn = w.connect(CREATOR, node);
-        w.send(conn, codec::frame(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, self.next_cid, &req));
+        w.send(conn, codec::create_topic_frame(TOPIC, self.partitions, 3, 2, self.next_cid));
         self.creating = Some(conn);
     }
 

@@ -116,6 +116,23 @@ pub fn batches(mut set: &[u8]) -> Result<Vec<FetchedBatch>, String> {
     Ok(out)
 }
 
+/// A CreateTopics frame for one topic of `partitions` partitions, `replicas` replicas each,
+/// with `min.insync.replicas` set.
+pub fn create_topic_frame(topic: &'static str, partitions: i32, replicas: i16, min_isr: usize, cid: i32) -> Bytes {
+    let mut t = create_topics_request::CreatableTopic::default();
+    t.name = TopicName(StrBytes::from_static_str(topic));
+    t.num_partitions = partitions;
+    t.replication_factor = replicas;
+    let mut c = create_topics_request::CreatableTopicConfig::default();
+    c.name = StrBytes::from_static_str("min.insync.replicas");
+    c.value = Some(StrBytes::from(min_isr.to_string()));
+    t.configs = vec![c];
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 10_000;
+    frame(ApiKey::CreateTopics, CREATE_TOPICS_VERSION, cid, &req)
+}
+
 /// (offset, value) of every record in a fetched record set of uncompressed batches.
 pub fn records(mut set: &[u8]) -> Result<Vec<(i64, String)>, String> {
     let mut out = Vec::new();

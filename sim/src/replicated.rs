@@ -32,10 +32,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::{
-    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, CreateTopicsRequest,
-    CreateTopicsResponse, ProduceResponse, TopicName,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, CreateTopicsResponse,
+    ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rand::Rng;
@@ -314,20 +313,11 @@ impl Replicated {
             w.set_timer(CREATOR, T_CREATE, 100 * MS);
             return;
         }
-        let mut t = CreatableTopic::default();
-        t.name = TopicName(StrBytes::from_static_str(TOPIC));
-        t.num_partitions = self.partitions;
-        t.replication_factor = REPLICAS as i16;
-        let mut c = kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default();
-        c.name = StrBytes::from_static_str("min.insync.replicas");
-        c.value = Some(StrBytes::from(MIN_INSYNC_REPLICAS.to_string()));
-        t.configs = vec![c];
-        let mut req = CreateTopicsRequest::default();
-        req.topics = vec![t];
-        req.timeout_ms = 10_000;
         self.next_cid += 1;
         let conn = w.connect(CREATOR, node);
-        w.send(conn, codec::frame(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, self.next_cid, &req));
+        let frame =
+            codec::create_topic_frame(TOPIC, self.partitions, REPLICAS as i16, MIN_INSYNC_REPLICAS, self.next_cid);
+        w.send(conn, frame);
         self.creating = Some((conn, self.next_cid));
     }
 

@@ -442,14 +442,11 @@ impl Node {
         if let Some(e) = t.partition(partition).ok_or(KafkaError::UnknownTopicOrPartition)?.serve_error() {
             return Err(e);
         }
+        let tp = (t.id, partition);
         match self.coordinates(TXN_TOPIC, txn_id) {
             Ok(()) => self.txn_holds(txn_id, h.producer_id, h.producer_epoch, topic, partition),
             // Another broker coordinates the transaction: it was asked (`txn_verify`).
-            Err(NOT_COORDINATOR) => {
-                let tp =
-                    self.topics.get(topic).map(|t| (t.id, partition)).ok_or(KafkaError::UnknownTopicOrPartition)?;
-                self.remote_txn_verdict(tp, h.producer_id, h.producer_epoch)
-            }
+            Err(NOT_COORDINATOR) => self.remote_txn_verdict(tp, h.producer_id, h.producer_epoch),
             // The coordinator's state is still being read back, its partition has no leader,
             // or this node's metadata does not have the transactions' topic yet (a broker
             // catching up): the partition cannot check the transaction yet. Retriable, as
