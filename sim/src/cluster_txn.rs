@@ -27,7 +27,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, CreateTopicsResponse};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_core::ConnId;
@@ -168,10 +167,7 @@ impl ClusterTxns {
     fn on_created(&mut self, w: &mut World, conn: ConnId, frame: Bytes) {
         w.close(conn);
         self.creating = None;
-        let code = codec::decode::<CreateTopicsResponse>(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, frame)
-            .map(|(_, r)| r.topics.first().map_or(-1, |t| t.error_code))
-            .unwrap_or(-1);
-        if !matches!(code, 0 | 36) {
+        if !codec::topic_created(frame) {
             w.set_timer(CREATOR, T_TXN_CREATE, 100 * MS);
             return;
         }

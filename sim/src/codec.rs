@@ -133,6 +133,15 @@ pub fn create_topic_frame(topic: &'static str, partitions: i32, replicas: i16, m
     frame(ApiKey::CreateTopics, CREATE_TOPICS_VERSION, cid, &req)
 }
 
+/// Whether a CreateTopics answer (for one topic) says the topic exists: created, or there
+/// already (an earlier try, whose answer was lost, made it).
+pub fn topic_created(frame: Bytes) -> bool {
+    let code = decode::<CreateTopicsResponse>(ApiKey::CreateTopics, CREATE_TOPICS_VERSION, frame)
+        .map(|(_, r)| r.topics.first().map_or(-1, |t| t.error_code))
+        .unwrap_or(-1);
+    matches!(code, 0 | 36)
+}
+
 /// (offset, value) of every record in a fetched record set of uncompressed batches.
 pub fn records(mut set: &[u8]) -> Result<Vec<(i64, String)>, String> {
     let mut out = Vec::new();

@@ -33,8 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, CreateTopicsResponse,
-    ProduceResponse, TopicName,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rand::Rng;
@@ -324,10 +323,7 @@ impl Replicated {
     fn on_created(&mut self, w: &mut World, conn: ConnId, frame: Bytes) {
         w.close(conn);
         self.creating = None;
-        let code = codec::decode::<CreateTopicsResponse>(ApiKey::CreateTopics, codec::CREATE_TOPICS_VERSION, frame)
-            .map(|(_, r)| r.topics.first().map_or(-1, |t| t.error_code))
-            .unwrap_or(-1);
-        if matches!(code, 0 | 36) {
+        if codec::topic_created(frame) {
             self.created = true;
             for k in 0..self.producers.len() {
                 w.set_timer(CREATOR + 1 + k, T_PRODUCE, self.every);
