@@ -352,7 +352,7 @@ impl TxnProducer {
                 req.v3_and_below_topics = vec![t];
                 codec::frame(ApiKey::AddPartitionsToTxn, codec::ADD_PARTITIONS_TO_TXN_VERSION, cid, &req)
             }
-            Step::Produce => self.produce_request(txn, id, topic, cid),
+            Step::Produce => self.produce_request(txn, (pid, epoch), id, topic, cid),
             Step::AddOffsets => {
                 let req = AddOffsetsToTxnRequest::default()
                     .with_transactional_id(id)
@@ -389,8 +389,14 @@ impl TxnProducer {
 
     /// The transaction's batches not yet acknowledged, for the partitions led (it believes)
     /// by the node the first of them goes to.
-    fn produce_request(&self, txn: &Txn, id: TransactionalId, topic: TopicName, cid: i32) -> Bytes {
-        let (pid, epoch) = self.producer.unwrap_or((-1, -1));
+    fn produce_request(
+        &self,
+        txn: &Txn,
+        (pid, epoch): (i64, i16),
+        id: TransactionalId,
+        topic: TopicName,
+        cid: i32,
+    ) -> Bytes {
         let node = self.node_of(self.target());
         let mut td = produce_request::TopicProduceData::default();
         td.name = topic;
