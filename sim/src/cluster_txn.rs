@@ -4,10 +4,10 @@
 //! group's coordinator or the partition's leader, while nodes crash, stop, stall and are cut
 //! off, so coordinators and leaders move in the middle of transactions. Producers also stall
 //! past their transaction timeout, so coordinators abort their transactions and fence them.
-//! In half the seeds a transaction's coordinator is also clogged just after some EndTxn
-//! requests reach it, for longer than a broker's session: another broker takes its
-//! transactions over while its own marker requests, sent or retried meanwhile, are held and
-//! delivered late (a zombie coordinator's markers).
+//! In three of four such seeds every EndTxn also arms a fault: the first node seen asking
+//! another broker for a marker is clogged for longer than a broker's session, so another
+//! broker takes its transactions over while its own marker requests, retried meanwhile, are
+//! held and delivered late (a zombie coordinator's markers).
 //!
 //! Checked at the end, on each partition's log as its leader holds it, read as a
 //! read_committed consumer reads it (a transactional batch is visible if the first marker of
