@@ -1,7 +1,12 @@
 //! The transaction coordinator's state for one `transactional.id`, and the rules by which it
-//! moves, as Kafka's TransactionMetadata does (transaction version 1: the client adds
-//! partitions with AddPartitionsToTxn; the coordinator bumps the epoch only at
-//! InitProducerId and to fence a producer whose transaction it aborts).
+//! moves, as Kafka's TransactionMetadata does, in both transaction versions:
+//! - version 1: the client adds partitions with AddPartitionsToTxn; the coordinator bumps the
+//!   epoch only at InitProducerId and to fence a producer whose transaction it aborts;
+//! - version 2 (KIP-890 part 2, EndTxn v5): partitions join the transaction when the
+//!   producer first writes to them (the partition's leader adds them), and every end of a
+//!   transaction bumps the producer's epoch. Its markers carry the new epoch, so a partition
+//!   can tell a late marker of the last transaction (an epoch not above the producer's)
+//!   from the end of the one open now.
 //!
 //! Every change is a record in `__transaction_state` (key: the transactional id; value: this
 //! struct) that is durable before anyone is told of it. The node does the writing; this
@@ -66,6 +71,26 @@ pub struct TxnMeta {
     /// Wall-clock ms the open transaction started (-1 if none).
     pub started_ms: i64,
     pub updated_ms: i64,
+    /// The open or ending transaction is of transaction version 2: its markers carry an
+    /// epoch above the one its records were written with.
+    pub tv2: bool,
+    /// The producer id before a version-2 end ran out of epochs and moved the producer to a
+    /// new id (-1: none): a retried EndTxn from it is recognised.
+    pub previous_producer_id: i64,
+    /// While such an end is preparing: the id the producer takes when it completes (-1: none).
+    pub next_producer_id: i64,
+}
+
+/// The stored layout before transaction version 2 (records written by older builds).
+#[derive(Deserialize)]
+struct TxnMetaV1 {
+    producer_id: i64,
+    epoch: i16,
+    timeout_ms: i32,
+    state: TxnState,
+    partitions: BTreeSet<(String, i32)>,
+    started_ms: i64,
+    updated_ms: i64,
 }
 
 /// Why a request on a transaction is refused (Kafka's error codes).
@@ -110,7 +135,35 @@ impl TxnMeta {
             partitions: BTreeSet::new(),
             started_ms: -1,
             updated_ms: now_ms,
+            tv2: false,
+            previous_producer_id: -1,
+            next_producer_id: -1,
         }
+    }
+
+    /// The record value stored in `__transaction_state`.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("transaction state serializes")
+    }
+
+    /// A stored record value, of this layout or the one before transaction version 2.
+    pub fn decode(bytes: &[u8]) -> Option<TxnMeta> {
+        if let Ok(m) = postcard::from_bytes::<TxnMeta>(bytes) {
+            return Some(m);
+        }
+        let old = postcard::from_bytes::<TxnMetaV1>(bytes).ok()?;
+        Some(TxnMeta {
+            producer_id: old.producer_id,
+            epoch: old.epoch,
+            timeout_ms: old.timeout_ms,
+            state: old.state,
+            partitions: old.partitions,
+            started_ms: old.started_ms,
+            updated_ms: old.updated_ms,
+            tv2: false,
+            previous_producer_id: -1,
+            next_producer_id: -1,
+        })
     }
 
     /// The producer (id, epoch) a request names must be this one's.
@@ -124,14 +177,16 @@ impl TxnMeta {
         Ok(())
     }
 
-    /// AddPartitionsToTxn / AddOffsetsToTxn: the state with `parts` added, or `None` if they
-    /// are all in already (nothing to store).
+    /// AddPartitionsToTxn / AddOffsetsToTxn, or a version-2 producer's first write to a
+    /// partition (`tv2`): the state with `parts` added, or `None` if they are all in already
+    /// (nothing to store).
     pub fn add_partitions(
         &self,
         producer_id: i64,
         epoch: i16,
         parts: &[(String, i32)],
         now_ms: i64,
+        tv2: bool,
     ) -> Result<Option<TxnMeta>, TxnError> {
         self.check_producer(producer_id, epoch)?;
         if self.state.preparing() {
@@ -144,6 +199,7 @@ impl TxnMeta {
         if next.state != TxnState::Ongoing {
             next.partitions.clear();
             next.started_ms = now_ms;
+            next.tv2 = tv2;
         }
         next.state = TxnState::Ongoing;
         next.partitions.extend(parts.iter().cloned());
@@ -159,6 +215,7 @@ impl TxnMeta {
             (TxnState::Ongoing, _) => {
                 let mut next = self.clone();
                 next.state = if commit { TxnState::PrepareCommit } else { TxnState::PrepareAbort };
+                next.tv2 = false;
                 next.updated_ms = now_ms;
                 Ok(Some(next))
             }
@@ -168,20 +225,92 @@ impl TxnMeta {
         }
     }
 
+    /// EndTxn v5+ (transaction version 2), as Kafka's coordinator answers it: the preparing
+    /// state to store, whose epoch is one above the producer's (and, once the epochs run out,
+    /// with the id it moves to, from `fresh_id`), or `None` when the request repeats an end
+    /// that completed (answered with success and the producer's new id and epoch). A version-2
+    /// producer may abort with no transaction open (its end still bumps the epoch).
+    pub fn end_v2(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        now_ms: i64,
+        fresh_id: impl FnOnce() -> Option<i64>,
+    ) -> Result<Option<TxnMeta>, TxnError> {
+        use TxnState::*;
+        // The request repeats an end whose bump it never heard of.
+        let retry_on_bump = producer_id == self.producer_id && i32::from(epoch) + 1 == i32::from(self.epoch);
+        let retry_on_new_id = producer_id != self.producer_id
+            && producer_id == self.previous_producer_id
+            && epoch >= EPOCH_MAX
+            && self.epoch == 0;
+        if producer_id != self.producer_id && !retry_on_new_id {
+            return Err(TxnError::InvalidProducerIdMapping);
+        }
+        let retry = retry_on_bump || retry_on_new_id;
+        let valid = match self.state {
+            Ongoing | Empty => epoch == self.epoch,
+            PrepareCommit | PrepareAbort => retry_on_bump,
+            CompleteCommit | CompleteAbort => retry || epoch == self.epoch,
+        };
+        if !valid {
+            return Err(TxnError::ProducerFenced);
+        }
+        match (self.state, commit) {
+            (Ongoing, _) => self.prepare_v2(commit, now_ms, fresh_id).map(Some),
+            (CompleteCommit, true) | (CompleteAbort, false) if retry => Ok(None),
+            (CompleteCommit | CompleteAbort | Empty, false) if !retry => self.prepare_v2(false, now_ms, fresh_id).map(Some),
+            (PrepareCommit | PrepareAbort, _) => Err(TxnError::ConcurrentTransactions),
+            _ => Err(TxnError::InvalidTxnState),
+        }
+    }
+
+    /// A version-2 end: PrepareCommit or PrepareAbort at the next epoch.
+    fn prepare_v2(&self, commit: bool, now_ms: i64, fresh_id: impl FnOnce() -> Option<i64>) -> Result<TxnMeta, TxnError> {
+        let mut next = self.clone();
+        next.state = if commit { TxnState::PrepareCommit } else { TxnState::PrepareAbort };
+        next.tv2 = true;
+        next.bump_epoch(fresh_id)?;
+        if next.state == TxnState::PrepareAbort && self.state != TxnState::Ongoing {
+            // An abort with nothing open: no partitions, no markers.
+            next.partitions.clear();
+        }
+        next.updated_ms = now_ms;
+        Ok(next)
+    }
+
+    /// The epoch goes up by one; from `EPOCH_MAX` on, the producer also moves to a new id
+    /// (from `fresh_id`; none to be had now is retriable) once the end completes.
+    fn bump_epoch(&mut self, fresh_id: impl FnOnce() -> Option<i64>) -> Result<(), TxnError> {
+        if self.epoch >= EPOCH_MAX {
+            self.next_producer_id = fresh_id().ok_or(TxnError::ConcurrentTransactions)?;
+        }
+        self.epoch = self.epoch.saturating_add(1);
+        Ok(())
+    }
+
     /// The coordinator aborts the open transaction itself (a timeout, or a new producer
     /// with this transactional id): the epoch is bumped so that the producer that opened it
-    /// is fenced, and abort markers carry the new epoch.
-    pub fn abort_and_fence(&self, now_ms: i64) -> TxnMeta {
+    /// is fenced, and abort markers carry the new epoch. A version-2 transaction that runs
+    /// out of epochs moves its producer to a new id (`fresh_id`), so that its markers' epoch
+    /// is always above its records'.
+    pub fn abort_and_fence(&self, now_ms: i64, fresh_id: impl FnOnce() -> Option<i64>) -> TxnMeta {
         let mut next = self.clone();
         next.state = TxnState::PrepareAbort;
-        if next.epoch < EPOCH_MAX {
+        if self.tv2 {
+            if next.bump_epoch(fresh_id).is_err() {
+                next.epoch = next.epoch.saturating_add(1);
+            }
+        } else if next.epoch < EPOCH_MAX {
             next.epoch += 1;
         }
         next.updated_ms = now_ms;
         next
     }
 
-    /// Markers are durable everywhere: the transaction is complete.
+    /// Markers are durable everywhere: the transaction is complete (and a producer that ran
+    /// out of epochs takes its new id).
     pub fn complete(&self, now_ms: i64) -> TxnMeta {
         let mut next = self.clone();
         next.state =
@@ -189,6 +318,12 @@ impl TxnMeta {
         next.partitions.clear();
         next.started_ms = -1;
         next.updated_ms = now_ms;
+        if self.next_producer_id >= 0 {
+            next.previous_producer_id = self.producer_id;
+            next.producer_id = self.next_producer_id;
+            next.next_producer_id = -1;
+            next.epoch = 0;
+        }
         next
     }
 
@@ -218,6 +353,8 @@ impl TxnMeta {
         next.state = TxnState::Empty;
         next.partitions.clear();
         next.started_ms = -1;
+        next.tv2 = false;
+        next.next_producer_id = -1;
         next.timeout_ms = timeout_ms;
         next.updated_ms = now_ms;
         Ok(Some(next))
@@ -240,32 +377,32 @@ mod tests {
     #[test]
     fn a_transaction_goes_round() {
         let m = TxnMeta::new(7, 60_000, 0);
-        assert_eq!(m.add_partitions(8, 0, &parts(&[0]), 1), Err(TxnError::InvalidProducerIdMapping));
-        assert_eq!(m.add_partitions(7, 1, &parts(&[0]), 1), Err(TxnError::ProducerFenced));
-        let m = m.add_partitions(7, 0, &parts(&[0]), 1).unwrap().unwrap();
+        assert_eq!(m.add_partitions(8, 0, &parts(&[0]), 1, false), Err(TxnError::InvalidProducerIdMapping));
+        assert_eq!(m.add_partitions(7, 1, &parts(&[0]), 1, false), Err(TxnError::ProducerFenced));
+        let m = m.add_partitions(7, 0, &parts(&[0]), 1, false).unwrap().unwrap();
         assert_eq!((m.state, m.started_ms), (TxnState::Ongoing, 1));
-        assert_eq!(m.add_partitions(7, 0, &parts(&[0]), 2), Ok(None), "already in");
-        let m = m.add_partitions(7, 0, &parts(&[1]), 2).unwrap().unwrap();
+        assert_eq!(m.add_partitions(7, 0, &parts(&[0]), 2, false), Ok(None), "already in");
+        let m = m.add_partitions(7, 0, &parts(&[1]), 2, false).unwrap().unwrap();
         assert_eq!(m.partitions.len(), 2);
         assert_eq!(m.started_ms, 1, "the transaction started with its first partition");
         let p = m.end(7, 0, true, 3).unwrap().unwrap();
         assert_eq!(p.state, TxnState::PrepareCommit);
-        assert_eq!(p.add_partitions(7, 0, &parts(&[2]), 4), Err(TxnError::ConcurrentTransactions));
+        assert_eq!(p.add_partitions(7, 0, &parts(&[2]), 4, false), Err(TxnError::ConcurrentTransactions));
         assert_eq!(p.end(7, 0, true, 4), Err(TxnError::ConcurrentTransactions));
         let c = p.complete(5);
         assert_eq!((c.state, c.partitions.len()), (TxnState::CompleteCommit, 0));
         assert_eq!(c.end(7, 0, true, 6), Ok(None), "a retried commit");
         assert_eq!(c.end(7, 0, false, 6), Err(TxnError::InvalidTxnState));
         // The next transaction starts afresh.
-        let n = c.add_partitions(7, 0, &parts(&[3]), 7).unwrap().unwrap();
+        let n = c.add_partitions(7, 0, &parts(&[3]), 7, false).unwrap().unwrap();
         assert_eq!((n.partitions.len(), n.started_ms), (1, 7));
     }
 
     #[test]
     fn fencing_and_reinit() {
-        let m = TxnMeta::new(7, 100, 0).add_partitions(7, 0, &parts(&[0]), 0).unwrap().unwrap();
+        let m = TxnMeta::new(7, 100, 0).add_partitions(7, 0, &parts(&[0]), 0, false).unwrap().unwrap();
         assert!(!m.expired(100) && m.expired(101));
-        let a = m.abort_and_fence(200);
+        let a = m.abort_and_fence(200, || None);
         assert_eq!((a.state, a.epoch), (TxnState::PrepareAbort, 1));
         // The old producer is fenced from now on.
         assert_eq!(a.end(7, 0, true, 201), Err(TxnError::ProducerFenced));
@@ -278,5 +415,79 @@ mod tests {
         worn.epoch = EPOCH_MAX;
         let r = worn.reinit(None, 500, 204, || Some(99)).unwrap().unwrap();
         assert_eq!((r.producer_id, r.epoch), (99, 0));
+    }
+
+    #[test]
+    fn version_two_bumps_the_epoch_at_every_end() {
+        let m = TxnMeta::new(7, 60_000, 0).add_partitions(7, 0, &parts(&[0]), 1, true).unwrap().unwrap();
+        assert!(m.tv2);
+        let p = m.end_v2(7, 0, true, 2, || None).unwrap().unwrap();
+        assert_eq!((p.state, p.epoch, p.tv2), (TxnState::PrepareCommit, 1, true));
+        // While its markers are written, a retry waits; the old epoch is not fenced yet.
+        assert_eq!(p.end_v2(7, 0, true, 3, || None), Err(TxnError::ConcurrentTransactions));
+        assert_eq!(p.end_v2(7, 1, true, 3, || None), Err(TxnError::ProducerFenced));
+        let c = p.complete(4);
+        assert_eq!((c.state, c.epoch, c.partitions.len()), (TxnState::CompleteCommit, 1, 0));
+        assert_eq!(c.end_v2(7, 0, true, 5, || None), Ok(None), "a retried commit");
+        assert_eq!(c.end_v2(7, 0, false, 5, || None), Err(TxnError::InvalidTxnState));
+        assert_eq!(c.end_v2(7, 1, true, 5, || None), Err(TxnError::InvalidTxnState), "nothing open to commit");
+        // An abort with nothing open still bumps the epoch, and writes no marker.
+        let a = c.end_v2(7, 1, false, 6, || None).unwrap().unwrap();
+        assert_eq!((a.state, a.epoch, a.partitions.len()), (TxnState::PrepareAbort, 2, 0));
+        // The next transaction runs at the epoch the end gave.
+        let c = a.complete(7);
+        assert_eq!(c.add_partitions(7, 1, &parts(&[0]), 8, true), Err(TxnError::ProducerFenced));
+        let n = c.add_partitions(7, 2, &parts(&[0]), 8, true).unwrap().unwrap();
+        assert_eq!((n.state, n.epoch), (TxnState::Ongoing, 2));
+        assert_eq!(n.end_v2(7, 1, true, 9, || None), Err(TxnError::ProducerFenced), "an old epoch's end");
+        // Out of epochs: the end moves the producer to a new id, and its retry is recognised.
+        let mut worn = n.clone();
+        worn.epoch = EPOCH_MAX;
+        assert_eq!(worn.end_v2(7, EPOCH_MAX, true, 10, || None), Err(TxnError::ConcurrentTransactions));
+        let p = worn.end_v2(7, EPOCH_MAX, true, 10, || Some(99)).unwrap().unwrap();
+        assert_eq!((p.producer_id, p.epoch, p.next_producer_id), (7, i16::MAX, 99));
+        let c = p.complete(11);
+        assert_eq!((c.producer_id, c.epoch, c.previous_producer_id), (99, 0, 7));
+        assert_eq!(c.end_v2(7, EPOCH_MAX, true, 12, || None), Ok(None), "the retry of the end that moved it");
+        assert_eq!(c.end_v2(8, EPOCH_MAX, true, 12, || None), Err(TxnError::InvalidProducerIdMapping));
+    }
+
+    #[test]
+    fn a_fenced_version_two_transaction_marks_above_its_records() {
+        let mut m = TxnMeta::new(7, 100, 0).add_partitions(7, 0, &parts(&[0]), 0, true).unwrap().unwrap();
+        m.epoch = EPOCH_MAX;
+        let a = m.abort_and_fence(200, || Some(42));
+        assert_eq!((a.epoch, a.next_producer_id), (i16::MAX, 42));
+        assert_eq!((a.complete(201).producer_id, a.complete(201).epoch), (42, 0));
+    }
+
+    #[test]
+    fn records_of_the_layout_before_version_two_are_read() {
+        #[derive(Serialize)]
+        struct Old {
+            producer_id: i64,
+            epoch: i16,
+            timeout_ms: i32,
+            state: TxnState,
+            partitions: BTreeSet<(String, i32)>,
+            started_ms: i64,
+            updated_ms: i64,
+        }
+        let old = Old {
+            producer_id: 5,
+            epoch: 3,
+            timeout_ms: 900,
+            state: TxnState::Ongoing,
+            partitions: parts(&[1, 2]).into_iter().collect(),
+            started_ms: 10,
+            updated_ms: 11,
+        };
+        let m = TxnMeta::decode(&postcard::to_allocvec(&old).unwrap()).unwrap();
+        assert_eq!((m.producer_id, m.epoch, m.timeout_ms, m.state), (5, 3, 900, TxnState::Ongoing));
+        assert_eq!((m.partitions.len(), m.started_ms, m.updated_ms), (2, 10, 11));
+        assert_eq!((m.tv2, m.previous_producer_id, m.next_producer_id), (false, -1, -1));
+        let mut now = m.clone();
+        now.tv2 = true;
+        assert_eq!(TxnMeta::decode(&now.encode()), Some(now));
     }
 }

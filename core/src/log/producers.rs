@@ -143,6 +143,14 @@ pub enum Verdict {
     Duplicate(BatchMeta),
 }
 
+/// What to do with a transaction marker that passed the checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkerCheck {
+    Write,
+    /// The marker is in the log already (a coordinator asking again): write nothing.
+    Written,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeqError {
     /// The first sequence does not follow the last one written.
@@ -265,14 +273,27 @@ impl Producers {
     /// than the last one that wrote a marker for it here, must not end its transaction (a
     /// zombie coordinator's late marker would end the producer's next one, at the same
     /// producer epoch when the last transaction committed).
-    pub fn check_marker(&self, producer_id: i64, epoch: i16, coordinator_epoch: i32) -> Result<(), SeqError> {
+    ///
+    /// A `strict` marker (transaction version 2) carries an epoch above the one its
+    /// transaction's records were written with, so one at the producer's epoch here is late:
+    /// it ended the producer's last transaction already (`Written`) when no transaction is
+    /// open, or belongs to an earlier end than the open one's (refused).
+    pub fn check_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        coordinator_epoch: i32,
+        strict: bool,
+    ) -> Result<MarkerCheck, SeqError> {
         if crate::mutants::active(crate::mutants::Mutant::MarkerOldEpochAccepted) {
-            return Ok(());
+            return Ok(MarkerCheck::Write);
         }
         match self.map.get(&producer_id) {
             Some(e) if epoch < e.epoch => Err(SeqError::InvalidEpoch),
             Some(e) if coordinator_epoch < e.coordinator_epoch => Err(SeqError::CoordinatorFenced),
-            _ => Ok(()),
+            Some(e) if strict && epoch == e.epoch && e.txn_first.is_some() => Err(SeqError::InvalidEpoch),
+            Some(e) if strict && epoch == e.epoch => Ok(MarkerCheck::Written),
+            _ => Ok(MarkerCheck::Write),
         }
     }
 

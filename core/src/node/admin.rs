@@ -45,7 +45,7 @@ impl Node {
     ) -> Result<(), FrameError> {
         // The body (client name and version) is informational; a v3+ body that does not decode
         // still gets the version list, as Kafka does.
-        let resp = protocol::api_versions_response(0);
+        let resp = protocol::api_versions_answer(ctx.version);
         self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
         Ok(())
     }

@@ -329,7 +329,7 @@ impl Node {
             if slot.txn {
                 for (_, k, v) in batch::uncompressed_records(whole).unwrap_or_default() {
                     if let Some(id) = k.and_then(super::transactions::txn_id_of_key) {
-                        back.txns.insert(id, v.and_then(|v| postcard::from_bytes(v).ok()));
+                        back.txns.insert(id, v.and_then(crate::txn::TxnMeta::decode));
                     }
                 }
                 continue;

@@ -1017,6 +1017,18 @@ impl Node {
     /// is already in flight: it will be followed by another when it completes), and for the
     /// metadata log. Then answers what became durable.
     fn after_input(&mut self) {
+        // Requests answered within the pass (a coordinator's verdict on this node's own
+        // partitions, once its record is durable) are handled again at once, not at the next
+        // input.
+        for _ in 0..4 {
+            self.after_input_pass();
+            if self.deferred.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn after_input_pass(&mut self) {
         self.settle_meta_rejected();
         for (conn, seq, ctx, body) in std::mem::take(&mut self.deferred) {
             self.dispatch(conn, seq, ctx, body);

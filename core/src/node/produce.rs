@@ -9,7 +9,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{Node, Then, Tp, Waiter};
 use crate::log::batch::{self, BatchError, BatchHeader};
-use crate::log::producers::{ProducerBatch, Verdict};
+use crate::log::producers::{MarkerCheck, ProducerBatch, Verdict};
 use crate::protocol::errors::KafkaError;
 use crate::protocol::{self, FrameError, RequestContext};
 use crate::replica::Role;
@@ -58,6 +58,9 @@ impl Node {
             self.park(conn, seq, job, Then::Redispatch { ctx, body });
             return Ok(());
         }
+        if self.produce_blocked(conn, seq, &ctx, &body) {
+            return Ok(());
+        }
         let acks = req.acks;
         // Kafka's request-level refusal: transactional batches with no transactional id fail
         // every partition of the request, and nothing is written.
@@ -70,7 +73,9 @@ impl Node {
         // KIP-890: the first batch of a transaction on a partition waits for its coordinator,
         // when that is another broker, to confirm the transaction holds the partition.
         let txn = req.transactional_id.as_ref().filter(|_| refuse_all.is_none());
-        if txn.is_some_and(|t| self.verify_txn_first(conn, seq, &ctx, &body, t.0.as_str(), &batches)) {
+        // From v12 the producer is of transaction version 2: the coordinator adds partitions.
+        let add = ctx.version >= 12;
+        if txn.is_some_and(|t| self.verify_txn_first(conn, seq, &ctx, &body, t.0.as_str(), &batches, add)) {
             return Ok(());
         }
         // A partition named twice counts once, as its last entry (as in Kafka, which keys the
@@ -203,6 +208,12 @@ impl Node {
         let mut next_file = self.next_file;
         let p = self.partition_mut(tp).expect("looked up above");
         let marker = checked_marker(p, origin, producer.as_ref(), records)?;
+        if let Some((_, MarkerCheck::Written)) = marker {
+            // Durable once everything up to the log's end is.
+            let end = p.log.log_end_offset;
+            return Ok((tp, end, end, p.log.generation, p.log.log_start_offset, wall));
+        }
+        let marker = marker.map(|(m, _)| m);
         if let (Some(pb), None, false) = (&producer, marker, origin == Origin::CoordinatorData) {
             if let Verdict::Duplicate(m) = p.log.producers.check(pb)? {
                 // A retry of a batch already written: its original offsets, once durable.
@@ -235,9 +246,7 @@ impl Node {
         }
         let (end, generation, log_start) = (p.log.log_end_offset, p.log.generation, p.log.log_start_offset);
         match (marker, &producer, base) {
-            (Some((pid, epoch, commit, coordinator_epoch)), _, Some(at)) => {
-                p.log.producers.end_txn(pid, epoch, commit, at, coordinator_epoch)
-            }
+            (Some(m), _, Some(at)) => p.log.producers.end_txn(m.producer_id, m.epoch, m.commit, at, m.coordinator_epoch),
             (None, Some(pb), Some(first)) => p.log.producers.record(pb, first, end - 1),
             _ => {}
         }
@@ -383,19 +392,26 @@ fn partition_batches(req: &ProduceRequest) -> Vec<(&str, i32, Option<&Bytes>)> {
         .collect()
 }
 
-/// A coordinator's marker (producer id, producer epoch, commit, coordinator epoch), once the
-/// partition's producer state takes it; `None` for other writes.
+/// A coordinator's marker, once the partition's producer state takes it, with whether it is
+/// there already; `None` for other writes.
 fn checked_marker(
     p: &super::Partition,
     origin: Origin,
     producer: Option<&ProducerBatch>,
     records: &Bytes,
-) -> Result<Option<super::txn_markers::Marker>, KafkaError> {
+) -> Result<Option<(super::txn_markers::Marker, MarkerCheck)>, KafkaError> {
     Ok(match (origin, producer) {
-        (Origin::Coordinator { commit }, Some(pb)) => {
+        (Origin::Coordinator { commit, strict }, Some(pb)) => {
             let coordinator_epoch = batch::control_marker_of(records).map_or(-1, |(_, c)| c);
-            p.log.producers.check_marker(pb.producer_id, pb.epoch, coordinator_epoch)?;
-            Some((pb.producer_id, pb.epoch, commit, coordinator_epoch))
+            let check = p.log.producers.check_marker(pb.producer_id, pb.epoch, coordinator_epoch, strict)?;
+            let m = super::txn_markers::Marker {
+                producer_id: pb.producer_id,
+                epoch: pb.epoch,
+                commit,
+                coordinator_epoch,
+                strict,
+            };
+            Some((m, check))
         }
         (Origin::Coordinator { .. }, None) => return Err(KafkaError::InvalidRecord),
         _ => None,
@@ -419,8 +435,8 @@ pub(super) enum Origin {
     Client,
     /// A transactional producer whose transaction holds the partition.
     Transactional,
-    /// The transaction coordinator writing a marker.
-    Coordinator { commit: bool },
+    /// The transaction coordinator writing a marker (`strict`: transaction version 2's).
+    Coordinator { commit: bool, strict: bool },
     /// The coordinator writing a transaction's data (TxnOffsetCommit's offsets).
     CoordinatorData,
 }

@@ -25,6 +25,7 @@ use kafka_protocol::messages::*;
 use super::groups::{offsets_partition, AfterDurable, Committed, PendingCommit, OFFSETS_TOPIC};
 use super::produce::Origin;
 use super::producer_ids::init_producer_id_response;
+use super::txn_markers::Marker;
 use super::{Node, Tp};
 use crate::log::batch;
 use crate::protocol::errors::KafkaError;
@@ -59,6 +60,8 @@ pub(super) enum TxnNext {
     WriteMarkers { end_txn: Option<(ConnId, u64, RequestContext)> },
     /// The complete state is stored: answer EndTxn.
     Completed { end_txn: Option<(ConnId, u64, RequestContext)> },
+    /// A version-2 producer's partitions are added: give the `n` verdicts (0 when stored).
+    Verified { reply: super::txn_verify::VerifyReply, n: usize },
 }
 
 /// Markers of one ending transaction, being written.
@@ -67,6 +70,9 @@ pub(super) struct MarkerWrite {
     pub(super) producer_id: i64,
     pub(super) epoch: i16,
     pub(super) commit: bool,
+    /// A transaction-version-2 end: the marker's epoch is above the records' (partitions
+    /// refuse one that is not: a late marker of an earlier end).
+    pub(super) strict: bool,
     /// The leader epoch of the transaction's `__transaction_state` partition here when its
     /// markers began: written into each marker (Kafka's coordinator epoch).
     pub(super) coordinator_epoch: i32,
@@ -131,8 +137,8 @@ impl Node {
     }
 
     /// Stores a transactional id's next state; `next` runs once it is durable (or failed).
-    fn store_txn(&mut self, id: &str, meta: TxnMeta, next: TxnNext) -> Result<(), KafkaError> {
-        let value = postcard::to_allocvec(&meta).expect("transaction state serializes");
+    pub(super) fn store_txn(&mut self, id: &str, meta: TxnMeta, next: TxnNext) -> Result<(), KafkaError> {
+        let value = meta.encode();
         let key = txn_key(id);
         let batch = Bytes::from(batch::encode_records(&[(Some(&key), Some(&value))], self.now.wall_ms));
         let (tp, _, end, generation, _, _) = self.append_partition(TXN_TOPIC, txn_partition(id), Some(&batch))?;
@@ -168,8 +174,12 @@ impl Node {
             TxnNext::Completed { end_txn } if ok => {
                 tracing::debug!(%id, state = meta.state.name(), "transaction complete");
                 if let Some((conn, seq, ctx)) = end_txn {
-                    self.answer_end_txn(conn, seq, &ctx, 0);
+                    self.answer_end_txn_with(conn, seq, &ctx, 0, Some(&meta));
                 }
+            }
+            TxnNext::Verified { reply, n } => {
+                let code = if ok { 0 } else { KafkaError::NotEnoughReplicas.code() };
+                self.send_verdicts(reply, vec![code; n]);
             }
             TxnNext::Completed { end_txn } => {
                 // The markers are durable; storing completion failed: store it again.
@@ -194,6 +204,7 @@ impl Node {
                     self.answer_end_txn(conn, seq, &ctx, NOT_COORDINATOR);
                 }
             }
+            TxnNext::Verified { reply, n } => self.send_verdicts(reply, vec![KafkaError::NotEnoughReplicas.code(); n]),
         }
     }
 
@@ -228,6 +239,7 @@ impl Node {
             producer_id: meta.producer_id,
             epoch: meta.epoch,
             commit: meta.state == TxnState::PrepareCommit,
+            strict: meta.tv2,
             coordinator_epoch: self.txn_coordinator_epoch(id),
             waits: meta.partitions.iter().map(|p| (p.clone(), MarkerAt::ToWrite)).collect(),
             end_txn,
@@ -242,14 +254,20 @@ impl Node {
     /// connection (`WriteTxnMarker`; Kafka's WriteTxnMarkers).
     fn append_markers(&mut self, w: &mut MarkerWrite) {
         let wall = self.now.wall_ms;
-        let marker_of = (w.producer_id, w.epoch, w.commit, w.coordinator_epoch);
+        let marker_of = Marker {
+            producer_id: w.producer_id,
+            epoch: w.epoch,
+            commit: w.commit,
+            coordinator_epoch: w.coordinator_epoch,
+            strict: w.strict,
+        };
         for ((topic, partition), at) in w.waits.iter_mut() {
             if !matches!(at, MarkerAt::ToWrite) {
                 continue;
             }
             let marker =
                 Bytes::from(batch::control_marker(w.producer_id, w.epoch, w.commit, w.coordinator_epoch, wall));
-            match self.append_as(topic, *partition, Some(&marker), Origin::Coordinator { commit: w.commit }) {
+            match self.append_as(topic, *partition, Some(&marker), Origin::Coordinator { commit: w.commit, strict: w.strict }) {
                 Ok((tp, _, end, generation, _, _)) => {
                     let leader_epoch = self.partition(tp).map_or(-1, |p| p.role.leader_epoch());
                     *at = MarkerAt::Local { tp, end, generation, leader_epoch }
@@ -355,7 +373,8 @@ impl Node {
             .collect();
         for (id, meta) in expired {
             tracing::info!(%id, producer_id = meta.producer_id, "transaction timed out; aborting it");
-            if let Err(e) = self.store_txn(&id, meta.abort_and_fence(now), TxnNext::WriteMarkers { end_txn: None }) {
+            let next = meta.abort_and_fence(now, || self.take_producer_id());
+            if let Err(e) = self.store_txn(&id, next, TxnNext::WriteMarkers { end_txn: None }) {
                 tracing::warn!(%id, error = ?e, "could not abort a timed-out transaction; will retry");
             }
         }
@@ -444,7 +463,9 @@ impl Node {
         }
         let tp = (t.id, partition);
         match self.coordinates(TXN_TOPIC, txn_id) {
-            Ok(()) => self.txn_holds(txn_id, h.producer_id, h.producer_epoch, topic, partition),
+            Ok(()) => self
+                .local_txn_verdict((tp, h.producer_id, h.producer_epoch))
+                .and_then(|()| self.txn_holds(txn_id, h.producer_id, h.producer_epoch, topic, partition)),
             // Another broker coordinates the transaction: it was asked (`txn_verify`).
             Err(NOT_COORDINATOR) => self.remote_txn_verdict(tp, h.producer_id, h.producer_epoch),
             // The coordinator's state is still being read back, its partition has no leader,
@@ -550,7 +571,8 @@ impl Node {
                 self.take_producer_id().map(|pid| TxnMeta::new(pid, timeout, now)).ok_or(COORDINATOR_LOAD_IN_PROGRESS)
             }
             Some(m) if m.state == TxnState::Ongoing => {
-                let _ = self.store_txn(id, m.abort_and_fence(now), TxnNext::WriteMarkers { end_txn: None });
+                let next = m.abort_and_fence(now, || self.take_producer_id());
+                let _ = self.store_txn(id, next, TxnNext::WriteMarkers { end_txn: None });
                 Err(TxnError::ConcurrentTransactions.code())
             }
             Some(m) if m.state.preparing() => Err(TxnError::ConcurrentTransactions.code()),
@@ -588,7 +610,7 @@ impl Node {
             None => return Ok(()),
             Some(0) if unknown.contains(&true) => Err(None),
             Some(0) => self.txn_change(&id, |m, now| {
-                m.add_partitions(req.v3_and_below_producer_id.0, req.v3_and_below_producer_epoch, &asked, now)
+                m.add_partitions(req.v3_and_below_producer_id.0, req.v3_and_below_producer_epoch, &asked, now, false)
             }),
             Some(code) => Err(Some(code)),
         };
@@ -643,7 +665,7 @@ impl Node {
 
     /// Runs a change on an idle transactional id: `Ok(Some(next))` to store, `Ok(None)` for
     /// nothing to do, `Err(Some(code))` to refuse.
-    fn txn_change(
+    pub(super) fn txn_change(
         &self,
         id: &str,
         change: impl FnOnce(&TxnMeta, i64) -> Result<Option<TxnMeta>, TxnError>,
@@ -692,7 +714,7 @@ impl Node {
         }
         let id = req.transactional_id.0.to_string();
         let part = vec![(OFFSETS_TOPIC.to_string(), offsets_partition(req.group_id.0.as_str()))];
-        match self.txn_change(&id, |m, now| m.add_partitions(req.producer_id.0, req.producer_epoch, &part, now)) {
+        match self.txn_change(&id, |m, now| m.add_partitions(req.producer_id.0, req.producer_epoch, &part, now, false)) {
             Err(code) => answer(self, code.unwrap_or(NOT_COORDINATOR)),
             Ok(None) => answer(self, 0),
             Ok(Some(next)) => {
@@ -779,9 +801,10 @@ impl Node {
     }
 
     /// TxnOffsetCommit's checks once the coordinators are ready: the transaction holds the
-    /// group (verified with its coordinator when another broker coordinates it, KIP-890), and
-    /// the group member it names is current (KIP-447). `None` while the request waits for
-    /// the transaction's coordinator; else the error code the request gets, if any.
+    /// group (verified with its coordinator when another broker coordinates it, KIP-890; from
+    /// v5, a transaction-version-2 producer's, added by it when it does not), and the group
+    /// member it names is current (KIP-447). `None` while the request waits for the
+    /// transaction's coordinator; else the error code the request gets, if any.
     fn txn_offset_commit_check(
         &mut self,
         conn: ConnId,
@@ -794,16 +817,19 @@ impl Node {
         let id = req.transactional_id.0.to_string();
         let coordinated = self.coordinates(TXN_TOPIC, &id);
         let remote = coordinated == Err(NOT_COORDINATOR);
+        let add = ctx.version >= 5;
+        let key = self.topics.get(OFFSETS_TOPIC).map(|t| ((t.id, part.1), req.producer_id.0, req.producer_epoch));
+        // This coordinator's verdict on adding the group to a version-2 transaction.
+        let verdict = key.filter(|_| coordinated.is_ok()).and_then(|k| self.take_txn_verdict(k));
+        let mut to_add = false;
         let check = match self.txns.get(&id).and_then(|e| e.meta.as_ref()) {
             // Another broker coordinates the transaction: the first commit of the transaction
             // here is verified with it (KIP-890), as a partition's first batch is. Verdicts
             // the coordinator could not give are COORDINATOR_NOT_AVAILABLE, as Kafka's group
             // coordinator answers them.
             None if remote => {
-                let tp = self.topics.get(OFFSETS_TOPIC).map(|t| (t.id, part.1));
-                let key = tp.map(|tp| (tp, req.producer_id.0, req.producer_epoch));
                 if let Some(key) = key.filter(|k| self.needs_verifying(*k)) {
-                    if self.verify_txn(conn, seq, ctx, body, &id, vec![(key, OFFSETS_TOPIC.to_string())]) {
+                    if self.verify_txn(conn, seq, ctx, body, &id, vec![(key, OFFSETS_TOPIC.to_string())], add) {
                         return None;
                     }
                 }
@@ -824,10 +850,25 @@ impl Node {
                 // told so). Retriable, as Kafka's coordinator answers a transaction ending.
                 Ok(()) if m.is_ending() => Err(TxnError::ConcurrentTransactions.code()),
                 Ok(()) if m.state != TxnState::Ongoing || !m.partitions.contains(part) => {
+                    to_add = add && coordinated.is_ok();
                     Err(TxnError::InvalidTxnState.code())
                 }
                 Ok(()) => Ok(()),
             },
+        };
+        let check = match (to_add, verdict, key) {
+            // Added by this coordinator first, then checked again.
+            (true, None, Some(key)) => {
+                if self.verify_txn(conn, seq, ctx, body, &id, vec![(key, OFFSETS_TOPIC.to_string())], true) {
+                    return None;
+                }
+                check
+            }
+            (true, Some(code), _) if code != 0 => match super::txn_verify::verdict_error(code) {
+                KafkaError::NotEnoughReplicas => Err(COORDINATOR_NOT_AVAILABLE),
+                e => Err(e.code()),
+            },
+            _ => check,
         };
         let inst = req.group_instance_id.as_ref().map(|s| s.to_string());
         let group = req.group_id.0.as_str();
@@ -873,9 +914,25 @@ impl Node {
             }
         }
         let id = req.transactional_id.0.to_string();
-        match self.txn_change(&id, |m, now| m.end(req.producer_id.0, req.producer_epoch, req.committed, now)) {
+        // Version 5 is transaction version 2: the end bumps the producer's epoch.
+        let fresh = (ctx.version >= 5
+            && self.txns.get(&id).and_then(|e| e.meta.as_ref()).is_some_and(|m| m.epoch >= crate::txn::EPOCH_MAX))
+        .then(|| self.take_producer_id())
+        .flatten();
+        let (pid, epoch, commit) = (req.producer_id.0, req.producer_epoch, req.committed);
+        let change = self.txn_change(&id, |m, now| {
+            if ctx.version >= 5 {
+                m.end_v2(pid, epoch, commit, now, || fresh)
+            } else {
+                m.end(pid, epoch, commit, now)
+            }
+        });
+        match change {
             Err(code) => self.answer_end_txn(conn, seq, &ctx, code.unwrap_or(NOT_COORDINATOR)),
-            Ok(None) => self.answer_end_txn(conn, seq, &ctx, 0),
+            Ok(None) => {
+                let meta = self.txns.get(&id).and_then(|e| e.meta.clone());
+                self.answer_end_txn_with(conn, seq, &ctx, 0, meta.as_ref());
+            }
             Ok(Some(next)) => {
                 let end_txn = Some((conn, seq, ctx.clone()));
                 if self.store_txn(&id, next, TxnNext::WriteMarkers { end_txn }).is_err() {
@@ -887,8 +944,18 @@ impl Node {
     }
 
     fn answer_end_txn(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, code: i16) {
+        self.answer_end_txn_with(conn, seq, ctx, code, None);
+    }
+
+    /// EndTxn's answer; from v5 on, a success names the producer id and epoch the producer
+    /// goes on with (`meta`'s).
+    fn answer_end_txn_with(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, code: i16, meta: Option<&TxnMeta>) {
         let mut r = EndTxnResponse::default();
         r.error_code = code;
+        if let Some(m) = meta.filter(|_| code == 0 && ctx.version >= 5) {
+            r.producer_id = m.producer_id.into();
+            r.producer_epoch = m.epoch;
+        }
         self.respond_bytes(conn, seq, protocol::encode_response(ctx, &r));
     }
 }

@@ -21,8 +21,18 @@ use crate::peer::{Body, BrokerMessage};
 use crate::protocol::errors::KafkaError;
 use crate::types::Offset;
 
-/// A marker: producer id, producer epoch, commit (else abort), coordinator epoch.
-pub(super) type Marker = (i64, i16, bool, i32);
+/// A transaction marker a coordinator writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Marker {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// Commit, else abort.
+    pub commit: bool,
+    /// The leader epoch of the coordinator's `__transaction_state` partition.
+    pub coordinator_epoch: i32,
+    /// Transaction version 2: the marker's epoch must be above the producer's here.
+    pub strict: bool,
+}
 
 /// A marker written here for another broker's coordinator, until it is durable.
 pub(super) struct RemoteMarker {
@@ -42,19 +52,22 @@ impl Node {
     /// Asks the leader of `topic`-`partition` (another broker) to write the marker of
     /// (producer id, epoch, commit, coordinator epoch) there; the request's id, or `None`
     /// while the partition has no known leader (asked again at the next check).
-    pub(super) fn ask_leader_for_marker(
-        &mut self,
-        (producer_id, epoch, commit, coordinator_epoch): Marker,
-        topic: &str,
-        partition: i32,
-    ) -> Option<u64> {
+    pub(super) fn ask_leader_for_marker(&mut self, m: Marker, topic: &str, partition: i32) -> Option<u64> {
         let tp = (self.topics.get(topic)?.id, partition);
         let leader = self.partition_leader(tp).map(|(l, _)| l).filter(|l| *l >= 0 && *l != self.config.node_id.0)?;
         self.next_marker_req += 1;
         let req = self.next_marker_req;
         let topic = topic.to_string();
-        let msg =
-            BrokerMessage::WriteTxnMarker { req, producer_id, epoch, commit, topic, partition, coordinator_epoch };
+        let msg = BrokerMessage::WriteTxnMarker {
+            req,
+            producer_id: m.producer_id,
+            epoch: m.epoch,
+            commit: m.commit,
+            topic,
+            partition,
+            coordinator_epoch: m.coordinator_epoch,
+            strict: m.strict,
+        };
         self.send_peer(leader, Body::Broker(msg));
         Some(req)
     }
@@ -64,13 +77,14 @@ impl Node {
         &mut self,
         from: i32,
         req: u64,
-        (producer_id, epoch, commit, coordinator_epoch): Marker,
+        m: Marker,
         topic: &str,
         partition: i32,
     ) {
+        let Marker { producer_id, epoch, commit, coordinator_epoch, strict } = m;
         let marker =
             Bytes::from(batch::control_marker(producer_id, epoch, commit, coordinator_epoch, self.now.wall_ms));
-        match self.append_as(topic, partition, Some(&marker), Origin::Coordinator { commit }) {
+        match self.append_as(topic, partition, Some(&marker), Origin::Coordinator { commit, strict }) {
             Ok((tp, _, end, generation, _, _)) => {
                 let offsets_partition = (topic == OFFSETS_TOPIC).then_some(partition);
                 let leader_epoch = self.partition(tp).map_or(-1, |p| p.role.leader_epoch());

@@ -11,6 +11,11 @@
 //! transaction need no check: the partition's producer state has the transaction open. A
 //! coordinator that cannot answer (moved, loading, silent for `VERIFY_TIMEOUT_MS`) leaves
 //! the partition NOT_ENOUGH_REPLICAS, which clients retry, as Kafka answers.
+//!
+//! A transaction-version-2 producer (Produce v12+, TxnOffsetCommit v5+) never adds partitions
+//! itself: the same request asks the coordinator to add those its transaction does not hold
+//! yet (Kafka's AddPartitionsToTxn v5 from the broker, without verifyOnly), and is answered
+//! once the addition is durable. This also runs when this node is the coordinator itself.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +46,24 @@ struct Waiting {
     deadline: Instant,
 }
 
+/// Where a coordinator's verdicts go: another broker's partition, or one of this node's.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum VerifyReply {
+    Peer { to: i32, id: u64 },
+    Local { id: u64 },
+}
+
+/// The error a partition's write gets for a coordinator's verdict `code` (not 0).
+pub(super) fn verdict_error(code: i16) -> KafkaError {
+    if code == KafkaError::InvalidTxnState.code() {
+        KafkaError::InvalidTxnState
+    } else if code == KafkaError::InvalidProducerEpoch.code() {
+        KafkaError::InvalidProducerEpoch
+    } else {
+        KafkaError::NotEnoughReplicas
+    }
+}
+
 #[derive(Default)]
 pub(super) struct TxnVerify {
     next_id: u64,
@@ -48,12 +71,37 @@ pub(super) struct TxnVerify {
     /// Verdicts for the requests handled again: 0 when the transaction holds the partition,
     /// else the error the partition gets. Each is used once.
     verdicts: BTreeMap<Key, i16>,
+    /// Produce requests that came on a connection behind one that waits: handled, in order,
+    /// after it (a producer's batches must land in the order it sent them).
+    blocked: Vec<(ConnId, u64, RequestContext, Bytes)>,
 }
 
 impl Node {
+    /// A produce request that must wait behind an earlier one of its connection (waiting for
+    /// a coordinator) is kept until that one is handled again; true when it is kept.
+    pub(super) fn produce_blocked(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, body: &Bytes) -> bool {
+        if !self.txn_verify.waiting.iter().any(|w| w.conn == conn) {
+            return false;
+        }
+        self.txn_verify.blocked.push((conn, seq, ctx.clone(), body.clone()));
+        true
+    }
+
+    /// A waiting request goes back to be handled, and the requests kept behind it after it.
+    fn handle_again(&mut self, w: Waiting) {
+        let conn = w.conn;
+        self.deferred.push((w.conn, w.seq, w.ctx, w.body));
+        let (mine, others): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.txn_verify.blocked).into_iter().partition(|b| b.0 == conn);
+        self.txn_verify.blocked = others;
+        self.deferred.extend(mine);
+    }
+
     /// Before a transactional produce is handled: the partitions whose transaction another
     /// broker coordinates and that no verdict or open transaction covers are sent to that
-    /// coordinator for checking, and the request waits. True when it waits.
+    /// coordinator for checking (with `add`, a version-2 producer's, also those coordinated
+    /// here that the transaction does not hold yet, to be added), and the request waits. True
+    /// when it waits.
     pub(super) fn verify_txn_first(
         &mut self,
         conn: ConnId,
@@ -62,20 +110,24 @@ impl Node {
         body: &Bytes,
         txn_id: &str,
         batches: &[(&str, i32, Option<&Bytes>)],
+        add: bool,
     ) -> bool {
-        if self.coordinates(TXN_TOPIC, txn_id) != Err(super::groups::NOT_COORDINATOR) {
-            return false; // checked here, or answered retriable by `check_txn_produce`
-        }
+        let local = match self.coordinates(TXN_TOPIC, txn_id) {
+            Ok(()) if add => true,
+            Err(super::groups::NOT_COORDINATOR) => false,
+            _ => return false, // checked here, or answered retriable by `check_txn_produce`
+        };
         let keys: Vec<(Key, String)> = batches
             .iter()
             .filter_map(|(topic, partition, records)| {
                 let h = records.and_then(|r| batch::parse_header(r).ok()).filter(|h| h.is_transactional())?;
                 let tp = (self.topics.get(*topic)?.id, *partition);
                 let key = (tp, h.producer_id, h.producer_epoch);
-                self.needs_verifying(key).then(|| (key, topic.to_string()))
+                let held = local && self.txn_holds(txn_id, h.producer_id, h.producer_epoch, topic, *partition).is_ok();
+                (!held && self.needs_verifying(key)).then(|| (key, topic.to_string()))
             })
             .collect();
-        self.verify_txn(conn, seq, ctx, body, txn_id, keys)
+        self.verify_txn(conn, seq, ctx, body, txn_id, keys, add)
     }
 
     /// Whether a transactional write to `tp` by (producer id, epoch) must be verified: the
@@ -94,9 +146,10 @@ impl Node {
         })
     }
 
-    /// Sends `keys` (with their topics' names) to `txn_id`'s coordinator for checking and
-    /// parks the request; true when it waits. With no coordinator known, each gets
-    /// NOT_ENOUGH_REPLICAS at once and the request goes on.
+    /// Sends `keys` (with their topics' names) to `txn_id`'s coordinator for checking (and,
+    /// with `add`, adding) and parks the request; true when it waits. With no coordinator
+    /// known, each gets NOT_ENOUGH_REPLICAS at once and the request goes on.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn verify_txn(
         &mut self,
         conn: ConnId,
@@ -105,25 +158,35 @@ impl Node {
         body: &Bytes,
         txn_id: &str,
         keys: Vec<(Key, String)>,
+        add: bool,
     ) -> bool {
         if keys.is_empty() {
             return false;
         }
+        let local = self.coordinates(TXN_TOPIC, txn_id).is_ok();
         let coordinator = self.topics.get(TXN_TOPIC).and_then(|t| self.partition_leader((t.id, txn_partition(txn_id))));
-        let Some((coordinator, _)) = coordinator.filter(|(c, _)| *c >= 0 && *c != self.me()) else {
+        let remote = coordinator.map(|(c, _)| c).filter(|c| *c >= 0 && *c != self.me());
+        if !local && remote.is_none() {
             for (key, _) in keys {
                 self.txn_verify.verdicts.insert(key, KafkaError::NotEnoughReplicas.code());
             }
             return false;
-        };
+        }
         self.txn_verify.next_id += 1;
         let id = self.txn_verify.next_id;
-        let partitions = keys.iter().map(|((tp, pid, epoch), topic)| (topic.clone(), tp.1, *pid, *epoch)).collect();
-        let msg = BrokerMessage::VerifyTxn { id, transactional_id: txn_id.to_string(), partitions };
-        self.send_peer(coordinator, Body::Broker(msg));
+        let partitions: Vec<_> =
+            keys.iter().map(|((tp, pid, epoch), topic)| (topic.clone(), tp.1, *pid, *epoch)).collect();
         let deadline = self.now.mono.plus_millis(VERIFY_TIMEOUT_MS);
-        let keys = keys.into_iter().map(|(k, _)| k).collect();
-        self.txn_verify.waiting.push(Waiting { id, conn, seq, ctx: ctx.clone(), body: body.clone(), keys, deadline });
+        let waiting_keys = keys.into_iter().map(|(k, _)| k).collect();
+        let (ctx, body) = (ctx.clone(), body.clone());
+        self.txn_verify.waiting.push(Waiting { id, conn, seq, ctx, body, keys: waiting_keys, deadline });
+        match remote {
+            Some(coordinator) if !local => {
+                let msg = BrokerMessage::VerifyTxn { id, transactional_id: txn_id.to_string(), partitions, add };
+                self.send_peer(coordinator, Body::Broker(msg));
+            }
+            _ => self.coordinate_verify(VerifyReply::Local { id }, txn_id, &partitions, add),
+        }
         true
     }
 
@@ -138,9 +201,22 @@ impl Node {
         }
         match verdict {
             Some(0) => Ok(()),
-            Some(code) if code == KafkaError::InvalidTxnState.code() => Err(KafkaError::InvalidTxnState),
-            Some(code) if code == KafkaError::InvalidProducerEpoch.code() => Err(KafkaError::InvalidProducerEpoch),
-            _ => Err(KafkaError::NotEnoughReplicas),
+            Some(code) => Err(verdict_error(code)),
+            None => Err(KafkaError::NotEnoughReplicas),
+        }
+    }
+
+    /// The verdict left for `key`, taken.
+    pub(super) fn take_txn_verdict(&mut self, key: Key) -> Option<i16> {
+        self.txn_verify.verdicts.remove(&key)
+    }
+
+    /// A verdict this node's coordinator gave one of its own partitions' requests (a
+    /// version-2 producer's partition it could not add), taken once.
+    pub(super) fn local_txn_verdict(&mut self, key: Key) -> Result<(), KafkaError> {
+        match self.take_txn_verdict(key) {
+            Some(code) if code != 0 => Err(verdict_error(code)),
+            _ => Ok(()),
         }
     }
 
@@ -158,17 +234,65 @@ impl Node {
         }
     }
 
+    /// Another broker asks this node's coordinator.
+    pub(super) fn on_verify_txn(
+        &mut self,
+        from: i32,
+        id: u64,
+        txn_id: &str,
+        partitions: &[(String, i32, i64, i16)],
+        add: bool,
+    ) {
+        self.coordinate_verify(VerifyReply::Peer { to: from, id }, txn_id, partitions, add);
+    }
+
     /// The coordinator's side: whether the transaction holds each partition at the producer
-    /// id and epoch given.
-    pub(super) fn on_verify_txn(&mut self, from: i32, id: u64, txn_id: &str, partitions: &[(String, i32, i64, i16)]) {
-        let codes = partitions
+    /// id and epoch given. With `add`, partitions it does not hold are added (one stored
+    /// change for all of them, the verdicts given once it is durable) when the producer owns
+    /// the transaction at that epoch.
+    pub(super) fn coordinate_verify(
+        &mut self,
+        reply: VerifyReply,
+        txn_id: &str,
+        partitions: &[(String, i32, i64, i16)],
+        add: bool,
+    ) {
+        let here = self.coordinates(TXN_TOPIC, txn_id).is_ok();
+        let mut codes: Vec<i16> = partitions
             .iter()
-            .map(|(topic, partition, pid, epoch)| match self.coordinates(TXN_TOPIC, txn_id) {
-                Ok(()) => self.txn_holds(txn_id, *pid, *epoch, topic, *partition).err().map_or(0, |e| e.code()),
-                Err(_) => KafkaError::NotEnoughReplicas.code(),
+            .map(|(topic, partition, pid, epoch)| match here {
+                true => self.txn_holds(txn_id, *pid, *epoch, topic, *partition).err().map_or(0, |e| e.code()),
+                false => KafkaError::NotEnoughReplicas.code(),
             })
             .collect();
-        self.send_peer(from, Body::Broker(BrokerMessage::TxnVerified { id, codes }));
+        let missing = codes.contains(&KafkaError::InvalidTxnState.code());
+        if let (true, true, Some((_, _, pid, epoch))) = (add, missing && here, partitions.first()) {
+            let parts: Vec<(String, i32)> = partitions.iter().map(|(t, p, ..)| (t.clone(), *p)).collect();
+            let (pid, epoch) = (*pid, *epoch);
+            let code = match self.txn_change(txn_id, |m, now| m.add_partitions(pid, epoch, &parts, now, true)) {
+                Ok(None) => 0,
+                Ok(Some(next)) => {
+                    let next_step = super::transactions::TxnNext::Verified { reply, n: partitions.len() };
+                    if self.store_txn(txn_id, next, next_step).is_ok() {
+                        return; // answered once durable
+                    }
+                    KafkaError::NotEnoughReplicas.code()
+                }
+                Err(Some(90)) => KafkaError::InvalidProducerEpoch.code(), // fenced
+                Err(Some(49 | 48)) => KafkaError::InvalidTxnState.code(),
+                Err(_) => KafkaError::NotEnoughReplicas.code(),
+            };
+            codes = vec![code; partitions.len()];
+        }
+        self.send_verdicts(reply, codes);
+    }
+
+    /// Gives a coordinator's verdicts to the request that asked.
+    pub(super) fn send_verdicts(&mut self, reply: VerifyReply, codes: Vec<i16>) {
+        match reply {
+            VerifyReply::Peer { to, id } => self.send_peer(to, Body::Broker(BrokerMessage::TxnVerified { id, codes })),
+            VerifyReply::Local { id } => self.on_txn_verified(id, &codes),
+        }
     }
 
     /// The coordinator's verdicts: the request waiting on them is handled again.
@@ -179,7 +303,7 @@ impl Node {
             let code = if code < 0 { KafkaError::NotEnoughReplicas.code() } else { code };
             self.txn_verify.verdicts.insert(*key, code);
         }
-        self.deferred.push((w.conn, w.seq, w.ctx, w.body));
+        self.handle_again(w);
     }
 
     /// Requests whose coordinator did not answer in time are handled again without its
@@ -194,7 +318,7 @@ impl Node {
             for key in &w.keys {
                 self.txn_verify.verdicts.insert(*key, KafkaError::NotEnoughReplicas.code());
             }
-            self.deferred.push((w.conn, w.seq, w.ctx, w.body));
+            self.handle_again(w);
         }
     }
 
@@ -205,5 +329,6 @@ impl Node {
     /// A closed connection's waiting requests are dropped.
     pub(super) fn txn_verify_conn_closed(&mut self, conn: ConnId) {
         self.txn_verify.waiting.retain(|w| w.conn != conn);
+        self.txn_verify.blocked.retain(|b| b.0 != conn);
     }
 }

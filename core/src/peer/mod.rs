@@ -13,7 +13,7 @@ use crate::quorum;
 
 /// The version of the peer protocol this build speaks. A change to any message type that is
 /// not backward compatible bumps it; an envelope of another version is refused.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -122,7 +122,8 @@ pub enum BrokerMessage {
     /// (Kafka's WriteTxnMarkers), answered with `TxnMarkerWritten` once it is durable on the
     /// partition's in-sync replicas, or refused. `coordinator_epoch` is the leader epoch of
     /// the coordinator's `__transaction_state` partition: a partition refuses a marker from
-    /// an older coordinator than the last whose marker it took for that producer.
+    /// an older coordinator than the last whose marker it took for that producer. `strict`
+    /// (transaction version 2): the marker's epoch must be above the producer's there.
     WriteTxnMarker {
         req: u64,
         producer_id: i64,
@@ -131,6 +132,7 @@ pub enum BrokerMessage {
         topic: String,
         partition: i32,
         coordinator_epoch: i32,
+        strict: bool,
     },
     /// The answer to `WriteTxnMarker` `req`: 0 once the marker is durable (or has nothing to
     /// mark: the producer has moved to a newer epoch), TRANSACTION_COORDINATOR_FENCED for an
@@ -155,8 +157,10 @@ pub enum BrokerMessage {
     /// A partition's leader asks a transaction's coordinator whether the transaction holds
     /// these partitions (topic, partition, producer id, producer epoch) before it takes their
     /// first transactional batch (KIP-890; Kafka's AddPartitionsToTxn v4 with verifyOnly).
+    /// With `add` (a transaction-version-2 producer, which never adds partitions itself),
+    /// the coordinator adds those it does not hold yet, answering once that is durable.
     /// Answered with `TxnVerified`.
-    VerifyTxn { id: u64, transactional_id: String, partitions: Vec<(String, i32, i64, i16)> },
+    VerifyTxn { id: u64, transactional_id: String, partitions: Vec<(String, i32, i64, i16)>, add: bool },
     /// The answer to `VerifyTxn` `id`, a code per partition in its order: 0 when the
     /// transaction holds it, else the error the partition's produce gets.
     TxnVerified { id: u64, codes: Vec<i16> },

@@ -12,7 +12,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 /// The APIs Sluice implements and the versions it answers (min, max). Only what works is
 /// advertised; anything else is refused.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 11),
+    (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
@@ -47,8 +47,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::AddPartitionsToTxn, 0, 3),
     (ApiKey::AddOffsetsToTxn, 0, 3),
-    (ApiKey::EndTxn, 0, 3),
-    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::EndTxn, 0, 5),
+    (ApiKey::TxnOffsetCommit, 0, 5),
     (ApiKey::ListTransactions, 0, 2),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::DescribeProducers, 0, 0),
@@ -129,6 +129,34 @@ pub fn encode_response<T: Encodable>(ctx: &RequestContext, body: &T) -> Result<B
 
 fn encode_error(ctx: &RequestContext, e: impl std::fmt::Display) -> String {
     format!("{:?} v{}: {e}", ctx.api_key, ctx.version)
+}
+
+/// The cluster features this build supports (name, lowest, highest level), all finalized at
+/// their highest. `transaction.version` 2 is KIP-890's second part: clients that see it
+/// finalized never add partitions themselves and take a new epoch from every EndTxn.
+pub const FEATURES: &[(&str, i16, i16)] = &[("transaction.version", 0, 2)];
+
+/// The epoch of the finalized features: they are fixed in this build, so it never changes.
+pub const FINALIZED_FEATURES_EPOCH: i64 = 1;
+
+/// The ApiVersions answer at `version`: every supported API with its range and, from v3 (in
+/// tagged fields), the supported and finalized features.
+pub fn api_versions_answer(version: i16) -> kafka_protocol::messages::ApiVersionsResponse {
+    use kafka_protocol::messages::api_versions_response::{FinalizedFeatureKey, SupportedFeatureKey};
+    let mut resp = api_versions_response(0);
+    if version >= 3 {
+        for (name, lo, hi) in FEATURES {
+            let name = kafka_protocol::protocol::StrBytes::from_static_str(name);
+            resp.supported_features.push(
+                SupportedFeatureKey::default().with_name(name.clone()).with_min_version(*lo).with_max_version(*hi),
+            );
+            resp.finalized_features.push(
+                FinalizedFeatureKey::default().with_name(name).with_min_version_level(*hi).with_max_version_level(*hi),
+            );
+        }
+        resp.finalized_features_epoch = FINALIZED_FEATURES_EPOCH;
+    }
+    resp
 }
 
 /// The ApiVersions answer: every supported API with its range.
