@@ -292,16 +292,19 @@ impl TxnMeta {
 
     /// The coordinator aborts the open transaction itself (a timeout, or a new producer
     /// with this transactional id): the epoch is bumped so that the producer that opened it
-    /// is fenced, and abort markers carry the new epoch. A version-2 transaction that runs
-    /// out of epochs moves its producer to a new id (`fresh_id`), so that its markers' epoch
-    /// is always above its records'.
+    /// is fenced, and abort markers carry the new epoch. A version-2 transaction's epoch goes
+    /// up by two, as Kafka's does (the fence, then the end's own bump), so that the fenced
+    /// producer's EndTxn is not taken for a retry of this end (one below the epoch). One that
+    /// runs out of epochs moves its producer to a new id (`fresh_id`) when it completes.
     pub fn abort_and_fence(&self, now_ms: i64, fresh_id: impl FnOnce() -> Option<i64>) -> TxnMeta {
         let mut next = self.clone();
         next.state = TxnState::PrepareAbort;
         if self.tv2 {
-            if next.bump_epoch(fresh_id).is_err() {
-                next.epoch = next.epoch.saturating_add(1);
+            let bumped = i32::from(self.epoch) + 2;
+            if bumped >= i32::from(EPOCH_MAX) {
+                next.next_producer_id = fresh_id().unwrap_or(-1);
             }
+            next.epoch = i16::try_from(bumped).unwrap_or(i16::MAX);
         } else if next.epoch < EPOCH_MAX {
             next.epoch += 1;
         }
@@ -455,6 +458,12 @@ mod tests {
     #[test]
     fn a_fenced_version_two_transaction_marks_above_its_records() {
         let mut m = TxnMeta::new(7, 100, 0).add_partitions(7, 0, &parts(&[0]), 0, true).unwrap().unwrap();
+        let a = m.abort_and_fence(200, || None);
+        assert_eq!((a.state, a.epoch), (TxnState::PrepareAbort, 2));
+        let c = a.complete(201);
+        // The fenced producer's end is not a retry of the coordinator's.
+        assert_eq!(c.end_v2(7, 0, false, 202, || None), Err(TxnError::ProducerFenced));
+        assert_eq!(c.end_v2(7, 0, true, 202, || None), Err(TxnError::ProducerFenced));
         m.epoch = EPOCH_MAX;
         let a = m.abort_and_fence(200, || Some(42));
         assert_eq!((a.epoch, a.next_producer_id), (i16::MAX, 42));

@@ -101,8 +101,9 @@ impl ClusterTxns {
             return "no transactional producers".into();
         }
         format!(
-            "{} transactional producers on {TOPIC} ({} partitions x 3 replicas) every {} ms, stalls every {:?} ms, coordinators clogged after EndTxn: {}",
+            "{} transactional producers (transaction versions {:?}) on {TOPIC} ({} partitions x 3 replicas) every {} ms, stalls every {:?} ms, coordinators clogged after EndTxn: {}",
             self.producers.len(),
+            self.producers.iter().map(|p| if p.tv2 { 2 } else { 1 }).collect::<Vec<_>>(),
             self.partitions,
             self.every / MS,
             self.stall_every.map(|e| e / MS),

@@ -7,6 +7,11 @@
 //! aborted and starts over with InitProducerId. Some transactions stall past the transaction
 //! timeout, so the coordinator must abort them.
 //!
+//! Half the producers are of transaction version 2 (KIP-890 part 2, as the Java client 4.x
+//! is when the brokers finalize it): they send no AddPartitionsToTxn or AddOffsetsToTxn (the
+//! Produce v12 and TxnOffsetCommit v5 they send have the coordinator add the partitions),
+//! and each EndTxn v5 answers the new epoch they go on with, their sequences from 0.
+//!
 //! In a cluster ([`TxnProducer::in_cluster`]) it sends each request where it believes the
 //! request belongs: the transaction's coordinator (InitProducerId, AddPartitionsToTxn,
 //! AddOffsetsToTxn, EndTxn), the offsets group's coordinator (TxnOffsetCommit) and each
@@ -83,8 +88,20 @@ fn classify(code: i16, step: Step) -> Answer {
     }
 }
 
+/// The request versions a producer sends.
+#[derive(Clone, Copy, Debug)]
+struct Versions {
+    produce: i16,
+    offsets: i16,
+    end: i16,
+}
+
+const V1: Versions = Versions { produce: codec::PRODUCE_VERSION, offsets: 3, end: codec::END_TXN_VERSION };
+/// Transaction version 2's: Produce v12, TxnOffsetCommit v5, EndTxn v5.
+const V2: Versions = Versions { produce: 12, offsets: 5, end: 5 };
+
 /// The one error code of a coordinator's answer (the worst of its partitions').
-fn error_code(step: Step, frame: Bytes) -> Result<i16, String> {
+fn error_code(step: Step, frame: Bytes, versions: Versions) -> Result<i16, String> {
     fn worst(mut codes: impl Iterator<Item = i16>) -> i16 {
         codes.find(|c| *c != 0).unwrap_or(0)
     }
@@ -104,10 +121,10 @@ fn error_code(step: Step, frame: Bytes) -> Result<i16, String> {
         }
         Step::AddOffsets => codec::decode::<AddOffsetsToTxnResponse>(ApiKey::AddOffsetsToTxn, 3, frame)?.1.error_code,
         Step::CommitOffsets => {
-            let (_, r) = codec::decode::<TxnOffsetCommitResponse>(ApiKey::TxnOffsetCommit, 3, frame)?;
+            let (_, r) = codec::decode::<TxnOffsetCommitResponse>(ApiKey::TxnOffsetCommit, versions.offsets, frame)?;
             worst(r.topics.iter().flat_map(|t| &t.partitions).map(|p| p.error_code))
         }
-        Step::End => codec::decode::<EndTxnResponse>(ApiKey::EndTxn, codec::END_TXN_VERSION, frame)?.1.error_code,
+        Step::End => codec::decode::<EndTxnResponse>(ApiKey::EndTxn, versions.end, frame)?.1.error_code,
         Step::Idle | Step::Init | Step::Produce => 0,
     })
 }
@@ -160,6 +177,8 @@ pub struct TxnProducer {
     pub retrying: bool,
     /// EndTxn requests sent so far.
     pub end_sends: u64,
+    /// Transaction version 2.
+    pub tv2: bool,
 }
 
 impl TxnProducer {
@@ -187,6 +206,15 @@ impl TxnProducer {
             answers: BTreeMap::new(),
             retrying: false,
             end_sends: 0,
+            tv2: idx % 2 == 1,
+        }
+    }
+
+    fn versions(&self) -> Versions {
+        if self.tv2 {
+            V2
+        } else {
+            V1
         }
     }
 
@@ -198,6 +226,7 @@ impl TxnProducer {
         p.topic = topic;
         p.targets = [Target::Coordinator, Target::GroupCoordinator].into_iter().map(|t| (t, first_node)).collect();
         p.rng = Some(ChaCha8Rng::seed_from_u64(seed));
+        p.tv2 = seed % 2 == 1;
         p
     }
 
@@ -246,8 +275,9 @@ impl TxnProducer {
 
     pub fn describe(&self) -> String {
         format!(
-            "txn producer {}: {:?}, producer {:?}, txn {:?}, {} committed, {} aborted, conn {:?} to node {}, targets {:?}, errors {:?}",
+            "txn producer {} (version {}): {:?}, producer {:?}, txn {:?}, {} committed, {} aborted, conn {:?} to node {}, targets {:?}, errors {:?}",
             self.idx,
+            if self.tv2 { 2 } else { 1 },
             self.step,
             self.producer,
             self.txn.as_ref().map(|t| (t.no, t.commit, t.parts.keys().collect::<Vec<_>>(), t.acked.len())),
@@ -374,7 +404,7 @@ impl TxnProducer {
                     .with_producer_id(ProducerId(pid))
                     .with_producer_epoch(epoch)
                     .with_topics(vec![t]);
-                codec::frame(ApiKey::TxnOffsetCommit, 3, cid, &req)
+                codec::frame(ApiKey::TxnOffsetCommit, self.versions().offsets, cid, &req)
             }
             Step::End => {
                 let req = EndTxnRequest::default()
@@ -382,7 +412,7 @@ impl TxnProducer {
                     .with_producer_id(ProducerId(pid))
                     .with_producer_epoch(epoch)
                     .with_committed(txn.commit);
-                codec::frame(ApiKey::EndTxn, codec::END_TXN_VERSION, cid, &req)
+                codec::frame(ApiKey::EndTxn, self.versions().end, cid, &req)
             }
         })
     }
@@ -412,7 +442,7 @@ impl TxnProducer {
         req.acks = -1;
         req.timeout_ms = 30_000;
         req.topic_data = vec![td];
-        codec::frame(ApiKey::Produce, codec::PRODUCE_VERSION, cid, &req)
+        codec::frame(ApiKey::Produce, self.versions().produce, cid, &req)
     }
 
     /// Opens the next transaction: its partitions, values and outcome are drawn now.
@@ -443,7 +473,8 @@ impl TxnProducer {
         checker.on_txn_send(self.idx, self.txns, &all);
         checker.on_txn_offset(txn_offset(self.idx, self.txns), self.idx, self.txns);
         self.txn = Some(Txn { no: self.txns, parts, acked: BTreeSet::new(), commit });
-        self.step = Step::AddPartitions;
+        // Version 2: the partitions join the transaction with its first batches.
+        self.step = if self.tv2 { Step::Produce } else { Step::AddPartitions };
     }
 
     /// The open transaction ended (or was aborted by the coordinator): the checker learns how.
@@ -478,7 +509,8 @@ impl TxnProducer {
             Step::Idle => return,
             Step::Init => self.on_init(at, checker, frame),
             Step::Produce => self.on_produce(at, checker, frame),
-            step => error_code(step, frame).map(|code| {
+            Step::End if self.tv2 => self.on_end_v2(frame),
+            step => error_code(step, frame, self.versions()).map(|code| {
                 *self.answers.entry((step, code)).or_default() += 1;
                 self.wrong_node(code);
                 classify(code, step)
@@ -516,6 +548,7 @@ impl TxnProducer {
         self.step = match self.step {
             Step::Init | Step::Idle => Step::Idle,
             Step::AddPartitions => Step::Produce,
+            Step::Produce if self.tv2 => Step::CommitOffsets,
             Step::Produce => Step::AddOffsets,
             Step::AddOffsets => Step::CommitOffsets,
             Step::CommitOffsets => Step::End,
@@ -540,9 +573,25 @@ impl TxnProducer {
         Ok(classify(r.error_code, Step::Init))
     }
 
+    /// EndTxn v5's answer names the producer id and epoch to go on with (a new epoch after
+    /// every end): sequences start again at 0.
+    fn on_end_v2(&mut self, frame: Bytes) -> Result<Answer, String> {
+        let (_, r) = codec::decode::<EndTxnResponse>(ApiKey::EndTxn, V2.end, frame)?;
+        *self.answers.entry((Step::End, r.error_code)).or_default() += 1;
+        self.wrong_node(r.error_code);
+        if r.error_code == 0 {
+            if r.producer_id.0 < 0 || r.producer_epoch < 0 {
+                return Err(format!("EndTxn v5 succeeded without a producer: {:?}", (r.producer_id, r.producer_epoch)));
+            }
+            self.producer = Some((r.producer_id.0, r.producer_epoch));
+            self.next_seq.clear();
+        }
+        Ok(classify(r.error_code, Step::End))
+    }
+
     /// Acknowledged partitions are done; the step is done when all are.
     fn on_produce(&mut self, at: Nanos, checker: &mut Checker, frame: Bytes) -> Result<Answer, String> {
-        let (_, r) = codec::decode::<ProduceResponse>(ApiKey::Produce, codec::PRODUCE_VERSION, frame)?;
+        let (_, r) = codec::decode::<ProduceResponse>(ApiKey::Produce, self.versions().produce, frame)?;
         let Some(txn) = self.txn.as_mut() else { return Ok(Answer::Again) };
         let mut worst = Answer::Done;
         let mut elsewhere = Vec::new();

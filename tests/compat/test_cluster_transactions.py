@@ -19,6 +19,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import unique_topic
+from test_java import jclient  # noqa: F401  (a fixture)
 from test_replication import (ALL, cluster, cluster_factory, controller_of, create_topic,  # noqa: F401
                               java_partition, topic_state, wait_fully_replicated, wait_until)
 
@@ -242,3 +243,61 @@ def test_partition_leaders_verify_transactions_with_their_coordinator(cluster):
     with Conn.to(by_id[coordinator].bootstrap) as c:
         assert c.add_offsets_to_txn(tid, pid, epoch2, group) == 0
     assert txn_commit(epoch2) == "NONE", "verified with the transaction's coordinator"
+
+
+@pytest.mark.timeout(240)
+def test_java_transactions_span_the_brokers(cluster, jclient):
+    """The Java client with its defaults: 4.x runs transaction version 2 (the brokers finalize
+    it), so its partitions and group offsets join each transaction with the first write there,
+    added by the coordinator on the leader's behalf, often another broker; 3.x runs version 1.
+    Transactions commit and abort over partitions led by all three brokers; a
+    read_committed consumer gets exactly the committed records. Then a consume-transform-
+    produce loop (sendOffsetsToTransaction with the consumer's group metadata, rounds 2 and 4
+    aborted): the group's committed offsets follow each commit and never an abort."""
+    controller_of(cluster)
+    topic, src, dst = unique_topic("jctxn"), unique_topic("jcin"), unique_topic("jcout")
+    for t in (topic, src, dst):
+        create_topic(cluster.bootstrap, t, 3, config={"min.insync.replicas": "2"})
+    state = wait_fully_replicated(cluster.nodes, topic, 3)
+    assert sorted(v.leader for v in state.values()) == ALL, "the partitions' leaders are spread: %s" % state
+    for t in (src, dst):
+        wait_fully_replicated(cluster.nodes, t, 3)
+    where = "java %s on three brokers" % jclient.version
+
+    plan = ["C20", "A10", "C15", "A5", "C10"]
+    res = jclient.run("txn-produce", cluster.bootstrap, "jctxn-" + topic, "%s:3" % topic, ",".join(plan),
+                      "--deadline-ms", 150_000, timeout=200)
+    assert res.summary is not None and res.summary.get("client_version") == jclient.version, res.describe()
+    assert res.rc == 0 and [t["ok"] for t in res.of("txn")] == [True] * len(plan), "%s\n%s" % (
+        where, res.describe())
+    want = sorted((p, ("x%d|%s|%d|%d" % (i, topic, p, j)).encode())
+                  for i, step in enumerate(plan) if step[0] == "C" for p in range(3) for j in range(int(step[1:])))
+    got = read_committed(cluster.bootstrap, topic, 3, len(want))
+    assert sorted(got) == want, "%s: read_committed returned %d records, want %d; not committed: %r" % (
+        where, len(got), len(want), sorted(set(got) - set(want))[:5])
+
+    n = 60
+    p = Producer({"bootstrap.servers": cluster.bootstrap})
+    for i in range(n):
+        p.produce(src, value=b"in-%03d" % i, partition=i % 3)
+    assert p.flush(30) == 0
+    group = "jcg-" + topic
+    res = jclient.run("ctp", cluster.bootstrap, src, dst, group, "jctp-" + topic, n, "--abort-rounds", "2,4",
+                      "--max-poll", 10, "--deadline-ms", 150_000, timeout=200)
+    assert res.rc == 0 and res.summary.get("done") == n, "%s consume-transform-produce\n%s" % (where, res.describe())
+    committed = {}
+    rounds = res.of("round")
+    assert [r["outcome"] for r in rounds[:4]] == ["commit", "abort", "commit", "abort"], rounds
+    for r in rounds:
+        assert "error" not in r, "%s: round %s failed: %s" % (where, r["i"], r["error"])
+        if r["outcome"] == "abort":
+            assert r["after"] == committed, "%s round %d: after abort the committed offsets are %s, want %s" % (
+                where, r["i"], r["after"], committed)
+        else:
+            committed = dict(committed)
+            committed.update(r["sent_offsets"])
+            assert r["settled"] == committed, "%s round %d: after commit the committed offsets are %s, want %s" % (
+                where, r["i"], r["settled"], committed)
+    out = read_committed(cluster.bootstrap, dst, 3, n)
+    assert sorted(v for _, v in out) == sorted(b"out:in-%03d" % i for i in range(n)), \
+        "%s: the read_committed output holds %d records, want each input once" % (where, len(out))

@@ -54,9 +54,10 @@ pub struct ProducerEntry {
     pub expect: Option<i32>,
     /// The first offset of the producer's open transaction on this partition.
     pub txn_first: Option<Offset>,
-    /// Its last finished transaction: (first offset, marker offset), so that a cut that
-    /// removes the marker opens it again.
-    pub last_txn: Option<(Offset, Offset)>,
+    /// Its last finished transaction: (first offset, marker offset, the producer's epoch
+    /// before the marker), so that a cut that removes the marker opens it again, at the
+    /// epoch its records were written with (a version-2 marker's is one above).
+    pub last_txn: Option<(Offset, Offset, i16)>,
     /// The highest coordinator epoch of its markers here (-1: none yet). A cut that removes
     /// a marker leaves it: the coordinator that wrote it had replaced the older ones.
     pub coordinator_epoch: i32,
@@ -312,6 +313,7 @@ impl Producers {
             coordinator_epoch,
         });
         e.coordinator_epoch = e.coordinator_epoch.max(coordinator_epoch);
+        let epoch_before = e.epoch;
         if epoch != e.epoch {
             e.epoch = epoch;
             e.batches.clear();
@@ -321,7 +323,7 @@ impl Producers {
         if let Some(first) = e.txn_first.take() {
             // Undecided until the marker is durable: `decided_below` lets it go.
             self.ongoing.insert(first, (producer_id, Some(offset)));
-            e.last_txn = Some((first, offset));
+            e.last_txn = Some((first, offset, epoch_before));
             if !commit {
                 self.aborted.push(AbortedTxn { producer_id, first_offset: first, last_offset: offset });
             }
@@ -395,11 +397,12 @@ impl Producers {
                 e.txn_first = None;
             }
             // A marker that was cut leaves its transaction open again.
-            if let Some((first, marker)) = e.last_txn {
+            if let Some((first, marker, epoch_before)) = e.last_txn {
                 if marker >= offset {
                     e.last_txn = None;
                     if first < offset && e.txn_first.is_none() {
                         e.txn_first = Some(first);
+                        e.epoch = epoch_before;
                         self.ongoing.insert(first, (*pid, None));
                     }
                 }
@@ -501,7 +504,7 @@ mod tests {
         let mut txn = b(9, 0, 0, 2);
         txn.transactional = true;
         send(&mut p, txn, &mut at).unwrap();
-        assert_eq!(p.check_marker(9, 0, 4), Ok(()));
+        assert_eq!(p.check_marker(9, 0, 4, false), Ok(MarkerCheck::Write));
         p.end_txn(9, 0, true, 2, 4);
         // The producer's next transaction, at the same epoch (version 1 commits keep it).
         let mut next = b(9, 0, 2, 1);
@@ -509,18 +512,50 @@ mod tests {
         at = 3;
         send(&mut p, next, &mut at).unwrap();
         assert!(p.in_txn(9));
-        assert_eq!(p.check_marker(9, 0, 3), Err(SeqError::CoordinatorFenced), "an older coordinator's marker");
-        assert_eq!(p.check_marker(9, 0, 4), Ok(()));
-        assert_eq!(p.check_marker(9, 0, 5), Ok(()));
-        assert_eq!(p.check_marker(8, 0, 0), Ok(()), "another producer has its own");
+        assert_eq!(p.check_marker(9, 0, 3, false), Err(SeqError::CoordinatorFenced), "an older coordinator's marker");
+        assert_eq!(p.check_marker(9, 0, 4, false), Ok(MarkerCheck::Write));
+        assert_eq!(p.check_marker(9, 0, 5, false), Ok(MarkerCheck::Write));
+        assert_eq!(p.check_marker(8, 0, 0, false), Ok(MarkerCheck::Write), "another producer has its own");
         // Rebuilt from the log's markers at start-up.
         let mut r = Producers::default();
         r.replay(&Replay::Data(txn, 0, 1));
         r.replay(&Replay::Marker { producer_id: 9, epoch: 0, commit: true, offset: 2, coordinator_epoch: 4 });
-        assert_eq!(r.check_marker(9, 0, 3), Err(SeqError::CoordinatorFenced));
+        assert_eq!(r.check_marker(9, 0, 3, false), Err(SeqError::CoordinatorFenced));
         let bytes = crate::log::batch::control_marker(9, 0, true, 4, 10);
         let h = crate::log::batch::check_batch(&bytes).unwrap();
         assert!(matches!(Replay::of(&h, 2, &bytes), Some(Replay::Marker { coordinator_epoch: 4, commit: true, .. })));
+    }
+
+    /// Transaction version 2: a marker's epoch is above its records'. One at the producer's
+    /// epoch here is late: already written when nothing is open (asked again), refused when
+    /// the producer's next transaction is open (an earlier end's); the next transaction
+    /// starts its sequences afresh at the marker's epoch.
+    #[test]
+    fn strict_markers_of_version_two() {
+        let mut p = Producers::default();
+        let mut at = 0;
+        let mut txn = b(9, 0, 0, 2);
+        txn.transactional = true;
+        send(&mut p, txn, &mut at).unwrap();
+        assert_eq!(p.check_marker(9, 0, 1, true), Err(SeqError::InvalidEpoch), "not above the records'");
+        assert_eq!(p.check_marker(9, 1, 1, true), Ok(MarkerCheck::Write));
+        p.end_txn(9, 1, true, 3, 1);
+        assert_eq!(p.check_marker(9, 1, 1, true), Ok(MarkerCheck::Written), "asked again");
+        // The marker cut away (a failed write): the transaction is open again at the epoch of
+        // its records, and the marker is written again.
+        let mut cut = p.clone();
+        cut.truncate(3);
+        assert!(cut.in_txn(9));
+        assert_eq!(cut.get(9).map(|e| e.epoch), Some(0));
+        assert_eq!(cut.check_marker(9, 1, 1, true), Ok(MarkerCheck::Write));
+        assert_eq!(p.check_marker(9, 1, 1, false), Ok(MarkerCheck::Write), "version 1 writes it again");
+        let mut next = b(9, 1, 0, 1);
+        next.transactional = true;
+        at = 4;
+        send(&mut p, next, &mut at).unwrap();
+        assert!(p.in_txn(9));
+        assert_eq!(p.check_marker(9, 1, 1, true), Err(SeqError::InvalidEpoch), "the last end's marker, late");
+        assert_eq!(p.check_marker(9, 2, 1, true), Ok(MarkerCheck::Write));
     }
 
     #[test]
