@@ -9,7 +9,10 @@ cd "$(dirname "$0")"
 bash scripts/install-test-deps.sh
 bash scripts/check-core-deps.sh
 cargo build --workspace --bins
-cargo test --workspace
+cargo test --workspace --exclude sluice-sim
+# The simulator's tests (determinism, the seed corpus, every planted bug caught within a
+# bounded sweep) run millions of steps: in release they take half the time, build included.
+cargo test --release -p sluice-sim
 # Bounded fault-injection sweeps of the deterministic simulator (release build); the longer
 # sweeps are benchmarks (BENCHMARKS.md).
 cargo run --release -q -p sluice-sim -- sweep --seeds 1..1500 --jobs 2

@@ -260,14 +260,21 @@ impl TxnMeta {
         match (self.state, commit) {
             (Ongoing, _) => self.prepare_v2(commit, now_ms, fresh_id).map(Some),
             (CompleteCommit, true) | (CompleteAbort, false) if retry => Ok(None),
-            (CompleteCommit | CompleteAbort | Empty, false) if !retry => self.prepare_v2(false, now_ms, fresh_id).map(Some),
+            (CompleteCommit | CompleteAbort | Empty, false) if !retry => {
+                self.prepare_v2(false, now_ms, fresh_id).map(Some)
+            }
             (PrepareCommit | PrepareAbort, _) => Err(TxnError::ConcurrentTransactions),
             _ => Err(TxnError::InvalidTxnState),
         }
     }
 
     /// A version-2 end: PrepareCommit or PrepareAbort at the next epoch.
-    fn prepare_v2(&self, commit: bool, now_ms: i64, fresh_id: impl FnOnce() -> Option<i64>) -> Result<TxnMeta, TxnError> {
+    fn prepare_v2(
+        &self,
+        commit: bool,
+        now_ms: i64,
+        fresh_id: impl FnOnce() -> Option<i64>,
+    ) -> Result<TxnMeta, TxnError> {
         let mut next = self.clone();
         next.state = if commit { TxnState::PrepareCommit } else { TxnState::PrepareAbort };
         next.tv2 = true;

@@ -575,18 +575,8 @@ impl Node {
                     self.on_alter_partition(from, topic, partition, leader_epoch, partition_epoch, isr);
                 }
             }
-            BrokerMessage::WriteTxnMarker {
-                req,
-                producer_id,
-                epoch,
-                commit,
-                topic,
-                partition,
-                coordinator_epoch,
-                strict,
-            } => {
-                let m = super::txn_markers::Marker { producer_id, epoch, commit, coordinator_epoch, strict };
-                self.on_write_txn_marker(from, req, m, &topic, partition);
+            BrokerMessage::WriteTxnMarker { req, marker, topic, partition } => {
+                self.on_write_txn_marker(from, req, marker, &topic, partition);
             }
             BrokerMessage::TxnMarkerWritten { req, error } => self.on_txn_marker_written(req, error),
             BrokerMessage::VerifyTxn { id, transactional_id, partitions, add } => {

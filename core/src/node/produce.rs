@@ -58,9 +58,6 @@ impl Node {
             self.park(conn, seq, job, Then::Redispatch { ctx, body });
             return Ok(());
         }
-        if self.produce_blocked(conn, seq, &ctx, &body) {
-            return Ok(());
-        }
         let acks = req.acks;
         // Kafka's request-level refusal: transactional batches with no transactional id fail
         // every partition of the request, and nothing is written.
@@ -70,12 +67,7 @@ impl Node {
             }))
         .then_some(KafkaError::TransactionalIdAuthorizationFailed);
         let batches = partition_batches(&req);
-        // KIP-890: the first batch of a transaction on a partition waits for its coordinator,
-        // when that is another broker, to confirm the transaction holds the partition.
-        let txn = req.transactional_id.as_ref().filter(|_| refuse_all.is_none());
-        // From v12 the producer is of transaction version 2: the coordinator adds partitions.
-        let add = ctx.version >= 12;
-        if txn.is_some_and(|t| self.verify_txn_first(conn, seq, &ctx, &body, t.0.as_str(), &batches, add)) {
+        if self.produce_waits(conn, seq, &ctx, &body, &req, refuse_all.is_none(), &batches) {
             return Ok(());
         }
         // A partition named twice counts once, as its last entry (as in Kafka, which keys the
@@ -208,32 +200,10 @@ impl Node {
         let mut next_file = self.next_file;
         let p = self.partition_mut(tp).expect("looked up above");
         let marker = checked_marker(p, origin, producer.as_ref(), records)?;
-        if let Some((_, MarkerCheck::Written)) = marker {
-            // Durable once everything up to the log's end is.
-            let end = p.log.log_end_offset;
-            return Ok((tp, end, end, p.log.generation, p.log.log_start_offset, wall));
+        if let Some(done) = written_already(p, tp, origin, producer.as_ref(), marker, wall)? {
+            return Ok(done);
         }
         let marker = marker.map(|(m, _)| m);
-        if let (Some(pb), None, false) = (&producer, marker, origin == Origin::CoordinatorData) {
-            if let Verdict::Duplicate(m) = p.log.producers.check(pb)? {
-                // A retry of a batch already written: its original offsets, once durable.
-                tracing::debug!(
-                    producer_id = pb.producer_id,
-                    seq = pb.first_seq,
-                    offset = m.first_offset,
-                    "duplicate batch"
-                );
-                // Kafka answers a duplicate with the batch's max timestamp as its append time.
-                return Ok((
-                    tp,
-                    m.first_offset,
-                    m.last_offset + 1,
-                    p.log.generation,
-                    p.log.log_start_offset,
-                    m.max_timestamp,
-                ));
-            }
-        }
         let mut base = None;
         // The data write of each batch, and the log end offset once it is written.
         let mut data_writes = Vec::with_capacity(batches.len());
@@ -246,7 +216,9 @@ impl Node {
         }
         let (end, generation, log_start) = (p.log.log_end_offset, p.log.generation, p.log.log_start_offset);
         match (marker, &producer, base) {
-            (Some(m), _, Some(at)) => p.log.producers.end_txn(m.producer_id, m.epoch, m.commit, at, m.coordinator_epoch),
+            (Some(m), _, Some(at)) => {
+                p.log.producers.end_txn(m.producer_id, m.epoch, m.commit, at, m.coordinator_epoch)
+            }
             (None, Some(pb), Some(first)) => p.log.producers.record(pb, first, end - 1),
             _ => {}
         }
@@ -379,6 +351,29 @@ impl Node {
         }
     }
 
+    /// Whether a produce request waits: behind an earlier one of its connection that waits,
+    /// or (KIP-890) for a transaction's coordinator to confirm that the transaction holds
+    /// partitions it writes to for the first time (from v12, a transaction-version-2
+    /// producer's, to add them).
+    #[allow(clippy::too_many_arguments)]
+    fn produce_waits(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: &RequestContext,
+        body: &Bytes,
+        req: &ProduceRequest,
+        may_write: bool,
+        batches: &[(&str, i32, Option<&Bytes>)],
+    ) -> bool {
+        if self.produce_blocked(conn, seq, ctx, body) {
+            return true;
+        }
+        let txn = req.transactional_id.as_ref().filter(|_| may_write);
+        let add = ctx.version >= 12;
+        txn.is_some_and(|t| self.verify_txn_first(conn, seq, ctx, body, t.0.as_str(), batches, add))
+    }
+
     pub(super) fn park(&mut self, conn: ConnId, seq: u64, job: super::JobId, then: Then) {
         self.waiters.push(Waiter { conn, seq, jobs: [job].into(), failed: Default::default(), then });
     }
@@ -390,6 +385,40 @@ fn partition_batches(req: &ProduceRequest) -> Vec<(&str, i32, Option<&Bytes>)> {
         .iter()
         .flat_map(|t| t.partition_data.iter().map(move |pd| (t.name.0.as_str(), pd.index, pd.records.as_ref())))
         .collect()
+}
+
+/// Where a write that is in the log already stands: a marker a coordinator asks for again
+/// (durable once everything up to the log's end is), or a retried batch (its original
+/// offsets, once durable); `None` for a write to append.
+fn written_already(
+    p: &super::Partition,
+    tp: Tp,
+    origin: Origin,
+    producer: Option<&ProducerBatch>,
+    marker: Option<(super::txn_markers::Marker, MarkerCheck)>,
+    wall: i64,
+) -> Result<Option<(Tp, Offset, Offset, u64, Offset, i64)>, KafkaError> {
+    let (generation, log_start) = (p.log.generation, p.log.log_start_offset);
+    match (marker, producer) {
+        (Some((_, MarkerCheck::Written)), _) => {
+            let end = p.log.log_end_offset;
+            Ok(Some((tp, end, end, generation, log_start, wall)))
+        }
+        (None, Some(pb)) if origin != Origin::CoordinatorData => match p.log.producers.check(pb)? {
+            Verdict::Duplicate(m) => {
+                tracing::debug!(
+                    producer_id = pb.producer_id,
+                    seq = pb.first_seq,
+                    offset = m.first_offset,
+                    "duplicate batch"
+                );
+                // Kafka answers a duplicate with the batch's max timestamp as its append time.
+                Ok(Some((tp, m.first_offset, m.last_offset + 1, generation, log_start, m.max_timestamp)))
+            }
+            Verdict::Append => Ok(None),
+        },
+        _ => Ok(None),
+    }
 }
 
 /// A coordinator's marker, once the partition's producer state takes it, with whether it is

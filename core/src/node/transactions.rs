@@ -267,7 +267,12 @@ impl Node {
             }
             let marker =
                 Bytes::from(batch::control_marker(w.producer_id, w.epoch, w.commit, w.coordinator_epoch, wall));
-            match self.append_as(topic, *partition, Some(&marker), Origin::Coordinator { commit: w.commit, strict: w.strict }) {
+            match self.append_as(
+                topic,
+                *partition,
+                Some(&marker),
+                Origin::Coordinator { commit: w.commit, strict: w.strict },
+            ) {
                 Ok((tp, _, end, generation, _, _)) => {
                     let leader_epoch = self.partition(tp).map_or(-1, |p| p.role.leader_epoch());
                     *at = MarkerAt::Local { tp, end, generation, leader_epoch }
@@ -714,7 +719,8 @@ impl Node {
         }
         let id = req.transactional_id.0.to_string();
         let part = vec![(OFFSETS_TOPIC.to_string(), offsets_partition(req.group_id.0.as_str()))];
-        match self.txn_change(&id, |m, now| m.add_partitions(req.producer_id.0, req.producer_epoch, &part, now, false)) {
+        match self.txn_change(&id, |m, now| m.add_partitions(req.producer_id.0, req.producer_epoch, &part, now, false))
+        {
             Err(code) => answer(self, code.unwrap_or(NOT_COORDINATOR)),
             Ok(None) => answer(self, 0),
             Ok(Some(next)) => {

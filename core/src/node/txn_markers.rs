@@ -21,18 +21,7 @@ use crate::peer::{Body, BrokerMessage};
 use crate::protocol::errors::KafkaError;
 use crate::types::Offset;
 
-/// A transaction marker a coordinator writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Marker {
-    pub producer_id: i64,
-    pub epoch: i16,
-    /// Commit, else abort.
-    pub commit: bool,
-    /// The leader epoch of the coordinator's `__transaction_state` partition.
-    pub coordinator_epoch: i32,
-    /// Transaction version 2: the marker's epoch must be above the producer's here.
-    pub strict: bool,
-}
+pub(super) use crate::peer::TxnMarker as Marker;
 
 /// A marker written here for another broker's coordinator, until it is durable.
 pub(super) struct RemoteMarker {
@@ -58,29 +47,13 @@ impl Node {
         self.next_marker_req += 1;
         let req = self.next_marker_req;
         let topic = topic.to_string();
-        let msg = BrokerMessage::WriteTxnMarker {
-            req,
-            producer_id: m.producer_id,
-            epoch: m.epoch,
-            commit: m.commit,
-            topic,
-            partition,
-            coordinator_epoch: m.coordinator_epoch,
-            strict: m.strict,
-        };
+        let msg = BrokerMessage::WriteTxnMarker { req, marker: m, topic, partition };
         self.send_peer(leader, Body::Broker(msg));
         Some(req)
     }
 
     /// Another broker's coordinator asks for a marker on a partition this node should lead.
-    pub(super) fn on_write_txn_marker(
-        &mut self,
-        from: i32,
-        req: u64,
-        m: Marker,
-        topic: &str,
-        partition: i32,
-    ) {
+    pub(super) fn on_write_txn_marker(&mut self, from: i32, req: u64, m: Marker, topic: &str, partition: i32) {
         let Marker { producer_id, epoch, commit, coordinator_epoch, strict } = m;
         let marker =
             Bytes::from(batch::control_marker(producer_id, epoch, commit, coordinator_epoch, self.now.wall_ms));

@@ -124,16 +124,7 @@ pub enum BrokerMessage {
     /// the coordinator's `__transaction_state` partition: a partition refuses a marker from
     /// an older coordinator than the last whose marker it took for that producer. `strict`
     /// (transaction version 2): the marker's epoch must be above the producer's there.
-    WriteTxnMarker {
-        req: u64,
-        producer_id: i64,
-        epoch: i16,
-        commit: bool,
-        topic: String,
-        partition: i32,
-        coordinator_epoch: i32,
-        strict: bool,
-    },
+    WriteTxnMarker { req: u64, marker: TxnMarker, topic: String, partition: i32 },
     /// The answer to `WriteTxnMarker` `req`: 0 once the marker is durable (or has nothing to
     /// mark: the producer has moved to a newer epoch), TRANSACTION_COORDINATOR_FENCED for an
     /// older coordinator's, else the error
@@ -164,6 +155,19 @@ pub enum BrokerMessage {
     /// The answer to `VerifyTxn` `id`, a code per partition in its order: 0 when the
     /// transaction holds it, else the error the partition's produce gets.
     TxnVerified { id: u64, codes: Vec<i16> },
+}
+
+/// A transaction marker a coordinator writes, or asks a partition's leader to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnMarker {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// Commit, else abort.
+    pub commit: bool,
+    /// The leader epoch of the coordinator's `__transaction_state` partition.
+    pub coordinator_epoch: i32,
+    /// Transaction version 2: the marker's epoch must be above the producer's there.
+    pub strict: bool,
 }
 
 /// The first frame on a peer connection: who is calling, in which cluster, speaking which
