@@ -75,7 +75,8 @@ pub struct TxnMeta {
     /// epoch above the one its records were written with.
     pub tv2: bool,
     /// The producer id before a version-2 end ran out of epochs and moved the producer to a
-    /// new id (-1: none): a retried EndTxn from it is recognised.
+    /// new id (-1: none): a retried EndTxn from it is recognised. Set when that end is
+    /// prepared (never by a coordinator's fence, whose producer must not get the new id).
     pub previous_producer_id: i64,
     /// While such an end is preparing: the id the producer takes when it completes (-1: none).
     pub next_producer_id: i64,
@@ -292,6 +293,7 @@ impl TxnMeta {
     fn bump_epoch(&mut self, fresh_id: impl FnOnce() -> Option<i64>) -> Result<(), TxnError> {
         if self.epoch >= EPOCH_MAX {
             self.next_producer_id = fresh_id().ok_or(TxnError::ConcurrentTransactions)?;
+            self.previous_producer_id = self.producer_id;
         }
         self.epoch = self.epoch.saturating_add(1);
         Ok(())
@@ -302,21 +304,24 @@ impl TxnMeta {
     /// is fenced, and abort markers carry the new epoch. A version-2 transaction's epoch goes
     /// up by two, as Kafka's does (the fence, then the end's own bump), so that the fenced
     /// producer's EndTxn is not taken for a retry of this end (one below the epoch). One that
-    /// runs out of epochs moves its producer to a new id (`fresh_id`) when it completes.
-    pub fn abort_and_fence(&self, now_ms: i64, fresh_id: impl FnOnce() -> Option<i64>) -> TxnMeta {
+    /// runs out of epochs moves the transactional id to a new producer id (`fresh_id`) when it
+    /// completes, one the fenced producer's retries do not reach (they are refused as of
+    /// another producer id); with no id to be had now, `None`: the fence waits.
+    pub fn abort_and_fence(&self, now_ms: i64, fresh_id: impl FnOnce() -> Option<i64>) -> Option<TxnMeta> {
         let mut next = self.clone();
         next.state = TxnState::PrepareAbort;
         if self.tv2 {
             let bumped = i32::from(self.epoch) + 2;
             if bumped >= i32::from(EPOCH_MAX) {
-                next.next_producer_id = fresh_id().unwrap_or(-1);
+                next.next_producer_id = fresh_id()?;
+                next.previous_producer_id = -1;
             }
             next.epoch = i16::try_from(bumped).unwrap_or(i16::MAX);
         } else if next.epoch < EPOCH_MAX {
             next.epoch += 1;
         }
         next.updated_ms = now_ms;
-        next
+        Some(next)
     }
 
     /// Markers are durable everywhere: the transaction is complete (and a producer that ran
@@ -329,7 +334,6 @@ impl TxnMeta {
         next.started_ms = -1;
         next.updated_ms = now_ms;
         if self.next_producer_id >= 0 {
-            next.previous_producer_id = self.producer_id;
             next.producer_id = self.next_producer_id;
             next.next_producer_id = -1;
             next.epoch = 0;
@@ -412,7 +416,7 @@ mod tests {
     fn fencing_and_reinit() {
         let m = TxnMeta::new(7, 100, 0).add_partitions(7, 0, &parts(&[0]), 0, false).unwrap().unwrap();
         assert!(!m.expired(100) && m.expired(101));
-        let a = m.abort_and_fence(200, || None);
+        let a = m.abort_and_fence(200, || None).unwrap();
         assert_eq!((a.state, a.epoch), (TxnState::PrepareAbort, 1));
         // The old producer is fenced from now on.
         assert_eq!(a.end(7, 0, true, 201), Err(TxnError::ProducerFenced));
@@ -465,16 +469,22 @@ mod tests {
     #[test]
     fn a_fenced_version_two_transaction_marks_above_its_records() {
         let mut m = TxnMeta::new(7, 100, 0).add_partitions(7, 0, &parts(&[0]), 0, true).unwrap().unwrap();
-        let a = m.abort_and_fence(200, || None);
+        let a = m.abort_and_fence(200, || None).unwrap();
         assert_eq!((a.state, a.epoch), (TxnState::PrepareAbort, 2));
         let c = a.complete(201);
         // The fenced producer's end is not a retry of the coordinator's.
         assert_eq!(c.end_v2(7, 0, false, 202, || None), Err(TxnError::ProducerFenced));
         assert_eq!(c.end_v2(7, 0, true, 202, || None), Err(TxnError::ProducerFenced));
-        m.epoch = EPOCH_MAX;
-        let a = m.abort_and_fence(200, || Some(42));
-        assert_eq!((a.epoch, a.next_producer_id), (i16::MAX, 42));
-        assert_eq!((a.complete(201).producer_id, a.complete(201).epoch), (42, 0));
+        m.epoch = EPOCH_MAX - 2;
+        assert_eq!(m.abort_and_fence(200, || None), None, "the fence waits for a new producer id");
+        let a = m.abort_and_fence(200, || Some(42)).unwrap();
+        assert_eq!((a.epoch, a.next_producer_id), (EPOCH_MAX, 42));
+        let c = a.complete(201);
+        assert_eq!((c.producer_id, c.epoch, c.previous_producer_id), (42, 0, -1));
+        // The fenced producer's retry (of an end or of the abort) does not reach the new id.
+        for commit in [true, false] {
+            assert_eq!(c.end_v2(7, EPOCH_MAX - 2, commit, 202, || None), Err(TxnError::InvalidProducerIdMapping));
+        }
     }
 
     #[test]

@@ -74,32 +74,40 @@ fn add_partitions(sim: &mut SimNode, id: &str, (pid, epoch): (i64, i16), parts: 
     r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
 }
 
-/// A transactional batch of `values` to `partition`: (error, base offset).
-fn produce(
-    sim: &mut SimNode,
-    id: &str,
-    (pid, epoch): (i64, i16),
-    partition: i32,
-    seq: i32,
-    values: &[&str],
-) -> (i16, i64) {
-    let mut b = batch::encode_values(values, 1_700_000_000_000);
-    b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
-    batch::set_producer(&mut b, pid, epoch, seq);
-    let mut pd = produce_request::PartitionProduceData::default();
-    pd.index = partition;
-    pd.records = Some(Bytes::from(b));
+/// One partition's transactional batch in a produce request: the partition, the producer
+/// (id, epoch), its first sequence and the values.
+type Entry<'a> = (i32, (i64, i16), i32, &'a [&'a str]);
+
+/// A transactional produce request (acks=all) under `id` with one batch per entry.
+fn produce_request(id: &str, entries: &[Entry]) -> ProduceRequest {
     let mut td = produce_request::TopicProduceData::default();
     td.name = TopicName(sb(TOPIC));
-    td.partition_data = vec![pd];
+    for &(partition, (pid, epoch), seq, values) in entries {
+        let mut b = batch::encode_values(values, 1_700_000_000_000);
+        b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+        batch::set_producer(&mut b, pid, epoch, seq);
+        let mut pd = produce_request::PartitionProduceData::default();
+        pd.index = partition;
+        pd.records = Some(Bytes::from(b));
+        td.partition_data.push(pd);
+    }
     let mut req = ProduceRequest::default();
     req.transactional_id = Some(TransactionalId(sb(id)));
     req.acks = -1;
     req.timeout_ms = 1000;
     req.topic_data = vec![td];
-    let r: ProduceResponse = call(sim, ApiKey::Produce, 9, &req);
-    let p = &r.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
+    req
+}
+
+/// Each partition's (error, base offset) in a produce answer, in the request's order.
+fn produce_results(r: &ProduceResponse) -> Vec<(i16, i64)> {
+    r.responses[0].partition_responses.iter().map(|p| (p.error_code, p.base_offset)).collect()
+}
+
+/// A transactional batch of `values` to `partition`: (error, base offset).
+fn produce(sim: &mut SimNode, id: &str, p: (i64, i16), partition: i32, seq: i32, values: &[&str]) -> (i16, i64) {
+    let r: ProduceResponse = call(sim, ApiKey::Produce, 9, &produce_request(id, &[(partition, p, seq, values)]));
+    produce_results(&r)[0]
 }
 
 fn end(sim: &mut SimNode, id: &str, (pid, epoch): (i64, i16), commit: bool) -> i16 {
@@ -229,4 +237,66 @@ fn idle_transactional_ids_expire_durably() {
     // Back later, the id starts afresh with a new producer id.
     let q = init(&mut sim, "brief", 500);
     assert_ne!(q.0, p.0);
+}
+
+#[test]
+fn a_request_carrying_two_producers_batches_is_refused_whole() {
+    let mut sim = node(NodeConfig::default());
+    let p = init(&mut sim, "a", 60_000);
+    let q = init(&mut sim, "b", 60_000);
+    assert_eq!(add_partitions(&mut sim, "a", p, &[0]), 0);
+    assert_eq!(add_partitions(&mut sim, "b", q, &[1]), 0);
+    // As Kafka: one producer (id and epoch) per request, or INVALID_PRODUCER_ID_MAPPING for
+    // every partition and nothing written.
+    let req = produce_request("a", &[(0, p, 0, &["a0"]), (1, q, 0, &["b0"])]);
+    let r: ProduceResponse = call(&mut sim, ApiKey::Produce, 9, &req);
+    assert_eq!(produce_results(&r), vec![(49, -1), (49, -1)]);
+    let stale = (p.0, p.1 - 1);
+    let req = produce_request("a", &[(0, p, 0, &["a0"]), (0, stale, 0, &["a0"])]);
+    let r: ProduceResponse = call(&mut sim, ApiKey::Produce, 9, &req);
+    assert_eq!(produce_results(&r)[0].0, 49, "two epochs of one producer id are two producers");
+    assert_eq!(read_committed(&mut sim, 0).0, 0);
+    assert_eq!(read_committed(&mut sim, 1).0, 0);
+    // Each alone is taken.
+    assert_eq!(produce(&mut sim, "a", p, 0, 0, &["a0"]), (0, 0));
+    assert_eq!(produce(&mut sim, "b", q, 1, 0, &["b0"]), (0, 0));
+}
+
+#[test]
+fn version_two_produces_behind_a_partition_being_added_keep_their_order() {
+    let mut sim = node(NodeConfig::default());
+    let p = init(&mut sim, "v2", 60_000);
+    // Produce v12 adds the partitions itself. Three requests on one connection, sent before
+    // any sync completes: the first waits for its partition's addition to be durable, the
+    // second (same partition, next sequence) waits behind it, the third adds partition 1 once
+    // the first two are through.
+    sim.auto_sync = false;
+    let requests = [
+        produce_request("v2", &[(0, p, 0, &["x0", "x1"])]),
+        produce_request("v2", &[(0, p, 2, &["x2"])]),
+        produce_request("v2", &[(1, p, 0, &["y0"])]),
+    ];
+    for (i, req) in requests.iter().enumerate() {
+        sim.request(C, frame(ApiKey::Produce, 12, i32::try_from(i).unwrap(), req));
+    }
+    for _ in 0..10 {
+        sim.complete_syncs();
+        sim.advance_ms(1);
+    }
+    let mut answers = Vec::new();
+    while let Some(resp) = sim.take_response(C) {
+        let correlation_id = i32::from_be_bytes(resp[4..8].try_into().unwrap());
+        let r: ProduceResponse = decode(ApiKey::Produce, 12, resp);
+        answers.push((correlation_id, produce_results(&r)[0]));
+    }
+    assert_eq!(answers, vec![(0, (0, 0)), (1, (0, 2)), (2, (0, 0))]);
+    let mut req = EndTxnRequest::default();
+    req.transactional_id = TransactionalId(sb("v2"));
+    req.producer_id = ProducerId(p.0);
+    req.producer_epoch = p.1;
+    req.committed = true;
+    let r: EndTxnResponse = call(&mut sim, ApiKey::EndTxn, 5, &req);
+    assert_eq!((r.error_code, r.producer_epoch), (0, p.1 + 1));
+    assert_eq!(read_committed(&mut sim, 0).3, vec!["x0", "x1", "x2"]);
+    assert_eq!(read_committed(&mut sim, 1).3, vec!["y0"]);
 }

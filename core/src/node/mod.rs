@@ -524,7 +524,9 @@ impl Node {
         let markers = self.markers_retry_at();
         let forwards = self.forward_poll_timeout();
         let deletes = self.deletes_poll_timeout();
-        let verify = self.txn_verify_poll_timeout();
+        // Requests left to handle again after the last pass of an input: at once.
+        let deferred = (!self.deferred.is_empty()).then(|| self.now.mono.plus_millis(1));
+        let verify = [self.txn_verify_poll_timeout(), deferred].into_iter().flatten().min();
         let cleaner = (self.phase == Phase::Serving).then(|| self.cleaner_poll_timeout()).flatten();
         [
             cleaner,
@@ -1033,6 +1035,7 @@ impl Node {
         for (conn, seq, ctx, body) in std::mem::take(&mut self.deferred) {
             self.dispatch(conn, seq, ctx, body);
         }
+        self.release_blocked();
         let dirty = std::mem::take(&mut self.dirty);
         for tp in dirty {
             let Some(p) = self.partition_mut(tp) else {

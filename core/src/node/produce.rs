@@ -59,14 +59,8 @@ impl Node {
             return Ok(());
         }
         let acks = req.acks;
-        // Kafka's request-level refusal: transactional batches with no transactional id fail
-        // every partition of the request, and nothing is written.
-        let refuse_all = (req.transactional_id.is_none()
-            && req.topic_data.iter().flat_map(|t| &t.partition_data).any(|pd| {
-                pd.records.as_ref().and_then(|r| batch::parse_header(r).ok()).is_some_and(|h| h.is_transactional())
-            }))
-        .then_some(KafkaError::TransactionalIdAuthorizationFailed);
         let batches = partition_batches(&req);
+        let refuse_all = refused_whole(&req, &batches);
         if self.produce_waits(conn, seq, &ctx, &body, &req, refuse_all.is_none(), &batches) {
             return Ok(());
         }
@@ -385,6 +379,25 @@ fn partition_batches(req: &ProduceRequest) -> Vec<(&str, i32, Option<&Bytes>)> {
         .iter()
         .flat_map(|t| t.partition_data.iter().map(move |pd| (t.name.0.as_str(), pd.index, pd.records.as_ref())))
         .collect()
+}
+
+/// Kafka's request-level refusals, which fail every partition of the request and write
+/// nothing: transactional batches with no transactional id, or of more than one producer (id
+/// and epoch; the coordinator checks a request's transaction for one producer).
+fn refused_whole(req: &ProduceRequest, batches: &[(&str, i32, Option<&Bytes>)]) -> Option<KafkaError> {
+    let producers: std::collections::BTreeSet<(i64, i16)> = batches
+        .iter()
+        .filter_map(|(_, _, r)| r.and_then(|r| batch::parse_header(r).ok()))
+        .filter(|h| h.is_transactional())
+        .map(|h| (h.producer_id, h.producer_epoch))
+        .collect();
+    if req.transactional_id.is_none() && !producers.is_empty() {
+        Some(KafkaError::TransactionalIdAuthorizationFailed)
+    } else if producers.len() > 1 {
+        Some(KafkaError::InvalidProducerIdMapping)
+    } else {
+        None
+    }
 }
 
 /// Where a write that is in the log already stands: a marker a coordinator asks for again

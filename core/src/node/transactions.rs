@@ -378,7 +378,9 @@ impl Node {
             .collect();
         for (id, meta) in expired {
             tracing::info!(%id, producer_id = meta.producer_id, "transaction timed out; aborting it");
-            let next = meta.abort_and_fence(now, || self.take_producer_id());
+            let Some(next) = meta.abort_and_fence(now, || self.take_producer_id()) else {
+                continue; // no producer id to move to yet: tried again at the next check
+            };
             if let Err(e) = self.store_txn(&id, next, TxnNext::WriteMarkers { end_txn: None }) {
                 tracing::warn!(%id, error = ?e, "could not abort a timed-out transaction; will retry");
             }
@@ -576,8 +578,9 @@ impl Node {
                 self.take_producer_id().map(|pid| TxnMeta::new(pid, timeout, now)).ok_or(COORDINATOR_LOAD_IN_PROGRESS)
             }
             Some(m) if m.state == TxnState::Ongoing => {
-                let next = m.abort_and_fence(now, || self.take_producer_id());
-                let _ = self.store_txn(id, next, TxnNext::WriteMarkers { end_txn: None });
+                if let Some(next) = m.abort_and_fence(now, || self.take_producer_id()) {
+                    let _ = self.store_txn(id, next, TxnNext::WriteMarkers { end_txn: None });
+                }
                 Err(TxnError::ConcurrentTransactions.code())
             }
             Some(m) if m.state.preparing() => Err(TxnError::ConcurrentTransactions.code()),

@@ -78,16 +78,42 @@ pub(super) struct TxnVerify {
 
 impl Node {
     /// A produce request that must wait behind an earlier one of its connection (waiting for
-    /// a coordinator) is kept until that one is handled again; true when it is kept.
+    /// a coordinator, kept behind one that does, or about to be handled again) is kept until
+    /// no earlier one is left; true when it is kept.
     pub(super) fn produce_blocked(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, body: &Bytes) -> bool {
-        if !self.txn_verify.waiting.iter().any(|w| w.conn == conn) {
+        if !self.conn_has_earlier(conn) {
             return false;
         }
         self.txn_verify.blocked.push((conn, seq, ctx.clone(), body.clone()));
         true
     }
 
-    /// A waiting request goes back to be handled, and the requests kept behind it after it.
+    /// Whether a request of `conn` waits for a coordinator, is kept behind one, or is about
+    /// to be handled again.
+    fn conn_has_earlier(&self, conn: ConnId) -> bool {
+        self.txn_verify.waiting.iter().any(|w| w.conn == conn)
+            || self.txn_verify.blocked.iter().any(|b| b.0 == conn)
+            || self.deferred.iter().any(|d| d.0 == conn)
+    }
+
+    /// After a pass of the node: requests kept behind others of their connection go to be
+    /// handled again, in order, once none of those is left (one handled again may have
+    /// waited again, or been answered).
+    pub(super) fn release_blocked(&mut self) {
+        if self.txn_verify.blocked.is_empty() {
+            return;
+        }
+        let free = |n: &Node, conn: ConnId| {
+            !n.txn_verify.waiting.iter().any(|w| w.conn == conn) && !n.deferred.iter().any(|d| d.0 == conn)
+        };
+        let (go, stay): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.txn_verify.blocked).into_iter().partition(|b| free(self, b.0));
+        self.txn_verify.blocked = stay;
+        self.deferred.extend(go);
+    }
+
+    /// A waiting request goes back to be handled, and the requests kept behind it after it
+    /// (should it wait again, they are kept again).
     fn handle_again(&mut self, w: Waiting) {
         let conn = w.conn;
         self.deferred.push((w.conn, w.seq, w.ctx, w.body));

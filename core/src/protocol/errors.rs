@@ -39,6 +39,8 @@ pub enum KafkaError {
     OutOfOrderSequenceNumber,
     InvalidProducerEpoch,
     InvalidTxnState,
+    /// Transactional batches of more than one producer (id and epoch) in one request.
+    InvalidProducerIdMapping,
     /// A transaction marker from a coordinator another has since replaced (its epoch older
     /// than the last marker's for that producer on the partition).
     TransactionCoordinatorFenced,
@@ -76,6 +78,7 @@ impl KafkaError {
             KafkaError::OutOfOrderSequenceNumber => 45,
             KafkaError::InvalidProducerEpoch => 47,
             KafkaError::InvalidTxnState => 48,
+            KafkaError::InvalidProducerIdMapping => 49,
             KafkaError::TransactionCoordinatorFenced => 52,
             KafkaError::TransactionalIdAuthorizationFailed => 53,
             KafkaError::KafkaStorageError => 56,
