@@ -40,6 +40,7 @@ use sluice_runtime_sim::{Env, Harness, Nanos, World, MS, US};
 use crate::cluster_txn::{self, ClusterTxns};
 use crate::codec;
 use crate::commits::{self, Commits};
+use crate::replica_watch::ReplicaWatch;
 use crate::replicated::{self, Replicated};
 use crate::RunOpts;
 
@@ -176,6 +177,8 @@ struct Run {
     commits: Commits,
     /// Transactions whose coordinators and partition leaders move.
     txns: ClusterTxns,
+    /// The white-box checks of every partition the workloads write.
+    watch: ReplicaWatch,
 }
 
 impl Run {
@@ -633,7 +636,9 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     while w.next_event_at().is_some_and(|t| t <= deadline) {
         w.step(&mut run);
         run.check_agreement(&w);
-        run.repl.observe(&w);
+        for msg in run.watch.observe(&w) {
+            run.violation(&w, msg);
+        }
         run.txns.observe(&mut w);
         if run.healed && run.unsettled(&w).is_none() {
             converged = true;
@@ -674,7 +679,13 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
 
 impl Run {
     fn new(seed: u64, plan: ClusterPlan, repl: Replicated, commits: Commits, txns: ClusterTxns) -> Run {
+        let mut watch = ReplicaWatch::new(plan.nodes);
+        let replicated = (0..repl.partitions).map(|p| (replicated::TOPIC, p, replicated::MIN_INSYNC_REPLICAS));
+        for (topic, p, min_isr) in replicated.chain(commits.partitions_written()).chain(txns.partitions_written()) {
+            watch.watch(topic, p, min_isr);
+        }
         Run {
+            watch,
             last_applied: vec![None; plan.nodes],
             plan,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),

@@ -111,6 +111,21 @@ impl ClusterTxns {
         )
     }
 
+    /// The partitions this workload writes, with their `min.insync.replicas`: its topic's,
+    /// and its coordinators' (each transactional id's, and the offsets group's).
+    pub fn partitions_written(&self) -> Vec<(&'static str, i32, usize)> {
+        use sluice_core::node::{coordinator_partition, OFFSETS_TOPIC, TXN_TOPIC};
+        if self.producers.is_empty() {
+            return Vec::new();
+        }
+        let mut out: Vec<_> = (0..self.partitions).map(|p| (TOPIC, p, 2)).collect();
+        for p in &self.producers {
+            out.push((TXN_TOPIC, coordinator_partition(TXN_TOPIC, p.transactional_id()), 2));
+        }
+        out.push((OFFSETS_TOPIC, coordinator_partition(OFFSETS_TOPIC, crate::txn::OFFSETS_GROUP), 1));
+        out
+    }
+
     /// Transactions committed and aborted.
     pub fn ended(&self) -> (u64, u64) {
         (self.checker.txns_committed, self.checker.txns_aborted)

@@ -81,6 +81,13 @@ pub struct Commits {
 }
 
 impl Commits {
+    /// The partitions this workload writes, with their `min.insync.replicas`: its groups'
+    /// partitions of `__consumer_offsets`.
+    pub fn partitions_written(&self) -> Vec<(&'static str, i32, usize)> {
+        use sluice_core::node::{coordinator_partition, OFFSETS_TOPIC};
+        self.committers.iter().map(|c| (OFFSETS_TOPIC, coordinator_partition(OFFSETS_TOPIC, &c.group), 1)).collect()
+    }
+
     pub fn new(nodes: usize, rng: &mut ChaCha8Rng) -> Commits {
         let committers = (0..rng.gen_range(1..=2))
             .map(|k| Committer {

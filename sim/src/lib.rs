@@ -16,6 +16,7 @@ pub mod group;
 pub mod group848;
 pub mod quorum;
 pub mod quorum_checker;
+pub mod replica_watch;
 pub mod replicated;
 pub mod timeline;
 pub mod txn;

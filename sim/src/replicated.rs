@@ -5,12 +5,7 @@
 //! refresh), while nodes crash and are cut off.
 //!
 //! Checked, in Jepsen's words where they apply:
-//! - **one leader per epoch**: two nodes never lead a partition in the same leader epoch;
-//! - **high watermark durable** (white-box, after every event): a leader's high watermark is
-//!   below the durable end of every member of its ISR, and of at least `min.insync.replicas`
-//!   replicas (a node that is down counts with the durable end it last had);
-//! - **high watermark kept** (white-box): a replica's high watermark never goes back while
-//!   it lives, nor past its log end (what was committed there is never cut away);
+//! - the white-box checks of its partitions' replicas (`replica_watch`);
 //! - **lost-write**: every record acknowledged at an offset is at that offset at the end;
 //! - **inconsistent-offsets**: the replicas hold the same records below the high
 //!   watermark, byte for byte as the leader wrote them;
@@ -46,7 +41,7 @@ use crate::deleter::{Deleter, T_DELETE};
 
 pub const TOPIC: &str = "replicated";
 /// The topic's `min.insync.replicas`.
-const MIN_INSYNC_REPLICAS: usize = 2;
+pub const MIN_INSYNC_REPLICAS: usize = 2;
 /// Produce v10: NOT_LEADER_OR_FOLLOWER answers name the leader (KIP-951).
 const PRODUCE_VERSION: i16 = 10;
 /// The topic's replicas (of three or five nodes).
@@ -92,21 +87,6 @@ pub struct Replicated {
     next_cid: i32,
     sent: BTreeMap<String, (i32, Status)>,
     acked: BTreeMap<(i32, Offset), String>,
-    /// Which node led each (partition, leader epoch).
-    leaders: BTreeMap<(i32, i32), usize>,
-    /// Per (node, partition): the durable end last seen (kept while the node is down: its
-    /// disk keeps what was synced), and the high watermark of this incarnation (forgotten
-    /// when the node goes down).
-    durable: BTreeMap<(usize, i32), Offset>,
-    high_watermarks: BTreeMap<(usize, i32), Offset>,
-    /// (node, partition) whose copy a reassignment removed (or replaced), with the latest
-    /// leader epoch seen then: a leader of that epoch or older that has not yet applied the
-    /// removal still lists it in the ISR (a removal moves the leader epoch).
-    fresh_copy: BTreeMap<(usize, i32), i32>,
-    /// Per partition, the largest leader epoch any replica has shown.
-    latest_epoch: BTreeMap<i32, i32>,
-    /// The copy each (node, partition) showed last.
-    copies: BTreeMap<(usize, i32), u64>,
     pub answers: BTreeMap<i16, u64>,
     pub violations: Vec<String>,
     healed: bool,
@@ -147,12 +127,6 @@ impl Replicated {
             next_cid: 0,
             sent: BTreeMap::new(),
             acked: BTreeMap::new(),
-            leaders: BTreeMap::new(),
-            durable: BTreeMap::new(),
-            high_watermarks: BTreeMap::new(),
-            fresh_copy: BTreeMap::new(),
-            latest_epoch: BTreeMap::new(),
-            copies: BTreeMap::new(),
             answers: BTreeMap::new(),
             violations: Vec::new(),
             healed: false,
@@ -481,106 +455,6 @@ impl Replicated {
             }
             T_PRODUCE if client > CREATOR => self.send(w, client - CREATOR - 1),
             _ => {}
-        }
-    }
-
-    /// After every event: no two nodes lead a partition in one leader epoch.
-    pub fn observe(&mut self, w: &World) {
-        if !self.created {
-            return;
-        }
-        for i in 0..self.nodes {
-            let Some(n) = w.node(i).filter(|n| n.is_serving()) else {
-                // Down (or recovering, after a restart): a new incarnation comes.
-                self.high_watermarks.retain(|(node, _), _| *node != i);
-                continue;
-            };
-            for p in 0..self.partitions {
-                let view = n.replica_view(TOPIC, p);
-                let moved = view.as_ref().is_some_and(|v| !v.hosted)
-                    || view.as_ref().is_some_and(|v| self.copies.insert((i, p), v.copy).is_some_and(|c| c != v.copy));
-                if moved {
-                    // Moved away (its copy is gone), or away and back within one event (a new,
-                    // empty copy). Leaders up to the latest leader epoch seen may still list
-                    // it in their ISR, from before; later ones must not, unless it rejoined.
-                    self.durable.remove(&(i, p));
-                    self.high_watermarks.remove(&(i, p));
-                    let latest = self.latest_epoch.get(&p).copied().unwrap_or(0);
-                    self.fresh_copy.insert((i, p), latest);
-                }
-                let Some(v) = view.filter(|v| v.online) else { continue };
-                let latest = self.latest_epoch.entry(p).or_default();
-                *latest = (*latest).max(v.leader_epoch);
-                self.durable.insert((i, p), v.durable_end);
-                let was = self.high_watermarks.insert((i, p), v.high_watermark).unwrap_or(0);
-                if v.high_watermark < was || v.high_watermark > v.log_end {
-                    let msg = format!(
-                        "node {} partition {p}: high watermark {} (was {was}), log end {}",
-                        i + 1,
-                        v.high_watermark,
-                        v.log_end
-                    );
-                    self.violation(w, msg);
-                }
-                if !v.leads {
-                    continue;
-                }
-                match self.leaders.get(&(p, v.leader_epoch)) {
-                    None => {
-                        self.leaders.insert((p, v.leader_epoch), i);
-                    }
-                    Some(&other) if other != i => {
-                        let msg = format!(
-                            "nodes {} and {} both lead partition {p} in leader epoch {}",
-                            other + 1,
-                            i + 1,
-                            v.leader_epoch
-                        );
-                        self.violation(w, msg);
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        self.check_high_watermarks_durable(w);
-    }
-
-    /// Every leader's high watermark is durable on each member of its ISR and on at least
-    /// `min.insync.replicas` replicas.
-    fn check_high_watermarks_durable(&mut self, w: &World) {
-        let mut found = Vec::new();
-        for i in 0..self.nodes {
-            let Some(n) = w.node(i).filter(|n| n.is_serving()) else { continue };
-            for p in 0..self.partitions {
-                let Some(v) = n.replica_view(TOPIC, p).filter(|v| v.leads && v.online && v.high_watermark > 0) else {
-                    continue;
-                };
-                let durable = |r: usize| self.durable.get(&(r, p)).copied().unwrap_or(0);
-                let short: Vec<i32> = v
-                    .isr
-                    .iter()
-                    .copied()
-                    .filter(|id| {
-                        usize::try_from(id - 1).is_ok_and(|r| {
-                            let stale = self.fresh_copy.get(&(r, p)).is_some_and(|e| v.leader_epoch <= *e);
-                            durable(r) < v.high_watermark && !stale
-                        })
-                    })
-                    .collect();
-                let holding = (0..self.nodes).filter(|&r| durable(r) >= v.high_watermark).count();
-                if !short.is_empty() || holding < MIN_INSYNC_REPLICAS {
-                    let ends: Vec<Offset> = (0..self.nodes).map(durable).collect();
-                    found.push(format!(
-                        "node {} leads partition {p} with high watermark {} beyond the durable ends of ISR members {short:?} (ISR {:?}; durable ends by node {ends:?}; {holding} replicas hold it)",
-                        i + 1,
-                        v.high_watermark,
-                        v.isr
-                    ));
-                }
-            }
-        }
-        for msg in found {
-            self.violation(w, msg);
         }
     }
 

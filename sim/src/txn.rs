@@ -220,6 +220,10 @@ impl TxnProducer {
 
     /// A producer in a cluster of `nodes`, writing to `topic`, starting at `first_node`, with
     /// random draws of its own (`seed`).
+    pub fn transactional_id(&self) -> &str {
+        &self.id
+    }
+
     pub fn in_cluster(idx: usize, nodes: usize, topic: &'static str, first_node: usize, seed: u64) -> TxnProducer {
         let mut p = TxnProducer::new(idx);
         p.nodes = nodes;

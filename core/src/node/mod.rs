@@ -44,9 +44,16 @@ use crate::log::{FileIds, PartitionLog};
 use crate::protocol::{self, FrameError, RequestContext};
 use crate::types::{ConnId, FileId, Instant, Offset, OpId, Time};
 
-pub use groups::OFFSETS_PARTITIONS;
+pub use groups::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 pub use recovery::RecoveryStats;
-pub use transactions::TXN_PARTITIONS;
+pub use transactions::{TXN_PARTITIONS, TXN_TOPIC};
+
+/// The partition of the internal topic `__consumer_offsets` (a group's) or
+/// `__transaction_state` (a transactional id's) that holds `key`'s state.
+pub fn coordinator_partition(topic: &str, key: &str) -> i32 {
+    let partitions = if topic == TXN_TOPIC { TXN_PARTITIONS } else { OFFSETS_PARTITIONS };
+    groups::partition_for(key, partitions)
+}
 
 /// What [`Node::replica_view`] shows of one partition replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
