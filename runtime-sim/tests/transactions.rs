@@ -300,3 +300,35 @@ fn version_two_produces_behind_a_partition_being_added_keep_their_order() {
     assert_eq!(read_committed(&mut sim, 0).3, vec!["x0", "x1", "x2"]);
     assert_eq!(read_committed(&mut sim, 1).3, vec!["y0"]);
 }
+
+/// A version-2 transaction starts its sequences at 0 on each partition, at a new epoch (EndTxn
+/// v5 bumps it and its markers carry the new one). A later
+/// batch that arrives first (its predecessor refused, retriable, while the coordinator was
+/// still completing the last transaction) is out of order; taken, it would leave the
+/// first batch out of order for good (the Java client retried it until its transaction
+/// timed out).
+#[test]
+fn a_version_two_epoch_starts_at_sequence_zero_after_its_marker() {
+    let mut sim = node(NodeConfig::default());
+    let p = init(&mut sim, "v2", 60_000);
+    let v12 = |sim: &mut SimNode, e: Entry| -> (i16, i64) {
+        let r: ProduceResponse = call(sim, ApiKey::Produce, 12, &produce_request("v2", &[e]));
+        produce_results(&r)[0]
+    };
+    // The partition has never seen the producer (and would take any sequence from an
+    // idempotent one, KIP-360), but a version-2 transaction's first batch is sequence 0.
+    assert_eq!(v12(&mut sim, (0, p, 2, &["x2"])).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    assert_eq!(v12(&mut sim, (0, p, 0, &["x0", "x1"])), (0, 0));
+    let mut req = EndTxnRequest::default();
+    req.transactional_id = TransactionalId(sb("v2"));
+    req.producer_id = ProducerId(p.0);
+    req.producer_epoch = p.1;
+    req.committed = true;
+    let r: EndTxnResponse = call(&mut sim, ApiKey::EndTxn, 5, &req);
+    assert_eq!((r.error_code, r.producer_epoch), (0, p.1 + 1));
+    assert_eq!(read_committed(&mut sim, 0).3, vec!["x0", "x1"], "the marker is written");
+    let next = (p.0, p.1 + 1);
+    assert_eq!(v12(&mut sim, (0, next, 2, &["y2"])).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    assert_eq!(v12(&mut sim, (0, next, 0, &["y0", "y1"])), (0, 3), "after the marker at offset 2");
+    assert_eq!(v12(&mut sim, (0, next, 2, &["y2"])), (0, 5));
+}

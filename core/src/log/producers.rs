@@ -315,10 +315,13 @@ impl Producers {
         e.coordinator_epoch = e.coordinator_epoch.max(coordinator_epoch);
         let epoch_before = e.epoch;
         if epoch != e.epoch {
+            // The new epoch's first batch must start at sequence 0, as Kafka's: a later
+            // batch of it landing first (the first one refused, retriable, behind the
+            // coordinator) would leave the first one out of order for good.
             e.epoch = epoch;
             e.batches.clear();
             e.floor = None;
-            e.expect = None;
+            e.expect = Some(0);
         }
         if let Some(first) = e.txn_first.take() {
             // Undecided until the marker is durable: `decided_below` lets it go.
@@ -403,6 +406,9 @@ impl Producers {
                     if first < offset && e.txn_first.is_none() {
                         e.txn_first = Some(first);
                         e.epoch = epoch_before;
+                        // The old epoch's batches went with the marker: its next sequence
+                        // is not known here any more.
+                        e.expect = None;
                         self.ongoing.insert(first, (*pid, None));
                     }
                 }
@@ -552,6 +558,9 @@ mod tests {
         let mut next = b(9, 1, 0, 1);
         next.transactional = true;
         at = 4;
+        let mut ahead = b(9, 1, 5, 1);
+        ahead.transactional = true;
+        assert_eq!(send(&mut p, ahead, &mut at), Err(SeqError::OutOfOrder), "the marker's epoch starts at 0");
         send(&mut p, next, &mut at).unwrap();
         assert!(p.in_txn(9));
         assert_eq!(p.check_marker(9, 1, 1, true), Err(SeqError::InvalidEpoch), "the last end's marker, late");

@@ -106,7 +106,7 @@ impl Node {
                     Err(KafkaError::NotEnoughReplicas)
                 } else if let Some(txn) = &req.transactional_id {
                     // A transactional producer's batch: its transaction must hold the partition.
-                    self.check_txn_produce(txn.0.as_str(), name, pd.index, pd.records.as_ref())
+                    self.check_txn_produce(txn.0.as_str(), name, pd.index, pd.records.as_ref(), ctx.version >= 12)
                         .and_then(|()| self.append_as(name, pd.index, pd.records.as_ref(), Origin::Transactional))
                 } else {
                     self.append_partition(name, pd.index, pd.records.as_ref())

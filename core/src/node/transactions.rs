@@ -448,18 +448,41 @@ impl Node {
 
     /// A transactional produce: the batch's producer must own `txn_id`'s open transaction,
     /// and the transaction must hold the partition (KIP-890's check, answered locally).
+    /// A transaction-version-2 producer (`v2`) starts every transaction at a new epoch, so
+    /// its first batch on a partition is sequence 0: a later one is out of order (its
+    /// predecessor was refused, retriable, and will come again), even where the partition
+    /// does not know the producer and would take any sequence.
     pub(super) fn check_txn_produce(
         &mut self,
         txn_id: &str,
         topic: &str,
         partition: i32,
         records: Option<&Bytes>,
+        v2: bool,
     ) -> Result<(), KafkaError> {
+        let verdict = self.check_txn_holds(txn_id, topic, partition, records)?;
+        match verdict {
+            Some((key, first_seq)) if v2 && first_seq != 0 && !self.txn_open_here(key) => {
+                Err(KafkaError::OutOfOrderSequenceNumber)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `check_txn_produce`'s check of the transaction: the batch's (partition, producer id,
+    /// epoch) and first sequence when it is transactional and the transaction holds it.
+    fn check_txn_holds(
+        &mut self,
+        txn_id: &str,
+        topic: &str,
+        partition: i32,
+        records: Option<&Bytes>,
+    ) -> Result<Option<((Tp, i64, i16), i32)>, KafkaError> {
         let Some(h) = records.and_then(|r| batch::parse_header(r).ok()) else {
-            return Ok(());
+            return Ok(None);
         };
         if !h.is_transactional() {
-            return Ok(());
+            return Ok(None);
         }
         // A partition not led here gets NOT_LEADER_OR_FOLLOWER before any check of the
         // transaction, so the client looks for its leader (a retriable error such as the
@@ -480,7 +503,8 @@ impl Node {
             // catching up): the partition cannot check the transaction yet. Retriable, as
             // Kafka answers a verification it cannot do.
             Err(_) => Err(KafkaError::NotEnoughReplicas),
-        }
+        }?;
+        Ok(Some(((tp, h.producer_id, h.producer_epoch), h.base_sequence)))
     }
 
     /// Whether the transaction `txn_id`, coordinated here, holds `topic`-`partition` for the

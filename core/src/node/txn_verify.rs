@@ -166,7 +166,7 @@ impl Node {
 
     /// Whether the partition has a transaction of this producer and epoch open (a batch of
     /// it was taken, verified then).
-    fn txn_open_here(&self, (tp, producer_id, epoch): Key) -> bool {
+    pub(super) fn txn_open_here(&self, (tp, producer_id, epoch): Key) -> bool {
         self.partition(tp).is_some_and(|p| {
             p.log.producers.in_txn(producer_id) && p.log.producers.get(producer_id).is_some_and(|e| e.epoch == epoch)
         })
