@@ -120,6 +120,17 @@ fn end(sim: &mut SimNode, id: &str, (pid, epoch): (i64, i16), commit: bool) -> i
     r.error_code
 }
 
+/// EndTxn v5 committing: (error, the epoch the producer goes on with).
+fn commit_v5(sim: &mut SimNode, id: &str, (pid, epoch): (i64, i16)) -> (i16, i16) {
+    let mut req = EndTxnRequest::default();
+    req.transactional_id = TransactionalId(sb(id));
+    req.producer_id = ProducerId(pid);
+    req.producer_epoch = epoch;
+    req.committed = true;
+    let r: EndTxnResponse = call(sim, ApiKey::EndTxn, 5, &req);
+    (r.error_code, r.producer_epoch)
+}
+
 /// read_committed: (high watermark, last stable offset, aborted (producer, first offset),
 /// values of the transactions not aborted, in offset order).
 fn read_committed(sim: &mut SimNode, partition: i32) -> (i64, i64, Vec<(i64, i64)>, Vec<String>) {
@@ -290,13 +301,7 @@ fn version_two_produces_behind_a_partition_being_added_keep_their_order() {
         answers.push((correlation_id, produce_results(&r)[0]));
     }
     assert_eq!(answers, vec![(0, (0, 0)), (1, (0, 2)), (2, (0, 0))]);
-    let mut req = EndTxnRequest::default();
-    req.transactional_id = TransactionalId(sb("v2"));
-    req.producer_id = ProducerId(p.0);
-    req.producer_epoch = p.1;
-    req.committed = true;
-    let r: EndTxnResponse = call(&mut sim, ApiKey::EndTxn, 5, &req);
-    assert_eq!((r.error_code, r.producer_epoch), (0, p.1 + 1));
+    assert_eq!(commit_v5(&mut sim, "v2", p), (0, p.1 + 1));
     assert_eq!(read_committed(&mut sim, 0).3, vec!["x0", "x1", "x2"]);
     assert_eq!(read_committed(&mut sim, 1).3, vec!["y0"]);
 }
@@ -319,13 +324,7 @@ fn a_version_two_epoch_starts_at_sequence_zero_after_its_marker() {
     // idempotent one, KIP-360), but a version-2 transaction's first batch is sequence 0.
     assert_eq!(v12(&mut sim, (0, p, 2, &["x2"])).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
     assert_eq!(v12(&mut sim, (0, p, 0, &["x0", "x1"])), (0, 0));
-    let mut req = EndTxnRequest::default();
-    req.transactional_id = TransactionalId(sb("v2"));
-    req.producer_id = ProducerId(p.0);
-    req.producer_epoch = p.1;
-    req.committed = true;
-    let r: EndTxnResponse = call(&mut sim, ApiKey::EndTxn, 5, &req);
-    assert_eq!((r.error_code, r.producer_epoch), (0, p.1 + 1));
+    assert_eq!(commit_v5(&mut sim, "v2", p), (0, p.1 + 1));
     assert_eq!(read_committed(&mut sim, 0).3, vec!["x0", "x1"], "the marker is written");
     let next = (p.0, p.1 + 1);
     assert_eq!(v12(&mut sim, (0, next, 2, &["y2"])).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
