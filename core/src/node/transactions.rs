@@ -450,8 +450,8 @@ impl Node {
     /// and the transaction must hold the partition (KIP-890's check, answered locally).
     /// A transaction-version-2 producer (`v2`) starts every transaction at a new epoch, so
     /// its first batch on a partition is sequence 0: a later one is out of order (its
-    /// predecessor was refused, retriable, and will come again), even where the partition
-    /// does not know the producer and would take any sequence.
+    /// predecessor was refused, retriable, and will come again) where the partition does
+    /// not know the producer at that epoch and would take any sequence.
     pub(super) fn check_txn_produce(
         &mut self,
         txn_id: &str,
@@ -462,11 +462,18 @@ impl Node {
     ) -> Result<(), KafkaError> {
         let verdict = self.check_txn_holds(txn_id, topic, partition, records)?;
         match verdict {
-            Some((key, first_seq)) if v2 && first_seq != 0 && !self.txn_open_here(key) => {
+            Some((key, first_seq)) if v2 && first_seq != 0 && !self.txn_open_here(key) && !self.knows_epoch(key) => {
                 Err(KafkaError::OutOfOrderSequenceNumber)
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether the partition knows the producer at this epoch: then its own sequence check
+    /// decides (a marker that raised the epoch to this one expects 0), and a client that
+    /// goes on at one epoch across transactions keeps its sequences.
+    fn knows_epoch(&self, (tp, producer_id, epoch): (Tp, i64, i16)) -> bool {
+        self.partition(tp).and_then(|p| p.log.producers.get(producer_id)).is_some_and(|e| e.epoch == epoch)
     }
 
     /// `check_txn_produce`'s check of the transaction: the batch's (partition, producer id,
