@@ -110,24 +110,23 @@ fn produce(sim: &mut SimNode, id: &str, p: (i64, i16), partition: i32, seq: i32,
     produce_results(&r)[0]
 }
 
-fn end(sim: &mut SimNode, id: &str, (pid, epoch): (i64, i16), commit: bool) -> i16 {
+fn end(sim: &mut SimNode, id: &str, p: (i64, i16), commit: bool) -> i16 {
+    end_txn(sim, id, p, commit, 3).error_code
+}
+
+/// EndTxn at `version`.
+fn end_txn(sim: &mut SimNode, id: &str, (pid, epoch): (i64, i16), commit: bool, version: i16) -> EndTxnResponse {
     let mut req = EndTxnRequest::default();
     req.transactional_id = TransactionalId(sb(id));
     req.producer_id = ProducerId(pid);
     req.producer_epoch = epoch;
     req.committed = commit;
-    let r: EndTxnResponse = call(sim, ApiKey::EndTxn, 3, &req);
-    r.error_code
+    call(sim, ApiKey::EndTxn, version, &req)
 }
 
 /// EndTxn v5 committing: (error, the epoch the producer goes on with).
-fn commit_v5(sim: &mut SimNode, id: &str, (pid, epoch): (i64, i16)) -> (i16, i16) {
-    let mut req = EndTxnRequest::default();
-    req.transactional_id = TransactionalId(sb(id));
-    req.producer_id = ProducerId(pid);
-    req.producer_epoch = epoch;
-    req.committed = true;
-    let r: EndTxnResponse = call(sim, ApiKey::EndTxn, 5, &req);
+fn commit_v5(sim: &mut SimNode, id: &str, p: (i64, i16)) -> (i16, i16) {
+    let r = end_txn(sim, id, p, true, 5);
     (r.error_code, r.producer_epoch)
 }
 
