@@ -229,6 +229,54 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
 }
 
 #[test]
+fn a_producer_with_an_open_transaction_outlives_producer_id_expiration() {
+    let mut config = NodeConfig::default();
+    config.producer_id_expiration_ms = 1_000;
+    config.producer_id_expiration_check_interval_ms = 100;
+    let mut sim = node(config);
+    // An idle idempotent producer (not transactional) on partition 1 expires: the check runs.
+    let plain = init_idempotent(&mut sim);
+    let r: ProduceResponse = call(&mut sim, ApiKey::Produce, 9, &idempotent_request(plain, 0, "p0"));
+    assert_eq!(produce_results(&r)[0], (0, 0));
+    let p = init(&mut sim, "long", 60_000);
+    assert_eq!(add_partitions(&mut sim, "long", p, &[0]), 0);
+    assert_eq!(produce(&mut sim, "long", p, 0, 0, &["slow"]), (0, 0));
+    sim.auto_sync = true;
+    for _ in 0..20 {
+        sim.advance_ms(100);
+    }
+    let r: ProduceResponse = call(&mut sim, ApiKey::Produce, 9, &idempotent_request(plain, 5, "p5"));
+    assert_eq!(produce_results(&r)[0], (0, 1), "expired: a gap from an unknown producer is taken");
+    // The transaction's producer was as idle, but its marker must still find it open.
+    assert_eq!(end(&mut sim, "long", p, true), 0);
+    assert_eq!(read_committed(&mut sim, 0), (2, 2, vec![], vec!["slow".into()]), "the commit made it stable");
+}
+
+/// InitProducerId without a transactional id: (producer id, epoch).
+fn init_idempotent(sim: &mut SimNode) -> (i64, i16) {
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(-1)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let r: InitProducerIdResponse = call(sim, ApiKey::InitProducerId, 4, &req);
+    assert_eq!(r.error_code, 0);
+    (r.producer_id.0, r.producer_epoch)
+}
+
+/// A plain idempotent batch of one value at `seq` to partition 1.
+fn idempotent_request(p: (i64, i16), seq: i32, value: &str) -> ProduceRequest {
+    let mut req = produce_request("", &[(1, p, seq, &[value])]);
+    req.transactional_id = None;
+    let records = req.topic_data[0].partition_data[0].records.take().expect("one batch");
+    let mut b = records.to_vec();
+    b[21..23].copy_from_slice(&0i16.to_be_bytes()); // not transactional
+    batch::set_producer(&mut b, p.0, p.1, seq); // the CRC again
+    req.topic_data[0].partition_data[0].records = Some(Bytes::from(b));
+    req
+}
+
+#[test]
 fn idle_transactional_ids_expire_durably() {
     let mut config = NodeConfig::default();
     config.txn_abort_check_interval_ms = 100;

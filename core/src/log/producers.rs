@@ -429,11 +429,13 @@ impl Producers {
         }
     }
 
-    /// Forgets producers whose last batch is `expiration_ms` or more older than `now_ms`.
-    /// Returns how many went.
+    /// Forgets producers whose last batch is `expiration_ms` or more older than `now_ms`,
+    /// unless a transaction of theirs is open here (as Kafka: its marker must find it, or
+    /// the last stable offset would stay behind the open transaction for good). Returns how
+    /// many went.
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         let before = self.map.len();
-        self.map.retain(|_, e| now_ms.saturating_sub(e.last_timestamp) < expiration_ms);
+        self.map.retain(|_, e| e.txn_first.is_some() || now_ms.saturating_sub(e.last_timestamp) < expiration_ms);
         before - self.map.len()
     }
 
@@ -635,5 +637,13 @@ mod tests {
         send(&mut p, ProducerBatch::new(2, 0, 0, 0, 500), &mut at).unwrap();
         assert_eq!(p.expire(600, 200), 1);
         assert!(p.get(1).is_none() && p.get(2).is_some());
+        // A producer with a transaction open here stays however idle it is, until its marker.
+        let mut txn = ProducerBatch::new(3, 0, 0, 0, 500);
+        txn.transactional = true;
+        send(&mut p, txn, &mut at).unwrap();
+        assert_eq!(p.expire(10_000, 200), 1, "only the plain producer goes");
+        assert!(p.get(2).is_none() && p.in_txn(3));
+        p.end_txn(3, 0, false, at, 0);
+        assert_eq!(p.expire(10_000, 200), 1, "ended, it goes like any other");
     }
 }
