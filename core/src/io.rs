@@ -35,12 +35,17 @@ pub enum Output {
     Close { conn: ConnId },
     /// Perform a disk operation and report back with `Input::DiskDone` carrying `op`.
     Disk { op: OpId, action: DiskOp },
-    /// Send bytes to another broker.
-    Peer { to: BrokerId, bytes: Bytes },
+    /// Send one message to another broker: these parts, in order (without a size prefix; the
+    /// runtime frames the message). A follower's fetch answer carries its record batches as
+    /// file ranges, sent without copying them through user space, like a client's fetch.
+    Peer { to: BrokerId, parts: Vec<Part> },
 }
 
-/// A piece of a response: bytes in memory, or a byte range of a file the runtime sends
-/// without copying it through user space (`sendfile`).
+/// A piece of a response or a peer message: bytes in memory, or a byte range of a file the
+/// runtime sends without copying it through user space (`sendfile`). A range holds only
+/// completed writes when it is emitted; should the file no longer hold it when the runtime
+/// sends it (cut meanwhile), the runtime closes the connection rather than send a short
+/// frame.
 #[derive(Debug, Clone)]
 pub enum Part {
     Bytes(Bytes),

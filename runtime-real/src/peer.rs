@@ -2,7 +2,8 @@
 //! voter's controller listener and sends its peer messages on that connection; it receives on
 //! the connections the others dialled. A connection opens with a hello (the sender's node id
 //! and cluster id), then carries `len u32 | envelope` frames. The bytes are core's; this
-//! module only moves them, and bounds what it reads before it allocates.
+//! module only moves them (a follower's records straight from the segment files with
+//! `sendfile`), and bounds what it reads before it allocates.
 //!
 //! Messages for a peer that is unreachable are dropped, not queued: the quorum and the broker
 //! lifecycle resend on their timers, and stale messages would only be refused later.
@@ -17,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::server::Msg;
+use crate::server::{Msg, WirePart};
 
 /// Messages queued for one peer's connection before new ones are dropped.
 const QUEUE_LEN: usize = 4096;
@@ -28,15 +29,15 @@ const REDIAL_MAX: Duration = Duration::from_secs(1);
 
 /// The sending side: one queue per other voter, drained by its dialer task.
 pub(crate) struct Peers {
-    queues: HashMap<i32, mpsc::Sender<Bytes>>,
+    queues: HashMap<i32, mpsc::Sender<Vec<WirePart>>>,
 }
 
 impl Peers {
     /// Queues a message for `to`; dropped (and logged) when its queue is full or `to` unknown.
-    pub fn send(&self, to: BrokerId, bytes: Bytes) {
+    pub fn send(&self, to: BrokerId, parts: Vec<WirePart>) {
         match self.queues.get(&to.0) {
             Some(q) => {
-                if q.try_send(bytes).is_err() {
+                if q.try_send(parts).is_err() {
                     tracing::debug!(to = to.0, "peer queue full or closed; message dropped");
                 }
             }
@@ -135,7 +136,7 @@ async fn receive(mut stream: TcpStream, cluster_id: &str, core: &mpsc::Sender<Ms
 }
 
 /// Keeps a connection to one peer and writes its queue to it; redials when it breaks.
-async fn dial_loop(to: i32, addr: String, hello: Bytes, mut rx: mpsc::Receiver<Bytes>) {
+async fn dial_loop(to: i32, addr: String, hello: Bytes, mut rx: mpsc::Receiver<Vec<WirePart>>) {
     let mut backoff = Duration::from_millis(50);
     let mut logged = false;
     loop {
@@ -167,14 +168,8 @@ async fn dial_loop(to: i32, addr: String, hello: Bytes, mut rx: mpsc::Receiver<B
 
 /// Writes the hello, then every queued message, until the connection fails (`Some(why)`) or
 /// the queue is closed (`None`).
-async fn send_all(mut stream: TcpStream, hello: &Bytes, rx: &mut mpsc::Receiver<Bytes>) -> Option<String> {
-    let frame = |b: &Bytes| {
-        let mut out = BytesMut::with_capacity(4 + b.len());
-        out.put_u32(u32::try_from(b.len()).expect("peer messages are bounded"));
-        out.put_slice(b);
-        out
-    };
-    if let Err(e) = stream.write_all(&frame(hello)).await {
+async fn send_all(mut stream: TcpStream, hello: &Bytes, rx: &mut mpsc::Receiver<Vec<WirePart>>) -> Option<String> {
+    if let Err(e) = send_message(&mut stream, vec![WirePart::Bytes(hello.clone())]).await {
         return Some(e.to_string());
     }
     loop {
@@ -188,8 +183,39 @@ async fn send_all(mut stream: TcpStream, hello: &Bytes, rx: &mut mpsc::Receiver<
                 Err(e) => e.to_string(),
             }),
         };
-        if let Err(e) = stream.write_all(&frame(&msg)).await {
+        if let Err(e) = send_message(&mut stream, msg).await {
             return Some(e.to_string());
         }
     }
+}
+
+/// Writes one message as a `len u32 | parts` frame: its size prefix and its leading bytes in
+/// one write, file ranges with `sendfile`. A range the file no longer holds (cut since) fails
+/// the send, and the connection with it: the peer never sees a short frame as a whole one.
+async fn send_message(stream: &mut TcpStream, parts: Vec<WirePart>) -> std::io::Result<()> {
+    let len: usize = parts
+        .iter()
+        .map(|p| match p {
+            WirePart::Bytes(b) => b.len(),
+            WirePart::File { len, .. } => *len as usize,
+        })
+        .sum();
+    let len = u32::try_from(len).map_err(|_| std::io::Error::other("a peer message over 4 GiB"))?;
+    let mut parts = parts.into_iter().peekable();
+    let mut head =
+        BytesMut::with_capacity(4 + parts.peek().map_or(0, |p| if let WirePart::Bytes(b) = p { b.len() } else { 0 }));
+    head.put_u32(len);
+    if let Some(WirePart::Bytes(b)) = parts.next_if(|p| matches!(p, WirePart::Bytes(_))) {
+        head.put_slice(&b);
+    }
+    stream.write_all(&head).await?;
+    for p in parts {
+        match p {
+            WirePart::Bytes(b) => stream.write_all(&b).await?,
+            WirePart::File { file, position, len } => {
+                crate::sendfile::send(stream, &file, position, len as usize).await?
+            }
+        }
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use sluice_core::{ConnId, DiskError, DiskReply, Input, Instant, Node, OpId, Output, Part, Time};
+use sluice_core::{ConnId, DiskError, DiskReply, FileId, Input, Instant, Node, OpId, Output, Part, Time};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -100,6 +100,20 @@ impl Backlog {
 }
 
 /// The memory a response holds until it is written.
+/// A response's or peer message's parts with their files' handles, which keep the files open
+/// until they are sent; `Err` names a file that is not open (a bug in core).
+fn wire_parts(disk: &Disk, parts: Vec<Part>) -> Result<Vec<WirePart>, FileId> {
+    parts
+        .into_iter()
+        .map(|p| match p {
+            Part::Bytes(b) => Ok(WirePart::Bytes(b)),
+            Part::File { file, position, len } => {
+                disk.file(file).map(|file| WirePart::File { file, position, len }).ok_or(file)
+            }
+        })
+        .collect()
+}
+
 fn wire_len(parts: &[WirePart]) -> usize {
     parts
         .iter()
@@ -469,21 +483,11 @@ fn drain(
             }
             Output::Response { conn, parts } => {
                 let Some(c) = conns.get(&conn) else { continue };
-                let mut wire = Vec::with_capacity(parts.len());
-                for p in parts {
-                    wire.push(match p {
-                        Part::Bytes(b) => WirePart::Bytes(b),
-                        Part::File { file, position, len } => match disk.file(file) {
-                            Some(file) => WirePart::File { file, position, len },
-                            None => {
-                                // A frame must never be short: drop the connection instead.
-                                tracing::error!(?file, conn = conn.0, "response names a closed file; closing");
-                                wire.clear();
-                                break;
-                            }
-                        },
-                    });
-                }
+                let wire = wire_parts(disk, parts).unwrap_or_else(|file| {
+                    // A frame must never be short: drop the connection instead.
+                    tracing::error!(?file, conn = conn.0, "response names a closed file; closing");
+                    Vec::new()
+                });
                 if wire.is_empty() {
                     if let Some(c) = conns.remove(&conn) {
                         c.stop.notify_one();
@@ -500,9 +504,10 @@ fn drain(
                     drop(c.tx); // the writer flushes what is queued, then shuts the socket
                 }
             }
-            Output::Peer { to, bytes } => match peers {
-                Some(p) => p.send(to, bytes),
-                None => tracing::warn!(?to, "a peer message on a node without peers; dropped"),
+            Output::Peer { to, parts } => match (peers, wire_parts(disk, parts)) {
+                (Some(p), Ok(wire)) => p.send(to, wire),
+                (None, _) => tracing::warn!(?to, "a peer message on a node without peers; dropped"),
+                (_, Err(file)) => tracing::error!(?file, ?to, "a peer message names a closed file; dropped"),
             },
         }
     }

@@ -579,8 +579,10 @@ impl World {
     }
 
     /// Sends a node's message to another: lost if the link is cut or the peer is down;
-    /// otherwise delivered after the network's latency, in order on its link.
-    fn peer_send(&mut self, from: usize, to_id: sluice_core::BrokerId, bytes: Bytes) {
+    /// otherwise delivered after the network's latency, in order on its link. File ranges
+    /// are read as the message is sent (as `sendfile` does), and a read can come back
+    /// garbled like any other.
+    fn peer_send(&mut self, from: usize, to_id: sluice_core::BrokerId, parts: Vec<Part>) {
         let Some(to) = self.slots.iter().position(|s| s.config.node_id == to_id) else {
             return; // a node this world does not have: nothing listens there
         };
@@ -590,6 +592,20 @@ impl World {
         if self.cut.get(&(from.min(to), from.max(to))).is_some_and(|t| *t > self.now) {
             return;
         }
+        let mut buf = BytesMut::new();
+        for p in parts {
+            match p {
+                Part::Bytes(b) => buf.put_slice(&b),
+                Part::File { file, position, len } => {
+                    let Some(mut b) = self.slots[from].disk.read_range(file, position, len as usize) else {
+                        panic!("node {from} sent a peer a file range beyond its file: a bug in core")
+                    };
+                    self.maybe_garble_read(&mut b);
+                    buf.put_slice(&b);
+                }
+            }
+        }
+        let bytes = buf.freeze();
         let lat = self.latency(self.env.net_latency);
         let clog = self.slots[from].clogged_until.max(self.slots[to].clogged_until);
         let at = (self.now + lat).max(clog).max(self.link_free_at.get(&(from, to)).copied().unwrap_or(0));
@@ -625,7 +641,7 @@ impl World {
                         self.schedule(at, Event::ClientClosed { conn });
                     }
                 }
-                Output::Peer { to, bytes } => self.peer_send(i, to, bytes),
+                Output::Peer { to, parts } => self.peer_send(i, to, parts),
             }
         }
         let slot = &mut self.slots[i];
@@ -664,6 +680,25 @@ impl World {
         self.schedule(at, Event::ClientResponse { conn, frame });
     }
 
+    /// A transient read error, at the disk-fault rate: up to four bytes at a random place
+    /// come back garbled by a random non-zero pattern. (Flipping one bit made two bad reads
+    /// of one spot agree once in ~800 rereads, enough for a sweep to cut a log on what was
+    /// only a bad read: seed 186 did.)
+    fn maybe_garble_read(&mut self, d: &mut Bytes) {
+        if d.is_empty() || !self.rng.disk.gen_bool(self.env.read_corrupt.clamp(0.0, 1.0)) {
+            return;
+        }
+        let mut v = d.to_vec();
+        let at = self.rng.disk.gen_range(0..v.len());
+        let mut pattern = self.rng.disk.gen::<u32>().to_be_bytes();
+        pattern[0] = pattern[0].max(1); // the first byte always changes
+        for (b, p) in v[at..].iter_mut().zip(pattern) {
+            *b ^= p;
+        }
+        *d = Bytes::from(v);
+        self.stats.read_corruptions += 1;
+    }
+
     fn disk_op(&mut self, i: usize, op: OpId, action: DiskOp) {
         let inc = self.slots[i].inc;
         if let DiskOp::Sync { file } = action {
@@ -675,21 +710,7 @@ impl World {
         }
         let mut result = self.slots[i].disk.execute(action);
         if let Ok(DiskReply::Data(d)) = &mut result {
-            if !d.is_empty() && self.rng.disk.gen_bool(self.env.read_corrupt.clamp(0.0, 1.0)) {
-                // A transient read error: up to four bytes at a random place come back
-                // garbled by a random non-zero pattern. (Flipping one bit made two bad reads
-                // of one spot agree once in ~800 rereads, enough for a sweep to cut a log on
-                // what was only a bad read: seed 186 did.)
-                let mut v = d.to_vec();
-                let at = self.rng.disk.gen_range(0..v.len());
-                let mut pattern = self.rng.disk.gen::<u32>().to_be_bytes();
-                pattern[0] = pattern[0].max(1); // the first byte always changes
-                for (b, p) in v[at..].iter_mut().zip(pattern) {
-                    *b ^= p;
-                }
-                *d = Bytes::from(v);
-                self.stats.read_corruptions += 1;
-            }
+            self.maybe_garble_read(d);
         }
         let lat = self.latency(self.env.disk_latency);
         let at = (self.now + lat).max(self.slots[i].disk_busy_until);

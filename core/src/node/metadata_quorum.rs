@@ -698,21 +698,21 @@ impl Node {
     }
 
     pub(super) fn send_peer(&mut self, to: i32, body: crate::peer::Body) {
-        self.send_peer_with_tail(to, body, &[]);
+        self.send_peer_with_tail(to, body, Vec::new());
     }
 
-    /// Sends a peer message followed by `tail` (a fetch answer's record batches).
-    pub(super) fn send_peer_with_tail(&mut self, to: i32, body: crate::peer::Body, tail: &[Bytes]) {
+    /// Sends a peer message followed by `tail` (a fetch answer's record batches, as ranges of
+    /// their segment files).
+    pub(super) fn send_peer_with_tail(&mut self, to: i32, body: crate::peer::Body, tail: Vec<crate::io::Part>) {
         let env = crate::peer::Envelope {
             version: crate::peer::PROTOCOL_VERSION,
             cluster_id: self.config.cluster_id.clone(),
             from: self.config.node_id.0,
             body,
         };
-        let mut bytes = crate::peer::encode(&env);
-        for t in tail {
-            bytes.extend_from_slice(t);
-        }
-        self.outputs.push_back(crate::io::Output::Peer { to: crate::types::BrokerId(to), bytes: Bytes::from(bytes) });
+        let mut parts = Vec::with_capacity(1 + tail.len());
+        parts.push(crate::io::Part::Bytes(Bytes::from(crate::peer::encode(&env))));
+        parts.extend(tail);
+        self.outputs.push_back(crate::io::Output::Peer { to: crate::types::BrokerId(to), parts });
     }
 }

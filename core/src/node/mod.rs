@@ -124,11 +124,6 @@ enum Purpose {
         pi: usize,
         target: fetch::TsTarget,
     },
-    /// A read of a partition's log to answer a follower's fetch.
-    ReplicaRead {
-        answer: u64,
-        index: usize,
-    },
     /// One of the log cleaner's operations (its job's id).
     Clean {
         id: u64,
@@ -1007,7 +1002,6 @@ impl Node {
                 };
                 self.on_timestamp_read(id, ti, pi, target, data);
             }
-            Purpose::ReplicaRead { answer, index } => self.on_replica_read(answer, index, result),
             Purpose::Clean { id } => self.on_clean_done(id, result),
             Purpose::Snapshot(step) => self.on_snapshot_step(step, result),
             Purpose::SnapshotLoad => self.on_snapshot_load(result),

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
-use super::{Node, PartState, Purpose, Tp};
-use crate::io::{DiskOp, DiskReply};
+use super::{Node, PartState, Tp};
+use crate::io::Part;
 use crate::log::batch;
 use crate::log::producers::Replay;
 use crate::metadata::{MetaRecord, PartitionImage, NO_LEADER};
@@ -39,9 +39,6 @@ pub(super) struct ReplicationState {
     parked: Vec<Parked>,
     /// A leader's durable end moved or a role changed: the held fetches are looked at.
     pub(super) wake_parked: bool,
-    /// Answers waiting for their reads of the log.
-    answers: BTreeMap<u64, PendingAnswer>,
-    next_answer: u64,
     next_isr_check: Option<Instant>,
     /// The controller's partition changes proposed and not yet committed.
     in_flight: BTreeMap<Tp, (Offset, super::JobId)>,
@@ -75,14 +72,6 @@ struct Parked {
     id: u64,
     partitions: Vec<FetchPartition>,
     deadline: Instant,
-}
-
-struct PendingAnswer {
-    to: i32,
-    id: u64,
-    partitions: Vec<FetchedPartition>,
-    data: Vec<Bytes>,
-    remaining: usize,
 }
 
 impl Node {
@@ -569,14 +558,15 @@ impl Node {
     }
 
     /// Answers a follower's fetch: errors, divergence, or what this log has written from the
-    /// offset asked (read from the files, then sent behind the envelope).
+    /// offset asked, sent behind the envelope as ranges of the segment files (zero-copy, as
+    /// a client's fetch).
     fn answer_fetch(&mut self, to: i32, id: u64, partitions: Vec<FetchPartition>) {
         // Bounded well under what a peer accepts in one message, whatever the config says.
         let mut budget =
             self.config.replication.replica_fetch_response_max_bytes.min(crate::limits::PEER_MESSAGE_BYTES_MAX / 2);
         let mut out = Vec::with_capacity(partitions.len());
-        let mut reads = Vec::new();
-        for (i, fp) in partitions.iter().enumerate() {
+        let mut tail = Vec::new();
+        for fp in &partitions {
             let mut r = FetchedPartition {
                 topic: fp.topic,
                 partition: fp.partition,
@@ -603,7 +593,7 @@ impl Node {
                 let max = (fp.max_bytes as usize).min(budget);
                 let served = p.served_end();
                 if fp.fetch_offset <= served && max > 0 {
-                    match l.read_replica(fp.fetch_offset, served, max, reads.is_empty()) {
+                    match l.read_replica(fp.fetch_offset, served, max, tail.is_empty()) {
                         crate::log::ReadResult::OutOfRange => {
                             // Where the follower can start again: a batch's first offset.
                             r.log_start_offset = l.batch_aligned_start();
@@ -612,57 +602,16 @@ impl Node {
                         crate::log::ReadResult::Empty => {}
                         crate::log::ReadResult::Range { file, position, len } => {
                             budget = budget.saturating_sub(len as usize);
-                            reads.push((i, file, position, len));
+                            r.records_len = len;
+                            tail.push(Part::File { file, position, len });
                         }
                     }
                 }
             }
             out.push(r);
         }
-        self.replication.next_answer += 1;
-        let answer = self.replication.next_answer;
-        let n = out.len();
-        self.replication.answers.insert(
-            answer,
-            PendingAnswer { to, id, partitions: out, data: vec![Bytes::new(); n], remaining: reads.len() },
-        );
-        if reads.is_empty() {
-            return self.send_answer(answer);
-        }
-        for (index, file, position, len) in reads {
-            self.issue(DiskOp::Read { file, position, len: len as usize }, Purpose::ReplicaRead { answer, index });
-        }
-    }
-
-    pub(super) fn on_replica_read(
-        &mut self,
-        answer: u64,
-        index: usize,
-        result: Result<DiskReply, crate::io::DiskError>,
-    ) {
-        let Some(a) = self.replication.answers.get_mut(&answer) else { return };
-        match result {
-            Ok(DiskReply::Data(d)) => {
-                a.partitions[index].records_len = u32::try_from(d.len()).unwrap_or(0);
-                a.data[index] = d;
-            }
-            Ok(_) | Err(_) => {
-                tracing::warn!("a read for a follower failed; it fetches again");
-            }
-        }
-        a.remaining -= 1;
-        if a.remaining == 0 {
-            self.send_answer(answer);
-        }
-    }
-
-    fn send_answer(&mut self, answer: u64) {
-        let Some(mut a) = self.replication.answers.remove(&answer) else { return };
-        for (p, d) in a.partitions.iter_mut().zip(&a.data) {
-            p.records_len = u32::try_from(d.len()).unwrap_or(0);
-        }
-        let msg = ReplicaMessage::FetchResponse { id: a.id, partitions: a.partitions };
-        self.send_peer_with_tail(a.to, Body::Replica(msg), &a.data);
+        let msg = ReplicaMessage::FetchResponse { id, partitions: out };
+        self.send_peer_with_tail(to, Body::Replica(msg), tail);
     }
 
     /// Answers the held fetches that now have something new, or whose wait is over.
