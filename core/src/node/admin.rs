@@ -1032,6 +1032,10 @@ impl Node {
             let n = t.partitions.len();
             self.drop_topic_memory(name, id);
             self.remove_dirs(name, 0..i32::try_from(n).expect("bounded"), None);
+            // Another topic of the name committed meanwhile (a controller's proposal lost
+            // with its leadership, another's taken): its replicas are made now, after the
+            // removal of these directories (disk operations complete in issue order).
+            self.place_committed_topic(name);
         }
     }
 

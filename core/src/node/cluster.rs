@@ -42,6 +42,9 @@ pub(super) struct ClusterState {
     /// New at every start of the process: a registration with it is this process's.
     pub incarnation: u64,
     pub next_heartbeat: Option<Instant>,
+    /// When this broker sent the latest heartbeat the controller answered live and
+    /// unfenced: the controller fences no broker sooner than a session after it heard it.
+    lease_from: Option<Instant>,
     /// The quorum epoch this node last led in: the controller's state below belongs to it.
     led_epoch: Option<Epoch>,
     /// When the controller last heard each broker's heartbeat.
@@ -242,14 +245,20 @@ impl Node {
         }
         for (name, t) in &new.topics {
             let Some(o) = old.topics.get(name).filter(|o| o.id == t.id) else {
-                let configs = t.configs.clone().into_iter().collect();
-                let replicas = t.parts.iter().map(|p| p.replicas.clone()).collect();
-                self.on_meta_record(MetaRecord::TopicPlaced { name: name.clone(), id: t.id, configs, replicas });
+                self.place_committed_topic(name);
                 continue;
             };
             self.topic_changes_carried_out(name, t, o);
         }
         self.broker_changes_carried_out(&old, &new);
+    }
+
+    /// Creates this node's replicas of the image's topic `name`, as its record does.
+    pub(super) fn place_committed_topic(&mut self, name: &str) {
+        let Some(t) = self.cluster.image.topics.get(name) else { return };
+        let configs = t.configs.clone().into_iter().collect();
+        let replicas = t.parts.iter().map(|p| p.replicas.clone()).collect();
+        self.on_meta_record(MetaRecord::TopicPlaced { name: name.to_string(), id: t.id, configs, replicas });
     }
 
     /// What changed of a topic between two images, carried out.
@@ -319,6 +328,13 @@ impl Node {
                     Some(t) if t.id == id => {
                         // This node proposed it and created it then; now its roles are known.
                         return self.refresh_topic_roles(&name);
+                    }
+                    Some(t) if t.creating.is_some() => {
+                        // This node's own proposal of the name, as a controller that lost its
+                        // leadership before the proposal committed: its creation fails, and
+                        // its rollback places the committed topic (`topic_ready`).
+                        tracing::info!(topic = %name, "the committed topic waits for this node's uncommitted one to roll back");
+                        return;
                     }
                     Some(_) => {
                         // A controller checks its whole log for the name before proposing.
@@ -442,6 +458,7 @@ impl Node {
             Some((broker_epoch, _)) => BrokerMessage::Heartbeat {
                 broker_epoch,
                 caught_up: self.meta.quorum.as_ref().is_some_and(|q| q.caught_up()),
+                sent_at: now.0,
             },
             None => BrokerMessage::Register {
                 incarnation: self.cluster.incarnation,
@@ -544,8 +561,9 @@ impl Node {
     /// controller's answer.
     pub(super) fn on_broker_message(&mut self, from: i32, msg: BrokerMessage) {
         match msg {
-            BrokerMessage::HeartbeatResponse { broker_epoch, fenced } => {
+            BrokerMessage::HeartbeatResponse { broker_epoch, fenced, sent_at } => {
                 tracing::debug!(from, ?broker_epoch, fenced, "heartbeat answered");
+                self.on_heartbeat_answer(broker_epoch, fenced, sent_at);
             }
             BrokerMessage::Register { incarnation, host, port, rack } => {
                 if !self.controller_epoch_check() {
@@ -562,7 +580,9 @@ impl Node {
                     );
                 }
             }
-            BrokerMessage::Heartbeat { broker_epoch, caught_up } => self.on_heartbeat(from, broker_epoch, caught_up),
+            BrokerMessage::Heartbeat { broker_epoch, caught_up, sent_at } => {
+                self.on_heartbeat(from, broker_epoch, caught_up, sent_at)
+            }
             BrokerMessage::AllocateProducerIds => {
                 if self.controller_epoch_check() && from != self.me() {
                     self.allocate_producer_ids_for(from);
@@ -615,7 +635,7 @@ impl Node {
 
     /// A broker's heartbeat: it is alive; unfence it once it has caught up (unless it is
     /// stopping), and answer with its epoch and fencing.
-    fn on_heartbeat(&mut self, from: i32, broker_epoch: i64, caught_up: bool) {
+    fn on_heartbeat(&mut self, from: i32, broker_epoch: i64, caught_up: bool, sent_at: u64) {
         if !self.controller_epoch_check() {
             return;
         }
@@ -627,13 +647,43 @@ impl Node {
                 self.propose_broker_change(from, MetaRecord::BrokerUnfenced { id: from, epoch: broker_epoch });
             }
         }
-        let answer = BrokerMessage::HeartbeatResponse {
-            broker_epoch: known.map(|_| broker_epoch),
-            fenced: known.unwrap_or(true),
-        };
-        if from != self.me() {
+        let (epoch, fenced) = (known.map(|_| broker_epoch), known.unwrap_or(true));
+        if from == self.me() {
+            self.on_heartbeat_answer(epoch, fenced, sent_at);
+        } else {
+            let answer = BrokerMessage::HeartbeatResponse { broker_epoch: epoch, fenced, sent_at };
             self.send_peer(from, Body::Broker(answer));
         }
+    }
+
+    /// The controller answered a heartbeat of this broker: answered live and unfenced under
+    /// the broker's current registration, it renews the lease from the heartbeat's sending.
+    fn on_heartbeat_answer(&mut self, broker_epoch: Option<i64>, fenced: bool, sent_at: u64) {
+        let current = self.cluster.image.brokers.get(&self.me()).map(|b| b.epoch);
+        let sent_at = Instant(sent_at);
+        // A time from the future is not this process's (a garbled or foreign answer).
+        if fenced || broker_epoch.is_none() || broker_epoch != current || sent_at > self.now.mono {
+            return;
+        }
+        if self.cluster.lease_from.is_none_or(|f| f < sent_at) {
+            self.cluster.lease_from = Some(sent_at);
+        }
+    }
+
+    /// Whether this broker may act on its leaderships as a coordinator: a broker of a
+    /// cluster whose last heartbeat the controller answered was sent less than its session
+    /// ago (less a heartbeat interval, for clocks that run apart) cannot have been fenced and
+    /// replaced yet. One that went longer (paused, or cut off from the controller) may be a
+    /// zombie whose metadata has not yet told it so: its coordinators answer
+    /// COORDINATOR_NOT_AVAILABLE until a heartbeat is answered again. A single node always
+    /// holds it.
+    pub(super) fn holds_lease(&self) -> bool {
+        if !self.config.is_cluster() {
+            return true;
+        }
+        let session = self.config.broker_session_timeout_ms;
+        let lease = session.saturating_sub(self.config.broker_heartbeat_interval_ms).max(session / 2);
+        self.cluster.lease_from.is_some_and(|f| self.now.mono < f.plus_millis(lease))
     }
 
     /// A broker stopping (controlled shutdown): fence it, which moves its leadership to

@@ -304,6 +304,7 @@ impl Node {
         let tp = (t.id, partition_for(key, n));
         let p = t.partition(tp.1).ok_or(COORDINATOR_NOT_AVAILABLE)?;
         match self.partition_leader(tp).map(|(leader, _)| leader) {
+            Some(me) if me == self.config.node_id.0 && !self.holds_lease() => Err(COORDINATOR_NOT_AVAILABLE),
             Some(me) if me == self.config.node_id.0 && !(p.leads() && self.coordination.is_loaded(tp)) => {
                 Err(COORDINATOR_LOAD_IN_PROGRESS)
             }

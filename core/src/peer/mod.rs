@@ -13,7 +13,7 @@ use crate::quorum;
 
 /// The version of the peer protocol this build speaks. A change to any message type that is
 /// not backward compatible bumps it; an envelope of another version is refused.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -97,11 +97,13 @@ pub enum BrokerMessage {
     /// start of the process, so the controller tells a restart from a repeat.
     Register { incarnation: u64, host: String, port: i32, rack: Option<String> },
     /// A registered broker is alive. `caught_up` says its metadata has reached the high
-    /// watermark the controller last told it, so it may be unfenced.
-    Heartbeat { broker_epoch: i64, caught_up: bool },
+    /// watermark the controller last told it, so it may be unfenced. `sent_at` is the
+    /// broker's monotonic clock (ns) as it sends it, echoed in the answer.
+    Heartbeat { broker_epoch: i64, caught_up: bool, sent_at: u64 },
     /// The controller's answer to a heartbeat: the broker's epoch (its registration's offset),
-    /// `None` when the broker is not (or no longer) registered, and whether it is fenced.
-    HeartbeatResponse { broker_epoch: Option<i64>, fenced: bool },
+    /// `None` when the broker is not (or no longer) registered, whether it is fenced, and the
+    /// heartbeat's `sent_at`.
+    HeartbeatResponse { broker_epoch: Option<i64>, fenced: bool, sent_at: u64 },
     /// A broker asks the controller to create a topic a client asked for by name (automatic
     /// topic creation). Fire and forget: the client learns of it from Metadata.
     CreateTopic { name: String },
