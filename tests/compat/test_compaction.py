@@ -12,7 +12,11 @@ kafka-python where said):
 - an idempotent producer (kafka-python 3's default) whose batches were all compacted away keeps
   producing after a restart, and a new one produces too;
 - time retention does not delete from a compact-only topic; it does from a compact,delete one;
-- kill -9 while the cleaner works on a bigger partition loses no key's latest value.
+- kill -9 while the cleaner works on a bigger partition loses no key's latest value;
+- kafka-python's tombstones stay for delete.retention.ms, then go with their keys;
+- min.compaction.lag.ms keeps young records from the cleaner, min.cleanable.dirty.ratio keeps
+  it off a log that is mostly clean, and changes at runtime (the ratio lowered, cleanup.policy
+  from delete to compact) take effect.
 Each waits at most COMPACTION_WAIT_S seconds for the cleaner.
 """
 from __future__ import annotations
@@ -23,7 +27,8 @@ import time
 import pytest
 from confluent_kafka import TopicPartition
 
-from clients import ck_consume, ck_consumer, ck_create_topic, ck_produce, ck_producer, ck_watermarks
+import wire
+from clients import ck_admin, ck_consume, ck_consumer, ck_create_topic, ck_produce, ck_producer, ck_watermarks
 from conftest import unique_topic
 
 COMPACTION_WAIT_S = 25
@@ -60,10 +65,10 @@ class Acked:
         return self.at[self.latest[key]][1]
 
 
-def produce(producer, topic, acked, pairs):
+def produce(producer, topic, acked, pairs, timestamp=None):
     """confluent-kafka: (key, value) pairs to partition 0, flushed; offsets from the delivery
-    reports go into `acked`."""
-    items = [{"key": k, "value": v, "partition": 0} for k, v in pairs]
+    reports go into `acked`. `timestamp` (ms) sets every record's CreateTime."""
+    items = [{"key": k, "value": v, "partition": 0, "timestamp": timestamp} for k, v in pairs]
     reports = ck_produce(producer, topic, items, flush_timeout=30)
     for (k, v), d in zip(pairs, reports):
         assert d.err is None, "produce %r=%r to %s failed: %s" % (k, v, topic, d.err)
@@ -158,7 +163,7 @@ def compacted(records, live, deleted, tombstones_kept=False):
     else:
         still = {k: counts[k] for k in deleted if k in counts}
         if still:
-            problems.append("%d of %d deleted keys (delete.retention.ms=0) still read (e.g. %s)" % (
+            problems.append("%d of %d deleted keys still read, their tombstones not yet gone (e.g. %s)" % (
                 len(still), len(deleted), sorted(still.items())[:3]))
     return "; ".join(problems) or None
 
@@ -349,6 +354,69 @@ def test_kafka_python_producers_after_compaction_and_restart(broker_factory):
         kp.close(timeout=10)
 
 
+def test_kafka_python_tombstones_go_after_delete_retention_ms(broker_factory):
+    """kafka-python's default producer (idempotent in kafka-python 3) writes 30 keys x 4
+    versions, then tombstones (value None) for 10 of them; delete.retention.ms=5000. Every read
+    that ends less than 5 s after the tombstones were sent still has each tombstone, as its key's
+    last record at its offset (their segment was sealed after they were appended, so none may go
+    sooner); meanwhile a pass drops the deleted keys' older values and keeps the tombstones.
+    Then the tombstones go with every older record of their keys, and the 20 other keys keep
+    exactly their latest value at the offset it was acknowledged at, as confluent-kafka and
+    kafka-python read it. The same producer object then writes on (its sequence survives its
+    last batch, the tombstones, being emptied)."""
+    retention_s = 5.0
+    broker = broker_factory(**BROKER)
+    topic = unique_topic("kp-tomb")
+    ck_create_topic(broker.bootstrap, topic, 1,
+                    config=compacted_topic(delete_retention_ms=int(retention_s * 1000)))
+    acked = Acked()
+    keys = [b"kt-%02d" % i for i in range(30)]
+    deleted, live = set(keys[::3]), set(keys) - set(keys[::3])
+    kp = kp_default_producer(broker.bootstrap)
+    try:
+        for version in range(4):  # four rounds, segments rolling between them
+            kp_produce(kp, topic, acked, [(k, value(k, version)) for k in keys])
+            time.sleep(0.12)
+        sent = time.time()
+        kp_produce(kp, topic, acked, [(k, None) for k in sorted(deleted)])
+        assert all(acked.latest_value(k) is None for k in deleted)
+        seen = {"tombstones only": None}
+
+        def tombstones_gone(records):
+            elapsed = time.time() - sent  # the read ended before this
+            if elapsed < retention_s - 0.25:
+                present = sorted(deleted - set(by_key(records)))
+                assert not present, (
+                    "%.2fs after the tombstones were sent (delete.retention.ms=%d), tombstones of %d keys "
+                    "are gone already: %s" % (elapsed, retention_s * 1000, len(present), present[:5]))
+                if seen["tombstones only"] is None and compacted(records, live, deleted, tombstones_kept=True) is None:
+                    seen["tombstones only"] = elapsed
+            return compacted(records, live, deleted)
+
+        reads = wait_compacted(broker, {topic: (acked, tombstones_gone)}, ck_producer(broker.bootstrap))
+        done = time.time() - sent
+        assert seen["tombstones only"] is not None, (
+            "no read in the first %.1fs showed the log compacted with its tombstones kept" % retention_s)
+        assert done >= retention_s, done
+        records = reads[topic]
+        keys_read = by_key(records)
+        assert not deleted & set(keys_read), sorted(deleted & set(keys_read))
+        for k in sorted(live):
+            assert keys_read[k] == [(acked.latest[k], value(k, 3))], (k, keys_read[k])
+        kp_records = kp_read_all(broker.bootstrap, topic)
+        check_read(kp_records, acked, where="kafka-python consumer: ")
+        assert [r for r in kp_records if r[1] != FILLER] == [r for r in records if r[1] != FILLER]
+
+        # The producer whose last batch (the tombstones) was emptied writes on.
+        again = sorted(deleted)[0]
+        kp_produce(kp, topic, acked, [(again, value(again, 9)), (sorted(live)[0], value(sorted(live)[0], 9))])
+        records = read_all(broker.bootstrap, topic)
+        check_read(records, acked, where="after producing again: ")
+        assert by_key(records)[again] == [(acked.latest[again], value(again, 9))]
+    finally:
+        kp.close(timeout=10)
+
+
 def test_tombstones_kept_for_delete_retention_ms(broker_factory):
     """Tombstones for 10 of 30 keys: with delete.retention.ms=86400000 compaction leaves each
     deleted key's tombstone (value None, at its offset) and nothing older; with
@@ -514,3 +582,163 @@ def test_offsets_topic_is_compacted_and_read_back_after_restart(broker_factory):
     finally:
         consumer.close()
     assert got[0].error is None and got[0].offset == commits, "committed after restart: %r" % got
+
+
+# ------------------------------------------------- the cleaner's settings, and changing them
+
+
+def alter_topic(bootstrap, topic, changes, overrides):
+    """Changes a topic's configs at runtime with confluent-kafka's AdminClient:
+    IncrementalAlterConfigs (SET each of `changes`) where the library has it (confluent-kafka
+    2.2 on), else AlterConfigs with the topic's whole set (`overrides` updated by `changes`: it
+    replaces them all). DescribeConfigs then shows the new values. Returns the API used."""
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+    admin = ck_admin(bootstrap)
+    if hasattr(AdminClient, "incremental_alter_configs"):
+        from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
+        entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in changes.items()]
+        res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)
+        list(admin.incremental_alter_configs([res], request_timeout=15).values())[0].result(timeout=15)
+        api = "IncrementalAlterConfigs"
+    else:
+        full = dict(overrides, **changes)
+        res = ConfigResource(ResourceType.TOPIC, topic, set_config=full)
+        list(admin.alter_configs([res], request_timeout=15).values())[0].result(timeout=15)
+        api = "AlterConfigs"
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    got = list(admin.describe_configs([res], request_timeout=15).values())[0].result(timeout=15)
+    for k, v in changes.items():
+        assert got[k].value == v, "%s after %s: %r, want %r" % (k, api, got[k].value, v)
+    return api
+
+
+def versions_of(records, key):
+    return sum(1 for _, k, _ in records if k == key)
+
+
+def hold(seconds, check):
+    """A why_not for wait_compacted that runs `check(records)` (which raises when the log is
+    not as it must be) on every read for `seconds`, then is satisfied."""
+    until = time.monotonic() + seconds
+
+    def why_not(records):
+        check(records)
+        return "holding" if time.monotonic() < until else None
+
+    return why_not
+
+
+def test_min_compaction_lag_ms_keeps_young_records(broker_factory):
+    """min.compaction.lag.ms=5000: 10 keys written 3 times with timestamps an hour old, then 10
+    keys written 3 times now (their own segments). The cleaner compacts the old keys at once
+    but leaves every version of the young keys while any read ends within 5 s of their writing
+    (no segment holding them may be cleaned before then: their timestamps are at least that);
+    after the lag they are compacted to their latest values, at their offsets."""
+    lag_s = 5.0
+    broker = broker_factory(**BROKER)
+    topic = unique_topic("lag")
+    ck_create_topic(broker.bootstrap, topic, 1, config=compacted_topic(min_compaction_lag_ms=int(lag_s * 1000)))
+    p = ck_producer(broker.bootstrap)
+    acked = Acked()
+    old_keys = [b"old-%02d" % i for i in range(10)]
+    young_keys = [b"young-%02d" % i for i in range(10)]
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    produce(p, topic, acked, [(k, value(k, v)) for v in range(3) for k in old_keys], timestamp=hour_ago)
+    time.sleep(0.12)  # the next append rolls the segment: the old records' segment holds nothing else
+    written = time.time()  # every young record's timestamp is at least this
+    produce(p, topic, acked, [(k, value(k, v)) for v in range(3) for k in young_keys])
+    seen = {"old compacted, young whole": None}
+
+    def young_compacted_after_the_lag(records):
+        elapsed = time.time() - written  # the read ended before this
+        if elapsed < lag_s - 0.25:
+            short = {k.decode(): versions_of(records, k) for k in young_keys if versions_of(records, k) != 3}
+            assert not short, (
+                "%.2fs after they were written (min.compaction.lag.ms=%d), young keys lost versions: %s"
+                % (elapsed, lag_s * 1000, short))
+            if seen["old compacted, young whole"] is None and compacted(records, set(old_keys), set()) is None:
+                seen["old compacted, young whole"] = elapsed
+            return "within the lag"
+        return compacted(records, set(old_keys) | set(young_keys), set())
+
+    reads = wait_compacted(broker, {topic: (acked, young_compacted_after_the_lag)}, p)
+    assert time.time() - written >= lag_s
+    assert seen["old compacted, young whole"] is not None, (
+        "the cleaner did not compact the hour-old keys within %.1fs: nothing shows it ran" % lag_s)
+    records = reads[topic]
+    keys_read = by_key(records)
+    for k in old_keys + young_keys:
+        assert keys_read[k] == [(acked.latest[k], value(k, 2))], (k, keys_read[k])
+
+
+def test_min_cleanable_dirty_ratio_and_lowering_it_at_runtime(broker_factory):
+    """min.cleanable.dirty.ratio=0.5: 200 distinct keys of 1 kB and key "first" twice, in one
+    batch written on a raw socket (so in one segment); a first pass cleans that segment (a log
+    never cleaned is all dirty) and drops the older "first". Then key "dup" is written 3 times:
+    with ~0.2 kB dirty (plus ~0.1 kB a filler round) against ~210 kB clean, the dirty share
+    stays near 0.01, and for 4 s of cleaner checks every 200 ms "dup" keeps its 3 versions. The
+    ratio lowered to 0.001 at runtime (IncrementalAlterConfigs; AlterConfigs with
+    confluent-kafka 2.0), the cleaner compacts "dup" to its latest value."""
+    broker = broker_factory(**BROKER)
+    topic = unique_topic("ratio")
+    overrides = compacted_topic(min_cleanable_dirty_ratio="0.5")
+    ck_create_topic(broker.bootstrap, topic, 1, config=overrides)
+    p = ck_producer(broker.bootstrap)
+    acked = Acked()
+    big = [b"big-%03d" % i for i in range(200)]
+    # One batch (a Produce on a raw socket: a client may split it), so one segment: a first pass
+    # that drops the older "first" has cleaned all of it.
+    records = [wire.Record(value(k, 0, pad=1000), key=k) for k in big] + [
+        wire.Record(value(b"first", v), key=b"first") for v in range(2)]
+    with wire.Conn.to(broker.bootstrap) as conn:
+        got = conn.produce(topic, 0, wire.encode_batch(records))
+    assert got["error"] == 0, got
+    for i, r in enumerate(records):
+        acked.add(got["base_offset"] + i, r.key, r.value)
+    wait_compacted(broker, {topic: (acked, lambda r: versions_of(r, b"first") != 1 and "first pass not done")}, p)
+    logs = sorted(n for n in os.listdir(broker.partition_dir(topic, 0)) if n.endswith(".log"))
+    assert logs[0] == "%020d.log" % 0 and logs[1] == "%020d.log" % 202, (
+        "the first 202 records are not alone in the first segment: %s" % logs[:3])
+
+    time.sleep(0.12)
+    produce(p, topic, acked, [(b"dup", value(b"dup", v)) for v in range(3)])
+
+    def dup_whole(records):
+        n = versions_of(records, b"dup")
+        assert n == 3, "\"dup\" compacted (%d of 3 versions left) with a dirty share far below "\
+                       "min.cleanable.dirty.ratio=0.5; log: %s" % (n, segment_listing(broker, topic))
+
+    wait_compacted(broker, {topic: (acked, hold(4.0, dup_whole))}, p)
+    alter_topic(broker.bootstrap, topic, {"min.cleanable.dirty.ratio": "0.001"}, overrides)
+    reads = wait_compacted(broker, {topic: (acked, lambda r: compacted(r, set(big) | {b"dup", b"first"}, set()))}, p)
+    keys_read = by_key(reads[topic])
+    assert keys_read[b"dup"] == [(acked.latest[b"dup"], value(b"dup", 2))], keys_read[b"dup"]
+
+
+def test_cleanup_policy_changed_from_delete_to_compact_at_runtime(broker_factory):
+    """A cleanup.policy=delete topic (segments rolling every 100 ms, min.cleanable.dirty.ratio
+    0.01) with 20 keys x 5 versions keeps every record for 2 s of cleaner checks; changed to
+    compact at runtime (IncrementalAlterConfigs; AlterConfigs with confluent-kafka 2.0), it is
+    compacted to each key's latest value at its offset."""
+    broker = broker_factory(**BROKER)
+    topic = unique_topic("to-compact")
+    overrides = {"cleanup.policy": "delete", "segment.ms": "100", "min.cleanable.dirty.ratio": "0.01"}
+    ck_create_topic(broker.bootstrap, topic, 1, config=overrides)
+    p = ck_producer(broker.bootstrap)
+    acked = Acked()
+    keys = [b"pc-%02d" % i for i in range(20)]
+    for version in range(5):
+        produce(p, topic, acked, [(k, value(k, version)) for k in keys])
+        time.sleep(0.12)
+
+    def everything_kept(records):
+        assert [o for o, _, _ in records] == sorted(acked.at), (
+            "a cleanup.policy=delete topic lost records: %d read of %d acknowledged"
+            % (len(records), len(acked.at)))
+
+    wait_compacted(broker, {topic: (acked, hold(2.0, everything_kept))}, p)
+    alter_topic(broker.bootstrap, topic, {"cleanup.policy": "compact"}, overrides)
+    reads = wait_compacted(broker, {topic: (acked, lambda r: compacted(r, set(keys), set()))}, p)
+    keys_read = by_key(reads[topic])
+    for k in keys:
+        assert keys_read[k] == [(acked.latest[k], value(k, 4))], (k, keys_read[k])

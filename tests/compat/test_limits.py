@@ -1,10 +1,15 @@
-"""Limits an operator sets and relies on: max.connections, max.connections.per.ip, and a
+"""Limits an operator sets and relies on: max.connections, max.connections.per.ip, a
 bounded backlog of responses per connection (a client that sends without reading stops
-being read; nothing it asked for is lost)."""
+being read; nothing it asked for is lost), and queued.max.requests (requests read but not yet
+taken up by the broker's state machine: past it, no connection is read)."""
+import ctypes
+import os
 import socket
 import threading
 import time
 import urllib.request
+
+import pytest
 
 import wire
 from clients import ck_create_topic
@@ -127,3 +132,126 @@ def test_a_client_that_does_not_read_is_not_read(broker_factory):
     reader.join(60)
     s.close()
     assert got[0] == total, "%d of %d requests answered" % (got[0], total)
+
+
+# ------------------------------------------------------------------ queued.max.requests
+
+_PTRACE_SEIZE, _PTRACE_INTERRUPT, _PTRACE_DETACH = 0x4206, 0x4207, 17
+_WALL = 0x40000000
+
+
+class StoppedThread:
+    """One thread of another process stopped with ptrace (PTRACE_SEIZE + PTRACE_INTERRUPT: the
+    other threads run on), until resume(). The tracer is the calling thread; the kernel lets the
+    thread go if this process dies first."""
+
+    def __init__(self, pid, name):
+        tids = [int(t) for t in os.listdir("/proc/%d/task" % pid)
+                if open("/proc/%d/task/%s/comm" % (pid, t)).read().strip() == name]
+        assert len(tids) == 1, "threads named %r in process %d: %s" % (name, pid, tids)
+        self.tid = tids[0]
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        self.libc.ptrace.restype = ctypes.c_long
+        self._call(_PTRACE_SEIZE, "PTRACE_SEIZE")
+        self.stopped = True
+        try:
+            self._call(_PTRACE_INTERRUPT, "PTRACE_INTERRUPT")
+            os.waitpid(self.tid, _WALL)
+        except BaseException:
+            self.resume()
+            raise
+
+    def _call(self, request, what):
+        if self.libc.ptrace(request, self.tid, None, None) != 0:
+            e = ctypes.get_errno()
+            pytest.fail("%s of thread %d: %s (this test needs to ptrace the broker it started)"
+                        % (what, self.tid, os.strerror(e)), pytrace=False)
+
+    def resume(self):
+        if self.stopped:
+            self.stopped = False
+            self._call(_PTRACE_DETACH, "PTRACE_DETACH")
+
+
+def unread_bytes(pid, local_port, remote_port):
+    """(send queue, receive queue) in bytes of process `pid`'s TCP socket 127.0.0.1:local_port
+    <-> :remote_port, from /proc/<pid>/net/tcp: what the kernel holds that the peer has not
+    acknowledged / that the process has not read."""
+    with open("/proc/%d/net/tcp" % pid) as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)) == (local_port, remote_port):
+                tx, rx = (int(x, 16) for x in fields[4].split(":"))
+                return tx, rx
+    raise AssertionError("no socket %d <-> %d in /proc/%d/net/tcp" % (local_port, remote_port, pid))
+
+
+def read_responses(sock, n, timeout=30):
+    """The correlation ids of the next n responses on a blocking socket."""
+    sock.settimeout(timeout)
+    buf, ids = b"", []
+    while len(ids) < n:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise AssertionError("connection closed after %d of %d responses" % (len(ids), n))
+        buf += chunk
+        while len(buf) >= 8 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+            size = int.from_bytes(buf[:4], "big")
+            ids.append(int.from_bytes(buf[4:8], "big"))
+            buf = buf[4 + size:]
+    return ids
+
+
+@pytest.mark.timeout(60)
+def test_queued_max_requests_bounds_what_the_broker_reads_ahead(broker_factory):
+    """queued.max.requests=16. The broker's state machine thread ("sluice-core") is held still
+    with ptrace, standing in for a core busy with something long (it takes every request from
+    one bounded queue). A client then pipelines 2,000 ApiVersions requests (54 kB, all in the
+    broker's socket buffer): the broker reads 16 of them into the queue and one more that waits
+    for a place, and nothing more; the rest stays in the kernel's receive queue of the broker's
+    socket, seen in /proc/<pid>/net/tcp, also a second later. A new connection's request is not
+    read either (the queue is every connection's). Once the core runs again every request of
+    both is answered, in order."""
+    queued = 16
+    broker = broker_factory(**{"queued.max.requests": queued})
+    frames = [wire.request_frame(18, 0, corr, b"") for corr in range(1, 2001)]
+    size = len(frames[0])
+    assert all(len(f) == size for f in frames)
+    s = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+    other = None
+    try:
+        s.sendall(wire.request_frame(18, 0, 0, b""))
+        assert read_responses(s, 1) == [0], "served before the core is stopped"
+        port = s.getsockname()[1]
+        core = StoppedThread(broker.pid, "sluice-core")
+        try:
+            s.sendall(b"".join(frames))
+            other = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+            other.sendall(wire.request_frame(18, 0, 7, b""))
+            deadline = time.monotonic() + 5
+            while unread_bytes(broker.pid, port, broker.port)[0] or \
+                    unread_bytes(broker.pid, other.getsockname()[1], broker.port)[0]:
+                assert time.monotonic() < deadline, "the requests did not all reach the broker's socket"
+                time.sleep(0.05)
+            time.sleep(0.5)  # the broker's readers do what they can
+            unread = unread_bytes(broker.pid, broker.port, port)[1]
+            assert unread % size == 0, (unread, size)
+            read = len(frames) - unread // size
+            # queued.max.requests in the queue, and one read that waits for a place in it.
+            assert queued - 2 <= read <= queued + 1, (
+                "with its core stopped and queued.max.requests=%d the broker read %d of %d pipelined requests"
+                % (queued, read, len(frames)))
+            time.sleep(1)
+            assert unread_bytes(broker.pid, broker.port, port)[1] == unread, "the broker read on"
+            assert unread_bytes(broker.pid, broker.port, other.getsockname()[1])[1] == size, (
+                "a new connection's request was read with the queue full")
+        finally:
+            core.resume()
+        assert read_responses(s, len(frames)) == list(range(1, len(frames) + 1))
+        assert read_responses(other, 1) == [7]
+    finally:
+        s.close()
+        if other is not None:
+            other.close()
+
