@@ -6,7 +6,9 @@
 # kafka-topics.sh and friends do (java -cp 'lib/*' <class>); and Kafka Connect
 # (org.apache.kafka:connect-runtime with the FileStream connectors of connect-file) into
 # <repo>/.kafka-connect/<version>/lib/, for tests/compat/test_connect.py, which runs a
-# distributed worker as connect-distributed.sh does.
+# distributed worker as connect-distributed.sh does; and Apicurio Registry (a schema registry
+# with a Confluent-compatible API, io.apicurio:apicurio-registry-app, its `all` tar.gz) into
+# <repo>/.apicurio-registry/<version>/, for tests/compat/test_schema_registry.py.
 #
 # Needs java (17) and mvn; jars come from Maven Central through mvn (a throwaway pom and
 # maven-dependency-plugin copy-dependencies). Idempotent: fetched again only when lib/.stamp
@@ -74,3 +76,28 @@ EOF
 
 fetch "$REPO/.kafka-tools/$TOOLS_VERSION/lib" "$TOOLS_VERSION" kafka-tools
 fetch "$REPO/.kafka-connect/$CONNECT_VERSION/lib" "$CONNECT_VERSION" connect-runtime connect-file
+
+# The schema registry: one ready-to-run archive (a Quarkus fast-jar) rather than jars.
+APICURIO_VERSION="${APICURIO_REGISTRY_VERSION:-3.3.3}"
+apicurio="$REPO/.apicurio-registry/$APICURIO_VERSION"
+if [ -f "$apicurio/quarkus-run.jar" ]; then
+    log "apicurio-registry-app $APICURIO_VERSION up to date"
+else
+    work="$(mktemp -d)"
+    log "fetching apicurio-registry-app $APICURIO_VERSION"
+    mvn -B -q -Dstyle.color=never "$DEP_PLUGIN:copy" \
+        -Dartifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all" \
+        -DoutputDirectory="$work" </dev/null 2>&1 | tail -n 20 >&2 || true
+    archive="$work/apicurio-registry-app-$APICURIO_VERSION-all.tar.gz"
+    if [ ! -f "$archive" ]; then
+        log "apicurio-registry-app $APICURIO_VERSION could not be fetched"
+        rm -rf "$work"
+        exit 1
+    fi
+    rm -rf "$apicurio.tmp"
+    mkdir -p "$apicurio.tmp"
+    tar xzf "$archive" -C "$apicurio.tmp"
+    mv "$apicurio.tmp" "$apicurio"
+    rm -rf "$work"
+    log "apicurio-registry-app $APICURIO_VERSION ready in $apicurio"
+fi
