@@ -176,6 +176,13 @@ fn long_poll_fetch_wakes_on_durable_data_and_times_out() {
     sim.advance_ms(200);
     let resp: FetchResponse = decode(ApiKey::Fetch, 11, sim.take_response(C).expect("fetch timed out"));
     assert!(resp.responses[0].partitions[0].records.as_ref().is_none_or(|r| r.is_empty()));
+    // A fetch naming no partition (a Java consumer closing its fetch session) has nothing to
+    // wait for: answered at once, as Kafka does, not after max.wait.ms.
+    let mut close = fetch_req("t", 0, 1, 500);
+    close.topics.clear();
+    sim.request(C, frame(ApiKey::Fetch, 11, 8, &close));
+    let resp: FetchResponse = decode(ApiKey::Fetch, 11, sim.take_response(C).expect("an empty fetch answered at once"));
+    assert_eq!((resp.error_code, resp.responses.len()), (0, 0));
 }
 
 #[test]

@@ -64,7 +64,10 @@ impl Node {
         }
         let (parts, bytes, error, stats) = self.build_fetch(&ctx, &req);
         let wait_ms = u64::try_from(req.max_wait_ms).unwrap_or(0).min(limits::FETCH_MAX_WAIT_MS_MAX);
-        if error || wait_ms == 0 || bytes >= usize::try_from(req.min_bytes.max(1)).unwrap_or(1) {
+        // A fetch naming no partition (a Java consumer closing its fetch session) has nothing
+        // to wait for, and its close would wait on it: answered at once, as Kafka does.
+        let empty = req.topics.iter().all(|t| t.partitions.is_empty());
+        if error || empty || wait_ms == 0 || bytes >= usize::try_from(req.min_bytes.max(1)).unwrap_or(1) {
             self.count_fetch(&req, &stats);
             self.respond(conn, seq, Some(parts));
         } else {
