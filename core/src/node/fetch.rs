@@ -77,9 +77,14 @@ impl Node {
         Ok(())
     }
 
-    /// Counts an answered fetch in its topics' metrics.
+    /// Counts an answered fetch in its topics' metrics. A topic this node does not have gets
+    /// no counters (as in Kafka): any client could otherwise grow the metrics without bound
+    /// with made-up names.
     fn count_fetch(&mut self, req: &FetchRequest, stats: &[FetchStats]) {
         for (ft, s) in req.topics.iter().zip(stats) {
+            if !self.topics.contains_key(ft.topic.0.as_str()) {
+                continue;
+            }
             let c = self.metrics.topic(ft.topic.0.as_str());
             c.fetch_requests += s.partitions;
             c.failed_fetch_requests += s.failed;

@@ -111,9 +111,12 @@ impl Node {
                 } else {
                     self.append_partition(name, pd.index, pd.records.as_ref())
                 };
-                let counters = self.metrics.topic(name);
-                counters.produce_requests += 1;
-                counters.failed_produce_requests += u64::from(result.is_err());
+                // A topic this node does not have gets no counters (see `count_fetch`).
+                if self.topics.contains_key(name) {
+                    let counters = self.metrics.topic(name);
+                    counters.produce_requests += 1;
+                    counters.failed_produce_requests += u64::from(result.is_err());
+                }
                 match result {
                     Ok((tp, base, end, generation, log_start, append_time)) => {
                         pr.base_offset = base;
