@@ -80,6 +80,26 @@ pub struct TxnMeta {
     pub previous_producer_id: i64,
     /// While such an end is preparing: the id the producer takes when it completes (-1: none).
     pub next_producer_id: i64,
+    /// The epoch before the producer's own latest bump by InitProducerId (KIP-360: it names
+    /// its id and epoch), -1 when any other change of epoch came since: a retry of that
+    /// InitProducerId, whose answer was lost, gets the current epoch rather than
+    /// PRODUCER_FENCED (Kafka's `lastProducerEpoch`).
+    pub last_epoch: i16,
+}
+
+/// The stored layout before `last_epoch` (records written by older builds).
+#[derive(Deserialize)]
+struct TxnMetaV2 {
+    producer_id: i64,
+    epoch: i16,
+    timeout_ms: i32,
+    state: TxnState,
+    partitions: BTreeSet<(String, i32)>,
+    started_ms: i64,
+    updated_ms: i64,
+    tv2: bool,
+    previous_producer_id: i64,
+    next_producer_id: i64,
 }
 
 /// The stored layout before transaction version 2 (records written by older builds).
@@ -139,6 +159,7 @@ impl TxnMeta {
             tv2: false,
             previous_producer_id: -1,
             next_producer_id: -1,
+            last_epoch: -1,
         }
     }
 
@@ -149,8 +170,25 @@ impl TxnMeta {
 
     /// A stored record value, of this layout or the one before transaction version 2.
     pub fn decode(bytes: &[u8]) -> Option<TxnMeta> {
+        // Newest first: an older layout is a prefix of a newer one, and postcard leaves the
+        // bytes past what it decodes unread.
         if let Ok(m) = postcard::from_bytes::<TxnMeta>(bytes) {
             return Some(m);
+        }
+        if let Ok(m) = postcard::from_bytes::<TxnMetaV2>(bytes) {
+            return Some(TxnMeta {
+                producer_id: m.producer_id,
+                epoch: m.epoch,
+                timeout_ms: m.timeout_ms,
+                state: m.state,
+                partitions: m.partitions,
+                started_ms: m.started_ms,
+                updated_ms: m.updated_ms,
+                tv2: m.tv2,
+                previous_producer_id: m.previous_producer_id,
+                next_producer_id: m.next_producer_id,
+                last_epoch: -1,
+            });
         }
         let old = postcard::from_bytes::<TxnMetaV1>(bytes).ok()?;
         Some(TxnMeta {
@@ -164,6 +202,7 @@ impl TxnMeta {
             tv2: false,
             previous_producer_id: -1,
             next_producer_id: -1,
+            last_epoch: -1,
         })
     }
 
@@ -296,6 +335,7 @@ impl TxnMeta {
             self.previous_producer_id = self.producer_id;
         }
         self.epoch = self.epoch.saturating_add(1);
+        self.last_epoch = -1;
         Ok(())
     }
 
@@ -310,6 +350,7 @@ impl TxnMeta {
     pub fn abort_and_fence(&self, now_ms: i64, fresh_id: impl FnOnce() -> Option<i64>) -> Option<TxnMeta> {
         let mut next = self.clone();
         next.state = TxnState::PrepareAbort;
+        next.last_epoch = -1;
         if self.tv2 {
             let bumped = i32::from(self.epoch) + 2;
             if bumped >= i32::from(EPOCH_MAX) {
@@ -337,13 +378,16 @@ impl TxnMeta {
             next.producer_id = self.next_producer_id;
             next.next_producer_id = -1;
             next.epoch = 0;
+            next.last_epoch = -1;
         }
         next
     }
 
     /// InitProducerId for an existing id with no transaction open: the next epoch (a new
     /// producer id once the epochs run out, from `fresh_id`). `expected` is the (id, epoch)
-    /// a v3+ client says it had (KIP-360): it must be the current one.
+    /// a v3+ client says it had (KIP-360): the current one (bumped, and remembered as
+    /// `last_epoch`), or the one before its own last bump (a retry whose answer was lost:
+    /// the current epoch again, unchanged); any other is fenced.
     pub fn reinit(
         &self,
         expected: Option<(i64, i16)>,
@@ -351,16 +395,27 @@ impl TxnMeta {
         now_ms: i64,
         fresh_id: impl FnOnce() -> Option<i64>,
     ) -> Result<Option<TxnMeta>, TxnError> {
+        let mut next = self.clone();
+        next.last_epoch = -1;
         if let Some((id, epoch)) = expected {
-            if id != self.producer_id || epoch != self.epoch {
+            if id != self.producer_id {
                 return Err(TxnError::ProducerFenced);
             }
+            if epoch != self.epoch {
+                if self.last_epoch < 0 || epoch != self.last_epoch {
+                    return Err(TxnError::ProducerFenced);
+                }
+                next.timeout_ms = timeout_ms;
+                next.updated_ms = now_ms;
+                return Ok(Some(next.with_last_epoch(self.last_epoch)));
+            }
+            next.last_epoch = self.epoch;
         }
-        let mut next = self.clone();
         if self.epoch >= EPOCH_MAX {
             let Some(id) = fresh_id() else { return Ok(None) };
             next.producer_id = id;
             next.epoch = 0;
+            next.last_epoch = -1;
         } else {
             next.epoch += 1;
         }
@@ -372,6 +427,11 @@ impl TxnMeta {
         next.timeout_ms = timeout_ms;
         next.updated_ms = now_ms;
         Ok(Some(next))
+    }
+
+    fn with_last_epoch(mut self, last_epoch: i16) -> TxnMeta {
+        self.last_epoch = last_epoch;
+        self
     }
 
     /// An open transaction past its timeout.
@@ -424,6 +484,35 @@ mod tests {
         let r = done.reinit(None, 500, 203, || None).unwrap().unwrap();
         assert_eq!((r.producer_id, r.epoch, r.state, r.timeout_ms), (7, 2, TxnState::Empty, 500));
         assert_eq!(done.reinit(Some((7, 0)), 500, 203, || None), Err(TxnError::ProducerFenced));
+        // The producer's own bump (KIP-360) is remembered: its retry gets the same epoch.
+        let own = r.reinit(Some((7, 2)), 500, 204, || None).unwrap().unwrap();
+        assert_eq!((own.epoch, own.last_epoch), (3, 2));
+        let again = own.reinit(Some((7, 2)), 500, 205, || None).unwrap().unwrap();
+        assert_eq!((again.producer_id, again.epoch, again.last_epoch), (7, 3, 2), "a retry, not fenced");
+        assert_eq!(own.reinit(Some((7, 1)), 500, 205, || None), Err(TxnError::ProducerFenced));
+        // A new producer (no id named) or a fence forgets it.
+        let fresh = own.reinit(None, 500, 206, || None).unwrap().unwrap();
+        assert_eq!((fresh.epoch, fresh.last_epoch), (4, -1));
+        assert_eq!(fresh.reinit(Some((7, 3)), 500, 207, || None), Err(TxnError::ProducerFenced));
+        let fenced = own.add_partitions(7, 3, &parts(&[0]), 206, false).unwrap().unwrap().abort_and_fence(207, || None);
+        let fenced = fenced.unwrap().complete(208);
+        assert_eq!(fenced.reinit(Some((7, 2)), 500, 209, || None), Err(TxnError::ProducerFenced));
+        // Stored and read back, with the layout before it read as none.
+        assert_eq!(TxnMeta::decode(&own.encode()), Some(own.clone()));
+        let old = postcard::to_allocvec(&(
+            7i64,
+            3i16,
+            500i32,
+            TxnState::Empty,
+            BTreeSet::<(String, i32)>::new(),
+            -1i64,
+            204i64,
+            false,
+            -1i64,
+            -1i64,
+        ))
+        .unwrap();
+        assert_eq!(TxnMeta::decode(&old).map(|m| (m.epoch, m.last_epoch)), Some((3, -1)));
         // Out of epochs: a new producer id.
         let mut worn = done.clone();
         worn.epoch = EPOCH_MAX;
