@@ -229,6 +229,40 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
 }
 
 #[test]
+fn writes_outside_the_transaction_are_abortable_for_the_versions_that_know_it() {
+    let mut sim = node(NodeConfig::default());
+    let p = init(&mut sim, "tx", 60_000);
+    assert_eq!(add_partitions(&mut sim, "tx", p, &[0]), 0);
+    // Partition 1 was never added: Produce v11+ is told to abort (and may go on), older
+    // versions get INVALID_TXN_STATE, as from Kafka.
+    for (version, want) in [(9, 48), (10, 48), (11, 120)] {
+        let r: ProduceResponse = call(&mut sim, ApiKey::Produce, version, &produce_request("tx", &[(1, p, 0, &["x"])]));
+        assert_eq!(produce_results(&r)[0].0, want, "Produce v{version}");
+    }
+    // Offsets of a group the transaction never added (no AddOffsetsToTxn): the same, for
+    // TxnOffsetCommit v4 (v5 adds the group itself).
+    for (version, want) in [(3, 48), (4, 120)] {
+        let mut part = txn_offset_commit_request::TxnOffsetCommitRequestPartition::default();
+        part.partition_index = 0;
+        part.committed_offset = 5;
+        let mut topic = txn_offset_commit_request::TxnOffsetCommitRequestTopic::default();
+        topic.name = TopicName(sb(TOPIC));
+        topic.partitions = vec![part];
+        let mut req = TxnOffsetCommitRequest::default();
+        req.transactional_id = TransactionalId(sb("tx"));
+        req.group_id = GroupId(sb("g"));
+        req.producer_id = ProducerId(p.0);
+        req.producer_epoch = p.1;
+        req.generation_id = -1;
+        req.topics = vec![topic];
+        let r: TxnOffsetCommitResponse = call(&mut sim, ApiKey::TxnOffsetCommit, version, &req);
+        assert_eq!(r.topics[0].partitions[0].error_code, want, "TxnOffsetCommit v{version}");
+    }
+    // Nothing of it was written: the transaction's partition 0 is still empty.
+    assert_eq!(read_committed(&mut sim, 1), (0, 0, vec![], vec![]));
+}
+
+#[test]
 fn a_producer_with_an_open_transaction_outlives_producer_id_expiration() {
     let mut config = NodeConfig::default();
     config.producer_id_expiration_ms = 1_000;

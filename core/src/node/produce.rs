@@ -130,7 +130,7 @@ impl Node {
                     }
                     Err(e) => {
                         tracing::debug!(topic = %name, partition = pd.index, error = ?e, "produce refused");
-                        pr.error_code = e.code();
+                        pr.error_code = e.for_version(ctx.version >= 11).code();
                     }
                 }
                 resp.responses[rti].partition_responses.push(pr);

@@ -515,9 +515,9 @@ impl Node {
     }
 
     /// Whether the transaction `txn_id`, coordinated here, holds `topic`-`partition` for the
-    /// producer id and epoch given (KIP-890's check): INVALID_TXN_STATE when it does not hold
-    /// it (or is not ongoing, or is another producer's), INVALID_PRODUCER_EPOCH for another
-    /// epoch.
+    /// producer id and epoch given (KIP-890's check): TRANSACTION_ABORTABLE when it does not
+    /// hold it (or is not ongoing), INVALID_TXN_STATE when it is another producer's,
+    /// INVALID_PRODUCER_EPOCH for another epoch.
     pub(super) fn txn_holds(
         &self,
         txn_id: &str,
@@ -547,7 +547,7 @@ impl Node {
                 state = meta.state.name(),
                 "transactional produce outside its transaction"
             );
-            return Err(KafkaError::InvalidTxnState);
+            return Err(KafkaError::TransactionAbortable);
         }
         Ok(())
     }
@@ -782,6 +782,12 @@ impl Node {
         let req: TxnOffsetCommitRequest = protocol::decode_body(body.clone(), ctx.version)?;
         let group = req.group_id.0.to_string();
         let refuse = |node: &mut Node, code: i16| {
+            // TRANSACTION_ABORTABLE to the versions that know it (v4+), as Kafka.
+            let code = if code == KafkaError::TransactionAbortable.code() && ctx.version < 4 {
+                KafkaError::InvalidTxnState.code()
+            } else {
+                code
+            };
             node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &txn_offset_commit_answer(&req, code)));
         };
         let ready = match self.groups_ready(conn, seq, &ctx, &body, Some(req.group_id.0.as_str())) {
@@ -891,7 +897,7 @@ impl Node {
                 Ok(()) if m.is_ending() => Err(TxnError::ConcurrentTransactions.code()),
                 Ok(()) if m.state != TxnState::Ongoing || !m.partitions.contains(part) => {
                     to_add = add && coordinated.is_ok();
-                    Err(TxnError::InvalidTxnState.code())
+                    Err(KafkaError::TransactionAbortable.code())
                 }
                 Ok(()) => Ok(()),
             },

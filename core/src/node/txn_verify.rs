@@ -55,7 +55,9 @@ pub(super) enum VerifyReply {
 
 /// The error a partition's write gets for a coordinator's verdict `code` (not 0).
 pub(super) fn verdict_error(code: i16) -> KafkaError {
-    if code == KafkaError::InvalidTxnState.code() {
+    if code == KafkaError::TransactionAbortable.code() {
+        KafkaError::TransactionAbortable
+    } else if code == KafkaError::InvalidTxnState.code() {
         KafkaError::InvalidTxnState
     } else if code == KafkaError::InvalidProducerEpoch.code() {
         KafkaError::InvalidProducerEpoch
@@ -291,7 +293,7 @@ impl Node {
                 false => KafkaError::NotEnoughReplicas.code(),
             })
             .collect();
-        let missing = codes.contains(&KafkaError::InvalidTxnState.code());
+        let missing = codes.contains(&KafkaError::TransactionAbortable.code());
         if let (true, true, Some((_, _, pid, epoch))) = (add, missing && here, partitions.first()) {
             let parts: Vec<(String, i32)> = partitions.iter().map(|(t, p, ..)| (t.clone(), *p)).collect();
             let (pid, epoch) = (*pid, *epoch);

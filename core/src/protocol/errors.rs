@@ -44,10 +44,24 @@ pub enum KafkaError {
     /// A transaction marker from a coordinator another has since replaced (its epoch older
     /// than the last marker's for that producer on the partition).
     TransactionCoordinatorFenced,
+    /// 120: the transaction must be aborted, and the producer may go on (KIP-890): a
+    /// transactional write or offset commit its transaction does not hold. Answered to the
+    /// versions that know it (Produce v11+, TxnOffsetCommit v4+); older ones get
+    /// INVALID_TXN_STATE (`KafkaError::for_version`).
+    TransactionAbortable,
     UnknownServerError,
 }
 
 impl KafkaError {
+    /// This error as a client of a version without TRANSACTION_ABORTABLE (Produce before
+    /// v11, TxnOffsetCommit before v4) is answered: INVALID_TXN_STATE, as Kafka does.
+    pub fn for_version(self, knows_abortable: bool) -> KafkaError {
+        match self {
+            KafkaError::TransactionAbortable if !knows_abortable => KafkaError::InvalidTxnState,
+            e => e,
+        }
+    }
+
     pub fn code(self) -> i16 {
         match self {
             KafkaError::OffsetOutOfRange => 1,
@@ -80,6 +94,7 @@ impl KafkaError {
             KafkaError::InvalidTxnState => 48,
             KafkaError::InvalidProducerIdMapping => 49,
             KafkaError::TransactionCoordinatorFenced => 52,
+            KafkaError::TransactionAbortable => 120,
             KafkaError::TransactionalIdAuthorizationFailed => 53,
             KafkaError::KafkaStorageError => 56,
             KafkaError::InvalidRecord => 87,
