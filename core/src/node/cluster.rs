@@ -562,23 +562,10 @@ impl Node {
     pub(super) fn on_broker_message(&mut self, from: i32, msg: BrokerMessage) {
         match msg {
             BrokerMessage::HeartbeatResponse { broker_epoch, fenced, sent_at } => {
-                tracing::debug!(from, ?broker_epoch, fenced, "heartbeat answered");
-                self.on_heartbeat_answer(broker_epoch, fenced, sent_at);
+                self.on_heartbeat_answer(from, broker_epoch, fenced, sent_at)
             }
             BrokerMessage::Register { incarnation, host, port, rack } => {
-                if !self.controller_epoch_check() {
-                    return;
-                }
-                let same = self.cluster.image.brokers.get(&from).is_some_and(|b| {
-                    b.incarnation == incarnation && b.host == host && b.port == port && b.rack == rack
-                });
-                if !same {
-                    tracing::info!(broker = from, %host, port, "registering broker");
-                    self.propose_broker_change(
-                        from,
-                        MetaRecord::BrokerRegistered { id: from, incarnation, host, port, rack },
-                    );
-                }
+                self.on_register(from, incarnation, host, port, rack)
             }
             BrokerMessage::Heartbeat { broker_epoch, caught_up, sent_at } => {
                 self.on_heartbeat(from, broker_epoch, caught_up, sent_at)
@@ -633,6 +620,23 @@ impl Node {
         }
     }
 
+    /// A broker asks to be registered: proposed unless registered so already.
+    fn on_register(&mut self, from: i32, incarnation: u64, host: String, port: i32, rack: Option<String>) {
+        if !self.controller_epoch_check() {
+            return;
+        }
+        let same = self
+            .cluster
+            .image
+            .brokers
+            .get(&from)
+            .is_some_and(|b| b.incarnation == incarnation && b.host == host && b.port == port && b.rack == rack);
+        if !same {
+            tracing::info!(broker = from, %host, port, "registering broker");
+            self.propose_broker_change(from, MetaRecord::BrokerRegistered { id: from, incarnation, host, port, rack });
+        }
+    }
+
     /// A broker's heartbeat: it is alive; unfence it once it has caught up (unless it is
     /// stopping), and answer with its epoch and fencing.
     fn on_heartbeat(&mut self, from: i32, broker_epoch: i64, caught_up: bool, sent_at: u64) {
@@ -649,7 +653,7 @@ impl Node {
         }
         let (epoch, fenced) = (known.map(|_| broker_epoch), known.unwrap_or(true));
         if from == self.me() {
-            self.on_heartbeat_answer(epoch, fenced, sent_at);
+            self.on_heartbeat_answer(from, epoch, fenced, sent_at);
         } else {
             let answer = BrokerMessage::HeartbeatResponse { broker_epoch: epoch, fenced, sent_at };
             self.send_peer(from, Body::Broker(answer));
@@ -658,7 +662,8 @@ impl Node {
 
     /// The controller answered a heartbeat of this broker: answered live and unfenced under
     /// the broker's current registration, it renews the lease from the heartbeat's sending.
-    fn on_heartbeat_answer(&mut self, broker_epoch: Option<i64>, fenced: bool, sent_at: u64) {
+    fn on_heartbeat_answer(&mut self, from: i32, broker_epoch: Option<i64>, fenced: bool, sent_at: u64) {
+        tracing::debug!(from, ?broker_epoch, fenced, "heartbeat answered");
         let current = self.cluster.image.brokers.get(&self.me()).map(|b| b.epoch);
         let sent_at = Instant(sent_at);
         // A time from the future is not this process's (a garbled or foreign answer).

@@ -111,12 +111,7 @@ impl Node {
                 } else {
                     self.append_partition(name, pd.index, pd.records.as_ref())
                 };
-                // A topic this node does not have gets no counters (see `count_fetch`).
-                if self.topics.contains_key(name) {
-                    let counters = self.metrics.topic(name);
-                    counters.produce_requests += 1;
-                    counters.failed_produce_requests += u64::from(result.is_err());
-                }
+                self.count_produce(name, result.is_err());
                 match result {
                     Ok((tp, base, end, generation, log_start, append_time)) => {
                         pr.base_offset = base;
@@ -152,6 +147,16 @@ impl Node {
             self.produces.push(PendingProduce { conn, seq, ctx, resp, waits, all: acks == -1, deadline });
         }
         Ok(())
+    }
+
+    /// Counts a partition's produce in its topic's metrics; a topic this node does not have
+    /// gets no counters (see `count_fetch`).
+    fn count_produce(&mut self, topic: &str, failed: bool) {
+        if self.topics.contains_key(topic) {
+            let counters = self.metrics.topic(topic);
+            counters.produce_requests += 1;
+            counters.failed_produce_requests += u64::from(failed);
+        }
     }
 
     /// Checks and appends one partition's record batches, all or none. Returns the partition,

@@ -782,13 +782,8 @@ impl Node {
         let req: TxnOffsetCommitRequest = protocol::decode_body(body.clone(), ctx.version)?;
         let group = req.group_id.0.to_string();
         let refuse = |node: &mut Node, code: i16| {
-            // TRANSACTION_ABORTABLE to the versions that know it (v4+), as Kafka.
-            let code = if code == KafkaError::TransactionAbortable.code() && ctx.version < 4 {
-                KafkaError::InvalidTxnState.code()
-            } else {
-                code
-            };
-            node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &txn_offset_commit_answer(&req, code)));
+            let answer = txn_offset_commit_answer(&req, txn_commit_error(ctx.version, code));
+            node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &answer));
         };
         let ready = match self.groups_ready(conn, seq, &ctx, &body, Some(req.group_id.0.as_str())) {
             Some(0) => self.txns_ready(conn, seq, &ctx, &body, None),
@@ -1144,6 +1139,16 @@ impl Node {
         }
         self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
         Ok(())
+    }
+}
+
+/// A TxnOffsetCommit's error as its version is answered: TRANSACTION_ABORTABLE to the
+/// versions that know it (v4+), INVALID_TXN_STATE to older ones, as Kafka.
+fn txn_commit_error(version: i16, code: i16) -> i16 {
+    if code == KafkaError::TransactionAbortable.code() && version < 4 {
+        KafkaError::InvalidTxnState.code()
+    } else {
+        code
     }
 }
 
