@@ -87,16 +87,12 @@ pub struct TxnMeta {
     pub last_epoch: i16,
 }
 
-/// The stored layout before `last_epoch` (records written by older builds).
+/// The stored layout before `last_epoch` (records written by older builds): the layout
+/// before it, then the fields transaction version 2 added (postcard writes a nested struct's
+/// fields in line).
 #[derive(Deserialize)]
 struct TxnMetaV2 {
-    producer_id: i64,
-    epoch: i16,
-    timeout_ms: i32,
-    state: TxnState,
-    partitions: BTreeSet<(String, i32)>,
-    started_ms: i64,
-    updated_ms: i64,
+    v1: TxnMetaV1,
     tv2: bool,
     previous_producer_id: i64,
     next_producer_id: i64,
@@ -168,7 +164,7 @@ impl TxnMeta {
         postcard::to_allocvec(self).expect("transaction state serializes")
     }
 
-    /// A stored record value, of this layout or the one before transaction version 2.
+    /// A stored record value, of this layout or an older one.
     pub fn decode(bytes: &[u8]) -> Option<TxnMeta> {
         // Newest first: an older layout is a prefix of a newer one, and postcard leaves the
         // bytes past what it decodes unread.
@@ -176,22 +172,16 @@ impl TxnMeta {
             return Some(m);
         }
         if let Ok(m) = postcard::from_bytes::<TxnMetaV2>(bytes) {
-            return Some(TxnMeta {
-                producer_id: m.producer_id,
-                epoch: m.epoch,
-                timeout_ms: m.timeout_ms,
-                state: m.state,
-                partitions: m.partitions,
-                started_ms: m.started_ms,
-                updated_ms: m.updated_ms,
-                tv2: m.tv2,
-                previous_producer_id: m.previous_producer_id,
-                next_producer_id: m.next_producer_id,
-                last_epoch: -1,
-            });
+            let mut meta = TxnMeta::from_v1(m.v1);
+            (meta.tv2, meta.previous_producer_id, meta.next_producer_id) =
+                (m.tv2, m.previous_producer_id, m.next_producer_id);
+            return Some(meta);
         }
-        let old = postcard::from_bytes::<TxnMetaV1>(bytes).ok()?;
-        Some(TxnMeta {
+        postcard::from_bytes::<TxnMetaV1>(bytes).ok().map(TxnMeta::from_v1)
+    }
+
+    fn from_v1(old: TxnMetaV1) -> TxnMeta {
+        TxnMeta {
             producer_id: old.producer_id,
             epoch: old.epoch,
             timeout_ms: old.timeout_ms,
@@ -203,7 +193,7 @@ impl TxnMeta {
             previous_producer_id: -1,
             next_producer_id: -1,
             last_epoch: -1,
-        })
+        }
     }
 
     /// The producer (id, epoch) a request names must be this one's.

@@ -10,6 +10,7 @@ another voter; killing a broker fences it until it comes back.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -66,9 +67,10 @@ class Cluster:
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-@pytest.fixture
-def cluster(request):
-    c = Cluster()
+@contextlib.contextmanager
+def started(request, c, kill9_at_end=False):
+    """Starts Cluster `c` for the test; at the end stops every node by PID (SIGKILL first with
+    `kill9_at_end`) and removes the temp dir, unless the test failed."""
     request.node._sluice_brokers = c.nodes
     try:
         c.start()
@@ -78,7 +80,18 @@ def cluster(request):
     yield c
     failed = any(getattr(request.node, "rep_" + w, None) is not None
                  and getattr(request.node, "rep_" + w).failed for w in ("setup", "call"))
+    if kill9_at_end:
+        for b in c.nodes:
+            b.kill9()
     c.close(keep=failed)
+    if failed:
+        print("cluster temp dir kept: %s" % c.base)
+
+
+@pytest.fixture
+def cluster(request):
+    with started(request, Cluster()) as c:
+        yield c
 
 
 def view(node: Broker, topic=None):

@@ -18,8 +18,8 @@ from confluent_kafka import TopicPartition
 
 import wire
 from clients import ck_consume, ck_consumer, ck_create_topic, ck_produce, ck_producer
-from conftest import BrokerStartError, _set_pdeathsig, free_port, unique_topic
-from test_cluster import SESSION_MS, Cluster, wait_until
+from conftest import _set_pdeathsig, free_port, unique_topic
+from test_cluster import SESSION_MS, Cluster, started, wait_until
 from test_replication import ALL, controller_of, create_topic, wait_fully_replicated
 
 SAMPLE = re.compile(r'^([a-z_]+)(?:\{(.*)\})? (\S+)$')
@@ -217,20 +217,9 @@ def metrics_cluster(request):
     for b in c.nodes:
         b.metrics_port = free_port()
         b.overrides["metrics.listener"] = "127.0.0.1:%d" % b.metrics_port
-    request.node._sluice_brokers = c.nodes
-    try:
-        c.start()
-    except BrokerStartError as e:
-        c.close(keep=True)
-        pytest.fail(str(e), pytrace=False)
-    yield c
-    failed = any(getattr(request.node, "rep_" + w, None) is not None
-                 and getattr(request.node, "rep_" + w).failed for w in ("setup", "call"))
-    for b in c.nodes:  # SIGKILL: a SIGTERM'd node losing its quorum waits 10 s to hand leadership over
-        b.kill9()
-    c.close(keep=failed)
-    if failed:
-        print("cluster temp dir kept: %s" % c.base)
+    # SIGKILL at the end: a SIGTERM'd node losing its quorum waits 10 s to hand leadership over.
+    with started(request, c, kill9_at_end=True) as c:
+        yield c
 
 
 @pytest.mark.timeout(90)
