@@ -51,12 +51,13 @@ Part = collections.namedtuple("Part", "leader replicas isr error")
 
 @pytest.fixture
 def cluster_factory(request):
-    """Starts test_cluster's three-node Cluster, with extra `--override`s for every node.
-    Stops every node by PID at the end; keeps the temp dir when the test failed."""
+    """Starts test_cluster's Cluster of `n` nodes (three unless asked), with extra
+    `--override`s for every node. Stops every node by PID at the end; keeps the temp dir when
+    the test failed."""
     made = []
 
-    def make(**extra):
-        c = Cluster()
+    def make(n=3, **extra):
+        c = Cluster(n)
         for b in c.nodes:
             b.overrides.update(extra)
         made.append(c)
@@ -149,8 +150,9 @@ def create_topic(bootstrap, topic, partitions, rf=3, config=None, assignment=Non
     wait_until("topic %s is created" % topic, attempt, timeout=40)
 
 
-def controller_of(cluster):
-    views = wait_until("every node lists brokers 1-3 and one controller", lambda: all_agree(cluster, ALL))
+def controller_of(cluster, brokers=ALL):
+    views = wait_until("every node lists brokers %s and one controller" % brokers,
+                       lambda: all_agree(cluster, brokers))
     return views[0][1]
 
 
@@ -454,6 +456,86 @@ def test_min_insync_replicas_refuses_acks_all_while_the_isr_is_short(cluster_fac
 
     for t in (strict, lenient):
         assert_log_is(cluster.bootstrap, t, 0, log[t])
+
+
+@pytest.mark.timeout(120)
+def test_two_of_three_replicas_down_refuse_acks_all_and_take_acks_1(cluster_factory):
+    """Issue 10 on a five-node cluster (five voters, so the metadata quorum outlives two
+    kills): a partition placed by hand on three nodes that are not the controller, leader
+    first, min.insync.replicas=2. Both followers get SIGKILL; once fenced, the live nodes show
+    the ISR shrunk to the leader alone. acks=all (retries=0) then fails with
+    NOT_ENOUGH_REPLICAS for every record and nothing is acknowledged; acks=1 is acknowledged.
+    Restarted, the two followers catch up and the ISR grows back to three by itself; acks=all
+    is acknowledged again. The log holds exactly the acknowledged records at their
+    acknowledged offsets (none of the refused ones), on all three replicas."""
+    five = [1, 2, 3, 4, 5]
+    cluster = cluster_factory(n=5)
+    controller = controller_of(cluster, five)
+    replicas = [i for i in five if i != controller][:3]  # leader first
+    leader, followers = replicas[0], replicas[1:]
+    topic = unique_topic("twodown")
+    create_topic(cluster.bootstrap, topic, 1, config={"min.insync.replicas": "2"}, assignment=[replicas])
+    full = sorted(replicas)
+
+    def isr_is(isr):
+        return lambda v: v.replicas == full and v.isr == isr and v.leader == leader and v.error == 0
+
+    wait_until("every node shows %s-0 on %s led by %d with an ISR of 3" % (topic, replicas, leader),
+               lambda: agreed_state(cluster.nodes, topic, 1, isr_is(full)), timeout=30)
+
+    log = []
+    before = Acks()
+    produce_and_flush(idempotent_producer(cluster.bootstrap), topic, 0, [b"before-%03d" % i for i in range(20)],
+                      before)
+    assert not before.failed and len(before.ok) == 20, [str(e) for _, _, e in before.failed][:3]
+    log += before.of(0)
+
+    for f in followers:
+        cluster.node(f).kill9()
+    t_kill = time.monotonic()
+    live = [b for b in cluster.nodes if b.alive()]
+    assert sorted(node_id(b) for b in live) == sorted({controller, leader} | (set(five) - set(replicas)))
+    wait_until("the live nodes %s show %s-0's ISR shrunk to [%d]" % ([node_id(b) for b in live], topic, leader),
+               lambda: agreed_state(live, topic, 1, isr_is([leader])), timeout=SESSION_MS / 1000 + 20)
+    shrunk = time.monotonic() - t_kill
+
+    # acks=all with retries=0: the broker's answer is the delivery report's error.
+    refused = Acks()
+    refused_values = [b"refused-%d" % i for i in range(5)]
+    produce_and_flush(ck_producer(bootstrap_of(live), retries=0), topic, 0, refused_values, refused)
+    assert not refused.ok, "acks=all acknowledged with ISR [%d] < min.insync.replicas 2: %r" % (leader, refused.ok)
+    codes = [e.code() for _, _, e in refused.failed]
+    assert codes == [KafkaError.NOT_ENOUGH_REPLICAS] * 5, [str(e) for _, _, e in refused.failed]
+
+    one = Acks()
+    produce_and_flush(ck_producer(bootstrap_of(live), acks=1, **{"enable.idempotence": False}), topic, 0,
+                      [b"acks1-%d" % i for i in range(5)], one)
+    assert not one.failed and len(one.ok) == 5, [str(e) for _, _, e in one.failed]
+    log += one.of(0)
+
+    for f in followers:
+        cluster.node(f).start()
+    t_start = time.monotonic()
+    wait_until("followers %s rejoin %s-0's ISR by themselves (metadata from all five nodes)" % (followers, topic),
+               lambda: agreed_state(cluster.nodes, topic, 1, isr_is(full)), timeout=40)
+    grew = time.monotonic() - t_start
+    print("\nfollowers %s of %s-0 killed (leader %d, controller %d): ISR [%d] after %.1f s (session %d ms); "
+          "restarted: ISR %s after %.1f s" % (followers, topic, leader, controller, leader, shrunk, SESSION_MS,
+                                              full, grew))
+
+    again = Acks()
+    produce_and_flush(idempotent_producer(cluster.bootstrap), topic, 0, [b"again-%d" % i for i in range(5)], again)
+    assert not again.failed and len(again.ok) == 5, [str(e) for _, _, e in again.failed]
+    log += again.of(0)
+
+    read = assert_log_is(cluster.bootstrap, topic, 0, log)
+    assert not set(refused_values) & {v for _, v in read}, "refused records are in the log: %r" % read
+    wait_until("the three replicas of %s-0 hold every acknowledged record, byte-identical" % topic,
+               lambda: replicas_hold([cluster.node(i) for i in replicas], topic, 0, log, identical=True), timeout=20)
+    # Done: SIGKILL rather than the teardown's SIGTERM, under which the last nodes, without a
+    # quorum to hand their leadership to, each wait out the 10 s stop bound.
+    for b in cluster.nodes:
+        b.kill9()
 
 
 def segment_bases(node, topic, partition):
