@@ -807,12 +807,17 @@ impl Quorum {
         if fetch_offset >= self.log.end() {
             p.last_caught_up = Some(now);
         }
-        let nothing_new = fetch_offset >= self.log.end() && p.hw_sent == self.high_watermark;
+        let hw_sent = p.hw_sent;
         let deadline = now.plus_millis(self.cfg.fetch_max_wait_ms);
         l.parked.insert(from, Parked { request, fetch_offset, deadline });
-        // The high watermark this report may move is moved in `after`, which then answers
-        // every parked fetch.
-        if !nothing_new {
+        // The high watermark this report moves goes out in this very answer: answered with the
+        // one before, the follower would learn of the commit only at its next fetch, which
+        // never comes if this leader stops in between (its own shutdown's last records).
+        let before = self.high_watermark;
+        self.advance_high_watermark();
+        if self.high_watermark != before {
+            self.answer_parked(now, true);
+        } else if fetch_offset < self.log.end() || hw_sent != self.high_watermark {
             self.answer(from);
         }
     }

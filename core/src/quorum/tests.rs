@@ -391,3 +391,47 @@ fn a_member_behind_the_log_start_fetches_the_snapshot_and_goes_on_from_its_end()
     assert_eq!(net.disks[&lone].start, hw, "and so does the log on its disk");
     assert_eq!(net.nodes[&lone].snapshot_id(), Some(id), "it can serve the snapshot in turn");
 }
+
+#[test]
+fn the_fetch_that_commits_is_answered_with_the_commit() {
+    // A follower that learned a commit only at its next fetch never learns it if the leader
+    // stops first: a stopping controller's last records (its own fence and ISR changes) would
+    // be committed everywhere yet applied by no one else, and its successor would wait out its
+    // own shutdown for them.
+    let mut net = Net::new(&[1, 2, 3]);
+    net.run_ms(3_000);
+    let l = net.leaders()[0];
+    let f = (1..=3).find(|&i| i != l).unwrap();
+    let away = (1..=3).find(|&i| i != l && i != f).unwrap();
+    net.isolate(away); // the leader's majority is itself and f
+    net.run_ms(100);
+    let deliver_one = |net: &mut Net| {
+        let (from, to, msg) = net.queue.pop_front().expect("a message in flight");
+        if !net.cut.contains(&(from, to)) {
+            let now = net.now;
+            net.nodes.get_mut(&to).unwrap().handle_message(now, from, msg);
+            net.drain(to);
+        }
+    };
+    // f is sent a record, and acknowledges it while the leader's log has grown past it: the
+    // answer to that acknowledgement carries the next record.
+    net.propose(l, b"a");
+    while net.queue.front().is_some_and(|(from, to, _)| !(*from == f && *to == l)) {
+        deliver_one(&mut net);
+    }
+    let last = net.propose(l, b"b");
+    // Every message until the leader has committed everything.
+    while net.nodes[&l].high_watermark() <= last {
+        deliver_one(&mut net);
+    }
+    // Then the leader stops listening: only what it has sent already reaches f.
+    net.isolate(l);
+    net.cut.remove(&(l, f));
+    net.queue.retain(|(from, _, _)| *from == l);
+    net.deliver_all();
+    assert_eq!(
+        net.nodes[&f].high_watermark(),
+        last + 1,
+        "f learned the last commit from the answer to its own acknowledgement"
+    );
+}
