@@ -46,12 +46,33 @@ impl Peers {
     }
 }
 
+/// The dialer tasks, kept by the server so that a stopping node sends what it queued last.
+pub(crate) struct Dialers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Dialers {
+    /// Waits, at most `within`, for every dialer to write out its queue once the core has
+    /// stopped (and dropped `Peers`, closing the queues). A node's last words matter: a
+    /// stopping quorum leader's answer telling a follower what committed last (say, the ISR
+    /// change that let it stop) would otherwise die with the process, and the follower wait
+    /// out its own shutdown for leadership it already holds.
+    pub async fn flushed(self, within: Duration) {
+        let all = async {
+            for dialer in self.0 {
+                let _ = dialer.await;
+            }
+        };
+        if tokio::time::timeout(within, all).await.is_err() {
+            tracing::info!("peer messages not all sent before stopping");
+        }
+    }
+}
+
 /// Starts the controller listener and a dialer for every other voter.
 pub(crate) async fn start(
     listen: SocketAddr,
     node: &sluice_core::NodeConfig,
     core: mpsc::Sender<Msg>,
-) -> Result<Peers, String> {
+) -> Result<(Peers, Dialers), String> {
     let listener =
         TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on controller listener {listen}: {e}"))?;
     tracing::info!(%listen, voters = ?node.voter_ids(), "controller listener up");
@@ -62,12 +83,13 @@ pub(crate) async fn start(
         node_id: node.node_id.0,
     }));
     let mut queues = HashMap::new();
+    let mut dialers = Vec::new();
     for (&id, (host, port)) in node.voters.iter().filter(|(id, _)| **id != node.node_id.0) {
         let (tx, rx) = mpsc::channel(QUEUE_LEN);
         queues.insert(id, tx);
-        tokio::spawn(dial_loop(id, format!("{host}:{port}"), hello.clone(), rx));
+        dialers.push(tokio::spawn(dial_loop(id, format!("{host}:{port}"), hello.clone(), rx)));
     }
-    Ok(Peers { queues })
+    Ok((Peers { queues }, Dialers(dialers)))
 }
 
 async fn accept_loop(listener: TcpListener, cluster_id: String, core: mpsc::Sender<Msg>) {
@@ -140,8 +162,15 @@ async fn dial_loop(to: i32, addr: String, hello: Bytes, mut rx: mpsc::Receiver<V
     let mut backoff = Duration::from_millis(50);
     let mut logged = false;
     loop {
-        // Whatever was queued while the peer was unreachable is stale: drop it.
-        while rx.try_recv().is_ok() {}
+        // Whatever was queued while the peer was unreachable is stale: drop it. A closed
+        // queue is a stopping node: nothing more to send.
+        loop {
+            match rx.try_recv() {
+                Ok(_) => {}
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
         let stream = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -149,7 +178,9 @@ async fn dial_loop(to: i32, addr: String, hello: Bytes, mut rx: mpsc::Receiver<V
                     tracing::info!(to, %addr, error = %e, "peer unreachable; retrying");
                     logged = true;
                 }
-                tokio::time::sleep(backoff).await;
+                if !idle_while_open(&mut rx, backoff).await {
+                    return;
+                }
                 backoff = (backoff * 2).min(REDIAL_MAX);
                 continue;
             }
@@ -162,6 +193,18 @@ async fn dial_loop(to: i32, addr: String, hello: Bytes, mut rx: mpsc::Receiver<V
         match why {
             None => return, // the node is stopping
             Some(e) => tracing::info!(to, %addr, error = %e, "peer connection lost; redialling"),
+        }
+    }
+}
+
+/// Waits `pause` before the next dial, dropping what is queued meanwhile (stale by then);
+/// false as soon as the queue closes (the node is stopping).
+async fn idle_while_open(rx: &mut mpsc::Receiver<Vec<WirePart>>, pause: Duration) -> bool {
+    let until = tokio::time::Instant::now() + pause;
+    loop {
+        tokio::select! {
+            m = rx.recv() => if m.is_none() { return false },
+            _ = tokio::time::sleep_until(until) => return true,
         }
     }
 }

@@ -20,6 +20,8 @@ use crate::disk::{Disk, Outcome};
 /// Messages into the core thread.
 /// How long a stopping broker waits for its leadership to be handed over.
 const CONTROLLED_SHUTDOWN_MAX: Duration = Duration::from_secs(10);
+/// How long a stopped core's last peer messages may take to be written out.
+const PEER_FLUSH_MAX: Duration = Duration::from_secs(1);
 
 pub enum Msg {
     Opened {
@@ -151,9 +153,12 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
     })
     .map_err(|e| format!("data directory {}: {e}", cfg.data_dir.display()))?;
     let node_cfg = cfg.node.clone();
-    let peers = match cfg.controller_listen {
-        Some(at) => Some(crate::peer::start(at, &cfg.node, tx.clone()).await?),
-        None => None,
+    let (peers, dialers) = match cfg.controller_listen {
+        Some(at) => {
+            let (peers, dialers) = crate::peer::start(at, &cfg.node, tx.clone()).await?;
+            (Some(peers), Some(dialers))
+        }
+        None => (None, None),
     };
     if let Some(at) = cfg.metrics_listen {
         crate::metrics_http::start(at, tx.clone()).await?;
@@ -179,6 +184,9 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
             let _ = tx.send(Msg::Shutdown).await;
             let _ = core.await;
         }
+    }
+    if let Some(dialers) = dialers {
+        dialers.flushed(PEER_FLUSH_MAX).await;
     }
     tracing::info!("stopped");
     Ok(())
@@ -461,7 +469,8 @@ fn may_stop(node: &Node, by: std::time::Instant) -> bool {
         return true;
     }
     if std::time::Instant::now() >= by {
-        tracing::warn!("controlled shutdown: leadership not handed over in time; stopping anyway");
+        let pending = node.handover_pending();
+        tracing::warn!(?pending, "controlled shutdown: leadership not handed over in time; stopping anyway");
         return true;
     }
     false

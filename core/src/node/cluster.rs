@@ -507,23 +507,37 @@ impl Node {
         self.handed_over() && (self.phase != super::Phase::Serving || self.logs_closed())
     }
 
-    /// Whether a stopping node's leadership is handed over: it is not a cluster, or the
-    /// controller has fenced it and it leads no partition (its leadership has moved, or has
-    /// nowhere to go).
+    /// Whether a stopping node's leadership is handed over: it is not a cluster, or it leads
+    /// no partition another in-sync replica could take (its leadership has moved, or has
+    /// nowhere to go) and it is in no other leader's ISR (so that acks=all does not wait for
+    /// it). The controller's fence does both; the node waits for the ISR changes themselves,
+    /// which are records of their own after the fence: a node stopping on its fence alone could
+    /// take the quorum's last majority with it and leave them uncommitted, its successors
+    /// waiting out their shutdown for leadership they already hold. Neither waits for the
+    /// fence where there is nothing to hand over, as for the last node of a cluster stopped
+    /// one by one, whose quorum is gone and could not fence it anyway.
     pub(super) fn handed_over(&self) -> bool {
         if !self.config.is_cluster() || !self.cluster.started {
             return self.cluster.stopping;
         }
+        self.cluster.stopping && self.handover_pending().is_empty()
+    }
+
+    /// The partitions a stopping node still waits on: those it leads with another in-sync
+    /// replica, and those another leads with it in the ISR (for the log when it gives up).
+    pub fn handover_pending(&self) -> Vec<String> {
         let me = self.me();
-        let fenced = self.cluster.image.brokers.get(&me).is_none_or(|b| b.fenced);
-        let leads = self
-            .cluster
-            .image
-            .topics
-            .values()
-            .flat_map(|t| &t.parts)
-            .any(|p| p.leader == me && p.replicas.len() > 1 && p.isr.iter().any(|r| *r != me));
-        self.cluster.stopping && fenced && !leads
+        let mut pending = Vec::new();
+        for (name, t) in &self.cluster.image.topics {
+            for (i, p) in t.parts.iter().enumerate() {
+                let leads = p.leader == me && p.replicas.len() > 1 && p.isr.iter().any(|r| *r != me);
+                let follows = p.leader >= 0 && p.leader != me && p.isr.contains(&me);
+                if leads || follows {
+                    pending.push(format!("{name}-{i} (leader {}, isr {:?})", p.leader, p.isr));
+                }
+            }
+        }
+        pending
     }
 
     // ---- the controller side ------------------------------------------------------------
