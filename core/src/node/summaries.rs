@@ -59,6 +59,14 @@ impl Node {
             for conn in conns {
                 self.close(conn, "the broker is stopping");
             }
+            // A controller hands the metadata quorum over too, so that the next one is elected
+            // at once rather than after a fetch timeout.
+            if self.config.is_cluster() {
+                if let Some(q) = self.meta.quorum.as_mut() {
+                    q.resign(self.now.mono);
+                    self.drain_quorum();
+                }
+            }
         }
         let settled: Vec<Tp> = self.online_tps().into_iter().filter(|tp| self.log_settled(*tp)).collect();
         for tp in settled {

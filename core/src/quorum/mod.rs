@@ -12,6 +12,9 @@
 //!   have lost their leader too, so a node cut off alone cannot depose a healthy leader.
 //! - A leader that has not been fetched from by a majority within 1.5 fetch timeouts resigns
 //!   (check-quorum).
+//! - A leader that is stopping resigns out loud (`EndQuorumEpoch`, as KRaft's graceful
+//!   shutdown does): its followers stand for election at once rather than after a fetch
+//!   timeout without it, and it stands no more itself.
 //!
 //! The machine owns no files. It asks for storage work with [`Action::Write`] (in order: the
 //! owner applies them in the order given) and learns that it is durable through
@@ -91,6 +94,10 @@ pub enum Message {
         request: u64,
     },
     FetchSnapshotResponse(SnapshotChunk),
+    /// The leader of `epoch` resigns (it is stopping): elect another now.
+    EndQuorumEpoch {
+        epoch: Epoch,
+    },
 }
 
 /// A snapshot's identity: the offset it ends at (exclusive) and the epoch of its last entry.
@@ -309,7 +316,13 @@ pub struct Quorum {
     /// A fetched snapshot being made durable: nothing is fetched meanwhile.
     installing: Option<SnapshotId>,
     actions: VecDeque<Action>,
+    /// It resigned its leadership to stop: it votes, but stands no more.
+    resigned: bool,
 }
+
+/// The most a follower told of its leader's resignation waits before it stands: a random
+/// part of this, so that the followers rarely stand at once and split the vote.
+const RESIGNATION_STAND_MAX_MS: u64 = 50;
 
 impl Quorum {
     pub fn new(cfg: QuorumConfig, persisted: Persisted, seed: u64, now: Instant) -> Quorum {
@@ -342,6 +355,7 @@ impl Quorum {
             fetching: None,
             installing: None,
             actions: VecDeque::new(),
+            resigned: false,
             cfg,
         };
         // A sole voter need not wait for anyone; others give a running leader a chance first.
@@ -558,8 +572,37 @@ impl Quorum {
                 self.on_fetch_snapshot(now, from, epoch, id, position, request)
             }
             Message::FetchSnapshotResponse(c) => self.on_snapshot_chunk(now, from, c),
+            Message::EndQuorumEpoch { epoch } => self.on_end_quorum_epoch(now, from, epoch),
         }
         self.after(now);
+    }
+
+    /// A stopping leader hands its leadership back: the others are told to elect another at
+    /// once, and this member stands no more (it still votes, and answers fetches no more).
+    /// Nothing it has not committed is lost to that: the new leader's log is at least as
+    /// complete as a majority's.
+    pub fn resign(&mut self, now: Instant) {
+        self.resigned = true;
+        if !self.is_leader() {
+            return;
+        }
+        tracing::info!(epoch = self.epoch, "quorum leader resigns: it is stopping");
+        for v in self.others() {
+            self.send(v, Message::EndQuorumEpoch { epoch: self.epoch });
+        }
+        self.become_unattached(now, self.epoch);
+        self.after(now);
+    }
+
+    /// The leader followed resigned: stand for election shortly (pre-votes are granted by
+    /// the others it told, which have no leader now either).
+    fn on_end_quorum_epoch(&mut self, now: Instant, from: NodeId, epoch: Epoch) {
+        if epoch != self.epoch || self.leader != Some(from) || self.is_leader() {
+            return; // an older epoch's, or about a leader this member no longer follows
+        }
+        self.become_unattached(now, epoch);
+        let wait = self.rng.gen_range(0..=RESIGNATION_STAND_MAX_MS);
+        self.role = Role::Unattached { election_at: now.plus_millis(wait) };
     }
 
     // ---------------------------------------------------------------- elections
@@ -570,9 +613,9 @@ impl Quorum {
     }
 
     fn become_prospective(&mut self, now: Instant) {
-        if !self.cfg.voters.contains(&self.cfg.node_id) {
+        if !self.cfg.voters.contains(&self.cfg.node_id) || self.resigned {
             self.role = Role::Unattached { election_at: Instant(u64::MAX) };
-            return; // observers never stand
+            return; // observers never stand, nor a member stopping
         }
         let deadline = self.election_deadline(now);
         self.role = Role::Prospective { votes: BTreeSet::from([self.cfg.node_id]), deadline };

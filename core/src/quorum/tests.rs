@@ -435,3 +435,33 @@ fn the_fetch_that_commits_is_answered_with_the_commit() {
         "f learned the last commit from the answer to its own acknowledgement"
     );
 }
+
+#[test]
+fn a_resigning_leader_is_replaced_at_once_and_stands_no_more() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.run_ms(3_000);
+    let old = net.leaders()[0];
+    let old_epoch = net.nodes[&old].epoch();
+    let committed = net.propose(old, b"before");
+    net.run_ms(100);
+    let now = net.now;
+    net.nodes.get_mut(&old).unwrap().resign(now);
+    net.drain(old);
+    net.deliver_all();
+    // Well within one fetch timeout (without a resignation the followers wait that long).
+    let fetch_timeout = net.nodes[&old].cfg.fetch_timeout_ms;
+    net.run_ms(fetch_timeout / 2);
+    let leaders = net.leaders();
+    assert_eq!(leaders.len(), 1, "one new leader: {leaders:?}");
+    assert_ne!(leaders[0], old, "the resigned leader does not stand again");
+    let new = leaders[0];
+    assert!(net.nodes[&new].epoch() > old_epoch);
+    assert_eq!(record(&net.nodes[&new], committed), Some(b"before".to_vec()), "the commit survives");
+    // It follows the new leader, and votes, but never stands, even when cut off from it.
+    assert_eq!(net.nodes[&old].leader(), Some(new));
+    net.isolate(new);
+    net.run_ms(10 * fetch_timeout);
+    let leaders: Vec<_> = net.leaders().into_iter().filter(|l| *l != new).collect();
+    assert_eq!(leaders.len(), 1, "the third voter is elected with the resigned one's vote: {leaders:?}");
+    assert_ne!(leaders[0], old);
+}
