@@ -70,6 +70,9 @@ enum Answer {
     Abort,
     /// The epoch was bumped: the coordinator aborted the transaction.
     Fenced,
+    /// Fatal to this producer instance, as INVALID_TXN_STATE on EndTxn is to the Java client:
+    /// the application closes it and starts another.
+    Fatal,
     /// An error this producer should never get.
     Refused(i16),
 }
@@ -84,6 +87,7 @@ fn classify(code: i16, step: Step) -> Answer {
         (3 | 5 | 6 | 7 | 19 | 20 | 45 | 56, Step::Produce) => Answer::Again,
         (55, Step::AddPartitions) => Answer::Again,
         (48, Step::Produce) => Answer::Abort,
+        (48, Step::End) => Answer::Fatal,
         (code, _) => Answer::Refused(code),
     }
 }
@@ -179,6 +183,9 @@ pub struct TxnProducer {
     pub end_sends: u64,
     /// Transaction version 2.
     pub tv2: bool,
+    /// An EndTxn of this producer was given up on in flight (a timeout, a closed connection)
+    /// since its last InitProducerId: a late copy may still reach the coordinator.
+    stale_end: bool,
 }
 
 impl TxnProducer {
@@ -207,6 +214,7 @@ impl TxnProducer {
             retrying: false,
             end_sends: 0,
             tv2: idx % 2 == 1,
+            stale_end: false,
         }
     }
 
@@ -327,6 +335,7 @@ impl TxnProducer {
                 if let Some(c) = self.conn.take() {
                     w.close(c);
                 }
+                self.stale_end |= self.step == Step::End;
                 self.in_flight = None;
                 self.move_on(self.target());
             } else {
@@ -502,6 +511,20 @@ impl TxnProducer {
         self.step = Step::Init;
     }
 
+    /// INVALID_TXN_STATE for an EndTxn after one of this producer's own was given up on in
+    /// flight: with transaction version 1 (as in Kafka) that late EndTxn, whose epoch is still
+    /// the producer's, may have ended the transaction begun since, and this one then finds
+    /// nothing to end. Fatal to a Java producer: the application starts a new one, whose
+    /// InitProducerId bumps the epoch. The open transaction's outcome stays unknown to it (the
+    /// checker holds such a transaction to all or nothing).
+    fn restart_after_a_stale_end(&mut self) {
+        self.txn = None;
+        self.producer = None;
+        self.next_seq.clear();
+        self.step = Step::Init;
+        self.stale_end = false;
+    }
+
     pub fn on_response(&mut self, w: &mut World, checker: &mut Checker, frame: Bytes) {
         let at = w.now();
         let Some((cid, _)) = self.in_flight else { return };
@@ -531,6 +554,10 @@ impl TxnProducer {
                 self.step = Step::End;
             }
             Ok(Answer::Again) => {}
+            Ok(Answer::Fatal) if self.stale_end => self.restart_after_a_stale_end(),
+            Ok(Answer::Fatal) => {
+                checker.on_error(at, format!("txn producer {}: {:?} refused with error 48", self.idx, self.step))
+            }
             Ok(Answer::Refused(code)) => {
                 checker.on_error(at, format!("txn producer {}: {:?} refused with error {code}", self.idx, self.step))
             }
@@ -573,6 +600,7 @@ impl TxnProducer {
             checker.on_producer_id(at, self.idx, r.producer_id.0);
             self.producer = Some((r.producer_id.0, r.producer_epoch));
             self.next_seq.clear();
+            self.stale_end = false; // the new epoch fences whatever is still in flight
         }
         Ok(classify(r.error_code, Step::Init))
     }
@@ -626,6 +654,7 @@ impl TxnProducer {
     pub fn on_closed(&mut self, conn: ConnId) {
         if self.conn == Some(conn) {
             self.conn = None;
+            self.stale_end |= self.step == Step::End && self.in_flight.is_some();
             self.in_flight = None;
             self.move_on(self.target());
         }
