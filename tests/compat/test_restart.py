@@ -147,8 +147,14 @@ def test_restart_starts_from_a_metadata_snapshot(broker_factory):
     assert len(snaps) == 1 and int(snaps[0].split("-")[0]) > 10, "snapshots in .sluice-meta: %s" % snaps
 
     broker.restart(clean=False)
-    with open(broker.stderr_path, "rb") as f:
-        log = f.read().decode("utf-8", "replace")
+    # The listener is up before the metadata is loaded: read the log until it says so.
+    deadline = time.monotonic() + 10
+    while True:
+        with open(broker.stderr_path, "rb") as f:
+            log = f.read().decode("utf-8", "replace")
+        if "metadata snapshot loaded" in log or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert "metadata snapshot loaded" in log, log[-3000:]
     admin = ck_admin(broker.bootstrap)
     md = admin.list_topics(timeout=10)
