@@ -36,7 +36,7 @@ summary=""
 # The suites run side by side (COMPAT_PARALLEL=0: one after the other): they mostly wait on
 # brokers and clients, so they share the machine's two cores without slowing each other much.
 # Each venv's suite runs as shards, each every n-th test (conftest.py, COMPAT_SHARD): the new
-# venv's (it alone runs the Java client and Kafka's tools) as COMPAT_NEW_SHARDS (3), the old
+# venv's (it alone runs the Java client and Kafka's tools) as COMPAT_NEW_SHARDS (2), the old
 # venv's as COMPAT_OLD_SHARDS (2).
 PARALLEL="${COMPAT_PARALLEL:-1}"
 logs="$(mktemp -d)"
@@ -49,7 +49,7 @@ for v in $VENVS; do
         continue
     fi
     shards=1
-    [ "$v" = new ] && [ "$PARALLEL" = 1 ] && shards="${COMPAT_NEW_SHARDS:-3}"
+    [ "$v" = new ] && [ "$PARALLEL" = 1 ] && shards="${COMPAT_NEW_SHARDS:-2}"
     [ "$v" = old ] && [ "$PARALLEL" = 1 ] && shards="${COMPAT_OLD_SHARDS:-2}"
     for ((i = 0; i < shards; i++)); do
         if [ "$shards" -gt 1 ]; then runs+=("$v:$i/$shards"); else runs+=("$v"); fi
