@@ -520,24 +520,25 @@ impl Node {
         if !self.config.is_cluster() || !self.cluster.started {
             return self.cluster.stopping;
         }
-        self.cluster.stopping && self.handover_pending().is_empty()
+        self.cluster.stopping && self.waited_on().next().is_none()
     }
 
     /// The partitions a stopping node still waits on: those it leads with another in-sync
-    /// replica, and those another leads with it in the ISR (for the log when it gives up).
-    pub fn handover_pending(&self) -> Vec<String> {
+    /// replica, and those another leads with it in the ISR.
+    fn waited_on(&self) -> impl Iterator<Item = (&String, usize, &metadata::PartitionImage)> {
         let me = self.me();
-        let mut pending = Vec::new();
-        for (name, t) in &self.cluster.image.topics {
-            for (i, p) in t.parts.iter().enumerate() {
+        self.cluster.image.topics.iter().flat_map(move |(name, t)| {
+            t.parts.iter().enumerate().map(move |(i, p)| (name, i, p)).filter(move |(_, _, p)| {
                 let leads = p.leader == me && p.replicas.len() > 1 && p.isr.iter().any(|r| *r != me);
                 let follows = p.leader >= 0 && p.leader != me && p.isr.contains(&me);
-                if leads || follows {
-                    pending.push(format!("{name}-{i} (leader {}, isr {:?})", p.leader, p.isr));
-                }
-            }
-        }
-        pending
+                leads || follows
+            })
+        })
+    }
+
+    /// `waited_on`, written out for the log when a stopping node gives up waiting.
+    pub fn handover_pending(&self) -> Vec<String> {
+        self.waited_on().map(|(name, i, p)| format!("{name}-{i} (leader {}, isr {:?})", p.leader, p.isr)).collect()
     }
 
     // ---- the controller side ------------------------------------------------------------
