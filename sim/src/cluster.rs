@@ -34,6 +34,7 @@ use kafka_protocol::protocol::StrBytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_core::metadata::{MetadataImage, ALL_BROKERS};
+use sluice_core::node::FORWARD_MAX_AGE_MS;
 use sluice_core::{BrokerId, ConnId, NodeConfig, Offset};
 use sluice_runtime_sim::{Env, Harness, Nanos, World, MS, US};
 
@@ -165,11 +166,15 @@ struct Run {
     healed: bool,
     /// A topic was created after the heal: the cluster takes changes again.
     acked_after_heal: bool,
-    /// The config change in flight: topic, value, connection, correlation id.
-    altering: Option<(String, i64, ConnId, i32)>,
+    /// The config change in flight: topic, value, connection, correlation id, when sent.
+    altering: Option<(String, i64, ConnId, i32, Nanos)>,
     next_value: i64,
-    /// Per topic, the largest `retention.ms` acknowledged.
-    configs_acked: BTreeMap<String, i64>,
+    /// Per topic, the largest `retention.ms` acknowledged, and when its change was sent.
+    configs_acked: BTreeMap<String, (i64, Nanos)>,
+    /// Per topic, the changes whose outcome is unknown (the connection closed, or the answer
+    /// was REQUEST_TIMED_OUT), and when each was sent: one may still be made, but no later
+    /// than a forward's greatest age after it was sent.
+    configs_unknown: BTreeMap<String, Vec<(i64, Nanos)>>,
     alter_answers: BTreeMap<i16, u64>,
     /// Producers on a replicated topic.
     repl: Replicated,
@@ -270,20 +275,24 @@ impl Run {
         self.next_cid += 1;
         let conn = w.connect(ADMIN, node);
         w.send(conn, codec::frame(ApiKey::IncrementalAlterConfigs, codec::ALTER_CONFIGS_VERSION, self.next_cid, &req));
-        self.altering = Some((topic, self.next_value, conn, self.next_cid));
+        self.altering = Some((topic, self.next_value, conn, self.next_cid, w.now()));
     }
 
     fn on_alter_response(&mut self, w: &mut World, frame: Bytes) {
-        let Some((topic, value, conn, cid)) = self.altering.take() else { return };
+        let Some((topic, value, conn, cid, sent)) = self.altering.take() else { return };
         w.close(conn);
         let version = codec::ALTER_CONFIGS_VERSION;
         match codec::decode::<IncrementalAlterConfigsResponse>(ApiKey::IncrementalAlterConfigs, version, frame) {
             Ok((got, resp)) if got == cid => {
                 let code = resp.responses.first().map_or(-1, |r| r.error_code);
                 *self.alter_answers.entry(code).or_default() += 1;
-                if code == 0 {
-                    let v = self.configs_acked.entry(topic).or_default();
-                    *v = (*v).max(value);
+                match code {
+                    0 => {
+                        let v = self.configs_acked.entry(topic).or_default();
+                        *v = (*v).max((value, sent));
+                    }
+                    7 => self.configs_unknown.entry(topic).or_default().push((value, sent)),
+                    _ => {}
                 }
             }
             Ok((got, _)) => self.violation(w, format!("IncrementalAlterConfigs answered with id {got}, sent {cid}")),
@@ -294,7 +303,13 @@ impl Run {
     fn final_checks(&mut self, w: &World) {
         let views: Vec<_> = (0..self.plan.nodes).map(|i| w.node(i).and_then(|n| n.metadata_view())).collect();
         let Some((_, first)) = views[0] else { return };
-        for (name, acked) in self.configs_acked.clone() {
+        for (name, (acked, acked_sent)) in self.configs_acked.clone() {
+            // A change of unknown outcome sent less than a forward's greatest age before the
+            // last acknowledged one may have been made after it (a little more for clocks
+            // that drift apart).
+            let late_ns = (FORWARD_MAX_AGE_MS + 10) * MS;
+            let unknown = self.configs_unknown.get(&name).cloned().unwrap_or_default();
+            let may_be_late = |v: i64| unknown.iter().any(|(uv, at)| *uv == v && at + late_ns > acked_sent);
             for (i, v) in views.iter().enumerate() {
                 let have = v
                     .and_then(|(_, img)| match name.as_str() {
@@ -308,7 +323,7 @@ impl Run {
                         format!("node {} has log.retention.ms={have:?} in its image but {in_force:?} in force", i + 1);
                     self.violation(w, msg);
                 }
-                if have.is_none_or(|h| h < acked) {
+                if have.is_none_or(|h| h < acked && !may_be_late(h)) {
                     let msg =
                         format!("topic {name}'s retention.ms={acked} was acknowledged but node {} has {have:?}", i + 1);
                     self.violation(w, msg);
@@ -411,8 +426,8 @@ impl Harness for Run {
         if self.txns.owns(conn) {
             return self.txns.on_closed(w, conn);
         }
-        if self.altering.as_ref().is_some_and(|a| a.2 == conn) {
-            self.altering = None; // applied or not: the next value is larger either way
+        if let Some((topic, value, _, _, sent)) = self.altering.take_if(|a| a.2 == conn) {
+            self.configs_unknown.entry(topic).or_default().push((value, sent));
             return;
         }
         if self.pending.as_ref().is_some_and(|p| p.2 == conn) {
@@ -693,6 +708,7 @@ impl Run {
             altering: None,
             next_value: 1_000_000,
             configs_acked: BTreeMap::new(),
+            configs_unknown: BTreeMap::new(),
             alter_answers: BTreeMap::new(),
             pending: None,
             next_topic: 0,

@@ -16,7 +16,7 @@ use super::{JobDone, JobId, Node, PartState, Partition, Topic};
 use crate::config::TopicSettings;
 use crate::log::PartitionLog;
 use crate::metadata::{self, MetaRecord, MetadataImage};
-use crate::peer::{Body, BrokerMessage};
+use crate::peer::{Body, BrokerMessage, ControllerClock};
 use crate::quorum::{EntryKind, Epoch};
 use crate::types::{Instant, Offset};
 
@@ -45,6 +45,9 @@ pub(super) struct ClusterState {
     /// When this broker sent the latest heartbeat the controller answered live and
     /// unfenced: the controller fences no broker sooner than a session after it heard it.
     lease_from: Option<Instant>,
+    /// The active controller's clock as its last heartbeat answer read it, with the
+    /// controller's id and when the answer arrived here: forwards carry it on (`forwarding`).
+    pub controller_clock: Option<(i32, ControllerClock, Instant)>,
     /// The quorum epoch this node last led in: the controller's state below belongs to it.
     led_epoch: Option<Epoch>,
     /// When the controller last heard each broker's heartbeat.
@@ -576,7 +579,8 @@ impl Node {
     /// controller's answer.
     pub(super) fn on_broker_message(&mut self, from: i32, msg: BrokerMessage) {
         match msg {
-            BrokerMessage::HeartbeatResponse { broker_epoch, fenced, sent_at } => {
+            BrokerMessage::HeartbeatResponse { broker_epoch, fenced, sent_at, clock } => {
+                self.on_controller_clock(from, clock);
                 self.on_heartbeat_answer(from, broker_epoch, fenced, sent_at)
             }
             BrokerMessage::Register { incarnation, host, port, rack } => {
@@ -610,7 +614,7 @@ impl Node {
                     self.on_resign_leadership(from, topic, partition, leader_epoch);
                 }
             }
-            BrokerMessage::Forward { id, frame } => self.on_forward(from, id, frame),
+            BrokerMessage::Forward { id, frame, clock } => self.on_forward(from, id, frame, clock),
             BrokerMessage::DeleteRecords { topic, partition, offset } => {
                 self.on_delete_records(topic, partition, offset)
             }
@@ -670,9 +674,39 @@ impl Node {
         if from == self.me() {
             self.on_heartbeat_answer(from, epoch, fenced, sent_at);
         } else {
-            let answer = BrokerMessage::HeartbeatResponse { broker_epoch: epoch, fenced, sent_at };
+            let clock =
+                ControllerClock { epoch: self.meta.quorum.as_ref().map_or(0, |q| q.epoch()), at: self.now.mono.0 };
+            let answer = BrokerMessage::HeartbeatResponse { broker_epoch: epoch, fenced, sent_at, clock };
             self.send_peer(from, Body::Broker(answer));
         }
+    }
+
+    /// The controller's clock, from its answer to a heartbeat: kept while it is the
+    /// controller this node knows, the reading that puts the controller's clock latest.
+    /// Both readings are lower bounds on it (an answer takes time to arrive), so the later
+    /// one is the closer.
+    fn on_controller_clock(&mut self, from: i32, clock: ControllerClock) {
+        if self.controller() != Some(from) {
+            return;
+        }
+        let now = self.now.mono;
+        let later = match self.cluster.controller_clock {
+            Some((id, c, arrived)) if id == from && c.epoch == clock.epoch => {
+                clock.at > c.at.saturating_add(now.0.saturating_sub(arrived.0))
+            }
+            _ => true,
+        };
+        if later {
+            self.cluster.controller_clock = Some((from, clock, now));
+        }
+    }
+
+    /// When this broker's controller reads its clock, at least: the reading of its last
+    /// heartbeat answer plus the time since it arrived. `None` when no answer came from it.
+    pub(super) fn controller_clock_now(&self, controller: i32) -> Option<ControllerClock> {
+        let (id, c, arrived) = self.cluster.controller_clock?;
+        let since = self.now.mono.0.saturating_sub(arrived.0);
+        (id == controller).then_some(ControllerClock { epoch: c.epoch, at: c.at.saturating_add(since) })
     }
 
     /// The controller answered a heartbeat of this broker: answered live and unfenced under

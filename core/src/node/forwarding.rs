@@ -8,9 +8,16 @@
 //! [`FORWARDED_CONN_BASE`] up, never the runtime's), through the same path as a client's, so
 //! every rule applies unchanged; the response that path queues goes back over the peer link
 //! instead of to a socket. A forward not answered in [`FORWARD_TIMEOUT_MS`] (the controller
-//! died or lost its leadership, the link dropped the message) is handled here after all, which
-//! answers NOT_CONTROLLER: the client looks for the controller and tries again, as it would
-//! without forwarding.
+//! died or lost its leadership, the link dropped the message) is answered REQUEST_TIMED_OUT,
+//! as Kafka does: the change may or may not be made.
+//!
+//! Not long after, though. A forward carries when it was sent, on the controller's clock as
+//! the broker learnt it from heartbeat answers (a lower bound), and the controller refuses
+//! one older than [`FORWARD_MAX_AGE_MS`]. Without that, a forward held up on a stalled link
+//! (or sent just before its broker stopped, and the client retried elsewhere) could arrive
+//! many seconds later and undo a change acknowledged since (cluster seed 5513). A broker
+//! with no reading of the controller's clock, or a refused forward, handles the request
+//! itself: NOT_CONTROLLER, which is true, since nothing was done.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +27,9 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::Node;
 use crate::io::Part;
-use crate::peer::BrokerMessage;
-use crate::protocol::RequestContext;
+use crate::peer::{BrokerMessage, ControllerClock};
+use crate::protocol::errors::KafkaError;
+use crate::protocol::{self, RequestContext};
 use crate::types::ConnId;
 use crate::Instant;
 
@@ -30,6 +38,10 @@ pub const FORWARDED_CONN_BASE: u64 = 1 << 62;
 
 /// How long a broker waits for the controller's answer to a forwarded request.
 pub const FORWARD_TIMEOUT_MS: u64 = 10_000;
+
+/// The oldest forward a controller still runs, by the sender's clock reading: well inside the
+/// broker's timeout, so a request is never started after its client was told it timed out.
+pub const FORWARD_MAX_AGE_MS: u64 = FORWARD_TIMEOUT_MS / 2;
 
 /// A request this broker forwarded, waiting for the controller's answer.
 struct Outbound {
@@ -84,6 +96,10 @@ impl Node {
             return false;
         }
         let Some(controller) = self.controller().filter(|c| *c != self.me()) else { return false };
+        let Some(clock) = self.controller_clock_now(controller) else {
+            tracing::debug!(controller, "no heartbeat answer from the controller yet; not forwarded");
+            return false;
+        };
         let frame = match request_frame(ctx, body) {
             Ok(f) => f,
             Err(e) => {
@@ -102,12 +118,27 @@ impl Node {
         let deadline = self.now.mono.plus_millis(FORWARD_TIMEOUT_MS);
         f.out.insert(id, Outbound { conn, seq, ctx: ctx.clone(), body: body.clone(), deadline });
         tracing::debug!(id, controller, api = ?ctx.api_key, "forwarding a request to the controller");
-        self.send_peer(controller, crate::peer::Body::Broker(BrokerMessage::Forward { id, frame }));
+        self.send_peer(controller, crate::peer::Body::Broker(BrokerMessage::Forward { id, frame, clock }));
         true
     }
 
-    /// The controller's side: runs a request another broker forwarded.
-    pub(super) fn on_forward(&mut self, from: i32, id: u64, frame: Vec<u8>) {
+    /// The controller's side: runs a request another broker forwarded, unless it was sent too
+    /// long ago (or under another controller, whose clock this is not).
+    pub(super) fn on_forward(&mut self, from: i32, id: u64, frame: Vec<u8>, clock: ControllerClock) {
+        let now = self.now.mono.0;
+        let epoch = self.meta.quorum.as_ref().filter(|_| self.is_controller()).map(|q| q.epoch());
+        let age_ms = now.checked_sub(clock.at).map(|ns| ns / 1_000_000);
+        if epoch != Some(clock.epoch) || age_ms.is_none_or(|a| a > FORWARD_MAX_AGE_MS) {
+            tracing::info!(
+                from,
+                id,
+                ?age_ms,
+                ?epoch,
+                sent_in = clock.epoch,
+                "a forwarded request refused: too old, or not for this controller"
+            );
+            return self.forwarded_closed_on(from, id);
+        }
         let conn = ConnId(FORWARDED_CONN_BASE + self.forwarding.next_conn);
         self.forwarding.next_conn += 1;
         self.forwarding.inbound.insert(conn, (from, id));
@@ -160,13 +191,20 @@ impl Node {
         }
     }
 
-    /// Forwards unanswered for too long are handled here.
+    /// Forwards unanswered for too long are answered REQUEST_TIMED_OUT.
     pub(super) fn forward_timeouts(&mut self) {
         let now = self.now.mono;
         let late: Vec<u64> = self.forwarding.out.iter().filter(|(_, o)| o.deadline <= now).map(|(id, _)| *id).collect();
         for id in late {
-            tracing::info!(id, "the controller did not answer a forwarded request in time; handled here");
-            self.on_forwarded(id, None);
+            tracing::info!(id, "the controller did not answer a forwarded request in time");
+            let Some(o) = self.forwarding.out.remove(&id) else { continue };
+            match timed_out_response(&o.ctx, o.body.clone()) {
+                Ok(resp) => self.respond_bytes(o.conn, o.seq, Ok(resp)),
+                Err(e) => {
+                    tracing::error!(error = %e, "a timed-out request's answer could not be built; handled here");
+                    self.dispatch_here(o.conn, o.seq, o.ctx, o.body)
+                }
+            }
         }
     }
 
@@ -183,4 +221,91 @@ impl Node {
 /// Whether a connection is one a forwarded request runs on.
 pub(super) fn is_forwarded(conn: ConnId) -> bool {
     conn.0 >= FORWARDED_CONN_BASE
+}
+
+/// The answer to a forwardable request that timed out: REQUEST_TIMED_OUT for each thing it
+/// names (topic, resource, partition), as Kafka's broker answers a forward that timed out.
+fn timed_out_response(ctx: &RequestContext, body: Bytes) -> Result<Bytes, String> {
+    use kafka_protocol::messages::*;
+    let code = KafkaError::RequestTimedOut.code();
+    let v = ctx.version;
+    let bad = |e: crate::protocol::FrameError| format!("{e:?}");
+    match ctx.api_key {
+        ApiKey::CreateTopics => {
+            let req: CreateTopicsRequest = protocol::decode_body(body, v).map_err(bad)?;
+            let mut resp = CreateTopicsResponse::default();
+            for t in req.topics {
+                let mut r = create_topics_response::CreatableTopicResult::default();
+                r.name = t.name;
+                r.error_code = code;
+                resp.topics.push(r);
+            }
+            protocol::encode_response(ctx, &resp)
+        }
+        ApiKey::DeleteTopics => {
+            let req: DeleteTopicsRequest = protocol::decode_body(body, v).map_err(bad)?;
+            let mut resp = DeleteTopicsResponse::default();
+            let named = req.topic_names.into_iter().map(|n| (Some(n), Default::default()));
+            for (name, topic_id) in named.chain(req.topics.into_iter().map(|t| (t.name, t.topic_id))) {
+                let mut r = delete_topics_response::DeletableTopicResult::default();
+                (r.name, r.topic_id, r.error_code) = (name, topic_id, code);
+                resp.responses.push(r);
+            }
+            protocol::encode_response(ctx, &resp)
+        }
+        ApiKey::CreatePartitions => {
+            let req: CreatePartitionsRequest = protocol::decode_body(body, v).map_err(bad)?;
+            let mut resp = CreatePartitionsResponse::default();
+            for t in req.topics {
+                let mut r = create_partitions_response::CreatePartitionsTopicResult::default();
+                (r.name, r.error_code) = (t.name, code);
+                resp.results.push(r);
+            }
+            protocol::encode_response(ctx, &resp)
+        }
+        ApiKey::AlterConfigs => {
+            let req: AlterConfigsRequest = protocol::decode_body(body, v).map_err(bad)?;
+            let mut resp = AlterConfigsResponse::default();
+            for t in req.resources {
+                let mut r = alter_configs_response::AlterConfigsResourceResponse::default();
+                (r.resource_type, r.resource_name, r.error_code) = (t.resource_type, t.resource_name, code);
+                resp.responses.push(r);
+            }
+            protocol::encode_response(ctx, &resp)
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let req: IncrementalAlterConfigsRequest = protocol::decode_body(body, v).map_err(bad)?;
+            let mut resp = IncrementalAlterConfigsResponse::default();
+            for t in req.resources {
+                let mut r = incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+                (r.resource_type, r.resource_name, r.error_code) = (t.resource_type, t.resource_name, code);
+                resp.responses.push(r);
+            }
+            protocol::encode_response(ctx, &resp)
+        }
+        ApiKey::ElectLeaders => {
+            let req: ElectLeadersRequest = protocol::decode_body(body, v).map_err(bad)?;
+            let mut resp = ElectLeadersResponse::default();
+            if v >= 1 {
+                resp.error_code = code; // not in version 0
+            }
+            for t in req.topic_partitions.unwrap_or_default() {
+                let mut r = elect_leaders_response::ReplicaElectionResult::default();
+                r.topic = t.topic;
+                for p in t.partitions {
+                    let mut pr = elect_leaders_response::PartitionResult::default();
+                    (pr.partition_id, pr.error_code) = (p, code);
+                    r.partition_result.push(pr);
+                }
+                resp.replica_election_results.push(r);
+            }
+            protocol::encode_response(ctx, &resp)
+        }
+        ApiKey::AlterPartitionReassignments => {
+            let mut resp = AlterPartitionReassignmentsResponse::default();
+            resp.error_code = code;
+            protocol::encode_response(ctx, &resp)
+        }
+        other => Err(format!("{other:?} is not forwarded")),
+    }
 }

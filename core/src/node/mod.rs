@@ -44,6 +44,7 @@ use crate::log::{FileIds, PartitionLog};
 use crate::protocol::{self, FrameError, RequestContext};
 use crate::types::{ConnId, FileId, Instant, Offset, OpId, Time};
 
+pub use forwarding::FORWARD_MAX_AGE_MS;
 pub use groups::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 pub use recovery::RecoveryStats;
 pub use transactions::{TXN_PARTITIONS, TXN_TOPIC};

@@ -13,7 +13,7 @@ use crate::quorum;
 
 /// The version of the peer protocol this build speaks. A change to any message type that is
 /// not backward compatible bumps it; an envelope of another version is refused.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -89,6 +89,14 @@ pub struct FetchedPartition {
     pub records_len: u32,
 }
 
+/// A reading of the active controller's monotonic clock (ns), under the quorum epoch it leads
+/// in: a reading of another epoch is another process's, or another node's, clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerClock {
+    pub epoch: i32,
+    pub at: u64,
+}
+
 /// What a broker and the active controller say to each other (KIP-631's broker lifecycle,
 /// carried on the peer connection rather than Kafka's RPCs).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,8 +110,8 @@ pub enum BrokerMessage {
     Heartbeat { broker_epoch: i64, caught_up: bool, sent_at: u64 },
     /// The controller's answer to a heartbeat: the broker's epoch (its registration's offset),
     /// `None` when the broker is not (or no longer) registered, whether it is fenced, and the
-    /// heartbeat's `sent_at`.
-    HeartbeatResponse { broker_epoch: Option<i64>, fenced: bool, sent_at: u64 },
+    /// heartbeat's `sent_at`, and the controller's clock as it answers.
+    HeartbeatResponse { broker_epoch: Option<i64>, fenced: bool, sent_at: u64, clock: ControllerClock },
     /// A broker asks the controller to create a topic a client asked for by name (automatic
     /// topic creation). Fire and forget: the client learns of it from Metadata.
     CreateTopic { name: String },
@@ -139,8 +147,10 @@ pub enum BrokerMessage {
     ResignLeadership { topic: [u8; 16], partition: i32, leader_epoch: i32 },
     /// A client's request only the controller can carry out (CreateTopics, AlterConfigs, ...),
     /// passed on by the broker it reached: `frame` is the request as the client sent it, less
-    /// its length. Answered with `Forwarded`.
-    Forward { id: u64, frame: Vec<u8> },
+    /// its length. `clock` is when the broker sent it, on the controller's clock as the
+    /// broker last learnt it (never later than the truth): the controller refuses a forward
+    /// that has been on its way too long. Answered with `Forwarded`.
+    Forward { id: u64, frame: Vec<u8>, clock: ControllerClock },
     /// The answer to `Forward` `id`: the response frame to relay to the client, or `None`
     /// when the controller could not run the request (the broker handles it itself).
     Forwarded { id: u64, frame: Option<Vec<u8>> },
