@@ -95,15 +95,25 @@ pub enum DiskOp {
     /// Rename a file, atomically replacing any file at `to`; durable when done. Handles open
     /// on either file keep naming the file they named.
     Rename { from: String, to: String },
+    /// How large the file system holding the data directory is, and how much of it this
+    /// process may still use (statvfs). Replies `Space`.
+    Space,
 }
 
 /// What a finished disk operation returns.
 #[derive(Debug, Clone)]
 pub enum DiskReply {
     Done,
-    Opened { len: u64 },
+    Opened {
+        len: u64,
+    },
     Data(Bytes),
     Listing(Vec<DirEntry>),
+    /// The data directory's file system: its size and the bytes free to use, in bytes.
+    Space {
+        total: u64,
+        usable: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -224,6 +224,13 @@ impl Disk {
                 sync_dir(to.parent().unwrap_or(&self.root)).map_err(map_err)?;
                 Ok(DiskReply::Done)
             }
+            DiskOp::Space => {
+                let st = rustix::fs::statvfs(&self.root).map_err(|e| DiskError::Io(e.to_string()))?;
+                // Blocks free to an unprivileged process (f_bavail), as `df` shows them.
+                let total = st.f_blocks.saturating_mul(st.f_frsize);
+                let usable = st.f_bavail.saturating_mul(st.f_frsize);
+                Ok(DiskReply::Space { total, usable })
+            }
         }
     }
 }

@@ -248,6 +248,11 @@ impl SimDisk {
                 Ok(DiskReply::Done)
             }
             DiskOp::Rename { from, to } => self.rename(&from, to),
+            DiskOp::Space => {
+                // A disk without a capacity fault is as large as a terabyte.
+                let total = self.capacity_bytes.unwrap_or(1 << 40);
+                Ok(DiskReply::Space { total, usable: total.saturating_sub(self.used_bytes()) })
+            }
         }
     }
 

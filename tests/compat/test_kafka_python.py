@@ -263,6 +263,36 @@ def test_admin(broker):
         admin.close()
 
 
+def test_describe_log_dirs_sizes_and_space(broker):
+    """DescribeLogDirs: the data directory with each partition's size, and (version 4 on, which
+    kafka-python 3 sends) the file system's size and free bytes as statvfs gives them."""
+    import os
+    t = unique_topic("kp-logdirs")
+    items = make_items(20, partitions=[0])
+    ck_create_topic(broker.bootstrap, t, partitions=1)
+    ck_produce(ck_producer(broker.bootstrap), t, items)
+    admin = kp_admin(broker.bootstrap)
+    try:
+        if not hasattr(admin, "describe_log_dirs"):
+            pytest.skip("kafka-python %s has no describe_log_dirs" % kafka.__version__)
+        (resp,) = admin.describe_log_dirs()
+        resp = resp if isinstance(resp, dict) else resp.to_object()
+        (d,) = resp.get("log_dirs", resp.get("results", []))
+        assert d["error_code"] == 0 and d["log_dir"] == os.path.abspath(broker.data_dir), d
+        sizes = {(tt["name"], p["partition_index"]): p["partition_size"] for tt in d["topics"] for p in tt["partitions"]}
+        assert sizes.get((t, 0), 0) > 20 * 10, sizes
+        if "total_bytes" not in d:
+            return  # an older request version: no sizes of the file system
+        st = os.statvfs(broker.data_dir)
+        assert d["total_bytes"] == st.f_blocks * st.f_frsize, (d["total_bytes"], st)
+        # Free space moves as other tests write; it is this file system's, give or take.
+        free = st.f_bavail * st.f_frsize
+        assert 0 < d["usable_bytes"] <= d["total_bytes"], d
+        assert abs(d["usable_bytes"] - free) < max(free // 20, 1 << 30), (d["usable_bytes"], free)
+    finally:
+        admin.close()
+
+
 def test_admin_errors(broker):
     from kafka.errors import (TopicAlreadyExistsError, UnknownTopicOrPartitionError, InvalidPartitionsError,
                               InvalidTopicError)

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::{DiskOp, Job, JobDone, JobId, Node, PartState, Partition, Purpose, Then, Topic, TopicId, Waiter};
 use crate::config::{NodeConfig, TopicSettings, TOPIC_CONFIG_KEYS};
+use crate::io::{DiskError, DiskReply};
 use crate::limits;
 use crate::log::PartitionLog;
 use crate::metadata::{self, MetaRecord, ALL_BROKERS};
@@ -460,8 +461,42 @@ impl Node {
         }
         let mut resp = DescribeLogDirsResponse::default();
         resp.results.push(dir);
-        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        if ctx.version >= 4 {
+            // The file system's size and free bytes (version 4 on) come from the runtime.
+            let purpose = Purpose::LogDirSpace { conn, seq, ctx: ctx.clone(), resp: Box::new(resp) };
+            self.issue(DiskOp::Space, purpose);
+        } else {
+            self.respond_bytes(conn, seq, protocol::encode_response(ctx, &resp));
+        }
         Ok(())
+    }
+
+    /// The data directory's file system measured: the DescribeLogDirs answer waiting on it is
+    /// sent, with -1 for both (Kafka's "unknown") should the runtime not tell.
+    pub(super) fn on_log_dir_space(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        mut resp: DescribeLogDirsResponse,
+        result: Result<DiskReply, DiskError>,
+    ) {
+        let space = match result {
+            Ok(DiskReply::Space { total, usable }) => Some((total, usable)),
+            Ok(other) => {
+                tracing::warn!(?other, "the file system's size came back as something else");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the file system's size could not be read");
+                None
+            }
+        };
+        if let (Some((total, usable)), Some(dir)) = (space, resp.results.first_mut()) {
+            dir.total_bytes = i64::try_from(total).unwrap_or(i64::MAX);
+            dir.usable_bytes = i64::try_from(usable).unwrap_or(i64::MAX);
+        }
+        self.respond_bytes(conn, seq, protocol::encode_response(&ctx, &resp));
     }
 
     /// Starts creating a topic: the metadata record, the partition directories and their first

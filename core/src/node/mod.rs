@@ -140,6 +140,14 @@ enum Purpose {
         base: Offset,
         write: bool,
     },
+    /// The size of the data directory's file system, for a DescribeLogDirs answer waiting
+    /// on it.
+    LogDirSpace {
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        resp: Box<kafka_protocol::messages::DescribeLogDirsResponse>,
+    },
     /// Nothing waits on it (closing handles, deleting files); failures are logged.
     Ignore,
 }
@@ -1007,6 +1015,7 @@ impl Node {
             Purpose::Snapshot(step) => self.on_snapshot_step(step, result),
             Purpose::SnapshotLoad => self.on_snapshot_load(result),
             Purpose::Summary { tp, base, write } => self.on_summary_step(tp, base, write, result),
+            Purpose::LogDirSpace { conn, seq, ctx, resp } => self.on_log_dir_space(conn, seq, ctx, *resp, result),
             Purpose::Ignore => {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "background disk operation failed");
