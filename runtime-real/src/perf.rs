@@ -92,6 +92,50 @@ fn build_batch(n: usize, size: usize, timestamp: i64) -> Bytes {
     Bytes::from(sluice_core::log::batch::encode_values(&values, timestamp))
 }
 
+/// A run's records cut into requests of `--batch-records` each, the last holding what is left,
+/// so a run writes exactly `--records`.
+#[derive(Clone, Copy)]
+struct Cut {
+    per: u64,
+    records: u64,
+}
+
+impl Cut {
+    fn new(o: &Opts) -> Cut {
+        Cut { per: u64::from(o.batch_records.max(1)), records: o.records }
+    }
+
+    fn requests(self) -> u64 {
+        self.records.div_ceil(self.per)
+    }
+
+    /// Records in request `i`.
+    fn count(self, i: u64) -> u64 {
+        self.per.min(self.records.saturating_sub(i * self.per))
+    }
+
+    /// Records in the first `n` requests.
+    fn done(self, n: u64) -> u64 {
+        (n * self.per).min(self.records)
+    }
+
+    /// The batch for each request size: the full one, and the last request's when shorter.
+    fn batches(self, size: usize, timestamp: i64) -> (Bytes, Bytes) {
+        let full = build_batch(self.per as usize, size, timestamp);
+        let last = self.requests().checked_sub(1).map_or(self.per, |i| self.count(i));
+        let last = if last == self.per { full.clone() } else { build_batch(last as usize, size, timestamp) };
+        (full, last)
+    }
+
+    fn batch<'a>(self, i: u64, (full, last): &'a (Bytes, Bytes)) -> &'a Bytes {
+        if self.count(i) == self.per {
+            full
+        } else {
+            last
+        }
+    }
+}
+
 fn frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Result<Bytes, String> {
     let mut header = RequestHeader::default();
     header.request_api_key = key as i16;
@@ -148,14 +192,14 @@ async fn produce_transactions(o: Opts) -> Result<(), String> {
         }
     };
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let mut batch = build_batch(o.batch_records as usize, o.record_size, now_ms).to_vec();
-    batch[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+    let cut = Cut::new(&o);
+    let batches = cut.batches(o.record_size, now_ms);
     let topic = TopicName(StrBytes::from_string(o.topic.clone()));
-    let requests = o.records.div_ceil(u64::from(o.batch_records));
+    let requests = cut.requests();
     let txns = requests.div_ceil(per_txn);
     let mut next_seq = vec![0i32; o.partitions as usize];
     let mut latencies = Latencies::new();
-    let mut progress = Progress::new("produce", requests * u64::from(o.batch_records));
+    let mut progress = Progress::new("produce", o.records);
     let mut sent = 0u64;
     let start = Instant::now();
     for t in 0..txns {
@@ -179,9 +223,11 @@ async fn produce_transactions(o: Opts) -> Result<(), String> {
             return Err(format!("AddPartitionsToTxn failed with error {}", e.partition_error_code));
         }
         for _ in 0..per_txn.min(requests - sent) {
+            let mut batch = cut.batch(sent, &batches).to_vec();
+            batch[21..23].copy_from_slice(&0x10i16.to_be_bytes()); // transactional
             let seq = &mut next_seq[partition as usize];
             sluice_core::log::batch::set_producer(&mut batch, pid.0, epoch, *seq);
-            *seq = seq.wrapping_add(o.batch_records as i32);
+            *seq = seq.wrapping_add(cut.count(sent) as i32);
             let mut pd = PartitionProduceData::default();
             pd.index = partition;
             pd.records = Some(Bytes::copy_from_slice(&batch));
@@ -209,10 +255,10 @@ async fn produce_transactions(o: Opts) -> Result<(), String> {
             return Err(format!("EndTxn failed with error {}", r.error_code));
         }
         latencies.record(began.elapsed());
-        progress.tick(sent * u64::from(o.batch_records));
+        progress.tick(cut.done(sent));
     }
     let secs = start.elapsed().as_secs_f64();
-    let records = sent * u64::from(o.batch_records);
+    let records = cut.done(sent);
     println!(
         "produce: {records} records of {} bytes in {txns} transactions of {} records, {secs:.2} s: {:.0} transactions/s, {:.0} records/s, {:.1} MB/s (values)",
         o.record_size,
@@ -354,14 +400,15 @@ async fn connect_to_leader(o: &Opts) -> Result<(TcpStream, Vec<i32>), String> {
 async fn produce(o: Opts) -> Result<(), String> {
     let (mut s, mine) = connect_to_leader(&o).await?;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let batch = build_batch(o.batch_records as usize, o.record_size, now_ms);
-    let requests = o.records.div_ceil(u64::from(o.batch_records));
+    let cut = Cut::new(&o);
+    let batches = cut.batches(o.record_size, now_ms);
+    let requests = cut.requests();
     // An idempotent producer's batches each carry their own sequence number, so they are
     // stamped (and their CRCs computed) before the clock starts: the client's copies must not
     // be what is measured.
     let stamped = if o.idempotent {
         let producer_id = init_producer_id(&mut s).await?;
-        let bytes = requests.saturating_mul(batch.len() as u64);
+        let bytes = requests.saturating_mul(batches.0.len() as u64);
         if bytes > 2 << 30 {
             return Err(format!(
                 "--idempotent stamps every batch up front: {bytes} bytes is too many; use fewer records"
@@ -371,9 +418,9 @@ async fn produce(o: Opts) -> Result<(), String> {
         let mut out = Vec::with_capacity(requests as usize);
         for i in 0..requests {
             let p = mine[(i % mine.len() as u64) as usize] as usize;
-            let mut b = batch.to_vec();
+            let mut b = cut.batch(i, &batches).to_vec();
             sluice_core::log::batch::set_producer(&mut b, producer_id, 0, next_seq[p]);
-            next_seq[p] = next_seq[p].wrapping_add(o.batch_records as i32);
+            next_seq[p] = next_seq[p].wrapping_add(cut.count(i) as i32);
             out.push(Bytes::from(b));
         }
         Some(out)
@@ -406,7 +453,7 @@ async fn produce(o: Opts) -> Result<(), String> {
                 pd.index = mine[(i % mine.len() as u64) as usize];
                 pd.records = Some(match &stamped {
                     Some(all) => all[i as usize].clone(),
-                    None => batch.clone(),
+                    None => cut.batch(i, &batches).clone(),
                 });
                 let mut td = TopicProduceData::default();
                 td.name = TopicName(StrBytes::from_string(topic.clone()));
@@ -426,12 +473,12 @@ async fn produce(o: Opts) -> Result<(), String> {
         })
     };
     let mut latencies = Latencies::new();
-    let mut progress = Progress::new("produce", requests * u64::from(o.batch_records));
+    let mut progress = Progress::new("produce", o.records);
     let mut errors = 0u64;
     if acks != 0 {
         let mut sent: HashMap<i32, Instant> = HashMap::new();
         for answered in 0..requests {
-            progress.tick(answered * u64::from(o.batch_records));
+            progress.tick(cut.done(answered));
             let mut resp = read_frame(&mut rd).await?;
             let cid = resp.get_i32();
             resp.advance(1);
@@ -453,7 +500,7 @@ async fn produce(o: Opts) -> Result<(), String> {
     }
     let _wr = writer.await.map_err(|e| e.to_string())??;
     let secs = start.elapsed().as_secs_f64();
-    let records = requests * u64::from(o.batch_records);
+    let records = o.records;
     let mb = records as f64 * o.record_size as f64 / 1e6;
     println!(
         "produce: {records} records of {} bytes in {secs:.2} s: {:.0} records/s, {:.1} MB/s (values), acks={} batch={} in-flight={}{} errors={errors}",
@@ -527,8 +574,12 @@ async fn consume(o: Opts) -> Result<(), String> {
                     }
                     let count = i32::from_be_bytes(recs[57..61].try_into().expect("4")) as u64;
                     let last_delta = i32::from_be_bytes(recs[23..27].try_into().expect("4")) as i64;
+                    let attributes = i16::from_be_bytes(recs[21..23].try_into().expect("2"));
                     offsets[p.partition_index as usize] = base + last_delta + 1;
-                    got += count;
+                    // A control batch (a transaction's marker) holds no records of the topic.
+                    if attributes & 0x20 == 0 {
+                        got += count;
+                    }
                     recs.advance(len);
                 }
             }

@@ -105,12 +105,16 @@ struct Builder {
 }
 
 impl Builder {
-    /// A node's event (boot, crash, a fault); false if `e` is none.
+    /// A node's event (boot, crash, a fault); false if `e` is none. A node gets its lane from
+    /// any event that names it: a run's first boots come before the trace is kept.
     fn fault(&mut self, e: &Ev) -> bool {
         let (p, node) = (&mut self.p, e.a as usize);
+        let named = matches!(e.kind.as_str(), "boot" | "crash" | "exit" | "isolate" | "clog" | "disk-full");
+        if named {
+            p.nodes = p.nodes.max(node + 1);
+        }
         match e.kind.as_str() {
             "boot" => {
-                p.nodes = p.nodes.max(node + 1);
                 if let Some(from) = self.down_since.remove(&node) {
                     p.spans.push(Span { node, what: "down", from, to: e.t_ns });
                 }
@@ -118,6 +122,10 @@ impl Builder {
             "crash" => {
                 self.down_since.insert(node, e.t_ns);
                 p.crashes.push((node, e.t_ns));
+            }
+            // A controlled stop's end: down, without a crash's mark.
+            "exit" => {
+                self.down_since.insert(node, e.t_ns);
             }
             "isolate" => p.spans.push(Span { node, what: "isolated", from: e.t_ns, to: e.b }),
             "clog" => p.spans.push(Span { node, what: "stalled", from: e.t_ns, to: e.b }),
@@ -142,6 +150,7 @@ impl Builder {
             "connect" => {
                 let (client, node) = ((e.b >> 32) as usize, (e.b & 0xffff_ffff) as usize);
                 self.conns.insert(e.a, (client, node));
+                p.nodes = p.nodes.max(node + 1);
                 if !p.clients.contains(&client) {
                     p.clients.push(client);
                 }
@@ -168,7 +177,11 @@ impl Builder {
                 self.in_flight.remove(&e.a);
                 self.unanswered.remove(&e.a);
             }
-            "peer" => *p.peer.entry((e.a % 16) as usize).or_default().entry(e.t_ns / BUCKET_NS).or_default() += 1,
+            "peer" => {
+                let node = (e.a % 16) as usize;
+                p.nodes = p.nodes.max(node + 1);
+                *p.peer.entry(node).or_default().entry(e.t_ns / BUCKET_NS).or_default() += 1
+            }
             _ => {}
         }
     }
@@ -457,5 +470,23 @@ mod tests {
         assert!(html.contains("node 2") && html.contains("client 3") && html.contains("summary &lt;x&gt;"));
         assert!(html.contains("lost-write: &lt;r&gt;") && html.contains(">violation<"), "the violation is marked");
         assert!(html.contains("Produce (API 0) from client 3 to node 2"), "requests carry their tooltips");
+    }
+
+    /// A trace is kept from after the first boots: nodes that never restart get their lanes
+    /// from what else names them, and a controlled stop is drawn down until the next boot.
+    #[test]
+    fn nodes_that_never_boot_in_the_trace_have_lanes_and_stops_are_down() {
+        let lines = vec![
+            line(1_000_000, "connect", 7, 3 << 32),
+            line(2_000_000, "peer", 16 + 2, 1),
+            line(3_000_000, "stop", 1, 0),
+            line(4_000_000, "exit", 1, 0),
+            line(6_000_000, "boot", 1, 2),
+        ];
+        let p = build(&lines);
+        assert_eq!(p.nodes, 3, "node 0 by its connection, node 2 by a peer message, node 1 by its stop");
+        assert_eq!(p.crashes, vec![], "a stop is not a crash");
+        let down: Vec<_> = p.spans.iter().map(|s| (s.node, s.what, s.from, s.to)).collect();
+        assert_eq!(down, vec![(1, "down", 4_000_000, 6_000_000)]);
     }
 }
