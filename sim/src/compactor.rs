@@ -405,3 +405,92 @@ impl Compactor {
         (self.acked.len(), self.read.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(k: &str, v: Option<&str>) -> Rec {
+        (k.to_string(), v.map(str::to_string))
+    }
+
+    /// A client that had these records acknowledged (at their offsets, at time 0) and read
+    /// these back, with a tombstone retention of 1 s.
+    fn after(acked: &[(Offset, Rec)], read: &[(Offset, Rec)]) -> Compactor {
+        let mut c = Compactor {
+            keys: 0,
+            batches: 0,
+            per_batch: 0,
+            tombstone_pct: 0,
+            configs: Vec::new(),
+            phase: Phase::Done,
+            conn: None,
+            next_cid: 0,
+            in_flight: None,
+            sent_batches: 0,
+            next_value: 0,
+            acked: acked.iter().cloned().collect(),
+            sent: BTreeMap::new(),
+            maybe_tombstoned: BTreeSet::new(),
+            read_next: 0,
+            read: read.to_vec(),
+            delete_retention: 1_000 * MS,
+            read_from: None,
+            tombstone_acked_at: BTreeMap::new(),
+        };
+        for (o, (k, v)) in acked {
+            match v {
+                Some(v) => {
+                    c.sent.insert(v.clone(), k.clone());
+                }
+                None => {
+                    c.tombstone_acked_at.insert(*o, 0);
+                }
+            }
+        }
+        c
+    }
+
+    fn history() -> Vec<(Offset, Rec)> {
+        vec![
+            (0, rec("a", Some("a1"))),
+            (1, rec("b", Some("b1"))),
+            (2, rec("a", Some("a2"))),
+            (3, rec("c", Some("c1"))),
+            (4, rec("c", None)),
+            (5, rec("b", Some("b2"))),
+        ]
+    }
+
+    #[test]
+    fn a_log_compacted_as_kafka_does_passes() {
+        let h = history();
+        // The whole log, and the log cleaned: each key's latest record, the tombstone kept.
+        assert_eq!(after(&h, &h).check(0), Vec::<String>::new());
+        let cleaned = vec![h[2].clone(), h[4].clone(), h[5].clone()];
+        assert_eq!(after(&h, &cleaned).check(0), Vec::<String>::new());
+        // Past delete.retention.ms the tombstone may be gone, with the value it deleted.
+        let gone = vec![h[2].clone(), h[5].clone()];
+        assert_eq!(after(&h, &gone).check(2_000 * MS), Vec::<String>::new());
+        let stale_read = vec![h[2].clone(), h[3].clone(), h[5].clone()];
+        assert_eq!(after(&h, &stale_read).check(2_000 * MS), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_cleaner_that_drops_or_changes_what_it_must_keep_is_caught() {
+        let h = history();
+        let caught = |read: Vec<(Offset, Rec)>, now: Nanos, what: &str| {
+            let v = after(&h, &read).check(now);
+            assert!(v.iter().any(|m| m.contains(what)), "{what}: got {v:?} for {read:?}");
+        };
+        // The latest value of a key dropped, an older one kept.
+        caught(vec![h[0].clone(), h[4].clone(), h[5].clone()], 0, "key a: its latest acknowledged record is at 2");
+        // A key gone altogether, with no tombstone sent.
+        caught(vec![h[2].clone(), h[4].clone()], 0, "key b: its latest acknowledged record (at 5) is gone");
+        // The tombstone dropped within delete.retention.ms while the value it deleted stays.
+        caught(vec![h[2].clone(), h[3].clone(), h[5].clone()], 0, "key c: its latest acknowledged record is at 4");
+        // A record kept at its offset with another value, or a value never sent.
+        caught(vec![(2, rec("a", Some("a1"))), h[4].clone(), h[5].clone()], 0, "offset 2 holds a=Some(\"a1\")");
+        caught(vec![h[2].clone(), h[4].clone(), h[5].clone(), (6, rec("a", Some("zz")))], 0, "never sent");
+    }
+}
