@@ -18,6 +18,8 @@ pub struct NodeConfig {
     pub auto_create_topics_enable: bool,
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: usize,
+    /// Client connection limits, which the runtime enforces and follows as they change.
+    pub connections: ConnectionLimits,
     /// Defaults for topic-level configs (`log.segment.bytes` and friends).
     pub log: LogDefaults,
     /// The broker's own properties, reported by DescribeConfigs on the broker resource.
@@ -172,6 +174,46 @@ impl Default for LogDefaults {
     }
 }
 
+/// `max.connections`, `max.connections.per.ip` and `max.connections.per.ip.overrides`
+/// (`host:count,...`, checked: IP addresses or `localhost`). Dynamic, as in Kafka: a runtime
+/// reads them from [`crate::Node::config`] after each step, and a change applies to new
+/// connections (those open stay open).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub total: usize,
+    pub per_ip: usize,
+    pub per_ip_overrides: String,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits { total: i32::MAX as usize, per_ip: i32::MAX as usize, per_ip_overrides: String::new() }
+    }
+}
+
+impl ConnectionLimits {
+    /// The overrides, by host as written (an IP address, or `localhost`).
+    pub fn overrides(&self) -> Result<Vec<(String, usize)>, String> {
+        parse_overrides(&self.per_ip_overrides)
+    }
+}
+
+/// `host:count,...`: each host an IP address (IPv6 in brackets or not) or `localhost`.
+pub fn parse_overrides(value: &str) -> Result<Vec<(String, usize)>, String> {
+    let mut out = Vec::new();
+    for one in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || format!("{one:?} is not host:count (an IP address or localhost, and a count)");
+        let (host, n) = one.rsplit_once(':').ok_or_else(bad)?;
+        let n: usize = n.trim().parse().map_err(|_| bad())?;
+        let host = host.trim().trim_matches(|c| c == '[' || c == ']');
+        if host != "localhost" && host.parse::<core::net::IpAddr>().is_err() {
+            return Err(bad());
+        }
+        out.push((host.to_string(), n));
+    }
+    Ok(out)
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
@@ -183,6 +225,7 @@ impl Default for NodeConfig {
             auto_create_topics_enable: true,
             message_max_bytes: limits::MESSAGE_BYTES_MAX_DEFAULT,
             socket_request_max_bytes: limits::FRAME_BYTES_MAX_DEFAULT,
+            connections: ConnectionLimits::default(),
             log: LogDefaults::default(),
             broker_properties: BTreeMap::new(),
             group: crate::group::GroupConfig::default(),

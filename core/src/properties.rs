@@ -252,25 +252,35 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property {
         name: "max.connections",
         kind: Kind::Int,
-        default: |_| s(i32::MAX),
-        apply: Apply::Runtime,
-        dynamic: false,
+        default: |c| s(c.connections.total),
+        apply: Apply::Node(|c, v| {
+            c.connections.total = at_least(v, 0)?;
+            Ok(())
+        }),
+        dynamic: true,
         doc: "Client connections open at once; at the limit the listener waits for one to close",
     },
     Property {
         name: "max.connections.per.ip",
         kind: Kind::Int,
-        default: |_| s(i32::MAX),
-        apply: Apply::Runtime,
-        dynamic: false,
+        default: |c| s(c.connections.per_ip),
+        apply: Apply::Node(|c, v| {
+            c.connections.per_ip = at_least(v, 0)?;
+            Ok(())
+        }),
+        dynamic: true,
         doc: "Client connections from one address; past it a new one is closed at once",
     },
     Property {
         name: "max.connections.per.ip.overrides",
         kind: Kind::String,
-        default: |_| s(""),
-        apply: Apply::Runtime,
-        dynamic: false,
+        default: |c| c.connections.per_ip_overrides.clone(),
+        apply: Apply::Node(|c, v| {
+            crate::config::parse_overrides(v)?;
+            c.connections.per_ip_overrides = v.to_string();
+            Ok(())
+        }),
+        dynamic: true,
         doc: "host:count,... exceptions to max.connections.per.ip",
     },
     Property {

@@ -21,10 +21,6 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// `queued.max.requests`: inputs waiting for the core before connections stop being read.
     pub queued_max_requests: usize,
-    /// `max.connections`, `max.connections.per.ip` and its overrides.
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    pub max_connections_per_ip_overrides: std::collections::HashMap<std::net::IpAddr, usize>,
 }
 
 /// Reads `key=value` (or `key: value`) lines; `#` and `!` start comments.
@@ -196,8 +192,6 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
             Some(v) => v.trim().parse::<usize>().map_err(|_| format!("{key}: {v:?} is not a valid count")),
         }
     };
-    let overrides =
-        crate::conn_limits::parse_overrides(props.get("max.connections.per.ip.overrides").map_or("", String::as_str))?;
     Ok(ServerConfig {
         listen,
         controller_listen,
@@ -206,9 +200,6 @@ pub fn build(props: &BTreeMap<String, String>) -> Result<ServerConfig, String> {
         warnings,
         metrics_listen,
         queued_max_requests: count("queued.max.requests", 500)?.max(1),
-        max_connections: count("max.connections", i32::MAX as usize)?,
-        max_connections_per_ip: count("max.connections.per.ip", i32::MAX as usize)?,
-        max_connections_per_ip_overrides: overrides,
     })
 }
 

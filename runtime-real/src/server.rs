@@ -142,11 +142,7 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
     // Requests from every connection (and disk and peer completions) wait here for the core:
     // `queued.max.requests` of them, then the readers wait.
     let (tx, rx) = mpsc::channel::<Msg>(cfg.queued_max_requests);
-    let limits = crate::conn_limits::ConnLimits::new(
-        cfg.max_connections,
-        cfg.max_connections_per_ip,
-        cfg.max_connections_per_ip_overrides.clone(),
-    );
+    let limits = crate::conn_limits::ConnLimits::new(&cfg.node.connections)?;
     let sync_tx = tx.clone();
     let disk = Disk::new(cfg.data_dir.clone(), move |op, result| {
         let _ = sync_tx.blocking_send(Msg::Synced { op, result });
@@ -165,7 +161,10 @@ async fn serve(cfg: ServerConfig) -> Result<(), String> {
     }
     let core = std::thread::Builder::new()
         .name("sluice-core".into())
-        .spawn(move || core_thread(node_cfg, disk, peers, rx))
+        .spawn({
+            let limits = limits.clone();
+            move || core_thread(node_cfg, disk, peers, limits, rx)
+        })
         .map_err(|e| e.to_string())?;
     tracing::info!(listen = %cfg.listen, data = %cfg.data_dir.display(), "sluice broker listening");
     let accept = accept_loop(&listener, &limits, &tx, cfg.node.socket_request_max_bytes);
@@ -353,18 +352,21 @@ fn core_thread(
     node_cfg: sluice_core::NodeConfig,
     disk: Disk,
     peers: Option<crate::peer::Peers>,
+    limits: Arc<crate::conn_limits::ConnLimits>,
     rx: mpsc::Receiver<Msg>,
 ) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("core runtime");
-    rt.block_on(core_loop(node_cfg, disk, peers, rx));
+    rt.block_on(core_loop(node_cfg, disk, peers, limits, rx));
 }
 
 async fn core_loop(
     node_cfg: sluice_core::NodeConfig,
     mut disk: Disk,
     peers: Option<crate::peer::Peers>,
+    limits: Arc<crate::conn_limits::ConnLimits>,
     mut rx: mpsc::Receiver<Msg>,
 ) {
+    let mut connections = node_cfg.connections.clone();
     let clock = Clock { start: std::time::Instant::now() };
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut node = Node::new(node_cfg, seed, clock.now());
@@ -381,6 +383,11 @@ async fn core_loop(
         }
         if stop_by.is_some_and(|by| may_stop(&node, by)) {
             return;
+        }
+        // The connection limits are dynamic broker configs: the listener follows them.
+        if node.config().connections != connections {
+            connections = node.config().connections.clone();
+            limits.set(&connections);
         }
         if !was_serving && node.is_serving() {
             was_serving = true;

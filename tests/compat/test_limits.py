@@ -67,6 +67,75 @@ def test_max_connections_waits_for_a_place(broker_factory):
         b.close()
 
 
+def _set_broker_configs(bootstrap, **configs):
+    """Sets this broker's dynamic configs (AlterConfigs on broker 1: what is not named is
+    reset), as kafka-configs --entity-type brokers --entity-name 1 --alter does."""
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    res = ConfigResource(ResourceType.BROKER, "1", set_config={k.replace("_", "."): str(v)
+                                                                for k, v in configs.items()})
+    for f in admin.alter_configs([res], request_timeout=15).values():
+        f.result(timeout=20)
+
+
+def test_connection_limits_change_at_runtime(broker):
+    """max.connections.per.ip, its overrides and max.connections are dynamic broker configs, as
+    in Kafka: a change applies to the next connection; open ones stay open. The connections
+    under test come from 127.0.0.2, the admin client's from 127.0.0.1."""
+    other = "127.0.0.2"
+    conns = [wire.Conn.to(broker.bootstrap, source=other) for _ in range(3)]
+    try:
+        assert all(answers(c) for c in conns), "no limit yet"
+        _set_broker_configs(broker.bootstrap, max_connections_per_ip=2)
+        time.sleep(0.2)
+        assert all(answers(c) for c in conns), "the connections open stay open"
+        extra = wire.Conn.to(broker.bootstrap, timeout=5, source=other)
+        assert extra.wait_closed(5), "past the new per-address limit a new connection is closed"
+        extra.close()
+        # An override for this address lets it have more.
+        _set_broker_configs(broker.bootstrap, max_connections_per_ip=2,
+                            max_connections_per_ip_overrides="%s:4" % other)
+        time.sleep(0.2)
+        conns.append(wire.Conn.to(broker.bootstrap, source=other))
+        assert answers(conns[-1]), "the override's fourth connection is served"
+        extra = wire.Conn.to(broker.bootstrap, timeout=5, source=other)
+        assert extra.wait_closed(5), "and a fifth is closed"
+        extra.close()
+    finally:
+        for c in conns:
+            c.close()
+    time.sleep(0.3)  # the broker sees the closes
+    # The total: with max.connections=1, one connection is served and the next waits.
+    _set_broker_configs(broker.bootstrap, max_connections=1)
+    time.sleep(0.3)  # the admin client's connections close
+    a = wire.Conn.to(broker.bootstrap)
+    try:
+        assert answers(a)
+        b = wire.Conn.to(broker.bootstrap, timeout=1)
+        b.send_raw(wire.request_frame(18, 0, 7, b""))
+        try:
+            b.recv_response()
+            raise AssertionError("a second connection was served past max.connections=1")
+        except socket.timeout:
+            pass
+        a.close()
+        b.sock.settimeout(10)
+        corr, _ = b.recv_response()
+        assert corr == 7, "once a place is free the waiting connection is served"
+        b.close()
+    finally:
+        a.close()
+    time.sleep(0.3)
+    _set_broker_configs(broker.bootstrap)  # all reset
+    time.sleep(0.2)
+    more = [wire.Conn.to(broker.bootstrap) for _ in range(4)]
+    try:
+        assert all(answers(c) for c in more), "back to no limit"
+    finally:
+        for c in more:
+            c.close()
+
+
 def _metadata_requests(port):
     text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read().decode()
     total = 0

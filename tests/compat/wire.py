@@ -464,15 +464,17 @@ class ConnectionClosed(Exception):
 class Conn:
     """A blocking Kafka connection with a per-operation timeout."""
 
-    def __init__(self, host, port, timeout=10.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host, port, timeout=10.0, source=None):
+        """`source`: the local address to connect from (any 127.x.y.z on loopback)."""
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.settimeout(timeout)
         self.corr = 0
 
     @classmethod
-    def to(cls, bootstrap, timeout=10.0):
+    def to(cls, bootstrap, timeout=10.0, source=None):
         host, port = bootstrap.rsplit(":", 1)
-        return cls(host, int(port), timeout)
+        return cls(host, int(port), timeout, source)
 
     def close(self):
         try:
