@@ -39,6 +39,12 @@ pub enum Output {
     /// runtime frames the message). A follower's fetch answer carries its record batches as
     /// file ranges, sent without copying them through user space, like a client's fetch.
     Peer { to: BrokerId, parts: Vec<Part> },
+    /// Stop reading requests from this connection until `Resume`: it has
+    /// [`crate::limits::IN_FLIGHT_REQUESTS_PER_CONN_MAX`] requests unanswered (Kafka mutes a
+    /// channel the same way). Frames already read may still come; they are served.
+    Pause { conn: ConnId },
+    /// Read requests from this connection again.
+    Resume { conn: ConnId },
 }
 
 /// A piece of a response or a peer message: bytes in memory, or a byte range of a file the

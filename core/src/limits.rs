@@ -8,8 +8,9 @@ pub const FRAME_BYTES_MAX_DEFAULT: usize = 100 * 1024 * 1024;
 /// Largest record batch accepted, in bytes (Kafka's `message.max.bytes` default).
 pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 1_048_588;
 
-/// Requests a connection may have in flight (parsed but not yet answered). Past this the
-/// connection is closed: a well-behaved client never pipelines this deep.
+/// Requests a connection may have in flight (parsed but not yet answered). At this many the
+/// runtime stops reading the connection (`Output::Pause`) until half have been answered: a
+/// client that pipelines this deep (acks=0 producers can) is slowed, not cut off.
 pub const IN_FLIGHT_REQUESTS_PER_CONN_MAX: usize = 1024;
 
 /// Requests buffered while the node recovers its logs at start-up, over all connections.

@@ -73,6 +73,8 @@ pub const RESPONSE_BACKLOG_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub struct Backlog {
     bytes: std::sync::atomic::AtomicUsize,
     drained: tokio::sync::Notify,
+    /// The core has too many of this connection's requests unanswered (`Output::Pause`).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Backlog {
@@ -87,13 +89,22 @@ impl Backlog {
         }
     }
 
-    /// Waits until the backlog is within bounds.
+    fn pause(&self, paused: bool) {
+        self.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+        if !paused {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until the backlog is within bounds and the core takes requests again.
     async fn within_bounds(&self) {
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            if self.bytes.load(std::sync::atomic::Ordering::Relaxed) <= RESPONSE_BACKLOG_BYTES_MAX {
+            if self.bytes.load(std::sync::atomic::Ordering::Relaxed) <= RESPONSE_BACKLOG_BYTES_MAX
+                && !self.paused.load(std::sync::atomic::Ordering::Relaxed)
+            {
                 return;
             }
             drained.await;
@@ -518,6 +529,11 @@ fn drain(
                 if let Some(c) = conns.remove(&conn) {
                     c.stop.notify_one();
                     drop(c.tx); // the writer flushes what is queued, then shuts the socket
+                }
+            }
+            Output::Pause { conn } | Output::Resume { conn } => {
+                if let Some(c) = conns.get(&conn) {
+                    c.backlog.pause(matches!(out, Output::Pause { .. }));
                 }
             }
             Output::Peer { to, parts } => match (peers, wire_parts(disk, parts)) {

@@ -32,6 +32,8 @@ pub struct SimNode {
     responses: BTreeMap<ConnId, VecDeque<Bytes>>,
     /// Connections the node closed.
     pub closed: Vec<ConnId>,
+    /// Connections the node asked not to be read (`Output::Pause`), until `Resume`.
+    pub paused: std::collections::BTreeSet<ConnId>,
     /// When set, syncs complete as soon as they are issued.
     pub auto_sync: bool,
     /// When set, the next sync fails with this error.
@@ -51,6 +53,7 @@ impl SimNode {
             pending_syncs: VecDeque::new(),
             responses: BTreeMap::new(),
             closed: Vec::new(),
+            paused: std::collections::BTreeSet::new(),
             auto_sync: false,
             fail_next_sync: None,
         };
@@ -101,6 +104,12 @@ impl SimNode {
                     }
                     Output::Close { conn } => self.closed.push(conn),
                     Output::Peer { .. } => {}
+                    Output::Pause { conn } => {
+                        self.paused.insert(conn);
+                    }
+                    Output::Resume { conn } => {
+                        self.paused.remove(&conn);
+                    }
                 }
             }
             if done.is_empty() {

@@ -436,3 +436,26 @@ fn bad_peer_messages_change_nothing() {
     assert_eq!(take_produce(&mut sim), Some((0, 0)));
     create_topic(&mut sim, "u", 1); // the metadata quorum still leads and commits
 }
+
+/// A client that pipelines more requests than the broker keeps in flight is slowed, not cut
+/// off: at the limit the node asks the runtime to stop reading the connection, once half are
+/// answered to read it again, and every request is answered, in order.
+#[test]
+fn a_connection_with_too_many_requests_in_flight_is_paused_not_closed() {
+    let max = sluice_core::limits::IN_FLIGHT_REQUESTS_PER_CONN_MAX;
+    let mut sim = SimNode::new(NodeConfig::default(), 1);
+    create_topic(&mut sim, "t", 1);
+    // acks=all produces wait for their sync: each stays in flight until the syncs complete.
+    for i in 0..max + 50 {
+        produce(&mut sim, "t", &[format!("v{i}").into_bytes()], i as i32);
+        assert_eq!(sim.paused.contains(&C), i + 1 >= max, "paused after {} requests?", i + 1);
+    }
+    assert!(sim.take_response(C).is_none());
+    assert!(sim.closed.is_empty(), "the connection is not closed");
+    sim.complete_syncs();
+    assert!(!sim.paused.contains(&C), "read again once answered");
+    for i in 0..max + 50 {
+        assert_eq!(take_produce(&mut sim), Some((0, i as i64)), "request {i}");
+    }
+    assert!(sim.closed.is_empty());
+}

@@ -13,7 +13,7 @@ import pytest
 
 import wire
 from clients import ck_create_topic
-from conftest import free_port
+from conftest import free_port, unique_topic
 
 
 def answers(conn):
@@ -134,6 +134,35 @@ def test_connection_limits_change_at_runtime(broker):
     finally:
         for c in more:
             c.close()
+
+
+def test_a_client_pipelining_past_the_in_flight_limit_is_slowed_not_cut_off(broker):
+    """3,000 long-poll fetches sent back to back on one connection, far more than the 1,024 a
+    connection may have unanswered (plus what the broker has read ahead): the broker stops
+    reading the connection at the limit and reads on as the first ones are answered (their
+    max.wait.ms runs out). Every one is answered, in order, on the same connection (it was
+    closed at the limit before)."""
+    t = unique_topic("pipelined")
+    ck_create_topic(broker.bootstrap, t, partitions=1)
+    n, wait_ms = 3000, 1500
+    conn = wire.Conn.to(broker.bootstrap, timeout=30)
+    try:
+        frames = b"".join(wire.request_frame(wire.FETCH, 4, corr, wire.fetch_v4(t, 0, 0, max_wait_ms=wait_ms))
+                          for corr in range(1, n + 1))
+        started = time.monotonic()
+        sender = threading.Thread(target=conn.send_raw, args=(frames,))
+        sender.start()
+        got = []
+        for _ in range(n):
+            corr, body = conn.recv_response()
+            got.append((corr, wire.parse_fetch_v4(body)[(t, 0)]["error"]))
+        sender.join(10)
+        took = time.monotonic() - started
+    finally:
+        conn.close()
+    assert got == [(c, 0) for c in range(1, n + 1)], got[:5]
+    # Those past the limit were read only once the first had waited out max.wait.ms.
+    assert took >= 2 * wait_ms / 1000 * 0.9, took
 
 
 def _metadata_requests(port):

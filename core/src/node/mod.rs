@@ -334,6 +334,8 @@ struct Conn {
     next_seq: u64,
     next_send: u64,
     done: BTreeMap<u64, Option<Vec<Part>>>,
+    /// The runtime was told to stop reading it (too many requests in flight).
+    paused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -746,6 +748,10 @@ impl Node {
                 self.outputs.push_back(Output::Response { conn, parts });
             }
         }
+        if c.paused && c.next_seq - c.next_send <= limits::IN_FLIGHT_REQUESTS_PER_CONN_MAX as u64 / 2 {
+            c.paused = false;
+            self.outputs.push_back(Output::Resume { conn });
+        }
     }
 
     /// Queues an encoded response; a response that failed to encode is a bug in core, logged
@@ -791,12 +797,13 @@ impl Node {
             }
         }
         let c = self.conns.entry(conn).or_default();
-        if c.next_seq - c.next_send >= limits::IN_FLIGHT_REQUESTS_PER_CONN_MAX as u64 {
-            self.close(conn, "too many requests in flight");
-            return;
-        }
         let seq = c.next_seq;
         c.next_seq += 1;
+        if !c.paused && c.next_seq - c.next_send >= limits::IN_FLIGHT_REQUESTS_PER_CONN_MAX as u64 {
+            c.paused = true;
+            tracing::debug!(conn = conn.0, "too many requests in flight: not read until half are answered");
+            self.outputs.push_back(Output::Pause { conn });
+        }
         match protocol::parse_header(&frame) {
             Ok((ctx, body)) => {
                 self.metrics.request_started(conn, seq, ctx.api_key as i16, ctx.version, self.now.mono);
