@@ -508,6 +508,8 @@ impl Harness for Run {
 pub struct ClusterReport {
     pub seed: u64,
     pub mutant: Option<String>,
+    /// `--safety-ms`, when the run was given one (the replay command gives it again).
+    pub safety_ms: Option<u64>,
     pub disk_faults: bool,
     pub plan: String,
     pub sim_ns: Nanos,
@@ -539,7 +541,8 @@ impl ClusterReport {
     }
 
     pub fn replay_command(&self) -> String {
-        let m = self.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default();
+        let m = self.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default()
+            + &self.safety_ms.map(|ms| format!(" --safety-ms {ms}")).unwrap_or_default();
         let d = if self.disk_faults { " --disk-faults" } else { "" };
         format!("cargo run --release -p sluice-sim -- run --scenario cluster --seed {}{m}{d}", self.seed)
     }
@@ -584,6 +587,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
     let report = std::panic::catch_unwind(|| run_inner(seed, opts)).unwrap_or_else(|e| ClusterReport {
         seed,
         mutant: opts.mutant.clone(),
+        safety_ms: opts.safety_ms,
         disk_faults: opts.disk_faults,
         plan: String::new(),
         sim_ns: 0,
@@ -672,6 +676,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     ClusterReport {
         seed,
         mutant: opts.mutant.clone(),
+        safety_ms: opts.safety_ms,
         disk_faults: opts.disk_faults,
         plan: plan_text,
         sim_ns: w.now(),

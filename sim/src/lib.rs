@@ -34,6 +34,8 @@ use workload::{Plan, Workload};
 pub struct Report {
     pub seed: u64,
     pub mutant: Option<String>,
+    /// `--safety-ms`, when the run was given one (the replay command gives it again).
+    pub safety_ms: Option<u64>,
     pub plan: String,
     pub sim_ns: Nanos,
     pub stats: Stats,
@@ -54,7 +56,8 @@ impl Report {
     }
 
     pub fn replay_command(&self) -> String {
-        let m = self.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default();
+        let m = self.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default()
+            + &self.safety_ms.map(|ms| format!(" --safety-ms {ms}")).unwrap_or_default();
         format!("cargo run --release -p sluice-sim -- run --seed {}{m}", self.seed)
     }
 
@@ -267,6 +270,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> Report {
             Report {
                 seed,
                 mutant: opts.mutant.clone(),
+                safety_ms: opts.safety_ms,
                 plan: String::new(),
                 sim_ns: 0,
                 stats: Stats::default(),
@@ -365,6 +369,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> Report {
     Report {
         seed,
         mutant: opts.mutant.clone(),
+        safety_ms: opts.safety_ms,
         plan: plan_text,
         sim_ns: end,
         stats: w.stats.clone(),
