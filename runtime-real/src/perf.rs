@@ -20,10 +20,10 @@ pub struct Opts {
     /// The broker to start from (the partitions' leaders are found through it)
     #[arg(long, default_value = "127.0.0.1:9092", value_name = "HOST:PORT")]
     bootstrap: String,
-    /// The topic (created when missing)
+    /// The topic (produce creates it when missing)
     #[arg(long, default_value = "sluice-perf")]
     topic: String,
-    /// Records to produce or to consume
+    /// Records to produce, or to consume at least (consume reads whole fetches)
     #[arg(long, default_value_t = 1_000_000)]
     records: u64,
     /// Value bytes per record
