@@ -527,6 +527,28 @@ async fn produce(o: Opts) -> Result<(), String> {
     Ok(())
 }
 
+/// The records in a fetched partition's whole batches, and the offset after the last batch.
+fn count_records(mut recs: Bytes, next: &mut i64) -> u64 {
+    let mut got = 0;
+    while recs.len() >= 61 {
+        let base = i64::from_be_bytes(recs[0..8].try_into().expect("8"));
+        let len = i32::from_be_bytes(recs[8..12].try_into().expect("4")) as usize + 12;
+        if len > recs.len() {
+            break;
+        }
+        let count = i32::from_be_bytes(recs[57..61].try_into().expect("4")) as u64;
+        let last_delta = i32::from_be_bytes(recs[23..27].try_into().expect("4")) as i64;
+        let attributes = i16::from_be_bytes(recs[21..23].try_into().expect("2"));
+        *next = base + last_delta + 1;
+        // A control batch (a transaction's marker) holds no records of the topic.
+        if attributes & 0x20 == 0 {
+            got += count;
+        }
+        recs.advance(len);
+    }
+    got
+}
+
 async fn consume(o: Opts) -> Result<(), String> {
     let mut s = TcpStream::connect(&o.bootstrap).await.map_err(|e| format!("{}: {e}", o.bootstrap))?;
     s.set_nodelay(true).ok();
@@ -562,26 +584,11 @@ async fn consume(o: Opts) -> Result<(), String> {
                 if p.error_code != 0 {
                     return Err(format!("fetch partition {}: error {}", p.partition_index, p.error_code));
                 }
-                let Some(mut recs) = p.records.clone() else {
+                let Some(recs) = p.records.clone() else {
                     continue;
                 };
                 bytes += recs.len() as u64;
-                while recs.len() >= 61 {
-                    let base = i64::from_be_bytes(recs[0..8].try_into().expect("8"));
-                    let len = i32::from_be_bytes(recs[8..12].try_into().expect("4")) as usize + 12;
-                    if len > recs.len() {
-                        break;
-                    }
-                    let count = i32::from_be_bytes(recs[57..61].try_into().expect("4")) as u64;
-                    let last_delta = i32::from_be_bytes(recs[23..27].try_into().expect("4")) as i64;
-                    let attributes = i16::from_be_bytes(recs[21..23].try_into().expect("2"));
-                    offsets[p.partition_index as usize] = base + last_delta + 1;
-                    // A control batch (a transaction's marker) holds no records of the topic.
-                    if attributes & 0x20 == 0 {
-                        got += count;
-                    }
-                    recs.advance(len);
-                }
+                got += count_records(recs, &mut offsets[p.partition_index as usize]);
             }
         }
         records += got;

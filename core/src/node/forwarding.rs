@@ -226,86 +226,194 @@ pub(super) fn is_forwarded(conn: ConnId) -> bool {
 /// The answer to a forwardable request that timed out: REQUEST_TIMED_OUT for each thing it
 /// names (topic, resource, partition), as Kafka's broker answers a forward that timed out.
 fn timed_out_response(ctx: &RequestContext, body: Bytes) -> Result<Bytes, String> {
-    use kafka_protocol::messages::*;
-    let code = KafkaError::RequestTimedOut.code();
-    let v = ctx.version;
-    let bad = |e: crate::protocol::FrameError| format!("{e:?}");
     match ctx.api_key {
-        ApiKey::CreateTopics => {
-            let req: CreateTopicsRequest = protocol::decode_body(body, v).map_err(bad)?;
-            let mut resp = CreateTopicsResponse::default();
-            for t in req.topics {
-                let mut r = create_topics_response::CreatableTopicResult::default();
-                r.name = t.name;
-                r.error_code = code;
-                resp.topics.push(r);
-            }
-            protocol::encode_response(ctx, &resp)
-        }
-        ApiKey::DeleteTopics => {
-            let req: DeleteTopicsRequest = protocol::decode_body(body, v).map_err(bad)?;
-            let mut resp = DeleteTopicsResponse::default();
-            let named = req.topic_names.into_iter().map(|n| (Some(n), Default::default()));
-            for (name, topic_id) in named.chain(req.topics.into_iter().map(|t| (t.name, t.topic_id))) {
-                let mut r = delete_topics_response::DeletableTopicResult::default();
-                (r.name, r.topic_id, r.error_code) = (name, topic_id, code);
-                resp.responses.push(r);
-            }
-            protocol::encode_response(ctx, &resp)
-        }
-        ApiKey::CreatePartitions => {
-            let req: CreatePartitionsRequest = protocol::decode_body(body, v).map_err(bad)?;
-            let mut resp = CreatePartitionsResponse::default();
-            for t in req.topics {
-                let mut r = create_partitions_response::CreatePartitionsTopicResult::default();
-                (r.name, r.error_code) = (t.name, code);
-                resp.results.push(r);
-            }
-            protocol::encode_response(ctx, &resp)
-        }
-        ApiKey::AlterConfigs => {
-            let req: AlterConfigsRequest = protocol::decode_body(body, v).map_err(bad)?;
-            let mut resp = AlterConfigsResponse::default();
-            for t in req.resources {
-                let mut r = alter_configs_response::AlterConfigsResourceResponse::default();
-                (r.resource_type, r.resource_name, r.error_code) = (t.resource_type, t.resource_name, code);
-                resp.responses.push(r);
-            }
-            protocol::encode_response(ctx, &resp)
-        }
-        ApiKey::IncrementalAlterConfigs => {
-            let req: IncrementalAlterConfigsRequest = protocol::decode_body(body, v).map_err(bad)?;
-            let mut resp = IncrementalAlterConfigsResponse::default();
-            for t in req.resources {
-                let mut r = incremental_alter_configs_response::AlterConfigsResourceResponse::default();
-                (r.resource_type, r.resource_name, r.error_code) = (t.resource_type, t.resource_name, code);
-                resp.responses.push(r);
-            }
-            protocol::encode_response(ctx, &resp)
-        }
-        ApiKey::ElectLeaders => {
-            let req: ElectLeadersRequest = protocol::decode_body(body, v).map_err(bad)?;
-            let mut resp = ElectLeadersResponse::default();
-            if v >= 1 {
-                resp.error_code = code; // not in version 0
-            }
-            for t in req.topic_partitions.unwrap_or_default() {
-                let mut r = elect_leaders_response::ReplicaElectionResult::default();
-                r.topic = t.topic;
-                for p in t.partitions {
-                    let mut pr = elect_leaders_response::PartitionResult::default();
-                    (pr.partition_id, pr.error_code) = (p, code);
-                    r.partition_result.push(pr);
-                }
-                resp.replica_election_results.push(r);
-            }
-            protocol::encode_response(ctx, &resp)
-        }
-        ApiKey::AlterPartitionReassignments => {
-            let mut resp = AlterPartitionReassignmentsResponse::default();
-            resp.error_code = code;
-            protocol::encode_response(ctx, &resp)
-        }
+        ApiKey::CreateTopics | ApiKey::DeleteTopics | ApiKey::CreatePartitions => timed_out_topics(ctx, body),
+        ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => timed_out_configs(ctx, body),
+        ApiKey::ElectLeaders | ApiKey::AlterPartitionReassignments => timed_out_partitions(ctx, body),
         other => Err(format!("{other:?} is not forwarded")),
+    }
+}
+
+const TIMED_OUT: i16 = KafkaError::RequestTimedOut.code();
+
+fn bad(e: crate::protocol::FrameError) -> String {
+    format!("{e:?}")
+}
+
+fn timed_out_topics(ctx: &RequestContext, body: Bytes) -> Result<Bytes, String> {
+    use kafka_protocol::messages::*;
+    let v = ctx.version;
+    if ctx.api_key == ApiKey::CreateTopics {
+        let req: CreateTopicsRequest = protocol::decode_body(body, v).map_err(bad)?;
+        let mut resp = CreateTopicsResponse::default();
+        for t in req.topics {
+            let mut r = create_topics_response::CreatableTopicResult::default();
+            (r.name, r.error_code) = (t.name, TIMED_OUT);
+            resp.topics.push(r);
+        }
+        protocol::encode_response(ctx, &resp)
+    } else if ctx.api_key == ApiKey::DeleteTopics {
+        let req: DeleteTopicsRequest = protocol::decode_body(body, v).map_err(bad)?;
+        let mut resp = DeleteTopicsResponse::default();
+        let named = req.topic_names.into_iter().map(|n| (Some(n), Default::default()));
+        for (name, topic_id) in named.chain(req.topics.into_iter().map(|t| (t.name, t.topic_id))) {
+            let mut r = delete_topics_response::DeletableTopicResult::default();
+            (r.name, r.topic_id, r.error_code) = (name, topic_id, TIMED_OUT);
+            resp.responses.push(r);
+        }
+        protocol::encode_response(ctx, &resp)
+    } else {
+        let req: CreatePartitionsRequest = protocol::decode_body(body, v).map_err(bad)?;
+        let mut resp = CreatePartitionsResponse::default();
+        for t in req.topics {
+            let mut r = create_partitions_response::CreatePartitionsTopicResult::default();
+            (r.name, r.error_code) = (t.name, TIMED_OUT);
+            resp.results.push(r);
+        }
+        protocol::encode_response(ctx, &resp)
+    }
+}
+
+fn timed_out_configs(ctx: &RequestContext, body: Bytes) -> Result<Bytes, String> {
+    use kafka_protocol::messages::*;
+    if ctx.api_key == ApiKey::AlterConfigs {
+        let req: AlterConfigsRequest = protocol::decode_body(body, ctx.version).map_err(bad)?;
+        let mut resp = AlterConfigsResponse::default();
+        for t in req.resources {
+            let mut r = alter_configs_response::AlterConfigsResourceResponse::default();
+            (r.resource_type, r.resource_name, r.error_code) = (t.resource_type, t.resource_name, TIMED_OUT);
+            resp.responses.push(r);
+        }
+        protocol::encode_response(ctx, &resp)
+    } else {
+        let req: IncrementalAlterConfigsRequest = protocol::decode_body(body, ctx.version).map_err(bad)?;
+        let mut resp = IncrementalAlterConfigsResponse::default();
+        for t in req.resources {
+            let mut r = incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+            (r.resource_type, r.resource_name, r.error_code) = (t.resource_type, t.resource_name, TIMED_OUT);
+            resp.responses.push(r);
+        }
+        protocol::encode_response(ctx, &resp)
+    }
+}
+
+fn timed_out_partitions(ctx: &RequestContext, body: Bytes) -> Result<Bytes, String> {
+    use kafka_protocol::messages::*;
+    if ctx.api_key == ApiKey::AlterPartitionReassignments {
+        let mut resp = AlterPartitionReassignmentsResponse::default();
+        resp.error_code = TIMED_OUT;
+        return protocol::encode_response(ctx, &resp);
+    }
+    let req: ElectLeadersRequest = protocol::decode_body(body, ctx.version).map_err(bad)?;
+    let mut resp = ElectLeadersResponse::default();
+    if ctx.version >= 1 {
+        resp.error_code = TIMED_OUT; // not in version 0
+    }
+    for t in req.topic_partitions.unwrap_or_default() {
+        let mut r = elect_leaders_response::ReplicaElectionResult::default();
+        r.topic = t.topic;
+        for p in t.partitions {
+            let mut pr = elect_leaders_response::PartitionResult::default();
+            (pr.partition_id, pr.error_code) = (p, TIMED_OUT);
+            r.partition_result.push(pr);
+        }
+        resp.replica_election_results.push(r);
+    }
+    protocol::encode_response(ctx, &resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::{Decodable, Encodable};
+
+    use super::*;
+
+    fn answer<Req: Encodable, Resp: Decodable>(
+        key: ApiKey,
+        req: impl Fn(i16) -> Req,
+        codes: impl Fn(&Resp) -> Vec<i16>,
+    ) {
+        let (lo, hi) = protocol::supported_range(key).expect("supported");
+        for version in lo..=hi {
+            let mut body = BytesMut::new();
+            req(version).encode(&mut body, version).unwrap();
+            let ctx = RequestContext { api_key: key, version, correlation_id: 9, client_id: None };
+            let mut frame = timed_out_response(&ctx, body.freeze()).unwrap();
+            let header = key.response_header_version(version);
+            let _len = bytes::Buf::get_i32(&mut frame);
+            assert_eq!(bytes::Buf::get_i32(&mut frame), 9);
+            if header >= 1 {
+                bytes::Buf::advance(&mut frame, 1); // no tagged fields
+            }
+            let resp = Resp::decode(&mut frame, version).unwrap();
+            let got = codes(&resp);
+            assert!(!got.is_empty() && got.iter().all(|c| *c == 7), "{key:?} v{version}: {got:?}");
+        }
+    }
+
+    fn name(s: &'static str) -> TopicName {
+        TopicName(StrBytes::from_static_str(s))
+    }
+
+    /// Every forwarded request's timeout is answered REQUEST_TIMED_OUT for each thing it
+    /// names, in every version the broker takes.
+    #[test]
+    fn a_timed_out_forward_is_answered_request_timed_out_in_every_version() {
+        let mut ct = CreateTopicsRequest::default();
+        ct.topics = vec![create_topics_request::CreatableTopic::default().with_name(name("t"))];
+        answer(
+            ApiKey::CreateTopics,
+            |_| ct.clone(),
+            |r: &CreateTopicsResponse| r.topics.iter().map(|t| t.error_code).collect(),
+        );
+        // Names before version 6, (name or id) entries from it.
+        let dt = |v: i16| {
+            let mut dt = DeleteTopicsRequest::default();
+            if v < 6 {
+                dt.topic_names = vec![name("t")];
+            } else {
+                dt.topics = vec![delete_topics_request::DeleteTopicState::default().with_name(Some(name("t")))];
+            }
+            dt
+        };
+        answer(ApiKey::DeleteTopics, dt, |r: &DeleteTopicsResponse| r.responses.iter().map(|t| t.error_code).collect());
+        let mut cp = CreatePartitionsRequest::default();
+        cp.topics = vec![create_partitions_request::CreatePartitionsTopic::default().with_name(name("t"))];
+        answer(
+            ApiKey::CreatePartitions,
+            |_| cp.clone(),
+            |r: &CreatePartitionsResponse| r.results.iter().map(|t| t.error_code).collect(),
+        );
+        let mut ac = AlterConfigsRequest::default();
+        ac.resources = vec![alter_configs_request::AlterConfigsResource::default()];
+        answer(
+            ApiKey::AlterConfigs,
+            |_| ac.clone(),
+            |r: &AlterConfigsResponse| r.responses.iter().map(|t| t.error_code).collect(),
+        );
+        let mut iac = IncrementalAlterConfigsRequest::default();
+        iac.resources = vec![incremental_alter_configs_request::AlterConfigsResource::default()];
+        answer(
+            ApiKey::IncrementalAlterConfigs,
+            |_| iac.clone(),
+            |r: &IncrementalAlterConfigsResponse| r.responses.iter().map(|t| t.error_code).collect(),
+        );
+        let mut el = ElectLeadersRequest::default();
+        el.topic_partitions = Some(vec![elect_leaders_request::TopicPartitions::default()
+            .with_topic(name("t"))
+            .with_partitions(vec![0])]);
+        answer(
+            ApiKey::ElectLeaders,
+            |_| el.clone(),
+            |r: &ElectLeadersResponse| {
+                r.replica_election_results.iter().flat_map(|t| &t.partition_result).map(|p| p.error_code).collect()
+            },
+        );
+        answer(
+            ApiKey::AlterPartitionReassignments,
+            |_| AlterPartitionReassignmentsRequest::default(),
+            |r: &AlterPartitionReassignmentsResponse| vec![r.error_code],
+        );
     }
 }

@@ -62,7 +62,7 @@ impl KafkaError {
         }
     }
 
-    pub fn code(self) -> i16 {
+    pub const fn code(self) -> i16 {
         match self {
             KafkaError::OffsetOutOfRange => 1,
             KafkaError::CorruptMessage => 2,
