@@ -44,24 +44,29 @@ def test_max_connections_per_ip(broker_factory):
             c.close()
 
 
+def next_connection_waits_for(bootstrap, open_one, limit):
+    """With `limit` connections open, the next is not served until `open_one` closes: the
+    kernel completes its handshake, but the broker does not take the connection up."""
+    c = wire.Conn.to(bootstrap, timeout=1)
+    c.send_raw(wire.request_frame(18, 0, 7, b""))
+    try:
+        c.recv_response()
+        raise AssertionError("a connection was served past max.connections=%d" % limit)
+    except socket.timeout:
+        pass
+    open_one.close()
+    c.sock.settimeout(10)
+    corr, _ = c.recv_response()
+    assert corr == 7, "once a place is free the waiting connection is served"
+    c.close()
+
+
 def test_max_connections_waits_for_a_place(broker_factory):
     broker = broker_factory(**{"max.connections": 2})
     a, b = wire.Conn.to(broker.bootstrap), wire.Conn.to(broker.bootstrap)
     try:
         assert answers(a) and answers(b)
-        # The kernel completes the handshake, but the broker does not take the connection up.
-        c = wire.Conn.to(broker.bootstrap, timeout=1)
-        c.send_raw(wire.request_frame(18, 0, 7, b""))
-        try:
-            c.recv_response()
-            raise AssertionError("a third connection was served past max.connections=2")
-        except socket.timeout:
-            pass
-        a.close()
-        c.sock.settimeout(10)
-        corr, _ = c.recv_response()
-        assert corr == 7, "once a place is free the waiting connection is served"
-        c.close()
+        next_connection_waits_for(broker.bootstrap, a, 2)
     finally:
         a.close()
         b.close()
@@ -111,18 +116,7 @@ def test_connection_limits_change_at_runtime(broker):
     a = wire.Conn.to(broker.bootstrap)
     try:
         assert answers(a)
-        b = wire.Conn.to(broker.bootstrap, timeout=1)
-        b.send_raw(wire.request_frame(18, 0, 7, b""))
-        try:
-            b.recv_response()
-            raise AssertionError("a second connection was served past max.connections=1")
-        except socket.timeout:
-            pass
-        a.close()
-        b.sock.settimeout(10)
-        corr, _ = b.recv_response()
-        assert corr == 7, "once a place is free the waiting connection is served"
-        b.close()
+        next_connection_waits_for(broker.bootstrap, a, 1)
     finally:
         a.close()
     time.sleep(0.3)
