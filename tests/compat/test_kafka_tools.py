@@ -250,3 +250,56 @@ def test_delete_records_tool(broker):
     assert re.search(r"partition: %s-0\s+low_watermark: 40" % re.escape(t), out), out
     out = tool("org.apache.kafka.tools.GetOffsetShell", *b, "--topic", t, "--time", "-2").stdout
     assert out.split() == ["%s:0:40" % t], out
+
+
+TRANSACTIONS = "org.apache.kafka.tools.TransactionsCommand"
+
+
+def rows(out):
+    """A tool's table: its lines split on whitespace, the header first."""
+    return [line.split() for line in out.strip().splitlines() if line.strip()]
+
+
+def test_transactions_tool_lists_describes_and_aborts_a_hanging_transaction(broker):
+    """kafka-transactions (KIP-664) as an operator runs it on a transaction whose producer hangs:
+    list and describe show it open, describe-producers shows where it started on the partition,
+    and abort (WriteTxnMarkers sent to the partition's leader) ends it there, so read_committed
+    consumers get past it; its records stay unread."""
+    from confluent_kafka import Producer
+    from clients import ck_consume, ck_create_topic
+    b = ["--bootstrap-server", broker.bootstrap]
+    t = unique_topic("kt-txn")
+    txn_id = "kt-txn-" + t
+    ck_create_topic(broker.bootstrap, t, partitions=1)
+    # A producer that begins a transaction, writes, and then neither commits nor aborts.
+    hung = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": txn_id,
+                     "transaction.timeout.ms": 120000})
+    hung.init_transactions(30)
+    hung.begin_transaction()
+    for i in range(3):
+        hung.produce(t, value=b"in-txn-%d" % i, partition=0)
+    assert hung.flush(30) == 0
+    plain = Producer({"bootstrap.servers": broker.bootstrap})
+    plain.produce(t, value=b"after", partition=0)
+    assert plain.flush(30) == 0
+    committed = {"isolation.level": "read_committed"}
+    assert ck_consume(broker.bootstrap, t, {0: 0}, **committed)[0] == [], "the open transaction holds readers back"
+
+    listed = [r for r in rows(tool(TRANSACTIONS, *b, "list").stdout) if txn_id in r]
+    assert len(listed) == 1 and listed[0][-1] == "Ongoing", listed
+    pid = listed[0][2]
+    described = rows(tool(TRANSACTIONS, *b, "describe", "--transactional-id", txn_id).stdout)
+    assert described[1][1:5] == [txn_id, pid, "0", "Ongoing"] and described[1][-1] == "%s-0" % t, described
+    producers = rows(tool(TRANSACTIONS, *b, "describe-producers", "--topic", t, "--partition", "0").stdout)
+    # ProducerId ProducerEpoch LatestCoordinatorEpoch LastSequence LastTimestamp CurrentTransactionStartOffset
+    mine = [r for r in producers[1:] if r[0] == pid]
+    assert len(mine) == 1 and mine[0][-1] == "0", producers
+
+    tool(TRANSACTIONS, *b, "abort", "--topic", t, "--partition", "0", "--start-offset", "0")
+    got = ck_consume(broker.bootstrap, t, {0: 0}, {0: 1}, **committed)[0]
+    assert [(m.offset(), m.value()) for m in got] == [(3, b"after")], [(m.offset(), m.value()) for m in got]
+    producers = rows(tool(TRANSACTIONS, *b, "describe-producers", "--topic", t, "--partition", "0").stdout)
+    mine = [r for r in producers[1:] if r[0] == pid]
+    assert len(mine) == 1 and mine[0][-1] == "None", producers
+    everything = ck_consume(broker.bootstrap, t, {0: 0}, {0: 4}, **{"isolation.level": "read_uncommitted"})[0]
+    assert [m.value() for m in everything] == [b"in-txn-0", b"in-txn-1", b"in-txn-2", b"after"], everything

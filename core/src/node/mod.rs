@@ -403,9 +403,11 @@ pub struct Node {
     txns: BTreeMap<String, transactions::TxnEntry>,
     /// Markers of ending transactions, being written.
     markers: Vec<transactions::MarkerWrite>,
-    /// Markers other brokers' coordinators asked this one to write, until durable.
+    /// Markers other brokers' coordinators (or clients) asked this one to write, until durable.
     remote_markers: Vec<txn_markers::RemoteMarker>,
     next_marker_req: u64,
+    /// Clients' WriteTxnMarkers requests, until every marker they asked for is answered.
+    client_markers: BTreeMap<u64, txn_markers::ClientMarkers>,
     /// Offsets committed in open transactions, durable but not yet visible, by producer id.
     txn_offsets: BTreeMap<i64, Vec<(String, String, i32, groups::Committed)>>,
     next_txn_abort_check: Instant,
@@ -477,6 +479,7 @@ impl Node {
             markers: Vec::new(),
             remote_markers: Vec::new(),
             next_marker_req: 0,
+            client_markers: BTreeMap::new(),
             txn_offsets: BTreeMap::new(),
             next_txn_abort_check: now.mono,
             replication: replication::ReplicationState::default(),
@@ -873,6 +876,7 @@ impl Node {
             ApiKey::ListTransactions => self.handle_list_transactions(conn, seq, &ctx, body),
             ApiKey::DescribeTransactions => self.handle_describe_transactions(conn, seq, &ctx, body),
             ApiKey::DescribeProducers => self.handle_describe_producers(conn, seq, &ctx, body),
+            ApiKey::WriteTxnMarkers => self.handle_write_txn_markers(conn, seq, ctx, body),
             _ => Err(FrameError::UnknownApi(ctx.api_key as i16)),
         };
         if let Err(e) = result {

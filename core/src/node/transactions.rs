@@ -1127,7 +1127,7 @@ impl Node {
                             s.producer_epoch = i32::from(e.epoch);
                             s.last_sequence = e.batches.back().or(e.floor.as_ref()).map_or(-1, |b| b.last_seq);
                             s.last_timestamp = e.last_timestamp;
-                            s.coordinator_epoch = 0;
+                            s.coordinator_epoch = e.coordinator_epoch;
                             s.current_txn_start_offset = e.txn_first.unwrap_or(-1);
                             pr.active_producers.push(s);
                         }

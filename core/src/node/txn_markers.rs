@@ -6,11 +6,20 @@
 //! coordinator asks again, of whoever leads by then, after an error or when no answer came
 //! within `MARKER_RETRY_MS`: a marker written twice is harmless (the second closes nothing).
 //!
+//! A client may ask for markers too, with Kafka's WriteTxnMarkers request: an admin aborting
+//! a hanging transaction (`kafka-transactions abort`, KIP-664). Its markers are written the
+//! same way, on the partitions this node leads, and the request is answered once each is
+//! durable or refused.
+//!
 //! A marker landing in a `__consumer_offsets` partition also ends the offsets the
 //! transaction committed there (TxnOffsetCommit): visible from then on if it commits,
 //! dropped if it aborts, on the group coordinator, which is this partition's leader.
 
 use bytes::Bytes;
+use kafka_protocol::messages::write_txn_markers_response::{
+    WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+};
+use kafka_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 
 use super::groups::{offsets_partition, OFFSETS_TOPIC};
 use super::produce::Origin;
@@ -19,14 +28,33 @@ use super::{Node, Tp};
 use crate::log::batch;
 use crate::peer::{Body, BrokerMessage};
 use crate::protocol::errors::KafkaError;
-use crate::types::Offset;
+use crate::protocol::{self, FrameError, RequestContext};
+use crate::types::{ConnId, Offset};
 
 pub(super) use crate::peer::TxnMarker as Marker;
 
-/// A marker written here for another broker's coordinator, until it is durable.
+/// Who asked for a marker.
+#[derive(Clone, Copy)]
+pub(super) enum Asker {
+    /// Another broker's coordinator (`WriteTxnMarker` `req`).
+    Peer { from: i32, req: u64 },
+    /// A client's WriteTxnMarkers (`client_markers` `id`): its (marker, topic, partition)
+    /// answer slot.
+    Client { id: u64, slot: (usize, usize, usize) },
+}
+
+/// A client's WriteTxnMarkers request, answered once no marker it asked for is pending.
+pub(super) struct ClientMarkers {
+    conn: ConnId,
+    seq: u64,
+    ctx: RequestContext,
+    resp: WriteTxnMarkersResponse,
+    pending: usize,
+}
+
+/// A marker written here for another broker's coordinator (or a client), until it is durable.
 pub(super) struct RemoteMarker {
-    from: i32,
-    req: u64,
+    asker: Asker,
     producer_id: i64,
     commit: bool,
     tp: Tp,
@@ -54,6 +82,63 @@ impl Node {
 
     /// Another broker's coordinator asks for a marker on a partition this node should lead.
     pub(super) fn on_write_txn_marker(&mut self, from: i32, req: u64, m: Marker, topic: &str, partition: i32) {
+        self.write_marker(Asker::Peer { from, req }, m, topic, partition);
+    }
+
+    /// A client's WriteTxnMarkers: each marker on each partition it names, answered per
+    /// partition once durable (or with the error that stopped it).
+    pub(super) fn handle_write_txn_markers(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        ctx: RequestContext,
+        body: Bytes,
+    ) -> Result<(), FrameError> {
+        let req: WriteTxnMarkersRequest = protocol::decode_body(body, ctx.version)?;
+        let mut resp = WriteTxnMarkersResponse::default();
+        let mut asks = Vec::new();
+        for (mi, m) in req.markers.iter().enumerate() {
+            let marker = Marker {
+                producer_id: m.producer_id.0,
+                epoch: m.producer_epoch,
+                commit: m.transaction_result,
+                coordinator_epoch: m.coordinator_epoch,
+                strict: false,
+            };
+            let mut mr = WritableTxnMarkerResult::default();
+            mr.producer_id = m.producer_id;
+            for (ti, t) in m.topics.iter().enumerate() {
+                let mut tr = WritableTxnMarkerTopicResult::default();
+                tr.name = t.name.clone();
+                for (pi, p) in t.partition_indexes.iter().enumerate() {
+                    tr.partitions.push(WritableTxnMarkerPartitionResult::default().with_partition_index(*p));
+                    asks.push((marker, t.name.0.to_string(), *p, (mi, ti, pi)));
+                }
+                mr.topics.push(tr);
+            }
+            resp.markers.push(mr);
+        }
+        self.next_marker_req += 1;
+        let id = self.next_marker_req;
+        let pending = asks.len();
+        self.client_markers.insert(id, ClientMarkers { conn, seq, ctx, resp, pending });
+        if pending == 0 {
+            self.client_markers_answered(id);
+        }
+        for (m, topic, partition, slot) in asks {
+            self.write_marker(Asker::Client { id, slot }, m, &topic, partition);
+        }
+        Ok(())
+    }
+
+    fn client_markers_answered(&mut self, id: u64) {
+        if let Some(c) = self.client_markers.remove(&id) {
+            self.respond_bytes(c.conn, c.seq, protocol::encode_response(&c.ctx, &c.resp));
+        }
+    }
+
+    /// Writes a marker on a partition this node should lead, for whoever asked.
+    fn write_marker(&mut self, asker: Asker, m: Marker, topic: &str, partition: i32) {
         let Marker { producer_id, epoch, commit, coordinator_epoch, strict } = m;
         let marker =
             Bytes::from(batch::control_marker(producer_id, epoch, commit, coordinator_epoch, self.now.wall_ms));
@@ -62,8 +147,7 @@ impl Node {
                 let offsets_partition = (topic == OFFSETS_TOPIC).then_some(partition);
                 let leader_epoch = self.partition(tp).map_or(-1, |p| p.role.leader_epoch());
                 self.remote_markers.push(RemoteMarker {
-                    from,
-                    req,
+                    asker,
                     producer_id,
                     commit,
                     tp,
@@ -77,7 +161,10 @@ impl Node {
             // Nothing to mark: the coordinator counts it as done, as for its own partitions.
             Err(KafkaError::InvalidProducerEpoch) => {
                 tracing::warn!(topic, partition, producer_id, "a marker asked for is of an older producer epoch");
-                self.answer_marker(from, req, 0);
+                // A client (an admin) is told; a coordinator counts it as done.
+                let code =
+                    if matches!(asker, Asker::Client { .. }) { KafkaError::InvalidProducerEpoch.code() } else { 0 };
+                self.answer_marker(asker, code);
             }
             Err(e @ KafkaError::TransactionCoordinatorFenced) => {
                 tracing::warn!(
@@ -87,20 +174,32 @@ impl Node {
                     coordinator_epoch,
                     "a marker asked for by a replaced coordinator"
                 );
-                self.answer_marker(from, req, e.code());
+                self.answer_marker(asker, e.code());
             }
             // A topic this node does not know (yet: its metadata may be behind the
             // coordinator's, which knew the topic when the transaction took the partition) is
             // not a topic deleted: the coordinator asks again, of the leader it knows then.
-            Err(KafkaError::UnknownTopicOrPartition) => {
-                self.answer_marker(from, req, KafkaError::NotLeaderOrFollower.code());
+            Err(KafkaError::UnknownTopicOrPartition) if matches!(asker, Asker::Peer { .. }) => {
+                self.answer_marker(asker, KafkaError::NotLeaderOrFollower.code());
             }
-            Err(e) => self.answer_marker(from, req, e.code()),
+            Err(e) => self.answer_marker(asker, e.code()),
         }
     }
 
-    fn answer_marker(&mut self, to: i32, req: u64, error: i16) {
-        self.send_peer(to, Body::Broker(BrokerMessage::TxnMarkerWritten { req, error }));
+    fn answer_marker(&mut self, asker: Asker, error: i16) {
+        match asker {
+            Asker::Peer { from, req } => {
+                self.send_peer(from, Body::Broker(BrokerMessage::TxnMarkerWritten { req, error }))
+            }
+            Asker::Client { id, slot: (m, t, p) } => {
+                let Some(c) = self.client_markers.get_mut(&id) else { return };
+                c.resp.markers[m].topics[t].partitions[p].error_code = error;
+                c.pending -= 1;
+                if c.pending == 0 {
+                    self.client_markers_answered(id);
+                }
+            }
+        }
     }
 
     /// Answers the markers written for other brokers that became durable (or were cut back).
@@ -127,7 +226,7 @@ impl Node {
                     self.end_txn_offsets(m.producer_id, m.commit, partition);
                 }
             }
-            self.answer_marker(m.from, m.req, error);
+            self.answer_marker(m.asker, error);
         }
     }
 
