@@ -208,6 +208,7 @@ pub struct QuorumStats {
     pub sync_failures: u64,
     pub pauses: u64,
     pub syncs: u64,
+    pub resignations: u64,
 }
 
 pub struct QuorumWorld {
@@ -317,6 +318,24 @@ impl QuorumWorld {
         self.stats.crashes += 1;
         self.trace.record(self.now, "q-crash", i as u64, 0);
         self.schedule(self.now + downtime, Event::Restart { node: i });
+    }
+
+    /// A controlled stop's first step: node `i`, if it leads, resigns (KRaft's
+    /// EndQuorumEpoch to the others) and stands no more. The caller crashes it next, as the
+    /// process exits; what it sent is on the network.
+    pub fn resign(&mut self, i: usize, h: &mut impl QuorumHarness) {
+        let local = self.nodes[i].local(self.now);
+        let Some(q) = self.nodes[i].quorum.as_mut() else { return };
+        if !q.is_leader() {
+            return;
+        }
+        q.resign(local);
+        self.stats.resignations += 1;
+        self.trace.record(self.now, "q-resign", i as u64, 0);
+        if std::env::var_os("SLUICE_SIM_VERBOSE").is_some() {
+            eprintln!("{:>12.6} node {i} RESIGNS", self.now as f64 / 1e9);
+        }
+        self.drain(i, h);
     }
 
     pub fn pause(&mut self, i: usize, until: Nanos) {

@@ -1,6 +1,8 @@
 //! The `quorum` scenario: three or five metadata-quorum voters under crashes (one node, or
 //! all at once, losing unsynced writes), pauses past their timeouts, partitions (symmetric,
-//! one-way, an isolated leader, a bridge) and a lossy, duplicating, reordering network,
+//! one-way, an isolated leader, a bridge), controlled stops (in two seeds of three, half or
+//! nine in ten of the single-node crashes of a leader come after it resigns: KRaft's
+//! EndQuorumEpoch) and a lossy, duplicating, reordering network,
 //! while a client proposes records to whoever it believes leads (at most 50 unanswered).
 //! Then every fault heals and the quorum must elect a leader, commit a new record, and have
 //! every node know all that is committed, within a bound.
@@ -34,6 +36,8 @@ pub struct QuorumPlan {
     /// Chance that a new leader crashes within 50 ms of taking office: while entries of
     /// earlier epochs it holds may be on a majority but its own first entry is not yet.
     pub crash_after_election: f64,
+    /// Chance that a crash of one node is a controlled stop: a leader resigns first.
+    pub resign_before_crash: f64,
 }
 
 const PROPOSE: u64 = 1;
@@ -47,6 +51,9 @@ const PENDING_MAX: usize = 50;
 const CRASH_NODE: u64 = 7;
 /// Heals the partition of generation `token >> 8`.
 const HEAL_LINKS: u64 = 6;
+
+/// The seed's stream for controlled stops, apart from the rest.
+const STOP_STREAM: u64 = 0x5709_7e51_6e00_0000;
 
 fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
     xs[rng.gen_range(0..xs.len())]
@@ -65,6 +72,8 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (QuorumPlan, QuorumEnv) {
         pause_every: pick(&mut r, &[None, Some(1_000 * MS), Some(4_000 * MS)]),
         crash_after_vote: pick(&mut r, &[0.0, 0.2]),
         crash_after_election: pick(&mut r, &[0.0, 0.3]),
+        // From a stream of its own: the other draws stay as they were before stops existed.
+        resign_before_crash: pick(&mut ChaCha8Rng::seed_from_u64(seed ^ STOP_STREAM), &[0.0, 0.5, 0.9]),
     };
     // Kafka's timeouts, or a third of them (more elections per simulated second).
     let scale = pick(&mut r, &[1u64, 3]);
@@ -114,6 +123,8 @@ struct Run {
     /// The last epoch each node was seen leading.
     led: Vec<i32>,
     rng: ChaCha8Rng,
+    /// Decides which crashes are controlled stops.
+    stop_rng: ChaCha8Rng,
     /// `SLUICE_SIM_VERBOSE=1`: every write and state change on stderr.
     verbose: bool,
     last_state: Vec<String>,
@@ -259,6 +270,9 @@ impl Run {
             }
         } else {
             let v = Self::victim(w);
+            if self.stop_rng.gen_bool(self.plan.resign_before_crash) {
+                w.resign(v, self);
+            }
             w.crash(v, downtime);
         }
         let every = self.plan.crash_every.expect("scheduled");
@@ -381,8 +395,8 @@ impl QuorumReport {
             self.leaders, self.committed, self.acked
         );
         out += &format!(
-            "faults: {} crashes, {} failed syncs ({} unsynced writes lost), {} pauses, {} of {} messages lost, {} duplicated; {} syncs\n",
-            s.crashes, s.sync_failures, s.lost_writes, s.pauses, s.lost, s.messages, s.duplicated, s.syncs
+            "faults: {} crashes ({} after a resignation), {} failed syncs ({} unsynced writes lost), {} pauses, {} of {} messages lost, {} duplicated; {} syncs\n",
+            s.crashes, s.resignations, s.sync_failures, s.lost_writes, s.pauses, s.lost, s.messages, s.duplicated, s.syncs
         );
         if self.ok() {
             out += "checkers: one-leader-per-epoch ok, log-matching ok, committed-prefix-stable ok, leader-completeness ok, high-watermark-monotonic ok, acknowledged-not-lost ok, liveness ok\n";
@@ -423,7 +437,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> QuorumReport {
 /// The plan and environment in one line, for the report.
 fn describe(plan: &QuorumPlan, env: &QuorumEnv) -> String {
     format!(
-        "{} voters, safety {} ms; propose every {} ms; crash every {:?} ms (all at once {}, after a vote {}, after an election {}), partition every {:?} ms, pause every {:?} ms; election timeout {} ms, fetch timeout {} ms, {} entries per fetch; latency {}-{} us, loss {}, duplicate {}, sync up to {} us, sync failures {}, drift up to {} ppm",
+        "{} voters, safety {} ms; propose every {} ms; crash every {:?} ms (all at once {}, after a vote {}, after an election {}, a leader's a controlled stop {}), partition every {:?} ms, pause every {:?} ms; election timeout {} ms, fetch timeout {} ms, {} entries per fetch; latency {}-{} us, loss {}, duplicate {}, sync up to {} us, sync failures {}, drift up to {} ppm",
         plan.voters,
         plan.safety / MS,
         plan.propose_every / MS,
@@ -431,6 +445,7 @@ fn describe(plan: &QuorumPlan, env: &QuorumEnv) -> String {
         plan.crash_all,
         plan.crash_after_vote,
         plan.crash_after_election,
+        plan.resign_before_crash,
         plan.partition_every.map(|n| n / MS),
         plan.pause_every.map(|n| n / MS),
         env.config.election_timeout_ms,
@@ -466,6 +481,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> QuorumReport {
         crash_soon: Vec::new(),
         led: vec![0; plan.voters],
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc4a5_0a4e_7e00_0000),
+        stop_rng: ChaCha8Rng::seed_from_u64(seed ^ STOP_STREAM ^ 1),
         verbose: std::env::var_os("SLUICE_SIM_VERBOSE").is_some(),
         last_state: vec![String::new(); plan.voters],
         plan: plan.clone(),
