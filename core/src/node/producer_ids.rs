@@ -87,7 +87,7 @@ impl Node {
         let build = move |failed: &std::collections::BTreeSet<JobId>| {
             let result =
                 if failed.is_empty() { Ok((id, 0)) } else { Err(KafkaError::CoordinatorLoadInProgress.code()) };
-            protocol::encode_response(&ctx, &init_producer_id_response(result))
+            protocol::encode_response(&ctx, &init_producer_id_response(ctx.version, result))
         };
         self.waiters.push(super::Waiter {
             conn,
@@ -107,7 +107,7 @@ impl Node {
         result: Result<i64, KafkaError>,
     ) -> Result<(), FrameError> {
         let result = result.map(|id| (id, 0)).map_err(KafkaError::code);
-        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &init_producer_id_response(result)));
+        self.respond_bytes(conn, seq, protocol::encode_response(ctx, &init_producer_id_response(ctx.version, result)));
         Ok(())
     }
 
@@ -201,11 +201,16 @@ impl Node {
     }
 }
 
-/// An InitProducerId answer: the producer id and epoch, or an error code (with -1, -1).
-pub(super) fn init_producer_id_response(result: Result<(i64, i16), i16>) -> InitProducerIdResponse {
+/// An InitProducerId answer of `version`: the producer id and epoch, or an error code (with
+/// -1, -1).
+pub(super) fn init_producer_id_response(version: i16, result: Result<(i64, i16), i16>) -> InitProducerIdResponse {
     let mut resp = InitProducerIdResponse::default();
     let (id, epoch) = result.unwrap_or_else(|code| {
-        resp.error_code = code;
+        resp.error_code = crate::protocol::errors::fenced_for_version(
+            kafka_protocol::messages::ApiKey::InitProducerId,
+            version,
+            code,
+        );
         (-1, -1)
     });
     resp.producer_id = ProducerId(id);

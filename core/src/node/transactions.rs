@@ -28,7 +28,7 @@ use super::producer_ids::init_producer_id_response;
 use super::txn_markers::Marker;
 use super::{Node, Tp};
 use crate::log::batch;
-use crate::protocol::errors::KafkaError;
+use crate::protocol::errors::{fenced_for_version, KafkaError};
 use crate::protocol::{self, FrameError, RequestContext};
 use crate::txn::{TxnError, TxnMeta, TxnState};
 use crate::types::{ConnId, Offset};
@@ -570,7 +570,11 @@ impl Node {
             Some(code) => Err(code),
         };
         let refuse = |node: &mut Node, code: i16| {
-            node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &init_producer_id_response(Err(code))));
+            node.respond_bytes(
+                conn,
+                seq,
+                protocol::encode_response(&ctx, &init_producer_id_response(ctx.version, Err(code))),
+            );
         };
         let next = match next {
             Ok(next) => next,
@@ -582,7 +586,7 @@ impl Node {
         let ctx2 = ctx.clone();
         let answer = Box::new(move |ok: bool, meta: &TxnMeta| {
             let result = if ok { Ok((meta.producer_id, meta.epoch)) } else { Err(NOT_COORDINATOR) };
-            protocol::encode_response(&ctx2, &init_producer_id_response(result))
+            protocol::encode_response(&ctx2, &init_producer_id_response(ctx2.version, result))
         });
         if let Err(e) = self.store_txn(&id, next, TxnNext::Respond { conn, seq, answer }) {
             tracing::warn!(%id, error = ?e, "could not store a transaction record");
@@ -653,6 +657,7 @@ impl Node {
             }),
             Some(code) => Err(Some(code)),
         };
+        let version = ctx.version;
         let build = move |code_of: &dyn Fn(usize) -> i16| {
             let mut resp = AddPartitionsToTxnResponse::default();
             for t in &req.v3_and_below_topics {
@@ -662,7 +667,7 @@ impl Node {
                     let i = asked.iter().position(|a| a.0 == t.name.0.as_str() && a.1 == *p).unwrap_or(0);
                     let mut pr = AddPartitionsToTxnPartitionResult::default();
                     pr.partition_index = *p;
-                    pr.partition_error_code = code_of(i);
+                    pr.partition_error_code = fenced_for_version(ApiKey::AddPartitionsToTxn, version, code_of(i));
                     tr.results_by_partition.push(pr);
                 }
                 resp.results_by_topic_v3_and_below.push(tr);
@@ -731,7 +736,7 @@ impl Node {
         let req: AddOffsetsToTxnRequest = protocol::decode_body(body.clone(), ctx.version)?;
         let answer = |node: &mut Node, code: i16| {
             let mut r = AddOffsetsToTxnResponse::default();
-            r.error_code = code;
+            r.error_code = fenced_for_version(ApiKey::AddOffsetsToTxn, ctx.version, code);
             node.respond_bytes(conn, seq, protocol::encode_response(&ctx, &r));
         };
         // The group's offsets partition joins the transaction: the offsets topic must exist.
@@ -992,7 +997,7 @@ impl Node {
     /// goes on with (`meta`'s).
     fn answer_end_txn_with(&mut self, conn: ConnId, seq: u64, ctx: &RequestContext, code: i16, meta: Option<&TxnMeta>) {
         let mut r = EndTxnResponse::default();
-        r.error_code = code;
+        r.error_code = fenced_for_version(ApiKey::EndTxn, ctx.version, code);
         if let Some(m) = meta.filter(|_| code == 0 && ctx.version >= 5) {
             r.producer_id = m.producer_id.into();
             r.producer_epoch = m.epoch;

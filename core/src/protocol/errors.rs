@@ -52,6 +52,24 @@ pub enum KafkaError {
     UnknownServerError,
 }
 
+/// PRODUCER_FENCED (90) as a client of an older version is told it: INVALID_PRODUCER_EPOCH
+/// (47), as Kafka answers EndTxn, AddPartitionsToTxn and AddOffsetsToTxn before v2 and
+/// InitProducerId before v4. Those clients do not know 90 (kafkajs reports "unknown error
+/// code 90" instead of its fencing error).
+pub fn fenced_for_version(key: kafka_protocol::messages::ApiKey, version: i16, code: i16) -> i16 {
+    use kafka_protocol::messages::ApiKey;
+    let knows_fenced = match key {
+        ApiKey::InitProducerId => version >= 4,
+        ApiKey::EndTxn | ApiKey::AddPartitionsToTxn | ApiKey::AddOffsetsToTxn => version >= 2,
+        _ => true,
+    };
+    if code == 90 && !knows_fenced {
+        47
+    } else {
+        code
+    }
+}
+
 impl KafkaError {
     /// This error as a client of a version without TRANSACTION_ABORTABLE (Produce before
     /// v11, TxnOffsetCommit before v4) is answered: INVALID_TXN_STATE, as Kafka does.
@@ -134,3 +152,26 @@ impl From<ConfigError> for KafkaError {
 }
 
 pub const NONE: i16 = 0;
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::ApiKey;
+
+    use super::*;
+
+    /// Kafka's KIP-588 boundaries: clients of older versions get INVALID_PRODUCER_EPOCH.
+    #[test]
+    fn producer_fenced_goes_to_the_versions_that_know_it() {
+        for (key, first) in [
+            (ApiKey::InitProducerId, 4),
+            (ApiKey::EndTxn, 2),
+            (ApiKey::AddPartitionsToTxn, 2),
+            (ApiKey::AddOffsetsToTxn, 2),
+        ] {
+            assert_eq!(fenced_for_version(key, first - 1, 90), 47, "{key:?} v{}", first - 1);
+            assert_eq!(fenced_for_version(key, first, 90), 90, "{key:?} v{first}");
+            assert_eq!(fenced_for_version(key, 0, 51), 51, "other errors pass");
+        }
+        assert_eq!(fenced_for_version(ApiKey::Produce, 3, 90), 90);
+    }
+}
