@@ -1,9 +1,13 @@
 """kafkajs (Node.js) against Sluice: the idempotent and the plain producer, a
-group consumer, the admin client, and the idempotent producer across a
-broker kill -9.  Parametrized over kafkajs 2.2.4 (current) and 1.16.0 (old).
+group consumer, the admin client, the idempotent producer across a broker
+kill -9, and transactions (a transactional producer committing and aborting
+over two topics, read by read_committed / read_uncommitted consumers;
+sendOffsets; fencing by a second producer with the same transactionalId).
+Parametrized over kafkajs 2.2.4 (current) and 1.16.0 (old).
 
 The clients live in <repo>/.js-clients (scripts/install-js-clients.sh) and
-are driven through tests/compat/js/sluice_kafkajs.js, which prints one JSON
+are driven through tests/compat/js/sluice_kafkajs.js (and, for the
+transactional producers, js/sluice_kafkajs_txn.js), which print one JSON
 object per line.  These tests do not depend on the Python client libraries,
 so tests/compat/run.sh runs them only once: they are skipped in the old
 client venv (.venv-compat-old).
@@ -25,6 +29,7 @@ from conftest import HERE, REPO, _set_pdeathsig, unique_topic
 
 JS_CLIENTS = os.environ.get("SLUICE_JS_CLIENTS") or os.path.join(REPO, ".js-clients")
 CLI = os.path.join(HERE, "js", "sluice_kafkajs.js")
+TXN_CLI = os.path.join(HERE, "js", "sluice_kafkajs_txn.js")
 NODE = os.environ.get("NODE") or "node"
 INSTALL_HINT = "run scripts/install-js-clients.sh"
 
@@ -51,10 +56,10 @@ class JsClient:
     def __repr__(self):
         return "kafkajs %s (%s)" % (self.version, self.module)
 
-    def argv(self, mode, bootstrap, *args, timeout_s):
+    def argv(self, mode, bootstrap, *args, timeout_s, cli=CLI):
         # The node program's own deadline fires before the subprocess timeout,
         # so a hang still ends with a JSON error line and kafkajs' stderr.
-        return [NODE, CLI, self.module, mode, bootstrap, *[str(a) for a in args],
+        return [NODE, cli, self.module, mode, bootstrap, *[str(a) for a in args],
                 "--timeout-ms", str(int(max(5.0, timeout_s - 5) * 1000))]
 
 
@@ -102,11 +107,12 @@ def _failure(what, argv, rc, events, stdout, stderr):
                _tail(stdout, 15), _tail(stderr)))
 
 
-def run_js(client, what, mode, bootstrap, *args, timeout_s=60.0):
-    """Runs the CLI to completion; returns its events.  Fails the test with
-    the node program's error line and stderr tail unless it ended with a
-    "done" event and exit status 0."""
-    argv = client.argv(mode, bootstrap, *args, timeout_s=timeout_s)
+def run_js(client, what, mode, bootstrap, *args, timeout_s=60.0, cli=CLI):
+    """Runs the CLI (`cli`: sluice_kafkajs.js or sluice_kafkajs_txn.js) to
+    completion; returns its events.  Fails the test with the node program's
+    error line and stderr tail unless it ended with a "done" event and exit
+    status 0."""
+    argv = client.argv(mode, bootstrap, *args, timeout_s=timeout_s, cli=cli)
     try:
         p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                            timeout=timeout_s, preexec_fn=_set_pdeathsig)
@@ -443,3 +449,201 @@ def test_admin(kjs, broker):
                 *produce_argv(20, False, "adm", batch=20), timeout_s=45)
     assert ev[-1]["sent"] == 20
     assert log_end_offsets(kjs, broker.bootstrap, t1) == {0: 20}
+
+
+# -------------------------------------------------------------- transactions
+#
+# The transactional producer is kafkajs' documented one -- producer({
+# transactionalId, idempotent: true, maxInFlightRequests: 1 }), nothing else
+# set -- driven by js/sluice_kafkajs_txn.js.  What must be in the log is kept
+# in test_transactions' LogModel (every acknowledged record at its offset, each
+# transaction's outcome); the kafkajs consumers (readUncommitted false / true)
+# and confluent-kafka's (isolation.level read_committed / read_uncommitted,
+# test_transactions.check_all, which also checks ListOffsets' last stable
+# offset and the control markers in the .log segments) must see exactly that.
+# The brokers run with group.initial.rebalance.delay.ms=0 so that kafkajs'
+# group consumers start reading at once (the tests stay short).
+
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+from test_transactions import LogModel, Sent, check_all, check_reads, group_offsets, plain_produce, tid, values  # noqa: E402,E501
+
+
+def txn_broker(broker_factory):
+    return broker_factory(**{"group.initial.rebalance.delay.ms": "0"})
+
+
+def run_txn_js(client, what, mode, bootstrap, *args, timeout_s=60.0):
+    return run_js(client, what, mode, bootstrap, *args, timeout_s=timeout_s, cli=TXN_CLI)
+
+
+def acks_by_step(events):
+    """{step: [Sent]} from the driver's ack events."""
+    out = {}
+    for e in events:
+        if e["event"] == "ack":
+            s = Sent(e["topic"], e["p"], e["v"].encode(), None)
+            s.offset = int(e["o"])
+            out.setdefault(e["step"], []).append(s)
+    return out
+
+
+def kjs_read(client, bootstrap, topics, read_uncommitted, count, drain_ms=1000, group=None, timeout_s=45.0):
+    """A kafkajs group consumer (readUncommitted as given) subscribed to
+    `topics` from the beginning, until `count` records plus a drain; returns
+    {(topic, partition): [(offset, value bytes)]} in delivery order."""
+    ev = run_js(client, "kafkajs consumer (readUncommitted: %s)" % str(read_uncommitted).lower(),
+                "consume-group", bootstrap, ",".join(topics), "--count", count,
+                "--read-uncommitted", "true" if read_uncommitted else "false",
+                "--group", group or unique_topic("kjs-txg"), "--drain-ms", drain_ms, timeout_s=timeout_s)
+    recs = {}
+    for m in ev:
+        if m["event"] == "msg":
+            v = m["value"].encode() if m["value"] is not None else None
+            recs.setdefault((m["topic"], m["partition"]), []).append((int(m["offset"]), v))
+    return recs
+
+
+@pytest.mark.timeout(150)
+def test_txn_commit_abort_read_committed(kjs, broker_factory):
+    """Transactions over 3 + 2 partitions of two topics -- commit, abort,
+    plain records, commit, abort -- each record acknowledged; kafkajs'
+    read_committed consumer (readUncommitted: false) gets exactly the
+    committed and plain records, in offset order, none of the aborted;
+    its read_uncommitted consumer gets every record; confluent-kafka
+    readers at both isolation levels agree, the last stable offsets and the
+    markers on disk match the outcomes."""
+    broker = txn_broker(broker_factory)
+    a, b = unique_topic("kjs-txa"), unique_topic("kjs-txb")
+    create_topic(kjs, broker.bootstrap, a, 3)
+    create_topic(kjs, broker.bootstrap, b, 2)
+    tps = [(a, p) for p in range(3)] + [(b, p) for p in range(2)]
+    plan = ["C4", "A3", "P1", "C3", "A2"]
+    where = "%r transactional producer, plan %s" % (kjs, ",".join(plan))
+    ev = run_txn_js(kjs, "kafkajs transactional producer", "txn-produce", broker.bootstrap,
+                    "--txn-id", tid("kjs"), "--topics", "%s:3,%s:2" % (a, b), "--plan", ",".join(plan))
+    steps = [e for e in ev if e["event"] == "step"]
+    assert [(e["step"], e["outcome"]) for e in steps] == [
+        (0, "commit"), (1, "abort"), (2, "plain"), (3, "commit"), (4, "abort")], steps
+    acks = acks_by_step(ev)
+    model = LogModel(tps)
+    for i, item in enumerate(plan):
+        sent = acks.get(i, [])
+        assert len(sent) == int(item[1:]) * len(tps), "%s: step %d acknowledged %d records, want %d" % (
+            where, i, len(sent), int(item[1:]) * len(tps))
+        if item[0] == "P":
+            model.add(sent, txn=None)
+        else:
+            model.add(sent, txn="S%d" % i)
+            model.end("S%d" % i, item[0] == "C")
+
+    want = {iso: sum(len(model.visible(tp, iso == "read_committed")) for tp in tps)
+            for iso in ("read_committed", "read_uncommitted")}
+    assert want["read_committed"] < want["read_uncommitted"]  # aborted records are in the log
+    with ThreadPoolExecutor(2) as pool:
+        futs = {iso: pool.submit(kjs_read, kjs, broker.bootstrap, [a, b], iso == "read_uncommitted", want[iso])
+                for iso in want}
+        got = {iso: f.result() for iso, f in futs.items()}
+    for iso in ("read_committed", "read_uncommitted"):
+        recs = {tp: got[iso].get(tp, []) for tp in tps}
+        check_reads(model, recs, iso, "%s [kafkajs %s %s consumer]" % (where, kjs.version, iso))
+    # The read_committed check tells them apart: what read_uncommitted saw fails it.
+    with pytest.raises(AssertionError, match="aborted records"):
+        check_reads(model, {tp: got["read_uncommitted"].get(tp, []) for tp in tps}, "read_committed", "self-check")
+    check_all("confluent", broker, model, where)
+
+
+@pytest.mark.timeout(150)
+def test_txn_send_offsets(kjs, broker_factory):
+    """Consume-transform-produce's commit step: four transactions, each
+    sending a record to both partitions of an output topic and, with
+    txn.sendOffsets({consumerGroupId, topics}), offsets of the input topic's
+    two partitions -- committed (3/5), aborted (7/9), committed (6/8),
+    aborted (10/10).  admin.fetchOffsets shows the previous offsets while a
+    transaction is open, the new ones once it commits, never an aborted
+    transaction's; confluent's list_consumer_group_offsets agrees at the end;
+    a kafkajs member of the group starts at 6/8; the output holds exactly
+    the committed transactions' records at read_committed."""
+    broker = txn_broker(broker_factory)
+    src, dst = unique_topic("kjs-txin"), unique_topic("kjs-txout")
+    create_topic(kjs, broker.bootstrap, src, 2)
+    create_topic(kjs, broker.bootstrap, dst, 2)
+    in_tps = [(src, 0), (src, 1)]
+    inputs = plain_produce(broker.bootstrap, values("IN", in_tps, 10))
+    group = unique_topic("kjs-txgroup")
+    plan = [("C", (3, 5)), ("A", (7, 9)), ("C", (6, 8)), ("A", (10, 10))]
+    where = "%r sendOffsets, group %s" % (kjs, group)
+    ev = run_txn_js(kjs, "kafkajs transactional sendOffsets", "txn-offsets", broker.bootstrap,
+                    "--txn-id", tid("kjs-off"), "--group", group, "--in", src, "--out", dst,
+                    "--plan", ",".join("%s:%d/%d" % (k, o[0], o[1]) for k, o in plan))
+
+    offs = {(e["step"], e["when"]): e for e in ev if e["event"] == "offsets"}
+    as_map = lambda d: {int(p): o for p, o in d.items()}  # noqa: E731
+    committed = {0: None, 1: None}
+    for i, (kind, o) in enumerate(plan):
+        new = {0: o[0], 1: o[1]}
+        opened = as_map(offs[(i, "open")]["offsets"])
+        assert opened == committed, "%s: step %d (%s %s) open: fetchOffsets %s, want the committed %s" % (
+            where, i, kind, o, opened, committed)
+        seen = [as_map(x["offsets"]) for x in offs[(i, "end")]["seen"]]
+        if kind == "C":
+            assert seen[-1] == new and all(x in (committed, new) for x in seen), \
+                "%s: step %d commit of %s: fetchOffsets after the commit saw %s, want %s" % (
+                    where, i, o, offs[(i, "end")]["seen"], new)
+            committed = new
+        else:
+            assert seen == [committed], "%s: step %d abort of %s: fetchOffsets after the abort saw %s, want " \
+                "only %s" % (where, i, o, offs[(i, "end")]["seen"], committed)
+    assert group_offsets(broker.bootstrap, group, in_tps) == {(src, 0): 6, (src, 1): 8}, where
+
+    # A member of the group starts at the committed offsets: exactly 4 + 2 records.
+    got = kjs_read(kjs, broker.bootstrap, [src], False, 6, group=group)
+    want = {tp: [(s.offset, s.value) for s in inputs if s.tp == tp and s.offset >= start]
+            for tp, start in (((src, 0), 6), ((src, 1), 8))}
+    assert got == want, "%s: a new member of the group read %s, want %s" % (where, got, want)
+
+    model = LogModel([(dst, 0), (dst, 1)])
+    for i, sent in sorted(acks_by_step(ev).items()):
+        model.add(sent, txn="S%d" % i)
+        model.end("S%d" % i, plan[i][0] == "C")
+    assert sum(len(v) for v in model.entries.values()) == 2 * len(plan), model.entries
+    check_all("confluent", broker, model, where + ", output topic")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("next_op", ["commit", "send", "send-new"])
+def test_txn_fencing(kjs, next_op, broker_factory):
+    """Producer 1 begins a transaction and sends two records to partition 0;
+    producer 2 (another client, same transactionalId) begins its own, which
+    fences producer 1 and aborts its transaction.  Producer 1's next call --
+    commit(), a send to partition 0 (already in its transaction: a Produce
+    with the old epoch) or to partition 1 (not yet in it: AddPartitionsToTxn
+    first) -- fails with kafkajs' fencing error: KafkaJSProtocolError
+    INVALID_PRODUCER_EPOCH (47), not retriable.  Producer 2 sends to both
+    partitions and commits: read_committed readers get only its records,
+    read_uncommitted producer 1's aborted ones too, nothing of producer 1's
+    last call is in the log."""
+    broker = txn_broker(broker_factory)
+    t = unique_topic("kjs-txfence")
+    create_topic(kjs, broker.bootstrap, t, 2)
+    where = "%r fencing, producer 1 then %s" % (kjs, next_op)
+    ev = run_txn_js(kjs, "kafkajs fencing", "txn-fence", broker.bootstrap,
+                    "--txn-id", tid("kjs-fence"), "--topic", t, "--next", next_op)
+    res = next(e for e in ev if e["event"] == "p1-result")
+    assert not res["ok"], "%s: the fenced producer's %s succeeded" % (where, next_op)
+
+    acks = acks_by_step(ev)
+    model = LogModel([(t, 0), (t, 1)])
+    assert [s.value for s in acks[0]] == [b"F0|p0|000", b"F0|p0|001"], acks[0]
+    model.add(acks[0], txn="P1")
+    model.end("P1", False)  # aborted by the coordinator when producer 2 began
+    assert [s.value for s in acks[1]] == [b"F1|p0|000", b"F1|p1|000"], acks[1]
+    model.add(acks[1], txn="P2")
+    model.end("P2", True)
+    check_all("confluent", broker, model, where)
+
+    err = res["error"]
+    got = (err.get("name"), err.get("type"), err.get("code"), err.get("retriable"))
+    msg = "%s: producer 1's %s failed with %s, want KafkaJSProtocolError INVALID_PRODUCER_EPOCH (47)" % (
+        where, next_op, json.dumps(err))
+    assert got == ("KafkaJSProtocolError", "INVALID_PRODUCER_EPOCH", 47, False), msg

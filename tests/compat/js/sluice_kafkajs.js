@@ -12,8 +12,10 @@
  *                          keys k<i % keys>, header idx=<i>
  *       --keys K           number of distinct keys (default 97)
  *       --pause-ms MS      sleep between sends (default 0)
- *   node sluice_kafkajs.js <module> consume-group <bootstrap> <topic> [options]
+ *   node sluice_kafkajs.js <module> consume-group <bootstrap> <topic>[,<topic>...] [options]
  *       --group G          group id (default: random)
+ *       --read-uncommitted BOOL  the consumer's readUncommitted (default: not set, i.e.
+ *                          kafkajs' default, false: read_committed)
  *       --count N          stop after N records (default 1)
  *       --drain-ms MS      keep reading this long after N to catch extras (default 1500)
  *   node sluice_kafkajs.js <module> admin <bootstrap> <op> [<op> ...]
@@ -218,15 +220,20 @@ async function consumeGroup(kafka, version, bootstrap, topic, opts) {
   const want = intOpt(opts, 'count', 1)
   const drainMs = intOpt(opts, 'drain-ms', 1500)
   const groupId = opts.group || 'kjs-' + Math.random().toString(16).slice(2, 10)
+  const topics = topic.split(',').filter(Boolean)
 
-  const consumer = kafka.consumer({
+  const consumerConf = {
     groupId,
     sessionTimeout: 10000,
     heartbeatInterval: 1000,
     maxWaitTimeInMs: 500,
     allowAutoTopicCreation: false,
     retry: FAST_RETRY,
-  })
+  }
+  if (opts['read-uncommitted'] !== undefined) {
+    consumerConf.readUncommitted = boolOpt(opts, 'read-uncommitted', false)
+  }
+  const consumer = kafka.consumer(consumerConf)
   const t0 = Date.now()
   let got = 0
   let reached
@@ -242,7 +249,8 @@ async function consumeGroup(kafka, version, bootstrap, topic, opts) {
   })
 
   await consumer.connect()
-  await consumer.subscribe({ topic, fromBeginning: true })
+  // One subscribe() per topic: kafkajs 1.16 has no `topics` array.
+  for (const t of topics) await consumer.subscribe({ topic: t, fromBeginning: true })
   await consumer.run({
     autoCommit: true,
     eachMessage: async ({ topic: t, partition, message }) => {
@@ -379,5 +387,12 @@ async function main() {
   process.stdout.write('', () => process.exit(0))
 }
 
-process.on('unhandledRejection', e => fail(1, { op: 'unhandledRejection', error: describeError(e) }))
-main()
+// The transaction driver (sluice_kafkajs_txn.js) shares the plumbing.
+module.exports = {
+  out, fail, describeError, parseArgs, intOpt, boolOpt, loadKafkajs, makeKafka, FAST_RETRY, OpError, sleep,
+}
+
+if (require.main === module) {
+  process.on('unhandledRejection', e => fail(1, { op: 'unhandledRejection', error: describeError(e) }))
+  main()
+}
