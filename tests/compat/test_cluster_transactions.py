@@ -234,9 +234,15 @@ def test_partition_leaders_verify_transactions_with_their_coordinator(cluster):
     commit = {(topic, r1): 5}
 
     def txn_commit(producer_epoch):
-        with Conn.to(group_node.bootstrap) as c:
-            code = c.txn_offset_commit(tid, group, pid, producer_epoch, commit)[(topic, r1)]
-        return wire.ERROR_NAMES.get(code, code)
+        # The group's node may not have loaded its offsets partition yet (node 1's metadata is
+        # what was waited on): a client retries the coordinator's retriable errors, so do we.
+        deadline = time.monotonic() + 15
+        while True:
+            with Conn.to(group_node.bootstrap) as c:
+                code = c.txn_offset_commit(tid, group, pid, producer_epoch, commit)[(topic, r1)]
+            if code not in (14, 15, 16) or time.monotonic() > deadline:  # load, not available, not coordinator
+                return wire.ERROR_NAMES.get(code, code)
+            time.sleep(0.1)
 
     assert txn_commit(epoch) == "INVALID_PRODUCER_EPOCH", "a fenced producer's offsets"
     assert txn_commit(epoch2) == "INVALID_TXN_STATE", "offsets for a group the transaction does not hold"
