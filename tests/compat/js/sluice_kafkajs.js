@@ -339,17 +339,22 @@ async function adminOps(kafka, version, bootstrap, ops) {
 
 // ---------------------------------------------------------------------- main
 
-async function main() {
+/**
+ * A driver's main: parses `<module> <mode> <bootstrap> [args...] [--opts]`, arms the
+ * --timeout-ms deadline, loads kafkajs, then runs `dispatch(ctx)`; a dispatch that returns
+ * false did not know the mode (or its arguments). Failures are printed as one JSON line.
+ */
+async function runMain(usage, dispatch) {
   let parsed
   try {
     parsed = parseArgs(process.argv.slice(2))
   } catch (e) {
-    return fail(2, { op: 'usage', error: describeError(e), usage: USAGE })
+    return fail(2, { op: 'usage', error: describeError(e), usage })
   }
   const { positional, opts } = parsed
   const [moduleName, mode, bootstrap, ...rest] = positional
   if (!moduleName || !mode || !bootstrap) {
-    return fail(2, { op: 'usage', usage: USAGE })
+    return fail(2, { op: 'usage', usage })
   }
   const timeoutMs = Number(opts['timeout-ms'] || 60000)
   const deadline = setTimeout(() => {
@@ -366,17 +371,8 @@ async function main() {
   }
   const kafka = makeKafka(kjs.mod, bootstrap, 'sluice-compat-' + moduleName)
   try {
-    if (mode === 'produce') {
-      if (rest.length !== 1) return fail(2, { op: 'usage', usage: USAGE })
-      await produce(kafka, kjs.version, bootstrap, rest[0], opts)
-    } else if (mode === 'consume-group') {
-      if (rest.length !== 1) return fail(2, { op: 'usage', usage: USAGE })
-      await consumeGroup(kafka, kjs.version, bootstrap, rest[0], opts)
-    } else if (mode === 'admin') {
-      if (rest.length === 0) return fail(2, { op: 'usage', usage: USAGE })
-      await adminOps(kafka, kjs.version, bootstrap, rest)
-    } else {
-      return fail(2, { op: 'usage', usage: USAGE })
+    if (!await dispatch({ kafka, kjs, moduleName, mode, bootstrap, rest, opts })) {
+      return fail(2, { op: 'usage', usage })
     }
   } catch (e) {
     if (e instanceof OpError) return fail(1, Object.assign({ error: describeError(e.original) }, e.details))
@@ -387,9 +383,25 @@ async function main() {
   process.stdout.write('', () => process.exit(0))
 }
 
+function main() {
+  return runMain(USAGE, async ({ kafka, kjs, mode, bootstrap, rest, opts }) => {
+    if (mode === 'produce' && rest.length === 1) {
+      await produce(kafka, kjs.version, bootstrap, rest[0], opts)
+    } else if (mode === 'consume-group' && rest.length === 1) {
+      await consumeGroup(kafka, kjs.version, bootstrap, rest[0], opts)
+    } else if (mode === 'admin' && rest.length > 0) {
+      await adminOps(kafka, kjs.version, bootstrap, rest)
+    } else {
+      return false
+    }
+    return true
+  })
+}
+
 // The transaction driver (sluice_kafkajs_txn.js) shares the plumbing.
 module.exports = {
   out, fail, describeError, parseArgs, intOpt, boolOpt, loadKafkajs, makeKafka, FAST_RETRY, OpError, sleep,
+  runMain,
 }
 
 if (require.main === module) {

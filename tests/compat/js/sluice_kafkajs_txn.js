@@ -53,7 +53,7 @@
 'use strict'
 
 const {
-  out, fail, describeError, parseArgs, intOpt, loadKafkajs, makeKafka, FAST_RETRY, OpError, sleep,
+  out, fail, describeError, intOpt, makeKafka, FAST_RETRY, OpError, sleep, runMain,
 } = require('./sluice_kafkajs')
 
 const USAGE = 'usage: node sluice_kafkajs_txn.js <kafkajs-module> ' +
@@ -295,32 +295,9 @@ async function txnFence(kafka, version, bootstrap, moduleName, kjs, opts) {
 
 // ---------------------------------------------------------------------- main
 
-async function main() {
-  let parsed
-  try {
-    parsed = parseArgs(process.argv.slice(2))
-  } catch (e) {
-    return fail(2, { op: 'usage', error: describeError(e), usage: USAGE })
-  }
-  const { positional, opts } = parsed
-  const [moduleName, mode, bootstrap, ...rest] = positional
-  if (!moduleName || !mode || !bootstrap || rest.length) {
-    return fail(2, { op: 'usage', usage: USAGE })
-  }
-  const timeoutMs = Number(opts['timeout-ms'] || 60000)
-  const deadline = setTimeout(() => {
-    fail(3, { op: mode, error: { name: 'Deadline', message: 'no result within ' + timeoutMs + ' ms' } })
-  }, timeoutMs)
-  deadline.unref()
-
-  let kjs
-  try {
-    kjs = loadKafkajs(moduleName)
-  } catch (e) {
-    return fail(2, { op: 'load', error: describeError(e), hint: 'run scripts/install-js-clients.sh' })
-  }
-  const kafka = makeKafka(kjs.mod, bootstrap, 'sluice-compat-' + moduleName)
-  try {
+function main() {
+  return runMain(USAGE, async ({ kafka, kjs, moduleName, mode, bootstrap, rest, opts }) => {
+    if (rest.length) return false
     if (mode === 'txn-produce') {
       await txnProduce(kafka, kjs.version, opts)
     } else if (mode === 'txn-offsets') {
@@ -328,14 +305,10 @@ async function main() {
     } else if (mode === 'txn-fence') {
       await txnFence(kafka, kjs.version, bootstrap, moduleName, kjs.mod, opts)
     } else {
-      return fail(2, { op: 'usage', usage: USAGE })
+      return false
     }
-  } catch (e) {
-    if (e instanceof OpError) return fail(1, Object.assign({ error: describeError(e.original) }, e.details))
-    return fail(1, { op: mode, error: describeError(e) })
-  }
-  clearTimeout(deadline)
-  process.stdout.write('', () => process.exit(0))
+    return true
+  })
 }
 
 process.on('unhandledRejection', e => fail(1, { op: 'unhandledRejection', error: describeError(e) }))
