@@ -230,7 +230,7 @@ async fn produce_transactions(o: Opts) -> Result<(), String> {
             *seq = seq.wrapping_add(cut.count(sent) as i32);
             let mut pd = PartitionProduceData::default();
             pd.index = partition;
-            pd.records = Some(Bytes::copy_from_slice(&batch));
+            pd.records = Some(Bytes::from(batch));
             let mut td = TopicProduceData::default();
             td.name = topic.clone();
             td.partition_data = vec![pd];
