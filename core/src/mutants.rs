@@ -110,6 +110,13 @@ pub enum Mutant {
     /// Transactions: a partition takes a marker whatever its producer epoch and coordinator
     /// epoch (a replaced coordinator's late marker ends the producer's next transaction).
     MarkerOldEpochAccepted = 38,
+    /// Metadata: a broker lists every registered broker to clients, fenced ones too (clients
+    /// are sent to brokers the controller has given up on).
+    FencedBrokerInMetadata = 39,
+    /// Start-up: a restarted node builds its image from the metadata it has on disk and
+    /// serves at once, without first catching up with the quorum (its Metadata answers go
+    /// back to older leaders and epochs than it answered before the restart).
+    ServeBeforeMetadataCaughtUp = 40,
 }
 
 pub const ALL: &[(Mutant, &str)] = &[
@@ -151,6 +158,8 @@ pub const ALL: &[(Mutant, &str)] = &[
     (Mutant::SnapshotImageNotCarriedOut, "snapshot-image-not-carried-out"),
     (Mutant::SummaryUnchecked, "summary-unchecked"),
     (Mutant::MarkerOldEpochAccepted, "marker-old-epoch-accepted"),
+    (Mutant::FencedBrokerInMetadata, "fenced-broker-in-metadata"),
+    (Mutant::ServeBeforeMetadataCaughtUp, "serve-before-metadata-caught-up"),
 ];
 
 /// The simulator scenario whose checkers guard against `m`: the Raft mutants live in the
@@ -178,7 +187,9 @@ pub fn scenario(m: Mutant) -> &'static str {
         | Mutant::GapOnFirstRead
         | Mutant::SnapshotOffByOne
         | Mutant::SnapshotImageNotCarriedOut
-        | Mutant::MarkerOldEpochAccepted => "cluster",
+        | Mutant::MarkerOldEpochAccepted
+        | Mutant::FencedBrokerInMetadata
+        | Mutant::ServeBeforeMetadataCaughtUp => "cluster",
         _ => "default",
     }
 }

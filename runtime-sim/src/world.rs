@@ -43,6 +43,10 @@ pub struct Env {
     /// Largest clock offset between nodes, and drift, in parts per million.
     pub clock_offset_max: Nanos,
     pub clock_drift_ppm_max: u64,
+    /// Probability that a message between nodes is lost on its way (the connection it was on
+    /// broke and was dialled again), and that one arrives twice.
+    pub peer_loss: f64,
+    pub peer_duplicate: f64,
 }
 
 impl Default for Env {
@@ -55,6 +59,8 @@ impl Default for Env {
             read_corrupt: 0.0,
             clock_offset_max: 0,
             clock_drift_ppm_max: 0,
+            peer_loss: 0.0,
+            peer_duplicate: 0.0,
         }
     }
 }
@@ -96,6 +102,11 @@ enum Event {
         node: usize,
         inc: u64,
     },
+    /// A paused node runs again (if it is still the pause that ended then).
+    Resume {
+        node: usize,
+        until: Nanos,
+    },
     /// A message between nodes, for the incarnation of `to` it was sent to (a restart breaks
     /// the connection it was on).
     Peer {
@@ -104,6 +115,24 @@ enum Event {
         inc: u64,
         bytes: Bytes,
     },
+}
+
+impl Event {
+    /// The node an event is handed to, if it is one (a paused node's wait).
+    fn for_node(&self) -> Option<usize> {
+        match self {
+            Event::NodeInput { node, .. }
+            | Event::SyncDone { node, .. }
+            | Event::NodeTimer { node, .. }
+            | Event::StopDeadline { node, .. } => Some(*node),
+            Event::Peer { to, .. } => Some(*to),
+            Event::ClientResponse { .. }
+            | Event::ClientClosed { .. }
+            | Event::ClientTimer { .. }
+            | Event::Restart { .. }
+            | Event::Resume { .. } => None,
+        }
+    }
 }
 
 /// A node's clock: its monotonic time runs at (1 + drift) of simulated time, from an offset.
@@ -149,6 +178,10 @@ struct Slot {
     crashes: u64,
     /// Asked to stop (controlled shutdown): down this long once it has exited.
     stopping: Option<Nanos>,
+    /// Paused (a stopped process, a long GC) until then: what arrives for the node waits in
+    /// `held`, in arrival order, and is handed over when it runs again.
+    paused_until: Option<Nanos>,
+    held: Vec<Event>,
 }
 
 struct Conn {
@@ -181,6 +214,10 @@ pub struct Stats {
     pub resets: u64,
     pub clogs: u64,
     pub disk_fulls: u64,
+    pub pauses: u64,
+    /// Messages between nodes lost, and delivered twice.
+    pub peer_lost: u64,
+    pub peer_duplicated: u64,
 }
 
 pub struct World {
@@ -194,7 +231,7 @@ pub struct World {
     pub trace: Trace,
     pub stats: Stats,
     same_instant: u64,
-    /// Links between nodes cut until a time (both directions).
+    /// Links between nodes cut until a time, one direction each (from, to).
     cut: BTreeMap<(usize, usize), Nanos>,
     /// When the last message on each link arrives: a link delivers in order, as TCP does.
     link_free_at: BTreeMap<(usize, usize), Nanos>,
@@ -227,6 +264,8 @@ impl World {
                     clogged_until: 0,
                     crashes: 0,
                     stopping: None,
+                    paused_until: None,
+                    held: Vec::new(),
                 }
             })
             .collect();
@@ -372,6 +411,8 @@ impl World {
         self.stats.lost_writes += report.files_with_lost_writes as u64;
         self.slots[i].node = None;
         self.slots[i].stopping = None;
+        self.slots[i].paused_until = None;
+        self.slots[i].held.clear();
         self.slots[i].crashes += 1;
         self.trace.record(self.now, "crash", i as u64, report.torn_writes as u64);
         let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.node == i && c.open).map(|(k, _)| *k).collect();
@@ -385,8 +426,9 @@ impl World {
     /// then its process exits (after `STOP_MAX` at the latest, as the real runtime's bound).
     /// What it wrote stays in the page cache: nothing is lost, nothing more is synced. It
     /// restarts `downtime` after it exits.
+    /// A paused process takes the signal when it runs again: a paused node is not stopped.
     pub fn stop(&mut self, i: usize, downtime: Nanos) {
-        if self.slots[i].node.is_none() || self.slots[i].stopping.is_some() {
+        if self.slots[i].node.is_none() || self.slots[i].stopping.is_some() || self.is_paused(i) {
             return;
         }
         self.slots[i].stopping = Some(downtime);
@@ -446,14 +488,40 @@ impl World {
     /// Cuts the links between node `i` and every other node until `until`: messages sent on
     /// them meanwhile are lost (a broken connection).
     pub fn isolate(&mut self, i: usize, until: Nanos) {
-        for j in 0..self.slots.len() {
-            if j != i {
-                let k = (i.min(j), i.max(j));
-                let t = self.cut.get(&k).copied().unwrap_or(0).max(until);
-                self.cut.insert(k, t);
-            }
+        for j in (0..self.slots.len()).filter(|&j| j != i) {
+            self.cut_one_way(i, j, until);
+            self.cut_one_way(j, i, until);
         }
         self.trace.record(self.now, "isolate", i as u64, until);
+    }
+
+    /// Cuts the link from node `from` to node `to` (one direction only) until `until`:
+    /// messages sent on it meanwhile are lost.
+    pub fn cut_link(&mut self, from: usize, to: usize, until: Nanos) {
+        self.cut_one_way(from, to, until);
+        self.trace.record(self.now, "cut", (from * 16 + to) as u64, until);
+    }
+
+    fn cut_one_way(&mut self, from: usize, to: usize, until: Nanos) {
+        let t = self.cut.get(&(from, to)).copied().unwrap_or(0).max(until);
+        self.cut.insert((from, to), t);
+    }
+
+    /// Pauses a running node until `until` (SIGSTOP, a long GC pause): it handles nothing,
+    /// neither messages nor timers nor disk completions, and then everything that came
+    /// meanwhile, in order, believing what it believed before. Its clock runs on.
+    pub fn pause(&mut self, i: usize, until: Nanos) {
+        if self.slots[i].node.is_none() || self.is_paused(i) || until <= self.now {
+            return;
+        }
+        self.slots[i].paused_until = Some(until);
+        self.stats.pauses += 1;
+        self.trace.record(self.now, "pause", i as u64, until);
+        self.schedule(until, Event::Resume { node: i, until });
+    }
+
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.slots[i].paused_until.is_some()
     }
 
     /// Ends every fault: unclogs nodes, frees disks and stops injecting disk faults.
@@ -463,6 +531,13 @@ impl World {
             s.clogged_until = self.now;
             s.disk.capacity_bytes = None;
         }
+        for i in 0..self.slots.len() {
+            if let Some(until) = self.slots[i].paused_until {
+                self.schedule(self.now, Event::Resume { node: i, until });
+            }
+        }
+        self.env.peer_loss = 0.0;
+        self.env.peer_duplicate = 0.0;
         self.env.sync_fail = 0.0;
         self.env.read_corrupt = 0.0;
         self.trace.note(self.now, "heal", 0, 0);
@@ -506,6 +581,16 @@ impl World {
         }
         self.now = at;
         self.stats.events += 1;
+        if let Some(node) = event.for_node().filter(|&n| self.slots[n].paused_until.is_some()) {
+            self.slots[node].held.push(event);
+            return true;
+        }
+        self.dispatch(event, h);
+        true
+    }
+
+    /// Carries out one event.
+    fn dispatch(&mut self, event: Event, h: &mut impl Harness) {
         match event {
             Event::NodeInput { node, inc, input } => {
                 if self.slots[node].inc == inc && self.slots[node].node.is_some() {
@@ -565,8 +650,16 @@ impl World {
                 }
             }
             Event::Peer { from, to, inc, bytes } => self.peer_deliver(from, to, inc, bytes),
+            Event::Resume { node, until } => {
+                if self.slots[node].paused_until == Some(until) {
+                    self.slots[node].paused_until = None;
+                    self.trace.record(self.now, "resume", node as u64, 0);
+                    for e in std::mem::take(&mut self.slots[node].held) {
+                        self.dispatch(e, h);
+                    }
+                }
+            }
         }
-        true
     }
 
     /// A message between nodes arrives, if the incarnation it was sent to still runs.
@@ -589,7 +682,12 @@ impl World {
         if to == from || self.slots[to].node.is_none() {
             return;
         }
-        if self.cut.get(&(from.min(to), from.max(to))).is_some_and(|t| *t > self.now) {
+        if self.cut.get(&(from, to)).is_some_and(|t| *t > self.now) {
+            return;
+        }
+        // Drawn only when the fault is on: a seed's other draws stay as they were.
+        if self.env.peer_loss > 0.0 && self.rng.network.gen_bool(self.env.peer_loss.min(1.0)) {
+            self.stats.peer_lost += 1;
             return;
         }
         let mut buf = BytesMut::new();
@@ -611,6 +709,11 @@ impl World {
         let at = (self.now + lat).max(clog).max(self.link_free_at.get(&(from, to)).copied().unwrap_or(0));
         self.link_free_at.insert((from, to), at);
         let inc = self.slots[to].inc;
+        if self.env.peer_duplicate > 0.0 && self.rng.network.gen_bool(self.env.peer_duplicate.min(1.0)) {
+            // The copy comes right after the message, on the same link.
+            self.stats.peer_duplicated += 1;
+            self.schedule(at, Event::Peer { from, to, inc, bytes: bytes.clone() });
+        }
         self.schedule(at, Event::Peer { from, to, inc, bytes });
     }
 

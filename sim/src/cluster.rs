@@ -1,7 +1,10 @@
 //! The `cluster` scenario: three (or, in a third of the seeds, five) full broker nodes (every
 //! one a voter of the metadata quorum
 //! and a broker) whose peer messages cross the simulated network, under crashes (one node at
-//! a time, losing unsynced writes) and isolations (every link of one node cut), while an
+//! a time or all at once, losing unsynced writes), isolations (every link of one node cut),
+//! partitions (links cut one way, a bridge node between two sides, a random split, the active
+//! controller alone), stalls, pauses (a stopped process that wakes believing what it
+//! believed), controlled stops, and peer messages lost or delivered twice, while an
 //! admin client creates topics through whichever node it reaches (following NOT_CONTROLLER
 //! as Kafka's clients do). Then every fault heals and the cluster must converge.
 //!
@@ -36,11 +39,12 @@ use rand_chacha::ChaCha8Rng;
 use sluice_core::metadata::{MetadataImage, ALL_BROKERS};
 use sluice_core::node::FORWARD_MAX_AGE_MS;
 use sluice_core::{BrokerId, ConnId, NodeConfig, Offset};
-use sluice_runtime_sim::{Env, Harness, Nanos, World, MS, US};
+use sluice_runtime_sim::{Env, Harness, Nanos, Stats, World, MS, US};
 
 use crate::cluster_txn::{self, ClusterTxns};
 use crate::codec;
 use crate::commits::{self, Commits};
+use crate::metadata_watch::{MetadataWatch, T_METADATA};
 use crate::replica_watch::ReplicaWatch;
 use crate::replicated::{self, Replicated};
 use crate::RunOpts;
@@ -55,6 +59,8 @@ const HEAL: u64 = 4;
 const CLOG: u64 = 5;
 const ALTER: u64 = 6;
 const STOP: u64 = 7;
+const PARTITION: u64 = 8;
+const PAUSE: u64 = 9;
 const ADMIN: usize = 0;
 
 #[derive(Clone, Debug)]
@@ -71,6 +77,13 @@ pub struct ClusterPlan {
     pub clog_every: Option<Nanos>,
     /// Controlled stops (SIGTERM: leadership handed over, logs closed) and restarts.
     pub stop_every: Option<Nanos>,
+    /// Partitions of the network rather than of a node: links cut one way, two sides only a
+    /// bridge node talks to, a random split, or the active controller alone.
+    pub partition_every: Option<Nanos>,
+    /// A node paused (SIGSTOP, a long GC pause), the active controller half the time.
+    pub pause_every: Option<Nanos>,
+    /// Of the crashes, the share that take every node at once (a power cut).
+    pub crash_all: f64,
 }
 
 fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
@@ -90,6 +103,9 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
         isolate_every: pick(&mut r, &[None, Some(1_000 * MS), Some(3_000 * MS)]),
         clog_every: None,
         stop_every: None,
+        partition_every: None,
+        pause_every: None,
+        crash_all: 0.0,
     };
     let mut env = Env {
         net_latency: (50 * US, pick(&mut r, &[500u64, 5_000]) * US),
@@ -102,6 +118,14 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
     // Drawn apart, so the seed's other draws stay as they were.
     plan.stop_every =
         pick(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5709_c1a5_7e70_0000), &[None, Some(1_000 * MS), Some(3_000 * MS)]);
+    // The network's and processes' other faults, drawn apart so the seed's other draws stay
+    // as they were.
+    let mut n = ChaCha8Rng::seed_from_u64(seed ^ 0x9a27_1710_0000_0000);
+    plan.partition_every = pick(&mut n, &[None, Some(1_000 * MS), Some(3_000 * MS)]);
+    plan.pause_every = pick(&mut n, &[None, Some(1_500 * MS), Some(4_000 * MS)]);
+    plan.crash_all = pick(&mut n, &[0.0, 0.0, 0.2]);
+    env.peer_loss = pick(&mut n, &[0.0, 0.0, 0.01, 0.05]);
+    env.peer_duplicate = pick(&mut n, &[0.0, 0.0, 0.01, 0.05]);
     // Disk faults on every node, leaders and followers alike: failed syncs (the log is cut
     // back to what is durable) and corrupted reads (recovery, coordinator loads and
     // replication reads must read again, never cut on one bad read).
@@ -153,6 +177,8 @@ struct Run {
     rng: ChaCha8Rng,
     /// For the controlled stops, apart from `rng` so the other faults stay as they were.
     stop_rng: ChaCha8Rng,
+    /// For the partitions, pauses and power cuts, apart likewise.
+    net_rng: ChaCha8Rng,
     /// The topic being created: its name, partitions, the connection and correlation id.
     pending: Option<(String, i32, ConnId, i32)>,
     next_topic: u64,
@@ -184,6 +210,8 @@ struct Run {
     txns: ClusterTxns,
     /// The white-box checks of every partition the workloads write.
     watch: ReplicaWatch,
+    /// Metadata as clients ask for it, checked.
+    meta: MetadataWatch,
 }
 
 impl Run {
@@ -375,6 +403,15 @@ impl Run {
 
 impl Harness for Run {
     fn on_response(&mut self, w: &mut World, conn: ConnId, frame: Bytes) {
+        if self.meta.owns(conn) {
+            self.meta.on_response(w, frame);
+            for p in 0..self.repl.partitions {
+                if let Some(n) = self.meta.leader_of(replicated::TOPIC, p) {
+                    self.repl.cached_leaders.insert(p, n);
+                }
+            }
+            return;
+        }
         if self.repl.owns(conn) {
             return self.repl.on_response(w, conn, frame);
         }
@@ -417,6 +454,9 @@ impl Harness for Run {
     }
 
     fn on_closed(&mut self, w: &mut World, conn: ConnId) {
+        if self.meta.owns(conn) {
+            return self.meta.on_closed();
+        }
         if self.repl.owns(conn) {
             return self.repl.on_closed(w, conn);
         }
@@ -444,6 +484,7 @@ impl Harness for Run {
                 self.repl.on_timer(w, client, token)
             }
             commits::T_COMMIT => self.commits.on_timer(w, client, self.repl.created),
+            T_METADATA => self.meta.on_timer(w),
             cluster_txn::T_TXN_CREATE | cluster_txn::T_TXN | cluster_txn::T_TXN_STALL => {
                 self.txns.on_timer(w, client, token)
             }
@@ -462,7 +503,11 @@ impl Harness for Run {
             CRASH if !self.healed => {
                 let i = self.rng.gen_range(0..self.plan.nodes);
                 let down = self.rng.gen_range(10..2_000) * MS;
-                w.crash(i, down);
+                if self.plan.crash_all > 0.0 && self.net_rng.gen_bool(self.plan.crash_all) {
+                    (0..self.plan.nodes).for_each(|i| w.crash(i, down));
+                } else {
+                    w.crash(i, down);
+                }
                 if let Some(e) = self.plan.crash_every {
                     w.set_timer(ADMIN, CRASH, self.rng.gen_range(e / 2..e * 3 / 2));
                 }
@@ -491,6 +536,15 @@ impl Harness for Run {
                     w.set_timer(ADMIN, CLOG, self.rng.gen_range(e / 2..e * 3 / 2));
                 }
             }
+            PARTITION if !self.healed => self.partition(w),
+            PAUSE if !self.healed => {
+                let i = self.controller_or_any(w);
+                let until = w.now() + self.net_rng.gen_range(100..6_000) * MS;
+                w.pause(i, until);
+                if let Some(e) = self.plan.pause_every {
+                    w.set_timer(ADMIN, PAUSE, self.net_rng.gen_range(e / 2..e * 3 / 2));
+                }
+            }
             HEAL => {
                 self.healed = true;
                 self.repl.heal(w);
@@ -514,6 +568,8 @@ pub struct ClusterReport {
     pub plan: String,
     pub sim_ns: Nanos,
     pub events: u64,
+    /// The faults the run went through.
+    pub stats: Stats,
     pub acked: usize,
     pub answers: BTreeMap<i16, u64>,
     /// Config changes acknowledged, and IncrementalAlterConfigs answers by error code.
@@ -565,8 +621,13 @@ impl ClusterReport {
             self.txns_ended.0,
             self.txns_ended.1
         );
+        let s = &self.stats;
+        out += &format!(
+            "faults: {} crashes ({} torn writes, {} files lost writes), {} stops, {} pauses, {} stalls, {} sync failures, {} corrupted reads, {} connection resets; peer messages lost {}, duplicated {}\n",
+            s.crashes, s.torn_writes, s.lost_writes, s.stops, s.pauses, s.clogs, s.sync_failures, s.read_corruptions, s.resets, s.peer_lost, s.peer_duplicated
+        );
         if self.ok() {
-            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, acknowledged-configs-survive ok, placement ok, one-leader-per-epoch ok, high-watermark-durable ok, high-watermark-kept ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, lost-commit ok, phantom-commit ok, aborted-read ok, all-or-nothing ok, hanging ok, convergence ok\n";
+            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, acknowledged-configs-survive ok, placement ok, metadata-epoch-kept ok, fenced-broker-hidden ok, one-leader-per-epoch ok, high-watermark-durable ok, high-watermark-kept ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, lost-commit ok, phantom-commit ok, aborted-read ok, all-or-nothing ok, hanging ok, convergence ok\n";
         } else {
             out += "checkers: FAILED\n";
             for v in &self.violations {
@@ -592,6 +653,7 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
         plan: String::new(),
         sim_ns: 0,
         events: 0,
+        stats: Stats::default(),
         acked: 0,
         answers: BTreeMap::new(),
         configs_acked: 0,
@@ -613,14 +675,19 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
 /// The plan and environment in one line, for the report.
 fn describe(plan: &ClusterPlan, env: &Env, config: &NodeConfig) -> String {
     format!(
-        "{} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms, isolate every {:?} ms, stall every {:?} ms, stop every {:?} ms; election timeout {} ms, session {} ms, metadata snapshot every {} bytes; latency up to {} us, sync up to {} us; sync failures {}, read corruptions {}",
+        "{} nodes, safety {} ms; create a topic every {} ms; crash every {:?} ms (all at once {}), isolate every {:?} ms, stall every {:?} ms, stop every {:?} ms, partition every {:?} ms, pause every {:?} ms; peer messages lost {}, duplicated {}; election timeout {} ms, session {} ms, metadata snapshot every {} bytes; latency up to {} us, sync up to {} us; sync failures {}, read corruptions {}",
         plan.nodes,
         plan.safety / MS,
         plan.create_every / MS,
         plan.crash_every.map(|n| n / MS),
+        plan.crash_all,
         plan.isolate_every.map(|n| n / MS),
         plan.clog_every.map(|n| n / MS),
         plan.stop_every.map(|n| n / MS),
+        plan.partition_every.map(|n| n / MS),
+        plan.pause_every.map(|n| n / MS),
+        env.peer_loss,
+        env.peer_duplicate,
         config.quorum_election_timeout_ms,
         config.broker_session_timeout_ms,
         config.metadata_snapshot_bytes,
@@ -659,6 +726,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
             run.violation(&w, msg);
         }
         run.txns.observe(&mut w);
+        run.meta.observe(&w);
         if run.healed && run.unsettled(&w).is_none() {
             converged = true;
             break;
@@ -673,6 +741,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     run.violations.extend(run.repl.violations.iter().cloned());
     run.violations.extend(run.commits.violations.iter().cloned());
     run.violations.extend(run.txns.violations.iter().cloned());
+    run.violations.extend(run.meta.violations.iter().cloned());
     ClusterReport {
         seed,
         mutant: opts.mutant.clone(),
@@ -681,6 +750,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         plan: plan_text,
         sim_ns: w.now(),
         events: w.stats.events,
+        stats: w.stats.clone(),
         acked: run.acked.len(),
         answers: run.answers.clone(),
         configs_acked: run.configs_acked.len(),
@@ -706,10 +776,12 @@ impl Run {
         }
         Run {
             watch,
+            meta: MetadataWatch::new(plan.nodes, 250 * MS),
             last_applied: vec![None; plan.nodes],
             plan,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),
             stop_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5709_5709_0000_0000),
+            net_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x9a27_9a27_0000_0000),
             altering: None,
             next_value: 1_000_000,
             configs_acked: BTreeMap::new(),
@@ -735,6 +807,7 @@ impl Run {
         self.repl.start(w);
         self.commits.start(w);
         self.txns.start(w);
+        self.meta.start(w);
         let plan = &self.plan;
         w.set_timer(ADMIN, CREATE, plan.create_every);
         w.set_timer(ADMIN, ALTER, plan.create_every);
@@ -744,11 +817,60 @@ impl Run {
             (plan.isolate_every, ISOLATE),
             (plan.clog_every, CLOG),
             (plan.stop_every, STOP),
+            (plan.partition_every, PARTITION),
+            (plan.pause_every, PAUSE),
         ];
         for (every, token) in faults {
             if let Some(e) = every {
                 w.set_timer(ADMIN, token, e);
             }
+        }
+    }
+
+    /// The active controller half the time (when there is one), any node otherwise.
+    fn controller_or_any(&mut self, w: &World) -> usize {
+        let any = self.net_rng.gen_range(0..self.plan.nodes);
+        let active = (0..self.plan.nodes).find(|&i| w.node(i).is_some_and(|n| n.is_active_controller()));
+        match active {
+            Some(c) if self.net_rng.gen_bool(0.5) => c,
+            _ => any,
+        }
+    }
+
+    /// Cuts links for a while: one-way links at random, two sides that only a bridge node
+    /// talks to, a random split, or the active controller alone.
+    fn partition(&mut self, w: &mut World) {
+        let n = self.plan.nodes;
+        let until = w.now() + self.net_rng.gen_range(200..5_000) * MS;
+        let links: Vec<(usize, usize)> =
+            (0..n).flat_map(|a| (0..n).map(move |b| (a, b))).filter(|(a, b)| a != b).collect();
+        match self.net_rng.gen_range(0..4) {
+            0 => {
+                for (a, b) in links {
+                    if self.net_rng.gen_bool(0.3) {
+                        w.cut_link(a, b, until);
+                    }
+                }
+            }
+            1 => {
+                let bridge = self.net_rng.gen_range(0..n);
+                for (a, b) in links.into_iter().filter(|&(a, b)| a != bridge && b != bridge && a % 2 != b % 2) {
+                    w.cut_link(a, b, until);
+                }
+            }
+            2 => {
+                let side: Vec<bool> = (0..n).map(|_| self.net_rng.gen_bool(0.5)).collect();
+                for (a, b) in links.into_iter().filter(|&(a, b)| side[a] != side[b]) {
+                    w.cut_link(a, b, until);
+                }
+            }
+            _ => {
+                let c = self.controller_or_any(w);
+                w.isolate(c, until);
+            }
+        }
+        if let Some(e) = self.plan.partition_every {
+            w.set_timer(ADMIN, PARTITION, self.net_rng.gen_range(e / 2..e * 3 / 2));
         }
     }
 

@@ -14,6 +14,7 @@ pub mod compactor;
 pub mod deleter;
 pub mod group;
 pub mod group848;
+pub mod metadata_watch;
 pub mod quorum;
 pub mod quorum_checker;
 pub mod replica_watch;
@@ -249,6 +250,7 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (Plan, Env, NodeConfig) {
         read_corrupt: pick(&mut r, &[0.0, 0.0, 0.01, 0.05]),
         clock_offset_max: pick(&mut r, &[0u64, 1_000]) * MS,
         clock_drift_ppm_max: pick(&mut r, &[0u64, 200]),
+        ..Env::default()
     };
     let mut node = NodeConfig::default();
     node.log.segment_bytes = pick(&mut r, &[2_000u64, 20_000, 1 << 20]);

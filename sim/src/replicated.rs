@@ -1,8 +1,8 @@
 //! The `cluster` scenario's replicated workload: a topic with three replicas (of three or five
 //! nodes) and
 //! `min.insync.replicas=2`, and producers writing to it with acks=all through whichever node
-//! they reach (moving on when told NOT_LEADER_OR_FOLLOWER, as clients do after a metadata
-//! refresh), while nodes crash and are cut off.
+//! they reach (moving on when told NOT_LEADER_OR_FOLLOWER to the leader it names, or else
+//! to the one Metadata last named, as clients do), while nodes crash and are cut off.
 //!
 //! Checked, in Jepsen's words where they apply:
 //! - the white-box checks of its partitions' replicas (`replica_watch`);
@@ -101,6 +101,8 @@ pub struct Replicated {
     reassign_log: Vec<(u64, i32, Option<Vec<i32>>, i16)>,
     /// DeleteRecords, in half the seeds.
     pub deleter: Deleter,
+    /// Each partition's leader as the latest Metadata named it (`metadata_watch`).
+    pub cached_leaders: BTreeMap<i32, usize>,
 }
 
 impl Replicated {
@@ -136,6 +138,7 @@ impl Replicated {
             reassign_answers: BTreeMap::new(),
             reassign_log: Vec::new(),
             deleter: Deleter::new(rng),
+            cached_leaders: BTreeMap::new(),
         }
     }
 
@@ -389,7 +392,9 @@ impl Replicated {
             _ => {
                 self.settle(&values, Status::Indefinite);
                 let p = &mut self.producers[k];
-                p.node = hint.unwrap_or((p.node + 1) % self.nodes);
+                // Else the leader Metadata last named, unless that is the node that refused.
+                let cached = self.cached_leaders.get(&partition).copied().filter(|n| *n != p.node);
+                p.node = hint.or(cached).unwrap_or((p.node + 1) % self.nodes);
                 if let Some(c) = p.conn.take() {
                     w.close(c);
                 }
@@ -435,7 +440,8 @@ impl Replicated {
         if let Some(k) = self.producers.iter().position(|p| p.conn == Some(conn)) {
             let p = &mut self.producers[k];
             p.conn = None;
-            p.node = (p.node + 1) % self.nodes;
+            let cached = self.cached_leaders.get(&p.partition).copied().filter(|n| *n != p.node);
+            p.node = cached.unwrap_or((p.node + 1) % self.nodes);
             let values: Vec<String> = std::mem::take(&mut p.in_flight).into_values().flatten().collect();
             self.settle(&values, Status::Indefinite);
             w.set_timer(CREATOR + 1 + k, T_PRODUCE, self.every);

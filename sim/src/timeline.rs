@@ -109,7 +109,7 @@ impl Builder {
     /// any event that names it: a run's first boots come before the trace is kept.
     fn fault(&mut self, e: &Ev) -> bool {
         let (p, node) = (&mut self.p, e.a as usize);
-        let named = matches!(e.kind.as_str(), "boot" | "crash" | "exit" | "isolate" | "clog" | "disk-full");
+        let named = matches!(e.kind.as_str(), "boot" | "crash" | "exit" | "isolate" | "clog" | "disk-full" | "pause");
         if named {
             p.nodes = p.nodes.max(node + 1);
         }
@@ -129,6 +129,9 @@ impl Builder {
             }
             "isolate" => p.spans.push(Span { node, what: "isolated", from: e.t_ns, to: e.b }),
             "clog" => p.spans.push(Span { node, what: "stalled", from: e.t_ns, to: e.b }),
+            "pause" => p.spans.push(Span { node, what: "paused", from: e.t_ns, to: e.b }),
+            // A link cut one way: drawn on the lane of the node whose messages are lost.
+            "cut" => p.spans.push(Span { node: node / 16, what: "sending cut off", from: e.t_ns, to: e.b }),
             "disk-full" if e.b == 1 => {
                 self.full_since.entry(node).or_insert(e.t_ns);
             }
@@ -374,6 +377,8 @@ fn draw_nodes(svg: &mut String, p: &Picture, x: &dyn Fn(u64) -> f64, node_y: &dy
             "down" => ("#555", 0.75),
             "isolated" => ("#d33", 0.35),
             "stalled" => ("#f90", 0.4),
+            "paused" => ("#39c", 0.4),
+            "sending cut off" => ("#d33", 0.15),
             _ => ("#93c", 0.4),
         };
         let y = node_y(s.node);

@@ -53,8 +53,11 @@ impl Node {
 
     /// The brokers a client may be sent to: this one and every live one the cluster knows.
     fn broker_entries(&self) -> Vec<MetadataResponseBroker> {
-        self.live_broker_ids()
-            .into_iter()
+        let mut ids = self.live_broker_ids();
+        if crate::mutants::active(crate::mutants::Mutant::FencedBrokerInMetadata) {
+            ids = self.cluster.image.brokers.keys().copied().collect();
+        }
+        ids.into_iter()
             .filter_map(|id| {
                 let (host, port, rack) = self.broker_endpoint(id)?;
                 let mut b = MetadataResponseBroker::default();

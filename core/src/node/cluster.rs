@@ -71,6 +71,11 @@ impl Node {
         self.cluster.started.then_some((self.cluster.applied, &self.cluster.image))
     }
 
+    /// Whether this node is the active controller (for the simulator's faults).
+    pub fn is_active_controller(&self) -> bool {
+        self.is_controller()
+    }
+
     pub(super) fn me(&self) -> i32 {
         self.config.node_id.0
     }
@@ -171,7 +176,8 @@ impl Node {
         } else {
             q.high_watermark()
         };
-        if !self.cluster.started && !q.caught_up() {
+        let gate = !crate::mutants::active(crate::mutants::Mutant::ServeBeforeMetadataCaughtUp);
+        if !self.cluster.started && !q.caught_up() && gate {
             return;
         }
         // Start-up: the newest snapshot is the base, and the log applies from its end.
