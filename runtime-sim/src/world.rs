@@ -650,14 +650,18 @@ impl World {
                 }
             }
             Event::Peer { from, to, inc, bytes } => self.peer_deliver(from, to, inc, bytes),
-            Event::Resume { node, until } => {
-                if self.slots[node].paused_until == Some(until) {
-                    self.slots[node].paused_until = None;
-                    self.trace.record(self.now, "resume", node as u64, 0);
-                    for e in std::mem::take(&mut self.slots[node].held) {
-                        self.dispatch(e, h);
-                    }
-                }
+            Event::Resume { node, until } => self.resume(node, until, h),
+        }
+    }
+
+    /// A pause ends (if it is still the one that was to end then): what came for the node
+    /// meanwhile is handed over, in order.
+    fn resume(&mut self, node: usize, until: Nanos, h: &mut impl Harness) {
+        if self.slots[node].paused_until == Some(until) {
+            self.slots[node].paused_until = None;
+            self.trace.record(self.now, "resume", node as u64, 0);
+            for e in std::mem::take(&mut self.slots[node].held) {
+                self.dispatch(e, h);
             }
         }
     }

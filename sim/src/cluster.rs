@@ -118,14 +118,7 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
     // Drawn apart, so the seed's other draws stay as they were.
     plan.stop_every =
         pick(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5709_c1a5_7e70_0000), &[None, Some(1_000 * MS), Some(3_000 * MS)]);
-    // The network's and processes' other faults, drawn apart so the seed's other draws stay
-    // as they were.
-    let mut n = ChaCha8Rng::seed_from_u64(seed ^ 0x9a27_1710_0000_0000);
-    plan.partition_every = pick(&mut n, &[None, Some(1_000 * MS), Some(3_000 * MS)]);
-    plan.pause_every = pick(&mut n, &[None, Some(1_500 * MS), Some(4_000 * MS)]);
-    plan.crash_all = pick(&mut n, &[0.0, 0.0, 0.2]);
-    env.peer_loss = pick(&mut n, &[0.0, 0.0, 0.01, 0.05]);
-    env.peer_duplicate = pick(&mut n, &[0.0, 0.0, 0.01, 0.05]);
+    draw_network_faults(seed, &mut plan, &mut env);
     // Disk faults on every node, leaders and followers alike: failed syncs (the log is cut
     // back to what is durable) and corrupted reads (recovery, coordinator loads and
     // replication reads must read again, never cut on one bad read).
@@ -161,6 +154,17 @@ pub fn draw(seed: u64, opts: &RunOpts) -> (ClusterPlan, Env, Vec<NodeConfig>) {
         })
         .collect();
     (plan, env, configs)
+}
+
+/// The network's and processes' other faults, drawn apart so the seed's other draws stay as
+/// they were.
+fn draw_network_faults(seed: u64, plan: &mut ClusterPlan, env: &mut Env) {
+    let mut n = ChaCha8Rng::seed_from_u64(seed ^ 0x9a27_1710_0000_0000);
+    plan.partition_every = pick(&mut n, &[None, Some(1_000 * MS), Some(3_000 * MS)]);
+    plan.pause_every = pick(&mut n, &[None, Some(1_500 * MS), Some(4_000 * MS)]);
+    plan.crash_all = pick(&mut n, &[0.0, 0.0, 0.2]);
+    env.peer_loss = pick(&mut n, &[0.0, 0.0, 0.01, 0.05]);
+    env.peer_duplicate = pick(&mut n, &[0.0, 0.0, 0.01, 0.05]);
 }
 
 /// An image's fingerprint: its encoding as a snapshot (every map in it ordered), hashed
