@@ -21,6 +21,10 @@
 //!   instead, and then every node's image holds at least the last value acknowledged and
 //!   every node's configuration in force is that value (a restarted node re-applies it);
 //! - **placement**: every replica of every partition is a registered broker;
+//! - Metadata as clients see it (`metadata_watch`): leader epochs never go back on a broker,
+//!   fenced brokers are not named;
+//! - the replicated topic's producers (`replicated`) and readers (`readers`: Jepsen's
+//!   nonmonotonic-poll, poll-skip and unseen, and dirty reads);
 //! - **convergence** (liveness): after the heal, within a bound, every node serves, has
 //!   applied the same offset, and sees every broker registered and unfenced.
 
@@ -45,6 +49,7 @@ use crate::cluster_txn::{self, ClusterTxns};
 use crate::codec;
 use crate::commits::{self, Commits};
 use crate::metadata_watch::{MetadataWatch, T_METADATA};
+use crate::readers::{Readers, T_READ};
 use crate::replica_watch::ReplicaWatch;
 use crate::replicated::{self, Replicated};
 use crate::RunOpts;
@@ -216,6 +221,8 @@ struct Run {
     watch: ReplicaWatch,
     /// Metadata as clients ask for it, checked.
     meta: MetadataWatch,
+    /// Consumers of the replicated topic.
+    readers: Readers,
 }
 
 impl Run {
@@ -401,7 +408,11 @@ impl Run {
         if !self.acked_after_heal {
             return Some("no topic was created since the heal".into());
         }
-        self.repl.unsettled(w).or_else(|| self.commits.unsettled()).or_else(|| self.txns.unsettled(w))
+        self.repl
+            .unsettled(w)
+            .or_else(|| self.readers.unsettled(w))
+            .or_else(|| self.commits.unsettled())
+            .or_else(|| self.txns.unsettled(w))
     }
 }
 
@@ -418,6 +429,9 @@ impl Harness for Run {
         }
         if self.repl.owns(conn) {
             return self.repl.on_response(w, conn, frame);
+        }
+        if self.readers.owns(conn) {
+            return self.readers.on_response(w, conn, frame, &self.repl);
         }
         if self.commits.owns(conn) {
             return self.commits.on_response(w, conn, frame);
@@ -464,6 +478,9 @@ impl Harness for Run {
         if self.repl.owns(conn) {
             return self.repl.on_closed(w, conn);
         }
+        if self.readers.owns(conn) {
+            return self.readers.on_closed(w, conn, &self.repl);
+        }
         if self.commits.owns(conn) {
             return self.commits.on_closed(w, conn);
         }
@@ -489,6 +506,7 @@ impl Harness for Run {
             }
             commits::T_COMMIT => self.commits.on_timer(w, client, self.repl.created),
             T_METADATA => self.meta.on_timer(w),
+            T_READ => self.readers.on_timer(w, client, self.repl.created),
             cluster_txn::T_TXN_CREATE | cluster_txn::T_TXN | cluster_txn::T_TXN_STALL => {
                 self.txns.on_timer(w, client, token)
             }
@@ -504,18 +522,7 @@ impl Harness for Run {
                 self.alter(w);
                 w.set_timer(ADMIN, ALTER, self.plan.create_every / 2);
             }
-            CRASH if !self.healed => {
-                let i = self.rng.gen_range(0..self.plan.nodes);
-                let down = self.rng.gen_range(10..2_000) * MS;
-                if self.plan.crash_all > 0.0 && self.net_rng.gen_bool(self.plan.crash_all) {
-                    (0..self.plan.nodes).for_each(|i| w.crash(i, down));
-                } else {
-                    w.crash(i, down);
-                }
-                if let Some(e) = self.plan.crash_every {
-                    w.set_timer(ADMIN, CRASH, self.rng.gen_range(e / 2..e * 3 / 2));
-                }
-            }
+            CRASH if !self.healed => self.crash(w),
             ISOLATE if !self.healed => {
                 let i = self.rng.gen_range(0..self.plan.nodes);
                 let until = w.now() + self.rng.gen_range(100..5_000) * MS;
@@ -541,14 +548,7 @@ impl Harness for Run {
                 }
             }
             PARTITION if !self.healed => self.partition(w),
-            PAUSE if !self.healed => {
-                let i = self.controller_or_any(w);
-                let until = w.now() + self.net_rng.gen_range(100..6_000) * MS;
-                w.pause(i, until);
-                if let Some(e) = self.plan.pause_every {
-                    w.set_timer(ADMIN, PAUSE, self.net_rng.gen_range(e / 2..e * 3 / 2));
-                }
-            }
+            PAUSE if !self.healed => self.pause(w),
             HEAL => {
                 self.healed = true;
                 self.repl.heal(w);
@@ -589,6 +589,10 @@ pub struct ClusterReport {
     pub commit_answers: BTreeMap<i16, u64>,
     /// Transactions committed and aborted, as their producers learnt.
     pub txns_ended: (u64, u64),
+    /// Records the readers read, their Fetch answers by error code, and Metadata answers.
+    pub records_read: usize,
+    pub fetch_answers: BTreeMap<i16, u64>,
+    pub metadata_answers: u64,
     pub violations: Vec<String>,
     pub trace: u64,
     /// Every event as a JSON line, when asked for (`RunOpts::keep_trace`).
@@ -625,13 +629,17 @@ impl ClusterReport {
             self.txns_ended.0,
             self.txns_ended.1
         );
+        out += &format!(
+            "records read {}, Fetch answers by error code {:?}; Metadata answers {}\n",
+            self.records_read, self.fetch_answers, self.metadata_answers
+        );
         let s = &self.stats;
         out += &format!(
             "faults: {} crashes ({} torn writes, {} files lost writes), {} stops, {} pauses, {} stalls, {} sync failures, {} corrupted reads, {} connection resets; peer messages lost {}, duplicated {}\n",
             s.crashes, s.torn_writes, s.lost_writes, s.stops, s.pauses, s.clogs, s.sync_failures, s.read_corruptions, s.resets, s.peer_lost, s.peer_duplicated
         );
         if self.ok() {
-            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, acknowledged-configs-survive ok, placement ok, metadata-epoch-kept ok, fenced-broker-hidden ok, one-leader-per-epoch ok, high-watermark-durable ok, high-watermark-kept ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, lost-commit ok, phantom-commit ok, aborted-read ok, all-or-nothing ok, hanging ok, convergence ok\n";
+            out += "checkers: metadata-agreement ok, acknowledged-topics-survive ok, acknowledged-configs-survive ok, placement ok, metadata-epoch-kept ok, fenced-broker-hidden ok, one-leader-per-epoch ok, high-watermark-durable ok, high-watermark-kept ok, lost-write ok, inconsistent-offsets ok, duplicate ok, phantom ok, nonmonotonic-poll ok, dirty-read ok, poll-skip ok, unseen ok, lost-commit ok, phantom-commit ok, aborted-read ok, all-or-nothing ok, hanging ok, convergence ok\n";
         } else {
             out += "checkers: FAILED\n";
             for v in &self.violations {
@@ -668,6 +676,9 @@ pub fn run(seed: u64, opts: &RunOpts) -> ClusterReport {
         commits_acked: 0,
         commit_answers: BTreeMap::new(),
         txns_ended: (0, 0),
+        records_read: 0,
+        fetch_answers: BTreeMap::new(),
+        metadata_answers: 0,
         violations: vec![format!("panic: {}", crate::panic_message(&*e))],
         trace: 0,
         trace_lines: Vec::new(),
@@ -708,14 +719,17 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     let commits = Commits::new(plan.nodes, &mut ChaCha8Rng::seed_from_u64(seed ^ 0xc0aa_1175_0000_0000));
     let session = configs[0].broker_session_timeout_ms * MS;
     let txns = ClusterTxns::new(plan.nodes, session, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x7a5c_7a5c_0000_0000));
+    let readers =
+        Readers::new(plan.nodes, repl.partitions, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x4ead_e450_0000_0000));
     let plan_text = format!(
-        "{}; {}; {}; {}",
+        "{}; {}; {}; {}; {}",
         describe(&plan, &env, &configs[0]),
         repl.describe(),
+        readers.describe(),
         commits.describe(),
         txns.describe()
     );
-    let mut run = Run::new(seed, plan.clone(), repl, commits, txns);
+    let mut run = Run::new(seed, plan.clone(), repl, readers, commits, txns);
     let mut w = World::new(seed, configs, env);
     if opts.keep_trace {
         w.trace.keep_lines();
@@ -739,13 +753,7 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
     if !converged {
         run.not_converged(&w);
     }
-    run.final_checks(&w);
-    run.repl.final_checks(&w);
-    run.txns.final_checks(&w);
-    run.violations.extend(run.repl.violations.iter().cloned());
-    run.violations.extend(run.commits.violations.iter().cloned());
-    run.violations.extend(run.txns.violations.iter().cloned());
-    run.violations.extend(run.meta.violations.iter().cloned());
+    run.end_checks(&w);
     ClusterReport {
         seed,
         mutant: opts.mutant.clone(),
@@ -763,6 +771,9 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
         commits_acked: run.commits.commits_acked,
         commit_answers: run.commits.answers.clone(),
         txns_ended: run.txns.ended(),
+        records_read: run.readers.records_read(),
+        fetch_answers: run.readers.answers.clone(),
+        metadata_answers: run.meta.answers,
         produce_answers: run.repl.answers.clone(),
         reassign_answers: run.repl.reassign_answers.clone(),
         violations: run.violations.clone(),
@@ -772,7 +783,14 @@ fn run_inner(seed: u64, opts: &RunOpts) -> ClusterReport {
 }
 
 impl Run {
-    fn new(seed: u64, plan: ClusterPlan, repl: Replicated, commits: Commits, txns: ClusterTxns) -> Run {
+    fn new(
+        seed: u64,
+        plan: ClusterPlan,
+        repl: Replicated,
+        readers: Readers,
+        commits: Commits,
+        txns: ClusterTxns,
+    ) -> Run {
         let mut watch = ReplicaWatch::new(plan.nodes);
         let replicated = (0..repl.partitions).map(|p| (replicated::TOPIC, p, replicated::MIN_INSYNC_REPLICAS));
         for (topic, p, min_isr) in replicated.chain(commits.partitions_written()).chain(txns.partitions_written()) {
@@ -781,6 +799,7 @@ impl Run {
         Run {
             watch,
             meta: MetadataWatch::new(plan.nodes, 250 * MS),
+            readers,
             last_applied: vec![None; plan.nodes],
             plan,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xc105_7e70_a11c_0000),
@@ -812,6 +831,7 @@ impl Run {
         self.commits.start(w);
         self.txns.start(w);
         self.meta.start(w);
+        self.readers.start(w);
         let plan = &self.plan;
         w.set_timer(ADMIN, CREATE, plan.create_every);
         w.set_timer(ADMIN, ALTER, plan.create_every);
@@ -829,6 +849,43 @@ impl Run {
                 w.set_timer(ADMIN, token, e);
             }
         }
+    }
+
+    /// A node crashes (or, in a share of the crashes, every node: a power cut).
+    fn crash(&mut self, w: &mut World) {
+        let i = self.rng.gen_range(0..self.plan.nodes);
+        let down = self.rng.gen_range(10..2_000) * MS;
+        if self.plan.crash_all > 0.0 && self.net_rng.gen_bool(self.plan.crash_all) {
+            (0..self.plan.nodes).for_each(|i| w.crash(i, down));
+        } else {
+            w.crash(i, down);
+        }
+        if let Some(e) = self.plan.crash_every {
+            w.set_timer(ADMIN, CRASH, self.rng.gen_range(e / 2..e * 3 / 2));
+        }
+    }
+
+    /// A node (the active controller half the time) is paused for a while.
+    fn pause(&mut self, w: &mut World) {
+        let i = self.controller_or_any(w);
+        let until = w.now() + self.net_rng.gen_range(100..6_000) * MS;
+        w.pause(i, until);
+        if let Some(e) = self.plan.pause_every {
+            w.set_timer(ADMIN, PAUSE, self.net_rng.gen_range(e / 2..e * 3 / 2));
+        }
+    }
+
+    /// The checks at the end, every workload's, and their violations gathered.
+    fn end_checks(&mut self, w: &World) {
+        self.final_checks(w);
+        self.repl.final_checks(w);
+        self.txns.final_checks(w);
+        self.readers.final_checks(w, &self.repl);
+        self.violations.extend(self.repl.violations.iter().cloned());
+        self.violations.extend(self.commits.violations.iter().cloned());
+        self.violations.extend(self.txns.violations.iter().cloned());
+        self.violations.extend(self.meta.violations.iter().cloned());
+        self.violations.extend(self.readers.violations.iter().cloned());
     }
 
     /// The active controller half the time (when there is one), any node otherwise.

@@ -17,6 +17,7 @@ pub mod group848;
 pub mod metadata_watch;
 pub mod quorum;
 pub mod quorum_checker;
+pub mod readers;
 pub mod replica_watch;
 pub mod replicated;
 pub mod timeline;

@@ -555,6 +555,24 @@ impl Replicated {
 }
 
 impl Replicated {
+    /// The records of partition `p` at the end, as its leader holds them (`None` without a
+    /// leader or a log that reads back; `final_checks` says so).
+    pub fn final_log(&self, w: &World, p: i32) -> Option<Vec<(i64, String)>> {
+        let leader =
+            (0..self.nodes).find(|i| w.node(*i).and_then(|n| n.replica_view(TOPIC, p)).is_some_and(|v| v.leads))?;
+        read_log(w.disk(leader), &format!("{TOPIC}-{p}")).ok()
+    }
+
+    /// Below this offset of partition `p` records may be deleted (DeleteRecords was asked).
+    pub fn deleted_below(&self, p: i32) -> Offset {
+        self.deleter.floor(p)
+    }
+
+    /// The offsets acknowledged in partition `p`.
+    pub fn acked_in(&self, p: i32) -> impl Iterator<Item = Offset> + '_ {
+        self.acked.keys().filter(move |(q, _)| *q == p).map(|(_, o)| *o)
+    }
+
     /// inconsistent-offsets: every node holding a replica of partition `p` has the records
     /// the leader has below the high watermark, at the same offsets.
     fn check_consistent(
