@@ -24,14 +24,15 @@ pytestmark = pytest.mark.skipif(sys.prefix.rstrip("/").endswith("-old"),
 
 
 def sim_bin():
-    """The simulator's binary: the release build (test.sh builds it for the simulator's tests),
-    else the debug one (`cargo build --workspace --bins`)."""
-    for build in ("release", "debug"):
-        p = os.path.join(REPO, "target", build, "sluice-sim")
+    """The simulator's binary: the one built beside the broker under test (test.sh builds both
+    in its "ci" profile), else a release or debug build."""
+    candidates = [os.path.join(os.path.dirname(SLUICE_BIN), "sluice-sim")]
+    candidates += [os.path.join(REPO, "target", build, "sluice-sim") for build in ("release", "debug")]
+    for p in candidates:
         if os.path.isfile(p):
             return p
-    pytest.fail("sluice-sim not found in target/release or target/debug (cargo build -p sluice-sim)",
-                pytrace=False)
+    pytest.fail("sluice-sim not found beside %s nor in target/release or target/debug "
+                "(cargo build -p sluice-sim)" % SLUICE_BIN, pytrace=False)
 
 
 def run(argv, timeout=60):
