@@ -647,7 +647,7 @@ impl ClusterReport {
             }
             out += &format!("replay: {}\n", self.replay_command());
         }
-        out
+        out + &format!("trace={:016x}", self.trace)
     }
 }
 
