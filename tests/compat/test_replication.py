@@ -1081,3 +1081,101 @@ def test_leader_epochs_fence_stale_clients(cluster):
         assert fetch_v10_error(c, topic, 0, 0, -1) == 0
         assert offset_for_leader_epoch_v3(c, topic, 0, 0, current_leader_epoch=0)[0] == FENCED_LEADER_EPOCH
     assert_log_is(bootstrap_of(live), topic, 0, acks.of(0))
+
+
+def list_offsets_v4(conn, topic, partition, timestamp=-1):
+    """ListOffsets v4 (read_uncommitted) for one partition: (error_code, offset, leader_epoch)."""
+    body = (wire.i32(-1) + wire.i8(0) + wire.array([topic], lambda t: wire.string(t) + wire.array(
+        [partition], lambda p: wire.i32(p) + wire.i32(-1) + wire.i64(timestamp))))
+    r = wire.Reader(conn.request(2, 4, body))
+    r.i32()  # throttle
+    topics = r.array(lambda r: (r.string(), r.array(lambda r: (r.i32(), r.i16(), r.i64(), r.i64(), r.i32()))))
+    (_, [(_, code, _, offset, epoch)]), = topics
+    return code, offset, epoch
+
+
+@pytest.mark.timeout(180)
+def test_new_leader_behind_its_epoch_start_answers_offset_not_available(cluster_factory):
+    """KIP-207 on a five-node cluster (the metadata quorum outlives two nodes down): a new
+    leader whose high watermark is still below the start of its epoch does not know the
+    latest offset (the last leader may have answered a higher one), and answers ListOffsets
+    OFFSET_NOT_AVAILABLE, which clients retry, until its high watermark gets there.
+
+    Set-up: a partition on three nodes that are not the controller, min.insync.replicas=2.
+    The second follower is paused (SIGSTOP), so the leader's high watermark stays where it
+    was; 30 acks=1 records then reach the leader and the first follower only. The leader is
+    killed: the first follower is elected, alone in the ISR (under min.insync.replicas), its
+    epoch starting past its high watermark. After SIGCONT the other follower catches up and
+    rejoins the ISR, the high watermark passes the epoch start, and ListOffsets answers it;
+    a consumer with librdkafka's defaults reads every record."""
+    five = [1, 2, 3, 4, 5]
+    cluster = cluster_factory(n=5)
+    controller = controller_of(cluster, five)
+    replicas = [i for i in five if i != controller][:3]  # leader first
+    leader, heir, paused = replicas
+    topic = unique_topic("notavail")
+    create_topic(cluster.bootstrap, topic, 1, config={"min.insync.replicas": "2"}, assignment=[replicas])
+    wait_until("every node shows %s-0 led by %d with an ISR of 3" % (topic, leader),
+               lambda: agreed_state(cluster.nodes, topic, 1,
+                                    lambda v: v.leader == leader and v.isr == sorted(replicas)), timeout=30)
+    acks = Acks()
+    produce_and_flush(idempotent_producer(cluster.bootstrap), topic, 0, [b"all-%02d" % i for i in range(10)], acks)
+    assert not acks.failed and len(acks.ok) == 10, acks.failed[:3]
+    wait_until("node %d holds the first 10 records" % paused,
+               lambda: len(records_in(segment0(cluster.node(paused), topic, 0))) == 10, timeout=20)
+
+    os.kill(cluster.node(paused).pid, signal.SIGSTOP)
+    try:
+        one = Acks()
+        produce_and_flush(ck_producer(cluster.node(leader).bootstrap, acks=1, **{"enable.idempotence": False}),
+                          topic, 0, [b"one-%02d" % i for i in range(30)], one)
+        assert not one.failed and len(one.ok) == 30, [str(e) for _, _, e in one.failed][:3]
+        wait_until("node %d holds all 40 records" % heir,
+                   lambda: len(records_in(segment0(cluster.node(heir), topic, 0))) == 40, timeout=20)
+        with wire.Conn.to(cluster.node(leader).bootstrap) as c:
+            code, hw, _ = list_offsets_v4(c, topic, 0)
+        assert code == 0 and hw == 10, "the paused follower holds the high watermark at 10: %r" % ((code, hw),)
+
+        cluster.node(leader).kill9()
+        live = [b for b in cluster.nodes if b.alive() and node_id(b) != paused]
+        wait_until("the live nodes show node %d leading %s-0 alone in its ISR" % (heir, topic),
+                   lambda: agreed_state(live, topic, 1, lambda v: v.leader == heir and v.isr == [heir]),
+                   timeout=SESSION_MS / 1000 + 20)
+        with wire.Conn.to(cluster.node(heir).bootstrap) as c:
+            OFFSET_NOT_AVAILABLE = 78
+            assert list_offsets_v4(c, topic, 0)[0] == OFFSET_NOT_AVAILABLE
+            # A timestamp past every record is not known either; the earliest offset is.
+            assert list_offsets_v4(c, topic, 0, timestamp=int(time.time() * 1000) + 3_600_000)[0] == \
+                OFFSET_NOT_AVAILABLE
+            assert list_offsets_v4(c, topic, 0, timestamp=-2)[:2] == (0, 0)
+            # Version 1 has no such error (Kafka answers it the high watermark).
+            v1 = wire.parse_list_offsets_v1(c.request(2, 1, wire.list_offsets_v1(topic, 0, -1)))[(topic, 0)]
+            assert (v1["error"], v1["offset"]) == (0, 10), v1
+        consumer = ck_consumer(cluster.node(heir).bootstrap)
+        try:
+            with pytest.raises(KafkaException) as stuck:
+                consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=3)
+        finally:
+            consumer.close()
+        print("\nconfluent-kafka's get_watermark_offsets while the high watermark is behind: %s" % stuck.value)
+    finally:
+        os.kill(cluster.node(paused).pid, signal.SIGCONT)
+
+    live = [b for b in cluster.nodes if b.alive()]
+    wait_until("node %d rejoins %s-0's ISR" % (paused, topic),
+               lambda: agreed_state(live, topic, 1, lambda v: v.leader == heir and v.isr == sorted([heir, paused])),
+               timeout=60)
+
+    def answered():
+        with wire.Conn.to(cluster.node(heir).bootstrap) as c:
+            code, offset, _ = list_offsets_v4(c, topic, 0)
+        return offset if code == 0 else None
+    assert wait_until("ListOffsets answered by node %d" % heir, answered, timeout=20) == 40
+    consumer = ck_consumer(cluster.node(heir).bootstrap)
+    try:
+        assert consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, 40)
+    finally:
+        consumer.close()
+    assert_log_is(bootstrap_of(live), topic, 0, acks.of(0) + one.of(0))
+    for b in cluster.nodes:
+        b.kill9()

@@ -215,6 +215,12 @@ impl Node {
                     }
                     Some(pt) => {
                         let l = &pt.log;
+                        // A new leader's high watermark below the start of its epoch may be
+                        // below what the last leader answered: a client's latest offset, or a
+                        // timestamp not found below it, is not known yet (KIP-207; clients
+                        // retry). Replicas' and v0-v1 requests are answered as they are.
+                        let lagging = ctx.version >= 2
+                            && pt.role.leadership().is_some_and(|ld| l.high_watermark < ld.epoch_start);
                         // read_committed's latest offset is the last stable offset.
                         let latest = if req.isolation_level == 1 { l.last_stable_offset() } else { l.high_watermark };
                         // The epoch that wrote the offset answered (for LATEST: the latest).
@@ -232,8 +238,10 @@ impl Node {
                             _ => (None, Ok(None)),
                         };
                         match (target, loc) {
+                            (None, Ok(Some(_))) if lagging && p.timestamp == -1 => Err(KafkaError::OffsetNotAvailable),
                             (None, Ok(Some(x))) => Ok(Some(x)),
                             (None, _) => Err(KafkaError::InvalidRequest),
+                            (Some(_), Err(None)) if lagging => Err(KafkaError::OffsetNotAvailable),
                             (Some(_), Ok(_)) | (Some(_), Err(None)) => Ok(None),
                             // One record, or broker-stamped times: the batch says it all.
                             (Some(_), Err(Some(b))) if b.base_offset == b.last_offset || append_time => {

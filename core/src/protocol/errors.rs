@@ -36,6 +36,9 @@ pub enum KafkaError {
     RequestTimedOut,
     FencedLeaderEpoch,
     UnknownLeaderEpoch,
+    /// 78: a new leader's high watermark is still below the start of its epoch, so the
+    /// offset asked for may be lower than the last leader answered (KIP-207); retriable.
+    OffsetNotAvailable,
     OutOfOrderSequenceNumber,
     InvalidProducerEpoch,
     InvalidTxnState,
@@ -107,6 +110,7 @@ impl KafkaError {
             KafkaError::RequestTimedOut => 7,
             KafkaError::FencedLeaderEpoch => 74,
             KafkaError::UnknownLeaderEpoch => 75,
+            KafkaError::OffsetNotAvailable => 78,
             KafkaError::OutOfOrderSequenceNumber => 45,
             KafkaError::InvalidProducerEpoch => 47,
             KafkaError::InvalidTxnState => 48,
