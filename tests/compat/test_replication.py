@@ -1179,3 +1179,60 @@ def test_new_leader_behind_its_epoch_start_answers_offset_not_available(cluster_
     assert_log_is(bootstrap_of(live), topic, 0, acks.of(0) + one.of(0))
     for b in cluster.nodes:
         b.kill9()
+
+
+@pytest.mark.timeout(180)
+def test_acks_all_waiting_on_paused_followers_times_out_or_fails_after_append(cluster_factory):
+    """A produce with acks=all that the leader has appended but its followers do not copy is
+    never left hanging: on five nodes (the metadata quorum outlives two paused ones), a
+    partition on three nodes that are not the controller, min.insync.replicas=2, both
+    followers paused (SIGSTOP). A Produce with a 1.5 s timeout is answered REQUEST_TIMED_OUT
+    when the timeout is up (the ISR is still whole); one with a 30 s timeout is answered
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND once the followers are fenced and the ISR shrinks to the
+    leader (broker.session.timeout.ms, 4 s), and a new one is refused NOT_ENOUGH_REPLICAS
+    before it is written. Resumed, the followers rejoin the ISR and acks=all is acknowledged
+    again."""
+    five = [1, 2, 3, 4, 5]
+    cluster = cluster_factory(n=5)
+    controller = controller_of(cluster, five)
+    replicas = [i for i in five if i != controller][:3]  # leader first
+    leader, followers = replicas[0], replicas[1:]
+    topic = unique_topic("afterappend")
+    create_topic(cluster.bootstrap, topic, 1, config={"min.insync.replicas": "2"}, assignment=[replicas])
+    wait_until("every node shows %s-0 led by %d with an ISR of 3" % (topic, leader),
+               lambda: agreed_state(cluster.nodes, topic, 1,
+                                    lambda v: v.leader == leader and v.isr == sorted(replicas)), timeout=30)
+    REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS, NOT_ENOUGH_REPLICAS_AFTER_APPEND = 7, 19, 20
+    batch = lambda v: wire.encode_batch([wire.Record(value=v)])  # noqa: E731
+    with wire.Conn.to(cluster.node(leader).bootstrap, timeout=40) as c:
+        assert c.produce_multi([(topic, [(0, batch(b"first"))])], acks=-1)[(topic, 0)]["error"] == 0
+        for f in followers:
+            os.kill(cluster.node(f).pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            r = c.produce_multi([(topic, [(0, batch(b"timed-out"))])], acks=-1, timeout_ms=1500)[(topic, 0)]
+            took = time.monotonic() - t0
+            assert r["error"] == REQUEST_TIMED_OUT, r
+            assert 1.4 <= took < 4, "answered after %.2f s, the timeout being 1.5 s" % took
+            t0 = time.monotonic()
+            r = c.produce_multi([(topic, [(0, batch(b"after-append"))])], acks=-1, timeout_ms=30000)[(topic, 0)]
+            took = time.monotonic() - t0
+            assert r["error"] == NOT_ENOUGH_REPLICAS_AFTER_APPEND, r
+            assert took < 25, "answered only after %.1f s" % took
+            r = c.produce_multi([(topic, [(0, batch(b"refused"))])], acks=-1, timeout_ms=30000)[(topic, 0)]
+            assert r["error"] == NOT_ENOUGH_REPLICAS, r
+            print("\nacks=all with both followers paused: REQUEST_TIMED_OUT at 1.5 s, "
+                  "NOT_ENOUGH_REPLICAS_AFTER_APPEND after %.1f s (session %d ms)" % (took, SESSION_MS))
+        finally:
+            for f in followers:
+                os.kill(cluster.node(f).pid, signal.SIGCONT)
+    wait_until("the followers rejoin %s-0's ISR" % topic,
+               lambda: agreed_state(cluster.nodes, topic, 1,
+                                    lambda v: v.leader == leader and v.isr == sorted(replicas)), timeout=60)
+    acks = Acks()
+    produce_and_flush(idempotent_producer(cluster.bootstrap), topic, 0, [b"again-%d" % i for i in range(5)], acks)
+    assert not acks.failed and len(acks.ok) == 5, acks.failed[:3]
+    values = [v for _, v in assert_log_is(cluster.bootstrap, topic, 0, acks.of(0), exact=False)]
+    assert values[0] == b"first" and b"refused" not in values, values
+    for b in cluster.nodes:
+        b.kill9()

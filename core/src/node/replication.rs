@@ -168,9 +168,13 @@ impl Node {
         } else if img.leader == me {
             if let Role::Leader(l) = &mut p.role {
                 if l.leader_epoch == img.leader_epoch {
-                    if l.partition_epoch != img.partition_epoch {
+                    let changed = l.partition_epoch != img.partition_epoch;
+                    if changed {
                         l.registered(&img.replicas, &img.isr, img.partition_epoch);
                     }
+                    // An ISR shrunk below min.insync.replicas fails the produces waiting on it
+                    // now (NOT_ENOUGH_REPLICAS_AFTER_APPEND), not at their timeout.
+                    self.hw_moved |= changed;
                     self.advance_hw(tp);
                     return;
                 }
