@@ -1236,3 +1236,58 @@ def test_acks_all_waiting_on_paused_followers_times_out_or_fails_after_append(cl
     assert values[0] == b"first" and b"refused" not in values, values
     for b in cluster.nodes:
         b.kill9()
+
+
+@pytest.mark.timeout(150)
+def test_kcat_producer_carries_on_when_the_leader_is_killed(cluster):
+    """kcat -P (Debian's, librdkafka 2.0.2) with its defaults (acks=all, retries, no
+    idempotence: a retried record may be written twice) feeds a partition line by line while
+    its leader is killed with SIGKILL. It carries on against the new leader and exits once
+    every line is delivered, reporting no failure; after the node is back every line is in the
+    log. The topic stamps records with the broker's append time (LogAppendTime), so the log
+    itself says how long the partition took nothing: printed."""
+    controller = controller_of(cluster)
+    topic = unique_topic("kcatkill")
+    create_topic(cluster.bootstrap, topic, 1, config={"min.insync.replicas": "2",
+                                                      "message.timestamp.type": "LogAppendTime"})
+    state = wait_fully_replicated(cluster.nodes, topic, 1)
+    victim = state[0].leader
+    others = [b for b in cluster.nodes if node_id(b) != victim]
+    kcat = subprocess.Popen(["kcat", "-P", "-b", bootstrap_of(others), "-t", topic, "-p", "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = []
+    t_kill = None
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 6:
+            line = b"kcat-%05d" % len(lines)
+            kcat.stdin.write(line + b"\n")
+            kcat.stdin.flush()
+            lines.append(line)
+            if t_kill is None and time.monotonic() - t0 >= 1.5:
+                cluster.node(victim).kill9()
+                t_kill = time.time()
+            time.sleep(0.005)
+        kcat.stdin.close()
+        rc = kcat.wait(timeout=90)
+    finally:
+        if kcat.poll() is None:
+            kcat.kill()
+            kcat.wait()
+    err = kcat.stderr.read().decode(errors="replace")
+    assert rc == 0 and "Delivery failed" not in err, "kcat rc=%s: %s" % (rc, err[-2000:])
+
+    cluster.node(victim).start()
+    wait_fully_replicated(cluster.nodes, topic, 1, timeout=60, what="node %d back in the ISR" % victim)
+    got = ck_consume(cluster.bootstrap, topic, {0: 0}, expected_counts={0: len(lines)})[0]
+    values = [m.value() for m in got]
+    missing = sorted(set(lines) - set(values))
+    assert not missing, "%d of %d lines kcat delivered are not in the log, first %r" % (
+        len(missing), len(lines), missing[:3])
+    times = [m.timestamp()[1] / 1000 for m in got]
+    gap, at = max((b - a, a) for a, b in zip(times, times[1:]))
+    print("\nkcat: %d lines, %d records in the log (%d repeated); leader %d killed; no record appended for "
+          "%.2f s from %.2f s after the kill (controller %d, session %d ms)"
+          % (len(lines), len(values), len(values) - len(set(values)), victim, gap, at - t_kill, controller,
+             SESSION_MS))
+    assert set(values) <= set(lines), "records kcat never sent: %r" % sorted(set(values) - set(lines))[:3]
