@@ -1213,12 +1213,12 @@ def test_acks_all_waiting_on_paused_followers_times_out_or_fails_after_append(cl
             r = c.produce_multi([(topic, [(0, batch(b"timed-out"))])], acks=-1, timeout_ms=1500)[(topic, 0)]
             took = time.monotonic() - t0
             assert r["error"] == REQUEST_TIMED_OUT, r
-            assert 1.4 <= took < 4, "answered after %.2f s, the timeout being 1.5 s" % took
+            assert took >= 1.4, "answered after %.2f s, before its 1.5 s timeout" % took
             t0 = time.monotonic()
             r = c.produce_multi([(topic, [(0, batch(b"after-append"))])], acks=-1, timeout_ms=30000)[(topic, 0)]
             took = time.monotonic() - t0
             assert r["error"] == NOT_ENOUGH_REPLICAS_AFTER_APPEND, r
-            assert took < 25, "answered only after %.1f s" % took
+            assert took < 25, "answered only after %.1f s: at its timeout, not when the ISR shrank" % took
             r = c.produce_multi([(topic, [(0, batch(b"refused"))])], acks=-1, timeout_ms=30000)[(topic, 0)]
             assert r["error"] == NOT_ENOUGH_REPLICAS, r
             print("\nacks=all with both followers paused: REQUEST_TIMED_OUT at 1.5 s, "
