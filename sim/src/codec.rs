@@ -42,6 +42,33 @@ pub fn produce_frame(topic: &'static str, partition: i32, records: Bytes, versio
     frame(ApiKey::Produce, version, correlation_id, &req)
 }
 
+/// A consumer's Fetch (read_uncommitted, a 50 ms long poll, 1 MiB in all) of `topic`'s
+/// partitions from their offsets, `partition_max_bytes` each.
+pub fn fetch_frame(
+    correlation_id: i32,
+    topic: &'static str,
+    partitions: impl Iterator<Item = (i32, i64)>,
+    partition_max_bytes: i32,
+) -> Bytes {
+    let mut ft = fetch_request::FetchTopic::default();
+    ft.topic = TopicName(StrBytes::from_static_str(topic));
+    for (p, offset) in partitions {
+        let mut fp = fetch_request::FetchPartition::default();
+        fp.partition = p;
+        fp.fetch_offset = offset;
+        fp.partition_max_bytes = partition_max_bytes;
+        ft.partitions.push(fp);
+    }
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = 50;
+    req.min_bytes = 1;
+    req.max_bytes = 1 << 20;
+    req.session_epoch = -1;
+    req.topics = vec![ft];
+    frame(ApiKey::Fetch, FETCH_VERSION, correlation_id, &req)
+}
+
 /// Splits a response frame (no size prefix) into its correlation id and decoded body.
 pub fn decode<R: Decodable>(key: ApiKey, version: i16, mut frame: Bytes) -> Result<(i32, R), String> {
     if frame.len() < 4 {

@@ -175,23 +175,8 @@ pub(crate) fn commit_request(
 
 /// A member's fetch of its partitions from its positions (long poll, 64 KiB a partition).
 pub(crate) fn fetch_frame(cid: i32, parts: impl Iterator<Item = i32>, positions: &BTreeMap<i32, i64>) -> Bytes {
-    let mut ft = fetch_request::FetchTopic::default();
-    ft.topic = TopicName(sb(TOPIC));
-    for p in parts {
-        let mut fp = fetch_request::FetchPartition::default();
-        fp.partition = p;
-        fp.fetch_offset = positions.get(&p).copied().unwrap_or(0);
-        fp.partition_max_bytes = 64 * 1024;
-        ft.partitions.push(fp);
-    }
-    let mut req = FetchRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.max_wait_ms = 50;
-    req.min_bytes = 1;
-    req.max_bytes = 1 << 20;
-    req.session_epoch = -1;
-    req.topics = vec![ft];
-    codec::frame(ApiKey::Fetch, codec::FETCH_VERSION, cid, &req)
+    let from = parts.map(|p| (p, positions.get(&p).copied().unwrap_or(0)));
+    codec::fetch_frame(cid, TOPIC, from, 64 * 1024)
 }
 
 /// Records a member fetched: checked, and its positions moved past them (records of

@@ -20,8 +20,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{fetch_request, ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, FetchResponse};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sluice_core::{ConnId, Offset};
@@ -114,21 +113,7 @@ impl Readers {
         let cid = self.next_cid;
         let r = &mut self.readers[k];
         let conn = *r.conn.get_or_insert_with(|| w.connect(FIRST_CLIENT + k, r.node));
-        let mut fp = fetch_request::FetchPartition::default();
-        fp.partition = r.partition;
-        fp.fetch_offset = r.position;
-        fp.partition_max_bytes = 16 * 1024;
-        let mut ft = fetch_request::FetchTopic::default();
-        ft.topic = TopicName(StrBytes::from_static_str(TOPIC));
-        ft.partitions = vec![fp];
-        let mut req = FetchRequest::default();
-        req.replica_id = BrokerId(-1);
-        req.max_wait_ms = 50;
-        req.min_bytes = 1;
-        req.max_bytes = 1 << 20;
-        req.session_epoch = -1;
-        req.topics = vec![ft];
-        w.send(conn, codec::frame(ApiKey::Fetch, codec::FETCH_VERSION, cid, &req));
+        w.send(conn, codec::fetch_frame(cid, TOPIC, std::iter::once((r.partition, r.position)), 16 * 1024));
         r.asking = Some((cid, r.position));
     }
 
