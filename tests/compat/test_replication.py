@@ -248,6 +248,24 @@ def assert_log_is(bootstrap, topic, partition, acked, exact=True):
 KCAT_PART = re.compile(r"partition (\d+), leader (-?\d+), replicas: ([\d,]*), isrs: ([\d,]*)")
 
 
+def five_nodes_one_partition(cluster_factory, prefix):
+    """A five-node cluster (five voters: the metadata quorum outlives two nodes down) and a
+    one-partition topic with min.insync.replicas=2 placed by hand on three nodes that are not
+    the controller, leader first: (cluster, controller, replicas, topic), once every node
+    shows it led by its first replica with an ISR of three."""
+    five = [1, 2, 3, 4, 5]
+    cluster = cluster_factory(n=5)
+    controller = controller_of(cluster, five)
+    replicas = [i for i in five if i != controller][:3]
+    topic = unique_topic(prefix)
+    create_topic(cluster.bootstrap, topic, 1, config={"min.insync.replicas": "2"}, assignment=[replicas])
+    wait_until("every node shows %s-0 on %s led by %d with an ISR of 3" % (topic, replicas, replicas[0]),
+               lambda: agreed_state(cluster.nodes, topic, 1, lambda v: v.replicas == sorted(replicas)
+                                    and v.isr == sorted(replicas) and v.leader == replicas[0] and v.error == 0),
+               timeout=30)
+    return cluster, controller, replicas, topic
+
+
 def kcat_state(bootstrap, topic):
     out = subprocess.run(["kcat", "-b", bootstrap, "-L", "-t", topic, "-m", "10"],
                          capture_output=True, text=True, timeout=30)
@@ -469,19 +487,12 @@ def test_two_of_three_replicas_down_refuse_acks_all_and_take_acks_1(cluster_fact
     is acknowledged again. The log holds exactly the acknowledged records at their
     acknowledged offsets (none of the refused ones), on all three replicas."""
     five = [1, 2, 3, 4, 5]
-    cluster = cluster_factory(n=5)
-    controller = controller_of(cluster, five)
-    replicas = [i for i in five if i != controller][:3]  # leader first
+    cluster, controller, replicas, topic = five_nodes_one_partition(cluster_factory, "twodown")
     leader, followers = replicas[0], replicas[1:]
-    topic = unique_topic("twodown")
-    create_topic(cluster.bootstrap, topic, 1, config={"min.insync.replicas": "2"}, assignment=[replicas])
     full = sorted(replicas)
 
     def isr_is(isr):
         return lambda v: v.replicas == full and v.isr == isr and v.leader == leader and v.error == 0
-
-    wait_until("every node shows %s-0 on %s led by %d with an ISR of 3" % (topic, replicas, leader),
-               lambda: agreed_state(cluster.nodes, topic, 1, isr_is(full)), timeout=30)
 
     log = []
     before = Acks()
@@ -1108,16 +1119,8 @@ def test_new_leader_behind_its_epoch_start_answers_offset_not_available(cluster_
     epoch starting past its high watermark. After SIGCONT the other follower catches up and
     rejoins the ISR, the high watermark passes the epoch start, and ListOffsets answers it;
     a consumer with librdkafka's defaults reads every record."""
-    five = [1, 2, 3, 4, 5]
-    cluster = cluster_factory(n=5)
-    controller = controller_of(cluster, five)
-    replicas = [i for i in five if i != controller][:3]  # leader first
+    cluster, _, replicas, topic = five_nodes_one_partition(cluster_factory, "notavail")
     leader, heir, paused = replicas
-    topic = unique_topic("notavail")
-    create_topic(cluster.bootstrap, topic, 1, config={"min.insync.replicas": "2"}, assignment=[replicas])
-    wait_until("every node shows %s-0 led by %d with an ISR of 3" % (topic, leader),
-               lambda: agreed_state(cluster.nodes, topic, 1,
-                                    lambda v: v.leader == leader and v.isr == sorted(replicas)), timeout=30)
     acks = Acks()
     produce_and_flush(idempotent_producer(cluster.bootstrap), topic, 0, [b"all-%02d" % i for i in range(10)], acks)
     assert not acks.failed and len(acks.ok) == 10, acks.failed[:3]
@@ -1192,16 +1195,8 @@ def test_acks_all_waiting_on_paused_followers_times_out_or_fails_after_append(cl
     leader (broker.session.timeout.ms, 4 s), and a new one is refused NOT_ENOUGH_REPLICAS
     before it is written. Resumed, the followers rejoin the ISR and acks=all is acknowledged
     again."""
-    five = [1, 2, 3, 4, 5]
-    cluster = cluster_factory(n=5)
-    controller = controller_of(cluster, five)
-    replicas = [i for i in five if i != controller][:3]  # leader first
+    cluster, _, replicas, topic = five_nodes_one_partition(cluster_factory, "afterappend")
     leader, followers = replicas[0], replicas[1:]
-    topic = unique_topic("afterappend")
-    create_topic(cluster.bootstrap, topic, 1, config={"min.insync.replicas": "2"}, assignment=[replicas])
-    wait_until("every node shows %s-0 led by %d with an ISR of 3" % (topic, leader),
-               lambda: agreed_state(cluster.nodes, topic, 1,
-                                    lambda v: v.leader == leader and v.isr == sorted(replicas)), timeout=30)
     REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS, NOT_ENOUGH_REPLICAS_AFTER_APPEND = 7, 19, 20
     batch = lambda v: wire.encode_batch([wire.Record(value=v)])  # noqa: E731
     with wire.Conn.to(cluster.node(leader).bootstrap, timeout=40) as c:
