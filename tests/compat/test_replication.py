@@ -1130,8 +1130,8 @@ def test_new_leader_behind_its_epoch_start_answers_offset_not_available(cluster_
     os.kill(cluster.node(paused).pid, signal.SIGSTOP)
     try:
         one = Acks()
-        produce_and_flush(ck_producer(cluster.node(leader).bootstrap, acks=1, **{"enable.idempotence": False}),
-                          topic, 0, [b"one-%02d" % i for i in range(30)], one)
+        produce_and_flush(ck_producer(cluster.node(leader).bootstrap, acks=1), topic, 0,
+                          [b"one-%02d" % i for i in range(30)], one)
         assert not one.failed and len(one.ok) == 30, [str(e) for _, _, e in one.failed][:3]
         wait_until("node %d holds all 40 records" % heir,
                    lambda: len(records_in(segment0(cluster.node(heir), topic, 0))) == 40, timeout=20)
